@@ -1,0 +1,208 @@
+"""Messages in and out of an IncidentWorkflow: its input, the responders' decisions, its state.
+
+The workflow's handler names are what a responder does: `acknowledge`, `approve`, `reject`,
+`set_severity`, `triage`, `decide`, `resolve`, `record_report_filed`; alerts arrive by the
+`add_signal` signal; `state` is the query.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from stanch.models import AppliedAction, ReproCase, Severity, Signal, TargetRef
+from stanch.runbooks.schema import STAGES, Runbook
+
+WORKFLOW_NAME = "IncidentWorkflow"
+DEFAULT_TASK_QUEUE = "stanch-incidents"
+
+
+class IncidentStatus(StrEnum):
+    open = "open"
+    triage = "triage"  # confirmation inconclusive: a human decides
+    confirmed = "confirmed"
+    containing = "containing"
+    rolling_back = "rolling_back"
+    hotfixing = "hotfixing"
+    verifying = "verifying"
+    restoring = "restoring"
+    reviewing = "reviewing"
+    awaiting_decision = "awaiting_decision"  # an action failed: retry / skip / abort
+    awaiting_report = "awaiting_report"  # serious incident closed but its report is not filed yet
+    closed = "closed"
+    false_positive = "false_positive"
+    aborted = "aborted"
+
+
+TERMINAL_STATUSES = {IncidentStatus.closed, IncidentStatus.false_positive, IncidentStatus.aborted}
+
+
+class StageStatus(StrEnum):
+    pending = "pending"
+    running = "running"
+    awaiting_approval = "awaiting_approval"
+    failed = "failed"
+    done = "done"
+    skipped = "skipped"
+    rejected = "rejected"
+
+
+class IncidentInput(BaseModel):
+    incident_id: str
+    runbook: Runbook
+    runbook_sha256: str
+    target: TargetRef
+    dedup_key: str
+    upsert_search_attributes: bool = True
+
+
+# --- responders' messages -------------------------------------------------------------
+
+
+class Acknowledgement(BaseModel):
+    responder: str
+    note: str = ""
+
+
+class ApprovalDecision(BaseModel):
+    """One responder's yes or no on a gated stage. `decision_id` deduplicates retries."""
+
+    stage: str
+    approver: str
+    roles: list[str] = Field(default_factory=list)
+    approve: bool = True
+    comment: str = ""
+    decision_id: str = ""
+
+
+class SeverityChange(BaseModel):
+    severity: Severity
+    by: str
+    roles: list[str] = Field(default_factory=list)
+    reason: str
+
+
+class TriageDecision(BaseModel):
+    by: str
+    outcome: Literal["confirmed", "false_positive"]
+    reason: str
+
+
+class FailureDecision(BaseModel):
+    """What to do about an action that failed after its retries."""
+
+    stage: str
+    by: str
+    choice: Literal["retry", "skip", "abort"]
+    reason: str = ""
+
+
+class ResolveRequest(BaseModel):
+    """A responder declares the harm over: remaining work is skipped, restore and review run."""
+
+    by: str
+    reason: str
+
+
+class ReportFiled(BaseModel):
+    by: str
+    reference: str
+    filed_at: datetime | None = None
+
+
+class DecisionReceipt(BaseModel):
+    accepted: bool = True
+    message: str
+
+
+# --- state ---------------------------------------------------------------------------
+
+
+class StageState(BaseModel):
+    name: str
+    status: StageStatus = StageStatus.pending
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    detail: str = ""
+
+
+class PendingApproval(BaseModel):
+    stage: str
+    severity: Severity
+    count: int
+    roles: list[str]
+    required_roles: list[str] = Field(default_factory=list)
+    requested_by: str = "stanch"
+    requested_at: datetime
+    approvers: list[str] = Field(default_factory=list)
+
+
+class ApprovalRecord(BaseModel):
+    stage: str
+    approver: str
+    roles: list[str] = Field(default_factory=list)
+    approve: bool
+    comment: str = ""
+    at: datetime
+    via: Literal["update", "signal"] = "update"
+
+
+class TimelineEntry(BaseModel):
+    at: datetime
+    kind: str  # signal, stage, action, approval, escalation, notification, decision, severity, note
+    message: str
+    actor: str = "stanch"
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class EvidenceRecord(BaseModel):
+    sha256: str
+    location: str
+    taken_at: datetime
+    summary: dict[str, Any] = Field(default_factory=dict)
+
+
+class RegulatoryClock(BaseModel):
+    serious: bool = False
+    reason: str = ""
+    aware_at: datetime | None = None
+    deadline: datetime | None = None
+    reminders_sent: int = 0
+    filed: ReportFiled | None = None
+
+
+class IncidentState(BaseModel):
+    id: str
+    status: IncidentStatus
+    severity: Severity
+    severity_reasons: list[str] = Field(default_factory=list)
+    runbook: str
+    runbook_sha256: str
+    target: TargetRef
+    dedup_key: str
+    opened_at: datetime
+    closed_at: datetime | None = None
+    acknowledged_by: str | None = None
+    acknowledged_at: datetime | None = None
+    escalation_tier: int = 0
+    stages: list[StageState]
+    pending_approval: PendingApproval | None = None
+    approvals: list[ApprovalRecord] = Field(default_factory=list)
+    actions: list[AppliedAction] = Field(default_factory=list)
+    signals: list[Signal] = Field(default_factory=list)
+    repro: list[ReproCase] = Field(default_factory=list)
+    evidence: EvidenceRecord | None = None
+    regulatory: RegulatoryClock = Field(default_factory=RegulatoryClock)
+    review: dict[str, Any] = Field(default_factory=dict)
+    close_reason: str = ""
+    timeline: list[TimelineEntry] = Field(default_factory=list)
+
+    def stage(self, name: str) -> StageState:
+        return next(s for s in self.stages if s.name == name)
+
+
+def fresh_stages() -> list[StageState]:
+    return [StageState(name=name) for name in STAGES]

@@ -1,0 +1,220 @@
+"""The runbook schema: what a platform team writes in `runbooks/*.yaml`.
+
+Pure pydantic, no YAML here: the workflow imports these models (passed through the sandbox),
+while `stanch.runbooks.loader` does the parsing outside any workflow.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, model_validator
+
+from stanch.models import ActionSpec, Severity, SignalSource
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _parse_duration(value: Any) -> Any:
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if not match:
+            raise ValueError(f"duration {value!r} must look like 30s, 15m, 4h or 2d")
+        return timedelta(seconds=float(match[1]) * _UNIT_SECONDS[match[2]])
+    if isinstance(value, (int, float)):
+        return timedelta(seconds=value)
+    return value
+
+
+def _format_duration(value: timedelta) -> str:
+    seconds = value.total_seconds()
+    for unit in ("d", "h", "m", "s"):
+        if seconds >= _UNIT_SECONDS[unit] and seconds % _UNIT_SECONDS[unit] == 0:
+            return f"{int(seconds // _UNIT_SECONDS[unit])}{unit}"
+    return f"{int(seconds * 1000)}ms"
+
+
+Duration = Annotated[timedelta, BeforeValidator(_parse_duration), PlainSerializer(_format_duration, return_type=str)]
+
+STAGES = ("confirm", "evidence", "severity", "contain", "rollback", "hotfix", "verify", "restore", "review")
+GATED_STAGES = ("contain", "rollback", "hotfix", "restore")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Condition(_Strict):
+    """All given fields must hold. Label values are shell-style globs (`HarmfulOutput*`)."""
+
+    labels: dict[str, str] = Field(default_factory=dict)
+    sources: list[SignalSource] = Field(default_factory=list)
+    senders: list[str] = Field(default_factory=list)
+    categories: list[str] = Field(default_factory=list)
+    models: list[str] = Field(default_factory=list)
+    title_contains: str | None = None
+    detectors: list[str] = Field(default_factory=list, description="any of these fired during confirm")
+    severity_hint_at_least: Severity | None = None
+    severity_at_least: Severity | None = None
+    signals_at_least: int | None = None
+
+
+class SeverityRule(_Strict):
+    when: Condition
+    severity: Severity
+    reason: str = ""
+
+
+class SeverityRules(_Strict):
+    default: Severity = Severity.medium
+    rules: list[SeverityRule] = Field(default_factory=list)
+
+
+class Approval(_Strict):
+    count: int = Field(1, ge=1, le=5)
+    roles: list[str] = Field(default_factory=lambda: ["oncall"], min_length=1, description="an approver holds one of these")
+    required_roles: list[str] = Field(default_factory=list, description="each must appear among the approvers")
+
+    @model_validator(mode="after")
+    def _required_roles_fit(self) -> Approval:
+        if len(self.required_roles) > self.count:
+            raise ValueError(f"required_roles lists {len(self.required_roles)} roles but count is {self.count}")
+        return self
+
+
+class StageGate(_Strict):
+    """`auto`, `skip`, or `{approve: {count, roles, required_roles}}`."""
+
+    mode: Literal["auto", "approve", "skip"] = "auto"
+    approve: Approval | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"mode": value}
+        if isinstance(value, dict) and "approve" in value and "mode" not in value:
+            return {"mode": "approve", **value}
+        return value
+
+    @model_validator(mode="after")
+    def _approval_given(self) -> StageGate:
+        if self.mode == "approve" and self.approve is None:
+            self.approve = Approval()
+        if self.mode != "approve" and self.approve is not None:
+            raise ValueError(f"mode {self.mode!r} takes no approve block")
+        return self
+
+
+class EscalationTier(_Strict):
+    after: Duration
+    notify: list[str] = Field(min_length=1)
+
+
+class SeverityPolicy(_Strict):
+    ack_sla: Duration = Field(default_factory=lambda: timedelta(minutes=30))
+    escalation: list[EscalationTier] = Field(default_factory=list)
+    approval_timeout: Duration = Field(default_factory=lambda: timedelta(minutes=30))
+    stages: dict[str, StageGate] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_stages(self) -> SeverityPolicy:
+        unknown = sorted(set(self.stages) - set(GATED_STAGES))
+        if unknown:
+            raise ValueError(f"stages {unknown} cannot be gated; gated stages are {list(GATED_STAGES)}")
+        return self
+
+    def gate(self, stage: str) -> StageGate:
+        return self.stages.get(stage, StageGate())
+
+
+class ConfirmCheck(_Strict):
+    kind: Literal["probe", "metric"]
+    detectors: list[str] = Field(default_factory=list)
+    prompts: list[str] = Field(default_factory=list)
+    version: Literal["reported", "active"] = "reported"
+    query: str | None = None
+    threshold: float | None = None
+    comparison: Literal[">", ">=", "<", "<="] = ">"
+
+    @model_validator(mode="after")
+    def _complete(self) -> ConfirmCheck:
+        if self.kind == "probe" and not self.detectors:
+            raise ValueError("a probe check needs detectors to run on the output")
+        if self.kind == "metric" and (self.query is None or self.threshold is None):
+            raise ValueError("a metric check needs query and threshold")
+        return self
+
+
+class Confirm(_Strict):
+    checks: list[ConfirmCheck] = Field(default_factory=list)
+    triage_timeout: Duration = Field(default_factory=lambda: timedelta(hours=1))
+
+
+class Verify(_Strict):
+    detectors: list[str] = Field(min_length=1)
+    include_regression_suite: bool = True
+
+
+class Hotfix(_Strict):
+    actions: list[ActionSpec] = Field(default_factory=list)
+    verify: Verify
+
+
+class Review(_Strict):
+    tasks: list[str] = Field(
+        default_factory=lambda: ["root_cause", "risk_assessment", "testing_protocol", "monitoring", "guardrails"]
+    )
+    add_repro_to_regression_suite: bool = True
+
+
+class ReportClock(_Strict):
+    when: Condition
+    days: int = Field(ge=1)
+    reason: str
+
+
+class Regulatory(_Strict):
+    serious_when: list[Condition] = Field(default_factory=list, description="any of these marks the incident serious")
+    report_days: int = 15
+    shorter_clocks: list[ReportClock] = Field(default_factory=list)
+    reminder_every: Duration = Field(default_factory=lambda: timedelta(days=1))
+
+
+class Match(_Strict):
+    any: list[Condition] = Field(min_length=1)
+    priority: int = 0
+
+
+class TargetTemplate(_Strict):
+    adapter: str = "gateway"
+    model: str = "{model}"
+
+
+class Runbook(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    description: str
+    match: Match
+    dedup_key: str = Field(description="template over the signal: {runbook} {model} {category} {sender} {labels[name]}")
+    target: TargetTemplate = Field(default_factory=TargetTemplate)
+    confirm: Confirm = Field(default_factory=Confirm)
+    severity: SeverityRules = Field(default_factory=SeverityRules)
+    policy: dict[Severity, SeverityPolicy]
+    containment: list[ActionSpec] = Field(default_factory=list)
+    rollback: list[ActionSpec] = Field(default_factory=list)
+    hotfix: Hotfix | None = None
+    review: Review = Field(default_factory=Review)
+    regulatory: Regulatory = Field(default_factory=Regulatory)
+
+    @model_validator(mode="after")
+    def _every_severity_has_a_policy(self) -> Runbook:
+        missing = [s.value for s in Severity if s not in self.policy]
+        if missing:
+            raise ValueError(f"policy has no entry for severities {missing}")
+        return self
+
+    def policy_for(self, severity: Severity) -> SeverityPolicy:
+        return self.policy[severity]
