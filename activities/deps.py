@@ -1,0 +1,26 @@
+"""What activities need from the outside world, handed in once when the worker starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from temporalio.exceptions import ApplicationError
+
+from stanch.config import Settings
+from stanch.targets.base import TargetError
+from stanch.targets.registry import TargetRegistry
+
+
+@dataclass
+class ActivityDeps:
+    settings: Settings
+    targets: TargetRegistry
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ActivityDeps:
+        return cls(settings=settings, targets=TargetRegistry(settings))
+
+
+def as_application_error(error: TargetError, what: str) -> ApplicationError:
+    """Retryable target failures retry; the rest fail at once, with a type a runbook author can read."""
+    return ApplicationError(f"{what}: {error}", type="TargetUnavailable" if error.retryable else "InvalidAction", non_retryable=not error.retryable)

@@ -1,0 +1,52 @@
+"""Evidence: snapshot what an investigation needs before the first change to the target.
+
+EU AI Act Art. 73(6): no change that could hamper evaluating the cause before authorities
+are told. The snapshot is canonical JSON; its sha256 goes into workflow history.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+
+from temporalio import activity
+
+from activities.deps import ActivityDeps, as_application_error
+from activities.models import EvidenceInput, EvidenceResult
+from stanch.targets.base import TargetError
+
+
+class EvidenceActivities:
+    def __init__(self, deps: ActivityDeps) -> None:
+        self.deps = deps
+
+    @activity.defn(name="snapshot_evidence")
+    async def snapshot_evidence(self, input: EvidenceInput) -> EvidenceResult:
+        try:
+            target_state = await self.deps.targets.get(input.target).state(input.target.model)
+        except TargetError as error:
+            raise as_application_error(error, f"reading the state of {input.target}") from error
+        snapshot = {
+            "incident_id": input.incident_id,
+            "runbook": {"name": input.runbook, "sha256": input.runbook_sha256},
+            "target": input.target.model_dump(mode="json"),
+            "target_state": target_state,
+            "signals": [signal.model_dump(mode="json") for signal in input.signals],
+            "repro": [case.model_dump(mode="json") for case in input.repro],
+            "findings": [finding.model_dump(mode="json") for finding in input.findings],
+            "taken_at": datetime.now(UTC).isoformat(),
+        }
+        body = json.dumps(snapshot, sort_keys=True, separators=(",", ":")).encode()
+        digest = hashlib.sha256(body).hexdigest()
+        folder = self.deps.settings.evidence_dir / input.incident_id
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{digest}.json"
+        path.write_bytes(body)
+        summary = {
+            "served_version": target_state.get("served_version"),
+            "release_version": target_state.get("release_version"),
+            "signals": len(input.signals),
+            "repro_cases": len(input.repro),
+        }
+        return EvidenceResult(sha256=digest, location=str(path), summary=summary)

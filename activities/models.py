@@ -1,0 +1,138 @@
+"""One input and one output model per activity (DESIGN.md "Temporal conventions")."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from stanch.models import ActionSpec, AppliedAction, ReproCase, Severity, Signal, TargetRef
+from stanch.runbooks.schema import ConfirmCheck, Runbook
+
+
+class Finding(BaseModel):
+    check: str
+    outcome: Literal["confirmed", "not_confirmed", "inconclusive"]
+    detail: str
+    detectors: list[str] = Field(default_factory=list)
+
+
+class ConfirmInput(BaseModel):
+    incident_id: str
+    target: TargetRef
+    checks: list[ConfirmCheck]
+    repro: list[ReproCase] = Field(default_factory=list)
+
+
+class ConfirmResult(BaseModel):
+    outcome: Literal["confirmed", "not_confirmed", "inconclusive"]
+    findings: list[Finding] = Field(default_factory=list)
+    detectors_fired: list[str] = Field(default_factory=list)
+    reproduced: list[ReproCase] = Field(default_factory=list)
+
+
+class EvidenceInput(BaseModel):
+    incident_id: str
+    runbook: str
+    runbook_sha256: str
+    target: TargetRef
+    signals: list[Signal]
+    repro: list[ReproCase] = Field(default_factory=list)
+    findings: list[Finding] = Field(default_factory=list)
+
+
+class EvidenceResult(BaseModel):
+    sha256: str
+    location: str
+    summary: dict[str, Any] = Field(default_factory=dict)
+
+
+class GradeInput(BaseModel):
+    runbook: Runbook
+    signals: list[Signal]
+    detectors_fired: list[str] = Field(default_factory=list)
+    current: Severity | None = Field(None, description="severity already in force, if graded or set before")
+
+
+class GradeResult(BaseModel):
+    severity: Severity
+    reasons: list[str] = Field(default_factory=list)
+    serious: bool = False
+    report_days: int = 15
+    serious_reason: str = ""
+
+
+class ApplyInput(BaseModel):
+    incident_id: str
+    stage: str
+    index: int
+    target: TargetRef
+    action: ActionSpec
+
+
+class LiftInput(BaseModel):
+    incident_id: str
+    applied: AppliedAction
+
+
+class VerifyInput(BaseModel):
+    incident_id: str
+    target: TargetRef
+    detectors: list[str]
+    repro: list[ReproCase] = Field(default_factory=list)
+    include_regression_suite: bool = True
+
+
+class CaseResult(BaseModel):
+    prompt: str
+    origin: Literal["incident", "regression"]
+    passed: bool
+    status_code: int
+    model_version: str | None = None
+    hits: list[str] = Field(default_factory=list)
+
+
+class VerifyResult(BaseModel):
+    passed: bool
+    version: str | None = None
+    cases: list[CaseResult] = Field(default_factory=list)
+
+    @property
+    def failures(self) -> list[CaseResult]:
+        return [case for case in self.cases if not case.passed]
+
+
+class ReviewInput(BaseModel):
+    incident_id: str
+    runbook: Runbook
+    target: TargetRef
+    severity: Severity
+    status: str
+    repro: list[ReproCase] = Field(default_factory=list)
+    actions: list[AppliedAction] = Field(default_factory=list)
+    timeline: list[dict[str, Any]] = Field(default_factory=list)
+    evidence_sha256: str | None = None
+    serious: bool = False
+    report_deadline: str | None = None
+
+
+class ReviewResult(BaseModel):
+    tasks: list[dict[str, Any]] = Field(default_factory=list)
+    postmortem: str
+    report_draft: str | None = None
+    regression_cases_added: int = 0
+
+
+class Notification(BaseModel):
+    incident_id: str
+    kind: Literal["page", "escalation", "approval_needed", "action_failed", "report_reminder", "status"]
+    recipients: list[str]
+    message: str
+    severity: Severity
+    tier: int = 0
+    dedup_id: str = Field(description="business identity of this notification, for idempotent delivery")
+
+
+class NotifyResult(BaseModel):
+    delivered: list[str] = Field(default_factory=list)
+    failed: list[str] = Field(default_factory=list)

@@ -1,0 +1,27 @@
+"""Restore: undo one containment or rollback action through the inverse it recorded."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from temporalio import activity
+
+from activities.deps import ActivityDeps, as_application_error
+from activities.models import LiftInput
+from stanch.models import AppliedAction
+from stanch.targets.base import TargetError
+
+
+class RestoreActivities:
+    def __init__(self, deps: ActivityDeps) -> None:
+        self.deps = deps
+
+    @activity.defn(name="lift_action")
+    async def lift_action(self, input: LiftInput) -> AppliedAction:
+        applied = input.applied
+        undo_key = f"{applied.idempotency_key}/undo"
+        try:
+            await self.deps.targets.get(applied.target).undo(applied, undo_key)
+        except TargetError as error:
+            raise as_application_error(error, f"undo of {applied.kind} on {applied.target}") from error
+        return applied.model_copy(update={"undone_at": datetime.now(UTC), "undo_key": undo_key})

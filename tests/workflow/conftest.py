@@ -1,0 +1,83 @@
+"""Workflow tests on the time-skipping test server with activity stand-ins.
+
+The time-skipping server knows no custom search attributes, so incidents here run with
+`upsert_search_attributes=False` (DESIGN.md "Known pitfalls").
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import pytest_asyncio
+from temporalio.client import Client, WorkflowHandle
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from stanch.incident import IncidentInput
+from stanch.models import ReproCase, Signal, TargetRef
+from stanch.runbooks.loader import default_runbooks_dir, load_runbook
+from tests.conftest import installed_binary
+from tests.workflow.standins import Script, stand_ins
+from workflows.incident import IncidentWorkflow
+
+
+@pytest_asyncio.fixture(scope="session")
+async def env() -> AsyncIterator[WorkflowEnvironment]:
+    environment = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=installed_binary("temporal-test-server"), data_converter=pydantic_data_converter
+    )
+    yield environment
+    await environment.shutdown()
+
+
+@pytest.fixture
+def client(env: WorkflowEnvironment) -> Client:
+    return env.client
+
+
+def alert(signal_id: str = "sig-1", **overrides) -> Signal:
+    fields = dict(
+        signal_id=signal_id,
+        sender="alertmanager",
+        title="support-bot leaks an API key",
+        labels={"alertname": "HarmfulOutput", "model": "support-bot"},
+        model="support-bot",
+        model_version="2",
+        repro=[ReproCase(prompt="What is the admin API key?")],
+    )
+    fields.update(overrides)
+    return Signal(**fields)
+
+
+def incident_input(runbook: str = "harmful-output", **changes) -> IncidentInput:
+    loaded = load_runbook(default_runbooks_dir() / f"{runbook}.yaml")
+    book = loaded.runbook.model_copy(update=changes) if changes else loaded.runbook
+    return IncidentInput(
+        incident_id=f"inc-{uuid.uuid4()}",
+        runbook=book,
+        runbook_sha256=loaded.sha256,
+        target=TargetRef(model="support-bot", version="2"),
+        dedup_key=f"test/{uuid.uuid4()}",
+        upsert_search_attributes=False,
+    )
+
+
+@asynccontextmanager
+async def running_incident(client: Client, script: Script, input: IncidentInput | None = None, first: Signal | None = None):
+    """A worker with stand-ins on a fresh task queue, and an incident opened by its first signal."""
+    task_queue = f"tq-{uuid.uuid4()}"
+    input = input or incident_input()
+    async with Worker(client, task_queue=task_queue, workflows=[IncidentWorkflow], activities=stand_ins(script)):
+        handle: WorkflowHandle = await client.start_workflow(
+            IncidentWorkflow.run,
+            input,
+            id=input.incident_id,
+            task_queue=task_queue,
+            start_signal="add_signal",
+            start_signal_args=[first or alert()],
+        )
+        yield handle

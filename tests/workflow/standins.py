@@ -1,0 +1,123 @@
+"""Activity stand-ins for workflow tests: same names as the real activities, scripted outcomes.
+
+Each test builds a `Script` saying how the outside world behaves (does confirm reproduce, which
+action fails, does verification pass) and reads back what the workflow asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.models import (
+    ApplyInput,
+    CaseResult,
+    ConfirmInput,
+    ConfirmResult,
+    EvidenceInput,
+    EvidenceResult,
+    Finding,
+    GradeInput,
+    GradeResult,
+    LiftInput,
+    Notification,
+    NotifyResult,
+    ReviewInput,
+    ReviewResult,
+    VerifyInput,
+    VerifyResult,
+)
+from stanch.models import AppliedAction, ReproCase, Severity, idempotency_key
+from stanch.runbooks.conditions import grade, seriousness
+
+
+@dataclass
+class Script:
+    confirm: str = "confirmed"  # confirmed | not_confirmed | inconclusive
+    detectors: list[str] = field(default_factory=lambda: ["secret"])
+    failing_kinds: set[str] = field(default_factory=set)  # apply fails (non-retryable) for these kinds
+    failures_left: dict[str, int] = field(default_factory=dict)  # kind -> how many more times to fail
+    verify_passes: list[bool] = field(default_factory=lambda: [True])
+    applied: list[str] = field(default_factory=list)  # idempotency keys, in order
+    lifted: list[str] = field(default_factory=list)
+    notifications: list[Notification] = field(default_factory=list)
+    evidence_before_first_change: bool | None = None
+    reviews: list[ReviewInput] = field(default_factory=list)
+
+
+def stand_ins(script: Script) -> list:
+    @activity.defn(name="confirm_incident")
+    async def confirm_incident(input: ConfirmInput) -> ConfirmResult:
+        fired = script.detectors if script.confirm == "confirmed" else []
+        cases = [ReproCase(prompt=c.prompt, detectors=fired) for c in input.repro] if fired else []
+        finding = Finding(check="scripted probe", outcome=script.confirm, detail=f"scripted {script.confirm}", detectors=fired)
+        return ConfirmResult(outcome=script.confirm, findings=[finding], detectors_fired=fired, reproduced=cases)
+
+    @activity.defn(name="snapshot_evidence")
+    async def snapshot_evidence(input: EvidenceInput) -> EvidenceResult:
+        script.evidence_before_first_change = not script.applied
+        return EvidenceResult(sha256="ab" * 32, location=f"/evidence/{input.incident_id}.json")
+
+    @activity.defn(name="grade_severity")
+    async def grade_severity(input: GradeInput) -> GradeResult:
+        severity, reasons = grade(input.runbook, input.signals, input.detectors_fired)
+        in_force = input.current if input.current and input.current.rank > severity.rank else severity
+        serious, days, why = seriousness(input.runbook, input.signals, in_force, input.detectors_fired)
+        return GradeResult(severity=severity, reasons=reasons, serious=serious, report_days=days, serious_reason=why)
+
+    async def apply(input: ApplyInput) -> AppliedAction:
+        kind = input.action.kind
+        if kind in script.failing_kinds:
+            raise ApplicationError(f"{kind} refused by the target", type="InvalidAction", non_retryable=True)
+        if script.failures_left.get(kind, 0) > 0:
+            script.failures_left[kind] -= 1
+            raise ApplicationError(f"{kind} failed once", type="InvalidAction", non_retryable=True)
+        key = idempotency_key(input.incident_id, input.stage, input.index, input.target)
+        script.applied.append(key)
+        return AppliedAction(
+            kind=kind, stage=input.stage, index=input.index, target=input.target, idempotency_key=key,
+            params=input.action.params, inverse={"undo": kind}, applied_at=datetime.now(UTC),
+        )
+
+    @activity.defn(name="apply_containment")
+    async def apply_containment(input: ApplyInput) -> AppliedAction:
+        return await apply(input)
+
+    @activity.defn(name="apply_rollback")
+    async def apply_rollback(input: ApplyInput) -> AppliedAction:
+        return await apply(input)
+
+    @activity.defn(name="apply_hotfix")
+    async def apply_hotfix(input: ApplyInput) -> AppliedAction:
+        return await apply(input)
+
+    @activity.defn(name="verify_fix")
+    async def verify_fix(input: VerifyInput) -> VerifyResult:
+        passed = script.verify_passes.pop(0) if len(script.verify_passes) > 1 else script.verify_passes[0]
+        case = CaseResult(prompt="repro", origin="incident", passed=passed, status_code=200, model_version="3")
+        return VerifyResult(passed=passed, version="3", cases=[case])
+
+    @activity.defn(name="lift_action")
+    async def lift_action(input: LiftInput) -> AppliedAction:
+        if f"undo:{input.applied.kind}" in script.failing_kinds:
+            raise ApplicationError(f"undo of {input.applied.kind} refused", type="InvalidAction", non_retryable=True)
+        script.lifted.append(input.applied.idempotency_key)
+        return input.applied.model_copy(update={"undone_at": datetime.now(UTC), "undo_key": input.applied.idempotency_key + "/undo"})
+
+    @activity.defn(name="open_review")
+    async def open_review(input: ReviewInput) -> ReviewResult:
+        script.reviews.append(input)
+        return ReviewResult(tasks=[{"kind": t} for t in input.runbook.review.tasks], postmortem="/reviews/pm.md", regression_cases_added=len(input.repro))
+
+    @activity.defn(name="notify")
+    async def notify(notification: Notification) -> NotifyResult:
+        script.notifications.append(notification)
+        return NotifyResult(delivered=notification.recipients)
+
+    return [confirm_incident, snapshot_evidence, grade_severity, apply_containment, apply_rollback, apply_hotfix, verify_fix, lift_action, open_review, notify]
+
+
+__all__ = ["Script", "stand_ins", "Severity"]

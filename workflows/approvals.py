@@ -1,0 +1,60 @@
+"""The rules of a gated step: who may approve, and when enough people have.
+
+Pure functions over the incident's records so validators, the signal variant and the gate
+all apply exactly the same rules.
+"""
+
+from __future__ import annotations
+
+from stanch.incident import ApprovalDecision, ApprovalRecord, PendingApproval
+
+
+def refusal(pending: PendingApproval | None, decision: ApprovalDecision, records: list[ApprovalRecord]) -> str | None:
+    """Why this decision cannot count, or None when it may."""
+    if pending is None:
+        return f"no step is waiting for approval, so {decision.stage!r} cannot be decided now"
+    if decision.stage != pending.stage:
+        return f"stage {decision.stage!r} is not waiting for approval; {pending.stage!r} is"
+    if not decision.approver.strip():
+        return "an approval must name the approver"
+    if decision.approver == pending.requested_by:
+        return f"{decision.approver} requested this step and cannot approve it (four eyes)"
+    already = [r for r in records if r.stage == pending.stage and r.approver == decision.approver and r.at >= pending.requested_at]
+    if already:
+        return f"{decision.approver} has already decided on {pending.stage!r}; four eyes needs a different person"
+    if not set(decision.roles) & set(pending.roles):
+        return (
+            f"deciding on {pending.stage!r} needs one of the roles {pending.roles}; "
+            f"{decision.approver} holds {decision.roles or 'none'}"
+        )
+    return None
+
+
+def current_votes(pending: PendingApproval, records: list[ApprovalRecord]) -> list[ApprovalRecord]:
+    return [r for r in records if r.stage == pending.stage and r.at >= pending.requested_at]
+
+
+def is_rejected(pending: PendingApproval, records: list[ApprovalRecord]) -> bool:
+    return any(not r.approve for r in current_votes(pending, records))
+
+
+def is_satisfied(pending: PendingApproval, records: list[ApprovalRecord]) -> bool:
+    approvals = [r for r in current_votes(pending, records) if r.approve]
+    if len({r.approver for r in approvals}) < pending.count:
+        return False
+    held = {role for r in approvals for role in r.roles}
+    return all(role in held for role in pending.required_roles)
+
+
+def missing(pending: PendingApproval, records: list[ApprovalRecord]) -> str:
+    """What is still needed, in words, for the board and the timeline."""
+    approvals = [r for r in current_votes(pending, records) if r.approve]
+    held = {role for r in approvals for role in r.roles}
+    needs = []
+    remaining = pending.count - len({r.approver for r in approvals})
+    if remaining > 0:
+        needs.append(f"{remaining} more approval(s) from {pending.roles}")
+    lacking = [role for role in pending.required_roles if role not in held]
+    if lacking:
+        needs.append(f"an approver with role {lacking}")
+    return "; ".join(needs) or "nothing"

@@ -1,0 +1,502 @@
+"""IncidentWorkflow: one durable workflow per incident, reading like the runbook it executes.
+
+    OPEN → CONFIRM → EVIDENCE → SEVERITY → CONTAIN → ROLLBACK → HOTFIX → VERIFY → RESTORE → REVIEW → CLOSED
+
+Every stage is one method below. Gated stages wait for approvals (four eyes where the
+runbook's policy says so); a failed action keeps every protection in place and waits for a
+human to choose retry, skip or abort; restore undoes containment and rollback in reverse
+order and only on an explicit step. The responders' handlers live in `workflows/handlers.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
+
+from workflows.handlers import IncidentAborted, ResponderHandlers
+
+with workflow.unsafe.imports_passed_through():
+    from activities.confirm import ConfirmActivities
+    from activities.containment import ContainmentActivities
+    from activities.evidence import EvidenceActivities
+    from activities.hotfix import HotfixActivities
+    from activities.models import (
+        ApplyInput,
+        ConfirmInput,
+        EvidenceInput,
+        GradeInput,
+        GradeResult,
+        LiftInput,
+        Notification,
+        ReviewInput,
+        VerifyInput,
+    )
+    from activities.notify import NotifyActivities
+    from activities.restore import RestoreActivities
+    from activities.review import ReviewActivities
+    from activities.rollback import RollbackActivities
+    from activities.severity import grade_severity
+    from stanch.incident import (
+        EvidenceRecord,
+        IncidentInput,
+        IncidentState,
+        IncidentStatus,
+        PendingApproval,
+        StageStatus,
+    )
+    from stanch.models import ActionSpec
+    from workflows import approvals
+
+# Mutations retry a few times with backoff; what retrying cannot fix fails at once.
+ACTION_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(seconds=20),
+    maximum_attempts=5,
+    non_retryable_error_types=["InvalidAction", "UnknownTarget"],
+)
+READ_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=20), maximum_attempts=5)
+NOTIFY_RETRY = RetryPolicy(maximum_attempts=3)
+ACTION_TIMEOUT = timedelta(seconds=30)
+PROBE_TIMEOUT = timedelta(minutes=2)
+FINETUNE_TIMEOUT = timedelta(minutes=30)
+FINETUNE_HEARTBEAT = timedelta(seconds=10)
+REVERSIBLE_STAGES = ("contain", "rollback")
+
+
+@workflow.defn(name="IncidentWorkflow")
+class IncidentWorkflow(ResponderHandlers):
+    @workflow.init
+    def __init__(self, input: IncidentInput) -> None:
+        super().__init__(input)
+        self.background: list[asyncio.Task] = []
+
+    @workflow.run
+    async def run(self, input: IncidentInput) -> IncidentState:
+        await self.open()
+        try:
+            if await self.confirm():
+                await self.collect_evidence()
+                await self.grade_severity()
+                await self.contain()
+                await self.roll_back()
+                await self.hotfix()
+                await self.verify()
+                await self.restore()
+                await self.review()
+                await self.wait_for_regulatory_report()
+                self.close(IncidentStatus.closed, "restored and reviewed")
+        except IncidentAborted as aborted:
+            self.note("decision", f"aborted: protections stay in place ({aborted})", aborted.by)
+            await self.review()
+            self.close(IncidentStatus.aborted, str(aborted))
+        for task in self.background:
+            task.cancel()
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self.state
+
+    # --- the stages ---------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """The first signal opens the incident; on-call is paged and the ack clock starts."""
+        await workflow.wait_condition(lambda: bool(self.state.signals))
+        self.publish()
+        first = self.state.signals[0]
+        self.note("stage", f"opened by {first.sender} signal {first.signal_id!r}: {first.title}", first.sender)
+        await self.notify("page", ["oncall"], f"new incident {self.state.id}: {first.title or self.runbook.description}")
+        self.background.append(asyncio.create_task(self.escalate_until_acknowledged()))
+
+    async def confirm(self) -> bool:
+        """Re-check before acting: replay the reported prompts, re-query the metric."""
+        self.mark("confirm", StageStatus.running)
+        result = await workflow.execute_activity_method(
+            ConfirmActivities.confirm_incident,
+            ConfirmInput(
+                incident_id=self.state.id, target=self.state.target, checks=self.runbook.confirm.checks, repro=self.state.repro
+            ),
+            start_to_close_timeout=PROBE_TIMEOUT,
+            retry_policy=READ_RETRY,
+        )
+        self.detectors_fired = result.detectors_fired
+        self.findings = result.findings
+        self.merge_repro(result.reproduced)
+        for finding in result.findings:
+            self.note("confirm", f"{finding.check}: {finding.outcome} — {finding.detail}")
+        outcome = result.outcome
+        if outcome == "inconclusive":
+            outcome = await self.triage_by_a_human()
+        if outcome == "not_confirmed":
+            self.mark("confirm", StageStatus.done, "not confirmed: false positive")
+            for stage in self.state.stages[1:]:
+                self.mark(stage.name, StageStatus.skipped, "false positive")
+            self.close(IncidentStatus.false_positive, self.close_reason_for_false_positive())
+            return False
+        self.mark("confirm", StageStatus.done, "confirmed")
+        self.set_status(IncidentStatus.confirmed)
+        return True
+
+    async def triage_by_a_human(self) -> str:
+        """Checks could not decide: a responder triages; reminders escalate until they do."""
+        self.set_status(IncidentStatus.triage)
+        self.mark("confirm", StageStatus.running, "inconclusive: waiting for a responder to triage")
+        await self.notify("approval_needed", ["oncall"], f"{self.state.id}: confirmation inconclusive, please triage")
+        while self.triage_decision is None:
+            try:
+                await workflow.wait_condition(lambda: self.triage_decision is not None, timeout=self.runbook.confirm.triage_timeout)
+            except asyncio.TimeoutError:
+                await self.notify("escalation", self.next_tier_recipients(), f"{self.state.id}: triage overdue")
+        return self.triage_decision.outcome
+
+    async def collect_evidence(self) -> None:
+        """Snapshot what an investigation needs before the first change (EU AI Act Art. 73(6))."""
+        self.mark("evidence", StageStatus.running)
+        while True:
+            try:
+                snapshot = await workflow.execute_activity_method(
+                    EvidenceActivities.snapshot_evidence,
+                    EvidenceInput(
+                        incident_id=self.state.id,
+                        runbook=self.state.runbook,
+                        runbook_sha256=self.state.runbook_sha256,
+                        target=self.state.target,
+                        signals=self.state.signals,
+                        repro=self.state.repro,
+                        findings=self.findings,
+                    ),
+                    start_to_close_timeout=ACTION_TIMEOUT,
+                    retry_policy=READ_RETRY,
+                )
+                break
+            except ActivityError as failure:
+                if await self.ask_a_human("evidence", f"snapshot failed: {cause_of(failure)}") == "skip":
+                    return self.mark("evidence", StageStatus.skipped, "skipped by a responder")
+        self.state.evidence = EvidenceRecord(
+            sha256=snapshot.sha256, location=snapshot.location, taken_at=workflow.now(), summary=snapshot.summary
+        )
+        self.mark("evidence", StageStatus.done, f"sha256 {snapshot.sha256}")
+
+    async def grade_severity(self) -> None:
+        """Runbook rules grade the incident; new signals may raise it later, never lower it."""
+        self.mark("severity", StageStatus.running)
+        self.apply_grade(await self.run_grading())
+        self.mark("severity", StageStatus.done, f"{self.state.severity}: {'; '.join(self.state.severity_reasons)}")
+        self.background.append(asyncio.create_task(self.regrade_on_new_signals()))
+
+    async def contain(self) -> None:
+        """Limit harm now: kill switches, blocked prompts and outputs, restricted endpoints."""
+        if not await self.gate("contain", self.runbook.containment):
+            return
+        self.set_status(IncidentStatus.containing)
+        await self.apply_actions("contain", self.runbook.containment, ContainmentActivities.apply_containment)
+        self.mark("contain", StageStatus.done)
+
+    async def roll_back(self) -> None:
+        """Previous good version, disable the new update, or switch to the fallback model."""
+        if not await self.gate("rollback", self.runbook.rollback):
+            return
+        self.set_status(IncidentStatus.rolling_back)
+        await self.apply_actions("rollback", self.runbook.rollback, RollbackActivities.apply_rollback)
+        self.mark("rollback", StageStatus.done)
+
+    async def hotfix(self) -> None:
+        """Guardrails, system prompt or a fine-tuned version: the fix users will get back."""
+        actions = self.runbook.hotfix.actions if self.runbook.hotfix else []
+        if not await self.gate("hotfix", actions):
+            return
+        self.set_status(IncidentStatus.hotfixing)
+        await self.apply_actions("hotfix", actions, HotfixActivities.apply_hotfix, timeout=FINETUNE_TIMEOUT)
+        self.mark("hotfix", StageStatus.done)
+
+    async def verify(self) -> None:
+        """Replay the repro cases and the regression suite; only a pass moves the incident on."""
+        if self.state.stage("hotfix").status != StageStatus.done:
+            return self.mark("verify", StageStatus.skipped, "no hotfix was applied")
+        self.set_status(IncidentStatus.verifying)
+        self.mark("verify", StageStatus.running)
+        while True:
+            try:
+                result = await workflow.execute_activity_method(
+                    HotfixActivities.verify_fix,
+                    VerifyInput(
+                        incident_id=self.state.id,
+                        target=self.state.target,
+                        detectors=self.runbook.hotfix.verify.detectors,
+                        repro=self.state.repro,
+                        include_regression_suite=self.runbook.hotfix.verify.include_regression_suite,
+                    ),
+                    start_to_close_timeout=PROBE_TIMEOUT,
+                    retry_policy=READ_RETRY,
+                )
+            except ActivityError as failure:
+                await self.ask_a_human("verify", f"verification could not run: {cause_of(failure)}")
+                continue
+            summary = f"{len(result.cases) - len(result.failures)}/{len(result.cases)} cases pass on version {result.version}"
+            self.note("verify", summary, cases=[case.model_dump() for case in result.failures])
+            if result.passed:
+                return self.mark("verify", StageStatus.done, summary)
+            await self.ask_a_human("verify", f"verification failed: {summary}")
+
+    async def restore(self) -> None:
+        """Lift containment and rollback in reverse order, each through the inverse it recorded."""
+        to_lift = [a for a in reversed(self.state.actions) if a.stage in REVERSIBLE_STAGES and a.undone_at is None and a.reversible]
+        requested_by = self.resolve_request.by if self.resolve_request else "stanch"
+        if not await self.gate("restore", to_lift, requested_by=requested_by):
+            if to_lift:
+                self.note("restore", f"protections left in place: {[a.kind for a in to_lift]}")
+            return
+        self.set_status(IncidentStatus.restoring)
+        for applied in to_lift:
+            while True:
+                try:
+                    lifted = await workflow.execute_activity_method(
+                        RestoreActivities.lift_action,
+                        LiftInput(incident_id=self.state.id, applied=applied),
+                        start_to_close_timeout=ACTION_TIMEOUT,
+                        retry_policy=ACTION_RETRY,
+                    )
+                except ActivityError as failure:
+                    if await self.ask_a_human("restore", f"undo of {applied.kind} failed: {cause_of(failure)}") == "retry":
+                        continue
+                    self.note("restore", f"{applied.kind} stays in place (skipped by a responder)")
+                    break
+                self.state.actions[self.state.actions.index(applied)] = lifted
+                self.note("action", f"lifted {applied.kind}", key=lifted.undo_key)
+                break
+        self.mark("restore", StageStatus.done)
+
+    async def review(self) -> None:
+        """Review tasks, the postmortem draft, repro cases into the regression suite, report draft."""
+        self.set_status(IncidentStatus.reviewing)
+        self.mark("review", StageStatus.running)
+        clock = self.state.regulatory
+        result = await workflow.execute_activity_method(
+            ReviewActivities.open_review,
+            ReviewInput(
+                incident_id=self.state.id,
+                runbook=self.runbook,
+                target=self.state.target,
+                severity=self.state.severity,
+                status=self.state.status.value,
+                repro=self.state.repro,
+                actions=self.state.actions,
+                timeline=[entry.model_dump(mode="json") for entry in self.state.timeline],
+                evidence_sha256=self.state.evidence.sha256 if self.state.evidence else None,
+                serious=clock.serious,
+                report_deadline=clock.deadline.isoformat() if clock.deadline else None,
+            ),
+            start_to_close_timeout=ACTION_TIMEOUT,
+            retry_policy=ACTION_RETRY,
+        )
+        self.state.review = result.model_dump()
+        self.mark("review", StageStatus.done, f"{len(result.tasks)} tasks, {result.regression_cases_added} regression cases added")
+
+    async def wait_for_regulatory_report(self) -> None:
+        """A serious incident stays open until a responder records its report as filed."""
+        if self.state.regulatory.serious and self.state.regulatory.filed is None:
+            self.set_status(IncidentStatus.awaiting_report)
+            await workflow.wait_condition(lambda: self.state.regulatory.filed is not None)
+
+    # --- the gate, the fail-safe and the timers ----------------------------------------------
+
+    async def gate(self, stage: str, actions: list, requested_by: str = "stanch") -> bool:
+        """Run, skip or wait for approval, as the runbook's policy for this severity says."""
+        if self.resolve_request and stage != "restore":
+            self.mark(stage, StageStatus.skipped, f"resolved by {self.resolve_request.by}")
+            return False
+        if not actions:
+            self.mark(stage, StageStatus.skipped, f"nothing to {stage}")
+            return False
+        gate = self.policy.gate(stage)
+        if gate.mode == "skip":
+            self.mark(stage, StageStatus.skipped, f"policy for {self.state.severity} skips {stage}")
+            return False
+        if gate.mode == "approve":
+            pending = PendingApproval(
+                stage=stage,
+                severity=self.state.severity,
+                count=gate.approve.count,
+                roles=gate.approve.roles,
+                required_roles=gate.approve.required_roles,
+                requested_by=requested_by,
+                requested_at=workflow.now(),
+            )
+            self.state.pending_approval = pending
+            self.mark(stage, StageStatus.awaiting_approval, approvals.missing(pending, self.state.approvals))
+            await self.notify("approval_needed", pending.roles, f"{self.state.id}: {stage} waits for approval")
+            settled = lambda: approvals.is_satisfied(pending, self.state.approvals) or approvals.is_rejected(
+                pending, self.state.approvals
+            )
+            while not settled():
+                try:
+                    await workflow.wait_condition(settled, timeout=self.policy.approval_timeout)
+                except asyncio.TimeoutError:
+                    await self.notify("escalation", self.next_tier_recipients(), f"{self.state.id}: approval of {stage} overdue")
+            self.state.pending_approval = None
+            if approvals.is_rejected(pending, self.state.approvals):
+                no = next(r for r in approvals.current_votes(pending, self.state.approvals) if not r.approve)
+                self.mark(stage, StageStatus.rejected, f"rejected by {no.approver}: {no.comment}")
+                return False
+            approvers = [r.approver for r in approvals.current_votes(pending, self.state.approvals)]
+            self.mark(stage, StageStatus.running, f"approved by {', '.join(approvers)}")
+            return True
+        self.mark(stage, StageStatus.running, f"automatic at {self.state.severity}")
+        return True
+
+    async def apply_actions(self, stage: str, actions: list[ActionSpec], activity, timeout=ACTION_TIMEOUT) -> None:
+        """Apply each action once (idempotency key per incident, stage, index and target)."""
+        for index, action in enumerate(actions):
+            while True:
+                try:
+                    applied = await workflow.execute_activity_method(
+                        activity,
+                        ApplyInput(incident_id=self.state.id, stage=stage, index=index, target=self.state.target, action=action),
+                        start_to_close_timeout=timeout,
+                        heartbeat_timeout=FINETUNE_HEARTBEAT if timeout == FINETUNE_TIMEOUT else None,
+                        retry_policy=ACTION_RETRY,
+                    )
+                except ActivityError as failure:
+                    if await self.ask_a_human(stage, f"{action.kind} failed: {cause_of(failure)}") == "retry":
+                        continue
+                    self.note("action", f"{action.kind} skipped by a responder")
+                    break
+                self.state.actions.append(applied)
+                self.note("action", f"{stage}: applied {action.kind}", key=applied.idempotency_key, result=applied.result)
+                break
+
+    async def ask_a_human(self, stage: str, problem: str) -> str:
+        """Fail safe: everything applied stays in place, on-call is told, a human decides."""
+        status_before = self.state.status
+        self.failure_decision = None
+        self.failed_stage = stage
+        self.mark(stage, StageStatus.failed, problem)
+        self.set_status(IncidentStatus.awaiting_decision)
+        await self.notify("action_failed", ["oncall", "incident-commander"], f"{self.state.id}: {problem}; decide retry, skip or abort")
+        while self.failure_decision is None:
+            try:
+                await workflow.wait_condition(lambda: self.failure_decision is not None, timeout=self.policy.approval_timeout)
+            except asyncio.TimeoutError:
+                await self.notify("escalation", self.next_tier_recipients(), f"{self.state.id}: {stage} failed, no decision yet")
+        decision, self.failed_stage = self.failure_decision, None
+        if decision.choice == "abort":
+            raise IncidentAborted(decision.by, decision.reason or f"{stage} failed: {problem}")
+        self.set_status(status_before)
+        self.mark(stage, StageStatus.running, f"{decision.choice} chosen by {decision.by}")
+        return decision.choice
+
+    async def escalate_until_acknowledged(self) -> None:
+        """Escalate tier by tier on the policy's schedule, then re-notify every ack SLA."""
+        acknowledged = lambda: self.state.acknowledged_at is not None or self.is_over
+        while not acknowledged():
+            tiers = self.policy.escalation
+            tier = self.state.escalation_tier
+            if tier < len(tiers):
+                due, recipients = self.state.opened_at + tiers[tier].after, tiers[tier].notify
+            else:
+                due = self.last_escalation_at + self.policy.ack_sla
+                recipients = tiers[-1].notify if tiers else ["oncall"]
+            wait = due - workflow.now()
+            if wait > timedelta(0):
+                try:
+                    await workflow.wait_condition(acknowledged, timeout=wait)
+                    return
+                except asyncio.TimeoutError:
+                    pass
+            self.state.escalation_tier = tier + 1
+            self.last_escalation_at = workflow.now()
+            self.note("escalation", f"not acknowledged: escalating to tier {tier + 1} {recipients}")
+            await self.notify("escalation", recipients, f"{self.state.id} is not acknowledged", tier=tier + 1)
+
+    async def regrade_on_new_signals(self) -> None:
+        """New signals (or a responder's change) re-run the rules; severity only ever rises here."""
+        while not self.is_over:
+            await workflow.wait_condition(lambda: self.regrade_wanted() or self.is_over)
+            if self.is_over:
+                return
+            self.apply_grade(await self.run_grading())
+
+    async def run_report_clock(self) -> None:
+        """Art. 73 report clock: reminders widen as the deadline nears, until the report is filed."""
+        clock = self.state.regulatory
+        while clock.filed is None:
+            remaining = clock.deadline - workflow.now()
+            wait = min(self.runbook.regulatory.reminder_every, remaining) if remaining > timedelta(0) else self.runbook.regulatory.reminder_every
+            try:
+                await workflow.wait_condition(lambda: clock.filed is not None, timeout=wait)
+                return
+            except asyncio.TimeoutError:
+                clock.reminders_sent += 1
+                overdue = workflow.now() >= clock.deadline
+                recipients = ["safety"] + (["incident-commander"] if remaining <= timedelta(days=2) else []) + (["executive"] if overdue else [])
+                message = f"{self.state.id}: serious-incident report {'OVERDUE since' if overdue else 'due'} {clock.deadline.isoformat()}"
+                self.note("regulatory", message)
+                await self.notify("report_reminder", recipients, message, tier=clock.reminders_sent)
+
+    # --- small helpers the stages share ------------------------------------------------
+
+    async def run_grading(self) -> GradeResult:
+        self.signals_graded = len(self.state.signals)
+        self.regrade_requested = False
+        return await workflow.execute_activity(
+            grade_severity,
+            GradeInput(
+                runbook=self.runbook,
+                signals=self.state.signals,
+                detectors_fired=self.detectors_fired,
+                current=self.state.severity if self.graded_once() else None,
+            ),
+            start_to_close_timeout=ACTION_TIMEOUT,
+            retry_policy=READ_RETRY,
+        )
+
+    def apply_grade(self, graded: GradeResult) -> None:
+        if not self.graded_once() or graded.severity.rank > self.state.severity.rank:
+            self.change_severity(graded.severity, graded.reasons)
+            self.refresh_pending_approval()
+        clock = self.state.regulatory
+        if graded.serious and not clock.serious:
+            clock.serious, clock.reason = True, graded.serious_reason
+            clock.aware_at = workflow.now()
+            clock.deadline = clock.aware_at + timedelta(days=graded.report_days)
+            self.note("regulatory", f"serious incident ({graded.serious_reason}): report due {clock.deadline.isoformat()}")
+            self.background.append(asyncio.create_task(self.run_report_clock()))
+
+    def graded_once(self) -> bool:
+        return self.state.stage("severity").status == StageStatus.done or self.severity_set_by_human
+
+    async def notify(self, kind: str, recipients: list[str], message: str, tier: int = 0) -> None:
+        """A channel that fails never stops the incident: the failure goes to the timeline."""
+        self.notifications_sent += 1
+        notification = Notification(
+            incident_id=self.state.id,
+            kind=kind,
+            recipients=recipients,
+            message=message,
+            severity=self.state.severity,
+            tier=tier,
+            dedup_id=f"{self.state.id}/notify/{self.notifications_sent}",
+        )
+        try:
+            await workflow.execute_activity_method(
+                NotifyActivities.notify, notification, start_to_close_timeout=ACTION_TIMEOUT, retry_policy=NOTIFY_RETRY
+            )
+            self.note("notification", f"{kind} → {', '.join(recipients)}: {message}")
+        except ActivityError as failure:
+            self.note("notification", f"{kind} to {', '.join(recipients)} failed: {cause_of(failure)}")
+
+    def next_tier_recipients(self) -> list[str]:
+        tiers = self.policy.escalation
+        return tiers[min(self.state.escalation_tier, len(tiers) - 1)].notify if tiers else ["oncall"]
+
+    def close(self, status: IncidentStatus, reason: str) -> None:
+        self.state.closed_at = workflow.now()
+        self.state.close_reason = reason
+        self.note("stage", f"{status}: {reason}")
+        self.set_status(status)
+
+
+def cause_of(failure: ActivityError) -> str:
+    cause = failure.cause
+    return getattr(cause, "message", None) or str(cause or failure)
