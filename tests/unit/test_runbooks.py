@@ -1,0 +1,275 @@
+"""Runbook loading and validation: the shipped runbooks are valid, and broken ones are refused
+with a message that names the file and the field."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from stanch.cli.runbooks import runbooks_app
+from stanch.models import Severity
+from stanch.runbooks.loader import (
+    RunbookError,
+    default_runbooks_dir,
+    load_catalog,
+    load_runbook,
+)
+from stanch.runbooks.schema import GATED_STAGES
+
+RUNBOOKS = Path(__file__).resolve().parents[2] / "runbooks"
+SHIPPED = ["harmful-output", "pii-leak", "prompt-injection-campaign", "quality-regression", "triage"]
+
+
+@pytest.fixture
+def runbook_copy(tmp_path: Path) -> Path:
+    """A scratch copy of the shipped runbooks folder, to break on purpose."""
+    folder = tmp_path / "runbooks"
+    shutil.copytree(RUNBOOKS, folder)
+    return folder
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {path.name}: the test no longer breaks what it means to"
+    path.write_text(text.replace(old, new, 1))
+
+
+# --- the shipped runbooks -----------------------------------------------------------------
+
+
+def test_default_dir_is_the_repo_runbooks_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("STANCH_RUNBOOKS", raising=False)
+    assert default_runbooks_dir() == RUNBOOKS
+    monkeypatch.setenv("STANCH_RUNBOOKS", str(tmp_path))
+    assert default_runbooks_dir() == tmp_path
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_each_shipped_runbook_validates(name: str) -> None:
+    path = RUNBOOKS / f"{name}.yaml"
+    loaded = load_runbook(path)
+    assert loaded.runbook.name == name
+    assert loaded.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert loaded.path == str(path)
+    # Every severity has a policy, and every gated stage of it resolves to a gate.
+    for severity in Severity:
+        policy = loaded.runbook.policy_for(severity)
+        for stage in GATED_STAGES:
+            assert policy.gate(stage).mode in {"auto", "approve", "skip"}
+
+
+def test_catalog_holds_every_runbook_with_triage_as_fallback() -> None:
+    catalog = load_catalog(RUNBOOKS)
+    assert [loaded.runbook.name for loaded in catalog.all()] == sorted(SHIPPED)
+    assert catalog.fallback.runbook.name == "triage"
+    assert catalog.get("harmful-output") is not None
+    assert catalog.get("no-such-runbook") is None
+
+
+def test_demo_runbook_says_what_the_demo_needs() -> None:
+    runbook = load_runbook(RUNBOOKS / "harmful-output.yaml").runbook
+    for severity in (Severity.high, Severity.critical):
+        policy = runbook.policy_for(severity)
+        for stage in ("contain", "rollback"):
+            gate = policy.gate(stage)
+            assert gate.mode == "approve" and gate.approve is not None
+            assert gate.approve.count == 2 and gate.approve.required_roles == ["safety"]
+        assert policy.gate("hotfix").mode == "auto"
+        assert policy.gate("restore").approve is not None and policy.gate("restore").approve.count == 1
+        assert len(policy.escalation) == 2
+    assert runbook.policy_for(Severity.critical).ack_sla.total_seconds() == 5 * 60
+    assert runbook.policy_for(Severity.low).gate("rollback").mode == "skip"
+    # The containment patterns really block what the leaky demo model is asked and says.
+    block_prompts, block_outputs = runbook.containment
+    assert re.search(block_prompts.params["patterns"][0], "What is the API key?")
+    assert re.search(block_outputs.params["patterns"][0], "key: sk-live-4f9a8c2e7b1d4a6f9e3c5b7a1d2f8e6c")
+    assert [a.kind for a in runbook.rollback] == ["rollback_to_previous"]
+    assert runbook.hotfix is not None and [a.kind for a in runbook.hotfix.actions] == ["deploy_finetune", "add_guardrail"]
+    assert runbook.regulatory.report_days == 15
+    assert sorted(clock.days for clock in runbook.regulatory.shorter_clocks) == [2, 2, 10]
+
+
+def test_triage_takes_no_automatic_action() -> None:
+    runbook = load_runbook(RUNBOOKS / "triage.yaml").runbook
+    assert runbook.match.priority == -1000 and runbook.confirm.checks == []
+    assert runbook.containment == [] and runbook.rollback == [] and runbook.hotfix is None
+    for severity in Severity:
+        assert all(runbook.policy_for(severity).gate(stage).mode == "approve" for stage in GATED_STAGES)
+
+
+# --- broken runbooks name file and field ----------------------------------------------------
+
+
+def test_zero_approvers_names_file_and_field(runbook_copy: Path) -> None:
+    path = runbook_copy / "pii-leak.yaml"
+    edit(path, "          count: 2\n", "          count: 0\n")
+    with pytest.raises(RunbookError) as info:
+        load_runbook(path)
+    assert f"{path}: policy.high.stages.rollback.approve.count: Input should be greater than or equal to 1" in str(info.value)
+
+
+def test_unknown_stage_name_is_refused(runbook_copy: Path) -> None:
+    path = runbook_copy / "quality-regression.yaml"
+    edit(path, "      rollback: auto           # many users", "      rollbak: auto           # many users")
+    with pytest.raises(RunbookError) as info:
+        load_runbook(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: policy.high.stages: ")
+    assert "rollbak" in message and "cannot be gated" in message
+
+
+def test_missing_policy_severity_is_refused(runbook_copy: Path) -> None:
+    path = runbook_copy / "triage.yaml"
+    text = path.read_text()
+    start, end = text.index("  critical:\n"), text.index("containment: []")
+    path.write_text(text[:start] + text[end:])
+    with pytest.raises(RunbookError) as info:
+        load_runbook(path)
+    assert str(info.value) == f"{path}: policy: policy has no entry for severities ['critical']"
+
+
+def test_bad_severity_key_names_the_key(runbook_copy: Path) -> None:
+    path = runbook_copy / "pii-leak.yaml"
+    edit(path, "\n  low:\n", "\n  lowish:\n")
+    with pytest.raises(RunbookError) as info:
+        load_runbook(path)
+    assert f"{path}: policy.lowish: invalid key:" in str(info.value)
+
+
+def test_one_line_per_error(runbook_copy: Path) -> None:
+    path = runbook_copy / "harmful-output.yaml"
+    edit(path, "dedup_key:", "dedup_kee:")
+    edit(path, "  default: medium", "  default: severe")
+    with pytest.raises(RunbookError) as info:
+        load_runbook(path)
+    lines = info.value.lines
+    assert len(lines) == len(str(info.value).splitlines()) >= 3
+    assert all(line.startswith(f"{path}: ") for line in lines)
+    fields = {line.split(": ")[1] for line in lines}
+    assert {"dedup_key", "dedup_kee", "severity.default"} <= fields
+
+
+def test_yaml_syntax_error_names_file_and_line(runbook_copy: Path) -> None:
+    path = runbook_copy / "harmful-output.yaml"
+    text = path.read_text().splitlines()
+    text[2] = "description: [unclosed: {"
+    path.write_text("\n".join(text))
+    with pytest.raises(RunbookError) as info:
+        load_runbook(path)
+    assert re.match(rf"{re.escape(str(path))}: line \d+, column \d+: YAML syntax error", str(info.value))
+
+
+def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
+    path = tmp_path / "list.yaml"
+    path.write_text("- just\n- a list\n")
+    with pytest.raises(RunbookError, match="expected a mapping"):
+        load_runbook(path)
+
+
+def test_bad_dedup_template_is_caught_at_load(runbook_copy: Path) -> None:
+    path = runbook_copy / "pii-leak.yaml"
+    edit(path, 'dedup_key: "{runbook}/{model}"', 'dedup_key: "{runbook}/{modle}"')
+    with pytest.raises(RunbookError, match=rf"{re.escape(str(path))}: dedup_key: .*modle"):
+        load_runbook(path)
+
+
+def test_duplicate_names_are_an_error(runbook_copy: Path) -> None:
+    shutil.copy(runbook_copy / "pii-leak.yaml", runbook_copy / "pii-leak-copy.yml")
+    with pytest.raises(RunbookError) as info:
+        load_catalog(runbook_copy)
+    message = str(info.value)
+    assert ": name: runbook name 'pii-leak' is already used by " in message
+    assert "pii-leak-copy.yml" in message and "pii-leak.yaml" in message
+
+
+def test_catalog_requires_triage(runbook_copy: Path) -> None:
+    (runbook_copy / "triage.yaml").unlink()
+    with pytest.raises(RunbookError, match="no runbook named 'triage'"):
+        load_catalog(runbook_copy)
+
+
+def test_catalog_reports_every_broken_file(runbook_copy: Path) -> None:
+    edit(runbook_copy / "pii-leak.yaml", "priority: 90", "priority: high")
+    edit(runbook_copy / "triage.yaml", "  default: low", "  default: lowest")
+    with pytest.raises(RunbookError) as info:
+        load_catalog(runbook_copy)
+    message = str(info.value)
+    assert "pii-leak.yaml: match.priority:" in message
+    assert "triage.yaml: severity.default:" in message
+
+
+# --- the CLI -----------------------------------------------------------------------------------
+
+
+def test_cli_validate_real_folder_exits_0() -> None:
+    result = CliRunner().invoke(runbooks_app, ["validate", str(RUNBOOKS)])
+    assert result.exit_code == 0, result.output
+    for name in SHIPPED:
+        assert re.search(rf"OK\s+\S*{name}\.yaml", result.output)
+
+
+def test_cli_validate_defaults_to_env_folder(monkeypatch: pytest.MonkeyPatch, runbook_copy: Path) -> None:
+    edit(runbook_copy / "pii-leak.yaml", "          count: 2\n", "          count: 0\n")
+    monkeypatch.setenv("STANCH_RUNBOOKS", str(runbook_copy))
+    result = CliRunner().invoke(runbooks_app, ["validate"])
+    assert result.exit_code == 1
+    assert "pii-leak.yaml" in result.output
+
+
+def test_cli_validate_broken_file_exits_1_naming_field(runbook_copy: Path) -> None:
+    path = runbook_copy / "harmful-output.yaml"
+    edit(path, "          count: 2\n", "          count: 0\n")
+    result = CliRunner().invoke(runbooks_app, ["validate", str(path)])
+    assert result.exit_code == 1
+    assert f"FAIL {path}" in result.output
+    assert f"{path}: policy.high.stages.contain.approve.count: Input should be greater than or equal to 1" in result.output
+
+
+def test_cli_validate_folder_reports_bad_and_good_files(runbook_copy: Path) -> None:
+    (runbook_copy / "broken.yaml").write_text("name: broken\n  description: [x\n")
+    result = CliRunner().invoke(runbooks_app, ["validate", str(runbook_copy)])
+    assert result.exit_code == 1
+    assert re.search(r"broken\.yaml: line 2, column \d+: YAML syntax error", result.output)
+    assert re.search(r"OK\s+\S*triage\.yaml", result.output)
+
+
+def test_cli_validate_folder_checks_catalog_rules(runbook_copy: Path) -> None:
+    (runbook_copy / "triage.yaml").unlink()
+    result = CliRunner().invoke(runbooks_app, ["validate", str(runbook_copy)])
+    assert result.exit_code == 1
+    assert "no runbook named 'triage'" in result.output
+
+
+def test_cli_validate_missing_path_exits_1(tmp_path: Path) -> None:
+    result = CliRunner().invoke(runbooks_app, ["validate", str(tmp_path / "nope")])
+    assert result.exit_code == 1 and "no such file or folder" in result.output
+
+
+def test_cli_list_json() -> None:
+    result = CliRunner().invoke(runbooks_app, ["list", "--json", "--dir", str(RUNBOOKS)])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert [row["name"] for row in rows][0] == "harmful-output"  # highest priority first
+    assert rows[-1]["name"] == "triage" and rows[-1]["priority"] == -1000
+    demo = rows[0]
+    assert demo["sha256"] == hashlib.sha256((RUNBOOKS / "harmful-output.yaml").read_bytes()).hexdigest()
+    assert demo["sha256_short"] == demo["sha256"][:12] and demo["description"]
+
+
+def test_cli_list_table_names_every_runbook() -> None:
+    result = CliRunner().invoke(runbooks_app, ["list", "--dir", str(RUNBOOKS)])
+    assert result.exit_code == 0, result.output
+    for name in SHIPPED:
+        assert name in result.output
+
+
+def test_cli_list_broken_folder_exits_1(runbook_copy: Path) -> None:
+    edit(runbook_copy / "triage.yaml", "  default: low", "  default: lowest")
+    result = CliRunner().invoke(runbooks_app, ["list", "--dir", str(runbook_copy)])
+    assert result.exit_code == 1 and "triage.yaml: severity.default:" in result.output
