@@ -1,0 +1,113 @@
+"""What the API's routes depend on: settings, the runbook catalog, a Temporal client, intake.
+
+Each is a FastAPI dependency read from `app.state`, which the lifespan fills, so tests swap
+any of them with `app.dependency_overrides` and never need a Temporal server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Depends, Request
+from temporalio.client import Client
+from temporalio.envconfig import ClientConfig
+
+from stanch.config import Settings
+from stanch.intake import IntakeResult, open_or_join
+from stanch.models import Signal
+from stanch.runbooks.loader import RunbookCatalog
+from stanch.temporal import connect
+
+CONNECT_TIMEOUT_S = 10.0
+RETRY_AFTER_S = 5
+
+
+class TemporalUnavailable(Exception):
+    """Temporal cannot be reached right now; the caller should retry later (HTTP 503)."""
+
+
+class TemporalConnection:
+    """One shared client, connected on first use.
+
+    Lazy so the API starts, and answers /healthz, while Temporal is still coming up or is
+    briefly away; a failed attempt is retried on the next request rather than remembered.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._client: Client | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def address(self) -> str:
+        if self._client is not None:
+            return self._client.service_client.config.target_host
+        if self._settings.temporal_address:
+            return self._settings.temporal_address
+        try:
+            return str(ClientConfig.load_client_connect_config().get("target_host") or "127.0.0.1:7233")
+        except Exception:  # a broken env config surfaces at connect time, with its own message
+            return "127.0.0.1:7233"
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None
+
+    async def client(self) -> Client:
+        if self._client is not None:
+            return self._client
+        async with self._lock:
+            if self._client is None:
+                try:
+                    self._client = await asyncio.wait_for(
+                        connect(self._settings.temporal_address, self._settings.temporal_namespace),
+                        CONNECT_TIMEOUT_S,
+                    )
+                except (TimeoutError, RuntimeError, OSError) as err:
+                    raise TemporalUnavailable(
+                        f"cannot reach Temporal at {self.address} (namespace {self._settings.temporal_namespace}): "
+                        f"{err or 'timed out'}; is the dev server (`stanch dev-server`) or your cluster up?"
+                    ) from err
+        return self._client
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_catalog(request: Request) -> RunbookCatalog:
+    return request.app.state.catalog
+
+
+async def get_client(request: Request) -> Client:
+    connection: TemporalConnection = request.app.state.temporal
+    return await connection.client()
+
+
+Intake = Callable[[Signal], Awaitable[IntakeResult]]
+
+
+def get_intake(request: Request) -> Intake:
+    """Opens or joins the incident for one signal; returns once Temporal recorded it."""
+    settings: Settings = request.app.state.settings
+    connection: TemporalConnection = request.app.state.temporal
+    catalog: RunbookCatalog = request.app.state.catalog
+
+    async def intake(signal: Signal) -> IntakeResult:
+        client = await connection.client()
+        return await open_or_join(
+            client,
+            catalog,
+            signal,
+            task_queue=settings.task_queue,
+            upsert_search_attributes=settings.upsert_search_attributes,
+        )
+
+    return intake
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ClientDep = Annotated[Client, Depends(get_client)]
+IntakeDep = Annotated[Intake, Depends(get_intake)]

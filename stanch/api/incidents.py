@@ -1,0 +1,250 @@
+"""Incident routes: read incidents and their timelines, and let responders act on them.
+
+Reads come from Temporal visibility (the list) and the workflow's `state` query (one
+incident). Every responder action is a workflow update: the workflow's validator refuses a
+bad decision before it reaches history, and that refusal comes back as 409 with its reason.
+Each update carries an id (the decision id, an `Idempotency-Key` header, or a fresh uuid) so
+a retried request is applied once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, HTTPException, Path, Query
+from pydantic import BaseModel, Field
+from temporalio import client as tc
+from temporalio.service import RPCError, RPCStatusCode
+
+from stanch import search_attributes as sa
+from stanch.api.deps import RETRY_AFTER_S, ClientDep
+from stanch.incident import (
+    WORKFLOW_NAME,
+    Acknowledgement,
+    ApprovalDecision,
+    DecisionReceipt,
+    FailureDecision,
+    IncidentState,
+    IncidentStatus,
+    ReportFiled,
+    ResolveRequest,
+    SeverityChange,
+    TimelineEntry,
+    TriageDecision,
+)
+from stanch.models import Severity
+
+router = APIRouter(prefix="/v1/incidents", tags=["incidents"])
+
+QUERY_TIMEOUT = timedelta(seconds=10)
+LIST_FALLBACK_QUERY_TIMEOUT = timedelta(seconds=3)
+# Visibility filters are spliced into a query string: only plain identifiers get through.
+_PLAIN = r"^[A-Za-z0-9_.:@/-]+$"
+
+IncidentId = Annotated[str, Path(description="the incident id, as returned by intake", pattern=_PLAIN)]
+IdempotencyKey = Annotated[str | None, Header(description="retries with the same key are applied once")]
+
+
+class IncidentSummary(BaseModel):
+    id: str
+    run_id: str | None = None
+    status: str | None = Field(None, description="the incident's status, else the workflow's")
+    workflow_status: str | None = Field(None, description="RUNNING, COMPLETED, FAILED, TERMINATED, ...")
+    severity: Severity | None = None
+    runbook: str | None = None
+    target: str | None = None
+    opened_at: datetime | None = None
+    closed_at: datetime | None = None
+
+
+_NOT_FOUND = {"description": "no incident with this id"}
+_UNAVAILABLE = {"description": "Temporal or the worker is unreachable; retry later"}
+_DECISION_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: _NOT_FOUND,
+    409: {"description": "the workflow refused the decision (reason given), or the incident is closed"},
+    503: _UNAVAILABLE,
+}
+
+
+def _unavailable(message: str) -> HTTPException:
+    return HTTPException(503, detail=message, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+def _no_such_incident(incident_id: str) -> HTTPException:
+    return HTTPException(404, detail=f"no incident {incident_id!r}; GET /v1/incidents lists the known ones")
+
+
+# --- reads ---------------------------------------------------------------------------
+
+
+def visibility_query(
+    status: IncidentStatus | None = None,
+    severity: Severity | None = None,
+    runbook: str | None = None,
+    target: str | None = None,
+) -> str:
+    clauses = [f"WorkflowType = '{WORKFLOW_NAME}'"]
+    filters = {sa.INCIDENT_STATUS: status, sa.INCIDENT_SEVERITY: severity, sa.INCIDENT_RUNBOOK: runbook, sa.INCIDENT_TARGET: target}
+    clauses += [f"{key.name} = '{value}'" for key, value in filters.items() if value]
+    return " AND ".join(clauses)
+
+
+def _summary(execution: tc.WorkflowExecution) -> IncidentSummary:
+    attributes = execution.typed_search_attributes
+    return IncidentSummary(
+        id=execution.id,
+        run_id=execution.run_id,
+        status=attributes.get(sa.INCIDENT_STATUS),
+        workflow_status=execution.status.name if execution.status else None,
+        severity=attributes.get(sa.INCIDENT_SEVERITY),
+        runbook=attributes.get(sa.INCIDENT_RUNBOOK),
+        target=attributes.get(sa.INCIDENT_TARGET),
+        opened_at=attributes.get(sa.INCIDENT_OPENED_AT) or execution.start_time,
+        closed_at=execution.close_time,
+    )
+
+
+async def _fill_from_state(client: tc.Client, summary: IncidentSummary) -> IncidentSummary:
+    """For incidents whose workflow upserts no search attributes (or has not yet)."""
+    try:
+        handle = client.get_workflow_handle(summary.id, run_id=summary.run_id)
+        state = await handle.query("state", result_type=IncidentState, rpc_timeout=LIST_FALLBACK_QUERY_TIMEOUT)
+    except (RPCError, tc.WorkflowQueryFailedError, tc.WorkflowQueryRejectedError):
+        # No worker to answer, or a broken run: the list still shows what visibility knows.
+        summary.status = summary.status or (summary.workflow_status or "").lower() or None
+        return summary
+    summary.status = summary.status or state.status.value
+    summary.severity = summary.severity or state.severity
+    summary.runbook = summary.runbook or state.runbook
+    summary.target = summary.target or str(state.target)
+    summary.opened_at = state.opened_at
+    return summary
+
+
+@router.get("", response_model=list[IncidentSummary], responses={503: _UNAVAILABLE})
+async def list_incidents(
+    client: ClientDep,
+    status: IncidentStatus | None = None,
+    severity: Severity | None = None,
+    runbook: Annotated[str | None, Query(pattern=_PLAIN)] = None,
+    target: Annotated[str | None, Query(pattern=_PLAIN, description="adapter:model, e.g. gateway:support-bot")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[IncidentSummary]:
+    """Incidents known to Temporal visibility, newest first. Visibility is eventually
+    consistent: an incident opened a moment ago may take a second to appear."""
+    query = visibility_query(status, severity, runbook, target)
+    summaries = [_summary(execution) async for execution in client.list_workflows(query, limit=limit)]
+    incomplete = [s for s in summaries if not (s.status and s.runbook and s.target)]
+    await asyncio.gather(*(_fill_from_state(client, s) for s in incomplete))
+    return sorted(summaries, key=lambda s: s.opened_at.timestamp() if s.opened_at else 0.0, reverse=True)
+
+
+async def incident_state(client: tc.Client, incident_id: str) -> IncidentState:
+    handle = client.get_workflow_handle(incident_id)
+    try:
+        return await handle.query("state", result_type=IncidentState, rpc_timeout=QUERY_TIMEOUT)
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise _no_such_incident(incident_id) from err
+        if err.status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED):
+            raise _unavailable(f"no worker answered for incident {incident_id!r}; is `stanch worker` running?") from err
+        raise
+    except (tc.WorkflowQueryFailedError, tc.WorkflowQueryRejectedError) as err:
+        raise HTTPException(502, detail=f"incident {incident_id!r} could not report its state: {err}") from err
+
+
+@router.get("/{incident_id}", response_model=IncidentState, responses={404: _NOT_FOUND, 503: _UNAVAILABLE})
+async def get_incident(incident_id: IncidentId, client: ClientDep) -> IncidentState:
+    """The incident's full state: status, severity, stages, actions, approvals, timeline."""
+    return await incident_state(client, incident_id)
+
+
+@router.get("/{incident_id}/timeline", response_model=list[TimelineEntry], responses={404: _NOT_FOUND, 503: _UNAVAILABLE})
+async def get_timeline(incident_id: IncidentId, client: ClientDep) -> list[TimelineEntry]:
+    """What happened, in order: signals, stages, actions, approvals, escalations, decisions."""
+    return (await incident_state(client, incident_id)).timeline
+
+
+# --- responders' decisions -----------------------------------------------------------
+
+
+async def _not_found_or_closed(handle: tc.WorkflowHandle[Any, Any], incident_id: str) -> HTTPException:
+    # The server answers NOT_FOUND both for an unknown id and for an update sent to a
+    # finished run; describing the workflow tells the responder which one it is.
+    try:
+        description = await handle.describe()
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return _no_such_incident(incident_id)
+        raise
+    status = description.status.name if description.status else "CLOSED"
+    return HTTPException(409, detail=f"incident is closed: {incident_id!r} finished ({status}); it takes no more decisions")
+
+
+async def decide(client: tc.Client, incident_id: str, update: str, message: BaseModel, update_id: str) -> DecisionReceipt:
+    handle = client.get_workflow_handle(incident_id)
+    try:
+        return await handle.execute_update(update, message, id=update_id, result_type=DecisionReceipt)
+    except tc.WorkflowUpdateFailedError as err:
+        reason = getattr(err.cause, "message", None) or str(err.cause)
+        raise HTTPException(409, detail=reason) from err
+    except tc.WorkflowUpdateRPCTimeoutOrCancelledError as err:
+        raise _unavailable(f"incident {incident_id!r} did not answer in time; retry with the same decision id {update_id!r}") from err
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise await _not_found_or_closed(handle, incident_id) from err
+        raise
+
+
+def _update_id(*candidates: str | None) -> str:
+    return next((c for c in candidates if c), str(uuid.uuid4()))
+
+
+@router.post("/{incident_id}/ack", response_model=DecisionReceipt, responses=_DECISION_RESPONSES)
+async def acknowledge(incident_id: IncidentId, ack: Acknowledgement, client: ClientDep, idempotency_key: IdempotencyKey = None) -> DecisionReceipt:
+    """A responder takes the incident: escalation stops."""
+    return await decide(client, incident_id, "acknowledge", ack, _update_id(idempotency_key))
+
+
+@router.post("/{incident_id}/approvals", response_model=DecisionReceipt, responses=_DECISION_RESPONSES)
+async def approve_or_reject(
+    incident_id: IncidentId, decision: ApprovalDecision, client: ClientDep, idempotency_key: IdempotencyKey = None
+) -> DecisionReceipt:
+    """Approve (`approve: true`) or reject a gated stage. The workflow enforces roles and
+    four eyes: the requester cannot approve, and no one approves twice."""
+    decision.decision_id = _update_id(decision.decision_id, idempotency_key)
+    update = "approve" if decision.approve else "reject"
+    return await decide(client, incident_id, update, decision, decision.decision_id)
+
+
+@router.post("/{incident_id}/severity", response_model=DecisionReceipt, responses=_DECISION_RESPONSES)
+async def set_severity(incident_id: IncidentId, change: SeverityChange, client: ClientDep, idempotency_key: IdempotencyKey = None) -> DecisionReceipt:
+    """Change the severity; lowering it needs a reason and a responder with the right role."""
+    return await decide(client, incident_id, "set_severity", change, _update_id(idempotency_key))
+
+
+@router.post("/{incident_id}/triage", response_model=DecisionReceipt, responses=_DECISION_RESPONSES)
+async def triage(incident_id: IncidentId, decision: TriageDecision, client: ClientDep, idempotency_key: IdempotencyKey = None) -> DecisionReceipt:
+    """Settle an inconclusive confirmation: confirmed, or a false positive."""
+    return await decide(client, incident_id, "triage", decision, _update_id(idempotency_key))
+
+
+@router.post("/{incident_id}/decisions", response_model=DecisionReceipt, responses=_DECISION_RESPONSES)
+async def decide_failure(incident_id: IncidentId, decision: FailureDecision, client: ClientDep, idempotency_key: IdempotencyKey = None) -> DecisionReceipt:
+    """After an action failed for good: `retry`, `skip` or `abort`. Protections stay in place."""
+    return await decide(client, incident_id, "decide", decision, _update_id(idempotency_key))
+
+
+@router.post("/{incident_id}/resolve", response_model=DecisionReceipt, responses=_DECISION_RESPONSES)
+async def resolve(incident_id: IncidentId, request: ResolveRequest, client: ClientDep, idempotency_key: IdempotencyKey = None) -> DecisionReceipt:
+    """Declare the harm over: remaining work is skipped, then restore and review run."""
+    return await decide(client, incident_id, "resolve", request, _update_id(idempotency_key))
+
+
+@router.post("/{incident_id}/report", response_model=DecisionReceipt, responses=_DECISION_RESPONSES)
+async def record_report_filed(incident_id: IncidentId, report: ReportFiled, client: ClientDep, idempotency_key: IdempotencyKey = None) -> DecisionReceipt:
+    """Record that the regulatory report was filed: its reminders stop."""
+    return await decide(client, incident_id, "record_report_filed", report, _update_id(idempotency_key))

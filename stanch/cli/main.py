@@ -1,0 +1,35 @@
+"""`stanch`: run Stanch, respond to incidents, manage runbooks.
+
+Each group lives in its own module; this one only assembles them.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from stanch.cli import incidents, processes
+from stanch.cli.runbooks import runbooks_app
+
+app = typer.Typer(
+    name="stanch",
+    help="Incident response and rollback for AI models in production.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+# Running Stanch: everything at once, or each part alone.
+app.command("up")(processes.up)
+app.command("dev-server")(processes.dev_server)
+app.command("worker")(processes.worker)
+app.command("api")(processes.api)
+app.command("gateway")(processes.gateway)
+
+# Responding to incidents, over the HTTP API.
+app.add_typer(incidents.incidents_app, name="incidents")
+app.command("ack")(incidents.ack)
+app.command("approve")(incidents.approve)
+app.command("reject")(incidents.reject)
+app.command("resolve")(incidents.resolve)
+
+app.add_typer(runbooks_app, name="runbooks", help="Validate, list and plan runbooks.")

@@ -1,0 +1,250 @@
+"""`stanch up` and the parts it runs, each of which also runs alone: `dev-server`, `worker`,
+`api`, `gateway`.
+
+Heavy imports (FastAPI, the worker, the gateway) happen inside the commands, so `stanch
+--help` stays quick and a part that is not installed only fails the command that needs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import signal
+import sys
+import threading
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from stanch.cli.supervisor import ChildDied, Supervisor, http_ok
+from stanch.config import Settings
+from stanch.devserver import BinaryNotFound, dev_server_command, port_open, wait_for_port
+
+console = Console()
+err_console = Console(stderr=True)
+
+LOOPBACK = "127.0.0.1"
+DEFAULT_HOME = Path("~/.stanch")
+HomeOption = Annotated[Path, typer.Option("--home", envvar="STANCH_HOME", help="where Stanch keeps its databases, evidence and logs")]
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+# --- the parts, one at a time ------------------------------------------------------------
+
+
+def dev_server(
+    home: HomeOption = DEFAULT_HOME,
+    port: Annotated[int, typer.Option(help="Temporal frontend (gRPC) port")] = 7233,
+    ui_port: Annotated[int, typer.Option(help="Temporal UI port")] = 8233,
+    ip: Annotated[str, typer.Option(help="address to bind")] = LOOPBACK,
+) -> None:
+    """Run the embedded Temporal dev server in the foreground, persisted under HOME."""
+    home = home.expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    try:
+        command = dev_server_command(home, port, ui_port, ip)
+    except BinaryNotFound as exc:
+        raise _fail(str(exc)) from exc
+    sys.stdout.flush()
+    os.execv(command[0], command)  # the server itself handles Ctrl-C and SIGTERM
+
+
+async def _until_signalled(work: Coroutine[Any, Any, Any]) -> None:
+    # Cancelling the worker's task is how a Temporal worker shuts down gracefully.
+    task = asyncio.ensure_future(work)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+
+
+def worker() -> None:
+    """Run a worker: polls the incident task queue, runs workflows and activities."""
+    from workers.main import run_worker
+
+    settings = Settings.from_env()
+    console.print(f"stanch worker: task queue {settings.task_queue!r}, Temporal at {settings.temporal_address or '(env config)'}")
+    asyncio.run(_until_signalled(run_worker(settings)))
+
+
+def api(
+    host: Annotated[str, typer.Option(help="address to bind")] = LOOPBACK,
+    port: Annotated[int, typer.Option(help="port to bind")] = 8200,
+    insecure_dev: Annotated[
+        bool, typer.Option("--insecure-dev", help="allow binding a non-loopback address although the API has no authentication")
+    ] = False,
+) -> None:
+    """Run the intake and responder HTTP API (OpenAPI docs at /docs)."""
+    if not _is_loopback(host) and not insecure_dev:
+        raise _fail(
+            f"the API has no authentication of its own; binding {host} would let anyone on the network "
+            "approve rollbacks. Put it behind an authenticating proxy and pass --insecure-dev, or bind 127.0.0.1."
+        )
+    from stanch.api.app import serve
+
+    serve(host, port, Settings.from_env())
+
+
+def gateway(
+    host: Annotated[str, typer.Option(help="address to bind")] = LOOPBACK,
+    port: Annotated[int, typer.Option(help="port to bind")] = 8300,
+    db: Annotated[Path | None, typer.Option("--db", help="SQLite file (default HOME/gateway.db)")] = None,
+    action_delay: Annotated[float, typer.Option("--action-delay", help="seconds each admin action takes (demos)")] = 0.0,
+) -> None:
+    """Run the reference AI gateway: OpenAI-compatible completions plus the admin API Stanch drives."""
+    from stanch.gateway.app import serve
+
+    settings = Settings.from_env()
+    db_path = db or settings.home / "gateway.db"
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    serve(host, port, db_path, action_delay_s=action_delay)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# --- everything at once ------------------------------------------------------------------
+
+
+def up(
+    home: HomeOption = DEFAULT_HOME,
+    temporal_port: Annotated[int, typer.Option(help="embedded Temporal's gRPC port")] = 7233,
+    ui_port: Annotated[int, typer.Option(help="embedded Temporal's UI port")] = 8233,
+    api_port: Annotated[int, typer.Option(help="the Stanch API's port")] = 8200,
+    gateway_port: Annotated[int, typer.Option(help="the reference gateway's port")] = 8300,
+    temporal_address: Annotated[
+        str | None, typer.Option(help="use this Temporal (host:port) instead of starting the embedded dev server")
+    ] = None,
+    startup_timeout: Annotated[float, typer.Option(help="seconds each part may take to come up")] = 90.0,
+) -> None:
+    """Run everything on this machine: Temporal dev server, gateway, worker and API.
+
+    Ctrl-C stops them all. Restarting with the same --home continues open incidents.
+    """
+    home = home.expanduser().resolve()
+    from_env = Settings.from_env()
+    plan = UpPlan(
+        settings=from_env.model_copy(
+            update={
+                "home": home,
+                "temporal_address": temporal_address or f"{LOOPBACK}:{temporal_port}",
+                "gateway_url": f"http://{LOOPBACK}:{gateway_port}",
+                "api_url": f"http://{LOOPBACK}:{api_port}",
+                "ui_url": from_env.ui_url if temporal_address else f"http://{LOOPBACK}:{ui_port}",
+            }
+        ),
+        embedded_temporal=temporal_address is None,
+        temporal_port=temporal_port,
+        ui_port=ui_port,
+        api_port=api_port,
+        gateway_port=gateway_port,
+        startup_timeout=startup_timeout,
+    )
+    taken = [f"{what} ({port})" for what, port in plan.ports().items() if port_open(LOOPBACK, port)]
+    if taken:
+        raise _fail(f"ports already in use for {', '.join(taken)}: is another `stanch up` running? Pick other ports with the flags.")
+
+    settings = plan.settings
+    supervisor = Supervisor(env={**os.environ, **settings.child_env(), "PYTHONUNBUFFERED": "1"}, logs_dir=settings.logs_dir)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    code = 0
+    try:
+        code = _start_and_watch(supervisor, plan, stop)
+    finally:
+        supervisor.stop_all(report=lambda line: console.print(f"[dim]{line}[/]"))
+    if code:
+        raise typer.Exit(code)
+    console.print("[green]stopped cleanly[/]")
+
+
+@dataclass
+class UpPlan:
+    settings: Settings
+    embedded_temporal: bool
+    temporal_port: int
+    ui_port: int
+    api_port: int
+    gateway_port: int
+    startup_timeout: float
+
+    def ports(self) -> dict[str, int]:
+        ports = {"the API": self.api_port, "the gateway": self.gateway_port}
+        if self.embedded_temporal:
+            ports |= {"Temporal": self.temporal_port, "the Temporal UI": self.ui_port}
+        return ports
+
+
+def _start_and_watch(supervisor: Supervisor, plan: UpPlan, stop: threading.Event) -> int:
+    """Start the parts in dependency order, then watch them. Returns the exit code."""
+    settings, timeout = plan.settings, plan.startup_timeout
+    python = [sys.executable, "-m", "stanch"]
+    try:
+        if plan.embedded_temporal:
+            with console.status("starting Temporal dev server"):
+                supervisor.start("temporal", dev_server_command(settings.home, plan.temporal_port, plan.ui_port))
+                if not supervisor.wait_until(lambda: port_open(LOOPBACK, plan.temporal_port), "Temporal", timeout, stop.is_set):
+                    return 0
+        with console.status("starting gateway, worker and API"):
+            gateway_db = str(settings.home / "gateway.db")
+            supervisor.start("gateway", [*python, "gateway", "--host", LOOPBACK, "--port", str(plan.gateway_port), "--db", gateway_db])
+            supervisor.start("worker", [*python, "worker"])
+            supervisor.start("api", [*python, "api", "--host", LOOPBACK, "--port", str(plan.api_port)])
+            for name, url in (("the gateway", settings.gateway_url), ("the API", settings.api_url)):
+                if not supervisor.wait_until(lambda url=url: http_ok(f"{url}/healthz"), name, timeout, stop.is_set):
+                    return 0
+    except BinaryNotFound as exc:
+        err_console.print(f"[bold red]error:[/] {exc}")
+        return 1
+    except (ChildDied, TimeoutError) as exc:
+        _report_failure(supervisor, str(exc))
+        return 1
+
+    _print_urls(settings)
+    while not stop.wait(0.5):
+        dead = supervisor.first_dead()
+        if dead:
+            _report_failure(supervisor, str(ChildDied(dead)))
+            return 1
+    console.print("\nstopping (Ctrl-C / SIGTERM received)")
+    return 0
+
+
+def _report_failure(supervisor: Supervisor, message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}; stopping everything")
+    dead = supervisor.first_dead()
+    if dead and dead.log_tail():
+        err_console.print(Panel(dead.log_tail(), title=f"last lines of {dead.log_path}", border_style="red"))
+
+
+def _print_urls(settings: Settings) -> None:
+    table = Table.grid(padding=(0, 2))
+    table.add_row("API", f"{settings.api_url}  (docs: {settings.api_url}/docs)")
+    table.add_row("Gateway", settings.gateway_url)
+    table.add_row("Temporal UI", settings.ui_url)
+    table.add_row("Temporal", str(settings.temporal_address))
+    table.add_row("Home", f"{settings.home}  (logs in {settings.logs_dir})")
+    console.print(Panel(table, title="[bold green]Stanch is up", expand=False))
+    console.print(f"Try it: [bold]stanch demo --api {settings.api_url}[/]    Ctrl-C stops everything.")

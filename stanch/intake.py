@@ -1,0 +1,77 @@
+"""Intake: a signal opens a new incident or joins the open one, in a single Temporal call.
+
+The matching runbook names the dedup key, the dedup key names the incident, and
+signal-with-start (conflict policy USE_EXISTING) either starts that incident's workflow with
+the signal or delivers the signal to the running one. Once an incident is closed its id is
+free again (ALLOW_DUPLICATE), so the next alert opens a fresh incident. When
+`open_or_join` returns, Temporal has durably recorded the signal: only then may a webhook be
+told 202.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from pydantic import BaseModel
+from temporalio.client import Client
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+
+from stanch import search_attributes as sa
+from stanch.incident import WORKFLOW_NAME, IncidentInput, IncidentStatus
+from stanch.models import Signal
+from stanch.routing import route_signal
+from stanch.runbooks.loader import RunbookCatalog
+
+
+class IntakeResult(BaseModel):
+    incident_id: str
+    runbook: str
+    dedup_key: str
+
+
+async def open_or_join(
+    client: Client,
+    catalog: RunbookCatalog,
+    signal: Signal,
+    *,
+    task_queue: str,
+    upsert_search_attributes: bool = True,
+) -> IntakeResult:
+    route = route_signal(signal, catalog)
+    runbook = route.runbook.runbook
+    incident = IncidentInput(
+        incident_id=route.incident_id,
+        runbook=runbook,
+        runbook_sha256=route.runbook.sha256,
+        target=route.target,
+        dedup_key=route.dedup_key,
+        upsert_search_attributes=upsert_search_attributes,
+    )
+    # Applied only when this call starts the workflow; a joined incident keeps its own.
+    # Severity is left to the workflow: it is graded there, after confirmation.
+    attributes = (
+        TypedSearchAttributes(
+            [
+                SearchAttributePair(sa.INCIDENT_RUNBOOK, runbook.name),
+                # Same spelling as the workflow upserts, without the version: filter by model.
+                SearchAttributePair(sa.INCIDENT_TARGET, f"{route.target.adapter}:{route.target.model}"),
+                SearchAttributePair(sa.INCIDENT_STATUS, IncidentStatus.open.value),
+                SearchAttributePair(sa.INCIDENT_OPENED_AT, datetime.now(UTC)),
+            ]
+        )
+        if upsert_search_attributes
+        else None
+    )
+    await client.start_workflow(
+        WORKFLOW_NAME,
+        incident,
+        id=route.incident_id,
+        task_queue=task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        start_signal="add_signal",
+        start_signal_args=[signal],
+        search_attributes=attributes,
+        static_summary=f"{runbook.name} incident on {route.target}",
+    )
+    return IntakeResult(incident_id=route.incident_id, runbook=runbook.name, dedup_key=route.dedup_key)
