@@ -148,7 +148,7 @@ class IncidentWorkflow(ResponderHandlers):
                 await workflow.wait_condition(lambda: self.triage_decision is not None, timeout=self.runbook.confirm.triage_timeout)
             except asyncio.TimeoutError:
                 await self.notify("escalation", self.next_tier_recipients(), f"{self.state.id}: triage overdue")
-        return self.triage_decision.outcome
+        return "not_confirmed" if self.triage_decision.outcome == "false_positive" else "confirmed"
 
     async def collect_evidence(self) -> None:
         """Snapshot what an investigation needs before the first change (EU AI Act Art. 73(6))."""
@@ -399,9 +399,11 @@ class IncidentWorkflow(ResponderHandlers):
                 recipients = tiers[-1].notify if tiers else ["oncall"]
             wait = due - workflow.now()
             if wait > timedelta(0):
+                severity = self.state.severity
                 try:
-                    await workflow.wait_condition(acknowledged, timeout=wait)
-                    return
+                    # A severity change re-plans the schedule with the new policy's tiers.
+                    await workflow.wait_condition(lambda: acknowledged() or self.state.severity != severity, timeout=wait)
+                    continue
                 except asyncio.TimeoutError:
                     pass
             self.state.escalation_tier = tier + 1

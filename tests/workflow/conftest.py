@@ -6,13 +6,14 @@ The time-skipping server knows no custom search attributes, so incidents here ru
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
 import pytest_asyncio
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -37,6 +38,20 @@ async def env() -> AsyncIterator[WorkflowEnvironment]:
 @pytest.fixture
 def client(env: WorkflowEnvironment) -> Client:
     return env.client
+
+
+@pytest_asyncio.fixture
+async def clock() -> AsyncIterator[WorkflowEnvironment]:
+    """A test server of its own for a test that skips time with `clock.sleep`.
+
+    On a shared test server, an incident terminated after an update can leave time skipping
+    locked, and a later `sleep` then waits in real time; a fresh server (0.1 s) avoids that.
+    """
+    environment = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=installed_binary("temporal-test-server"), data_converter=pydantic_data_converter
+    )
+    yield environment
+    await environment.shutdown()
 
 
 def alert(signal_id: str = "sig-1", **overrides) -> Signal:
@@ -80,4 +95,17 @@ async def running_incident(client: Client, script: Script, input: IncidentInput 
             start_signal="add_signal",
             start_signal_args=[first or alert()],
         )
-        yield handle
+        try:
+            yield handle
+        finally:
+            # A workflow left running with no worker would hold the shared test server's
+            # clock still for every later test that skips time.
+            # Terminating while an activity is in flight leaves the server waiting on it in
+            # real time, so let in-flight activities finish first.
+            for _ in range(100):
+                description = await handle.describe()
+                if not description.raw_description.pending_activities:
+                    break
+                await asyncio.sleep(0.02)
+            if description.status == WorkflowExecutionStatus.RUNNING:
+                await handle.terminate("test finished")

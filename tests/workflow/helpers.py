@@ -1,0 +1,43 @@
+"""Small helpers the workflow tests share: read state, wait for a condition, decide."""
+
+from __future__ import annotations
+
+import asyncio
+
+from temporalio.client import WorkflowHandle
+
+from stanch.incident import ApprovalDecision, IncidentState
+from workflows.incident import IncidentWorkflow
+
+
+async def state(handle: WorkflowHandle) -> IncidentState:
+    return await handle.query(IncidentWorkflow.current_state)
+
+
+async def until(handle: WorkflowHandle, predicate, attempts: int = 200) -> IncidentState:
+    current = None
+    for _ in range(attempts):
+        current = await state(handle)
+        if predicate(current):
+            return current
+        await asyncio.sleep(0.05)
+    stages = [(s.name, s.status.value) for s in current.stages] if current else None
+    raise AssertionError(f"condition never held; last status={current and current.status} stages={stages}")
+
+
+def waiting_on(stage: str):
+    return lambda s: s.pending_approval is not None and s.pending_approval.stage == stage
+
+
+def stage_status(s: IncidentState) -> dict[str, str]:
+    return {stage.name: stage.status.value for stage in s.stages}
+
+
+async def approve(handle: WorkflowHandle, stage: str, approver: str, roles: list[str]):
+    return await handle.execute_update(IncidentWorkflow.approve, ApprovalDecision(stage=stage, approver=approver, roles=roles))
+
+
+async def approve_four_eyes(handle: WorkflowHandle, stage: str) -> None:
+    await until(handle, waiting_on(stage))
+    await approve(handle, stage, "alice", ["oncall"])
+    await approve(handle, stage, "sam", ["safety"])

@@ -1,0 +1,114 @@
+"""Gated steps: four eyes, roles, rejection, timeouts and the signal variant."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from temporalio.client import WorkflowUpdateFailedError
+
+from stanch.incident import ApprovalDecision, IncidentStatus, ResolveRequest, SeverityChange
+from stanch.models import Severity
+from tests.workflow.conftest import running_incident
+from tests.workflow.helpers import approve, approve_four_eyes, stage_status, state, until, waiting_on
+from tests.workflow.standins import Script
+from workflows.incident import IncidentWorkflow
+
+
+async def refused(handle, update, decision) -> str:
+    with pytest.raises(WorkflowUpdateFailedError) as failure:
+        await handle.execute_update(update, decision)
+    return str(failure.value.cause)
+
+
+async def test_four_eyes_refusals_each_say_why(client):
+    async with running_incident(client, Script()) as handle:
+        await until(handle, waiting_on("contain"))
+        assert "'rollback' is not waiting" in await refused(
+            handle, IncidentWorkflow.approve, ApprovalDecision(stage="rollback", approver="alice", roles=["oncall"])
+        )
+        assert "needs one of the roles" in await refused(
+            handle, IncidentWorkflow.approve, ApprovalDecision(stage="contain", approver="eve", roles=["viewer"])
+        )
+        await approve(handle, "contain", "alice", ["oncall"])
+        assert "already decided" in await refused(
+            handle, IncidentWorkflow.approve, ApprovalDecision(stage="contain", approver="alice", roles=["oncall", "safety"])
+        )
+        assert "needs a comment" in await refused(
+            handle, IncidentWorkflow.reject, ApprovalDecision(stage="contain", approver="sam", roles=["safety"])
+        )
+        current = await state(handle)
+        assert len(current.approvals) == 1 and current.pending_approval is not None
+
+
+async def test_requester_cannot_approve_their_own_restore(client):
+    async with running_incident(client, Script()) as handle:
+        await until(handle, waiting_on("contain"))
+        await handle.execute_update(IncidentWorkflow.resolve, ResolveRequest(by="carol", reason="upstream fixed it"))
+        await approve_four_eyes(handle, "contain")  # contain was already waiting: it finishes
+        await until(handle, waiting_on("restore"))
+        assert "cannot approve it (four eyes)" in await refused(
+            handle, IncidentWorkflow.approve, ApprovalDecision(stage="restore", approver="carol", roles=["incident-commander"])
+        )
+        await approve(handle, "restore", "alice", ["oncall"])
+        final = await handle.result()
+    stages = stage_status(final)
+    assert stages["rollback"] == "skipped" and stages["hotfix"] == "skipped" and stages["restore"] == "done"
+    assert final.status == IncidentStatus.closed
+
+
+async def test_rejected_containment_applies_nothing_and_moves_on(client):
+    script = Script()
+    async with running_incident(client, script) as handle:
+        await until(handle, waiting_on("contain"))
+        await handle.execute_update(
+            IncidentWorkflow.reject, ApprovalDecision(stage="contain", approver="sam", roles=["safety"], comment="blocks too much")
+        )
+        current = await until(handle, waiting_on("rollback"))
+    assert current.stage("contain").status == "rejected"
+    assert "sam: blocks too much" in current.stage("contain").detail
+    assert not any("/contain/" in key for key in script.applied)
+
+
+async def test_approval_timeout_escalates_and_keeps_waiting(clock):
+    script = Script()
+    async with running_incident(clock.client, script) as handle:
+        await until(handle, waiting_on("contain"))
+        await clock.sleep(timedelta(minutes=31))
+        current = await until(handle, lambda s: any("approval of contain overdue" in n.message for n in script.notifications))
+        assert current.pending_approval.stage == "contain" and script.applied == []
+
+
+async def test_signal_approval_follows_the_same_rules_and_refusals_are_recorded(client):
+    async with running_incident(client, Script()) as handle:
+        await until(handle, waiting_on("contain"))
+        await handle.signal(IncidentWorkflow.approve_signal, ApprovalDecision(stage="contain", approver="mallory", roles=[]))
+        current = await until(handle, lambda s: any("refused signal" in e.message for e in s.timeline))
+        assert current.approvals == []
+        await handle.signal(IncidentWorkflow.approve_signal, ApprovalDecision(stage="contain", approver="alice", roles=["oncall"]))
+        current = await until(handle, lambda s: len(s.approvals) == 1)
+        assert current.approvals[0].via == "signal"
+
+
+async def test_lowering_severity_needs_safety_or_commander_and_a_reason(client):
+    async with running_incident(client, Script()) as handle:
+        await until(handle, waiting_on("contain"))
+        assert "needs a reason" in await refused(
+            handle, IncidentWorkflow.set_severity, SeverityChange(severity=Severity.low, by="alice", roles=["safety"], reason=" ")
+        )
+        assert "lowering severity needs one of the roles" in await refused(
+            handle, IncidentWorkflow.set_severity, SeverityChange(severity=Severity.low, by="alice", roles=["oncall"], reason="minor")
+        )
+        await handle.execute_update(
+            IncidentWorkflow.set_severity, SeverityChange(severity=Severity.medium, by="sam", roles=["safety"], reason="internal only")
+        )
+        current = await state(handle)
+        assert current.severity == Severity.medium
+        assert "set by sam: internal only" in current.severity_reasons[0]
+
+
+async def test_closed_incident_refuses_decisions(client):
+    async with running_incident(client, Script(confirm="not_confirmed")) as handle:
+        await handle.result()
+        with pytest.raises(Exception):
+            await handle.execute_update(IncidentWorkflow.approve, ApprovalDecision(stage="contain", approver="a", roles=["oncall"]))

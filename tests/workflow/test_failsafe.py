@@ -1,0 +1,76 @@
+"""Fail safe: a failed action keeps every protection in place and waits for a human."""
+
+from __future__ import annotations
+
+import pytest
+from temporalio.client import WorkflowUpdateFailedError
+
+from stanch.incident import FailureDecision, IncidentStatus
+from tests.workflow.conftest import running_incident
+from tests.workflow.helpers import approve, approve_four_eyes, until, waiting_on
+from tests.workflow.standins import Script
+from workflows.incident import IncidentWorkflow
+
+
+def failed(stage: str):
+    return lambda s: s.status == IncidentStatus.awaiting_decision and s.stage(stage).status == "failed"
+
+
+async def test_failed_rollback_keeps_containment_and_abort_leaves_it_in_place(client):
+    script = Script(failing_kinds={"rollback_to_previous"})
+    async with running_incident(client, script) as handle:
+        await approve_four_eyes(handle, "contain")
+        await approve_four_eyes(handle, "rollback")
+        current = await until(handle, failed("rollback"))
+        assert "rollback_to_previous failed" in current.stage("rollback").detail
+        assert [a.stage for a in current.actions] == ["contain", "contain"]
+        assert any(n.kind == "action_failed" for n in script.notifications)
+        await handle.execute_update(IncidentWorkflow.decide, FailureDecision(stage="rollback", by="alice", choice="abort", reason="manual"))
+        final = await handle.result()
+    assert final.status == IncidentStatus.aborted
+    assert script.lifted == [], "nothing is lifted silently"
+    assert all(a.undone_at is None for a in final.actions)
+    assert final.stage("review").status == "done"
+
+
+async def test_retry_after_failure_applies_the_action(client):
+    script = Script(failures_left={"rollback_to_previous": 1})
+    async with running_incident(client, script) as handle:
+        await approve_four_eyes(handle, "contain")
+        await approve_four_eyes(handle, "rollback")
+        await until(handle, failed("rollback"))
+        await handle.execute_update(IncidentWorkflow.decide, FailureDecision(stage="rollback", by="alice", choice="retry"))
+        current = await until(handle, waiting_on("restore"))
+        assert current.stage("rollback").status == "done"
+        assert [a.kind for a in current.actions if a.stage == "rollback"] == ["rollback_to_previous"]
+
+
+async def test_failed_verification_cannot_be_skipped_and_retry_can_pass(client):
+    script = Script(verify_passes=[False, True])
+    async with running_incident(client, script) as handle:
+        await approve_four_eyes(handle, "contain")
+        await approve_four_eyes(handle, "rollback")
+        await until(handle, failed("verify"))
+        with pytest.raises(WorkflowUpdateFailedError) as refusal:
+            await handle.execute_update(IncidentWorkflow.decide, FailureDecision(stage="verify", by="alice", choice="skip"))
+        assert "cannot be skipped" in str(refusal.value.cause)
+        await handle.execute_update(IncidentWorkflow.decide, FailureDecision(stage="verify", by="alice", choice="retry"))
+        current = await until(handle, waiting_on("restore"))
+        assert current.stage("verify").status == "done"
+        await approve(handle, "restore", "alice", ["oncall"])
+        assert (await handle.result()).status == IncidentStatus.closed
+
+
+async def test_failed_undo_during_restore_keeps_that_protection(client):
+    script = Script(failing_kinds={"undo:block_outputs"})
+    async with running_incident(client, script) as handle:
+        await approve_four_eyes(handle, "contain")
+        await approve_four_eyes(handle, "rollback")
+        await until(handle, waiting_on("restore"))
+        await approve(handle, "restore", "alice", ["oncall"])
+        await until(handle, failed("restore"))
+        await handle.execute_update(IncidentWorkflow.decide, FailureDecision(stage="restore", by="alice", choice="skip"))
+        final = await handle.result()
+    still_in_place = [a.kind for a in final.actions if a.undone_at is None and a.stage != "hotfix"]
+    assert still_in_place == ["block_outputs"]
+    assert any("block_outputs stays in place" in e.message for e in final.timeline)
