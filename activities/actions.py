@@ -31,7 +31,7 @@ def rendered_action(input: ApplyInput) -> ActionSpec:
 
 async def apply_through_target(deps: ActivityDeps, input: ApplyInput, action: ActionSpec | None = None) -> AppliedAction:
     action = action or rendered_action(input)
-    key = idempotency_key(input.incident_id, input.stage, input.index, input.target)
+    key = idempotency_key(input.occurrence or input.incident_id, input.stage, input.index, input.target)
     try:
         target = deps.targets.get(input.target)
         outcome = await target.apply(input.target.model, action, key, input.incident_id)

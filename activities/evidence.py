@@ -29,6 +29,7 @@ class EvidenceActivities:
             raise as_application_error(error, f"reading the state of {input.target}") from error
         snapshot = {
             "incident_id": input.incident_id,
+            "occurrence": input.occurrence,
             "runbook": {"name": input.runbook, "sha256": input.runbook_sha256},
             "target": input.target.model_dump(mode="json"),
             "target_state": target_state,
@@ -39,7 +40,7 @@ class EvidenceActivities:
         }
         body = json.dumps(snapshot, sort_keys=True, separators=(",", ":")).encode()
         digest = hashlib.sha256(body).hexdigest()
-        folder = self.deps.settings.evidence_dir / input.incident_id
+        folder = self.deps.settings.evidence_dir / (input.occurrence or input.incident_id)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{digest}.json"
         path.write_bytes(body)

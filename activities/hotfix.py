@@ -32,7 +32,7 @@ class HotfixActivities:
 
     async def fine_tune(self, input: ApplyInput) -> str:
         """Start (or, after a worker crash, find again) the job and heartbeat its progress."""
-        job_key = idempotency_key(input.incident_id, input.stage, input.index, input.target, "finetune-job")
+        job_key = idempotency_key(input.occurrence or input.incident_id, input.stage, input.index, input.target, "finetune-job")
         target = self.deps.targets.get(input.target)
         try:
             job = await target.start_job(input.target.model, "finetune", rendered_action(input).params, job_key)

@@ -33,6 +33,7 @@ class ConfirmResult(BaseModel):
 
 class EvidenceInput(BaseModel):
     incident_id: str
+    occurrence: str = ""
     runbook: str
     runbook_sha256: str
     target: TargetRef
@@ -64,6 +65,7 @@ class GradeResult(BaseModel):
 
 class ApplyInput(BaseModel):
     incident_id: str
+    occurrence: str = Field("", description="the incident's own name; idempotency keys are built from it")
     stage: str
     index: int
     target: TargetRef
@@ -104,6 +106,7 @@ class VerifyResult(BaseModel):
 
 class ReviewInput(BaseModel):
     incident_id: str
+    occurrence: str = ""
     runbook: Runbook
     target: TargetRef
     severity: Severity

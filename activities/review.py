@@ -26,13 +26,13 @@ class ReviewActivities:
 
     @activity.defn(name="open_review")
     async def open_review(self, input: ReviewInput) -> ReviewResult:
-        folder = self.deps.settings.reviews_dir / input.incident_id
+        folder = self.deps.settings.reviews_dir / (input.occurrence or input.incident_id)
         folder.mkdir(parents=True, exist_ok=True)
         added = 0
         if input.runbook.review.add_repro_to_regression_suite and input.repro:
             added = add_cases(self.deps.settings.regression_dir, input.target.model, input.repro, input.incident_id)
         tasks = [
-            {"id": f"{input.incident_id}/{name}", "kind": name, "title": TASK_TITLES.get(name, name.replace("_", " ")), "status": "open"}
+            {"id": f"{input.occurrence or input.incident_id}/{name}", "kind": name, "title": TASK_TITLES.get(name, name.replace("_", " ")), "status": "open"}
             for name in input.runbook.review.tasks
         ]
         (folder / "tasks.json").write_text(json.dumps(tasks, indent=2))
@@ -46,7 +46,7 @@ class ReviewActivities:
 
     def postmortem(self, input: ReviewInput, tasks: list[dict], added: int) -> str:
         lines = [
-            f"# Postmortem draft: {input.incident_id}",
+            f"# Postmortem draft: {input.occurrence or input.incident_id}",
             "",
             f"- Runbook: {input.runbook.name} — {input.runbook.description}",
             f"- Target: {input.target}",

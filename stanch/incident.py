@@ -176,6 +176,9 @@ class RegulatoryClock(BaseModel):
 
 class IncidentState(BaseModel):
     id: str
+    occurrence: str = Field(
+        "", description="this incident's own name: its id repeats when alerts fire again after it closed, so add the first run"
+    )
     status: IncidentStatus
     severity: Severity
     severity_reasons: list[str] = Field(default_factory=list)

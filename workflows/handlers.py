@@ -54,6 +54,7 @@ class ResponderHandlers(IncidentRecord):
         self.failed_stage: str | None = None
         self.resolve_request: ResolveRequest | None = None
         self.severity_set_by_human = False
+        self.signals_at_human_severity = 0  # a responder's severity stands until newer signals arrive
         self.regrade_requested = False
         self.signals_graded = 0
         self.notifications_sent = 0
@@ -117,6 +118,7 @@ class ResponderHandlers(IncidentRecord):
     @workflow.update
     def set_severity(self, change: SeverityChange) -> DecisionReceipt:
         self.severity_set_by_human = True
+        self.signals_at_human_severity = len(self.state.signals)
         self.change_severity(change.severity, [f"set by {change.by}: {change.reason}"], change.by)
         self.refresh_pending_approval()
         self.regrade_requested = True  # seriousness may follow severity

@@ -159,6 +159,7 @@ class IncidentWorkflow(ResponderHandlers):
                     EvidenceActivities.snapshot_evidence,
                     EvidenceInput(
                         incident_id=self.state.id,
+                        occurrence=self.state.occurrence,
                         runbook=self.state.runbook,
                         runbook_sha256=self.state.runbook_sha256,
                         target=self.state.target,
@@ -276,6 +277,7 @@ class IncidentWorkflow(ResponderHandlers):
             ReviewActivities.open_review,
             ReviewInput(
                 incident_id=self.state.id,
+                occurrence=self.state.occurrence,
                 runbook=self.runbook,
                 target=self.state.target,
                 severity=self.state.severity,
@@ -352,7 +354,7 @@ class IncidentWorkflow(ResponderHandlers):
                 try:
                     applied = await workflow.execute_activity_method(
                         activity,
-                        ApplyInput(incident_id=self.state.id, stage=stage, index=index, target=self.state.target, action=action),
+                        ApplyInput(incident_id=self.state.id, occurrence=self.state.occurrence, stage=stage, index=index, target=self.state.target, action=action),
                         start_to_close_timeout=timeout,
                         heartbeat_timeout=FINETUNE_HEARTBEAT if timeout == FINETUNE_TIMEOUT else None,
                         retry_policy=ACTION_RETRY,
@@ -454,7 +456,8 @@ class IncidentWorkflow(ResponderHandlers):
         )
 
     def apply_grade(self, graded: GradeResult) -> None:
-        if not self.graded_once() or graded.severity.rank > self.state.severity.rank:
+        newer_than_responder = self.signals_graded > self.signals_at_human_severity
+        if not self.graded_once() or (graded.severity.rank > self.state.severity.rank and newer_than_responder):
             self.change_severity(graded.severity, graded.reasons)
             self.refresh_pending_approval()
         clock = self.state.regulatory
@@ -478,7 +481,7 @@ class IncidentWorkflow(ResponderHandlers):
             message=message,
             severity=self.state.severity,
             tier=tier,
-            dedup_id=f"{self.state.id}/notify/{self.notifications_sent}",
+            dedup_id=f"{self.state.occurrence}/notify/{self.notifications_sent}",
         )
         try:
             await workflow.execute_activity_method(

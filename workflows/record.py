@@ -38,6 +38,7 @@ class IncidentRecord:
             dedup_key=input.dedup_key,
             opened_at=workflow.now(),
             stages=fresh_stages(),
+            occurrence=f"{input.incident_id}@{workflow.info().first_execution_run_id[:8]}",
         )
 
     @property

@@ -82,7 +82,6 @@ def list_incidents(
     if not incidents:
         console.print("no incidents")
         return
-    # The id is what a responder copies into the next command: wrap it, never elide it.
     # The id is what a responder copies into the next command: never elide it. It starts
     # with the runbook's name, so the runbook needs no column of its own.
     id_width = max(len(incident["id"]) for incident in incidents)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import typer
 
 from stanch.cli import incidents, processes
+from stanch.cli.demo import demo
 from stanch.cli.runbooks import runbooks_app
 
 app = typer.Typer(
@@ -24,6 +25,7 @@ app.command("dev-server")(processes.dev_server)
 app.command("worker")(processes.worker)
 app.command("api")(processes.api)
 app.command("gateway")(processes.gateway)
+app.command("demo")(demo)
 
 # Responding to incidents, over the HTTP API.
 app.add_typer(incidents.incidents_app, name="incidents")

@@ -31,7 +31,7 @@ from stanch.gateway.schemas import (
     ProbeResponse,
     UndoRequest,
 )
-from stanch.gateway.store import GatewayStore, job_entry
+from stanch.gateway.store import DEMO_MODEL, GatewayStore, job_entry
 
 
 @contextmanager
@@ -219,6 +219,12 @@ def create_app(db_path: Path, *, action_delay_s: float = 0.0, finetune_seconds: 
             previous_release=previous,
             served_version=store.served_version(request.model),
         )
+
+    @app.post("/admin/demo/reset")
+    def reset_demo() -> dict[str, Any]:
+        """For `stanch demo` and drills: the demo model as first deployed (v2 leaking, no protections)."""
+        store.reset_demo_model()
+        return store.state(DEMO_MODEL) or {}
 
     return app
 

@@ -172,6 +172,22 @@ class GatewayStore:
             )
             db.execute("INSERT INTO features (model, name, enabled) VALUES (?, 'web-search', 1)", (DEMO_MODEL,))
 
+    def reset_demo_model(self) -> None:
+        """Back to the first deploy of the demo: v2 released, nothing contained, no hotfix.
+
+        Versions, jobs and the ledger stay: they are history, not state.
+        """
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE models SET release_version = '2', pinned_version = NULL, fallback_active = 0, system_prompt = NULL"
+                " WHERE name = ?",
+                (DEMO_MODEL,),
+            )
+            db.execute("UPDATE versions SET enabled = 1 WHERE model = ?", (DEMO_MODEL,))
+            db.execute("UPDATE features SET enabled = 1, incident_id = NULL WHERE model = ?", (DEMO_MODEL,))
+            for table in ("blocks", "endpoint_rules", "guardrails"):
+                db.execute(f"DELETE FROM {table} WHERE model = ?", (DEMO_MODEL,))
+
     # -- reads ---------------------------------------------------------------------------
 
     def model_names(self) -> list[str]:

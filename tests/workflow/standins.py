@@ -75,7 +75,7 @@ def stand_ins(script: Script) -> list:
         if script.failures_left.get(kind, 0) > 0:
             script.failures_left[kind] -= 1
             raise ApplicationError(f"{kind} failed once", type="InvalidAction", non_retryable=True)
-        key = idempotency_key(input.incident_id, input.stage, input.index, input.target)
+        key = idempotency_key(input.occurrence or input.incident_id, input.stage, input.index, input.target)
         script.applied.append(key)
         return AppliedAction(
             kind=kind, stage=input.stage, index=input.index, target=input.target, idempotency_key=key,

@@ -112,3 +112,19 @@ async def test_closed_incident_refuses_decisions(client):
         await handle.result()
         with pytest.raises(Exception):
             await handle.execute_update(IncidentWorkflow.approve, ApprovalDecision(stage="contain", approver="a", roles=["oncall"]))
+
+
+async def test_a_responders_lower_severity_stands_until_new_signals_arrive(client):
+    from tests.workflow.conftest import alert
+    from tests.workflow.helpers import until
+
+    async with running_incident(client, Script()) as handle:
+        await until(handle, waiting_on("contain"))
+        await handle.execute_update(
+            IncidentWorkflow.set_severity, SeverityChange(severity=Severity.medium, by="sam", roles=["safety"], reason="internal only")
+        )
+        await until(handle, lambda s: any("severity" in e.message and "regrad" not in e.message for e in s.timeline[-3:]))
+        for _ in range(5):
+            assert (await state(handle)).severity == Severity.medium
+        await handle.signal(IncidentWorkflow.add_signal, alert("sig-new"))
+        await until(handle, lambda s: s.severity == Severity.high)
