@@ -328,8 +328,11 @@ class IncidentWorkflow(ResponderHandlers):
             self.state.pending_approval = pending
             self.mark(stage, StageStatus.awaiting_approval, approvals.missing(pending, self.state.approvals))
             await self.notify("approval_needed", pending.roles, f"{self.state.id}: {stage} waits for approval")
-            settled = lambda: approvals.is_satisfied(pending, self.state.approvals) or approvals.is_rejected(
-                pending, self.state.approvals
+            resolved = lambda: self.resolve_request is not None and stage != "restore"
+            settled = lambda: (
+                approvals.is_satisfied(pending, self.state.approvals)
+                or approvals.is_rejected(pending, self.state.approvals)
+                or resolved()
             )
             while not settled():
                 try:
@@ -337,6 +340,9 @@ class IncidentWorkflow(ResponderHandlers):
                 except asyncio.TimeoutError:
                     await self.notify("escalation", self.next_tier_recipients(), f"{self.state.id}: approval of {stage} overdue")
             self.state.pending_approval = None
+            if resolved():
+                self.mark(stage, StageStatus.skipped, f"resolved by {self.resolve_request.by} while awaiting approval")
+                return False
             if approvals.is_rejected(pending, self.state.approvals):
                 no = next(r for r in approvals.current_votes(pending, self.state.approvals) if not r.approve)
                 self.mark(stage, StageStatus.rejected, f"rejected by {no.approver}: {no.comment}")

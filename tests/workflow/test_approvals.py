@@ -44,8 +44,9 @@ async def test_four_eyes_refusals_each_say_why(client):
 async def test_requester_cannot_approve_their_own_restore(client):
     async with running_incident(client, Script()) as handle:
         await until(handle, waiting_on("contain"))
+        await approve_four_eyes(handle, "contain")
+        await until(handle, waiting_on("rollback"))
         await handle.execute_update(IncidentWorkflow.resolve, ResolveRequest(by="carol", reason="upstream fixed it"))
-        await approve_four_eyes(handle, "contain")  # contain was already waiting: it finishes
         await until(handle, waiting_on("restore"))
         assert "cannot approve it (four eyes)" in await refused(
             handle, IncidentWorkflow.approve, ApprovalDecision(stage="restore", approver="carol", roles=["incident-commander"])
@@ -53,7 +54,8 @@ async def test_requester_cannot_approve_their_own_restore(client):
         await approve(handle, "restore", "alice", ["oncall"])
         final = await handle.result()
     stages = stage_status(final)
-    assert stages["rollback"] == "skipped" and stages["hotfix"] == "skipped" and stages["restore"] == "done"
+    assert stages["rollback"] == "skipped" and "while awaiting approval" in final.stage("rollback").detail
+    assert stages["hotfix"] == "skipped" and stages["restore"] == "done"
     assert final.status == IncidentStatus.closed
 
 

@@ -1,0 +1,80 @@
+"""Real processes on loopback for end-to-end tests: start, wait until they answer, stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Process:
+    """A `python -m stanch ...` child in its own process group, logging to a file."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], logs: Path) -> None:
+        self.name = name
+        self.log_path = logs / f"{name}.log"
+        self.log = self.log_path.open("ab")
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "stanch", *args], env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def signal(self, sig: int) -> None:
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, sig)
+
+    def stop(self, timeout: float = 20) -> int:
+        self.signal(signal.SIGINT)
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            return self.popen.wait(5)
+        finally:
+            self.log.close()
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up, as when a machine dies."""
+        self.signal(signal.SIGKILL)
+        self.popen.wait(5)
+        self.log.close()
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def wait_http(url: str, process: Process | None = None, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process and process.popen.poll() is not None:
+            raise AssertionError(f"{process.name} exited with {process.popen.returncode}:\n{process.tail()}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"{url} did not answer within {timeout}s" + (f":\n{process.tail()}" if process else ""))
+
+
+def wait_for(read, predicate, timeout: float = 90, interval: float = 0.3):
+    """Poll `read()` until `predicate(value)` holds; fail with the last value seen."""
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        value = read()
+        if predicate(value):
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition never held within {timeout}s; last value: {str(value)[:2000]}")
