@@ -5,7 +5,8 @@
 Every stage is one method below. Gated stages wait for approvals (four eyes where the
 runbook's policy says so); a failed action keeps every protection in place and waits for a
 human to choose retry, skip or abort; restore undoes containment and rollback in reverse
-order and only on an explicit step. The responders' handlers live in `workflows/handlers.py`.
+order and only on an explicit step. The responders' handlers live in `workflows/handlers.py`, the clocks (escalation, severity that rises
+with new signals, the report deadline) in `workflows/clocks.py`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
-from workflows.handlers import IncidentAborted, ResponderHandlers
+from workflows.clocks import IncidentClocks, cause_of
+from workflows.handlers import IncidentAborted
 
 with workflow.unsafe.imports_passed_through():
     from activities.confirm import ConfirmActivities
@@ -28,18 +30,13 @@ with workflow.unsafe.imports_passed_through():
         ApplyInput,
         ConfirmInput,
         EvidenceInput,
-        GradeInput,
-        GradeResult,
         LiftInput,
-        Notification,
         ReviewInput,
         VerifyInput,
     )
-    from activities.notify import NotifyActivities
     from activities.restore import RestoreActivities
     from activities.review import ReviewActivities
     from activities.rollback import RollbackActivities
-    from activities.severity import grade_severity
     from stanch.incident import (
         EvidenceRecord,
         IncidentInput,
@@ -59,7 +56,6 @@ ACTION_RETRY = RetryPolicy(
     non_retryable_error_types=["InvalidAction", "UnknownTarget"],
 )
 READ_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=20), maximum_attempts=5)
-NOTIFY_RETRY = RetryPolicy(maximum_attempts=3)
 ACTION_TIMEOUT = timedelta(seconds=30)
 PROBE_TIMEOUT = timedelta(minutes=2)
 FINETUNE_TIMEOUT = timedelta(minutes=30)
@@ -68,7 +64,7 @@ REVERSIBLE_STAGES = ("contain", "rollback")
 
 
 @workflow.defn(name="IncidentWorkflow")
-class IncidentWorkflow(ResponderHandlers):
+class IncidentWorkflow(IncidentClocks):
     @workflow.init
     def __init__(self, input: IncidentInput) -> None:
         super().__init__(input)
@@ -301,7 +297,7 @@ class IncidentWorkflow(ResponderHandlers):
             self.set_status(IncidentStatus.awaiting_report)
             await workflow.wait_condition(lambda: self.state.regulatory.filed is not None)
 
-    # --- the gate, the fail-safe and the timers ----------------------------------------------
+    # --- the gate and the fail-safe (timers: workflows/clocks.py) ------------------------------
 
     async def gate(self, stage: str, actions: list, requested_by: str = "stanch") -> bool:
         """Run, skip or wait for approval, as the runbook's policy for this severity says."""
@@ -394,120 +390,9 @@ class IncidentWorkflow(ResponderHandlers):
         self.mark(stage, StageStatus.running, f"{decision.choice} chosen by {decision.by}")
         return decision.choice
 
-    async def escalate_until_acknowledged(self) -> None:
-        """Escalate tier by tier on the policy's schedule, then re-notify every ack SLA."""
-        acknowledged = lambda: self.state.acknowledged_at is not None or self.is_over
-        while not acknowledged():
-            tiers = self.policy.escalation
-            tier = self.state.escalation_tier
-            if tier < len(tiers):
-                due, recipients = self.state.opened_at + tiers[tier].after, tiers[tier].notify
-            else:
-                due = self.last_escalation_at + self.policy.ack_sla
-                recipients = tiers[-1].notify if tiers else ["oncall"]
-            wait = due - workflow.now()
-            if wait > timedelta(0):
-                severity = self.state.severity
-                try:
-                    # A severity change re-plans the schedule with the new policy's tiers.
-                    await workflow.wait_condition(lambda: acknowledged() or self.state.severity != severity, timeout=wait)
-                    continue
-                except asyncio.TimeoutError:
-                    pass
-            self.state.escalation_tier = tier + 1
-            self.last_escalation_at = workflow.now()
-            self.note("escalation", f"not acknowledged: escalating to tier {tier + 1} {recipients}")
-            await self.notify("escalation", recipients, f"{self.state.id} is not acknowledged", tier=tier + 1)
-
-    async def regrade_on_new_signals(self) -> None:
-        """New signals (or a responder's change) re-run the rules; severity only ever rises here."""
-        while not self.is_over:
-            await workflow.wait_condition(lambda: self.regrade_wanted() or self.is_over)
-            if self.is_over:
-                return
-            self.apply_grade(await self.run_grading())
-
-    async def run_report_clock(self) -> None:
-        """Art. 73 report clock: reminders widen as the deadline nears, until the report is filed."""
-        clock = self.state.regulatory
-        while clock.filed is None:
-            remaining = clock.deadline - workflow.now()
-            wait = min(self.runbook.regulatory.reminder_every, remaining) if remaining > timedelta(0) else self.runbook.regulatory.reminder_every
-            try:
-                await workflow.wait_condition(lambda: clock.filed is not None, timeout=wait)
-                return
-            except asyncio.TimeoutError:
-                clock.reminders_sent += 1
-                overdue = workflow.now() >= clock.deadline
-                recipients = ["safety"] + (["incident-commander"] if remaining <= timedelta(days=2) else []) + (["executive"] if overdue else [])
-                message = f"{self.state.id}: serious-incident report {'OVERDUE since' if overdue else 'due'} {clock.deadline.isoformat()}"
-                self.note("regulatory", message)
-                await self.notify("report_reminder", recipients, message, tier=clock.reminders_sent)
-
-    # --- small helpers the stages share ------------------------------------------------
-
-    async def run_grading(self) -> GradeResult:
-        self.signals_graded = len(self.state.signals)
-        self.regrade_requested = False
-        return await workflow.execute_activity(
-            grade_severity,
-            GradeInput(
-                runbook=self.runbook,
-                signals=self.state.signals,
-                detectors_fired=self.detectors_fired,
-                current=self.state.severity if self.graded_once() else None,
-            ),
-            start_to_close_timeout=ACTION_TIMEOUT,
-            retry_policy=READ_RETRY,
-        )
-
-    def apply_grade(self, graded: GradeResult) -> None:
-        newer_than_responder = self.signals_graded > self.signals_at_human_severity
-        if not self.graded_once() or (graded.severity.rank > self.state.severity.rank and newer_than_responder):
-            self.change_severity(graded.severity, graded.reasons)
-            self.refresh_pending_approval()
-        clock = self.state.regulatory
-        if graded.serious and not clock.serious:
-            clock.serious, clock.reason = True, graded.serious_reason
-            clock.aware_at = workflow.now()
-            clock.deadline = clock.aware_at + timedelta(days=graded.report_days)
-            self.note("regulatory", f"serious incident ({graded.serious_reason}): report due {clock.deadline.isoformat()}")
-            self.background.append(asyncio.create_task(self.run_report_clock()))
-
-    def graded_once(self) -> bool:
-        return self.state.stage("severity").status == StageStatus.done or self.severity_set_by_human
-
-    async def notify(self, kind: str, recipients: list[str], message: str, tier: int = 0) -> None:
-        """A channel that fails never stops the incident: the failure goes to the timeline."""
-        self.notifications_sent += 1
-        notification = Notification(
-            incident_id=self.state.id,
-            kind=kind,
-            recipients=recipients,
-            message=message,
-            severity=self.state.severity,
-            tier=tier,
-            dedup_id=f"{self.state.occurrence}/notify/{self.notifications_sent}",
-        )
-        try:
-            await workflow.execute_activity_method(
-                NotifyActivities.notify, notification, start_to_close_timeout=ACTION_TIMEOUT, retry_policy=NOTIFY_RETRY
-            )
-            self.note("notification", f"{kind} → {', '.join(recipients)}: {message}")
-        except ActivityError as failure:
-            self.note("notification", f"{kind} to {', '.join(recipients)} failed: {cause_of(failure)}")
-
-    def next_tier_recipients(self) -> list[str]:
-        tiers = self.policy.escalation
-        return tiers[min(self.state.escalation_tier, len(tiers) - 1)].notify if tiers else ["oncall"]
-
     def close(self, status: IncidentStatus, reason: str) -> None:
         self.state.closed_at = workflow.now()
         self.state.close_reason = reason
         self.note("stage", f"{status}: {reason}")
         self.set_status(status)
 
-
-def cause_of(failure: ActivityError) -> str:
-    cause = failure.cause
-    return getattr(cause, "message", None) or str(cause or failure)

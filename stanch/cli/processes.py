@@ -25,7 +25,7 @@ from rich.table import Table
 
 from stanch.cli.supervisor import ChildDied, Supervisor, http_ok
 from stanch.config import Settings
-from stanch.devserver import BinaryNotFound, dev_server_command, port_open, wait_for_port
+from stanch.devserver import BinaryNotFound, dev_server_command, port_open
 
 console = Console()
 err_console = Console(stderr=True)
