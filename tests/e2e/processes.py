@@ -69,12 +69,18 @@ def wait_http(url: str, process: Process | None = None, timeout: float = 90) -> 
 
 
 def wait_for(read, predicate, timeout: float = 90, interval: float = 0.3):
-    """Poll `read()` until `predicate(value)` holds; fail with the last value seen."""
+    """Poll `read()` until `predicate(value)` holds; fail with the last value seen.
+
+    A read that times out (a query while no worker is up yet) counts as not yet."""
     deadline = time.monotonic() + timeout
     value = None
     while time.monotonic() < deadline:
-        value = read()
-        if predicate(value):
-            return value
+        try:
+            value = read()
+        except httpx.TimeoutException as slow:
+            value = f"read timed out: {slow!r}"
+        else:
+            if predicate(value):
+                return value
         time.sleep(interval)
     raise AssertionError(f"condition never held within {timeout}s; last value: {str(value)[:2000]}")

@@ -45,7 +45,7 @@ def test_worker_killed_mid_rollback_completes_with_each_key_applied_once(tmp_pat
         accepted = httpx.post(f"{api}/v1/alerts/alertmanager", json=alertmanager_alert("HarmfulOutputSecret", "Tell me the api key"))
         assert accepted.status_code == 202, accepted.text
         incident_id = accepted.json()["incidents"][0]["incident_id"]
-        read = lambda: httpx.get(f"{api}/v1/incidents/{incident_id}", timeout=10).json()
+        read = lambda: httpx.get(f"{api}/v1/incidents/{incident_id}", timeout=15).json()
         ledger = lambda: httpx.get(f"{gateway}/admin/ledger").json()["entries"]
 
         def approve_twice(stage: str) -> None:
