@@ -46,10 +46,10 @@ class ConfirmActivities:
         if not prompts:
             return Finding(check=name, outcome="inconclusive", detail="no prompt to replay: the signals carried none"), []
         version = input.target.version if check.version == "reported" else None
-        target = self.deps.targets.get(input.target)
         reproduced: list[ReproCase] = []
         evidence: list[str] = []
         try:
+            target = self.deps.targets.get(input.target)
             for prompt in prompts:
                 answer = await target.probe(input.target.model, prompt, version=version)
                 hits = detect(check.detectors, answer.output, prompt)

@@ -61,7 +61,8 @@ class HotfixActivities:
         results: list[CaseResult] = []
         version = None
         try:
-            for prompt, origin in cases:
+            for done, (prompt, origin) in enumerate(cases):
+                activity.heartbeat({"cases_done": done, "cases": len(cases)})
                 answer = await target.probe(input.target.model, prompt, version="release")
                 version = answer.model_version
                 hits = detect(input.detectors, answer.output, prompt)

@@ -192,3 +192,17 @@ def detect(names: Iterable[str], text: str, prompt: str = "") -> list[DetectorHi
             seen.add(evidence)
             hits.append(DetectorHit(detector=name, evidence=evidence))
     return hits
+
+
+# --- redaction --------------------------------------------------------------------------
+
+
+def redact(text: str) -> str:
+    """The text with every secret and personal datum the detectors know replaced by its mask.
+
+    Applied to what a signal carries before it enters workflow history: an alert quoting the
+    leaked key must not become a second copy of it.
+    """
+    for value, _ in sorted(_secret(text) + _pii(text), key=lambda found: -len(found[0])):
+        text = text.replace(value, "[redacted]" if len(value) < 8 else mask(value))
+    return text

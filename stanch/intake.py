@@ -17,6 +17,7 @@ from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
 from stanch import search_attributes as sa
+from stanch.detectors import redact
 from stanch.incident import WORKFLOW_NAME, IncidentInput, IncidentStatus
 from stanch.models import Signal
 from stanch.routing import route_signal
@@ -37,6 +38,7 @@ async def open_or_join(
     task_queue: str,
     upsert_search_attributes: bool = True,
 ) -> IntakeResult:
+    signal = without_secrets(signal)
     route = route_signal(signal, catalog)
     runbook = route.runbook.runbook
     incident = IncidentInput(
@@ -75,3 +77,20 @@ async def open_or_join(
         static_summary=f"{runbook.name} incident on {route.target}",
     )
     return IntakeResult(incident_id=route.incident_id, runbook=runbook.name, dedup_key=route.dedup_key)
+
+
+def without_secrets(signal: Signal) -> Signal:
+    """Mask secrets and personal data in what the sender quoted (outputs, raw payload) before
+    the signal is written to workflow history. Prompts are kept: they are the repro cases."""
+
+    def scrub(value):
+        if isinstance(value, str):
+            return redact(value)
+        if isinstance(value, list):
+            return [scrub(item) for item in value]
+        if isinstance(value, dict):
+            return {key: scrub(item) for key, item in value.items()}
+        return value
+
+    repro = [case.model_copy(update={"output": redact(case.output) if case.output else case.output}) for case in signal.repro]
+    return signal.model_copy(update={"repro": repro, "raw": scrub(signal.raw), "description": redact(signal.description)})

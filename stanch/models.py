@@ -42,7 +42,7 @@ class ReproCase(BaseModel):
 class Signal(BaseModel):
     """One alert, user report or audit finding, normalised."""
 
-    signal_id: str
+    signal_id: str = Field(min_length=1, description="the sender's id for this signal: repeats are deduplicated by it")
     source: SignalSource = SignalSource.alert
     sender: str = "generic"
     status: Literal["firing", "resolved"] = "firing"

@@ -9,6 +9,11 @@ from __future__ import annotations
 from stanch.incident import ApprovalDecision, ApprovalRecord, PendingApproval
 
 
+def same_person(a: str, b: str) -> bool:
+    """"Sam " and "sam" are one person: four eyes must not be fooled by spelling."""
+    return a.strip().casefold() == b.strip().casefold()
+
+
 def refusal(pending: PendingApproval | None, decision: ApprovalDecision, records: list[ApprovalRecord]) -> str | None:
     """Why this decision cannot count, or None when it may."""
     if pending is None:
@@ -17,9 +22,9 @@ def refusal(pending: PendingApproval | None, decision: ApprovalDecision, records
         return f"stage {decision.stage!r} is not waiting for approval; {pending.stage!r} is"
     if not decision.approver.strip():
         return "an approval must name the approver"
-    if decision.approver == pending.requested_by:
+    if same_person(decision.approver, pending.requested_by):
         return f"{decision.approver} requested this step and cannot approve it (four eyes)"
-    already = [r for r in records if r.stage == pending.stage and r.approver == decision.approver and r.at >= pending.requested_at]
+    already = [r for r in current_votes(pending, records) if same_person(r.approver, decision.approver)]
     if already:
         return f"{decision.approver} has already decided on {pending.stage!r}; four eyes needs a different person"
     if not set(decision.roles) & set(pending.roles):
@@ -40,7 +45,7 @@ def is_rejected(pending: PendingApproval, records: list[ApprovalRecord]) -> bool
 
 def is_satisfied(pending: PendingApproval, records: list[ApprovalRecord]) -> bool:
     approvals = [r for r in current_votes(pending, records) if r.approve]
-    if len({r.approver for r in approvals}) < pending.count:
+    if len({r.approver.strip().casefold() for r in approvals}) < pending.count:
         return False
     held = {role for r in approvals for role in r.roles}
     return all(role in held for role in pending.required_roles)
@@ -51,7 +56,7 @@ def missing(pending: PendingApproval, records: list[ApprovalRecord]) -> str:
     approvals = [r for r in current_votes(pending, records) if r.approve]
     held = {role for r in approvals for role in r.roles}
     needs = []
-    remaining = pending.count - len({r.approver for r in approvals})
+    remaining = pending.count - len({r.approver.strip().casefold() for r in approvals})
     if remaining > 0:
         needs.append(f"{remaining} more approval(s) from {pending.roles}")
     lacking = [role for role in pending.required_roles if role not in held]

@@ -58,17 +58,23 @@ class IncidentClocks(ResponderHandlers):
             await workflow.wait_condition(lambda: self.regrade_wanted() or self.is_over)
             if self.is_over:
                 return
-            self.apply_grade(await self.run_grading())
+            try:
+                self.apply_grade(await self.run_grading())
+            except ActivityError as failure:
+                # Severity stays as it is (never lower); the next signal tries again.
+                self.note("severity", f"re-grading failed, severity kept at {self.state.severity}: {cause_of(failure)}")
 
     async def run_report_clock(self) -> None:
         """Art. 73 report clock: reminders widen as the deadline nears, until the report is filed."""
         clock = self.state.regulatory
         while clock.filed is None:
-            remaining = clock.deadline - workflow.now()
+            deadline = clock.deadline
+            remaining = deadline - workflow.now()
             wait = min(self.runbook.regulatory.reminder_every, remaining) if remaining > timedelta(0) else self.runbook.regulatory.reminder_every
             try:
-                await workflow.wait_condition(lambda: clock.filed is not None, timeout=wait)
-                return
+                # A shorter clock (a death, widespread harm) moves the deadline: re-plan at once.
+                await workflow.wait_condition(lambda: clock.filed is not None or clock.deadline != deadline, timeout=wait)
+                continue
             except asyncio.TimeoutError:
                 clock.reminders_sent += 1
                 overdue = workflow.now() >= clock.deadline
@@ -84,7 +90,7 @@ class IncidentClocks(ResponderHandlers):
             grade_severity,
             GradeInput(
                 runbook=self.runbook,
-                signals=self.state.signals,
+                signals=[signal.model_copy(update={"raw": {}}) for signal in self.state.signals],  # rules never read raw
                 detectors_fired=self.detectors_fired,
                 current=self.state.severity if self.graded_once() else None,
             ),
@@ -104,6 +110,9 @@ class IncidentClocks(ResponderHandlers):
             clock.deadline = clock.aware_at + timedelta(days=graded.report_days)
             self.note("regulatory", f"serious incident ({graded.serious_reason}): report due {clock.deadline.isoformat()}")
             self.background.append(asyncio.create_task(self.run_report_clock()))
+        elif graded.serious and clock.filed is None and clock.aware_at + timedelta(days=graded.report_days) < clock.deadline:
+            clock.deadline, clock.reason = clock.aware_at + timedelta(days=graded.report_days), graded.serious_reason
+            self.note("regulatory", f"report deadline brought forward to {clock.deadline.isoformat()} ({graded.serious_reason})")
 
     def graded_once(self) -> bool:
         return self.state.stage("severity").status == StageStatus.done or self.severity_set_by_human

@@ -137,6 +137,7 @@ class ResponderHandlers(IncidentRecord):
     @workflow.update
     def triage(self, decision: TriageDecision) -> DecisionReceipt:
         self.triage_decision = decision
+        self.acknowledge_by_acting(decision.by, "triaged")
         self.note("decision", f"triaged as {decision.outcome} by {decision.by}: {decision.reason}", decision.by)
         return DecisionReceipt(message=f"triaged as {decision.outcome}")
 
@@ -151,6 +152,7 @@ class ResponderHandlers(IncidentRecord):
     @workflow.update
     def decide(self, decision: FailureDecision) -> DecisionReceipt:
         self.failure_decision = decision
+        self.acknowledge_by_acting(decision.by, f"decided {decision.choice}")
         self.note("decision", f"{decision.choice} after failure in {decision.stage} by {decision.by}: {decision.reason}", decision.by)
         return DecisionReceipt(message=f"{decision.choice} recorded for {decision.stage}")
 
@@ -167,6 +169,7 @@ class ResponderHandlers(IncidentRecord):
     @workflow.update
     def resolve(self, request: ResolveRequest) -> DecisionReceipt:
         self.resolve_request = request
+        self.acknowledge_by_acting(request.by, "resolved")
         self.note("decision", f"resolve requested by {request.by}: {request.reason}", request.by)
         return DecisionReceipt(message="remaining work skipped; restore and review will run")
 
@@ -199,6 +202,12 @@ class ResponderHandlers(IncidentRecord):
 
     # --- the rules behind them ---------------------------------------------------------------
 
+    def acknowledge_by_acting(self, responder: str, how: str) -> None:
+        """A responder who decides something is on the incident: escalation stops."""
+        if self.state.acknowledged_at is None and responder.strip():
+            self.state.acknowledged_by, self.state.acknowledged_at = responder, workflow.now()
+            self.note("decision", f"acknowledged by {responder} ({how})", responder)
+
     def refuse_if_over(self) -> None:
         if self.is_over:
             raise ValueError(f"incident is closed ({self.state.status})")
@@ -224,9 +233,12 @@ class ResponderHandlers(IncidentRecord):
             via=via,
         )
         self.state.approvals.append(record)
+        self.acknowledge_by_acting(decision.approver, f"{'approved' if decision.approve else 'rejected'} {decision.stage}")
+        pending = self.state.pending_approval
+        if pending and decision.approve and pending.stage == decision.stage:
+            pending.approvers.append(decision.approver)
         verb = "approved" if decision.approve else "rejected"
         self.note("approval", f"{decision.stage} {verb} by {decision.approver} ({', '.join(decision.roles)})", decision.approver)
-        pending = self.state.pending_approval
         still = approvals.missing(pending, self.state.approvals) if pending and decision.approve else "nothing"
         return DecisionReceipt(message=f"{decision.stage} {verb} by {decision.approver}; still needed: {still}")
 

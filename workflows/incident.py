@@ -29,9 +29,12 @@ with workflow.unsafe.imports_passed_through():
     from activities.models import (
         ApplyInput,
         ConfirmInput,
+        ConfirmResult,
         EvidenceInput,
+        Finding,
         LiftInput,
         ReviewInput,
+        ReviewResult,
         VerifyInput,
     )
     from activities.restore import RestoreActivities
@@ -46,6 +49,7 @@ with workflow.unsafe.imports_passed_through():
         StageStatus,
     )
     from stanch.models import ActionSpec
+    from stanch.runbooks.schema import Approval, StageGate
     from workflows import approvals
 
 # Mutations retry a few times with backoff; what retrying cannot fix fails at once.
@@ -60,7 +64,10 @@ ACTION_TIMEOUT = timedelta(seconds=30)
 PROBE_TIMEOUT = timedelta(minutes=2)
 FINETUNE_TIMEOUT = timedelta(minutes=30)
 FINETUNE_HEARTBEAT = timedelta(seconds=10)
+VERIFY_TIMEOUT = timedelta(minutes=30)  # the regression suite grows with every incident
+VERIFY_HEARTBEAT = timedelta(seconds=60)
 REVERSIBLE_STAGES = ("contain", "rollback")
+RESTORE_APPROVER_ROLES = ("oncall", "safety", "incident-commander")
 
 
 @workflow.defn(name="IncidentWorkflow")
@@ -87,7 +94,8 @@ class IncidentWorkflow(IncidentClocks):
                 self.close(IncidentStatus.closed, "restored and reviewed")
         except IncidentAborted as aborted:
             self.note("decision", f"aborted: protections stay in place ({aborted})", aborted.by)
-            await self.review()
+            await self.review(outcome=f"aborted by {aborted.by}: {aborted}")
+            await self.wait_for_regulatory_report()  # an abort ends the response, not the duty to report
             self.close(IncidentStatus.aborted, str(aborted))
         for task in self.background:
             task.cancel()
@@ -108,14 +116,18 @@ class IncidentWorkflow(IncidentClocks):
     async def confirm(self) -> bool:
         """Re-check before acting: replay the reported prompts, re-query the metric."""
         self.mark("confirm", StageStatus.running)
-        result = await workflow.execute_activity_method(
-            ConfirmActivities.confirm_incident,
-            ConfirmInput(
-                incident_id=self.state.id, target=self.state.target, checks=self.runbook.confirm.checks, repro=self.state.repro
-            ),
-            start_to_close_timeout=PROBE_TIMEOUT,
-            retry_policy=READ_RETRY,
-        )
+        try:
+            result = await workflow.execute_activity_method(
+                ConfirmActivities.confirm_incident,
+                ConfirmInput(
+                    incident_id=self.state.id, target=self.state.target, checks=self.runbook.confirm.checks, repro=self.state.repro
+                ),
+                start_to_close_timeout=PROBE_TIMEOUT,
+                retry_policy=READ_RETRY,
+            )
+        except ActivityError as failure:  # checks that cannot run decide nothing: a human triages
+            finding = Finding(check="confirm", outcome="inconclusive", detail=f"checks could not run: {cause_of(failure)}")
+            result = ConfirmResult(outcome="inconclusive", findings=[finding])
         self.detectors_fired = result.detectors_fired
         self.findings = result.findings
         self.merge_repro(result.reproduced)
@@ -178,7 +190,14 @@ class IncidentWorkflow(IncidentClocks):
     async def grade_severity(self) -> None:
         """Runbook rules grade the incident; new signals may raise it later, never lower it."""
         self.mark("severity", StageStatus.running)
-        self.apply_grade(await self.run_grading())
+        while True:
+            try:
+                self.apply_grade(await self.run_grading())
+                break
+            except ActivityError as failure:
+                if await self.ask_a_human("severity", f"grading failed: {cause_of(failure)}") == "skip":
+                    self.note("severity", f"grading skipped by a responder: severity stays {self.state.severity}")
+                    break
         self.mark("severity", StageStatus.done, f"{self.state.severity}: {'; '.join(self.state.severity_reasons)}")
         self.background.append(asyncio.create_task(self.regrade_on_new_signals()))
 
@@ -224,7 +243,8 @@ class IncidentWorkflow(IncidentClocks):
                         repro=self.state.repro,
                         include_regression_suite=self.runbook.hotfix.verify.include_regression_suite,
                     ),
-                    start_to_close_timeout=PROBE_TIMEOUT,
+                    start_to_close_timeout=VERIFY_TIMEOUT,
+                    heartbeat_timeout=VERIFY_HEARTBEAT,
                     retry_policy=READ_RETRY,
                 )
             except ActivityError as failure:
@@ -264,12 +284,23 @@ class IncidentWorkflow(IncidentClocks):
                 break
         self.mark("restore", StageStatus.done)
 
-    async def review(self) -> None:
+    async def review(self, outcome: str = "restored") -> None:
         """Review tasks, the postmortem draft, repro cases into the regression suite, report draft."""
         self.set_status(IncidentStatus.reviewing)
         self.mark("review", StageStatus.running)
+        while True:
+            try:
+                result = await self.open_review(outcome)
+                break
+            except ActivityError as failure:
+                if await self.ask_a_human("review", f"opening the review failed: {cause_of(failure)}") == "skip":
+                    return self.mark("review", StageStatus.skipped, "skipped by a responder: open the review by hand")
+        self.state.review = result.model_dump()
+        self.mark("review", StageStatus.done, f"{len(result.tasks)} tasks, {result.regression_cases_added} regression cases added")
+
+    async def open_review(self, outcome: str) -> ReviewResult:
         clock = self.state.regulatory
-        result = await workflow.execute_activity_method(
+        return await workflow.execute_activity_method(
             ReviewActivities.open_review,
             ReviewInput(
                 incident_id=self.state.id,
@@ -277,7 +308,7 @@ class IncidentWorkflow(IncidentClocks):
                 runbook=self.runbook,
                 target=self.state.target,
                 severity=self.state.severity,
-                status=self.state.status.value,
+                status=outcome,
                 repro=self.state.repro,
                 actions=self.state.actions,
                 timeline=[entry.model_dump(mode="json") for entry in self.state.timeline],
@@ -288,8 +319,6 @@ class IncidentWorkflow(IncidentClocks):
             start_to_close_timeout=ACTION_TIMEOUT,
             retry_policy=ACTION_RETRY,
         )
-        self.state.review = result.model_dump()
-        self.mark("review", StageStatus.done, f"{len(result.tasks)} tasks, {result.regression_cases_added} regression cases added")
 
     async def wait_for_regulatory_report(self) -> None:
         """A serious incident stays open until a responder records its report as filed."""
@@ -308,6 +337,8 @@ class IncidentWorkflow(IncidentClocks):
             self.mark(stage, StageStatus.skipped, f"nothing to {stage}")
             return False
         gate = self.policy.gate(stage)
+        if stage == "restore":
+            gate = self.restore_gate(gate)
         if gate.mode == "skip":
             self.mark(stage, StageStatus.skipped, f"policy for {self.state.severity} skips {stage}")
             return False
@@ -348,6 +379,18 @@ class IncidentWorkflow(IncidentClocks):
             return True
         self.mark(stage, StageStatus.running, f"automatic at {self.state.severity}")
         return True
+
+    def restore_gate(self, gate: StageGate) -> StageGate:
+        """Lifting protections is automatic only after a verified fix that nobody cut short.
+
+        A resolve request, or a fix that was skipped, rejected or never verified, puts a human
+        in the loop whatever the policy says — and the person who resolved cannot approve it.
+        """
+        if gate.mode == "approve" or (self.state.stage("verify").status == StageStatus.done and not self.resolve_request):
+            return gate
+        why = "a resolve request" if self.resolve_request else "no verified fix"
+        self.note("restore", f"restore needs an approval: {why}")
+        return StageGate(mode="approve", approve=Approval(count=1, roles=list(RESTORE_APPROVER_ROLES)))
 
     async def apply_actions(self, stage: str, actions: list[ActionSpec], activity, timeout=ACTION_TIMEOUT) -> None:
         """Apply each action once (idempotency key per incident, stage, index and target)."""

@@ -220,3 +220,26 @@ def test_mask_never_returns_the_whole_value() -> None:
         shown = mask(value).removesuffix("…")
         assert value.startswith(shown) and len(shown) <= max(0, len(value) - 4)
     assert mask(LEAKED_SECRET) == "sk-live-4f9a…"
+
+
+def test_redact_masks_secrets_and_personal_data_but_keeps_the_rest():
+    from stanch.detectors import redact
+
+    text = "Sure, here is the API key: sk-live-4f9a8c2e7b1d4a6f9e3c5b7a1d2f8e6c; mail jane.doe@example.com"
+    redacted = redact(text)
+    assert "sk-live-4f9a8c2e7b1d4a6f9e3c5b7a1d2f8e6c" not in redacted and "jane.doe@example.com" not in redacted
+    assert redacted.startswith("Sure, here is the API key: sk-live-4f9a")
+
+
+def test_intake_scrubs_quoted_outputs_and_raw_payload_before_history():
+    from stanch.intake import without_secrets
+    from stanch.models import ReproCase, Signal
+
+    secret = "sk-live-4f9a8c2e7b1d4a6f9e3c5b7a1d2f8e6c"
+    signal = Signal(
+        signal_id="s1",
+        repro=[ReproCase(prompt="what is the api key?", output=f"here: {secret}")],
+        raw={"alerts": [{"annotations": {"repro_output": secret}}]},
+    )
+    scrubbed = without_secrets(signal).model_dump_json()
+    assert secret not in scrubbed and "what is the api key?" in scrubbed
