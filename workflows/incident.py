@@ -198,7 +198,7 @@ class IncidentWorkflow(IncidentClocks):
                 if await self.ask_a_human("severity", f"grading failed: {cause_of(failure)}") == "skip":
                     self.note("severity", f"grading skipped by a responder: severity stays {self.state.severity}")
                     break
-        self.mark("severity", StageStatus.done, f"{self.state.severity}: {'; '.join(self.state.severity_reasons)}")
+        self.mark("severity", StageStatus.done, "; ".join(self.state.severity_reasons))
         self.background.append(asyncio.create_task(self.regrade_on_new_signals()))
 
     async def contain(self) -> None:
@@ -207,7 +207,7 @@ class IncidentWorkflow(IncidentClocks):
             return
         self.set_status(IncidentStatus.containing)
         await self.apply_actions("contain", self.runbook.containment, ContainmentActivities.apply_containment)
-        self.mark("contain", StageStatus.done)
+        self.mark("contain", StageStatus.done, self.applied_summary("contain"))
 
     async def roll_back(self) -> None:
         """Previous good version, disable the new update, or switch to the fallback model."""
@@ -215,7 +215,7 @@ class IncidentWorkflow(IncidentClocks):
             return
         self.set_status(IncidentStatus.rolling_back)
         await self.apply_actions("rollback", self.runbook.rollback, RollbackActivities.apply_rollback)
-        self.mark("rollback", StageStatus.done)
+        self.mark("rollback", StageStatus.done, self.applied_summary("rollback"))
 
     async def hotfix(self) -> None:
         """Guardrails, system prompt or a fine-tuned version: the fix users will get back."""
@@ -224,7 +224,7 @@ class IncidentWorkflow(IncidentClocks):
             return
         self.set_status(IncidentStatus.hotfixing)
         await self.apply_actions("hotfix", actions, HotfixActivities.apply_hotfix, timeout=FINETUNE_TIMEOUT)
-        self.mark("hotfix", StageStatus.done)
+        self.mark("hotfix", StageStatus.done, self.applied_summary("hotfix"))
 
     async def verify(self) -> None:
         """Replay the repro cases and the regression suite; only a pass moves the incident on."""
@@ -282,7 +282,8 @@ class IncidentWorkflow(IncidentClocks):
                 self.state.actions[self.state.actions.index(applied)] = lifted
                 self.note("action", f"lifted {applied.kind}", key=lifted.undo_key)
                 break
-        self.mark("restore", StageStatus.done)
+        still = [a.kind for a in self.state.actions if a.stage in REVERSIBLE_STAGES and a.undone_at is None]
+        self.mark("restore", StageStatus.done, f"still in place: {', '.join(still)}" if still else "every protection lifted")
 
     async def review(self, outcome: str = "restored") -> None:
         """Review tasks, the postmortem draft, repro cases into the regression suite, report draft."""
@@ -412,6 +413,10 @@ class IncidentWorkflow(IncidentClocks):
                 self.state.actions.append(applied)
                 self.note("action", f"{stage}: applied {action.kind}", key=applied.idempotency_key, result=applied.result)
                 break
+
+    def applied_summary(self, stage: str) -> str:
+        kinds = [a.kind for a in self.state.actions if a.stage == stage]
+        return f"applied {', '.join(kinds)}" if kinds else "nothing applied"
 
     async def ask_a_human(self, stage: str, problem: str) -> str:
         """Fail safe: everything applied stays in place, on-call is told, a human decides."""
