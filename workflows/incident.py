@@ -5,8 +5,11 @@
 Every stage is one method below. Gated stages wait for approvals (four eyes where the
 runbook's policy says so); a failed action keeps every protection in place and waits for a
 human to choose retry, skip or abort; restore undoes containment and rollback in reverse
-order and only on an explicit step. The responders' handlers live in `workflows/handlers.py`, the clocks (escalation, severity that rises
-with new signals, the report deadline) in `workflows/clocks.py`.
+order and only on an explicit step.
+
+Where the rest lives: the gate and the fail-safe in `workflows/gates.py`; the clocks
+(escalation, severity rising with new signals, the report deadline) in `workflows/clocks.py`;
+what responders send in `workflows/handlers.py`; the record it keeps in `workflows/record.py`.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
-from workflows.clocks import IncidentClocks, cause_of
-from workflows.handlers import IncidentAborted
+from workflows.clocks import cause_of
+from workflows.gates import ACTION_RETRY, ACTION_TIMEOUT, REVERSIBLE_STAGES, IncidentAborted, IncidentGates
 
 with workflow.unsafe.imports_passed_through():
     from activities.confirm import ConfirmActivities
@@ -27,7 +30,6 @@ with workflow.unsafe.imports_passed_through():
     from activities.evidence import EvidenceActivities
     from activities.hotfix import HotfixActivities
     from activities.models import (
-        ApplyInput,
         ConfirmInput,
         ConfirmResult,
         EvidenceInput,
@@ -45,33 +47,19 @@ with workflow.unsafe.imports_passed_through():
         IncidentInput,
         IncidentState,
         IncidentStatus,
-        PendingApproval,
         StageStatus,
     )
-    from stanch.models import ActionSpec
-    from stanch.runbooks.schema import Approval, StageGate
-    from workflows import approvals
 
-# Mutations retry a few times with backoff; what retrying cannot fix fails at once.
-ACTION_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    maximum_interval=timedelta(seconds=20),
-    maximum_attempts=5,
-    non_retryable_error_types=["InvalidAction", "UnknownTarget"],
-)
+# Reads and probes retry a few times; what cannot be decided goes to a human, never silently on.
 READ_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=20), maximum_attempts=5)
-ACTION_TIMEOUT = timedelta(seconds=30)
 PROBE_TIMEOUT = timedelta(minutes=2)
 FINETUNE_TIMEOUT = timedelta(minutes=30)
-FINETUNE_HEARTBEAT = timedelta(seconds=10)
 VERIFY_TIMEOUT = timedelta(minutes=30)  # the regression suite grows with every incident
 VERIFY_HEARTBEAT = timedelta(seconds=60)
-REVERSIBLE_STAGES = ("contain", "rollback")
-RESTORE_APPROVER_ROLES = ("oncall", "safety", "incident-commander")
 
 
 @workflow.defn(name="IncidentWorkflow")
-class IncidentWorkflow(IncidentClocks):
+class IncidentWorkflow(IncidentGates):
     @workflow.init
     def __init__(self, input: IncidentInput) -> None:
         super().__init__(input)
@@ -326,117 +314,6 @@ class IncidentWorkflow(IncidentClocks):
         if self.state.regulatory.serious and self.state.regulatory.filed is None:
             self.set_status(IncidentStatus.awaiting_report)
             await workflow.wait_condition(lambda: self.state.regulatory.filed is not None)
-
-    # --- the gate and the fail-safe (timers: workflows/clocks.py) ------------------------------
-
-    async def gate(self, stage: str, actions: list, requested_by: str = "stanch") -> bool:
-        """Run, skip or wait for approval, as the runbook's policy for this severity says."""
-        if self.resolve_request and stage != "restore":
-            self.mark(stage, StageStatus.skipped, f"resolved by {self.resolve_request.by}")
-            return False
-        if not actions:
-            self.mark(stage, StageStatus.skipped, f"nothing to {stage}")
-            return False
-        gate = self.policy.gate(stage)
-        if stage == "restore":
-            gate = self.restore_gate(gate)
-        if gate.mode == "skip":
-            self.mark(stage, StageStatus.skipped, f"policy for {self.state.severity} skips {stage}")
-            return False
-        if gate.mode == "approve":
-            pending = PendingApproval(
-                stage=stage,
-                severity=self.state.severity,
-                count=gate.approve.count,
-                roles=gate.approve.roles,
-                required_roles=gate.approve.required_roles,
-                requested_by=requested_by,
-                requested_at=workflow.now(),
-            )
-            self.state.pending_approval = pending
-            self.mark(stage, StageStatus.awaiting_approval, approvals.missing(pending, self.state.approvals))
-            await self.notify("approval_needed", pending.roles, f"{self.state.id}: {stage} waits for approval")
-            resolved = lambda: self.resolve_request is not None and stage != "restore"
-            settled = lambda: (
-                approvals.is_satisfied(pending, self.state.approvals)
-                or approvals.is_rejected(pending, self.state.approvals)
-                or resolved()
-            )
-            while not settled():
-                try:
-                    await workflow.wait_condition(settled, timeout=self.policy.approval_timeout)
-                except asyncio.TimeoutError:
-                    await self.notify("escalation", self.next_tier_recipients(), f"{self.state.id}: approval of {stage} overdue")
-            self.state.pending_approval = None
-            if resolved():
-                self.mark(stage, StageStatus.skipped, f"resolved by {self.resolve_request.by} while awaiting approval")
-                return False
-            if approvals.is_rejected(pending, self.state.approvals):
-                no = next(r for r in approvals.current_votes(pending, self.state.approvals) if not r.approve)
-                self.mark(stage, StageStatus.rejected, f"rejected by {no.approver}: {no.comment}")
-                return False
-            approvers = [r.approver for r in approvals.current_votes(pending, self.state.approvals)]
-            self.mark(stage, StageStatus.running, f"approved by {', '.join(approvers)}")
-            return True
-        self.mark(stage, StageStatus.running, f"automatic at {self.state.severity}")
-        return True
-
-    def restore_gate(self, gate: StageGate) -> StageGate:
-        """Lifting protections is automatic only after a verified fix that nobody cut short.
-
-        A resolve request, or a fix that was skipped, rejected or never verified, puts a human
-        in the loop whatever the policy says — and the person who resolved cannot approve it.
-        """
-        if gate.mode == "approve" or (self.state.stage("verify").status == StageStatus.done and not self.resolve_request):
-            return gate
-        why = "a resolve request" if self.resolve_request else "no verified fix"
-        self.note("restore", f"restore needs an approval: {why}")
-        return StageGate(mode="approve", approve=Approval(count=1, roles=list(RESTORE_APPROVER_ROLES)))
-
-    async def apply_actions(self, stage: str, actions: list[ActionSpec], activity, timeout=ACTION_TIMEOUT) -> None:
-        """Apply each action once (idempotency key per incident, stage, index and target)."""
-        for index, action in enumerate(actions):
-            while True:
-                try:
-                    applied = await workflow.execute_activity_method(
-                        activity,
-                        ApplyInput(incident_id=self.state.id, occurrence=self.state.occurrence, stage=stage, index=index, target=self.state.target, action=action),
-                        start_to_close_timeout=timeout,
-                        heartbeat_timeout=FINETUNE_HEARTBEAT if timeout == FINETUNE_TIMEOUT else None,
-                        retry_policy=ACTION_RETRY,
-                    )
-                except ActivityError as failure:
-                    if await self.ask_a_human(stage, f"{action.kind} failed: {cause_of(failure)}") == "retry":
-                        continue
-                    self.note("action", f"{action.kind} skipped by a responder")
-                    break
-                self.state.actions.append(applied)
-                self.note("action", f"{stage}: applied {action.kind}", key=applied.idempotency_key, result=applied.result)
-                break
-
-    def applied_summary(self, stage: str) -> str:
-        kinds = [a.kind for a in self.state.actions if a.stage == stage]
-        return f"applied {', '.join(kinds)}" if kinds else "nothing applied"
-
-    async def ask_a_human(self, stage: str, problem: str) -> str:
-        """Fail safe: everything applied stays in place, on-call is told, a human decides."""
-        status_before = self.state.status
-        self.failure_decision = None
-        self.failed_stage = stage
-        self.mark(stage, StageStatus.failed, problem)
-        self.set_status(IncidentStatus.awaiting_decision)
-        await self.notify("action_failed", ["oncall", "incident-commander"], f"{self.state.id}: {problem}; decide retry, skip or abort")
-        while self.failure_decision is None:
-            try:
-                await workflow.wait_condition(lambda: self.failure_decision is not None, timeout=self.policy.approval_timeout)
-            except asyncio.TimeoutError:
-                await self.notify("escalation", self.next_tier_recipients(), f"{self.state.id}: {stage} failed, no decision yet")
-        decision, self.failed_stage = self.failure_decision, None
-        if decision.choice == "abort":
-            raise IncidentAborted(decision.by, decision.reason or f"{stage} failed: {problem}")
-        self.set_status(status_before)
-        self.mark(stage, StageStatus.running, f"{decision.choice} chosen by {decision.by}")
-        return decision.choice
 
     def close(self, status: IncidentStatus, reason: str) -> None:
         self.state.closed_at = workflow.now()
