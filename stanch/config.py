@@ -41,6 +41,7 @@ class Settings(BaseModel):
     ui_url: str = Field("http://127.0.0.1:8233", description="STANCH_TEMPORAL_UI")
     prometheus_url: str | None = Field(None, description="STANCH_PROMETHEUS_URL")
     upsert_search_attributes: bool = Field(True, description="STANCH_UPSERT_SEARCH_ATTRIBUTES")
+    intake_auth: Path | None = Field(None, description="STANCH_INTAKE_AUTH; unset: HOME/intake-auth.yaml")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -56,12 +57,15 @@ class Settings(BaseModel):
             "runbooks_dir": "STANCH_RUNBOOKS",
             "ui_url": "STANCH_TEMPORAL_UI",
             "prometheus_url": "STANCH_PROMETHEUS_URL",
+            "intake_auth": "STANCH_INTAKE_AUTH",
         }
         values: dict[str, object] = {field: env[var] for field, var in names.items() if env.get(var)}
         if "home" in values:
             values["home"] = Path(str(values["home"])).expanduser()
         if "runbooks_dir" in values:
             values["runbooks_dir"] = Path(str(values["runbooks_dir"])).expanduser()
+        if "intake_auth" in values:
+            values["intake_auth"] = Path(str(values["intake_auth"])).expanduser()
         if env.get("STANCH_UPSERT_SEARCH_ATTRIBUTES"):
             values["upsert_search_attributes"] = _truthy(env["STANCH_UPSERT_SEARCH_ATTRIBUTES"])
         return cls(**values)
@@ -73,6 +77,11 @@ class Settings(BaseModel):
         path = self.home / name
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    @property
+    def intake_auth_path(self) -> Path:
+        """The intake authentication file: STANCH_INTAKE_AUTH, else HOME/intake-auth.yaml."""
+        return self.intake_auth if self.intake_auth is not None else self.home / "intake-auth.yaml"
 
     @property
     def evidence_dir(self) -> Path:
@@ -110,4 +119,6 @@ class Settings(BaseModel):
             env["TEMPORAL_ADDRESS"] = self.temporal_address
         if self.prometheus_url:
             env["STANCH_PROMETHEUS_URL"] = self.prometheus_url
+        if self.intake_auth is not None:
+            env["STANCH_INTAKE_AUTH"] = str(self.intake_auth)
         return env

@@ -1,63 +1,31 @@
 """Intake routes: monitoring raises an alert, Stanch opens (or joins) an incident.
 
-Every sender's payload is normalised into Stanch's own `Signal`; each signal goes through
-`open_or_join` one by one, and the webhook hears 202 only once Temporal recorded all of them.
-A sender that retries after an error is safe: signals are deduplicated by their id.
+Every sender's payload is normalised into Stanch's own `Signal` by its mapper in
+`stanch.sources`; each signal goes through `open_or_join` one by one, and the sender hears 202
+only once Temporal recorded all of them. A sender that retries after an error is safe:
+signals are deduplicated by their id.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any
 
-from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Body, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from stanch.api.deps import Intake, IntakeDep
-from stanch.models import ReproCase, Severity, Signal, SignalSource
+from stanch.models import Signal
+from stanch.sources import cloudevents, examples, sentry
+from stanch.sources.alertmanager import AlertmanagerWebhook, alertmanager_signals
+from stanch.sources.datadog import PAYLOAD_TEMPLATE, DatadogWebhook, datadog_signals
+from stanch.sources.grafana import GrafanaWebhook, grafana_signals
+from stanch.sources.pagerduty import PagerDutyEvent, pagerduty_signals
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/alerts", tags=["intake"])
-
-# Alertmanager severities are free-form labels; these are the spellings seen in the wild.
-SEVERITY_LABELS: dict[str, Severity] = {
-    **{s.value: s for s in Severity},
-    "warning": Severity.medium,
-    "page": Severity.high,
-    "error": Severity.high,
-}
-
-
-class AlertmanagerAlert(BaseModel):
-    model_config = ConfigDict(populate_by_name=True)
-
-    status: Literal["firing", "resolved"] = "firing"
-    labels: dict[str, str] = Field(default_factory=dict)
-    annotations: dict[str, str] = Field(default_factory=dict)
-    # Kept as the strings Alertmanager sent: they are part of the signal id, which must not
-    # change when the same alert is re-sent.
-    starts_at: str = Field(alias="startsAt")
-    ends_at: str | None = Field(None, alias="endsAt")
-    generator_url: str = Field("", alias="generatorURL")
-    fingerprint: str
-
-
-class AlertmanagerWebhook(BaseModel):
-    """Alertmanager's webhook payload, version 4."""
-
-    model_config = ConfigDict(populate_by_name=True)
-
-    version: str = "4"
-    group_key: str = Field("", alias="groupKey")
-    truncated_alerts: int = Field(0, alias="truncatedAlerts")
-    status: Literal["firing", "resolved"] = "firing"
-    receiver: str = ""
-    group_labels: dict[str, str] = Field(default_factory=dict, alias="groupLabels")
-    common_labels: dict[str, str] = Field(default_factory=dict, alias="commonLabels")
-    common_annotations: dict[str, str] = Field(default_factory=dict, alias="commonAnnotations")
-    external_url: str = Field("", alias="externalURL")
-    alerts: list[AlertmanagerAlert] = Field(min_length=1)
 
 
 class OpenedIncident(BaseModel):
@@ -70,58 +38,6 @@ class IntakeResponse(BaseModel):
     incidents: list[OpenedIncident]
 
 
-def _parse_time(value: str | None) -> datetime | None:
-    try:
-        return datetime.fromisoformat(value) if value else None
-    except ValueError:
-        return None
-
-
-def alertmanager_signal_id(alert: AlertmanagerAlert) -> str:
-    """Stable across Alertmanager's repeat notifications of the same firing alert.
-
-    The resolved notification gets its own id, or it would be dropped as a repeat.
-    """
-    base = f"alertmanager:{alert.fingerprint}:{alert.starts_at}"
-    return f"{base}:resolved" if alert.status == "resolved" else base
-
-
-def alertmanager_signals(webhook: AlertmanagerWebhook) -> list[Signal]:
-    """One Signal per alert of the group; a pure function of the payload."""
-    signals = []
-    for alert in webhook.alerts:
-        labels = alert.labels
-        annotations = {**webhook.common_annotations, **alert.annotations}
-        repro = []
-        if annotations.get("repro_prompt"):
-            repro.append(ReproCase(prompt=annotations["repro_prompt"], output=annotations.get("repro_output")))
-        signals.append(
-            Signal(
-                signal_id=alertmanager_signal_id(alert),
-                source=SignalSource.alert,
-                sender="alertmanager",
-                status=alert.status,
-                title=annotations.get("summary") or labels.get("alertname") or "Alertmanager alert",
-                description=annotations.get("description", ""),
-                labels=dict(labels),
-                severity_hint=SEVERITY_LABELS.get(labels.get("severity", "").strip().lower()),
-                category=labels.get("category"),
-                model=labels.get("model"),
-                model_version=labels.get("model_version") or labels.get("version"),
-                repro=repro,
-                links=[alert.generator_url] if alert.generator_url else [],
-                observed_at=_parse_time(alert.starts_at),
-                raw={
-                    "group_key": webhook.group_key,
-                    "receiver": webhook.receiver,
-                    "external_url": webhook.external_url,
-                    "alert": alert.model_dump(mode="json", by_alias=True),
-                },
-            )
-        )
-    return signals
-
-
 async def _take_in(intake: Intake, signals: list[Signal]) -> IntakeResponse:
     # One after another: any failure propagates before the 202, and the sender's retry
     # re-delivers everything; the ones already recorded are dropped as duplicates.
@@ -132,16 +48,55 @@ async def _take_in(intake: Intake, signals: list[Signal]) -> IntakeResponse:
     return IntakeResponse(incidents=opened)
 
 
-_INTAKE_RESPONSES: dict[int | str, dict[str, Any]] = {
+INTAKE_RESPONSES: dict[int | str, dict[str, Any]] = {
     503: {"description": "Temporal is unreachable; nothing was recorded reliably. Retry after `Retry-After` seconds."},
 }
+_RAW_BODY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **INTAKE_RESPONSES,
+    400: {"description": "The body is not JSON, or not a valid event; `detail` names the problem."},
+}
+
+
+def openapi_examples(**bodies: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: {"summary": name.replace("_", " "), "value": body} for name, body in bodies.items()}
+
+
+def _inline_schema(annotation: Any) -> dict[str, Any]:
+    """A JSON schema with its `$defs` inlined: routes that read the raw request document
+    their body through `openapi_extra`, where references to local `$defs` would not resolve."""
+    schema = TypeAdapter(annotation).json_schema(ref_template="#/$defs/{model}", by_alias=True)
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(definitions[node["$ref"].removeprefix("#/$defs/")])
+            return {key: inline(value) for key, value in node.items()}
+        return [inline(item) for item in node] if isinstance(node, list) else node
+
+    return inline(schema)
+
+
+def _json_body(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise HTTPException(400, f"body is not valid JSON: {err}") from err
+
+
+def _validated(model: type[BaseModel], body: Any) -> Any:
+    """The same 422 FastAPI gives for a declared body, for routes that validate by hand."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as err:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in err.errors(include_url=False)], body=body) from err
 
 
 @router.post(
     "/alertmanager",
     status_code=202,
     response_model=IntakeResponse,
-    responses=_INTAKE_RESPONSES,
+    responses=INTAKE_RESPONSES,
     summary="Alertmanager webhook (v4)",
 )
 async def alertmanager_webhook(webhook: AlertmanagerWebhook, intake: IntakeDep) -> IntakeResponse:
@@ -156,10 +111,168 @@ async def alertmanager_webhook(webhook: AlertmanagerWebhook, intake: IntakeDep) 
 
 
 @router.post(
+    "/grafana",
+    status_code=202,
+    response_model=IntakeResponse,
+    responses=INTAKE_RESPONSES,
+    summary="Grafana Alerting webhook contact point (v1)",
+)
+async def grafana_webhook(
+    webhook: Annotated[GrafanaWebhook, Body(openapi_examples=openapi_examples(firing=examples.GRAFANA))], intake: IntakeDep
+) -> IntakeResponse:
+    """Each alert of the notification becomes its own signal, id
+    `grafana:{orgId}:{fingerprint}:{startsAt}` (`:resolved` for the resolved notice).
+
+    Labels are read as Alertmanager's are (`alertname`, `severity`, `category`, `model`,
+    `model_version`); annotations `summary`, `description`, `repro_prompt`, `repro_output`.
+    """
+    if webhook.truncated_alerts:
+        log.warning("grafana group %s truncated %d alerts", webhook.group_key, webhook.truncated_alerts)
+    return await _take_in(intake, grafana_signals(webhook))
+
+
+@router.post(
+    "/pagerduty",
+    status_code=202,
+    response_model=IntakeResponse,
+    responses=INTAKE_RESPONSES,
+    summary="PagerDuty Events API v2 body",
+)
+async def pagerduty_event(
+    event: Annotated[PagerDutyEvent, Body(openapi_examples=openapi_examples(trigger=examples.PAGERDUTY))], intake: IntakeDep
+) -> IntakeResponse:
+    """Point any tool that speaks PagerDuty Events v2 here. `trigger` fires, `resolve`
+    resolves, `acknowledge` is recorded (label `pagerduty_action=acknowledge`).
+
+    `payload.custom_details` scalars become labels: put `alertname`, `model`, `category` there
+    to route. `routing_key` is accepted and discarded; it is never stored.
+    """
+    return await _take_in(intake, pagerduty_signals(event))
+
+
+@router.post(
+    "/datadog",
+    status_code=202,
+    response_model=IntakeResponse,
+    responses=INTAKE_RESPONSES,
+    summary="Datadog webhook (Stanch payload template)",
+    description=(
+        "Configure the Datadog webhook with this payload template; `$TAGS` become labels, "
+        "`Recovered` resolves, every other transition fires.\n\n```json\n" + PAYLOAD_TEMPLATE + "```"
+    ),
+)
+async def datadog_webhook(
+    webhook: Annotated[DatadogWebhook, Body(openapi_examples=openapi_examples(triggered=examples.DATADOG))], intake: IntakeDep
+) -> IntakeResponse:
+    return await _take_in(intake, datadog_signals(webhook))
+
+
+_SENTRY_MODELS: dict[str, type[BaseModel]] = {
+    "metric_alert": sentry.SentryMetricAlertWebhook,
+    "event_alert": sentry.SentryIssueAlertWebhook,
+}
+
+
+@router.post(
+    "/sentry",
+    status_code=202,
+    response_model=IntakeResponse,
+    responses=_RAW_BODY_RESPONSES,
+    summary="Sentry metric and issue alerts (integration platform)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {"oneOf": [_inline_schema(model) for model in _SENTRY_MODELS.values()]},
+                    "examples": openapi_examples(metric_alert=examples.SENTRY_METRIC_ALERT, issue_alert=examples.SENTRY_ISSUE_ALERT),
+                }
+            },
+        }
+    },
+)
+async def sentry_webhook(
+    request: Request,
+    intake: IntakeDep,
+    sentry_hook_resource: Annotated[str | None, Header(alias="Sentry-Hook-Resource")] = None,
+) -> IntakeResponse:
+    """Metric alerts (`critical`, `warning`, `resolved`) and issue alerts (`triggered`).
+
+    `Sentry-Hook-Resource` picks the shape; without it, `data.metric_alert` or `data.event`
+    does. Other resources (installation, issue, ...) carry no alert: 202 with no incidents.
+    Metric alert rule query filters (`model:support-bot`) and issue event tags become labels.
+    """
+    body = _json_body(await request.body())
+    resource = sentry_hook_resource or sentry.resource_of(body)
+    if sentry_hook_resource and sentry_hook_resource not in sentry.ALERT_RESOURCES:
+        log.info("sentry resource %r ignored: it carries no alert", sentry_hook_resource)
+        return IntakeResponse(incidents=[])
+    if resource is None:
+        raise HTTPException(400, "not a Sentry alert: no Sentry-Hook-Resource header, and the body has neither data.metric_alert nor data.event")
+    webhook = _validated(_SENTRY_MODELS[resource], body)
+    mapper = sentry.metric_alert_signals if resource == "metric_alert" else sentry.issue_alert_signals
+    return await _take_in(intake, mapper(webhook))
+
+
+_CLOUDEVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": list(cloudevents.REQUIRED_ATTRIBUTES),
+    "properties": {
+        "specversion": {"type": "string", "enum": [cloudevents.SPECVERSION]},
+        "id": {"type": "string", "minLength": 1},
+        "source": {"type": "string", "minLength": 1},
+        "type": {"type": "string", "minLength": 1},
+        "subject": {"type": "string", "minLength": 1},
+        "time": {"type": "string", "format": "date-time"},
+        "datacontenttype": {"type": "string", "minLength": 1},
+        "data": {"description": "title, labels, model, model_version, severity, category, status, repro_prompt, ... are understood"},
+    },
+    "additionalProperties": True,
+}
+_CE_HEADERS = ("specversion", "id", "source", "type", "time", "subject")
+
+
+@router.post(
+    "/cloudevents",
+    status_code=202,
+    response_model=IntakeResponse,
+    responses={**_RAW_BODY_RESPONSES, 415: {"description": "The request is in no CloudEvents content mode."}},
+    summary="CloudEvents 1.0: binary, structured or batch mode",
+    openapi_extra={
+        "parameters": [
+            {"name": f"ce-{name}", "in": "header", "required": False, "schema": {"type": "string"}, "description": f"binary mode: the event's `{name}`"}
+            for name in _CE_HEADERS
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {
+                cloudevents.STRUCTURED_CONTENT_TYPE: {"schema": _CLOUDEVENT_SCHEMA, "example": examples.CLOUDEVENT},
+                cloudevents.BATCH_CONTENT_TYPE: {"schema": {"type": "array", "items": _CLOUDEVENT_SCHEMA}, "example": [examples.CLOUDEVENT]},
+                "application/json": {"schema": {}, "example": examples.CLOUDEVENT["data"]},
+            },
+        },
+    },
+)
+async def cloudevents_intake(request: Request, intake: IntakeDep) -> IntakeResponse:
+    """Structured (`application/cloudevents+json`), batch (`application/cloudevents-batch+json`,
+    a JSON array of structured events, each its own signal) or binary (`ce-*` headers, the
+    body is the event's data). Signal id `cloudevents:{source}:{id}`; `type` becomes label
+    `ce_type`. An invalid event is a 400 naming the attribute and, in a batch, the event.
+    """
+    try:
+        received = cloudevents.parse_http(dict(request.headers), await request.body())
+    except cloudevents.NotACloudEvent as err:
+        raise HTTPException(415, str(err)) from err
+    except cloudevents.InvalidCloudEvent as err:
+        raise HTTPException(400, str(err)) from err
+    return await _take_in(intake, [cloudevents.cloudevent_signal(event) for event in received])
+
+
+@router.post(
     "/generic",
     status_code=202,
     response_model=IntakeResponse,
-    responses=_INTAKE_RESPONSES,
+    responses=INTAKE_RESPONSES,
     summary="Any sender, in Stanch's own Signal schema",
 )
 async def generic_alert(signal: Signal, intake: IntakeDep) -> IntakeResponse:
@@ -168,3 +281,4 @@ async def generic_alert(signal: Signal, intake: IntakeDep) -> IntakeResponse:
     Give each distinct alert a stable `signal_id`: repeats with the same id are ignored.
     """
     return await _take_in(intake, [signal])
+

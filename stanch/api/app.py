@@ -8,18 +8,23 @@ monitoring senders retry, and signals are deduplicated by id when they do.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Literal
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from temporalio.service import RPCError
 
-from stanch.api import alerts, incidents
+from stanch.api import alerts, incidents, metrics, reports
+from stanch.api.answers import BodySizeLimit, RequestId, add_unknown_source_route, internal_error, served_alert_sources
+from stanch.api.auth import INTAKE_AUTH_RESPONSES, authenticate_sender
 from stanch.api.deps import RETRY_AFTER_S, SettingsDep, TemporalConnection, TemporalUnavailable
 from stanch.config import Settings
+from stanch.intake_auth import INTAKE_SOURCES, IntakeAuthError, IntakeAuthPolicy, load_intake_auth
 from stanch.runbooks.loader import RunbookCatalog, RunbookError, load_catalog
 
 log = logging.getLogger(__name__)
@@ -28,6 +33,8 @@ DESCRIPTION = """\
 Incident response and rollback for AI systems in production.
 
 Monitoring posts alerts to `/v1/alerts/...`; each opens or joins a durable incident workflow.
+Each intake source accepts only the credentials configured for it (signatures, bearer token
+or basic auth); a missing, forged or stale one is a 401 saying which.
 Responders read incidents and acknowledge, approve, reject, re-grade and resolve them under
 `/v1/incidents/...`. Every decision is a Temporal update: a refused one answers 409 with the
 reason, and nothing about it reaches the incident's history.
@@ -44,6 +51,8 @@ class Health(BaseModel):
     api_url: str
     ui_url: str
     runbooks: int
+    intake_auth: Literal["enforced", "insecure-dev"]
+    intake_open_sources: list[str]
     detail: str | None = None
 
 
@@ -51,24 +60,58 @@ def _retry_later(message: str) -> JSONResponse:
     return JSONResponse({"detail": message}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
-def create_app(settings: Settings | None = None, *, catalog: RunbookCatalog | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, catalog: RunbookCatalog | None = None, intake_auth: IntakeAuthPolicy | None = None
+) -> FastAPI:
     """The API for one installation. `catalog` is loaded from `settings.runbooks_dir` at
-    start-up unless given (a broken runbook stops start-up, naming file and field)."""
+    start-up unless given (a broken runbook stops start-up, naming file and field).
+
+    `intake_auth` is who may send signals; `serve` always passes the one loaded from the
+    intake auth file. Without it every source is open, as under --insecure-dev (tests, and
+    /healthz says so). Raises IntakeAuthError if an enabled source has no credential and the
+    policy is not --insecure-dev.
+    """
     settings = settings or Settings.from_env()
+    intake_auth = intake_auth or IntakeAuthPolicy.insecure_open()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if getattr(app.state, "catalog", None) is None:
             app.state.catalog = load_catalog(settings.runbooks_dir)
         log.info("stanch api: %d runbooks from %s, Temporal at %s", len(app.state.catalog), settings.runbooks_dir, app.state.temporal.address)
+        open_sources = intake_auth.open_sources(intake_sources(app))
+        if open_sources:
+            log.warning("INSECURE: intake sources %s accept requests without credentials (--insecure-dev)", ", ".join(open_sources))
         yield
 
     app = FastAPI(title="Stanch", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.catalog = catalog
     app.state.temporal = TemporalConnection(settings)
-    app.include_router(alerts.router)
+    app.state.intake_auth = intake_auth
+    app.state.metrics = metrics.IntakeMetrics()
+
+    # Intake routers get the sender's credential checked before the route runs.
+    app.include_router(alerts.router, dependencies=[Depends(authenticate_sender)], responses=INTAKE_AUTH_RESPONSES)
+    app.include_router(reports.router, dependencies=[Depends(authenticate_sender)], responses=INTAKE_AUTH_RESPONSES)
     app.include_router(incidents.router)
+    app.include_router(metrics.router)
+    add_unknown_source_route(app)  # after every /v1/alerts route: it matches whatever is left
+    intake_auth.require_credentials(intake_sources(app))
+
+    # Added last runs first: request ids wrap everything, metrics see every answer,
+    # including the 413s the body limit gives.
+    app.add_middleware(BodySizeLimit)
+    app.add_middleware(metrics.IntakeMetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(RequestId)
+    app.add_exception_handler(Exception, internal_error)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Name the field and the problem, but never echo the input: bodies carry credentials
+        # (a PagerDuty routing_key) that must not bounce back into a sender's logs.
+        errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        return JSONResponse({"detail": errors}, status_code=422)
 
     @app.exception_handler(TemporalUnavailable)
     async def temporal_unavailable(request: Request, exc: TemporalUnavailable) -> JSONResponse:
@@ -99,6 +142,8 @@ def create_app(settings: Settings | None = None, *, catalog: RunbookCatalog | No
             api_url=settings.api_url,
             ui_url=settings.ui_url,
             runbooks=len(catalog) if catalog is not None else 0,
+            intake_auth=request.app.state.intake_auth.mode,
+            intake_open_sources=request.app.state.intake_auth.open_sources(intake_sources(request.app)),
             detail=detail,
         )
         return JSONResponse(health.model_dump(mode="json"), status_code=200 if detail is None else 503)
@@ -106,9 +151,15 @@ def create_app(settings: Settings | None = None, *, catalog: RunbookCatalog | No
     return app
 
 
-def serve(host: str, port: int, settings: Settings | None = None) -> None:
-    """Run the API with uvicorn until SIGINT/SIGTERM. Runbooks are loaded first so a broken
-    one stops start-up with its file and field named, not a traceback."""
+def intake_sources(app: FastAPI) -> list[str]:
+    """Every intake source: the known ones plus any alert route added since."""
+    return list(dict.fromkeys([*INTAKE_SOURCES, *served_alert_sources(app)]))
+
+
+def serve(host: str, port: int, settings: Settings | None = None, *, insecure_dev: bool = False) -> None:
+    """Run the API with uvicorn until SIGINT/SIGTERM. Runbooks and the intake auth file are
+    loaded first so a broken one stops start-up with its file and field named, not a
+    traceback; so does an intake source left without credentials (unless `insecure_dev`)."""
     import uvicorn
 
     settings = settings or Settings.from_env()
@@ -116,4 +167,17 @@ def serve(host: str, port: int, settings: Settings | None = None) -> None:
         catalog = load_catalog(settings.runbooks_dir)
     except RunbookError as exc:
         raise SystemExit(f"stanch api: cannot load runbooks from {settings.runbooks_dir}:\n{exc}") from exc
-    uvicorn.run(create_app(settings, catalog=catalog), host=host, port=port, log_level="info")
+    try:
+        policy = load_intake_auth(settings.intake_auth_path, explicit=settings.intake_auth is not None, insecure_dev=insecure_dev)
+        app = create_app(settings, catalog=catalog, intake_auth=policy)
+    except IntakeAuthError as exc:
+        raise SystemExit(f"stanch api: refusing to start:\n{exc}") from exc
+    open_sources = policy.open_sources(intake_sources(app))
+    if open_sources:
+        print(
+            f"\n!!! INSECURE (--insecure-dev): intake sources {', '.join(open_sources)} accept requests from anyone, "
+            f"without credentials{'' if policy.file else ' (no intake auth file)'}. For a local demo only.\n",
+            file=sys.stderr,
+            flush=True,
+        )
+    uvicorn.run(app, host=host, port=port, log_level="info")

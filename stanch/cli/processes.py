@@ -84,19 +84,38 @@ def worker() -> None:
 def api(
     host: Annotated[str, typer.Option(help="address to bind")] = LOOPBACK,
     port: Annotated[int, typer.Option(help="port to bind")] = 8200,
+    intake_auth: Annotated[
+        Path | None,
+        typer.Option(
+            "--intake-auth",
+            metavar="FILE",
+            help="who may send signals: credentials per intake source (default: $STANCH_INTAKE_AUTH, else HOME/intake-auth.yaml)",
+        ),
+    ] = None,
     insecure_dev: Annotated[
-        bool, typer.Option("--insecure-dev", help="allow binding a non-loopback address although the API has no authentication")
+        bool,
+        typer.Option(
+            "--insecure-dev",
+            help="local demos only: intake sources without a credential accept anyone, and a non-loopback address may be "
+            "bound although the responder routes have no authentication",
+        ),
     ] = False,
 ) -> None:
-    """Run the intake and responder HTTP API (OpenAPI docs at /docs)."""
+    """Run the intake and responder HTTP API (OpenAPI docs at /docs).
+
+    Refuses to start while an enabled intake source has no credential, unless --insecure-dev.
+    """
     if not _is_loopback(host) and not insecure_dev:
         raise _fail(
-            f"the API has no authentication of its own; binding {host} would let anyone on the network "
+            f"the responder routes have no authentication of their own; binding {host} would let anyone on the network "
             "approve rollbacks. Put it behind an authenticating proxy and pass --insecure-dev, or bind 127.0.0.1."
         )
     from stanch.api.app import serve
 
-    serve(host, port, Settings.from_env())
+    settings = Settings.from_env()
+    if intake_auth is not None:
+        settings = settings.model_copy(update={"intake_auth": intake_auth.expanduser()})
+    serve(host, port, settings, insecure_dev=insecure_dev)
 
 
 def gateway(
@@ -136,12 +155,24 @@ def up(
         str | None, typer.Option(help="use this Temporal (host:port) instead of starting the embedded dev server")
     ] = None,
     startup_timeout: Annotated[float, typer.Option(help="seconds each part may take to come up")] = 90.0,
+    intake_auth: Annotated[
+        Path | None,
+        typer.Option(
+            "--intake-auth",
+            metavar="FILE",
+            help="intake credentials file for the API; sources it leaves without one stay open (the API runs --insecure-dev)",
+        ),
+    ] = None,
 ) -> None:
     """Run everything on this machine: Temporal dev server, gateway, worker and API.
 
     Ctrl-C stops them all. Restarting with the same --home continues open incidents.
+    The API runs with --insecure-dev: this is the local demo, so intake sources without a
+    credential accept anyone (it binds 127.0.0.1 only).
     """
     home = home.expanduser().resolve()
+    if intake_auth is not None and not intake_auth.expanduser().is_file():
+        raise _fail(f"--intake-auth {intake_auth}: no such file")
     from_env = Settings.from_env()
     plan = UpPlan(
         settings=from_env.model_copy(
@@ -159,6 +190,7 @@ def up(
         api_port=api_port,
         gateway_port=gateway_port,
         startup_timeout=startup_timeout,
+        intake_auth=intake_auth.expanduser().resolve() if intake_auth else None,
     )
     taken = [f"{what} ({port})" for what, port in plan.ports().items() if port_open(LOOPBACK, port)]
     if taken:
@@ -189,6 +221,12 @@ class UpPlan:
     api_port: int
     gateway_port: int
     startup_timeout: float
+    intake_auth: Path | None = None
+
+    def api_command(self, python: list[str]) -> list[str]:
+        """The API as `up` runs it: loopback only, --insecure-dev (the local demo)."""
+        command = [*python, "api", "--host", LOOPBACK, "--port", str(self.api_port), "--insecure-dev"]
+        return [*command, "--intake-auth", str(self.intake_auth)] if self.intake_auth else command
 
     def ports(self) -> dict[str, int]:
         ports = {"the API": self.api_port, "the gateway": self.gateway_port}
@@ -211,7 +249,7 @@ def _start_and_watch(supervisor: Supervisor, plan: UpPlan, stop: threading.Event
             gateway_db = str(settings.home / "gateway.db")
             supervisor.start("gateway", [*python, "gateway", "--host", LOOPBACK, "--port", str(plan.gateway_port), "--db", gateway_db])
             supervisor.start("worker", [*python, "worker"])
-            supervisor.start("api", [*python, "api", "--host", LOOPBACK, "--port", str(plan.api_port)])
+            supervisor.start("api", plan.api_command(python))
             for name, url in (("the gateway", settings.gateway_url), ("the API", settings.api_url)):
                 if not supervisor.wait_until(lambda url=url: http_ok(f"{url}/healthz"), name, timeout, stop.is_set):
                     return 0

@@ -14,13 +14,13 @@ from temporalio.client import WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from stanch.api.alerts import AlertmanagerWebhook, alertmanager_signals
 from stanch.api.app import create_app
 from stanch.api.deps import get_client, get_intake
 from stanch.config import Settings
 from stanch.incident import DecisionReceipt
 from stanch.intake import IntakeResult
 from stanch.models import Severity, Signal, SignalSource
+from stanch.sources.alertmanager import AlertmanagerWebhook, alertmanager_signals
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "alertmanager_v4.json"
 
