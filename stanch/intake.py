@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
@@ -28,6 +28,7 @@ class IntakeResult(BaseModel):
     incident_id: str
     runbook: str
     dedup_key: str
+    opened: bool = Field(False, description="true when this signal opened a new incident, false when it joined one")
 
 
 async def open_or_join(
@@ -64,7 +65,7 @@ async def open_or_join(
         if upsert_search_attributes
         else None
     )
-    await client.start_workflow(
+    handle = await client.start_workflow(
         WORKFLOW_NAME,
         incident,
         id=route.incident_id,
@@ -76,7 +77,10 @@ async def open_or_join(
         search_attributes=attributes,
         static_summary=f"{runbook.name} incident on {route.target}",
     )
-    return IntakeResult(incident_id=route.incident_id, runbook=runbook.name, dedup_key=route.dedup_key)
+    # Temporal says whether signal-with-start started a run or signalled the running one.
+    response = getattr(handle, "_start_workflow_response", None)
+    opened = bool(getattr(response, "started", False))
+    return IntakeResult(incident_id=route.incident_id, runbook=runbook.name, dedup_key=route.dedup_key, opened=opened)
 
 
 def without_secrets(signal: Signal) -> Signal:

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from stanch.api.deps import Intake, IntakeDep
 from stanch.models import Signal
@@ -32,6 +32,7 @@ class OpenedIncident(BaseModel):
     incident_id: str
     runbook: str
     signal_id: str
+    opened: bool = Field(False, description="true when this signal opened the incident, false when it joined an open one")
 
 
 class IntakeResponse(BaseModel):
@@ -44,7 +45,7 @@ async def _take_in(intake: Intake, signals: list[Signal]) -> IntakeResponse:
     opened = []
     for signal in signals:
         result = await intake(signal)
-        opened.append(OpenedIncident(incident_id=result.incident_id, runbook=result.runbook, signal_id=signal.signal_id))
+        opened.append(OpenedIncident(incident_id=result.incident_id, runbook=result.runbook, signal_id=signal.signal_id, opened=result.opened))
     return IntakeResponse(incidents=opened)
 
 

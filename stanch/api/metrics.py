@@ -69,6 +69,12 @@ class IntakeMetrics:
             ["source", "runbook"],
             registry=self.registry,
         )
+        self.incidents_opened = Counter(
+            "stanch_incidents_opened",
+            "Incidents a signal opened (the rest joined an open incident), by runbook.",
+            ["runbook"],
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "stanch_intake_latency_seconds",
             "Time from receiving an intake request to finishing its answer, by source.",
@@ -95,18 +101,20 @@ class IntakeMetrics:
         self.requests.labels(source=source, outcome=outcome_for(status)).inc()
         self.latency.labels(source=source).observe(seconds)
         if 200 <= status < 300 and answer:
-            for runbook in _routed_runbooks(answer):
+            for runbook, opened in _routed_runbooks(answer):
                 self.signals_routed.labels(source=source, runbook=runbook).inc()
+                if opened:
+                    self.incidents_opened.labels(runbook=runbook).inc()
 
     def exposition(self, accept: str | None) -> tuple[bytes, str]:
         encoder, content_type = choose_encoder(accept or "")
         return encoder(self.registry), content_type
 
 
-def _routed_runbooks(answer: bytes) -> list[str]:
+def _routed_runbooks(answer: bytes) -> list[tuple[str, bool]]:
     try:
         incidents = json.loads(answer).get("incidents", [])
-        return [str(item["runbook"]) for item in incidents if isinstance(item, dict) and item.get("runbook")]
+        return [(str(item["runbook"]), bool(item.get("opened"))) for item in incidents if isinstance(item, dict) and item.get("runbook")]
     except (ValueError, AttributeError, TypeError):
         return []
 

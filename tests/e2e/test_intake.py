@@ -125,3 +125,16 @@ def test_two_thousand_concurrent_alerts_over_forty_keys_make_forty_incidents(tmp
             state = wait_for(lambda: stack.incident(incident_id), lambda s: len(s.get("signals", [])) == 50, timeout=120)
             held[incident_id] = {s["signal_id"] for s in state["signals"]}
         assert set().union(*held.values()) == {body["signal_id"] for body in bodies}
+
+
+def test_metrics_count_opened_incidents_and_signals(tmp_path):
+    with Stack(tmp_path) as stack:
+        key = uuid.uuid4().hex[:8]
+        first = httpx.post(f"{stack.api}/v1/alerts/generic", json=generic_signal(f"m-{key}-1", key), timeout=30).json()
+        second = httpx.post(f"{stack.api}/v1/alerts/generic", json=generic_signal(f"m-{key}-2", key), timeout=30).json()
+        assert first["incidents"][0]["opened"] is True and second["incidents"][0]["opened"] is False
+        metrics = httpx.get(f"{stack.api}/metrics").text
+        assert 'stanch_incidents_opened_total{runbook="triage"} 1.0' in metrics
+        assert 'stanch_signals_routed_total{runbook="triage",source="generic"} 2.0' in metrics
+        assert 'stanch_intake_requests_total{outcome="accepted",source="generic"} 2.0' in metrics
+        assert "stanch_intake_latency_seconds_bucket" in metrics

@@ -121,7 +121,8 @@ class RecordingIntake:
         if self.error is not None and len(self.recorded) >= self.fail_at:
             raise self.error
         self.recorded.append(signal)
-        return IntakeResult(incident_id=f"harmful-output-{signal.model}-0123456789", runbook="harmful-output", dedup_key="k")
+        first = len(self.recorded) == 1  # the first signal opens the incident, the rest join it
+        return IntakeResult(incident_id=f"harmful-output-{signal.model}-0123456789", runbook="harmful-output", dedup_key="k", opened=first)
 
 
 def test_alertmanager_webhook_answers_202_once_every_signal_is_recorded(app) -> None:
@@ -137,8 +138,8 @@ def test_alertmanager_webhook_answers_202_once_every_signal_is_recorded(app) -> 
     ]
     assert response.json() == {
         "incidents": [
-            {"incident_id": "harmful-output-support-bot-0123456789", "runbook": "harmful-output", "signal_id": s.signal_id}
-            for s in intake.recorded
+            {"incident_id": "harmful-output-support-bot-0123456789", "runbook": "harmful-output", "signal_id": s.signal_id, "opened": n == 0}
+            for n, s in enumerate(intake.recorded)
         ]
     }
 
