@@ -417,3 +417,14 @@ def test_stanch_up_runs_the_api_insecure_dev_and_passes_the_file_through(tmp_pat
         str(tmp_path / "auth.yaml"),
     ]
     assert UpPlan(Settings(home=tmp_path), True, 7233, 8233, 8200, 8300, 90.0).api_command(["py"])[-1] == "--insecure-dev"
+
+
+def test_a_report_without_its_own_id_is_named_by_the_webhook_id_across_re_rendered_retries(env, tmp_path: Path) -> None:
+    policy = policy_for(tmp_path, every_other_source_disabled(reports=[SCHEMES["standard_webhooks"].credential]))
+    http, intake = client_for(tmp_path, policy)
+    for sent_at in ("10:00:00", "10:00:07"):  # the sender's retry re-renders its body
+        body = json.dumps({"reporter": "agent-7", "surface": "chat", "model": "support-bot", "prompt_excerpt": "api key?",
+                           "response_excerpt": f"(at {sent_at})", "category": "harmful-output"}).encode()
+        headers = {**standard_webhooks_headers(WHSEC, body, time.time(), msg_id="msg_report_9"), "content-type": "application/json"}
+        assert http.post("/v1/reports", content=body, headers=headers).status_code == 202
+    assert [s.signal_id for s in intake.recorded] == ["user_report:webhook-msg_report_9"] * 2
