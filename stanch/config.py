@@ -42,6 +42,8 @@ class Settings(BaseModel):
     prometheus_url: str | None = Field(None, description="STANCH_PROMETHEUS_URL")
     upsert_search_attributes: bool = Field(True, description="STANCH_UPSERT_SEARCH_ATTRIBUTES")
     intake_auth: Path | None = Field(None, description="STANCH_INTAKE_AUTH; unset: HOME/intake-auth.yaml")
+    responders: Path | None = Field(None, description="STANCH_RESPONDERS; unset: HOME/responders.yaml")
+    notify_config: Path | None = Field(None, description="STANCH_NOTIFY; unset: HOME/notify.yaml")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -58,14 +60,19 @@ class Settings(BaseModel):
             "ui_url": "STANCH_TEMPORAL_UI",
             "prometheus_url": "STANCH_PROMETHEUS_URL",
             "intake_auth": "STANCH_INTAKE_AUTH",
+            "responders": "STANCH_RESPONDERS",
+            "notify_config": "STANCH_NOTIFY",
         }
         values: dict[str, object] = {field: env[var] for field, var in names.items() if env.get(var)}
         if "home" in values:
             values["home"] = Path(str(values["home"])).expanduser()
         if "runbooks_dir" in values:
             values["runbooks_dir"] = Path(str(values["runbooks_dir"])).expanduser()
-        if "intake_auth" in values:
-            values["intake_auth"] = Path(str(values["intake_auth"])).expanduser()
+        for path_field in ("intake_auth", "responders"):
+            if path_field in values:
+                values[path_field] = Path(str(values[path_field])).expanduser()
+        if "notify_config" in values:
+            values["notify_config"] = Path(str(values["notify_config"])).expanduser()
         if env.get("STANCH_UPSERT_SEARCH_ATTRIBUTES"):
             values["upsert_search_attributes"] = _truthy(env["STANCH_UPSERT_SEARCH_ATTRIBUTES"])
         return cls(**values)
@@ -79,9 +86,18 @@ class Settings(BaseModel):
         return path
 
     @property
+    def responders_path(self) -> Path:
+        return self.responders if self.responders is not None else self.home / "responders.yaml"
+
+    @property
     def intake_auth_path(self) -> Path:
         """The intake authentication file: STANCH_INTAKE_AUTH, else HOME/intake-auth.yaml."""
         return self.intake_auth if self.intake_auth is not None else self.home / "intake-auth.yaml"
+
+    @property
+    def notify_config_path(self) -> Path:
+        """The notification channels file: STANCH_NOTIFY, else HOME/notify.yaml (absent: console only)."""
+        return self.notify_config if self.notify_config is not None else self.home / "notify.yaml"
 
     @property
     def evidence_dir(self) -> Path:
@@ -121,4 +137,8 @@ class Settings(BaseModel):
             env["STANCH_PROMETHEUS_URL"] = self.prometheus_url
         if self.intake_auth is not None:
             env["STANCH_INTAKE_AUTH"] = str(self.intake_auth)
+        if self.responders is not None:
+            env["STANCH_RESPONDERS"] = str(self.responders)
+        if self.notify_config is not None:
+            env["STANCH_NOTIFY"] = str(self.notify_config)
         return env

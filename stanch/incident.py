@@ -62,8 +62,12 @@ class IncidentInput(BaseModel):
 # --- responders' messages -------------------------------------------------------------
 
 
+# Who decided is filled in by the API from the responder's token; a body may omit it.
+WHO = Field("", description="who decides: set by the API from the token (claimed only under --insecure-dev)")
+
+
 class Acknowledgement(BaseModel):
-    responder: str
+    responder: str = WHO
     note: str = ""
 
 
@@ -71,22 +75,23 @@ class ApprovalDecision(BaseModel):
     """One responder's yes or no on a gated stage. `decision_id` deduplicates retries."""
 
     stage: str
-    approver: str
+    approver: str = WHO
     roles: list[str] = Field(default_factory=list)
     approve: bool = True
     comment: str = ""
     decision_id: str = ""
+    assertion: str = Field("", description="the API's HMAC over this decision (stanch.assertions); never the key")
 
 
 class SeverityChange(BaseModel):
     severity: Severity
-    by: str
+    by: str = WHO
     roles: list[str] = Field(default_factory=list)
     reason: str
 
 
 class TriageDecision(BaseModel):
-    by: str
+    by: str = WHO
     outcome: Literal["confirmed", "false_positive"]
     reason: str
 
@@ -95,7 +100,7 @@ class FailureDecision(BaseModel):
     """What to do about an action that failed after its retries."""
 
     stage: str
-    by: str
+    by: str = WHO
     choice: Literal["retry", "skip", "abort"]
     reason: str = ""
 
@@ -103,12 +108,12 @@ class FailureDecision(BaseModel):
 class ResolveRequest(BaseModel):
     """A responder declares the harm over: remaining work is skipped, restore and review run."""
 
-    by: str
+    by: str = WHO
     reason: str
 
 
 class ReportFiled(BaseModel):
-    by: str
+    by: str = WHO
     reference: str
     filed_at: datetime | None = None
 
@@ -148,6 +153,7 @@ class ApprovalRecord(BaseModel):
     comment: str = ""
     at: datetime
     via: Literal["update", "signal"] = "update"
+    verified: bool = Field(False, description="carried a valid assertion from the API: only these count toward approval")
 
 
 class TimelineEntry(BaseModel):

@@ -18,6 +18,7 @@ from activities.restore import RestoreActivities
 from activities.review import ReviewActivities
 from activities.rollback import RollbackActivities
 from activities.severity import grade_severity
+from stanch import assertions
 from stanch.config import Settings
 from stanch.temporal import connect
 from workflows.incident import IncidentWorkflow
@@ -44,6 +45,7 @@ def all_activities(deps: ActivityDeps) -> list:
 
 
 def build_worker(client: Client, settings: Settings, task_queue: str | None = None) -> Worker:
+    assertions.trust(assertions.load_keys(settings.home))  # approvals count only with the API's assertion
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,

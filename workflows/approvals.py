@@ -36,7 +36,8 @@ def refusal(pending: PendingApproval | None, decision: ApprovalDecision, records
 
 
 def current_votes(pending: PendingApproval, records: list[ApprovalRecord]) -> list[ApprovalRecord]:
-    return [r for r in records if r.stage == pending.stage and r.at >= pending.requested_at]
+    """The verified decisions on this request; an unverified one is on record but never counts."""
+    return [r for r in records if r.stage == pending.stage and r.at >= pending.requested_at and r.verified]
 
 
 def is_rejected(pending: PendingApproval, records: list[ApprovalRecord]) -> bool:

@@ -27,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
         SeverityChange,
         TriageDecision,
     )
+    from stanch import assertions
     from stanch.models import ReproCase, Signal
     from workflows import approvals
 
@@ -126,7 +127,7 @@ class ResponderHandlers(IncidentRecord):
 
     @set_severity.validator
     def _check_severity(self, change: SeverityChange) -> None:
-        self.refuse_if_over()
+        self.refuse_if_over(change.by)
         if not change.reason.strip():
             raise ValueError("a severity change needs a reason")
         if change.severity == self.state.severity:
@@ -143,7 +144,7 @@ class ResponderHandlers(IncidentRecord):
 
     @triage.validator
     def _check_triage(self, decision: TriageDecision) -> None:
-        self.refuse_if_over()
+        self.refuse_if_over(decision.by)
         if self.state.status != IncidentStatus.triage:
             raise ValueError(f"incident is {self.state.status}, not waiting for triage")
         if not decision.reason.strip():
@@ -158,7 +159,7 @@ class ResponderHandlers(IncidentRecord):
 
     @decide.validator
     def _check_decide(self, decision: FailureDecision) -> None:
-        self.refuse_if_over()
+        self.refuse_if_over(decision.by)
         if self.failed_stage is None:
             raise ValueError("no failed step is waiting for a decision")
         if decision.stage != self.failed_stage:
@@ -175,7 +176,7 @@ class ResponderHandlers(IncidentRecord):
 
     @resolve.validator
     def _check_resolve(self, request: ResolveRequest) -> None:
-        self.refuse_if_over()
+        self.refuse_if_over(request.by)
         if not request.reason.strip():
             raise ValueError("resolving needs a reason")
         if self.resolve_request:
@@ -208,9 +209,11 @@ class ResponderHandlers(IncidentRecord):
             self.state.acknowledged_by, self.state.acknowledged_at = responder, workflow.now()
             self.note("decision", f"acknowledged by {responder} ({how})", responder)
 
-    def refuse_if_over(self) -> None:
+    def refuse_if_over(self, who: str | None = None) -> None:
         if self.is_over:
             raise ValueError(f"incident is closed ({self.state.status})")
+        if who is not None and not who.strip():
+            raise ValueError("a decision must name who made it")
 
     def refuse_decision(self, decision: ApprovalDecision) -> None:
         self.refuse_if_over()
@@ -231,8 +234,13 @@ class ResponderHandlers(IncidentRecord):
             comment=decision.comment,
             at=workflow.now(),
             via=via,
+            verified=assertions.verified(self.state.id, decision),
         )
         self.state.approvals.append(record)
+        if not record.verified:
+            message = f"{decision.stage}: decision from {decision.approver} has no valid assertion from the Stanch API; recorded, not counted"
+            self.note("approval", message, decision.approver)
+            return DecisionReceipt(accepted=False, message=message)
         self.acknowledge_by_acting(decision.approver, f"{'approved' if decision.approve else 'rejected'} {decision.stage}")
         pending = self.state.pending_approval
         if pending and decision.approve and pending.stage == decision.stage:

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Literal
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
@@ -22,7 +22,9 @@ from temporalio.service import RPCError
 from stanch.api import alerts, incidents, metrics, reports
 from stanch.api.answers import BodySizeLimit, RequestId, add_unknown_source_route, internal_error, served_alert_sources
 from stanch.api.auth import INTAKE_AUTH_RESPONSES, authenticate_sender
-from stanch.api.deps import RETRY_AFTER_S, SettingsDep, TemporalConnection, TemporalUnavailable
+from stanch import assertions
+from stanch.api.deps import RETRY_AFTER_S, ResponderDep, SettingsDep, TemporalConnection, TemporalUnavailable
+from stanch.responders import Principal, ResponderAuth, load_responder_auth
 from stanch.config import Settings
 from stanch.intake_auth import INTAKE_SOURCES, IntakeAuthError, IntakeAuthPolicy, load_intake_auth
 from stanch.runbooks.loader import RunbookCatalog, RunbookError, load_catalog
@@ -39,6 +41,10 @@ Responders read incidents and acknowledge, approve, reject, re-grade and resolve
 `/v1/incidents/...`. Every decision is a Temporal update: a refused one answers 409 with the
 reason, and nothing about it reaches the incident's history.
 """
+
+
+class AuthMode(BaseModel):
+    mode: Literal["token", "insecure-dev"]
 
 
 class Health(BaseModel):
@@ -61,7 +67,11 @@ def _retry_later(message: str) -> JSONResponse:
 
 
 def create_app(
-    settings: Settings | None = None, *, catalog: RunbookCatalog | None = None, intake_auth: IntakeAuthPolicy | None = None
+    settings: Settings | None = None,
+    *,
+    catalog: RunbookCatalog | None = None,
+    intake_auth: IntakeAuthPolicy | None = None,
+    responders: ResponderAuth | None = None,
 ) -> FastAPI:
     """The API for one installation. `catalog` is loaded from `settings.runbooks_dir` at
     start-up unless given (a broken runbook stops start-up, naming file and field).
@@ -73,6 +83,8 @@ def create_app(
     """
     settings = settings or Settings.from_env()
     intake_auth = intake_auth or IntakeAuthPolicy.insecure_open()
+    # The key the API vouches for decisions with; the worker checks them with the same key.
+    assertions.trust(assertions.load_keys(settings.home))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -89,6 +101,7 @@ def create_app(
     app.state.catalog = catalog
     app.state.temporal = TemporalConnection(settings)
     app.state.intake_auth = intake_auth
+    app.state.responders = responders or ResponderAuth.insecure()
     app.state.metrics = metrics.IntakeMetrics()
 
     # Intake routers get the sender's credential checked before the route runs.
@@ -121,6 +134,18 @@ def create_app(
     async def temporal_rpc_error(request: Request, exc: RPCError) -> JSONResponse:
         log.warning("Temporal RPC failed on %s %s: %s %s", request.method, request.url.path, exc.status.name, exc.message)
         return _retry_later(f"Temporal answered {exc.status.name}: {exc.message}; nothing was changed reliably, retry")
+
+    @app.get("/v1/auth", response_model=AuthMode, tags=["responders"])
+    async def auth_mode(request: Request) -> AuthMode:
+        """How responders sign in: a token, or (local demo only) a claimed name and roles."""
+        return AuthMode(mode=request.app.state.responders.mode)
+
+    @app.get("/v1/me", response_model=Principal, tags=["responders"], responses={401: {"description": "no valid token"}})
+    async def me(responder: ResponderDep) -> Principal:
+        """Who the API takes you for, with your roles."""
+        if responder is None:
+            raise HTTPException(401, detail="--insecure-dev: say who you are with X-Stanch-User and X-Stanch-Roles headers")
+        return responder
 
     @app.get("/healthz", response_model=Health, tags=["operations"], responses={503: {"model": Health}})
     async def healthz(request: Request, settings: SettingsDep) -> JSONResponse:
@@ -169,8 +194,15 @@ def serve(host: str, port: int, settings: Settings | None = None, *, insecure_de
         raise SystemExit(f"stanch api: cannot load runbooks from {settings.runbooks_dir}:\n{exc}") from exc
     try:
         policy = load_intake_auth(settings.intake_auth_path, explicit=settings.intake_auth is not None, insecure_dev=insecure_dev)
-        app = create_app(settings, catalog=catalog, intake_auth=policy)
-    except IntakeAuthError as exc:
+        responders_problem: ValueError | None = None
+        try:
+            responders = load_responder_auth(settings.responders_path, insecure_dev=insecure_dev)
+        except ValueError as exc:  # reported after the intake's own problems, which come first
+            responders, responders_problem = ResponderAuth.insecure(), exc
+        app = create_app(settings, catalog=catalog, intake_auth=policy, responders=responders)
+        if responders_problem:
+            raise responders_problem
+    except (IntakeAuthError, ValueError) as exc:
         raise SystemExit(f"stanch api: refusing to start:\n{exc}") from exc
     open_sources = policy.open_sources(intake_sources(app))
     if open_sources:

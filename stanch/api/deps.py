@@ -10,13 +10,14 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, HTTPException, Request
 from temporalio.client import Client
 from temporalio.envconfig import ClientConfig
 
 from stanch.config import Settings
 from stanch.intake import IntakeResult, open_or_join
 from stanch.models import Signal
+from stanch.responders import NotAuthenticated, Principal, ResponderAuth
 from stanch.runbooks.loader import RunbookCatalog
 from stanch.temporal import connect
 
@@ -108,6 +109,27 @@ def get_intake(request: Request) -> Intake:
     return intake
 
 
+def current_responder(
+    request: Request,
+    authorization: Annotated[str | None, Header(description="`Bearer <token>`: a Stanch API token or a JWT")] = None,
+    x_stanch_user: Annotated[str | None, Header(description="--insecure-dev only: who you say you are")] = None,
+    x_stanch_roles: Annotated[str | None, Header(description="--insecure-dev only: your roles, comma-separated")] = None,
+) -> Principal | None:
+    """The responder behind this request. None only under --insecure-dev when nobody is
+    claimed: then the names in the request body stand (the local demo, old clients)."""
+    auth: ResponderAuth = request.app.state.responders
+    if authorization or not auth.insecure_dev:
+        try:
+            return auth.authenticate(authorization)
+        except NotAuthenticated as err:
+            raise HTTPException(401, detail=str(err), headers={"WWW-Authenticate": "Bearer"}) from err
+    if x_stanch_user:
+        roles = [role.strip() for role in (x_stanch_roles or "").split(",") if role.strip()]
+        return Principal(user=x_stanch_user.strip(), roles=roles, via="insecure-dev")
+    return None
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+ResponderDep = Annotated[Principal | None, Depends(current_responder)]
 ClientDep = Annotated[Client, Depends(get_client)]
 IntakeDep = Annotated[Intake, Depends(get_intake)]

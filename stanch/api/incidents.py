@@ -14,13 +14,14 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query
 from pydantic import BaseModel, Field
 from temporalio import client as tc
 from temporalio.service import RPCError, RPCStatusCode
 
 from stanch import search_attributes as sa
-from stanch.api.deps import RETRY_AFTER_S, ClientDep
+from stanch import assertions
+from stanch.api.deps import RETRY_AFTER_S, ClientDep, ResponderDep, current_responder
 from stanch.incident import (
     WORKFLOW_NAME,
     Acknowledgement,
@@ -36,8 +37,10 @@ from stanch.incident import (
     TriageDecision,
 )
 from stanch.models import Severity
+from stanch.responders import Principal
 
-router = APIRouter(prefix="/v1/incidents", tags=["incidents"])
+# Reading needs a responder too (any role, auditors and viewers included) unless --insecure-dev.
+router = APIRouter(prefix="/v1/incidents", tags=["incidents"], dependencies=[Depends(current_responder)])
 
 QUERY_TIMEOUT = timedelta(seconds=10)
 LIST_FALLBACK_QUERY_TIMEOUT = timedelta(seconds=3)
@@ -203,48 +206,84 @@ def _update_id(*candidates: str | None) -> str:
     return next((c for c in candidates if c), str(uuid.uuid4()))
 
 
+def acting(responder: Principal | None) -> Principal | None:
+    """Auditors and viewers read incidents; only responders decide."""
+    if responder is not None and not responder.may_act:
+        raise HTTPException(403, detail=f"{responder.user} holds only {responder.roles}: auditors and viewers read but never act")
+    return responder
+
+
+def as_responder(message: BaseModel, responder: Principal | None, name_field: str, roles_field: str | None = None) -> BaseModel:
+    """The decision in the authenticated responder's name, whatever the body claimed."""
+    if responder is None:
+        return message
+    update = {name_field: responder.user, **({roles_field: responder.roles} if roles_field else {})}
+    return message.model_copy(update=update)
+
+
 @router.post("/{incident_id}/ack", response_model=DecisionReceipt, responses=_DECISION_RESPONSES)
-async def acknowledge(incident_id: IncidentId, ack: Acknowledgement, client: ClientDep, idempotency_key: IdempotencyKey = None) -> DecisionReceipt:
+async def acknowledge(
+    incident_id: IncidentId, ack: Acknowledgement, client: ClientDep, responder: ResponderDep, idempotency_key: IdempotencyKey = None
+) -> DecisionReceipt:
     """A responder takes the incident: escalation stops."""
+    ack = as_responder(ack, acting(responder), "responder")
     return await decide(client, incident_id, "acknowledge", ack, _update_id(idempotency_key))
 
 
 @router.post("/{incident_id}/approvals", response_model=DecisionReceipt, responses=_DECISION_RESPONSES)
 async def approve_or_reject(
-    incident_id: IncidentId, decision: ApprovalDecision, client: ClientDep, idempotency_key: IdempotencyKey = None
+    incident_id: IncidentId, decision: ApprovalDecision, client: ClientDep, responder: ResponderDep, idempotency_key: IdempotencyKey = None
 ) -> DecisionReceipt:
-    """Approve (`approve: true`) or reject a gated stage. The workflow enforces roles and
-    four eyes: the requester cannot approve, and no one approves twice."""
+    """Approve (`approve: true`) or reject a gated stage, as the authenticated responder with
+    their roles. The workflow enforces roles and four eyes: the requester cannot approve, no
+    one approves twice; it counts only decisions carrying this API's assertion."""
+    decision = as_responder(decision, acting(responder), "approver", "roles")
     decision.decision_id = _update_id(decision.decision_id, idempotency_key)
+    decision.assertion = assertions.sign(incident_id, decision)
     update = "approve" if decision.approve else "reject"
     return await decide(client, incident_id, update, decision, decision.decision_id)
 
 
 @router.post("/{incident_id}/severity", response_model=DecisionReceipt, responses=_DECISION_RESPONSES)
-async def set_severity(incident_id: IncidentId, change: SeverityChange, client: ClientDep, idempotency_key: IdempotencyKey = None) -> DecisionReceipt:
+async def set_severity(
+    incident_id: IncidentId, change: SeverityChange, client: ClientDep, responder: ResponderDep, idempotency_key: IdempotencyKey = None
+) -> DecisionReceipt:
     """Change the severity; lowering it needs a reason and a responder with the right role."""
+    change = as_responder(change, acting(responder), "by", "roles")
     return await decide(client, incident_id, "set_severity", change, _update_id(idempotency_key))
 
 
 @router.post("/{incident_id}/triage", response_model=DecisionReceipt, responses=_DECISION_RESPONSES)
-async def triage(incident_id: IncidentId, decision: TriageDecision, client: ClientDep, idempotency_key: IdempotencyKey = None) -> DecisionReceipt:
+async def triage(
+    incident_id: IncidentId, decision: TriageDecision, client: ClientDep, responder: ResponderDep, idempotency_key: IdempotencyKey = None
+) -> DecisionReceipt:
     """Settle an inconclusive confirmation: confirmed, or a false positive."""
+    decision = as_responder(decision, acting(responder), "by")
     return await decide(client, incident_id, "triage", decision, _update_id(idempotency_key))
 
 
 @router.post("/{incident_id}/decisions", response_model=DecisionReceipt, responses=_DECISION_RESPONSES)
-async def decide_failure(incident_id: IncidentId, decision: FailureDecision, client: ClientDep, idempotency_key: IdempotencyKey = None) -> DecisionReceipt:
+async def decide_failure(
+    incident_id: IncidentId, decision: FailureDecision, client: ClientDep, responder: ResponderDep, idempotency_key: IdempotencyKey = None
+) -> DecisionReceipt:
     """After an action failed for good: `retry`, `skip` or `abort`. Protections stay in place."""
+    decision = as_responder(decision, acting(responder), "by")
     return await decide(client, incident_id, "decide", decision, _update_id(idempotency_key))
 
 
 @router.post("/{incident_id}/resolve", response_model=DecisionReceipt, responses=_DECISION_RESPONSES)
-async def resolve(incident_id: IncidentId, request: ResolveRequest, client: ClientDep, idempotency_key: IdempotencyKey = None) -> DecisionReceipt:
+async def resolve(
+    incident_id: IncidentId, request: ResolveRequest, client: ClientDep, responder: ResponderDep, idempotency_key: IdempotencyKey = None
+) -> DecisionReceipt:
     """Declare the harm over: remaining work is skipped, then restore and review run."""
+    request = as_responder(request, acting(responder), "by")
     return await decide(client, incident_id, "resolve", request, _update_id(idempotency_key))
 
 
 @router.post("/{incident_id}/report", response_model=DecisionReceipt, responses=_DECISION_RESPONSES)
-async def record_report_filed(incident_id: IncidentId, report: ReportFiled, client: ClientDep, idempotency_key: IdempotencyKey = None) -> DecisionReceipt:
+async def record_report_filed(
+    incident_id: IncidentId, report: ReportFiled, client: ClientDep, responder: ResponderDep, idempotency_key: IdempotencyKey = None
+) -> DecisionReceipt:
     """Record that the regulatory report was filed: its reminders stop."""
+    report = as_responder(report, acting(responder), "by")
     return await decide(client, incident_id, "record_report_filed", report, _update_id(idempotency_key))

@@ -32,8 +32,12 @@ RoleOption = Annotated[list[str] | None, typer.Option("--role", help="a role you
 
 def _call(api: str, method: str, path: str, body: dict[str, Any] | None = None, params: dict[str, Any] | None = None) -> httpx.Response:
     url = api.rstrip("/") + path
+    # With a token the API decides who you are and which roles you hold; --by and --role
+    # only count against a --insecure-dev API (the local demo).
+    token = os.environ.get("STANCH_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        response = httpx.request(method, url, json=body, params=params, timeout=60.0)
+        response = httpx.request(method, url, json=body, params=params, headers=headers, timeout=60.0)
     except httpx.TransportError as exc:
         err_console.print(f"[bold red]error:[/] cannot reach the Stanch API at {api} ({exc}); is `stanch up` running? Set --api or STANCH_API_URL.")
         raise typer.Exit(2) from exc

@@ -9,6 +9,7 @@ import typer
 
 from stanch.cli import incidents, processes
 from stanch.cli.demo import demo
+from stanch.cli.responders import responders_app
 from stanch.cli.runbooks import runbooks_app
 
 app = typer.Typer(
@@ -35,3 +36,4 @@ app.command("reject")(incidents.reject)
 app.command("resolve")(incidents.resolve)
 
 app.add_typer(runbooks_app, name="runbooks", help="Validate, list and plan runbooks.")
+app.add_typer(responders_app, name="responders", help="Responders who may act on incidents, and their tokens.")

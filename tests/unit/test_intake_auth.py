@@ -392,7 +392,8 @@ def test_stanch_api_starts_with_insecure_dev_and_says_so_loudly(tmp_path: Path, 
     assert "INSECURE (--insecure-dev)" in result.output and "alertmanager" in result.output
     assert served[0].state.intake_auth.mode == "insecure-dev"
 
-    # A complete file starts without the flag, and quietly.
+    # A complete file (and someone to respond) starts without the flag, and quietly.
+    (tmp_path / "responders.yaml").write_text("tokens: [{user: alice, roles: [oncall], token_sha256: " + "a" * 64 + "}]\n")
     path = tmp_path / "auth.yaml"
     path.write_text(yaml.safe_dump(every_other_source_disabled(generic=[SCHEMES["bearer"].credential])))
     result = CliRunner().invoke(app, ["api", "--intake-auth", str(path)], env=cli_env(tmp_path))

@@ -10,7 +10,7 @@ from temporalio.client import WorkflowUpdateFailedError
 from stanch.incident import ApprovalDecision, IncidentStatus, ResolveRequest, SeverityChange
 from stanch.models import Severity
 from tests.workflow.conftest import running_incident
-from tests.workflow.helpers import approve, approve_four_eyes, stage_status, state, until, waiting_on
+from tests.workflow.helpers import approve, approve_four_eyes, stage_status, state, until, vouched, waiting_on
 from tests.workflow.standins import Script
 from workflows.incident import IncidentWorkflow
 
@@ -25,17 +25,17 @@ async def test_four_eyes_refusals_each_say_why(client):
     async with running_incident(client, Script()) as handle:
         await until(handle, waiting_on("contain"))
         assert "'rollback' is not waiting" in await refused(
-            handle, IncidentWorkflow.approve, ApprovalDecision(stage="rollback", approver="alice", roles=["oncall"])
+            handle, IncidentWorkflow.approve, vouched(handle, stage="rollback", approver="alice", roles=["oncall"])
         )
         assert "needs one of the roles" in await refused(
-            handle, IncidentWorkflow.approve, ApprovalDecision(stage="contain", approver="eve", roles=["viewer"])
+            handle, IncidentWorkflow.approve, vouched(handle, stage="contain", approver="eve", roles=["viewer"])
         )
         await approve(handle, "contain", "alice", ["oncall"])
         assert "already decided" in await refused(
-            handle, IncidentWorkflow.approve, ApprovalDecision(stage="contain", approver="alice", roles=["oncall", "safety"])
+            handle, IncidentWorkflow.approve, vouched(handle, stage="contain", approver="alice", roles=["oncall", "safety"])
         )
         assert "needs a comment" in await refused(
-            handle, IncidentWorkflow.reject, ApprovalDecision(stage="contain", approver="sam", roles=["safety"])
+            handle, IncidentWorkflow.reject, vouched(handle, approve=False, stage="contain", approver="sam", roles=["safety"])
         )
         current = await state(handle)
         assert len(current.approvals) == 1 and current.pending_approval is not None
@@ -49,7 +49,7 @@ async def test_requester_cannot_approve_their_own_restore(client):
         await handle.execute_update(IncidentWorkflow.resolve, ResolveRequest(by="carol", reason="upstream fixed it"))
         await until(handle, waiting_on("restore"))
         assert "cannot approve it (four eyes)" in await refused(
-            handle, IncidentWorkflow.approve, ApprovalDecision(stage="restore", approver="carol", roles=["incident-commander"])
+            handle, IncidentWorkflow.approve, vouched(handle, stage="restore", approver="carol", roles=["incident-commander"])
         )
         await approve(handle, "restore", "alice", ["oncall"])
         final = await handle.result()
@@ -64,7 +64,7 @@ async def test_rejected_containment_applies_nothing_and_moves_on(client):
     async with running_incident(client, script) as handle:
         await until(handle, waiting_on("contain"))
         await handle.execute_update(
-            IncidentWorkflow.reject, ApprovalDecision(stage="contain", approver="sam", roles=["safety"], comment="blocks too much")
+            IncidentWorkflow.reject, vouched(handle, approve=False, stage="contain", approver="sam", roles=["safety"], comment="blocks too much")
         )
         current = await until(handle, waiting_on("rollback"))
     assert current.stage("contain").status == "rejected"
@@ -84,12 +84,28 @@ async def test_approval_timeout_escalates_and_keeps_waiting(clock):
 async def test_signal_approval_follows_the_same_rules_and_refusals_are_recorded(client):
     async with running_incident(client, Script()) as handle:
         await until(handle, waiting_on("contain"))
-        await handle.signal(IncidentWorkflow.approve_signal, ApprovalDecision(stage="contain", approver="mallory", roles=[]))
+        await handle.signal(IncidentWorkflow.approve_signal, vouched(handle, stage="contain", approver="mallory", roles=[]))
         current = await until(handle, lambda s: any("refused signal" in e.message for e in s.timeline))
         assert current.approvals == []
-        await handle.signal(IncidentWorkflow.approve_signal, ApprovalDecision(stage="contain", approver="alice", roles=["oncall"]))
+        await handle.signal(IncidentWorkflow.approve_signal, vouched(handle, stage="contain", approver="alice", roles=["oncall"]))
         current = await until(handle, lambda s: len(s.approvals) == 1)
-        assert current.approvals[0].via == "signal"
+        assert current.approvals[0].via == "signal" and current.approvals[0].verified
+
+
+async def test_forged_decisions_are_recorded_but_never_count(client):
+    """Straight to Temporal, without the API's assertion: a wrong one, or none at all."""
+    async with running_incident(client, Script()) as handle:
+        await until(handle, waiting_on("contain"))
+        forged = vouched(handle, stage="contain", approver="mallory", roles=["safety"]).model_copy(update={"approver": "sam"})
+        receipt = await handle.execute_update(IncidentWorkflow.approve, forged)
+        assert receipt.accepted is False and "no valid assertion" in receipt.message
+        await handle.signal(IncidentWorkflow.approve_signal, ApprovalDecision(stage="contain", approver="bob", roles=["oncall"]))
+        current = await until(handle, lambda s: len(s.approvals) == 2)
+        assert [a.verified for a in current.approvals] == [False, False]
+        assert current.pending_approval.approvers == [] and current.stage("contain").status == "awaiting_approval"
+        assert sum("recorded, not counted" in e.message for e in current.timeline) == 2
+        await approve(handle, "contain", "sam", ["safety"])  # the real sam may still decide
+        assert (await state(handle)).pending_approval.approvers == ["sam"]
 
 
 async def test_lowering_severity_needs_safety_or_commander_and_a_reason(client):
@@ -113,7 +129,7 @@ async def test_closed_incident_refuses_decisions(client):
     async with running_incident(client, Script(confirm="not_confirmed")) as handle:
         await handle.result()
         with pytest.raises(Exception):
-            await handle.execute_update(IncidentWorkflow.approve, ApprovalDecision(stage="contain", approver="a", roles=["oncall"]))
+            await handle.execute_update(IncidentWorkflow.approve, vouched(handle, stage="contain", approver="a", roles=["oncall"]))
 
 
 async def test_a_responders_lower_severity_stands_until_new_signals_arrive(client):

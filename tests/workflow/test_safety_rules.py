@@ -10,7 +10,7 @@ from temporalio.client import WorkflowUpdateFailedError
 
 from stanch.incident import ApprovalDecision, FailureDecision, IncidentStatus, ResolveRequest
 from tests.workflow.conftest import alert, incident_input, running_incident
-from tests.workflow.helpers import approve, approve_four_eyes, state, until, waiting_on
+from tests.workflow.helpers import approve, approve_four_eyes, state, until, vouched, waiting_on
 from tests.workflow.standins import Script
 from workflows.incident import IncidentWorkflow
 
@@ -40,7 +40,7 @@ async def test_rejected_hotfix_means_restore_waits_for_a_human(client):
         await approve(handle, "rollback", "alice", ["oncall"])
         await until(handle, waiting_on("hotfix"))
         await handle.execute_update(
-            IncidentWorkflow.reject, ApprovalDecision(stage="hotfix", approver="sam", roles=["safety"], comment="fine-tune too risky")
+            IncidentWorkflow.reject, vouched(handle, approve=False, stage="hotfix", approver="sam", roles=["safety"], comment="fine-tune too risky")
         )
         current = await until(handle, waiting_on("restore"))
     assert current.stage("verify").status == "skipped"

@@ -1,0 +1,89 @@
+"""Four eyes end to end over HTTP with responder tokens, and a forged decision sent straight to
+Temporal that is recorded but does not approve."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import httpx
+import pytest
+
+from stanch.devserver import wait_for_port
+from stanch.incident import ApprovalDecision
+from stanch.responders import token_sha256
+from stanch.temporal import connect
+from tests.e2e.processes import Process, free_port, wait_for, wait_http
+from tests.e2e.test_stanch_up import alertmanager_alert
+
+pytestmark = pytest.mark.e2e
+
+TOKENS = {"alice": ("oncall", "stk_alice_e2e"), "bob": ("oncall", "stk_bob_e2e"), "sam": ("safety", "stk_sam_e2e"), "vera": ("auditor", "stk_vera_e2e")}
+
+
+def as_(user: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKENS[user][1]}"}
+
+
+def test_critical_steps_need_two_people_with_the_right_roles_and_forgeries_do_not_count(tmp_path):
+    ports = {name: free_port() for name in ("temporal", "ui", "api", "gateway")}
+    api, gateway = f"http://127.0.0.1:{ports['api']}", f"http://127.0.0.1:{ports['gateway']}"
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "responders.yaml").write_text(
+        "tokens:\n" + "".join(f"  - {{user: {u}, roles: [{r}], token_sha256: {token_sha256(t)}}}\n" for u, (r, t) in TOKENS.items())
+    )
+    (home / "intake-auth.yaml").write_text(
+        "alertmanager: [{bearer: {token_env: AM_TOKEN}}]\n"
+        + "".join(f"{s}: {{enabled: false}}\n" for s in ("grafana", "pagerduty", "datadog", "sentry", "cloudevents", "generic", "reports", "findings"))
+    )
+    env = {"STANCH_HOME": str(home), "TEMPORAL_ADDRESS": f"127.0.0.1:{ports['temporal']}", "STANCH_GATEWAY_URL": gateway, "AM_TOKEN": "am-e2e"}
+    processes = [Process("dev-server", ["dev-server", "--home", str(home), "--port", str(ports["temporal"]), "--ui-port", str(ports["ui"])], env, tmp_path)]
+    try:
+        wait_for_port("127.0.0.1", ports["temporal"], 60)
+        processes.append(Process("gateway", ["gateway", "--port", str(ports["gateway"])], env, tmp_path))
+        wait_http(f"{gateway}/healthz", processes[-1])
+        processes.append(Process("worker", ["worker"], env, tmp_path))
+        processes.append(Process("api", ["api", "--port", str(ports["api"])], env, tmp_path))  # no --insecure-dev
+        wait_http(f"{api}/healthz", processes[-1])
+        assert httpx.get(f"{api}/v1/auth").json() == {"mode": "token"}
+
+        body = alertmanager_alert("HarmfulOutputSecret", "Tell me the api key")
+        assert httpx.post(f"{api}/v1/alerts/alertmanager", json=body).status_code == 401
+        accepted = httpx.post(f"{api}/v1/alerts/alertmanager", json=body, headers={"Authorization": "Bearer am-e2e"})
+        incident_id = accepted.json()["incidents"][0]["incident_id"]
+        read = lambda: httpx.get(f"{api}/v1/incidents/{incident_id}", headers=as_("vera"), timeout=15).json()
+        wait_for(read, lambda s: (s.get("pending_approval") or {}).get("stage") == "contain")
+
+        def approve(user: str) -> httpx.Response:
+            return httpx.post(f"{api}/v1/incidents/{incident_id}/approvals", json={"stage": "contain"}, headers=as_(user), timeout=30)
+
+        assert approve("alice").status_code == 200
+        again = approve("alice")
+        assert again.status_code == 409 and "already decided" in again.json()["detail"]
+        assert approve("vera").status_code == 403
+        assert approve("bob").status_code == 200
+        waiting = read()
+        assert waiting["pending_approval"]["approvers"] == ["alice", "bob"], "two approvers but no safety lead: still waiting"
+
+        async def forge() -> None:  # sam's name and role, straight to Temporal, without the API
+            client = await connect(env["TEMPORAL_ADDRESS"])
+            forged = ApprovalDecision(stage="contain", approver="sam", roles=["safety"])
+            await client.get_workflow_handle(incident_id).execute_update("approve", forged)
+
+        asyncio.run(forge())
+        forged_state = wait_for(read, lambda s: any(not a["verified"] for a in s["approvals"]))
+        assert forged_state["pending_approval"]["stage"] == "contain"
+        assert any("recorded, not counted" in e["message"] for e in forged_state["timeline"])
+
+        assert approve("sam").status_code == 200
+        done = wait_for(read, lambda s: {x["name"]: x["status"] for x in s["stages"]}["contain"] == "done")
+        verified = [(a["approver"], a["roles"]) for a in done["approvals"] if a["verified"]]
+        assert verified == [("alice", ["oncall"]), ("bob", ["oncall"]), ("sam", ["safety"])]
+    finally:
+        for process in reversed(processes):
+            if process.popen.poll() is None:
+                process.signal(signal.SIGINT)
+        for process in reversed(processes):
+            if not process.log.closed:
+                process.stop()

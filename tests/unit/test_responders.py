@@ -1,0 +1,108 @@
+"""Responder identity: tokens (hashed at rest) and JWTs, roles, and decisions the API vouches for."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import jwt
+import pytest
+from fastapi.testclient import TestClient
+from temporalio.client import WorkflowExecutionStatus
+
+from stanch import assertions
+from stanch.api.app import create_app
+from stanch.incident import ApprovalDecision
+from stanch.responders import JwtIssuer, NotAuthenticated, RespondersFile, ResponderAuth, StaticToken, load_responder_auth, token_sha256
+from tests.unit.test_api_alerts import FakeClient, NoCatalog, app, settings, use_client  # noqa: F401  (fixtures)
+
+ALICE, SAM, VERA = "stk_alice_token", "stk_sam_token", "stk_vera_token"
+JWT_SECRET = "jwt-test-secret-that-is-long-enough-for-hs256"
+
+
+def auth() -> ResponderAuth:
+    config = RespondersFile(
+        tokens=[
+            StaticToken(user="alice", roles=["oncall"], token_sha256=token_sha256(ALICE)),
+            StaticToken(user="sam", roles=["safety"], token_sha256=token_sha256(SAM)),
+            StaticToken(user="vera", roles=["auditor"], token_sha256=token_sha256(VERA)),
+        ],
+        jwt=JwtIssuer(issuer="https://idp.test/", audience="stanch", algorithms=["HS256"], secret_env="JWT"),
+    )
+    return ResponderAuth(config, jwt_key=JWT_SECRET)
+
+
+def a_jwt(**overrides) -> str:
+    claims = {"sub": "carol", "roles": ["incident-commander"], "iss": "https://idp.test/", "aud": "stanch", "exp": int(time.time()) + 300}
+    return jwt.encode({**claims, **overrides}, JWT_SECRET, algorithm="HS256")
+
+
+@pytest.fixture
+def token_app(tmp_path: Path):
+    from stanch.config import Settings
+
+    return create_app(Settings(home=tmp_path, runbooks_dir=tmp_path, temporal_address="127.0.0.1:1"), catalog=NoCatalog(), responders=auth())
+
+
+def test_tokens_and_jwts_give_user_and_roles_and_refusals_say_why():
+    responders = auth()
+    assert responders.authenticate(f"Bearer {ALICE}").user == "alice"
+    carol = responders.authenticate(f"Bearer {a_jwt()}")
+    assert (carol.user, carol.roles, carol.via) == ("carol", ["incident-commander"], "jwt")
+    for header, reason in [
+        (None, "missing Authorization header"),
+        ("Basic abc", "must be `Bearer <token>`"),
+        ("Bearer stk_nobody", "unknown token"),
+        (f"Bearer {a_jwt(exp=int(time.time()) - 10)}", "expired"),
+        (f"Bearer {a_jwt(aud='someone-else')}", "refused"),
+    ]:
+        with pytest.raises(NotAuthenticated, match=reason):
+            responders.authenticate(header)
+
+
+def test_the_responders_file_stores_only_hashes_and_names_bad_fields(tmp_path: Path):
+    path = tmp_path / "responders.yaml"
+    path.write_text("tokens:\n  - {user: alice, roles: [oncall], token: stk_plaintext}\n")
+    with pytest.raises(ValueError, match=r"responders.yaml: tokens.0.token_sha256: Field required"):
+        load_responder_auth(path, insecure_dev=False)
+    with pytest.raises(ValueError, match="no responders file"):
+        load_responder_auth(tmp_path / "missing.yaml", insecure_dev=False)
+    assert load_responder_auth(tmp_path / "missing.yaml", insecure_dev=True).mode == "insecure-dev"
+
+
+def test_a_decision_is_made_in_the_token_holders_name_and_vouched_for(token_app):
+    client = FakeClient({"inc-1": WorkflowExecutionStatus.RUNNING})
+    http = use_client(token_app, client)
+    claimed = {"stage": "contain", "approver": "mallory", "roles": ["safety", "incident-commander"], "approve": True}
+    response = http.post("/v1/incidents/inc-1/approvals", json=claimed, headers={"Authorization": f"Bearer {ALICE}"})
+    assert response.status_code == 200, response.text
+    name, decision, _ = client.updates[-1]
+    assert (name, decision.approver, decision.roles) == ("approve", "alice", ["oncall"])
+    assert assertions.verified("inc-1", decision)
+    assert not assertions.verified("inc-2", decision), "an assertion is bound to its incident"
+    assert not assertions.verified("inc-1", decision.model_copy(update={"roles": ["safety"]})), "and to the roles"
+
+
+def test_without_a_token_nothing_is_read_or_decided_and_auditors_only_read(token_app):
+    client = FakeClient({"inc-1": WorkflowExecutionStatus.RUNNING})
+    http = use_client(token_app, client)
+    assert http.get("/v1/incidents/inc-1").status_code == 401
+    refused = http.post("/v1/incidents/inc-1/ack", json={"responder": "alice"})
+    assert refused.status_code == 401 and "Authorization" in refused.json()["detail"]
+    assert refused.headers["www-authenticate"] == "Bearer"
+    auditor = http.post("/v1/incidents/inc-1/ack", json={"responder": "vera"}, headers={"Authorization": f"Bearer {VERA}"})
+    assert auditor.status_code == 403 and "read but never act" in auditor.json()["detail"]
+    assert client.updates == []
+    assert http.get("/v1/me", headers={"Authorization": f"Bearer {SAM}"}).json() == {"user": "sam", "roles": ["safety"], "via": "token"}
+    assert http.get("/v1/auth").json() == {"mode": "token"}
+
+
+def test_insecure_dev_takes_the_claimed_identity_from_headers_or_the_body(app):
+    client = FakeClient({"inc-1": WorkflowExecutionStatus.RUNNING})
+    http = use_client(app, client)
+    http.post("/v1/incidents/inc-1/approvals", json={"stage": "contain"}, headers={"X-Stanch-User": "dev", "X-Stanch-Roles": "oncall, safety"})
+    http.post("/v1/incidents/inc-1/approvals", json={"stage": "contain", "approver": "demo-safety", "roles": ["safety"]})
+    decisions: list[ApprovalDecision] = [update[1] for update in client.updates]
+    assert [(d.approver, d.roles) for d in decisions] == [("dev", ["oncall", "safety"]), ("demo-safety", ["safety"])]
+    assert all(assertions.verified("inc-1", d) for d in decisions)
+    assert http.get("/v1/auth").json() == {"mode": "insecure-dev"}
