@@ -137,5 +137,6 @@ class Notification(BaseModel):
 
 
 class NotifyResult(BaseModel):
-    delivered: list[str] = Field(default_factory=list)
-    failed: list[str] = Field(default_factory=list)
+    delivered: list[str] = Field(default_factory=list, description="channels that carry the notification (now or on an earlier attempt)")
+    failed: list[str] = Field(default_factory=list, description="'channel: reason' for each channel that did not; no secrets")
+    already_delivered: list[str] = Field(default_factory=list, description="channels skipped because an earlier attempt delivered them")

@@ -1,28 +1,82 @@
-"""Notify: tell people. Console and a durable log today; each delivery happens once per id."""
+"""Notify: tell people over every channel their names map to, each channel once per notification.
+
+A channel that fails is reported in `NotifyResult.failed` and the activity still succeeds:
+one broken Slack webhook must never hold up containment. Only when no channel at all carried
+the notification does the activity fail (retryably), so Temporal tries again and, after the
+last attempt, the workflow notes the failure in the timeline.
+"""
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, datetime
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities.deps import ActivityDeps
 from activities.models import Notification, NotifyResult
+from stanch.notify import (
+    BrokenChannel,
+    Channel,
+    ChannelError,
+    DeliveryLedger,
+    NotifyConfig,
+    deliver,
+    load_notify_config,
+)
+from stanch.notify.channels import scrub
+
+Deliver = Callable[[Notification, Channel], Awaitable[None]]
+logger = logging.getLogger("stanch.notify")
 
 
 class NotifyActivities:
-    def __init__(self, deps: ActivityDeps) -> None:
+    def __init__(self, deps: ActivityDeps, config: NotifyConfig | None = None, deliver_to: Deliver = deliver) -> None:
+        """Read the channel file once per worker; a malformed file stops the worker here, at start."""
         self.deps = deps
+        self.config = config or load_notify_config(deps.settings)
+        self.ledger = DeliveryLedger(deps.settings.notifications_dir / "ledger.db")
+        self.deliver_to = deliver_to
+        for channel in self.config.broken:
+            logger.warning("notification channel %s will fail every delivery: %s", channel.name, channel.problem)
 
     @activity.defn(name="notify")
     async def notify(self, notification: Notification) -> NotifyResult:
-        log = self.deps.settings.notifications_dir / f"{notification.incident_id}.jsonl"
-        if log.exists() and any(json.loads(line)["dedup_id"] == notification.dedup_id for line in log.read_text().splitlines()):
-            return NotifyResult(delivered=notification.recipients)  # delivered by an earlier attempt
-        activity.logger.warning(
-            "[%s] %s → %s: %s", notification.severity, notification.kind, ", ".join(notification.recipients), notification.message
+        channels = self.config.channels_for(notification.recipients)
+        done_before = self.ledger.delivered(notification.dedup_id)
+        pending = [channel for channel in channels if channel.name not in done_before]
+        outcomes = await asyncio.gather(*(self._deliver_once(notification, channel) for channel in pending))
+        problems = {channel.name: problem for channel, problem in zip(pending, outcomes, strict=True) if problem}
+        result = NotifyResult(
+            delivered=[channel.name for channel in channels if channel.name not in problems],
+            failed=[f"{name}: {problem}" for name, problem in problems.items()],
+            already_delivered=[channel.name for channel in channels if channel.name in done_before],
         )
-        with log.open("a") as out:
-            out.write(json.dumps({**notification.model_dump(mode="json"), "sent_at": datetime.now(UTC).isoformat()}) + "\n")
-        return NotifyResult(delivered=notification.recipients)
+        if problems and not result.delivered:
+            # Nothing reached anyone. Retrying cannot mend a channel whose secret is missing,
+            # so only that case is final; anything else may be a passing outage.
+            misconfigured = all(isinstance(channel, BrokenChannel) for channel in pending)
+            raise ApplicationError(
+                f"no channel delivered {notification.kind} for {notification.incident_id}: " + "; ".join(result.failed),
+                result.model_dump(mode="json"),
+                type="NotificationChannelsMisconfigured" if misconfigured else "NotificationUndelivered",
+                non_retryable=misconfigured,
+            )
+        return result
+
+    async def _deliver_once(self, notification: Notification, channel: Channel) -> str | None:
+        """Deliver and record it in the ledger; the reason it failed, or None."""
+        try:
+            # A per-channel deadline: one hanging SMTP server must not use up the others' time.
+            async with asyncio.timeout(channel.timeout_seconds + 1):
+                await self.deliver_to(notification, channel)
+        except ChannelError as error:
+            return scrub(str(error), channel)
+        except TimeoutError:
+            return f"no answer within {channel.timeout_seconds:g} s"
+        except Exception as error:  # noqa: BLE001 - any channel bug is that channel's failure, not the incident's
+            return scrub(f"{type(error).__name__}: {error}", channel)
+        self.ledger.record(notification.dedup_id, channel.name, notification.incident_id)
+        return None

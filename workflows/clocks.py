@@ -130,10 +130,12 @@ class IncidentClocks(ResponderHandlers):
             dedup_id=f"{self.state.occurrence}/notify/{self.notifications_sent}",
         )
         try:
-            await workflow.execute_activity_method(
+            result = await workflow.execute_activity_method(
                 NotifyActivities.notify, notification, start_to_close_timeout=QUICK_TIMEOUT, retry_policy=NOTIFY_RETRY
             )
-            self.note("notification", f"{kind} → {', '.join(recipients)}: {message}")
+            self.note("notification", f"{kind} → {', '.join(recipients)} via {', '.join(result.delivered + result.already_delivered)}: {message}")
+            if result.failed:
+                self.note("notification", f"{kind} to {', '.join(recipients)}: not delivered by {'; '.join(result.failed)}")
         except ActivityError as failure:
             self.note("notification", f"{kind} to {', '.join(recipients)} failed: {cause_of(failure)}")
 

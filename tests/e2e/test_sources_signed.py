@@ -17,11 +17,13 @@ import pytest
 from standardwebhooks import Webhook
 
 from stanch.devserver import wait_for_port
+from stanch.responders import token_sha256
 from tests.e2e.processes import Process, free_port, wait_for, wait_http
 
 pytestmark = pytest.mark.e2e
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
+VIEWER_TOKEN = "stk_viewer_" + uuid.uuid4().hex
 SECRETS = {
     "AM_PASSWORD": "am-" + uuid.uuid4().hex,
     "GRAFANA_SECRET": "gf-" + uuid.uuid4().hex,
@@ -109,6 +111,8 @@ def api(tmp_path_factory) -> str:
     tmp = tmp_path_factory.mktemp("signed")
     ports = {name: free_port() for name in ("temporal", "ui", "api")}
     (tmp / "intake-auth.yaml").write_text(INTAKE_AUTH)
+    (tmp / "home").mkdir()
+    (tmp / "home" / "responders.yaml").write_text(f"tokens: [{{user: vera, roles: [viewer], token_sha256: {token_sha256(VIEWER_TOKEN)}}}]\n")
     env = {"STANCH_HOME": str(tmp / "home"), "TEMPORAL_ADDRESS": f"127.0.0.1:{ports['temporal']}", **SECRETS}
     temporal = Process("dev-server", ["dev-server", "--home", str(tmp / "home"), "--port", str(ports["temporal"]), "--ui-port", str(ports["ui"])], env, tmp)
     wait_for_port("127.0.0.1", ports["temporal"], 60)
@@ -123,7 +127,8 @@ def api(tmp_path_factory) -> str:
 
 
 def listed_incidents(api: str) -> set[str]:
-    return {incident["id"] for incident in httpx.get(f"{api}/v1/incidents", params={"limit": 1000}, timeout=30).json()}
+    reply = httpx.get(f"{api}/v1/incidents", params={"limit": 1000}, headers={"Authorization": f"Bearer {VIEWER_TOKEN}"}, timeout=30)
+    return {incident["id"] for incident in reply.json()}
 
 
 def test_each_senders_payload_signed_as_sent_opens_or_joins_incidents(api: str):
