@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query
@@ -88,10 +88,14 @@ def visibility_query(
     severity: Severity | None = None,
     runbook: str | None = None,
     target: str | None = None,
+    opened_since: datetime | None = None,
 ) -> str:
     clauses = [f"WorkflowType = '{WORKFLOW_NAME}'"]
     filters = {sa.INCIDENT_STATUS: status, sa.INCIDENT_SEVERITY: severity, sa.INCIDENT_RUNBOOK: runbook, sa.INCIDENT_TARGET: target}
     clauses += [f"{key.name} = '{value}'" for key, value in filters.items() if value]
+    if opened_since is not None:  # a parsed datetime: nothing of the caller's text reaches the query
+        since = opened_since if opened_since.tzinfo else opened_since.replace(tzinfo=UTC)
+        clauses.append(f"{sa.INCIDENT_OPENED_AT.name} >= '{since.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}'")
     return " AND ".join(clauses)
 
 
@@ -134,11 +138,12 @@ async def list_incidents(
     severity: Severity | None = None,
     runbook: Annotated[str | None, Query(pattern=_PLAIN)] = None,
     target: Annotated[str | None, Query(pattern=_PLAIN, description="adapter:model, e.g. gateway:support-bot")] = None,
+    opened_since: Annotated[datetime | None, Query(description="only incidents opened at or after this time (ISO 8601)")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[IncidentSummary]:
     """Incidents known to Temporal visibility, newest first. Visibility is eventually
     consistent: an incident opened a moment ago may take a second to appear."""
-    query = visibility_query(status, severity, runbook, target)
+    query = visibility_query(status, severity, runbook, target, opened_since)
     summaries = [_summary(execution) async for execution in client.list_workflows(query, limit=limit)]
     incomplete = [s for s in summaries if not (s.status and s.runbook and s.target)]
     await asyncio.gather(*(_fill_from_state(client, s) for s in incomplete))

@@ -73,11 +73,13 @@ def list_incidents(
     severity: Annotated[str | None, typer.Option(help="low, medium, high or critical")] = None,
     runbook: Annotated[str | None, typer.Option(help="runbook name")] = None,
     target: Annotated[str | None, typer.Option(help="adapter:model, e.g. gateway:support-bot")] = None,
+    opened_since: Annotated[str | None, typer.Option(help="ISO 8601 time, e.g. 2026-11-26T09:00:00Z")] = None,
     limit: Annotated[int, typer.Option(help="at most this many")] = 100,
     as_json: JsonOption = False,
 ) -> None:
     """Incidents, newest first."""
-    params = {k: v for k, v in {"status": status, "severity": severity, "runbook": runbook, "target": target}.items() if v}
+    filters = {"status": status, "severity": severity, "runbook": runbook, "target": target, "opened_since": opened_since}
+    params = {k: v for k, v in filters.items() if v}
     response = _call(api, "GET", "/v1/incidents", params={**params, "limit": limit})
     if as_json:
         typer.echo(response.text)

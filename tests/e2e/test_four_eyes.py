@@ -80,6 +80,13 @@ def test_critical_steps_need_two_people_with_the_right_roles_and_forgeries_do_no
         done = wait_for(read, lambda s: {x["name"]: x["status"] for x in s["stages"]}["contain"] == "done")
         verified = [(a["approver"], a["roles"]) for a in done["approvals"] if a["verified"]]
         assert verified == [("alice", ["oncall"]), ("bob", ["oncall"]), ("sam", ["safety"])]
+
+        def listed(**filters) -> set[str]:
+            reply = httpx.get(f"{api}/v1/incidents", params=filters, headers=as_("vera"), timeout=30)
+            return {incident["id"] for incident in reply.json()}
+
+        wait_for(lambda: listed(severity="high", runbook="harmful-output", opened_since="2000-01-01T00:00:00Z"), lambda ids: incident_id in ids)
+        assert listed(opened_since="2999-01-01T00:00:00Z") == set() and listed(severity="low") == set()
     finally:
         for process in reversed(processes):
             if process.popen.poll() is None:

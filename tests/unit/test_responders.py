@@ -106,3 +106,15 @@ def test_insecure_dev_takes_the_claimed_identity_from_headers_or_the_body(app):
     assert [(d.approver, d.roles) for d in decisions] == [("dev", ["oncall", "safety"]), ("demo-safety", ["safety"])]
     assert all(assertions.verified("inc-1", d) for d in decisions)
     assert http.get("/v1/auth").json() == {"mode": "insecure-dev"}
+
+
+def test_incident_filters_become_a_visibility_query_with_no_caller_text_spliced_in():
+    from datetime import UTC, datetime
+
+    from stanch.api.incidents import visibility_query
+
+    query = visibility_query(severity="critical", runbook="harmful-output", opened_since=datetime(2026, 11, 26, 9, 0, tzinfo=UTC))
+    assert query == (
+        "WorkflowType = 'IncidentWorkflow' AND IncidentSeverity = 'critical' AND IncidentRunbook = 'harmful-output'"
+        " AND IncidentOpenedAt >= '2026-11-26T09:00:00Z'"
+    )
