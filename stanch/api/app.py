@@ -20,6 +20,8 @@ from pydantic import BaseModel
 from temporalio.service import RPCError
 
 from stanch.api import alerts, incidents, metrics, reports
+from stanch.api.events import events_router
+from stanch.board import board_router
 from stanch.api.answers import BodySizeLimit, RequestId, add_unknown_source_route, internal_error, served_alert_sources
 from stanch.api.auth import INTAKE_AUTH_RESPONSES, authenticate_sender
 from stanch import assertions
@@ -108,6 +110,8 @@ def create_app(
     app.include_router(alerts.router, dependencies=[Depends(authenticate_sender)], responses=INTAKE_AUTH_RESPONSES)
     app.include_router(reports.router, dependencies=[Depends(authenticate_sender)], responses=INTAKE_AUTH_RESPONSES)
     app.include_router(incidents.router)
+    app.include_router(events_router)  # live updates for the board (server-sent events)
+    app.include_router(board_router)  # the incident board, served at /board
     app.include_router(metrics.router)
     add_unknown_source_route(app)  # after every /v1/alerts route: it matches whatever is left
     intake_auth.require_credentials(intake_sources(app))
@@ -212,4 +216,11 @@ def serve(host: str, port: int, settings: Settings | None = None, *, insecure_de
             file=sys.stderr,
             flush=True,
         )
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    from stanch.api.events import stop_streams
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            stop_streams(app)  # open board streams end within one poll: shutdown need not wait for them
+            super().handle_exit(sig, frame)
+
+    Server(uvicorn.Config(app, host=host, port=port, log_level="info")).run()

@@ -280,6 +280,7 @@ def _report_failure(supervisor: Supervisor, message: str) -> None:
 def _print_urls(settings: Settings) -> None:
     table = Table.grid(padding=(0, 2))
     table.add_row("API", f"{settings.api_url}  (docs: {settings.api_url}/docs)")
+    table.add_row("Board", f"{settings.api_url}/board")
     table.add_row("Gateway", settings.gateway_url)
     table.add_row("Temporal UI", settings.ui_url)
     table.add_row("Temporal", str(settings.temporal_address))

@@ -386,7 +386,7 @@ def test_stanch_api_starts_with_insecure_dev_and_says_so_loudly(tmp_path: Path, 
     from stanch.cli.main import app
 
     served: list[FastAPI] = []
-    monkeypatch.setattr(uvicorn, "run", lambda asgi_app, **_: served.append(asgi_app))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda server, *_, **__: served.append(server.config.app))
     result = CliRunner().invoke(app, ["api", "--insecure-dev"], env=cli_env(tmp_path))
     assert result.exit_code == 0, result.output
     assert "INSECURE (--insecure-dev)" in result.output and "alertmanager" in result.output
