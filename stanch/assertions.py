@@ -21,7 +21,7 @@ import os
 import secrets
 from pathlib import Path
 
-from stanch.incident import ApprovalDecision
+from pydantic import BaseModel
 
 KEYS_FILE = "decision-keys"
 
@@ -83,28 +83,22 @@ def trust(keys: list[tuple[str, bytes]]) -> None:
     _signing_key_id = keys[0][0]
 
 
-def _message(incident_id: str, decision: ApprovalDecision) -> bytes:
-    fields = {
-        "incident": incident_id,
-        "stage": decision.stage,
-        "approver": decision.approver,
-        "roles": sorted(decision.roles),
-        "approve": decision.approve,
-        "decision_id": decision.decision_id,
-    }
+def _message(incident_id: str, decision: BaseModel) -> bytes:
+    """What is vouched for: the incident, the kind of decision and every field of it."""
+    fields = {"incident": incident_id, "kind": type(decision).__name__, "decision": decision.model_dump(mode="json", exclude={"assertion"})}
     return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
 
 
-def sign(incident_id: str, decision: ApprovalDecision) -> str:
+def sign(incident_id: str, decision: BaseModel) -> str:
     if _signing_key_id is None:
         raise DecisionKeyError("no decision key loaded: call trust(load_keys(...)) at start-up")
     digest = hmac.new(_trusted[_signing_key_id], _message(incident_id, decision), hashlib.sha256).hexdigest()
     return f"{_signing_key_id}:{digest}"
 
 
-def verified(incident_id: str, decision: ApprovalDecision) -> bool:
+def verified(incident_id: str, decision: BaseModel) -> bool:
     """Whether the decision carries a valid assertion from a trusted key."""
-    kid, _, digest = decision.assertion.partition(":")
+    kid, _, digest = getattr(decision, "assertion", "").partition(":")
     key = _trusted.get(kid)
     if key is None or not digest:
         return False

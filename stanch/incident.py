@@ -64,11 +64,14 @@ class IncidentInput(BaseModel):
 
 # Who decided is filled in by the API from the responder's token; a body may omit it.
 WHO = Field("", description="who decides: set by the API from the token (claimed only under --insecure-dev)")
+# The API's HMAC over the decision (stanch.assertions): without it a decision is recorded, never acted on.
+VOUCHED = Field("", description="set by the API: an HMAC over the decision with a key the worker shares; never the key")
 
 
 class Acknowledgement(BaseModel):
     responder: str = WHO
     note: str = ""
+    assertion: str = VOUCHED
 
 
 class ApprovalDecision(BaseModel):
@@ -80,7 +83,7 @@ class ApprovalDecision(BaseModel):
     approve: bool = True
     comment: str = ""
     decision_id: str = ""
-    assertion: str = Field("", description="the API's HMAC over this decision (stanch.assertions); never the key")
+    assertion: str = VOUCHED
 
 
 class SeverityChange(BaseModel):
@@ -88,12 +91,14 @@ class SeverityChange(BaseModel):
     by: str = WHO
     roles: list[str] = Field(default_factory=list)
     reason: str
+    assertion: str = VOUCHED
 
 
 class TriageDecision(BaseModel):
     by: str = WHO
     outcome: Literal["confirmed", "false_positive"]
     reason: str
+    assertion: str = VOUCHED
 
 
 class FailureDecision(BaseModel):
@@ -103,6 +108,7 @@ class FailureDecision(BaseModel):
     by: str = WHO
     choice: Literal["retry", "skip", "abort"]
     reason: str = ""
+    assertion: str = VOUCHED
 
 
 class ResolveRequest(BaseModel):
@@ -110,12 +116,14 @@ class ResolveRequest(BaseModel):
 
     by: str = WHO
     reason: str
+    assertion: str = VOUCHED
 
 
 class ReportFiled(BaseModel):
     by: str = WHO
     reference: str
     filed_at: datetime | None = None
+    assertion: str = VOUCHED
 
 
 class DecisionReceipt(BaseModel):

@@ -76,6 +76,8 @@ class ResponderHandlers(IncidentRecord):
 
     @workflow.update
     def acknowledge(self, ack: Acknowledgement) -> DecisionReceipt:
+        if ignored := self.unvouched(ack, ack.responder, "acknowledgement"):
+            return ignored
         self.state.acknowledged_by, self.state.acknowledged_at = ack.responder, workflow.now()
         self.note("decision", f"acknowledged by {ack.responder}" + (f": {ack.note}" if ack.note else ""), ack.responder)
         return DecisionReceipt(message=f"{self.state.id} acknowledged by {ack.responder}")
@@ -118,6 +120,8 @@ class ResponderHandlers(IncidentRecord):
 
     @workflow.update
     def set_severity(self, change: SeverityChange) -> DecisionReceipt:
+        if ignored := self.unvouched(change, change.by, f"severity change to {change.severity}"):
+            return ignored
         self.severity_set_by_human = True
         self.signals_at_human_severity = len(self.state.signals)
         self.change_severity(change.severity, [f"set by {change.by}: {change.reason}"], change.by)
@@ -137,6 +141,8 @@ class ResponderHandlers(IncidentRecord):
 
     @workflow.update
     def triage(self, decision: TriageDecision) -> DecisionReceipt:
+        if ignored := self.unvouched(decision, decision.by, f"triage as {decision.outcome}"):
+            return ignored
         self.triage_decision = decision
         self.acknowledge_by_acting(decision.by, "triaged")
         self.note("decision", f"triaged as {decision.outcome} by {decision.by}: {decision.reason}", decision.by)
@@ -152,6 +158,8 @@ class ResponderHandlers(IncidentRecord):
 
     @workflow.update
     def decide(self, decision: FailureDecision) -> DecisionReceipt:
+        if ignored := self.unvouched(decision, decision.by, f"{decision.choice} after failure in {decision.stage}"):
+            return ignored
         self.failure_decision = decision
         self.acknowledge_by_acting(decision.by, f"decided {decision.choice}")
         self.note("decision", f"{decision.choice} after failure in {decision.stage} by {decision.by}: {decision.reason}", decision.by)
@@ -169,6 +177,8 @@ class ResponderHandlers(IncidentRecord):
 
     @workflow.update
     def resolve(self, request: ResolveRequest) -> DecisionReceipt:
+        if ignored := self.unvouched(request, request.by, "resolve request"):
+            return ignored
         self.resolve_request = request
         self.acknowledge_by_acting(request.by, "resolved")
         self.note("decision", f"resolve requested by {request.by}: {request.reason}", request.by)
@@ -184,6 +194,8 @@ class ResponderHandlers(IncidentRecord):
 
     @workflow.update
     def record_report_filed(self, report: ReportFiled) -> DecisionReceipt:
+        if ignored := self.unvouched(report, report.by, "report filing"):
+            return ignored
         self.state.regulatory.filed = report.model_copy(update={"filed_at": report.filed_at or workflow.now()})
         self.note("regulatory", f"serious-incident report filed by {report.by}: {report.reference}", report.by)
         return DecisionReceipt(message="report recorded as filed")
@@ -202,6 +214,14 @@ class ResponderHandlers(IncidentRecord):
         return self.state
 
     # --- the rules behind them ---------------------------------------------------------------
+
+    def unvouched(self, decision, who: str, what: str) -> DecisionReceipt | None:
+        """A decision that did not come through the Stanch API is on record, and has no effect."""
+        if assertions.verified(self.state.id, decision):
+            return None
+        message = f"{what} from {who or 'unknown'} has no valid assertion from the Stanch API; recorded, not acted on"
+        self.note("decision", message, who or "unknown")
+        return DecisionReceipt(accepted=False, message=message)
 
     def acknowledge_by_acting(self, responder: str, how: str) -> None:
         """A responder who decides something is on the incident: escalation stops."""

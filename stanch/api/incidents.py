@@ -193,6 +193,8 @@ async def _not_found_or_closed(handle: tc.WorkflowHandle[Any, Any], incident_id:
 
 
 async def decide(client: tc.Client, incident_id: str, update: str, message: BaseModel, update_id: str) -> DecisionReceipt:
+    """Pass a decision to the incident, vouched for: the workflow acts on no other."""
+    message = message.model_copy(update={"assertion": assertions.sign(incident_id, message)})
     handle = client.get_workflow_handle(incident_id)
     try:
         return await handle.execute_update(update, message, id=update_id, result_type=DecisionReceipt)
@@ -244,7 +246,6 @@ async def approve_or_reject(
     one approves twice; it counts only decisions carrying this API's assertion."""
     decision = as_responder(decision, acting(responder), "approver", "roles")
     decision.decision_id = _update_id(decision.decision_id, idempotency_key)
-    decision.assertion = assertions.sign(incident_id, decision)
     update = "approve" if decision.approve else "reject"
     return await decide(client, incident_id, update, decision, decision.decision_id)
 

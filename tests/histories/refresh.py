@@ -23,7 +23,7 @@ from stanch import search_attributes
 from stanch.incident import FailureDecision, IncidentInput
 from tests.conftest import installed_binary
 from tests.workflow.conftest import alert, incident_input
-from tests.workflow.helpers import approve, approve_four_eyes, until, vouched, waiting_on
+from tests.workflow.helpers import AsTheApi, approve, approve_four_eyes, until, vouched, waiting_on
 from tests.workflow.standins import Script, stand_ins
 from stanch.incident import ApprovalDecision, IncidentStatus
 from workflows.incident import IncidentWorkflow
@@ -54,7 +54,7 @@ async def failed_rollback_aborted(handle) -> None:
     await approve_four_eyes(handle, "contain")
     await approve_four_eyes(handle, "rollback")
     await until(handle, lambda s: s.status == IncidentStatus.awaiting_decision)
-    await handle.execute_update(IncidentWorkflow.decide, FailureDecision(stage="rollback", by="alice", choice="abort", reason="manual"))
+    await AsTheApi(handle).execute_update(IncidentWorkflow.decide, FailureDecision(stage="rollback", by="alice", choice="abort", reason="manual"))
 
 
 BRANCHES = {

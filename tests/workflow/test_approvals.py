@@ -10,7 +10,7 @@ from temporalio.client import WorkflowUpdateFailedError
 from stanch.incident import ApprovalDecision, IncidentStatus, ResolveRequest, SeverityChange
 from stanch.models import Severity
 from tests.workflow.conftest import running_incident
-from tests.workflow.helpers import approve, approve_four_eyes, stage_status, state, until, vouched, waiting_on
+from tests.workflow.helpers import AsTheApi, approve, approve_four_eyes, stage_status, state, until, vouched, waiting_on
 from tests.workflow.standins import Script
 from workflows.incident import IncidentWorkflow
 
@@ -46,7 +46,7 @@ async def test_requester_cannot_approve_their_own_restore(client):
         await until(handle, waiting_on("contain"))
         await approve_four_eyes(handle, "contain")
         await until(handle, waiting_on("rollback"))
-        await handle.execute_update(IncidentWorkflow.resolve, ResolveRequest(by="carol", reason="upstream fixed it"))
+        await AsTheApi(handle).execute_update(IncidentWorkflow.resolve, ResolveRequest(by="carol", reason="upstream fixed it"))
         await until(handle, waiting_on("restore"))
         assert "cannot approve it (four eyes)" in await refused(
             handle, IncidentWorkflow.approve, vouched(handle, stage="restore", approver="carol", roles=["incident-commander"])
@@ -117,7 +117,7 @@ async def test_lowering_severity_needs_safety_or_commander_and_a_reason(client):
         assert "lowering severity needs one of the roles" in await refused(
             handle, IncidentWorkflow.set_severity, SeverityChange(severity=Severity.low, by="alice", roles=["oncall"], reason="minor")
         )
-        await handle.execute_update(
+        await AsTheApi(handle).execute_update(
             IncidentWorkflow.set_severity, SeverityChange(severity=Severity.medium, by="sam", roles=["safety"], reason="internal only")
         )
         current = await state(handle)
@@ -138,7 +138,7 @@ async def test_a_responders_lower_severity_stands_until_new_signals_arrive(clien
 
     async with running_incident(client, Script()) as handle:
         await until(handle, waiting_on("contain"))
-        await handle.execute_update(
+        await AsTheApi(handle).execute_update(
             IncidentWorkflow.set_severity, SeverityChange(severity=Severity.medium, by="sam", roles=["safety"], reason="internal only")
         )
         await until(handle, lambda s: any("severity" in e.message and "regrad" not in e.message for e in s.timeline[-3:]))

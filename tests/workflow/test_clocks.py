@@ -9,7 +9,7 @@ from temporalio.client import WorkflowUpdateFailedError
 
 from stanch.incident import Acknowledgement, IncidentStatus, ReportFiled
 from tests.workflow.conftest import alert, running_incident
-from tests.workflow.helpers import approve, approve_four_eyes, state, until, waiting_on
+from tests.workflow.helpers import AsTheApi, approve, approve_four_eyes, state, until, waiting_on
 from tests.workflow.standins import Script
 from workflows.incident import IncidentWorkflow
 
@@ -31,19 +31,19 @@ async def test_unacknowledged_incident_escalates_tier_by_tier_until_acknowledged
         assert escalations(script)[-1] == (2, ["incident-commander"])
         await clock.sleep(timedelta(minutes=16))  # past the last tier: re-notify every ack SLA
         await until(handle, lambda s: s.escalation_tier == 3)
-        await handle.execute_update(IncidentWorkflow.acknowledge, Acknowledgement(responder="alice"))
+        await AsTheApi(handle).execute_update(IncidentWorkflow.acknowledge, Acknowledgement(responder="alice"))
         await clock.sleep(timedelta(hours=2))
         current = await state(handle)
         assert current.escalation_tier == 3 and current.acknowledged_by == "alice"
         with pytest.raises(WorkflowUpdateFailedError):
-            await handle.execute_update(IncidentWorkflow.acknowledge, Acknowledgement(responder="bob"))
+            await AsTheApi(handle).execute_update(IncidentWorkflow.acknowledge, Acknowledgement(responder="bob"))
 
 
 async def test_serious_incident_runs_report_clock_until_filed(clock):
     script = Script()
     labels = {"alertname": "HarmfulOutput", "model": "support-bot", "severity": "critical", "harm": "death"}
     async with running_incident(clock.client, script, first=alert(labels=labels)) as handle:
-        await handle.execute_update(IncidentWorkflow.acknowledge, Acknowledgement(responder="alice"))
+        await AsTheApi(handle).execute_update(IncidentWorkflow.acknowledge, Acknowledgement(responder="alice"))
         current = await until(handle, waiting_on("contain"))
         report = current.regulatory
         assert report.serious and report.deadline - report.aware_at == timedelta(days=10)
@@ -57,7 +57,7 @@ async def test_serious_incident_runs_report_clock_until_filed(clock):
         reminders = [n for n in script.notifications if n.kind == "report_reminder"]
         assert "OVERDUE" in reminders[-1].message and "executive" in reminders[-1].recipients
         assert "incident-commander" not in reminders[0].recipients and "incident-commander" in reminders[-2].recipients
-        await handle.execute_update(IncidentWorkflow.record_report_filed, ReportFiled(by="sam", reference="EU-2026-0042"))
+        await AsTheApi(handle).execute_update(IncidentWorkflow.record_report_filed, ReportFiled(by="sam", reference="EU-2026-0042"))
         final = await handle.result()
     assert final.status == IncidentStatus.closed and final.regulatory.filed.reference == "EU-2026-0042"
     assert script.reviews[0].serious is True

@@ -7,7 +7,7 @@ from temporalio.client import WorkflowUpdateFailedError
 
 from stanch.incident import FailureDecision, IncidentStatus
 from tests.workflow.conftest import running_incident
-from tests.workflow.helpers import approve, approve_four_eyes, until, waiting_on
+from tests.workflow.helpers import AsTheApi, approve, approve_four_eyes, until, waiting_on
 from tests.workflow.standins import Script
 from workflows.incident import IncidentWorkflow
 
@@ -25,7 +25,7 @@ async def test_failed_rollback_keeps_containment_and_abort_leaves_it_in_place(cl
         assert "rollback_to_previous failed" in current.stage("rollback").detail
         assert [a.stage for a in current.actions] == ["contain", "contain"]
         assert any(n.kind == "action_failed" for n in script.notifications)
-        await handle.execute_update(IncidentWorkflow.decide, FailureDecision(stage="rollback", by="alice", choice="abort", reason="manual"))
+        await AsTheApi(handle).execute_update(IncidentWorkflow.decide, FailureDecision(stage="rollback", by="alice", choice="abort", reason="manual"))
         final = await handle.result()
     assert final.status == IncidentStatus.aborted
     assert script.lifted == [], "nothing is lifted silently"
@@ -39,7 +39,7 @@ async def test_retry_after_failure_applies_the_action(client):
         await approve_four_eyes(handle, "contain")
         await approve_four_eyes(handle, "rollback")
         await until(handle, failed("rollback"))
-        await handle.execute_update(IncidentWorkflow.decide, FailureDecision(stage="rollback", by="alice", choice="retry"))
+        await AsTheApi(handle).execute_update(IncidentWorkflow.decide, FailureDecision(stage="rollback", by="alice", choice="retry"))
         current = await until(handle, waiting_on("restore"))
         assert current.stage("rollback").status == "done"
         assert [a.kind for a in current.actions if a.stage == "rollback"] == ["rollback_to_previous"]
@@ -52,9 +52,9 @@ async def test_failed_verification_cannot_be_skipped_and_retry_can_pass(client):
         await approve_four_eyes(handle, "rollback")
         await until(handle, failed("verify"))
         with pytest.raises(WorkflowUpdateFailedError) as refusal:
-            await handle.execute_update(IncidentWorkflow.decide, FailureDecision(stage="verify", by="alice", choice="skip"))
+            await AsTheApi(handle).execute_update(IncidentWorkflow.decide, FailureDecision(stage="verify", by="alice", choice="skip"))
         assert "cannot be skipped" in str(refusal.value.cause)
-        await handle.execute_update(IncidentWorkflow.decide, FailureDecision(stage="verify", by="alice", choice="retry"))
+        await AsTheApi(handle).execute_update(IncidentWorkflow.decide, FailureDecision(stage="verify", by="alice", choice="retry"))
         current = await until(handle, waiting_on("restore"))
         assert current.stage("verify").status == "done"
         await approve(handle, "restore", "alice", ["oncall"])
@@ -69,8 +69,23 @@ async def test_failed_undo_during_restore_keeps_that_protection(client):
         await until(handle, waiting_on("restore"))
         await approve(handle, "restore", "alice", ["oncall"])
         await until(handle, failed("restore"))
-        await handle.execute_update(IncidentWorkflow.decide, FailureDecision(stage="restore", by="alice", choice="skip"))
+        await AsTheApi(handle).execute_update(IncidentWorkflow.decide, FailureDecision(stage="restore", by="alice", choice="skip"))
         final = await handle.result()
     still_in_place = [a.kind for a in final.actions if a.undone_at is None and a.stage != "hotfix"]
     assert still_in_place == ["block_outputs"]
     assert any("block_outputs stays in place" in e.message for e in final.timeline)
+
+
+async def test_a_forged_abort_straight_to_temporal_is_recorded_and_ignored(client):
+    script = Script(failures_left={"rollback_to_previous": 1})
+    async with running_incident(client, script) as handle:
+        await approve_four_eyes(handle, "contain")
+        await approve_four_eyes(handle, "rollback")
+        await until(handle, failed("rollback"))
+        receipt = await handle.execute_update(IncidentWorkflow.decide, FailureDecision(stage="rollback", by="mallory", choice="abort"))
+        assert receipt.accepted is False
+        current = await until(handle, lambda s: any("not acted on" in e.message for e in s.timeline))
+        assert current.status == IncidentStatus.awaiting_decision, "the forged abort changed nothing"
+        await AsTheApi(handle).execute_update(IncidentWorkflow.decide, FailureDecision(stage="rollback", by="alice", choice="retry"))
+        current = await until(handle, waiting_on("restore"))
+        assert current.status != IncidentStatus.aborted

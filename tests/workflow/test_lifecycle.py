@@ -10,7 +10,7 @@ from stanch.incident import IncidentStatus, TriageDecision
 from stanch.models import Severity
 from stanch.runbooks.schema import SeverityRules
 from tests.workflow.conftest import alert, incident_input, running_incident
-from tests.workflow.helpers import approve, approve_four_eyes, stage_status, until, waiting_on
+from tests.workflow.helpers import AsTheApi, approve, approve_four_eyes, stage_status, until, waiting_on
 from tests.workflow.standins import Script
 from workflows.incident import IncidentWorkflow
 
@@ -52,7 +52,7 @@ async def test_inconclusive_waits_for_human_triage(client, outcome, expected):
     input = incident_input(severity=SeverityRules(default=Severity.low))
     async with running_incident(client, script, input) as handle:
         await until(handle, lambda s: s.status == IncidentStatus.triage)
-        await handle.execute_update(IncidentWorkflow.triage, TriageDecision(by="alice", outcome=outcome, reason="looked at it"))
+        await AsTheApi(handle).execute_update(IncidentWorkflow.triage, TriageDecision(by="alice", outcome=outcome, reason="looked at it"))
         final = await handle.result()
     assert final.status == expected
     if outcome == "false_positive":

@@ -10,7 +10,7 @@ from temporalio.client import WorkflowUpdateFailedError
 
 from stanch.incident import ApprovalDecision, FailureDecision, IncidentStatus, ResolveRequest
 from tests.workflow.conftest import alert, incident_input, running_incident
-from tests.workflow.helpers import approve, approve_four_eyes, state, until, vouched, waiting_on
+from tests.workflow.helpers import AsTheApi, approve, approve_four_eyes, state, until, vouched, waiting_on
 from tests.workflow.standins import Script
 from workflows.incident import IncidentWorkflow
 
@@ -19,7 +19,7 @@ async def test_resolve_at_medium_still_needs_someone_else_to_approve_restore(cli
     script = Script(detectors=[])  # medium: restore is `auto` in the policy
     async with running_incident(client, script) as handle:
         await until(handle, waiting_on("rollback"))
-        await handle.execute_update(IncidentWorkflow.resolve, ResolveRequest(by="mallory", reason="looks fine"))
+        await AsTheApi(handle).execute_update(IncidentWorkflow.resolve, ResolveRequest(by="mallory", reason="looks fine"))
         current = await until(handle, waiting_on("restore"))
         assert current.pending_approval.requested_by == "mallory" and script.lifted == []
         with pytest.raises(WorkflowUpdateFailedError):
@@ -73,7 +73,7 @@ async def test_aborted_serious_incident_still_waits_for_its_report(clock):
         await approve_four_eyes(handle, "contain")
         await approve_four_eyes(handle, "rollback")
         await until(handle, lambda s: s.status == IncidentStatus.awaiting_decision)
-        await handle.execute_update(IncidentWorkflow.decide, FailureDecision(stage="rollback", by="alice", choice="abort"))
+        await AsTheApi(handle).execute_update(IncidentWorkflow.decide, FailureDecision(stage="rollback", by="alice", choice="abort"))
         current = await until(handle, lambda s: s.status == IncidentStatus.awaiting_report)
         assert current.regulatory.deadline - current.regulatory.aware_at == timedelta(days=15)
         await handle.signal(IncidentWorkflow.add_signal, alert("sig-death", labels={**labels, "harm": "death"}))
