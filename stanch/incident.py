@@ -126,6 +126,14 @@ class ReportFiled(BaseModel):
     assertion: str = VOUCHED
 
 
+class Note(BaseModel):
+    """A responder's note on the timeline: what they saw, tried or decided off-system."""
+
+    by: str = WHO
+    text: str = Field(min_length=1, max_length=4000)
+    assertion: str = VOUCHED
+
+
 class DecisionReceipt(BaseModel):
     accepted: bool = True
     message: str

@@ -73,12 +73,19 @@ class IncidentGates(IncidentClocks):
                 or approvals.is_rejected(pending, self.state.approvals)
                 or resolved()
             )
+            timed_out = False
             while not settled():
                 try:
                     await workflow.wait_condition(settled, timeout=self.policy.approval_timeout)
                 except asyncio.TimeoutError:
                     await self.notify("escalation", self.next_tier_recipients(), f"{self.state.id}: approval of {stage} overdue")
+                    if gate.approve.auto_on_timeout:  # the runbook says waiting is worse than acting
+                        timed_out = True
+                        break
             self.state.pending_approval = None
+            if timed_out:
+                self.mark(stage, StageStatus.running, f"nobody decided within {self.policy.approval_timeout}: automatic, as the runbook says")
+                return True
             if resolved():
                 self.mark(stage, StageStatus.skipped, f"resolved by {self.resolve_request.by} while awaiting approval")
                 return False

@@ -22,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
         IncidentInput,
         IncidentState,
         IncidentStatus,
+        Note,
         ReportFiled,
         ResolveRequest,
         SeverityChange,
@@ -208,6 +209,18 @@ class ResponderHandlers(IncidentRecord):
             raise ValueError(f"the report was already recorded by {self.state.regulatory.filed.by}")
         if not report.reference.strip():
             raise ValueError("a filed report needs its reference")
+
+    @workflow.update
+    def add_note(self, note: Note) -> DecisionReceipt:
+        if ignored := self.unvouched(note, note.by, "note"):
+            return ignored
+        self.note("note", note.text, note.by)
+        return DecisionReceipt(message="note added to the timeline")
+
+    @add_note.validator
+    def _check_note(self, note: Note) -> None:
+        if not note.by.strip():
+            raise ValueError("a note must name who wrote it")
 
     @workflow.query(name="state")
     def current_state(self) -> IncidentState:

@@ -30,6 +30,7 @@ from stanch.incident import (
     FailureDecision,
     IncidentState,
     IncidentStatus,
+    Note,
     ReportFiled,
     ResolveRequest,
     SeverityChange,
@@ -284,6 +285,15 @@ async def resolve(
     """Declare the harm over: remaining work is skipped, then restore and review run."""
     request = as_responder(request, acting(responder), "by")
     return await decide(client, incident_id, "resolve", request, _update_id(idempotency_key))
+
+
+@router.post("/{incident_id}/notes", response_model=DecisionReceipt, responses=_DECISION_RESPONSES)
+async def add_note(
+    incident_id: IncidentId, note: Note, client: ClientDep, responder: ResponderDep, idempotency_key: IdempotencyKey = None
+) -> DecisionReceipt:
+    """Add a note to the incident's timeline (closed incidents take no more notes)."""
+    note = as_responder(note, acting(responder), "by")
+    return await decide(client, incident_id, "add_note", note, _update_id(idempotency_key))
 
 
 @router.post("/{incident_id}/report", response_model=DecisionReceipt, responses=_DECISION_RESPONSES)

@@ -231,6 +231,30 @@ def reject(
     _approval(incident_id, False, stage, by, role, comment, decision_id, api, as_json)
 
 
+def severity(
+    incident_id: Annotated[str, typer.Argument(help="the incident id")],
+    level: Annotated[str, typer.Argument(help="low, medium, high or critical")],
+    reason: Annotated[str, typer.Option(help="why (required; lowering needs safety or incident-commander)")],
+    by: ByOption = None,
+    role: RoleOption = None,
+    api: ApiOption = DEFAULT_API,
+    as_json: JsonOption = False,
+) -> None:
+    """Change an incident's severity. The runbook's policy for the new severity applies."""
+    _decide(api, incident_id, "severity", {"severity": level, "by": _responder(by), "roles": role or [], "reason": reason}, as_json)
+
+
+def note(
+    incident_id: Annotated[str, typer.Argument(help="the incident id")],
+    text: Annotated[str, typer.Argument(help="what to put on the timeline")],
+    by: ByOption = None,
+    api: ApiOption = DEFAULT_API,
+    as_json: JsonOption = False,
+) -> None:
+    """Add a note to an incident's timeline."""
+    _decide(api, incident_id, "notes", {"by": _responder(by), "text": text}, as_json)
+
+
 def resolve(
     incident_id: Annotated[str, typer.Argument(help="the incident id")],
     reason: Annotated[str, typer.Option(help="why the harm is over")],

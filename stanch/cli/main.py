@@ -34,6 +34,8 @@ app.command("ack")(incidents.ack)
 app.command("approve")(incidents.approve)
 app.command("reject")(incidents.reject)
 app.command("resolve")(incidents.resolve)
+app.command("severity")(incidents.severity)
+app.command("note")(incidents.note)
 
 app.add_typer(runbooks_app, name="runbooks", help="Validate, list and plan runbooks.")
 app.add_typer(responders_app, name="responders", help="Responders who may act on incidents, and their tokens.")

@@ -77,6 +77,9 @@ class Approval(_Strict):
     count: int = Field(1, ge=1, le=5)
     roles: list[str] = Field(default_factory=lambda: ["oncall"], min_length=1, description="an approver holds one of these")
     required_roles: list[str] = Field(default_factory=list, description="each must appear among the approvers")
+    auto_on_timeout: bool = Field(
+        False, description="when nobody decides within approval_timeout, go ahead (for containment, where waiting is the harm)"
+    )
 
     @model_validator(mode="after")
     def _required_roles_fit(self) -> Approval:
@@ -125,6 +128,9 @@ class SeverityPolicy(_Strict):
         unknown = sorted(set(self.stages) - set(GATED_STAGES))
         if unknown:
             raise ValueError(f"stages {unknown} cannot be gated; gated stages are {list(GATED_STAGES)}")
+        unattended = sorted(name for name, gate in self.stages.items() if gate.approve and gate.approve.auto_on_timeout and name != "contain")
+        if unattended:
+            raise ValueError(f"auto_on_timeout on {unattended}: only contain may go ahead unattended (it adds protection, never removes it)")
         return self
 
     def gate(self, stage: str) -> StageGate:

@@ -118,3 +118,15 @@ def test_incident_filters_become_a_visibility_query_with_no_caller_text_spliced_
         "WorkflowType = 'IncidentWorkflow' AND IncidentSeverity = 'critical' AND IncidentRunbook = 'harmful-output'"
         " AND IncidentOpenedAt >= '2026-11-26T09:00:00Z'"
     )
+
+
+def test_notes_and_severity_changes_go_out_in_the_responders_name_vouched_for(token_app):
+    client = FakeClient({"inc-1": WorkflowExecutionStatus.RUNNING})
+    http = use_client(token_app, client)
+    sam = {"Authorization": f"Bearer {SAM}"}
+    assert http.post("/v1/incidents/inc-1/notes", json={"by": "mallory", "text": "rolled the canary back by hand"}, headers=sam).status_code == 200
+    assert http.post("/v1/incidents/inc-1/severity", json={"severity": "low", "reason": "internal users only"}, headers=sam).status_code == 200
+    (note_update, note, _), (severity_update, change, _) = client.updates
+    assert (note_update, note.by, note.text) == ("add_note", "sam", "rolled the canary back by hand")
+    assert (severity_update, change.by, change.roles) == ("set_severity", "sam", ["safety"])
+    assert assertions.verified("inc-1", note) and assertions.verified("inc-1", change)

@@ -273,3 +273,17 @@ def test_cli_list_broken_folder_exits_1(runbook_copy: Path) -> None:
     edit(runbook_copy / "triage.yaml", "  default: low", "  default: lowest")
     result = CliRunner().invoke(runbooks_app, ["list", "--dir", str(runbook_copy)])
     assert result.exit_code == 1 and "triage.yaml: severity.default:" in result.output
+
+
+def test_only_containment_may_go_ahead_unattended(tmp_path):
+    import pytest
+
+    from stanch.runbooks.loader import RunbookError, default_runbooks_dir, load_runbook
+
+    text = (default_runbooks_dir() / "harmful-output.yaml").read_text()
+    broken = tmp_path / "harmful-output.yaml"
+    unattended_restore = "      restore: {approve: {count: 1, roles: [oncall], auto_on_timeout: true}}  # lifting protections is never silent"
+    broken.write_text(text.replace("      restore: *one_responder        # lifting protections is never silent", unattended_restore, 1))
+    assert broken.read_text() != text
+    with pytest.raises(RunbookError, match=r"harmful-output.yaml: policy.high.*restore.*only contain may go ahead unattended"):
+        load_runbook(broken)

@@ -146,3 +146,35 @@ async def test_a_responders_lower_severity_stands_until_new_signals_arrive(clien
             assert (await state(handle)).severity == Severity.medium
         await handle.signal(IncidentWorkflow.add_signal, alert("sig-new"))
         await until(handle, lambda s: s.severity == Severity.high)
+
+
+async def test_critical_containment_goes_ahead_when_nobody_decides_in_time(clock):
+    from datetime import timedelta
+
+    from tests.workflow.conftest import alert
+
+    script = Script()
+    first = alert(labels={"alertname": "HarmfulOutput", "model": "support-bot", "severity": "critical"})
+    async with running_incident(clock.client, script, first=first) as handle:
+        await until(handle, waiting_on("contain"))
+        assert script.applied == []
+        await clock.sleep(timedelta(minutes=31))
+        current = await until(handle, waiting_on("rollback"))  # rollback never goes ahead unattended
+        assert current.stage("contain").status == "done" and "automatic, as the runbook says" in " ".join(e.message for e in current.timeline)
+        assert [key.split("/")[-3] for key in script.applied] == ["contain", "contain"]
+        await clock.sleep(timedelta(minutes=31))
+        assert (await state(handle)).pending_approval.stage == "rollback"
+
+
+async def test_notes_from_the_api_reach_the_timeline_and_forged_ones_are_marked(client):
+    from stanch.incident import Note
+
+    async with running_incident(client, Script()) as handle:
+        await until(handle, waiting_on("contain"))
+        await AsTheApi(handle).execute_update(IncidentWorkflow.add_note, Note(by="alice", text="paged the vendor"))
+        forged = await handle.execute_update(IncidentWorkflow.add_note, Note(by="mallory", text="all clear"))
+        current = await state(handle)
+    assert forged.accepted is False
+    notes = [(e.actor, e.message) for e in current.timeline if e.kind == "note"]
+    assert notes == [("alice", "paged the vendor")]
+    assert any("note from mallory has no valid assertion" in e.message for e in current.timeline)
