@@ -200,7 +200,9 @@ def serve(host: str, port: int, settings: Settings | None = None, *, insecure_de
         policy = load_intake_auth(settings.intake_auth_path, explicit=settings.intake_auth is not None, insecure_dev=insecure_dev)
         responders_problem: ValueError | None = None
         try:
-            responders = load_responder_auth(settings.responders_path, insecure_dev=insecure_dev)
+            # Once a responders file exists it is enforced, --insecure-dev or not: claimed
+            # identities are only for a machine where nobody has been given a token yet.
+            responders = load_responder_auth(settings.responders_path, insecure_dev=insecure_dev and not settings.responders_path.exists())
         except ValueError as exc:  # reported after the intake's own problems, which come first
             responders, responders_problem = ResponderAuth.insecure(), exc
         app = create_app(settings, catalog=catalog, intake_auth=policy, responders=responders)

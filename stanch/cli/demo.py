@@ -49,13 +49,30 @@ class Checks:
 
 
 class Demo:
-    def __init__(self, api: str, timeout: float) -> None:
+    def __init__(self, api: str, timeout: float, oncall_token: str | None = None, safety_token: str | None = None) -> None:
         self.api = api.rstrip("/")
         self.http = httpx.Client(timeout=15)
         self.deadline = time.monotonic() + timeout
         self.checks = Checks()
         health = self.http.get(f"{self.api}/healthz").json()
         self.gateway = health["gateway_url"].rstrip("/")
+        self.responders = self.sign_in(oncall_token, safety_token)
+        self.http.headers.update(self.responders[0]["headers"])  # reads and acknowledgements as on-call
+
+    def sign_in(self, oncall_token: str | None, safety_token: str | None) -> list[dict[str, Any]]:
+        """Two demo responders: claimed names under --insecure-dev, else the tokens' owners."""
+        if self.http.get(f"{self.api}/v1/auth").json()["mode"] == "insecure-dev":
+            return [{**who, "headers": {}} for who in (ONCALL, SAFETY)]
+        if not (oncall_token and safety_token):
+            raise RuntimeError("the API wants responder tokens: pass --oncall-token and --safety-token (see `stanch responders token`)")
+        responders = []
+        for token in (oncall_token, safety_token):
+            headers = {"Authorization": f"Bearer {token}"}
+            me = self.http.get(f"{self.api}/v1/me", headers=headers)
+            if me.status_code != 200:
+                raise RuntimeError(f"a demo token was refused ({me.status_code}): {me.text}")
+            responders.append({"approver": me.json()["user"], "roles": me.json()["roles"], "headers": headers})
+        return responders
 
     def chat(self, prompt: str) -> httpx.Response:
         body = {"model": MODEL, "messages": [{"role": "user", "content": prompt}]}
@@ -119,7 +136,7 @@ class Demo:
                 live.update(progress_table(state))
                 stages = {s["name"]: s["status"] for s in state["stages"]}
                 if not state.get("acknowledged_by") and state["status"] not in ("closed", "false_positive", "aborted"):
-                    self.decide(incident_id, "ack", {"responder": ONCALL["approver"], "note": "demo on-call"})
+                    self.decide(incident_id, "ack", {"responder": self.responders[0]["approver"], "note": "demo on-call"})
                 if stages["contain"] == "done" and "contained" not in checked:
                     checked.add("contained")
                     live.console.print("Contained: checking the gateway refuses the repro prompt")
@@ -138,11 +155,11 @@ class Demo:
     def approve(self, incident_id: str, state: dict[str, Any], pending: dict[str, Any]) -> None:
         """The next demo responder who has not decided on this step approves it."""
         decided = {a["approver"] for a in state["approvals"] if a["stage"] == pending["stage"] and a["at"] >= pending["requested_at"]}
-        responder = next((r for r in (ONCALL, SAFETY) if r["approver"] not in decided | {pending["requested_by"]}), None)
+        responder = next((r for r in self.responders if r["approver"] not in decided | {pending["requested_by"]}), None)
         if responder is None:
             return
-        body = {"stage": pending["stage"], "comment": "demo approval", **responder}
-        response = self.http.post(f"{self.api}/v1/incidents/{incident_id}/approvals", json=body)
+        body = {"stage": pending["stage"], "comment": "demo approval", "approver": responder["approver"], "roles": responder["roles"]}
+        response = self.http.post(f"{self.api}/v1/incidents/{incident_id}/approvals", json=body, headers=responder["headers"])
         if response.status_code == 409:  # the step moved on between our read and our approval
             return
         response.raise_for_status()
@@ -198,10 +215,12 @@ def progress_table(state: dict[str, Any]) -> Table:
 def demo(
     api: str = typer.Option("http://127.0.0.1:8200", envvar="STANCH_API_URL", help="the API of a running `stanch up`"),
     timeout: float = typer.Option(180, help="seconds to wait for the incident to close"),
+    oncall_token: str = typer.Option(None, envvar="STANCH_DEMO_ONCALL_TOKEN", help="an on-call responder's token (when the API wants tokens)"),
+    safety_token: str = typer.Option(None, envvar="STANCH_DEMO_SAFETY_TOKEN", help="a safety lead's token (when the API wants tokens)"),
 ) -> None:
     """Fire the demo incident at a running `stanch up`, follow it, and check every step held."""
     try:
-        run = Demo(api, timeout)
+        run = Demo(api, timeout, oncall_token, safety_token)
         run.deploy_the_bad_update()
         incident_id = run.fire_alert()
         final = run.follow(incident_id)

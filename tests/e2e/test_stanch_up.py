@@ -86,3 +86,29 @@ def test_incident_survives_a_restart_and_the_demo_passes(tmp_path):
         assert len(keys) == len(set(keys)) and len(keys) >= len(state["actions"])
     finally:
         assert up.stop() == 0, up.tail()
+
+
+def test_with_a_responders_file_stanch_up_wants_tokens_and_the_demo_passes_with_them(tmp_path):
+    from stanch.responders import token_sha256
+
+    home = tmp_path / "home"
+    home.mkdir()
+    tokens = {"olga": ("oncall", "stk_olga_demo"), "sasha": ("safety", "stk_sasha_demo")}
+    (home / "responders.yaml").write_text(
+        "tokens:\n" + "".join(f"  - {{user: {u}, roles: [{r}], token_sha256: {token_sha256(t)}}}\n" for u, (r, t) in tokens.items())
+    )
+    ports = {name: free_port() for name in ("temporal", "ui", "api", "gateway")}
+    api = f"http://127.0.0.1:{ports['api']}"
+    up = stanch_up(home, ports)
+    try:
+        assert httpx.get(f"{api}/v1/auth").json() == {"mode": "token"}, "a responders file is enforced even under stanch up"
+        refused = stanch("demo", "--api", api)
+        assert refused.returncode == 1 and "--oncall-token" in refused.stdout
+        demo = stanch("demo", "--api", api, "--oncall-token", tokens["olga"][1], "--safety-token", tokens["sasha"][1])
+        assert demo.returncode == 0, demo.stdout[-4000:] + demo.stderr[-2000:]
+        headers = {"Authorization": f"Bearer {tokens['olga'][1]}"}
+        incident = httpx.get(f"{api}/v1/incidents", headers=headers).json()[0]
+        state = httpx.get(f"{api}/v1/incidents/{incident['id']}", headers=headers).json()
+        assert {(a["approver"], a["verified"]) for a in state["approvals"]} == {("olga", True), ("sasha", True)}
+    finally:
+        assert up.stop() == 0, up.tail()
