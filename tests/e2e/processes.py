@@ -54,6 +54,16 @@ class Process:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
+def stop_all(processes: list[Process]) -> None:
+    """Stop what is still running, newest first: every part is asked at once, then awaited."""
+    for process in reversed(processes):
+        if process.popen.poll() is None:
+            process.signal(signal.SIGINT)
+    for process in reversed(processes):
+        if not process.log.closed:
+            process.stop()
+
+
 def wait_http(url: str, process: Process | None = None, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -25,7 +25,7 @@ from stanch.cli.demo import Demo
 from stanch.devserver import wait_for_port
 from stanch.intake_auth import INTAKE_SOURCES
 from stanch.responders import token_sha256
-from tests.e2e.processes import Process, free_port, wait_http
+from tests.e2e.processes import Process, free_port, stop_all, wait_http
 
 pytestmark = pytest.mark.e2e
 
@@ -79,12 +79,7 @@ class Stack:
         return self
 
     def __exit__(self, *exc) -> None:
-        for process in reversed(self.processes):
-            if process.popen.poll() is None:
-                process.signal(signal.SIGINT)
-        for process in reversed(self.processes):
-            if not process.log.closed:
-                process.stop()
+        stop_all(self.processes)
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.tail(15)}" for p in self.processes)
@@ -325,8 +320,8 @@ def test_with_tokens_a_bad_token_and_a_viewer_are_refused_in_the_apis_words_and_
         expect(ada.locator("#dev-banner")).to_be_hidden()
         ada.screenshot(path=str(ARTIFACTS / "token-signed-in.png"), full_page=True)
 
-        demo = Demo(stack.api, timeout=180)
-        demo.http.headers["Authorization"] = "Bearer alert-token"
+        demo = Demo(stack.api, timeout=180, oncall_token="ada-token", safety_token="sam-token")
+        demo.http.headers["Authorization"] = "Bearer alert-token"  # the alert is sent as Alertmanager, not as ada
         demo.deploy_the_bad_update()
         incident_id = demo.fire_alert()
         ada.get_by_role("link", name=incident_id).click()

@@ -4,7 +4,6 @@ Temporal that is recorded but does not approve."""
 from __future__ import annotations
 
 import asyncio
-import signal
 
 import httpx
 import pytest
@@ -13,7 +12,7 @@ from stanch.devserver import wait_for_port
 from stanch.incident import ApprovalDecision
 from stanch.responders import token_sha256
 from stanch.temporal import connect
-from tests.e2e.processes import Process, free_port, wait_for, wait_http
+from tests.e2e.processes import Process, free_port, stop_all, wait_for, wait_http
 from tests.e2e.test_stanch_up import alertmanager_alert
 
 pytestmark = pytest.mark.e2e
@@ -88,9 +87,4 @@ def test_critical_steps_need_two_people_with_the_right_roles_and_forgeries_do_no
         wait_for(lambda: listed(severity="high", runbook="harmful-output", opened_since="2000-01-01T00:00:00Z"), lambda ids: incident_id in ids)
         assert listed(opened_since="2999-01-01T00:00:00Z") == set() and listed(severity="low") == set()
     finally:
-        for process in reversed(processes):
-            if process.popen.poll() is None:
-                process.signal(signal.SIGINT)
-        for process in reversed(processes):
-            if not process.log.closed:
-                process.stop()
+        stop_all(processes)

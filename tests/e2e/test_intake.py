@@ -7,14 +7,13 @@ Real dev server, worker and API processes over real HTTP. The signals route to t
 from __future__ import annotations
 
 import asyncio
-import signal
 import uuid
 
 import httpx
 import pytest
 
 from stanch.devserver import wait_for_port
-from tests.e2e.processes import Process, free_port, wait_for, wait_http
+from tests.e2e.processes import Process, free_port, stop_all, wait_for, wait_http
 
 pytestmark = pytest.mark.e2e
 
@@ -53,12 +52,7 @@ class Stack:
         return self
 
     def __exit__(self, *exc) -> None:
-        for process in reversed(self.processes):
-            if process.popen.poll() is None:
-                process.signal(signal.SIGINT)
-        for process in reversed(self.processes):
-            if not process.log.closed:
-                process.stop()
+        stop_all(self.processes)
 
     def incident(self, incident_id: str) -> dict:
         return httpx.get(f"{self.api}/v1/incidents/{incident_id}", timeout=15).json()

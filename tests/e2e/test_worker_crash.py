@@ -3,13 +3,12 @@ every idempotency key takes effect exactly once on the gateway."""
 
 from __future__ import annotations
 
-import signal
 
 import httpx
 import pytest
 
 from stanch.devserver import wait_for_port
-from tests.e2e.processes import Process, free_port, wait_for, wait_http
+from tests.e2e.processes import Process, free_port, stop_all, wait_for, wait_http
 from tests.e2e.test_stanch_up import alertmanager_alert
 
 pytestmark = pytest.mark.e2e
@@ -80,9 +79,4 @@ def test_worker_killed_mid_rollback_completes_with_each_key_applied_once(tmp_pat
         assert state["served_version"] == fixed
         assert rollback_entry  # the ledger showed the key before the kill
     finally:
-        for process in reversed(processes):
-            if process.popen.poll() is None:
-                process.signal(signal.SIGINT)
-        for process in reversed(processes):
-            if not process.log.closed:
-                process.stop()
+        stop_all(processes)
