@@ -19,6 +19,7 @@ import hmac
 import json
 import os
 import secrets
+import time
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -68,10 +69,11 @@ def load_keys(home: Path, env: dict[str, str] | None = None) -> list[tuple[str, 
             out.write(fresh)
     except FileExistsError:
         pass
-    for _ in range(50):  # the other process may be between create and write
+    for _ in range(100):  # the other process may be between create and write
         text = path.read_text()
         if text.strip():
             return parse_keys(text)
+        time.sleep(0.05)
     raise DecisionKeyError(f"{path} is empty")
 
 
@@ -83,24 +85,31 @@ def trust(keys: list[tuple[str, bytes]]) -> None:
     _signing_key_id = keys[0][0]
 
 
-def _message(incident_id: str, decision: BaseModel) -> bytes:
-    """What is vouched for: the incident, the kind of decision and every field of it."""
-    fields = {"incident": incident_id, "kind": type(decision).__name__, "decision": decision.model_dump(mode="json", exclude={"assertion"})}
+def _message(occurrence: str, nonce: str, decision: BaseModel) -> bytes:
+    """What is vouched for: this occurrence of the incident (an id repeats after it closes),
+    a one-time nonce (the update id), the kind of decision and every field of it — so an
+    assertion copied out of one history counts nowhere else."""
+    fields = {
+        "occurrence": occurrence,
+        "nonce": nonce,
+        "kind": type(decision).__name__,
+        "decision": decision.model_dump(mode="json", exclude={"assertion"}),
+    }
     return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
 
 
-def sign(incident_id: str, decision: BaseModel) -> str:
+def sign(occurrence: str, nonce: str, decision: BaseModel) -> str:
     if _signing_key_id is None:
         raise DecisionKeyError("no decision key loaded: call trust(load_keys(...)) at start-up")
-    digest = hmac.new(_trusted[_signing_key_id], _message(incident_id, decision), hashlib.sha256).hexdigest()
+    digest = hmac.new(_trusted[_signing_key_id], _message(occurrence, nonce, decision), hashlib.sha256).hexdigest()
     return f"{_signing_key_id}:{digest}"
 
 
-def verified(incident_id: str, decision: BaseModel) -> bool:
+def verified(occurrence: str, nonce: str, decision: BaseModel) -> bool:
     """Whether the decision carries a valid assertion from a trusted key."""
     kid, _, digest = getattr(decision, "assertion", "").partition(":")
     key = _trusted.get(kid)
     if key is None or not digest:
         return False
-    expected = hmac.new(key, _message(incident_id, decision), hashlib.sha256).hexdigest()
+    expected = hmac.new(key, _message(occurrence, nonce, decision), hashlib.sha256).hexdigest()
     return hmac.compare_digest(expected, digest)

@@ -122,7 +122,7 @@ class ResponderAuth:
             )
         except jwt.ExpiredSignatureError as err:
             raise NotAuthenticated("the token has expired") from err
-        except jwt.InvalidTokenError as err:
+        except jwt.PyJWTError as err:  # includes key/algorithm mismatches: a refusal, never a 500
             raise NotAuthenticated(f"the token was refused: {err}") from err
         user, roles = claims.get(issuer.user_claim), claims.get(issuer.roles_claim, [])
         if not user:

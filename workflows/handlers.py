@@ -228,9 +228,13 @@ class ResponderHandlers(IncidentRecord):
 
     # --- the rules behind them ---------------------------------------------------------------
 
+    def vouched_for(self, decision, nonce: str) -> bool:
+        """Signed by the API for this occurrence and this very update (or signal decision id)."""
+        return bool(nonce) and assertions.verified(self.state.occurrence, nonce, decision)
+
     def unvouched(self, decision, who: str, what: str) -> DecisionReceipt | None:
         """A decision that did not come through the Stanch API is on record, and has no effect."""
-        if assertions.verified(self.state.id, decision):
+        if self.vouched_for(decision, workflow.current_update_info().id):
             return None
         message = f"{what} from {who or 'unknown'} has no valid assertion from the Stanch API; recorded, not acted on"
         self.note("decision", message, who or "unknown")
@@ -267,7 +271,9 @@ class ResponderHandlers(IncidentRecord):
             comment=decision.comment,
             at=workflow.now(),
             via=via,
-            verified=assertions.verified(self.state.id, decision),
+            # An update is vouched for under its update id; a signal under its decision id,
+            # which is then spent (seen_decision_ids), so a copied signal counts nowhere.
+            verified=self.vouched_for(decision, workflow.current_update_info().id if via == "update" else decision.decision_id),
         )
         self.state.approvals.append(record)
         if not record.verified:

@@ -195,9 +195,14 @@ async def _not_found_or_closed(handle: tc.WorkflowHandle[Any, Any], incident_id:
 
 async def decide(client: tc.Client, incident_id: str, update: str, message: BaseModel, update_id: str) -> DecisionReceipt:
     """Pass a decision to the incident, vouched for: the workflow acts on no other."""
-    message = message.model_copy(update={"assertion": assertions.sign(incident_id, message)})
+    # A caller's idempotency key deduplicates that caller's retries of that decision only:
+    # Bob's ack with key 1 must not swallow Alice's resolve with key 1.
+    who = next((getattr(message, field) for field in ("approver", "by", "responder") if getattr(message, field, "")), "")
+    update_id = f"{update}:{who}:{update_id}"
     handle = client.get_workflow_handle(incident_id)
     try:
+        occurrence = await _occurrence(handle, incident_id)
+        message = message.model_copy(update={"assertion": assertions.sign(occurrence, update_id, message)})
         return await handle.execute_update(update, message, id=update_id, result_type=DecisionReceipt)
     except tc.WorkflowUpdateFailedError as err:
         reason = getattr(err.cause, "message", None) or str(err.cause)
@@ -208,6 +213,13 @@ async def decide(client: tc.Client, incident_id: str, update: str, message: Base
         if err.status == RPCStatusCode.NOT_FOUND:
             raise await _not_found_or_closed(handle, incident_id) from err
         raise
+
+
+async def _occurrence(handle: tc.WorkflowHandle[Any, Any], incident_id: str) -> str:
+    """The running occurrence's name, as the workflow writes it (IncidentState.occurrence)."""
+    description = await handle.describe()
+    first_run = description.raw_description.workflow_execution_info.first_run_id or description.run_id
+    return f"{incident_id}@{first_run[:8]}"
 
 
 def _update_id(*candidates: str | None) -> str:

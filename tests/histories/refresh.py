@@ -23,7 +23,7 @@ from stanch import search_attributes
 from stanch.incident import FailureDecision, IncidentInput
 from tests.conftest import installed_binary
 from tests.workflow.conftest import alert, incident_input
-from tests.workflow.helpers import AsTheApi, approve, approve_four_eyes, until, vouched, waiting_on
+from tests.workflow.helpers import AsTheApi, approve, approve_four_eyes, until, waiting_on
 from tests.workflow.standins import Script, stand_ins
 from stanch.incident import ApprovalDecision, IncidentStatus
 from workflows.incident import IncidentWorkflow
@@ -44,7 +44,7 @@ async def false_positive(handle) -> None:
 
 async def containment_rejected(handle) -> None:
     await until(handle, waiting_on("contain"))
-    await handle.execute_update(IncidentWorkflow.reject, vouched(handle, approve=False, stage="contain", approver="sam", roles=["safety"], comment="too broad"))
+    await AsTheApi(handle).execute_update(IncidentWorkflow.reject, ApprovalDecision(approve=False, stage="contain", approver="sam", roles=["safety"], comment="too broad"))
     await approve_four_eyes(handle, "rollback")
     await until(handle, waiting_on("restore"))
     await approve(handle, "restore", "alice", ["oncall"])

@@ -3,6 +3,8 @@ function, then routes with intake and client swapped for stand-ins."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import json
 import socket
 from pathlib import Path
@@ -200,6 +202,9 @@ def test_generic_signal_with_a_bad_severity_is_422_naming_the_field(app) -> None
 # --- incident routes against a fake client --------------------------------------------
 
 
+FIRST_RUN_ID = "0f1e2d3c-4b5a-6978-8877-665544332211"
+
+
 class FakeHandle:
     def __init__(self, client: FakeClient, incident_id: str) -> None:
         self.client, self.id = client, incident_id
@@ -223,7 +228,8 @@ class FakeHandle:
 
     async def describe(self) -> Any:
         self._known()
-        return type("Description", (), {"status": self.client.incidents[self.id]})()
+        info = SimpleNamespace(workflow_execution_info=SimpleNamespace(first_run_id=FIRST_RUN_ID))
+        return SimpleNamespace(status=self.client.incidents[self.id], run_id=FIRST_RUN_ID, raw_description=info)
 
 
 class FakeClient:
@@ -278,9 +284,11 @@ def test_rejection_uses_the_reject_update_and_the_decision_id_deduplicates(app) 
     http.post("/v1/incidents/inc-1/resolve", json={"by": "bob", "reason": "harm over"})
 
     (reject, reject_arg, reject_id), (approve, approve_arg, approve_id), (resolve, _, resolve_id) = client.updates
-    assert (reject, reject_id, reject_arg.decision_id) == ("reject", "d-42", "d-42")
-    assert (approve, approve_id, approve_arg.decision_id) == ("approve", "k-7", "k-7")
-    assert resolve == "resolve" and len(resolve_id) == 36  # a fresh uuid
+    # The update id is the caller's key, scoped to the decision and the person: a retry with
+    # the same key repeats it; someone else's decision with the same key does not collide.
+    assert (reject, reject_id, reject_arg.decision_id) == ("reject", "reject:alice:d-42", "d-42")
+    assert (approve, approve_id, approve_arg.decision_id) == ("approve", "approve:alice:k-7", "k-7")
+    assert resolve == "resolve" and resolve_id.startswith("resolve:bob:") and len(resolve_id) == len("resolve:bob:") + 36
 
 
 @pytest.mark.parametrize(

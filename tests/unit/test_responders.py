@@ -7,14 +7,13 @@ from pathlib import Path
 
 import jwt
 import pytest
-from fastapi.testclient import TestClient
 from temporalio.client import WorkflowExecutionStatus
 
 from stanch import assertions
 from stanch.api.app import create_app
 from stanch.incident import ApprovalDecision
 from stanch.responders import JwtIssuer, NotAuthenticated, RespondersFile, ResponderAuth, StaticToken, load_responder_auth, token_sha256
-from tests.unit.test_api_alerts import FakeClient, NoCatalog, app, settings, use_client  # noqa: F401  (fixtures)
+from tests.unit.test_api_alerts import FIRST_RUN_ID, FakeClient, NoCatalog, app, settings, use_client  # noqa: F401  (fixtures)
 
 ALICE, SAM, VERA = "stk_alice_token", "stk_sam_token", "stk_vera_token"
 JWT_SECRET = "jwt-test-secret-that-is-long-enough-for-hs256"
@@ -76,11 +75,13 @@ def test_a_decision_is_made_in_the_token_holders_name_and_vouched_for(token_app)
     claimed = {"stage": "contain", "approver": "mallory", "roles": ["safety", "incident-commander"], "approve": True}
     response = http.post("/v1/incidents/inc-1/approvals", json=claimed, headers={"Authorization": f"Bearer {ALICE}"})
     assert response.status_code == 200, response.text
-    name, decision, _ = client.updates[-1]
+    name, decision, update_id = client.updates[-1]
     assert (name, decision.approver, decision.roles) == ("approve", "alice", ["oncall"])
-    assert assertions.verified("inc-1", decision)
-    assert not assertions.verified("inc-2", decision), "an assertion is bound to its incident"
-    assert not assertions.verified("inc-1", decision.model_copy(update={"roles": ["safety"]})), "and to the roles"
+    occurrence = f"inc-1@{FIRST_RUN_ID[:8]}"
+    assert assertions.verified(occurrence, update_id, decision)
+    assert not assertions.verified(f"inc-1@{'9' * 8}", update_id, decision), "an assertion is bound to its occurrence"
+    assert not assertions.verified(occurrence, "another-update", decision), "to one update"
+    assert not assertions.verified(occurrence, update_id, decision.model_copy(update={"roles": ["safety"]})), "and to the roles"
 
 
 def test_without_a_token_nothing_is_read_or_decided_and_auditors_only_read(token_app):
@@ -97,14 +98,14 @@ def test_without_a_token_nothing_is_read_or_decided_and_auditors_only_read(token
     assert http.get("/v1/auth").json() == {"mode": "token"}
 
 
-def test_insecure_dev_takes_the_claimed_identity_from_headers_or_the_body(app):
+def test_insecure_dev_takes_the_claimed_identity_from_headers_or_the_body(app):  # noqa: F811  (the fixture)
     client = FakeClient({"inc-1": WorkflowExecutionStatus.RUNNING})
     http = use_client(app, client)
     http.post("/v1/incidents/inc-1/approvals", json={"stage": "contain"}, headers={"X-Stanch-User": "dev", "X-Stanch-Roles": "oncall, safety"})
     http.post("/v1/incidents/inc-1/approvals", json={"stage": "contain", "approver": "demo-safety", "roles": ["safety"]})
     decisions: list[ApprovalDecision] = [update[1] for update in client.updates]
     assert [(d.approver, d.roles) for d in decisions] == [("dev", ["oncall", "safety"]), ("demo-safety", ["safety"])]
-    assert all(assertions.verified("inc-1", d) for d in decisions)
+    assert all(assertions.verified(f"inc-1@{FIRST_RUN_ID[:8]}", nonce, d) for _, d, nonce in client.updates)
     assert http.get("/v1/auth").json() == {"mode": "insecure-dev"}
 
 
@@ -126,7 +127,8 @@ def test_notes_and_severity_changes_go_out_in_the_responders_name_vouched_for(to
     sam = {"Authorization": f"Bearer {SAM}"}
     assert http.post("/v1/incidents/inc-1/notes", json={"by": "mallory", "text": "rolled the canary back by hand"}, headers=sam).status_code == 200
     assert http.post("/v1/incidents/inc-1/severity", json={"severity": "low", "reason": "internal users only"}, headers=sam).status_code == 200
-    (note_update, note, _), (severity_update, change, _) = client.updates
+    (note_update, note, note_id), (severity_update, change, change_id) = client.updates
     assert (note_update, note.by, note.text) == ("add_note", "sam", "rolled the canary back by hand")
     assert (severity_update, change.by, change.roles) == ("set_severity", "sam", ["safety"])
-    assert assertions.verified("inc-1", note) and assertions.verified("inc-1", change)
+    occurrence = f"inc-1@{FIRST_RUN_ID[:8]}"
+    assert assertions.verified(occurrence, note_id, note) and assertions.verified(occurrence, change_id, change)

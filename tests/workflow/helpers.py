@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 from temporalio.client import WorkflowHandle
 
@@ -41,18 +42,25 @@ class AsTheApi:
         self.handle = handle
 
     async def execute_update(self, update, message, **options):
-        vouched_message = message.model_copy(update={"assertion": assertions.sign(self.handle.id, message)})
+        nonce = options.setdefault("id", str(uuid.uuid4()))
+        occurrence = await occurrence_of(self.handle)
+        vouched_message = message.model_copy(update={"assertion": assertions.sign(occurrence, nonce, message)})
         return await self.handle.execute_update(update, vouched_message, **options)
 
 
-def vouched(handle: WorkflowHandle, *, approve: bool = True, **fields) -> ApprovalDecision:
-    """A decision as the API sends it: with its assertion (the workflow counts no other)."""
-    decision = ApprovalDecision(approve=approve, **fields)
-    return decision.model_copy(update={"assertion": assertions.sign(handle.id, decision)})
+async def occurrence_of(handle: WorkflowHandle) -> str:
+    return (await state(handle)).occurrence
+
+
+async def vouched_signal(handle: WorkflowHandle, **fields) -> ApprovalDecision:
+    """An approval for the signal variant, vouched for under its own decision id."""
+    decision = ApprovalDecision(decision_id=str(uuid.uuid4()), **fields)
+    occurrence = await occurrence_of(handle)
+    return decision.model_copy(update={"assertion": assertions.sign(occurrence, decision.decision_id, decision)})
 
 
 async def approve(handle: WorkflowHandle, stage: str, approver: str, roles: list[str]):
-    return await handle.execute_update(IncidentWorkflow.approve, vouched(handle, stage=stage, approver=approver, roles=roles))
+    return await AsTheApi(handle).execute_update(IncidentWorkflow.approve, ApprovalDecision(stage=stage, approver=approver, roles=roles))
 
 
 async def approve_four_eyes(handle: WorkflowHandle, stage: str) -> None:

@@ -10,14 +10,14 @@ from temporalio.client import WorkflowUpdateFailedError
 from stanch.incident import ApprovalDecision, IncidentStatus, ResolveRequest, SeverityChange
 from stanch.models import Severity
 from tests.workflow.conftest import running_incident
-from tests.workflow.helpers import AsTheApi, approve, approve_four_eyes, stage_status, state, until, vouched, waiting_on
+from tests.workflow.helpers import AsTheApi, approve, approve_four_eyes, stage_status, state, until, vouched_signal, waiting_on
 from tests.workflow.standins import Script
 from workflows.incident import IncidentWorkflow
 
 
 async def refused(handle, update, decision) -> str:
     with pytest.raises(WorkflowUpdateFailedError) as failure:
-        await handle.execute_update(update, decision)
+        await AsTheApi(handle).execute_update(update, decision)
     return str(failure.value.cause)
 
 
@@ -25,17 +25,17 @@ async def test_four_eyes_refusals_each_say_why(client):
     async with running_incident(client, Script()) as handle:
         await until(handle, waiting_on("contain"))
         assert "'rollback' is not waiting" in await refused(
-            handle, IncidentWorkflow.approve, vouched(handle, stage="rollback", approver="alice", roles=["oncall"])
+            handle, IncidentWorkflow.approve, ApprovalDecision(stage="rollback", approver="alice", roles=["oncall"])
         )
         assert "needs one of the roles" in await refused(
-            handle, IncidentWorkflow.approve, vouched(handle, stage="contain", approver="eve", roles=["viewer"])
+            handle, IncidentWorkflow.approve, ApprovalDecision(stage="contain", approver="eve", roles=["viewer"])
         )
         await approve(handle, "contain", "alice", ["oncall"])
         assert "already decided" in await refused(
-            handle, IncidentWorkflow.approve, vouched(handle, stage="contain", approver="alice", roles=["oncall", "safety"])
+            handle, IncidentWorkflow.approve, ApprovalDecision(stage="contain", approver="alice", roles=["oncall", "safety"])
         )
         assert "needs a comment" in await refused(
-            handle, IncidentWorkflow.reject, vouched(handle, approve=False, stage="contain", approver="sam", roles=["safety"])
+            handle, IncidentWorkflow.reject, ApprovalDecision(approve=False, stage="contain", approver="sam", roles=["safety"])
         )
         current = await state(handle)
         assert len(current.approvals) == 1 and current.pending_approval is not None
@@ -49,7 +49,7 @@ async def test_requester_cannot_approve_their_own_restore(client):
         await AsTheApi(handle).execute_update(IncidentWorkflow.resolve, ResolveRequest(by="carol", reason="upstream fixed it"))
         await until(handle, waiting_on("restore"))
         assert "cannot approve it (four eyes)" in await refused(
-            handle, IncidentWorkflow.approve, vouched(handle, stage="restore", approver="carol", roles=["incident-commander"])
+            handle, IncidentWorkflow.approve, ApprovalDecision(stage="restore", approver="carol", roles=["incident-commander"])
         )
         await approve(handle, "restore", "alice", ["oncall"])
         final = await handle.result()
@@ -63,8 +63,8 @@ async def test_rejected_containment_applies_nothing_and_moves_on(client):
     script = Script()
     async with running_incident(client, script) as handle:
         await until(handle, waiting_on("contain"))
-        await handle.execute_update(
-            IncidentWorkflow.reject, vouched(handle, approve=False, stage="contain", approver="sam", roles=["safety"], comment="blocks too much")
+        await AsTheApi(handle).execute_update(
+            IncidentWorkflow.reject, ApprovalDecision(approve=False, stage="contain", approver="sam", roles=["safety"], comment="blocks too much")
         )
         current = await until(handle, waiting_on("rollback"))
     assert current.stage("contain").status == "rejected"
@@ -84,10 +84,10 @@ async def test_approval_timeout_escalates_and_keeps_waiting(clock):
 async def test_signal_approval_follows_the_same_rules_and_refusals_are_recorded(client):
     async with running_incident(client, Script()) as handle:
         await until(handle, waiting_on("contain"))
-        await handle.signal(IncidentWorkflow.approve_signal, vouched(handle, stage="contain", approver="mallory", roles=[]))
+        await handle.signal(IncidentWorkflow.approve_signal, await vouched_signal(handle, stage="contain", approver="mallory", roles=[]))
         current = await until(handle, lambda s: any("refused signal" in e.message for e in s.timeline))
         assert current.approvals == []
-        await handle.signal(IncidentWorkflow.approve_signal, vouched(handle, stage="contain", approver="alice", roles=["oncall"]))
+        await handle.signal(IncidentWorkflow.approve_signal, await vouched_signal(handle, stage="contain", approver="alice", roles=["oncall"]))
         current = await until(handle, lambda s: len(s.approvals) == 1)
         assert current.approvals[0].via == "signal" and current.approvals[0].verified
 
@@ -96,7 +96,7 @@ async def test_forged_decisions_are_recorded_but_never_count(client):
     """Straight to Temporal, without the API's assertion: a wrong one, or none at all."""
     async with running_incident(client, Script()) as handle:
         await until(handle, waiting_on("contain"))
-        forged = vouched(handle, stage="contain", approver="mallory", roles=["safety"]).model_copy(update={"approver": "sam"})
+        forged = (await vouched_signal(handle, stage="contain", approver="mallory", roles=["safety"])).model_copy(update={"approver": "sam"})
         receipt = await handle.execute_update(IncidentWorkflow.approve, forged)
         assert receipt.accepted is False and "no valid assertion" in receipt.message
         await handle.signal(IncidentWorkflow.approve_signal, ApprovalDecision(stage="contain", approver="bob", roles=["oncall"]))
@@ -129,7 +129,7 @@ async def test_closed_incident_refuses_decisions(client):
     async with running_incident(client, Script(confirm="not_confirmed")) as handle:
         await handle.result()
         with pytest.raises(Exception):
-            await handle.execute_update(IncidentWorkflow.approve, vouched(handle, stage="contain", approver="a", roles=["oncall"]))
+            await AsTheApi(handle).execute_update(IncidentWorkflow.approve, ApprovalDecision(stage="contain", approver="a", roles=["oncall"]))
 
 
 async def test_a_responders_lower_severity_stands_until_new_signals_arrive(client):
@@ -178,3 +178,17 @@ async def test_notes_from_the_api_reach_the_timeline_and_forged_ones_are_marked(
     notes = [(e.actor, e.message) for e in current.timeline if e.kind == "note"]
     assert notes == [("alice", "paged the vendor")]
     assert any("note from mallory has no valid assertion" in e.message for e in current.timeline)
+
+
+async def test_a_vouched_decision_copied_under_another_update_id_is_not_acted_on(client):
+    from stanch import assertions
+    from tests.workflow.helpers import occurrence_of
+
+    async with running_incident(client, Script()) as handle:
+        await until(handle, waiting_on("contain"))
+        request = ResolveRequest(by="carol", reason="copied from an old history")
+        signed = request.model_copy(update={"assertion": assertions.sign(await occurrence_of(handle), "update-1", request)})
+        receipt = await handle.execute_update(IncidentWorkflow.resolve, signed, id="update-2")
+        assert receipt.accepted is False and (await state(handle)).pending_approval.stage == "contain"
+        other_occurrence = request.model_copy(update={"assertion": assertions.sign("someone-else@00000000", "update-3", request)})
+        assert (await handle.execute_update(IncidentWorkflow.resolve, other_occurrence, id="update-3")).accepted is False

@@ -10,7 +10,7 @@ from temporalio.client import WorkflowUpdateFailedError
 
 from stanch.incident import ApprovalDecision, FailureDecision, IncidentStatus, ResolveRequest
 from tests.workflow.conftest import alert, incident_input, running_incident
-from tests.workflow.helpers import AsTheApi, approve, approve_four_eyes, state, until, vouched, waiting_on
+from tests.workflow.helpers import AsTheApi, approve, approve_four_eyes, state, until, waiting_on
 from tests.workflow.standins import Script
 from workflows.incident import IncidentWorkflow
 
@@ -39,8 +39,8 @@ async def test_rejected_hotfix_means_restore_waits_for_a_human(client):
         await until(handle, waiting_on("rollback"))
         await approve(handle, "rollback", "alice", ["oncall"])
         await until(handle, waiting_on("hotfix"))
-        await handle.execute_update(
-            IncidentWorkflow.reject, vouched(handle, approve=False, stage="hotfix", approver="sam", roles=["safety"], comment="fine-tune too risky")
+        await AsTheApi(handle).execute_update(
+            IncidentWorkflow.reject, ApprovalDecision(approve=False, stage="hotfix", approver="sam", roles=["safety"], comment="fine-tune too risky")
         )
         current = await until(handle, waiting_on("restore"))
     assert current.stage("verify").status == "skipped"
