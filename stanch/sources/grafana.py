@@ -7,24 +7,19 @@ are free-form like Alertmanager's, so severities read from the same table.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field
 
 from stanch.models import Signal, SignalSource
-from stanch.sources.alertmanager import severity_from_labels
-from stanch.sources.common import SenderModel, model_version_from, parse_time, repro_from
+from stanch.sources.alertmanager import AlertmanagerAlert, AlertmanagerWebhook, severity_from_labels
+from stanch.sources.common import model_version_from, parse_time, repro_from
 
 
-class GrafanaAlert(SenderModel):
-    status: Literal["firing", "resolved"] = "firing"
-    labels: dict[str, str] = Field(default_factory=dict)
-    annotations: dict[str, str] = Field(default_factory=dict)
-    # The strings Grafana sent: part of the signal id, which must survive re-notification.
-    starts_at: str = Field(alias="startsAt")
-    ends_at: str | None = Field(None, alias="endsAt")
-    generator_url: str = Field("", alias="generatorURL")
-    fingerprint: str
+class GrafanaAlert(AlertmanagerAlert):
+    """One alert: Alertmanager's shape (the strings Grafana sent are part of the signal id,
+    which must survive re-notification) plus Grafana's links and query values."""
+
     silence_url: str = Field("", alias="silenceURL")
     dashboard_url: str = Field("", alias="dashboardURL")
     panel_url: str = Field("", alias="panelURL")
@@ -35,22 +30,14 @@ class GrafanaAlert(SenderModel):
     value_string: str = Field("", alias="valueString")
 
 
-class GrafanaWebhook(SenderModel):
-    """Grafana Alerting's webhook payload, version 1."""
+class GrafanaWebhook(AlertmanagerWebhook):
+    """Grafana Alerting's webhook payload, version 1: Alertmanager's plus org and rendering."""
 
     version: str = "1"
     org_id: str = Field(alias="orgId")
-    group_key: str = Field("", alias="groupKey")
-    truncated_alerts: int = Field(0, alias="truncatedAlerts")
-    status: Literal["firing", "resolved"] = "firing"
     state: str = ""
     title: str = ""
     message: str = ""
-    receiver: str = ""
-    group_labels: dict[str, str] = Field(default_factory=dict, alias="groupLabels")
-    common_labels: dict[str, str] = Field(default_factory=dict, alias="commonLabels")
-    common_annotations: dict[str, str] = Field(default_factory=dict, alias="commonAnnotations")
-    external_url: str = Field("", alias="externalURL")
     alerts: list[GrafanaAlert] = Field(min_length=1)
 
 
