@@ -14,7 +14,12 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, Field
 from temporalio.client import Client
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
 
 from stanch import search_attributes as sa
 from stanch.detectors import redact

@@ -32,6 +32,8 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from stanch.config_errors import validation_lines
+
 # Every intake endpoint: `/v1/alerts/<source>` for the first seven, then `/v1/reports` and
 # `/v1/findings`. The API refuses to start while any of them is open without --insecure-dev.
 INTAKE_SOURCES = ("alertmanager", "grafana", "pagerduty", "datadog", "sentry", "cloudevents", "generic", "reports", "findings")
@@ -217,23 +219,6 @@ class IntakeAuthPolicy:
         raise IntakeAuthError([message])
 
 
-def _field_path(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(part) for part in loc) or "(file)"
-
-
-def _validation_lines(path: Path, error: ValidationError) -> list[str]:
-    lines = []
-    for item in error.errors():
-        # Only the message: pydantic's `input` could be a pasted secret.
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            message = "unknown key"
-        elif item["type"] == "string_pattern_mismatch":
-            message = "must be the name of an environment variable (letters, digits, _), never the secret itself"
-        lines.append(f"{path}: {_field_path(tuple(item['loc']))}: {message}")
-    return lines
-
-
 def _read_secret(path: Path, where: str, ref: _SecretHolder, env: Mapping[str, str]) -> str:
     env_field, file_field = f"{ref._prefix}_env", f"{ref._prefix}_file"
     variable, secret_file = getattr(ref, env_field), getattr(ref, file_field)
@@ -305,7 +290,7 @@ def parse_intake_auth(
     try:
         parsed = IntakeAuthFile.model_validate({key: value for key, value in document.items() if key in INTAKE_SOURCES})
     except ValidationError as exc:
-        lines += _validation_lines(path, exc)
+        lines += validation_lines(path, exc)
     if lines:
         raise IntakeAuthError(lines)
     sources: dict[str, SourcePolicy] = {}

@@ -29,6 +29,8 @@ import jwt
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from stanch.config_errors import validation_lines
+
 # Roles that read but never act (DESIGN.md: auditors and regulators replay and read).
 READ_ONLY_ROLES = {"auditor", "viewer"}
 
@@ -140,8 +142,7 @@ def load_responder_auth(path: Path, *, insecure_dev: bool, env: dict[str, str] |
     try:
         config = RespondersFile.model_validate(yaml.safe_load(path.read_text()) or {})
     except ValidationError as err:
-        lines = [f"{path}: {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()]
-        raise ValueError("\n".join(lines)) from None
+        raise ValueError("\n".join(validation_lines(path, err))) from None
     key = None
     if config.jwt:
         if config.jwt.secret_env:

@@ -19,16 +19,33 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from temporalio.service import RPCError
 
+from stanch import assertions
 from stanch.api import alerts, incidents, metrics, reports
+from stanch.api.answers import (
+    BodySizeLimit,
+    RequestId,
+    add_unknown_source_route,
+    internal_error,
+    served_alert_sources,
+)
+from stanch.api.auth import INTAKE_AUTH_RESPONSES, authenticate_sender
+from stanch.api.deps import (
+    RETRY_AFTER_S,
+    ResponderDep,
+    SettingsDep,
+    TemporalConnection,
+    TemporalUnavailable,
+)
 from stanch.api.events import events_router
 from stanch.board import board_router
-from stanch.api.answers import BodySizeLimit, RequestId, add_unknown_source_route, internal_error, served_alert_sources
-from stanch.api.auth import INTAKE_AUTH_RESPONSES, authenticate_sender
-from stanch import assertions
-from stanch.api.deps import RETRY_AFTER_S, ResponderDep, SettingsDep, TemporalConnection, TemporalUnavailable
-from stanch.responders import Principal, ResponderAuth, load_responder_auth
 from stanch.config import Settings
-from stanch.intake_auth import INTAKE_SOURCES, IntakeAuthError, IntakeAuthPolicy, load_intake_auth
+from stanch.intake_auth import (
+    INTAKE_SOURCES,
+    IntakeAuthError,
+    IntakeAuthPolicy,
+    load_intake_auth,
+)
+from stanch.responders import Principal, ResponderAuth, load_responder_auth
 from stanch.runbooks.loader import RunbookCatalog, RunbookError, load_catalog
 
 log = logging.getLogger(__name__)

@@ -19,8 +19,8 @@ from pydantic import BaseModel, Field
 from temporalio import client as tc
 from temporalio.service import RPCError, RPCStatusCode
 
-from stanch import search_attributes as sa
 from stanch import assertions
+from stanch import search_attributes as sa
 from stanch.api.deps import RETRY_AFTER_S, ClientDep, ResponderDep, current_responder
 from stanch.incident import (
     WORKFLOW_NAME,

@@ -7,11 +7,21 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends
 
-from stanch.api.alerts import INTAKE_RESPONSES, IntakeResponse, _take_in, openapi_examples
+from stanch.api.alerts import (
+    INTAKE_RESPONSES,
+    IntakeResponse,
+    _take_in,
+    openapi_examples,
+)
 from stanch.api.auth import webhook_id
 from stanch.api.deps import IntakeDep
 from stanch.sources import examples
-from stanch.sources.reports import AuditFinding, UserReport, audit_finding_signals, user_report_signals
+from stanch.sources.reports import (
+    AuditFinding,
+    UserReport,
+    audit_finding_signals,
+    user_report_signals,
+)
 
 router = APIRouter(prefix="/v1", tags=["intake"])
 

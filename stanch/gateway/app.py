@@ -14,7 +14,14 @@ from fastapi import FastAPI, Header, HTTPException, Query
 from fastapi.responses import JSONResponse
 
 from stanch.gateway.actions import ActionConflict, ActionRejected
-from stanch.gateway.enforcement import Completion, EndpointRateLimiter, Refusal, complete, complete_unprotected, features_requested
+from stanch.gateway.enforcement import (
+    Completion,
+    EndpointRateLimiter,
+    Refusal,
+    complete,
+    complete_unprotected,
+    features_requested,
+)
 from stanch.gateway.finetune import FinetuneRunner
 from stanch.gateway.ledger import UnknownKey, apply_action, undo_action
 from stanch.gateway.schemas import (

@@ -13,7 +13,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from stanch.gateway.actions import ACTIONS, ActionConflict, ActionContext, ActionRejected
+from stanch.gateway.actions import (
+    ACTIONS,
+    ActionConflict,
+    ActionContext,
+    ActionRejected,
+)
 from stanch.gateway.store import GatewayStore, resolve_served_version, utc_now
 
 

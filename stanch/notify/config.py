@@ -31,6 +31,7 @@ import yaml
 from pydantic import ValidationError
 
 from stanch.config import Settings
+from stanch.config_errors import validation_lines
 from stanch.notify.channels import (
     ANYONE,
     CONSOLE,
@@ -91,7 +92,7 @@ def parse_notify_config(path: Path | None, text: str, settings: Settings, env: M
     try:
         parsed = NotifyFile.model_validate(document)
     except ValidationError as exc:
-        raise NotifyConfigError(_validation_lines(where, exc)) from None
+        raise NotifyConfigError(validation_lines(where, exc)) from None
     lines = [
         f"{where}: recipients.{recipient}.{index}: unknown channel {channel!r}; defined: {', '.join(sorted({*parsed.channels, CONSOLE}))}"
         for recipient, channels in parsed.recipients.items()
@@ -192,17 +193,3 @@ def _check_signing_secret(secret: str, field: str) -> None:
         Webhook(secret)
     except Exception as exc:  # noqa: BLE001 - any failure means unusable; never echo the secret
         raise _MissingSecret(f"{field}: not a Standard Webhooks secret (whsec_ followed by base64): {type(exc).__name__}") from None
-
-
-def _validation_lines(where: str, error: ValidationError) -> list[str]:
-    lines = []
-    for item in error.errors():
-        # Only pydantic's message, never its `input`: that could be a pasted secret.
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            message = "unknown key"
-        elif item["type"] == "string_pattern_mismatch" and str(item["loc"][-1]).endswith("_env"):
-            message = "must be the name of an environment variable (letters, digits, _), never the secret itself"
-        field = ".".join(str(part) for part in item["loc"]) or "(file)"
-        lines.append(f"{where}: {field}: {message}")
-    return lines

@@ -7,7 +7,12 @@ from typing import Literal
 from pydantic import Field
 
 from stanch.models import Severity, Signal, SignalSource
-from stanch.sources.common import SenderModel, model_version_from, parse_time, repro_from
+from stanch.sources.common import (
+    SenderModel,
+    model_version_from,
+    parse_time,
+    repro_from,
+)
 
 # Alertmanager severities are free-form labels; these are the spellings seen in the wild.
 # Grafana's alerts carry the same free-form labels and use this table too.

@@ -17,7 +17,13 @@ from pydantic import Field
 
 from stanch.models import Severity, Signal, SignalSource
 from stanch.sources.alertmanager import SEVERITY_LABELS
-from stanch.sources.common import SenderModel, epoch_time, key_value_labels, model_version_from, repro_from
+from stanch.sources.common import (
+    SenderModel,
+    epoch_time,
+    key_value_labels,
+    model_version_from,
+    repro_from,
+)
 
 PAYLOAD_TEMPLATE = """\
 {

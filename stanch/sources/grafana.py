@@ -12,7 +12,11 @@ from typing import Any
 from pydantic import Field
 
 from stanch.models import Signal, SignalSource
-from stanch.sources.alertmanager import AlertmanagerAlert, AlertmanagerWebhook, severity_from_labels
+from stanch.sources.alertmanager import (
+    AlertmanagerAlert,
+    AlertmanagerWebhook,
+    severity_from_labels,
+)
 from stanch.sources.common import model_version_from, parse_time, repro_from
 
 

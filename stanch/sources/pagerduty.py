@@ -12,7 +12,14 @@ from pydantic import Field
 
 from stanch.models import Severity, Signal, SignalSource
 from stanch.sources.alertmanager import SEVERITY_LABELS
-from stanch.sources.common import SenderModel, canonical_sha256, model_version_from, parse_time, repro_from, scalar_labels
+from stanch.sources.common import (
+    SenderModel,
+    canonical_sha256,
+    model_version_from,
+    parse_time,
+    repro_from,
+    scalar_labels,
+)
 
 # PagerDuty's four severities, in its own words.
 PAGERDUTY_SEVERITY: dict[str, Severity] = {

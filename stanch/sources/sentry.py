@@ -13,7 +13,13 @@ from pydantic import Field
 
 from stanch.models import Severity, Signal, SignalSource
 from stanch.sources.alertmanager import SEVERITY_LABELS
-from stanch.sources.common import SenderModel, model_version_from, parse_time, query_labels, repro_from
+from stanch.sources.common import (
+    SenderModel,
+    model_version_from,
+    parse_time,
+    query_labels,
+    repro_from,
+)
 
 ALERT_RESOURCES = ("metric_alert", "event_alert")
 
