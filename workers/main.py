@@ -57,7 +57,7 @@ def build_worker(client: Client, settings: Settings, task_queue: str | None = No
 async def run_worker(settings: Settings | None = None) -> None:
     settings = settings or Settings.from_env()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    client = await connect(settings.temporal_address, settings.temporal_namespace)
+    client = await connect(settings.temporal_address, settings.temporal_namespace, settings)
     worker = build_worker(client, settings)
     logging.getLogger("stanch.worker").info("worker polling %s on %s", settings.task_queue, settings.temporal_address or "env config")
     await worker.run()

@@ -63,7 +63,7 @@ class TemporalConnection:
             if self._client is None:
                 try:
                     self._client = await asyncio.wait_for(
-                        connect(self._settings.temporal_address, self._settings.temporal_namespace),
+                        connect(self._settings.temporal_address, self._settings.temporal_namespace, self._settings),
                         CONNECT_TIMEOUT_S,
                     )
                 except (TimeoutError, RuntimeError, OSError) as err:
