@@ -33,6 +33,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from stanch.config_errors import validation_lines
+from stanch.secret_refs import SecretUnavailable, read_secret
 
 # Every intake endpoint: `/v1/alerts/<source>` for the first seven, then `/v1/reports` and
 # `/v1/findings`. The API refuses to start while any of them is open without --insecure-dev.
@@ -220,22 +221,11 @@ class IntakeAuthPolicy:
 
 
 def _read_secret(path: Path, where: str, ref: _SecretHolder, env: Mapping[str, str]) -> str:
-    env_field, file_field = f"{ref._prefix}_env", f"{ref._prefix}_file"
-    variable, secret_file = getattr(ref, env_field), getattr(ref, file_field)
-    if variable is not None:
-        value = env.get(variable, "")
-        if not value.strip():
-            raise IntakeAuthError([f"{path}: {where}.{env_field}: environment variable {variable} is not set or empty"])
-        return value.strip()
-    secret_path = (secret_file if secret_file.is_absolute() else path.parent / secret_file).expanduser()
+    prefix = ref._prefix
     try:
-        value = secret_path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or "not readable as UTF-8 text"
-        raise IntakeAuthError([f"{path}: {where}.{file_field}: cannot read {secret_path}: {reason}"]) from None
-    if not value.strip():
-        raise IntakeAuthError([f"{path}: {where}.{file_field}: {secret_path} is empty"])
-    return value.strip()  # files usually end in a newline that no sender signs with
+        return read_secret(getattr(ref, f"{prefix}_env"), getattr(ref, f"{prefix}_file"), path.parent, env, f"{where}.{prefix}")
+    except SecretUnavailable as problem:
+        raise IntakeAuthError([f"{path}: {problem}"]) from None
 
 
 def _resolve(path: Path, where: str, credential: Credential, env: Mapping[str, str]) -> ResolvedCredential:

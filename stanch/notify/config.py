@@ -32,6 +32,7 @@ from pydantic import ValidationError
 
 from stanch.config import Settings
 from stanch.config_errors import validation_lines
+from stanch.secret_refs import SecretUnavailable, read_secret
 from stanch.notify.channels import (
     ANYONE,
     CONSOLE,
@@ -118,10 +119,6 @@ def parse_notify_config(path: Path | None, text: str, settings: Settings, env: M
     return NotifyConfig(channels=channels, recipients=recipients, file=path)
 
 
-class _MissingSecret(Exception):
-    pass
-
-
 def _build_channel(name: str, spec: ChannelSpec, links: Links, settings: Settings, base: Path, env: Mapping[str, str], where: str) -> Channel:
     kind = spec.kind
     options = getattr(spec, kind)
@@ -129,7 +126,7 @@ def _build_channel(name: str, spec: ChannelSpec, links: Links, settings: Setting
     common = {"name": name, "links": links, "timeout_seconds": options.timeout_seconds}
 
     def secret(prefix: str) -> str:
-        return _read_secret(getattr(options, f"{prefix}_env", None), getattr(options, f"{prefix}_file", None), base, env, f"{field}.{prefix}")
+        return read_secret(getattr(options, f"{prefix}_env", None), getattr(options, f"{prefix}_file", None), base, env, f"{field}.{prefix}")
 
     try:
         if isinstance(options, SlackSpec):
@@ -145,7 +142,7 @@ def _build_channel(name: str, spec: ChannelSpec, links: Links, settings: Setting
         if isinstance(options, EmailSpec):
             username = options.username or (env.get(options.username_env, "").strip() if options.username_env else None)
             if options.username_env and not username:
-                raise _MissingSecret(f"{field}.username_env: environment variable {options.username_env} is not set or empty")
+                raise SecretUnavailable(f"{field}.username_env: environment variable {options.username_env} is not set or empty")
             password = secret("password") if username else None
             return EmailChannel(
                 **common,
@@ -159,31 +156,14 @@ def _build_channel(name: str, spec: ChannelSpec, links: Links, settings: Setting
                 password=password,
             )
         return ConsoleChannel(**common, log_dir=settings.notifications_dir)
-    except _MissingSecret as problem:
+    except SecretUnavailable as problem:
         return BrokenChannel(**common, declared_kind=kind, problem=f"not configured: {where}: {problem}")
-
-
-def _read_secret(variable: str | None, file: Path | None, base: Path, env: Mapping[str, str], field: str) -> str:
-    if variable is not None:
-        value = env.get(variable, "").strip()
-        if not value:
-            raise _MissingSecret(f"{field}_env: environment variable {variable} is not set or empty")
-        return value
-    assert file is not None  # the spec's validator guarantees one of the two
-    secret_path = (file if file.is_absolute() else base / file).expanduser()
-    try:
-        value = secret_path.read_text(encoding="utf-8").strip()  # files usually end in a newline
-    except (OSError, UnicodeDecodeError) as exc:
-        raise _MissingSecret(f"{field}_file: cannot read {secret_path}: {getattr(exc, 'strerror', None) or 'not UTF-8 text'}") from None
-    if not value:
-        raise _MissingSecret(f"{field}_file: {secret_path} is empty")
-    return value
 
 
 def _check_secret_url(url: str, field: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _MissingSecret(f"{field}: the value read is not an http(s) URL")  # never echo it: it is the secret
+        raise SecretUnavailable(f"{field}: the value read is not an http(s) URL")  # never echo it: it is the secret
 
 
 def _check_signing_secret(secret: str, field: str) -> None:
@@ -192,4 +172,4 @@ def _check_signing_secret(secret: str, field: str) -> None:
     try:
         Webhook(secret)
     except Exception as exc:  # noqa: BLE001 - any failure means unusable; never echo the secret
-        raise _MissingSecret(f"{field}: not a Standard Webhooks secret (whsec_ followed by base64): {type(exc).__name__}") from None
+        raise SecretUnavailable(f"{field}: not a Standard Webhooks secret (whsec_ followed by base64): {type(exc).__name__}") from None
