@@ -9,7 +9,8 @@ stays open, says so once with `event: error`, and carries on polling: the board 
 problem and recovers on its own. A stream ends when its client goes away.
 
 Reading a stream takes what reading an incident takes (`current_responder`). Nothing here
-keeps state of its own; every replica of the API can serve any stream.
+keeps state of its own; every replica of the API can serve any stream. The credential is
+checked again on every poll, so a stream ends when its JWT expires or its token is revoked.
 
 A server stopping waits for open responses, and a board never closes its stream: whoever
 runs the server calls `stop_streams(app)` when asked to stop (uvicorn: in `handle_exit`),
@@ -35,6 +36,7 @@ from temporalio.service import RPCError
 
 from stanch.api.deps import TemporalUnavailable, current_responder, get_client
 from stanch.api.incidents import IncidentId, incident_state, list_incidents
+from stanch.responders import NotAuthenticated, ResponderAuth
 
 log = logging.getLogger(__name__)
 
@@ -145,12 +147,41 @@ def stop_streams(app: FastAPI) -> None:
 
 def _stream(request: Request, read: Read, *, event: str, interval: float) -> StreamingResponse:
     stopping = _stopping(request.app)
+    still_signed_in = _sign_in_check(request)
+    signed_out: list[str] = []
 
     async def gone() -> bool:
+        if (problem := still_signed_in()) is not None:
+            signed_out.append(problem)
+            return True
         return stopping.is_set() or await request.is_disconnected()
 
-    generator = poll_stream(read, gone, event=event, interval=interval)
-    return StreamingResponse(generator, media_type=MEDIA_TYPE, headers=STREAM_HEADERS)
+    async def until_gone() -> AsyncIterator[str]:
+        async for text in poll_stream(read, gone, event=event, interval=interval):
+            yield text
+        if signed_out:
+            # The board reconnects when a stream ends, hears 401 and asks to sign in again.
+            yield frame("error", {"detail": f"signed out: {signed_out[0]}"})
+
+    return StreamingResponse(until_gone(), media_type=MEDIA_TYPE, headers=STREAM_HEADERS)
+
+
+def _sign_in_check(request: Request) -> Callable[[], str | None]:
+    """Whether the credential that opened the stream still holds, asked on every poll: a JWT
+    expires and a token is revoked while a board stays open. None while it holds."""
+    auth: ResponderAuth = request.app.state.responders
+    authorization = request.headers.get("authorization")
+    if not authorization and auth.insecure_dev:
+        return lambda: None
+
+    def check() -> str | None:
+        try:
+            auth.authenticate(authorization)
+        except NotAuthenticated as err:
+            return str(err)
+        return None
+
+    return check
 
 
 def _list_parameters() -> Callable[..., dict[str, Any]]:

@@ -278,3 +278,24 @@ async def test_stop_streams_ends_the_open_streams_so_the_server_can_stop(serve):
 
         await asyncio.wait_for(rest(), 5)  # the stream ends: no hanging on to the connection
     assert text.startswith("event: state\n")
+
+
+async def test_a_stream_ends_when_its_token_stops_being_valid_and_says_why(serve):
+    token = StaticToken(user="alice", roles=["oncall"], token_sha256=token_sha256("alice-token"))
+    auth = ResponderAuth(RespondersFile(tokens=[token]))
+    url = await serve(FakeClient(state()), auth)
+    async with httpx.AsyncClient(timeout=10) as http:
+        async with http.stream("GET", f"{url}/v1/incidents/inc-1/events", headers={"Authorization": "Bearer alice-token"}) as response:
+            chunks = response.aiter_text()
+            text = ""
+            while "\n\n" not in text:
+                text += await anext(chunks)
+            auth.config.tokens.clear()  # revoked (a JWT expiring takes the same path)
+
+            async def rest() -> str:
+                return "".join([chunk async for chunk in chunks])
+
+            tail = await asyncio.wait_for(rest(), 5)
+        assert parse([tail]) == [("error", {"detail": "signed out: unknown token"})]
+        again = await http.get(f"{url}/v1/incidents/inc-1/events", headers={"Authorization": "Bearer alice-token"})
+    assert again.status_code == 401
