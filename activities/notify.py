@@ -26,7 +26,7 @@ from stanch.notify import (
     deliver,
     load_notify_config,
 )
-from stanch.notify.channels import scrub
+from stanch.notify.channels import PartialDelivery, scrub
 
 Deliver = Callable[[Notification, Channel], Awaitable[None]]
 logger = logging.getLogger("stanch.notify")
@@ -48,10 +48,11 @@ class NotifyActivities:
         done_before = self.ledger.delivered(notification.dedup_id)
         pending = [channel for channel in channels if channel.name not in done_before]
         outcomes = await asyncio.gather(*(self._deliver_once(notification, channel) for channel in pending))
-        problems = {channel.name: problem for channel, problem in zip(pending, outcomes, strict=True) if problem}
+        problems = {channel.name: problem for channel, (problem, _) in zip(pending, outcomes, strict=True) if problem}
+        gaps = {channel.name: gap for channel, (_, gap) in zip(pending, outcomes, strict=True) if gap}
         result = NotifyResult(
             delivered=[channel.name for channel in channels if channel.name not in problems],
-            failed=[f"{name}: {problem}" for name, problem in problems.items()],
+            failed=[f"{name}: {problem}" for name, problem in {**problems, **gaps}.items()],
             already_delivered=[channel.name for channel in channels if channel.name in done_before],
         )
         if problems and not result.delivered:
@@ -66,17 +67,21 @@ class NotifyActivities:
             )
         return result
 
-    async def _deliver_once(self, notification: Notification, channel: Channel) -> str | None:
-        """Deliver and record it in the ledger; the reason it failed, or None."""
+    async def _deliver_once(self, notification: Notification, channel: Channel) -> tuple[str | None, str | None]:
+        """Deliver and record it in the ledger. Returns (why it failed, who it missed although
+        it went out); both None when everyone got it."""
+        gap = None
         try:
             # A per-channel deadline: one hanging SMTP server must not use up the others' time.
             async with asyncio.timeout(channel.timeout_seconds + 1):
                 await self.deliver_to(notification, channel)
+        except PartialDelivery as error:
+            gap = scrub(str(error), channel)
         except ChannelError as error:
-            return scrub(str(error), channel)
+            return scrub(str(error), channel), None
         except TimeoutError:
-            return f"no answer within {channel.timeout_seconds:g} s"
+            return f"no answer within {channel.timeout_seconds:g} s", None
         except Exception as error:  # noqa: BLE001 - any channel bug is that channel's failure, not the incident's
-            return scrub(f"{type(error).__name__}: {error}", channel)
+            return scrub(f"{type(error).__name__}: {error}", channel), None
         self.ledger.record(notification.dedup_id, channel.name, notification.incident_id)
-        return None
+        return None, gap

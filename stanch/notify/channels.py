@@ -25,6 +25,12 @@ class ChannelError(Exception):
     """A delivery failed; the message says why in words a responder can act on (never a secret)."""
 
 
+class PartialDelivery(ChannelError):
+    """The message went out, but not to everyone (an SMTP server refused some recipients).
+    It counts as delivered — a retry would send it again to those who got it — and the gap
+    is reported like a failure."""
+
+
 @dataclass(frozen=True)
 class Links:
     """Where a message sends its reader: the Stanch board and, if configured, the Temporal UI."""

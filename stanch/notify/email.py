@@ -15,7 +15,7 @@ from email.message import EmailMessage
 from email.utils import formatdate
 from typing import TYPE_CHECKING
 
-from stanch.notify.channels import KIND_TITLES, ChannelError, EmailChannel
+from stanch.notify.channels import KIND_TITLES, ChannelError, EmailChannel, PartialDelivery
 
 if TYPE_CHECKING:
     from activities.models import Notification
@@ -85,7 +85,7 @@ def _send(message: EmailMessage, channel: EmailChannel) -> None:
         raise ChannelError(f"{where}: {type(exc).__name__}: {exc}") from None
     if refused:
         # Others got it, but a responder who did not is a gap someone must see.
-        raise ChannelError(f"{where} refused some recipients: {_codes(refused)}")
+        raise PartialDelivery(f"{where} refused some recipients: {_codes(refused)}")
 
 
 def _codes(refused: dict) -> str:

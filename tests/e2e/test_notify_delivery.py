@@ -96,6 +96,13 @@ def receiver() -> Iterator[Receiver]:
 class Mailbox:
     def __init__(self) -> None:
         self.messages: list[tuple[list[str], EmailMessage]] = []
+        self.refuse: set[str] = set()
+
+    async def handle_RCPT(self, server, session, envelope, address: str, rcpt_options: list[str]) -> str:
+        if address in self.refuse:
+            return "550 5.1.1 no such mailbox"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server, session, envelope) -> str:
         self.messages.append((list(envelope.rcpt_tos), email.message_from_bytes(envelope.content, policy=email.policy.default)))
@@ -229,3 +236,20 @@ async def test_when_nothing_arrives_the_activity_fails_and_the_retry_delivers(wo
 
     await run(acts, notification(["unlucky"]))  # had Temporal retried once more, the bridge hears nothing new
     assert len(receiver.at("/bridge/")) == 2
+
+
+async def test_a_mail_that_reached_only_some_recipients_is_reported_and_never_sent_again(
+    worker_home: Path, smtp_server: tuple[Mailbox, int]
+) -> None:
+    mailbox, _ = smtp_server
+    mailbox.refuse = {"lead@example.com"}
+    acts = notify_activities(worker_home)
+    result = await run(acts, notification(["safety"]))
+    assert "email-safety" in result.delivered
+    assert result.failed == ["email-safety: SMTP 127.0.0.1:" + str(smtp_server[1]) + " refused some recipients: lead@example.com (550)"]
+    ((recipients, _),) = mailbox.messages
+    assert recipients == ["safety@example.com"]
+
+    # Temporal retries the activity: the safety lead who got it does not get it twice.
+    retry = await run(acts, notification(["safety"]))
+    assert "email-safety" in retry.already_delivered and len(mailbox.messages) == 1
