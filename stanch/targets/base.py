@@ -41,6 +41,22 @@ class JobStatus(BaseModel):
     error: str | None = None
 
 
+class PlannedCall(BaseModel):
+    """One call an action would make on a control plane, described without making it.
+
+    `stanch runbooks plan` prints these and a dry-run incident records them; secrets appear
+    only as the reference that names them (`$LITELLM_KEY`, `file:keys/litellm`), never as values.
+    """
+
+    target: str  # the configured target's name, as runbooks and targets.yaml call it
+    adapter: str  # its kind: gateway | http | mlflow | flagd
+    operation: str  # what it does, in a phrase: "move alias champion of support-bot to version 2"
+    method: str | None = None  # HTTP method, where the adapter speaks HTTP
+    url: str | None = None
+    body: Any = None
+    undo: list[PlannedCall] = Field(default_factory=list)  # what restore would call to put it back
+
+
 class Target(Protocol):
     async def state(self, model: str) -> dict[str, Any]:
         """Everything an investigation needs about the model's current control state."""
@@ -63,3 +79,7 @@ class Target(Protocol):
         ...
 
     async def job_status(self, job_id: str) -> JobStatus: ...
+
+    def plan(self, model: str, action: ActionSpec, idempotency_key: str) -> list[PlannedCall]:
+        """Every call `apply` would make for this action, each with its undo; touches nothing."""
+        ...
