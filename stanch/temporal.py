@@ -6,18 +6,34 @@ is configured — the payload codec, so what one writes the others can read.
 
 from __future__ import annotations
 
+import dataclasses
+
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.converter import DataConverter
+from temporalio.converter import (
+    DataConverter,
+    DefaultFailureConverterWithEncodedAttributes,
+)
 from temporalio.envconfig import ClientConfig
 
+from stanch.codec import EncryptionCodec, load_encryption_keys
 from stanch.config import Settings
 
 
 def data_converter(settings: Settings | None = None) -> DataConverter:
-    """The one data converter of an installation: pydantic, plus the payload codec if configured."""
-    # Issue 5 adds the AES-GCM codec here, switched on by the settings.
-    return pydantic_data_converter
+    """The one data converter of an installation: pydantic, plus the payload codec if configured.
+
+    Settings default to the environment's. Malformed keys raise `EncryptionKeyError`: better
+    to refuse to start than to write plaintext an operator meant to be encrypted."""
+    keys = load_encryption_keys(settings or Settings.from_env())
+    if keys is None:
+        return pydantic_data_converter
+    return dataclasses.replace(
+        pydantic_data_converter,
+        payload_codec=EncryptionCodec(keys),
+        # Failure messages and stack traces can quote a prompt or an output: encrypt them too.
+        failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+    )
 
 
 async def connect(address: str | None = None, namespace: str | None = None, settings: Settings | None = None) -> Client:

@@ -17,6 +17,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import typer
 from rich.console import Console
@@ -24,6 +25,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from stanch.cli.supervisor import ChildDied, Supervisor, http_ok
+from stanch.codec import EncryptionKeyError, load_encryption_keys
 from stanch.config import Settings
 from stanch.devserver import BinaryNotFound, dev_server_command, port_open
 
@@ -48,12 +50,15 @@ def dev_server(
     port: Annotated[int, typer.Option(help="Temporal frontend (gRPC) port")] = 7233,
     ui_port: Annotated[int, typer.Option(help="Temporal UI port")] = 8233,
     ip: Annotated[str, typer.Option(help="address to bind")] = LOOPBACK,
+    ui_codec_endpoint: Annotated[
+        str | None, typer.Option("--ui-codec-endpoint", help="the codec server the UI decrypts payloads through (`stanch codec-server`)")
+    ] = None,
 ) -> None:
     """Run the embedded Temporal dev server in the foreground, persisted under HOME."""
     home = home.expanduser()
     home.mkdir(parents=True, exist_ok=True)
     try:
-        command = dev_server_command(home, port, ui_port, ip)
+        command = dev_server_command(home, port, ui_port, ip, ui_codec_endpoint)
     except BinaryNotFound as exc:
         raise _fail(str(exc)) from exc
     sys.stdout.flush()
@@ -72,11 +77,21 @@ async def _until_signalled(work: Coroutine[Any, Any, Any]) -> None:
         pass
 
 
+def _encrypted(settings: Settings) -> bool:
+    """Whether payload encryption is configured. Malformed keys stop a part at start-up with
+    their problem named, rather than with a traceback at its first connection."""
+    try:
+        return load_encryption_keys(settings) is not None
+    except EncryptionKeyError as exc:
+        raise _fail(f"payload encryption: {exc}") from exc
+
+
 def worker() -> None:
     """Run a worker: polls the incident task queue, runs workflows and activities."""
     from workers.main import run_worker
 
     settings = Settings.from_env()
+    _encrypted(settings)
     console.print(f"stanch worker: task queue {settings.task_queue!r}, Temporal at {settings.temporal_address or '(env config)'}")
     asyncio.run(_until_signalled(run_worker(settings)))
 
@@ -113,6 +128,7 @@ def api(
     from stanch.api.app import serve
 
     settings = Settings.from_env()
+    _encrypted(settings)
     if intake_auth is not None:
         settings = settings.model_copy(update={"intake_auth": intake_auth.expanduser()})
     serve(host, port, settings, insecure_dev=insecure_dev)
@@ -151,6 +167,7 @@ def up(
     ui_port: Annotated[int, typer.Option(help="embedded Temporal's UI port")] = 8233,
     api_port: Annotated[int, typer.Option(help="the Stanch API's port")] = 8200,
     gateway_port: Annotated[int, typer.Option(help="the reference gateway's port")] = 8300,
+    codec_port: Annotated[int, typer.Option(help="the codec server's port, when payload encryption is configured")] = 8400,
     temporal_address: Annotated[
         str | None, typer.Option(help="use this Temporal (host:port) instead of starting the embedded dev server")
     ] = None,
@@ -164,7 +181,9 @@ def up(
         ),
     ] = None,
 ) -> None:
-    """Run everything on this machine: Temporal dev server, gateway, worker and API.
+    """Run everything on this machine: Temporal dev server, gateway, worker and API — and, when
+    payload encryption is configured (STANCH_ENCRYPTION_KEYS or HOME/encryption-keys), the
+    codec server the Temporal UI decrypts through.
 
     Ctrl-C stops them all. Restarting with the same --home continues open incidents.
     The API runs with --insecure-dev: this is the local demo, so intake sources without a
@@ -173,7 +192,8 @@ def up(
     home = home.expanduser().resolve()
     if intake_auth is not None and not intake_auth.expanduser().is_file():
         raise _fail(f"--intake-auth {intake_auth}: no such file")
-    from_env = Settings.from_env()
+    from_env = Settings.from_env().model_copy(update={"home": home})
+    encrypted = _encrypted(from_env)
     plan = UpPlan(
         settings=from_env.model_copy(
             update={
@@ -191,7 +211,13 @@ def up(
         gateway_port=gateway_port,
         startup_timeout=startup_timeout,
         intake_auth=intake_auth.expanduser().resolve() if intake_auth else None,
+        codec_port=codec_port,
+        encrypted=encrypted,
     )
+    ports = plan.ports()
+    clashes = [f"{what} ({port})" for what, port in ports.items() if list(ports.values()).count(port) > 1]
+    if clashes:
+        raise _fail(f"two parts on one port: {', '.join(clashes)}; give each its own with the flags")
     taken = [f"{what} ({port})" for what, port in plan.ports().items() if port_open(LOOPBACK, port)]
     if taken:
         raise _fail(f"ports already in use for {', '.join(taken)}: is another `stanch up` running? Pick other ports with the flags.")
@@ -222,6 +248,26 @@ class UpPlan:
     gateway_port: int
     startup_timeout: float
     intake_auth: Path | None = None
+    codec_port: int = 8400
+    encrypted: bool = False  # payload encryption configured: run the codec server too
+
+    @property
+    def codec_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.codec_port}"
+
+    def dev_server_command(self) -> list[str]:
+        codec = self.codec_url if self.encrypted else None
+        return dev_server_command(self.settings.home, self.temporal_port, self.ui_port, ui_codec_endpoint=codec)
+
+    def codec_command(self, python: list[str]) -> list[str]:
+        """The codec server as `up` runs it: loopback, --insecure-dev like the API (a responders
+        file is still enforced), and CORS open to the UI's origin."""
+        ui = urlsplit(self.settings.ui_url)
+        origins = [f"{ui.scheme}://{ui.netloc}"]
+        if ui.hostname == LOOPBACK:  # the browser may call the UI either name
+            origins.append(f"{ui.scheme}://localhost:{ui.port}")
+        command = [*python, "codec-server", "--host", LOOPBACK, "--port", str(self.codec_port), "--insecure-dev"]
+        return [*command, *(arg for origin in origins for arg in ("--ui-origin", origin))]
 
     def api_command(self, python: list[str]) -> list[str]:
         """The API as `up` runs it: loopback only, --insecure-dev (the local demo)."""
@@ -230,6 +276,8 @@ class UpPlan:
 
     def ports(self) -> dict[str, int]:
         ports = {"the API": self.api_port, "the gateway": self.gateway_port}
+        if self.encrypted:
+            ports["the codec server"] = self.codec_port
         if self.embedded_temporal:
             ports |= {"Temporal": self.temporal_port, "the Temporal UI": self.ui_port}
         return ports
@@ -242,15 +290,19 @@ def _start_and_watch(supervisor: Supervisor, plan: UpPlan, stop: threading.Event
     try:
         if plan.embedded_temporal:
             with console.status("starting Temporal dev server"):
-                supervisor.start("temporal", dev_server_command(settings.home, plan.temporal_port, plan.ui_port))
+                supervisor.start("temporal", plan.dev_server_command())
                 if not supervisor.wait_until(lambda: port_open(LOOPBACK, plan.temporal_port), "Temporal", timeout, stop.is_set):
                     return 0
         with console.status("starting gateway, worker and API"):
+            if plan.encrypted:
+                supervisor.start("codec-server", plan.codec_command(python))
             gateway_db = str(settings.home / "gateway.db")
             supervisor.start("gateway", [*python, "gateway", "--host", LOOPBACK, "--port", str(plan.gateway_port), "--db", gateway_db])
             supervisor.start("worker", [*python, "worker"])
             supervisor.start("api", plan.api_command(python))
-            for name, url in (("the gateway", settings.gateway_url), ("the API", settings.api_url)):
+            ready = [("the gateway", settings.gateway_url), ("the API", settings.api_url)]
+            ready += [("the codec server", plan.codec_url)] if plan.encrypted else []
+            for name, url in ready:
                 if not supervisor.wait_until(lambda url=url: http_ok(f"{url}/healthz"), name, timeout, stop.is_set):
                     return 0
     except BinaryNotFound as exc:
@@ -260,7 +312,7 @@ def _start_and_watch(supervisor: Supervisor, plan: UpPlan, stop: threading.Event
         _report_failure(supervisor, str(exc))
         return 1
 
-    _print_urls(settings)
+    _print_urls(plan)
     while not stop.wait(0.5):
         dead = supervisor.first_dead()
         if dead:
@@ -277,13 +329,16 @@ def _report_failure(supervisor: Supervisor, message: str) -> None:
         err_console.print(Panel(dead.log_tail(), title=f"last lines of {dead.log_path}", border_style="red"))
 
 
-def _print_urls(settings: Settings) -> None:
+def _print_urls(plan: UpPlan) -> None:
+    settings = plan.settings
     table = Table.grid(padding=(0, 2))
     table.add_row("API", f"{settings.api_url}  (docs: {settings.api_url}/docs)")
     table.add_row("Board", f"{settings.api_url}/board")
     table.add_row("Gateway", settings.gateway_url)
     table.add_row("Temporal UI", settings.ui_url)
     table.add_row("Temporal", str(settings.temporal_address))
+    if plan.encrypted:
+        table.add_row("Codec server", f"{plan.codec_url}  (payloads encrypted; CLI: --codec-endpoint {plan.codec_url})")
     table.add_row("Home", f"{settings.home}  (logs in {settings.logs_dir})")
     console.print(Panel(table, title="[bold green]Stanch is up", expand=False))
     console.print(f"Try it: [bold]stanch demo --api {settings.api_url}[/]    Ctrl-C stops everything.")
