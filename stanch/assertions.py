@@ -85,6 +85,13 @@ def trust(keys: list[tuple[str, bytes]]) -> None:
     _signing_key_id = keys[0][0]
 
 
+def trust_none() -> None:
+    """Verify nothing and sign nothing: an audit without the installation's keys."""
+    global _signing_key_id
+    _trusted.clear()
+    _signing_key_id = None
+
+
 def _message(occurrence: str, nonce: str, decision: BaseModel) -> bytes:
     """What is vouched for: this occurrence of the incident (an id repeats after it closes),
     a one-time nonce (the update id), the kind of decision and every field of it — so an

@@ -1,0 +1,222 @@
+"""A timeline as Markdown (for a person, or a postmortem) or as one self-contained HTML page.
+
+Both come from the same sections (`sections()`), so they always say the same thing. Every text
+that came from outside — signal titles, comments, messages — is escaped: a `<script>` in an
+alert title is shown, never run.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from stanch.audit.models import Timeline
+
+MILESTONES = ["acknowledged", "contained", "rolled back", "fix verified", "restored", "closed"]
+
+# A cell is text, or (text, css class) where HTML may colour it.
+Cell = str | tuple[str, str]
+
+
+@dataclass
+class Section:
+    title: str
+    headers: list[str]
+    rows: list[list[Cell]] = field(default_factory=list)
+    note: str = ""
+    empty: str = "none"
+
+
+def sections(t: Timeline) -> list[Section]:
+    """The timeline, section by section, in the order an auditor reads it."""
+    start = t.first_signal_at or t.started_at
+    reached = {m.name: m for m in t.milestones}
+    durations = Section("Durations", ["milestone", "after", "at", "how"], note=f"from the first signal at {when(start)}")
+    for name in MILESTONES:
+        m = reached.get(name)
+        durations.rows.append([name, span(m.seconds), when(m.at), m.how] if m else [name, "not reached", "", ""])
+
+    signals = Section("Signals", ["at", "event", "sender", "signal id", "title", "source", "status"])
+    for s in t.signals:
+        signals.rows.append([when(s.at), str(s.event_id), s.sender, s.signal_id + (" (redelivery, ignored)" if s.redelivery else ""), s.title, s.source, s.status])
+
+    approvals = Section("Approvals by stage", ["stage", "approvers", "rejected by"], note="verified decisions only count toward a gate")
+    for stage in dict.fromkeys(d.stage for d in t.decisions if d.name in ("approve", "reject", "approve_signal") and d.stage):
+        votes = [d for d in t.decisions if d.stage == stage and d.name in ("approve", "reject", "approve_signal")]
+        yes = [vote(d) for d in votes if d.fields.get("approve")]
+        no = [vote(d) for d in votes if not d.fields.get("approve")]
+        approvals.rows.append([stage, ", ".join(yes) or "nobody", ", ".join(no)])
+
+    decisions = Section("Decisions", ["at", "event", "decision", "who", "roles", "via", "assertion", "outcome", "message"])
+    for d in t.decisions:
+        mark = ("✔ verified", "ok") if d.verified else ("✘ not verified", "bad")
+        outcome = (d.outcome, "bad" if d.outcome in ("refused", "not acted on") else "")
+        decisions.rows.append([when(d.at), str(d.event_id), d.what, d.who, ", ".join(d.roles), d.via, mark, outcome, d.message])
+
+    actions = Section("Actions", ["at", "event", "stage", "kind", "target", "idempotency key", "attempts", "outcome", "result"])
+    for a in t.actions:
+        key = a.idempotency_key + (" (rebuilt from the input)" if a.key_source == "computed" else "")
+        result = a.failure or (f"lifts {a.lifts}" if a.lifts else "") or compact(a.result)
+        outcome = (a.outcome, "" if a.outcome == "completed" else "bad")
+        actions.rows.append([when(a.at), str(a.event_id), a.stage, a.kind, a.target, key, str(a.attempts), outcome, result])
+
+    steps = Section("Checks and records", ["at", "event", "activity", "outcome", "summary"])
+    for s in t.steps:
+        steps.rows.append([when(s.at), str(s.event_id), s.activity, (s.outcome, "" if s.outcome == "completed" else "bad"), s.failure or s.summary])
+
+    notifications = Section("Notifications and escalations", ["at", "event", "kind", "to", "tier", "delivered by", "failed", "message"])
+    for n in t.notifications:
+        kind = (n.kind, "bad" if n.kind in ("escalation", "action_failed") else "")
+        notifications.rows.append([when(n.at), str(n.event_id), kind, ", ".join(n.recipients), str(n.tier), ", ".join(n.delivered), "; ".join(n.failed), n.message])
+
+    timers = Section("Timers", ["started", "event", "timer", "set for", "outcome", "ended"])
+    for tm in t.timers:
+        ended = f"{when(tm.ended_at)} (event {tm.ended_event_id})" if tm.ended_at else ""
+        timers.rows.append([when(tm.at), str(tm.event_id), tm.timer_id, span(tm.seconds), tm.outcome, ended])
+
+    statuses = Section("Status and severity", ["at", "event", "status", "severity"])
+    for c in t.status_changes:
+        statuses.rows.append([when(c.at), str(c.event_id), c.status or "", c.severity or ""])
+
+    evidence = Section("Evidence", ["at", "event", "sha256", "location"])
+    for e in t.evidence:
+        evidence.rows.append([when(e.at), str(e.event_id), e.sha256, e.location])
+
+    stages = Section("Stages at the end", ["stage", "status", "started", "finished", "detail"], empty="the run has not completed")
+    for s in t.stages:
+        stages.rows.append([s.name, s.status, when(s.started_at), when(s.finished_at), s.detail])
+
+    warnings = Section("Warnings", ["warning"], rows=[[w] for w in t.warnings])
+    return [durations, signals, approvals, decisions, actions, steps, notifications, timers, statuses, evidence, stages, warnings]
+
+
+def summary(t: Timeline) -> list[tuple[str, str]]:
+    outcome = t.execution + (f": {t.final_status}" if t.final_status else "") + (f" — {t.close_reason}" if t.close_reason else "")
+    return [
+        ("incident", t.incident_id),
+        ("occurrence", t.occurrence),
+        ("workflow", f"{t.workflow_id} run {t.run_id}"),
+        ("runbook", f"{t.runbook} (sha256 {t.runbook_sha256})" if t.runbook_sha256 else t.runbook),
+        ("target", t.target),
+        ("started", when(t.started_at)),
+        ("outcome", outcome),
+        ("severity", t.final_severity or (t.status_changes[-1].severity if t.status_changes else "") or ""),
+        ("events", str(t.events)),
+        ("decision keys", ", ".join(t.trusted_keys) or "none trusted: assertions cannot verify"),
+    ]
+
+
+# --- Markdown ---------------------------------------------------------------------------
+
+
+def to_markdown(t: Timeline) -> str:
+    lines = [f"# Incident {md(t.incident_id or t.workflow_id)} — timeline", "", "Derived from the workflow history alone; every row names its event.", ""]
+    lines += ["| | |", "|---|---|"] + [f"| {key} | {md(value)} |" for key, value in summary(t)] + [""]
+    for section in sections(t):
+        lines += [f"## {section.title}", ""]
+        if section.note:
+            lines += [f"_{md(section.note)}_", ""]
+        if not section.rows:
+            lines += [f"_{section.empty}_", ""]
+            continue
+        lines.append("| " + " | ".join(section.headers) + " |")
+        lines.append("|" + "---|" * len(section.headers))
+        lines += ["| " + " | ".join(md(text_of(cell)) for cell in row) + " |" for row in section.rows]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def md(text: str) -> str:
+    """One table cell: no line breaks, no pipes, and no raw HTML for a Markdown viewer to run."""
+    return " ".join(str(text).split()).replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;")
+
+
+# --- HTML -------------------------------------------------------------------------------
+
+STYLE = """
+body{font:14px/1.45 system-ui,sans-serif;margin:2rem;color:#1d2329}
+h1{font-size:1.4rem}h2{font-size:1.1rem;margin-top:2rem;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.5rem 0;width:100%}
+th,td{border:1px solid #ddd;padding:.25rem .5rem;text-align:left;vertical-align:top}
+th{background:#f4f6f8}td{word-break:break-word}
+.ok{color:#137333}.bad{color:#b3261e;font-weight:600}.note,.empty{color:#5f6b76;font-style:italic}
+table.summary{width:auto}table.summary th{width:10rem}
+"""
+
+
+def to_html(t: Timeline) -> str:
+    """One file, no scripts, no external resources: it opens the same on an air-gapped laptop."""
+    title = f"Incident {t.incident_id or t.workflow_id} — timeline"
+    parts = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; style-src \'unsafe-inline\'">',
+        f"<title>{esc(title)}</title><style>{STYLE}</style></head><body>",
+        f"<h1>{esc(title)}</h1>",
+        '<p class="note">Derived from the workflow history alone; every row names its event.</p>',
+        '<table class="summary">' + "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in summary(t)) + "</table>",
+    ]
+    for section in sections(t):
+        parts.append(f"<h2>{esc(section.title)}</h2>")
+        if section.note:
+            parts.append(f'<p class="note">{esc(section.note)}</p>')
+        if not section.rows:
+            parts.append(f'<p class="empty">{esc(section.empty)}</p>')
+            continue
+        head = "".join(f"<th>{esc(h)}</th>" for h in section.headers)
+        body = "".join("<tr>" + "".join(html_cell(cell) for cell in row) + "</tr>" for row in section.rows)
+        parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def html_cell(cell: Cell) -> str:
+    if isinstance(cell, tuple):
+        text, css = cell
+        return f'<td class="{esc(css)}">{esc(text)}</td>' if css else f"<td>{esc(text)}</td>"
+    return f"<td>{esc(cell)}</td>"
+
+
+def esc(text: str) -> str:
+    return html.escape(str(text), quote=True)
+
+
+# --- small formats ----------------------------------------------------------------------
+
+
+def text_of(cell: Cell) -> str:
+    return cell[0] if isinstance(cell, tuple) else cell
+
+
+def vote(d) -> str:
+    roles = f" ({', '.join(d.roles)})" if d.roles else ""
+    counted = "" if d.outcome in ("accepted", "delivered") else f" [{d.outcome}]"
+    return f"{d.who or 'unknown'}{roles} {'✔' if d.verified else '✘ unverified'}{counted}"
+
+
+def when(moment: datetime | None) -> str:
+    if moment is None:
+        return ""
+    moment = moment.astimezone(UTC) if moment.tzinfo else moment
+    return moment.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+
+
+def span(seconds: float | None) -> str:
+    """3.2 s, 4 min 5 s, 2 h 10 min, 3 d 4 h."""
+    if seconds is None:
+        return ""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days} d {hours} h"
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min {secs} s"
+
+
+def compact(result: dict) -> str:
+    return ", ".join(f"{key}={value}" for key, value in result.items())

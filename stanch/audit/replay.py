@@ -1,0 +1,180 @@
+"""Replay incident histories with today's workflow code: does it still reproduce each one?
+
+The replayer runs the worker's own workflows (`workers.main.WORKFLOWS`) with the worker's data
+converter over each recorded history and fails where today's code would issue different
+commands than the ones recorded. For a divergence we name the run and the event: from the
+SDK's message when it names one, else by replaying ever longer prefixes of the history until
+one fails — the workflow task whose commands differ — and, within it, the event the message
+points at (an activity type or timer id it mentions).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator, Iterable
+from contextlib import contextmanager
+
+from pydantic import BaseModel, Field
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.history.v1 import HistoryEvent
+from temporalio.client import WorkflowHistory
+from temporalio.converter import DataConverter
+from temporalio.runtime import Runtime, TelemetryConfig
+from temporalio.worker import Replayer
+
+from stanch.audit.history import event_name
+
+_quiet_runtime: Runtime | None = None
+
+
+class Divergence(BaseModel):
+    event_id: int | None = Field(None, description="the event today's code does not reproduce, when it can be named")
+    event_type: str = ""
+    workflow_task: int | None = Field(None, description="WorkflowTaskCompleted event whose commands differ")
+    window: tuple[int, int] | None = Field(None, description="first and last event id of that workflow task's commands")
+    message: str
+
+
+class ReplayOutcome(BaseModel):
+    workflow_id: str
+    run_id: str
+    source: str = Field(description="the file or 'temporal' the history came from")
+    events: int
+    reproduced: bool
+    divergence: Divergence | None = None
+
+    def describe(self) -> str:
+        run = f"{self.workflow_id} run {self.run_id}"
+        if self.reproduced:
+            return f"{run}: reproduced ({self.events} events)"
+        d = self.divergence
+        where = f"event {d.event_id} ({d.event_type})" if d.event_id else "an event it cannot name"
+        if d.window:
+            where += f", in the commands of the workflow task completed at event {d.workflow_task} (events {d.window[0]}–{d.window[1]})"
+        return f"{run}: DIVERGES at {where}: {d.message}"
+
+
+def replayer(workflows: list[type], converter: DataConverter) -> Replayer:
+    global _quiet_runtime
+    # The SDK core logs every failed replay task as a WARN line on stderr; the report says it better.
+    _quiet_runtime = _quiet_runtime or Runtime(telemetry=TelemetryConfig(logging=None))
+    return Replayer(workflows=workflows, data_converter=converter, runtime=_quiet_runtime)
+
+
+async def replay_histories(
+    histories: AsyncIterator[WorkflowHistory], workflows: list[type], converter: DataConverter, sources: dict[int, str] | None = None
+) -> list[ReplayOutcome]:
+    """Replay each history; a divergence is located by replaying prefixes of that history."""
+    sources = sources or {}
+    tool = replayer(workflows, converter)
+    outcomes = []
+    with _sdk_warnings_silenced():
+        async with tool.workflow_replay_iterator(histories) as results:
+            async for result in results:
+                history = result.history
+                outcome = ReplayOutcome(
+                    workflow_id=history.workflow_id,
+                    run_id=history.run_id,
+                    source=sources.get(id(history), "temporal"),
+                    events=len(history.events),
+                    reproduced=result.replay_failure is None,
+                )
+                if result.replay_failure is not None:
+                    outcome.divergence = await locate(tool, history, result.replay_failure)
+                outcomes.append(outcome)
+    return outcomes
+
+
+async def from_list(histories: Iterable[WorkflowHistory]) -> AsyncIterator[WorkflowHistory]:
+    for history in histories:
+        yield history
+
+
+# --- naming the event -------------------------------------------------------------------
+
+# What the SDK core's messages say, e.g. "History is out of order. Last processed event: 13,
+# event id: 15" or "No command scheduled for event HistoryEvent(id: 87, ActivityTaskScheduled)".
+EVENT_ID_PATTERNS = [r"HistoryEvent\(\s*id:\s*(\d+)", r"\bevent id:?\s*(\d+)", r"\bevent_id[=:]\s*(\d+)"]
+# "Activity type of scheduled event 'X' does not match ...", "Timer id of scheduled event 'X' ..."
+NAMED_IN_EVENT = re.compile(r"(Activity type|Timer id) of scheduled event '([^']*)'")
+
+
+async def locate(tool: Replayer, history: WorkflowHistory, failure: BaseException) -> Divergence:
+    message = _core_message(failure)
+    events = list(history.events)
+    by_id = {event.event_id: event for event in events}
+    for pattern in EVENT_ID_PATTERNS:
+        if (found := re.search(pattern, message)) and int(found.group(1)) in by_id:
+            event = by_id[int(found.group(1))]
+            return Divergence(event_id=event.event_id, event_type=event_name(event), message=message)
+    task, window = await _first_divergent_task(tool, history)
+    named = _event_named_in(message, events, window)
+    if named is not None:
+        return Divergence(event_id=named.event_id, event_type=event_name(named), workflow_task=task, window=window, message=message)
+    if task is not None:
+        return Divergence(event_id=task, event_type="WorkflowTaskCompleted", workflow_task=task, window=window, message=message)
+    last = events[-1]
+    return Divergence(event_id=last.event_id, event_type=event_name(last), message=message)
+
+
+async def _first_divergent_task(tool: Replayer, history: WorkflowHistory) -> tuple[int | None, tuple[int, int] | None]:
+    """Binary search over workflow-task boundaries for the shortest prefix that fails to replay.
+
+    A prefix that ends at a WorkflowTaskStarted event replays every command up to it; the first
+    failing one means the commands of the task before it differ from today's code.
+    """
+    events = list(history.events)
+    cuts = [i for i, event in enumerate(events) if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED]
+    cuts.append(len(events) - 1)  # the whole history: the last task's commands
+    low, high = 0, len(cuts) - 1  # invariant: the prefix at cuts[high] fails
+    while low < high:
+        middle = (low + high) // 2
+        prefix = WorkflowHistory(history.workflow_id, events[: cuts[middle] + 1])
+        result = await tool.replay_workflow(prefix, raise_on_replay_failure=False)
+        if result.replay_failure is None:
+            low = middle + 1
+        else:
+            high = middle
+    if high == 0:
+        return None, None
+    start = cuts[high - 1] + 1  # the task's WorkflowTaskCompleted follows its WorkflowTaskStarted
+    completed = next((e for e in events[start : cuts[high] + 1] if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED), None)
+    if completed is None:
+        return None, (events[start].event_id, events[cuts[high]].event_id)
+    first = completed.event_id + 1
+    return completed.event_id, (first, max(first, events[cuts[high]].event_id))
+
+
+def _event_named_in(message: str, events: list[HistoryEvent], window: tuple[int, int] | None) -> HistoryEvent | None:
+    found = NAMED_IN_EVENT.search(message)
+    if not found:
+        return None
+    what, name = found.groups()
+    if what == "Activity type":
+        matches = [e for e in events if e.HasField("activity_task_scheduled_event_attributes") and e.activity_task_scheduled_event_attributes.activity_type.name == name]
+    else:
+        matches = [e for e in events if e.HasField("timer_started_event_attributes") and e.timer_started_event_attributes.timer_id == name]
+    inside = [e for e in matches if window and window[0] <= e.event_id <= window[1]]
+    return (inside or matches or [None])[0]
+
+
+def _core_message(failure: BaseException) -> str:
+    """The core's own message, without the Rust debug wrapping around it."""
+    text = str(failure)
+    found = re.search(r'message: "((?:[^"\\]|\\.)*)"', text)
+    return (found.group(1).replace('\\"', '"').replace("\\'", "'") if found else text).strip()
+
+
+@contextmanager
+def _sdk_warnings_silenced():
+    """The SDK logs each failed activation with a traceback; the outcome carries the message."""
+    loggers = [logging.getLogger(name) for name in ("temporalio.worker._workflow", "temporalio.worker._replayer", "temporalio.workflow")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)

@@ -1,0 +1,298 @@
+"""`stanch audit replay|timeline|export|verify|keygen`: the auditor's side of Stanch.
+
+An incident's Temporal history is its audit record. These commands replay it with today's code
+(does the code still do what it did?), read it back as a timeline (who decided what, was it
+really them, how long did each step take), and export histories, timelines and evidence into
+a bundle whose hash-chained, optionally signed manifest shows whether anything changed since.
+
+Exit codes: 0 all good; 1 a divergence or a failed verification; 2 bad input (a file that is
+not a history, Temporal unreachable, a missing key).
+
+Mounted by `stanch.cli.main` as `app.add_typer(audit_app, name="audit")`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from stanch.config import Settings
+
+audit_app = typer.Typer(
+    help="Replay incident histories, read their timelines, export and verify audit bundles.",
+    no_args_is_help=True,
+)
+
+# soft_wrap: a divergence names run and event on one line, whole, for anyone grepping CI logs.
+console = Console(soft_wrap=True, highlight=False)
+err_console = Console(stderr=True, soft_wrap=True, highlight=False)
+
+HomeOption = Annotated[
+    Path | None,
+    typer.Option("--home", envvar="STANCH_HOME", help="the installation's home: its decision keys and evidence (default ~/.stanch)"),
+]
+AddressOption = Annotated[str | None, typer.Option("--address", envvar="TEMPORAL_ADDRESS", help="Temporal frontend host:port")]
+NamespaceOption = Annotated[str | None, typer.Option("--namespace", envvar="TEMPORAL_NAMESPACE", help="Temporal namespace")]
+RunIdOption = Annotated[str | None, typer.Option("--run-id", help="a particular run (default: the latest)")]
+JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of tables")]
+
+
+class BadInput(Exception):
+    """Wrong arguments: exit 2 with the message."""
+
+
+def _run(coroutine):
+    """Run a command's coroutine; anything the user can fix is one line on stderr and exit 2."""
+    # Heavy imports (the SDK, the workflows, cryptography) wait for a command: `stanch --help` stays quick.
+    from stanch.audit import bundle, signing
+    from stanch.audit.history import HistoryError
+
+    try:
+        return asyncio.run(coroutine)
+    except (BadInput, HistoryError, bundle.BundleError, signing.SigningKeyError) as problem:
+        err_console.print(f"[bold red]error:[/] {escape(str(problem))}")
+        raise typer.Exit(2) from None
+
+
+def _settings(home: Path | None) -> Settings:
+    settings = Settings.from_env()
+    return settings.model_copy(update={"home": home.expanduser()}) if home else settings
+
+
+def _trust_keys(settings: Settings) -> list[str]:
+    from stanch.audit.history import trust_decision_keys
+
+    keys = trust_decision_keys(settings)
+    if not keys:
+        err_console.print(
+            f"[yellow]warning:[/] no decision keys (STANCH_DECISION_KEYS or {escape(str(settings.home))}/decision-keys): "
+            "no assertion verifies, and replaying an approved stage diverges"
+        )
+    return keys
+
+
+def _converter(settings: Settings):
+    """The worker's data converter: pydantic, and the payload codec when encryption is configured."""
+    from stanch.temporal import data_converter
+
+    try:
+        return data_converter(settings)
+    except ValueError as problem:  # malformed encryption keys name themselves
+        raise BadInput(f"encryption keys: {problem}") from None
+
+
+async def _histories(settings: Settings, incident_id: str | None, run_id: str | None, files: list[Path], address, namespace):
+    """The histories a command asked for, with where each came from."""
+    from stanch.audit.history import connect_for_audit, fetch_history, load_history_file
+
+    if files:
+        return [(load_history_file(path), str(path)) for path in files]
+    client = await connect_for_audit(settings, address, namespace)
+    return [(await fetch_history(client, incident_id, run_id), "temporal")]
+
+
+# --- replay -----------------------------------------------------------------------------
+
+
+@audit_app.command("replay")
+def replay(
+    incident_id: Annotated[str | None, typer.Argument(help="incident (workflow) id to fetch from Temporal")] = None,
+    run_id: RunIdOption = None,
+    all_: Annotated[bool, typer.Option("--all", help="every incident in Temporal (with --since: started since then)")] = False,
+    since: Annotated[str | None, typer.Option("--since", help="with --all: a date or ISO 8601 time")] = None,
+    files: Annotated[list[Path] | None, typer.Option("--file", help="a `temporal workflow show --output json` file (repeatable)")] = None,
+    home: HomeOption = None,
+    address: AddressOption = None,
+    namespace: NamespaceOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Replay histories with today's workflow code; exit 1 naming the run and event of any divergence."""
+    outcomes = _run(_replay(incident_id, run_id, all_, since, files or [], home, address, namespace))
+    if as_json:
+        typer.echo("[" + ",\n".join(outcome.model_dump_json(indent=2) for outcome in outcomes) + "]")
+    elif not outcomes:
+        console.print("no incidents to replay" + (f" started since {escape(since)}" if since else ""))
+    else:
+        # One line per run, whole: grep-able in CI logs, and the run id is never cut.
+        for outcome in outcomes:
+            mark = "[green]✔[/]" if outcome.reproduced else "[bold red]✘[/]"
+            console.print(f"{mark} {escape(outcome.describe())}  [dim]{escape(outcome.source)}[/]")
+        diverged = sum(not outcome.reproduced for outcome in outcomes)
+        verdict = f"[bold red]{diverged} of {len(outcomes)} diverge[/]" if diverged else f"[green]all {len(outcomes)} reproduced[/]"
+        console.print(f"{verdict} with today's workflow code")
+    if any(not outcome.reproduced for outcome in outcomes):
+        raise typer.Exit(1)
+
+
+async def _replay(incident_id, run_id, all_, since, files, home, address, namespace):
+    from stanch.audit.history import connect_for_audit, fetch_incident_histories, parse_since
+    from stanch.audit.replay import from_list, replay_histories
+    from workers.main import WORKFLOWS
+
+    if sum([bool(incident_id), all_, bool(files)]) != 1:
+        raise BadInput("say what to replay: an incident ID, --all, or --file HISTORY.json (one of them)")
+    if since and not all_:
+        raise BadInput("--since goes with --all")
+    settings = _settings(home)
+    _trust_keys(settings)  # the approval handlers count only vouched decisions, in replay too
+    converter = _converter(settings)
+    if all_:
+        moment = parse_since(since) if since else None
+        client = await connect_for_audit(settings, address, namespace)
+        return await replay_histories(fetch_incident_histories(client, moment), WORKFLOWS, converter)
+    loaded = await _histories(settings, incident_id, run_id, files, address, namespace)
+    sources = {id(history): source for history, source in loaded}
+    return await replay_histories(from_list(history for history, _ in loaded), WORKFLOWS, converter, sources)
+
+
+# --- timeline ---------------------------------------------------------------------------
+
+
+@audit_app.command("timeline")
+def timeline(
+    incident_id: Annotated[str | None, typer.Argument(help="incident (workflow) id to fetch from Temporal")] = None,
+    run_id: RunIdOption = None,
+    file: Annotated[Path | None, typer.Option("--file", help="a `temporal workflow show --output json` file instead")] = None,
+    format: Annotated[str, typer.Option("--format", help="md, json or html")] = "md",
+    out: Annotated[Path | None, typer.Option("--out", help="write here instead of standard output")] = None,
+    home: HomeOption = None,
+    address: AddressOption = None,
+    namespace: NamespaceOption = None,
+) -> None:
+    """The incident's timeline, from its history alone.
+
+    Signals, decisions (verified or not), actions with idempotency keys, timers, notifications
+    and how long each stage took."""
+    text = _run(_timeline(incident_id, run_id, file, format, home, address, namespace))
+    if out is None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        return
+    out.write_text(text)
+    err_console.print(f"wrote {escape(str(out))}")
+
+
+async def _timeline(incident_id, run_id, file, format, home, address, namespace) -> str:
+    from stanch.audit.render import to_html, to_markdown
+    from stanch.audit.timeline import build_timeline
+
+    if format not in ("md", "json", "html"):
+        raise BadInput(f"--format {format!r}: use md, json or html")
+    if bool(incident_id) == bool(file):
+        raise BadInput("say which history: an incident ID, or --file HISTORY.json (one of them)")
+    settings = _settings(home)
+    keys = _trust_keys(settings)
+    [(history, _)] = await _histories(settings, incident_id, run_id, [file] if file else [], address, namespace)
+    built = await build_timeline(history, _converter(settings), keys)
+    if format == "json":
+        return built.model_dump_json(indent=2)
+    return to_html(built) if format == "html" else to_markdown(built)
+
+
+# --- export and verify ------------------------------------------------------------------
+
+
+@audit_app.command("export")
+def export(
+    out: Annotated[Path, typer.Option("--out", help="a new (or empty) folder for the bundle")],
+    since: Annotated[str | None, typer.Option("--since", help="incidents started since this date or ISO 8601 time (default: all)")] = None,
+    signing_key: Annotated[
+        str | None, typer.Option("--signing-key", envvar="STANCH_AUDIT_SIGNING_KEY", help="Ed25519 private key PEM file (or PEM text) to sign the head")
+    ] = None,
+    home: HomeOption = None,
+    address: AddressOption = None,
+    namespace: NamespaceOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Export histories, timelines (md + json) and evidence into a bundle sealed by a hash-chained manifest."""
+    manifest = _run(_export(out, since, signing_key, home, address, namespace))
+    if as_json:
+        typer.echo(manifest.model_dump_json(indent=2))
+        return
+    incidents = len({entry.incident for entry in manifest.entries})
+    console.print(f"[green]✓[/] {incidents} incident run(s), {len(manifest.entries)} files in {escape(str(out))}")
+    console.print(f"  head {manifest.head}" + (f"  signed by key {manifest.signature.key_id}" if manifest.signature else "  (unsigned)"))
+    for warning in manifest.warnings:
+        console.print(f"[yellow]warning:[/] {escape(warning)}")
+
+
+async def _export(out, since, signing_key, home, address, namespace):
+    from stanch.audit import bundle, signing
+    from stanch.audit.history import connect_for_audit, fetch_incident_histories, incident_query, parse_since
+
+    key = signing.load_private(signing_key) if signing_key else None
+    settings = _settings(home)
+    keys = _trust_keys(settings)
+    moment = parse_since(since) if since else None
+    bundle.prepare(out)  # refuse a used folder before fetching anything
+    client = await connect_for_audit(settings, address, namespace)
+    header = bundle.Header(
+        created_at=bundle.now(),
+        source=f"{address or settings.temporal_address or 'env config'} namespace {client.namespace}",
+        query=incident_query(moment),
+        since=moment.isoformat() if moment else None,
+    )
+    histories = fetch_incident_histories(client, moment)
+    return await bundle.export(out, histories, _converter(settings), settings.home, header, keys, key)
+
+
+@audit_app.command("verify")
+def verify(
+    path: Annotated[Path, typer.Argument(help="the bundle folder")],
+    public_key: Annotated[str | None, typer.Option("--public-key", help="Ed25519 public key PEM: also check the head's signature")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Check a bundle is as exported; exit 1 naming whatever changed.
+
+    Recomputes every file's sha256 and the manifest's chain, naming each edited, missing, added,
+    removed or reordered entry, and checks the head's signature with --public-key."""
+    from stanch.audit import bundle, signing
+
+    if not path.is_dir():
+        err_console.print(f"[bold red]error:[/] {escape(str(path))}: no such bundle folder")
+        raise typer.Exit(2)
+    try:
+        key = signing.load_public(public_key) if public_key else None
+    except signing.SigningKeyError as problem:
+        err_console.print(f"[bold red]error:[/] {escape(str(problem))}")
+        raise typer.Exit(2) from None
+    report = bundle.verify(path, key)
+    if as_json:
+        typer.echo(report.model_dump_json(indent=2))
+    else:
+        for problem in report.problems:
+            console.print(f"[bold red]✘ {problem.what}[/] {escape(problem.message)}")
+        for warning in report.warnings:
+            console.print(f"[yellow]warning:[/] {escape(warning)}")
+        signature = {"valid": "signature valid", "invalid": "signature INVALID", "unsigned": "unsigned", "not checked": "signed; pass --public-key to check it"}
+        verdict = "[green]✓ intact[/]" if report.ok else f"[bold red]✘ {len(report.problems)} problem(s)[/]"
+        console.print(f"{verdict}: {report.entries} entries, head {report.head or '-'}, {signature[report.signature]}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@audit_app.command("keygen")
+def keygen(
+    private_key: Annotated[Path, typer.Argument(help="where to write the private key (PEM, mode 0600)")],
+    public_key: Annotated[Path | None, typer.Option("--public-key", help="where to write the public key (default: NAME.pub.pem beside it)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="replace existing key files")] = False,
+) -> None:
+    """Make an Ed25519 key pair for signing bundles.
+
+    Keep the private key with whoever exports; give the public key to auditors."""
+    from stanch.audit import signing
+
+    public_key = public_key or private_key.with_name(private_key.name.removesuffix(".pem") + ".pub.pem")
+    try:
+        kid = signing.generate(private_key, public_key, overwrite=force)
+    except signing.SigningKeyError as problem:
+        err_console.print(f"[bold red]error:[/] {escape(str(problem))}")
+        raise typer.Exit(2) from None
+    console.print(f"[green]✓[/] key {kid}: private {escape(str(private_key))}, public {escape(str(public_key))}")
+    console.print("  sign:   stanch audit export --signing-key " + escape(str(private_key)) + " …  (or STANCH_AUDIT_SIGNING_KEY)")
+    console.print("  verify: stanch audit verify BUNDLE --public-key " + escape(str(public_key)))
