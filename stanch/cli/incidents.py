@@ -264,3 +264,14 @@ def resolve(
 ) -> None:
     """Declare the harm over: remaining work is skipped, then restore and review run."""
     _decide(api, incident_id, "resolve", {"by": _responder(by), "reason": reason}, as_json)
+
+
+def report_filed(
+    incident_id: Annotated[str, typer.Argument(help="the incident id")],
+    reference: Annotated[str, typer.Option(help="the authority's reference for the filed report")],
+    by: ByOption = None,
+    api: ApiOption = DEFAULT_API,
+    as_json: JsonOption = False,
+) -> None:
+    """Record that a serious incident's regulatory report (EU AI Act Art. 73) was filed: its reminders stop."""
+    _decide(api, incident_id, "report", {"by": _responder(by), "reference": reference}, as_json)

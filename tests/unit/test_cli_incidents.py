@@ -111,3 +111,11 @@ def test_reject_and_resolve_send_their_decisions(api_url: str) -> None:
     (reject_path, reject), (resolve_path, resolve) = FakeApi.posted
     assert reject_path.endswith("/approvals") and reject["approve"] is False and reject["stage"] == "rollback"
     assert resolve_path.endswith("/resolve") and resolve == {"by": "carol", "reason": "upstream fixed"}
+
+
+def test_report_filed_records_the_authoritys_reference(api_url: str) -> None:
+    FakeApi.posted.clear()
+    result = runner.invoke(app, ["report-filed", STATE["id"], "--by", "sam", "--reference", "EU-2026-0042", "--api", api_url])
+    assert result.exit_code == 0, result.output
+    ((path, body),) = FakeApi.posted
+    assert path == f"/v1/incidents/{STATE['id']}/report" and body == {"by": "sam", "reference": "EU-2026-0042"}

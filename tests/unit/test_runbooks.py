@@ -287,3 +287,52 @@ def test_only_containment_may_go_ahead_unattended(tmp_path):
     assert broken.read_text() != text
     with pytest.raises(RunbookError, match=r"harmful-output.yaml: policy.high.*restore.*only contain may go ahead unattended"):
         load_runbook(broken)
+
+
+# --- EU AI Act Art. 3(49): every category, with its Art. 73 clock ----------------------------------
+
+# The labels the shipped runbooks read, per Art. 3(49) category, and the report days Art. 73 gives.
+SERIOUS_HARMS = {
+    "(a) death": ({"harm": "death"}, 10),
+    "(a) health": ({"harm": "health-injury"}, 15),
+    "(b) critical infrastructure": ({"sector": "critical-infrastructure"}, 2),
+    "(c) fundamental rights": ({"harm": "fundamental-rights-discrimination"}, 15),
+    "(c) widespread infringement": ({"scope": "widespread"}, 2),
+    "(d) property": ({"harm": "property-damage"}, 15),
+    "(d) environment": ({"harm": "environment-spill"}, 15),
+}
+
+
+@pytest.mark.parametrize("name", ["harmful-output", "triage", "prompt-injection-campaign"])
+@pytest.mark.parametrize("category", list(SERIOUS_HARMS))
+def test_runbooks_cover_every_serious_harm_with_its_clock(name: str, category: str) -> None:
+    from stanch.models import Signal
+    from stanch.runbooks.conditions import seriousness
+
+    labels, days = SERIOUS_HARMS[category]
+    runbook = load_runbook(RUNBOOKS / f"{name}.yaml").runbook
+    signals = [Signal(signal_id="s", labels={"alertname": "HarmfulOutput", **labels})]
+    serious, report_days, reason = seriousness(runbook, signals, Severity.critical, [])
+    assert (serious, report_days) == (True, days), reason
+    assert seriousness(runbook, [Signal(signal_id="s")], Severity.critical, [])[0] is False
+
+
+def test_a_death_with_critical_infrastructure_takes_the_shortest_clock() -> None:
+    from stanch.models import Signal
+    from stanch.runbooks.conditions import seriousness
+
+    runbook = load_runbook(RUNBOOKS / "triage.yaml").runbook
+    signals = [Signal(signal_id="s", labels={"harm": "death", "sector": "critical-infrastructure"})]
+    assert seriousness(runbook, signals, Severity.low, [])[:2] == (True, 2)
+
+
+def test_regulatory_block_names_provider_and_system_for_the_report_draft(runbook_copy: Path) -> None:
+    assert load_runbook(runbook_copy / "harmful-output.yaml").runbook.regulatory.provider is None
+    path = runbook_copy / "harmful-output.yaml"
+    edit(path, "  # provider: ", "  provider: ")
+    edit(path, "  # system: ", "  system: ")
+    regulatory = load_runbook(path).runbook.regulatory
+    assert regulatory.provider.startswith("Example AI GmbH") and regulatory.system.startswith("support-bot")
+    edit(path, "  provider: ", "  vendor: ")
+    with pytest.raises(RunbookError, match=r"harmful-output.yaml: regulatory.vendor"):
+        load_runbook(path)

@@ -1,30 +1,192 @@
-"""Determinism guard: every committed history replays with today's workflow code.
+"""Determinism guard: every committed history replays with today's workflow code, and a
+non-deterministic edit to the workflow is caught by that very replay.
 
-Refresh them with `.venv/bin/python -m tests.histories.refresh` after an intended change
-guarded by `workflow.patched`.
+Refresh the histories with `.venv/bin/python -m tests.histories.refresh` after an intended change
+guarded by `workflow.patched`. Replay trusts the decision key the histories were recorded with
+(the autouse `trusted_test_key` fixture): without it every recorded decision would be "unvouched"
+and take another path.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+from temporalio import workflow
 from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities.models import Notification, ReviewResult
+from activities.notify import NotifyActivities
+from stanch import assertions
+from stanch.incident import IncidentInput, IncidentState, StageStatus
+from tests.workflow.conftest import TEST_DECISION_KEYS
+from workflows.clocks import NOTIFY_RETRY, QUICK_TIMEOUT
 from workflows.incident import IncidentWorkflow
 
 HISTORIES = sorted((Path(__file__).parent.parent / "histories").glob("*.json"))
+BRANCHES = {
+    "false_positive",
+    "triaged_false_positive",
+    "low_severity_automatic",
+    "medium_severity_restored",
+    "high_severity_restored",
+    "critical_severity_restored",
+    "four_eyes_refused",
+    "containment_rejected",
+    "contained_when_nobody_decided",
+    "failed_rollback_aborted",
+    "serious_report_filed",
+}
 
 
-def test_histories_are_committed():
-    assert {path.stem for path in HISTORIES} >= {"high_severity_restored", "false_positive", "containment_rejected", "failed_rollback_aborted"}
+def load(path: Path) -> WorkflowHistory:
+    return WorkflowHistory.from_json(f"replay-{path.stem}", path.read_text())
+
+
+def scheduled_activities(path: Path) -> set[str]:
+    events = json.loads(path.read_text())["events"]
+    return {e["activityTaskScheduledEventAttributes"]["activityType"]["name"] for e in events if "activityTaskScheduledEventAttributes" in e}
+
+
+def runner_for(workflow_class: type) -> SandboxedWorkflowRunner:
+    """The worker's sandbox. An edited copy is passed through rather than re-imported per replay:
+    its module is this test module, whose imports are not sandbox-clean (and would go through
+    pytest's assertion rewriting every time)."""
+    if workflow_class is IncidentWorkflow:
+        return SandboxedWorkflowRunner()
+    return SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_modules("tests"))
+
+
+async def replay(workflow_class: type, path: Path) -> Exception | None:
+    return (await replay_all(workflow_class, [path]))[path]
+
+
+async def replay_all(workflow_class: type, paths: list[Path]) -> dict[Path, Exception | None]:
+    """Each history's replay failure (None: it replays), one replayer for them all."""
+
+    async def histories():
+        for path in paths:
+            yield load(path)
+
+    replayer = Replayer(workflows=[workflow_class], data_converter=pydantic_data_converter, workflow_runner=runner_for(workflow_class))
+    async with replayer.workflow_replay_iterator(histories()) as results:
+        failures = [result.replay_failure async for result in results]
+    assert len(failures) == len(paths)
+    return dict(zip(paths, failures))
+
+
+def test_histories_are_committed_for_every_branch():
+    from tests.histories.refresh import BRANCHES as RECORDED_BY_REFRESH
+
+    assert {path.stem for path in HISTORIES} == BRANCHES
+    assert set(RECORDED_BY_REFRESH) == BRANCHES, "refresh records exactly the committed branches"
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[path.stem for path in HISTORIES])
-async def test_history_replays_with_todays_code(path: Path):
-    history = WorkflowHistory.from_json(f"replay-{path.stem}", path.read_text())
-    replayer = Replayer(workflows=[IncidentWorkflow], data_converter=pydantic_data_converter)
-    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
-    assert result.replay_failure is None, f"{path.name} no longer replays: {result.replay_failure}"
+async def test_history_replays_with_todays_code(path: Path, trusted_test_key):
+    failure = await replay(IncidentWorkflow, path)
+    assert failure is None, f"{path.name} no longer replays: {failure}"
+
+
+# --- edits replay must catch -------------------------------------------------------------------------
+# Each is registered under the workflow's own name, as a changed deployment of it would be.
+
+
+@workflow.defn(name="IncidentWorkflow")
+class TimerBeforePaging(IncidentWorkflow):
+    """Waits a second after the first signal before paging: a timer no history has."""
+
+    @workflow.run
+    async def run(self, input: IncidentInput) -> IncidentState:
+        return await super().run(input)
+
+    async def open(self) -> None:
+        await workflow.wait_condition(lambda: bool(self.state.signals))
+        await workflow.sleep(1)
+        await super().open()
+
+
+@workflow.defn(name="IncidentWorkflow")
+class SkipsEvidence(IncidentWorkflow):
+    """Drops the evidence snapshot: an activity the histories scheduled never comes."""
+
+    @workflow.run
+    async def run(self, input: IncidentInput) -> IncidentState:
+        return await super().run(input)
+
+    async def collect_evidence(self) -> None:
+        self.mark("evidence", StageStatus.skipped, "edited out")
+
+
+@workflow.defn(name="IncidentWorkflow")
+class NotifiesBeforeReview(IncidentWorkflow):
+    """Tells on-call before opening the review: a different activity where open_review was."""
+
+    @workflow.run
+    async def run(self, input: IncidentInput) -> IncidentState:
+        return await super().run(input)
+
+    async def open_review(self, outcome: str) -> ReviewResult:
+        await workflow.execute_activity_method(
+            NotifyActivities.notify,
+            Notification(incident_id=self.state.id, kind="status", recipients=["oncall"], message="review", severity=self.state.severity, dedup_id="edit"),
+            start_to_close_timeout=QUICK_TIMEOUT,
+            retry_policy=NOTIFY_RETRY,
+        )
+        return await super().open_review(outcome)
+
+
+@workflow.defn(name="IncidentWorkflow")
+class HarmlessEdit(IncidentWorkflow):
+    """A change that issues the same commands (one more timeline line): replay must accept it."""
+
+    @workflow.run
+    async def run(self, input: IncidentInput) -> IncidentState:
+        return await super().run(input)
+
+    async def open(self) -> None:
+        await super().open()
+        self.note("stage", "edited: one more line in the timeline")
+
+
+# edit -> the activity whose presence in a history puts the edit on that branch's path
+EDITS = {TimerBeforePaging: None, SkipsEvidence: "snapshot_evidence", NotifiesBeforeReview: "open_review"}
+
+
+@pytest.mark.parametrize("edit", list(EDITS), ids=[edit.__name__ for edit in EDITS])
+async def test_a_non_deterministic_edit_fails_every_replay_on_its_path(edit: type, trusted_test_key):
+    on_path = [path for path in HISTORIES if EDITS[edit] is None or EDITS[edit] in scheduled_activities(path)]
+    off_path = [path for path in HISTORIES if path not in on_path]
+    assert on_path, "the edit must be on some branch's path, or it proves nothing"
+    failures = await replay_all(edit, HISTORIES)
+    for path in on_path:
+        assert isinstance(failures[path], workflow.NondeterminismError), f"{edit.__name__} not caught replaying {path.name}: {failures[path]!r}"
+    # Where the edited code never runs, the same replay passes: the failures above are the edit's.
+    for path in off_path:
+        assert failures[path] is None, f"{edit.__name__} failed {path.name}, where it is not on the path: {failures[path]!r}"
+
+
+def test_the_edits_cover_branches_on_and_off_their_path():
+    on_evidence = [path.stem for path in HISTORIES if "snapshot_evidence" in scheduled_activities(path)]
+    on_review = [path.stem for path in HISTORIES if "open_review" in scheduled_activities(path)]
+    assert set(on_evidence) == set(on_review) == BRANCHES - {"false_positive", "triaged_false_positive"}
+
+
+async def test_an_edit_that_keeps_the_commands_replays(trusted_test_key):
+    for path, failure in (await replay_all(HarmlessEdit, HISTORIES)).items():
+        assert failure is None, f"{path.name}: a command-preserving edit must replay: {failure!r}"
+
+
+async def test_replay_acts_on_decisions_only_under_the_key_they_were_vouched_with():
+    """Under another key the recorded decisions are "unvouched" and the replay takes another path."""
+    no_decisions = {"false_positive", "low_severity_automatic"}
+    assertions.trust(assertions.parse_keys("other:" + "b3RoZXIta2V5LW5vdC10aGUtb25lLXRoZS1oaXN0b3JpZXMtdXNl"))
+    try:
+        failures = await replay_all(IncidentWorkflow, HISTORIES)
+    finally:
+        assertions.trust(assertions.parse_keys(TEST_DECISION_KEYS))
+    assert {path.stem for path, failure in failures.items() if failure is None} == no_decisions
