@@ -1,0 +1,411 @@
+"""MLflow Model Registry as a Stanch target: roll a serving alias back to the previous good version.
+
+Teams that deploy by alias (`models:/support-bot@champion`) roll back by moving the alias, so
+that is the one action this adapter takes, over the registry's REST API (httpx only; MLflow
+itself is not a dependency of Stanch).
+
+Action kind (runbook `rollback:` steps whose target is an `mlflow` entry of targets.yaml):
+
+`rollback_alias` — move the alias back to the previous good version.
+    params: `alias` (default: the target's `alias`, e.g. champion);
+            `to_version` (default: the highest READY version below the alias's current one
+            that Stanch has not marked rolled_back);
+            `bad_version` (optional check: refuse unless the alias points at it now; an empty
+            value, as `"{version}"` renders for an incident without one, means no check);
+            `registered_model` (default: the incident's model, through the target's
+            `registered_models` map).
+    does:   tags the bad version `stanch.incident=<incident id>` and
+            `stanch.status=rolled_back`, moves the alias, appends to the alias history.
+    undo:   moves the alias back to the version it pointed at before and marks the bad
+            version `stanch.status=restored` (the incident tag stays for the audit). If
+            someone moved the alias since, undo refuses rather than clobber their change.
+
+What Stanch keeps in the registry itself, so any MLflow client can audit it:
+- `stanch.alias_history.<alias>` (registered-model tag): a JSON list of the alias moves
+  Stanch made, newest last (`at`, `from`, `to`, `by`, `incident`), trimmed to
+  `history_limit` entries and to what the tag may hold;
+- `stanch.applied.<sha256 of key>` / `stanch.undone.<…>` (registered-model tags): the
+  idempotency ledger. Apply writes its plan as `pending` before changing anything and
+  `done` after, so a retry after a crash finishes the same plan instead of rolling back a
+  second version, and a repeated key returns the first result with `replayed=True`.
+
+Errors: an unknown model or alias, bad params or refused credentials are non-retryable
+`TargetError`s naming the model and alias; connection errors, 5xx, 408 and 429 retry.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Self
+from urllib.parse import urlencode
+
+import httpx
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from stanch.models import ActionSpec, AppliedAction, ProbeResult
+from stanch.secret_refs import SecretUnavailable, read_secret
+from stanch.targets.base import ApplyResult, JobStatus, PlannedCall, TargetError
+
+API = "/api/2.0/mlflow"
+TAG_INCIDENT, TAG_STATUS = "stanch.incident", "stanch.status"
+HISTORY_PREFIX, APPLIED_PREFIX, UNDONE_PREFIX = "stanch.alias_history.", "stanch.applied.", "stanch.undone."
+MAX_TAG_VALUE = 5000  # what MLflow's SQL stores hold in a registered-model tag value
+_RETRYABLE_CLIENT_STATUSES = {408, 429}
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+def _version_name(value: Any) -> Any:
+    """Runbook YAML turns `to_version: 2` into an int and `"{version}"` may render empty."""
+    if value == "":
+        return None
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+VersionName = Annotated[str | None, BeforeValidator(_version_name)]
+
+
+class RollbackAliasParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a typo in a runbook must fail loudly
+
+    alias: str | None = Field(None, pattern=r"^[\w-]+$")
+    to_version: VersionName = None
+    bad_version: VersionName = None
+    registered_model: str | None = Field(None, min_length=1)
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _by_number(version: Mapping[str, Any]) -> int:
+    return int(version["version"])
+
+
+class MlflowTarget:
+    """Drives one MLflow tracking server's Model Registry; see the module docstring."""
+
+    kind: ClassVar[str] = "mlflow"
+
+    class Config(BaseModel):
+        """The keys under `mlflow:` in targets.yaml; secrets only as references."""
+
+        model_config = ConfigDict(extra="forbid")
+
+        tracking_uri: str = Field(pattern=r"^https?://", description="the MLflow tracking server, e.g. http://127.0.0.1:5000")
+        alias: str = Field("champion", pattern=r"^[\w-]+$", description="the alias users are served through")
+        registered_models: dict[str, str] = Field(
+            default_factory=dict, description="Stanch model name -> registered model name; unlisted models keep their own name"
+        )
+        token_env: str | None = Field(None, pattern=ENV_NAME, description="bearer token from this environment variable")
+        token_file: Path | None = Field(None, description="bearer token from this file (relative to targets.yaml)")
+        username: str | None = Field(None, description="basic auth (MLflow's auth app) with password_env or password_file")
+        password_env: str | None = Field(None, pattern=ENV_NAME)
+        password_file: Path | None = None
+        timeout_seconds: float = Field(10.0, gt=0, le=60)
+        history_limit: int = Field(20, ge=1, le=200, description="alias moves kept in each alias history tag")
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        name: str = "mlflow",
+        base: Path = Path("."),
+        env: Mapping[str, str] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.config = config
+        self.name = name
+        self.base = base
+        self.env = env if env is not None else {}
+        self.base_url = config.tracking_uri.rstrip("/")
+        self._transport = transport  # tests may pass a mock transport
+
+    @classmethod
+    def from_config(cls, config: Config, *, name: str, base: Path, env: Mapping[str, str]) -> Self:
+        return cls(config, name=name, base=base, env=env)
+
+    def registered_name(self, model: str) -> str:
+        return self.config.registered_models.get(model, model)
+
+    # --- the Target protocol ------------------------------------------------------------
+
+    async def state(self, model: str) -> dict[str, Any]:
+        """The alias → version map, every version with its tags and stage, and Stanch's records."""
+        name = self.registered_name(model)
+        async with self._client() as http:
+            registered = await self._get_model(http, name)
+            versions = await self._versions(http, name)
+        aliases, tags = registered["aliases"], registered["tags"]
+        return {
+            "adapter": self.kind,
+            "target": self.name,
+            "tracking_uri": self.base_url,
+            "registered_model": name,
+            "alias": self.config.alias,
+            "served_version": aliases.get(self.config.alias),
+            "aliases": aliases,
+            "versions": [
+                {
+                    "version": v["version"],
+                    "status": v.get("status"),
+                    "stage": v.get("current_stage"),
+                    "run_id": v.get("run_id"),
+                    "source": v.get("source"),
+                    "created_at": v.get("creation_timestamp"),
+                    "aliases": v.get("aliases", []),
+                    "tags": {t["key"]: t.get("value") for t in v.get("tags", [])},
+                }
+                for v in versions
+            ],
+            "tags": {k: v for k, v in tags.items() if not k.startswith((APPLIED_PREFIX, UNDONE_PREFIX, HISTORY_PREFIX))},
+            "alias_history": {k.removeprefix(HISTORY_PREFIX): _json_list(v) for k, v in tags.items() if k.startswith(HISTORY_PREFIX)},
+            "stanch_ledger": [_json_dict(v) for k, v in sorted(tags.items()) if k.startswith((APPLIED_PREFIX, UNDONE_PREFIX))],
+        }
+
+    async def apply(self, model: str, action: ActionSpec, idempotency_key: str, incident_id: str) -> ApplyResult:
+        params = self._params(action)
+        name = params.registered_model or self.registered_name(model)
+        alias = params.alias or self.config.alias
+        ledger_tag = APPLIED_PREFIX + _digest(idempotency_key)
+        async with self._client() as http:
+            registered = await self._get_model(http, name)
+            record = _json_dict(registered["tags"].get(ledger_tag))
+            if record.get("phase") == "done":
+                return ApplyResult(result=record["result"], inverse=record["inverse"], replayed=True)
+            current = registered["aliases"].get(alias)
+            if record.get("phase") == "pending":  # a crash after the plan was written: finish that plan
+                bad, good = record["from"], record["to"]
+                if current not in (bad, good):
+                    raise TargetError(
+                        f"alias {alias!r} of {name!r} points at version {current}, neither the version Stanch began rolling "
+                        f"back from ({bad}) nor the one it chose ({good}); someone moved it meanwhile, so Stanch stops",
+                        retryable=False,
+                    )
+            else:
+                bad, good = await self._choose(http, name, alias, current, params)
+                record = {"phase": "pending", "key": idempotency_key, "incident": incident_id, "alias": alias, "from": bad, "to": good}
+                await self._set_model_tag(http, name, ledger_tag, json.dumps(record))
+
+            # The change itself; every call is safe to repeat.
+            await self._set_version_tag(http, name, bad, TAG_INCIDENT, incident_id)
+            await self._set_version_tag(http, name, bad, TAG_STATUS, "rolled_back")
+            await self._set_alias(http, name, alias, good)
+            await self._record_move(http, name, alias, registered["tags"], bad, good, "rollback_alias", incident_id, ledger_tag)
+
+            result = {"registered_model": name, "alias": alias, "version": good, "previous_version": bad, "bad_version": bad, "served_version": good}
+            inverse = {"op": "move_alias", "registered_model": name, "alias": alias, "version": bad, "left_at": good, "bad_version": bad, "incident": incident_id}
+            await self._set_model_tag(http, name, ledger_tag, json.dumps({**record, "phase": "done", "result": result, "inverse": inverse}))
+        return ApplyResult(result=result, inverse=inverse)
+
+    async def undo(self, applied: AppliedAction, undo_key: str) -> ApplyResult:
+        inverse = applied.inverse or {}
+        if inverse.get("op") != "move_alias":
+            raise TargetError(f"action {applied.idempotency_key!r} ({applied.kind}) recorded no alias move to undo", retryable=False)
+        name, alias, back_to, left_at = inverse["registered_model"], inverse["alias"], inverse["version"], inverse["left_at"]
+        ledger_tag = UNDONE_PREFIX + _digest(applied.idempotency_key)
+        async with self._client() as http:
+            registered = await self._get_model(http, name)
+            record = _json_dict(registered["tags"].get(ledger_tag))
+            if record:
+                return ApplyResult(result=record["result"], replayed=True)
+            current = registered["aliases"].get(alias)
+            if current not in (left_at, back_to):
+                raise TargetError(
+                    f"alias {alias!r} of {name!r} now points at version {current}, not {left_at} where the rollback left it; "
+                    f"someone moved it since, so Stanch leaves it there (move it by hand or skip this undo)",
+                    retryable=False,
+                )
+            await self._set_alias(http, name, alias, back_to)
+            await self._set_version_tag(http, name, inverse["bad_version"], TAG_STATUS, "restored")
+            await self._record_move(http, name, alias, registered["tags"], left_at, back_to, "undo", inverse.get("incident", ""), ledger_tag)
+            result = {"undone": applied.idempotency_key, "registered_model": name, "alias": alias, "version": back_to, "served_version": back_to}
+            await self._set_model_tag(http, name, ledger_tag, json.dumps({"key": applied.idempotency_key, "undo_key": undo_key, "result": result}))
+        return ApplyResult(result=result)
+
+    async def probe(self, model: str, prompt: str, version: str | None = None) -> ProbeResult:
+        raise TargetError(f"the MLflow registry target {self.name!r} serves no prompts; probe through a serving target", retryable=False)
+
+    async def start_job(self, model: str, kind: str, params: dict[str, Any], idempotency_key: str) -> JobStatus:
+        raise TargetError(f"the MLflow registry target {self.name!r} runs no jobs", retryable=False)
+
+    async def job_status(self, job_id: str) -> JobStatus:
+        raise TargetError(f"the MLflow registry target {self.name!r} runs no jobs", retryable=False)
+
+    def plan(self, model: str, action: ActionSpec, idempotency_key: str) -> list[PlannedCall]:
+        params = self._params(action)
+        name = params.registered_model or self.registered_name(model)
+        alias = params.alias or self.config.alias
+        bad = params.bad_version or f"<the version {alias} points at now>"
+        good = params.to_version or f"<the highest READY version below {bad} not marked rolled_back>"
+        ledger_tag = APPLIED_PREFIX + _digest(idempotency_key)
+
+        def call(operation: str, method: str, path: str, body: Any = None, undo: list[PlannedCall] | None = None) -> PlannedCall:
+            return PlannedCall(
+                target=self.name, adapter=self.kind, operation=operation, method=method, url=f"{self.base_url}{API}{path}", body=body, undo=undo or []
+            )
+
+        def tag(version: str, key: str, value: str) -> dict[str, str]:
+            return {"name": name, "version": version, "key": key, "value": value}
+
+        undo = [
+            call(f"move alias {alias} of {name} back to {bad}", "POST", "/registered-models/alias", {"name": name, "alias": alias, "version": bad}),
+            call(f"mark version {bad} of {name} restored", "POST", "/model-versions/set-tag", tag(bad, TAG_STATUS, "restored")),
+        ]
+        calls = [
+            call(f"read {name}: its aliases, tags and Stanch's ledger", "GET", "/registered-models/get?" + urlencode({"name": name})),
+            call(f"record the plan as pending under {ledger_tag}", "POST", "/registered-models/set-tag", {"name": name, "key": ledger_tag, "value": "<plan>"}),
+            call(f"tag version {bad} of {name} with the incident", "POST", "/model-versions/set-tag", tag(bad, TAG_INCIDENT, "<incident id>")),
+            call(f"mark version {bad} of {name} rolled back", "POST", "/model-versions/set-tag", tag(bad, TAG_STATUS, "rolled_back")),
+            call(f"move alias {alias} of {name} to {good}", "POST", "/registered-models/alias", {"name": name, "alias": alias, "version": good}, undo),
+            call(f"append the move to {HISTORY_PREFIX}{alias}", "POST", "/registered-models/set-tag", {"name": name, "key": HISTORY_PREFIX + alias, "value": "<history>"}),
+            call(f"record the result as done under {ledger_tag}", "POST", "/registered-models/set-tag", {"name": name, "key": ledger_tag, "value": "<result>"}),
+        ]
+        if params.to_version is None:
+            calls.insert(1, call(f"list the versions of {name} to find the previous good one", "GET", "/model-versions/search?" + urlencode({"filter": f"name='{name}'"})))
+        return calls
+
+    # --- the rollback's decisions -------------------------------------------------------
+
+    def _params(self, action: ActionSpec) -> RollbackAliasParams:
+        if action.kind != "rollback_alias":
+            raise TargetError(f"the MLflow target {self.name!r} knows no action kind {action.kind!r}; supported: rollback_alias", retryable=False)
+        try:
+            return RollbackAliasParams.model_validate(action.params)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'params'}: {e['msg']}" for e in exc.errors(include_url=False))
+            raise TargetError(f"bad params for rollback_alias: {problems}", retryable=False) from exc
+
+    async def _choose(self, http: httpx.AsyncClient, name: str, alias: str, current: str | None, params: RollbackAliasParams) -> tuple[str, str]:
+        """(bad, good): the version the alias points at now, and the one to move it to."""
+        if current is None:
+            raise TargetError(f"alias {alias!r} of registered model {name!r} points at no version; there is nothing to roll back", retryable=False)
+        if params.bad_version and params.bad_version != current:
+            raise TargetError(
+                f"alias {alias!r} of {name!r} points at version {current}, not the reported bad version {params.bad_version}; "
+                f"Stanch rolls back only from the version users are served",
+                retryable=False,
+            )
+        versions = {v["version"]: v for v in await self._versions(http, name)}
+        if params.to_version is not None:
+            chosen = versions.get(params.to_version)
+            if chosen is None or chosen.get("status", "READY") != "READY" or params.to_version == current:
+                why = "does not exist" if chosen is None else "is the current one" if params.to_version == current else f"is {chosen.get('status')}"
+                raise TargetError(f"cannot move alias {alias!r} of {name!r} to version {params.to_version}: it {why}", retryable=False)
+            return current, params.to_version
+        candidates = [
+            v for v in versions.values()
+            if int(v["version"]) < int(current) and v.get("status", "READY") == "READY" and _tags(v).get(TAG_STATUS) != "rolled_back"
+        ]
+        if not candidates:
+            raise TargetError(f"registered model {name!r} has no good version below {current} to move alias {alias!r} to", retryable=False)
+        return current, max(candidates, key=_by_number)["version"]
+
+    async def _record_move(
+        self, http: httpx.AsyncClient, name: str, alias: str, tags: Mapping[str, str], was: str, now: str, by: str, incident: str, ref: str
+    ) -> None:
+        """Append one move to the alias history, once per ledger entry, newest last, trimmed to fit."""
+        history = _json_list(tags.get(HISTORY_PREFIX + alias))
+        if any(entry.get("ref") == ref for entry in history):
+            return
+        history = [*history, {"at": _now(), "from": was, "to": now, "by": by, "incident": incident, "ref": ref}][-self.config.history_limit:]
+        while len(json.dumps(history)) > MAX_TAG_VALUE and len(history) > 1:
+            history = history[1:]
+        await self._set_model_tag(http, name, HISTORY_PREFIX + alias, json.dumps(history))
+
+    # --- the registry's REST API --------------------------------------------------------
+
+    def _client(self) -> httpx.AsyncClient:
+        # A client per operation: activities may run on different event loops.
+        return httpx.AsyncClient(base_url=self.base_url, timeout=self.config.timeout_seconds, transport=self._transport, headers=self._auth())
+
+    def _auth(self) -> dict[str, str]:
+        config = self.config
+        try:
+            if config.token_env or config.token_file:
+                return {"Authorization": f"Bearer {read_secret(config.token_env, config.token_file, self.base, self.env, 'token')}"}
+            if config.username:
+                password = read_secret(config.password_env, config.password_file, self.base, self.env, "password")
+                pair = base64.b64encode(f"{config.username}:{password}".encode()).decode()
+                return {"Authorization": f"Basic {pair}"}
+        except SecretUnavailable as exc:
+            raise TargetError(f"MLflow target {self.name!r}: {exc}", retryable=False) from None
+        return {}
+
+    async def _call(self, http: httpx.AsyncClient, method: str, path: str, *, what: str, params: dict | None = None, body: dict | None = None) -> dict[str, Any]:
+        try:
+            response = await http.request(method, API + path, params=params, json=body)
+        except httpx.HTTPError as exc:
+            raise TargetError(f"MLflow at {self.base_url} unreachable while trying to {what}: {type(exc).__name__}: {exc}") from exc
+        if response.status_code >= 400:
+            try:
+                error = response.json()
+            except ValueError:
+                error = {"message": response.text[:300]}
+            code, message = error.get("error_code", f"HTTP {response.status_code}"), error.get("message", "")
+            retryable = response.status_code >= 500 or response.status_code in _RETRYABLE_CLIENT_STATUSES
+            if response.status_code in (401, 403):
+                message = f"credentials refused ({message}); check token_env/token_file or username/password_env"
+            raise TargetError(f"MLflow at {self.base_url} refused to {what}: {code}: {message}", retryable=retryable)
+        return response.json() if response.content else {}
+
+    async def _get_model(self, http: httpx.AsyncClient, name: str) -> dict[str, Any]:
+        body = await self._call(http, "GET", "/registered-models/get", params={"name": name}, what=f"read registered model {name!r}")
+        model = body.get("registered_model", {})
+        return {
+            "aliases": {a["alias"]: a["version"] for a in model.get("aliases", [])},
+            "tags": {t["key"]: t.get("value", "") for t in model.get("tags", [])},
+        }
+
+    async def _versions(self, http: httpx.AsyncClient, name: str) -> list[dict[str, Any]]:
+        quoted = f'"{name}"' if "'" in name else f"'{name}'"
+        versions: list[dict[str, Any]] = []
+        token = None
+        while True:
+            params = {"filter": f"name={quoted}", "max_results": "1000", **({"page_token": token} if token else {})}
+            body = await self._call(http, "GET", "/model-versions/search", params=params, what=f"list the versions of {name!r}")
+            versions += body.get("model_versions", [])
+            token = body.get("next_page_token")
+            if not token:
+                return sorted(versions, key=_by_number)
+
+    async def _set_alias(self, http: httpx.AsyncClient, name: str, alias: str, version: str) -> None:
+        body = {"name": name, "alias": alias, "version": version}
+        await self._call(http, "POST", "/registered-models/alias", body=body, what=f"move alias {alias!r} of {name!r} to version {version}")
+
+    async def _set_version_tag(self, http: httpx.AsyncClient, name: str, version: str, key: str, value: str) -> None:
+        body = {"name": name, "version": version, "key": key, "value": value}
+        await self._call(http, "POST", "/model-versions/set-tag", body=body, what=f"tag version {version} of {name!r} {key}={value}")
+
+    async def _set_model_tag(self, http: httpx.AsyncClient, name: str, key: str, value: str) -> None:
+        body = {"name": name, "key": key, "value": value}
+        await self._call(http, "POST", "/registered-models/set-tag", body=body, what=f"set tag {key} on {name!r}")
+
+
+def _tags(version: Mapping[str, Any]) -> dict[str, str]:
+    return {t["key"]: t.get("value", "") for t in version.get("tags", [])}
+
+
+def _json_list(value: str | None) -> list[dict[str, Any]]:
+    return _loaded(value, list)
+
+
+def _json_dict(value: str | None) -> dict[str, Any]:
+    return _loaded(value, dict)
+
+
+def _loaded(value: str | None, kind: type) -> Any:
+    """A tag's JSON, or an empty one when the tag is absent or was edited into something else."""
+    try:
+        loaded = json.loads(value) if value else kind()
+    except ValueError:
+        return kind()
+    return loaded if isinstance(loaded, kind) else kind()
