@@ -24,7 +24,7 @@ class HotfixActivities:
 
     @activity.defn(name="apply_hotfix")
     async def apply_hotfix(self, input: ApplyInput) -> AppliedAction:
-        if input.action.kind != "deploy_finetune":
+        if input.action.kind != "deploy_finetune" or input.dry_run:  # a dry run plans the job, never starts it
             return await apply_through_target(self.deps, input)
         version = await self.fine_tune(input)
         applied = await apply_through_target(self.deps, input, ActionSpec(kind="deploy_version", params={"version": version}))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from stanch.incident import ApprovalRecord, EvidenceRecord, RegulatoryClock, StageState
 from stanch.models import ActionSpec, AppliedAction, ReproCase, Severity, Signal, TargetRef
 from stanch.runbooks.schema import ConfirmCheck, Runbook
 
@@ -70,11 +72,13 @@ class ApplyInput(BaseModel):
     index: int
     target: TargetRef
     action: ActionSpec
+    dry_run: bool = Field(False, description="record the calls the action would make, make none")
 
 
 class LiftInput(BaseModel):
     incident_id: str
     applied: AppliedAction
+    dry_run: bool = Field(False, description="record the undo, call nothing")
 
 
 class VerifyInput(BaseModel):
@@ -117,6 +121,34 @@ class ReviewInput(BaseModel):
     evidence_sha256: str | None = None
     serious: bool = False
     report_deadline: str | None = None
+    # What the Art. 73 report draft and the compliance mapping read (all optional: an input
+    # recorded before they existed still decodes, and the draft says what it does not know).
+    runbook_sha256: str = ""
+    severity_reasons: list[str] = Field(default_factory=list)
+    first_signal: Signal | None = Field(None, description="the signal that opened the incident, without its raw payload")
+    signal_count: int = 0
+    signal_sources: dict[str, int] = Field(default_factory=dict, description="signals by source: alert, user_report, audit_finding")
+    findings: list[Finding] = Field(default_factory=list, description="what the confirm checks found")
+    detectors_fired: list[str] = Field(default_factory=list)
+    evidence: EvidenceRecord | None = None
+    regulatory: RegulatoryClock | None = None
+    stages: list[StageState] = Field(default_factory=list)
+    approvals: list[ApprovalRecord] = Field(default_factory=list)
+    opened_at: datetime | None = None
+    acknowledged_at: datetime | None = None
+    acknowledged_by: str | None = None
+    reviewed_at: datetime | None = None
+
+
+class ComplianceItem(BaseModel):
+    """One framework requirement, and what this incident did about it (or that it did not)."""
+
+    framework: str
+    reference: str
+    requirement: str
+    status: Literal["performed", "partly performed", "not performed"]
+    evidence: list[str] = Field(default_factory=list, description="timeline entries, actions and keys from this incident")
+    gaps: list[str] = Field(default_factory=list, description="what is missing or left to the review")
 
 
 class ReviewResult(BaseModel):
@@ -124,6 +156,8 @@ class ReviewResult(BaseModel):
     postmortem: str
     report_draft: str | None = None
     regression_cases_added: int = 0
+    compliance_file: str | None = None
+    compliance: dict[str, str] = Field(default_factory=dict, description="requirement reference -> status; the evidence is in compliance_file")
 
 
 class Notification(BaseModel):

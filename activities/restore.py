@@ -1,4 +1,8 @@
-"""Restore: undo one containment or rollback action through the inverse it recorded."""
+"""Restore: undo one containment or rollback action through the inverse it recorded.
+
+The action names the target that took it, so the undo goes to that control plane. An action
+recorded by a dry run changed nothing: its undo is recorded, never sent.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,10 @@ class RestoreActivities:
     async def lift_action(self, input: LiftInput) -> AppliedAction:
         applied = input.applied
         undo_key = f"{applied.idempotency_key}/undo"
+        if input.dry_run or applied.result.get("dry_run"):
+            would_undo = [undo for call in applied.result.get("would_call", []) for undo in call.get("undo", [])]
+            result = {**applied.result, "undo_would_call": would_undo}
+            return applied.model_copy(update={"undone_at": datetime.now(UTC), "undo_key": undo_key, "result": result})
         try:
             await self.deps.targets.get(applied.target).undo(applied, undo_key)
         except TargetError as error:

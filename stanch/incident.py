@@ -57,6 +57,7 @@ class IncidentInput(BaseModel):
     target: TargetRef
     dedup_key: str
     upsert_search_attributes: bool = True
+    dry_run: bool = Field(False, description="a rehearsal: every action records the calls it would make and makes none")
 
 
 # --- responders' messages -------------------------------------------------------------

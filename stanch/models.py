@@ -77,6 +77,10 @@ class ActionSpec(BaseModel):
     kind: str
     params: dict[str, Any] = Field(default_factory=dict)
     description: str = ""
+    target: str | None = Field(
+        None,
+        description="the configured target (targets.yaml) this step acts on, for the same model; unset: the incident's target",
+    )
 
 
 class AppliedAction(BaseModel):

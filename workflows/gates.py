@@ -118,7 +118,15 @@ class IncidentGates(IncidentClocks):
                 try:
                     applied = await workflow.execute_activity_method(
                         activity,
-                        ApplyInput(incident_id=self.state.id, occurrence=self.state.occurrence, stage=stage, index=index, target=self.state.target, action=action),
+                        ApplyInput(
+                            incident_id=self.state.id,
+                            occurrence=self.state.occurrence,
+                            stage=stage,
+                            index=index,
+                            target=self.state.target,
+                            action=action,
+                            dry_run=self.input.dry_run,
+                        ),
                         start_to_close_timeout=timeout,
                         heartbeat_timeout=LONG_ACTION_HEARTBEAT if timeout > ACTION_TIMEOUT else None,
                         retry_policy=ACTION_RETRY,

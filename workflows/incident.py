@@ -258,7 +258,7 @@ class IncidentWorkflow(IncidentGates):
                 try:
                     lifted = await workflow.execute_activity_method(
                         RestoreActivities.lift_action,
-                        LiftInput(incident_id=self.state.id, applied=applied),
+                        LiftInput(incident_id=self.state.id, applied=applied, dry_run=self.input.dry_run),
                         start_to_close_timeout=ACTION_TIMEOUT,
                         retry_policy=ACTION_RETRY,
                     )
@@ -289,6 +289,10 @@ class IncidentWorkflow(IncidentGates):
 
     async def open_review(self, outcome: str) -> ReviewResult:
         clock = self.state.regulatory
+        first = self.state.signals[0] if self.state.signals else None
+        sources: dict[str, int] = {}
+        for signal in self.state.signals:
+            sources[signal.source.value] = sources.get(signal.source.value, 0) + 1
         return await workflow.execute_activity_method(
             ReviewActivities.open_review,
             ReviewInput(
@@ -304,6 +308,22 @@ class IncidentWorkflow(IncidentGates):
                 evidence_sha256=self.state.evidence.sha256 if self.state.evidence else None,
                 serious=clock.serious,
                 report_deadline=clock.deadline.isoformat() if clock.deadline else None,
+                # For the Art. 73 report draft and the compliance mapping: data only, no new command.
+                runbook_sha256=self.state.runbook_sha256,
+                severity_reasons=self.state.severity_reasons,
+                first_signal=first.model_copy(update={"raw": {}}) if first else None,
+                signal_count=len(self.state.signals),
+                signal_sources=sources,
+                findings=self.findings,
+                detectors_fired=self.detectors_fired,
+                evidence=self.state.evidence,
+                regulatory=clock,
+                stages=self.state.stages,
+                approvals=self.state.approvals,
+                opened_at=self.state.opened_at,
+                acknowledged_at=self.state.acknowledged_at,
+                acknowledged_by=self.state.acknowledged_by,
+                reviewed_at=workflow.now(),
             ),
             start_to_close_timeout=ACTION_TIMEOUT,
             retry_policy=ACTION_RETRY,

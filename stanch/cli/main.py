@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import typer
 
-from stanch.cli import incidents, processes
+from stanch.cli import codec, incidents, processes
+from stanch.cli.audit import audit_app
 from stanch.cli.demo import demo
 from stanch.cli.responders import responders_app
 from stanch.cli.runbooks import runbooks_app
@@ -26,6 +27,7 @@ app.command("dev-server")(processes.dev_server)
 app.command("worker")(processes.worker)
 app.command("api")(processes.api)
 app.command("gateway")(processes.gateway)
+app.command("codec-server")(codec.codec_server)
 app.command("demo")(demo)
 
 # Responding to incidents, over the HTTP API.
@@ -36,6 +38,9 @@ app.command("reject")(incidents.reject)
 app.command("resolve")(incidents.resolve)
 app.command("severity")(incidents.severity)
 app.command("note")(incidents.note)
+app.command("report-filed")(incidents.report_filed)
 
 app.add_typer(runbooks_app, name="runbooks", help="Validate, list and plan runbooks.")
 app.add_typer(responders_app, name="responders", help="Responders who may act on incidents, and their tokens.")
+app.add_typer(audit_app, name="audit", help="Replay incident histories, read timelines, export and verify audit bundles.")
+app.add_typer(codec.codec_app, name="codec", help="Payload encryption: keys for the AES-GCM codec.")

@@ -191,10 +191,19 @@ class ReportClock(_Strict):
 
 
 class Regulatory(_Strict):
+    """EU AI Act duties: when an incident is serious (Art. 3(49)), how soon to report it (Art. 73),
+    and who the Art. 73 report draft names as provider and system."""
+
     serious_when: list[Condition] = Field(default_factory=list, description="any of these marks the incident serious")
     report_days: int = 15
     shorter_clocks: list[ReportClock] = Field(default_factory=list)
     reminder_every: Duration = Field(default_factory=lambda: timedelta(days=1))
+    provider: str | None = Field(
+        None, description="the provider for the Art. 73 report draft: name, address, contact point; unset leaves a fill-in"
+    )
+    system: str | None = Field(
+        None, description="the AI system as registered (name, intended purpose, EU database id) for the Art. 73 report draft"
+    )
 
 
 class Match(_Strict):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
 
 import httpx
+from pydantic import BaseModel, ConfigDict, Field
 
 from stanch.models import ActionSpec, AppliedAction, ProbeResult
-from stanch.targets.base import ApplyResult, JobStatus, TargetError
+from stanch.targets.base import ApplyResult, JobStatus, PlannedCall, TargetError
 
 # 408 and 429 are the client-side statuses where asking again later can succeed.
 _RETRYABLE_CLIENT_STATUSES = {408, 429}
@@ -36,10 +39,26 @@ def _server_message(response: httpx.Response) -> str:
 class GatewayTarget:
     """Drives a reference gateway over HTTP; every mutation carries an idempotency key."""
 
-    def __init__(self, base_url: str, timeout: float = 10.0, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    kind: ClassVar[str] = "gateway"
+
+    class Config(BaseModel):
+        """`gateway: {base_url, timeout_seconds}` in targets.yaml: another reference gateway."""
+
+        model_config = ConfigDict(extra="forbid")
+        base_url: str = Field(min_length=1, description="where the gateway's admin API answers, e.g. http://127.0.0.1:8300")
+        timeout_seconds: float = Field(10.0, gt=0)
+
+    def __init__(
+        self, base_url: str, timeout: float = 10.0, *, name: str = "gateway", transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.name = name
         self._transport = transport  # tests may pass an in-process ASGI transport
+
+    @classmethod
+    def from_config(cls, config: Config, *, name: str, base: Path, env: Mapping[str, str]) -> GatewayTarget:
+        return cls(config.base_url, config.timeout_seconds, name=name)
 
     async def _request(self, method: str, path: str, *, json: dict[str, Any] | None = None, params: dict[str, str] | None = None) -> dict[str, Any]:
         # A client per call: activities may run on different event loops, and the
@@ -103,3 +122,30 @@ class GatewayTarget:
 
     async def job_status(self, job_id: str) -> JobStatus:
         return JobStatus.model_validate(await self._request("GET", f"/admin/jobs/{job_id}"))
+
+    def plan(self, model: str, action: ActionSpec, idempotency_key: str) -> list[PlannedCall]:
+        """What `apply` (and, for a fine-tune, the hotfix activity) would send; restore's undo with each."""
+        undo = self._call(
+            f"undo {action.kind} on {model} through the inverse the gateway recorded",
+            "/admin/undo",
+            {"idempotency_key": idempotency_key, "undo_key": f"{idempotency_key}/undo"},
+        )
+        if action.kind == "deploy_finetune":
+            job = self._call(
+                f"start (or find again) the fine-tune job for {model} and wait for it",
+                "/admin/jobs",
+                {"idempotency_key": f"{idempotency_key}/finetune-job", "model": model, "kind": "finetune", "params": action.params},
+            )
+            deploy = self._apply_call(model, ActionSpec(kind="deploy_version", params={"version": "<the fine-tuned version>"}), idempotency_key, undo)
+            return [job, deploy.model_copy(update={"operation": f"deploy the fine-tuned version of {model} as its release"})]
+        return [self._apply_call(model, action, idempotency_key, undo)]
+
+    def _apply_call(self, model: str, action: ActionSpec, idempotency_key: str, undo: PlannedCall) -> PlannedCall:
+        what = f"{action.kind} on {model}" + (f": {action.description}" if action.description else "")
+        body = {"idempotency_key": idempotency_key, "model": model, "action": {"kind": action.kind, "params": action.params}}
+        return self._call(what, "/admin/apply", body, undo=[undo])
+
+    def _call(self, operation: str, path: str, body: dict[str, Any], undo: list[PlannedCall] | None = None) -> PlannedCall:
+        return PlannedCall(
+            target=self.name, adapter=self.kind, operation=operation, method="POST", url=f"{self.base_url}{path}", body=body, undo=undo or []
+        )

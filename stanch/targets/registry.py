@@ -1,22 +1,68 @@
-"""Which adapter serves a runbook's target: the one place that knows every control plane."""
+"""Which adapter serves a runbook's target: the one place that knows every control plane.
+
+A runbook names targets (`target.adapter`, and a step's own `target:`); the targets file
+(`$STANCH_HOME/targets.yaml` or `STANCH_TARGETS`, see `stanch.targets.config`) maps each name to
+an adapter kind and its connection. The name `gateway` is always there — the reference gateway
+at `settings.gateway_url` — unless the file defines it itself.
+
+Adapter modules are imported only when a targets file names their kind, so an installation
+that never configures MLflow never imports the MLflow adapter.
+"""
 
 from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Mapping
 
 from stanch.config import Settings
 from stanch.models import TargetRef
 from stanch.targets.base import Target, TargetError
 from stanch.targets.gateway import GatewayTarget
 
+# kind (the key under a target's name in targets.yaml) -> "module:class"
+ADAPTER_KINDS: dict[str, str] = {
+    "gateway": "stanch.targets.gateway:GatewayTarget",
+    "http": "stanch.targets.http:HttpTarget",
+    "mlflow": "stanch.targets.mlflow:MlflowTarget",
+    "flagd": "stanch.targets.flagd:FlagdTarget",
+}
+
+DEFAULT_TARGET = "gateway"
+
+
+def adapter_class(kind: str) -> type:
+    """The adapter class for a kind; ImportError or KeyError say why it cannot be had."""
+    module_name, _, class_name = ADAPTER_KINDS[kind].partition(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
 
 class TargetRegistry:
-    def __init__(self, settings: Settings, extra: dict[str, Target] | None = None) -> None:
-        self._targets: dict[str, Target] = {"gateway": GatewayTarget(settings.gateway_url), **(extra or {})}
+    """Every configured target by name; `get` picks the one a TargetRef names."""
+
+    def __init__(self, settings: Settings, extra: dict[str, Target] | None = None, *, env: Mapping[str, str] | None = None) -> None:
+        from stanch.targets.config import (
+            load_targets,  # config imports adapter_class from here
+        )
+
+        configured = load_targets(settings.targets_path, env=os.environ if env is None else env, required=settings.targets is not None)
+        self._targets: dict[str, Target] = {DEFAULT_TARGET: GatewayTarget(settings.gateway_url), **configured, **(extra or {})}
 
     def get(self, ref: TargetRef) -> Target:
         try:
             return self._targets[ref.adapter]
         except KeyError:
             raise TargetError(
-                f"no adapter {ref.adapter!r} is configured for target {ref}; configured: {sorted(self._targets)}",
+                f"no target named {ref.adapter!r} is configured (for {ref}); configured: {sorted(self._targets)}",
                 retryable=False,
             ) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._targets)
+
+    def kind_of(self, name: str) -> str:
+        target = self._targets[name]
+        return getattr(target, "kind", type(target).__name__)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._targets
