@@ -14,6 +14,7 @@ from temporalio import activity
 
 from activities.deps import ActivityDeps, as_application_error
 from activities.models import EvidenceInput, EvidenceResult
+from stanch.models import TargetRef
 from stanch.targets.base import TargetError
 
 
@@ -23,16 +24,16 @@ class EvidenceActivities:
 
     @activity.defn(name="snapshot_evidence")
     async def snapshot_evidence(self, input: EvidenceInput) -> EvidenceResult:
-        try:
-            target_state = await self.deps.targets.get(input.target).state(input.target.model)
-        except TargetError as error:
-            raise as_application_error(error, f"reading the state of {input.target}") from error
+        target_state = await self.read_state(input.target)
+        # A registry's alias history or a flag file is evidence too, when the runbook changes them.
+        step_states = {ref.adapter: await self.read_state(ref, required=False) for ref in input.step_targets}
         snapshot = {
             "incident_id": input.incident_id,
             "occurrence": input.occurrence,
             "runbook": {"name": input.runbook, "sha256": input.runbook_sha256},
             "target": input.target.model_dump(mode="json"),
             "target_state": target_state,
+            "step_target_states": step_states,
             "signals": [signal.model_dump(mode="json") for signal in input.signals],
             "repro": [case.model_dump(mode="json") for case in input.repro],
             "findings": [finding.model_dump(mode="json") for finding in input.findings],
@@ -51,3 +52,13 @@ class EvidenceActivities:
             "repro_cases": len(input.repro),
         }
         return EvidenceResult(sha256=digest, location=str(path), summary=summary)
+
+    async def read_state(self, target: TargetRef, required: bool = True) -> dict:
+        """The target's state. A step's target that has none to give (a generic HTTP endpoint
+        with no state URL) says so in the snapshot; a passing outage is retried either way."""
+        try:
+            return await self.deps.targets.get(target).state(target.model)
+        except TargetError as error:
+            if required or error.retryable:
+                raise as_application_error(error, f"reading the state of {target}") from error
+            return {"unavailable": str(error)}

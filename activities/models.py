@@ -42,6 +42,7 @@ class EvidenceInput(BaseModel):
     signals: list[Signal]
     repro: list[ReproCase] = Field(default_factory=list)
     findings: list[Finding] = Field(default_factory=list)
+    step_targets: list[TargetRef] = Field(default_factory=list, description="other targets the runbook's steps act on: their state is evidence too")
 
 
 class EvidenceResult(BaseModel):
@@ -110,6 +111,7 @@ class VerifyResult(BaseModel):
 
 class ReviewInput(BaseModel):
     incident_id: str
+    dry_run: bool = False  # a rehearsal's review: written, but nothing joins the regression suite
     occurrence: str = ""
     runbook: Runbook
     target: TargetRef
@@ -168,6 +170,7 @@ class Notification(BaseModel):
     severity: Severity
     tier: int = 0
     dedup_id: str = Field(description="business identity of this notification, for idempotent delivery")
+    dry_run: bool = Field(False, description="a rehearsal's notification: it goes to the console only, never pages anyone")
 
 
 class NotifyResult(BaseModel):

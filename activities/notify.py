@@ -26,7 +26,7 @@ from stanch.notify import (
     deliver,
     load_notify_config,
 )
-from stanch.notify.channels import PartialDelivery, scrub
+from stanch.notify.channels import CONSOLE, PartialDelivery, scrub
 
 Deliver = Callable[[Notification, Channel], Awaitable[None]]
 logger = logging.getLogger("stanch.notify")
@@ -44,7 +44,8 @@ class NotifyActivities:
 
     @activity.defn(name="notify")
     async def notify(self, notification: Notification) -> NotifyResult:
-        channels = self.config.channels_for(notification.recipients)
+        # A rehearsal never pages anyone: its notifications are written to the console log only.
+        channels = [self.config.channels[CONSOLE]] if notification.dry_run else self.config.channels_for(notification.recipients)
         done_before = self.ledger.delivered(notification.dedup_id)
         pending = [channel for channel in channels if channel.name not in done_before]
         outcomes = await asyncio.gather(*(self._deliver_once(notification, channel) for channel in pending))

@@ -39,7 +39,8 @@ class ReviewActivities:
         folder = self.deps.settings.reviews_dir / (input.occurrence or input.incident_id)
         folder.mkdir(parents=True, exist_ok=True)
         added = 0
-        if input.runbook.review.add_repro_to_regression_suite and input.repro:
+        # A rehearsal's repro cases were never confirmed against a change: they stay out of the suite.
+        if input.runbook.review.add_repro_to_regression_suite and input.repro and not input.dry_run:
             added = add_cases(self.deps.settings.regression_dir, input.target.model, input.repro, input.incident_id)
         tasks = [
             {"id": f"{input.occurrence or input.incident_id}/{name}", "kind": name, "title": TASK_TITLES.get(name, name.replace("_", " ")), "status": "open"}
@@ -69,6 +70,7 @@ class ReviewActivities:
         lines = [
             f"# Postmortem draft: {input.occurrence or input.incident_id}",
             "",
+            *(["_A dry run: every action below was only recorded, nothing was changed._", ""] if input.dry_run else []),
             f"- Runbook: {input.runbook.name} — {input.runbook.description}",
             f"- Target: {input.target}",
             f"- Severity: {input.severity}" + (f" ({'; '.join(input.severity_reasons)})" if input.severity_reasons else ""),

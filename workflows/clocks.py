@@ -128,6 +128,7 @@ class IncidentClocks(ResponderHandlers):
             severity=self.state.severity,
             tier=tier,
             dedup_id=f"{self.state.occurrence}/notify/{self.notifications_sent}",
+            dry_run=self.input.dry_run,
         )
         try:
             result = await workflow.execute_activity_method(

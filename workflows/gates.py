@@ -137,7 +137,8 @@ class IncidentGates(IncidentClocks):
                     self.note("action", f"{action.kind} skipped by a responder")
                     break
                 self.state.actions.append(applied)
-                self.note("action", f"{stage}: applied {action.kind}", key=applied.idempotency_key, result=applied.result)
+                done = "dry run, would apply" if self.input.dry_run else "applied"
+                self.note("action", f"{stage}: {done} {action.kind}", key=applied.idempotency_key, result=applied.result)
                 break
 
     def applied_summary(self, stage: str) -> str:

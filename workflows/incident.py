@@ -49,6 +49,7 @@ with workflow.unsafe.imports_passed_through():
         IncidentStatus,
         StageStatus,
     )
+    from stanch.models import TargetRef
 
 # Reads and probes retry a few times; what cannot be decided goes to a human, never silently on.
 READ_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=20), maximum_attempts=5)
@@ -162,6 +163,7 @@ class IncidentWorkflow(IncidentGates):
                         signals=self.state.signals,
                         repro=self.state.repro,
                         findings=self.findings,
+                        step_targets=self.step_targets(),
                     ),
                     start_to_close_timeout=ACTION_TIMEOUT,
                     retry_policy=READ_RETRY,
@@ -174,6 +176,12 @@ class IncidentWorkflow(IncidentGates):
             sha256=snapshot.sha256, location=snapshot.location, taken_at=workflow.now(), summary=snapshot.summary
         )
         self.mark("evidence", StageStatus.done, f"sha256 {snapshot.sha256}")
+
+    def step_targets(self) -> list[TargetRef]:
+        """The other control planes the runbook's steps act on (a registry, a flag file)."""
+        steps = self.runbook.containment + self.runbook.rollback + (self.runbook.hotfix.actions if self.runbook.hotfix else [])
+        names = sorted({step.target for step in steps if step.target and step.target != self.state.target.adapter})
+        return [self.state.target.model_copy(update={"adapter": name}) for name in names]
 
     async def grade_severity(self) -> None:
         """Runbook rules grade the incident; new signals may raise it later, never lower it."""
@@ -218,6 +226,9 @@ class IncidentWorkflow(IncidentGates):
         """Replay the repro cases and the regression suite; only a pass moves the incident on."""
         if self.state.stage("hotfix").status != StageStatus.done:
             return self.mark("verify", StageStatus.skipped, "no hotfix was applied")
+        if self.input.dry_run:  # nothing was fixed: rehearse the rest as if verification passed
+            suite = " and the regression suite" if self.runbook.hotfix.verify.include_regression_suite else ""
+            return self.mark("verify", StageStatus.done, f"dry run: would replay {len(self.state.repro)} repro cases{suite} on the fixed version")
         self.set_status(IncidentStatus.verifying)
         self.mark("verify", StageStatus.running)
         while True:
@@ -298,6 +309,7 @@ class IncidentWorkflow(IncidentGates):
             ReviewInput(
                 incident_id=self.state.id,
                 occurrence=self.state.occurrence,
+                dry_run=self.input.dry_run,
                 runbook=self.runbook,
                 target=self.state.target,
                 severity=self.state.severity,

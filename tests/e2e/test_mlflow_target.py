@@ -5,6 +5,7 @@ driving the registry through its REST API, and the alias read back through MLflo
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -198,20 +199,33 @@ async def test_refusals_name_the_model_and_alias_and_say_whether_to_retry(mlflow
     assert down.value.retryable
 
 
+class ServingGateway:
+    """The incident's main target, which serves the model; the registry is only where the
+    rollback step acts (`target: registry`)."""
+
+    kind = "gateway"
+
+    async def state(self, model: str) -> dict:
+        return {"model": model, "served_version": "3"}
+
+
 async def test_an_incident_rolls_back_on_mlflow_and_restore_puts_the_alias_forward(mlflow_server: MlflowServer, tmp_path: Path):
     """The whole IncidentWorkflow (time-skipping server) with the real rollback, restore and
-    evidence activities against MLflow; stand-ins answer for confirm, grading, review, notify."""
+    evidence activities; the runbook's rollback step names the MLflow target. Stand-ins answer
+    for confirm, grading, review, notify."""
     assertions.trust(assertions.parse_keys(TEST_DECISION_KEYS))
     name, client = await asyncio.to_thread(register_three_versions, mlflow_server.url, tmp_path)
     deps, registry = registry_deps(mlflow_server.url, name, tmp_path / "home")
+    deps.targets = TargetRegistry(deps.settings, extra={"registry": registry, "gateway": ServingGateway()})
 
-    input = incident_input(containment=[], rollback=[ROLLBACK], hotfix=None, severity=SeverityRules(default=Severity.medium))
+    step = ROLLBACK.model_copy(update={"target": "registry"})
+    input = incident_input(containment=[], rollback=[step], hotfix=None, severity=SeverityRules(default=Severity.medium))
     medium = input.runbook.policy[Severity.medium]
     one_approver = StageGate(mode="approve", approve=Approval(count=1, roles=["oncall", "safety"]))
     policy = {**input.runbook.policy, Severity.medium: medium.model_copy(update={"stages": {**medium.stages, "restore": one_approver}})}
     input = input.model_copy(update={
         "runbook": input.runbook.model_copy(update={"policy": policy}),
-        "target": TargetRef(adapter="registry", model="support-bot", version="3"),
+        "target": TargetRef(adapter="gateway", model="support-bot", version="3"),
     })
 
     real = {
@@ -243,8 +257,11 @@ async def test_an_incident_rolls_back_on_mlflow_and_restore_puts_the_alias_forwa
     assert final.status == IncidentStatus.closed
     assert await asyncio.to_thread(champion, client, name) == "3"
     assert final.evidence and final.evidence.summary["served_version"] == "3", "evidence was taken before the first change"
+    registry_before = json.loads(Path(final.evidence.location).read_text())["step_target_states"]["registry"]
+    assert registry_before["aliases"]["champion"] == "3", "the registry's state is evidence too, read before the rollback"
     [rolled_back] = final.actions
     assert rolled_back.kind == "rollback_alias" and rolled_back.result["version"] == "2" and rolled_back.undone_at is not None
+    assert rolled_back.target.adapter == "registry", "restore undid it on the registry, where it was applied"
     history = (await registry.state("support-bot"))["alias_history"]["champion"]
     assert [(m["from"], m["to"], m["incident"]) for m in history] == [("3", "2", input.incident_id), ("2", "3", input.incident_id)]
 

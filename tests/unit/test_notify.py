@@ -321,3 +321,9 @@ async def test_the_console_channel_writes_the_incident_log(tmp_path: Path) -> No
     assert json.loads(line)["dedup_id"] == notification().dedup_id
     assert (await run(acts, notification(recipients=["executive"]))).already_delivered == ["console"]
     assert len((settings.notifications_dir / "leak-support-bot-0123456789.jsonl").read_text().splitlines()) == 1
+
+
+async def test_a_dry_runs_notifications_go_to_the_console_only(tmp_path: Path) -> None:
+    fake = FakeChannels()
+    result = await run(activities(tmp_path, fake), notification(recipients=["oncall", "incident-commander"], dry_run=True))
+    assert result.delivered == ["console"] and fake.sent == [(notification().dedup_id, "console")]

@@ -315,3 +315,10 @@ async def test_a_non_serious_incident_gets_no_report_draft(review: ReviewActivit
     assert result.report_draft is None
     assert not (tmp_path / "reviews" / "inc-1@abcd1234" / "art73-report-draft.md").exists()
     assert (tmp_path / "reviews" / "inc-1@abcd1234" / "compliance.json").exists()
+
+
+async def test_a_dry_run_review_is_written_but_adds_nothing_to_the_regression_suite(review: ReviewActivities, tmp_path: Path) -> None:
+    result = await review.open_review(restored(dry_run=True))
+    assert result.regression_cases_added == 0
+    assert not any((tmp_path / "regression").glob("**/*.json*"))
+    assert "A dry run: every action below was only recorded" in (tmp_path / "reviews" / "inc-1@abcd1234" / "postmortem.md").read_text()
