@@ -7,7 +7,7 @@ import asyncio
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.actions import apply_through_target, rendered_action
+from activities.actions import apply_through_target, rendered_action, step_target
 from activities.deps import ActivityDeps, as_application_error
 from activities.models import ApplyInput, CaseResult, VerifyInput, VerifyResult
 from activities.regression import load_suite
@@ -32,16 +32,17 @@ class HotfixActivities:
 
     async def fine_tune(self, input: ApplyInput) -> str:
         """Start (or, after a worker crash, find again) the job and heartbeat its progress."""
-        job_key = idempotency_key(input.occurrence or input.incident_id, input.stage, input.index, input.target, "finetune-job")
-        target = self.deps.targets.get(input.target)
+        ref = step_target(input)  # the step may name the control plane that trains (`target: trainer`)
+        job_key = idempotency_key(input.occurrence or input.incident_id, input.stage, input.index, ref, "finetune-job")
+        target = self.deps.targets.get(ref)
         try:
-            job = await target.start_job(input.target.model, "finetune", rendered_action(input).params, job_key)
+            job = await target.start_job(ref.model, "finetune", rendered_action(input).params, job_key)
             while job.status not in ("succeeded", "failed"):
                 activity.heartbeat({"job_id": job.job_id, "progress": job.progress})
                 await asyncio.sleep(JOB_POLL_SECONDS)
                 job = await target.job_status(job.job_id)
         except TargetError as error:
-            raise as_application_error(error, f"fine-tune on {input.target}") from error
+            raise as_application_error(error, f"fine-tune on {ref}") from error
         if job.status == "failed":
             raise ApplicationError(f"fine-tune job {job.job_id} failed: {job.error}", type="FinetuneFailed")
         activity.heartbeat({"job_id": job.job_id, "progress": 1.0})
