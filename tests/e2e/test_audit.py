@@ -47,6 +47,10 @@ def test_the_demo_incident_audits_end_to_end(tmp_path):
         replay = audit("replay", "--file", history)
         assert replay.returncode == 0, replay.stdout + replay.stderr
         assert "reproduced" in replay.stdout
+        today = datetime.now(UTC).date().isoformat()
+        for selection in ([incident["id"]], ["--all", "--since", today]):
+            fetched = audit("replay", *selection)  # straight from Temporal, by id and by listing
+            assert fetched.returncode == 0 and incident["id"] in fetched.stdout, fetched.stdout + fetched.stderr
 
         timeline = audit("timeline", incident["id"], "--format", "md")
         assert timeline.returncode == 0, timeline.stderr
@@ -60,7 +64,6 @@ def test_the_demo_incident_audits_end_to_end(tmp_path):
         assert "| restored | " in timeline.stdout and "not reached" not in timeline.stdout.split("## Signals")[0]
 
         bundle = tmp_path / "bundle"
-        today = datetime.now(UTC).date().isoformat()
         export = audit("export", "--since", today, "--out", bundle)
         assert export.returncode == 0, export.stdout + export.stderr
         assert "evidence" in {entry["kind"] for entry in json.loads((bundle / "manifest.json").read_text())["entries"]}
