@@ -24,6 +24,7 @@ from temporalio.runtime import Runtime, TelemetryConfig
 from temporalio.worker import Replayer
 
 from stanch.audit.history import event_name
+from stanch.codec import KEY_ID_METADATA, EncryptionCodec, is_encrypted
 
 _quiet_runtime: Runtime | None = None
 
@@ -43,9 +44,12 @@ class ReplayOutcome(BaseModel):
     events: int
     reproduced: bool
     divergence: Divergence | None = None
+    unreadable: str | None = Field(None, description="why the history could not be replayed at all (its encryption key is missing)")
 
     def describe(self) -> str:
         run = f"{self.workflow_id} run {self.run_id}"
+        if self.unreadable:
+            return f"{run}: CANNOT READ: {self.unreadable}"
         if self.reproduced:
             return f"{run}: reproduced ({self.events} events)"
         d = self.divergence
@@ -69,8 +73,18 @@ async def replay_histories(
     sources = sources or {}
     tool = replayer(workflows, converter)
     outcomes = []
+
+    async def readable() -> AsyncIterator[WorkflowHistory]:
+        async for history in histories:
+            reason = unreadable_reason(history, converter)
+            if reason is None:
+                yield history
+                continue
+            source = sources.get(id(history), "temporal")
+            outcomes.append(ReplayOutcome(workflow_id=history.workflow_id, run_id=history.run_id, source=source, events=len(history.events), reproduced=False, unreadable=reason))
+
     with _sdk_warnings_silenced():
-        async with tool.workflow_replay_iterator(histories) as results:
+        async with tool.workflow_replay_iterator(readable()) as results:
             async for result in results:
                 history = result.history
                 outcome = ReplayOutcome(
@@ -84,6 +98,27 @@ async def replay_histories(
                     outcome.divergence = await locate(tool, history, result.replay_failure)
                 outcomes.append(outcome)
     return outcomes
+
+
+def unreadable_reason(history: WorkflowHistory, converter: DataConverter) -> str | None:
+    """Why this history cannot be decoded here (an encryption key this installation lacks), or None.
+
+    Without the key every payload fails to decode, which the replayer would report as a
+    divergence at the first workflow task: a configuration problem, not a code change."""
+    if not history.events or not history.events[0].HasField("workflow_execution_started_event_attributes"):
+        return None
+    payloads = history.events[0].workflow_execution_started_event_attributes.input.payloads
+    used = {payload.metadata.get(KEY_ID_METADATA, b"").decode() for payload in payloads if is_encrypted(payload)}
+    codec = converter.payload_codec
+    known = set(codec.key_ids) if isinstance(codec, EncryptionCodec) else set()
+    missing = sorted(used - known)
+    if not missing:
+        return None
+    have = f"the configured keys are {', '.join(sorted(known))}" if known else "no encryption key is configured"
+    return (
+        f"encrypted with key id {', '.join(missing)}, and {have}: set STANCH_ENCRYPTION_KEYS "
+        "(or STANCH_HOME/encryption-keys) to the installation's keys, retired ones included"
+    )
 
 
 async def from_list(histories: Iterable[WorkflowHistory]) -> AsyncIterator[WorkflowHistory]:
@@ -169,7 +204,7 @@ def _core_message(failure: BaseException) -> str:
 @contextmanager
 def _sdk_warnings_silenced():
     """The SDK logs each failed activation with a traceback; the outcome carries the message."""
-    loggers = [logging.getLogger(name) for name in ("temporalio.worker._workflow", "temporalio.worker._replayer", "temporalio.workflow")]
+    loggers = [logging.getLogger(name) for name in ("temporalio.worker._workflow", "temporalio.worker._workflow_instance", "temporalio.worker._replayer", "temporalio.workflow")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.CRITICAL)

@@ -123,11 +123,20 @@ def replay(
         for outcome in outcomes:
             mark = "[green]✔[/]" if outcome.reproduced else "[bold red]✘[/]"
             console.print(f"{mark} {escape(outcome.describe())}  [dim]{escape(outcome.source)}[/]")
-        diverged = sum(not outcome.reproduced for outcome in outcomes)
-        verdict = f"[bold red]{diverged} of {len(outcomes)} diverge[/]" if diverged else f"[green]all {len(outcomes)} reproduced[/]"
-        console.print(f"{verdict} with today's workflow code")
-    if any(not outcome.reproduced for outcome in outcomes):
+        unreadable = sum(outcome.unreadable is not None for outcome in outcomes)
+        diverged = sum(not outcome.reproduced for outcome in outcomes) - unreadable
+        read = len(outcomes) - unreadable
+        if diverged:
+            verdict = f"[bold red]{diverged} of {read} diverge[/] with today's workflow code"
+        elif read:
+            verdict = f"[green]{'all ' if read > 1 else ''}{read} reproduced[/] with today's workflow code"
+        else:
+            verdict = "[bold red]nothing could be replayed[/]"
+        console.print(verdict + (f"; [bold red]{unreadable} could not be read[/]" if unreadable and read else ""))
+    if any(outcome.unreadable is None and not outcome.reproduced for outcome in outcomes):
         raise typer.Exit(1)
+    if any(outcome.unreadable for outcome in outcomes):
+        raise typer.Exit(2)  # a configuration problem: nothing was replayed, so nothing is known
 
 
 async def _replay(incident_id, run_id, all_, since, files, home, address, namespace):

@@ -162,6 +162,8 @@ def test_an_encrypted_history_replays_and_reads_with_the_installations_key(audit
 
     without_key = audit("timeline", "--file", encrypted)
     assert "cannot decode the payload" in without_key.output
+    unreadable = audit("replay", "--file", encrypted)  # a missing key is no divergence: it says which key
+    assert unreadable.exit_code == 2 and "CANNOT READ: encrypted with key id audit-test" in unreadable.output, unreadable.output
 
     monkeypatch.setenv("STANCH_ENCRYPTION_KEYS", key_line)
     replayed = audit("replay", "--file", encrypted)
