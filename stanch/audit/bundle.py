@@ -297,7 +297,10 @@ def verify(folder: Path, public_key: Ed25519PublicKey | None = None) -> VerifyRe
     else:
         report.signature = "invalid"
         given = signing.key_id(public_key)
-        problem("signature", f"the signature over the head does not verify with the public key given (key id {given}; the bundle was signed by key id {manifest.signature.key_id})")
+        if given == manifest.signature.key_id:
+            problem("signature", f"key {given} signed another head: the entries changed after the bundle was signed")
+        else:
+            problem("signature", f"signed by key id {manifest.signature.key_id}, not by the public key given (key id {given})")
     return report
 
 
