@@ -8,7 +8,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from stanch.incident import ApprovalRecord, EvidenceRecord, RegulatoryClock, StageState
-from stanch.models import ActionSpec, AppliedAction, ReproCase, Severity, Signal, TargetRef
+from stanch.models import (
+    ActionSpec,
+    AppliedAction,
+    ReproCase,
+    Severity,
+    Signal,
+    TargetRef,
+)
 from stanch.runbooks.schema import ConfirmCheck, Runbook
 
 

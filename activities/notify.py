@@ -82,7 +82,7 @@ class NotifyActivities:
             return scrub(str(error), channel), None
         except TimeoutError:
             return f"no answer within {channel.timeout_seconds:g} s", None
-        except Exception as error:  # noqa: BLE001 - any channel bug is that channel's failure, not the incident's
+        except Exception as error:
             return scrub(f"{type(error).__name__}: {error}", channel), None
         self.ledger.record(notification.dedup_id, channel.name, notification.incident_id)
         return None, gap

@@ -1,12 +1,20 @@
 """One way to report a bad configuration file: a line per problem, naming file and field.
 
-Shared by the intake-auth, notification and responders files. Only pydantic's message is
+Shared by the runbooks and the intake-auth, notification, responders and targets files. Only pydantic's message is
 kept, never its `input`: in these files a wrong value may be a pasted secret.
 """
 
 from __future__ import annotations
 
 from pydantic import ValidationError
+
+
+class ConfigFileError(Exception):
+    """A configuration file cannot be used: one line per problem, each naming the file and field."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
 
 
 def validation_lines(where: object, error: ValidationError) -> list[str]:

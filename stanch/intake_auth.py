@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from stanch.config_errors import validation_lines
+from stanch.config_errors import ConfigFileError, validation_lines
 from stanch.secret_refs import SecretUnavailable, read_secret
 
 # Every intake endpoint: `/v1/alerts/<source>` for the first seven, then `/v1/reports` and
@@ -46,12 +46,8 @@ ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _INLINE_SECRET_KEYS = ("secret", "token", "password", "client_secret")
 
 
-class IntakeAuthError(Exception):
+class IntakeAuthError(ConfigFileError):
     """The intake authentication cannot be used; one line per problem, naming file and field."""
-
-    def __init__(self, lines: list[str]) -> None:
-        super().__init__("\n".join(lines))
-        self.lines = lines
 
 
 class _Strict(BaseModel):

@@ -45,7 +45,7 @@ class IncidentClocks(ResponderHandlers):
                     # A severity change re-plans the schedule with the new policy's tiers.
                     await workflow.wait_condition(lambda: acknowledged() or self.state.severity != severity, timeout=wait)
                     continue
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             self.state.escalation_tier = tier + 1
             self.last_escalation_at = workflow.now()
@@ -75,7 +75,7 @@ class IncidentClocks(ResponderHandlers):
                 # A shorter clock (a death, widespread harm) moves the deadline: re-plan at once.
                 await workflow.wait_condition(lambda: clock.filed is not None or clock.deadline != deadline, timeout=wait)
                 continue
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 clock.reminders_sent += 1
                 overdue = workflow.now() >= clock.deadline
                 recipients = ["safety"] + (["incident-commander"] if remaining <= timedelta(days=2) else []) + (["executive"] if overdue else [])

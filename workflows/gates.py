@@ -77,7 +77,7 @@ class IncidentGates(IncidentClocks):
             while not settled():
                 try:
                     await workflow.wait_condition(settled, timeout=self.policy.approval_timeout)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     await self.notify("escalation", self.next_tier_recipients(), f"{self.state.id}: approval of {stage} overdue")
                     if gate.approve.auto_on_timeout:  # the runbook says waiting is worse than acting
                         timed_out = True
@@ -156,7 +156,7 @@ class IncidentGates(IncidentClocks):
         while self.failure_decision is None:
             try:
                 await workflow.wait_condition(lambda: self.failure_decision is not None, timeout=self.policy.approval_timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 await self.notify("escalation", self.next_tier_recipients(), f"{self.state.id}: {stage} failed, no decision yet")
         decision, self.failed_stage = self.failure_decision, None
         if decision.choice == "abort":

@@ -13,6 +13,7 @@ from workflows.record import IncidentRecord
 
 with workflow.unsafe.imports_passed_through():
     from activities.models import Finding
+    from stanch import assertions
     from stanch.incident import (
         Acknowledgement,
         ApprovalDecision,
@@ -28,7 +29,6 @@ with workflow.unsafe.imports_passed_through():
         SeverityChange,
         TriageDecision,
     )
-    from stanch import assertions
     from stanch.models import ReproCase, Signal
     from workflows import approvals
 

@@ -22,7 +22,13 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 from workflows.clocks import cause_of
-from workflows.gates import ACTION_RETRY, ACTION_TIMEOUT, REVERSIBLE_STAGES, IncidentAborted, IncidentGates
+from workflows.gates import (
+    ACTION_RETRY,
+    ACTION_TIMEOUT,
+    REVERSIBLE_STAGES,
+    IncidentAborted,
+    IncidentGates,
+)
 
 with workflow.unsafe.imports_passed_through():
     from activities.confirm import ConfirmActivities
@@ -143,7 +149,7 @@ class IncidentWorkflow(IncidentGates):
         while self.triage_decision is None:
             try:
                 await workflow.wait_condition(lambda: self.triage_decision is not None, timeout=self.runbook.confirm.triage_timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 await self.notify("escalation", self.next_tier_recipients(), f"{self.state.id}: triage overdue")
         return "not_confirmed" if self.triage_decision.outcome == "false_positive" else "confirmed"
 

@@ -100,7 +100,7 @@ async def poll_stream(
         out: str | None = None
         try:
             value = json.dumps(jsonable_encoder(await read()), separators=(",", ":"), ensure_ascii=False)
-        except Exception as exc:  # noqa: BLE001 - the stream outlives any one failed read
+        except Exception as exc:
             message = describe_failure(exc)
             if message != last_error:
                 out = frame("error", {"detail": message})
@@ -220,13 +220,13 @@ async def incident_events(incident_id: IncidentId, request: Request) -> Streamin
     except HTTPException as exc:
         if exc.status_code == 404:
             raise  # an unknown id is an answer, not a stream
-    except Exception as exc:  # noqa: BLE001 - anything else is reported inside the stream
+    except Exception as exc:
         log.info("incident %s: streaming although its state cannot be read yet: %s", incident_id, describe_failure(exc))
     return _stream(request, read, event="state", interval=STATE_INTERVAL_S)
 
 
 @events_router.get("/v1/events", response_class=StreamingResponse, responses=_STREAM_RESPONSES)
-async def incidents_events(request: Request, filters: dict[str, Any] = Depends(ListParameters)) -> StreamingResponse:  # noqa: B008
+async def incidents_events(request: Request, filters: dict[str, Any] = Depends(ListParameters)) -> StreamingResponse:
     """The incident list as server-sent events: `event: incidents` (the JSON of
     `GET /v1/incidents` with the same filters) at once and on every change, `event: error`
     while it cannot be read, `: keep-alive` comments when quiet."""

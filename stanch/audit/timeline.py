@@ -36,7 +36,13 @@ from activities.models import (
     VerifyResult,
 )
 from stanch import assertions
-from stanch.audit.derived import describe, key_warnings, milestones, settle_signal_decisions, step_summary
+from stanch.audit.derived import (
+    describe,
+    key_warnings,
+    milestones,
+    settle_signal_decisions,
+    step_summary,
+)
 from stanch.audit.history import Decoder, event_name, event_time, search_attribute
 from stanch.audit.models import (
     ActionEntry,
@@ -353,7 +359,6 @@ class _Reader:
 
     def where(self, event: HistoryEvent, what: str) -> str:
         return f"event {event.event_id} ({event_name(event)}) {what}"
-
 
 
 def action_from_input(kind: str, input: dict[str, Any], at, event_id: int) -> ActionEntry:

@@ -140,7 +140,11 @@ def replay(
 
 
 async def _replay(incident_id, run_id, all_, since, files, home, address, namespace):
-    from stanch.audit.history import connect_for_audit, fetch_incident_histories, parse_since
+    from stanch.audit.history import (
+        connect_for_audit,
+        fetch_incident_histories,
+        parse_since,
+    )
     from stanch.audit.replay import from_list, replay_histories
     from workers.main import WORKFLOWS
 
@@ -232,7 +236,12 @@ def export(
 
 async def _export(out, since, signing_key, home, address, namespace):
     from stanch.audit import bundle, signing
-    from stanch.audit.history import connect_for_audit, fetch_incident_histories, incident_query, parse_since
+    from stanch.audit.history import (
+        connect_for_audit,
+        fetch_incident_histories,
+        incident_query,
+        parse_since,
+    )
 
     key = signing.load_private(signing_key) if signing_key else None
     settings = _settings(home)

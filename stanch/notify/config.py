@@ -31,8 +31,7 @@ import yaml
 from pydantic import ValidationError
 
 from stanch.config import Settings
-from stanch.config_errors import validation_lines
-from stanch.secret_refs import SecretUnavailable, read_secret
+from stanch.config_errors import ConfigFileError, validation_lines
 from stanch.notify.channels import (
     ANYONE,
     CONSOLE,
@@ -52,14 +51,11 @@ from stanch.notify.schema import (
     SlackSpec,
     WebhookSpec,
 )
+from stanch.secret_refs import SecretUnavailable, read_secret
 
 
-class NotifyConfigError(Exception):
+class NotifyConfigError(ConfigFileError):
     """The notification file cannot be used; one line per problem, naming file and field."""
-
-    def __init__(self, lines: list[str]) -> None:
-        super().__init__("\n".join(lines))
-        self.lines = lines
 
 
 def load_notify_config(settings: Settings, env: Mapping[str, str] | None = None) -> NotifyConfig:
@@ -171,5 +167,5 @@ def _check_signing_secret(secret: str, field: str) -> None:
 
     try:
         Webhook(secret)
-    except Exception as exc:  # noqa: BLE001 - any failure means unusable; never echo the secret
+    except Exception as exc:
         raise SecretUnavailable(f"{field}: not a Standard Webhooks secret (whsec_ followed by base64): {type(exc).__name__}") from None

@@ -15,7 +15,12 @@ from email.message import EmailMessage
 from email.utils import formatdate
 from typing import TYPE_CHECKING
 
-from stanch.notify.channels import KIND_TITLES, ChannelError, EmailChannel, PartialDelivery
+from stanch.notify.channels import (
+    KIND_TITLES,
+    ChannelError,
+    EmailChannel,
+    PartialDelivery,
+)
 
 if TYPE_CHECKING:
     from activities.models import Notification

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 import stanch
+from stanch.config_errors import ConfigFileError
 from stanch.runbooks import schema
 from stanch.runbooks.schema import Runbook
 
@@ -26,16 +27,12 @@ RUNBOOK_SUFFIXES = (".yaml", ".yml")
 TEMPLATE_FIELDS = frozenset({"runbook", "model", "version", "category", "sender", "source", "title", "labels"})
 
 
-class RunbookError(Exception):
+class RunbookError(ConfigFileError):
     """A runbook (or a folder of them) cannot be used.
 
     The message is one line per problem, each starting with the file and, for schema errors,
     the dotted field path, so a platform engineer can jump straight to the mistake.
     """
-
-    def __init__(self, lines: list[str]) -> None:
-        super().__init__("\n".join(lines))
-        self.lines = lines
 
 
 # Every field name of the runbook schema, to place errors raised by whole-model validators.

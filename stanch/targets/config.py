@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from stanch.config_errors import validation_lines
+from stanch.config_errors import ConfigFileError, validation_lines
 from stanch.secret_refs import SecretUnavailable
 
 TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -33,12 +33,8 @@ TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 SECRET_REFERENCE = re.compile(r"\$\{(file:)?([^}]+)\}")
 
 
-class TargetsError(Exception):
+class TargetsError(ConfigFileError):
     """The targets file cannot be used: one line per problem, each naming the file and the field."""
-
-    def __init__(self, lines: list[str]) -> None:
-        super().__init__("\n".join(lines))
-        self.lines = lines
 
 
 class _TargetsFile(BaseModel):

@@ -259,7 +259,7 @@ class FlagdTarget:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         try:
-            handle = open(self.lock_path, "a+")  # noqa: SIM115 - held for the block below
+            handle = open(self.lock_path, "a+")
         except OSError as exc:
             raise TargetError(f"cannot open the lock file {self.lock_path}: {exc.strerror}", retryable=False) from None
         with handle:

@@ -13,8 +13,8 @@ from collections import Counter
 import httpx
 import pytest
 import schemathesis
-from schemathesis import GenerationMode
 from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
 
 from stanch.devserver import wait_for_port
 from tests.e2e.processes import Process, free_port, wait_for, wait_http

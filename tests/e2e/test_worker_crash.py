@@ -3,7 +3,6 @@ every idempotency key takes effect exactly once on the gateway."""
 
 from __future__ import annotations
 
-
 import httpx
 import pytest
 

@@ -44,7 +44,14 @@ from stanch.models import Severity, Signal
 from stanch.runbooks.schema import SeverityRules
 from tests.conftest import installed_binary
 from tests.workflow.conftest import alert, incident_input
-from tests.workflow.helpers import AsTheApi, approve, approve_four_eyes, until, vouched_signal, waiting_on
+from tests.workflow.helpers import (
+    AsTheApi,
+    approve,
+    approve_four_eyes,
+    until,
+    vouched_signal,
+    waiting_on,
+)
 from tests.workflow.standins import Script, stand_ins
 from workflows.incident import IncidentWorkflow
 

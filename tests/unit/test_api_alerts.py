@@ -3,11 +3,10 @@ function, then routes with intake and client swapped for stand-ins."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import json
 import socket
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest

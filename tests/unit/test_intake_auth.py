@@ -22,11 +22,22 @@ from standardwebhooks import Webhook
 from typer.testing import CliRunner
 
 from stanch.api.app import create_app
-from stanch.api.auth import CredentialRefused, authenticate_sender, check_credentials, webhook_id
+from stanch.api.auth import (
+    CredentialRefused,
+    authenticate_sender,
+    check_credentials,
+    webhook_id,
+)
 from stanch.api.deps import get_intake
 from stanch.config import Settings
 from stanch.intake import IntakeResult
-from stanch.intake_auth import INTAKE_SOURCES, IntakeAuthError, IntakeAuthPolicy, load_intake_auth, parse_intake_auth
+from stanch.intake_auth import (
+    INTAKE_SOURCES,
+    IntakeAuthError,
+    IntakeAuthPolicy,
+    load_intake_auth,
+    parse_intake_auth,
+)
 from stanch.models import Signal
 
 SECRET = "s3cr3t-for-tests-only"

@@ -12,8 +12,23 @@ from temporalio.client import WorkflowExecutionStatus
 from stanch import assertions
 from stanch.api.app import create_app
 from stanch.incident import ApprovalDecision
-from stanch.responders import JwtIssuer, NotAuthenticated, RespondersFile, ResponderAuth, StaticToken, load_responder_auth, token_sha256
-from tests.unit.test_api_alerts import FIRST_RUN_ID, FakeClient, NoCatalog, app, settings, use_client  # noqa: F401  (fixtures)
+from stanch.responders import (
+    JwtIssuer,
+    NotAuthenticated,
+    ResponderAuth,
+    RespondersFile,
+    StaticToken,
+    load_responder_auth,
+    token_sha256,
+)
+from tests.unit.test_api_alerts import (
+    FIRST_RUN_ID,
+    FakeClient,
+    NoCatalog,
+    app,
+    settings,
+    use_client,
+)
 
 ALICE, SAM, VERA = "stk_alice_token", "stk_sam_token", "stk_vera_token"
 JWT_SECRET = "jwt-test-secret-that-is-long-enough-for-hs256"
@@ -98,7 +113,7 @@ def test_without_a_token_nothing_is_read_or_decided_and_auditors_only_read(token
     assert http.get("/v1/auth").json() == {"mode": "token"}
 
 
-def test_insecure_dev_takes_the_claimed_identity_from_headers_or_the_body(app):  # noqa: F811  (the fixture)
+def test_insecure_dev_takes_the_claimed_identity_from_headers_or_the_body(app):
     client = FakeClient({"inc-1": WorkflowExecutionStatus.RUNNING})
     http = use_client(app, client)
     http.post("/v1/incidents/inc-1/approvals", json={"stage": "contain"}, headers={"X-Stanch-User": "dev", "X-Stanch-Roles": "oncall, safety"})

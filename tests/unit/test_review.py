@@ -13,7 +13,14 @@ from activities.deps import ActivityDeps
 from activities.models import Finding, ReviewInput
 from activities.review import ReviewActivities, compliance_mapping
 from stanch.config import Settings
-from stanch.incident import ApprovalRecord, EvidenceRecord, RegulatoryClock, ReportFiled, StageState, fresh_stages
+from stanch.incident import (
+    ApprovalRecord,
+    EvidenceRecord,
+    RegulatoryClock,
+    ReportFiled,
+    StageState,
+    fresh_stages,
+)
 from stanch.models import AppliedAction, ReproCase, Severity, Signal, TargetRef
 from stanch.runbooks.loader import default_runbooks_dir, load_runbook
 

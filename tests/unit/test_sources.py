@@ -20,10 +20,20 @@ from stanch.models import Severity, Signal, SignalSource
 from stanch.routing import matching_runbook
 from stanch.runbooks.loader import RunbookCatalog, load_catalog
 from stanch.sources import cloudevents, examples, sentry
-from stanch.sources.datadog import PAYLOAD_TEMPLATE, TEMPLATE_FIELDS, DatadogWebhook, datadog_signals
+from stanch.sources.datadog import (
+    PAYLOAD_TEMPLATE,
+    TEMPLATE_FIELDS,
+    DatadogWebhook,
+    datadog_signals,
+)
 from stanch.sources.grafana import GrafanaWebhook, grafana_signals
 from stanch.sources.pagerduty import PagerDutyEvent, pagerduty_signals
-from stanch.sources.reports import AuditFinding, UserReport, audit_finding_signals, user_report_signals
+from stanch.sources.reports import (
+    AuditFinding,
+    UserReport,
+    audit_finding_signals,
+    user_report_signals,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"
@@ -213,7 +223,7 @@ def test_datadog_transitions(transition: str, status: str) -> None:
 
 def test_datadog_severity_tag_beats_priority_beats_alert_type() -> None:
     payload = fixture("datadog/triggered.json")
-    severity = lambda **change: datadog_signals(DatadogWebhook.model_validate({**payload, **change}))[0].severity_hint  # noqa: E731
+    severity = lambda **change: datadog_signals(DatadogWebhook.model_validate({**payload, **change}))[0].severity_hint
     assert severity(tags=payload["tags"] + ",severity:low") is Severity.low
     assert severity(alert_priority="P3") is Severity.medium
     assert severity(alert_priority="", alert_type="warning") is Severity.medium

@@ -18,14 +18,13 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from stanch import assertions
 from stanch.incident import IncidentInput
 from stanch.models import ReproCase, Signal, TargetRef
 from stanch.runbooks.loader import default_runbooks_dir, load_runbook
-from stanch import assertions
 from tests.conftest import installed_binary
 from tests.workflow.standins import Script, stand_ins
 from workflows.incident import IncidentWorkflow
-
 
 # The key the tests' "API" signs decisions with; committed histories were recorded with it too.
 TEST_DECISION_KEYS = "test:" + "dGVzdC1kZWNpc2lvbi1rZXktZm9yLXN0YW5jaC10ZXN0cy0wMQ=="

@@ -7,10 +7,24 @@ from datetime import timedelta
 import pytest
 from temporalio.client import WorkflowUpdateFailedError
 
-from stanch.incident import ApprovalDecision, IncidentStatus, ResolveRequest, SeverityChange
+from stanch.incident import (
+    ApprovalDecision,
+    IncidentStatus,
+    ResolveRequest,
+    SeverityChange,
+)
 from stanch.models import Severity
 from tests.workflow.conftest import running_incident
-from tests.workflow.helpers import AsTheApi, approve, approve_four_eyes, stage_status, state, until, vouched_signal, waiting_on
+from tests.workflow.helpers import (
+    AsTheApi,
+    approve,
+    approve_four_eyes,
+    stage_status,
+    state,
+    until,
+    vouched_signal,
+    waiting_on,
+)
 from tests.workflow.standins import Script
 from workflows.incident import IncidentWorkflow
 

@@ -9,7 +9,14 @@ from temporalio.client import WorkflowUpdateFailedError
 
 from stanch.incident import Acknowledgement, IncidentStatus, ReportFiled
 from tests.workflow.conftest import alert, running_incident
-from tests.workflow.helpers import AsTheApi, approve, approve_four_eyes, state, until, waiting_on
+from tests.workflow.helpers import (
+    AsTheApi,
+    approve,
+    approve_four_eyes,
+    state,
+    until,
+    waiting_on,
+)
 from tests.workflow.standins import Script
 from workflows.incident import IncidentWorkflow
 

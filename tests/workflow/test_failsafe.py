@@ -7,7 +7,13 @@ from temporalio.client import WorkflowUpdateFailedError
 
 from stanch.incident import FailureDecision, IncidentStatus
 from tests.workflow.conftest import running_incident
-from tests.workflow.helpers import AsTheApi, approve, approve_four_eyes, until, waiting_on
+from tests.workflow.helpers import (
+    AsTheApi,
+    approve,
+    approve_four_eyes,
+    until,
+    waiting_on,
+)
 from tests.workflow.standins import Script
 from workflows.incident import IncidentWorkflow
 

@@ -10,7 +10,14 @@ from stanch.incident import IncidentStatus, TriageDecision
 from stanch.models import Severity
 from stanch.runbooks.schema import SeverityRules
 from tests.workflow.conftest import alert, incident_input, running_incident
-from tests.workflow.helpers import AsTheApi, approve, approve_four_eyes, stage_status, until, waiting_on
+from tests.workflow.helpers import (
+    AsTheApi,
+    approve,
+    approve_four_eyes,
+    stage_status,
+    until,
+    waiting_on,
+)
 from tests.workflow.standins import Script
 from workflows.incident import IncidentWorkflow
 

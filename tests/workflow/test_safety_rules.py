@@ -8,9 +8,21 @@ from datetime import timedelta
 import pytest
 from temporalio.client import WorkflowUpdateFailedError
 
-from stanch.incident import ApprovalDecision, FailureDecision, IncidentStatus, ResolveRequest
+from stanch.incident import (
+    ApprovalDecision,
+    FailureDecision,
+    IncidentStatus,
+    ResolveRequest,
+)
 from tests.workflow.conftest import alert, incident_input, running_incident
-from tests.workflow.helpers import AsTheApi, approve, approve_four_eyes, state, until, waiting_on
+from tests.workflow.helpers import (
+    AsTheApi,
+    approve,
+    approve_four_eyes,
+    state,
+    until,
+    waiting_on,
+)
 from tests.workflow.standins import Script
 from workflows.incident import IncidentWorkflow
 
