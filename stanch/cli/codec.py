@@ -7,6 +7,7 @@ decode.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -110,8 +111,8 @@ def _write_first(path: Path, line: str) -> None:
         if new_kid in (kid for kid, _ in existing):
             raise _fail(f"{path} already has a key with id {new_kid!r}; pick another --kid")
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # A fresh name beside the file (mkstemp: created 0600, never an existing file or a planted link).
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(descriptor, "w") as out:
         out.write(f"{line}\n{old}")
         out.flush()
