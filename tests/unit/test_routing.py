@@ -231,8 +231,8 @@ def test_seriousness_and_report_clocks(catalog: RunbookCatalog) -> None:
 
     serious, days, reason = seriousness(runbook, labelled(), Severity.critical, ["secret"])
     assert (serious, days) == (False, 15) and reason.startswith("not serious")
-    # A harm label without critical severity is not enough in this runbook.
-    assert seriousness(runbook, labelled(harm="death"), Severity.high, [])[0] is False
+    # A harm label makes it serious at any severity (Art. 3(49) is about the harm).
+    assert seriousness(runbook, labelled(harm="death"), Severity.high, [])[:2] == (True, 10)
     serious, days, reason = seriousness(runbook, labelled(harm="health-serious"), Severity.critical, [])
     assert (serious, days) == (True, 15) and "label harm=health*" in reason and "15-day" in reason
     serious, days, reason = seriousness(runbook, labelled(harm="death"), Severity.critical, [])

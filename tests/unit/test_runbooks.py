@@ -291,30 +291,105 @@ def test_only_containment_may_go_ahead_unattended(tmp_path):
 
 # --- EU AI Act Art. 3(49): every category, with its Art. 73 clock ----------------------------------
 
-# The labels the shipped runbooks read, per Art. 3(49) category, and the report days Art. 73 gives.
+# The labels the shipped runbooks read, per Art. 3(49) category, and the report days Art. 73 gives:
+# 10 for a death (73(4)), 2 for a widespread infringement or critical infrastructure (73(3)),
+# else 15 (73(2)). Seriousness is a fact about the harm, so each holds at EVERY severity.
 SERIOUS_HARMS = {
     "(a) death": ({"harm": "death"}, 10),
     "(a) health": ({"harm": "health-injury"}, 15),
     "(b) critical infrastructure": ({"sector": "critical-infrastructure"}, 2),
     "(c) fundamental rights": ({"harm": "fundamental-rights-discrimination"}, 15),
-    "(c) widespread infringement": ({"scope": "widespread"}, 2),
+    "(c) widespread infringement": ({"harm": "fundamental-rights-privacy", "scope": "widespread"}, 2),
     "(d) property": ({"harm": "property-damage"}, 15),
     "(d) environment": ({"harm": "environment-spill"}, 15),
 }
+# Labels a harm-free signal may well carry: none of them makes an incident serious.
+NOT_SERIOUS = {"alertname": "HarmfulOutput", "model": "support-bot", "severity": "critical", "harm": "embarrassment"}
+EVERY_RUNBOOK = sorted(path.stem for path in RUNBOOKS.glob("*.yaml"))
 
 
-@pytest.mark.parametrize("name", ["harmful-output", "triage", "prompt-injection-campaign"])
-@pytest.mark.parametrize("category", list(SERIOUS_HARMS))
-def test_runbooks_cover_every_serious_harm_with_its_clock(name: str, category: str) -> None:
+def harm_signal(labels: dict[str, str], signal_id: str = "s"):
     from stanch.models import Signal
-    from stanch.runbooks.conditions import seriousness
+
+    return Signal(signal_id=signal_id, model="support-bot", labels={"alertname": "Whatever", "model": "support-bot", **labels})
+
+
+def test_every_runbook_is_covered_by_the_serious_harm_tests() -> None:
+    assert EVERY_RUNBOOK == sorted(SHIPPED)  # a new runbook joins the parametrised tests below by itself
+
+
+@pytest.mark.parametrize("name", EVERY_RUNBOOK)
+@pytest.mark.parametrize("category", list(SERIOUS_HARMS))
+def test_every_runbook_makes_every_serious_harm_serious_with_its_clock(name: str, category: str) -> None:
+    """Graded as the severity activity grades (`grade`, then `seriousness` at that severity),
+    and at every severity a responder may set: serious, with the Art. 73 clock of the category."""
+    from stanch.runbooks.conditions import grade, seriousness
 
     labels, days = SERIOUS_HARMS[category]
     runbook = load_runbook(RUNBOOKS / f"{name}.yaml").runbook
-    signals = [Signal(signal_id="s", labels={"alertname": "HarmfulOutput", **labels})]
-    serious, report_days, reason = seriousness(runbook, signals, Severity.critical, [])
-    assert (serious, report_days) == (True, days), reason
-    assert seriousness(runbook, [Signal(signal_id="s")], Severity.critical, [])[0] is False
+    signals = [harm_signal(labels)]
+    for fired in ([], [d for check in runbook.confirm.checks for d in check.detectors]):
+        severity, reasons = grade(runbook, signals, fired)
+        serious, report_days, reason = seriousness(runbook, signals, severity, fired)
+        assert (serious, report_days) == (True, days), f"{name} graded {severity} ({reasons}): {reason}"
+    for severity in Severity:
+        serious, report_days, reason = seriousness(runbook, signals, severity, [])
+        assert (serious, report_days) == (True, days), f"{name} at {severity}: {reason}"
+    # The category may arrive on a later signal of an incident that opened without it.
+    later = [harm_signal({}, "first"), harm_signal(labels, "later")]
+    assert seriousness(runbook, later, grade(runbook, later, [])[0], [])[:2] == (True, days)
+
+
+@pytest.mark.parametrize("name", EVERY_RUNBOOK)
+@pytest.mark.parametrize("labels", [{"harm": "death"}, {"harm": "health-injury"}, {"harm": "health"}], ids=["death", "health-injury", "health"])
+def test_a_death_or_health_harm_grades_critical_in_every_runbook(name: str, labels: dict[str, str]) -> None:
+    """A death is never a medium incident: critical whatever the detectors found, with the reason."""
+    from stanch.runbooks.conditions import grade
+
+    runbook = load_runbook(RUNBOOKS / f"{name}.yaml").runbook
+    for fired in ([], [d for check in runbook.confirm.checks for d in check.detectors]):
+        severity, reasons = grade(runbook, [harm_signal(labels)], fired)
+        assert severity is Severity.critical, f"{name}: {reasons}"
+        assert any("Art. 3(49)(a)" in reason for reason in reasons), reasons
+
+
+@pytest.mark.parametrize("name", EVERY_RUNBOOK)
+def test_a_signal_without_a_serious_harm_stays_not_serious(name: str) -> None:
+    from stanch.runbooks.conditions import grade, seriousness
+
+    runbook = load_runbook(RUNBOOKS / f"{name}.yaml").runbook
+    for labels in ({}, NOT_SERIOUS, {"harm": "reputation"}, {"sector": "retail"}):
+        signals = [harm_signal(labels)]
+        if "severity" not in labels:  # only a sender's own severity=critical may make it critical
+            assert grade(runbook, signals, [])[0] is not Severity.critical, (name, labels)
+        for at in Severity:
+            serious, days, reason = seriousness(runbook, signals, at, [])
+            assert serious is False and days == 15 and reason.startswith("not serious"), (name, labels, at, reason)
+
+
+# scope=widespread on its own (no harm label): how each runbook models it. harmful-output,
+# prompt-injection-campaign and triage treat a CRITICAL incident reaching many people as a
+# widespread infringement; in pii-leak, where the harm is to data protection, a fundamental
+# right, it is one at any severity; a quality regression reaching many users infringes nothing.
+WIDESPREAD_ALONE = {
+    "harmful-output": Severity.critical,
+    "prompt-injection-campaign": Severity.critical,
+    "triage": Severity.critical,
+    "pii-leak": Severity.low,
+    "quality-regression": None,
+}
+
+
+@pytest.mark.parametrize("name", EVERY_RUNBOOK)
+def test_widespread_alone_is_serious_as_each_runbook_models_it(name: str) -> None:
+    from stanch.runbooks.conditions import seriousness
+
+    runbook = load_runbook(RUNBOOKS / f"{name}.yaml").runbook
+    signals = [harm_signal({"scope": "widespread"})]
+    from_severity = WIDESPREAD_ALONE[name]
+    for at in Severity:
+        expected = from_severity is not None and at.rank >= from_severity.rank
+        assert seriousness(runbook, signals, at, [])[:2] == ((True, 2) if expected else (False, 2)), (name, at)
 
 
 def test_a_death_with_critical_infrastructure_takes_the_shortest_clock() -> None:

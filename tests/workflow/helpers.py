@@ -8,7 +8,7 @@ import uuid
 from temporalio.client import WorkflowHandle
 
 from stanch import assertions
-from stanch.incident import ApprovalDecision, IncidentState
+from stanch.incident import ApprovalDecision, IncidentState, IncidentStatus
 from workflows.incident import IncidentWorkflow
 
 
@@ -67,3 +67,8 @@ async def approve_four_eyes(handle: WorkflowHandle, stage: str) -> None:
     await until(handle, waiting_on(stage))
     await approve(handle, stage, "alice", ["oncall"])
     await approve(handle, stage, "sam", ["safety"])
+
+
+def failed(stage: str):
+    """A step of `stage` failed and the incident waits for a responder's retry, skip or abort."""
+    return lambda s: s.status == IncidentStatus.awaiting_decision and s.stage(stage).status == "failed"
