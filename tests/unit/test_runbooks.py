@@ -341,16 +341,21 @@ def test_every_runbook_makes_every_serious_harm_serious_with_its_clock(name: str
 
 
 @pytest.mark.parametrize("name", EVERY_RUNBOOK)
-@pytest.mark.parametrize("labels", [{"harm": "death"}, {"harm": "health-injury"}, {"harm": "health"}], ids=["death", "health-injury", "health"])
-def test_a_death_or_health_harm_grades_critical_in_every_runbook(name: str, labels: dict[str, str]) -> None:
-    """A death is never a medium incident: critical whatever the detectors found, with the reason."""
+@pytest.mark.parametrize(
+    ("labels", "article"),
+    [({"harm": "death"}, "(a)"), ({"harm": "health-injury"}, "(a)"), ({"harm": "health"}, "(a)"), ({"sector": "critical-infrastructure"}, "(b)")],
+    ids=["death", "health-injury", "health", "critical-infrastructure"],
+)
+def test_a_death_health_or_infrastructure_harm_grades_critical_in_every_runbook(name: str, labels: dict[str, str], article: str) -> None:
+    """A death is never a medium incident, nor is a 2-day report clock a low one: critical
+    whatever the detectors found, with the reason."""
     from stanch.runbooks.conditions import grade
 
     runbook = load_runbook(RUNBOOKS / f"{name}.yaml").runbook
     for fired in ([], [d for check in runbook.confirm.checks for d in check.detectors]):
         severity, reasons = grade(runbook, [harm_signal(labels)], fired)
         assert severity is Severity.critical, f"{name}: {reasons}"
-        assert any("Art. 3(49)(a)" in reason for reason in reasons), reasons
+        assert any(f"Art. 3(49){article}" in reason for reason in reasons), reasons
 
 
 @pytest.mark.parametrize("name", EVERY_RUNBOOK)
