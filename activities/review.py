@@ -62,7 +62,7 @@ class ReviewActivities:
             report_draft=str(report) if report else None,
             regression_cases_added=added,
             compliance_file=str(compliance),
-            compliance={f"{item.framework} {item.reference}": item.status for item in mapping},
+            compliance={f"{item.framework} {item.reference}": status_text(input, item) for item in mapping},
         )
 
     def postmortem(self, input: ReviewInput, tasks: list[dict], added: int, mapping: list[ComplianceItem] | None = None) -> str:
@@ -91,7 +91,7 @@ class ReviewActivities:
         lines += [f"- {entry['at']} [{entry['kind']}] {entry['actor']}: {entry['message']}" for entry in input.timeline]
         lines += ["", "## Compliance mapping", "", "What this incident's steps show for each requirement (all of it in compliance.json).", ""]
         for item in mapping:
-            lines.append(f"### {item.framework} {item.reference}: {item.status}")
+            lines.append(f"### {item.framework} {item.reference}: {status_text(input, item)}")
             lines += ["", f"_{item.requirement}_", ""]
             lines += [f"- {line}" for line in item.evidence[:EVIDENCE_SHOWN]]
             if len(item.evidence) > EVIDENCE_SHOWN:
@@ -373,4 +373,20 @@ def compliance_mapping(input: ReviewInput, tasks: list[dict], added: int) -> lis
         documented.append("art73-report-draft.md")
     iso_doc = item(ISO, "10.2 documented information", "Retain documented information as evidence of the nature of the nonconformity, the actions taken and the results of corrective action.",
                    bool(input.timeline), True, documented, [] if input.evidence else ["no evidence snapshot was retained"])
-    return [manage_23, manage_24, manage_41, manage_43, iso_a, iso_b, iso_c, iso_d, iso_e, iso_doc]
+    mapping = [manage_23, manage_24, manage_41, manage_43, iso_a, iso_b, iso_c, iso_d, iso_e, iso_doc]
+    return [rehearsed(entry) for entry in mapping] if input.dry_run else mapping
+
+
+DRY_RUN_STATUS = "not performed (dry run: rehearsal only)"
+DRY_RUN_GAP = "dry run: a rehearsal only — no action changed the target, nobody was paged; nothing here was performed for a real incident"
+
+
+def rehearsed(item: ComplianceItem) -> ComplianceItem:
+    """A dry run performs no requirement: every item is not performed, with what it rehearsed as evidence."""
+    return item.model_copy(
+        update={"status": "not performed", "evidence": [f"rehearsed (dry run): {line}" for line in item.evidence], "gaps": [DRY_RUN_GAP, *item.gaps]}
+    )
+
+
+def status_text(input: ReviewInput, item: ComplianceItem) -> str:
+    return DRY_RUN_STATUS if input.dry_run else item.status

@@ -88,8 +88,13 @@ def describe(name: str, f: dict[str, Any]) -> str:
     return texts[name]() if name in texts else name
 
 
+MILESTONES = ["acknowledged", "contained", "rolled back", "fix verified", "restored", "closed"]
+
+
 def milestones(t: Timeline) -> list[Milestone]:
-    """Time to acknowledge, contain, roll back, verify the fix, restore and close."""
+    """Time to acknowledge, contain, roll back, verify the fix, restore and close — every one of
+    them, in that order: those reached with when and how, the rest marked not reached (yet, while
+    the run is running), so a running or failed run shows how far it got."""
     start = t.first_signal_at or t.started_at
 
     def reached(name: str, at, event_id: int | None, how: str) -> Milestone:
@@ -101,18 +106,23 @@ def milestones(t: Timeline) -> list[Milestone]:
         d = vouched[0]
         found.append(reached("acknowledged", d.completed_at or d.at, d.completed_event_id or d.event_id, f"{d.what} by {d.who} (event {d.event_id})"))
     for name, activity in (("contained", "apply_containment"), ("rolled back", "apply_rollback")):
-        done = [a for a in t.actions if a.activity == activity and a.outcome == "completed"]
+        done = [a for a in t.actions if a.activity == activity and a.outcome == "completed" and a.finished_at is not None]
         if done:
             last = done[-1]
             found.append(reached(name, last.finished_at, last.finished_event_id, f"last {last.stage} action applied: {last.kind} (event {last.finished_event_id})"))
-    verified = [s for s in t.steps if s.activity == "verify_fix" and s.outcome == "completed" and s.result.get("passed")]
+    verified = [s for s in t.steps if s.activity == "verify_fix" and s.outcome == "completed" and s.result.get("passed") and s.finished_at is not None]
     if verified:
         s = verified[0]
         found.append(reached("fix verified", s.finished_at, s.finished_event_id, f"{s.summary} (event {s.finished_event_id})"))
-    lifted = [a for a in t.actions if a.activity == "lift_action" and a.outcome == "completed"]
+    lifted = [a for a in t.actions if a.activity == "lift_action" and a.outcome == "completed" and a.finished_at is not None]
     if lifted:
         last = lifted[-1]
         found.append(reached("restored", last.finished_at, last.finished_event_id, f"last protection lifted: {last.kind} (event {last.finished_event_id})"))
     if t.ended_at is not None:
         found.append(reached("closed", t.ended_at, t.ended_event_id, f"workflow {t.execution}" + (f": {t.final_status}" if t.final_status else "")))
-    return found
+    by_name = {m.name: m for m in found}
+    if t.ended_at is None:
+        missing = f"not reached yet: the run is still running (history read at event {t.events})"
+    else:
+        missing = f"not reached: the run {t.execution} at event {t.ended_event_id}"
+    return [by_name.get(name) or Milestone(name=name, how=missing) for name in MILESTONES]

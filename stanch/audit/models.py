@@ -129,8 +129,12 @@ class Milestone(BaseModel):
     name: Literal["acknowledged", "contained", "rolled back", "fix verified", "restored", "closed"]
     at: datetime | None = None
     event_id: int | None = None
-    seconds: float | None = Field(None, description="since the first signal; None if never reached")
-    how: str = ""
+    seconds: float | None = Field(None, description="since the first signal; None if not reached")
+    how: str = Field("", description="how it was reached, or that it was not reached (yet, while the run is running)")
+
+    @property
+    def reached(self) -> bool:
+        return self.at is not None
 
 
 class StageSummary(BaseModel):
@@ -149,6 +153,9 @@ class Timeline(BaseModel):
     runbook: str = ""
     runbook_sha256: str = ""
     target: str = ""
+    dry_run: bool = Field(
+        False, description="a rehearsal (`stanch runbooks plan --dry-run`, IncidentInput.dry_run): every action was only recorded, nothing was changed"
+    )
     started_at: datetime
     first_signal_at: datetime | None = None
     ended_at: datetime | None = None

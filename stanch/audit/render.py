@@ -11,9 +11,8 @@ import html
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from stanch.audit.derived import MILESTONES
 from stanch.audit.models import Timeline
-
-MILESTONES = ["acknowledged", "contained", "rolled back", "fix verified", "restored", "closed"]
 
 # A cell is text, or (text, css class) where HTML may colour it.
 Cell = str | tuple[str, str]
@@ -31,11 +30,13 @@ class Section:
 def sections(t: Timeline) -> list[Section]:
     """The timeline, section by section, in the order an auditor reads it."""
     start = t.first_signal_at or t.started_at
-    reached = {m.name: m for m in t.milestones}
-    durations = Section("Durations", ["milestone", "after", "at", "how"], note=f"from the first signal at {when(start)}")
+    reached = {m.name: m for m in t.milestones if m.reached}
+    running = t.ended_at is None
+    note = f"from the first signal at {when(start)}" + ("; the run is still running: what it has reached so far" if running else "")
+    durations = Section("Durations", ["milestone", "after", "at", "how"], note=note)
     for name in MILESTONES:
         m = reached.get(name)
-        durations.rows.append([name, span(m.seconds), when(m.at), m.how] if m else [name, "not reached", "", ""])
+        durations.rows.append([name, span(m.seconds), when(m.at), m.how] if m else [name, "not reached yet" if running else "not reached", "", ""])
 
     signals = Section("Signals", ["at", "event", "sender", "signal id", "title", "source", "status"])
     for s in t.signals:
@@ -83,7 +84,10 @@ def sections(t: Timeline) -> list[Section]:
     for e in t.evidence:
         evidence.rows.append([when(e.at), str(e.event_id), e.sha256, e.location])
 
-    stages = Section("Stages at the end", ["stage", "status", "started", "finished", "detail"], empty="the run has not completed")
+    no_stages = "the run is still running: see Durations and Actions for how far it got" if t.ended_at is None else (
+        f"the run {t.execution}, so it recorded no final state: see Durations and Actions for how far it got"
+    )
+    stages = Section("Stages at the end", ["stage", "status", "started", "finished", "detail"], empty=no_stages)
     for s in t.stages:
         stages.rows.append([s.name, s.status, when(s.started_at), when(s.finished_at), s.detail])
 
@@ -91,9 +95,20 @@ def sections(t: Timeline) -> list[Section]:
     return [durations, signals, approvals, decisions, actions, steps, notifications, timers, statuses, evidence, stages, warnings]
 
 
+DRY_RUN_BANNER = (
+    "DRY RUN — a rehearsal, not an incident (`stanch runbooks plan --dry-run`): every action was only recorded, "
+    "nothing was changed on the target and nobody was paged."
+)
+
+
+def title(t: Timeline) -> str:
+    return f"{'Dry run' if t.dry_run else 'Incident'} {t.incident_id or t.workflow_id} — timeline"
+
+
 def summary(t: Timeline) -> list[tuple[str, str]]:
     outcome = t.execution + (f": {t.final_status}" if t.final_status else "") + (f" — {t.close_reason}" if t.close_reason else "")
     return [
+        ("dry run", "yes: a rehearsal, nothing was changed" if t.dry_run else "no"),
         ("incident", t.incident_id),
         ("occurrence", t.occurrence),
         ("workflow", f"{t.workflow_id} run {t.run_id}"),
@@ -111,7 +126,10 @@ def summary(t: Timeline) -> list[tuple[str, str]]:
 
 
 def to_markdown(t: Timeline) -> str:
-    lines = [f"# Incident {md(t.incident_id or t.workflow_id)} — timeline", "", "Derived from the workflow history alone; every row names its event.", ""]
+    lines = [f"# {md(title(t))}", ""]
+    if t.dry_run:
+        lines += [f"> **{md(DRY_RUN_BANNER)}**", ""]
+    lines += ["Derived from the workflow history alone; every row names its event.", ""]
     lines += ["| | |", "|---|---|"] + [f"| {key} | {md(value)} |" for key, value in summary(t)] + [""]
     for section in sections(t):
         lines += [f"## {section.title}", ""]
@@ -142,18 +160,20 @@ th,td{border:1px solid #ddd;padding:.25rem .5rem;text-align:left;vertical-align:
 th{background:#f4f6f8}td{word-break:break-word}
 .ok{color:#137333}.bad{color:#b3261e;font-weight:600}.note,.empty{color:#5f6b76;font-style:italic}
 table.summary{width:auto}table.summary th{width:10rem}
+.banner{background:#fdecea;border:2px solid #b3261e;color:#b3261e;padding:.5rem 1rem;font-weight:700}
 """
 
 
 def to_html(t: Timeline) -> str:
     """One file, no scripts, no external resources: it opens the same on an air-gapped laptop."""
-    title = f"Incident {t.incident_id or t.workflow_id} — timeline"
+    heading = title(t)
     parts = [
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; style-src \'unsafe-inline\'">',
-        f"<title>{esc(title)}</title><style>{STYLE}</style></head><body>",
-        f"<h1>{esc(title)}</h1>",
+        f"<title>{esc(heading)}</title><style>{STYLE}</style></head><body>",
+        f"<h1>{esc(heading)}</h1>",
+        *([f'<p class="banner">{esc(DRY_RUN_BANNER)}</p>'] if t.dry_run else []),
         '<p class="note">Derived from the workflow history alone; every row names its event.</p>',
         '<table class="summary">' + "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in summary(t)) + "</table>",
     ]

@@ -6,16 +6,23 @@ commands than the ones recorded. For a divergence we name the run and the event:
 SDK's message when it names one, else by replaying ever longer prefixes of the history until
 one fails — the workflow task whose commands differ — and, within it, the event the message
 points at (an activity type or timer id it mentions).
+
+A run is not replayed when this machine lacks a key it needs, because the replay would report
+a configuration problem as a code change: an encryption key any payload of the history is
+under (`unreadable`), or a decision key its decisions are signed with (`unverifiable`). Dry
+runs (rehearsals) are replayed like any other run and marked `dry_run`.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import contextmanager
 
+from google.protobuf.message import Message
 from pydantic import BaseModel, Field
+from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import WorkflowHistory
@@ -45,11 +52,22 @@ class ReplayOutcome(BaseModel):
     reproduced: bool
     divergence: Divergence | None = None
     unreadable: str | None = Field(None, description="why the history could not be replayed at all (its encryption key is missing)")
+    unverifiable: str | None = Field(
+        None, description="why it was not replayed: a decision in it is signed with a decision key not configured here, so a replay would diverge for want of the key"
+    )
+    dry_run: bool = Field(False, description="the run was a dry run (a rehearsal): replayed like any other, labelled")
+
+    @property
+    def not_replayed(self) -> str | None:
+        """Why nothing is known about this run (a configuration problem, exit 2), or None."""
+        return self.unreadable or self.unverifiable
 
     def describe(self) -> str:
-        run = f"{self.workflow_id} run {self.run_id}"
+        run = f"{self.workflow_id} run {self.run_id}" + (" [dry run]" if self.dry_run else "")
         if self.unreadable:
             return f"{run}: CANNOT READ: {self.unreadable}"
+        if self.unverifiable:
+            return f"{run}: CANNOT VERIFY: {self.unverifiable}"
         if self.reproduced:
             return f"{run}: reproduced ({self.events} events)"
         d = self.divergence
@@ -67,21 +85,45 @@ def replayer(workflows: list[type], converter: DataConverter) -> Replayer:
 
 
 async def replay_histories(
-    histories: AsyncIterator[WorkflowHistory], workflows: list[type], converter: DataConverter, sources: dict[int, str] | None = None
+    histories: AsyncIterator[WorkflowHistory],
+    workflows: list[type],
+    converter: DataConverter,
+    sources: dict[int, str] | None = None,
+    trusted_keys: Iterable[str] | None = None,
 ) -> list[ReplayOutcome]:
-    """Replay each history; a divergence is located by replaying prefixes of that history."""
+    """Replay each history; a divergence is located by replaying prefixes of that history.
+
+    A history this installation cannot read (an encryption key is missing) or cannot vouch for
+    (a decision in it is signed with a decision key not in `trusted_keys`) is not replayed: the
+    outcome says why. `trusted_keys` None skips the decision-key check."""
     sources = sources or {}
+    trusted = None if trusted_keys is None else set(trusted_keys)
     tool = replayer(workflows, converter)
     outcomes = []
+    dry_runs: dict[int, bool] = {}
 
     async def readable() -> AsyncIterator[WorkflowHistory]:
         async for history in histories:
+            dry_runs[id(history)] = await is_dry_run(history, converter)
             reason = unreadable_reason(history, converter)
-            if reason is None:
+            unverifiable = None
+            if reason is None and trusted is not None:
+                unverifiable = unverifiable_reason(await decision_key_ids(history, converter), trusted)
+            if reason is None and unverifiable is None:
                 yield history
                 continue
-            source = sources.get(id(history), "temporal")
-            outcomes.append(ReplayOutcome(workflow_id=history.workflow_id, run_id=history.run_id, source=source, events=len(history.events), reproduced=False, unreadable=reason))
+            outcomes.append(
+                ReplayOutcome(
+                    workflow_id=history.workflow_id,
+                    run_id=history.run_id,
+                    source=sources.get(id(history), "temporal"),
+                    events=len(history.events),
+                    reproduced=False,
+                    unreadable=reason,
+                    unverifiable=unverifiable,
+                    dry_run=dry_runs[id(history)],
+                )
+            )
 
     with _sdk_warnings_silenced():
         async with tool.workflow_replay_iterator(readable()) as results:
@@ -93,6 +135,7 @@ async def replay_histories(
                     source=sources.get(id(history), "temporal"),
                     events=len(history.events),
                     reproduced=result.replay_failure is None,
+                    dry_run=dry_runs.get(id(history), False),
                 )
                 if result.replay_failure is not None:
                     outcome.divergence = await locate(tool, history, result.replay_failure)
@@ -103,12 +146,10 @@ async def replay_histories(
 def unreadable_reason(history: WorkflowHistory, converter: DataConverter) -> str | None:
     """Why this history cannot be decoded here (an encryption key this installation lacks), or None.
 
-    Without the key every payload fails to decode, which the replayer would report as a
-    divergence at the first workflow task: a configuration problem, not a code change."""
-    if not history.events or not history.events[0].HasField("workflow_execution_started_event_attributes"):
-        return None
-    payloads = history.events[0].workflow_execution_started_event_attributes.input.payloads
-    used = {payload.metadata.get(KEY_ID_METADATA, b"").decode() for payload in payloads if is_encrypted(payload)}
+    Without the key every payload under it fails to decode, which the replayer would report as a
+    divergence: a configuration problem, not a code change. Every payload of every event is
+    checked: a key rotated mid-incident leaves the later payloads under another key."""
+    used = {payload.metadata.get(KEY_ID_METADATA, b"").decode("utf-8", "replace") for payload in history_payloads(history) if is_encrypted(payload)}
     codec = converter.payload_codec
     known = set(codec.key_ids) if isinstance(codec, EncryptionCodec) else set()
     missing = sorted(used - known)
@@ -119,6 +160,89 @@ def unreadable_reason(history: WorkflowHistory, converter: DataConverter) -> str
         f"encrypted with key id {', '.join(missing)}, and {have}: set STANCH_ENCRYPTION_KEYS "
         "(or STANCH_HOME/encryption-keys) to the installation's keys, retired ones included"
     )
+
+
+def history_payloads(history: WorkflowHistory) -> Iterator[Payload]:
+    """Every payload in the history: inputs, results, signals, updates, failures, memos, headers."""
+    for event in history.events:
+        yield from _payloads_in(event)
+
+
+def _payloads_in(message: Message) -> Iterator[Payload]:
+    if isinstance(message, Payload):
+        yield message
+        return
+    for field, value in message.ListFields():
+        if field.type != field.TYPE_MESSAGE:
+            continue
+        if field.is_repeated:
+            is_map = field.message_type.GetOptions().map_entry
+            items = value.values() if is_map else value
+            if is_map and field.message_type.fields_by_name["value"].type != field.TYPE_MESSAGE:
+                continue
+            for item in items:
+                yield from _payloads_in(item)
+        else:
+            yield from _payloads_in(value)
+
+
+async def decision_key_ids(history: WorkflowHistory, converter: DataConverter) -> set[str]:
+    """The ids of the decision keys the history's decisions were signed with.
+
+    A decision (an update's or a signal's input) carries `assertion: "<kid>:<hex>"`
+    (stanch.assertions); a decision without one (a raw signal from the Temporal UI) names none."""
+    kids = set()
+    for event in history.events:
+        for payload in _decision_payloads(event):
+            try:
+                [value] = await converter.decode([payload], None)
+            except Exception:  # unreadable payloads are unreadable_reason's business
+                continue
+            assertion = value.get("assertion") if isinstance(value, dict) else None
+            if isinstance(assertion, str) and ":" in assertion:
+                kids.add(assertion.partition(":")[0])
+    return kids
+
+
+def _decision_payloads(event: HistoryEvent) -> list[Payload]:
+    if event.HasField("workflow_execution_update_accepted_event_attributes"):
+        return list(event.workflow_execution_update_accepted_event_attributes.accepted_request.input.args.payloads)
+    if event.HasField("workflow_execution_update_admitted_event_attributes"):
+        return list(event.workflow_execution_update_admitted_event_attributes.request.input.args.payloads)
+    if event.HasField("workflow_execution_signaled_event_attributes"):
+        return list(event.workflow_execution_signaled_event_attributes.input.payloads)
+    return []
+
+
+def unverifiable_reason(used: Iterable[str], trusted: Iterable[str]) -> str | None:
+    """Why replaying would say nothing (a decision key the history used is not configured), or None.
+
+    Without the key a vouched decision no longer verifies, the workflow would not count it, and
+    the replay would diverge at the first one: a configuration problem, not a code change."""
+    trusted = set(trusted)
+    missing = sorted(set(used) - trusted)
+    if not missing:
+        return None
+    which = f"key id {missing[0]}, which is" if len(missing) == 1 else f"key ids {', '.join(missing)}, which are"
+    have = f"configured: {', '.join(sorted(trusted))}" if trusted else "no decision key is configured"
+    return (
+        f"decisions signed with {which} not configured (STANCH_DECISION_KEYS or STANCH_HOME/decision-keys; "
+        f"keep retired keys listed; {have})"
+    )
+
+
+async def is_dry_run(history: WorkflowHistory, converter: DataConverter) -> bool:
+    """Whether the run was a dry run, from its start input (IncidentInput.dry_run)."""
+    if not history.events or not history.events[0].HasField("workflow_execution_started_event_attributes"):
+        return False
+    payloads = history.events[0].workflow_execution_started_event_attributes.input.payloads
+    if not payloads:
+        return False
+    try:
+        [value] = await converter.decode([payloads[0]], None)
+    except Exception:
+        return False
+    return isinstance(value, dict) and value.get("dry_run") is True
 
 
 async def from_list(histories: Iterable[WorkflowHistory]) -> AsyncIterator[WorkflowHistory]:

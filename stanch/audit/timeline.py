@@ -137,6 +137,7 @@ class _Reader:
         self.t.runbook = (input.get("runbook") or {}).get("name", "")
         self.t.runbook_sha256 = input.get("runbook_sha256", "")
         self.t.target = target_text(input.get("target"))
+        self.t.dry_run = bool(input.get("dry_run"))
         # The workflow's own name for itself (workflows/record.py): what every assertion is bound to.
         self.t.occurrence = f"{self.t.incident_id}@{a.first_execution_run_id[:8]}" if self.t.incident_id else ""
 

@@ -6,7 +6,8 @@ really them, how long did each step take), and export histories, timelines and e
 a bundle whose hash-chained, optionally signed manifest shows whether anything changed since.
 
 Exit codes: 0 all good; 1 a divergence or a failed verification; 2 bad input (a file that is
-not a history, Temporal unreachable, a missing key).
+not a history, Temporal unreachable, a missing key — an encryption key a history is written
+with, or a decision key its decisions are signed with: nothing could be replayed, so nothing is known).
 
 Mounted by `stanch.cli.main` as `app.add_typer(audit_app, name="audit")`.
 """
@@ -30,8 +31,9 @@ audit_app = typer.Typer(
 )
 
 # soft_wrap: a divergence names run and event on one line, whole, for anyone grepping CI logs.
-console = Console(soft_wrap=True, highlight=False)
-err_console = Console(stderr=True, soft_wrap=True, highlight=False)
+# emoji=False: ids like `alertmanager:abc:…` are printed as they are, not as 🔤.
+console = Console(soft_wrap=True, highlight=False, emoji=False)
+err_console = Console(stderr=True, soft_wrap=True, highlight=False, emoji=False)
 
 HomeOption = Annotated[
     Path | None,
@@ -72,7 +74,7 @@ def _trust_keys(settings: Settings) -> list[str]:
     if not keys:
         err_console.print(
             f"[yellow]warning:[/] no decision keys (STANCH_DECISION_KEYS or {escape(str(settings.home))}/decision-keys): "
-            "no assertion verifies, and replaying an approved stage diverges"
+            "no assertion verifies, and a history with signed decisions cannot be verified by replay"
         )
     return keys
 
@@ -124,18 +126,27 @@ def replay(
             mark = "[green]✔[/]" if outcome.reproduced else "[bold red]✘[/]"
             console.print(f"{mark} {escape(outcome.describe())}  [dim]{escape(outcome.source)}[/]")
         unreadable = sum(outcome.unreadable is not None for outcome in outcomes)
-        diverged = sum(not outcome.reproduced for outcome in outcomes) - unreadable
-        read = len(outcomes) - unreadable
+        unverifiable = sum(outcome.unverifiable is not None for outcome in outcomes)
+        not_replayed = unreadable + unverifiable
+        read = len(outcomes) - not_replayed
+        diverged = sum(not outcome.reproduced for outcome in outcomes) - not_replayed
         if diverged:
             verdict = f"[bold red]{diverged} of {read} diverge[/] with today's workflow code"
         elif read:
             verdict = f"[green]{'all ' if read > 1 else ''}{read} reproduced[/] with today's workflow code"
         else:
             verdict = "[bold red]nothing could be replayed[/]"
-        console.print(verdict + (f"; [bold red]{unreadable} could not be read[/]" if unreadable and read else ""))
-    if any(outcome.unreadable is None and not outcome.reproduced for outcome in outcomes):
+        if unreadable and read:
+            verdict += f"; [bold red]{unreadable} could not be read[/]"
+        if unverifiable and read:
+            verdict += f"; [bold red]{unverifiable} could not be verified[/] (decision keys missing)"
+        dry_runs = sum(outcome.dry_run for outcome in outcomes)
+        if dry_runs:
+            verdict += f"; {dry_runs} of them {'a dry run' if dry_runs == 1 else 'dry runs'} (rehearsals, marked {escape('[dry run]')})"
+        console.print(verdict)
+    if any(outcome.not_replayed is None and not outcome.reproduced for outcome in outcomes):
         raise typer.Exit(1)
-    if any(outcome.unreadable for outcome in outcomes):
+    if any(outcome.not_replayed for outcome in outcomes):
         raise typer.Exit(2)  # a configuration problem: nothing was replayed, so nothing is known
 
 
@@ -153,15 +164,17 @@ async def _replay(incident_id, run_id, all_, since, files, home, address, namesp
     if since and not all_:
         raise BadInput("--since goes with --all")
     settings = _settings(home)
-    _trust_keys(settings)  # the approval handlers count only vouched decisions, in replay too
+    # The approval handlers count only vouched decisions, in replay too: a history signed with a
+    # key not trusted here is reported as such (CANNOT VERIFY, exit 2), not replayed into a divergence.
+    keys = _trust_keys(settings)
     converter = _converter(settings)
     if all_:
         moment = parse_since(since) if since else None
         client = await connect_for_audit(settings, address, namespace)
-        return await replay_histories(fetch_incident_histories(client, moment), WORKFLOWS, converter)
+        return await replay_histories(fetch_incident_histories(client, moment), WORKFLOWS, converter, trusted_keys=keys)
     loaded = await _histories(settings, incident_id, run_id, files, address, namespace)
     sources = {id(history): source for history, source in loaded}
-    return await replay_histories(from_list(history for history, _ in loaded), WORKFLOWS, converter, sources)
+    return await replay_histories(from_list(history for history, _ in loaded), WORKFLOWS, converter, sources, trusted_keys=keys)
 
 
 # --- timeline ---------------------------------------------------------------------------
@@ -230,6 +243,10 @@ def export(
     incidents = len({entry.incident for entry in manifest.entries})
     console.print(f"[green]✓[/] {incidents} incident run(s), {len(manifest.entries)} files in {escape(str(out))}")
     console.print(f"  head {manifest.head}" + (f"  signed by key {manifest.signature.key_id}" if manifest.signature else "  (unsigned)"))
+    for incident in manifest.dry_runs or []:
+        console.print(f"  dry run (a rehearsal, labelled in the manifest's dry_runs): {escape(incident)}")
+    for left in manifest.left_out or []:
+        console.print(f"[yellow]left out:[/] {escape(left.incident)}: evidence {escape(left.location)}: {escape(left.reason)}")
     for warning in manifest.warnings:
         console.print(f"[yellow]warning:[/] {escape(warning)}")
 
@@ -263,12 +280,16 @@ async def _export(out, since, signing_key, home, address, namespace):
 def verify(
     path: Annotated[Path, typer.Argument(help="the bundle folder")],
     public_key: Annotated[str | None, typer.Option("--public-key", help="Ed25519 public key PEM: also check the head's signature")] = None,
+    require_signature: Annotated[
+        bool, typer.Option("--require-signature", help="exit 1 unless the bundle is signed and its signature checks with --public-key")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Check a bundle is as exported; exit 1 naming whatever changed.
 
     Recomputes every file's sha256 and the manifest's chain, naming each edited, missing, added,
-    removed or reordered entry, and checks the head's signature with --public-key."""
+    removed, reordered or truncated entry and any symlink, and checks the head's signature with
+    --public-key. Unsigned, the chain cannot show a consistent rewrite: see what it says it proves."""
     from stanch.audit import bundle, signing
 
     if not path.is_dir():
@@ -279,7 +300,7 @@ def verify(
     except signing.SigningKeyError as problem:
         err_console.print(f"[bold red]error:[/] {escape(str(problem))}")
         raise typer.Exit(2) from None
-    report = bundle.verify(path, key)
+    report = bundle.verify(path, key, require_signature=require_signature)
     if as_json:
         typer.echo(report.model_dump_json(indent=2))
     else:
@@ -287,9 +308,15 @@ def verify(
             console.print(f"[bold red]✘ {problem.what}[/] {escape(problem.message)}")
         for warning in report.warnings:
             console.print(f"[yellow]warning:[/] {escape(warning)}")
+        for left in report.left_out:
+            console.print(f"[yellow]left out at export:[/] {escape(left.incident)}: evidence {escape(left.location)}: {escape(left.reason)}")
+        for incident in report.dry_runs:
+            console.print(f"dry run (a rehearsal, not an incident): {escape(incident)}")
         signature = {"valid": "signature valid", "invalid": "signature INVALID", "unsigned": "unsigned", "not checked": "signed; pass --public-key to check it"}
         verdict = "[green]✓ intact[/]" if report.ok else f"[bold red]✘ {len(report.problems)} problem(s)[/]"
         console.print(f"{verdict}: {report.entries} entries, head {report.head or '-'}, {signature[report.signature]}")
+        if report.proves and report.signature != "invalid":
+            console.print(("" if report.signature == "valid" else "[yellow]note:[/] ") + escape(report.proves))
     if not report.ok:
         raise typer.Exit(1)
 

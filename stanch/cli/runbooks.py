@@ -62,7 +62,7 @@ SHORT_SHA = 12
 def _console() -> Console:
     # soft_wrap: an error line names file and field; wrapping it would split that apart for
     # anyone grepping CI logs.
-    return Console(soft_wrap=True, highlight=False)
+    return Console(soft_wrap=True, highlight=False, emoji=False)
 
 
 def _print_failure(console: Console, label: str, lines: list[str]) -> None:

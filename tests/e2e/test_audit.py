@@ -1,5 +1,6 @@
 """End to end: audit the demo incident of a real `stanch up` — replay the history the Temporal CLI
-shows, read its timeline, export a bundle, verify it, and catch one flipped byte."""
+shows, read its timeline, export a bundle, verify it, and catch one flipped byte — and a dry run
+on the same installation, labelled as one in replay, timeline and bundle."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
+from stanch.runbooks.loader import default_runbooks_dir
 from tests.conftest import installed_binary
 from tests.e2e.processes import free_port
 from tests.e2e.test_stanch_up import stanch, stanch_up
+from tests.workflow.conftest import alert
 
 pytestmark = pytest.mark.e2e
 
@@ -63,12 +66,36 @@ def test_the_demo_incident_audits_end_to_end(tmp_path):
             assert f"| {action['kind']} | " in timeline.stdout and action["idempotency_key"] in timeline.stdout, action["kind"]
         assert "| restored | " in timeline.stdout and "not reached" not in timeline.stdout.split("## Signals")[0]
 
+        # A rehearsal on the same installation (the demo fixed the model: it closes as a false positive).
+        alert_path = tmp_path / "alert.json"
+        alert_path.write_text(alert(signal_id="dry-audit").model_dump_json())
+        rehearsal = subprocess.run(
+            [sys.executable, "-m", "stanch", "runbooks", "plan", str(default_runbooks_dir() / "harmful-output.yaml"), "--alert", str(alert_path), "--dry-run", "--wait", "90"],
+            env=env, capture_output=True, text=True, timeout=120, check=False,
+        )
+        assert rehearsal.returncode == 0 and rehearsal.stdout.startswith("dry run dryrun-"), rehearsal.stdout + rehearsal.stderr
+        dry_run_id = rehearsal.stdout.split()[2]
+        replayed = audit("replay", "--all", "--since", today)
+        assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+        assert f"{dry_run_id} run " in replayed.stdout and "[dry run]: reproduced" in replayed.stdout
+        assert f"{incident['id']} run " in replayed.stdout and "1 of them a dry run" in replayed.stdout
+        rehearsed = audit("timeline", dry_run_id, "--format", "md")
+        assert rehearsed.returncode == 0, rehearsed.stderr
+        assert "> **DRY RUN — a rehearsal, not an incident" in rehearsed.stdout and "| dry run | yes: a rehearsal" in rehearsed.stdout
+        assert "| contained | not reached |" in rehearsed.stdout and "| closed | " in rehearsed.stdout
+
         bundle = tmp_path / "bundle"
         export = audit("export", "--since", today, "--out", bundle)
         assert export.returncode == 0, export.stdout + export.stderr
-        assert "evidence" in {entry["kind"] for entry in json.loads((bundle / "manifest.json").read_text())["entries"]}
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        assert "evidence" in {entry["kind"] for entry in manifest["entries"]}
+        assert manifest["left_out"] == [], "the worker's own snapshots are exported, unchanged"
+        assert manifest["entry_count"] == len(manifest["entries"])
+        assert [run.split(" run ")[0] for run in manifest["dry_runs"]] == [dry_run_id]
         verified = audit("verify", bundle)
         assert verified.returncode == 0, verified.stdout + verified.stderr
+        assert "unsigned: the hash chain shows" in verified.stdout and "cannot show a consistent rewrite" in verified.stdout
+        assert audit("verify", bundle, "--require-signature").returncode == 1
 
         evidence = next((bundle / "evidence").rglob("*.json"))
         data = bytearray(evidence.read_bytes())

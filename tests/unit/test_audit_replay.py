@@ -15,6 +15,8 @@ from tests.workflow.conftest import TEST_DECISION_KEYS
 
 HISTORIES = sorted((Path(__file__).resolve().parent.parent / "histories").glob("*.json"))
 HIGH = Path(__file__).resolve().parent.parent / "histories" / "high_severity_restored.json"
+MEDIUM = HIGH.with_name("medium_severity_restored.json")
+FALSE_POSITIVE = HIGH.with_name("false_positive.json")
 
 
 @pytest.fixture
@@ -93,12 +95,51 @@ def test_an_altered_approval_no_longer_counts_so_the_replay_diverges(audit, tmp_
     assert "DIVERGES at event" in result.output
 
 
-def test_replay_without_the_decision_keys_warns_and_diverges(tmp_path, monkeypatch):
+def test_replay_without_the_decision_keys_cannot_verify_and_exits_2(tmp_path, monkeypatch):
+    """No keys is no silent pass — and no divergence either: a configuration problem, named."""
     monkeypatch.delenv("STANCH_DECISION_KEYS", raising=False)
-    result = CliRunner().invoke(app, ["audit", "replay", "--file", str(HIGH)], env={"STANCH_HOME": str(tmp_path / "empty-home")})
-    assert result.exit_code == 1
+    result = CliRunner().invoke(app, ["audit", "replay", "--file", str(MEDIUM)], env={"STANCH_HOME": str(tmp_path / "empty-home")})
+    assert result.exit_code == 2, result.output
     assert "no decision keys" in result.output
+    assert (
+        "history-medium_severity_restored run 92b83f55-7bda-44ae-ab70-a51d235f45ab: CANNOT VERIFY: decisions signed with key id test, "
+        "which is not configured (STANCH_DECISION_KEYS or STANCH_HOME/decision-keys; keep retired keys listed; no decision key is configured)"
+    ) in result.output
+    assert "DIVERGES" not in result.output and "reproduced" not in result.output and "nothing could be replayed" in result.output
     assert not (tmp_path / "empty-home" / "decision-keys").exists(), "an audit never creates a key file"
+
+
+def test_replay_with_other_decision_keys_names_the_missing_one(tmp_path, monkeypatch):
+    """A retired key dropped from the list: the other keys are no substitute, and the JSON says why."""
+    other = "k2:" + base64.b64encode(b"k" * 32).decode()
+    env = {"STANCH_DECISION_KEYS": other, "STANCH_HOME": str(tmp_path / "home")}
+    result = CliRunner().invoke(app, ["audit", "replay", "--file", str(MEDIUM), "--file", str(FALSE_POSITIVE), "--json"], env=env)
+    assert result.exit_code == 2, result.output
+    medium, false_positive = json.loads(result.output)
+    assert medium["unverifiable"].startswith("decisions signed with key id test, which is not configured") and "configured: k2" in medium["unverifiable"]
+    assert not medium["reproduced"] and medium["divergence"] is None
+    assert false_positive["reproduced"] and false_positive["unverifiable"] is None, "a history with no signed decision needs no key"
+
+
+def test_a_history_with_no_signed_decision_replays_without_keys(tmp_path, monkeypatch):
+    monkeypatch.delenv("STANCH_DECISION_KEYS", raising=False)
+    result = CliRunner().invoke(app, ["audit", "replay", "--file", str(FALSE_POSITIVE)], env={"STANCH_HOME": str(tmp_path / "home")})
+    assert result.exit_code == 0 and "reproduced" in result.output, result.output
+
+
+def test_a_dry_run_replays_and_is_labelled(audit, tmp_path):
+    history = json.loads(FALSE_POSITIVE.read_text())
+    payload = history["events"][0]["workflowExecutionStartedEventAttributes"]["input"]["payloads"][0]
+    payload["data"] = base64.b64encode(json.dumps({**json.loads(base64.b64decode(payload["data"])), "dry_run": True}).encode()).decode()
+    path = tmp_path / "dry.json"
+    path.write_text(json.dumps(history))
+    result = audit("replay", "--file", path, "--file", HIGH)
+    assert result.exit_code == 0, result.output
+    assert "history-false_positive run d0c179d2-8e93-4ab3-b46c-c74b8f7794cf [dry run]: reproduced" in result.output
+    assert "history-high_severity_restored run 2f8a6cb1-34a9-4a25-9733-f8862661581b: reproduced" in result.output
+    assert "all 2 reproduced with today's workflow code; 1 of them a dry run (rehearsals, marked [dry run])" in result.output
+    [dry, real] = json.loads(audit("replay", "--file", path, "--file", HIGH, "--json").output)
+    assert dry["dry_run"] is True and real["dry_run"] is False
 
 
 @pytest.mark.parametrize(
@@ -123,9 +164,10 @@ def test_a_file_that_is_not_a_history_exits_2(audit, tmp_path):
     assert "not WorkflowExecutionStarted" in result.output
 
 
-def encrypted_copy(source: Path, target: Path, key_line: str) -> None:
+def encrypted_copy(source: Path, target: Path, key_line: str, rotated_to: str | None = None, from_event: int = 0) -> None:
     """The history as an installation with encryption on would have written it: every payload
-    but the search attributes (which Temporal never lets a codec touch) through its codec."""
+    but the search attributes (which Temporal never lets a codec touch) through its codec — and,
+    with `rotated_to`, the payloads of events from `from_event` on under that (new first) key."""
     import asyncio
 
     from google.protobuf import json_format
@@ -135,19 +177,22 @@ def encrypted_copy(source: Path, target: Path, key_line: str) -> None:
     from stanch.temporal import data_converter
 
     codec = data_converter(Settings(encryption_keys=key_line)).payload_codec
+    later = data_converter(Settings(encryption_keys=rotated_to)).payload_codec if rotated_to else codec
 
-    def walk(node, inside_search_attributes=False):
+    def walk(node, codec, inside_search_attributes=False):
         if isinstance(node, dict):
             if not inside_search_attributes and {"metadata", "data"} <= node.keys():
                 payload = json_format.ParseDict(node, Payload())
                 [sealed] = asyncio.run(codec.encode([payload]))
                 return json_format.MessageToDict(sealed)
-            return {k: walk(v, inside_search_attributes or k == "searchAttributes") for k, v in node.items()}
+            return {k: walk(v, codec, inside_search_attributes or k == "searchAttributes") for k, v in node.items()}
         if isinstance(node, list):
-            return [walk(item, inside_search_attributes) for item in node]
+            return [walk(item, codec, inside_search_attributes) for item in node]
         return node
 
-    target.write_text(json.dumps(walk(json.loads(source.read_text()))))
+    history = json.loads(source.read_text())
+    history["events"] = [walk(event, later if rotated_to and int(event["eventId"]) >= from_event else codec) for event in history["events"]]
+    target.write_text(json.dumps(history))
 
 
 def test_an_encrypted_history_replays_and_reads_with_the_installations_key(audit, tmp_path, monkeypatch):
@@ -170,3 +215,21 @@ def test_an_encrypted_history_replays_and_reads_with_the_installations_key(audit
     assert replayed.exit_code == 0, replayed.output
     timeline = audit("timeline", "--file", encrypted)
     assert timeline.exit_code == 0 and "| contain | alice (oncall) ✔, sam (safety) ✔ |" in timeline.output
+
+
+def test_a_key_rotated_mid_incident_is_named_not_replayed_into_a_divergence(audit, tmp_path, monkeypatch):
+    """The start event is under the old key, later payloads under the new one: every payload counts."""
+    from stanch.codec import new_key_line
+
+    old, new = new_key_line("before-rotation"), new_key_line("after-rotation")
+    encrypted = tmp_path / "rotated.json"
+    encrypted_copy(HIGH, encrypted, old, rotated_to=new, from_event=40)
+    monkeypatch.setenv("STANCH_ENCRYPTION_KEYS", old)  # the retired key only: the new one was never listed here
+    unreadable = audit("replay", "--file", encrypted)
+    assert unreadable.exit_code == 2, unreadable.output
+    assert "CANNOT READ: encrypted with key id after-rotation, and the configured keys are before-rotation" in unreadable.output
+    assert "DIVERGES" not in unreadable.output
+
+    monkeypatch.setenv("STANCH_ENCRYPTION_KEYS", f"{new},{old}")  # rotated properly: new first, old kept
+    replayed = audit("replay", "--file", encrypted)
+    assert replayed.exit_code == 0, replayed.output

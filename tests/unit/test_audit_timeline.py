@@ -84,7 +84,7 @@ async def test_a_failed_action_keeps_its_key_and_says_why():
     assert failed.kind == "rollback_to_previous" and failed.key_source == "computed"
     assert failed.idempotency_key.endswith("/rollback/0/gateway:support-bot") and "refused by the target" in failed.failure
     assert [d.what for d in t.decisions if d.name == "decide"] == ["abort after failure in rollback: manual"]
-    assert "rolled back" not in {m.name for m in t.milestones}
+    assert "rolled back" not in {m.name for m in t.milestones if m.reached}
 
 
 async def test_an_assertion_that_does_not_verify_is_marked_and_warned_about():
@@ -152,3 +152,72 @@ async def test_an_update_its_handler_refused_shows_with_the_reason():
     assert first.outcome == "refused" and "incident is closed" in first.message
     assert first.completed_event_id == int(completed["eventId"])
     assert "| contain | alice (oncall) ✔ [refused], sam (safety) ✔ |" in to_markdown(t)
+
+
+# --- dry runs -------------------------------------------------------------------------------
+
+
+def as_dry_run(name: str = "false_positive.json") -> dict:
+    """A committed history whose start input says dry_run, as `stanch runbooks plan --dry-run` starts one."""
+    history = json.loads((HISTORIES / name).read_text())
+    payload = history["events"][0]["workflowExecutionStartedEventAttributes"]["input"]["payloads"][0]
+    payload["data"] = base64.b64encode(json.dumps({**json.loads(base64.b64decode(payload["data"])), "dry_run": True}).encode()).decode()
+    return history
+
+
+def test_a_dry_run_is_a_field_of_the_json_timeline(timeline_cli, tmp_path):
+    path = tmp_path / "dry.json"
+    path.write_text(json.dumps(as_dry_run()))
+    assert Timeline.model_validate_json(timeline_cli("--file", path, "--format", "json").output).dry_run is True
+    assert Timeline.model_validate_json(timeline_cli("--file", HIGH, "--format", "json").output).dry_run is False
+
+
+async def test_a_dry_run_is_marked_in_the_header_and_a_banner():
+    t = await timeline_of(parse_history(as_dry_run(), "dry", "dry"))
+    assert t.dry_run
+    markdown = to_markdown(t)
+    assert markdown.startswith("# Dry run history-false_positive — timeline\n\n> **DRY RUN — a rehearsal, not an incident")
+    assert "| dry run | yes: a rehearsal, nothing was changed |" in markdown
+    page = to_html(t)
+    assert '<p class="banner">DRY RUN — a rehearsal, not an incident' in page and "<h1>Dry run history-false_positive" in page
+
+    real = await timeline_of(load_history_file(HISTORIES / "false_positive.json"))
+    assert not real.dry_run and "DRY RUN" not in to_markdown(real) and "banner" not in to_html(real).split("</style>")[1]
+    assert "| dry run | no |" in to_markdown(real)
+
+
+# --- runs that did not complete -------------------------------------------------------------
+
+
+def cut(events: int, then: dict | None = None) -> dict:
+    history = json.loads(HIGH.read_text())
+    history["events"] = history["events"][:events]
+    if then is not None:
+        last = history["events"][-1]
+        history["events"].append({"eventId": str(events + 1), "eventTime": last["eventTime"], **then})
+    return history
+
+
+async def test_a_running_run_shows_the_milestones_reached_and_the_rest_not_reached_yet():
+    t = await timeline_of(parse_history(cut(70), "running", "running"))
+    assert t.execution == "running"
+    assert [m.name for m in t.milestones] == ["acknowledged", "contained", "rolled back", "fix verified", "restored", "closed"]
+    assert [m.reached for m in t.milestones] == [True, True, False, False, False, False]
+    assert all(m.seconds is None and m.how.startswith("not reached yet") for m in t.milestones[2:])
+    markdown = to_markdown(t)
+    assert "| acknowledged | 0." in markdown and "| contained | 0." in markdown
+    for name in ("rolled back", "fix verified", "restored", "closed"):
+        assert f"| {name} | not reached yet |" in markdown, name
+    assert "the run is still running: see Durations and Actions for how far it got" in markdown
+
+
+async def test_a_failed_run_shows_the_milestones_reached_and_the_rest_not_reached():
+    failed = {"eventType": "EVENT_TYPE_WORKFLOW_EXECUTION_FAILED", "workflowExecutionFailedEventAttributes": {"failure": {"message": "worker bug"}}}
+    t = await timeline_of(parse_history(cut(70, failed), "failed", "failed"))
+    assert t.execution == "failed" and "worker bug" in t.close_reason
+    reached = {m.name: m for m in t.milestones if m.reached}
+    assert set(reached) == {"acknowledged", "contained", "closed"} and reached["closed"].how == "workflow failed"
+    assert [m.how for m in t.milestones if not m.reached] == ["not reached: the run failed at event 71"] * 3
+    markdown = to_markdown(t)
+    assert "| rolled back | not reached |" in markdown and "not reached yet" not in markdown
+    assert "the run failed, so it recorded no final state" in markdown

@@ -329,3 +329,22 @@ async def test_a_dry_run_review_is_written_but_adds_nothing_to_the_regression_su
     assert result.regression_cases_added == 0
     assert not any((tmp_path / "regression").glob("**/*.json*"))
     assert "A dry run: every action below was only recorded" in (tmp_path / "reviews" / "inc-1@abcd1234" / "postmortem.md").read_text()
+
+
+def test_mapping_of_a_dry_run_claims_nothing_performed() -> None:
+    """A rehearsal changes nothing: no requirement is met by it, whatever its stages recorded."""
+    items = by_reference(restored(dry_run=True))
+    assert items and all(item.status == "not performed" for item in items.values())
+    assert all(item.gaps[0].startswith("dry run: a rehearsal only") for item in items.values())
+    assert all(line.startswith("rehearsed (dry run): ") for item in items.values() for line in item.evidence)
+    assert by_reference(restored())["MANAGE 2.4"].status == "performed", "the same record, for real, is performed"
+
+
+async def test_a_dry_run_postmortem_and_result_say_rehearsal_only(review: ReviewActivities, tmp_path: Path) -> None:
+    result = await review.open_review(restored(dry_run=True))
+    assert set(result.compliance.values()) == {"not performed (dry run: rehearsal only)"}
+    folder = tmp_path / "reviews" / "inc-1@abcd1234"
+    postmortem = (folder / "postmortem.md").read_text()
+    assert "### NIST AI RMF 1.0 MANAGE 2.4: not performed (dry run: rehearsal only)" in postmortem
+    assert ": performed" not in postmortem and "partly performed" not in postmortem
+    assert {item["status"] for item in json.loads((folder / "compliance.json").read_text())} == {"not performed"}
