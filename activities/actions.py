@@ -12,13 +12,15 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from pydantic import BaseModel, Field
 
 from activities.deps import ActivityDeps, as_application_error
 from activities.models import ApplyInput
 from stanch.models import ActionSpec, AppliedAction, TargetRef, idempotency_key
-from stanch.targets.base import PlannedCall, TargetError
+from stanch.targets.base import PlannedCall, TargetError, carried_captures, unfit_value
+from stanch.targets.config import SECRET_REFERENCE
 from stanch.targets.registry import TargetRegistry
 
 
@@ -34,17 +36,46 @@ class StepPlan(BaseModel):
     calls: list[PlannedCall] = Field(default_factory=list)
 
 
-def render(value: Any, variables: dict[str, str]) -> Any:
-    """Fill `{model}`, `{version}` and `{incident_id}` in action params, leaving regex braces alone."""
+def render(value: Any, variables: dict[str, str], *, in_url: bool = False) -> Any:
+    """Fill `{model}`, `{version}` and `{incident_id}` in action params, leaving regex braces alone.
+
+    These values come from an alert, so they are data, never syntax: a value that could name a
+    secret or climb a path is refused (TargetError, not retryable: `unfit_value` says why, without
+    repeating it); in a `url` field a value is percent-encoded (`/` too); and nothing is filled
+    inside a secret reference (`${...}`), so every reference a request expands is runbook text.
+    """
     if isinstance(value, str):
-        for name, replacement in variables.items():
-            value = value.replace("{" + name + "}", replacement)
-        return value
+        return _render_text(value, variables, in_url)
     if isinstance(value, list):
-        return [render(item, variables) for item in value]
+        return [render(item, variables, in_url=in_url) for item in value]
     if isinstance(value, dict):
-        return {key: render(item, variables) for key, item in value.items()}
+        return {key: render(item, variables, in_url=key == "url") for key, item in value.items()}
     return value
+
+
+def _render_text(text: str, variables: dict[str, str], in_url: bool) -> str:
+    parts, last = [], 0
+    for reference in SECRET_REFERENCE.finditer(text):  # references stay as written
+        parts += [_fill(text[last : reference.start()], variables, in_url), reference.group(0)]
+        last = reference.end()
+    parts.append(_fill(text[last:], variables, in_url))
+    return "".join(parts)
+
+
+def _fill(text: str, variables: dict[str, str], in_url: bool) -> str:
+    for name, replacement in variables.items():
+        placeholder = "{" + name + "}"
+        if placeholder not in text:
+            continue
+        unfit = unfit_value(replacement)
+        if unfit:
+            raise TargetError(
+                f"{placeholder} of this incident {unfit}: a value from the alert is never filled into a request that way; "
+                "check the alert (or the runbook's `target.model` template)",
+                retryable=False,
+            )
+        text = text.replace(placeholder, quote(replacement, safe="") if in_url else replacement)
+    return text
 
 
 def rendered_action(input: ApplyInput) -> ActionSpec:
@@ -71,14 +102,18 @@ def plan_step(targets: TargetRegistry, input: ApplyInput, action: ActionSpec | N
 
 
 async def apply_through_target(deps: ActivityDeps, input: ApplyInput, action: ActionSpec | None = None) -> AppliedAction:
-    action = action or rendered_action(input)
     ref, key = step_target(input), step_key(input)
+    # What a failed run of this step read before its change, carried back by the workflow.
+    carried = carried_captures.set((key, input.captured) if input.captured else None)
     try:
+        action = action or rendered_action(input)
         if input.dry_run:
             return dry_run_record(plan_step(deps.targets, input, action), action)
         outcome = await deps.targets.get(ref).apply(ref.model, action, key, input.incident_id)
     except TargetError as error:
-        raise as_application_error(error, f"{input.stage} action {action.kind} on {ref}") from error
+        raise as_application_error(error, f"{input.stage} action {input.action.kind} on {_shown(ref)}") from error
+    finally:
+        carried_captures.reset(carried)
     return AppliedAction(
         kind=action.kind,
         stage=input.stage,
@@ -91,6 +126,11 @@ async def apply_through_target(deps: ActivityDeps, input: ApplyInput, action: Ac
         applied_at=datetime.now(UTC),
         reversible=outcome.inverse is not None,
     )
+
+
+def _shown(ref: TargetRef) -> str:
+    """The target as an error names it: without a model or version that is unfit to repeat."""
+    return str(ref) if unfit_value(ref.model) is None and unfit_value(ref.version or "") is None else f"target {ref.adapter}"
 
 
 def dry_run_record(plan: StepPlan, action: ActionSpec) -> AppliedAction:

@@ -22,5 +22,10 @@ class ActivityDeps:
 
 
 def as_application_error(error: TargetError, what: str) -> ApplicationError:
-    """Retryable target failures retry; the rest fail at once, with a type a runbook author can read."""
-    return ApplicationError(f"{what}: {error}", type="TargetUnavailable" if error.retryable else "InvalidAction", non_retryable=not error.retryable)
+    """Retryable target failures retry; the rest fail at once, with a type a runbook author can read.
+    What the error carries out (`details`: values a step read before its change) goes along as
+    the ApplicationError's first detail, for the workflow to hand to a retry."""
+    details = [] if error.details is None else [error.details]
+    return ApplicationError(
+        f"{what}: {error}", *details, type="TargetUnavailable" if error.retryable else "InvalidAction", non_retryable=not error.retryable
+    )

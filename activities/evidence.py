@@ -15,7 +15,7 @@ from temporalio import activity
 from activities.deps import ActivityDeps, as_application_error
 from activities.models import EvidenceInput, EvidenceResult
 from stanch.models import TargetRef
-from stanch.targets.base import TargetError
+from stanch.targets.base import NoStateToSnapshot, TargetError
 
 
 class EvidenceActivities:
@@ -54,11 +54,14 @@ class EvidenceActivities:
         return EvidenceResult(sha256=digest, location=str(path), summary=summary)
 
     async def read_state(self, target: TargetRef, required: bool = True) -> dict:
-        """The target's state. A step's target that has none to give (a generic HTTP endpoint
-        with no state URL) says so in the snapshot; a passing outage is retried either way."""
+        """The target's state. A step's target that keeps none (a generic HTTP endpoint with no
+        state URL: NoStateToSnapshot) says so in the snapshot. Any other failure fails the
+        snapshot — retried if passing, else the workflow asks a human before any change."""
         try:
             return await self.deps.targets.get(target).state(target.model)
-        except TargetError as error:
-            if required or error.retryable:
+        except NoStateToSnapshot as error:
+            if required:
                 raise as_application_error(error, f"reading the state of {target}") from error
             return {"unavailable": str(error)}
+        except TargetError as error:
+            raise as_application_error(error, f"reading the state of {target}") from error

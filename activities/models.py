@@ -81,6 +81,9 @@ class ApplyInput(BaseModel):
     target: TargetRef
     action: ActionSpec
     dry_run: bool = Field(False, description="record the calls the action would make, make none")
+    captured: dict[str, Any] | None = Field(
+        None, description="what a failed run of this step read before its change (`before` captures), reused instead of read again"
+    )
 
 
 class LiftInput(BaseModel):

@@ -4,10 +4,14 @@ Like a real idempotent API, the first request with a key takes effect and its an
 a repeat with the same key gets the stored answer (`Idempotent-Replayed: true`) and changes
 nothing. `drop_after_commit` makes the server commit a request and then hang up without
 answering, as when a connection dies mid-response: the client must retry with the same key.
+
+`json_patch` and `merge_patch` change a document as the Kubernetes API server does, for fakes of
+the objects the recipes patch.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 from collections.abc import Callable
@@ -109,3 +113,35 @@ class RecordingServer:
 
     def answer(self, method: str, path: str, body: Any | Callable[[Received], tuple[int, Any]]) -> None:
         self.recorder.answers[(method, path)] = body
+
+
+def json_patch(document: Any, operations: list[dict[str, Any]]) -> tuple[int, Any]:
+    """RFC 6902 `test`, `replace` and `add` on object members, as the API server applies them: the
+    patched copy, or 422 naming the failed test (nothing changed)."""
+    patched = copy.deepcopy(document)
+    for operation in operations:
+        parts = [part.replace("~1", "/").replace("~0", "~") for part in operation["path"].split("/")[1:]]
+        parent = patched
+        for part in parts[:-1]:
+            parent = parent.setdefault(part, {}) if operation["op"] == "add" else parent.get(part, {})
+        if operation["op"] == "test":
+            if parts[-1] not in parent or parent[parts[-1]] != operation["value"]:
+                return 422, {"kind": "Status", "code": 422, "message": f"testing value {operation['path']} failed: test failed"}
+        elif operation["op"] in ("replace", "add"):
+            parent[parts[-1]] = copy.deepcopy(operation["value"])
+        else:
+            return 422, {"kind": "Status", "code": 422, "message": f"unsupported operation {operation['op']}"}
+    return 200, patched
+
+
+def merge_patch(document: Any, patch: Any) -> Any:
+    """RFC 7386: objects merge, null removes, anything else replaces."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    merged = copy.deepcopy(document) if isinstance(document, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged

@@ -57,6 +57,10 @@ def build_worker(client: Client, settings: Settings, task_queue: str | None = No
 async def run_worker(settings: Settings | None = None) -> None:
     settings = settings or Settings.from_env()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every request's URL at INFO: a control plane's URLs are nobody's business in the
+    # worker's log (and httpcore's connection chatter even less).
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     client = await connect(settings.temporal_address, settings.temporal_namespace, settings)
     worker = build_worker(client, settings)
     logging.getLogger("stanch.worker").info("worker polling %s on %s", settings.task_queue, settings.temporal_address or "env config")

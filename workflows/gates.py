@@ -39,6 +39,17 @@ REVERSIBLE_STAGES = ("contain", "rollback")
 RESTORE_APPROVER_ROLES = ("oncall", "safety", "incident-commander")
 
 
+def captured_in(failure: ActivityError) -> dict | None:
+    """The values a failed step read before its change, as the failure carries them out (the
+    ApplicationError's details, or the last heartbeat of an attempt that timed out)."""
+    cause = failure.cause
+    details = getattr(cause, "details", None) or getattr(cause, "last_heartbeat_details", None) or ()
+    for detail in details:
+        if isinstance(detail, dict) and "http_captured_for" in detail and isinstance(detail.get("captured"), dict):
+            return detail["captured"]
+    return None
+
+
 class IncidentGates(IncidentClocks):
     async def gate(self, stage: str, actions: list, requested_by: str = "stanch") -> bool:
         """Run, skip or wait for approval, as the runbook's policy for this severity says."""
@@ -114,6 +125,7 @@ class IncidentGates(IncidentClocks):
     async def apply_actions(self, stage: str, actions: list[ActionSpec], activity, timeout=ACTION_TIMEOUT) -> None:
         """Apply each action once (idempotency key per incident, stage, index and target)."""
         for index, action in enumerate(actions):
+            captured = None  # what a failed run read before its change: a retry reuses it
             while True:
                 try:
                     applied = await workflow.execute_activity_method(
@@ -126,12 +138,14 @@ class IncidentGates(IncidentClocks):
                             target=self.state.target,
                             action=action,
                             dry_run=self.input.dry_run,
+                            captured=captured,
                         ),
                         start_to_close_timeout=timeout,
                         heartbeat_timeout=LONG_ACTION_HEARTBEAT if timeout > ACTION_TIMEOUT else None,
                         retry_policy=ACTION_RETRY,
                     )
                 except ActivityError as failure:
+                    captured = captured_in(failure) or captured
                     if await self.ask_a_human(stage, f"{action.kind} failed: {cause_of(failure)}") == "retry":
                         continue
                     self.note("action", f"{action.kind} skipped by a responder")

@@ -6,6 +6,8 @@ under an idempotency key, undo an applied action, or answer a probe prompt.
 
 from __future__ import annotations
 
+import unicodedata
+from contextvars import ContextVar
 from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
@@ -20,9 +22,45 @@ class TargetError(Exception):
     bad parameters); activities turn that into a non-retryable ApplicationError.
     """
 
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
+    def __init__(self, message: str, *, retryable: bool = True, details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
+        # What the failure carries out to the workflow (ApplicationError details), such as the
+        # values a step read before its change: a retry a responder chooses reuses them.
+        self.details = details
+
+
+class NoStateToSnapshot(TargetError):
+    """The target keeps no state to read (a generic HTTP target with no `state_url`).
+
+    The only failure evidence records as "unavailable" for a step's target: any other failure
+    to read state stops the incident before its first change, so a human decides.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)
+
+
+# The values a step read before its change (a generic HTTP step's `before` captures), carried by
+# the workflow out of a failed run of the step into the run a responder retried: (idempotency
+# key, values). The adapter reuses them instead of reading again — by then the change may have
+# landed, and a fresh read would take the changed state for the one to restore.
+carried_captures: ContextVar[tuple[str, dict[str, Any]] | None] = ContextVar("carried_captures", default=None)
+
+
+def unfit_value(value: str) -> str | None:
+    """Why a value from an alert (the model, the version, the incident id) may not be filled into
+    a control-plane request, or None. Such values name secrets (`$`, braces), split headers
+    (control characters) or climb paths (`.`/`..` segments); the reason never repeats the value."""
+    if "$" in value:
+        return "contains '$' (it could name a secret)"
+    if "{" in value or "}" in value:
+        return "contains a brace (it could name a secret or a placeholder)"
+    if any(unicodedata.category(char) == "Cc" for char in value):
+        return "contains a control character"
+    if any(segment in (".", "..") for segment in value.replace("\\", "/").split("/")):
+        return "has a '.' or '..' path segment"
+    return None
 
 
 class ApplyResult(BaseModel):

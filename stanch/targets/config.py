@@ -13,24 +13,38 @@ under the kind is that adapter's `Config` model. Errors name the file and the fi
 value. The file holds no secret: `${VAR}` names an environment variable (or a line of the
 target's `secrets_file`) and `${file:path}` a file; `Secrets.expand` reads them only when a
 request is sent, inside the activity, so a secret never reaches workflow history.
+
+References in this file are the operator's and trusted. References in a runbook step's headers
+are constrained (`Secrets.step_refusal`): no `STANCH_*`/`TEMPORAL_*` variable (Stanch's and
+Temporal's own settings and keys), and `${file:...}` only inside the target's `secrets_dir`
+(default: this file's folder, minus the files Stanch keeps there) or a file the entry lists
+under `step_secret_files`.
 """
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Mapping, Sequence
+from pathlib import Path, PurePath
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from stanch.config import DATA_DIRS
 from stanch.config_errors import ConfigFileError, validation_lines
 from stanch.secret_refs import SecretUnavailable
 
 TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # ${NAME} or ${file:relative/path}; anything else with a dollar is left as it is.
 SECRET_REFERENCE = re.compile(r"\$\{(file:)?([^}]+)\}")
+# Variables a runbook step may never name: Stanch's own settings and keys, Temporal's connection.
+STEP_REFUSED_VARIABLES = ("STANCH_", "TEMPORAL_")
+# What Stanch keeps in its home folder (often the targets file's folder): never a step's secret.
+STANCH_OWN_FILES = frozenset(
+    {"encryption-keys", "decision-keys", "intake-auth.yaml", "responders.yaml", "notify.yaml", "targets.yaml", *DATA_DIRS}
+)
 
 
 class TargetsError(ConfigFileError):
@@ -163,15 +177,54 @@ class Secrets:
     """Where one target's secret references resolve: `${NAME}` from the environment, else the
     target's secrets file; `${file:path}` is a whole file (relative to the targets file)."""
 
-    def __init__(self, owner: str, *, base: Path, env: Mapping[str, str], secrets_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        owner: str,
+        *,
+        base: Path,
+        env: Mapping[str, str],
+        secrets_file: Path | None = None,
+        step_files_dir: Path | None = None,
+        step_files: Sequence[Path] = (),
+    ) -> None:
         self.owner = owner
         self.base = base
         self.env = env
         self.secrets_file = secrets_file
+        # Where a runbook step's ${file:...} resolves: the configured folder, else `base` (the
+        # targets file's folder) minus Stanch's own files; plus the files listed one by one.
+        self.step_files_dir = None if step_files_dir is None else self._path(step_files_dir)
+        self.step_files = {self._normal(self._path(path)) for path in step_files}
 
     def _path(self, path: Path) -> Path:
         path = Path(path).expanduser()
         return path if path.is_absolute() else self.base / path
+
+    @staticmethod
+    def _normal(path: Path) -> Path:
+        return Path(os.path.normpath(path))
+
+    def _step_file(self, name: str) -> Path:
+        listed = self._normal(self._path(Path(name)))
+        if listed in self.step_files:
+            return listed
+        return (self.step_files_dir or self.base) / name
+
+    def step_refusal(self, is_file: bool, name: str) -> str | None:
+        """Why a runbook step may not name this reference, or None. Targets-file references are
+        the operator's and never asked; a step is runbook text, which more people edit."""
+        if not is_file:
+            prefix = next((p for p in STEP_REFUSED_VARIABLES if name.upper().startswith(p)), None)
+            return None if prefix is None else f"a runbook step may not name {prefix}* variables (Stanch's and Temporal's own settings)"
+        if self._normal(self._path(Path(name))) in self.step_files:
+            return None
+        where = f"the target's secrets_dir {self.step_files_dir}" if self.step_files_dir else f"the targets file's folder {self.base}"
+        path = PurePath(name)
+        if name.startswith("~") or path.is_absolute() or ".." in path.parts or not path.parts:
+            return f"a runbook step names a file relative to {where}, without '..' — or one the target lists under step_secret_files"
+        if self.step_files_dir is None and (path.parts[0] in STANCH_OWN_FILES or path.parts[0].startswith(".") or path.suffix == ".db"):
+            return f"{path.parts[0]} is Stanch's own, not a secret a runbook step may send (give the target a secrets_dir)"
+        return None
 
     def _variable(self, name: str, where: str) -> str:
         value = self.env.get(name, "").strip()
@@ -188,8 +241,8 @@ class Secrets:
         also = f" or in {self._path(self.secrets_file)}" if self.secrets_file is not None else ""
         raise SecretUnavailable(f"{where} of {self.owner}: ${{{name}}} is not set in the environment{also}")
 
-    def _file(self, name: str, where: str) -> str:
-        path = self._path(Path(name))
+    def _file(self, name: str, where: str, step: bool = False) -> str:
+        path = self._step_file(name) if step else self._path(Path(name))
         try:
             value = path.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
@@ -198,13 +251,17 @@ class Secrets:
             raise SecretUnavailable(f"{where} of {self.owner}: ${{file:{name}}}: {path} is empty")
         return value
 
-    def expand(self, text: str, where: str, used: dict[str, str] | None = None) -> str:
+    def expand(self, text: str, where: str, used: dict[str, str] | None = None, *, step: bool = False) -> str:
         """`text` with every reference replaced by its secret; `used` collects value -> reference,
-        so whatever is recorded afterwards can be scrubbed of the values."""
+        so whatever is recorded afterwards can be scrubbed of the values. `step`: the text is a
+        runbook step's, and its references must pass `step_refusal`."""
 
         def replace(match: re.Match[str]) -> str:
             is_file, name = match.group(1), match.group(2).strip()
-            value = self._file(name, where) if is_file else self._variable(name, where)
+            refusal = self.step_refusal(bool(is_file), name) if step else None
+            if refusal:
+                raise SecretUnavailable(f"{where} of {self.owner}: {match.group(0)}: {refusal}")
+            value = self._file(name, where, step) if is_file else self._variable(name, where)
             if used is not None:
                 used[value] = match.group(0)
             return value

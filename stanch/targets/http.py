@@ -13,9 +13,12 @@
     undo: {method: POST, url: /key/unblock, body: {key: "{model}"}}
 ```
 
-Secrets: headers and URLs may say `${VAR}` (the environment, else the target's secrets file)
-or `${file:path}`; they are read only while the request is sent. The action in history, what
-is recorded as applied (`result`, `inverse`) and every error keep the reference, never the value.
+Secrets: headers may say `${VAR}` (the environment, else the target's secrets file) or
+`${file:path}`; they are read only while the request is sent, and only for requests to the
+target's own origin when the reference is a step's (a step's references are also constrained:
+`stanch.targets.config.Secrets.step_refusal`). URLs and bodies never carry references. The action
+in history, what is recorded as applied (`result`, `inverse`) and every error keep the
+reference, never the value.
 
 Idempotency: the request carries `Idempotency-Key` (the undo its undo key); a transient failure
 (connection, timeout, 408, 429, 5xx) is retried by Temporal with the same key, and the server is
@@ -23,172 +26,60 @@ expected to honour it. Anything else unexpected fails at once with the server's 
 
 State the undo needs: `before` reads run first and `capture` values from their JSON answers
 (RFC 6901 pointers) for `{before.NAME}` in the body and the undo — the percent a canary had,
-the pod template a Deployment ran. Captures are kept in the activity's heartbeat, so a retry
+the pod template a Deployment ran. Captures are kept in the activity's heartbeat, and a failure
+carries them out to the workflow, so a retry — Temporal's, or a responder's after the fail-safe —
 after the change went through undoes to what was there before it, not to the change itself.
+`after` captures values of the change's own answer for `{after.NAME}` in the undo, and
+`undo.check` reads the object again before undoing: if it no longer holds what the change left,
+someone changed it since and restore is refused (a human undoes by hand).
 """
 
 from __future__ import annotations
 
 import json
-import re
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
-from urllib.parse import urlsplit
+from typing import Any, ClassVar
+from urllib.parse import quote, urlsplit
 
 import httpx
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-    model_validator,
-)
+from pydantic import Field, ValidationError, field_validator
 from temporalio import activity
 
 from stanch.models import ActionSpec, AppliedAction, ProbeResult
 from stanch.secret_refs import SecretUnavailable
-from stanch.targets.base import ApplyResult, JobStatus, PlannedCall, TargetError
+from stanch.targets.base import (
+    ApplyResult,
+    JobStatus,
+    NoStateToSnapshot,
+    PlannedCall,
+    TargetError,
+    carried_captures,
+    unfit_value,
+)
 from stanch.targets.config import Secrets
+from stanch.targets.http_templates import (
+    PLACEHOLDER,
+    Capture,
+    Check,
+    HttpRequest,
+    HttpStep,
+    Read,
+    Undo,
+    _Strict,
+    capture,
+    fill,
+    refuse_reference_in_url,
+    resolve,
+    scrub,
+)
+
+__all__ = ["PLACEHOLDER", "Capture", "Check", "HttpRequest", "HttpStep", "HttpTarget", "Read", "Undo", "capture", "fill", "resolve", "scrub"]
 
 RETRYABLE_STATUSES = {408, 429}
 RESPONSE_LIMIT = 4000  # characters of a response kept in the record
-PLACEHOLDER = re.compile(r"\{before\.([A-Za-z0-9_]+)\}")
-JsonPointer = Annotated[str, Field(pattern=r"^(/.*)?$", description="RFC 6901: '' is the whole document, /a/0/b~1c a path")]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class HttpRequest(_Strict):
-    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
-    url: str = Field(min_length=1)
-    headers: dict[str, str] = Field(default_factory=dict)
-    body: Any = None
-    expect: list[int] = Field(default_factory=lambda: [200, 201, 202, 204], min_length=1)
-
-
-def _pointer_shorthand(value: Any) -> Any:
-    return {"pointer": value} if isinstance(value, str) else value
-
-
-class Capture(_Strict):
-    """A value of a read's answer: at `pointer`; or, with `rank_by`, from the list at `pointer`
-    the item ranked `index` by that number (0 = highest), then `value` inside it minus `drop`."""
-
-    pointer: JsonPointer = ""
-    rank_by: JsonPointer | None = None
-    index: int = Field(0, ge=0)
-    value: JsonPointer = ""
-    drop: list[JsonPointer] = Field(default_factory=list)
-    default: Any = Field(None, description="used when the pointer finds nothing (unset: a missing value fails the step)")
-
-
-class Read(_Strict):
-    method: Literal["GET", "POST"] = "GET"
-    url: str = Field(min_length=1)
-    headers: dict[str, str] = Field(default_factory=dict)
-    body: Any = None
-    expect: list[int] = Field(default_factory=lambda: [200], min_length=1)
-    capture: dict[str, Annotated[Capture, BeforeValidator(_pointer_shorthand)]] = Field(min_length=1)
-
-
-class HttpStep(HttpRequest):
-    before: list[Read] = Field(default_factory=list)
-    undo: HttpRequest | None = None
-
-    @model_validator(mode="after")
-    def _placeholders_are_captured(self) -> HttpStep:
-        captured = [name for read in self.before for name in read.capture]
-        if len(captured) != len(set(captured)):
-            raise ValueError(f"before captures {captured}: each name once")
-        wanted = set(PLACEHOLDER.findall(json.dumps([self.model_dump(exclude={"before"})], default=str)))
-        missing = sorted(wanted - set(captured))
-        if missing:
-            raise ValueError(f"{', '.join('{before.' + name + '}' for name in missing)} used but no `before` read captures it")
-        return self
-
-
-# --- JSON pointers and placeholders ------------------------------------------------------
-
-
-def resolve(document: Any, pointer: str) -> Any:
-    """RFC 6901; KeyError names the first part that is not there."""
-    value = document
-    for part in pointer.split("/")[1:] if pointer else []:
-        part = part.replace("~1", "/").replace("~0", "~")
-        if isinstance(value, list) and part.isdigit() and int(part) < len(value):
-            value = value[int(part)]
-        elif isinstance(value, dict) and part in value:
-            value = value[part]
-        else:
-            raise KeyError(part)
-    return value
-
-
-def _without(value: Any, pointer: str) -> Any:
-    parent_pointer, _, last = pointer.rpartition("/")
-    try:
-        parent = resolve(value, parent_pointer)
-    except KeyError:
-        return value
-    last = last.replace("~1", "/").replace("~0", "~")
-    if isinstance(parent, dict):
-        parent.pop(last, None)
-    return value
-
-
-def capture(document: Any, spec: Capture) -> Any:
-    found = resolve(document, spec.pointer)
-    if spec.rank_by is not None:
-        ranked = []
-        for item in found if isinstance(found, list) else []:
-            try:
-                ranked.append((float(resolve(item, spec.rank_by)), item))
-            except (KeyError, TypeError, ValueError):
-                continue  # an item without a rank is not a candidate (kubectl skips such ReplicaSets)
-        ranked.sort(key=lambda pair: pair[0], reverse=True)
-        if spec.index >= len(ranked):
-            raise KeyError(f"item {spec.index} by {spec.rank_by} (only {len(ranked)} ranked)")
-        found = resolve(ranked[spec.index][1], spec.value)
-    found = json.loads(json.dumps(found))  # a copy: drop must not edit the answer
-    for pointer in spec.drop:
-        found = _without(found, pointer)
-    return found
-
-
-def fill(value: Any, captured: Mapping[str, Any]) -> Any:
-    """`{before.NAME}` alone in a string becomes the captured JSON value; inside text, its text."""
-    if isinstance(value, str):
-        whole = PLACEHOLDER.fullmatch(value)
-        if whole:
-            return captured[whole.group(1)]
-        return PLACEHOLDER.sub(lambda m: _text(captured[m.group(1)]), value)
-    if isinstance(value, list):
-        return [fill(item, captured) for item in value]
-    if isinstance(value, dict):
-        return {key: fill(item, captured) for key, item in value.items()}
-    return value
-
-
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-def scrub(value: Any, used: Mapping[str, str]) -> Any:
-    """Every secret value that was sent, replaced by the reference that named it."""
-    if isinstance(value, str):
-        for secret, reference in used.items():
-            value = value.replace(secret, reference)
-        return value
-    if isinstance(value, list):
-        return [scrub(item, used) for item in value]
-    if isinstance(value, dict):
-        return {key: scrub(item, used) for key, item in value.items()}
-    return value
+STAGE_NAMES = {"contain": "containment"}  # how a refusal names the stage whose step it would undo
 
 
 def _server_message(response: httpx.Response) -> str:
@@ -215,20 +106,34 @@ class HttpTarget:
     kind: ClassVar[str] = "http"
 
     class Config(_Strict):
-        """`http:` in targets.yaml. Header values and URLs may use ${VAR} and ${file:path}."""
+        """`http:` in targets.yaml. Header values may use ${VAR} and ${file:path}; URLs may not."""
 
         base_url: str = Field(pattern=r"^https?://", description="relative step URLs are joined to it")
         headers: dict[str, str] = Field(default_factory=dict, description="sent with every request to base_url's host")
         secrets_file: Path | None = Field(None, description="NAME=value lines for ${NAME}; relative to the targets file")
+        secrets_dir: Path | None = Field(
+            None, description="where a runbook step's ${file:name} resolves (relative to the targets file); unset: the targets file's folder"
+        )
+        step_secret_files: list[Path] = Field(
+            default_factory=list, description="files a runbook step may also name with ${file:...} (absolute, or relative to the targets file)"
+        )
         ca_file: Path | None = Field(None, description="CA bundle to trust (a cluster's ca.crt); relative to the targets file")
         timeout_seconds: float = Field(10.0, gt=0)
-        state_url: str | None = Field(None, description="GET for the evidence snapshot; {model} is filled in")
+        state_url: str | None = Field(None, description="GET for the evidence snapshot; {model} is filled in (percent-encoded)")
+
+        @field_validator("base_url", "state_url")
+        @classmethod
+        def _url_names_no_secret(cls, url: str | None) -> str | None:
+            return url if url is None else refuse_reference_in_url(url)
 
     def __init__(self, config: Config, *, name: str, base: Path, env: Mapping[str, str], transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.config = config
         self.name = name
         self.base_url = config.base_url.rstrip("/")
-        self.secrets = Secrets(f"target {name}", base=base, env=env, secrets_file=config.secrets_file)
+        self.secrets = Secrets(
+            f"target {name}", base=base, env=env, secrets_file=config.secrets_file,
+            step_files_dir=config.secrets_dir, step_files=config.step_secret_files,
+        )
         self._ca_file = None if config.ca_file is None else (config.ca_file if config.ca_file.is_absolute() else base / config.ca_file)
         self._transport = transport
 
@@ -240,27 +145,47 @@ class HttpTarget:
 
     async def apply(self, model: str, action: ActionSpec, idempotency_key: str, incident_id: str) -> ApplyResult:
         step = self.step(action)
+        used: dict[str, str] = {}
         captured = _remembered(idempotency_key)
         if captured is None:
             captured = {}
             for number, read in enumerate(step.before):
-                captured.update(await self._capture(read, f"before[{number}]"))
-            _remember(idempotency_key, captured)
-        response, used = await self._send(step, "the step", idempotency_key, captured)
+                captured.update(await self._capture(read, f"before[{number}]", captured, used))
+        _remember(idempotency_key, captured)
+        try:
+            response = await self._send(step, "the step", idempotency_key, captured, used=used)
+            after = self._after(step, response)
+        except TargetError as error:
+            if captured:  # whoever retries this step (a responder, after the fail-safe) reuses them
+                error.details = {"http_captured_for": idempotency_key, "captured": scrub(captured, used)}
+            raise
         result = {"request": f"{step.method} {self.url(fill(step.url, captured))}", **self._record(response, used)}
         if captured:
             result["captured"] = scrub(captured, used)
-        inverse = {"request": step.undo.model_dump(mode="json"), "captured": scrub(captured, used)} if step.undo else None
+        if after:
+            result["after"] = scrub(after, used)
+        inverse = None
+        if step.undo:
+            request = step.undo.model_dump(mode="json", exclude={"check"})
+            if step.undo.check is not None:  # as written: an unset `restored` or `default` stays unset
+                request["check"] = step.undo.check.model_dump(mode="json", exclude_unset=True)
+            inverse = {"request": request, "captured": scrub(captured, used)}
+            if after:
+                inverse["after"] = scrub(after, used)
         return ApplyResult(result=result, inverse=inverse, replayed=response.headers.get("idempotent-replayed", "").lower() == "true")
 
     async def undo(self, applied: AppliedAction, undo_key: str) -> ApplyResult:
         inverse = applied.inverse or {}
         if "request" not in inverse:
             raise TargetError(f"{applied.kind} on target {self.name} declared no undo request: nothing to send", retryable=False)
-        request = HttpRequest.model_validate(inverse["request"])
-        captured = inverse.get("captured") or {}
-        response, used = await self._send(request, "the undo", undo_key, captured)
-        return ApplyResult(result={"request": f"{request.method} {self.url(fill(request.url, captured))}", **self._record(response, used)})
+        request = Undo.model_validate(inverse["request"])
+        captured, after = inverse.get("captured") or {}, inverse.get("after") or {}
+        used: dict[str, str] = {}
+        shown = f"{request.method} {self.url(fill(request.url, captured, after))}"
+        if request.check is not None and await self._already_restored(request.check, applied, captured, after, used):
+            return ApplyResult(result={"request": shown, "skipped": f"{request.check.pointer} already holds what the undo puts back"}, replayed=True)
+        response = await self._send(request, "the undo", undo_key, captured, after, used=used)
+        return ApplyResult(result={"request": shown, **self._record(response, used)})
 
     def plan(self, model: str, action: ActionSpec, idempotency_key: str) -> list[PlannedCall]:
         step = self.step(action)
@@ -268,15 +193,24 @@ class HttpTarget:
             self._planned(read, f"reads {', '.join('{before.' + name + '}' for name in read.capture)}")
             for read in step.before
         ]
-        undo = [self._planned(step.undo, f"undo: {step.undo.method} {step.undo.url}")] if step.undo else []
+        undo = []
+        if step.undo and step.undo.check:
+            check = step.undo.check
+            undo.append(self._planned(check.as_request(), f"undo only if {check.pointer} still equals {json.dumps(check.equals)}"))
+        if step.undo:
+            undo.append(self._planned(step.undo, f"undo: {step.undo.method} {step.undo.url}"))
         main = self._planned(step, action.description or f"{step.method} {step.url}")
         return [*calls, main.model_copy(update={"undo": undo})]
 
     async def state(self, model: str) -> dict[str, Any]:
         if not self.config.state_url:
-            raise TargetError(f"target {self.name} (generic HTTP) has no state_url: nothing to snapshot", retryable=False)
-        read = HttpRequest(method="GET", url=self.config.state_url.replace("{model}", model), expect=[200])
-        response, used = await self._send(read, "the state read", None, {})
+            raise NoStateToSnapshot(f"target {self.name} (generic HTTP) has no state_url: nothing to snapshot")
+        unfit = unfit_value(model)
+        if unfit:
+            raise TargetError(f"target {self.name}: the model name {unfit}: it is not filled into state_url", retryable=False)
+        read = HttpRequest(method="GET", url=self.config.state_url.replace("{model}", quote(model, safe="")), expect=[200])
+        used: dict[str, str] = {}
+        response = await self._send(read, "the state read", None, {}, used=used)
         return {"target": self.name, **self._record(response, used, limit=None)}
 
     async def probe(self, model: str, prompt: str, version: str | None = None) -> ProbeResult:
@@ -295,15 +229,35 @@ class HttpTarget:
     # --- the step, its URLs and requests ---
 
     def step(self, action: ActionSpec) -> HttpStep:
+        """The step, validated; TargetError (not retryable) if it could not run as written."""
         if action.kind != "http":
             raise TargetError(f"target {self.name} is generic HTTP: it runs `kind: http` steps, not {action.kind!r}", retryable=False)
         try:
-            return HttpStep.model_validate(action.params)
+            step = HttpStep.model_validate(action.params)
         except ValidationError as exc:
             problems = "; ".join(
                 f"params.{'.'.join(str(p) for p in e['loc']) or '(step)'}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
             )
             raise TargetError(f"http step for target {self.name}: {problems}", retryable=False) from None
+        for where, request in step.requests():
+            for name, value in request.headers.items():
+                problem = self._step_reference_problem(value, request.url)
+                if problem:
+                    raise TargetError(f"http step for target {self.name}: header {name} of {where}: {problem}", retryable=False)
+        return step
+
+    def _step_reference_problem(self, value: str, url: str) -> str | None:
+        references = Secrets.references(value)
+        if not references:
+            return None
+        if not self._same_origin(self.url(url)):
+            return f"a secret reference goes only to the target's own origin ({self.base_url}), not to {url}"
+        for reference in references:
+            is_file = reference.startswith("${file:")
+            refusal = self.secrets.step_refusal(is_file, reference[len("${file:") if is_file else 2 : -1].strip())
+            if refusal:
+                return f"{reference}: {refusal}"
+        return None
 
     def url(self, url: str) -> str:
         return url if url.startswith(("http://", "https://")) else f"{self.base_url}/{url.lstrip('/')}"
@@ -315,42 +269,81 @@ class HttpTarget:
     def _planned(self, request: HttpRequest | Read, operation: str) -> PlannedCall:
         return PlannedCall(target=self.name, adapter=self.kind, operation=operation, method=request.method, url=self.url(request.url), body=request.body)
 
-    async def _capture(self, read: Read, where: str) -> dict[str, Any]:
-        response, _ = await self._send(read, where, None, {})
+    async def _capture(self, read: Read, where: str, earlier: Mapping[str, Any], used: dict[str, str]) -> dict[str, Any]:
+        response = await self._send(read, where, None, earlier, used=used)
+        values: dict[str, Any] = {}
+        for name, spec in read.capture.items():
+            values[name] = self._captured(response, spec, f"{where} of target {self.name}: capture {name}", read.url, earlier)
+        return values
+
+    def _after(self, step: HttpStep, response: httpx.Response) -> dict[str, Any]:
+        what = f"target {self.name}: the change went through, but"
+        return {name: self._captured(response, spec, f"{what} after.{name}", step.url, {}) for name, spec in step.after.items()}
+
+    @staticmethod
+    def _captured(response: httpx.Response, spec: Capture, what: str, url: str, earlier: Mapping[str, Any]) -> Any:
         try:
             document = response.json()
         except ValueError:
-            raise TargetError(f"{where} of target {self.name}: {read.url} answered no JSON to capture from", retryable=True) from None
-        values: dict[str, Any] = {}
-        for name, spec in read.capture.items():
-            try:
-                values[name] = capture(document, spec)
-            except KeyError as missing:
-                if "default" not in spec.model_fields_set:
-                    raise TargetError(
-                        f"{where} of target {self.name}: capture {name}: {missing.args[0]!r} is not in the answer of {read.url}",
-                        retryable=False,
-                    ) from None
-                values[name] = spec.default
-        return values
-
-    async def _send(self, request: HttpRequest | Read, what: str, key: str | None, captured: Mapping[str, Any]) -> tuple[httpx.Response, dict[str, str]]:
-        """Expand secrets (references only, from the runbook and targets file), then fill in
-        captured values (data, never expanded), then send. Errors keep references, not values."""
-        used: dict[str, str] = {}
-        shown = f"{request.method} {self.url(fill(request.url, captured))}"
+            raise TargetError(f"{what}: {url} answered no JSON to capture from", retryable=True) from None
         try:
-            url = self.url(fill(self.secrets.expand(request.url, f"url of {what}", used), captured))
-            defaults = self.config.headers if self._same_origin(url) else {}
-            headers = {
-                name: fill(self.secrets.expand(value, f"header {name} of {what}", used), captured)
-                for name, value in {**defaults, **request.headers}.items()
-            }
+            return capture(document, spec, earlier)
+        except KeyError as missing:
+            if "default" not in spec.model_fields_set:
+                raise TargetError(f"{what}: {missing.args[0]!r} is not in the answer of {url}", retryable=False) from None
+            return spec.default
+        except ValueError as wrong:
+            raise TargetError(f"{what}: {wrong}", retryable=False) from None
+
+    async def _already_restored(self, check: Check, applied: AppliedAction, captured: Mapping[str, Any], after: Mapping[str, Any], used: dict[str, str]) -> bool:
+        """The undo's precondition: False if the object still holds what the change left (undo it),
+        True if it holds what the undo puts back (a retried undo: done). Anything else refuses."""
+        response = await self._send(check.as_request(), "the undo's check", None, captured, after, used=used)
+        try:
+            found = resolve(response.json(), check.pointer)
+        except ValueError:
+            raise TargetError(f"{self.name}: the undo's check: {check.url} answered no JSON", retryable=False) from None
+        except KeyError:
+            if "default" not in check.model_fields_set:
+                found = _MISSING
+            else:
+                found = check.default
+        if found == fill(check.equals, captured, after):
+            return False
+        if "restored" in check.model_fields_set and found == fill(check.restored, captured, after):
+            return True
+        since = STAGE_NAMES.get(applied.stage, applied.stage)
+        changed = "is gone" if found is _MISSING else "changed"
+        raise TargetError(f"restore refused: {check.pointer} {changed} since the {since}; {check.reason} — undo by hand", retryable=False)
+
+    async def _send(
+        self,
+        request: HttpRequest | Read,
+        what: str,
+        key: str | None,
+        captured: Mapping[str, Any],
+        after: Mapping[str, Any] | None = None,
+        *,
+        used: dict[str, str],
+    ) -> httpx.Response:
+        """Expand secrets (references only, from the targets file and the runbook, never a filled
+        value), then fill in captured values (data, never expanded), then send. Errors keep
+        references, not values; `used` collects value -> reference for scrubbing."""
+        url = self.url(fill(request.url, captured, after))
+        shown = f"{request.method} {url}"
+        own = self._same_origin(url)
+        try:
+            defaults = self.config.headers if own else {}  # the operator's references: trusted
+            headers = {name: self.secrets.expand(value, f"header {name} of {what}", used) for name, value in defaults.items()}
+            for name, value in request.headers.items():
+                if Secrets.references(value) and not own:
+                    raise TargetError(f"{self.name}: header {name} of {what}: a secret reference goes only to {self.base_url}, not to {url}", retryable=False)
+                headers[name] = fill(self.secrets.expand(value, f"header {name} of {what}", used, step=True), captured, after)
         except SecretUnavailable as missing:
             raise TargetError(str(missing), retryable=False) from None
         if key is not None:
             headers["Idempotency-Key"] = key
-        body = fill(request.body, captured)
+        body = fill(request.body, captured, after)
         content_type = next((value for name, value in headers.items() if name.lower() == "content-type"), None)
         if body is not None and content_type is None:
             headers["Content-Type"] = "application/json"
@@ -362,7 +355,7 @@ class HttpTarget:
         except httpx.HTTPError as exc:
             raise TargetError(scrub(f"{self.name}: {shown} failed: {type(exc).__name__}: {exc}", used), retryable=True) from None
         if response.status_code in request.expect:
-            return response, used
+            return response
         retryable = response.status_code >= 500 or response.status_code in RETRYABLE_STATUSES
         message = scrub(_server_message(response), used)
         raise TargetError(f"{self.name}: {shown} answered HTTP {response.status_code} (expected {request.expect}): {message}", retryable=retryable)
@@ -379,15 +372,20 @@ class HttpTarget:
         return {"status": response.status_code, "response": scrub(answer, used)}
 
 
-# --- captures survive retries in the activity's heartbeat ---------------------------------
+_MISSING = object()
+
+
+# --- captures survive retries: the activity's heartbeat, or carried by the workflow -----------
 
 
 def _remembered(key: str) -> dict[str, Any] | None:
-    if not activity.in_activity():
-        return None
-    for detail in activity.info().heartbeat_details:
-        if isinstance(detail, dict) and detail.get("http_captured_for") == key:
-            return dict(detail.get("captured") or {})
+    if activity.in_activity():
+        for detail in activity.info().heartbeat_details:
+            if isinstance(detail, dict) and detail.get("http_captured_for") == key:
+                return dict(detail.get("captured") or {})
+    carried = carried_captures.get()
+    if carried is not None and carried[0] == key:
+        return dict(carried[1])
     return None
 
 

@@ -37,7 +37,12 @@ from activities.restore import RestoreActivities
 from activities.rollback import RollbackActivities
 from stanch.cli.plan import dry_run_input, follow, print_recorded, start_dry_run
 from stanch.config import Settings
-from stanch.incident import IncidentInput, IncidentState, IncidentStatus
+from stanch.incident import (
+    FailureDecision,
+    IncidentInput,
+    IncidentState,
+    IncidentStatus,
+)
 from stanch.models import ActionSpec, Severity, TargetRef
 from stanch.runbooks.loader import LoadedRunbook, default_runbooks_dir, load_runbook
 from stanch.runbooks.schema import Hotfix, SeverityPolicy, Verify
@@ -46,7 +51,9 @@ from tests.conftest import installed_binary
 from tests.e2e.processes import Process, free_port, stop_all, wait_for, wait_http
 from tests.http_recorder import RecordingServer
 from tests.workflow.conftest import alert
+from tests.workflow.helpers import AsTheApi, until
 from tests.workflow.standins import Script, stand_ins
+from workflows.gates import ACTION_RETRY
 from workflows.incident import IncidentWorkflow
 
 SECRET = "sk-master-e2e-0123456789"
@@ -92,13 +99,18 @@ def http_runbook() -> LoadedRunbook:
     return loaded.model_copy(update={"runbook": book})
 
 
-def litellm_server() -> RecordingServer:
-    """LiteLLM as far as the steps go: /model/update really changes what /model/info says."""
+def litellm_server(failing_updates: int = 0) -> RecordingServer:
+    """LiteLLM as far as the steps go: /model/update really changes what /model/info says. The
+    first `failing_updates` updates take effect and then answer 500 (a proxy timing out)."""
     server = RecordingServer()
     upstream = {"model": "openai/support-bot-v2"}
+    failures = {"left": failing_updates}
 
     def update(request):
         upstream["model"] = request.body["litellm_params"]["model"]
+        if failures["left"]:
+            failures["left"] -= 1
+            return 500, {"error": {"message": "upstream timed out"}}
         return 200, {"ok": True}
 
     server.answer("GET", "/model/info?litellm_model_id=support-bot", lambda request: (200, {"data": [{"litellm_params": dict(upstream)}]}))
@@ -195,6 +207,39 @@ async def test_each_http_action_and_its_undo_reach_the_control_plane_exactly_onc
     assert len(reads) == 1, "the retry reused what the first attempt read (it kept it in its heartbeat)"
     assert all(r.headers["authorization"] == f"Bearer {SECRET}" for r in recorder.requests)
     assert SECRET not in history and "${LITELLM_MASTER_KEY}" in history, "history keeps the reference, never the secret"
+
+
+async def test_a_responders_retry_after_the_retries_ran_out_reuses_what_the_step_read(env, tmp_path):
+    """The rollback's update lands but answers 500 on every one of Temporal's attempts; the
+    fail-safe asks a human, who chooses retry. The new activity has no heartbeat: the workflow
+    hands it what the failed one read, so it does not read the already-switched upstream as the
+    one to restore."""
+    client: Client = env.client
+    with litellm_server(failing_updates=ACTION_RETRY.maximum_attempts) as server:
+        task_queue = f"tq-{uuid.uuid4()}"
+        loaded = http_runbook()
+        input = IncidentInput(
+            incident_id=f"inc-{uuid.uuid4()}", runbook=loaded.runbook, runbook_sha256=loaded.sha256,
+            target=TargetRef(model="support-bot", version="2"), dedup_key=f"test/{uuid.uuid4()}", upsert_search_attributes=False,
+        )
+        async with Worker(client, task_queue=task_queue, workflows=[IncidentWorkflow], activities=activities(tmp_path, server.url)):
+            handle = await client.start_workflow(
+                IncidentWorkflow.run, input, id=input.incident_id, task_queue=task_queue, start_signal="add_signal", start_signal_args=[alert()]
+            )
+            rollback_failed = lambda s: s.status == IncidentStatus.awaiting_decision and s.stage("rollback").status == "failed"
+            current = await until(handle, rollback_failed, attempts=1200)
+            assert "upstream timed out" in current.stage("rollback").detail
+            await AsTheApi(handle).execute_update(IncidentWorkflow.decide, FailureDecision(stage="rollback", by="alice", choice="retry"))
+            final: IncidentState = await handle.result()
+        recorder = server.recorder
+
+    assert final.status == IncidentStatus.closed, final.close_reason
+    reads = [r for r in recorder.requests if r.method == "GET"]
+    assert len(reads) == 1, "the responder's retry reused what the failed step read"
+    [rollback] = [a for a in final.actions if a.stage == "rollback"]
+    assert rollback.result["captured"] == {"upstream": "openai/support-bot-v2"}
+    updates = [r.body["litellm_params"]["model"] for r in recorder.requests if r.path == "/model/update"]
+    assert updates == ["openai/support-bot-v1"] * (ACTION_RETRY.maximum_attempts + 1) + ["openai/support-bot-v2"], "restore put back what ran before"
 
 
 async def test_a_dry_run_incident_records_what_it_would_call_and_calls_nothing(env, tmp_path):

@@ -3,8 +3,11 @@ Idempotency-Key: each action and its undo take effect once, secrets stay out of 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
+import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -14,15 +17,17 @@ from temporalio.testing import ActivityEnvironment
 from activities.actions import render
 from activities.containment import ContainmentActivities
 from activities.deps import ActivityDeps
-from activities.models import ApplyInput, LiftInput
+from activities.evidence import EvidenceActivities
+from activities.models import ApplyInput, EvidenceInput, LiftInput
 from activities.restore import RestoreActivities
 from activities.rollback import RollbackActivities
 from stanch.config import Settings
 from stanch.models import ActionSpec, AppliedAction, TargetRef
+from stanch.runbooks.loader import load_runbook
 from stanch.targets.base import TargetError
 from stanch.targets.http import HttpTarget
 from stanch.targets.registry import TargetRegistry
-from tests.http_recorder import RecordingServer
+from tests.http_recorder import RecordingServer, json_patch, merge_patch
 
 SECRET = "sk-master-0123456789abcdef"
 TOKEN = "kube-token-fedcba9876543210"
@@ -39,15 +44,16 @@ def http_target(server: RecordingServer, tmp_path: Path, **config) -> HttpTarget
     return HttpTarget(HttpTarget.Config.model_validate(settings), name="litellm", base=tmp_path, env={"LITELLM_MASTER_KEY": SECRET})
 
 
-def deps_for(server: RecordingServer, tmp_path: Path) -> ActivityDeps:
+def deps_for(server: RecordingServer, tmp_path: Path, env: dict[str, str] | None = None, more: str = "") -> ActivityDeps:
     (tmp_path / "kube-token").write_text(TOKEN + "\n")
     (tmp_path / "targets.yaml").write_text(
         "targets:\n"
         f"  litellm:\n    http: {{base_url: '{server.url}', headers: {{Authorization: 'Bearer ${{LITELLM_MASTER_KEY}}'}}}}\n"
         f"  kubernetes:\n    http: {{base_url: '{server.url}', headers: {{Authorization: 'Bearer ${{file:kube-token}}'}}}}\n"
+        f"  kserve:\n    http: {{base_url: '{server.url}', headers: {{Authorization: 'Bearer ${{file:kube-token}}'}}}}\n" + more
     )
     settings = Settings(home=tmp_path, targets=tmp_path / "targets.yaml", gateway_url="http://127.0.0.1:9")
-    return ActivityDeps(settings=settings, targets=TargetRegistry(settings, env={"LITELLM_MASTER_KEY": SECRET}))
+    return ActivityDeps(settings=settings, targets=TargetRegistry(settings, env={"LITELLM_MASTER_KEY": SECRET, **(env or {})}))
 
 
 BLOCK = ActionSpec(
@@ -220,72 +226,97 @@ async def test_undo_restores_the_value_read_before_the_change(server, tmp_path, 
     assert "idempotency-key" not in server.recorder.requests[0].headers, "reads carry no key"
 
 
+REVISION = "deployment.kubernetes.io/revision"
+RECIPES = Path(__file__).resolve().parents[2] / "runbooks" / "recipes"
+
+
+def recipe_step(name: str, stage: str = "rollback", index: int = 0) -> ActionSpec:
+    """A step exactly as a recipe writes it: the tests run the recipes themselves."""
+    book = load_runbook(RECIPES / f"{name}.yaml").runbook
+    return {"rollback": book.rollback, "contain": book.containment}[stage][index]
+
+
 def template(image: str, hash_label: str | None = None) -> dict:
     labels = {"app": "fraud", **({"pod-template-hash": hash_label} if hash_label else {})}
     return {"metadata": {"labels": labels}, "spec": {"containers": [{"name": "model", "image": image}]}}
 
 
 def replica_set(revision: str, image: str) -> dict:
-    return {"metadata": {"annotations": {"deployment.kubernetes.io/revision": revision}}, "spec": {"template": template(image, f"h{revision}")}}
+    return {"metadata": {"annotations": {REVISION: revision}}, "spec": {"template": template(image, f"h{image}")}}
 
 
-K8S_ROLLBACK = ActionSpec(
-    kind="http",
-    target="kubernetes",
-    params={
-        "before": [
-            {"url": "/apis/apps/v1/namespaces/ml/deployments/{model}", "capture": {"current": "/spec/template"}},
-            {
-                "url": "/apis/apps/v1/namespaces/ml/replicasets?labelSelector=app%3D{model}",
-                "capture": {
-                    "previous": {
-                        "pointer": "/items",
-                        "rank_by": "/metadata/annotations/deployment.kubernetes.io~1revision",
-                        "index": 1,
-                        "value": "/spec/template",
-                        "drop": ["/metadata/labels/pod-template-hash"],
-                    }
-                },
-            },
-        ],
-        "method": "PATCH",
-        "url": "/apis/apps/v1/namespaces/ml/deployments/{model}",
-        "headers": {"Content-Type": "application/json-patch+json"},
-        "body": [{"op": "replace", "path": "/spec/template", "value": "{before.previous}"}],
-        "expect": [200],
-        "undo": {
-            "method": "PATCH",
-            "url": "/apis/apps/v1/namespaces/ml/deployments/{model}",
-            "headers": {"Content-Type": "application/json-patch+json"},
-            "body": [{"op": "replace", "path": "/spec/template", "value": "{before.current}"}],
-            "expect": [200],
-        },
-    },
-)
+class Cluster:
+    """The Deployment `fraud` and its ReplicaSets, as the API server and the deployment controller
+    keep them: a JSON patch applies (a failed `test` is a 422), and the ReplicaSet whose template
+    the Deployment now has becomes the newest revision — so once a rollback lands, the good
+    template is the newest revision and the bad one the revision below it."""
+
+    DEPLOYMENT = "/apis/apps/v1/namespaces/ml/deployments/fraud"
+    REPLICASETS = "/apis/apps/v1/namespaces/ml/replicasets?labelSelector=app%3Dfraud"
+
+    def __init__(self, server: RecordingServer, images=("fraud:1", "fraud:2", "fraud:3")) -> None:
+        self.replicasets = [replica_set(str(n), image) for n, image in enumerate(images, 1)]
+        self.replicasets.append({"metadata": {}})  # no revision: never a candidate
+        self.deployment = {"metadata": {"name": "fraud", "annotations": {REVISION: str(len(images))}}, "spec": {"template": template(images[-1])}}
+        self.patch_failures = 0  # the change lands, the answer says 500
+        server.answer("GET", self.DEPLOYMENT, lambda r: (200, copy.deepcopy(self.deployment)))
+        server.answer("GET", self.REPLICASETS, lambda r: (200, {"items": copy.deepcopy(self.replicasets)}))
+        server.answer("PATCH", self.DEPLOYMENT, self.patch)
+
+    def patch(self, request) -> tuple[int, dict]:
+        status, patched = json_patch(self.deployment, request.body)
+        if status != 200:
+            return status, patched
+        self.deployment = patched
+        self.roll_out()
+        if self.patch_failures:
+            self.patch_failures -= 1
+            return 500, {"kind": "Status", "message": "etcdserver: request timed out"}
+        return 200, copy.deepcopy(self.deployment)
+
+    def deploy(self, image: str) -> None:
+        """Someone else deploys."""
+        self.deployment["spec"]["template"] = template(image)
+        self.roll_out()
+
+    def roll_out(self) -> None:
+        current = self.deployment["spec"]["template"]
+        ranked = [rs for rs in self.replicasets if REVISION in rs["metadata"].get("annotations", {})]
+        newest = max(int(rs["metadata"]["annotations"][REVISION]) for rs in ranked)
+        plain = lambda rs: json_patch(rs["spec"]["template"], [{"op": "replace", "path": "/metadata/labels", "value": {"app": "fraud"}}])[1]
+        match = next((rs for rs in ranked if plain(rs) == current), None)
+        if match is None:
+            match = replica_set(str(newest + 1), current["spec"]["containers"][0]["image"])
+            self.replicasets.append(match)
+        elif int(match["metadata"]["annotations"][REVISION]) != newest:
+            match["metadata"]["annotations"][REVISION] = str(newest + 1)
+        self.deployment["metadata"]["annotations"][REVISION] = match["metadata"]["annotations"][REVISION]
+
+    @property
+    def running(self) -> str:
+        return self.deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+
+
+def rollback_input(**changes) -> ApplyInput:
+    fields = {"incident_id": "inc-2", "occurrence": "inc-2@r", "stage": "rollback", "index": 0, "target": TargetRef(model="fraud"), "action": recipe_step("kubernetes-rollback")}
+    return ApplyInput(**{**fields, **changes})
 
 
 async def test_kubernetes_rollback_patches_the_previous_replicaset_template_and_a_retry_keeps_what_it_read(server, tmp_path):
-    deployment = {"spec": {"template": template("fraud:3")}}
-    server.answer("GET", "/apis/apps/v1/namespaces/ml/deployments/fraud", lambda r: (200, deployment))
-    server.answer(
-        "GET",
-        "/apis/apps/v1/namespaces/ml/replicasets?labelSelector=app%3Dfraud",
-        {"items": [replica_set("1", "fraud:1"), replica_set("3", "fraud:3"), replica_set("2", "fraud:2"), {"metadata": {}}]},
-    )
-    server.recorder.drop_after_commit[("PATCH", "/apis/apps/v1/namespaces/ml/deployments/fraud")] = 1
+    cluster = Cluster(server)
+    server.recorder.drop_after_commit[("PATCH", Cluster.DEPLOYMENT)] = 1  # the patch lands, the answer is lost
     deps = deps_for(server, tmp_path)
     heartbeats: list = []
     env = ActivityEnvironment()
     env.on_heartbeat = lambda *details: heartbeats.extend(details)
     rollback = RollbackActivities(deps)
-    step = ApplyInput(incident_id="inc-2", occurrence="inc-2@r", stage="rollback", index=0, target=TargetRef(model="fraud"), action=K8S_ROLLBACK)
     with pytest.raises(ApplicationError):
-        await env.run(rollback.apply_rollback, step)
-    deployment["spec"]["template"] = template("fraud:2")  # the patch went through before the answer was lost
+        await env.run(rollback.apply_rollback, rollback_input())
+    assert cluster.running == "fraud:2" and cluster.deployment["metadata"]["annotations"][REVISION] == "4"
 
     retry = ActivityEnvironment()
     retry.info = dataclasses.replace(retry.info, attempt=2, heartbeat_details=list(heartbeats))
-    applied = await retry.run(rollback.apply_rollback, step)
+    applied = await retry.run(rollback.apply_rollback, rollback_input())
 
     reads = [r for r in server.recorder.requests if r.method == "GET"]
     assert len(reads) == 2, "the retry reused what the first attempt read"
@@ -293,12 +324,94 @@ async def test_kubernetes_rollback_patches_the_previous_replicaset_template_and_
     assert [p.body for p in patches] == [[{"op": "replace", "path": "/spec/template", "value": template("fraud:2")}]] * 2
     assert patches[0].headers["authorization"] == f"Bearer {TOKEN}" and patches[0].headers["content-type"] == "application/json-patch+json"
     assert len(server.recorder.effects) == 1
+    assert applied.result["captured"]["revision"] == "3" and applied.inverse["after"] == {"template": template("fraud:2")}
 
     await ActivityEnvironment().run(RestoreActivities(deps).lift_action, LiftInput(incident_id="inc-2", applied=applied))
-    undo = server.recorder.requests[-1]
-    assert undo.body == [{"op": "replace", "path": "/spec/template", "value": template("fraud:3")}], "undo puts back what ran before"
-    assert undo.key == "inc-2@r/rollback/0/kubernetes:fraud/undo"
+    check, undo = server.recorder.requests[-2:]
+    assert (check.method, check.path) == ("GET", Cluster.DEPLOYMENT), "the undo checks the Deployment first"
+    assert undo.body == [
+        {"op": "test", "path": "/spec/template", "value": template("fraud:2")},
+        {"op": "replace", "path": "/spec/template", "value": template("fraud:3")},
+    ], "undo puts back what ran before, if the template is still the rollback's"
+    assert undo.key == "inc-2@r/rollback/0/kubernetes:fraud/undo" and cluster.running == "fraud:3"
     assert TOKEN not in json.dumps(applied.model_dump(mode="json"))
+
+
+async def test_a_responders_retry_reuses_what_the_failed_step_read_and_never_reads_the_rolled_back_deployment(server, tmp_path):
+    """Temporal's retries ran out while the patch had landed; a responder chose retry. A fresh
+    read would now see the good template running as the newest revision and the bad one below
+    it — and roll back to the bad one. The failure carried the first reads out; the retry uses them."""
+    cluster = Cluster(server)
+    cluster.patch_failures = 5
+    deps = deps_for(server, tmp_path)
+    rollback = RollbackActivities(deps)
+    heartbeats: list = []
+    beat = lambda *details: heartbeats.extend(details)
+    for attempt in range(1, 6):  # Temporal's attempts: the last heartbeat carries the reads from one to the next
+        env = ActivityEnvironment()
+        env.info = dataclasses.replace(env.info, attempt=attempt, heartbeat_details=heartbeats[-1:])
+        env.on_heartbeat = beat
+        with pytest.raises(ApplicationError) as failed:
+            await env.run(rollback.apply_rollback, rollback_input())
+        assert failed.value.non_retryable is False
+    assert len([r for r in server.recorder.requests if r.method == "GET"]) == 2, "Temporal's attempts read once"
+    assert cluster.running == "fraud:2", "the change landed although every answer said 500"
+    [carried] = failed.value.details
+    assert carried["http_captured_for"] == "inc-2@r/rollback/0/kubernetes:fraud"
+    assert carried["captured"]["previous_template"] == template("fraud:2") and carried["captured"]["current_template"] == template("fraud:3")
+    reads = len([r for r in server.recorder.requests if r.method == "GET"])
+
+    # The workflow hands the carried values to the activity it starts for the responder's retry.
+    applied = await ActivityEnvironment().run(rollback.apply_rollback, rollback_input(captured=carried["captured"]))
+
+    assert len([r for r in server.recorder.requests if r.method == "GET"]) == reads, "no second read"
+    assert server.recorder.requests[-1].body == [{"op": "replace", "path": "/spec/template", "value": template("fraud:2")}]
+    assert cluster.running == "fraud:2", "still the good template, not the bad one a re-read would pick"
+    assert applied.inverse["captured"]["current_template"] == template("fraud:3"), "restore puts back what ran before the rollback"
+
+
+async def test_restore_refuses_to_overwrite_a_deploy_made_since_the_rollback(server, tmp_path):
+    cluster = Cluster(server)
+    deps = deps_for(server, tmp_path)
+    applied = await ActivityEnvironment().run(RollbackActivities(deps).apply_rollback, rollback_input())
+    cluster.deploy("fraud:4")  # someone ships a fix by hand
+    sent = len(server.recorder.requests)
+    with pytest.raises(ApplicationError) as refused:
+        await ActivityEnvironment().run(RestoreActivities(deps).lift_action, LiftInput(incident_id="inc-2", applied=applied))
+    assert refused.value.non_retryable is True
+    assert "restore refused: /spec/template changed since the rollback; someone deployed since — undo by hand" in refused.value.message
+    assert [r.method for r in server.recorder.requests[sent:]] == ["GET"], "only the check: no undo was sent"
+    assert cluster.running == "fraud:4"
+
+
+async def test_a_deploy_between_the_check_and_the_undo_fails_the_patchs_test(server, tmp_path):
+    cluster = Cluster(server)
+    deps = deps_for(server, tmp_path)
+    applied = await ActivityEnvironment().run(RollbackActivities(deps).apply_rollback, rollback_input())
+
+    def racing_read(request):
+        answer = copy.deepcopy(cluster.deployment)
+        cluster.deploy("fraud:4")  # right after the check read it
+        return 200, answer
+
+    server.answer("GET", Cluster.DEPLOYMENT, racing_read)
+    with pytest.raises(ApplicationError, match=r"answered HTTP 422 .*testing value /spec/template failed") as refused:
+        await ActivityEnvironment().run(RestoreActivities(deps).lift_action, LiftInput(incident_id="inc-2", applied=applied))
+    assert refused.value.non_retryable is True and cluster.running == "fraud:4"
+
+
+async def test_a_retried_undo_that_already_went_through_is_not_sent_again(server, tmp_path):
+    cluster = Cluster(server)
+    deps = deps_for(server, tmp_path)
+    applied = await ActivityEnvironment().run(RollbackActivities(deps).apply_rollback, rollback_input())
+    server.recorder.drop_after_commit[("PATCH", Cluster.DEPLOYMENT)] = 1
+    lift = LiftInput(incident_id="inc-2", applied=applied)
+    with pytest.raises(ApplicationError):
+        await ActivityEnvironment().run(RestoreActivities(deps).lift_action, lift)
+    assert cluster.running == "fraud:3"
+    lifted = await ActivityEnvironment().run(RestoreActivities(deps).lift_action, lift)
+    assert lifted.undone_at is not None
+    assert len([r for r in server.recorder.requests if r.method == "PATCH"]) == 2, "one rollback, one undo: the retry only checked"
 
 
 async def test_a_capture_that_finds_nothing_names_it(server, tmp_path):
@@ -308,3 +421,241 @@ async def test_a_capture_that_finds_nothing_names_it(server, tmp_path):
         await http_target(server, tmp_path).apply("fraud", action, "k1", "inc-1")
     assert raised.value.retryable is False
     assert [r.method for r in server.recorder.requests] == ["GET"], "nothing was changed"
+
+
+# --- values from the alert are data: never a secret reference, never a path ----------------
+
+
+@pytest.mark.parametrize(
+    "model, why",
+    [
+        ("m-${STANCH_DECISION_KEYS}-${file:/etc/hostname}", "contains '$'"),
+        ("fraud/../../../../api/v1/namespaces/kube-system/secrets/x", "has a '.' or '..' path segment"),
+        ("..", "has a '.' or '..' path segment"),
+        ("fraud\r\nX-Injected: 1", "contains a control character"),
+        ("{before.x}", "contains a brace"),
+    ],
+)
+async def test_an_alert_value_that_could_name_a_secret_or_climb_a_path_is_refused(server, tmp_path, model, why):
+    (tmp_path / "hostname").write_text("worker-7\n")
+    deps = deps_for(server, tmp_path, env={"STANCH_DECISION_KEYS": "decision-key-abcdef"})
+    action = BLOCK.model_copy(update={"params": {**BLOCK.params, "url": "/models/{model}/block", "headers": {"X-Model": "{model}"}}})
+    with pytest.raises(ApplicationError) as refused:
+        await ActivityEnvironment().run(ContainmentActivities(deps).apply_containment, block_input(action=action, target=TargetRef(model=model)))
+    assert refused.value.non_retryable is True, "retrying cannot fix it: the fail-safe asks a human"
+    assert f"{{model}} of this incident {why}" in refused.value.message
+    assert "kube-system" not in refused.value.message and "STANCH_DECISION_KEYS" not in refused.value.message, "the value is not echoed"
+    assert server.recorder.requests == [], "nothing was sent"
+
+
+async def test_alert_values_are_percent_encoded_in_urls_and_left_as_they_are_elsewhere(server, tmp_path):
+    deps = deps_for(server, tmp_path)
+    action = BLOCK.model_copy(
+        update={"params": {**BLOCK.params, "url": "/models/{model}/block?v={version}", "undo": {"url": "/models/{model}/unblock", "body": {"m": "{model}"}}}}
+    )
+    applied = await ActivityEnvironment().run(
+        ContainmentActivities(deps).apply_containment, block_input(action=action, target=TargetRef(model="team a/fraud?x=1#y", version="2&z"))
+    )
+    [sent] = server.recorder.requests
+    assert sent.path == "/models/team%20a%2Ffraud%3Fx%3D1%23y/block?v=2%26z"
+    assert sent.body == {"key": "team a/fraud?x=1#y-widget", "reason": "stanch inc-1"}, "a body keeps the value as it is"
+    assert applied.inverse["request"]["url"] == "/models/team%20a%2Ffraud%3Fx%3D1%23y/unblock" and applied.inverse["request"]["body"] == {"m": "team a/fraud?x=1#y"}
+
+
+def test_nothing_is_filled_inside_a_secret_reference():
+    params = {"url": "/x/{model}", "headers": {"A": "${file:keys/{model}}", "B": "${{model}}", "C": "{model}"}}
+    assert render(params, {"model": "m"}) == {"url": "/x/m", "headers": {"A": "${file:keys/{model}}", "B": "${{model}}", "C": "m"}}
+
+
+async def test_the_state_url_encodes_the_model_and_refuses_a_path(server, tmp_path):
+    server.answer("GET", "/apis/deployments/team%20a%2Ffraud", {"spec": {}})
+    target = http_target(server, tmp_path, state_url="/apis/deployments/{model}")
+    assert (await target.state("team a/fraud"))["status"] == 200
+    with pytest.raises(TargetError, match="the model name has a '.' or '..' path segment") as refused:
+        await target.state("../secrets/x")
+    assert refused.value.retryable is False and len(server.recorder.requests) == 1
+
+
+# --- the undo's check: KServe's canary split ----------------------------------------------------
+
+
+ISVC = "/apis/serving.kserve.io/v1beta1/namespaces/ml/inferenceservices/fraud"
+
+
+def kserve_service(server: RecordingServer, predictor: dict) -> dict:
+    service = {"spec": {"predictor": predictor}}
+
+    def patch(request):
+        service.update(merge_patch(service, request.body))
+        return 200, service
+
+    server.answer("GET", ISVC, lambda r: (200, service))
+    server.answer("PATCH", ISVC, patch)
+    return service
+
+
+@pytest.mark.parametrize("since, restored", [(0, 25), (50, None), (None, None)])
+async def test_kserve_restore_puts_the_canary_back_only_while_it_is_still_at_zero(server, tmp_path, since, restored):
+    service = kserve_service(server, {"canaryTrafficPercent": 25, "model": {"storageUri": "s3://m/7"}})
+    deps = deps_for(server, tmp_path)
+    step = ApplyInput(incident_id="inc-3", occurrence="inc-3@r", stage="rollback", index=0, target=TargetRef(model="fraud"), action=recipe_step("kserve-canary"))
+    applied = await ActivityEnvironment().run(RollbackActivities(deps).apply_rollback, step)
+    assert applied.target.adapter == "kserve" and service["spec"]["predictor"]["canaryTrafficPercent"] == 0
+    if since is None:
+        service["spec"]["predictor"].pop("canaryTrafficPercent")  # a new manifest: all traffic to the latest revision
+    else:
+        service["spec"]["predictor"]["canaryTrafficPercent"] = since
+    lift = ActivityEnvironment().run(RestoreActivities(deps).lift_action, LiftInput(incident_id="inc-3", applied=applied))
+    if restored is not None:
+        await lift
+        assert service["spec"]["predictor"]["canaryTrafficPercent"] == restored
+        return
+    with pytest.raises(ApplicationError) as refused:
+        await lift
+    assert refused.value.non_retryable is True
+    assert (
+        "restore refused: /spec/predictor/canaryTrafficPercent changed since the rollback; someone changed the canary split or deployed since — undo by hand"
+        in refused.value.message
+    )
+    assert [r.method for r in server.recorder.requests].count("PATCH") == 1, "no undo was sent"
+
+
+@pytest.mark.parametrize(
+    "params, expected",
+    [
+        ({"url": "/x", "body": {"v": "{after.v}"}, "after": {"v": "/v"}}, "{after.v}: known only once the change answered — use it in the undo"),
+        ({"url": "/x", "undo": {"url": "/y", "body": {"v": "{after.v}"}}}, "{after.v} used but `after` captures no such value"),
+        ({"url": "/x", "undo": {"url": "/y", "check": {"url": "/y", "pointer": "/v", "equals": "{before.old}"}}}, "{before.old} used but no `before` read captures it"),
+        (
+            {"url": "/x", "before": [{"url": "/a", "capture": {"p": {"pointer": "/items", "rank_by": "/n", "below": "{before.r}"}}}, {"url": "/b", "capture": {"r": "/r"}}]},
+            "before[0] uses {before.r}: a read can use only what an earlier read captured",
+        ),
+    ],
+)
+def test_after_and_before_values_are_used_only_where_they_are_known(server, tmp_path, params, expected):
+    with pytest.raises(TargetError, match=re.escape(expected)):
+        http_target(server, tmp_path).plan("m", ActionSpec(kind="http", params=params), "k1")
+
+
+# --- secret references: where a runbook step may use them --------------------------------------
+
+
+@pytest.mark.parametrize(
+    "header, url, expected",
+    [
+        ("${file:/etc/hostname}", "/x", "${file:/etc/hostname}: a runbook step names a file relative to the targets file's folder"),
+        ("${file:../outside}", "/x", "${file:../outside}: a runbook step names a file relative to"),
+        ("${file:encryption-keys}", "/x", "encryption-keys is Stanch's own"),
+        ("${file:evidence/abc.json}", "/x", "evidence is Stanch's own"),
+        ("Bearer ${STANCH_DECISION_KEYS}", "/x", "a runbook step may not name STANCH_* variables"),
+        ("${TEMPORAL_API_KEY}", "/x", "a runbook step may not name TEMPORAL_* variables"),
+        ("Bearer ${LITELLM_MASTER_KEY}", "http://elsewhere.example/hook", "a secret reference goes only to the target's own origin"),
+    ],
+)
+async def test_a_steps_secret_references_are_held_to_the_targets_own_origin_and_folder(server, tmp_path, header, url, expected):
+    (tmp_path / "encryption-keys").write_text("k1:c2VjcmV0\n")
+    action = ActionSpec(kind="http", params={"url": url, "headers": {"X-Key": header}})
+    target = HttpTarget(
+        HttpTarget.Config(base_url=server.url), name="litellm", base=tmp_path,
+        env={"LITELLM_MASTER_KEY": SECRET, "STANCH_DECISION_KEYS": "dk", "TEMPORAL_API_KEY": "tk"},
+    )
+    with pytest.raises(TargetError, match=re.escape(expected)) as refused:
+        target.plan("m", action, "k1")  # `stanch runbooks validate` and `plan` say so
+    assert refused.value.retryable is False
+    with pytest.raises(TargetError, match=re.escape(expected)):
+        await target.apply("m", action, "k1", "inc-1")
+    assert server.recorder.requests == []
+
+
+async def test_a_step_may_name_files_in_the_secrets_dir_or_listed_ones_and_the_targets_file_names_any(server, tmp_path):
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "hook-token").write_text("hook-token-value\n")
+    listed = tmp_path / "elsewhere" / "sa-token"
+    listed.parent.mkdir()
+    listed.write_text("sa-token-value\n")
+    config = {"base_url": server.url, "headers": {"Authorization": f"Bearer ${{file:{listed}}}"}, "secrets_dir": "secrets", "step_secret_files": [str(listed)]}
+    target = HttpTarget(HttpTarget.Config.model_validate(config), name="k", base=tmp_path, env={})
+    action = ActionSpec(kind="http", params={"url": "/x", "headers": {"X-Hook": "${file:hook-token}", "X-Sa": f"${{file:{listed}}}"}})
+    await target.apply("m", action, "k1", "inc-1")
+    [sent] = server.recorder.requests
+    assert sent.headers["authorization"] == "Bearer sa-token-value", "targets.yaml's references are trusted: any path"
+    assert sent.headers["x-hook"] == "hook-token-value" and sent.headers["x-sa"] == "sa-token-value"
+    with pytest.raises(TargetError, match=r"relative to the target's secrets_dir"):
+        target.plan("m", ActionSpec(kind="http", params={"url": "/x", "headers": {"X": "${file:../kube-token}"}}), "k1")
+
+
+@pytest.mark.parametrize(
+    "params, expected",
+    [
+        ({"url": "/x", "body": {"key": "${LITELLM_MASTER_KEY}"}}, "params.body: `${...}` in a body is sent as written, never expanded — secrets belong in headers"),
+        ({"url": "/x", "undo": {"url": "/y", "body": "k=${K}"}}, "params.undo.body: `${...}` in a body is sent as written"),
+        ({"url": "/x?key=${K}"}, "params.url: no secret reference in a URL"),
+        ({"url": "/x", "before": [{"url": "/r?k=${K}", "capture": {"v": "/v"}}]}, "params.before.0.url: no secret reference in a URL"),
+    ],
+)
+async def test_secret_references_in_bodies_and_urls_are_refused_before_anything_is_sent(server, tmp_path, params, expected):
+    target = http_target(server, tmp_path)
+    with pytest.raises(TargetError, match=re.escape(expected)):
+        target.plan("m", ActionSpec(kind="http", params=params), "k1")
+    with pytest.raises(TargetError):
+        await target.apply("m", ActionSpec(kind="http", params=params), "k1", "inc-1")
+    assert server.recorder.requests == []
+
+
+# --- evidence: only a target with no state to give is "unavailable" ----------------------------
+
+
+def evidence_input(*step_targets: str) -> EvidenceInput:
+    return EvidenceInput(
+        incident_id="inc-4", runbook="r", runbook_sha256="0" * 64, target=TargetRef(model="fraud"), signals=[],
+        step_targets=[TargetRef(adapter=name, model="fraud") for name in step_targets],
+    )
+
+
+async def test_evidence_records_unavailable_only_for_a_target_without_state(server, tmp_path):
+    deps = deps_for(server, tmp_path, more=f"  snapshotted:\n    http: {{base_url: '{server.url}', state_url: '/apis/isvc/{{model}}'}}\n")
+    deps.targets._targets["gateway"] = StateOnly({"served_version": "2"})
+    server.answer("GET", "/apis/isvc/fraud", lambda r: (404, {"message": "inferenceservices \"fraud\" not found"}))
+    evidence = EvidenceActivities(deps)
+    with pytest.raises(ApplicationError, match="not found") as failed:
+        await ActivityEnvironment().run(evidence.snapshot_evidence, evidence_input("litellm", "snapshotted"))
+    assert failed.value.non_retryable is True, "the workflow asks a human before any change"
+
+    server.answer("GET", "/apis/isvc/fraud", {"spec": {"predictor": {"canaryTrafficPercent": 25}}})
+    result = await ActivityEnvironment().run(evidence.snapshot_evidence, evidence_input("litellm", "snapshotted"))
+    snapshot = json.loads(Path(result.location).read_text())["step_target_states"]
+    assert snapshot["litellm"] == {"unavailable": "target litellm (generic HTTP) has no state_url: nothing to snapshot"}
+    assert snapshot["snapshotted"]["response"] == {"spec": {"predictor": {"canaryTrafficPercent": 25}}}
+
+
+class StateOnly:
+    def __init__(self, state: dict) -> None:
+        self._state = state
+
+    async def state(self, model: str) -> dict:
+        return self._state
+
+
+def test_the_worker_logs_no_request_urls(monkeypatch, tmp_path):
+    import asyncio
+
+    from workers import main as worker_main
+
+    class Connected(Exception):
+        pass
+
+    async def connect(*args, **kwargs):
+        raise Connected
+
+    levels = {name: logging.getLogger(name).level for name in ("", "httpx", "httpcore")}
+    monkeypatch.setattr(worker_main, "connect", connect)
+    try:
+        for name in levels:
+            logging.getLogger(name).setLevel(logging.INFO if name == "" else logging.NOTSET)  # the worker logs at INFO
+        with pytest.raises(Connected):
+            asyncio.run(worker_main.run_worker(Settings(home=tmp_path)))
+        for name in ("httpx", "httpcore"):  # httpx logs each request's URL at INFO
+            assert not logging.getLogger(name).isEnabledFor(logging.INFO), name
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)

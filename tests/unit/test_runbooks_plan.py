@@ -14,6 +14,7 @@ from stanch.cli.plan import AlertFileError, read_alert
 from stanch.cli.runbooks import runbooks_app, target_problems
 from stanch.config import Settings
 from stanch.runbooks.loader import default_runbooks_dir, load_catalog, load_runbook
+from stanch.targets.config import read_targets_file
 from stanch.targets.registry import TargetRegistry
 from tests.http_recorder import RecordingServer
 
@@ -31,10 +32,13 @@ ALERT = {
 }
 
 
+CLUSTER_TARGETS = ("kubernetes", "argo-rollouts", "kserve")  # the recipes' targets on one API server
+
+
 @pytest.fixture
 def servers():
     with RecordingServer() as gateway, RecordingServer() as litellm, RecordingServer() as kubernetes:
-        yield {"gateway": gateway, "litellm": litellm, "kubernetes": kubernetes}
+        yield {"gateway": gateway, "litellm": litellm, **{name: kubernetes for name in CLUSTER_TARGETS}}
 
 
 @pytest.fixture
@@ -43,7 +47,10 @@ def home(tmp_path, servers, monkeypatch) -> Path:
     (tmp_path / "targets.yaml").write_text(
         "targets:\n"
         f"  litellm:\n    http: {{base_url: '{servers['litellm'].url}', headers: {{Authorization: 'Bearer ${{LITELLM_MASTER_KEY}}'}}}}\n"
-        f"  kubernetes:\n    http: {{base_url: '{servers['kubernetes'].url}', headers: {{Authorization: 'Bearer ${{file:no-token-here}}'}}}}\n"
+        + "".join(
+            f"  {name}:\n    http: {{base_url: '{servers[name].url}', headers: {{Authorization: 'Bearer ${{file:no-token-here}}'}}}}\n"
+            for name in CLUSTER_TARGETS
+        )
     )
     monkeypatch.setenv("STANCH_HOME", str(tmp_path))
     monkeypatch.setenv("STANCH_GATEWAY_URL", servers["gateway"].url)
@@ -63,7 +70,7 @@ def plan(*args: str):
 
 
 def received(servers) -> int:
-    return sum(len(server.recorder.requests) for server in servers.values())
+    return sum(len(server.recorder.requests) for server in {id(s): s for s in servers.values()}.values())
 
 
 @pytest.mark.parametrize("recipe", RECIPE_FILES, ids=lambda p: p.stem)
@@ -156,7 +163,7 @@ def test_validate_names_an_unconfigured_target_with_its_field(tmp_path):
     broken.write_text((RECIPES / "litellm.yaml").read_text().replace("target: litellm\n    description: point", "target: litelm\n    description: point"))
     result = CliRunner().invoke(runbooks_app, ["validate", str(broken), "--targets", str(RECIPES / "targets.yaml")])
     assert result.exit_code == 1
-    assert f"{broken}: rollback.0.target: no target named 'litelm'; configured: ['gateway', 'kubernetes', 'litellm']" in result.output
+    assert f"{broken}: rollback.0.target: no target named 'litelm'; configured: ['argo-rollouts', 'gateway', 'kserve', 'kubernetes', 'litellm']" in result.output
 
 
 def test_validate_without_a_targets_file_checks_the_schema_only(tmp_path, monkeypatch):
@@ -164,3 +171,27 @@ def test_validate_without_a_targets_file_checks_the_schema_only(tmp_path, monkey
     monkeypatch.delenv("STANCH_TARGETS", raising=False)
     result = CliRunner().invoke(runbooks_app, ["validate", str(RECIPES / "litellm.yaml")])
     assert result.exit_code == 0, result.output
+
+
+def test_validate_refuses_a_secret_reference_in_a_body(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    text = (RECIPES / "litellm.yaml").read_text()
+    broken.write_text(text.replace('body: {key: "88dc28d0', 'body: {master: "${LITELLM_MASTER_KEY}", key: "88dc28d0', 1))
+    result = CliRunner().invoke(runbooks_app, ["validate", str(broken), "--targets", str(RECIPES / "targets.yaml")])
+    assert result.exit_code == 1
+    assert "containment.0: http step for target litellm: params.body: `${...}` in a body is sent as written, never expanded — secrets belong in headers" in result.output
+
+
+@pytest.mark.parametrize("recipe", RECIPE_FILES, ids=lambda p: p.stem)
+def test_each_recipes_evidence_snapshots_the_object_it_changes(recipe):
+    """The target a step acts on reads, for evidence, the very object the step changes (a
+    subresource such as /status counts as its object)."""
+    targets = {entry.name: entry.config for entry in read_targets_file(RECIPES / "targets.yaml")}
+    runbook = load_runbook(recipe).runbook
+    for step in runbook.containment + runbook.rollback:
+        state_url = targets[step.target].state_url
+        if state_url is None:  # a control plane with nothing to read (LiteLLM): evidence says "unavailable"
+            assert step.target == "litellm", f"{recipe.name}: {step.target} has no state_url"
+            continue
+        changed = step.params["url"]
+        assert changed == state_url or changed.startswith(state_url + "/"), f"{recipe.name}: {step.target} snapshots {state_url}, the step changes {changed}"

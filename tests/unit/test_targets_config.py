@@ -3,6 +3,7 @@ field, secrets that stay references until a request is sent."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,8 @@ def test_an_unknown_target_name_is_not_retryable_and_lists_the_configured_ones(t
         ("targets:\n  'lite llm':\n    http: {base_url: 'http://x'}\n", "targets.lite llm: a target name is letters, digits"),
         ("target:\n  litellm: {}\n", "target: unknown key"),
         ("targets:\n  litellm:\n    http: {base_url: 'http://x', timeout_seconds: 0}\n", "targets.litellm.http.timeout_seconds: Input should be greater than 0"),
+        ("targets:\n  k:\n    http: {base_url: 'http://x', state_url: '/a?token=${T}'}\n", "targets.k.http.state_url: no secret reference in a URL"),
+        ("targets:\n  k:\n    http: {base_url: 'http://${HOST}'}\n", "targets.k.http.base_url: no secret reference in a URL"),
     ],
 )
 def test_errors_name_the_file_and_the_field(tmp_path, text, expected):
@@ -173,3 +176,34 @@ def test_an_unreadable_secrets_file_is_named(tmp_path):
     secrets = Secrets("target litellm", base=tmp_path, env={}, secrets_file=Path("secrets.env"))
     with pytest.raises(SecretUnavailable, match=r"\$\{KEY\}: cannot read secrets file .*secrets\.env: No such file"):
         secrets.expand("${KEY}", "header A")
+
+
+@pytest.mark.parametrize(
+    "reference, refused",
+    [
+        ("${ANY_VAR}", None),
+        ("${STANCH_ENCRYPTION_KEYS}", "may not name STANCH_* variables"),
+        ("${temporal_tls_key}", "may not name TEMPORAL_* variables"),
+        ("${file:token}", None),
+        ("${file:sub/token}", None),
+        ("${file:/etc/shadow}", "relative to the targets file's folder"),
+        ("${file:~/.ssh/id_rsa}", "relative to the targets file's folder"),
+        ("${file:sub/../../x}", "without '..'"),
+        ("${file:decision-keys}", "decision-keys is Stanch's own"),
+        ("${file:.env}", ".env is Stanch's own"),
+        ("${file:temporal.db}", "temporal.db is Stanch's own"),
+    ],
+)
+def test_a_runbook_steps_references_are_constrained_and_the_targets_files_are_not(tmp_path, reference, refused):
+    (tmp_path / "sub").mkdir()
+    for name in ("token", "sub/token", "decision-keys", ".env", "temporal.db"):
+        (tmp_path / name).write_text("value\n")
+    env = {"ANY_VAR": "v", "STANCH_ENCRYPTION_KEYS": "k", "temporal_tls_key": "t"}
+    secrets = Secrets("target t", base=tmp_path, env=env)
+    if refused is None:
+        assert secrets.expand(reference, "header X", step=True) in ("v", "value")
+        return
+    with pytest.raises(SecretUnavailable, match=re.escape(refused)):
+        secrets.expand(reference, "header X", step=True)
+    if not reference.startswith("${file:~") and "/etc/shadow" not in reference and ".." not in reference:
+        assert secrets.expand(reference, "header X") in ("k", "t", "value"), "the targets file's own references are trusted"
