@@ -7,7 +7,6 @@ waits for a human to choose retry, skip or abort.
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 
 from temporalio import workflow

@@ -25,8 +25,6 @@ from tests.unit.test_api_alerts import (
     FIRST_RUN_ID,
     FakeClient,
     NoCatalog,
-    app,
-    settings,
     use_client,
 )
 
