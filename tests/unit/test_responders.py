@@ -25,6 +25,8 @@ from tests.unit.test_api_alerts import (
     FIRST_RUN_ID,
     FakeClient,
     NoCatalog,
+    app,  # noqa: F401 - a fixture
+    settings,  # noqa: F401 - a fixture
     use_client,
 )
 
