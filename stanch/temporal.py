@@ -36,9 +36,15 @@ def data_converter(settings: Settings | None = None) -> DataConverter:
     )
 
 
+# Whether this process opened a Temporal client: see `stanch.cli.main.run`.
+clients_opened = 0
+
+
 async def connect(address: str | None = None, namespace: str | None = None, settings: Settings | None = None) -> Client:
     """Connect using the SDK's environment configuration (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE,
     TLS, API key, profiles); an explicit address or namespace wins."""
+    global clients_opened
+    clients_opened += 1
     config = ClientConfig.load_client_connect_config()
     if address:
         config["target_host"] = address

@@ -5,6 +5,9 @@ Each group lives in its own module; this one only assembles them.
 
 from __future__ import annotations
 
+import os
+import sys
+
 import typer
 
 from stanch.cli import codec, incidents, processes
@@ -44,3 +47,24 @@ app.add_typer(runbooks_app, name="runbooks", help="Validate, list and plan runbo
 app.add_typer(responders_app, name="responders", help="Responders who may act on incidents, and their tokens.")
 app.add_typer(audit_app, name="audit", help="Replay incident histories, read timelines, export and verify audit bundles.")
 app.add_typer(codec.codec_app, name="codec", help="Payload encryption: keys for the AES-GCM codec.")
+
+
+def run() -> None:
+    """The `stanch` entry point. A command that opened a Temporal client leaves without the
+    interpreter's teardown: the SDK's Rust threads can crash CPython's finalization of a
+    short-lived client process (temporalio/sdk-python#300), turning a finished command's exit
+    code into a segfault."""
+    try:
+        app(prog_name="stanch")
+        code = 0
+    except SystemExit as exit:
+        code = exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
+        if isinstance(exit.code, str):
+            print(exit.code, file=sys.stderr)
+    from stanch import temporal
+
+    if not temporal.clients_opened:
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
