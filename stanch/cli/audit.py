@@ -290,7 +290,8 @@ def verify(
     Recomputes every file's sha256 and the manifest's chain, naming each edited, missing, added,
     removed, reordered or truncated entry and any symlink, and checks the head's signature with
     --public-key. Unsigned, the chain cannot show a consistent rewrite: see what it says it proves."""
-    from stanch.audit import bundle, signing
+    from stanch.audit import signing
+    from stanch.audit import verify as verification
 
     if not path.is_dir():
         err_console.print(f"[bold red]error:[/] {escape(str(path))}: no such bundle folder")
@@ -300,7 +301,7 @@ def verify(
     except signing.SigningKeyError as problem:
         err_console.print(f"[bold red]error:[/] {escape(str(problem))}")
         raise typer.Exit(2) from None
-    report = bundle.verify(path, key, require_signature=require_signature)
+    report = verification.verify(path, key, require_signature=require_signature)
     if as_json:
         typer.echo(report.model_dump_json(indent=2))
     else:

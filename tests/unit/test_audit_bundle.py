@@ -14,7 +14,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from typer.testing import CliRunner
 
 from stanch import assertions
-from stanch.audit import bundle, signing
+from stanch.audit import bundle, signing, verify
 from stanch.audit.history import load_history_file, parse_history
 from stanch.cli.main import app
 from tests.workflow.conftest import TEST_DECISION_KEYS
@@ -44,12 +44,12 @@ def edit_manifest(folder: Path, change) -> None:
 
 
 def problems(folder: Path, key=None) -> list[tuple[str, int | None, str | None]]:
-    return [(p.what, p.index, p.path) for p in bundle.verify(folder, key).problems]
+    return [(p.what, p.index, p.path) for p in verify.verify(folder, key).problems]
 
 
 def test_an_untouched_bundle_verifies(tmp_path):
     manifest = sealed(tmp_path)
-    report = bundle.verify(tmp_path)
+    report = verify.verify(tmp_path)
     assert report.ok and report.entries == 4 and report.head == manifest.head == manifest.entries[-1].chain
     assert report.signature == "unsigned"
 
@@ -124,19 +124,19 @@ def test_ed25519_signature_verifies_with_its_key_only(tmp_path):
     manifest = sealed(folder, signing.load_private(str(private)))
     assert manifest.signature.key_id == kid
 
-    good = bundle.verify(folder, signing.load_public(str(public)))
+    good = verify.verify(folder, signing.load_public(str(public)))
     assert good.ok and good.signature == "valid"
-    wrong = bundle.verify(folder, signing.load_public(str(other_public)))
+    wrong = verify.verify(folder, signing.load_public(str(other_public)))
     assert wrong.signature == "invalid" and [p.what for p in wrong.problems] == ["signature"]
     assert f"signed by key id {kid}, not by the public key given" in wrong.problems[0].message
-    assert bundle.verify(folder).signature == "not checked"
+    assert verify.verify(folder).signature == "not checked"
 
     # Whoever rewrites the manifest consistently still cannot sign its new head.
     (folder / "timelines/a.md").write_text("forged\n")
     forged = bundle.seal(folder, [bundle.FileRecord(**e.model_dump(include={"path", "kind", "incident"})) for e in manifest.entries], manifest.header)
     edit_manifest(folder, lambda m: m.update(signature=manifest.signature.model_dump()))
     assert forged.head != manifest.head
-    [resigned] = bundle.verify(folder, signing.load_public(str(public))).problems
+    [resigned] = verify.verify(folder, signing.load_public(str(public))).problems
     assert resigned.what == "signature" and "the entries changed after the bundle was signed" in resigned.message
 
 
@@ -198,7 +198,7 @@ async def test_export_writes_histories_timelines_and_evidence_then_verifies(tmp_
     replayable = load_history_file(folder / manifest.entries[0].path)
     assert len(replayable.events) == len(histories[0].events), "histories are written as the Temporal CLI writes them"
     assert "alice (oncall) ✔, sam (safety) ✔" in (folder / manifest.entries[2].path).read_text()
-    assert bundle.verify(folder).ok
+    assert verify.verify(folder).ok
     with pytest.raises(bundle.BundleError, match="not an empty folder"):
         await bundle.export(folder, histories, pydantic_data_converter, home, bundle.Header(created_at=bundle.now()))
 
@@ -258,7 +258,7 @@ async def test_export_never_copies_a_file_outside_the_evidence_folder(tmp_path, 
         [left] = manifest.left_out
         assert left.location == location and left.recorded_sha256 == digest
         assert "outside the evidence folder" in left.reason or "not found" in left.reason, left.reason
-        assert bundle.verify(folder).ok
+        assert verify.verify(folder).ok
     assert "outside the evidence folder" in manifest.left_out[0].reason, "the symlink is refused for where it points"
 
 
@@ -281,7 +281,7 @@ async def test_export_leaves_out_a_snapshot_that_changed_since_its_history_recor
     assert "not found" in manifest.left_out[0].reason
 
     # verify and the CLI say what was left out and why.
-    report = bundle.verify(folder)
+    report = verify.verify(folder)
     assert report.ok and [left.location for left in report.left_out] == ["/evidence/history-high_severity_restored.json"]
     shown = CliRunner().invoke(app, ["audit", "verify", str(folder)])
     assert shown.exit_code == 0 and "left out at export" in shown.output and "/evidence/history-high_severity_restored.json" in shown.output
@@ -299,7 +299,7 @@ async def test_a_dry_run_is_exported_and_labelled(tmp_path):
     assert manifest.dry_runs == [f"{rehearsal.workflow_id} run {rehearsal.run_id}"]
     timelines = {e.path: (folder / e.path).read_text() for e in manifest.entries if e.path.endswith(".md")}
     assert [path for path, text in timelines.items() if "DRY RUN" in text] == [f"timelines/{bundle.file_stem(rehearsal.workflow_id, rehearsal.run_id)}.md"]
-    report = bundle.verify(folder)
+    report = verify.verify(folder)
     assert report.ok and report.dry_runs == manifest.dry_runs
     shown = CliRunner().invoke(app, ["audit", "verify", str(folder)])
     assert f"dry run (a rehearsal, not an incident): {rehearsal.workflow_id}" in shown.output
@@ -315,7 +315,7 @@ def test_a_symlinked_folder_pointing_outside_the_bundle_is_refused(tmp_path):
     outside = tmp_path / "outside-timelines"
     (folder / "timelines").rename(outside)
     (folder / "timelines").symlink_to(outside, target_is_directory=True)
-    report = bundle.verify(folder)
+    report = verify.verify(folder)
     assert not report.ok
     assert {(p.what, p.path) for p in report.problems} == {("symlink", "timelines/a.md"), ("symlink", "timelines/a.json")}
     assert all("timelines is a symbolic link" in p.message for p in report.problems)
@@ -337,7 +337,7 @@ def test_a_symlinked_file_and_a_symlinked_manifest_are_refused(tmp_path):
     (folder / "timelines/a.md").unlink()
     (folder / "timelines/a.md").write_bytes(copy.read_bytes())
     (folder / "histories/extra.json").unlink()
-    assert bundle.verify(folder).ok
+    assert verify.verify(folder).ok
     manifest = tmp_path / "manifest.json"
     (folder / bundle.MANIFEST).rename(manifest)
     (folder / bundle.MANIFEST).symlink_to(manifest)
@@ -354,7 +354,7 @@ def test_a_huge_index_is_out_of_range_and_does_not_hang(tmp_path):
     assert ("removed", 3, None) in found, "entry 3 is no longer there"
     edit_manifest(tmp_path, lambda m: m.update(entry_count=10**15))
     started = time.monotonic()
-    report = bundle.verify(tmp_path)
+    report = verify.verify(tmp_path)
     assert time.monotonic() - started < 5
     assert ("chain", 0) in {(p.what, p.index) for p in report.problems}, "the header is covered by the chain's first link"
     assert any(p.what == "removed" and "entries 3–" in p.message for p in report.problems), "one run, not 10**15 problems"
@@ -379,7 +379,7 @@ def truncate(folder: Path) -> None:
 def test_a_truncated_tail_is_caught_by_the_entry_count_in_the_header(tmp_path):
     sealed(tmp_path)
     truncate(tmp_path)
-    report = bundle.verify(tmp_path)
+    report = verify.verify(tmp_path)
     assert [(p.what, p.index) for p in report.problems] == [("removed", 3)]
     assert "removed from the end of the manifest: the header, which the chain covers, records 4 entries and 3 are listed" in report.problems[0].message
 
@@ -398,10 +398,10 @@ def test_a_format_1_bundle_still_verifies_and_says_what_it_cannot_show(tmp_path)
         manifest["head"] = previous
 
     edit_manifest(tmp_path, as_format_1)
-    report = bundle.verify(tmp_path)
+    report = verify.verify(tmp_path)
     assert report.ok and report.sealed_entries is None and "records no entry count" in report.proves
     truncate(tmp_path)
-    assert bundle.verify(tmp_path).ok, "the limit of an unsigned format-1 chain, said in `proves`"
+    assert verify.verify(tmp_path).ok, "the limit of an unsigned format-1 chain, said in `proves`"
 
 
 def test_verify_says_what_an_unsigned_bundle_proves_and_require_signature(tmp_path):
