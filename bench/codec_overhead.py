@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import time
 import uuid
 
@@ -70,4 +71,5 @@ if __name__ == "__main__":
     parser.add_argument("--signals", type=int, default=300)
     parser.add_argument("--keys", type=int, default=40)
     options = parser.parse_args()
-    print(json.dumps(asyncio.run(main(options.signals, options.keys))))
+    print(json.dumps(asyncio.run(main(options.signals, options.keys))), flush=True)
+    os._exit(0)  # no interpreter teardown after a Temporal client: temporalio/sdk-python#300
