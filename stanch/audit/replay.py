@@ -53,7 +53,7 @@ class ReplayOutcome(BaseModel):
     divergence: Divergence | None = None
     unreadable: str | None = Field(None, description="why the history could not be replayed at all (its encryption key is missing)")
     unverifiable: str | None = Field(
-        None, description="why it was not replayed: a decision in it is signed with a decision key not configured here, so a replay would diverge for want of the key"
+        None, description="why its divergence proves nothing: a decision in it is signed with a decision key not configured here"
     )
     dry_run: bool = Field(False, description="the run was a dry run (a rehearsal): replayed like any other, labelled")
 
@@ -93,23 +93,25 @@ async def replay_histories(
 ) -> list[ReplayOutcome]:
     """Replay each history; a divergence is located by replaying prefixes of that history.
 
-    A history this installation cannot read (an encryption key is missing) or cannot vouch for
-    (a decision in it is signed with a decision key not in `trusted_keys`) is not replayed: the
-    outcome says why. `trusted_keys` None skips the decision-key check."""
+    A history this installation cannot read (an encryption key is missing) is not replayed: the
+    outcome says why. One whose decisions name a decision key not in `trusted_keys` is replayed
+    all the same — a forged signal the workflow refused names a key nobody has — and only if it
+    diverges is it reported as CANNOT VERIFY rather than as a divergence. `trusted_keys` None
+    skips the decision-key check."""
     sources = sources or {}
     trusted = None if trusted_keys is None else set(trusted_keys)
     tool = replayer(workflows, converter)
     outcomes = []
     dry_runs: dict[int, bool] = {}
+    missing_keys: dict[int, str] = {}
 
     async def readable() -> AsyncIterator[WorkflowHistory]:
         async for history in histories:
             dry_runs[id(history)] = await is_dry_run(history, converter)
             reason = unreadable_reason(history, converter)
-            unverifiable = None
-            if reason is None and trusted is not None:
-                unverifiable = unverifiable_reason(await decision_key_ids(history, converter), trusted)
-            if reason is None and unverifiable is None:
+            if reason is None:
+                if trusted is not None and (unverifiable := unverifiable_reason(await decision_key_ids(history, converter), trusted)):
+                    missing_keys[id(history)] = unverifiable
                 yield history
                 continue
             outcomes.append(
@@ -120,7 +122,6 @@ async def replay_histories(
                     events=len(history.events),
                     reproduced=False,
                     unreadable=reason,
-                    unverifiable=unverifiable,
                     dry_run=dry_runs[id(history)],
                 )
             )
@@ -138,6 +139,8 @@ async def replay_histories(
                     dry_run=dry_runs.get(id(history), False),
                 )
                 if result.replay_failure is not None:
+                    # Without the key a vouched decision no longer counts: not a code change.
+                    outcome.unverifiable = missing_keys.get(id(history))
                     outcome.divergence = await locate(tool, history, result.replay_failure)
                 outcomes.append(outcome)
     return outcomes

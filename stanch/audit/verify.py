@@ -137,6 +137,9 @@ def verify(folder: Path, public_key: Ed25519PublicKey | None = None, require_sig
     links: set[str] = set()
     for position, entry in enumerate(entries):
         relative = PurePosixPath(entry.path)
+        if any(ord(character) < 32 for character in entry.path):
+            problem("manifest", f"entries[{position}] {entry.path!r}: a control character in a path: refused", position, entry.path)
+            continue
         if relative.is_absolute() or ".." in relative.parts or not relative.parts or entry.path == MANIFEST:
             problem("manifest", f"entries[{position}] {entry.path}: a path outside the bundle", position, entry.path)
             continue
@@ -151,7 +154,11 @@ def verify(folder: Path, public_key: Ed25519PublicKey | None = None, require_sig
         if not path.is_file():
             problem("missing", f"entries[{position}] {entry.path}: the file is missing", position, entry.path)
             continue
-        sha256, size = file_digest(path)
+        try:
+            sha256, size = file_digest(path)
+        except OSError as error:
+            problem("missing", f"entries[{position}] {entry.path}: cannot be read: {error.strerror or error}", position, entry.path)
+            continue
         if (sha256, size) != (entry.sha256, entry.size):
             problem("edited", f"entries[{position}] {entry.path}: changed since export (sha256 {sha256[:16]}…, {size} bytes; sealed {entry.sha256[:16]}…, {entry.size} bytes)", position, entry.path)
         if entry.recorded_sha256 and entry.recorded_sha256 != entry.sha256:

@@ -65,6 +65,9 @@ def run() -> None:
 
     if not temporal.clients_opened:
         sys.exit(code)
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:  # a closed pipe (`stanch audit timeline … | head`): nothing more to say
+            pass
     os._exit(code)

@@ -15,10 +15,10 @@ target's `secrets_file`) and `${file:path}` a file; `Secrets.expand` reads them 
 request is sent, inside the activity, so a secret never reaches workflow history.
 
 References in this file are the operator's and trusted. References in a runbook step's headers
-are constrained (`Secrets.step_refusal`): no `STANCH_*`/`TEMPORAL_*` variable (Stanch's and
-Temporal's own settings and keys), and `${file:...}` only inside the target's `secrets_dir`
-(default: this file's folder, minus the files Stanch keeps there) or a file the entry lists
-under `step_secret_files`.
+are constrained (`Secrets.step_refusal`) to what the target lists for steps: variables under
+`step_secret_env` (never `STANCH_*`/`TEMPORAL_*`, Stanch's and Temporal's own settings and keys),
+files inside its `secrets_dir` or listed under `step_secret_files`. Nothing listed, nothing
+allowed: this file's folder holds other targets' secrets and Stanch's own keys.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from stanch.config import DATA_DIRS
 from stanch.config_errors import ConfigFileError, validation_lines
 from stanch.secret_refs import SecretUnavailable
 
@@ -41,10 +40,6 @@ TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 SECRET_REFERENCE = re.compile(r"\$\{(file:)?([^}]+)\}")
 # Variables a runbook step may never name: Stanch's own settings and keys, Temporal's connection.
 STEP_REFUSED_VARIABLES = ("STANCH_", "TEMPORAL_")
-# What Stanch keeps in its home folder (often the targets file's folder): never a step's secret.
-STANCH_OWN_FILES = frozenset(
-    {"encryption-keys", "decision-keys", "intake-auth.yaml", "responders.yaml", "notify.yaml", "targets.yaml", *DATA_DIRS}
-)
 
 
 class TargetsError(ConfigFileError):
@@ -186,15 +181,17 @@ class Secrets:
         secrets_file: Path | None = None,
         step_files_dir: Path | None = None,
         step_files: Sequence[Path] = (),
+        step_env: Sequence[str] = (),
     ) -> None:
         self.owner = owner
         self.base = base
         self.env = env
         self.secrets_file = secrets_file
-        # Where a runbook step's ${file:...} resolves: the configured folder, else `base` (the
-        # targets file's folder) minus Stanch's own files; plus the files listed one by one.
+        # What a runbook step may name, and nothing else: files in the target's secrets_dir or
+        # listed one by one, and the variables listed. Everything else stays the operator's.
         self.step_files_dir = None if step_files_dir is None else self._path(step_files_dir)
         self.step_files = {self._normal(self._path(path)) for path in step_files}
+        self.step_env = frozenset(step_env)
 
     def _path(self, path: Path) -> Path:
         path = Path(path).expanduser()
@@ -215,15 +212,18 @@ class Secrets:
         the operator's and never asked; a step is runbook text, which more people edit."""
         if not is_file:
             prefix = next((p for p in STEP_REFUSED_VARIABLES if name.upper().startswith(p)), None)
-            return None if prefix is None else f"a runbook step may not name {prefix}* variables (Stanch's and Temporal's own settings)"
+            if prefix is not None:
+                return f"a runbook step may not name {prefix}* variables (Stanch's and Temporal's own settings)"
+            if name not in self.step_env:
+                return f"a runbook step may name only the variables {self.owner} lists under step_secret_env; ${{{name}}} is not one"
+            return None
         if self._normal(self._path(Path(name))) in self.step_files:
             return None
-        where = f"the target's secrets_dir {self.step_files_dir}" if self.step_files_dir else f"the targets file's folder {self.base}"
+        if self.step_files_dir is None:
+            return f"a runbook step may name only files in {self.owner}'s secrets_dir or listed under step_secret_files; it has neither for {name!r}"
         path = PurePath(name)
         if name.startswith("~") or path.is_absolute() or ".." in path.parts or not path.parts:
-            return f"a runbook step names a file relative to {where}, without '..' — or one the target lists under step_secret_files"
-        if self.step_files_dir is None and (path.parts[0] in STANCH_OWN_FILES or path.parts[0].startswith(".") or path.suffix == ".db"):
-            return f"{path.parts[0]} is Stanch's own, not a secret a runbook step may send (give the target a secrets_dir)"
+            return f"a runbook step names a file relative to {self.owner}'s secrets_dir {self.step_files_dir}, without '..' — or one listed under step_secret_files"
         return None
 
     def _variable(self, name: str, where: str) -> str:

@@ -112,10 +112,13 @@ class HttpTarget:
         headers: dict[str, str] = Field(default_factory=dict, description="sent with every request to base_url's host")
         secrets_file: Path | None = Field(None, description="NAME=value lines for ${NAME}; relative to the targets file")
         secrets_dir: Path | None = Field(
-            None, description="where a runbook step's ${file:name} resolves (relative to the targets file); unset: the targets file's folder"
+            None, description="a folder of files a runbook step may name with ${file:name} (relative to the targets file); unset: none"
         )
         step_secret_files: list[Path] = Field(
             default_factory=list, description="files a runbook step may also name with ${file:...} (absolute, or relative to the targets file)"
+        )
+        step_secret_env: list[str] = Field(
+            default_factory=list, description="environment variables a runbook step may name with ${NAME}; unset: none"
         )
         ca_file: Path | None = Field(None, description="CA bundle to trust (a cluster's ca.crt); relative to the targets file")
         timeout_seconds: float = Field(10.0, gt=0)
@@ -132,7 +135,7 @@ class HttpTarget:
         self.base_url = config.base_url.rstrip("/")
         self.secrets = Secrets(
             f"target {name}", base=base, env=env, secrets_file=config.secrets_file,
-            step_files_dir=config.secrets_dir, step_files=config.step_secret_files,
+            step_files_dir=config.secrets_dir, step_files=config.step_secret_files, step_env=config.step_secret_env,
         )
         self._ca_file = None if config.ca_file is None else (config.ca_file if config.ca_file.is_absolute() else base / config.ca_file)
         self._transport = transport

@@ -429,3 +429,10 @@ def test_verify_says_what_an_unsigned_bundle_proves_and_require_signature(tmp_pa
     edit_manifest(signed, lambda m: m.update(entry_count=3))
     forged = runner.invoke(app, ["audit", "verify", str(signed), "--require-signature", "--public-key", str(tmp_path / "k.pub.pem"), "--json"])
     assert forged.exit_code == 1 and "signature" in {p["what"] for p in json.loads(forged.output)["problems"]}
+
+
+def test_a_path_with_a_control_character_is_named_not_a_traceback(tmp_path):
+    sealed(tmp_path)
+    edit_manifest(tmp_path, lambda m: m["entries"][0].update(path="histories/a\u0000.json"))
+    report = verify.verify(tmp_path)
+    assert any(p.what == "manifest" and "control character" in p.message for p in report.problems), report.problems

@@ -117,7 +117,7 @@ def test_replay_with_other_decision_keys_names_the_missing_one(tmp_path, monkeyp
     assert result.exit_code == 2, result.output
     medium, false_positive = json.loads(result.output)
     assert medium["unverifiable"].startswith("decisions signed with key id test, which is not configured") and "configured: k2" in medium["unverifiable"]
-    assert not medium["reproduced"] and medium["divergence"] is None
+    assert not medium["reproduced"] and medium["divergence"] is not None, "replayed, and its divergence kept as a detail"
     assert false_positive["reproduced"] and false_positive["unverifiable"] is None, "a history with no signed decision needs no key"
 
 
@@ -233,3 +233,21 @@ def test_a_key_rotated_mid_incident_is_named_not_replayed_into_a_divergence(audi
     monkeypatch.setenv("STANCH_ENCRYPTION_KEYS", f"{new},{old}")  # rotated properly: new first, old kept
     replayed = audit("replay", "--file", encrypted)
     assert replayed.exit_code == 0, replayed.output
+
+
+def test_a_forged_signal_the_workflow_refused_does_not_stop_the_replay(audit, tmp_path):
+    """Anyone who can signal through Temporal can send an approval under a key nobody has; the
+    workflow refused it, so today's code still reproduces the run and the replay says so."""
+    history = json.loads(HIGH.with_name("four_eyes_refused.json").read_text())
+    signal = next(
+        e for e in history["events"]
+        if e["eventType"] == "EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED" and e["workflowExecutionSignaledEventAttributes"]["signalName"] == "approve_signal"
+        and b'"Alice "' in base64.b64decode(e["workflowExecutionSignaledEventAttributes"]["input"]["payloads"][0]["data"])
+    )
+    payload = signal["workflowExecutionSignaledEventAttributes"]["input"]["payloads"][0]
+    decision = json.loads(base64.b64decode(payload["data"]))
+    payload["data"] = base64.b64encode(json.dumps({**decision, "assertion": "forged:00"}).encode()).decode()
+    forged = tmp_path / "forged.json"
+    forged.write_text(json.dumps(history))
+    result = audit("replay", "--file", forged)
+    assert result.exit_code == 0 and "reproduced" in result.output, result.output

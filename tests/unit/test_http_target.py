@@ -48,7 +48,7 @@ def deps_for(server: RecordingServer, tmp_path: Path, env: dict[str, str] | None
     (tmp_path / "kube-token").write_text(TOKEN + "\n")
     (tmp_path / "targets.yaml").write_text(
         "targets:\n"
-        f"  litellm:\n    http: {{base_url: '{server.url}', headers: {{Authorization: 'Bearer ${{LITELLM_MASTER_KEY}}'}}}}\n"
+        f"  litellm:\n    http: {{base_url: '{server.url}', headers: {{Authorization: 'Bearer ${{LITELLM_MASTER_KEY}}'}}, step_secret_files: [kube-token]}}\n"
         f"  kubernetes:\n    http: {{base_url: '{server.url}', headers: {{Authorization: 'Bearer ${{file:kube-token}}'}}}}\n"
         f"  kserve:\n    http: {{base_url: '{server.url}', headers: {{Authorization: 'Bearer ${{file:kube-token}}'}}}}\n" + more
     )
@@ -543,10 +543,11 @@ def test_after_and_before_values_are_used_only_where_they_are_known(server, tmp_
 @pytest.mark.parametrize(
     "header, url, expected",
     [
-        ("${file:/etc/hostname}", "/x", "${file:/etc/hostname}: a runbook step names a file relative to the targets file's folder"),
-        ("${file:../outside}", "/x", "${file:../outside}: a runbook step names a file relative to"),
-        ("${file:encryption-keys}", "/x", "encryption-keys is Stanch's own"),
-        ("${file:evidence/abc.json}", "/x", "evidence is Stanch's own"),
+        ("${file:/etc/hostname}", "/x", "${file:/etc/hostname}: a runbook step may name only files in target litellm's secrets_dir"),
+        ("${file:../outside}", "/x", "${file:../outside}: a runbook step may name only files in"),
+        ("${file:encryption-keys}", "/x", "listed under step_secret_files; it has neither for 'encryption-keys'"),
+        ("${file:evidence/abc.json}", "/x", "it has neither for 'evidence/abc.json'"),
+        ("Bearer ${OTHER_TARGETS_KEY}", "/x", "only the variables target litellm lists under step_secret_env; ${OTHER_TARGETS_KEY} is not one"),
         ("Bearer ${STANCH_DECISION_KEYS}", "/x", "a runbook step may not name STANCH_* variables"),
         ("${TEMPORAL_API_KEY}", "/x", "a runbook step may not name TEMPORAL_* variables"),
         ("Bearer ${LITELLM_MASTER_KEY}", "http://elsewhere.example/hook", "a secret reference goes only to the target's own origin"),
@@ -556,8 +557,8 @@ async def test_a_steps_secret_references_are_held_to_the_targets_own_origin_and_
     (tmp_path / "encryption-keys").write_text("k1:c2VjcmV0\n")
     action = ActionSpec(kind="http", params={"url": url, "headers": {"X-Key": header}})
     target = HttpTarget(
-        HttpTarget.Config(base_url=server.url), name="litellm", base=tmp_path,
-        env={"LITELLM_MASTER_KEY": SECRET, "STANCH_DECISION_KEYS": "dk", "TEMPORAL_API_KEY": "tk"},
+        HttpTarget.Config(base_url=server.url, step_secret_env=["LITELLM_MASTER_KEY"]), name="litellm", base=tmp_path,
+        env={"LITELLM_MASTER_KEY": SECRET, "STANCH_DECISION_KEYS": "dk", "TEMPORAL_API_KEY": "tk", "OTHER_TARGETS_KEY": "ok"},
     )
     with pytest.raises(TargetError, match=re.escape(expected)) as refused:
         target.plan("m", action, "k1")  # `stanch runbooks validate` and `plan` say so
@@ -580,7 +581,7 @@ async def test_a_step_may_name_files_in_the_secrets_dir_or_listed_ones_and_the_t
     [sent] = server.recorder.requests
     assert sent.headers["authorization"] == "Bearer sa-token-value", "targets.yaml's references are trusted: any path"
     assert sent.headers["x-hook"] == "hook-token-value" and sent.headers["x-sa"] == "sa-token-value"
-    with pytest.raises(TargetError, match=r"relative to the target's secrets_dir"):
+    with pytest.raises(TargetError, match=r"relative to target k's secrets_dir"):
         target.plan("m", ActionSpec(kind="http", params={"url": "/x", "headers": {"X": "${file:../kube-token}"}}), "k1")
 
 

@@ -181,29 +181,38 @@ def test_an_unreadable_secrets_file_is_named(tmp_path):
 @pytest.mark.parametrize(
     "reference, refused",
     [
-        ("${ANY_VAR}", None),
+        ("${ALLOWED_VAR}", None),
+        ("${ANY_VAR}", "only the variables target t lists under step_secret_env"),
         ("${STANCH_ENCRYPTION_KEYS}", "may not name STANCH_* variables"),
         ("${temporal_tls_key}", "may not name TEMPORAL_* variables"),
         ("${file:token}", None),
         ("${file:sub/token}", None),
-        ("${file:/etc/shadow}", "relative to the targets file's folder"),
-        ("${file:~/.ssh/id_rsa}", "relative to the targets file's folder"),
+        ("${file:/etc/shadow}", "relative to target t's secrets_dir"),
+        ("${file:~/.ssh/id_rsa}", "relative to target t's secrets_dir"),
         ("${file:sub/../../x}", "without '..'"),
-        ("${file:decision-keys}", "decision-keys is Stanch's own"),
-        ("${file:.env}", ".env is Stanch's own"),
-        ("${file:temporal.db}", "temporal.db is Stanch's own"),
     ],
 )
-def test_a_runbook_steps_references_are_constrained_and_the_targets_files_are_not(tmp_path, reference, refused):
-    (tmp_path / "sub").mkdir()
-    for name in ("token", "sub/token", "decision-keys", ".env", "temporal.db"):
-        (tmp_path / name).write_text("value\n")
-    env = {"ANY_VAR": "v", "STANCH_ENCRYPTION_KEYS": "k", "temporal_tls_key": "t"}
-    secrets = Secrets("target t", base=tmp_path, env=env)
+def test_a_runbook_step_names_only_what_its_target_lists(tmp_path, reference, refused):
+    (tmp_path / "secrets" / "sub").mkdir(parents=True)
+    for name in ("token", "sub/token"):
+        (tmp_path / "secrets" / name).write_text("value\n")
+    env = {"ALLOWED_VAR": "v", "ANY_VAR": "a", "STANCH_ENCRYPTION_KEYS": "k", "temporal_tls_key": "t"}
+    secrets = Secrets("target t", base=tmp_path, env=env, step_files_dir=Path("secrets"), step_env=["ALLOWED_VAR"])
     if refused is None:
         assert secrets.expand(reference, "header X", step=True) in ("v", "value")
         return
     with pytest.raises(SecretUnavailable, match=re.escape(refused)):
         secrets.expand(reference, "header X", step=True)
-    if not reference.startswith("${file:~") and "/etc/shadow" not in reference and ".." not in reference:
-        assert secrets.expand(reference, "header X") in ("k", "t", "value"), "the targets file's own references are trusted"
+    if reference.startswith("${") and not reference.startswith("${file:"):
+        assert secrets.expand(reference, "header X") in ("a", "k", "t"), "the targets file's own references are trusted"
+
+
+@pytest.mark.parametrize("reference", ["${file:token}", "${file:decision-keys}", "${file:secrets.env}"])
+def test_without_a_secrets_dir_a_runbook_step_names_no_file(tmp_path, reference):
+    """Deny by default: the targets file's folder holds other targets' secrets and Stanch's keys."""
+    for name in ("token", "decision-keys", "secrets.env"):
+        (tmp_path / name).write_text("value\n")
+    secrets = Secrets("target t", base=tmp_path, env={})
+    with pytest.raises(SecretUnavailable, match="has neither"):
+        secrets.expand(reference, "header X", step=True)
+    assert secrets.expand(reference, "header X") == "value", "the targets file may name it"
