@@ -12,6 +12,7 @@ received and honours Idempotency-Key.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -120,7 +121,10 @@ def litellm_server(failing_updates: int = 0) -> RecordingServer:
 
 def targets_file(folder: Path, url: str) -> Path:
     path = folder / "targets.yaml"
-    path.write_text(f"targets:\n  litellm:\n    http: {{base_url: '{url}', headers: {{Authorization: 'Bearer ${{LITELLM_MASTER_KEY}}'}}}}\n")
+    path.write_text(
+        f"targets:\n  litellm:\n    http: {{base_url: '{url}', headers: {{Authorization: 'Bearer ${{LITELLM_MASTER_KEY}}'}}, "
+        "step_secret_env: [LITELLM_MASTER_KEY]}\n"  # the steps may name it too
+    )
     return path
 
 
@@ -180,7 +184,7 @@ async def test_each_http_action_and_its_undo_reach_the_control_plane_exactly_onc
             handle = await client.start_workflow(
                 IncidentWorkflow.run, input, id=input.incident_id, task_queue=task_queue, start_signal="add_signal", start_signal_args=[alert()]
             )
-            final: IncidentState = await handle.result()
+            final: IncidentState = await asyncio.wait_for(handle.result(), 120)  # a step waiting on a human fails, not hangs
             history = readable((await handle.fetch_history()).to_json_dict())
         recorder = server.recorder
 
@@ -230,7 +234,7 @@ async def test_a_responders_retry_after_the_retries_ran_out_reuses_what_the_step
             current = await until(handle, rollback_failed, attempts=1200)
             assert "upstream timed out" in current.stage("rollback").detail
             await AsTheApi(handle).execute_update(IncidentWorkflow.decide, FailureDecision(stage="rollback", by="alice", choice="retry"))
-            final: IncidentState = await handle.result()
+            final: IncidentState = await asyncio.wait_for(handle.result(), 120)  # a step waiting on a human fails, not hangs
         recorder = server.recorder
 
     assert final.status == IncidentStatus.closed, final.close_reason
