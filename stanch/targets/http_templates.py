@@ -86,23 +86,12 @@ class Capture(_Strict):
 Captures = dict[str, Annotated[Capture, BeforeValidator(_pointer_shorthand)]]
 
 
-class Read(_Strict):
+class Read(HttpRequest):
+    """A request made before the change, for the values it captures (no secret in its URL or body either)."""
+
     method: Literal["GET", "POST"] = "GET"
-    url: str = Field(min_length=1)
-    headers: dict[str, str] = Field(default_factory=dict)
-    body: Any = None
     expect: list[int] = Field(default_factory=lambda: [200], min_length=1)
     capture: Captures = Field(min_length=1)
-
-    @field_validator("url")
-    @classmethod
-    def _url_names_no_secret(cls, url: str) -> str:
-        return refuse_reference_in_url(url)
-
-    @field_validator("body")
-    @classmethod
-    def _body_names_no_secret(cls, body: Any) -> Any:
-        return refuse_reference_in_body(body)
 
 
 class Check(_Strict):
