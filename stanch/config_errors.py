@@ -6,6 +6,9 @@ kept, never its `input`: in these files a wrong value may be a pasted secret.
 
 from __future__ import annotations
 
+from typing import Any
+
+import yaml
 from pydantic import ValidationError
 
 
@@ -28,3 +31,17 @@ def validation_lines(where: object, error: ValidationError) -> list[str]:
         field = ".".join(str(part) for part in item["loc"]) or "(file)"
         lines.append(f"{where}: {field}: {message}")
     return lines
+
+
+def load_yaml(where: object, text: str | bytes, error: type[ConfigFileError]) -> Any:
+    """The file's YAML document; a syntax error is `error` naming the line and column.
+
+    Never the YAML library's whole message: it may quote the line, and the line may be a secret."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        position = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        raise error([f"{where}: {position}: YAML syntax error: {exc.problem or exc.context or 'invalid YAML'}"]) from None
+    except yaml.YAMLError as exc:
+        raise error([f"{where}: YAML error: {type(exc).__name__}"]) from None

@@ -29,10 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from stanch.config_errors import ConfigFileError, validation_lines
+from stanch.config_errors import ConfigFileError, load_yaml, validation_lines
 from stanch.secret_refs import SecretUnavailable, read_secret
 
 # Every intake endpoint: `/v1/alerts/<source>` for the first seven, then `/v1/reports` and
@@ -256,14 +255,7 @@ def parse_intake_auth(
 ) -> IntakeAuthPolicy:
     """Validate the file's content and read every secret it refers to."""
     env = os.environ if env is None else env
-    try:
-        document = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
-        raise IntakeAuthError([f"{path}: {where}: YAML syntax error: {exc.problem or exc.context}"]) from None
-    except yaml.YAMLError as exc:
-        raise IntakeAuthError([f"{path}: YAML error: {type(exc).__name__}"]) from None
+    document = load_yaml(path, text, IntakeAuthError)
     if document is None:
         document = {}
     if not isinstance(document, dict):

@@ -27,11 +27,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import ValidationError
 
 from stanch.config import Settings
-from stanch.config_errors import ConfigFileError, validation_lines
+from stanch.config_errors import ConfigFileError, load_yaml, validation_lines
 from stanch.notify.channels import (
     ANYONE,
     CONSOLE,
@@ -78,12 +77,7 @@ def load_notify_config(settings: Settings, env: Mapping[str, str] | None = None)
 def parse_notify_config(path: Path | None, text: str, settings: Settings, env: Mapping[str, str] | None = None) -> NotifyConfig:
     env = os.environ if env is None else env
     where = str(path) if path else "(no notify file)"
-    try:
-        document = yaml.safe_load(text) if text.strip() else {}
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        position = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
-        raise NotifyConfigError([f"{where}: {position}: YAML syntax error: {exc.problem or exc.context}"]) from None
+    document = load_yaml(where, text, NotifyConfigError) if text.strip() else {}
     if not isinstance(document, dict):
         raise NotifyConfigError([f"{where}: (file): expected a mapping with channels and recipients, got {type(document).__name__}"])
     try:

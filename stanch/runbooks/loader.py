@@ -13,11 +13,10 @@ import string
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 import stanch
-from stanch.config_errors import ConfigFileError
+from stanch.config_errors import ConfigFileError, load_yaml
 from stanch.runbooks import schema
 from stanch.runbooks.schema import Runbook
 
@@ -73,15 +72,7 @@ def _validation_lines(path: Path, error: ValidationError) -> list[str]:
 
 
 def _parse_yaml(path: Path, data: bytes) -> Any:
-    try:
-        return yaml.safe_load(data)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
-        problem = exc.problem or exc.context or "invalid YAML"
-        raise RunbookError([f"{path}: {where}: YAML syntax error: {problem}"]) from exc
-    except yaml.YAMLError as exc:
-        raise RunbookError([f"{path}: YAML error: {exc}"]) from exc
+    return load_yaml(path, data, RunbookError)
 
 
 def _template_problem(template: str) -> str | None:

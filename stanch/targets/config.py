@@ -29,10 +29,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePath
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from stanch.config_errors import ConfigFileError, validation_lines
+from stanch.config_errors import ConfigFileError, load_yaml, validation_lines
 from stanch.secret_refs import SecretUnavailable
 
 TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -78,14 +77,7 @@ def _read_document(path: Path) -> Any:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise TargetsError([f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}"]) from exc
-    try:
-        return yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
-        raise TargetsError([f"{path}: {where}: YAML syntax error: {exc.problem or exc.context or 'invalid YAML'}"]) from exc
-    except yaml.YAMLError as exc:
-        raise TargetsError([f"{path}: YAML error: {exc}"]) from exc
+    return load_yaml(path, text, TargetsError)
 
 
 def read_targets_file(path: Path) -> list[ConfiguredTarget]:
