@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import unicodedata
 from contextvars import ContextVar
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, Field
 
@@ -121,3 +121,25 @@ class Target(Protocol):
     def plan(self, model: str, action: ActionSpec, idempotency_key: str) -> list[PlannedCall]:
         """Every call `apply` would make for this action, each with its undo; touches nothing."""
         ...
+
+
+class ServesNoModel:
+    """For adapters that change a control plane (a registry, a flag file, an HTTP API) but serve
+    no model: probes and jobs are refused for good, saying where they belong."""
+
+    kind: ClassVar[str]
+    label: ClassVar[str]  # the control plane, as a person names it: "generic HTTP", "MLflow registry"
+    name: str
+
+    async def probe(self, model: str, prompt: str, version: str | None = None) -> ProbeResult:
+        raise TargetError(
+            f"target {self.name} ({self.label}) serves no prompts: keep a serving target (the gateway) as the "
+            f"runbook's target and name {self.name} on the steps that act on it",
+            retryable=False,
+        )
+
+    async def start_job(self, model: str, kind: str, params: dict[str, Any], idempotency_key: str) -> JobStatus:
+        raise TargetError(f"target {self.name} ({self.label}) runs no jobs: a fine-tune needs a serving target such as the gateway", retryable=False)
+
+    async def job_status(self, job_id: str) -> JobStatus:
+        raise TargetError(f"target {self.name} ({self.label}) runs no jobs", retryable=False)

@@ -56,8 +56,8 @@ from pydantic import (
     field_validator,
 )
 
-from stanch.models import ActionSpec, AppliedAction, ProbeResult
-from stanch.targets.base import ApplyResult, JobStatus, PlannedCall, TargetError
+from stanch.models import ActionSpec, AppliedAction
+from stanch.targets.base import ApplyResult, PlannedCall, ServesNoModel, TargetError
 
 KINDS = ("disable_feature", "enable_feature")
 FIELDS = ("state", "defaultVariant", "targeting", "metadata")  # what an action may change, and undo puts back
@@ -71,10 +71,11 @@ class FeatureParams(BaseModel):
     variant: str | None = Field(None, min_length=1)
 
 
-class FlagdTarget:
+class FlagdTarget(ServesNoModel):
     """Kill switches in one flagd flag file; see the module docstring."""
 
     kind: ClassVar[str] = "flagd"
+    label: ClassVar[str] = "flagd flag file"
 
     class Config(BaseModel):
         """The keys under `flagd:` in targets.yaml."""
@@ -118,15 +119,6 @@ class FlagdTarget:
 
     async def undo(self, applied: AppliedAction, undo_key: str) -> ApplyResult:
         return await asyncio.to_thread(self._undo, applied, undo_key)
-
-    async def probe(self, model: str, prompt: str, version: str | None = None) -> ProbeResult:
-        raise TargetError(f"the flagd target {self.name!r} serves no prompts; probe through a serving target", retryable=False)
-
-    async def start_job(self, model: str, kind: str, params: dict[str, Any], idempotency_key: str) -> JobStatus:
-        raise TargetError(f"the flagd target {self.name!r} runs no jobs", retryable=False)
-
-    async def job_status(self, job_id: str) -> JobStatus:
-        raise TargetError(f"the flagd target {self.name!r} runs no jobs", retryable=False)
 
     def plan(self, model: str, action: ActionSpec, idempotency_key: str) -> list[PlannedCall]:
         params = self._params(action)

@@ -47,13 +47,13 @@ import httpx
 from pydantic import Field, ValidationError, field_validator
 from temporalio import activity
 
-from stanch.models import ActionSpec, AppliedAction, ProbeResult
+from stanch.models import ActionSpec, AppliedAction
 from stanch.secret_refs import SecretUnavailable
 from stanch.targets.base import (
     ApplyResult,
-    JobStatus,
     NoStateToSnapshot,
     PlannedCall,
+    ServesNoModel,
     TargetError,
     carried_captures,
     unfit_value,
@@ -100,10 +100,11 @@ def _server_message(response: httpx.Response) -> str:
 # --- the adapter ---------------------------------------------------------------------------
 
 
-class HttpTarget:
+class HttpTarget(ServesNoModel):
     """Any HTTP control plane: LiteLLM, Kubernetes, Argo Rollouts, KServe, an internal API."""
 
     kind: ClassVar[str] = "http"
+    label: ClassVar[str] = "generic HTTP"
 
     class Config(_Strict):
         """`http:` in targets.yaml. Header values may use ${VAR} and ${file:path}; URLs may not."""
@@ -215,19 +216,6 @@ class HttpTarget:
         used: dict[str, str] = {}
         response = await self._send(read, "the state read", None, {}, used=used)
         return {"target": self.name, **self._record(response, used, limit=None)}
-
-    async def probe(self, model: str, prompt: str, version: str | None = None) -> ProbeResult:
-        raise TargetError(
-            f"target {self.name} (generic HTTP) cannot answer prompts: keep a probe-capable target (the gateway) as the "
-            f"runbook's target and name {self.name} on the steps that act on it",
-            retryable=False,
-        )
-
-    async def start_job(self, model: str, kind: str, params: dict[str, Any], idempotency_key: str) -> JobStatus:
-        raise TargetError(f"target {self.name} (generic HTTP) runs no jobs: a fine-tune needs a gateway target", retryable=False)
-
-    async def job_status(self, job_id: str) -> JobStatus:
-        raise TargetError(f"target {self.name} (generic HTTP) runs no jobs", retryable=False)
 
     # --- the step, its URLs and requests ---
 

@@ -47,9 +47,9 @@ from urllib.parse import urlencode
 import httpx
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from stanch.models import ActionSpec, AppliedAction, ProbeResult
+from stanch.models import ActionSpec, AppliedAction
 from stanch.secret_refs import SecretUnavailable, read_secret
-from stanch.targets.base import ApplyResult, JobStatus, PlannedCall, TargetError
+from stanch.targets.base import ApplyResult, PlannedCall, ServesNoModel, TargetError
 
 API = "/api/2.0/mlflow"
 TAG_INCIDENT, TAG_STATUS = "stanch.incident", "stanch.status"
@@ -90,10 +90,11 @@ def _by_number(version: Mapping[str, Any]) -> int:
     return int(version["version"])
 
 
-class MlflowTarget:
+class MlflowTarget(ServesNoModel):
     """Drives one MLflow tracking server's Model Registry; see the module docstring."""
 
     kind: ClassVar[str] = "mlflow"
+    label: ClassVar[str] = "MLflow registry"
 
     class Config(BaseModel):
         """The keys under `mlflow:` in targets.yaml; secrets only as references."""
@@ -230,15 +231,6 @@ class MlflowTarget:
             result = {"undone": applied.idempotency_key, "registered_model": name, "alias": alias, "version": back_to, "served_version": back_to}
             await self._set_model_tag(http, name, ledger_tag, json.dumps({"key": applied.idempotency_key, "undo_key": undo_key, "result": result}))
         return ApplyResult(result=result)
-
-    async def probe(self, model: str, prompt: str, version: str | None = None) -> ProbeResult:
-        raise TargetError(f"the MLflow registry target {self.name!r} serves no prompts; probe through a serving target", retryable=False)
-
-    async def start_job(self, model: str, kind: str, params: dict[str, Any], idempotency_key: str) -> JobStatus:
-        raise TargetError(f"the MLflow registry target {self.name!r} runs no jobs", retryable=False)
-
-    async def job_status(self, job_id: str) -> JobStatus:
-        raise TargetError(f"the MLflow registry target {self.name!r} runs no jobs", retryable=False)
 
     def plan(self, model: str, action: ActionSpec, idempotency_key: str) -> list[PlannedCall]:
         params = self._params(action)
