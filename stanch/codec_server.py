@@ -47,12 +47,11 @@ def authorised(request: Request, authorization: Annotated[str | None, Header()] 
     """The responder behind a request. The API's rule: a token is checked whenever one is sent
     or a responders file is enforced; only a tokenless request under --insecure-dev goes unnamed."""
     auth: ResponderAuth = request.app.state.auth
-    if authorization or not auth.insecure_dev:
-        try:
-            return auth.authenticate(authorization)
-        except NotAuthenticated as err:
-            raise HTTPException(401, detail=str(err), headers={"WWW-Authenticate": "Bearer"}) from err
-    return Principal(user="anonymous", roles=[], via="insecure-dev")
+    try:
+        principal = auth.vouch(authorization)
+    except NotAuthenticated as err:
+        raise HTTPException(401, detail=str(err), headers={"WWW-Authenticate": "Bearer"}) from err
+    return principal or Principal(user="anonymous", roles=[], via="insecure-dev")
 
 
 Who = Annotated[Principal, Depends(authorised)]

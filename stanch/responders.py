@@ -100,6 +100,14 @@ class ResponderAuth:
     def insecure(cls) -> ResponderAuth:
         return cls(RespondersFile(), insecure_dev=True)
 
+    def vouch(self, authorization: str | None) -> Principal | None:
+        """Who sent a request, by the one rule every entry point uses: a credential is checked
+        whenever one is sent or the responders file is enforced. None only for a request without
+        one under --insecure-dev. Raises NotAuthenticated."""
+        if authorization or not self.insecure_dev:
+            return self.authenticate(authorization)
+        return None
+
     def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
             raise NotAuthenticated("missing Authorization header: send `Authorization: Bearer <your Stanch token>`")

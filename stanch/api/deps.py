@@ -118,11 +118,11 @@ def current_responder(
     """The responder behind this request. None only under --insecure-dev when nobody is
     claimed: then the names in the request body stand (the local demo, old clients)."""
     auth: ResponderAuth = request.app.state.responders
-    if authorization or not auth.insecure_dev:
-        try:
-            return auth.authenticate(authorization)
-        except NotAuthenticated as err:
-            raise HTTPException(401, detail=str(err), headers={"WWW-Authenticate": "Bearer"}) from err
+    try:
+        if (principal := auth.vouch(authorization)) is not None:
+            return principal
+    except NotAuthenticated as err:
+        raise HTTPException(401, detail=str(err), headers={"WWW-Authenticate": "Bearer"}) from err
     if x_stanch_user:
         roles = [role.strip() for role in (x_stanch_roles or "").split(",") if role.strip()]
         return Principal(user=x_stanch_user.strip(), roles=roles, via="insecure-dev")
