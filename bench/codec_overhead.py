@@ -10,42 +10,23 @@ Prints JSON; the ratio is what to watch.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
-import os
-import time
 import uuid
 
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 
-from bench.intake_overhead import signal
-from stanch import search_attributes
+from bench.intake_overhead import command_line, signal, stanch, start_dev_server
 from stanch.codec import new_key_line
 from stanch.config import Settings
-from stanch.devserver import temporal_cli
-from stanch.intake import open_or_join
-from stanch.runbooks.loader import default_runbooks_dir, load_catalog
 from stanch.temporal import data_converter
 
 
 async def intake(client: Client, count: int, keys: int, run: str) -> float:
-    catalog = load_catalog(default_runbooks_dir())
-    signals = [signal(n, keys, run) for n in range(count)]
-    task_queue = f"bench-{run}"  # no worker: we measure intake, not processing
-    started = time.perf_counter()
-    for item in signals:
-        await open_or_join(client, catalog, item, task_queue=task_queue)
-    return time.perf_counter() - started
+    # No worker: we measure intake, not processing.
+    return await stanch(client, [signal(n, keys, run) for n in range(count)], f"bench-{run}")
 
 
 async def main(count: int, keys: int) -> dict:
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(temporal_cli()), search_attributes=search_attributes.ALL,
-        data_converter=pydantic_data_converter, ui=False, dev_server_extra_args=["--ui-disable-news-fetch"],
-    )
+    env = await start_dev_server()
     try:
         encrypted_converter = data_converter(Settings(encryption_keys=new_key_line("bench")))
         assert encrypted_converter.payload_codec is not None
@@ -67,9 +48,4 @@ async def main(count: int, keys: int) -> dict:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--signals", type=int, default=300)
-    parser.add_argument("--keys", type=int, default=40)
-    options = parser.parse_args()
-    print(json.dumps(asyncio.run(main(options.signals, options.keys))), flush=True)
-    os._exit(0)  # no interpreter teardown after a Temporal client: temporalio/sdk-python#300
+    command_line(main, __doc__)

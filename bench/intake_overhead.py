@@ -58,11 +58,26 @@ async def stanch(client: Client, signals: list[Signal], task_queue: str) -> floa
     return time.perf_counter() - started
 
 
-async def main(count: int, keys: int) -> dict:
-    env = await WorkflowEnvironment.start_local(
+async def start_dev_server() -> WorkflowEnvironment:
+    """The dev server both runs of a benchmark share, in this process, with Stanch's search attributes."""
+    return await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(temporal_cli()), search_attributes=search_attributes.ALL,
         data_converter=pydantic_data_converter, ui=False, dev_server_extra_args=["--ui-disable-news-fetch"],
     )
+
+
+def command_line(main, doc: str) -> None:
+    """`--signals N --keys K`, run `main`, print its JSON."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--signals", type=int, default=300)
+    parser.add_argument("--keys", type=int, default=40)
+    options = parser.parse_args()
+    print(json.dumps(asyncio.run(main(options.signals, options.keys))), flush=True)
+    os._exit(0)  # no interpreter teardown after a Temporal client: temporalio/sdk-python#300
+
+
+async def main(count: int, keys: int) -> dict:
+    env = await start_dev_server()
     try:
         run = uuid.uuid4().hex[:8]
         signals = [signal(n, keys, run) for n in range(count)]
@@ -83,9 +98,4 @@ async def main(count: int, keys: int) -> dict:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--signals", type=int, default=300)
-    parser.add_argument("--keys", type=int, default=40)
-    options = parser.parse_args()
-    print(json.dumps(asyncio.run(main(options.signals, options.keys))), flush=True)
-    os._exit(0)  # no interpreter teardown after a Temporal client: temporalio/sdk-python#300
+    command_line(main, __doc__)
