@@ -5,10 +5,10 @@ from __future__ import annotations
 import httpx
 from temporalio import activity
 
-from activities.deps import ActivityDeps
-from activities.models import ConfirmInput, ConfirmResult, Finding
-from stanch.detectors import detect
-from stanch.models import ReproCase
+from stanch.temporal.activity_deps import ActivityDeps
+from stanch.models.activity_io import ConfirmInput, ConfirmResult, Finding
+from stanch.detectors.regex import detect
+from stanch.models.signals import ReproCase
 from stanch.runbooks.schema import ConfirmCheck
 from stanch.targets.base import TargetError
 

@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 
 from temporalio import activity
 
-from activities.deps import ActivityDeps, as_application_error
-from activities.models import EvidenceInput, EvidenceResult
-from stanch.models import TargetRef
+from stanch.temporal.activity_deps import ActivityDeps, as_application_error
+from stanch.models.activity_io import EvidenceInput, EvidenceResult
+from stanch.models.actions import TargetRef
 from stanch.targets.base import NoStateToSnapshot, TargetError
 
 

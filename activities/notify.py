@@ -15,8 +15,8 @@ from collections.abc import Awaitable, Callable
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.deps import ActivityDeps
-from activities.models import Notification, NotifyResult
+from stanch.temporal.activity_deps import ActivityDeps
+from stanch.models.activity_io import Notification, NotifyResult
 from stanch.notify import (
     BrokenChannel,
     Channel,
@@ -43,7 +43,7 @@ class NotifyActivities:
             logger.warning("notification channel %s will fail every delivery: %s", channel.name, channel.problem)
 
     @activity.defn(name="notify")
-    async def notify(self, notification: Notification) -> NotifyResult:
+    async def deliver(self, notification: Notification) -> NotifyResult:
         # A rehearsal never pages anyone: its notifications are written to the console log only.
         channels = [self.config.channels[CONSOLE]] if notification.dry_run else self.config.channels_for(notification.recipients)
         done_before = self.ledger.delivered(notification.dedup_id)

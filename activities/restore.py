@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 
 from temporalio import activity
 
-from activities.deps import ActivityDeps, as_application_error
-from activities.models import LiftInput
-from stanch.models import AppliedAction
+from stanch.temporal.activity_deps import ActivityDeps, as_application_error
+from stanch.models.activity_io import UndoInput
+from stanch.models.actions import AppliedAction
 from stanch.targets.base import TargetError
 
 
@@ -20,8 +20,8 @@ class RestoreActivities:
     def __init__(self, deps: ActivityDeps) -> None:
         self.deps = deps
 
-    @activity.defn(name="lift_action")
-    async def lift_action(self, input: LiftInput) -> AppliedAction:
+    @activity.defn(name="lift_action")  # the name recorded in history since the first incident
+    async def undo_action(self, input: UndoInput) -> AppliedAction:
         applied = input.applied
         undo_key = f"{applied.idempotency_key}/undo"
         if input.dry_run or applied.result.get("dry_run"):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from temporalio import activity
 
-from activities.actions import apply_through_target
-from activities.deps import ActivityDeps
-from activities.models import ApplyInput
-from stanch.models import AppliedAction
+from stanch.models.actions import AppliedAction
+from stanch.models.activity_io import ApplyInput
+from stanch.targets.base import TargetError
+from stanch.targets.steps import apply_step
+from stanch.temporal.activity_deps import ActivityDeps, as_application_error
 
 
 class RollbackActivities:
@@ -17,4 +18,7 @@ class RollbackActivities:
     @activity.defn(name="apply_rollback")
     async def apply_rollback(self, input: ApplyInput) -> AppliedAction:
         activity.logger.info("rolling back %s: %s", input.target, input.action.kind)
-        return await apply_through_target(self.deps, input)
+        try:
+            return await apply_step(self.deps.targets, input)
+        except TargetError as error:
+            raise as_application_error(error) from error

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from temporalio import activity
 
-from activities.models import GradeInput, GradeResult
+from stanch.models.activity_io import GradeInput, GradeResult
 from stanch.runbooks.conditions import grade, seriousness
 
 
 @activity.defn(name="grade_severity")
-async def grade_severity(input: GradeInput) -> GradeResult:
+async def grade_by_runbook_rules(input: GradeInput) -> GradeResult:
     severity, reasons = grade(input.runbook, input.signals, input.detectors_fired)
     # Seriousness follows the severity in force: the rules never lower what was already set.
     in_force = input.current if input.current is not None and input.current.rank > severity.rank else severity

@@ -4,7 +4,7 @@
 
 Both runs go through `open_or_join` (routing, runbook snapshot, signal-with-start) against
 the same dev server in the same process; one client uses the plain pydantic converter, the
-other the installation's converter with the AES-GCM codec (`stanch.temporal.data_converter`).
+other the installation's converter with the AES-GCM codec (`stanch.temporal.client.data_converter`).
 Prints JSON; the ratio is what to watch.
 """
 
@@ -15,9 +15,9 @@ import uuid
 from temporalio.client import Client
 
 from bench.intake_overhead import command_line, signal, stanch, start_dev_server
-from stanch.codec import new_key_line
-from stanch.config import Settings
-from stanch.temporal import data_converter
+from stanch.temporal.codec import new_key_line
+from stanch.config.settings import Settings
+from stanch.temporal.client import data_converter
 
 
 async def intake(client: Client, count: int, keys: int, run: str) -> float:

@@ -21,10 +21,10 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from stanch import search_attributes
-from stanch.devserver import temporal_cli
-from stanch.intake import open_or_join
-from stanch.models import ReproCase, Signal
+from stanch.temporal import search_attributes
+from stanch.temporal.devserver import temporal_cli
+from stanch.intake.start import open_or_join
+from stanch.models.signals import ReproCase, Signal
 from stanch.runbooks.loader import default_runbooks_dir, load_catalog
 
 

@@ -9,38 +9,37 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.confirm import ConfirmActivities
-from activities.containment import ContainmentActivities
-from activities.deps import ActivityDeps
+from activities.contain import ContainActivities
 from activities.evidence import EvidenceActivities
 from activities.hotfix import HotfixActivities
 from activities.notify import NotifyActivities
 from activities.restore import RestoreActivities
 from activities.review import ReviewActivities
 from activities.rollback import RollbackActivities
-from activities.severity import grade_severity
-from stanch import assertions
-from stanch.config import Settings
-from stanch.temporal import connect
+from activities.severity import grade_by_runbook_rules
+from activities.verify import VerifyActivities
+from stanch.temporal.activity_deps import ActivityDeps
+from stanch.trust import assertions
+from stanch.config.settings import Settings
+from stanch.temporal.client import connect
 from workflows.incident import IncidentWorkflow
 
 WORKFLOWS = [IncidentWorkflow]
 
 
 def all_activities(deps: ActivityDeps) -> list:
-    confirm, contain, evidence = ConfirmActivities(deps), ContainmentActivities(deps), EvidenceActivities(deps)
-    hotfix, notify, restore = HotfixActivities(deps), NotifyActivities(deps), RestoreActivities(deps)
-    review, rollback = ReviewActivities(deps), RollbackActivities(deps)
+    """Every activity an incident runs, one per stage, in the order of the lifecycle."""
     return [
-        confirm.confirm_incident,
-        evidence.snapshot_evidence,
-        grade_severity,
-        contain.apply_containment,
-        rollback.apply_rollback,
-        hotfix.apply_hotfix,
-        hotfix.verify_fix,
-        restore.lift_action,
-        review.open_review,
-        notify.notify,
+        ConfirmActivities(deps).confirm_incident,
+        EvidenceActivities(deps).snapshot_evidence,
+        grade_by_runbook_rules,
+        ContainActivities(deps).apply_containment,
+        RollbackActivities(deps).apply_rollback,
+        HotfixActivities(deps).apply_hotfix,
+        VerifyActivities(deps).verify_fix,
+        RestoreActivities(deps).undo_action,
+        ReviewActivities(deps).write_review,
+        NotifyActivities(deps).deliver,
     ]
 
 

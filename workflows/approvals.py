@@ -6,7 +6,8 @@ all apply exactly the same rules.
 
 from __future__ import annotations
 
-from stanch.incident import ApprovalDecision, ApprovalRecord, PendingApproval
+from stanch.models.decisions import ApprovalDecision
+from stanch.models.incident import ApprovalRecord, PendingApproval
 
 
 def same_person(a: str, b: str) -> bool:

@@ -16,10 +16,10 @@ from temporalio.exceptions import ActivityError
 from workflows.handlers import ResponderHandlers
 
 with workflow.unsafe.imports_passed_through():
-    from activities.models import GradeInput, GradeResult, Notification
+    from stanch.models.activity_io import GradeInput, GradeResult, Notification
     from activities.notify import NotifyActivities
-    from activities.severity import grade_severity
-    from stanch.incident import StageStatus
+    from activities.severity import grade_by_runbook_rules
+    from stanch.models.incident import StageStatus
 
 NOTIFY_RETRY = RetryPolicy(maximum_attempts=3)
 GRADE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=20), maximum_attempts=5)
@@ -87,7 +87,7 @@ class IncidentClocks(ResponderHandlers):
         self.signals_graded = len(self.state.signals)
         self.regrade_requested = False
         return await workflow.execute_activity(
-            grade_severity,
+            grade_by_runbook_rules,
             GradeInput(
                 runbook=self.runbook,
                 signals=[signal.model_copy(update={"raw": {}}) for signal in self.state.signals],  # rules never read raw
@@ -132,7 +132,7 @@ class IncidentClocks(ResponderHandlers):
         )
         try:
             result = await workflow.execute_activity_method(
-                NotifyActivities.notify, notification, start_to_close_timeout=QUICK_TIMEOUT, retry_policy=NOTIFY_RETRY
+                NotifyActivities.deliver, notification, start_to_close_timeout=QUICK_TIMEOUT, retry_policy=NOTIFY_RETRY
             )
             self.note("notification", f"{kind} → {', '.join(recipients)} via {', '.join(result.delivered + result.already_delivered)}: {message}")
             if result.failed:

@@ -17,9 +17,9 @@ from workflows.clocks import IncidentClocks, cause_of
 from workflows.handlers import IncidentAborted
 
 with workflow.unsafe.imports_passed_through():
-    from activities.models import ApplyInput
-    from stanch.incident import IncidentStatus, PendingApproval, StageStatus
-    from stanch.models import ActionSpec
+    from stanch.models.activity_io import ApplyInput
+    from stanch.models.incident import IncidentStatus, PendingApproval, StageStatus
+    from stanch.models.actions import ActionSpec
     from stanch.runbooks.schema import Approval, StageGate
     from workflows import approvals
 

@@ -12,24 +12,11 @@ from temporalio import workflow
 from workflows.record import IncidentRecord
 
 with workflow.unsafe.imports_passed_through():
-    from activities.models import Finding
-    from stanch import assertions
-    from stanch.incident import (
-        Acknowledgement,
-        ApprovalDecision,
-        ApprovalRecord,
-        DecisionReceipt,
-        FailureDecision,
-        IncidentInput,
-        IncidentState,
-        IncidentStatus,
-        Note,
-        ReportFiled,
-        ResolveRequest,
-        SeverityChange,
-        TriageDecision,
-    )
-    from stanch.models import ReproCase, Signal
+    from stanch.models.activity_io import Finding
+    from stanch.trust import assertions
+    from stanch.models.decisions import Acknowledgement, ApprovalDecision, DecisionReceipt, FailureDecision, Note, ReportFiled, ResolveRequest, SeverityChange, TriageDecision
+    from stanch.models.incident import ApprovalRecord, IncidentInput, IncidentState, IncidentStatus
+    from stanch.models.signals import ReproCase, Signal
     from workflows import approvals
 
 # Lowering severity lowers the protection an incident gets: only these roles may.

@@ -32,15 +32,15 @@ from workflows.gates import (
 
 with workflow.unsafe.imports_passed_through():
     from activities.confirm import ConfirmActivities
-    from activities.containment import ContainmentActivities
+    from activities.contain import ContainActivities
     from activities.evidence import EvidenceActivities
     from activities.hotfix import HotfixActivities
-    from activities.models import (
+    from stanch.models.activity_io import (
         ConfirmInput,
         ConfirmResult,
         EvidenceInput,
         Finding,
-        LiftInput,
+        UndoInput,
         ReviewInput,
         ReviewResult,
         VerifyInput,
@@ -48,14 +48,9 @@ with workflow.unsafe.imports_passed_through():
     from activities.restore import RestoreActivities
     from activities.review import ReviewActivities
     from activities.rollback import RollbackActivities
-    from stanch.incident import (
-        EvidenceRecord,
-        IncidentInput,
-        IncidentState,
-        IncidentStatus,
-        StageStatus,
-    )
-    from stanch.models import TargetRef
+    from activities.verify import VerifyActivities
+    from stanch.models.incident import EvidenceRecord, IncidentInput, IncidentState, IncidentStatus, StageStatus
+    from stanch.models.actions import TargetRef
 
 # Reads and probes retry a few times; what cannot be decided goes to a human, never silently on.
 READ_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=20), maximum_attempts=5)
@@ -208,7 +203,7 @@ class IncidentWorkflow(IncidentGates):
         if not await self.gate("contain", self.runbook.containment):
             return
         self.set_status(IncidentStatus.containing)
-        await self.apply_actions("contain", self.runbook.containment, ContainmentActivities.apply_containment)
+        await self.apply_actions("contain", self.runbook.containment, ContainActivities.apply_containment)
         self.mark("contain", StageStatus.done, self.applied_summary("contain"))
 
     async def roll_back(self) -> None:
@@ -240,7 +235,7 @@ class IncidentWorkflow(IncidentGates):
         while True:
             try:
                 result = await workflow.execute_activity_method(
-                    HotfixActivities.verify_fix,
+                    VerifyActivities.verify_fix,
                     VerifyInput(
                         incident_id=self.state.id,
                         target=self.state.target,
@@ -274,8 +269,8 @@ class IncidentWorkflow(IncidentGates):
             while True:
                 try:
                     lifted = await workflow.execute_activity_method(
-                        RestoreActivities.lift_action,
-                        LiftInput(incident_id=self.state.id, applied=applied, dry_run=self.input.dry_run),
+                        RestoreActivities.undo_action,
+                        UndoInput(incident_id=self.state.id, applied=applied, dry_run=self.input.dry_run),
                         start_to_close_timeout=ACTION_TIMEOUT,
                         retry_policy=ACTION_RETRY,
                     )
@@ -311,7 +306,7 @@ class IncidentWorkflow(IncidentGates):
         for signal in self.state.signals:
             sources[signal.source.value] = sources.get(signal.source.value, 0) + 1
         return await workflow.execute_activity_method(
-            ReviewActivities.open_review,
+            ReviewActivities.write_review,
             ReviewInput(
                 incident_id=self.state.id,
                 occurrence=self.state.occurrence,

@@ -9,17 +9,9 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from stanch import search_attributes as sa
-    from stanch.incident import (
-        TERMINAL_STATUSES,
-        IncidentInput,
-        IncidentState,
-        IncidentStatus,
-        StageStatus,
-        TimelineEntry,
-        fresh_stages,
-    )
-    from stanch.models import Severity
+    from stanch.temporal import search_attributes as sa
+    from stanch.models.incident import TERMINAL_STATUSES, IncidentInput, IncidentState, IncidentStatus, StageStatus, TimelineEntry, fresh_stages
+    from stanch.models.signals import Severity
 
 
 class IncidentRecord:

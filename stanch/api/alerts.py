@@ -1,7 +1,7 @@
 """Intake routes: monitoring raises an alert, Stanch opens (or joins) an incident.
 
 Every sender's payload is normalised into Stanch's own `Signal` by its mapper in
-`stanch.sources`; each signal goes through `open_or_join` one by one, and the sender hears 202
+`stanch.intake.sources`; each signal goes through `open_or_join` one by one, and the sender hears 202
 only once Temporal recorded all of them. A sender that retries after an error is safe:
 signals are deduplicated by their id.
 """
@@ -17,12 +17,12 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from stanch.api.deps import Intake, IntakeDep
-from stanch.models import Signal
-from stanch.sources import cloudevents, examples, sentry
-from stanch.sources.alertmanager import AlertmanagerWebhook, alertmanager_signals
-from stanch.sources.datadog import PAYLOAD_TEMPLATE, DatadogWebhook, datadog_signals
-from stanch.sources.grafana import GrafanaWebhook, grafana_signals
-from stanch.sources.pagerduty import PagerDutyEvent, pagerduty_signals
+from stanch.models.signals import Signal
+from stanch.intake.sources import cloudevents, examples, sentry
+from stanch.intake.sources.alertmanager import AlertmanagerWebhook, alertmanager_signals
+from stanch.intake.sources.datadog import PAYLOAD_TEMPLATE, DatadogWebhook, datadog_signals
+from stanch.intake.sources.grafana import GrafanaWebhook, grafana_signals
+from stanch.intake.sources.pagerduty import PagerDutyEvent, pagerduty_signals
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/alerts", tags=["intake"])

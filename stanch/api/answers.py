@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from stanch.intake_auth import IntakeAuthPolicy
+from stanch.intake.auth import IntakeAuthPolicy
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from temporalio.service import RPCError
 
-from stanch import assertions
+from stanch.trust import assertions
 from stanch.api import alerts, incidents, metrics, reports
 from stanch.api.answers import (
     BodySizeLimit,
@@ -38,14 +38,14 @@ from stanch.api.deps import (
 )
 from stanch.api.events import events_router
 from stanch.board import board_router
-from stanch.config import Settings
-from stanch.intake_auth import (
+from stanch.config.settings import Settings
+from stanch.intake.auth import (
     INTAKE_SOURCES,
     IntakeAuthError,
     IntakeAuthPolicy,
     load_intake_auth,
 )
-from stanch.responders import Principal, ResponderAuth, load_responder_auth
+from stanch.trust.responders import Principal, ResponderAuth, load_responder_auth
 from stanch.runbooks.loader import RunbookCatalog, RunbookError, load_catalog
 
 log = logging.getLogger(__name__)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import hashlib
 import hmac
 import logging
@@ -25,7 +26,7 @@ from typing import Any
 from fastapi import HTTPException, Request
 from starlette.datastructures import Headers as StarletteHeaders
 
-from stanch.intake_auth import IntakeAuthPolicy, ResolvedCredential
+from stanch.intake.auth import IntakeAuthPolicy, ResolvedCredential
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,11 @@ def check_timestamp(value: str, header: str, now: float) -> None:
         )
 
 
+# One `<version>,<base64>` entry of a Standard Webhooks signature header (`v1,K5oZ…=`, `v1a,…`).
+SIGNATURE_ENTRY = re.compile(r"v\d+[a-z]?,(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+MALFORMED_SIGNATURE = "webhook-signature header is malformed; expected space-separated `v1,<base64>` entries"
+
+
 def verify_standard_webhooks(credential: ResolvedCredential, body: bytes, headers: Headers, now: float) -> Accepted:
     from standardwebhooks import Webhook
     from standardwebhooks.webhooks import WebhookVerificationError
@@ -120,6 +126,9 @@ def verify_standard_webhooks(credential: ResolvedCredential, body: bytes, header
         raise CredentialRefused(f"webhook-id header is longer than {MAX_WEBHOOK_ID_LENGTH} characters")
     # Checked here first for a reason that says how stale; the package checks it again.
     check_timestamp(headers["webhook-timestamp"].strip(), "webhook-timestamp", now)
+    # Stanch judges the header's shape itself: the package's own errors word it differently by release.
+    if not all(SIGNATURE_ENTRY.fullmatch(entry) for entry in headers["webhook-signature"].split()):
+        raise CredentialRefused(MALFORMED_SIGNATURE)
     try:
         Webhook(credential.secret).verify(body, dict(headers), json_parse=False)
     except WebhookVerificationError:
@@ -127,7 +136,7 @@ def verify_standard_webhooks(credential: ResolvedCredential, body: bytes, header
     except UnicodeDecodeError:
         raise CredentialRefused("signature does not match (the body is not UTF-8 text)") from None
     except (ValueError, binascii.Error):  # a signature entry that is not `v1,<base64>`
-        raise CredentialRefused("webhook-signature header is malformed; expected space-separated `v1,<base64>` entries") from None
+        raise CredentialRefused(MALFORMED_SIGNATURE) from None
     return Accepted("standard_webhooks", webhook_id=webhook_id)
 
 

@@ -14,12 +14,12 @@ from fastapi import Depends, Header, HTTPException, Request
 from temporalio.client import Client
 from temporalio.envconfig import ClientConfig
 
-from stanch.config import Settings
-from stanch.intake import IntakeResult, open_or_join
-from stanch.models import Signal
-from stanch.responders import NotAuthenticated, Principal, ResponderAuth
+from stanch.config.settings import Settings
+from stanch.intake.start import IntakeResult, open_or_join
+from stanch.models.signals import Signal
+from stanch.trust.responders import NotAuthenticated, Principal, ResponderAuth
 from stanch.runbooks.loader import RunbookCatalog
-from stanch.temporal import connect
+from stanch.temporal.client import connect
 
 CONNECT_TIMEOUT_S = 10.0
 RETRY_AFTER_S = 5

@@ -36,7 +36,7 @@ from temporalio.service import RPCError
 
 from stanch.api.deps import TemporalUnavailable, current_responder, get_client
 from stanch.api.incidents import IncidentId, incident_state, list_incidents
-from stanch.responders import NotAuthenticated, ResponderAuth
+from stanch.trust.responders import NotAuthenticated, ResponderAuth
 
 log = logging.getLogger(__name__)
 

@@ -19,26 +19,13 @@ from pydantic import BaseModel, Field
 from temporalio import client as tc
 from temporalio.service import RPCError, RPCStatusCode
 
-from stanch import assertions
-from stanch import search_attributes as sa
+from stanch.trust import assertions
+from stanch.temporal import search_attributes as sa
 from stanch.api.deps import RETRY_AFTER_S, ClientDep, ResponderDep, current_responder
-from stanch.incident import (
-    WORKFLOW_NAME,
-    Acknowledgement,
-    ApprovalDecision,
-    DecisionReceipt,
-    FailureDecision,
-    IncidentState,
-    IncidentStatus,
-    Note,
-    ReportFiled,
-    ResolveRequest,
-    SeverityChange,
-    TimelineEntry,
-    TriageDecision,
-)
-from stanch.models import Severity
-from stanch.responders import Principal
+from stanch.models.incident import WORKFLOW_NAME, IncidentState, IncidentStatus, TimelineEntry
+from stanch.models.decisions import Acknowledgement, ApprovalDecision, DecisionReceipt, FailureDecision, Note, ReportFiled, ResolveRequest, SeverityChange, TriageDecision
+from stanch.models.signals import Severity
+from stanch.trust.responders import Principal
 
 # Reading needs a responder too (any role, auditors and viewers included) unless --insecure-dev.
 router = APIRouter(prefix="/v1/incidents", tags=["incidents"], dependencies=[Depends(current_responder)])

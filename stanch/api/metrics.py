@@ -28,7 +28,7 @@ from prometheus_client.exposition import choose_encoder
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stanch.api.auth import intake_source
-from stanch.intake_auth import INTAKE_SOURCES
+from stanch.intake.auth import INTAKE_SOURCES
 
 OUTCOMES = (
     "accepted",

@@ -15,8 +15,8 @@ from stanch.api.alerts import (
 )
 from stanch.api.auth import webhook_id
 from stanch.api.deps import IntakeDep
-from stanch.sources import examples
-from stanch.sources.reports import (
+from stanch.intake.sources import examples
+from stanch.intake.sources.reports import (
     AuditFinding,
     UserReport,
     audit_finding_signals,

@@ -27,10 +27,10 @@ from temporalio.client import Client, WorkflowHistory
 from temporalio.converter import DataConverter, PayloadConverter
 from temporalio.service import RPCError, RPCStatusCode
 
-from stanch import assertions
-from stanch.config import Settings
-from stanch.incident import WORKFLOW_NAME
-from stanch.temporal import connect
+from stanch.trust import assertions
+from stanch.config.settings import Settings
+from stanch.models.incident import WORKFLOW_NAME
+from stanch.temporal.client import connect
 
 
 class HistoryError(Exception):

@@ -31,7 +31,7 @@ from temporalio.runtime import Runtime, TelemetryConfig
 from temporalio.worker import Replayer
 
 from stanch.audit.history import event_name
-from stanch.codec import KEY_ID_METADATA, EncryptionCodec, is_encrypted
+from stanch.temporal.codec import KEY_ID_METADATA, EncryptionCodec, is_encrypted
 
 _quiet_runtime: Runtime | None = None
 
@@ -193,7 +193,7 @@ async def decision_key_ids(history: WorkflowHistory, converter: DataConverter) -
     """The ids of the decision keys the history's decisions were signed with.
 
     A decision (an update's or a signal's input) carries `assertion: "<kid>:<hex>"`
-    (stanch.assertions); a decision without one (a raw signal from the Temporal UI) names none."""
+    (stanch.trust.assertions); a decision without one (a raw signal from the Temporal UI) names none."""
     kids = set()
     for event in history.events:
         for payload in _decision_payloads(event):

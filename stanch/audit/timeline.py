@@ -19,7 +19,7 @@ from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import WorkflowHistory
 from temporalio.converter import DataConverter
 
-from activities.models import (
+from stanch.models.activity_io import (
     ApplyInput,
     ConfirmInput,
     ConfirmResult,
@@ -27,7 +27,7 @@ from activities.models import (
     EvidenceResult,
     GradeInput,
     GradeResult,
-    LiftInput,
+    UndoInput,
     Notification,
     NotifyResult,
     ReviewInput,
@@ -35,7 +35,7 @@ from activities.models import (
     VerifyInput,
     VerifyResult,
 )
-from stanch import assertions
+from stanch.trust import assertions
 from stanch.audit.derived import (
     describe,
     key_warnings,
@@ -56,21 +56,11 @@ from stanch.audit.models import (
     Timeline,
     TimerEntry,
 )
-from stanch.incident import (
-    Acknowledgement,
-    ApprovalDecision,
-    DecisionReceipt,
-    FailureDecision,
-    IncidentInput,
-    IncidentState,
-    Note,
-    ReportFiled,
-    ResolveRequest,
-    SeverityChange,
-    TriageDecision,
-)
-from stanch.models import AppliedAction, Signal, TargetRef, idempotency_key
-from stanch.search_attributes import INCIDENT_SEVERITY, INCIDENT_STATUS
+from stanch.models.decisions import Acknowledgement, ApprovalDecision, DecisionReceipt, FailureDecision, Note, ReportFiled, ResolveRequest, SeverityChange, TriageDecision
+from stanch.models.incident import IncidentInput, IncidentState
+from stanch.models.actions import AppliedAction, TargetRef, idempotency_key
+from stanch.models.signals import Signal
+from stanch.temporal.search_attributes import INCIDENT_SEVERITY, INCIDENT_STATUS
 
 UPDATE_MODELS: dict[str, type[BaseModel]] = {
     "acknowledge": Acknowledgement,
@@ -91,7 +81,7 @@ ACTIVITY_MODELS: dict[str, tuple[type[BaseModel], type[BaseModel]]] = {
     "apply_rollback": (ApplyInput, AppliedAction),
     "apply_hotfix": (ApplyInput, AppliedAction),
     "verify_fix": (VerifyInput, VerifyResult),
-    "lift_action": (LiftInput, AppliedAction),
+    "lift_action": (UndoInput, AppliedAction),
     "open_review": (ReviewInput, ReviewResult),
     "notify": (Notification, NotifyResult),
 }
@@ -385,7 +375,7 @@ def action_from_input(kind: str, input: dict[str, Any], at, event_id: int) -> Ac
         kind=(input.get("action") or {}).get("kind", ""),
         target=target_text(target),
     )
-    try:  # the key the activity sends (activities/actions.py), rebuilt in case it never completed
+    try:  # the key the activity sends (stanch/targets/steps.py), rebuilt in case it never completed
         owner = input.get("occurrence") or input["incident_id"]
         entry.idempotency_key = idempotency_key(owner, entry.stage, int(entry.index), TargetRef.model_validate(target))
         entry.key_source = "computed"

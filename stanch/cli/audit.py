@@ -23,7 +23,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from stanch.config import Settings
+from stanch.config.settings import Settings
 
 audit_app = typer.Typer(
     help="Replay incident histories, read their timelines, export and verify audit bundles.",
@@ -81,7 +81,7 @@ def _trust_keys(settings: Settings) -> list[str]:
 
 def _converter(settings: Settings):
     """The worker's data converter: pydantic, and the payload codec when encryption is configured."""
-    from stanch.temporal import data_converter
+    from stanch.temporal.client import data_converter
 
     try:
         return data_converter(settings)

@@ -1,6 +1,6 @@
 """`stanch codec-server` and `stanch codec keygen`: payload encryption's two commands.
 
-See `stanch.codec` for how keys are configured and rotated, `stanch.codec_server` for who may
+See `stanch.temporal.codec` for how keys are configured and rotated, `stanch.temporal.codec_server` for who may
 decode.
 """
 
@@ -14,16 +14,18 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from stanch.codec import (
+from stanch.cli.output import make_console
+
+from stanch.temporal.codec import (
     EncryptionKeyError,
     load_encryption_keys,
     new_key_line,
     parse_encryption_keys,
 )
-from stanch.config import Settings
+from stanch.config.settings import Settings
 
 codec_app = typer.Typer(help="Payload encryption: keys for the AES-GCM codec.", no_args_is_help=True)
-console = Console(stderr=True)  # stdout carries only the key line, so it can be piped
+console = make_console(stderr=True)  # stdout carries only the key line, so it can be piped
 
 
 def _fail(message: str) -> typer.Exit:
@@ -48,9 +50,9 @@ def codec_server(
     Needs the encryption keys (STANCH_ENCRYPTION_KEYS or HOME/encryption-keys) and the
     responders file (any responder may decode); --insecure-dev runs without one.
     """
-    from stanch.codec import EncryptionCodec
-    from stanch.codec_server import DEFAULT_UI_ORIGINS, create_codec_app, serve
-    from stanch.responders import load_responder_auth
+    from stanch.temporal.codec import EncryptionCodec
+    from stanch.temporal.codec_server import DEFAULT_UI_ORIGINS, create_codec_app, serve
+    from stanch.trust.responders import load_responder_auth
 
     settings = Settings.from_env()
     try:

@@ -17,12 +17,14 @@ from typing import Any
 import httpx
 import typer
 from rich.console import Console
+
+from stanch.cli.output import make_console
 from rich.live import Live
 from rich.table import Table
 
 from stanch.runbooks.schema import STAGES
 
-console = Console()
+console = make_console()
 
 MODEL = "support-bot"
 BAD_VERSION = "2"

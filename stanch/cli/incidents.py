@@ -15,11 +15,13 @@ from typing import Annotated, Any
 import httpx
 import typer
 from rich.console import Console
+
+from stanch.cli.output import make_console
 from rich.panel import Panel
 from rich.table import Column, Table
 
-console = Console()
-err_console = Console(stderr=True)
+console = make_console()
+err_console = make_console(stderr=True)
 
 incidents_app = typer.Typer(help="Read incidents.", no_args_is_help=True)
 

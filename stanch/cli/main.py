@@ -61,7 +61,7 @@ def run() -> None:
         code = exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
         if isinstance(exit.code, str):
             print(exit.code, file=sys.stderr)
-    from stanch import temporal
+    from stanch.temporal import client as temporal
 
     if not temporal.clients_opened:
         sys.exit(code)

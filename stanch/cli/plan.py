@@ -2,7 +2,7 @@
 
 The alert file is routed as intake would route it, but to the runbook named on the command line;
 each contain, rollback and hotfix step is planned through the same code a dry-run incident uses
-(`activities.actions.plan_step`: same target, same rendered params, same idempotency key) and
+(`stanch.targets.steps.plan_step`: same target, same rendered params, same idempotency key) and
 through the adapters configured in the targets file. Nothing here calls a control plane.
 
 `--dry-run` goes one step further: it starts a real incident workflow marked `dry_run`, id
@@ -30,24 +30,19 @@ from temporalio.common import (
     WorkflowIDConflictPolicy,
 )
 
-from activities.actions import StepPlan, plan_step
-from activities.models import ApplyInput
-from stanch import search_attributes as sa
-from stanch.config import Settings
-from stanch.incident import (
-    TERMINAL_STATUSES,
-    WORKFLOW_NAME,
-    IncidentInput,
-    IncidentState,
-    IncidentStatus,
-)
-from stanch.intake import without_secrets
-from stanch.models import ActionSpec, Signal, TargetRef
-from stanch.routing import Route, incident_id_for, render_template, signal_version
+from stanch.targets.steps import StepPlan, plan_step
+from stanch.models.activity_io import ApplyInput
+from stanch.temporal import search_attributes as sa
+from stanch.config.settings import Settings
+from stanch.models.incident import TERMINAL_STATUSES, WORKFLOW_NAME, IncidentInput, IncidentState, IncidentStatus
+from stanch.intake.start import without_secrets
+from stanch.models.actions import ActionSpec, TargetRef
+from stanch.models.signals import Signal
+from stanch.intake.routing import Route, incident_id_for, render_template, signal_version
 from stanch.runbooks.loader import LoadedRunbook
 from stanch.runbooks.schema import Runbook
-from stanch.sources import cloudevents, datadog, grafana, pagerduty, reports, sentry
-from stanch.sources.alertmanager import AlertmanagerWebhook, alertmanager_signals
+from stanch.intake.sources import cloudevents, datadog, grafana, pagerduty, reports, sentry
+from stanch.intake.sources.alertmanager import AlertmanagerWebhook, alertmanager_signals
 from stanch.targets.base import PlannedCall, TargetError
 from stanch.targets.registry import TargetRegistry
 

@@ -21,16 +21,18 @@ from urllib.parse import urlsplit
 
 import typer
 from rich.console import Console
+
+from stanch.cli.output import make_console
 from rich.panel import Panel
 from rich.table import Table
 
 from stanch.cli.supervisor import ChildDied, Supervisor, http_ok
-from stanch.codec import EncryptionKeyError, load_encryption_keys
-from stanch.config import Settings
-from stanch.devserver import BinaryNotFound, dev_server_command, port_open
+from stanch.temporal.codec import EncryptionKeyError, load_encryption_keys
+from stanch.config.settings import Settings
+from stanch.temporal.devserver import BinaryNotFound, dev_server_command, port_open
 
-console = Console()
-err_console = Console(stderr=True)
+console = make_console()
+err_console = make_console(stderr=True)
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_HOME = Path("~/.stanch")

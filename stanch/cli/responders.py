@@ -10,11 +10,13 @@ import typer
 import yaml
 from rich.console import Console
 
-from stanch.config import Settings
-from stanch.responders import RespondersFile, token_sha256
+from stanch.cli.output import make_console
+
+from stanch.config.settings import Settings
+from stanch.trust.responders import RespondersFile, token_sha256
 
 responders_app = typer.Typer(help="Responders who may act on incidents, and their tokens.", no_args_is_help=True)
-console = Console()
+console = make_console()
 
 
 @responders_app.command("token")

@@ -17,8 +17,8 @@ from rich.table import Table
 from temporalio.service import RPCError
 
 # The activity's own planning code: validate checks each step as the incident would run it.
-from activities.actions import plan_step
-from activities.models import ApplyInput
+from stanch.targets.steps import plan_step
+from stanch.models.activity_io import ApplyInput
 from stanch.cli.plan import (
     ACTION_STAGES,
     ALERT_FORMATS,
@@ -33,10 +33,10 @@ from stanch.cli.plan import (
     stage_actions,
     start_dry_run,
 )
-from stanch.config import Settings
-from stanch.incident import TERMINAL_STATUSES
-from stanch.models import TargetRef
-from stanch.routing import matching_runbook
+from stanch.config.settings import Settings
+from stanch.models.incident import TERMINAL_STATUSES
+from stanch.models.actions import TargetRef
+from stanch.intake.routing import matching_runbook
 from stanch.runbooks.loader import (
     LoadedRunbook,
     RunbookCatalog,
@@ -49,7 +49,7 @@ from stanch.runbooks.loader import (
 from stanch.targets.base import TargetError
 from stanch.targets.config import TargetsError
 from stanch.targets.registry import TargetRegistry
-from stanch.temporal import connect
+from stanch.temporal.client import connect
 
 runbooks_app = typer.Typer(
     help="Validate and list the runbooks that decide how each class of incident is handled.",

@@ -30,7 +30,7 @@ from stanch.notify.config import (
 from stanch.notify.ledger import DeliveryLedger
 
 if TYPE_CHECKING:
-    from activities.models import Notification
+    from stanch.models.activity_io import Notification
 
 __all__ = [
     "BrokenChannel",

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 if TYPE_CHECKING:  # the library never imports activities at run time; the type is for readers
-    from activities.models import Notification
+    from stanch.models.activity_io import Notification
 
 CONSOLE = "console"  # always defined: the channel of last resort
 ANYONE = "*"  # the recipients entry for names the file does not list

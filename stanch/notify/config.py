@@ -29,8 +29,8 @@ from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
-from stanch.config import Settings
-from stanch.config_errors import ConfigFileError, load_yaml, validation_lines
+from stanch.config.settings import Settings
+from stanch.config.errors import ConfigFileError, load_yaml, validation_lines
 from stanch.notify.channels import (
     ANYONE,
     CONSOLE,
@@ -50,7 +50,7 @@ from stanch.notify.schema import (
     SlackSpec,
     WebhookSpec,
 )
-from stanch.secret_refs import SecretUnavailable, read_secret
+from stanch.config.secrets import SecretUnavailable, read_secret
 
 
 class NotifyConfigError(ConfigFileError):

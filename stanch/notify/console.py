@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from stanch.notify.channels import ConsoleChannel
 
 if TYPE_CHECKING:
-    from activities.models import Notification
+    from stanch.models.activity_io import Notification
 
 logger = logging.getLogger("stanch.notify")
 

@@ -23,7 +23,7 @@ from stanch.notify.channels import (
 )
 
 if TYPE_CHECKING:
-    from activities.models import Notification
+    from stanch.models.activity_io import Notification
 
 
 def subject(notification: Notification) -> str:

@@ -14,7 +14,7 @@ import httpx
 from stanch.notify.channels import KIND_TITLES, ChannelError, SlackChannel, headline
 
 if TYPE_CHECKING:
-    from activities.models import Notification
+    from stanch.models.activity_io import Notification
 
 SEVERITY_MARK = {"critical": "🔴", "high": "🟠", "medium": "🟡", "low": "🔵"}
 # Block Kit limits: header text 150 characters, section text 3000.

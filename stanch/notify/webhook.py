@@ -4,7 +4,7 @@ chat-ops bots and anything else that can verify an HMAC.
 The `webhook-id` is the notification's business identity plus the channel name, the same on
 every retry, so a receiver that remembers ids delivers each notification once even when
 Stanch cannot tell whether an earlier attempt arrived. The body is the notification itself
-(every field of `activities.models.Notification`) plus `links` to the board and Temporal UI.
+(every field of `stanch.models.activity_io.Notification`) plus `links` to the board and Temporal UI.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from standardwebhooks import Webhook
 from stanch.notify.channels import ChannelError, WebhookChannel
 
 if TYPE_CHECKING:
-    from activities.models import Notification
+    from stanch.models.activity_io import Notification
 
 USER_AGENT = "Stanch-Notify/1"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
 
-from stanch.models import Severity, Signal
+from stanch.models.signals import Severity, Signal
 from stanch.runbooks.schema import Condition, Runbook
 
 

@@ -16,13 +16,13 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 import stanch
-from stanch.config_errors import ConfigFileError, load_yaml
+from stanch.config.errors import ConfigFileError, load_yaml
 from stanch.runbooks import schema
 from stanch.runbooks.schema import Runbook
 
 FALLBACK_RUNBOOK = "triage"
 RUNBOOK_SUFFIXES = (".yaml", ".yml")
-# What `dedup_key` and `target.model` may refer to; `stanch.routing` renders them.
+# What `dedup_key` and `target.model` may refer to; `stanch.intake.routing` renders them.
 TEMPLATE_FIELDS = frozenset({"runbook", "model", "version", "category", "sender", "source", "title", "labels"})
 
 

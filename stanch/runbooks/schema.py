@@ -19,7 +19,8 @@ from pydantic import (
     model_validator,
 )
 
-from stanch.models import ActionSpec, Severity, SignalSource
+from stanch.models.actions import ActionSpec
+from stanch.models.signals import Severity, SignalSource
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}

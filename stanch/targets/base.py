@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, Field
 
-from stanch.models import ActionSpec, AppliedAction, ProbeResult
+from stanch.models.actions import ActionSpec, AppliedAction, ProbeResult
 
 
 class TargetError(Exception):

@@ -31,8 +31,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from stanch.config_errors import ConfigFileError, load_yaml, validation_lines
-from stanch.secret_refs import SecretUnavailable
+from stanch.config.errors import ConfigFileError, load_yaml, validation_lines
+from stanch.config.secrets import SecretUnavailable
 
 TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # ${NAME} or ${file:relative/path}; anything else with a dollar is left as it is.

@@ -56,7 +56,7 @@ from pydantic import (
     field_validator,
 )
 
-from stanch.models import ActionSpec, AppliedAction
+from stanch.models.actions import ActionSpec, AppliedAction
 from stanch.targets.base import ApplyResult, PlannedCall, ServesNoModel, TargetError
 
 KINDS = ("disable_feature", "enable_feature")

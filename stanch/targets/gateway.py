@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from stanch.models import ActionSpec, AppliedAction, ProbeResult
+from stanch.models.actions import ActionSpec, AppliedAction, ProbeResult
 from stanch.targets.base import ApplyResult, JobStatus, PlannedCall, TargetError
 
 # 408 and 429 are the client-side statuses where asking again later can succeed.

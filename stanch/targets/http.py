@@ -47,8 +47,8 @@ import httpx
 from pydantic import Field, ValidationError, field_validator
 from temporalio import activity
 
-from stanch.models import ActionSpec, AppliedAction
-from stanch.secret_refs import SecretUnavailable
+from stanch.models.actions import ActionSpec, AppliedAction
+from stanch.config.secrets import SecretUnavailable
 from stanch.targets.base import (
     ApplyResult,
     NoStateToSnapshot,

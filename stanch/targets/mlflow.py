@@ -47,8 +47,8 @@ from urllib.parse import urlencode
 import httpx
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from stanch.models import ActionSpec, AppliedAction
-from stanch.secret_refs import SecretUnavailable, read_secret
+from stanch.models.actions import ActionSpec, AppliedAction
+from stanch.config.secrets import SecretUnavailable, read_secret
 from stanch.targets.base import ApplyResult, PlannedCall, ServesNoModel, TargetError
 
 API = "/api/2.0/mlflow"

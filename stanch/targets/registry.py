@@ -15,8 +15,8 @@ import importlib
 import os
 from collections.abc import Mapping
 
-from stanch.config import Settings
-from stanch.models import TargetRef
+from stanch.config.settings import Settings
+from stanch.models.actions import TargetRef
 from stanch.targets.base import Target, TargetError
 from stanch.targets.gateway import GatewayTarget
 

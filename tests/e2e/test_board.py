@@ -22,9 +22,9 @@ import pytest
 import yaml
 
 from stanch.cli.demo import Demo
-from stanch.devserver import wait_for_port
-from stanch.intake_auth import INTAKE_SOURCES
-from stanch.responders import token_sha256
+from stanch.temporal.devserver import wait_for_port
+from stanch.intake.auth import INTAKE_SOURCES
+from stanch.trust.responders import token_sha256
 from tests.e2e.processes import Process, free_port, stop_all, wait_http
 
 pytestmark = pytest.mark.e2e

@@ -23,12 +23,12 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
-from stanch import search_attributes as sa
-from stanch.codec import new_key_line
-from stanch.config import Settings
-from stanch.incident import IncidentStatus
-from stanch.models import ReproCase
-from stanch.temporal import data_converter
+from stanch.temporal import search_attributes as sa
+from stanch.temporal.codec import new_key_line
+from stanch.config.settings import Settings
+from stanch.models.incident import IncidentStatus
+from stanch.models.signals import ReproCase
+from stanch.temporal.client import data_converter
 from tests.conftest import installed_binary
 from tests.e2e.processes import Process, free_port, stop_all, wait_for, wait_http
 from tests.e2e.test_stanch_up import alertmanager_alert

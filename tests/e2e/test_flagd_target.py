@@ -18,12 +18,12 @@ from openfeature.contrib.provider.flagd.config import ResolverType
 from openfeature.evaluation_context import EvaluationContext
 from temporalio.testing import ActivityEnvironment
 
-from activities.containment import ContainmentActivities
-from activities.deps import ActivityDeps
-from activities.models import ApplyInput, LiftInput
+from activities.contain import ContainActivities
+from stanch.temporal.activity_deps import ActivityDeps
+from stanch.models.activity_io import ApplyInput, UndoInput
 from activities.restore import RestoreActivities
-from stanch.config import Settings
-from stanch.models import ActionSpec, TargetRef
+from stanch.config.settings import Settings
+from stanch.models.actions import ActionSpec, TargetRef
 from stanch.targets.flagd import FlagdTarget
 from stanch.targets.registry import TargetRegistry
 
@@ -93,21 +93,21 @@ async def test_kill_switch_flips_for_an_openfeature_client_and_restore_flips_it_
     )
     environment = ActivityEnvironment()
 
-    applied = await environment.run(ContainmentActivities(deps).apply_containment, contain)
+    applied = await environment.run(ContainActivities(deps).apply_containment, contain)
     assert applied.reversible and applied.result["default_variant"] == "off"
     until_chat_is(feature_client, False, flag_file)
     killed = feature_client.get_boolean_details(FLAG, True, BETA_USER)
     assert killed.value is False and killed.variant == "off", "the kill switch wins over the beta rule"
     assert killed.flag_metadata.get("stanchIncident") == "inc-flagd-1", "the client can tell which incident switched it off"
 
-    again = await environment.run(ContainmentActivities(deps).apply_containment, contain)
+    again = await environment.run(ContainActivities(deps).apply_containment, contain)
     assert again.result == applied.result and again.inverse == applied.inverse, "a retried activity applies nothing twice"
 
     evidence = await flags.state("support-bot")
     assert evidence["flags"][FLAG]["defaultVariant"] == "off" and [e["key"] for e in evidence["stanch_ledger"]] == [applied.idempotency_key]
 
-    lifted = await environment.run(RestoreActivities(deps).lift_action, LiftInput(incident_id="inc-flagd-1", applied=applied))
-    assert lifted.undone_at is not None
+    undone = await environment.run(RestoreActivities(deps).undo_action, UndoInput(incident_id="inc-flagd-1", applied=applied))
+    assert undone.undone_at is not None
     until_chat_is(feature_client, True, flag_file)
     assert feature_client.get_boolean_details(FLAG, True, BETA_USER).reason == "TARGETING_MATCH", "the beta rule is back"
     assert json.loads(flag_file.read_text()) == FLAGS, "restore leaves the file exactly as it was"

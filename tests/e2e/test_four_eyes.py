@@ -8,10 +8,10 @@ import asyncio
 import httpx
 import pytest
 
-from stanch.devserver import wait_for_port
-from stanch.incident import ApprovalDecision
-from stanch.responders import token_sha256
-from stanch.temporal import connect
+from stanch.temporal.devserver import wait_for_port
+from stanch.models.decisions import ApprovalDecision
+from stanch.trust.responders import token_sha256
+from stanch.temporal.client import connect
 from tests.e2e.processes import Process, free_port, stop_all, wait_for, wait_http
 from tests.e2e.test_stanch_up import alertmanager_alert
 

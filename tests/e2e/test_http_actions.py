@@ -31,20 +31,17 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.containment import ContainmentActivities
-from activities.deps import ActivityDeps
+from activities.contain import ContainActivities
+from stanch.temporal.activity_deps import ActivityDeps
 from activities.hotfix import HotfixActivities
 from activities.restore import RestoreActivities
 from activities.rollback import RollbackActivities
 from stanch.cli.plan import dry_run_input, follow, print_recorded, start_dry_run
-from stanch.config import Settings
-from stanch.incident import (
-    FailureDecision,
-    IncidentInput,
-    IncidentState,
-    IncidentStatus,
-)
-from stanch.models import ActionSpec, Severity, TargetRef
+from stanch.config.settings import Settings
+from stanch.models.decisions import FailureDecision
+from stanch.models.incident import IncidentInput, IncidentState, IncidentStatus
+from stanch.models.actions import ActionSpec, TargetRef
+from stanch.models.signals import Severity
 from stanch.runbooks.loader import LoadedRunbook, default_runbooks_dir, load_runbook
 from stanch.runbooks.schema import Hotfix, SeverityPolicy, Verify
 from stanch.targets.registry import TargetRegistry
@@ -160,7 +157,7 @@ def activities(tmp_path: Path, url: str) -> list:
     settings = Settings(home=tmp_path, targets=targets_file(tmp_path, url), gateway_url="http://127.0.0.1:9", upsert_search_attributes=False)
     deps = ActivityDeps(settings=settings, targets=TargetRegistry(settings, env={"LITELLM_MASTER_KEY": SECRET}))
     real = [
-        ContainmentActivities(deps).apply_containment,
+        ContainActivities(deps).apply_containment,
         RollbackActivities(deps).apply_rollback,
         HotfixActivities(deps).apply_hotfix,
         RestoreActivities(deps).lift_action,

@@ -12,7 +12,7 @@ import uuid
 import httpx
 import pytest
 
-from stanch.devserver import wait_for_port
+from stanch.temporal.devserver import wait_for_port
 from tests.e2e.processes import Process, free_port, stop_all, wait_for, wait_http
 
 pytestmark = pytest.mark.e2e

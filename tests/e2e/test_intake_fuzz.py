@@ -16,7 +16,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 
-from stanch.devserver import wait_for_port
+from stanch.temporal.devserver import wait_for_port
 from tests.e2e.processes import Process, free_port, wait_for, wait_http
 
 pytestmark = pytest.mark.e2e

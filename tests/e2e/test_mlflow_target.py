@@ -21,15 +21,16 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.deps import ActivityDeps
+from stanch.temporal.activity_deps import ActivityDeps
 from activities.evidence import EvidenceActivities
-from activities.models import ApplyInput, LiftInput
+from stanch.models.activity_io import ApplyInput, UndoInput
 from activities.restore import RestoreActivities
 from activities.rollback import RollbackActivities
-from stanch import assertions
-from stanch.config import Settings
-from stanch.incident import IncidentStatus
-from stanch.models import ActionSpec, AppliedAction, Severity, TargetRef
+from stanch.trust import assertions
+from stanch.config.settings import Settings
+from stanch.models.incident import IncidentStatus
+from stanch.models.actions import ActionSpec, AppliedAction, TargetRef
+from stanch.models.signals import Severity
 from stanch.runbooks.schema import Approval, SeverityRules, StageGate
 from stanch.targets.base import TargetError
 from stanch.targets.mlflow import MlflowTarget
@@ -143,12 +144,12 @@ async def test_rollback_moves_the_alias_back_and_restore_puts_it_forward(mlflow_
     assert await registry.state("support-bot") == before_retry, "a repeated key changes nothing in the registry"
     assert await asyncio.to_thread(champion, client, name) == "2", "and does not roll back a second version"
 
-    lifted = await environment.run(RestoreActivities(deps).lift_action, LiftInput(incident_id="inc-mlflow-1", applied=applied))
-    assert lifted.undone_at is not None
+    undone = await environment.run(RestoreActivities(deps).undo_action, UndoInput(incident_id="inc-mlflow-1", applied=applied))
+    assert undone.undone_at is not None
     assert await asyncio.to_thread(champion, client, name) == "3"
     restored = await asyncio.to_thread(client.get_model_version, name, "3")
     assert restored.tags["stanch.status"] == "restored" and restored.tags["stanch.incident"] == "inc-mlflow-1", "the incident tag stays for the audit"
-    await environment.run(RestoreActivities(deps).lift_action, LiftInput(incident_id="inc-mlflow-1", applied=applied))
+    await environment.run(RestoreActivities(deps).undo_action, UndoInput(incident_id="inc-mlflow-1", applied=applied))
 
     state = await registry.state("support-bot")
     assert state["served_version"] == "3" and state["aliases"] == {"champion": "3"}
@@ -230,7 +231,7 @@ async def test_an_incident_rolls_back_on_mlflow_and_restore_puts_the_alias_forwa
 
     real = {
         "apply_rollback": RollbackActivities(deps).apply_rollback,
-        "lift_action": RestoreActivities(deps).lift_action,
+        "lift_action": RestoreActivities(deps).undo_action,
         "snapshot_evidence": EvidenceActivities(deps).snapshot_evidence,
     }
     activities = [real.get(stand_in.__name__, stand_in) for stand_in in stand_ins(Script(detectors=[]))]

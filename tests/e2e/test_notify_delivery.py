@@ -22,11 +22,11 @@ from standardwebhooks import Webhook
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.deps import ActivityDeps
-from activities.models import Notification
+from stanch.temporal.activity_deps import ActivityDeps
+from stanch.models.activity_io import Notification
 from activities.notify import NotifyActivities
-from stanch.config import Settings
-from stanch.models import Severity
+from stanch.config.settings import Settings
+from stanch.models.signals import Severity
 
 # Login over plain SMTP is fine on loopback; aiosmtpd warns about it for real servers.
 pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")]
@@ -169,7 +169,7 @@ def notification(recipients: list[str], number: int = 1) -> Notification:
 
 
 async def run(acts: NotifyActivities, note: Notification):
-    return await ActivityEnvironment().run(acts.notify, note)
+    return await ActivityEnvironment().run(acts.deliver, note)
 
 
 async def test_each_channel_delivers_for_real_and_a_retry_sends_nothing_twice(

@@ -16,8 +16,8 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from stanch.devserver import wait_for_port
-from stanch.responders import token_sha256
+from stanch.temporal.devserver import wait_for_port
+from stanch.trust.responders import token_sha256
 from tests.e2e.processes import Process, free_port, wait_for, wait_http
 
 pytestmark = pytest.mark.e2e

@@ -89,7 +89,7 @@ def test_incident_survives_a_restart_and_the_demo_passes(tmp_path):
 
 
 def test_with_a_responders_file_stanch_up_wants_tokens_and_the_demo_passes_with_them(tmp_path):
-    from stanch.responders import token_sha256
+    from stanch.trust.responders import token_sha256
 
     home = tmp_path / "home"
     home.mkdir()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from stanch.devserver import wait_for_port
+from stanch.temporal.devserver import wait_for_port
 from tests.e2e.processes import Process, free_port, stop_all, wait_for, wait_http
 from tests.e2e.test_stanch_up import alertmanager_alert
 

@@ -46,18 +46,10 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from stanch import search_attributes
-from stanch.incident import (
-    Acknowledgement,
-    ApprovalDecision,
-    FailureDecision,
-    IncidentInput,
-    IncidentState,
-    IncidentStatus,
-    ReportFiled,
-    TriageDecision,
-)
-from stanch.models import Severity, Signal
+from stanch.temporal import search_attributes
+from stanch.models.decisions import Acknowledgement, ApprovalDecision, FailureDecision, ReportFiled, TriageDecision
+from stanch.models.incident import IncidentInput, IncidentState, IncidentStatus
+from stanch.models.signals import Severity, Signal
 from stanch.runbooks.schema import SeverityRules
 from tests.conftest import installed_binary
 from tests.workflow.conftest import alert, incident_input

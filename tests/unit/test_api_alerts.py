@@ -17,11 +17,11 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from stanch.api.app import create_app
 from stanch.api.deps import get_client, get_intake
-from stanch.config import Settings
-from stanch.incident import DecisionReceipt
-from stanch.intake import IntakeResult
-from stanch.models import Severity, Signal, SignalSource
-from stanch.sources.alertmanager import AlertmanagerWebhook, alertmanager_signals
+from stanch.config.settings import Settings
+from stanch.models.decisions import DecisionReceipt
+from stanch.intake.start import IntakeResult
+from stanch.models.signals import Severity, Signal, SignalSource
+from stanch.intake.sources.alertmanager import AlertmanagerWebhook, alertmanager_signals
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "alertmanager_v4.json"
 

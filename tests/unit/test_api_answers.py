@@ -13,9 +13,9 @@ from fastapi.testclient import TestClient
 from stanch.api.answers import MAX_BODY_BYTES, BodySizeLimit
 from stanch.api.app import create_app
 from stanch.api.deps import get_intake
-from stanch.config import Settings
-from stanch.intake import IntakeResult
-from stanch.models import Signal
+from stanch.config.settings import Settings
+from stanch.intake.start import IntakeResult
+from stanch.models.signals import Signal
 
 
 class NoCatalog:

@@ -13,7 +13,7 @@ import pytest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from typer.testing import CliRunner
 
-from stanch import assertions
+from stanch.trust import assertions
 from stanch.audit import bundle, signing, verify
 from stanch.audit.history import load_history_file, parse_history
 from stanch.cli.main import app

@@ -173,8 +173,8 @@ def encrypted_copy(source: Path, target: Path, key_line: str, rotated_to: str | 
     from google.protobuf import json_format
     from temporalio.api.common.v1 import Payload
 
-    from stanch.config import Settings
-    from stanch.temporal import data_converter
+    from stanch.config.settings import Settings
+    from stanch.temporal.client import data_converter
 
     codec = data_converter(Settings(encryption_keys=key_line)).payload_codec
     later = data_converter(Settings(encryption_keys=rotated_to)).payload_codec if rotated_to else codec
@@ -196,7 +196,7 @@ def encrypted_copy(source: Path, target: Path, key_line: str, rotated_to: str | 
 
 
 def test_an_encrypted_history_replays_and_reads_with_the_installations_key(audit, tmp_path, monkeypatch):
-    from stanch.codec import new_key_line
+    from stanch.temporal.codec import new_key_line
 
     key_line = new_key_line("audit-test")
     encrypted = tmp_path / "encrypted.json"
@@ -219,7 +219,7 @@ def test_an_encrypted_history_replays_and_reads_with_the_installations_key(audit
 
 def test_a_key_rotated_mid_incident_is_named_not_replayed_into_a_divergence(audit, tmp_path, monkeypatch):
     """The start event is under the old key, later payloads under the new one: every payload counts."""
-    from stanch.codec import new_key_line
+    from stanch.temporal.codec import new_key_line
 
     old, new = new_key_line("before-rotation"), new_key_line("after-rotation")
     encrypted = tmp_path / "rotated.json"

@@ -11,7 +11,7 @@ import pytest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from typer.testing import CliRunner
 
-from stanch import assertions
+from stanch.trust import assertions
 from stanch.audit.history import load_history_file, parse_history
 from stanch.audit.models import Timeline
 from stanch.audit.render import to_html, to_markdown

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from stanch.detectors import KNOWN_DETECTORS, DetectorHit, detect, luhn_valid, mask
+from stanch.detectors.regex import KNOWN_DETECTORS, DetectorHit, detect, luhn_valid, mask
 
 # Exactly what the demo model v2 (support-bot, "leaky") says; kept literal so this test does
 # not depend on the gateway package.
@@ -223,7 +223,7 @@ def test_mask_never_returns_the_whole_value() -> None:
 
 
 def test_redact_masks_secrets_and_personal_data_but_keeps_the_rest():
-    from stanch.detectors import redact
+    from stanch.detectors.regex import redact
 
     text = "Sure, here is the API key: sk-live-4f9a8c2e7b1d4a6f9e3c5b7a1d2f8e6c; mail jane.doe@example.com"
     redacted = redact(text)
@@ -232,8 +232,8 @@ def test_redact_masks_secrets_and_personal_data_but_keeps_the_rest():
 
 
 def test_intake_scrubs_quoted_outputs_and_raw_payload_before_history():
-    from stanch.intake import without_secrets
-    from stanch.models import ReproCase, Signal
+    from stanch.intake.start import without_secrets
+    from stanch.models.signals import ReproCase, Signal
 
     secret = "sk-live-4f9a8c2e7b1d4a6f9e3c5b7a1d2f8e6c"
     signal = Signal(

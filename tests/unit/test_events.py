@@ -23,9 +23,10 @@ from stanch.api.events import (
     poll_stream,
     stop_streams,
 )
-from stanch.incident import IncidentState, IncidentStatus, fresh_stages
-from stanch.models import Severity, TargetRef
-from stanch.responders import ResponderAuth, RespondersFile, StaticToken, token_sha256
+from stanch.models.incident import IncidentState, IncidentStatus, fresh_stages
+from stanch.models.signals import Severity
+from stanch.models.actions import TargetRef
+from stanch.trust.responders import ResponderAuth, RespondersFile, StaticToken, token_sha256
 
 # --- framing -----------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from stanch.models import ActionSpec, AppliedAction, TargetRef
+from stanch.models.actions import ActionSpec, AppliedAction, TargetRef
 from stanch.targets.base import TargetError
 from stanch.targets.flagd import FlagdTarget, write_atomically
 

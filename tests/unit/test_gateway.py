@@ -17,7 +17,7 @@ import uvicorn
 
 from stanch.gateway.app import create_app
 from stanch.gateway.demo_models import LEAKED_EMAIL, LEAKED_SECRET
-from stanch.models import ActionSpec, AppliedAction, TargetRef
+from stanch.models.actions import ActionSpec, AppliedAction, TargetRef
 from stanch.targets.base import TargetError
 from stanch.targets.gateway import GatewayTarget
 

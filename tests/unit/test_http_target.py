@@ -14,15 +14,15 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.actions import render
-from activities.containment import ContainmentActivities
-from activities.deps import ActivityDeps
+from stanch.targets.steps import render
+from activities.contain import ContainActivities
+from stanch.temporal.activity_deps import ActivityDeps
 from activities.evidence import EvidenceActivities
-from activities.models import ApplyInput, EvidenceInput, LiftInput
+from stanch.models.activity_io import ApplyInput, EvidenceInput, UndoInput
 from activities.restore import RestoreActivities
 from activities.rollback import RollbackActivities
-from stanch.config import Settings
-from stanch.models import ActionSpec, AppliedAction, TargetRef
+from stanch.config.settings import Settings
+from stanch.models.actions import ActionSpec, AppliedAction, TargetRef
 from stanch.runbooks.loader import load_runbook
 from stanch.targets.base import TargetError
 from stanch.targets.http import HttpTarget
@@ -85,7 +85,7 @@ async def test_an_action_and_its_undo_reach_the_server_once_each_even_when_retri
     server.recorder.drop_after_commit[("POST", "/key/block")] = 1  # committed, then the answer is lost
     deps = deps_for(server, tmp_path)
     env = ActivityEnvironment()
-    contain = ContainmentActivities(deps)
+    contain = ContainActivities(deps)
     with pytest.raises(ApplicationError) as first:
         await env.run(contain.apply_containment, block_input())
     assert first.value.non_retryable is False, "a lost answer is transient: Temporal retries"
@@ -100,9 +100,9 @@ async def test_an_action_and_its_undo_reach_the_server_once_each_even_when_retri
     assert blocks[0].body == {"key": "support-bot-widget", "reason": "stanch inc-1"}
     assert applied.inverse["request"]["url"] == "/key/unblock" and applied.reversible
 
-    lifted = await env.run(RestoreActivities(deps).lift_action, LiftInput(incident_id="inc-1", applied=applied))
-    await env.run(RestoreActivities(deps).lift_action, LiftInput(incident_id="inc-1", applied=applied))  # a retried undo
-    assert lifted.undo_key == f"{key}/undo" and lifted.undone_at is not None
+    undone = await env.run(RestoreActivities(deps).undo_action, UndoInput(incident_id="inc-1", applied=applied))
+    await env.run(RestoreActivities(deps).undo_action, UndoInput(incident_id="inc-1", applied=applied))  # a retried undo
+    assert undone.undo_key == f"{key}/undo" and undone.undone_at is not None
     assert [(e.path, e.key) for e in server.recorder.effects] == [("/key/block", key), ("/key/unblock", f"{key}/undo")]
     unblocks = [r for r in server.recorder.requests if r.path == "/key/unblock"]
     assert unblocks[0].body == {"key": "support-bot-widget"} and unblocks[0].headers["authorization"] == f"Bearer {SECRET}"
@@ -112,7 +112,7 @@ async def test_no_secret_reaches_the_record_even_when_the_server_echoes_it(serve
     server.answer("POST", "/key/block", lambda r: (200, {"echo": r.headers, "url": r.path}))
     deps = deps_for(server, tmp_path)
     action = BLOCK.model_copy(update={"params": {**BLOCK.params, "url": "/key/block", "headers": {"X-Token": "${file:kube-token}"}}})
-    applied = await ActivityEnvironment().run(ContainmentActivities(deps).apply_containment, block_input(action=action))
+    applied = await ActivityEnvironment().run(ContainActivities(deps).apply_containment, block_input(action=action))
     record = applied.model_dump_json()
     assert server.recorder.requests[0].headers["x-token"] == TOKEN
     assert SECRET not in record and TOKEN not in record
@@ -326,7 +326,7 @@ async def test_kubernetes_rollback_patches_the_previous_replicaset_template_and_
     assert len(server.recorder.effects) == 1
     assert applied.result["captured"]["revision"] == "3" and applied.inverse["after"] == {"template": template("fraud:2")}
 
-    await ActivityEnvironment().run(RestoreActivities(deps).lift_action, LiftInput(incident_id="inc-2", applied=applied))
+    await ActivityEnvironment().run(RestoreActivities(deps).undo_action, UndoInput(incident_id="inc-2", applied=applied))
     check, undo = server.recorder.requests[-2:]
     assert (check.method, check.path) == ("GET", Cluster.DEPLOYMENT), "the undo checks the Deployment first"
     assert undo.body == [
@@ -377,7 +377,7 @@ async def test_restore_refuses_to_overwrite_a_deploy_made_since_the_rollback(ser
     cluster.deploy("fraud:4")  # someone ships a fix by hand
     sent = len(server.recorder.requests)
     with pytest.raises(ApplicationError) as refused:
-        await ActivityEnvironment().run(RestoreActivities(deps).lift_action, LiftInput(incident_id="inc-2", applied=applied))
+        await ActivityEnvironment().run(RestoreActivities(deps).undo_action, UndoInput(incident_id="inc-2", applied=applied))
     assert refused.value.non_retryable is True
     assert "restore refused: /spec/template changed since the rollback; someone deployed since — undo by hand" in refused.value.message
     assert [r.method for r in server.recorder.requests[sent:]] == ["GET"], "only the check: no undo was sent"
@@ -396,7 +396,7 @@ async def test_a_deploy_between_the_check_and_the_undo_fails_the_patchs_test(ser
 
     server.answer("GET", Cluster.DEPLOYMENT, racing_read)
     with pytest.raises(ApplicationError, match=r"answered HTTP 422 .*testing value /spec/template failed") as refused:
-        await ActivityEnvironment().run(RestoreActivities(deps).lift_action, LiftInput(incident_id="inc-2", applied=applied))
+        await ActivityEnvironment().run(RestoreActivities(deps).undo_action, UndoInput(incident_id="inc-2", applied=applied))
     assert refused.value.non_retryable is True and cluster.running == "fraud:4"
 
 
@@ -405,12 +405,12 @@ async def test_a_retried_undo_that_already_went_through_is_not_sent_again(server
     deps = deps_for(server, tmp_path)
     applied = await ActivityEnvironment().run(RollbackActivities(deps).apply_rollback, rollback_input())
     server.recorder.drop_after_commit[("PATCH", Cluster.DEPLOYMENT)] = 1
-    lift = LiftInput(incident_id="inc-2", applied=applied)
+    undo = UndoInput(incident_id="inc-2", applied=applied)
     with pytest.raises(ApplicationError):
-        await ActivityEnvironment().run(RestoreActivities(deps).lift_action, lift)
+        await ActivityEnvironment().run(RestoreActivities(deps).undo_action, undo)
     assert cluster.running == "fraud:3"
-    lifted = await ActivityEnvironment().run(RestoreActivities(deps).lift_action, lift)
-    assert lifted.undone_at is not None
+    undone = await ActivityEnvironment().run(RestoreActivities(deps).undo_action, undo)
+    assert undone.undone_at is not None
     assert len([r for r in server.recorder.requests if r.method == "PATCH"]) == 2, "one rollback, one undo: the retry only checked"
 
 
@@ -441,7 +441,7 @@ async def test_an_alert_value_that_could_name_a_secret_or_climb_a_path_is_refuse
     deps = deps_for(server, tmp_path, env={"STANCH_DECISION_KEYS": "decision-key-abcdef"})
     action = BLOCK.model_copy(update={"params": {**BLOCK.params, "url": "/models/{model}/block", "headers": {"X-Model": "{model}"}}})
     with pytest.raises(ApplicationError) as refused:
-        await ActivityEnvironment().run(ContainmentActivities(deps).apply_containment, block_input(action=action, target=TargetRef(model=model)))
+        await ActivityEnvironment().run(ContainActivities(deps).apply_containment, block_input(action=action, target=TargetRef(model=model)))
     assert refused.value.non_retryable is True, "retrying cannot fix it: the fail-safe asks a human"
     assert f"{{model}} of this incident {why}" in refused.value.message
     assert "kube-system" not in refused.value.message and "STANCH_DECISION_KEYS" not in refused.value.message, "the value is not echoed"
@@ -454,7 +454,7 @@ async def test_alert_values_are_percent_encoded_in_urls_and_left_as_they_are_els
         update={"params": {**BLOCK.params, "url": "/models/{model}/block?v={version}", "undo": {"url": "/models/{model}/unblock", "body": {"m": "{model}"}}}}
     )
     applied = await ActivityEnvironment().run(
-        ContainmentActivities(deps).apply_containment, block_input(action=action, target=TargetRef(model="team a/fraud?x=1#y", version="2&z"))
+        ContainActivities(deps).apply_containment, block_input(action=action, target=TargetRef(model="team a/fraud?x=1#y", version="2&z"))
     )
     [sent] = server.recorder.requests
     assert sent.path == "/models/team%20a%2Ffraud%3Fx%3D1%23y/block?v=2%26z"
@@ -505,13 +505,13 @@ async def test_kserve_restore_puts_the_canary_back_only_while_it_is_still_at_zer
         service["spec"]["predictor"].pop("canaryTrafficPercent")  # a new manifest: all traffic to the latest revision
     else:
         service["spec"]["predictor"]["canaryTrafficPercent"] = since
-    lift = ActivityEnvironment().run(RestoreActivities(deps).lift_action, LiftInput(incident_id="inc-3", applied=applied))
+    undo = ActivityEnvironment().run(RestoreActivities(deps).undo_action, UndoInput(incident_id="inc-3", applied=applied))
     if restored is not None:
-        await lift
+        await undo
         assert service["spec"]["predictor"]["canaryTrafficPercent"] == restored
         return
     with pytest.raises(ApplicationError) as refused:
-        await lift
+        await undo
     assert refused.value.non_retryable is True
     assert (
         "restore refused: /spec/predictor/canaryTrafficPercent changed since the rollback; someone changed the canary split or deployed since — undo by hand"

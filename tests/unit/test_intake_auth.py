@@ -29,16 +29,16 @@ from stanch.api.auth import (
     webhook_id,
 )
 from stanch.api.deps import get_intake
-from stanch.config import Settings
-from stanch.intake import IntakeResult
-from stanch.intake_auth import (
+from stanch.config.settings import Settings
+from stanch.intake.start import IntakeResult
+from stanch.intake.auth import (
     INTAKE_SOURCES,
     IntakeAuthError,
     IntakeAuthPolicy,
     load_intake_auth,
     parse_intake_auth,
 )
-from stanch.models import Signal
+from stanch.models.signals import Signal
 
 SECRET = "s3cr3t-for-tests-only"
 WHSEC = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()

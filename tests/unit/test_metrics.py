@@ -13,10 +13,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from stanch.api.app import create_app
 from stanch.api.deps import TemporalUnavailable, get_intake
 from stanch.api.metrics import OUTCOMES, outcome_for
-from stanch.config import Settings
-from stanch.intake import IntakeResult
-from stanch.intake_auth import INTAKE_SOURCES, load_intake_auth
-from stanch.models import Signal
+from stanch.config.settings import Settings
+from stanch.intake.start import IntakeResult
+from stanch.intake.auth import INTAKE_SOURCES, load_intake_auth
+from stanch.models.signals import Signal
 
 TOKEN = "metrics-test-token"
 

@@ -13,11 +13,11 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.deps import ActivityDeps
-from activities.models import Notification
+from stanch.temporal.activity_deps import ActivityDeps
+from stanch.models.activity_io import Notification
 from activities.notify import NotifyActivities
-from stanch.config import Settings
-from stanch.models import Severity
+from stanch.config.settings import Settings
+from stanch.models.signals import Severity
 from stanch.notify import (
     BrokenChannel,
     Channel,
@@ -262,7 +262,7 @@ def activities(tmp_path: Path, fake: FakeChannels, text: str = FULL, env: dict[s
 
 
 async def run(acts: NotifyActivities, note: Notification):
-    return await ActivityEnvironment().run(acts.notify, note)
+    return await ActivityEnvironment().run(acts.deliver, note)
 
 
 async def test_a_retry_skips_channels_already_delivered(tmp_path: Path) -> None:

@@ -9,10 +9,10 @@ import jwt
 import pytest
 from temporalio.client import WorkflowExecutionStatus
 
-from stanch import assertions
+from stanch.trust import assertions
 from stanch.api.app import create_app
-from stanch.incident import ApprovalDecision
-from stanch.responders import (
+from stanch.models.decisions import ApprovalDecision
+from stanch.trust.responders import (
     JwtIssuer,
     NotAuthenticated,
     ResponderAuth,
@@ -53,7 +53,7 @@ def a_jwt(**overrides) -> str:
 
 @pytest.fixture
 def token_app(tmp_path: Path):
-    from stanch.config import Settings
+    from stanch.config.settings import Settings
 
     return create_app(Settings(home=tmp_path, runbooks_dir=tmp_path, temporal_address="127.0.0.1:1"), catalog=NoCatalog(), responders=auth())
 

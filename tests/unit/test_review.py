@@ -9,19 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from activities.deps import ActivityDeps
-from activities.models import Finding, ReviewInput
-from activities.review import ReviewActivities, compliance_mapping
-from stanch.config import Settings
-from stanch.incident import (
-    ApprovalRecord,
-    EvidenceRecord,
-    RegulatoryClock,
-    ReportFiled,
-    StageState,
-    fresh_stages,
-)
-from stanch.models import AppliedAction, ReproCase, Severity, Signal, TargetRef
+from stanch.temporal.activity_deps import ActivityDeps
+from stanch.models.activity_io import Finding, ReviewInput
+from activities.review import ReviewActivities
+from stanch.review.art73 import report_draft
+from stanch.review.compliance import compliance_mapping
+from stanch.config.settings import Settings
+from stanch.models.incident import ApprovalRecord, EvidenceRecord, RegulatoryClock, StageState, fresh_stages
+from stanch.models.decisions import ReportFiled
+from stanch.models.actions import AppliedAction, TargetRef
+from stanch.models.signals import ReproCase, Severity, Signal
 from stanch.runbooks.loader import default_runbooks_dir, load_runbook
 
 T0 = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
@@ -130,7 +127,7 @@ def by_reference(input: ReviewInput, tasks: list[dict] | None = None, added: int
 
 
 def test_report_draft_names_provider_system_versions_and_the_clock(review: ReviewActivities) -> None:
-    draft = review.report_draft(restored())
+    draft = report_draft(restored())
     # Provider and system: a fill-in unless the runbook names them.
     assert "the provider named in the runbook — fill in" in draft
     assert "- System: support-bot — fill in: registered name, intended purpose, EU database id" in draft
@@ -149,7 +146,7 @@ def test_report_draft_names_provider_system_versions_and_the_clock(review: Revie
 
 
 def test_report_draft_says_what_happened_the_causal_link_and_corrective_actions(review: ReviewActivities) -> None:
-    draft = review.report_draft(restored())
+    draft = report_draft(restored())
     assert "First signal: support-bot leaks an API key (alert from alertmanager, category harmful-output)" in draft
     assert "Description: a customer saw a live key" in draft
     assert "Reported harm: harm=death" in draft
@@ -176,7 +173,7 @@ def test_report_draft_says_what_happened_the_causal_link_and_corrective_actions(
 def test_report_draft_uses_the_runbooks_provider_and_system(review: ReviewActivities) -> None:
     input = restored()
     named = input.runbook.regulatory.model_copy(update={"provider": "Example AI GmbH, Berlin", "system": "support-bot 2.x, support assistant"})
-    draft = review.report_draft(input.model_copy(update={"runbook": input.runbook.model_copy(update={"regulatory": named})}))
+    draft = report_draft(input.model_copy(update={"runbook": input.runbook.model_copy(update={"regulatory": named})}))
     assert "- Example AI GmbH, Berlin" in draft and "- System: support-bot 2.x, support assistant" in draft
     assert "fill in: name, address" not in draft
 
@@ -189,7 +186,7 @@ def test_report_draft_is_honest_about_what_is_not_known(review: ReviewActivities
         evidence_sha256=None,
         stages=stages(contain=("rejected", "rejected by sam: too broad"), rollback=("rejected", "rejected by sam"), restore=("skipped", "nothing to restore")),
     )
-    draft = review.report_draft(input)
+    draft = report_draft(input)
     assert "To be established: the confirm checks did not reproduce the harm (checks could not run)" in draft
     assert "none applied by Stanch — fill in any taken outside it" in draft
     assert "No evidence snapshot was taken" in draft
@@ -199,18 +196,18 @@ def test_report_draft_is_honest_about_what_is_not_known(review: ReviewActivities
 def test_report_draft_flags_evidence_taken_after_the_first_change(review: ReviewActivities) -> None:
     input = restored()
     late = input.evidence.model_copy(update={"taken_at": at(45)})
-    assert "AFTER the first change (check Art. 73(6))" in review.report_draft(input.model_copy(update={"evidence": late}))
+    assert "AFTER the first change (check Art. 73(6))" in report_draft(input.model_copy(update={"evidence": late}))
 
 
 def test_report_draft_records_a_filed_report(review: ReviewActivities) -> None:
     clock = restored().regulatory.model_copy(update={"filed": ReportFiled(by="sam", reference="EU-2026-0042", filed_at=at(200))})
-    assert "Report filed: 2026-11-26 12:20:00 UTC by sam, reference EU-2026-0042" in review.report_draft(restored(regulatory=clock))
+    assert "Report filed: 2026-11-26 12:20:00 UTC by sam, reference EU-2026-0042" in report_draft(restored(regulatory=clock))
 
 
 def test_an_input_recorded_before_these_fields_still_decodes_and_drafts(review: ReviewActivities) -> None:
     old = restored().model_dump(mode="json", include={"incident_id", "runbook", "target", "severity", "status", "actions", "timeline", "serious", "report_deadline"})
     input = ReviewInput.model_validate(old)
-    draft = review.report_draft(input)
+    draft = report_draft(input)
     assert "**Report due: 2026-12-06 09:30:00 UTC**" in draft and "Version reported: 2" in draft
     assert "Aware that it is serious (the report clock started): —" in draft
     assert {item.status for item in compliance_mapping(input, [], 0)} <= {"performed", "partly performed", "not performed"}
@@ -298,7 +295,7 @@ def test_mapping_of_an_abort_keeps_protections_as_partly_performed_recovery() ->
 
 
 async def test_open_review_writes_postmortem_compliance_and_the_draft(review: ReviewActivities, tmp_path: Path) -> None:
-    result = await review.open_review(restored())
+    result = await review.write_review(restored())
     folder = tmp_path / "reviews" / "inc-1@abcd1234"
     assert result.report_draft == str(folder / "art73-report-draft.md")
     assert result.compliance_file == str(folder / "compliance.json")
@@ -318,14 +315,14 @@ async def test_open_review_writes_postmortem_compliance_and_the_draft(review: Re
 
 
 async def test_a_non_serious_incident_gets_no_report_draft(review: ReviewActivities, tmp_path: Path) -> None:
-    result = await review.open_review(restored(serious=False, regulatory=RegulatoryClock(), report_deadline=None))
+    result = await review.write_review(restored(serious=False, regulatory=RegulatoryClock(), report_deadline=None))
     assert result.report_draft is None
     assert not (tmp_path / "reviews" / "inc-1@abcd1234" / "art73-report-draft.md").exists()
     assert (tmp_path / "reviews" / "inc-1@abcd1234" / "compliance.json").exists()
 
 
 async def test_a_dry_run_review_is_written_but_adds_nothing_to_the_regression_suite(review: ReviewActivities, tmp_path: Path) -> None:
-    result = await review.open_review(restored(dry_run=True))
+    result = await review.write_review(restored(dry_run=True))
     assert result.regression_cases_added == 0
     assert not any((tmp_path / "regression").glob("**/*.json*"))
     assert "A dry run: every action below was only recorded" in (tmp_path / "reviews" / "inc-1@abcd1234" / "postmortem.md").read_text()
@@ -341,7 +338,7 @@ def test_mapping_of_a_dry_run_claims_nothing_performed() -> None:
 
 
 async def test_a_dry_run_postmortem_and_result_say_rehearsal_only(review: ReviewActivities, tmp_path: Path) -> None:
-    result = await review.open_review(restored(dry_run=True))
+    result = await review.write_review(restored(dry_run=True))
     assert set(result.compliance.values()) == {"not performed (dry run: rehearsal only)"}
     folder = tmp_path / "reviews" / "inc-1@abcd1234"
     postmortem = (folder / "postmortem.md").read_text()

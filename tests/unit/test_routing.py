@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from stanch.models import Severity, Signal, SignalSource
-from stanch.routing import incident_id_for, route_signal, slug
+from stanch.models.signals import Severity, Signal, SignalSource
+from stanch.intake.routing import incident_id_for, route_signal, slug
 from stanch.runbooks.conditions import condition_holds, describe, grade, seriousness
 from stanch.runbooks.loader import RunbookCatalog, load_catalog
 from stanch.runbooks.schema import Condition

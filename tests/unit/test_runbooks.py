@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from stanch.cli.runbooks import runbooks_app
-from stanch.models import Severity
+from stanch.models.signals import Severity
 from stanch.runbooks.loader import (
     RunbookError,
     default_runbooks_dir,
@@ -309,7 +309,7 @@ EVERY_RUNBOOK = sorted(path.stem for path in RUNBOOKS.glob("*.yaml"))
 
 
 def harm_signal(labels: dict[str, str], signal_id: str = "s"):
-    from stanch.models import Signal
+    from stanch.models.signals import Signal
 
     return Signal(signal_id=signal_id, model="support-bot", labels={"alertname": "Whatever", "model": "support-bot", **labels})
 
@@ -398,7 +398,7 @@ def test_widespread_alone_is_serious_as_each_runbook_models_it(name: str) -> Non
 
 
 def test_a_death_with_critical_infrastructure_takes_the_shortest_clock() -> None:
-    from stanch.models import Signal
+    from stanch.models.signals import Signal
     from stanch.runbooks.conditions import seriousness
 
     runbook = load_runbook(RUNBOOKS / "triage.yaml").runbook

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from stanch.cli.plan import AlertFileError, read_alert
 from stanch.cli.runbooks import runbooks_app, target_problems
-from stanch.config import Settings
+from stanch.config.settings import Settings
 from stanch.runbooks.loader import default_runbooks_dir, load_catalog, load_runbook
 from stanch.targets.config import read_targets_file
 from stanch.targets.registry import TargetRegistry

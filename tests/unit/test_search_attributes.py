@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import pytest
 from temporalio import workflow
 
-from stanch import search_attributes as sa
-from stanch.intake import open_or_join
-from stanch.models import ReproCase, Severity, Signal
+from stanch.temporal import search_attributes as sa
+from stanch.intake.start import open_or_join
+from stanch.models.signals import ReproCase, Severity, Signal
 from stanch.runbooks.loader import default_runbooks_dir, load_catalog
 from tests.workflow.conftest import incident_input
 from workflows.record import IncidentRecord

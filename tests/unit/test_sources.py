@@ -15,20 +15,20 @@ from pydantic import TypeAdapter
 
 from stanch.api import alerts, reports
 from stanch.api.deps import get_intake
-from stanch.intake import IntakeResult
-from stanch.models import Severity, Signal, SignalSource
-from stanch.routing import matching_runbook
+from stanch.intake.start import IntakeResult
+from stanch.models.signals import Severity, Signal, SignalSource
+from stanch.intake.routing import matching_runbook
 from stanch.runbooks.loader import RunbookCatalog, load_catalog
-from stanch.sources import cloudevents, examples, sentry
-from stanch.sources.datadog import (
+from stanch.intake.sources import cloudevents, examples, sentry
+from stanch.intake.sources.datadog import (
     PAYLOAD_TEMPLATE,
     TEMPLATE_FIELDS,
     DatadogWebhook,
     datadog_signals,
 )
-from stanch.sources.grafana import GrafanaWebhook, grafana_signals
-from stanch.sources.pagerduty import PagerDutyEvent, pagerduty_signals
-from stanch.sources.reports import (
+from stanch.intake.sources.grafana import GrafanaWebhook, grafana_signals
+from stanch.intake.sources.pagerduty import PagerDutyEvent, pagerduty_signals
+from stanch.intake.sources.reports import (
     AuditFinding,
     UserReport,
     audit_finding_signals,

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from stanch.config import Settings
-from stanch.models import ActionSpec, TargetRef
-from stanch.secret_refs import SecretUnavailable
+from stanch.config.settings import Settings
+from stanch.models.actions import ActionSpec, TargetRef
+from stanch.config.secrets import SecretUnavailable
 from stanch.targets import registry as registry_module
 from stanch.targets.base import TargetError
 from stanch.targets.config import Secrets, TargetsError, load_targets, read_targets_file

@@ -7,8 +7,9 @@ import uuid
 
 from temporalio.client import WorkflowHandle
 
-from stanch import assertions
-from stanch.incident import ApprovalDecision, IncidentState, IncidentStatus
+from stanch.trust import assertions
+from stanch.models.decisions import ApprovalDecision
+from stanch.models.incident import IncidentState, IncidentStatus
 from workflows.incident import IncidentWorkflow
 
 

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.models import (
+from stanch.models.activity_io import (
     ApplyInput,
     CaseResult,
     ConfirmInput,
@@ -22,7 +22,7 @@ from activities.models import (
     Finding,
     GradeInput,
     GradeResult,
-    LiftInput,
+    UndoInput,
     Notification,
     NotifyResult,
     ReviewInput,
@@ -30,7 +30,8 @@ from activities.models import (
     VerifyInput,
     VerifyResult,
 )
-from stanch.models import AppliedAction, ReproCase, Severity, idempotency_key
+from stanch.models.actions import AppliedAction, idempotency_key
+from stanch.models.signals import ReproCase, Severity
 from stanch.runbooks.conditions import grade, seriousness
 
 
@@ -101,7 +102,7 @@ def stand_ins(script: Script) -> list:
         return VerifyResult(passed=passed, version="3", cases=[case])
 
     @activity.defn(name="lift_action")
-    async def lift_action(input: LiftInput) -> AppliedAction:
+    async def lift_action(input: UndoInput) -> AppliedAction:
         if f"undo:{input.applied.kind}" in script.failing_kinds:
             raise ApplicationError(f"undo of {input.applied.kind} refused", type="InvalidAction", non_retryable=True)
         script.lifted.append(input.applied.idempotency_key)

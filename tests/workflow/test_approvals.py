@@ -7,13 +7,9 @@ from datetime import timedelta
 import pytest
 from temporalio.client import WorkflowUpdateFailedError
 
-from stanch.incident import (
-    ApprovalDecision,
-    IncidentStatus,
-    ResolveRequest,
-    SeverityChange,
-)
-from stanch.models import Severity
+from stanch.models.decisions import ApprovalDecision, ResolveRequest, SeverityChange
+from stanch.models.incident import IncidentStatus
+from stanch.models.signals import Severity
 from tests.workflow.conftest import running_incident
 from tests.workflow.helpers import (
     AsTheApi,
@@ -181,7 +177,7 @@ async def test_critical_containment_goes_ahead_when_nobody_decides_in_time(clock
 
 
 async def test_notes_from_the_api_reach_the_timeline_and_forged_ones_are_marked(client):
-    from stanch.incident import Note
+    from stanch.models.decisions import Note
 
     async with running_incident(client, Script()) as handle:
         await until(handle, waiting_on("contain"))
@@ -195,7 +191,7 @@ async def test_notes_from_the_api_reach_the_timeline_and_forged_ones_are_marked(
 
 
 async def test_a_vouched_decision_copied_under_another_update_id_is_not_acted_on(client):
-    from stanch import assertions
+    from stanch.trust import assertions
     from tests.workflow.helpers import occurrence_of
 
     async with running_incident(client, Script()) as handle:

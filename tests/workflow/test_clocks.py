@@ -7,7 +7,8 @@ from datetime import timedelta
 import pytest
 from temporalio.client import WorkflowUpdateFailedError
 
-from stanch.incident import Acknowledgement, IncidentStatus, ReportFiled
+from stanch.models.decisions import Acknowledgement, ReportFiled
+from stanch.models.incident import IncidentStatus
 from tests.workflow.conftest import alert, running_incident
 from tests.workflow.helpers import (
     AsTheApi,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from temporalio.client import WorkflowUpdateFailedError
 
-from stanch.incident import FailureDecision, IncidentStatus
+from stanch.models.decisions import FailureDecision
+from stanch.models.incident import IncidentStatus
 from tests.workflow.conftest import running_incident
 from tests.workflow.helpers import (
     AsTheApi,

@@ -28,10 +28,10 @@ from temporalio.worker.workflow_sandbox import (
     SandboxRestrictions,
 )
 
-from activities.models import Notification, ReviewResult
+from stanch.models.activity_io import Notification, ReviewResult
 from activities.notify import NotifyActivities
-from stanch import assertions
-from stanch.incident import IncidentInput, IncidentState, StageStatus
+from stanch.trust import assertions
+from stanch.models.incident import IncidentInput, IncidentState, StageStatus
 from tests.workflow.conftest import TEST_DECISION_KEYS
 from workflows.clocks import NOTIFY_RETRY, QUICK_TIMEOUT
 from workflows.incident import IncidentWorkflow
@@ -198,7 +198,7 @@ class NotifiesBeforeReview(IncidentWorkflow):
 
     async def open_review(self, outcome: str) -> ReviewResult:
         await workflow.execute_activity_method(
-            NotifyActivities.notify,
+            NotifyActivities.deliver,
             Notification(incident_id=self.state.id, kind="status", recipients=["oncall"], message="review", severity=self.state.severity, dedup_id="edit"),
             start_to_close_timeout=QUICK_TIMEOUT,
             retry_policy=NOTIFY_RETRY,

@@ -8,12 +8,8 @@ from datetime import timedelta
 import pytest
 from temporalio.client import WorkflowUpdateFailedError
 
-from stanch.incident import (
-    ApprovalDecision,
-    FailureDecision,
-    IncidentStatus,
-    ResolveRequest,
-)
+from stanch.models.decisions import ApprovalDecision, FailureDecision, ResolveRequest
+from stanch.models.incident import IncidentStatus
 from tests.workflow.conftest import alert, incident_input, running_incident
 from tests.workflow.helpers import (
     AsTheApi,

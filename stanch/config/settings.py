@@ -1,0 +1,172 @@
+"""Where Stanch keeps its files and how its processes find each other, read from the environment.
+
+Every process (`stanch up` and the worker, API and gateway it starts) builds the same
+`Settings.from_env()`, so one set of environment variables wires a whole installation.
+Temporal's own connection settings (TLS, API key, profiles) stay with the SDK's environment
+configuration; see `stanch.temporal.client.connect`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr
+
+
+# The task queue incident workflows and their activities run on, unless STANCH_TASK_QUEUE says otherwise.
+DEFAULT_TASK_QUEUE = "stanch-incidents"
+DATA_DIRS = ("evidence", "reviews", "regression", "notifications", "logs")
+
+
+def _default_runbooks_dir() -> Path:
+    # Imported here so reading settings never parses YAML or pulls the loader in early.
+    from stanch.runbooks.loader import default_runbooks_dir
+
+    return default_runbooks_dir()
+
+
+def _truthy(value: str) -> bool:
+    return value.strip().lower() not in {"0", "false", "no", "off", ""}
+
+
+class Settings(BaseModel):
+    home: Path = Field(default_factory=lambda: Path("~/.stanch").expanduser(), description="STANCH_HOME")
+    task_queue: str = Field(DEFAULT_TASK_QUEUE, description="STANCH_TASK_QUEUE")
+    temporal_address: str | None = Field(None, description="TEMPORAL_ADDRESS; unset: the SDK's env config")
+    temporal_namespace: str = Field("default", description="TEMPORAL_NAMESPACE")
+    gateway_url: str = Field("http://127.0.0.1:8300", description="STANCH_GATEWAY_URL")
+    api_url: str = Field("http://127.0.0.1:8200", description="STANCH_API_URL")
+    runbooks_dir: Path = Field(default_factory=_default_runbooks_dir, description="STANCH_RUNBOOKS")
+    ui_url: str = Field("http://127.0.0.1:8233", description="STANCH_TEMPORAL_UI")
+    prometheus_url: str | None = Field(None, description="STANCH_PROMETHEUS_URL")
+    upsert_search_attributes: bool = Field(True, description="STANCH_UPSERT_SEARCH_ATTRIBUTES")
+    intake_auth: Path | None = Field(None, description="STANCH_INTAKE_AUTH; unset: HOME/intake-auth.yaml")
+    responders: Path | None = Field(None, description="STANCH_RESPONDERS; unset: HOME/responders.yaml")
+    notify_config: Path | None = Field(None, description="STANCH_NOTIFY; unset: HOME/notify.yaml")
+    targets: Path | None = Field(None, description="STANCH_TARGETS; unset: HOME/targets.yaml (absent: the gateway only)")
+    # Encryption is off unless one of these is set or HOME/encryption-keys exists; see stanch.temporal.codec.
+    encryption_keys: SecretStr | None = Field(None, description="STANCH_ENCRYPTION_KEYS: 'kid:base64key,...', the first encrypts")
+    encryption_keys_file: Path | None = Field(None, description="STANCH_ENCRYPTION_KEYS_FILE; unset: HOME/encryption-keys if it exists")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Settings from environment variables; anything unset keeps its default."""
+        env = os.environ if env is None else env
+        names = {
+            "home": "STANCH_HOME",
+            "task_queue": "STANCH_TASK_QUEUE",
+            "temporal_address": "TEMPORAL_ADDRESS",
+            "temporal_namespace": "TEMPORAL_NAMESPACE",
+            "gateway_url": "STANCH_GATEWAY_URL",
+            "api_url": "STANCH_API_URL",
+            "runbooks_dir": "STANCH_RUNBOOKS",
+            "ui_url": "STANCH_TEMPORAL_UI",
+            "prometheus_url": "STANCH_PROMETHEUS_URL",
+            "intake_auth": "STANCH_INTAKE_AUTH",
+            "responders": "STANCH_RESPONDERS",
+            "notify_config": "STANCH_NOTIFY",
+            "targets": "STANCH_TARGETS",
+            "encryption_keys": "STANCH_ENCRYPTION_KEYS",
+            "encryption_keys_file": "STANCH_ENCRYPTION_KEYS_FILE",
+        }
+        values: dict[str, object] = {field: env[var] for field, var in names.items() if env.get(var)}
+        if "home" in values:
+            values["home"] = Path(str(values["home"])).expanduser()
+        if "runbooks_dir" in values:
+            values["runbooks_dir"] = Path(str(values["runbooks_dir"])).expanduser()
+        for path_field in ("intake_auth", "responders", "encryption_keys_file"):
+            if path_field in values:
+                values[path_field] = Path(str(values[path_field])).expanduser()
+        if "notify_config" in values:
+            values["notify_config"] = Path(str(values["notify_config"])).expanduser()
+        if "targets" in values:
+            values["targets"] = Path(str(values["targets"])).expanduser()
+        if env.get("STANCH_UPSERT_SEARCH_ATTRIBUTES"):
+            values["upsert_search_attributes"] = _truthy(env["STANCH_UPSERT_SEARCH_ATTRIBUTES"])
+        return cls(**values)
+
+    def data_dir(self, name: str) -> Path:
+        """A folder under home (created on first use) for one kind of record Stanch keeps."""
+        if name not in DATA_DIRS:
+            raise ValueError(f"unknown data folder {name!r}; known: {', '.join(DATA_DIRS)}")
+        path = self.home / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def responders_path(self) -> Path:
+        return self.responders if self.responders is not None else self.home / "responders.yaml"
+
+    @property
+    def intake_auth_path(self) -> Path:
+        """The intake authentication file: STANCH_INTAKE_AUTH, else HOME/intake-auth.yaml."""
+        return self.intake_auth if self.intake_auth is not None else self.home / "intake-auth.yaml"
+
+    @property
+    def notify_config_path(self) -> Path:
+        """The notification channels file: STANCH_NOTIFY, else HOME/notify.yaml (absent: console only)."""
+        return self.notify_config if self.notify_config is not None else self.home / "notify.yaml"
+
+    @property
+    def encryption_keys_path(self) -> Path:
+        """The encryption keys file: STANCH_ENCRYPTION_KEYS_FILE, else HOME/encryption-keys."""
+        return self.encryption_keys_file if self.encryption_keys_file is not None else self.home / "encryption-keys"
+
+    @property
+    def targets_path(self) -> Path:
+        """The control planes runbooks act on: STANCH_TARGETS, else HOME/targets.yaml (absent: the gateway only)."""
+        return self.targets if self.targets is not None else self.home / "targets.yaml"
+
+    @property
+    def evidence_dir(self) -> Path:
+        return self.data_dir("evidence")
+
+    @property
+    def reviews_dir(self) -> Path:
+        return self.data_dir("reviews")
+
+    @property
+    def regression_dir(self) -> Path:
+        return self.data_dir("regression")
+
+    @property
+    def notifications_dir(self) -> Path:
+        return self.data_dir("notifications")
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir("logs")
+
+    def child_env(self) -> dict[str, str]:
+        """The environment variables that hand these settings to a child process."""
+        env = {
+            "STANCH_HOME": str(self.home),
+            "STANCH_TASK_QUEUE": self.task_queue,
+            "TEMPORAL_NAMESPACE": self.temporal_namespace,
+            "STANCH_GATEWAY_URL": self.gateway_url,
+            "STANCH_API_URL": self.api_url,
+            "STANCH_RUNBOOKS": str(self.runbooks_dir),
+            "STANCH_TEMPORAL_UI": self.ui_url,
+            "STANCH_UPSERT_SEARCH_ATTRIBUTES": "true" if self.upsert_search_attributes else "false",
+        }
+        if self.temporal_address:
+            env["TEMPORAL_ADDRESS"] = self.temporal_address
+        if self.prometheus_url:
+            env["STANCH_PROMETHEUS_URL"] = self.prometheus_url
+        if self.intake_auth is not None:
+            env["STANCH_INTAKE_AUTH"] = str(self.intake_auth)
+        if self.responders is not None:
+            env["STANCH_RESPONDERS"] = str(self.responders)
+        if self.notify_config is not None:
+            env["STANCH_NOTIFY"] = str(self.notify_config)
+        if self.targets is not None:
+            env["STANCH_TARGETS"] = str(self.targets)
+        # The keys themselves go to the children that way too: every process of one
+        # installation must encrypt and decrypt alike.
+        if self.encryption_keys is not None:
+            env["STANCH_ENCRYPTION_KEYS"] = self.encryption_keys.get_secret_value()
+        if self.encryption_keys_file is not None:
+            env["STANCH_ENCRYPTION_KEYS_FILE"] = str(self.encryption_keys_file)
+        return env

@@ -1,0 +1,155 @@
+"""An incident as its workflow holds it: the input it starts with and the state it keeps.
+
+`IncidentState` is what responders and auditors read (the `state` query); `IncidentMemory` is
+everything the workflow remembers, that state included: what continue-as-new will carry.
+Alerts arrive by the `add_signal` signal; responders' messages are in `stanch.models.decisions`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from stanch.models.actions import AppliedAction, TargetRef
+from stanch.models.decisions import ReportFiled
+from stanch.models.signals import ReproCase, Severity, Signal
+from stanch.runbooks.schema import STAGES, Runbook
+
+WORKFLOW_NAME = "IncidentWorkflow"
+
+
+class IncidentStatus(StrEnum):
+    open = "open"
+    triage = "triage"  # confirmation inconclusive: a human decides
+    confirmed = "confirmed"
+    containing = "containing"
+    rolling_back = "rolling_back"
+    hotfixing = "hotfixing"
+    verifying = "verifying"
+    restoring = "restoring"
+    reviewing = "reviewing"
+    awaiting_decision = "awaiting_decision"  # an action failed: retry / skip / abort
+    awaiting_report = "awaiting_report"  # serious incident closed but its report is not filed yet
+    closed = "closed"
+    false_positive = "false_positive"
+    aborted = "aborted"
+
+
+TERMINAL_STATUSES = {IncidentStatus.closed, IncidentStatus.false_positive, IncidentStatus.aborted}
+
+
+class StageStatus(StrEnum):
+    pending = "pending"
+    running = "running"
+    awaiting_approval = "awaiting_approval"
+    failed = "failed"
+    done = "done"
+    skipped = "skipped"
+    rejected = "rejected"
+
+
+class IncidentInput(BaseModel):
+    incident_id: str
+    runbook: Runbook
+    runbook_sha256: str
+    target: TargetRef
+    dedup_key: str
+    upsert_search_attributes: bool = True
+    dry_run: bool = Field(False, description="a rehearsal: every action records the calls it would make and makes none")
+
+
+# --- state ---------------------------------------------------------------------------
+
+
+class StageState(BaseModel):
+    name: str
+    status: StageStatus = StageStatus.pending
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    detail: str = ""
+
+
+class PendingApproval(BaseModel):
+    stage: str
+    severity: Severity
+    count: int
+    roles: list[str]
+    required_roles: list[str] = Field(default_factory=list)
+    requested_by: str = "stanch"
+    requested_at: datetime
+    approvers: list[str] = Field(default_factory=list)
+
+
+class ApprovalRecord(BaseModel):
+    stage: str
+    approver: str
+    roles: list[str] = Field(default_factory=list)
+    approve: bool
+    comment: str = ""
+    at: datetime
+    via: Literal["update", "signal"] = "update"
+    verified: bool = Field(False, description="carried a valid assertion from the API: only these count toward approval")
+
+
+class TimelineEntry(BaseModel):
+    at: datetime
+    kind: str  # signal, stage, action, approval, escalation, notification, decision, severity, note
+    message: str
+    actor: str = "stanch"
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class EvidenceRecord(BaseModel):
+    sha256: str
+    location: str
+    taken_at: datetime
+    summary: dict[str, Any] = Field(default_factory=dict)
+
+
+class RegulatoryClock(BaseModel):
+    serious: bool = False
+    reason: str = ""
+    aware_at: datetime | None = None
+    deadline: datetime | None = None
+    reminders_sent: int = 0
+    filed: ReportFiled | None = None
+
+
+class IncidentState(BaseModel):
+    id: str
+    occurrence: str = Field(
+        "", description="this incident's own name: its id repeats when alerts fire again after it closed, so add the first run"
+    )
+    status: IncidentStatus
+    severity: Severity
+    severity_reasons: list[str] = Field(default_factory=list)
+    runbook: str
+    runbook_sha256: str
+    target: TargetRef
+    dedup_key: str
+    opened_at: datetime
+    closed_at: datetime | None = None
+    acknowledged_by: str | None = None
+    acknowledged_at: datetime | None = None
+    escalation_tier: int = 0
+    stages: list[StageState]
+    pending_approval: PendingApproval | None = None
+    approvals: list[ApprovalRecord] = Field(default_factory=list)
+    actions: list[AppliedAction] = Field(default_factory=list)
+    signals: list[Signal] = Field(default_factory=list)
+    repro: list[ReproCase] = Field(default_factory=list)
+    evidence: EvidenceRecord | None = None
+    regulatory: RegulatoryClock = Field(default_factory=RegulatoryClock)
+    review: dict[str, Any] = Field(default_factory=dict)
+    close_reason: str = ""
+    timeline: list[TimelineEntry] = Field(default_factory=list)
+
+    def stage(self, name: str) -> StageState:
+        return next(s for s in self.stages if s.name == name)
+
+
+def fresh_stages() -> list[StageState]:
+    return [StageState(name=name) for name in STAGES]

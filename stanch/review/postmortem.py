@@ -1,0 +1,66 @@
+"""The postmortem draft and the review tasks a runbook opens: what happened, what was done, what
+each framework requirement shows, and what is left to do.
+"""
+
+from __future__ import annotations
+
+from stanch.models.activity_io import ComplianceItem, ReviewInput
+from stanch.review.compliance import compliance_mapping, status_text
+from stanch.review.facts import deadline_of, signals_summary, when
+
+TASK_TITLES = {
+    "root_cause": "Find the root cause: why did the update behave this way, and why did testing miss it?",
+    "risk_assessment": "Update the risk assessment (NIST AI RMF MANAGE, ISO/IEC 42001 clause 10.2) with this failure mode",
+    "testing_protocol": "Update the testing protocol: the repro cases now run in the regression suite",
+    "monitoring": "Improve monitoring so this harm is detected sooner",
+    "guardrails": "Improve guardrails so this harm is blocked before users see it",
+}
+EVIDENCE_SHOWN = 12  # per requirement in the postmortem; compliance.json keeps every item
+
+
+def review_tasks(input: ReviewInput) -> list[dict]:
+    """The runbook's review tasks for this incident, open."""
+    name_of = input.occurrence or input.incident_id
+    return [
+        {"id": f"{name_of}/{name}", "kind": name, "title": TASK_TITLES.get(name, name.replace("_", " ")), "status": "open"}
+        for name in input.runbook.review.tasks
+    ]
+
+
+def postmortem(input: ReviewInput, tasks: list[dict], added: int, mapping: list[ComplianceItem] | None = None) -> str:
+    mapping = mapping if mapping is not None else compliance_mapping(input, tasks, added)
+    lines = [
+        f"# Postmortem draft: {input.occurrence or input.incident_id}",
+        "",
+        *(["_A dry run: every action below was only recorded, nothing was changed._", ""] if input.dry_run else []),
+        f"- Runbook: {input.runbook.name} — {input.runbook.description}",
+        f"- Target: {input.target}",
+        f"- Severity: {input.severity}" + (f" ({'; '.join(input.severity_reasons)})" if input.severity_reasons else ""),
+        f"- Outcome: {input.status}",
+        f"- Signals: {signals_summary(input)}",
+        f"- Evidence snapshot sha256: {input.evidence_sha256 or 'none'}",
+        f"- Repro cases added to the regression suite: {added}",
+    ]
+    if input.serious:
+        lines.append(f"- Serious incident (EU AI Act Art. 3(49)): report due {when(deadline_of(input))}; see art73-report-draft.md")
+    lines += ["", "## Actions", ""]
+    for action in input.actions:
+        undone = f", undone {when(action.undone_at)}" if action.undone_at else ", still in place"
+        lines.append(f"- {action.stage}: {action.kind} `{action.idempotency_key}` applied {when(action.applied_at)}{undone}")
+    if not input.actions:
+        lines.append("- none applied")
+    lines += ["", "## Timeline", ""]
+    lines += [f"- {entry['at']} [{entry['kind']}] {entry['actor']}: {entry['message']}" for entry in input.timeline]
+    lines += ["", "## Compliance mapping", "", "What this incident's steps show for each requirement (all of it in compliance.json).", ""]
+    for item in mapping:
+        lines.append(f"### {item.framework} {item.reference}: {status_text(input, item)}")
+        lines += ["", f"_{item.requirement}_", ""]
+        lines += [f"- {line}" for line in item.evidence[:EVIDENCE_SHOWN]]
+        if len(item.evidence) > EVIDENCE_SHOWN:
+            lines.append(f"- … and {len(item.evidence) - EVIDENCE_SHOWN} more in compliance.json")
+        lines += [f"- **gap:** {gap}" for gap in item.gaps]
+        lines.append("")
+    lines += ["## Follow-up tasks", ""]
+    lines += [f"- [ ] {task['title']}" for task in tasks]
+    return "\n".join(lines) + "\n"
+

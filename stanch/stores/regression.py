@@ -1,0 +1,56 @@
+"""The regression suite: every incident's repro cases, replayed by every later verification.
+
+One JSON line per case under `STANCH_HOME/regression/<model>.jsonl`; a case is identified by
+its model and prompt, so adding the same incident twice adds nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from stanch.models.signals import ReproCase
+
+
+class RegressionCase(BaseModel):
+    id: str
+    prompt: str
+    detectors: list[str] = Field(default_factory=list)
+    source_incident: str
+    added_at: datetime
+
+
+def suite_path(folder: Path, model: str) -> Path:
+    return folder / f"{model}.jsonl"
+
+
+def case_id(model: str, prompt: str) -> str:
+    return hashlib.sha256(f"{model}\n{prompt}".encode()).hexdigest()[:16]
+
+
+def load_suite(folder: Path, model: str) -> list[RegressionCase]:
+    path = suite_path(folder, model)
+    if not path.exists():
+        return []
+    return [RegressionCase.model_validate_json(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def add_cases(folder: Path, model: str, cases: list[ReproCase], incident_id: str) -> int:
+    known = {case.id for case in load_suite(folder, model)}
+    added = 0
+    with suite_path(folder, model).open("a") as suite:
+        for case in cases:
+            identity = case_id(model, case.prompt)
+            if identity in known:
+                continue
+            entry = RegressionCase(
+                id=identity, prompt=case.prompt, detectors=case.detectors, source_incident=incident_id, added_at=datetime.now(UTC)
+            )
+            suite.write(json.dumps(entry.model_dump(mode="json")) + "\n")
+            known.add(identity)
+            added += 1
+    return added
