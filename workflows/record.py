@@ -1,4 +1,5 @@
-"""The incident's record: its state, timeline and search attributes, kept by the workflow.
+"""The incident's record: what its workflow remembers, the one place that changes it, and the
+inputs it builds for each activity from what it knows.
 
 Bookkeeping only; the lifecycle itself (stages, gates, timers, compensations) reads in
 `workflows/incident.py`.
@@ -6,21 +7,49 @@ Bookkeeping only; the lifecycle itself (stages, gates, timers, compensations) re
 
 from __future__ import annotations
 
+from typing import Any
+
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
+    from stanch.models.actions import ActionSpec, AppliedAction, TargetRef
+    from stanch.models.activity_io import (
+        ApplyInput,
+        ConfirmInput,
+        ConfirmResult,
+        EvidenceInput,
+        GradeInput,
+        Notification,
+        ReviewInput,
+        UndoInput,
+        VerifyInput,
+    )
+    from stanch.models.incident import (
+        TERMINAL_STATUSES,
+        IncidentInput,
+        IncidentState,
+        IncidentStatus,
+        StageStatus,
+        TimelineEntry,
+        fresh_stages,
+    )
+    from stanch.models.memory import IncidentMemory
+    from stanch.models.signals import ReproCase, Severity
+    from stanch.runbooks.schema import SeverityPolicy
     from stanch.temporal import search_attributes as sa
-    from stanch.models.incident import TERMINAL_STATUSES, IncidentInput, IncidentState, IncidentStatus, StageStatus, TimelineEntry, fresh_stages
-    from stanch.models.signals import Severity
+
+# What restore undoes; a hotfix is the fix users get back, so it stays.
+REVERSIBLE_STAGES = ("contain", "rollback")
 
 
-class IncidentRecord:
+class Record:
     """State of one incident, and the one place that changes it."""
 
     def __init__(self, input: IncidentInput) -> None:
         self.input = input
         self.runbook = input.runbook
-        self.state = IncidentState(
+        opened_at = workflow.now()
+        state = IncidentState(
             id=input.incident_id,
             status=IncidentStatus.open,
             severity=input.runbook.severity.default,
@@ -28,20 +57,27 @@ class IncidentRecord:
             runbook_sha256=input.runbook_sha256,
             target=input.target,
             dedup_key=input.dedup_key,
-            opened_at=workflow.now(),
+            opened_at=opened_at,
             stages=fresh_stages(),
             occurrence=f"{input.incident_id}@{workflow.info().first_execution_run_id[:8]}",
         )
+        self.memory = IncidentMemory(state=state, last_escalation_at=opened_at)
 
     @property
-    def policy(self):
+    def state(self) -> IncidentState:
+        return self.memory.state
+
+    @property
+    def policy(self) -> SeverityPolicy:
         return self.runbook.policy_for(self.state.severity)
 
     @property
     def is_over(self) -> bool:
         return self.state.status in TERMINAL_STATUSES
 
-    def note(self, kind: str, message: str, actor: str = "stanch", **data) -> None:
+    # --- changing the record ------------------------------------------------------------
+
+    def note(self, kind: str, message: str, actor: str = "stanch", **data: Any) -> None:
         self.state.timeline.append(TimelineEntry(at=workflow.now(), kind=kind, message=message, actor=actor, data=data))
 
     def set_status(self, status: IncidentStatus) -> None:
@@ -79,4 +115,155 @@ class IncidentRecord:
                 sa.INCIDENT_TARGET.value_set(f"{self.state.target.adapter}:{self.state.target.model}"),
                 sa.INCIDENT_OPENED_AT.value_set(self.state.opened_at),
             ]
+        )
+
+    def take_confirmation(self, result: ConfirmResult) -> None:
+        self.memory.detectors_fired = result.detectors_fired
+        self.memory.findings = result.findings
+        self.merge_repro(result.reproduced)
+        for finding in result.findings:
+            self.note("confirm", f"{finding.check}: {finding.outcome} — {finding.detail}")
+
+    def merge_repro(self, cases: list[ReproCase]) -> None:
+        known = {case.prompt for case in self.state.repro}
+        for case in cases:
+            if case.prompt not in known:
+                self.state.repro.append(case.model_copy(update={"output": None}))  # outputs may hold the leaked secret
+                known.add(case.prompt)
+            else:
+                existing = next(c for c in self.state.repro if c.prompt == case.prompt)
+                existing.detectors = sorted(set(existing.detectors) | set(case.detectors))
+
+    # --- reading the record -------------------------------------------------------------
+
+    def next_tier_recipients(self) -> list[str]:
+        tiers = self.policy.escalation
+        return tiers[min(self.state.escalation_tier, len(tiers) - 1)].notify if tiers else ["oncall"]
+
+    def applied_summary(self, stage: str) -> str:
+        kinds = [a.kind for a in self.state.actions if a.stage == stage]
+        return f"applied {', '.join(kinds)}" if kinds else "nothing applied"
+
+    def protections_in_place(self) -> list[AppliedAction]:
+        """What restore undoes, newest first: containment and rollback not yet undone."""
+        return [a for a in reversed(self.state.actions) if a.stage in REVERSIBLE_STAGES and a.undone_at is None and a.reversible]
+
+    def still_in_place(self) -> list[str]:
+        return [a.kind for a in self.state.actions if a.stage in REVERSIBLE_STAGES and a.undone_at is None]
+
+    def step_targets(self) -> list[TargetRef]:
+        """The other control planes the runbook's steps act on (a registry, a flag file)."""
+        steps = self.runbook.containment + self.runbook.rollback + (self.runbook.hotfix.actions if self.runbook.hotfix else [])
+        names = sorted({step.target for step in steps if step.target and step.target != self.state.target.adapter})
+        return [self.state.target.model_copy(update={"adapter": name}) for name in names]
+
+    def close_reason_for_false_positive(self) -> str:
+        if self.memory.triage_decision:
+            return f"not confirmed by {self.memory.triage_decision.by}: {self.memory.triage_decision.reason}"
+        return "; ".join(f.detail for f in self.memory.findings) or "checks did not reproduce the harm"
+
+    # --- what each activity is told: what it needs, never the whole state -----------------
+
+    def confirm_input(self) -> ConfirmInput:
+        state = self.state
+        return ConfirmInput(incident_id=state.id, target=state.target, checks=self.runbook.confirm.checks, repro=state.repro)
+
+    def evidence_input(self) -> EvidenceInput:
+        state = self.state
+        return EvidenceInput(
+            incident_id=state.id,
+            occurrence=state.occurrence,
+            runbook=state.runbook,
+            runbook_sha256=state.runbook_sha256,
+            target=state.target,
+            signals=state.signals,
+            repro=state.repro,
+            findings=self.memory.findings,
+            step_targets=self.step_targets(),
+        )
+
+    def grade_input(self, current: Severity | None) -> GradeInput:
+        return GradeInput(
+            runbook=self.runbook,
+            signals=[signal.model_copy(update={"raw": {}}) for signal in self.state.signals],  # rules never read raw
+            detectors_fired=self.memory.detectors_fired,
+            current=current,
+        )
+
+    def apply_input(self, stage: str, index: int, action: ActionSpec, captured: dict[str, Any] | None) -> ApplyInput:
+        state = self.state
+        return ApplyInput(
+            incident_id=state.id,
+            occurrence=state.occurrence,
+            stage=stage,
+            index=index,
+            target=state.target,
+            action=action,
+            dry_run=self.input.dry_run,
+            captured=captured,
+        )
+
+    def verify_input(self) -> VerifyInput:
+        verify = self.runbook.hotfix.verify
+        return VerifyInput(
+            incident_id=self.state.id,
+            target=self.state.target,
+            detectors=verify.detectors,
+            repro=self.state.repro,
+            include_regression_suite=verify.include_regression_suite,
+        )
+
+    def undo_input(self, applied: AppliedAction) -> UndoInput:
+        return UndoInput(incident_id=self.state.id, applied=applied, dry_run=self.input.dry_run)
+
+    def review_input(self, outcome: str) -> ReviewInput:
+        state, clock = self.state, self.state.regulatory
+        first = state.signals[0] if state.signals else None
+        sources: dict[str, int] = {}
+        for signal in state.signals:
+            sources[signal.source.value] = sources.get(signal.source.value, 0) + 1
+        return ReviewInput(
+            incident_id=state.id,
+            occurrence=state.occurrence,
+            dry_run=self.input.dry_run,
+            runbook=self.runbook,
+            target=state.target,
+            severity=state.severity,
+            status=outcome,
+            repro=state.repro,
+            actions=state.actions,
+            timeline=[entry.model_dump(mode="json") for entry in state.timeline],
+            evidence_sha256=state.evidence.sha256 if state.evidence else None,
+            serious=clock.serious,
+            report_deadline=clock.deadline.isoformat() if clock.deadline else None,
+            # For the Art. 73 report draft and the compliance mapping: data only, no new command.
+            runbook_sha256=state.runbook_sha256,
+            severity_reasons=state.severity_reasons,
+            first_signal=first.model_copy(update={"raw": {}}) if first else None,
+            signal_count=len(state.signals),
+            signal_sources=sources,
+            findings=self.memory.findings,
+            detectors_fired=self.memory.detectors_fired,
+            evidence=state.evidence,
+            regulatory=clock,
+            stages=state.stages,
+            approvals=state.approvals,
+            opened_at=state.opened_at,
+            acknowledged_at=state.acknowledged_at,
+            acknowledged_by=state.acknowledged_by,
+            reviewed_at=workflow.now(),
+        )
+
+    def notification(self, kind: str, recipients: list[str], message: str, tier: int) -> Notification:
+        """The next notification, numbered: delivery is idempotent by that number."""
+        self.memory.notifications_sent += 1
+        return Notification(
+            incident_id=self.state.id,
+            kind=kind,
+            recipients=recipients,
+            message=message,
+            severity=self.state.severity,
+            tier=tier,
+            dedup_id=f"{self.state.occurrence}/notify/{self.memory.notifications_sent}",
+            dry_run=self.input.dry_run,
         )

@@ -28,12 +28,12 @@ from temporalio.worker.workflow_sandbox import (
     SandboxRestrictions,
 )
 
-from stanch.models.activity_io import Notification, ReviewResult
+from stanch.models.activity_io import Notification
 from activities.notify import NotifyActivities
 from stanch.trust import assertions
 from stanch.models.incident import IncidentInput, IncidentState, StageStatus
 from tests.workflow.conftest import TEST_DECISION_KEYS
-from workflows.clocks import NOTIFY_RETRY, QUICK_TIMEOUT
+from workflows.policies import NOTIFY_RETRY, QUICK_TIMEOUT
 from workflows.incident import IncidentWorkflow
 
 HISTORIES = sorted((Path(__file__).parent.parent / "histories").glob("*.json"))
@@ -185,25 +185,25 @@ class SkipsEvidence(IncidentWorkflow):
         return await super().run(input)
 
     async def collect_evidence(self) -> None:
-        self.mark("evidence", StageStatus.skipped, "edited out")
+        self.record.mark("evidence", StageStatus.skipped, "edited out")
 
 
 @workflow.defn(name="IncidentWorkflow")
 class NotifiesBeforeReview(IncidentWorkflow):
-    """Tells on-call before opening the review: a different activity where open_review was."""
+    """Tells on-call before the review: a different activity where open_review was."""
 
     @workflow.run
     async def run(self, input: IncidentInput) -> IncidentState:
         return await super().run(input)
 
-    async def open_review(self, outcome: str) -> ReviewResult:
+    async def review(self, outcome: str = "restored") -> None:
         await workflow.execute_activity_method(
             NotifyActivities.deliver,
             Notification(incident_id=self.state.id, kind="status", recipients=["oncall"], message="review", severity=self.state.severity, dedup_id="edit"),
             start_to_close_timeout=QUICK_TIMEOUT,
             retry_policy=NOTIFY_RETRY,
         )
-        return await super().open_review(outcome)
+        await super().review(outcome)
 
 
 @workflow.defn(name="IncidentWorkflow")
@@ -216,7 +216,7 @@ class HarmlessEdit(IncidentWorkflow):
 
     async def open(self) -> None:
         await super().open()
-        self.note("stage", "edited: one more line in the timeline")
+        self.record.note("stage", "edited: one more line in the timeline")
 
 
 # edit -> the activity whose presence in a history puts the edit on that branch's path

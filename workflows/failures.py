@@ -1,0 +1,39 @@
+"""What a failure means to the incident: the reason people read, what a failed step carries out,
+and the abort a responder can choose."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from temporalio.exceptions import ActivityError
+
+
+class IncidentAborted(Exception):
+    """A responder chose abort after a failure: the lifecycle stops, protections stay."""
+
+    def __init__(self, by: str, reason: str) -> None:
+        super().__init__(reason)
+        self.by = by
+
+
+class StepFailed(Exception):
+    """A step ran and its outcome says it did not do its job (verification found the harm again)."""
+
+
+def cause_of(failure: Exception) -> str:
+    """The reason in words: the activity's own message, not the SDK's wrapping."""
+    if not isinstance(failure, ActivityError):
+        return str(failure)
+    cause = failure.cause
+    return getattr(cause, "message", None) or str(cause or failure)
+
+
+def captured_in(failure: ActivityError) -> dict[str, Any] | None:
+    """The values a failed step read before its change, as the failure carries them out (the
+    ApplicationError's details, or the last heartbeat of an attempt that timed out)."""
+    cause = failure.cause
+    details = getattr(cause, "details", None) or getattr(cause, "last_heartbeat_details", None) or ()
+    for detail in details:
+        if isinstance(detail, dict) and "http_captured_for" in detail and isinstance(detail.get("captured"), dict):
+            return detail["captured"]
+    return None
