@@ -1,0 +1,26 @@
+"""Stanch: incident response for AI models, on Temporal.
+
+The library, in layers; a sub-package imports its own layer and those below, never above
+(`tests/unit/test_layers.py` holds the same map and enforces it). Low to high:
+
+    config                     settings from the environment, secrets, config-file errors
+    models runbooks detectors  what flows through an incident: signals, actions, decisions,
+                               incident state; the runbook schema and its loader (models and
+                               schema refer to each other); the output detectors
+    trust targets notify       who vouches for a decision; control plane adapters; notification
+    review stores temporal     channels; review documents; the regression suite; the Temporal
+                               client, codec, search attributes and activity dependencies
+    intake audit               a signal opening or joining an incident; reading histories back
+    api board                  the HTTP API and the incident board it serves
+    cli                        the `stanch` command (and `python -m stanch`)
+
+Above the library, outside it, each importing only what is below it:
+
+    activities/   activity functions only
+    workflows/    deterministic orchestration of those activities
+    workers/      the worker process, where both run
+
+Inside stanch only `stanch.cli` imports them (it runs the worker). `stanch.gateway` is a
+separate service, the reference model gateway: it imports nothing from the rest of stanch,
+Stanch reaches it over HTTP, and only `stanch.cli` imports it, to start it.
+"""

@@ -36,7 +36,10 @@ class Clocks:
     async def escalate_until_acknowledged(self) -> None:
         """Escalate tier by tier on the policy's schedule, then re-notify every ack SLA."""
         record, state = self.record, self.record.state
-        acknowledged = lambda: state.acknowledged_at is not None or record.is_over  # noqa: E731
+
+        def acknowledged() -> bool:
+            return state.acknowledged_at is not None or record.is_over
+
         while not acknowledged():
             tiers = record.policy.escalation
             tier = state.escalation_tier
@@ -63,7 +66,7 @@ class Clocks:
         """Art. 73 report clock: reminders widen as the deadline nears, until the report is filed."""
         state, clock = self.record.state, self.record.state.regulatory
         reminder_every = self.record.runbook.regulatory.reminder_every
-        while clock.filed is None:
+        while clock.filed is None and clock.deadline is not None:  # a serious incident always has a deadline
             deadline = clock.deadline
             remaining = deadline - workflow.now()
             wait = min(reminder_every, remaining) if remaining > timedelta(0) else reminder_every
@@ -73,8 +76,8 @@ class Clocks:
                 continue
             except TimeoutError:
                 clock.reminders_sent += 1
-                overdue = workflow.now() >= clock.deadline
+                overdue = workflow.now() >= deadline
                 recipients = ["safety"] + (["incident-commander"] if remaining <= timedelta(days=2) else []) + (["executive"] if overdue else [])
-                message = f"{state.id}: serious-incident report {'OVERDUE since' if overdue else 'due'} {clock.deadline.isoformat()}"
+                message = f"{state.id}: serious-incident report {'OVERDUE since' if overdue else 'due'} {deadline.isoformat()}"
                 self.record.note("regulatory", message)
                 await self.notifier.send("report_reminder", recipients, message, tier=clock.reminders_sent)

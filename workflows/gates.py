@@ -9,7 +9,7 @@ applied in place, tells on-call and waits for a human to choose retry, skip or a
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError
@@ -22,6 +22,7 @@ from workflows.record import Record
 
 with workflow.unsafe.imports_passed_through():
     from stanch.models.actions import AppliedAction
+    from stanch.models.decisions import FailureDecision
     from stanch.models.incident import IncidentStatus, PendingApproval, StageStatus
     from stanch.runbooks.schema import Approval, StageGate
 
@@ -70,12 +71,13 @@ class Gates:
         if gate.mode != "approve":
             record.mark(stage, StageStatus.running, f"automatic at {state.severity}")
             return True
+        approval = gate.approve or Approval()  # a gate in approve mode always has one
         pending = PendingApproval(
             stage=stage,
             severity=state.severity,
-            count=gate.approve.count,
-            roles=gate.approve.roles,
-            required_roles=gate.approve.required_roles,
+            count=approval.count,
+            roles=approval.roles,
+            required_roles=approval.required_roles,
             requested_by=requested_by,
             requested_at=workflow.now(),
         )
@@ -93,14 +95,14 @@ class Gates:
             settled,
             every=lambda: record.policy.approval_timeout,
             overdue=f"{state.id}: approval of {stage} overdue",
-            act_after_first_reminder=gate.approve.auto_on_timeout,  # the runbook says waiting is worse than acting
+            act_after_first_reminder=approval.auto_on_timeout,  # the runbook says waiting is worse than acting
         )
         state.pending_approval = None
         if not decided:
             record.mark(stage, StageStatus.running, f"nobody decided within {record.policy.approval_timeout}: automatic, as the runbook says")
             return True
-        if resolved():
-            record.mark(stage, StageStatus.skipped, f"resolved by {record.memory.resolve_request.by} while awaiting approval")
+        if resolve_skips_it and (request := record.memory.resolve_request):
+            record.mark(stage, StageStatus.skipped, f"resolved by {request.by} while awaiting approval")
             return False
         if approvals.is_rejected(pending, state.approvals):
             no = next(r for r in approvals.current_votes(pending, state.approvals) if not r.approve)
@@ -134,7 +136,8 @@ class Gates:
             every=lambda: record.policy.approval_timeout,
             overdue=f"{record.state.id}: {stage} failed, no decision yet",
         )
-        decision, memory.failed_stage = memory.failure_decision, None
+        decision = cast(FailureDecision, memory.failure_decision)  # the wait ends only once there is one
+        memory.failed_stage = None
         if decision.choice == "abort":
             raise IncidentAborted(decision.by, decision.reason or f"{stage} failed: {problem}")
         record.set_status(status_before)

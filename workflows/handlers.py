@@ -189,7 +189,7 @@ class ResponderHandlers:
 
     def unvouched(self, decision: Any, who: str, what: str) -> DecisionReceipt | None:
         """A decision that did not come through the Stanch API is on record, and has no effect."""
-        if self.vouched_for(decision, workflow.current_update_info().id):
+        if self.vouched_for(decision, update_id()):
             return None
         message = f"{what} from {who or 'unknown'} has no valid assertion from the Stanch API; recorded, not acted on"
         self.record.note("decision", message, who or "unknown")
@@ -228,7 +228,7 @@ class ResponderHandlers:
             via=via,
             # An update is vouched for under its update id; a signal under its decision id,
             # which is then spent (seen_decision_ids), so a copied signal counts nowhere.
-            verified=self.vouched_for(decision, workflow.current_update_info().id if via == "update" else decision.decision_id),
+            verified=self.vouched_for(decision, update_id() if via == "update" else decision.decision_id),
         )
         self.state.approvals.append(record)
         if not record.verified:
@@ -243,3 +243,9 @@ class ResponderHandlers:
         self.record.note("approval", f"{decision.stage} {verb} by {decision.approver} ({', '.join(decision.roles)})", decision.approver)
         still = approvals.missing(pending, self.state.approvals) if pending and decision.approve else "nothing"
         return DecisionReceipt(message=f"{decision.stage} {verb} by {decision.approver}; still needed: {still}")
+
+
+def update_id() -> str:
+    """The id of the update being handled: the nonce its assertion is bound to."""
+    info = workflow.current_update_info()
+    return info.id if info else ""

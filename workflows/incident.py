@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError
@@ -65,6 +65,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from stanch.models.incident import EvidenceRecord, IncidentInput, IncidentState, IncidentStatus, StageStatus
     from stanch.models.signals import Signal
+    from stanch.runbooks.schema import Verify
 
 
 @workflow.defn(name="IncidentWorkflow")
@@ -134,7 +135,7 @@ class IncidentWorkflow:
             finding = Finding(check="confirm", outcome="inconclusive", detail=f"checks could not run: {cause_of(failure)}")
             result = ConfirmResult(outcome="inconclusive", findings=[finding])
         self.record.take_confirmation(result)
-        outcome = result.outcome
+        outcome: str = result.outcome
         if outcome == "inconclusive":
             outcome = await self.triage_by_a_human()
         if outcome == "not_confirmed":
@@ -158,7 +159,8 @@ class IncidentWorkflow:
             every=lambda: self.runbook.confirm.triage_timeout,
             overdue=f"{self.state.id}: triage overdue",
         )
-        return "not_confirmed" if memory.triage_decision.outcome == "false_positive" else "confirmed"
+        decision = cast(TriageDecision, memory.triage_decision)  # the wait ends only once there is one
+        return "not_confirmed" if decision.outcome == "false_positive" else "confirmed"
 
     async def collect_evidence(self) -> None:
         """Snapshot what an investigation needs before the first change (EU AI Act Art. 73(6))."""
@@ -217,23 +219,24 @@ class IncidentWorkflow:
 
     async def verify(self) -> None:
         """Replay the repro cases and the regression suite; only a pass moves the incident on."""
-        if self.state.stage("hotfix").status != StageStatus.done:
+        hotfix = self.runbook.hotfix
+        if hotfix is None or self.state.stage("hotfix").status != StageStatus.done:
             return self.record.mark("verify", StageStatus.skipped, "no hotfix was applied")
         if self.record.input.dry_run:  # nothing was fixed: rehearse the rest as if verification passed
-            suite = " and the regression suite" if self.runbook.hotfix.verify.include_regression_suite else ""
+            suite = " and the regression suite" if hotfix.verify.include_regression_suite else ""
             cases = len(self.state.repro)
             return self.record.mark("verify", StageStatus.done, f"dry run: would replay {cases} repro cases{suite} on the fixed version")
         self.record.set_status(IncidentStatus.verifying)
         self.record.mark("verify", StageStatus.running)
         # Verification cannot be skipped (the `decide` validator refuses it): retry or abort.
-        result = await self.gates.attempt("verify", "verification", self.replay_repro_cases)
+        result = await self.gates.attempt("verify", "verification", lambda: self.replay_repro_cases(hotfix.verify))
         if result is not None:
             self.record.mark("verify", StageStatus.done, verification_summary(result))
 
-    async def replay_repro_cases(self) -> VerifyResult:
+    async def replay_repro_cases(self, verify: Verify) -> VerifyResult:
         result = await workflow.execute_activity_method(
             VerifyActivities.verify_fix,
-            self.record.verify_input(),
+            self.record.verify_input(verify),
             start_to_close_timeout=VERIFY_TIMEOUT,
             heartbeat_timeout=VERIFY_HEARTBEAT,
             retry_policy=READ_RETRY,

@@ -35,7 +35,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from stanch.models.memory import IncidentMemory
     from stanch.models.signals import ReproCase, Severity
-    from stanch.runbooks.schema import SeverityPolicy
+    from stanch.runbooks.schema import SeverityPolicy, Verify
     from stanch.temporal import search_attributes as sa
 
 # What restore undoes; a hotfix is the fix users get back, so it stays.
@@ -203,8 +203,7 @@ class Record:
             captured=captured,
         )
 
-    def verify_input(self) -> VerifyInput:
-        verify = self.runbook.hotfix.verify
+    def verify_input(self, verify: Verify) -> VerifyInput:
         return VerifyInput(
             incident_id=self.state.id,
             target=self.state.target,

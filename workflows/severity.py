@@ -50,11 +50,12 @@ class Grading:
         if graded.serious and not clock.serious:
             clock.serious, clock.reason = True, graded.serious_reason
             clock.aware_at = workflow.now()
-            clock.deadline = clock.aware_at + timedelta(days=graded.report_days)
-            self.record.note("regulatory", f"serious incident ({graded.serious_reason}): report due {clock.deadline.isoformat()}")
+            deadline = clock.deadline = clock.aware_at + timedelta(days=graded.report_days)
+            self.record.note("regulatory", f"serious incident ({graded.serious_reason}): report due {deadline.isoformat()}")
             return True
-        if graded.serious and clock.filed is None and clock.aware_at + timedelta(days=graded.report_days) < clock.deadline:
-            clock.deadline, clock.reason = clock.aware_at + timedelta(days=graded.report_days), graded.serious_reason
+        sooner = clock.aware_at + timedelta(days=graded.report_days) if clock.aware_at else None
+        if graded.serious and clock.filed is None and sooner and clock.deadline and sooner < clock.deadline:
+            clock.deadline, clock.reason = sooner, graded.serious_reason
             self.record.note("regulatory", f"report deadline brought forward to {clock.deadline.isoformat()} ({graded.serious_reason})")
         return False
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +22,13 @@ import yaml
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from rich.console import Console
 from rich.markup import escape
-from temporalio.client import Client
-from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
-)
+from temporalio.client import Client, WorkflowHandle
 
 from stanch.targets.steps import StepPlan, plan_step
 from stanch.models.activity_io import ApplyInput
-from stanch.temporal import search_attributes as sa
 from stanch.config.settings import Settings
-from stanch.models.incident import TERMINAL_STATUSES, WORKFLOW_NAME, IncidentInput, IncidentState, IncidentStatus
-from stanch.intake.start import without_secrets
+from stanch.models.incident import TERMINAL_STATUSES, IncidentInput, IncidentState
+from stanch.intake.start import start_incident
 from stanch.models.actions import ActionSpec, TargetRef
 from stanch.models.signals import Signal
 from stanch.intake.routing import Route, incident_id_for, render_template, signal_version
@@ -296,28 +289,13 @@ def dry_run_input(loaded: LoadedRunbook, signal: Signal, settings: Settings) -> 
     )
 
 
-async def start_dry_run(client: Client, input: IncidentInput, signal: Signal, task_queue: str):
-    attributes = None
-    if input.upsert_search_attributes:
-        attributes = TypedSearchAttributes(
-            [
-                SearchAttributePair(sa.INCIDENT_RUNBOOK, input.runbook.name),
-                SearchAttributePair(sa.INCIDENT_TARGET, f"{input.target.adapter}:{input.target.model}"),
-                SearchAttributePair(sa.INCIDENT_STATUS, IncidentStatus.open.value),
-                SearchAttributePair(sa.INCIDENT_OPENED_AT, datetime.now(UTC)),
-            ]
-        )
-    return await client.start_workflow(
-        WORKFLOW_NAME,
-        input,
-        id=input.incident_id,
-        task_queue=task_queue,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,  # the id is fresh; signal-with-start allows no FAIL
-        start_signal="add_signal",
-        start_signal_args=[without_secrets(signal)],
-        search_attributes=attributes,
-        static_summary=f"DRY RUN of {input.runbook.name} on {input.target}: records calls, makes none",
-    )
+async def start_dry_run(client: Client, input: IncidentInput, signal: Signal, task_queue: str) -> WorkflowHandle:
+    """Starts the rehearsal as intake starts an incident; its id is fresh, so it always opens."""
+    started = await start_incident(
+        client, input, signal, task_queue=task_queue,
+        summary=f"DRY RUN of {input.runbook.name} on {input.target}: records calls, makes none",
+    )  # fmt: skip
+    return started.handle
 
 
 async def follow(handle, console: Console, wait_seconds: float, poll_seconds: float = 0.5) -> IncidentState | None:

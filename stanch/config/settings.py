@@ -20,11 +20,12 @@ DEFAULT_TASK_QUEUE = "stanch-incidents"
 DATA_DIRS = ("evidence", "reviews", "regression", "notifications", "logs")
 
 
-def _default_runbooks_dir() -> Path:
-    # Imported here so reading settings never parses YAML or pulls the loader in early.
-    from stanch.runbooks.loader import default_runbooks_dir
-
-    return default_runbooks_dir()
+def default_runbooks_dir() -> Path:
+    """`$STANCH_RUNBOOKS` if set, else the `runbooks/` folder shipped beside the package."""
+    configured = os.environ.get("STANCH_RUNBOOKS")
+    if configured:
+        return Path(configured)
+    return Path(__file__).resolve().parents[2] / "runbooks"
 
 
 def _truthy(value: str) -> bool:
@@ -38,7 +39,7 @@ class Settings(BaseModel):
     temporal_namespace: str = Field("default", description="TEMPORAL_NAMESPACE")
     gateway_url: str = Field("http://127.0.0.1:8300", description="STANCH_GATEWAY_URL")
     api_url: str = Field("http://127.0.0.1:8200", description="STANCH_API_URL")
-    runbooks_dir: Path = Field(default_factory=_default_runbooks_dir, description="STANCH_RUNBOOKS")
+    runbooks_dir: Path = Field(default_factory=default_runbooks_dir, description="STANCH_RUNBOOKS")
     ui_url: str = Field("http://127.0.0.1:8233", description="STANCH_TEMPORAL_UI")
     prometheus_url: str | None = Field(None, description="STANCH_PROMETHEUS_URL")
     upsert_search_attributes: bool = Field(True, description="STANCH_UPSERT_SEARCH_ATTRIBUTES")

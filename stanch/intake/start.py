@@ -10,16 +10,23 @@ told 202.
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from pydantic import BaseModel, Field
-from temporalio.client import Client
+from temporalio.api.common.v1 import Payloads, WorkflowType
+from temporalio.api.sdk.v1 import UserMetadata
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import SignalWithStartWorkflowExecutionRequest
+from temporalio.client import Client, WorkflowHandle
 from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
 )
+from temporalio.converter import WorkflowSerializationContext, encode_search_attributes
 
 from stanch.temporal import search_attributes as sa
 from stanch.detectors.regex import redact
@@ -28,12 +35,89 @@ from stanch.models.signals import Signal
 from stanch.intake.routing import route_signal
 from stanch.runbooks.loader import RunbookCatalog
 
+# The workflow's signal handler; running incidents and recorded histories carry this name.
+ADD_SIGNAL = "add_signal"
+
 
 class IntakeResult(BaseModel):
     incident_id: str
     runbook: str
     dedup_key: str
     opened: bool = Field(False, description="true when this signal opened a new incident, false when it joined one")
+
+
+@dataclass(frozen=True)
+class StartedIncident:
+    handle: WorkflowHandle
+    opened: bool  # this call started the run; False: the signal joined the running one
+
+
+def incident_search_attributes(input: IncidentInput) -> TypedSearchAttributes | None:
+    """What an incident is found by from its first moment; None when the namespace has no
+    Stanch search attributes (`upsert_search_attributes` off). Severity is left to the
+    workflow: it is graded there, after confirmation."""
+    if not input.upsert_search_attributes:
+        return None
+    return TypedSearchAttributes(
+        [
+            SearchAttributePair(sa.INCIDENT_RUNBOOK, input.runbook.name),
+            # Same spelling as the workflow upserts, without the version: filter by model.
+            SearchAttributePair(sa.INCIDENT_TARGET, f"{input.target.adapter}:{input.target.model}"),
+            SearchAttributePair(sa.INCIDENT_STATUS, IncidentStatus.open.value),
+            SearchAttributePair(sa.INCIDENT_OPENED_AT, datetime.now(UTC)),
+        ]
+    )
+
+
+async def start_incident(
+    client: Client,
+    input: IncidentInput,
+    first_signal: Signal,
+    *,
+    task_queue: str,
+    summary: str | None = None,
+) -> StartedIncident:
+    """Signal-with-start of the incident workflow `input.incident_id`: start it with
+    `first_signal` (secrets masked), or deliver the signal to the run already open under that id.
+
+    `opened` is the server's own answer, `SignalWithStartWorkflowExecutionResponse.started`.
+    The SDK's `Client.start_workflow` keeps that response private, and the public handle
+    cannot tell: from Temporal Server 1.32 its `first_execution_run_id` and `result_run_id`
+    are the same whether the run was started or joined. So the request goes through the
+    SDK's public raw service client (`Client.workflow_service`), built as `start_workflow`
+    builds it: same data converter (codec included) and serialization context, one request
+    id for retries. It bypasses client interceptors; Stanch configures none.
+
+    Search attributes (`incident_search_attributes`) and the summary apply only when this
+    call starts the run: a joined incident keeps its own.
+    """
+    converter = client.data_converter.with_context(
+        WorkflowSerializationContext(namespace=client.namespace, workflow_id=input.incident_id)
+    )
+    summary = summary if summary is not None else f"{input.runbook.name} incident on {input.target}"
+    request = SignalWithStartWorkflowExecutionRequest(
+        namespace=client.namespace,
+        workflow_id=input.incident_id,
+        workflow_type=WorkflowType(name=WORKFLOW_NAME),
+        task_queue=TaskQueue(name=task_queue),
+        input=Payloads(payloads=await converter.encode([input])),
+        identity=client.identity,
+        # The same id on every retry: the server applies the request once.
+        request_id=str(uuid.uuid4()),
+        # A closed incident's id opens a fresh incident. Signal-with-start refuses FAIL, so even
+        # a dry run's fresh id goes with USE_EXISTING.
+        workflow_id_reuse_policy=int(WorkflowIDReusePolicy.ALLOW_DUPLICATE),
+        workflow_id_conflict_policy=int(WorkflowIDConflictPolicy.USE_EXISTING),
+        signal_name=ADD_SIGNAL,
+        signal_input=Payloads(payloads=await converter.encode([without_secrets(first_signal)])),
+        user_metadata=UserMetadata(summary=(await converter.encode([summary]))[0]),
+    )
+    attributes = incident_search_attributes(input)
+    if attributes is not None:
+        encode_search_attributes(attributes, request.search_attributes)
+    response = await client.workflow_service.signal_with_start_workflow_execution(request, retry=True)
+    handle = client.get_workflow_handle(input.incident_id, run_id=response.run_id)
+    return StartedIncident(handle=handle, opened=response.started)
 
 
 async def open_or_join(
@@ -44,8 +128,8 @@ async def open_or_join(
     task_queue: str,
     upsert_search_attributes: bool = True,
 ) -> IntakeResult:
-    signal = without_secrets(signal)
-    route = route_signal(signal, catalog)
+    # Routed as written to history: a dedup key must not be built from a secret.
+    route = route_signal(without_secrets(signal), catalog)
     runbook = route.runbook.runbook
     incident = IncidentInput(
         incident_id=route.incident_id,
@@ -55,37 +139,8 @@ async def open_or_join(
         dedup_key=route.dedup_key,
         upsert_search_attributes=upsert_search_attributes,
     )
-    # Applied only when this call starts the workflow; a joined incident keeps its own.
-    # Severity is left to the workflow: it is graded there, after confirmation.
-    attributes = (
-        TypedSearchAttributes(
-            [
-                SearchAttributePair(sa.INCIDENT_RUNBOOK, runbook.name),
-                # Same spelling as the workflow upserts, without the version: filter by model.
-                SearchAttributePair(sa.INCIDENT_TARGET, f"{route.target.adapter}:{route.target.model}"),
-                SearchAttributePair(sa.INCIDENT_STATUS, IncidentStatus.open.value),
-                SearchAttributePair(sa.INCIDENT_OPENED_AT, datetime.now(UTC)),
-            ]
-        )
-        if upsert_search_attributes
-        else None
-    )
-    handle = await client.start_workflow(
-        WORKFLOW_NAME,
-        incident,
-        id=route.incident_id,
-        task_queue=task_queue,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-        start_signal="add_signal",
-        start_signal_args=[signal],
-        search_attributes=attributes,
-        static_summary=f"{runbook.name} incident on {route.target}",
-    )
-    # Temporal says whether signal-with-start started a run or signalled the running one.
-    response = getattr(handle, "_start_workflow_response", None)
-    opened = bool(getattr(response, "started", False))
-    return IntakeResult(incident_id=route.incident_id, runbook=runbook.name, dedup_key=route.dedup_key, opened=opened)
+    started = await start_incident(client, incident, signal, task_queue=task_queue)
+    return IntakeResult(incident_id=route.incident_id, runbook=runbook.name, dedup_key=route.dedup_key, opened=started.opened)
 
 
 def without_secrets(signal: Signal) -> Signal:

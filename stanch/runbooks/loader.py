@@ -8,15 +8,15 @@ running incident follows the runbook it started with even if the file changes af
 from __future__ import annotations
 
 import hashlib
-import os
 import string
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-import stanch
 from stanch.config.errors import ConfigFileError, load_yaml
+# Settings own the default folder (config sits below runbooks); callers keep finding it here.
+from stanch.config.settings import default_runbooks_dir as default_runbooks_dir
 from stanch.runbooks import schema
 from stanch.runbooks.schema import Runbook
 
@@ -169,11 +169,3 @@ def load_catalog(directory: Path) -> RunbookCatalog:
     if problems:
         raise RunbookError(problems)
     return RunbookCatalog(loaded)
-
-
-def default_runbooks_dir() -> Path:
-    """`$STANCH_RUNBOOKS` if set, else the `runbooks/` folder shipped beside the package."""
-    configured = os.environ.get("STANCH_RUNBOOKS")
-    if configured:
-        return Path(configured)
-    return Path(stanch.__file__).resolve().parent.parent / "runbooks"

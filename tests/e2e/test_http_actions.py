@@ -51,7 +51,7 @@ from tests.http_recorder import RecordingServer
 from tests.workflow.conftest import alert
 from tests.workflow.helpers import AsTheApi, until
 from tests.workflow.standins import Script, stand_ins
-from workflows.gates import ACTION_RETRY
+from workflows.policies import ACTION_RETRY
 from workflows.incident import IncidentWorkflow
 
 SECRET = "sk-master-e2e-0123456789"
