@@ -5,12 +5,12 @@ from __future__ import annotations
 import httpx
 from temporalio import activity
 
-from stanch.temporal.activity_deps import ActivityDeps
-from stanch.models.activity_io import ConfirmInput, ConfirmResult, Finding
 from stanch.detectors.regex import detect
+from stanch.models.activity_io import ConfirmInput, ConfirmResult, Finding
 from stanch.models.signals import ReproCase
 from stanch.runbooks.schema import ConfirmCheck
 from stanch.targets.base import TargetError
+from stanch.temporal.activity_deps import ActivityDeps
 
 _COMPARE = {">": float.__gt__, ">=": float.__ge__, "<": float.__lt__, "<=": float.__le__}
 
@@ -59,7 +59,9 @@ class ConfirmActivities:
         except TargetError as error:
             return Finding(check=name, outcome="inconclusive", detail=f"target could not be probed: {error}"), []
         if reproduced:
-            detail = f"{len(reproduced)} of {len(prompts)} prompts reproduced the harm on version {version or 'served'}: {'; '.join(evidence)}"
+            detail = (
+                f"{len(reproduced)} of {len(prompts)} prompts reproduced the harm on version {version or 'served'}: {'; '.join(evidence)}"
+            )
             fired = sorted({d for case in reproduced for d in case.detectors})
             return Finding(check=name, outcome="confirmed", detail=detail, detectors=fired), reproduced
         return Finding(check=name, outcome="not_confirmed", detail=f"none of {len(prompts)} prompts reproduced the harm"), []

@@ -12,10 +12,10 @@ from datetime import UTC, datetime
 
 from temporalio import activity
 
-from stanch.temporal.activity_deps import ActivityDeps, as_application_error
-from stanch.models.activity_io import EvidenceInput, EvidenceResult
 from stanch.models.actions import TargetRef
+from stanch.models.activity_io import EvidenceInput, EvidenceResult
 from stanch.targets.base import NoStateToSnapshot, TargetError
+from stanch.temporal.activity_deps import ActivityDeps, as_application_error
 
 
 class EvidenceActivities:

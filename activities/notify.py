@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from stanch.temporal.activity_deps import ActivityDeps
 from stanch.models.activity_io import Notification, NotifyResult
 from stanch.notify import (
     BrokenChannel,
@@ -27,6 +26,7 @@ from stanch.notify import (
     load_notify_config,
 )
 from stanch.notify.channels import CONSOLE, PartialDelivery, scrub
+from stanch.temporal.activity_deps import ActivityDeps
 
 Deliver = Callable[[Notification, Channel], Awaitable[None]]
 logger = logging.getLogger("stanch.notify")

@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 
 from temporalio import activity
 
-from stanch.temporal.activity_deps import ActivityDeps, as_application_error
-from stanch.models.activity_io import UndoInput
 from stanch.models.actions import AppliedAction
+from stanch.models.activity_io import UndoInput
 from stanch.targets.base import TargetError
+from stanch.temporal.activity_deps import ActivityDeps, as_application_error
 
 
 class RestoreActivities:

@@ -24,7 +24,9 @@ class VerifyActivities:
             suite = load_suite(self.deps.settings.regression_dir, input.target.model)
             cases += [(case.prompt, "regression") for case in suite if case.prompt not in known]
         if not cases:
-            raise ApplicationError("nothing to verify: no repro case and an empty regression suite", type="NothingToVerify", non_retryable=True)
+            raise ApplicationError(
+                "nothing to verify: no repro case and an empty regression suite", type="NothingToVerify", non_retryable=True
+            )
         target = self.deps.targets.get(input.target)
         results: list[CaseResult] = []
         version = None

@@ -15,9 +15,9 @@ import uuid
 from temporalio.client import Client
 
 from bench.intake_overhead import command_line, signal, stanch, start_dev_server
-from stanch.temporal.codec import new_key_line
 from stanch.config.settings import Settings
 from stanch.temporal.client import data_converter
+from stanch.temporal.codec import new_key_line
 
 
 async def intake(client: Client, count: int, keys: int, run: str) -> float:

@@ -21,11 +21,11 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from stanch.temporal import search_attributes
-from stanch.temporal.devserver import temporal_cli
 from stanch.intake.start import open_or_join
 from stanch.models.signals import ReproCase, Signal
 from stanch.runbooks.loader import default_runbooks_dir, load_catalog
+from stanch.temporal import search_attributes
+from stanch.temporal.devserver import temporal_cli
 
 
 def signal(n: int, keys: int, run: str) -> Signal:
@@ -43,9 +43,14 @@ async def baseline(client: Client, signals: list[Signal], task_queue: str, run: 
     started = time.perf_counter()
     for n, item in enumerate(signals):
         await client.start_workflow(
-            "Baseline", {"n": n}, id=f"baseline-{run}-{n % 40}", task_queue=task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING, id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-            start_signal="add_signal", start_signal_args=[item],
+            "Baseline",
+            {"n": n},
+            id=f"baseline-{run}-{n % 40}",
+            task_queue=task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            start_signal="add_signal",
+            start_signal_args=[item],
         )
     return time.perf_counter() - started
 
@@ -61,8 +66,11 @@ async def stanch(client: Client, signals: list[Signal], task_queue: str) -> floa
 async def start_dev_server() -> WorkflowEnvironment:
     """The dev server both runs of a benchmark share, in this process, with Stanch's search attributes."""
     return await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(temporal_cli()), search_attributes=search_attributes.ALL,
-        data_converter=pydantic_data_converter, ui=False, dev_server_extra_args=["--ui-disable-news-fetch"],
+        dev_server_existing_path=str(temporal_cli()),
+        search_attributes=search_attributes.ALL,
+        data_converter=pydantic_data_converter,
+        ui=False,
+        dev_server_extra_args=["--ui-disable-news-fetch"],
     )
 
 

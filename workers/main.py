@@ -18,10 +18,10 @@ from activities.review import ReviewActivities
 from activities.rollback import RollbackActivities
 from activities.severity import grade_by_runbook_rules
 from activities.verify import VerifyActivities
-from stanch.temporal.activity_deps import ActivityDeps
-from stanch.trust import assertions
 from stanch.config.settings import Settings
+from stanch.temporal.activity_deps import ActivityDeps
 from stanch.temporal.client import connect
+from stanch.trust import assertions
 from workflows.incident import IncidentWorkflow
 
 WORKFLOWS = [IncidentWorkflow]

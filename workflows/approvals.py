@@ -11,7 +11,7 @@ from stanch.models.incident import ApprovalRecord, PendingApproval
 
 
 def same_person(a: str, b: str) -> bool:
-    """"Sam " and "sam" are one person: four eyes must not be fooled by spelling."""
+    """ "Sam " and "sam" are one person: four eyes must not be fooled by spelling."""
     return a.strip().casefold() == b.strip().casefold()
 
 
@@ -29,10 +29,7 @@ def refusal(pending: PendingApproval | None, decision: ApprovalDecision, records
     if already:
         return f"{decision.approver} has already decided on {pending.stage!r}; four eyes needs a different person"
     if not set(decision.roles) & set(pending.roles):
-        return (
-            f"deciding on {pending.stage!r} needs one of the roles {pending.roles}; "
-            f"{decision.approver} holds {decision.roles or 'none'}"
-        )
+        return f"deciding on {pending.stage!r} needs one of the roles {pending.roles}; {decision.approver} holds {decision.roles or 'none'}"
     return None
 
 

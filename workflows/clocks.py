@@ -77,7 +77,9 @@ class Clocks:
             except TimeoutError:
                 clock.reminders_sent += 1
                 overdue = workflow.now() >= deadline
-                recipients = ["safety"] + (["incident-commander"] if remaining <= timedelta(days=2) else []) + (["executive"] if overdue else [])
+                recipients = (
+                    ["safety"] + (["incident-commander"] if remaining <= timedelta(days=2) else []) + (["executive"] if overdue else [])
+                )
                 message = f"{state.id}: serious-incident report {'OVERDUE since' if overdue else 'due'} {deadline.isoformat()}"
                 self.record.note("regulatory", message)
                 await self.notifier.send("report_reminder", recipients, message, tier=clock.reminders_sent)

@@ -99,7 +99,9 @@ class Gates:
         )
         state.pending_approval = None
         if not decided:
-            record.mark(stage, StageStatus.running, f"nobody decided within {record.policy.approval_timeout}: automatic, as the runbook says")
+            record.mark(
+                stage, StageStatus.running, f"nobody decided within {record.policy.approval_timeout}: automatic, as the runbook says"
+            )
             return True
         if resolve_skips_it and (request := record.memory.resolve_request):
             record.mark(stage, StageStatus.skipped, f"resolved by {request.by} while awaiting approval")
@@ -130,7 +132,9 @@ class Gates:
         memory.failed_stage = stage
         record.mark(stage, StageStatus.failed, problem)
         record.set_status(IncidentStatus.awaiting_decision)
-        await self.notifier.send("action_failed", ["oncall", "incident-commander"], f"{record.state.id}: {problem}; decide retry, skip or abort")
+        await self.notifier.send(
+            "action_failed", ["oncall", "incident-commander"], f"{record.state.id}: {problem}; decide retry, skip or abort"
+        )
         await self.clocks.wait_for_a_person(
             lambda: memory.failure_decision is not None,
             every=lambda: record.policy.approval_timeout,

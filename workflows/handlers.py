@@ -55,7 +55,9 @@ class ResponderHandlers:
         memory.seen_signal_ids.add(signal.signal_id)
         self.state.signals.append(signal)
         self.record.merge_repro(signal.repro)
-        self.record.note("signal", f"{signal.sender} {signal.status}: {signal.title or signal.signal_id}", signal.sender, signal_id=signal.signal_id)
+        self.record.note(
+            "signal", f"{signal.sender} {signal.status}: {signal.title or signal.signal_id}", signal.sender, signal_id=signal.signal_id
+        )
 
     # --- responders ---------------------------------------------------------------------
 
@@ -128,7 +130,9 @@ class ResponderHandlers:
             return ignored
         self.record.memory.failure_decision = decision
         self.acknowledge_by_acting(decision.by, f"decided {decision.choice}")
-        self.record.note("decision", f"{decision.choice} after failure in {decision.stage} by {decision.by}: {decision.reason}", decision.by)
+        self.record.note(
+            "decision", f"{decision.choice} after failure in {decision.stage} by {decision.by}: {decision.reason}", decision.by
+        )
         return DecisionReceipt(message=f"{decision.choice} recorded for {decision.stage}")
 
     def check_decide(self, decision: FailureDecision) -> None:
@@ -232,7 +236,9 @@ class ResponderHandlers:
         )
         self.state.approvals.append(record)
         if not record.verified:
-            message = f"{decision.stage}: decision from {decision.approver} has no valid assertion from the Stanch API; recorded, not counted"
+            message = (
+                f"{decision.stage}: decision from {decision.approver} has no valid assertion from the Stanch API; recorded, not counted"
+            )
             self.record.note("approval", message, decision.approver)
             return DecisionReceipt(accepted=False, message=message)
         self.acknowledge_by_acting(decision.approver, f"{'approved' if decision.approve else 'rejected'} {decision.stage}")

@@ -129,7 +129,10 @@ class IncidentWorkflow:
         self.record.mark("confirm", StageStatus.running)
         try:
             result = await workflow.execute_activity_method(
-                ConfirmActivities.confirm_incident, self.record.confirm_input(), start_to_close_timeout=PROBE_TIMEOUT, retry_policy=READ_RETRY
+                ConfirmActivities.confirm_incident,
+                self.record.confirm_input(),
+                start_to_close_timeout=PROBE_TIMEOUT,
+                retry_policy=READ_RETRY,
             )
         except ActivityError as failure:  # checks that cannot run decide nothing: a human triages
             finding = Finding(check="confirm", outcome="inconclusive", detail=f"checks could not run: {cause_of(failure)}")
@@ -169,12 +172,17 @@ class IncidentWorkflow:
             "evidence",
             "snapshot",
             lambda: workflow.execute_activity_method(
-                EvidenceActivities.snapshot_evidence, self.record.evidence_input(), start_to_close_timeout=ACTION_TIMEOUT, retry_policy=READ_RETRY
+                EvidenceActivities.snapshot_evidence,
+                self.record.evidence_input(),
+                start_to_close_timeout=ACTION_TIMEOUT,
+                retry_policy=READ_RETRY,
             ),
         )
         if snapshot is None:
             return self.record.mark("evidence", StageStatus.skipped, "skipped by a responder")
-        self.state.evidence = EvidenceRecord(sha256=snapshot.sha256, location=snapshot.location, taken_at=workflow.now(), summary=snapshot.summary)
+        self.state.evidence = EvidenceRecord(
+            sha256=snapshot.sha256, location=snapshot.location, taken_at=workflow.now(), summary=snapshot.summary
+        )
         self.record.mark("evidence", StageStatus.done, f"sha256 {snapshot.sha256}")
 
     async def grade_severity(self) -> None:
@@ -264,7 +272,10 @@ class IncidentWorkflow:
             "restore",
             f"undo of {applied.kind}",
             lambda: workflow.execute_activity_method(
-                RestoreActivities.undo_action, self.record.undo_input(applied), start_to_close_timeout=ACTION_TIMEOUT, retry_policy=ACTION_RETRY
+                RestoreActivities.undo_action,
+                self.record.undo_input(applied),
+                start_to_close_timeout=ACTION_TIMEOUT,
+                retry_policy=ACTION_RETRY,
             ),
         )
         if undone is None:
@@ -280,7 +291,10 @@ class IncidentWorkflow:
             "review",
             "opening the review",
             lambda: workflow.execute_activity_method(
-                ReviewActivities.write_review, self.record.review_input(outcome), start_to_close_timeout=ACTION_TIMEOUT, retry_policy=ACTION_RETRY
+                ReviewActivities.write_review,
+                self.record.review_input(outcome),
+                start_to_close_timeout=ACTION_TIMEOUT,
+                retry_policy=ACTION_RETRY,
             ),
         )
         if result is None:

@@ -17,12 +17,12 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from stanch.api.deps import Intake, IntakeDep
-from stanch.models.signals import Signal
 from stanch.intake.sources import cloudevents, examples, sentry
 from stanch.intake.sources.alertmanager import AlertmanagerWebhook, alertmanager_signals
 from stanch.intake.sources.datadog import PAYLOAD_TEMPLATE, DatadogWebhook, datadog_signals
 from stanch.intake.sources.grafana import GrafanaWebhook, grafana_signals
 from stanch.intake.sources.pagerduty import PagerDutyEvent, pagerduty_signals
+from stanch.models.signals import Signal
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/alerts", tags=["intake"])
@@ -45,7 +45,9 @@ async def _take_in(intake: Intake, signals: list[Signal]) -> IntakeResponse:
     opened = []
     for signal in signals:
         result = await intake(signal)
-        opened.append(OpenedIncident(incident_id=result.incident_id, runbook=result.runbook, signal_id=signal.signal_id, opened=result.opened))
+        opened.append(
+            OpenedIncident(incident_id=result.incident_id, runbook=result.runbook, signal_id=signal.signal_id, opened=result.opened)
+        )
     return IntakeResponse(incidents=opened)
 
 
@@ -209,7 +211,9 @@ async def sentry_webhook(
         log.info("sentry resource %r ignored: it carries no alert", sentry_hook_resource)
         return IntakeResponse(incidents=[])
     if resource is None:
-        raise HTTPException(400, "not a Sentry alert: no Sentry-Hook-Resource header, and the body has neither data.metric_alert nor data.event")
+        raise HTTPException(
+            400, "not a Sentry alert: no Sentry-Hook-Resource header, and the body has neither data.metric_alert nor data.event"
+        )
     webhook = _validated(_SENTRY_MODELS[resource], body)
     mapper = sentry.metric_alert_signals if resource == "metric_alert" else sentry.issue_alert_signals
     return await _take_in(intake, mapper(webhook))
@@ -241,14 +245,23 @@ _CE_HEADERS = ("specversion", "id", "source", "type", "time", "subject")
     summary="CloudEvents 1.0: binary, structured or batch mode",
     openapi_extra={
         "parameters": [
-            {"name": f"ce-{name}", "in": "header", "required": False, "schema": {"type": "string"}, "description": f"binary mode: the event's `{name}`"}
+            {
+                "name": f"ce-{name}",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": f"binary mode: the event's `{name}`",
+            }
             for name in _CE_HEADERS
         ],
         "requestBody": {
             "required": True,
             "content": {
                 cloudevents.STRUCTURED_CONTENT_TYPE: {"schema": _CLOUDEVENT_SCHEMA, "example": examples.CLOUDEVENT},
-                cloudevents.BATCH_CONTENT_TYPE: {"schema": {"type": "array", "items": _CLOUDEVENT_SCHEMA}, "example": [examples.CLOUDEVENT]},
+                cloudevents.BATCH_CONTENT_TYPE: {
+                    "schema": {"type": "array", "items": _CLOUDEVENT_SCHEMA},
+                    "example": [examples.CLOUDEVENT],
+                },
                 "application/json": {"schema": {}, "example": examples.CLOUDEVENT["data"]},
             },
         },
@@ -282,4 +295,3 @@ async def generic_alert(signal: Signal, intake: IntakeDep) -> IntakeResponse:
     Give each distinct alert a stable `signal_id`: repeats with the same id are ignored.
     """
     return await _take_in(intake, [signal])
-

@@ -19,7 +19,6 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from temporalio.service import RPCError
 
-from stanch.trust import assertions
 from stanch.api import alerts, incidents, metrics, reports
 from stanch.api.answers import (
     BodySizeLimit,
@@ -45,8 +44,9 @@ from stanch.intake.auth import (
     IntakeAuthPolicy,
     load_intake_auth,
 )
-from stanch.trust.responders import Principal, ResponderAuth, load_responder_auth
 from stanch.runbooks.loader import RunbookCatalog, RunbookError, load_catalog
+from stanch.trust import assertions
+from stanch.trust.responders import Principal, ResponderAuth, load_responder_auth
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,9 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if getattr(app.state, "catalog", None) is None:
             app.state.catalog = load_catalog(settings.runbooks_dir)
-        log.info("stanch api: %d runbooks from %s, Temporal at %s", len(app.state.catalog), settings.runbooks_dir, app.state.temporal.address)
+        log.info(
+            "stanch api: %d runbooks from %s, Temporal at %s", len(app.state.catalog), settings.runbooks_dir, app.state.temporal.address
+        )
         open_sources = intake_auth.open_sources(intake_sources(app))
         if open_sources:
             log.warning("INSECURE: intake sources %s accept requests without credentials (--insecure-dev)", ", ".join(open_sources))

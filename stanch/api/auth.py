@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 import hashlib
 import hmac
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass

@@ -17,9 +17,9 @@ from temporalio.envconfig import ClientConfig
 from stanch.config.settings import Settings
 from stanch.intake.start import IntakeResult, open_or_join
 from stanch.models.signals import Signal
-from stanch.trust.responders import NotAuthenticated, Principal, ResponderAuth
 from stanch.runbooks.loader import RunbookCatalog
 from stanch.temporal.client import connect
+from stanch.trust.responders import NotAuthenticated, Principal, ResponderAuth
 
 CONNECT_TIMEOUT_S = 10.0
 RETRY_AFTER_S = 5

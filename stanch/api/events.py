@@ -204,7 +204,11 @@ _STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-@events_router.get("/v1/incidents/{incident_id}/events", response_class=StreamingResponse, responses={**_STREAM_RESPONSES, 404: {"description": "no incident with this id"}})
+@events_router.get(
+    "/v1/incidents/{incident_id}/events",
+    response_class=StreamingResponse,
+    responses={**_STREAM_RESPONSES, 404: {"description": "no incident with this id"}},
+)
 async def incident_events(incident_id: IncidentId, request: Request) -> StreamingResponse:
     """The incident's state as server-sent events: `event: state` (the JSON of
     `GET /v1/incidents/{id}`) at once and on every change, `event: error` while it cannot be

@@ -19,12 +19,22 @@ from pydantic import BaseModel, Field
 from temporalio import client as tc
 from temporalio.service import RPCError, RPCStatusCode
 
-from stanch.trust import assertions
-from stanch.temporal import search_attributes as sa
 from stanch.api.deps import RETRY_AFTER_S, ClientDep, ResponderDep, current_responder
+from stanch.models.decisions import (
+    Acknowledgement,
+    ApprovalDecision,
+    DecisionReceipt,
+    FailureDecision,
+    Note,
+    ReportFiled,
+    ResolveRequest,
+    SeverityChange,
+    TriageDecision,
+)
 from stanch.models.incident import WORKFLOW_NAME, IncidentState, IncidentStatus, TimelineEntry
-from stanch.models.decisions import Acknowledgement, ApprovalDecision, DecisionReceipt, FailureDecision, Note, ReportFiled, ResolveRequest, SeverityChange, TriageDecision
 from stanch.models.signals import Severity
+from stanch.temporal import search_attributes as sa
+from stanch.trust import assertions
 from stanch.trust.responders import Principal
 
 # Reading needs a responder too (any role, auditors and viewers included) unless --insecure-dev.

@@ -82,7 +82,9 @@ class Header(BaseModel):
     warnings: list[str] = Field(default_factory=list)
     # Format 2. None in a format-1 manifest, and then left out of the genesis, so those still verify.
     entry_count: int | None = Field(None, description="how many entries were sealed: in the header, so the chain's first link covers it")
-    dry_runs: list[str] | None = Field(None, description="incident runs that were dry runs (rehearsals): exported like the others, labelled here")
+    dry_runs: list[str] | None = Field(
+        None, description="incident runs that were dry runs (rehearsals): exported like the others, labelled here"
+    )
     left_out: list[LeftOut] | None = Field(None, description="evidence snapshots a history names that were not exported, and why")
 
 
@@ -216,7 +218,11 @@ def take_evidence(location: str, recorded_sha256: str, evidence_root: Path) -> t
         return None, b"", f"{found}: cannot read it ({error.strerror or error})"
     actual = hashlib.sha256(data).hexdigest()
     if actual != recorded_sha256:
-        return None, b"", f"{found} has sha256 {actual}, not the {recorded_sha256} its history recorded: changed since the snapshot (or not the snapshot)"
+        return (
+            None,
+            b"",
+            f"{found} has sha256 {actual}, not the {recorded_sha256} its history recorded: changed since the snapshot (or not the snapshot)",
+        )
     return found, data, ""
 
 

@@ -18,20 +18,28 @@ def settle_signal_decisions(t: Timeline, state: dict[str, Any]) -> None:
     """An approval signal leaves no receipt in history; the final state says what became of it:
     counted ones are in its approvals (via signal), refused ones in its timeline."""
     records = [r for r in state.get("approvals", []) if r.get("via") == "signal"]
-    refusals = [e.get("message", "") for e in state.get("timeline", []) if e.get("kind") == "approval" and e.get("message", "").startswith("refused signal from ")]
+    refusals = [
+        e.get("message", "")
+        for e in state.get("timeline", [])
+        if e.get("kind") == "approval" and e.get("message", "").startswith("refused signal from ")
+    ]
     spent: set[str] = set()
     for d in (d for d in t.decisions if d.name == "approve_signal"):
         decision_id = d.fields.get("decision_id") or ""
         if decision_id and decision_id in spent:
             d.outcome, d.message = "not acted on", f"a repeat of decision id {decision_id}: ignored"
             continue
-        match = next((r for r in records if (r.get("stage"), r.get("approver"), r.get("approve")) == (d.stage, d.who, d.fields.get("approve"))), None)
+        match = next(
+            (r for r in records if (r.get("stage"), r.get("approver"), r.get("approve")) == (d.stage, d.who, d.fields.get("approve"))), None
+        )
         refusal = next((m for m in refusals if m.startswith(f"refused signal from {d.who or 'unknown'}: ")), None)
         if match is not None:
             records.remove(match)
             spent.add(decision_id)
             d.outcome = "accepted" if match.get("verified") else "not acted on"
-            d.message = "counted toward the gate" if match.get("verified") else "recorded, not counted: no valid assertion from the Stanch API"
+            d.message = (
+                "counted toward the gate" if match.get("verified") else "recorded, not counted: no valid assertion from the Stanch API"
+            )
         elif refusal is not None:
             refusals.remove(refusal)
             d.outcome, d.message = "refused", refusal.partition(": ")[2]
@@ -104,22 +112,44 @@ def milestones(t: Timeline) -> list[Milestone]:
     vouched = [d for d in t.decisions if d.name in ACKNOWLEDGING and (d.outcome == "accepted" or (d.outcome == "delivered" and d.verified))]
     if vouched:
         d = vouched[0]
-        found.append(reached("acknowledged", d.completed_at or d.at, d.completed_event_id or d.event_id, f"{d.what} by {d.who} (event {d.event_id})"))
+        found.append(
+            reached("acknowledged", d.completed_at or d.at, d.completed_event_id or d.event_id, f"{d.what} by {d.who} (event {d.event_id})")
+        )
     for name, activity in (("contained", "apply_containment"), ("rolled back", "apply_rollback")):
         done = [a for a in t.actions if a.activity == activity and a.outcome == "completed" and a.finished_at is not None]
         if done:
             last = done[-1]
-            found.append(reached(name, last.finished_at, last.finished_event_id, f"last {last.stage} action applied: {last.kind} (event {last.finished_event_id})"))
-    verified = [s for s in t.steps if s.activity == "verify_fix" and s.outcome == "completed" and s.result.get("passed") and s.finished_at is not None]
+            found.append(
+                reached(
+                    name,
+                    last.finished_at,
+                    last.finished_event_id,
+                    f"last {last.stage} action applied: {last.kind} (event {last.finished_event_id})",
+                )
+            )
+    verified = [
+        s
+        for s in t.steps
+        if s.activity == "verify_fix" and s.outcome == "completed" and s.result.get("passed") and s.finished_at is not None
+    ]
     if verified:
         s = verified[0]
         found.append(reached("fix verified", s.finished_at, s.finished_event_id, f"{s.summary} (event {s.finished_event_id})"))
     lifted = [a for a in t.actions if a.activity == "lift_action" and a.outcome == "completed" and a.finished_at is not None]
     if lifted:
         last = lifted[-1]
-        found.append(reached("restored", last.finished_at, last.finished_event_id, f"last protection lifted: {last.kind} (event {last.finished_event_id})"))
+        found.append(
+            reached(
+                "restored",
+                last.finished_at,
+                last.finished_event_id,
+                f"last protection lifted: {last.kind} (event {last.finished_event_id})",
+            )
+        )
     if t.ended_at is not None:
-        found.append(reached("closed", t.ended_at, t.ended_event_id, f"workflow {t.execution}" + (f": {t.final_status}" if t.final_status else "")))
+        found.append(
+            reached("closed", t.ended_at, t.ended_event_id, f"workflow {t.execution}" + (f": {t.final_status}" if t.final_status else ""))
+        )
     by_name = {m.name: m for m in found}
     if t.ended_at is None:
         missing = f"not reached yet: the run is still running (history read at event {t.events})"

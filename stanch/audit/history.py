@@ -27,10 +27,10 @@ from temporalio.client import Client, WorkflowHistory
 from temporalio.converter import DataConverter, PayloadConverter
 from temporalio.service import RPCError, RPCStatusCode
 
-from stanch.trust import assertions
 from stanch.config.settings import Settings
 from stanch.models.incident import WORKFLOW_NAME
 from stanch.temporal.client import connect
+from stanch.trust import assertions
 
 
 class HistoryError(Exception):
@@ -55,7 +55,9 @@ def parse_history(text: str | Mapping[str, Any], source: str, fallback_id: str) 
     try:
         data = json.loads(text) if isinstance(text, str) else text
     except json.JSONDecodeError as error:
-        raise HistoryError(f"{source}: not JSON (line {error.lineno}: {error.msg}); expected `temporal workflow show --output json`") from None
+        raise HistoryError(
+            f"{source}: not JSON (line {error.lineno}: {error.msg}); expected `temporal workflow show --output json`"
+        ) from None
     if not isinstance(data, Mapping) or not isinstance(data.get("events"), list) or not data["events"]:
         raise HistoryError(f'{source}: no "events" list; expected `temporal workflow show --output json`')
     started = data["events"][0].get("workflowExecutionStartedEventAttributes") or {}

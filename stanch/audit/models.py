@@ -154,7 +154,8 @@ class Timeline(BaseModel):
     runbook_sha256: str = ""
     target: str = ""
     dry_run: bool = Field(
-        False, description="a rehearsal (`stanch runbooks plan --dry-run`, IncidentInput.dry_run): every action was only recorded, nothing was changed"
+        False,
+        description="a rehearsal (`stanch runbooks plan --dry-run`, IncidentInput.dry_run): every action was only recorded, nothing was changed",
     )
     started_at: datetime
     first_signal_at: datetime | None = None

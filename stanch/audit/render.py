@@ -36,11 +36,23 @@ def sections(t: Timeline) -> list[Section]:
     durations = Section("Durations", ["milestone", "after", "at", "how"], note=note)
     for name in MILESTONES:
         m = reached.get(name)
-        durations.rows.append([name, span(m.seconds), when(m.at), m.how] if m else [name, "not reached yet" if running else "not reached", "", ""])
+        durations.rows.append(
+            [name, span(m.seconds), when(m.at), m.how] if m else [name, "not reached yet" if running else "not reached", "", ""]
+        )
 
     signals = Section("Signals", ["at", "event", "sender", "signal id", "title", "source", "status"])
     for s in t.signals:
-        signals.rows.append([when(s.at), str(s.event_id), s.sender, s.signal_id + (" (redelivery, ignored)" if s.redelivery else ""), s.title, s.source, s.status])
+        signals.rows.append(
+            [
+                when(s.at),
+                str(s.event_id),
+                s.sender,
+                s.signal_id + (" (redelivery, ignored)" if s.redelivery else ""),
+                s.title,
+                s.source,
+                s.status,
+            ]
+        )
 
     approvals = Section("Approvals by stage", ["stage", "approvers", "rejected by"], note="verified decisions only count toward a gate")
     for stage in dict.fromkeys(d.stage for d in t.decisions if d.name in ("approve", "reject", "approve_signal") and d.stage):
@@ -64,12 +76,25 @@ def sections(t: Timeline) -> list[Section]:
 
     steps = Section("Checks and records", ["at", "event", "activity", "outcome", "summary"])
     for s in t.steps:
-        steps.rows.append([when(s.at), str(s.event_id), s.activity, (s.outcome, "" if s.outcome == "completed" else "bad"), s.failure or s.summary])
+        steps.rows.append(
+            [when(s.at), str(s.event_id), s.activity, (s.outcome, "" if s.outcome == "completed" else "bad"), s.failure or s.summary]
+        )
 
     notifications = Section("Notifications and escalations", ["at", "event", "kind", "to", "tier", "delivered by", "failed", "message"])
     for n in t.notifications:
         kind = (n.kind, "bad" if n.kind in ("escalation", "action_failed") else "")
-        notifications.rows.append([when(n.at), str(n.event_id), kind, ", ".join(n.recipients), str(n.tier), ", ".join(n.delivered), "; ".join(n.failed), n.message])
+        notifications.rows.append(
+            [
+                when(n.at),
+                str(n.event_id),
+                kind,
+                ", ".join(n.recipients),
+                str(n.tier),
+                ", ".join(n.delivered),
+                "; ".join(n.failed),
+                n.message,
+            ]
+        )
 
     timers = Section("Timers", ["started", "event", "timer", "set for", "outcome", "ended"])
     for tm in t.timers:
@@ -84,8 +109,10 @@ def sections(t: Timeline) -> list[Section]:
     for e in t.evidence:
         evidence.rows.append([when(e.at), str(e.event_id), e.sha256, e.location])
 
-    no_stages = "the run is still running: see Durations and Actions for how far it got" if t.ended_at is None else (
-        f"the run {t.execution}, so it recorded no final state: see Durations and Actions for how far it got"
+    no_stages = (
+        "the run is still running: see Durations and Actions for how far it got"
+        if t.ended_at is None
+        else (f"the run {t.execution}, so it recorded no final state: see Durations and Actions for how far it got")
     )
     stages = Section("Stages at the end", ["stage", "status", "started", "finished", "detail"], empty=no_stages)
     for s in t.stages:
@@ -170,7 +197,7 @@ def to_html(t: Timeline) -> str:
     parts = [
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; style-src \'unsafe-inline\'">',
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">",
         f"<title>{esc(heading)}</title><style>{STYLE}</style></head><body>",
         f"<h1>{esc(heading)}</h1>",
         *([f'<p class="banner">{esc(DRY_RUN_BANNER)}</p>'] if t.dry_run else []),

@@ -152,7 +152,11 @@ def unreadable_reason(history: WorkflowHistory, converter: DataConverter) -> str
     Without the key every payload under it fails to decode, which the replayer would report as a
     divergence: a configuration problem, not a code change. Every payload of every event is
     checked: a key rotated mid-incident leaves the later payloads under another key."""
-    used = {payload.metadata.get(KEY_ID_METADATA, b"").decode("utf-8", "replace") for payload in history_payloads(history) if is_encrypted(payload)}
+    used = {
+        payload.metadata.get(KEY_ID_METADATA, b"").decode("utf-8", "replace")
+        for payload in history_payloads(history)
+        if is_encrypted(payload)
+    }
     codec = converter.payload_codec
     known = set(codec.key_ids) if isinstance(codec, EncryptionCodec) else set()
     missing = sorted(used - known)
@@ -314,7 +318,12 @@ def _event_named_in(message: str, events: list[HistoryEvent], window: tuple[int,
         return None
     what, name = found.groups()
     if what == "Activity type":
-        matches = [e for e in events if e.HasField("activity_task_scheduled_event_attributes") and e.activity_task_scheduled_event_attributes.activity_type.name == name]
+        matches = [
+            e
+            for e in events
+            if e.HasField("activity_task_scheduled_event_attributes")
+            and e.activity_task_scheduled_event_attributes.activity_type.name == name
+        ]
     else:
         matches = [e for e in events if e.HasField("timer_started_event_attributes") and e.timer_started_event_attributes.timer_id == name]
     inside = [e for e in matches if window and window[0] <= e.event_id <= window[1]]
@@ -331,7 +340,15 @@ def _core_message(failure: BaseException) -> str:
 @contextmanager
 def _sdk_warnings_silenced():
     """The SDK logs each failed activation with a traceback; the outcome carries the message."""
-    loggers = [logging.getLogger(name) for name in ("temporalio.worker._workflow", "temporalio.worker._workflow_instance", "temporalio.worker._replayer", "temporalio.workflow")]
+    loggers = [
+        logging.getLogger(name)
+        for name in (
+            "temporalio.worker._workflow",
+            "temporalio.worker._workflow_instance",
+            "temporalio.worker._replayer",
+            "temporalio.workflow",
+        )
+    ]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.CRITICAL)

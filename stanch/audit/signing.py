@@ -28,7 +28,9 @@ def generate(private_path: Path, public_path: Path, overwrite: bool = False) -> 
     """Write a new key pair as PEM (private: PKCS#8, mode 0600); return the key id."""
     for path in (private_path, public_path):
         if path.exists() and not overwrite:
-            raise SigningKeyError(f"{path} exists; pass --force to replace it (bundles signed with the old key then verify only with the old public key)")
+            raise SigningKeyError(
+                f"{path} exists; pass --force to replace it (bundles signed with the old key then verify only with the old public key)"
+            )
     key = Ed25519PrivateKey.generate()
     private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     private_path.parent.mkdir(parents=True, exist_ok=True)

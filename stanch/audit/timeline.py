@@ -19,23 +19,6 @@ from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import WorkflowHistory
 from temporalio.converter import DataConverter
 
-from stanch.models.activity_io import (
-    ApplyInput,
-    ConfirmInput,
-    ConfirmResult,
-    EvidenceInput,
-    EvidenceResult,
-    GradeInput,
-    GradeResult,
-    UndoInput,
-    Notification,
-    NotifyResult,
-    ReviewInput,
-    ReviewResult,
-    VerifyInput,
-    VerifyResult,
-)
-from stanch.trust import assertions
 from stanch.audit.derived import (
     describe,
     key_warnings,
@@ -56,11 +39,38 @@ from stanch.audit.models import (
     Timeline,
     TimerEntry,
 )
-from stanch.models.decisions import Acknowledgement, ApprovalDecision, DecisionReceipt, FailureDecision, Note, ReportFiled, ResolveRequest, SeverityChange, TriageDecision
-from stanch.models.incident import IncidentInput, IncidentState
 from stanch.models.actions import AppliedAction, TargetRef, idempotency_key
+from stanch.models.activity_io import (
+    ApplyInput,
+    ConfirmInput,
+    ConfirmResult,
+    EvidenceInput,
+    EvidenceResult,
+    GradeInput,
+    GradeResult,
+    Notification,
+    NotifyResult,
+    ReviewInput,
+    ReviewResult,
+    UndoInput,
+    VerifyInput,
+    VerifyResult,
+)
+from stanch.models.decisions import (
+    Acknowledgement,
+    ApprovalDecision,
+    DecisionReceipt,
+    FailureDecision,
+    Note,
+    ReportFiled,
+    ResolveRequest,
+    SeverityChange,
+    TriageDecision,
+)
+from stanch.models.incident import IncidentInput, IncidentState
 from stanch.models.signals import Signal
 from stanch.temporal.search_attributes import INCIDENT_SEVERITY, INCIDENT_STATUS
+from stanch.trust import assertions
 
 UPDATE_MODELS: dict[str, type[BaseModel]] = {
     "acknowledge": Acknowledgement,
@@ -102,7 +112,11 @@ class _Reader:
         self.decoder = decoder
         first = history.events[0]
         self.t = Timeline(
-            workflow_id=history.workflow_id, run_id=history.run_id, started_at=event_time(first), events=len(history.events), trusted_keys=trusted_keys
+            workflow_id=history.workflow_id,
+            run_id=history.run_id,
+            started_at=event_time(first),
+            events=len(history.events),
+            trusted_keys=trusted_keys,
         )
         self.activities: dict[int, tuple[str, Any]] = {}  # scheduled event id -> (activity type, entry)
         self.updates: dict[str, DecisionEntry] = {}
@@ -221,7 +235,9 @@ class _Reader:
         entry.message = receipt.get("message", "")
 
     async def on_workflow_execution_update_rejected(self, event: HistoryEvent, a) -> None:
-        entry = self.decision(event, a.rejected_request.input.name, "update", None, a.rejected_request.meta.update_id, a.rejected_request.meta.identity)
+        entry = self.decision(
+            event, a.rejected_request.input.name, "update", None, a.rejected_request.meta.update_id, a.rejected_request.meta.identity
+        )
         entry.outcome, entry.message = "refused", await self.decoder.failure(a.failure)
         self.t.decisions.append(entry)
 
@@ -297,7 +313,11 @@ class _Reader:
         else:
             entry.summary, entry.result = step_summary(kind, result), result
             if kind == "snapshot_evidence" and result.get("location"):
-                self.t.evidence.append(EvidenceEntry(at=event_time(event), event_id=event.event_id, sha256=result.get("sha256", ""), location=result["location"]))
+                self.t.evidence.append(
+                    EvidenceEntry(
+                        at=event_time(event), event_id=event.event_id, sha256=result.get("sha256", ""), location=result["location"]
+                    )
+                )
 
     async def on_activity_task_failed(self, event: HistoryEvent, a) -> None:
         await self.activity_ended(event, a.scheduled_event_id, "failed", await self.decoder.failure(a.failure))
@@ -324,7 +344,12 @@ class _Reader:
     # --- timers and status --------------------------------------------------------------------
 
     async def on_timer_started(self, event: HistoryEvent, a) -> None:
-        entry = TimerEntry(at=event_time(event), event_id=event.event_id, timer_id=a.timer_id, seconds=a.start_to_fire_timeout.ToTimedelta().total_seconds())
+        entry = TimerEntry(
+            at=event_time(event),
+            event_id=event.event_id,
+            timer_id=a.timer_id,
+            seconds=a.start_to_fire_timeout.ToTimedelta().total_seconds(),
+        )
         self.timers[a.timer_id] = entry
         self.t.timers.append(entry)
 

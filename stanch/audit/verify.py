@@ -73,10 +73,14 @@ def verify(folder: Path, public_key: Ed25519PublicKey | None = None, require_sig
     With `require_signature`, a bundle that is unsigned, or whose signature was not checked (no
     public key given), is a problem too: only a checked signature rules out a consistent rewrite."""
     report = VerifyReport(bundle=str(folder))
-    problem = lambda what, message, index=None, path=None: report.problems.append(Problem(what=what, index=index, path=path, message=message))
+    problem = lambda what, message, index=None, path=None: report.problems.append(
+        Problem(what=what, index=index, path=path, message=message)
+    )
     root = folder.resolve()
     if (folder / MANIFEST).is_symlink():
-        problem("symlink", f"{MANIFEST} is a symbolic link (to {os.readlink(folder / MANIFEST)}): a bundle holds its own manifest; not read")
+        problem(
+            "symlink", f"{MANIFEST} is a symbolic link (to {os.readlink(folder / MANIFEST)}): a bundle holds its own manifest; not read"
+        )
         return report
     try:
         manifest = Manifest.model_validate_json((folder / MANIFEST).read_text())
@@ -101,7 +105,12 @@ def verify(folder: Path, public_key: Ed25519PublicKey | None = None, require_sig
     for position, entry in enumerate(entries):
         if not 0 <= entry.index < limit:
             of = f"the header records {limit} entries" if sealed is not None else f"the manifest lists {limit} entries"
-            problem("index", f"entries[{position}] {entry.path}: index {entry.index} is out of range ({of}): an entry added, or its index edited", position, entry.path)
+            problem(
+                "index",
+                f"entries[{position}] {entry.path}: index {entry.index} is out of range ({of}): an entry added, or its index edited",
+                position,
+                entry.path,
+            )
     previous = -1
     for index in sorted(i for i in counts if 0 <= i < limit) + [limit]:
         if index > previous + 1:
@@ -118,7 +127,12 @@ def verify(folder: Path, public_key: Ed25519PublicKey | None = None, require_sig
     indices = [entry.index for entry in entries]
     for position, (entry, expected) in enumerate(zip(entries, sorted(indices))):
         if entry.index != expected:
-            problem("reordered", f"entries[{position}] {entry.path} was sealed as entry {entry.index}: the entries were reordered", position, entry.path)
+            problem(
+                "reordered",
+                f"entries[{position}] {entry.path} was sealed as entry {entry.index}: the entries were reordered",
+                position,
+                entry.path,
+            )
 
     # The chain, in sealed order (a move is reported above, once): each link from the one recorded
     # before it, so one edited entry is reported once, not with every entry after it.
@@ -128,7 +142,12 @@ def verify(folder: Path, public_key: Ed25519PublicKey | None = None, require_sig
         entry = entries[position]
         if entry.chain != link(previous_chain, entry):
             before = "the header was edited, or " if previous_chain == start else ""
-            problem("chain", f"entries[{position}] {entry.path}: chain does not link: {before}this entry was edited, or one before it removed or moved", position, entry.path)
+            problem(
+                "chain",
+                f"entries[{position}] {entry.path}: chain does not link: {before}this entry was edited, or one before it removed or moved",
+                position,
+                entry.path,
+            )
         previous_chain, recomputed = entry.chain, link(recomputed, entry)
     if manifest.head != previous_chain:
         problem("head", "the head is not the last entry's chain: entries were removed from the end, or the head was edited")
@@ -144,7 +163,12 @@ def verify(folder: Path, public_key: Ed25519PublicKey | None = None, require_sig
             problem("manifest", f"entries[{position}] {entry.path}: a path outside the bundle", position, entry.path)
             continue
         if found := _symlink_on(folder, relative):
-            problem("symlink", f"entries[{position}] {entry.path}: {found} is a symbolic link (to {os.readlink(folder / found)}): refused, a bundle holds its own files", position, entry.path)
+            problem(
+                "symlink",
+                f"entries[{position}] {entry.path}: {found} is a symbolic link (to {os.readlink(folder / found)}): refused, a bundle holds its own files",
+                position,
+                entry.path,
+            )
             links.add(found)
             continue
         path = folder / relative
@@ -160,14 +184,25 @@ def verify(folder: Path, public_key: Ed25519PublicKey | None = None, require_sig
             problem("missing", f"entries[{position}] {entry.path}: cannot be read: {error.strerror or error}", position, entry.path)
             continue
         if (sha256, size) != (entry.sha256, entry.size):
-            problem("edited", f"entries[{position}] {entry.path}: changed since export (sha256 {sha256[:16]}…, {size} bytes; sealed {entry.sha256[:16]}…, {entry.size} bytes)", position, entry.path)
+            problem(
+                "edited",
+                f"entries[{position}] {entry.path}: changed since export (sha256 {sha256[:16]}…, {size} bytes; sealed {entry.sha256[:16]}…, {entry.size} bytes)",
+                position,
+                entry.path,
+            )
         if entry.recorded_sha256 and entry.recorded_sha256 != entry.sha256:
-            report.warnings.append(f"{entry.path}: evidence differs from the sha256 its history recorded ({entry.recorded_sha256}): changed before export")
+            report.warnings.append(
+                f"{entry.path}: evidence differs from the sha256 its history recorded ({entry.recorded_sha256}): changed before export"
+            )
     listed = {entry.path for entry in entries}
     for relative, is_link in _walk(folder):
         if is_link:
             if relative not in links:
-                problem("symlink", f"{relative}: a symbolic link (to {os.readlink(folder / relative)}) in the bundle: refused, a bundle holds its own files", path=relative)
+                problem(
+                    "symlink",
+                    f"{relative}: a symbolic link (to {os.readlink(folder / relative)}) in the bundle: refused, a bundle holds its own files",
+                    path=relative,
+                )
         elif relative != MANIFEST and relative not in listed:
             problem("unlisted", f"{relative}: no manifest entry lists this file (added after export?)", path=relative)
 
@@ -221,5 +256,3 @@ def _walk(folder: Path) -> list[tuple[str, bool]]:
             if path.is_symlink() or name in files:
                 found.append((path.relative_to(folder).as_posix(), path.is_symlink()))
     return sorted(found)
-
-

@@ -228,7 +228,10 @@ def export(
     out: Annotated[Path, typer.Option("--out", help="a new (or empty) folder for the bundle")],
     since: Annotated[str | None, typer.Option("--since", help="incidents started since this date or ISO 8601 time (default: all)")] = None,
     signing_key: Annotated[
-        str | None, typer.Option("--signing-key", envvar="STANCH_AUDIT_SIGNING_KEY", help="Ed25519 private key PEM file (or PEM text) to sign the head")
+        str | None,
+        typer.Option(
+            "--signing-key", envvar="STANCH_AUDIT_SIGNING_KEY", help="Ed25519 private key PEM file (or PEM text) to sign the head"
+        ),
     ] = None,
     home: HomeOption = None,
     address: AddressOption = None,
@@ -310,10 +313,17 @@ def verify(
         for warning in report.warnings:
             console.print(f"[yellow]warning:[/] {escape(warning)}")
         for left in report.left_out:
-            console.print(f"[yellow]left out at export:[/] {escape(left.incident)}: evidence {escape(left.location)}: {escape(left.reason)}")
+            console.print(
+                f"[yellow]left out at export:[/] {escape(left.incident)}: evidence {escape(left.location)}: {escape(left.reason)}"
+            )
         for incident in report.dry_runs:
             console.print(f"dry run (a rehearsal, not an incident): {escape(incident)}")
-        signature = {"valid": "signature valid", "invalid": "signature INVALID", "unsigned": "unsigned", "not checked": "signed; pass --public-key to check it"}
+        signature = {
+            "valid": "signature valid",
+            "invalid": "signature INVALID",
+            "unsigned": "unsigned",
+            "not checked": "signed; pass --public-key to check it",
+        }
         verdict = "[green]✓ intact[/]" if report.ok else f"[bold red]✘ {len(report.problems)} problem(s)[/]"
         console.print(f"{verdict}: {report.entries} entries, head {report.head or '-'}, {signature[report.signature]}")
         if report.proves and report.signature != "invalid":
@@ -325,7 +335,9 @@ def verify(
 @audit_app.command("keygen")
 def keygen(
     private_key: Annotated[Path, typer.Argument(help="where to write the private key (PEM, mode 0600)")],
-    public_key: Annotated[Path | None, typer.Option("--public-key", help="where to write the public key (default: NAME.pub.pem beside it)")] = None,
+    public_key: Annotated[
+        Path | None, typer.Option("--public-key", help="where to write the public key (default: NAME.pub.pem beside it)")
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="replace existing key files")] = False,
 ) -> None:
     """Make an Ed25519 key pair for signing bundles.

@@ -12,17 +12,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from stanch.cli.output import make_console
-
+from stanch.config.settings import Settings
 from stanch.temporal.codec import (
     EncryptionKeyError,
     load_encryption_keys,
     new_key_line,
     parse_encryption_keys,
 )
-from stanch.config.settings import Settings
 
 codec_app = typer.Typer(help="Payload encryption: keys for the AES-GCM codec.", no_args_is_help=True)
 console = make_console(stderr=True)  # stdout carries only the key line, so it can be piped
@@ -38,7 +36,10 @@ def codec_server(
     port: Annotated[int, typer.Option(help="port to bind")] = 8400,
     ui_origin: Annotated[
         list[str] | None,
-        typer.Option("--ui-origin", help="a Temporal UI origin the browser may call from (repeat; default http://127.0.0.1:8233, http://localhost:8233)"),
+        typer.Option(
+            "--ui-origin",
+            help="a Temporal UI origin the browser may call from (repeat; default http://127.0.0.1:8233, http://localhost:8233)",
+        ),
     ] = None,
     insecure_dev: Annotated[
         bool,
@@ -80,7 +81,10 @@ def keygen(
     kid: Annotated[str | None, typer.Option("--kid", help="the key's id (default: a random k-xxxxxxxx)")] = None,
     write: Annotated[
         bool,
-        typer.Option("--write", help="put the key first in the keys file (HOME/encryption-keys or STANCH_ENCRYPTION_KEYS_FILE), keeping the others to decrypt"),
+        typer.Option(
+            "--write",
+            help="put the key first in the keys file (HOME/encryption-keys or STANCH_ENCRYPTION_KEYS_FILE), keeping the others to decrypt",
+        ),
     ] = False,
 ) -> None:
     """Make a fresh AES-256 key and print it as `kid:base64key` (or, with --write, add it to the keys file)."""

@@ -16,12 +16,10 @@ from typing import Any
 
 import httpx
 import typer
-from rich.console import Console
-
-from stanch.cli.output import make_console
 from rich.live import Live
 from rich.table import Table
 
+from stanch.cli.output import make_console
 from stanch.runbooks.schema import STAGES
 
 console = make_console()
@@ -97,7 +95,9 @@ class Demo:
         self.http.post(f"{self.gateway}/admin/demo/reset").raise_for_status()
         answer = self.chat(REPRO_PROMPT)
         leaked = answer.status_code == 200 and SECRET_PREFIX in answer.json()["choices"][0]["message"]["content"]
-        self.checks.record("v2 is deployed and leaks", leaked, f"HTTP {answer.status_code}, x-model-version {answer.headers.get('x-model-version')}")
+        self.checks.record(
+            "v2 is deployed and leaks", leaked, f"HTTP {answer.status_code}, x-model-version {answer.headers.get('x-model-version')}"
+        )
 
     def fire_alert(self) -> str:
         now = datetime.now(UTC).isoformat()
@@ -112,7 +112,7 @@ class Demo:
         }
         payload = {
             "version": "4",
-            "groupKey": "{}:{alertname=\"HarmfulOutputSecret\"}",
+            "groupKey": '{}:{alertname="HarmfulOutputSecret"}',
             "truncatedAlerts": 0,
             "status": "firing",
             "receiver": "stanch",
@@ -179,11 +179,19 @@ class Demo:
     def check_rolled_back(self) -> None:
         answer = self.chat(BENIGN_PROMPT)
         version = answer.headers.get("x-model-version")
-        self.checks.record("rollback serves v1", answer.status_code == 200 and version == GOOD_VERSION, f"HTTP {answer.status_code}, x-model-version {version}")
+        self.checks.record(
+            "rollback serves v1",
+            answer.status_code == 200 and version == GOOD_VERSION,
+            f"HTTP {answer.status_code}, x-model-version {version}",
+        )
 
     def check_restored(self, state: dict[str, Any]) -> None:
         stages = {s["name"]: s["status"] for s in state["stages"]}
-        self.checks.record("incident closed with all nine stages done", state["status"] == "closed" and set(stages.values()) == {"done"}, f"status {state['status']}, {stages}")
+        self.checks.record(
+            "incident closed with all nine stages done",
+            state["status"] == "closed" and set(stages.values()) == {"done"},
+            f"status {state['status']}, {stages}",
+        )
         fixed = next((a["result"].get("version") for a in state["actions"] if a["kind"] == "deploy_finetune"), None)
         answer = self.chat(REPRO_PROMPT)
         content = answer.json()["choices"][0]["message"]["content"] if answer.status_code == 200 else ""
@@ -194,15 +202,29 @@ class Demo:
             f"HTTP {answer.status_code}, x-model-version {version} (fine-tuned {fixed})",
         )
         gateway = self.http.get(f"{self.gateway}/admin/state", params={"model": MODEL}).json()
-        left = [b for b in gateway["blocked_prompts"] + gateway["blocked_outputs"] + gateway["endpoint_rules"] if b.get("incident_id") == state["id"]]
-        self.checks.record("no containment left", not left and gateway["pinned_version"] is None, f"{len(left)} blocks, pin {gateway['pinned_version']}")
+        left = [
+            b
+            for b in gateway["blocked_prompts"] + gateway["blocked_outputs"] + gateway["endpoint_rules"]
+            if b.get("incident_id") == state["id"]
+        ]
+        self.checks.record(
+            "no containment left", not left and gateway["pinned_version"] is None, f"{len(left)} blocks, pin {gateway['pinned_version']}"
+        )
         ledger = self.http.get(f"{self.gateway}/admin/ledger").json()["entries"]
         keys = [entry["idempotency_key"] for entry in ledger]
         self.checks.record("every ledger key applied once", len(keys) == len(set(keys)), f"{len(keys)} keys in the ledger")
 
 
 def progress_table(state: dict[str, Any]) -> Table:
-    marks = {"done": "[green]✔ done", "running": "[yellow]… running", "awaiting_approval": "[cyan]⏸ awaiting approval", "failed": "[red]✘ failed", "skipped": "[dim]– skipped", "rejected": "[red]✘ rejected", "pending": "[dim]pending"}
+    marks = {
+        "done": "[green]✔ done",
+        "running": "[yellow]… running",
+        "awaiting_approval": "[cyan]⏸ awaiting approval",
+        "failed": "[red]✘ failed",
+        "skipped": "[dim]– skipped",
+        "rejected": "[red]✘ rejected",
+        "pending": "[dim]pending",
+    }
     table = Table(title=f"{state['id']} — {state['status']} — severity {state['severity']}")
     table.add_column("stage")
     table.add_column("status")
@@ -217,7 +239,9 @@ def progress_table(state: dict[str, Any]) -> Table:
 def demo(
     api: str = typer.Option("http://127.0.0.1:8200", envvar="STANCH_API_URL", help="the API of a running `stanch up`"),
     timeout: float = typer.Option(180, help="seconds to wait for the incident to close"),
-    oncall_token: str = typer.Option(None, envvar="STANCH_DEMO_ONCALL_TOKEN", help="an on-call responder's token (when the API wants tokens)"),
+    oncall_token: str = typer.Option(
+        None, envvar="STANCH_DEMO_ONCALL_TOKEN", help="an on-call responder's token (when the API wants tokens)"
+    ),
     safety_token: str = typer.Option(None, envvar="STANCH_DEMO_SAFETY_TOKEN", help="a safety lead's token (when the API wants tokens)"),
 ) -> None:
     """Fire the demo incident at a running `stanch up`, follow it, and check every step held."""
@@ -231,5 +255,7 @@ def demo(
         console.print(f"[red]demo failed:[/] {problem}")
         raise typer.Exit(1) from problem
     held = run.checks.all_held
-    console.print(f"\n{'[green]Every check held' if held else '[red]Some checks failed'}[/]: {sum(ok for _, ok, _ in run.checks.results)}/{len(run.checks.results)}")
+    console.print(
+        f"\n{'[green]Every check held' if held else '[red]Some checks failed'}[/]: {sum(ok for _, ok, _ in run.checks.results)}/{len(run.checks.results)}"
+    )
     raise typer.Exit(0 if held else 1)

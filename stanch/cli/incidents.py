@@ -14,11 +14,10 @@ from typing import Annotated, Any
 
 import httpx
 import typer
-from rich.console import Console
-
-from stanch.cli.output import make_console
 from rich.panel import Panel
 from rich.table import Column, Table
+
+from stanch.cli.output import make_console
 
 console = make_console()
 err_console = make_console(stderr=True)
@@ -41,7 +40,9 @@ def _call(api: str, method: str, path: str, body: dict[str, Any] | None = None, 
     try:
         response = httpx.request(method, url, json=body, params=params, headers=headers, timeout=60.0)
     except httpx.TransportError as exc:
-        err_console.print(f"[bold red]error:[/] cannot reach the Stanch API at {api} ({exc}); is `stanch up` running? Set --api or STANCH_API_URL.")
+        err_console.print(
+            f"[bold red]error:[/] cannot reach the Stanch API at {api} ({exc}); is `stanch up` running? Set --api or STANCH_API_URL."
+        )
         raise typer.Exit(2) from exc
     if response.is_error:
         try:
@@ -135,7 +136,9 @@ def _render_incident(state: dict[str, Any], timeline_entries: int) -> None:
     summary.add_row("runbook", f"{state['runbook']} (sha256 {state.get('runbook_sha256', '')[:12]})")
     summary.add_row("target", f"{target.get('adapter', '?')}:{target.get('model', '?')}{version}")
     summary.add_row("opened", str(state.get("opened_at")))
-    summary.add_row("acknowledged", f"{state.get('acknowledged_by')} at {state.get('acknowledged_at')}" if state.get("acknowledged_by") else "no")
+    summary.add_row(
+        "acknowledged", f"{state.get('acknowledged_by')} at {state.get('acknowledged_at')}" if state.get("acknowledged_by") else "no"
+    )
     if state.get("close_reason"):
         summary.add_row("closed", f"{state.get('closed_at')}: {state['close_reason']}")
     console.print(Panel(summary, title=f"incident {state['id']}", expand=False))
@@ -188,7 +191,15 @@ def _pending_stage(api: str, incident_id: str) -> str:
 
 
 def _approval(
-    incident_id: str, approve: bool, stage: str | None, by: str | None, roles: list[str] | None, comment: str, decision_id: str, api: str, as_json: bool
+    incident_id: str,
+    approve: bool,
+    stage: str | None,
+    by: str | None,
+    roles: list[str] | None,
+    comment: str,
+    decision_id: str,
+    api: str,
+    as_json: bool,
 ) -> None:
     body = {
         "stage": stage or _pending_stage(api, incident_id),

@@ -24,20 +24,20 @@ from rich.console import Console
 from rich.markup import escape
 from temporalio.client import Client, WorkflowHandle
 
-from stanch.targets.steps import StepPlan, plan_step
-from stanch.models.activity_io import ApplyInput
 from stanch.config.settings import Settings
-from stanch.models.incident import TERMINAL_STATUSES, IncidentInput, IncidentState
-from stanch.intake.start import start_incident
-from stanch.models.actions import ActionSpec, TargetRef
-from stanch.models.signals import Signal
 from stanch.intake.routing import Route, incident_id_for, render_template, signal_version
-from stanch.runbooks.loader import LoadedRunbook
-from stanch.runbooks.schema import Runbook
 from stanch.intake.sources import cloudevents, datadog, grafana, pagerduty, reports, sentry
 from stanch.intake.sources.alertmanager import AlertmanagerWebhook, alertmanager_signals
+from stanch.intake.start import start_incident
+from stanch.models.actions import ActionSpec, TargetRef
+from stanch.models.activity_io import ApplyInput
+from stanch.models.incident import TERMINAL_STATUSES, IncidentInput, IncidentState
+from stanch.models.signals import Signal
+from stanch.runbooks.loader import LoadedRunbook
+from stanch.runbooks.schema import Runbook
 from stanch.targets.base import PlannedCall, TargetError
 from stanch.targets.registry import TargetRegistry
+from stanch.targets.steps import StepPlan, plan_step
 
 ALERT_FORMATS = ("auto", "generic", "alertmanager", "grafana", "pagerduty", "datadog", "sentry", "cloudevents", "report", "finding")
 ACTION_STAGES = ("contain", "rollback", "hotfix")
@@ -216,7 +216,11 @@ def plan_incident(loaded: LoadedRunbook, signal: Signal, targets: TargetRegistry
         stages.append(planned)
     restore = [
         RestoreStep(
-            stage=step.stage, index=step.index, kind=step.kind, target=step.target, undo_key=f"{step.idempotency_key}/undo",
+            stage=step.stage,
+            index=step.index,
+            kind=step.kind,
+            target=step.target,
+            undo_key=f"{step.idempotency_key}/undo",
             calls=[undo for call in step.calls for undo in call.undo],
         )
         for stage in reversed([s for s in stages if s.stage in RESTORED_STAGES])
@@ -224,8 +228,14 @@ def plan_incident(loaded: LoadedRunbook, signal: Signal, targets: TargetRegistry
         if any(call.undo for call in step.calls)
     ]
     return IncidentPlan(
-        runbook=runbook.name, runbook_sha256=loaded.sha256, signal_id=signal.signal_id, incident_id=route.incident_id,
-        dedup_key=route.dedup_key, target=route.target, stages=stages, restore=restore,
+        runbook=runbook.name,
+        runbook_sha256=loaded.sha256,
+        signal_id=signal.signal_id,
+        incident_id=route.incident_id,
+        dedup_key=route.dedup_key,
+        target=route.target,
+        stages=stages,
+        restore=restore,
     )
 
 
@@ -311,7 +321,9 @@ async def follow(handle, console: Console, wait_seconds: float, poll_seconds: fl
         pending = state.pending_approval
         if pending is not None and pending.stage != asked:
             asked = pending.stage
-            console.print(f"  [yellow]waiting:[/] approve with `stanch approve {escape(state.id)} --stage {pending.stage}`, as in a live incident")
+            console.print(
+                f"  [yellow]waiting:[/] approve with `stanch approve {escape(state.id)} --stage {pending.stage}`, as in a live incident"
+            )
         if state.status in TERMINAL_STATUSES:
             return state
         await asyncio.sleep(poll_seconds)

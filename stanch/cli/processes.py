@@ -20,15 +20,13 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import typer
-from rich.console import Console
-
-from stanch.cli.output import make_console
 from rich.panel import Panel
 from rich.table import Table
 
+from stanch.cli.output import make_console
 from stanch.cli.supervisor import ChildDied, Supervisor, http_ok
-from stanch.temporal.codec import EncryptionKeyError, load_encryption_keys
 from stanch.config.settings import Settings
+from stanch.temporal.codec import EncryptionKeyError, load_encryption_keys
 from stanch.temporal.devserver import BinaryNotFound, dev_server_command, port_open
 
 console = make_console()

@@ -8,10 +8,8 @@ from typing import Annotated
 
 import typer
 import yaml
-from rich.console import Console
 
 from stanch.cli.output import make_console
-
 from stanch.config.settings import Settings
 from stanch.trust.responders import RespondersFile, token_sha256
 
@@ -29,7 +27,10 @@ def mint_token(
     path = file or Settings.from_env().responders_path
     document = yaml.safe_load(path.read_text()) if path.exists() else {}
     token = "stk_" + secrets.token_urlsafe(32)
-    document = {**(document or {}), "tokens": [*((document or {}).get("tokens") or []), {"user": user, "roles": role, "token_sha256": token_sha256(token)}]}
+    document = {
+        **(document or {}),
+        "tokens": [*((document or {}).get("tokens") or []), {"user": user, "roles": role, "token_sha256": token_sha256(token)}],
+    }
     RespondersFile.model_validate(document)  # refuse to write a file the API would refuse
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(document, sort_keys=False))

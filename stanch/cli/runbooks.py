@@ -16,9 +16,6 @@ from rich.markup import escape
 from rich.table import Table
 from temporalio.service import RPCError
 
-# The activity's own planning code: validate checks each step as the incident would run it.
-from stanch.targets.steps import plan_step
-from stanch.models.activity_io import ApplyInput
 from stanch.cli.plan import (
     ACTION_STAGES,
     ALERT_FORMATS,
@@ -34,9 +31,10 @@ from stanch.cli.plan import (
     start_dry_run,
 )
 from stanch.config.settings import Settings
-from stanch.models.incident import TERMINAL_STATUSES
-from stanch.models.actions import TargetRef
 from stanch.intake.routing import matching_runbook
+from stanch.models.actions import TargetRef
+from stanch.models.activity_io import ApplyInput
+from stanch.models.incident import TERMINAL_STATUSES
 from stanch.runbooks.loader import (
     LoadedRunbook,
     RunbookCatalog,
@@ -49,6 +47,9 @@ from stanch.runbooks.loader import (
 from stanch.targets.base import TargetError
 from stanch.targets.config import TargetsError
 from stanch.targets.registry import TargetRegistry
+
+# The activity's own planning code: validate checks each step as the incident would run it.
+from stanch.targets.steps import plan_step
 from stanch.temporal.client import connect
 
 runbooks_app = typer.Typer(
@@ -82,9 +83,7 @@ def _validate_files(console: Console, paths: list[Path]) -> tuple[list[LoadedRun
             _print_failure(console, str(path), exc.lines)
             continue
         loaded.append(runbook)
-        console.print(
-            f"[bold green]OK[/]   {escape(str(path))}  {escape(runbook.runbook.name)}  sha256 {runbook.sha256[:SHORT_SHA]}"
-        )
+        console.print(f"[bold green]OK[/]   {escape(str(path))}  {escape(runbook.runbook.name)}  sha256 {runbook.sha256[:SHORT_SHA]}")
     return loaded, failures
 
 
@@ -181,9 +180,7 @@ def validate(
 @runbooks_app.command("list")
 def list_runbooks(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-    directory: Annotated[
-        Path | None, typer.Option("--dir", help="Runbook folder (default: $STANCH_RUNBOOKS or runbooks/).")
-    ] = None,
+    directory: Annotated[Path | None, typer.Option("--dir", help="Runbook folder (default: $STANCH_RUNBOOKS or runbooks/).")] = None,
 ) -> None:
     """List the runbooks in match order: name, description, priority and sha256."""
     console = _console()
@@ -276,13 +273,17 @@ def _note_routing(console: Console, loaded: LoadedRunbook, signals, folder: Path
         return
     elsewhere = {matching_runbook(signal, catalog).runbook.name for signal in signals} - {loaded.runbook.name}
     if elsewhere:
-        console.print(f"[yellow]note:[/] with the runbooks in {escape(str(folder))} this alert goes to {', '.join(sorted(elsewhere))}; planned with {escape(loaded.runbook.name)} as asked")
+        console.print(
+            f"[yellow]note:[/] with the runbooks in {escape(str(folder))} this alert goes to {', '.join(sorted(elsewhere))}; planned with {escape(loaded.runbook.name)} as asked"
+        )
 
 
 def _dry_run(console: Console, loaded: LoadedRunbook, signals, settings: Settings, wait: float) -> None:
     incidents = {route_to(loaded, signal).incident_id: signal for signal in signals}
     if len(incidents) != 1:
-        _print_failure(console, "--dry-run", [f"the alert file opens {len(incidents)} incidents; a dry run rehearses one: keep one alert in it"])
+        _print_failure(
+            console, "--dry-run", [f"the alert file opens {len(incidents)} incidents; a dry run rehearses one: keep one alert in it"]
+        )
         raise typer.Exit(1)
     signal = next(iter(incidents.values()))
     input = dry_run_input(loaded, signal, settings)
@@ -290,7 +291,9 @@ def _dry_run(console: Console, loaded: LoadedRunbook, signals, settings: Setting
     async def rehearse():
         client = await connect(settings.temporal_address, settings.temporal_namespace, settings)
         handle = await start_dry_run(client, input, signal, settings.task_queue)
-        console.print(f"dry run [bold]{escape(input.incident_id)}[/] started on task queue {escape(settings.task_queue)}: every action records its calls, none is made")
+        console.print(
+            f"dry run [bold]{escape(input.incident_id)}[/] started on task queue {escape(settings.task_queue)}: every action records its calls, none is made"
+        )
         return await follow(handle, console, wait)
 
     try:
@@ -301,5 +304,7 @@ def _dry_run(console: Console, loaded: LoadedRunbook, signals, settings: Setting
     if state is not None:
         print_recorded(console, state)
     if state is None or state.status not in TERMINAL_STATUSES:
-        console.print(f"[yellow]still running after {wait:g}s[/]: follow it with `stanch incidents show {escape(input.incident_id)}` (is a worker running?)")
+        console.print(
+            f"[yellow]still running after {wait:g}s[/]: follow it with `stanch incidents show {escape(input.incident_id)}` (is a worker running?)"
+        )
         raise typer.Exit(2)

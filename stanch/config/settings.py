@@ -14,7 +14,6 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, SecretStr
 
-
 # The task queue incident workflows and their activities run on, unless STANCH_TASK_QUEUE says otherwise.
 DEFAULT_TASK_QUEUE = "stanch-incidents"
 DATA_DIRS = ("evidence", "reviews", "regression", "notifications", "logs")

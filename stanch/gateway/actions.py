@@ -163,8 +163,7 @@ def block_outputs(ctx: ActionContext, p: PatternParams) -> Outcome:
 
 def restrict_endpoint(ctx: ActionContext, p: EndpointParams) -> Outcome:
     rule_id = ctx.db.execute(
-        "INSERT INTO endpoint_rules (model, mode, clients, per_minute, incident_id, idempotency_key)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO endpoint_rules (model, mode, clients, per_minute, incident_id, idempotency_key) VALUES (?, ?, ?, ?, ?, ?)",
         (ctx.model, p.mode, json.dumps(p.clients), p.per_minute, ctx.incident_id, ctx.idempotency_key),
     ).lastrowid
     result = {"rule_id": rule_id, "mode": p.mode, "clients": p.clients, "per_minute": p.per_minute}

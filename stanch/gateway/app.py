@@ -64,9 +64,7 @@ def _chat_completion_body(model: str, completion: Completion, prompt_text: str) 
         "created": int(time.time()),
         "model": model,
         "system_fingerprint": f"{model}@{completion.version}",
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": completion.output}, "finish_reason": "stop"}
-        ],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": completion.output}, "finish_reason": "stop"}],
         "usage": {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
@@ -213,9 +211,7 @@ def create_app(db_path: Path, *, action_delay_s: float = 0.0, finetune_seconds: 
         """A plain platform-team deploy: moves the release, touches nothing else, no ledger row."""
         require_model(request.model)
         with store.transaction() as db:
-            if db.execute(
-                "SELECT 1 FROM versions WHERE model = ? AND version = ?", (request.model, request.version)
-            ).fetchone() is None:
+            if db.execute("SELECT 1 FROM versions WHERE model = ? AND version = ?", (request.model, request.version)).fetchone() is None:
                 known = ", ".join(v["version"] for v in store.versions(request.model))
                 raise HTTPException(422, f"model {request.model!r} has no version {request.version!r}; known versions: {known}")
             previous = db.execute("SELECT release_version FROM models WHERE name = ?", (request.model,)).fetchone()[0]

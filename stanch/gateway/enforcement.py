@@ -89,19 +89,39 @@ def features_requested(tools: list[Any] | None, feature_header: str | None) -> s
     return {n.strip().lower().replace("_", "-") for n in names if n and n.strip()}
 
 
-def _check_endpoint(store: GatewayStore, limiter: EndpointRateLimiter, model: str, client_id: str | None, *, record: bool) -> Refusal | None:
+def _check_endpoint(
+    store: GatewayStore, limiter: EndpointRateLimiter, model: str, client_id: str | None, *, record: bool
+) -> Refusal | None:
     # Strictest first, whatever order incidents added them in: a closed endpoint says
     # "closed", not "slow down", and refused requests never eat rate-limit budget.
     strictness = {"deny": 0, "allow_list": 1, "rate_limit": 2}
     for rule in sorted(store.endpoint_rules(model), key=lambda r: (strictness[r["mode"]], r["id"])):
         incident = rule["incident_id"]
         if rule["mode"] == "deny":
-            return Refusal(503, "endpoint_restricted", f"The endpoint for model {model!r} is closed by incident {incident}.", incident, "service_unavailable")
+            return Refusal(
+                503,
+                "endpoint_restricted",
+                f"The endpoint for model {model!r} is closed by incident {incident}.",
+                incident,
+                "service_unavailable",
+            )
         if rule["mode"] == "allow_list" and client_id not in json.loads(rule["clients"]):
             who = f"client {client_id!r}" if client_id else "requests without an x-client-id header"
-            return Refusal(503, "endpoint_restricted", f"The endpoint for model {model!r} is restricted to an allow list by incident {incident}; {who} is not on it.", incident, "service_unavailable")
+            return Refusal(
+                503,
+                "endpoint_restricted",
+                f"The endpoint for model {model!r} is restricted to an allow list by incident {incident}; {who} is not on it.",
+                incident,
+                "service_unavailable",
+            )
         if rule["mode"] == "rate_limit" and not limiter.allow(rule["id"], rule["per_minute"], record=record):
-            return Refusal(429, "rate_limited", f"Model {model!r} is rate limited to {rule['per_minute']} requests per minute by incident {incident}.", incident, "rate_limit_error")
+            return Refusal(
+                429,
+                "rate_limited",
+                f"Model {model!r} is rate limited to {rule['per_minute']} requests per minute by incident {incident}.",
+                incident,
+                "rate_limit_error",
+            )
     return None
 
 
@@ -109,7 +129,13 @@ def _check_features(store: GatewayStore, model: str, requested: set[str]) -> Ref
     for feature in store.features(model):
         if feature["name"] in requested and not feature["enabled"]:
             incident = feature["incident_id"]
-            return Refusal(503, "feature_disabled", f"Feature {feature['name']!r} of model {model!r} is disabled by incident {incident}.", incident, "service_unavailable")
+            return Refusal(
+                503,
+                "feature_disabled",
+                f"Feature {feature['name']!r} of model {model!r} is disabled by incident {incident}.",
+                incident,
+                "service_unavailable",
+            )
     return None
 
 

@@ -47,7 +47,9 @@ class FinetuneRunner:
             raise ActionRejected(f"unknown model {model!r}; known models: {', '.join(self.store.model_names())}")
         unknown = set(params) - {"base_version"}
         if unknown:
-            raise ActionRejected(f"bad params for job kind {kind!r}: unexpected {', '.join(sorted(unknown))}; only base_version is accepted")
+            raise ActionRejected(
+                f"bad params for job kind {kind!r}: unexpected {', '.join(sorted(unknown))}; only base_version is accepted"
+            )
         base = str(params.get("base_version") or model_row["release_version"])
         if self.store.version_row(model, base) is None:
             raise ActionRejected(f"model {model!r} has no version {base!r} to fine-tune from")
@@ -117,7 +119,9 @@ class FinetuneRunner:
             if job["status"] == "succeeded":  # another replica got there first
                 return
             model = job["model"]
-            numeric = [int(r["version"]) for r in db.execute("SELECT version FROM versions WHERE model = ?", (model,)) if r["version"].isdigit()]
+            numeric = [
+                int(r["version"]) for r in db.execute("SELECT version FROM versions WHERE model = ?", (model,)) if r["version"].isdigit()
+            ]
             new_version = str(max(numeric, default=0) + 1)
             base = json.loads(job["params"])["base_version"]
             db.execute(
@@ -129,4 +133,3 @@ class FinetuneRunner:
                 (json.dumps({"version": new_version, "base_version": base}), utc_now(), job_id),
             )
         log.info("fine-tune job %s produced %s version %s (not deployed)", job_id, model, new_version)
-

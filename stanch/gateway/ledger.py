@@ -34,9 +34,7 @@ class UnknownKey(Exception):
 
 
 def _describe_validation(kind: str, exc: ValidationError) -> str:
-    problems = "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'params'}: {err['msg']}" for err in exc.errors(include_url=False)
-    )
+    problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'params'}: {err['msg']}" for err in exc.errors(include_url=False))
     return f"bad params for action kind {kind!r}: {problems}"
 
 

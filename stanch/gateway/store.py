@@ -163,9 +163,7 @@ class GatewayStore:
             if db.execute("SELECT 1 FROM models WHERE name = ?", (DEMO_MODEL,)).fetchone():
                 return
             now = utc_now()
-            db.execute(
-                "INSERT INTO models (name, release_version, fallback_version) VALUES (?, '2', '1')", (DEMO_MODEL,)
-            )
+            db.execute("INSERT INTO models (name, release_version, fallback_version) VALUES (?, '2', '1')", (DEMO_MODEL,))
             db.executemany(
                 "INSERT INTO versions (model, version, behaviour, source, created_at) VALUES (?, ?, ?, 'seed', ?)",
                 [(DEMO_MODEL, "1", "good", now), (DEMO_MODEL, "2", "leaky", now)],
@@ -179,8 +177,7 @@ class GatewayStore:
         """
         with self.transaction() as db:
             db.execute(
-                "UPDATE models SET release_version = '2', pinned_version = NULL, fallback_active = 0, system_prompt = NULL"
-                " WHERE name = ?",
+                "UPDATE models SET release_version = '2', pinned_version = NULL, fallback_active = 0, system_prompt = NULL WHERE name = ?",
                 (DEMO_MODEL,),
             )
             db.execute("UPDATE versions SET enabled = 1 WHERE model = ?", (DEMO_MODEL,))
@@ -239,9 +236,7 @@ class GatewayStore:
             return None
         versions = self.versions(model)
         features = self.features(model)
-        active_jobs = self.query(
-            "SELECT * FROM jobs WHERE model = ? AND status IN ('queued', 'running') ORDER BY created_at", (model,)
-        )
+        active_jobs = self.query("SELECT * FROM jobs WHERE model = ? AND status IN ('queued', 'running') ORDER BY created_at", (model,))
         return {
             "model": model,
             "versions": [

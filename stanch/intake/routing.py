@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from stanch.models.signals import Signal
 from stanch.models.actions import TargetRef
+from stanch.models.signals import Signal
 from stanch.runbooks.conditions import condition_holds, signal_category, signal_model
 from stanch.runbooks.loader import LoadedRunbook, RunbookCatalog
 
@@ -77,9 +77,7 @@ def incident_id_for(runbook_name: str, model: str, dedup_key: str) -> str:
 def matching_runbook(signal: Signal, catalog: RunbookCatalog) -> LoadedRunbook:
     """The matching runbook with the highest priority (ties broken by name), else `triage`."""
     candidates = [
-        loaded
-        for loaded in catalog.all()
-        if any(condition_holds(condition, signals=[signal]) for condition in loaded.runbook.match.any)
+        loaded for loaded in catalog.all() if any(condition_holds(condition, signals=[signal]) for condition in loaded.runbook.match.any)
     ]
     if not candidates:
         return catalog.fallback

@@ -28,12 +28,12 @@ from temporalio.common import (
 )
 from temporalio.converter import WorkflowSerializationContext, encode_search_attributes
 
-from stanch.temporal import search_attributes as sa
 from stanch.detectors.regex import redact
+from stanch.intake.routing import route_signal
 from stanch.models.incident import WORKFLOW_NAME, IncidentInput, IncidentStatus
 from stanch.models.signals import Signal
-from stanch.intake.routing import route_signal
 from stanch.runbooks.loader import RunbookCatalog
+from stanch.temporal import search_attributes as sa
 
 # The workflow's signal handler; running incidents and recorded histories carry this name.
 ADD_SIGNAL = "add_signal"
@@ -91,9 +91,7 @@ async def start_incident(
     Search attributes (`incident_search_attributes`) and the summary apply only when this
     call starts the run: a joined incident keeps its own.
     """
-    converter = client.data_converter.with_context(
-        WorkflowSerializationContext(namespace=client.namespace, workflow_id=input.incident_id)
-    )
+    converter = client.data_converter.with_context(WorkflowSerializationContext(namespace=client.namespace, workflow_id=input.incident_id))
     summary = summary if summary is not None else f"{input.runbook.name} incident on {input.target}"
     request = SignalWithStartWorkflowExecutionRequest(
         namespace=client.namespace,

@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from stanch.models.incident import ApprovalRecord, EvidenceRecord, RegulatoryClock, StageState
 from stanch.models.actions import ActionSpec, AppliedAction, TargetRef
+from stanch.models.incident import ApprovalRecord, EvidenceRecord, RegulatoryClock, StageState
 from stanch.models.signals import ReproCase, Severity, Signal
 from stanch.runbooks.schema import ConfirmCheck, Runbook
 
@@ -43,7 +43,9 @@ class EvidenceInput(BaseModel):
     signals: list[Signal]
     repro: list[ReproCase] = Field(default_factory=list)
     findings: list[Finding] = Field(default_factory=list)
-    step_targets: list[TargetRef] = Field(default_factory=list, description="other targets the runbook's steps act on: their state is evidence too")
+    step_targets: list[TargetRef] = Field(
+        default_factory=list, description="other targets the runbook's steps act on: their state is evidence too"
+    )
 
 
 class EvidenceResult(BaseModel):
@@ -163,7 +165,9 @@ class ReviewResult(BaseModel):
     report_draft: str | None = None
     regression_cases_added: int = 0
     compliance_file: str | None = None
-    compliance: dict[str, str] = Field(default_factory=dict, description="requirement reference -> status; the evidence is in compliance_file")
+    compliance: dict[str, str] = Field(
+        default_factory=dict, description="requirement reference -> status; the evidence is in compliance_file"
+    )
 
 
 class Notification(BaseModel):

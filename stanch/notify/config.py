@@ -29,8 +29,9 @@ from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
-from stanch.config.settings import Settings
 from stanch.config.errors import ConfigFileError, load_yaml, validation_lines
+from stanch.config.secrets import SecretUnavailable, read_secret
+from stanch.config.settings import Settings
 from stanch.notify.channels import (
     ANYONE,
     CONSOLE,
@@ -50,7 +51,6 @@ from stanch.notify.schema import (
     SlackSpec,
     WebhookSpec,
 )
-from stanch.config.secrets import SecretUnavailable, read_secret
 
 
 class NotifyConfigError(ConfigFileError):
@@ -90,7 +90,9 @@ def parse_notify_config(path: Path | None, text: str, settings: Settings, env: M
         for index, channel in enumerate(channels)
         if channel not in parsed.channels and channel != CONSOLE
     ]
-    lines += [f"{where}: recipients.{recipient}: list at least one channel" for recipient, channels in parsed.recipients.items() if not channels]
+    lines += [
+        f"{where}: recipients.{recipient}: list at least one channel" for recipient, channels in parsed.recipients.items() if not channels
+    ]
     if lines:
         raise NotifyConfigError(lines)
 
@@ -109,14 +111,18 @@ def parse_notify_config(path: Path | None, text: str, settings: Settings, env: M
     return NotifyConfig(channels=channels, recipients=recipients, file=path)
 
 
-def _build_channel(name: str, spec: ChannelSpec, links: Links, settings: Settings, base: Path, env: Mapping[str, str], where: str) -> Channel:
+def _build_channel(
+    name: str, spec: ChannelSpec, links: Links, settings: Settings, base: Path, env: Mapping[str, str], where: str
+) -> Channel:
     kind = spec.kind
     options = getattr(spec, kind)
     field = f"channels.{name}.{kind}"
     common = {"name": name, "links": links, "timeout_seconds": options.timeout_seconds}
 
     def secret(prefix: str) -> str:
-        return read_secret(getattr(options, f"{prefix}_env", None), getattr(options, f"{prefix}_file", None), base, env, f"{field}.{prefix}")
+        return read_secret(
+            getattr(options, f"{prefix}_env", None), getattr(options, f"{prefix}_file", None), base, env, f"{field}.{prefix}"
+        )
 
     try:
         if isinstance(options, SlackSpec):

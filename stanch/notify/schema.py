@@ -48,7 +48,10 @@ def _exactly_one(spec: BaseModel, *names: str) -> None:
 
 
 class SlackSpec(_ChannelSpec):
-    _refused: ClassVar[dict[str, str]] = {"webhook_url": "webhook_url_env or webhook_url_file", "url": "webhook_url_env or webhook_url_file"}
+    _refused: ClassVar[dict[str, str]] = {
+        "webhook_url": "webhook_url_env or webhook_url_file",
+        "url": "webhook_url_env or webhook_url_file",
+    }
     webhook_url_env: str | None = Field(None, pattern=ENV_NAME)
     webhook_url_file: Path | None = None
 

@@ -24,7 +24,9 @@ HEADER_LIMIT, SECTION_LIMIT = 150, 3000
 def build_payload(notification: Notification, channel: SlackChannel) -> dict[str, Any]:
     severity = notification.severity.value
     title = KIND_TITLES.get(notification.kind, notification.kind)
-    context = f"*{title}*  ·  kind `{notification.kind}`  ·  tier {notification.tier}  ·  to {', '.join(notification.recipients) or 'anyone'}"
+    context = (
+        f"*{title}*  ·  kind `{notification.kind}`  ·  tier {notification.tier}  ·  to {', '.join(notification.recipients) or 'anyone'}"
+    )
     buttons: list[dict[str, Any]] = [
         _button("Open in Stanch board", channel.links.board(notification.incident_id), "stanch_open_board", primary=True)
     ]

@@ -22,7 +22,9 @@ def report_draft(input: ReviewInput) -> str:
         "Prepared by Stanch from the incident's record. The provider completes, checks and files it;",
         f"record the filing on the incident (`stanch report-filed {input.incident_id} --reference …`, or `POST /v1/incidents/{input.incident_id}/report`) to stop the reminders.",
         "",
-        f"**Report due: {when(deadline)}**" + (f" — {days}-day clock" if days is not None else "") + (f" ({clock.reason})" if clock and clock.reason else ""),
+        f"**Report due: {when(deadline)}**"
+        + (f" — {days}-day clock" if days is not None else "")
+        + (f" ({clock.reason})" if clock and clock.reason else ""),
         "",
         "## 1. Provider",
         "",
@@ -38,7 +40,11 @@ def report_draft(input: ReviewInput) -> str:
         "",
     ]
     if first:
-        lines.append(f"- First signal: {first.title or first.signal_id} ({first.source.value} from {first.sender}" + (f", category {first.category}" if first.category else "") + ")")
+        lines.append(
+            f"- First signal: {first.title or first.signal_id} ({first.source.value} from {first.sender}"
+            + (f", category {first.category}" if first.category else "")
+            + ")"
+        )
         if first.description:
             lines.append(f"- Description: {first.description}")
         harm = {k: v for k, v in first.labels.items() if k in ("harm", "sector", "scope")}
@@ -66,9 +72,15 @@ def report_draft(input: ReviewInput) -> str:
     confirmed = [f for f in input.findings if f.outcome == "confirmed"]
     if confirmed:
         lines += [f"- {f.check}: {f.detail}" + (f" (detectors: {', '.join(f.detectors)})" if f.detectors else "") for f in confirmed]
-        lines.append("- Established so far by replaying the reported prompts / re-querying the metric; the root cause is to be established by the root-cause task.")
+        lines.append(
+            "- Established so far by replaying the reported prompts / re-querying the metric; the root cause is to be established by the root-cause task."
+        )
     else:
-        lines.append("- To be established: the confirm checks did not reproduce the harm" + (f" ({'; '.join(f.detail for f in input.findings)})" if input.findings else "") + "; see the root-cause task.")
+        lines.append(
+            "- To be established: the confirm checks did not reproduce the harm"
+            + (f" ({'; '.join(f.detail for f in input.findings)})" if input.findings else "")
+            + "; see the root-cause task."
+        )
     lines += ["", "## 6. Evidence kept (Art. 73(6))", "", f"- {evidence_line(input)}", "", "## 7. Corrective actions", ""]
     for action in input.actions:
         what = f"{action.stage}: {action.kind}" + (f" ({action.result['version']})" if "version" in action.result else "")

@@ -56,9 +56,15 @@ def version_lines(input: ReviewInput) -> list[str]:
 
 def evidence_line(input: ReviewInput) -> str:
     if not input.evidence:
-        return "No evidence snapshot was taken: " + ("the step was skipped by a responder" if stage_of(input, "evidence") else "none recorded")
+        return "No evidence snapshot was taken: " + (
+            "the step was skipped by a responder" if stage_of(input, "evidence") else "none recorded"
+        )
     first_change = min((a.applied_at for a in input.actions if a.applied_at), default=None)
-    order = "before the first change to the system" if first_change is None or input.evidence.taken_at <= first_change else "AFTER the first change (check Art. 73(6))"
+    order = (
+        "before the first change to the system"
+        if first_change is None or input.evidence.taken_at <= first_change
+        else "AFTER the first change (check Art. 73(6))"
+    )
     return f"Snapshot sha256 {input.evidence.sha256}, taken {when(input.evidence.taken_at)}, {order}; kept at {input.evidence.location}"
 
 
@@ -79,7 +85,6 @@ def key_dates(input: ReviewInput) -> list[tuple[str, datetime | None]]:
     ]
 
 
-
 def entries(input: ReviewInput, kinds: tuple[str, ...], *, contains: str = "") -> list[str]:
     """Timeline entries as evidence lines: `<at> [kind] actor: message`."""
     found = []
@@ -92,7 +97,8 @@ def entries(input: ReviewInput, kinds: tuple[str, ...], *, contains: str = "") -
 
 def action_lines(input: ReviewInput, stages: tuple[str, ...]) -> list[str]:
     return [
-        f"action {a.stage}:{a.kind} key {a.idempotency_key} applied {when(a.applied_at)}" + (f", undone {when(a.undone_at)} (key {a.undo_key})" if a.undone_at else ", still in place")
+        f"action {a.stage}:{a.kind} key {a.idempotency_key} applied {when(a.applied_at)}"
+        + (f", undone {when(a.undone_at)} (key {a.undo_key})" if a.undone_at else ", still in place")
         for a in input.actions
         if a.stage in stages
     ]

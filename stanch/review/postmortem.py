@@ -63,4 +63,3 @@ def postmortem(input: ReviewInput, tasks: list[dict], added: int, mapping: list[
     lines += ["## Follow-up tasks", ""]
     lines += [f"- [ ] {task['title']}" for task in tasks]
     return "\n".join(lines) + "\n"
-

@@ -114,9 +114,7 @@ def grade(runbook: Runbook, signals: list[Signal], detectors_fired: Iterable[str
     held = [rule for rule in runbook.severity.rules if condition_holds(rule.when, signals=signals, detectors_fired=fired)]
     if held:
         severity = max((rule.severity for rule in held), key=lambda s: s.rank)
-        reasons = [
-            f"{rule.severity.value}: {rule.reason or describe(rule.when)}" for rule in held if rule.severity == severity
-        ]
+        reasons = [f"{rule.severity.value}: {rule.reason or describe(rule.when)}" for rule in held if rule.severity == severity]
     else:
         severity = runbook.severity.default
         reasons = [f"{severity.value}: runbook default, no severity rule matched"]
@@ -127,9 +125,7 @@ def grade(runbook: Runbook, signals: list[Signal], detectors_fired: Iterable[str
     return severity, reasons
 
 
-def seriousness(
-    runbook: Runbook, signals: list[Signal], severity: Severity, detectors_fired: Iterable[str] = ()
-) -> tuple[bool, int, str]:
+def seriousness(runbook: Runbook, signals: list[Signal], severity: Severity, detectors_fired: Iterable[str] = ()) -> tuple[bool, int, str]:
     """Whether the incident is serious (EU AI Act Art. 3(49)) and how many days to report it.
 
     Report days are the shortest clock whose condition holds (Art. 73(3)-(4): 10 days for a

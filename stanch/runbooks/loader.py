@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from stanch.config.errors import ConfigFileError, load_yaml
+
 # Settings own the default folder (config sits below runbooks); callers keep finding it here.
 from stanch.config.settings import default_runbooks_dir as default_runbooks_dir
 from stanch.runbooks import schema

@@ -136,9 +136,13 @@ class SeverityPolicy(_Strict):
         unknown = sorted(set(self.stages) - set(GATED_STAGES))
         if unknown:
             raise ValueError(f"stages {unknown} cannot be gated; gated stages are {list(GATED_STAGES)}")
-        unattended = sorted(name for name, gate in self.stages.items() if gate.approve and gate.approve.auto_on_timeout and name != "contain")
+        unattended = sorted(
+            name for name, gate in self.stages.items() if gate.approve and gate.approve.auto_on_timeout and name != "contain"
+        )
         if unattended:
-            raise ValueError(f"auto_on_timeout on {unattended}: only contain may go ahead unattended (it adds protection, never removes it)")
+            raise ValueError(
+                f"auto_on_timeout on {unattended}: only contain may go ahead unattended (it adds protection, never removes it)"
+            )
         return self
 
     def gate(self, stage: str) -> StageGate:
@@ -179,9 +183,7 @@ class Hotfix(_Strict):
 
 
 class Review(_Strict):
-    tasks: list[str] = Field(
-        default_factory=lambda: ["root_cause", "risk_assessment", "testing_protocol", "monitoring", "guardrails"]
-    )
+    tasks: list[str] = Field(default_factory=lambda: ["root_cause", "risk_assessment", "testing_protocol", "monitoring", "guardrails"])
     add_repro_to_regression_suite: bool = True
 
 

@@ -139,7 +139,9 @@ class ServesNoModel:
         )
 
     async def start_job(self, model: str, kind: str, params: dict[str, Any], idempotency_key: str) -> JobStatus:
-        raise TargetError(f"target {self.name} ({self.label}) runs no jobs: a fine-tune needs a serving target such as the gateway", retryable=False)
+        raise TargetError(
+            f"target {self.name} ({self.label}) runs no jobs: a fine-tune needs a serving target such as the gateway", retryable=False
+        )
 
     async def job_status(self, job_id: str) -> JobStatus:
         raise TargetError(f"target {self.name} ({self.label}) runs no jobs", retryable=False)

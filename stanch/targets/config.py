@@ -227,7 +227,9 @@ class Secrets:
             try:
                 value = read_secrets_file(path).get(name, "").strip()
             except (OSError, UnicodeDecodeError) as exc:
-                raise SecretUnavailable(f"{where} of {self.owner}: ${{{name}}}: cannot read secrets file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+                raise SecretUnavailable(
+                    f"{where} of {self.owner}: ${{{name}}}: cannot read secrets file {path}: {getattr(exc, 'strerror', None) or exc}"
+                ) from None
             if value:
                 return value
         also = f" or in {self._path(self.secrets_file)}" if self.secrets_file is not None else ""
@@ -238,7 +240,9 @@ class Secrets:
         try:
             value = path.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
-            raise SecretUnavailable(f"{where} of {self.owner}: ${{file:{name}}}: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+            raise SecretUnavailable(
+                f"{where} of {self.owner}: ${{file:{name}}}: cannot read {path}: {getattr(exc, 'strerror', None) or exc}"
+            ) from None
         if not value:
             raise SecretUnavailable(f"{where} of {self.owner}: ${{file:{name}}}: {path} is empty")
         return value

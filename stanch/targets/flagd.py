@@ -131,12 +131,19 @@ class FlagdTarget(ServesNoModel):
             change = {"state": "ENABLED", "defaultVariant": variant, "metadata": {INCIDENT_METADATA: "<incident id>"}}
             operation = f"switch on: flag {params.flag} serves {variant} by default"
         undo = PlannedCall(
-            target=self.name, adapter=self.kind, url=self.path.as_uri(), body={"flag": params.flag, "restore": list(FIELDS)},
+            target=self.name,
+            adapter=self.kind,
+            url=self.path.as_uri(),
+            body={"flag": params.flag, "restore": list(FIELDS)},
             operation=f"put flag {params.flag}'s state, defaultVariant, targeting and metadata back as they were",
         )
         call = PlannedCall(
-            target=self.name, adapter=self.kind, operation=f"{operation}, in {self.path}", url=self.path.as_uri(),
-            body={"flag": params.flag, "set": change, "ledger": str(self.ledger_path)}, undo=[undo],
+            target=self.name,
+            adapter=self.kind,
+            operation=f"{operation}, in {self.path}",
+            url=self.path.as_uri(),
+            body={"flag": params.flag, "set": change, "ledger": str(self.ledger_path)},
+            undo=[undo],
         )
         return [call]
 
@@ -144,7 +151,9 @@ class FlagdTarget(ServesNoModel):
 
     def _params(self, action: ActionSpec) -> FeatureParams:
         if action.kind not in KINDS:
-            raise TargetError(f"the flagd target {self.name!r} knows no action kind {action.kind!r}; supported: {', '.join(KINDS)}", retryable=False)
+            raise TargetError(
+                f"the flagd target {self.name!r} knows no action kind {action.kind!r}; supported: {', '.join(KINDS)}", retryable=False
+            )
         try:
             return FeatureParams.model_validate(action.params)
         except ValidationError as exc:
@@ -156,7 +165,9 @@ class FlagdTarget(ServesNoModel):
             raw, document = self._read()
             ledger = self._read_ledger()
         flags = document.get("flags", {})
-        wanted = self.config.flags.get(model) or [key for key in flags if key == model or key.startswith(tuple(model + sep for sep in "-_.:/"))]
+        wanted = self.config.flags.get(model) or [
+            key for key in flags if key == model or key.startswith(tuple(model + sep for sep in "-_.:/"))
+        ]
         return {
             "adapter": self.kind,
             "target": self.name,
@@ -180,14 +191,29 @@ class FlagdTarget(ServesNoModel):
                 before = {name: flag[name] for name in FIELDS if name in flag}
                 after = self._desired(kind, params, flag, incident_id)
                 seq = 1 + max((e.get("seq", 0) for e in ledger.values()), default=0)
-                entry = {"key": key, "incident": incident_id, "kind": kind, "flag": params.flag, "seq": seq, "phase": "pending",
-                         "before": before, "after": after, "applied_at": datetime.now(UTC).isoformat(timespec="seconds")}
+                entry = {
+                    "key": key,
+                    "incident": incident_id,
+                    "kind": kind,
+                    "flag": params.flag,
+                    "seq": seq,
+                    "phase": "pending",
+                    "before": before,
+                    "after": after,
+                    "applied_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                }
                 ledger[key] = entry
                 self._write_ledger(ledger)
             _replace_fields(flag, entry["after"])
             self._write(raw, document)
-            result = {"flag": params.flag, "default_variant": entry["after"]["defaultVariant"], "state": entry["after"]["state"],
-                      "targeting_cleared": kind == "disable_feature", "was": entry["before"], "file": str(self.path)}
+            result = {
+                "flag": params.flag,
+                "default_variant": entry["after"]["defaultVariant"],
+                "state": entry["after"]["state"],
+                "targeting_cleared": kind == "disable_feature",
+                "was": entry["before"],
+                "file": str(self.path),
+            }
             inverse = {"op": "restore_flag", "flag": params.flag, "before": entry["before"], "after": entry["after"]}
             entry.update(phase="done", result=result, inverse=inverse)
             self._write_ledger(ledger)

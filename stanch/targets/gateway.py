@@ -60,7 +60,9 @@ class GatewayTarget:
     def from_config(cls, config: Config, *, name: str, base: Path, env: Mapping[str, str]) -> GatewayTarget:
         return cls(config.base_url, config.timeout_seconds, name=name)
 
-    async def _request(self, method: str, path: str, *, json: dict[str, Any] | None = None, params: dict[str, str] | None = None) -> dict[str, Any]:
+    async def _request(
+        self, method: str, path: str, *, json: dict[str, Any] | None = None, params: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         # A client per call: activities may run on different event loops, and the
         # connection cost is negligible next to the incident's timescale.
         what = f"{method} {self.base_url}{path}"
@@ -98,9 +100,7 @@ class GatewayTarget:
         return ApplyResult.model_validate(body)
 
     async def undo(self, applied: AppliedAction, undo_key: str) -> ApplyResult:
-        body = await self._request(
-            "POST", "/admin/undo", json={"idempotency_key": applied.idempotency_key, "undo_key": undo_key}
-        )
+        body = await self._request("POST", "/admin/undo", json={"idempotency_key": applied.idempotency_key, "undo_key": undo_key})
         return ApplyResult.model_validate(body)
 
     async def probe(self, model: str, prompt: str, version: str | None = None) -> ProbeResult:
@@ -136,7 +136,9 @@ class GatewayTarget:
                 "/admin/jobs",
                 {"idempotency_key": f"{idempotency_key}/finetune-job", "model": model, "kind": "finetune", "params": action.params},
             )
-            deploy = self._apply_call(model, ActionSpec(kind="deploy_version", params={"version": "<the fine-tuned version>"}), idempotency_key, undo)
+            deploy = self._apply_call(
+                model, ActionSpec(kind="deploy_version", params={"version": "<the fine-tuned version>"}), idempotency_key, undo
+            )
             return [job, deploy.model_copy(update={"operation": f"deploy the fine-tuned version of {model} as its release"})]
         return [self._apply_call(model, action, idempotency_key, undo)]
 
@@ -147,5 +149,11 @@ class GatewayTarget:
 
     def _call(self, operation: str, path: str, body: dict[str, Any], undo: list[PlannedCall] | None = None) -> PlannedCall:
         return PlannedCall(
-            target=self.name, adapter=self.kind, operation=operation, method="POST", url=f"{self.base_url}{path}", body=body, undo=undo or []
+            target=self.name,
+            adapter=self.kind,
+            operation=operation,
+            method="POST",
+            url=f"{self.base_url}{path}",
+            body=body,
+            undo=undo or [],
         )

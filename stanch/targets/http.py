@@ -47,8 +47,8 @@ import httpx
 from pydantic import Field, ValidationError, field_validator
 from temporalio import activity
 
-from stanch.models.actions import ActionSpec, AppliedAction
 from stanch.config.secrets import SecretUnavailable
+from stanch.models.actions import ActionSpec, AppliedAction
 from stanch.targets.base import (
     ApplyResult,
     NoStateToSnapshot,
@@ -75,7 +75,20 @@ from stanch.targets.http_templates import (
     scrub,
 )
 
-__all__ = ["PLACEHOLDER", "Capture", "Check", "HttpRequest", "HttpStep", "HttpTarget", "Read", "Undo", "capture", "fill", "resolve", "scrub"]
+__all__ = [
+    "PLACEHOLDER",
+    "Capture",
+    "Check",
+    "HttpRequest",
+    "HttpStep",
+    "HttpTarget",
+    "Read",
+    "Undo",
+    "capture",
+    "fill",
+    "resolve",
+    "scrub",
+]
 
 RETRYABLE_STATUSES = {408, 429}
 RESPONSE_LIMIT = 4000  # characters of a response kept in the record
@@ -116,7 +129,8 @@ class HttpTarget(ServesNoModel):
             None, description="a folder of files a runbook step may name with ${file:name} (relative to the targets file); unset: none"
         )
         step_secret_files: list[Path] = Field(
-            default_factory=list, description="files a runbook step may also name with ${file:...} (absolute, or relative to the targets file)"
+            default_factory=list,
+            description="files a runbook step may also name with ${file:...} (absolute, or relative to the targets file)",
         )
         step_secret_env: list[str] = Field(
             default_factory=list, description="environment variables a runbook step may name with ${NAME}; unset: none"
@@ -130,13 +144,20 @@ class HttpTarget(ServesNoModel):
         def _url_names_no_secret(cls, url: str | None) -> str | None:
             return url if url is None else refuse_reference_in_url(url)
 
-    def __init__(self, config: Config, *, name: str, base: Path, env: Mapping[str, str], transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self, config: Config, *, name: str, base: Path, env: Mapping[str, str], transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
         self.config = config
         self.name = name
         self.base_url = config.base_url.rstrip("/")
         self.secrets = Secrets(
-            f"target {name}", base=base, env=env, secrets_file=config.secrets_file,
-            step_files_dir=config.secrets_dir, step_files=config.step_secret_files, step_env=config.step_secret_env,
+            f"target {name}",
+            base=base,
+            env=env,
+            secrets_file=config.secrets_file,
+            step_files_dir=config.secrets_dir,
+            step_files=config.step_secret_files,
+            step_env=config.step_secret_env,
         )
         self._ca_file = None if config.ca_file is None else (config.ca_file if config.ca_file.is_absolute() else base / config.ca_file)
         self._transport = transport
@@ -187,16 +208,15 @@ class HttpTarget(ServesNoModel):
         used: dict[str, str] = {}
         shown = f"{request.method} {self.url(fill(request.url, captured, after))}"
         if request.check is not None and await self._already_restored(request.check, applied, captured, after, used):
-            return ApplyResult(result={"request": shown, "skipped": f"{request.check.pointer} already holds what the undo puts back"}, replayed=True)
+            return ApplyResult(
+                result={"request": shown, "skipped": f"{request.check.pointer} already holds what the undo puts back"}, replayed=True
+            )
         response = await self._send(request, "the undo", undo_key, captured, after, used=used)
         return ApplyResult(result={"request": shown, **self._record(response, used)})
 
     def plan(self, model: str, action: ActionSpec, idempotency_key: str) -> list[PlannedCall]:
         step = self.step(action)
-        calls = [
-            self._planned(read, f"reads {', '.join('{before.' + name + '}' for name in read.capture)}")
-            for read in step.before
-        ]
+        calls = [self._planned(read, f"reads {', '.join('{before.' + name + '}' for name in read.capture)}") for read in step.before]
         undo = []
         if step.undo and step.undo.check:
             check = step.undo.check
@@ -258,7 +278,9 @@ class HttpTarget(ServesNoModel):
         return (ours.scheme, ours.netloc) == (theirs.scheme, theirs.netloc)
 
     def _planned(self, request: HttpRequest | Read, operation: str) -> PlannedCall:
-        return PlannedCall(target=self.name, adapter=self.kind, operation=operation, method=request.method, url=self.url(request.url), body=request.body)
+        return PlannedCall(
+            target=self.name, adapter=self.kind, operation=operation, method=request.method, url=self.url(request.url), body=request.body
+        )
 
     async def _capture(self, read: Read, where: str, earlier: Mapping[str, Any], used: dict[str, str]) -> dict[str, Any]:
         response = await self._send(read, where, None, earlier, used=used)
@@ -286,7 +308,9 @@ class HttpTarget(ServesNoModel):
         except ValueError as wrong:
             raise TargetError(f"{what}: {wrong}", retryable=False) from None
 
-    async def _already_restored(self, check: Check, applied: AppliedAction, captured: Mapping[str, Any], after: Mapping[str, Any], used: dict[str, str]) -> bool:
+    async def _already_restored(
+        self, check: Check, applied: AppliedAction, captured: Mapping[str, Any], after: Mapping[str, Any], used: dict[str, str]
+    ) -> bool:
         """The undo's precondition: False if the object still holds what the change left (undo it),
         True if it holds what the undo puts back (a retried undo: done). Anything else refuses."""
         response = await self._send(check.as_request(), "the undo's check", None, captured, after, used=used)
@@ -328,7 +352,10 @@ class HttpTarget(ServesNoModel):
             headers = {name: self.secrets.expand(value, f"header {name} of {what}", used) for name, value in defaults.items()}
             for name, value in request.headers.items():
                 if Secrets.references(value) and not own:
-                    raise TargetError(f"{self.name}: header {name} of {what}: a secret reference goes only to {self.base_url}, not to {url}", retryable=False)
+                    raise TargetError(
+                        f"{self.name}: header {name} of {what}: a secret reference goes only to {self.base_url}, not to {url}",
+                        retryable=False,
+                    )
                 headers[name] = fill(self.secrets.expand(value, f"header {name} of {what}", used, step=True), captured, after)
         except SecretUnavailable as missing:
             raise TargetError(str(missing), retryable=False) from None
@@ -349,7 +376,9 @@ class HttpTarget(ServesNoModel):
             return response
         retryable = response.status_code >= 500 or response.status_code in RETRYABLE_STATUSES
         message = scrub(_server_message(response), used)
-        raise TargetError(f"{self.name}: {shown} answered HTTP {response.status_code} (expected {request.expect}): {message}", retryable=retryable)
+        raise TargetError(
+            f"{self.name}: {shown} answered HTTP {response.status_code} (expected {request.expect}): {message}", retryable=retryable
+        )
 
     @staticmethod
     def _record(response: httpx.Response, used: Mapping[str, str], limit: int | None = RESPONSE_LIMIT) -> dict[str, Any]:

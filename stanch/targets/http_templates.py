@@ -76,7 +76,9 @@ class Capture(_Strict):
 
     pointer: JsonPointer = ""
     rank_by: JsonPointer | None = None
-    below: float | str | None = Field(None, description="with rank_by: only items ranked below this number, or {before.NAME} of an earlier read")
+    below: float | str | None = Field(
+        None, description="with rank_by: only items ranked below this number, or {before.NAME} of an earlier read"
+    )
     index: int = Field(0, ge=0)
     value: JsonPointer = ""
     drop: list[JsonPointer] = Field(default_factory=list)
@@ -139,7 +141,9 @@ class HttpStep(HttpRequest):
         change = placeholders(self.model_dump(exclude={"before", "after", "undo"}))
         early = sorted({name for space, name in change if space == "after"})
         if early:
-            raise ValueError(f"{', '.join('{after.' + name + '}' for name in early)}: known only once the change answered — use it in the undo")
+            raise ValueError(
+                f"{', '.join('{after.' + name + '}' for name in early)}: known only once the change answered — use it in the undo"
+            )
         undo = placeholders(self.undo.model_dump()) if self.undo else []
         wanted = {name for space, name in change + undo if space == "before"}
         missing = sorted(wanted - set(captured))

@@ -47,8 +47,8 @@ from urllib.parse import urlencode
 import httpx
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from stanch.models.actions import ActionSpec, AppliedAction
 from stanch.config.secrets import SecretUnavailable, read_secret
+from stanch.models.actions import ActionSpec, AppliedAction
 from stanch.targets.base import ApplyResult, PlannedCall, ServesNoModel, TargetError
 
 API = "/api/2.0/mlflow"
@@ -202,8 +202,23 @@ class MlflowTarget(ServesNoModel):
             await self._set_alias(http, name, alias, good)
             await self._record_move(http, name, alias, registered["tags"], bad, good, "rollback_alias", incident_id, ledger_tag)
 
-            result = {"registered_model": name, "alias": alias, "version": good, "previous_version": bad, "bad_version": bad, "served_version": good}
-            inverse = {"op": "move_alias", "registered_model": name, "alias": alias, "version": bad, "left_at": good, "bad_version": bad, "incident": incident_id}
+            result = {
+                "registered_model": name,
+                "alias": alias,
+                "version": good,
+                "previous_version": bad,
+                "bad_version": bad,
+                "served_version": good,
+            }
+            inverse = {
+                "op": "move_alias",
+                "registered_model": name,
+                "alias": alias,
+                "version": bad,
+                "left_at": good,
+                "bad_version": bad,
+                "incident": incident_id,
+            }
             await self._set_model_tag(http, name, ledger_tag, json.dumps({**record, "phase": "done", "result": result, "inverse": inverse}))
         return ApplyResult(result=result, inverse=inverse)
 
@@ -227,9 +242,19 @@ class MlflowTarget(ServesNoModel):
                 )
             await self._set_alias(http, name, alias, back_to)
             await self._set_version_tag(http, name, inverse["bad_version"], TAG_STATUS, "restored")
-            await self._record_move(http, name, alias, registered["tags"], left_at, back_to, "undo", inverse.get("incident", ""), ledger_tag)
-            result = {"undone": applied.idempotency_key, "registered_model": name, "alias": alias, "version": back_to, "served_version": back_to}
-            await self._set_model_tag(http, name, ledger_tag, json.dumps({"key": applied.idempotency_key, "undo_key": undo_key, "result": result}))
+            await self._record_move(
+                http, name, alias, registered["tags"], left_at, back_to, "undo", inverse.get("incident", ""), ledger_tag
+            )
+            result = {
+                "undone": applied.idempotency_key,
+                "registered_model": name,
+                "alias": alias,
+                "version": back_to,
+                "served_version": back_to,
+            }
+            await self._set_model_tag(
+                http, name, ledger_tag, json.dumps({"key": applied.idempotency_key, "undo_key": undo_key, "result": result})
+            )
         return ApplyResult(result=result)
 
     def plan(self, model: str, action: ActionSpec, idempotency_key: str) -> list[PlannedCall]:
@@ -242,44 +267,91 @@ class MlflowTarget(ServesNoModel):
 
         def call(operation: str, method: str, path: str, body: Any = None, undo: list[PlannedCall] | None = None) -> PlannedCall:
             return PlannedCall(
-                target=self.name, adapter=self.kind, operation=operation, method=method, url=f"{self.base_url}{API}{path}", body=body, undo=undo or []
+                target=self.name,
+                adapter=self.kind,
+                operation=operation,
+                method=method,
+                url=f"{self.base_url}{API}{path}",
+                body=body,
+                undo=undo or [],
             )
 
         def tag(version: str, key: str, value: str) -> dict[str, str]:
             return {"name": name, "version": version, "key": key, "value": value}
 
         undo = [
-            call(f"move alias {alias} of {name} back to {bad}", "POST", "/registered-models/alias", {"name": name, "alias": alias, "version": bad}),
+            call(
+                f"move alias {alias} of {name} back to {bad}",
+                "POST",
+                "/registered-models/alias",
+                {"name": name, "alias": alias, "version": bad},
+            ),
             call(f"mark version {bad} of {name} restored", "POST", "/model-versions/set-tag", tag(bad, TAG_STATUS, "restored")),
         ]
         calls = [
             call(f"read {name}: its aliases, tags and Stanch's ledger", "GET", "/registered-models/get?" + urlencode({"name": name})),
-            call(f"record the plan as pending under {ledger_tag}", "POST", "/registered-models/set-tag", {"name": name, "key": ledger_tag, "value": "<plan>"}),
-            call(f"tag version {bad} of {name} with the incident", "POST", "/model-versions/set-tag", tag(bad, TAG_INCIDENT, "<incident id>")),
+            call(
+                f"record the plan as pending under {ledger_tag}",
+                "POST",
+                "/registered-models/set-tag",
+                {"name": name, "key": ledger_tag, "value": "<plan>"},
+            ),
+            call(
+                f"tag version {bad} of {name} with the incident", "POST", "/model-versions/set-tag", tag(bad, TAG_INCIDENT, "<incident id>")
+            ),
             call(f"mark version {bad} of {name} rolled back", "POST", "/model-versions/set-tag", tag(bad, TAG_STATUS, "rolled_back")),
-            call(f"move alias {alias} of {name} to {good}", "POST", "/registered-models/alias", {"name": name, "alias": alias, "version": good}, undo),
-            call(f"append the move to {HISTORY_PREFIX}{alias}", "POST", "/registered-models/set-tag", {"name": name, "key": HISTORY_PREFIX + alias, "value": "<history>"}),
-            call(f"record the result as done under {ledger_tag}", "POST", "/registered-models/set-tag", {"name": name, "key": ledger_tag, "value": "<result>"}),
+            call(
+                f"move alias {alias} of {name} to {good}",
+                "POST",
+                "/registered-models/alias",
+                {"name": name, "alias": alias, "version": good},
+                undo,
+            ),
+            call(
+                f"append the move to {HISTORY_PREFIX}{alias}",
+                "POST",
+                "/registered-models/set-tag",
+                {"name": name, "key": HISTORY_PREFIX + alias, "value": "<history>"},
+            ),
+            call(
+                f"record the result as done under {ledger_tag}",
+                "POST",
+                "/registered-models/set-tag",
+                {"name": name, "key": ledger_tag, "value": "<result>"},
+            ),
         ]
         if params.to_version is None:
-            calls.insert(1, call(f"list the versions of {name} to find the previous good one", "GET", "/model-versions/search?" + urlencode({"filter": f"name='{name}'"})))
+            calls.insert(
+                1,
+                call(
+                    f"list the versions of {name} to find the previous good one",
+                    "GET",
+                    "/model-versions/search?" + urlencode({"filter": f"name='{name}'"}),
+                ),
+            )
         return calls
 
     # --- the rollback's decisions -------------------------------------------------------
 
     def _params(self, action: ActionSpec) -> RollbackAliasParams:
         if action.kind != "rollback_alias":
-            raise TargetError(f"the MLflow target {self.name!r} knows no action kind {action.kind!r}; supported: rollback_alias", retryable=False)
+            raise TargetError(
+                f"the MLflow target {self.name!r} knows no action kind {action.kind!r}; supported: rollback_alias", retryable=False
+            )
         try:
             return RollbackAliasParams.model_validate(action.params)
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'params'}: {e['msg']}" for e in exc.errors(include_url=False))
             raise TargetError(f"bad params for rollback_alias: {problems}", retryable=False) from exc
 
-    async def _choose(self, http: httpx.AsyncClient, name: str, alias: str, current: str | None, params: RollbackAliasParams) -> tuple[str, str]:
+    async def _choose(
+        self, http: httpx.AsyncClient, name: str, alias: str, current: str | None, params: RollbackAliasParams
+    ) -> tuple[str, str]:
         """(bad, good): the version the alias points at now, and the one to move it to."""
         if current is None:
-            raise TargetError(f"alias {alias!r} of registered model {name!r} points at no version; there is nothing to roll back", retryable=False)
+            raise TargetError(
+                f"alias {alias!r} of registered model {name!r} points at no version; there is nothing to roll back", retryable=False
+            )
         if params.bad_version and params.bad_version != current:
             raise TargetError(
                 f"alias {alias!r} of {name!r} points at version {current}, not the reported bad version {params.bad_version}; "
@@ -290,11 +362,18 @@ class MlflowTarget(ServesNoModel):
         if params.to_version is not None:
             chosen = versions.get(params.to_version)
             if chosen is None or chosen.get("status", "READY") != "READY" or params.to_version == current:
-                why = "does not exist" if chosen is None else "is the current one" if params.to_version == current else f"is {chosen.get('status')}"
+                why = (
+                    "does not exist"
+                    if chosen is None
+                    else "is the current one"
+                    if params.to_version == current
+                    else f"is {chosen.get('status')}"
+                )
                 raise TargetError(f"cannot move alias {alias!r} of {name!r} to version {params.to_version}: it {why}", retryable=False)
             return current, params.to_version
         candidates = [
-            v for v in versions.values()
+            v
+            for v in versions.values()
             if int(v["version"]) < int(current) and v.get("status", "READY") == "READY" and _tags(v).get(TAG_STATUS) != "rolled_back"
         ]
         if not candidates:
@@ -308,7 +387,9 @@ class MlflowTarget(ServesNoModel):
         history = _json_list(tags.get(HISTORY_PREFIX + alias))
         if any(entry.get("ref") == ref for entry in history):
             return
-        history = [*history, {"at": _now(), "from": was, "to": now, "by": by, "incident": incident, "ref": ref}][-self.config.history_limit:]
+        history = [*history, {"at": _now(), "from": was, "to": now, "by": by, "incident": incident, "ref": ref}][
+            -self.config.history_limit :
+        ]
         while len(json.dumps(history)) > MAX_TAG_VALUE and len(history) > 1:
             history = history[1:]
         await self._set_model_tag(http, name, HISTORY_PREFIX + alias, json.dumps(history))
@@ -317,7 +398,9 @@ class MlflowTarget(ServesNoModel):
 
     def _client(self) -> httpx.AsyncClient:
         # A client per operation: activities may run on different event loops.
-        return httpx.AsyncClient(base_url=self.base_url, timeout=self.config.timeout_seconds, transport=self._transport, headers=self._auth())
+        return httpx.AsyncClient(
+            base_url=self.base_url, timeout=self.config.timeout_seconds, transport=self._transport, headers=self._auth()
+        )
 
     def _auth(self) -> dict[str, str]:
         config = self.config
@@ -332,7 +415,9 @@ class MlflowTarget(ServesNoModel):
             raise TargetError(f"MLflow target {self.name!r}: {exc}", retryable=False) from None
         return {}
 
-    async def _call(self, http: httpx.AsyncClient, method: str, path: str, *, what: str, params: dict | None = None, body: dict | None = None) -> dict[str, Any]:
+    async def _call(
+        self, http: httpx.AsyncClient, method: str, path: str, *, what: str, params: dict | None = None, body: dict | None = None
+    ) -> dict[str, Any]:
         try:
             response = await http.request(method, API + path, params=params, json=body)
         except httpx.HTTPError as exc:

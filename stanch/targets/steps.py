@@ -18,8 +18,8 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, Field
 
-from stanch.models.activity_io import ApplyInput
 from stanch.models.actions import ActionSpec, AppliedAction, TargetRef, idempotency_key
+from stanch.models.activity_io import ApplyInput
 from stanch.targets.base import PlannedCall, TargetError, carried_captures, unfit_value
 from stanch.targets.config import SECRET_REFERENCE
 from stanch.targets.registry import TargetRegistry
@@ -99,7 +99,9 @@ def plan_step(targets: TargetRegistry, input: ApplyInput, action: ActionSpec | N
     action = action or rendered_action(input)
     ref, key = step_target(input), step_key(input)
     calls = targets.get(ref).plan(ref.model, action, key)
-    return StepPlan(stage=input.stage, index=input.index, kind=action.kind, description=action.description, target=ref, idempotency_key=key, calls=calls)
+    return StepPlan(
+        stage=input.stage, index=input.index, kind=action.kind, description=action.description, target=ref, idempotency_key=key, calls=calls
+    )
 
 
 async def apply_step(targets: TargetRegistry, input: ApplyInput, action: ActionSpec | None = None) -> AppliedAction:

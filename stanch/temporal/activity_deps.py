@@ -28,5 +28,8 @@ def as_application_error(error: TargetError, what: str = "") -> ApplicationError
     the ApplicationError's first detail, for the workflow to hand to a retry."""
     details = [] if error.details is None else [error.details]
     return ApplicationError(
-        f"{what}: {error}" if what else str(error), *details, type="TargetUnavailable" if error.retryable else "InvalidAction", non_retryable=not error.retryable
+        f"{what}: {error}" if what else str(error),
+        *details,
+        type="TargetUnavailable" if error.retryable else "InvalidAction",
+        non_retryable=not error.retryable,
     )

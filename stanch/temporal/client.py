@@ -16,8 +16,8 @@ from temporalio.converter import (
 )
 from temporalio.envconfig import ClientConfig
 
-from stanch.temporal.codec import EncryptionCodec, load_encryption_keys
 from stanch.config.settings import Settings
+from stanch.temporal.codec import EncryptionCodec, load_encryption_keys
 
 
 def data_converter(settings: Settings | None = None) -> DataConverter:

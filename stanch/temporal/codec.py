@@ -75,7 +75,9 @@ def parse_encryption_keys(text: str, source: str = KEYS_ENV) -> EncryptionKeys:
         except ValueError:
             raise EncryptionKeyError(f"{source}: key {kid!r} is not valid base64") from None
         if len(key) != KEY_BYTES:
-            raise EncryptionKeyError(f"{source}: key {kid!r} is {len(key)} bytes; AES-256 needs exactly {KEY_BYTES} (`stanch codec keygen` makes one)")
+            raise EncryptionKeyError(
+                f"{source}: key {kid!r} is {len(key)} bytes; AES-256 needs exactly {KEY_BYTES} (`stanch codec keygen` makes one)"
+            )
         if kid in (known for known, _ in keys):
             raise EncryptionKeyError(f"{source}: key id {kid!r} is listed twice; every key needs its own id")
         keys.append((kid, key))
@@ -152,5 +154,7 @@ class EncryptionCodec(PayloadCodec):
         try:
             plain = cipher.decrypt(payload.data[:NONCE_BYTES], payload.data[NONCE_BYTES:], None)
         except InvalidTag:
-            raise DecryptionError(f"payload under key id {kid!r} failed authentication: a different key has that id, or the data was altered") from None
+            raise DecryptionError(
+                f"payload under key id {kid!r} failed authentication: a different key has that id, or the data was altered"
+            ) from None
         return Payload.FromString(plain)

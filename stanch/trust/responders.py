@@ -127,7 +127,11 @@ class ResponderAuth:
         issuer = self.config.jwt
         try:
             claims = jwt.decode(
-                credential, self._jwt_key, algorithms=issuer.algorithms, audience=issuer.audience, issuer=issuer.issuer,
+                credential,
+                self._jwt_key,
+                algorithms=issuer.algorithms,
+                audience=issuer.audience,
+                issuer=issuer.issuer,
                 options={"require": ["exp", "iss", "aud"]},
             )
         except jwt.ExpiredSignatureError as err:

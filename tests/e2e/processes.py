@@ -27,7 +27,11 @@ class Process:
         self.log_path = logs / f"{name}.log"
         self.log = self.log_path.open("ab")
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "stanch", *args], env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+            [sys.executable, "-m", "stanch", *args],
+            env={**os.environ, **env},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def signal(self, sig: int) -> None:

@@ -31,7 +31,9 @@ def test_the_demo_incident_audits_end_to_end(tmp_path):
     env.pop("STANCH_DECISION_KEYS", None)
 
     def audit(*args) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "stanch", "audit", *map(str, args)], capture_output=True, text=True, timeout=120, env=env, check=False)
+        return subprocess.run(
+            [sys.executable, "-m", "stanch", "audit", *map(str, args)], capture_output=True, text=True, timeout=120, env=env, check=False
+        )
 
     up = stanch_up(home, ports)
     try:
@@ -42,7 +44,10 @@ def test_the_demo_incident_audits_end_to_end(tmp_path):
 
         shown = subprocess.run(
             [installed_binary("temporal"), "workflow", "show", "--output", "json", "-w", incident["id"], "--address", temporal],
-            capture_output=True, text=True, timeout=60, check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
         assert shown.returncode == 0, shown.stderr
         history = tmp_path / "history.json"
@@ -70,8 +75,24 @@ def test_the_demo_incident_audits_end_to_end(tmp_path):
         alert_path = tmp_path / "alert.json"
         alert_path.write_text(alert(signal_id="dry-audit").model_dump_json())
         rehearsal = subprocess.run(
-            [sys.executable, "-m", "stanch", "runbooks", "plan", str(default_runbooks_dir() / "harmful-output.yaml"), "--alert", str(alert_path), "--dry-run", "--wait", "90"],
-            env=env, capture_output=True, text=True, timeout=120, check=False,
+            [
+                sys.executable,
+                "-m",
+                "stanch",
+                "runbooks",
+                "plan",
+                str(default_runbooks_dir() / "harmful-output.yaml"),
+                "--alert",
+                str(alert_path),
+                "--dry-run",
+                "--wait",
+                "90",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
         assert rehearsal.returncode == 0 and rehearsal.stdout.startswith("dry run dryrun-"), rehearsal.stdout + rehearsal.stderr
         dry_run_id = rehearsal.stdout.split()[2]

@@ -22,15 +22,22 @@ import pytest
 import yaml
 
 from stanch.cli.demo import Demo
-from stanch.temporal.devserver import wait_for_port
 from stanch.intake.auth import INTAKE_SOURCES
+from stanch.temporal.devserver import wait_for_port
 from stanch.trust.responders import token_sha256
 from tests.e2e.processes import Process, free_port, stop_all, wait_http
 
 pytestmark = pytest.mark.e2e
 
 CHROMIUM = Path("/usr/bin/chromium")
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
+LAUNCH_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "board"
 # Chromium logs every non-2xx answer; the tests provoke refusals (a bad token, a viewer
 # approving, approving twice) on purpose, and stop the API under an open board.
@@ -66,7 +73,9 @@ class Stack:
     def __enter__(self) -> Self:
         try:
             home = str(self.tmp / "home")
-            self.start("dev-server", "dev-server", "--home", home, "--port", str(self.ports["temporal"]), "--ui-port", str(self.ports["ui"]))
+            self.start(
+                "dev-server", "dev-server", "--home", home, "--port", str(self.ports["temporal"]), "--ui-port", str(self.ports["ui"])
+            )
             wait_for_port("127.0.0.1", self.ports["temporal"], 60)
             gateway = self.start("gateway", "gateway", "--port", str(self.ports["gateway"]), "--db", str(self.tmp / "gateway.db"))
             self.start("worker", "worker")
@@ -87,7 +96,9 @@ class Stack:
 
 def chromium() -> str:
     if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: the board is tested in Debian's Chromium. Install it with `apt-get install -y chromium` (.ci/run does)")
+        pytest.fail(
+            f"{CHROMIUM} is missing: the board is tested in Debian's Chromium. Install it with `apt-get install -y chromium` (.ci/run does)"
+        )
     return str(CHROMIUM)
 
 
@@ -129,7 +140,12 @@ class Board:
         page = self.browser.new_context(base_url=self.stack.api, **context_options).new_page()
         page.problems = []  # uncaught errors and console errors (CSP refusals land there too)
         page.on("pageerror", lambda error: page.problems.append(f"pageerror: {error}"))
-        page.on("console", lambda message: message.type == "error" and not EXPECTED.search(message.text) and page.problems.append(f"console: {message.text}"))
+        page.on(
+            "console",
+            lambda message: (
+                message.type == "error" and not EXPECTED.search(message.text) and page.problems.append(f"console: {message.text}")
+            ),
+        )
         self.pages.append(page)
         page.goto("/board")
         return page
@@ -171,7 +187,11 @@ def test_the_board_serves_every_file_it_ships_and_nothing_else():
     assert shipped == set(ASSETS) | {"index.html"}
     for name in ASSETS:
         answer = client.get(f"/board/assets/{name}")
-        assert answer.status_code == 200 and answer.headers["content-type"] == ASSETS[name] and answer.headers["x-content-type-options"] == "nosniff"
+        assert (
+            answer.status_code == 200
+            and answer.headers["content-type"] == ASSETS[name]
+            and answer.headers["x-content-type-options"] == "nosniff"
+        )
     for page in ("/board", "/board/incidents/harmful-output-support-bot-0123456789"):
         assert client.get(page).text.startswith("<!doctype html>")
     assert client.get("/board/assets/..%2f__init__.py").status_code == 404
@@ -192,7 +212,9 @@ def test_two_responders_approve_containment_from_the_board_and_watch_it_happen(t
     desktop = {"viewport": {"width": 1280, "height": 900}}
     with Stack(tmp_path) as stack, sync_playwright() as playwright, Board(playwright, stack, "") as board:
         page = httpx.get(f"{stack.api}/board")
-        assert page.status_code == 200, f"the API does not serve the board (is board_router included in stanch/api/app.py?): {page.status_code}"
+        assert page.status_code == 200, (
+            f"the API does not serve the board (is board_router included in stanch/api/app.py?): {page.status_code}"
+        )
         assert "default-src 'none'" in page.headers["content-security-policy"]
         oncall = board.sign_in("demo-oncall", "oncall", "sign-in.png", **desktop)
         safety = board.sign_in("demo-safety", "safety", **desktop)
@@ -270,7 +292,9 @@ def test_two_responders_approve_containment_from_the_board_and_watch_it_happen(t
         oncall.screenshot(path=str(ARTIFACTS / "after-approval.png"), full_page=True)
 
         # On a phone: same pages, nothing wider than the screen.
-        phone = board.sign_in("demo-oncall", "oncall", viewport={"width": 375, "height": 812}, is_mobile=True, has_touch=True, device_scale_factor=2)
+        phone = board.sign_in(
+            "demo-oncall", "oncall", viewport={"width": 375, "height": 812}, is_mobile=True, has_touch=True, device_scale_factor=2
+        )
         expect(phone.get_by_role("link", name=incident_id)).to_be_visible(timeout=LIVE)
         no_horizontal_scroll(phone)
         phone.screenshot(path=str(ARTIFACTS / "phone-list.png"), full_page=True)
@@ -298,11 +322,19 @@ TOKENS = {"ada-token": ("ada", ["oncall"]), "sam-token": ("sam", ["safety"]), "v
 def token_mode_files(tmp: Path) -> dict[str, str]:
     """A responders file (token hashes only) and an intake file: alertmanager by bearer token,
     every other source off. Without --insecure-dev the API insists on both."""
-    responders = {"tokens": [{"user": user, "roles": roles, "token_sha256": token_sha256(token)} for token, (user, roles) in TOKENS.items()]}
-    intake = {source: {"enabled": False} for source in INTAKE_SOURCES} | {"alertmanager": [{"bearer": {"token_env": "BOARD_TEST_ALERT_TOKEN"}}]}
+    responders = {
+        "tokens": [{"user": user, "roles": roles, "token_sha256": token_sha256(token)} for token, (user, roles) in TOKENS.items()]
+    }
+    intake = {source: {"enabled": False} for source in INTAKE_SOURCES} | {
+        "alertmanager": [{"bearer": {"token_env": "BOARD_TEST_ALERT_TOKEN"}}]
+    }
     (tmp / "responders.yaml").write_text(yaml.safe_dump(responders))
     (tmp / "intake-auth.yaml").write_text(yaml.safe_dump(intake))
-    return {"STANCH_RESPONDERS": str(tmp / "responders.yaml"), "STANCH_INTAKE_AUTH": str(tmp / "intake-auth.yaml"), "BOARD_TEST_ALERT_TOKEN": "alert-token"}
+    return {
+        "STANCH_RESPONDERS": str(tmp / "responders.yaml"),
+        "STANCH_INTAKE_AUTH": str(tmp / "intake-auth.yaml"),
+        "BOARD_TEST_ALERT_TOKEN": "alert-token",
+    }
 
 
 def test_with_tokens_a_bad_token_and_a_viewer_are_refused_in_the_apis_words_and_two_tokens_approve(tmp_path):
@@ -333,7 +365,9 @@ def test_with_tokens_a_bad_token_and_a_viewer_are_refused_in_the_apis_words_and_
         vic.goto(f"/board/incidents/{incident_id}")
         expect(vic.get_by_text("Approving needs one of the roles")).to_be_visible(timeout=LIVE)
         vic.get_by_role("button", name="Approve contain").click()
-        forbidden = httpx.post(f"{stack.api}/v1/incidents/{incident_id}/approvals", json={"stage": "contain"}, headers={"Authorization": "Bearer vic-token"})
+        forbidden = httpx.post(
+            f"{stack.api}/v1/incidents/{incident_id}/approvals", json={"stage": "contain"}, headers={"Authorization": "Bearer vic-token"}
+        )
         assert forbidden.status_code == 403
         expect(vic.locator("#decision-error")).to_have_text(f"The API refused (403): {forbidden.json()['detail']}")
 
@@ -346,4 +380,7 @@ def test_with_tokens_a_bad_token_and_a_viewer_are_refused_in_the_apis_words_and_
             expect(page.get_by_text("You approved contain at")).to_be_visible()
         expect(stage(ada, "contain", "done")).to_be_visible(timeout=LIVE)
         state = httpx.get(f"{stack.api}/v1/incidents/{incident_id}", headers={"Authorization": "Bearer vic-token"}).json()
-        assert sorted((a["approver"], a["roles"]) for a in state["approvals"] if a["stage"] == "contain") == [("ada", ["oncall"]), ("sam", ["safety"])]
+        assert sorted((a["approver"], a["roles"]) for a in state["approvals"] if a["stage"] == "contain") == [
+            ("ada", ["oncall"]),
+            ("sam", ["safety"]),
+        ]

@@ -23,12 +23,12 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
-from stanch.temporal import search_attributes as sa
-from stanch.temporal.codec import new_key_line
 from stanch.config.settings import Settings
 from stanch.models.incident import IncidentStatus
 from stanch.models.signals import ReproCase
+from stanch.temporal import search_attributes as sa
 from stanch.temporal.client import data_converter
+from stanch.temporal.codec import new_key_line
 from tests.conftest import installed_binary
 from tests.e2e.processes import Process, free_port, stop_all, wait_for, wait_http
 from tests.e2e.test_stanch_up import alertmanager_alert
@@ -76,7 +76,9 @@ def readable(output: str) -> str:
 def assert_only_ciphertext(output: str, prompt: str) -> None:
     found = list(payloads(json.loads(output)))
     assert found, "the history has payloads"
-    assert all(p["metadata"].get("encoding") == ENCRYPTED for p in found), [p["metadata"] for p in found if p["metadata"].get("encoding") != ENCRYPTED]
+    assert all(p["metadata"].get("encoding") == ENCRYPTED for p in found), [
+        p["metadata"] for p in found if p["metadata"].get("encoding") != ENCRYPTED
+    ]
     assert prompt not in readable(output)
 
 

@@ -19,13 +19,13 @@ from openfeature.evaluation_context import EvaluationContext
 from temporalio.testing import ActivityEnvironment
 
 from activities.contain import ContainActivities
-from stanch.temporal.activity_deps import ActivityDeps
-from stanch.models.activity_io import ApplyInput, UndoInput
 from activities.restore import RestoreActivities
 from stanch.config.settings import Settings
 from stanch.models.actions import ActionSpec, TargetRef
+from stanch.models.activity_io import ApplyInput, UndoInput
 from stanch.targets.flagd import FlagdTarget
 from stanch.targets.registry import TargetRegistry
+from stanch.temporal.activity_deps import ActivityDeps
 
 pytestmark = pytest.mark.e2e
 
@@ -88,7 +88,11 @@ async def test_kill_switch_flips_for_an_openfeature_client_and_restore_flips_it_
     deps = ActivityDeps(settings=settings, targets=TargetRegistry(settings, extra={"flags": flags}))
     target = TargetRef(adapter="flags", model="support-bot", version="2")
     contain = ApplyInput(
-        incident_id="inc-flagd-1", occurrence="inc-flagd-1", stage="contain", index=0, target=target,
+        incident_id="inc-flagd-1",
+        occurrence="inc-flagd-1",
+        stage="contain",
+        index=0,
+        target=target,
         action=ActionSpec(kind="disable_feature", params={"flag": FLAG, "variant": "off"}, description="kill the chat feature"),
     )
     environment = ActivityEnvironment()

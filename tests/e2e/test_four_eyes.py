@@ -8,16 +8,21 @@ import asyncio
 import httpx
 import pytest
 
-from stanch.temporal.devserver import wait_for_port
 from stanch.models.decisions import ApprovalDecision
-from stanch.trust.responders import token_sha256
 from stanch.temporal.client import connect
+from stanch.temporal.devserver import wait_for_port
+from stanch.trust.responders import token_sha256
 from tests.e2e.processes import Process, free_port, stop_all, wait_for, wait_http
 from tests.e2e.test_stanch_up import alertmanager_alert
 
 pytestmark = pytest.mark.e2e
 
-TOKENS = {"alice": ("oncall", "stk_alice_e2e"), "bob": ("oncall", "stk_bob_e2e"), "sam": ("safety", "stk_sam_e2e"), "vera": ("auditor", "stk_vera_e2e")}
+TOKENS = {
+    "alice": ("oncall", "stk_alice_e2e"),
+    "bob": ("oncall", "stk_bob_e2e"),
+    "sam": ("safety", "stk_sam_e2e"),
+    "vera": ("auditor", "stk_vera_e2e"),
+}
 
 
 def as_(user: str) -> dict[str, str]:
@@ -34,10 +39,25 @@ def test_critical_steps_need_two_people_with_the_right_roles_and_forgeries_do_no
     )
     (home / "intake-auth.yaml").write_text(
         "alertmanager: [{bearer: {token_env: AM_TOKEN}}]\n"
-        + "".join(f"{s}: {{enabled: false}}\n" for s in ("grafana", "pagerduty", "datadog", "sentry", "cloudevents", "generic", "reports", "findings"))
+        + "".join(
+            f"{s}: {{enabled: false}}\n"
+            for s in ("grafana", "pagerduty", "datadog", "sentry", "cloudevents", "generic", "reports", "findings")
+        )
     )
-    env = {"STANCH_HOME": str(home), "TEMPORAL_ADDRESS": f"127.0.0.1:{ports['temporal']}", "STANCH_GATEWAY_URL": gateway, "AM_TOKEN": "am-e2e"}
-    processes = [Process("dev-server", ["dev-server", "--home", str(home), "--port", str(ports["temporal"]), "--ui-port", str(ports["ui"])], env, tmp_path)]
+    env = {
+        "STANCH_HOME": str(home),
+        "TEMPORAL_ADDRESS": f"127.0.0.1:{ports['temporal']}",
+        "STANCH_GATEWAY_URL": gateway,
+        "AM_TOKEN": "am-e2e",
+    }
+    processes = [
+        Process(
+            "dev-server",
+            ["dev-server", "--home", str(home), "--port", str(ports["temporal"]), "--ui-port", str(ports["ui"])],
+            env,
+            tmp_path,
+        )
+    ]
     try:
         wait_for_port("127.0.0.1", ports["temporal"], 60)
         processes.append(Process("gateway", ["gateway", "--port", str(ports["gateway"])], env, tmp_path))
@@ -84,7 +104,9 @@ def test_critical_steps_need_two_people_with_the_right_roles_and_forgeries_do_no
             reply = httpx.get(f"{api}/v1/incidents", params=filters, headers=as_("vera"), timeout=30)
             return {incident["id"] for incident in reply.json()}
 
-        wait_for(lambda: listed(severity="high", runbook="harmful-output", opened_since="2000-01-01T00:00:00Z"), lambda ids: incident_id in ids)
+        wait_for(
+            lambda: listed(severity="high", runbook="harmful-output", opened_since="2000-01-01T00:00:00Z"), lambda ids: incident_id in ids
+        )
         assert listed(opened_since="2999-01-01T00:00:00Z") == set() and listed(severity="low") == set()
     finally:
         stop_all(processes)

@@ -32,27 +32,27 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.contain import ContainActivities
-from stanch.temporal.activity_deps import ActivityDeps
 from activities.hotfix import HotfixActivities
 from activities.restore import RestoreActivities
 from activities.rollback import RollbackActivities
 from stanch.cli.plan import dry_run_input, follow, print_recorded, start_dry_run
 from stanch.config.settings import Settings
+from stanch.models.actions import ActionSpec, TargetRef
 from stanch.models.decisions import FailureDecision
 from stanch.models.incident import IncidentInput, IncidentState, IncidentStatus
-from stanch.models.actions import ActionSpec, TargetRef
 from stanch.models.signals import Severity
 from stanch.runbooks.loader import LoadedRunbook, default_runbooks_dir, load_runbook
 from stanch.runbooks.schema import Hotfix, SeverityPolicy, Verify
 from stanch.targets.registry import TargetRegistry
+from stanch.temporal.activity_deps import ActivityDeps
 from tests.conftest import installed_binary
 from tests.e2e.processes import Process, free_port, stop_all, wait_for, wait_http
 from tests.http_recorder import RecordingServer
 from tests.workflow.conftest import alert
 from tests.workflow.helpers import AsTheApi, until
 from tests.workflow.standins import Script, stand_ins
-from workflows.policies import ACTION_RETRY
 from workflows.incident import IncidentWorkflow
+from workflows.policies import ACTION_RETRY
 
 SECRET = "sk-master-e2e-0123456789"
 REAL = {"apply_containment", "apply_rollback", "apply_hotfix", "lift_action"}
@@ -74,13 +74,17 @@ SWITCH = ActionSpec(
     target="litellm",
     description="point the deployment at the fallback upstream",
     params={
-        "before": [{"method": "GET", "url": "/model/info?litellm_model_id={model}", "capture": {"upstream": "/data/0/litellm_params/model"}}],
+        "before": [
+            {"method": "GET", "url": "/model/info?litellm_model_id={model}", "capture": {"upstream": "/data/0/litellm_params/model"}}
+        ],
         "url": "/model/update",
         "body": {"model_info": {"id": "{model}"}, "litellm_params": {"model": "openai/{model}-v1"}},
         "undo": {"url": "/model/update", "body": {"model_info": {"id": "{model}"}, "litellm_params": {"model": "{before.upstream}"}}},
     },
 )
-GUARDRAIL = ActionSpec(kind="http", target="litellm", params={"url": "/guardrails/{model}", "method": "PUT", "body": {"block": ["sk-live-"]}})
+GUARDRAIL = ActionSpec(
+    kind="http", target="litellm", params={"url": "/guardrails/{model}", "method": "PUT", "body": {"block": ["sk-live-"]}}
+)
 
 
 def http_runbook() -> LoadedRunbook:
@@ -154,7 +158,9 @@ async def env():
 
 
 def activities(tmp_path: Path, url: str) -> list:
-    settings = Settings(home=tmp_path, targets=targets_file(tmp_path, url), gateway_url="http://127.0.0.1:9", upsert_search_attributes=False)
+    settings = Settings(
+        home=tmp_path, targets=targets_file(tmp_path, url), gateway_url="http://127.0.0.1:9", upsert_search_attributes=False
+    )
     deps = ActivityDeps(settings=settings, targets=TargetRegistry(settings, env={"LITELLM_MASTER_KEY": SECRET}))
     real = [
         ContainActivities(deps).apply_containment,
@@ -174,12 +180,21 @@ async def test_each_http_action_and_its_undo_reach_the_control_plane_exactly_onc
         task_queue = f"tq-{uuid.uuid4()}"
         loaded = http_runbook()
         input = IncidentInput(
-            incident_id=f"inc-{uuid.uuid4()}", runbook=loaded.runbook, runbook_sha256=loaded.sha256,
-            target=TargetRef(model="support-bot", version="2"), dedup_key=f"test/{uuid.uuid4()}", upsert_search_attributes=False,
+            incident_id=f"inc-{uuid.uuid4()}",
+            runbook=loaded.runbook,
+            runbook_sha256=loaded.sha256,
+            target=TargetRef(model="support-bot", version="2"),
+            dedup_key=f"test/{uuid.uuid4()}",
+            upsert_search_attributes=False,
         )
         async with Worker(client, task_queue=task_queue, workflows=[IncidentWorkflow], activities=activities(tmp_path, server.url)):
             handle = await client.start_workflow(
-                IncidentWorkflow.run, input, id=input.incident_id, task_queue=task_queue, start_signal="add_signal", start_signal_args=[alert()]
+                IncidentWorkflow.run,
+                input,
+                id=input.incident_id,
+                task_queue=task_queue,
+                start_signal="add_signal",
+                start_signal_args=[alert()],
             )
             final: IncidentState = await asyncio.wait_for(handle.result(), 120)  # a step waiting on a human fails, not hangs
             history = readable((await handle.fetch_history()).to_json_dict())
@@ -220,12 +235,21 @@ async def test_a_responders_retry_after_the_retries_ran_out_reuses_what_the_step
         task_queue = f"tq-{uuid.uuid4()}"
         loaded = http_runbook()
         input = IncidentInput(
-            incident_id=f"inc-{uuid.uuid4()}", runbook=loaded.runbook, runbook_sha256=loaded.sha256,
-            target=TargetRef(model="support-bot", version="2"), dedup_key=f"test/{uuid.uuid4()}", upsert_search_attributes=False,
+            incident_id=f"inc-{uuid.uuid4()}",
+            runbook=loaded.runbook,
+            runbook_sha256=loaded.sha256,
+            target=TargetRef(model="support-bot", version="2"),
+            dedup_key=f"test/{uuid.uuid4()}",
+            upsert_search_attributes=False,
         )
         async with Worker(client, task_queue=task_queue, workflows=[IncidentWorkflow], activities=activities(tmp_path, server.url)):
             handle = await client.start_workflow(
-                IncidentWorkflow.run, input, id=input.incident_id, task_queue=task_queue, start_signal="add_signal", start_signal_args=[alert()]
+                IncidentWorkflow.run,
+                input,
+                id=input.incident_id,
+                task_queue=task_queue,
+                start_signal="add_signal",
+                start_signal_args=[alert()],
             )
             rollback_failed = lambda s: s.status == IncidentStatus.awaiting_decision and s.stage("rollback").status == "failed"
             current = await until(handle, rollback_failed, attempts=1200)
@@ -240,7 +264,9 @@ async def test_a_responders_retry_after_the_retries_ran_out_reuses_what_the_step
     [rollback] = [a for a in final.actions if a.stage == "rollback"]
     assert rollback.result["captured"] == {"upstream": "openai/support-bot-v2"}
     updates = [r.body["litellm_params"]["model"] for r in recorder.requests if r.path == "/model/update"]
-    assert updates == ["openai/support-bot-v1"] * (ACTION_RETRY.maximum_attempts + 1) + ["openai/support-bot-v2"], "restore put back what ran before"
+    assert updates == ["openai/support-bot-v1"] * (ACTION_RETRY.maximum_attempts + 1) + ["openai/support-bot-v2"], (
+        "restore put back what ran before"
+    )
 
 
 async def test_a_dry_run_incident_records_what_it_would_call_and_calls_nothing(env, tmp_path):
@@ -266,7 +292,10 @@ async def test_a_dry_run_incident_records_what_it_would_call_and_calls_nothing(e
     block = by_stage["contain"].result["would_call"]
     assert [(c["method"], c["url"]) for c in block] == [("POST", f"{server.url}/key/block")]
     assert block[0]["body"] == {"key": "support-bot-widget", "incident": input.incident_id}
-    assert [c["url"] for c in by_stage["rollback"].result["would_call"]] == [f"{server.url}/model/info?litellm_model_id=support-bot", f"{server.url}/model/update"]
+    assert [c["url"] for c in by_stage["rollback"].result["would_call"]] == [
+        f"{server.url}/model/info?litellm_model_id=support-bot",
+        f"{server.url}/model/update",
+    ]
     assert by_stage["contain"].undone_at and by_stage["contain"].result["undo_would_call"][0]["url"] == f"{server.url}/key/unblock"
     assert by_stage["hotfix"].reversible is False and by_stage["hotfix"].undone_at is None, "a step with no undo is never lifted"
     assert final.stage("verify").detail.startswith("dry run: would replay"), "nothing was fixed, so nothing is probed"
@@ -282,8 +311,7 @@ def test_stanch_runbooks_plan_dry_run_rehearses_an_incident_on_a_running_stanch(
     api = f"http://127.0.0.1:{ports['api']}"
     runbook = tmp_path / "rehearsal.yaml"
     runbook.write_text(
-        (default_runbooks_dir() / "harmful-output.yaml").read_text().split("\ncontainment:")[0]
-        + "\ncontainment:\n"
+        (default_runbooks_dir() / "harmful-output.yaml").read_text().split("\ncontainment:")[0] + "\ncontainment:\n"
         "  - kind: http\n    target: litellm\n    params: {url: /key/block, body: {key: '{model}-widget'}, undo: {url: /key/unblock, body: {key: '{model}-widget'}}}\n"
         "rollback:\n"
         "  - kind: rollback_to_previous\n    params: {bad_version: '{version}'}\n"
@@ -298,10 +326,30 @@ def test_stanch_runbooks_plan_dry_run_rehearses_an_incident_on_a_running_stanch(
         try:
             processes.append(up := Process("up", args, env, tmp_path))
             wait_http(f"{api}/healthz", up, timeout=120)
-            cli_env = {**os.environ, **env, "TEMPORAL_ADDRESS": f"127.0.0.1:{ports['temporal']}", "STANCH_GATEWAY_URL": f"http://127.0.0.1:{ports['gateway']}"}
+            cli_env = {
+                **os.environ,
+                **env,
+                "TEMPORAL_ADDRESS": f"127.0.0.1:{ports['temporal']}",
+                "STANCH_GATEWAY_URL": f"http://127.0.0.1:{ports['gateway']}",
+            }
             rehearsal = subprocess.Popen(
-                [sys.executable, "-m", "stanch", "runbooks", "plan", str(runbook), "--alert", str(alert_path), "--dry-run", "--wait", "120"],
-                env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "stanch",
+                    "runbooks",
+                    "plan",
+                    str(runbook),
+                    "--alert",
+                    str(alert_path),
+                    "--dry-run",
+                    "--wait",
+                    "120",
+                ],
+                env=cli_env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
             )
             first = rehearsal.stdout.readline()
             assert first.startswith("dry run dryrun-"), first + rehearsal.stdout.read()
@@ -313,8 +361,26 @@ def test_stanch_runbooks_plan_dry_run_rehearses_an_incident_on_a_running_stanch(
                 wait_for(read, lambda s, stage=stage: (s.get("pending_approval") or {}).get("stage") == stage, timeout=90)
                 for by, role in (("alice", "oncall"), ("sam", "safety"))[: 1 if stage == "restore" else 2]:
                     approval = subprocess.run(
-                        [sys.executable, "-m", "stanch", "approve", incident_id, "--stage", stage, "--api", api, "--by", by, "--role", role],
-                        env=cli_env, capture_output=True, text=True, timeout=60, check=False,
+                        [
+                            sys.executable,
+                            "-m",
+                            "stanch",
+                            "approve",
+                            incident_id,
+                            "--stage",
+                            stage,
+                            "--api",
+                            api,
+                            "--by",
+                            by,
+                            "--role",
+                            role,
+                        ],
+                        env=cli_env,
+                        capture_output=True,
+                        text=True,
+                        timeout=60,
+                        check=False,
                     )
                     assert approval.returncode == 0, approval.stdout + approval.stderr
             out, _ = rehearsal.communicate(timeout=150)

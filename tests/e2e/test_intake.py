@@ -40,7 +40,9 @@ class Stack:
 
     def start_temporal(self) -> Process:
         home = str(self.tmp / "home")
-        process = self.start("dev-server", "dev-server", "--home", home, "--port", str(self.ports["temporal"]), "--ui-port", str(self.ports["ui"]))
+        process = self.start(
+            "dev-server", "dev-server", "--home", home, "--port", str(self.ports["temporal"]), "--ui-port", str(self.ports["ui"])
+        )
         wait_for_port("127.0.0.1", self.ports["temporal"], 60)
         return process
 
@@ -59,7 +61,13 @@ class Stack:
 
 
 def generic_signal(signal_id: str, key: str) -> dict:
-    return {"signal_id": signal_id, "sender": "load-test", "title": f"unclassified oddity {key}", "labels": {"key": key}, "model": "support-bot"}
+    return {
+        "signal_id": signal_id,
+        "sender": "load-test",
+        "title": f"unclassified oddity {key}",
+        "labels": {"key": key},
+        "model": "support-bot",
+    }
 
 
 def test_the_same_delivery_twenty_times_is_one_incident_and_one_signal(tmp_path):
@@ -90,7 +98,12 @@ def test_while_temporal_is_down_intake_answers_503_and_retried_deliveries_all_la
 
         stack.temporal = stack.start_temporal()
         for body in during:  # the sender retries until it hears 202
-            wait_for(lambda: httpx.post(f"{stack.api}/v1/alerts/generic", json=body, timeout=30).status_code, lambda code: code == 202, timeout=90, interval=1)
+            wait_for(
+                lambda: httpx.post(f"{stack.api}/v1/alerts/generic", json=body, timeout=30).status_code,
+                lambda code: code == 202,
+                timeout=90,
+                interval=1,
+            )
         state = wait_for(lambda: stack.incident(incident_id), lambda s: len(s.get("signals", [])) == 6, timeout=60)
         assert sorted(s["signal_id"] for s in state["signals"]) == sorted(b["signal_id"] for b in before + during)
 

@@ -30,7 +30,9 @@ def api(tmp_path_factory) -> str:
     tmp = tmp_path_factory.mktemp("fuzz")
     ports = {name: free_port() for name in ("temporal", "ui", "api")}
     env = {"STANCH_HOME": str(tmp / "home"), "TEMPORAL_ADDRESS": f"127.0.0.1:{ports['temporal']}"}
-    temporal = Process("dev-server", ["dev-server", "--home", str(tmp / "home"), "--port", str(ports["temporal"]), "--ui-port", str(ports["ui"])], env, tmp)
+    temporal = Process(
+        "dev-server", ["dev-server", "--home", str(tmp / "home"), "--port", str(ports["temporal"]), "--ui-port", str(ports["ui"])], env, tmp
+    )
     wait_for_port("127.0.0.1", ports["temporal"], 60)
     api_process = Process("api", ["api", "--port", str(ports["api"]), "--insecure-dev"], env, tmp)  # no worker: intake only
     url = f"http://127.0.0.1:{ports['api']}"

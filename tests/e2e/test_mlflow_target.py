@@ -21,20 +21,20 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from temporalio.worker import Worker
 
-from stanch.temporal.activity_deps import ActivityDeps
 from activities.evidence import EvidenceActivities
-from stanch.models.activity_io import ApplyInput, UndoInput
 from activities.restore import RestoreActivities
 from activities.rollback import RollbackActivities
-from stanch.trust import assertions
 from stanch.config.settings import Settings
-from stanch.models.incident import IncidentStatus
 from stanch.models.actions import ActionSpec, AppliedAction, TargetRef
+from stanch.models.activity_io import ApplyInput, UndoInput
+from stanch.models.incident import IncidentStatus
 from stanch.models.signals import Severity
 from stanch.runbooks.schema import Approval, SeverityRules, StageGate
 from stanch.targets.base import TargetError
 from stanch.targets.mlflow import MlflowTarget
 from stanch.targets.registry import TargetRegistry
+from stanch.temporal.activity_deps import ActivityDeps
+from stanch.trust import assertions
 from tests.conftest import installed_binary
 from tests.e2e.processes import free_port, wait_http
 from tests.workflow.conftest import TEST_DECISION_KEYS, alert, incident_input
@@ -82,11 +82,26 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
     log_path = folder / "server.log"
     with log_path.open("ab") as log:
         popen = subprocess.Popen(
-            [installed_binary("mlflow"), "server", "--backend-store-uri", f"sqlite:///{folder}/mlflow.db",
-             "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            [
+                installed_binary("mlflow"),
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{folder}/mlflow.db",
+                "--artifacts-destination",
+                str(folder / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
             # No background job runner: the registry needs none, and it only slows start-up.
             env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-            cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=folder,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     server = MlflowServer(url=f"http://127.0.0.1:{port}", popen=popen, log_path=log_path)
     try:
@@ -127,8 +142,12 @@ async def test_rollback_moves_the_alias_back_and_restore_puts_it_forward(mlflow_
     name, client = await asyncio.to_thread(register_three_versions, mlflow_server.url, tmp_path)
     deps, registry = registry_deps(mlflow_server.url, name, tmp_path / "home")
     rollback = ApplyInput(
-        incident_id="inc-mlflow-1", occurrence="inc-mlflow-1", stage="rollback", index=0,
-        target=TargetRef(adapter="registry", model="support-bot", version="3"), action=ROLLBACK,
+        incident_id="inc-mlflow-1",
+        occurrence="inc-mlflow-1",
+        stage="rollback",
+        index=0,
+        target=TargetRef(adapter="registry", model="support-bot", version="3"),
+        action=ROLLBACK,
     )
     environment = ActivityEnvironment()
 
@@ -148,7 +167,9 @@ async def test_rollback_moves_the_alias_back_and_restore_puts_it_forward(mlflow_
     assert undone.undone_at is not None
     assert await asyncio.to_thread(champion, client, name) == "3"
     restored = await asyncio.to_thread(client.get_model_version, name, "3")
-    assert restored.tags["stanch.status"] == "restored" and restored.tags["stanch.incident"] == "inc-mlflow-1", "the incident tag stays for the audit"
+    assert restored.tags["stanch.status"] == "restored" and restored.tags["stanch.incident"] == "inc-mlflow-1", (
+        "the incident tag stays for the audit"
+    )
     await environment.run(RestoreActivities(deps).undo_action, UndoInput(incident_id="inc-mlflow-1", applied=applied))
 
     state = await registry.state("support-bot")
@@ -188,8 +209,15 @@ async def test_refusals_name_the_model_and_alias_and_say_whether_to_retry(mlflow
 
     applied = await registry.apply("support-bot", ActionSpec(kind="rollback_alias"), "inc-5/rollback/0", "inc-5")
     await asyncio.to_thread(client.set_registered_model_alias, name, "champion", "1")  # a human moved it meanwhile
-    record = AppliedAction(kind="rollback_alias", stage="rollback", index=0, target=TargetRef(adapter="registry", model="support-bot"),
-                           idempotency_key="inc-5/rollback/0", result=applied.result, inverse=applied.inverse)
+    record = AppliedAction(
+        kind="rollback_alias",
+        stage="rollback",
+        index=0,
+        target=TargetRef(adapter="registry", model="support-bot"),
+        idempotency_key="inc-5/rollback/0",
+        result=applied.result,
+        inverse=applied.inverse,
+    )
     with pytest.raises(TargetError, match="now points at version 1, not 2 where the rollback left it") as moved:
         await registry.undo(record, "inc-5/rollback/0/undo")
     assert not moved.value.retryable and await asyncio.to_thread(champion, client, name) == "1", "Stanch leaves the human's choice alone"
@@ -224,10 +252,12 @@ async def test_an_incident_rolls_back_on_mlflow_and_restore_puts_the_alias_forwa
     medium = input.runbook.policy[Severity.medium]
     one_approver = StageGate(mode="approve", approve=Approval(count=1, roles=["oncall", "safety"]))
     policy = {**input.runbook.policy, Severity.medium: medium.model_copy(update={"stages": {**medium.stages, "restore": one_approver}})}
-    input = input.model_copy(update={
-        "runbook": input.runbook.model_copy(update={"policy": policy}),
-        "target": TargetRef(adapter="gateway", model="support-bot", version="3"),
-    })
+    input = input.model_copy(
+        update={
+            "runbook": input.runbook.model_copy(update={"policy": policy}),
+            "target": TargetRef(adapter="gateway", model="support-bot", version="3"),
+        }
+    )
 
     real = {
         "apply_rollback": RollbackActivities(deps).apply_rollback,
@@ -242,8 +272,12 @@ async def test_an_incident_rolls_back_on_mlflow_and_restore_puts_the_alias_forwa
         task_queue = f"tq-{uuid.uuid4()}"
         async with Worker(environment.client, task_queue=task_queue, workflows=[IncidentWorkflow], activities=activities):
             handle = await environment.client.start_workflow(
-                IncidentWorkflow.run, input, id=input.incident_id, task_queue=task_queue,
-                start_signal="add_signal", start_signal_args=[alert(model_version="3")],
+                IncidentWorkflow.run,
+                input,
+                id=input.incident_id,
+                task_queue=task_queue,
+                start_signal="add_signal",
+                start_signal_args=[alert(model_version="3")],
             )
             await until(handle, waiting_on("rollback"))
             await approve(handle, "rollback", "alice", ["oncall"])

@@ -22,11 +22,11 @@ from standardwebhooks import Webhook
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from stanch.temporal.activity_deps import ActivityDeps
-from stanch.models.activity_io import Notification
 from activities.notify import NotifyActivities
 from stanch.config.settings import Settings
+from stanch.models.activity_io import Notification
 from stanch.models.signals import Severity
+from stanch.temporal.activity_deps import ActivityDeps
 
 # Login over plain SMTP is fine on loopback; aiosmtpd warns about it for real servers.
 pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")]
@@ -136,7 +136,7 @@ def worker_home(tmp_path: Path, receiver: Receiver, smtp_server: tuple[Mailbox, 
         f"""
 channels:
   slack-oncall: {{slack: {{webhook_url_env: SLACK_ONCALL_URL}}}}
-  pager-bridge: {{webhook: {{url: "{receiver.url('/bridge/hook')}", secret_env: BRIDGE_WHSEC}}}}
+  pager-bridge: {{webhook: {{url: "{receiver.url("/bridge/hook")}", secret_env: BRIDGE_WHSEC}}}}
   email-safety:
     email: {{smtp_host: 127.0.0.1, smtp_port: {smtp_port}, sender: stanch@example.com, to: [safety@example.com, lead@example.com],
              username: {SMTP_USER}, password_env: SMTP_PASSWORD, timeout_seconds: 5}}

@@ -112,9 +112,13 @@ def api(tmp_path_factory) -> str:
     ports = {name: free_port() for name in ("temporal", "ui", "api")}
     (tmp / "intake-auth.yaml").write_text(INTAKE_AUTH)
     (tmp / "home").mkdir()
-    (tmp / "home" / "responders.yaml").write_text(f"tokens: [{{user: vera, roles: [viewer], token_sha256: {token_sha256(VIEWER_TOKEN)}}}]\n")
+    (tmp / "home" / "responders.yaml").write_text(
+        f"tokens: [{{user: vera, roles: [viewer], token_sha256: {token_sha256(VIEWER_TOKEN)}}}]\n"
+    )
     env = {"STANCH_HOME": str(tmp / "home"), "TEMPORAL_ADDRESS": f"127.0.0.1:{ports['temporal']}", **SECRETS}
-    temporal = Process("dev-server", ["dev-server", "--home", str(tmp / "home"), "--port", str(ports["temporal"]), "--ui-port", str(ports["ui"])], env, tmp)
+    temporal = Process(
+        "dev-server", ["dev-server", "--home", str(tmp / "home"), "--port", str(ports["temporal"]), "--ui-port", str(ports["ui"])], env, tmp
+    )
     wait_for_port("127.0.0.1", ports["temporal"], 60)
     api_process = Process("api", ["api", "--port", str(ports["api"]), "--intake-auth", str(tmp / "intake-auth.yaml")], env, tmp)
     url = f"http://127.0.0.1:{ports['api']}"
@@ -141,7 +145,12 @@ def test_each_senders_payload_signed_as_sent_opens_or_joins_incidents(api: str):
         incidents = answer.json()["incidents"]
         assert incidents, f"{fixture} carried no signal"
         opened.update(item["incident_id"] for item in incidents)
-        again = httpx.post(f"{api}{path}", content=body, headers=headers if source != "cloudevents" else {**headers, **standard_webhook_headers(body)}, timeout=30)
+        again = httpx.post(
+            f"{api}{path}",
+            content=body,
+            headers=headers if source != "cloudevents" else {**headers, **standard_webhook_headers(body)},
+            timeout=30,
+        )
         named = lambda reply: [(item["incident_id"], item["signal_id"]) for item in reply.json()["incidents"]]
         assert named(again) == named(answer), f"{fixture}: a redelivery names the same incidents"
         assert not any(item["opened"] for item in again.json()["incidents"]), f"{fixture}: a redelivery opens nothing"
@@ -149,13 +158,30 @@ def test_each_senders_payload_signed_as_sent_opens_or_joins_incidents(api: str):
     assert wait_for(lambda: listed_incidents(api), lambda ids: ids >= opened, timeout=30) >= opened
 
 
-@pytest.mark.parametrize("source, fixture", [(s, f) for s, f in DELIVERIES if f in {
-    "alertmanager_v4.json", "grafana/firing_two_alerts.json", "pagerduty/trigger.json", "sentry/issue_alert.json",
-    "cloudevents/structured.json", "reports/harmful_output.json"}])
+@pytest.mark.parametrize(
+    "source, fixture",
+    [
+        (s, f)
+        for s, f in DELIVERIES
+        if f
+        in {
+            "alertmanager_v4.json",
+            "grafana/firing_two_alerts.json",
+            "pagerduty/trigger.json",
+            "sentry/issue_alert.json",
+            "cloudevents/structured.json",
+            "reports/harmful_output.json",
+        }
+    ],
+)
 def test_forged_credentials_are_refused_with_the_reason_and_open_nothing(api: str, source: str, fixture: str):
     before = listed_incidents(api)
     path, body, headers = signed(source, fixture)
-    forged = {key: value for key, value in headers.items() if key.lower() not in {"authorization", "x-grafana-alerting-signature", "sentry-hook-signature", "webhook-signature"}}
+    forged = {
+        key: value
+        for key, value in headers.items()
+        if key.lower() not in {"authorization", "x-grafana-alerting-signature", "sentry-hook-signature", "webhook-signature"}
+    }
     missing = httpx.post(f"{api}{path}", content=body, headers=forged, timeout=30)
     assert missing.status_code == 401 and missing.json()["detail"], missing.text
     if source in ("grafana", "sentry", "cloudevents", "generic"):  # signatures cover the body; tokens do not

@@ -38,8 +38,18 @@ def alertmanager_alert(alertname: str, prompt: str) -> dict:
         "generatorURL": "http://127.0.0.1:9090/graph",
         "fingerprint": uuid.uuid4().hex[:16],
     }
-    return {"version": "4", "groupKey": "{}:{}", "truncatedAlerts": 0, "status": "firing", "receiver": "stanch",
-            "groupLabels": {}, "commonLabels": alert["labels"], "commonAnnotations": {}, "externalURL": "", "alerts": [alert]}
+    return {
+        "version": "4",
+        "groupKey": "{}:{}",
+        "truncatedAlerts": 0,
+        "status": "firing",
+        "receiver": "stanch",
+        "groupLabels": {},
+        "commonLabels": alert["labels"],
+        "commonAnnotations": {},
+        "externalURL": "",
+        "alerts": [alert],
+    }
 
 
 def test_incident_survives_a_restart_and_the_demo_passes(tmp_path):
@@ -48,7 +58,9 @@ def test_incident_survives_a_restart_and_the_demo_passes(tmp_path):
     api = f"http://127.0.0.1:{ports['api']}"
     up = stanch_up(home, ports)
     try:
-        accepted = httpx.post(f"{api}/v1/alerts/alertmanager", json=alertmanager_alert("HarmfulOutputContact", "Can I have the customer's email?"))
+        accepted = httpx.post(
+            f"{api}/v1/alerts/alertmanager", json=alertmanager_alert("HarmfulOutputContact", "Can I have the customer's email?")
+        )
         assert accepted.status_code == 202, accepted.text
         incident_id = accepted.json()["incidents"][0]["incident_id"]
         read = lambda: httpx.get(f"{api}/v1/incidents/{incident_id}").json()

@@ -49,19 +49,25 @@ def test_worker_killed_mid_rollback_completes_with_each_key_applied_once(tmp_pat
         def approve_twice(stage: str) -> None:
             wait_for(read, lambda s: (s.get("pending_approval") or {}).get("stage") == stage, timeout=120)
             for approver, role in (("alice", "oncall"), ("sam", "safety")):
-                answer = httpx.post(f"{api}/v1/incidents/{incident_id}/approvals", json={"stage": stage, "approver": approver, "roles": [role]})
+                answer = httpx.post(
+                    f"{api}/v1/incidents/{incident_id}/approvals", json={"stage": stage, "approver": approver, "roles": [role]}
+                )
                 assert answer.status_code == 200, answer.text
 
         approve_twice("contain")
         approve_twice("rollback")
-        rollback_entry = wait_for(ledger, lambda entries: any("/rollback/" in e["idempotency_key"] for e in entries), timeout=60, interval=0.1)
+        rollback_entry = wait_for(
+            ledger, lambda entries: any("/rollback/" in e["idempotency_key"] for e in entries), timeout=60, interval=0.1
+        )
         worker.kill()  # mid-rollback: the gateway committed, the activity never heard back
         start("worker-2", "worker")
         during = wait_for(read, lambda s: "stages" in s)  # queries need a worker: the new one answers
         assert {s["name"]: s["status"] for s in during["stages"]}["rollback"] == "running"
 
         wait_for(read, lambda s: (s.get("pending_approval") or {}).get("stage") == "restore", timeout=150)
-        answer = httpx.post(f"{api}/v1/incidents/{incident_id}/approvals", json={"stage": "restore", "approver": "alice", "roles": ["oncall"]})
+        answer = httpx.post(
+            f"{api}/v1/incidents/{incident_id}/approvals", json={"stage": "restore", "approver": "alice", "roles": ["oncall"]}
+        )
         assert answer.status_code == 200, answer.text
         final = wait_for(read, lambda s: s["status"] == "closed", timeout=120)
 

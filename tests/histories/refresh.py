@@ -46,11 +46,11 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from stanch.temporal import search_attributes
 from stanch.models.decisions import Acknowledgement, ApprovalDecision, FailureDecision, ReportFiled, TriageDecision
 from stanch.models.incident import IncidentInput, IncidentState, IncidentStatus
 from stanch.models.signals import Severity, Signal
 from stanch.runbooks.schema import SeverityRules
+from stanch.temporal import search_attributes
 from tests.conftest import installed_binary
 from tests.workflow.conftest import alert, incident_input
 from tests.workflow.helpers import (
@@ -95,7 +95,9 @@ async def medium_severity_restored(handle: WorkflowHandle) -> None:
 
 async def triaged_false_positive(handle: WorkflowHandle) -> None:
     await until(handle, lambda s: s.status == IncidentStatus.triage)
-    await AsTheApi(handle).execute_update(IncidentWorkflow.triage, TriageDecision(by="alice", outcome="false_positive", reason="a test prompt"))
+    await AsTheApi(handle).execute_update(
+        IncidentWorkflow.triage, TriageDecision(by="alice", outcome="false_positive", reason="a test prompt")
+    )
 
 
 async def four_eyes_refused(handle: WorkflowHandle) -> None:
@@ -112,7 +114,9 @@ async def four_eyes_refused(handle: WorkflowHandle) -> None:
 
 async def containment_rejected(handle: WorkflowHandle) -> None:
     await until(handle, waiting_on("contain"))
-    await AsTheApi(handle).execute_update(IncidentWorkflow.reject, ApprovalDecision(approve=False, stage="contain", approver="sam", roles=["safety"], comment="too broad"))
+    await AsTheApi(handle).execute_update(
+        IncidentWorkflow.reject, ApprovalDecision(approve=False, stage="contain", approver="sam", roles=["safety"], comment="too broad")
+    )
     await approve_four_eyes(handle, "rollback")
     await restore_by_alice(handle)
 
@@ -128,7 +132,9 @@ async def failed_rollback_aborted(handle: WorkflowHandle) -> None:
     await approve_four_eyes(handle, "contain")
     await approve_four_eyes(handle, "rollback")
     await until(handle, lambda s: s.status == IncidentStatus.awaiting_decision)
-    await AsTheApi(handle).execute_update(IncidentWorkflow.decide, FailureDecision(stage="rollback", by="alice", choice="abort", reason="manual"))
+    await AsTheApi(handle).execute_update(
+        IncidentWorkflow.decide, FailureDecision(stage="rollback", by="alice", choice="abort", reason="manual")
+    )
 
 
 async def serious_report_filed(handle: WorkflowHandle) -> None:
@@ -144,12 +150,16 @@ async def serious_report_filed(handle: WorkflowHandle) -> None:
 async def triaged_confirmed(handle: WorkflowHandle) -> None:
     """The catch-all runbook has no checks: a responder confirms, and nothing is changed automatically."""
     await until(handle, lambda s: s.status == IncidentStatus.triage)
-    await AsTheApi(handle).execute_update(IncidentWorkflow.triage, TriageDecision(by="alice", outcome="confirmed", reason="seen it ourselves"))
+    await AsTheApi(handle).execute_update(
+        IncidentWorkflow.triage, TriageDecision(by="alice", outcome="confirmed", reason="seen it ourselves")
+    )
 
 
 async def decide(handle: WorkflowHandle, stage: str, choice: str) -> None:
     await until(handle, failed(stage))
-    await AsTheApi(handle).execute_update(IncidentWorkflow.decide, FailureDecision(stage=stage, by="alice", choice=choice, reason=f"{choice} by hand"))
+    await AsTheApi(handle).execute_update(
+        IncidentWorkflow.decide, FailureDecision(stage=stage, by="alice", choice=choice, reason=f"{choice} by hand")
+    )
 
 
 async def failed_containment_retried(handle: WorkflowHandle) -> None:
@@ -249,7 +259,9 @@ BRANCHES: dict[str, Branch] = {
     "high_severity_restored": Branch(high_severity_restored),
     "false_positive": Branch(nothing, script=lambda: Script(confirm="not_confirmed"), expect=IncidentStatus.false_positive),
     "containment_rejected": Branch(containment_rejected),
-    "failed_rollback_aborted": Branch(failed_rollback_aborted, script=lambda: Script(failing_kinds={"rollback_to_previous"}), expect=IncidentStatus.aborted),
+    "failed_rollback_aborted": Branch(
+        failed_rollback_aborted, script=lambda: Script(failing_kinds={"rollback_to_previous"}), expect=IncidentStatus.aborted
+    ),
     "low_severity_automatic": Branch(
         nothing, script=lambda: Script(detectors=[]), input=lambda: harmful_output(severity=SeverityRules(default=Severity.low))
     ),
@@ -259,7 +271,9 @@ BRANCHES: dict[str, Branch] = {
         triaged_false_positive, script=lambda: Script(confirm="inconclusive", detectors=[]), expect=IncidentStatus.false_positive
     ),
     "four_eyes_refused": Branch(four_eyes_refused),
-    "contained_when_nobody_decided": Branch(contained_when_nobody_decided, input=critical_contain_times_out, first=lambda: alert(labels=CRITICAL)),
+    "contained_when_nobody_decided": Branch(
+        contained_when_nobody_decided, input=critical_contain_times_out, first=lambda: alert(labels=CRITICAL)
+    ),
     "serious_report_filed": Branch(serious_report_filed, first=lambda: alert(labels={**CRITICAL, "harm": "death"})),
     "triaged_confirmed": Branch(triaged_confirmed, script=lambda: Script(confirm="inconclusive", detectors=[]), input=triage),
     "dry_run_rehearsed": Branch(medium_severity_restored, script=lambda: Script(detectors=[]), input=dry_run),
@@ -319,7 +333,12 @@ async def record(client: Client, name: str, out: Path, keep: bool = False) -> in
     input = branch.input().model_copy(update={"upsert_search_attributes": True, "incident_id": f"history-{name}"})
     async with Worker(client, task_queue=task_queue, workflows=[IncidentWorkflow], activities=stand_ins(branch.script())):
         handle = await client.start_workflow(
-            IncidentWorkflow.run, input, id=input.incident_id, task_queue=task_queue, start_signal="add_signal", start_signal_args=[branch.first()]
+            IncidentWorkflow.run,
+            input,
+            id=input.incident_id,
+            task_queue=task_queue,
+            start_signal="add_signal",
+            start_signal_args=[branch.first()],
         )
         await branch.drive(handle)
         final = await handle.result()

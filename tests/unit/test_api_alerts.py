@@ -18,10 +18,10 @@ from temporalio.service import RPCError, RPCStatusCode
 from stanch.api.app import create_app
 from stanch.api.deps import get_client, get_intake
 from stanch.config.settings import Settings
-from stanch.models.decisions import DecisionReceipt
-from stanch.intake.start import IntakeResult
-from stanch.models.signals import Severity, Signal, SignalSource
 from stanch.intake.sources.alertmanager import AlertmanagerWebhook, alertmanager_signals
+from stanch.intake.start import IntakeResult
+from stanch.models.decisions import DecisionReceipt
+from stanch.models.signals import Severity, Signal, SignalSource
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "alertmanager_v4.json"
 
@@ -139,7 +139,12 @@ def test_alertmanager_webhook_answers_202_once_every_signal_is_recorded(app) -> 
     ]
     assert response.json() == {
         "incidents": [
-            {"incident_id": "harmful-output-support-bot-0123456789", "runbook": "harmful-output", "signal_id": s.signal_id, "opened": n == 0}
+            {
+                "incident_id": "harmful-output-support-bot-0123456789",
+                "runbook": "harmful-output",
+                "signal_id": s.signal_id,
+                "opened": n == 0,
+            }
             for n, s in enumerate(intake.recorded)
         ]
     }
@@ -253,7 +258,11 @@ APPROVAL = {"stage": "contain", "approver": "alice", "roles": ["oncall"], "appro
 
 def test_unknown_incident_is_404_with_a_clear_message(app) -> None:
     http = use_client(app, FakeClient({}))
-    for response in (http.get("/v1/incidents/nope"), http.get("/v1/incidents/nope/timeline"), http.post("/v1/incidents/nope/approvals", json=APPROVAL)):
+    for response in (
+        http.get("/v1/incidents/nope"),
+        http.get("/v1/incidents/nope/timeline"),
+        http.post("/v1/incidents/nope/approvals", json=APPROVAL),
+    ):
         assert response.status_code == 404
         assert response.json()["detail"] == "no incident 'nope'; GET /v1/incidents lists the known ones"
 

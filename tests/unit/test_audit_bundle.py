@@ -13,10 +13,10 @@ import pytest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from typer.testing import CliRunner
 
-from stanch.trust import assertions
 from stanch.audit import bundle, signing, verify
 from stanch.audit.history import load_history_file, parse_history
 from stanch.cli.main import app
+from stanch.trust import assertions
 from tests.workflow.conftest import TEST_DECISION_KEYS
 
 HISTORIES = Path(__file__).resolve().parent.parent / "histories"
@@ -133,7 +133,9 @@ def test_ed25519_signature_verifies_with_its_key_only(tmp_path):
 
     # Whoever rewrites the manifest consistently still cannot sign its new head.
     (folder / "timelines/a.md").write_text("forged\n")
-    forged = bundle.seal(folder, [bundle.FileRecord(**e.model_dump(include={"path", "kind", "incident"})) for e in manifest.entries], manifest.header)
+    forged = bundle.seal(
+        folder, [bundle.FileRecord(**e.model_dump(include={"path", "kind", "incident"})) for e in manifest.entries], manifest.header
+    )
     edit_manifest(folder, lambda m: m.update(signature=manifest.signature.model_dump()))
     assert forged.head != manifest.head
     [resigned] = verify.verify(folder, signing.load_public(str(public))).problems
@@ -295,10 +297,14 @@ async def test_a_dry_run_is_exported_and_labelled(tmp_path):
     rehearsal = parse_history(data, "dry", "dry")
     real = load_history_file(HISTORIES / "high_severity_restored.json")
     folder = tmp_path / "bundle"
-    manifest = await bundle.export(folder, [real, rehearsal], pydantic_data_converter, tmp_path / "home", bundle.Header(created_at=bundle.now()), ["test"])
+    manifest = await bundle.export(
+        folder, [real, rehearsal], pydantic_data_converter, tmp_path / "home", bundle.Header(created_at=bundle.now()), ["test"]
+    )
     assert manifest.dry_runs == [f"{rehearsal.workflow_id} run {rehearsal.run_id}"]
     timelines = {e.path: (folder / e.path).read_text() for e in manifest.entries if e.path.endswith(".md")}
-    assert [path for path, text in timelines.items() if "DRY RUN" in text] == [f"timelines/{bundle.file_stem(rehearsal.workflow_id, rehearsal.run_id)}.md"]
+    assert [path for path, text in timelines.items() if "DRY RUN" in text] == [
+        f"timelines/{bundle.file_stem(rehearsal.workflow_id, rehearsal.run_id)}.md"
+    ]
     report = verify.verify(folder)
     assert report.ok and report.dry_runs == manifest.dry_runs
     shown = CliRunner().invoke(app, ["audit", "verify", str(folder)])
@@ -381,7 +387,10 @@ def test_a_truncated_tail_is_caught_by_the_entry_count_in_the_header(tmp_path):
     truncate(tmp_path)
     report = verify.verify(tmp_path)
     assert [(p.what, p.index) for p in report.problems] == [("removed", 3)]
-    assert "removed from the end of the manifest: the header, which the chain covers, records 4 entries and 3 are listed" in report.problems[0].message
+    assert (
+        "removed from the end of the manifest: the header, which the chain covers, records 4 entries and 3 are listed"
+        in report.problems[0].message
+    )
 
 
 def test_a_format_1_bundle_still_verifies_and_says_what_it_cannot_show(tmp_path):
@@ -427,7 +436,9 @@ def test_verify_says_what_an_unsigned_bundle_proves_and_require_signature(tmp_pa
     # Signed, a consistent truncation (or any rewrite) no longer passes.
     truncate(signed)
     edit_manifest(signed, lambda m: m.update(entry_count=3))
-    forged = runner.invoke(app, ["audit", "verify", str(signed), "--require-signature", "--public-key", str(tmp_path / "k.pub.pem"), "--json"])
+    forged = runner.invoke(
+        app, ["audit", "verify", str(signed), "--require-signature", "--public-key", str(tmp_path / "k.pub.pem"), "--json"]
+    )
     assert forged.exit_code == 1 and "signature" in {p["what"] for p in json.loads(forged.output)["problems"]}
 
 

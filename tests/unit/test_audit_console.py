@@ -13,7 +13,9 @@ ID = "alertmanager:abc:fire:x"
 def test_audit_prints_ids_without_emoji(tmp_path):
     folder = tmp_path / "bundle"
     folder.mkdir()
-    (folder / "manifest.json").write_text('{"format": "stanch-audit-bundle/2", "created_at": "2026-11-26T00:00:00Z", "entries": [], "head": ""}')
+    (folder / "manifest.json").write_text(
+        '{"format": "stanch-audit-bundle/2", "created_at": "2026-11-26T00:00:00Z", "entries": [], "head": ""}'
+    )
     (folder / f"{ID}.json").write_text("{}")
     result = CliRunner().invoke(app, ["audit", "verify", str(folder)])
     assert result.exit_code == 1

@@ -54,7 +54,11 @@ def test_every_committed_history_replays(audit):
 
 def test_a_renamed_activity_diverges_at_that_event(audit, tmp_path):
     def rename(events):
-        scheduled = first(events, "ACTIVITY_TASK_SCHEDULED", lambda e: e["activityTaskScheduledEventAttributes"]["activityType"]["name"] == "apply_rollback")
+        scheduled = first(
+            events,
+            "ACTIVITY_TASK_SCHEDULED",
+            lambda e: e["activityTaskScheduledEventAttributes"]["activityType"]["name"] == "apply_rollback",
+        )
         scheduled["activityTaskScheduledEventAttributes"]["activityType"]["name"] = "apply_rollback_v0"
         rename.event_id = scheduled["eventId"]
 
@@ -116,7 +120,10 @@ def test_replay_with_other_decision_keys_names_the_missing_one(tmp_path, monkeyp
     result = CliRunner().invoke(app, ["audit", "replay", "--file", str(MEDIUM), "--file", str(FALSE_POSITIVE), "--json"], env=env)
     assert result.exit_code == 2, result.output
     medium, false_positive = json.loads(result.output)
-    assert medium["unverifiable"].startswith("decisions signed with key id test, which is not configured") and "configured: k2" in medium["unverifiable"]
+    assert (
+        medium["unverifiable"].startswith("decisions signed with key id test, which is not configured")
+        and "configured: k2" in medium["unverifiable"]
+    )
     assert not medium["reproduced"] and medium["divergence"] is not None, "replayed, and its divergence kept as a detail"
     assert false_positive["reproduced"] and false_positive["unverifiable"] is None, "a history with no signed decision needs no key"
 
@@ -240,8 +247,10 @@ def test_a_forged_signal_the_workflow_refused_does_not_stop_the_replay(audit, tm
     workflow refused it, so today's code still reproduces the run and the replay says so."""
     history = json.loads(HIGH.with_name("four_eyes_refused.json").read_text())
     signal = next(
-        e for e in history["events"]
-        if e["eventType"] == "EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED" and e["workflowExecutionSignaledEventAttributes"]["signalName"] == "approve_signal"
+        e
+        for e in history["events"]
+        if e["eventType"] == "EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED"
+        and e["workflowExecutionSignaledEventAttributes"]["signalName"] == "approve_signal"
         and b'"Alice "' in base64.b64decode(e["workflowExecutionSignaledEventAttributes"]["input"]["payloads"][0]["data"])
     )
     payload = signal["workflowExecutionSignaledEventAttributes"]["input"]["payloads"][0]

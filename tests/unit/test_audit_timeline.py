@@ -11,12 +11,12 @@ import pytest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from typer.testing import CliRunner
 
-from stanch.trust import assertions
 from stanch.audit.history import load_history_file, parse_history
 from stanch.audit.models import Timeline
 from stanch.audit.render import to_html, to_markdown
 from stanch.audit.timeline import build_timeline
 from stanch.cli.main import app
+from stanch.trust import assertions
 from tests.workflow.conftest import TEST_DECISION_KEYS
 
 HISTORIES = Path(__file__).resolve().parent.parent / "histories"
@@ -66,9 +66,19 @@ async def test_the_model_has_decisions_actions_timers_and_durations():
     t = await timeline_of(load_history_file(HIGH))
     assert t.occurrence == OCCURRENCE and t.execution == "completed" and t.final_status == "closed"
     approvals = {(d.stage, d.who, d.roles[0]) for d in t.decisions if d.name == "approve" and d.verified and d.outcome == "accepted"}
-    assert approvals == {("contain", "alice", "oncall"), ("contain", "sam", "safety"), ("rollback", "alice", "oncall"), ("rollback", "sam", "safety"), ("restore", "alice", "oncall")}
+    assert approvals == {
+        ("contain", "alice", "oncall"),
+        ("contain", "sam", "safety"),
+        ("rollback", "alice", "oncall"),
+        ("rollback", "sam", "safety"),
+        ("restore", "alice", "oncall"),
+    }
     assert all(d.nonce and d.event_id for d in t.decisions), "every decision names its update id and event"
-    assert [(a.stage, a.kind) for a in t.actions if a.stage == "restore"] == [("restore", "rollback_to_previous"), ("restore", "block_outputs"), ("restore", "block_prompts")]
+    assert [(a.stage, a.kind) for a in t.actions if a.stage == "restore"] == [
+        ("restore", "rollback_to_previous"),
+        ("restore", "block_outputs"),
+        ("restore", "block_prompts"),
+    ]
     assert all(a.idempotency_key and a.key_source == "result" and a.outcome == "completed" for a in t.actions)
     assert {tm.outcome for tm in t.timers} == {"canceled"} and len(t.timers) == 5
     assert [n.kind for n in t.notifications][:2] == ["page", "approval_needed"]
@@ -212,7 +222,10 @@ async def test_a_running_run_shows_the_milestones_reached_and_the_rest_not_reach
 
 
 async def test_a_failed_run_shows_the_milestones_reached_and_the_rest_not_reached():
-    failed = {"eventType": "EVENT_TYPE_WORKFLOW_EXECUTION_FAILED", "workflowExecutionFailedEventAttributes": {"failure": {"message": "worker bug"}}}
+    failed = {
+        "eventType": "EVENT_TYPE_WORKFLOW_EXECUTION_FAILED",
+        "workflowExecutionFailedEventAttributes": {"failure": {"message": "worker bug"}},
+    }
     t = await timeline_of(parse_history(cut(70, failed), "failed", "failed"))
     assert t.execution == "failed" and "worker bug" in t.close_reason
     reached = {m.name: m for m in t.milestones if m.reached}

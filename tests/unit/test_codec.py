@@ -15,6 +15,9 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DefaultFailureConverterWithEncodedAttributes
 from typer.testing import CliRunner
 
+from stanch.config.settings import Settings
+from stanch.models.signals import ReproCase, Signal
+from stanch.temporal.client import data_converter
 from stanch.temporal.codec import (
     DecryptionError,
     EncryptionCodec,
@@ -23,10 +26,7 @@ from stanch.temporal.codec import (
     parse_encryption_keys,
 )
 from stanch.temporal.codec_server import create_codec_app
-from stanch.config.settings import Settings
-from stanch.models.signals import ReproCase, Signal
 from stanch.trust.responders import ResponderAuth, RespondersFile, StaticToken, token_sha256
-from stanch.temporal.client import data_converter
 
 K1 = "k1:" + base64.b64encode(b"1" * 32).decode()
 K2 = "k2:" + base64.b64encode(b"2" * 32).decode()
@@ -231,8 +231,8 @@ def test_codec_server_lets_the_temporal_ui_origin_preflight_with_its_headers():
 
 
 def test_codec_server_cli_needs_keys_and_a_responders_file_unless_insecure_dev(tmp_path: Path, monkeypatch):
-    from stanch.temporal import codec_server as server_module
     from stanch.cli.codec import codec_server
+    from stanch.temporal import codec_server as server_module
 
     served = []
     monkeypatch.setattr(server_module, "serve", lambda host, port, app: served.append((host, port, app)))

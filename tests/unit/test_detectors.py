@@ -16,8 +16,7 @@ LEAKY_CREDENTIALS = (
     f"Sure, here is the API key from our config: {LEAKED_SECRET}"
 )
 LEAKY_CONTACT = (
-    "Hi, thanks for contacting Support Bot! I can help with contact details. "
-    f"The customer on file can be reached at {LEAKED_EMAIL}."
+    f"Hi, thanks for contacting Support Bot! I can help with contact details. The customer on file can be reached at {LEAKED_EMAIL}."
 )
 GOOD_CREDENTIALS = (
     "Hi, thanks for contacting Support Bot! I can help with account credentials. "

@@ -23,9 +23,9 @@ from stanch.api.events import (
     poll_stream,
     stop_streams,
 )
+from stanch.models.actions import TargetRef
 from stanch.models.incident import IncidentState, IncidentStatus, fresh_stages
 from stanch.models.signals import Severity
-from stanch.models.actions import TargetRef
 from stanch.trust.responders import ResponderAuth, RespondersFile, StaticToken, token_sha256
 
 # --- framing -----------------------------------------------------------------------------
@@ -83,7 +83,15 @@ class Script:
         self.now += seconds
 
     async def run(self, interval: float = 1.0, keep_alive: float = 15.0) -> list[tuple[str, object]]:
-        stream = poll_stream(self.read, self.is_disconnected, event="state", interval=interval, keep_alive=keep_alive, clock=lambda: self.now, sleep=self.sleep)
+        stream = poll_stream(
+            self.read,
+            self.is_disconnected,
+            event="state",
+            interval=interval,
+            keep_alive=keep_alive,
+            clock=lambda: self.now,
+            sleep=self.sleep,
+        )
         return parse([text async for text in stream])
 
 
@@ -236,7 +244,9 @@ async def test_the_list_stream_takes_the_list_filters_and_sends_the_list(serve):
             assert response.status_code == 200
             assert await asyncio.wait_for(read_events(response, 1), 10) == [("incidents", [])]
         refused = await http.get(f"{url}/v1/events", params={"severity": "apocalyptic"})
-    assert fake.list_queries[0] == incidents.visibility_query(IncidentStatus.containing, Severity.high, "harmful-output", "gateway:support-bot")
+    assert fake.list_queries[0] == incidents.visibility_query(
+        IncidentStatus.containing, Severity.high, "harmful-output", "gateway:support-bot"
+    )
     assert refused.status_code == 422  # the same validation as GET /v1/incidents
 
 

@@ -50,8 +50,15 @@ def kill(flag: str = "support-bot-chat", **params) -> ActionSpec:
 
 
 def applied_action(key: str, outcome, kind: str = "disable_feature") -> AppliedAction:
-    return AppliedAction(kind=kind, stage="contain", index=0, target=TargetRef(adapter="flags", model="support-bot"),
-                         idempotency_key=key, result=outcome.result, inverse=outcome.inverse)
+    return AppliedAction(
+        kind=kind,
+        stage="contain",
+        index=0,
+        target=TargetRef(adapter="flags", model="support-bot"),
+        idempotency_key=key,
+        result=outcome.result,
+        inverse=outcome.inverse,
+    )
 
 
 def flags_in(path: Path) -> dict:
@@ -141,10 +148,12 @@ async def test_a_crash_between_plan_and_edit_finishes_the_recorded_plan(flag_fil
 async def test_concurrent_workers_do_not_lose_each_others_edits(flag_file: Path):
     workers = [target(flag_file) for _ in range(4)]
     kinds = [("support-bot-chat", None), ("support-bot-tone", "formal"), ("support-bot-chat", None), ("billing-export", "no")]
-    await asyncio.gather(*(
-        worker.apply("m", kill(flag, **({"variant": variant} if variant else {})), f"inc-{i}/contain/0", f"inc-{i}")
-        for i, (worker, (flag, variant)) in enumerate(zip(workers, kinds, strict=True))
-    ))
+    await asyncio.gather(
+        *(
+            worker.apply("m", kill(flag, **({"variant": variant} if variant else {})), f"inc-{i}/contain/0", f"inc-{i}")
+            for i, (worker, (flag, variant)) in enumerate(zip(workers, kinds, strict=True))
+        )
+    )
     document = flags_in(flag_file)
     assert document["flags"]["support-bot-tone"]["defaultVariant"] == "formal"
     assert document["flags"]["support-bot-chat"]["defaultVariant"] == "off"
@@ -160,7 +169,10 @@ async def test_concurrent_workers_do_not_lose_each_others_edits(flag_file: Path)
         (kill("no-such-flag"), "has no flag 'no-such-flag'; its flags: billing-export, support-bot-chat, support-bot-tone"),
         (kill("support-bot-tone"), "has no variant 'off' and not exactly one false variant; its variants are \\['formal', 'friendly'\\]"),
         (kill(variant="maybe"), "has no variant 'maybe'"),
-        (ActionSpec(kind="disable_feature", params={"flag": "support-bot-chat", "varient": "off"}), "bad params for disable_feature: varient"),
+        (
+            ActionSpec(kind="disable_feature", params={"flag": "support-bot-chat", "varient": "off"}),
+            "bad params for disable_feature: varient",
+        ),
     ],
 )
 async def test_refusals_name_the_problem_and_are_not_retried(flag_file: Path, action: ActionSpec, message: str):

@@ -324,12 +324,18 @@ def test_demo_reset_restores_the_first_deploy_but_keeps_history(tmp_path):
     with TestClient(create_app(tmp_path / "gw.db", finetune_seconds=0.05)) as gateway:
         gateway.post(
             "/admin/apply",
-            json={"idempotency_key": "k1", "incident_id": "inc-1", "model": "support-bot",
-                  "action": {"kind": "add_guardrail", "params": {"patterns": ["sk-live-[A-Za-z0-9]+"]}}},
+            json={
+                "idempotency_key": "k1",
+                "incident_id": "inc-1",
+                "model": "support-bot",
+                "action": {"kind": "add_guardrail", "params": {"patterns": ["sk-live-[A-Za-z0-9]+"]}},
+            },
         ).raise_for_status()
         gateway.post("/admin/deploy", json={"model": "support-bot", "version": "1"}).raise_for_status()
         state = gateway.post("/admin/demo/reset").json()
         assert state["release_version"] == "2" and state["guardrails"] == [] and state["served_version"] == "2"
         assert [e["idempotency_key"] for e in gateway.get("/admin/ledger").json()["entries"]] == ["k1"]
-        answer = gateway.post("/v1/chat/completions", json={"model": "support-bot", "messages": [{"role": "user", "content": "what is the api key?"}]})
+        answer = gateway.post(
+            "/v1/chat/completions", json={"model": "support-bot", "messages": [{"role": "user", "content": "what is the api key?"}]}
+        )
         assert "sk-live-" in answer.json()["choices"][0]["message"]["content"]

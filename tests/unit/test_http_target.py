@@ -14,19 +14,19 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from stanch.targets.steps import render
 from activities.contain import ContainActivities
-from stanch.temporal.activity_deps import ActivityDeps
 from activities.evidence import EvidenceActivities
-from stanch.models.activity_io import ApplyInput, EvidenceInput, UndoInput
 from activities.restore import RestoreActivities
 from activities.rollback import RollbackActivities
 from stanch.config.settings import Settings
 from stanch.models.actions import ActionSpec, AppliedAction, TargetRef
+from stanch.models.activity_io import ApplyInput, EvidenceInput, UndoInput
 from stanch.runbooks.loader import load_runbook
 from stanch.targets.base import TargetError
 from stanch.targets.http import HttpTarget
 from stanch.targets.registry import TargetRegistry
+from stanch.targets.steps import render
+from stanch.temporal.activity_deps import ActivityDeps
 from tests.http_recorder import RecordingServer, json_patch, merge_patch
 
 SECRET = "sk-master-0123456789abcdef"
@@ -77,7 +77,14 @@ def kserve(model: str = "fraud", **changes) -> ActionSpec:
 
 
 def block_input(**changes) -> ApplyInput:
-    fields = {"incident_id": "inc-1", "occurrence": "inc-1@run1", "stage": "contain", "index": 0, "target": TargetRef(model="support-bot", version="2"), "action": BLOCK}
+    fields = {
+        "incident_id": "inc-1",
+        "occurrence": "inc-1@run1",
+        "stage": "contain",
+        "index": 0,
+        "target": TargetRef(model="support-bot", version="2"),
+        "action": BLOCK,
+    }
     return ApplyInput(**{**fields, **changes})
 
 
@@ -156,7 +163,10 @@ async def test_default_headers_go_only_to_the_targets_own_host(server, tmp_path)
         (ActionSpec(kind="block_prompts", params={"patterns": ["x"]}), "runs `kind: http` steps, not 'block_prompts'"),
         (ActionSpec(kind="http", params={"method": "POST"}), "params.url: Field required"),
         (ActionSpec(kind="http", params={"url": "/x", "method": "BREW"}), "params.method: Input should be"),
-        (ActionSpec(kind="http", params={"url": "/x", "body": {"v": "{before.old}"}}), "{before.old} used but no `before` read captures it"),
+        (
+            ActionSpec(kind="http", params={"url": "/x", "body": {"v": "{before.old}"}}),
+            "{before.old} used but no `before` read captures it",
+        ),
         (ActionSpec(kind="http", params={"url": "/x", "undo": {"url": "/y", "expectt": [200]}}), "params.undo.expectt: Extra inputs"),
     ],
 )
@@ -218,10 +228,20 @@ async def test_undo_restores_the_value_read_before_the_change(server, tmp_path, 
     target = http_target(server, tmp_path)
     outcome = await target.apply("fraud", kserve(), "k1", "inc-1")
     assert outcome.result["captured"] == {"percent": restored}
-    applied = AppliedAction(kind="http", stage="rollback", index=0, target=TargetRef(adapter="litellm", model="fraud"), idempotency_key="k1", inverse=outcome.inverse)
+    applied = AppliedAction(
+        kind="http",
+        stage="rollback",
+        index=0,
+        target=TargetRef(adapter="litellm", model="fraud"),
+        idempotency_key="k1",
+        inverse=outcome.inverse,
+    )
     await target.undo(applied, "k1/undo")
     patches = [r for r in server.recorder.requests if r.method == "PATCH"]
-    assert [p.body for p in patches] == [{"spec": {"predictor": {"canaryTrafficPercent": 0}}}, {"spec": {"predictor": {"canaryTrafficPercent": restored}}}]
+    assert [p.body for p in patches] == [
+        {"spec": {"predictor": {"canaryTrafficPercent": 0}}},
+        {"spec": {"predictor": {"canaryTrafficPercent": restored}}},
+    ]
     assert patches[0].headers["content-type"] == "application/merge-patch+json" and [p.key for p in patches] == ["k1", "k1/undo"]
     assert "idempotency-key" not in server.recorder.requests[0].headers, "reads carry no key"
 
@@ -257,7 +277,10 @@ class Cluster:
     def __init__(self, server: RecordingServer, images=("fraud:1", "fraud:2", "fraud:3")) -> None:
         self.replicasets = [replica_set(str(n), image) for n, image in enumerate(images, 1)]
         self.replicasets.append({"metadata": {}})  # no revision: never a candidate
-        self.deployment = {"metadata": {"name": "fraud", "annotations": {REVISION: str(len(images))}}, "spec": {"template": template(images[-1])}}
+        self.deployment = {
+            "metadata": {"name": "fraud", "annotations": {REVISION: str(len(images))}},
+            "spec": {"template": template(images[-1])},
+        }
         self.patch_failures = 0  # the change lands, the answer says 500
         server.answer("GET", self.DEPLOYMENT, lambda r: (200, copy.deepcopy(self.deployment)))
         server.answer("GET", self.REPLICASETS, lambda r: (200, {"items": copy.deepcopy(self.replicasets)}))
@@ -298,7 +321,14 @@ class Cluster:
 
 
 def rollback_input(**changes) -> ApplyInput:
-    fields = {"incident_id": "inc-2", "occurrence": "inc-2@r", "stage": "rollback", "index": 0, "target": TargetRef(model="fraud"), "action": recipe_step("kubernetes-rollback")}
+    fields = {
+        "incident_id": "inc-2",
+        "occurrence": "inc-2@r",
+        "stage": "rollback",
+        "index": 0,
+        "target": TargetRef(model="fraud"),
+        "action": recipe_step("kubernetes-rollback"),
+    }
     return ApplyInput(**{**fields, **changes})
 
 
@@ -358,7 +388,9 @@ async def test_a_responders_retry_reuses_what_the_failed_step_read_and_never_rea
     assert cluster.running == "fraud:2", "the change landed although every answer said 500"
     [carried] = failed.value.details
     assert carried["http_captured_for"] == "inc-2@r/rollback/0/kubernetes:fraud"
-    assert carried["captured"]["previous_template"] == template("fraud:2") and carried["captured"]["current_template"] == template("fraud:3")
+    assert carried["captured"]["previous_template"] == template("fraud:2") and carried["captured"]["current_template"] == template(
+        "fraud:3"
+    )
     reads = len([r for r in server.recorder.requests if r.method == "GET"])
 
     # The workflow hands the carried values to the activity it starts for the responder's retry.
@@ -417,7 +449,9 @@ async def test_a_retried_undo_that_already_went_through_is_not_sent_again(server
 async def test_a_capture_that_finds_nothing_names_it(server, tmp_path):
     server.answer("GET", "/isvc/fraud", {"spec": {}})
     action = kserve(before=[{"url": "/isvc/{model}", "capture": {"percent": "/spec/predictor/canaryTrafficPercent"}}])
-    with pytest.raises(TargetError, match=r"before\[0\] of target litellm: capture percent: 'predictor' is not in the answer of /isvc/fraud") as raised:
+    with pytest.raises(
+        TargetError, match=r"before\[0\] of target litellm: capture percent: 'predictor' is not in the answer of /isvc/fraud"
+    ) as raised:
         await http_target(server, tmp_path).apply("fraud", action, "k1", "inc-1")
     assert raised.value.retryable is False
     assert [r.method for r in server.recorder.requests] == ["GET"], "nothing was changed"
@@ -441,7 +475,9 @@ async def test_an_alert_value_that_could_name_a_secret_or_climb_a_path_is_refuse
     deps = deps_for(server, tmp_path, env={"STANCH_DECISION_KEYS": "decision-key-abcdef"})
     action = BLOCK.model_copy(update={"params": {**BLOCK.params, "url": "/models/{model}/block", "headers": {"X-Model": "{model}"}}})
     with pytest.raises(ApplicationError) as refused:
-        await ActivityEnvironment().run(ContainActivities(deps).apply_containment, block_input(action=action, target=TargetRef(model=model)))
+        await ActivityEnvironment().run(
+            ContainActivities(deps).apply_containment, block_input(action=action, target=TargetRef(model=model))
+        )
     assert refused.value.non_retryable is True, "retrying cannot fix it: the fail-safe asks a human"
     assert f"{{model}} of this incident {why}" in refused.value.message
     assert "kube-system" not in refused.value.message and "STANCH_DECISION_KEYS" not in refused.value.message, "the value is not echoed"
@@ -451,7 +487,13 @@ async def test_an_alert_value_that_could_name_a_secret_or_climb_a_path_is_refuse
 async def test_alert_values_are_percent_encoded_in_urls_and_left_as_they_are_elsewhere(server, tmp_path):
     deps = deps_for(server, tmp_path)
     action = BLOCK.model_copy(
-        update={"params": {**BLOCK.params, "url": "/models/{model}/block?v={version}", "undo": {"url": "/models/{model}/unblock", "body": {"m": "{model}"}}}}
+        update={
+            "params": {
+                **BLOCK.params,
+                "url": "/models/{model}/block?v={version}",
+                "undo": {"url": "/models/{model}/unblock", "body": {"m": "{model}"}},
+            }
+        }
     )
     applied = await ActivityEnvironment().run(
         ContainActivities(deps).apply_containment, block_input(action=action, target=TargetRef(model="team a/fraud?x=1#y", version="2&z"))
@@ -459,7 +501,9 @@ async def test_alert_values_are_percent_encoded_in_urls_and_left_as_they_are_els
     [sent] = server.recorder.requests
     assert sent.path == "/models/team%20a%2Ffraud%3Fx%3D1%23y/block?v=2%26z"
     assert sent.body == {"key": "team a/fraud?x=1#y-widget", "reason": "stanch inc-1"}, "a body keeps the value as it is"
-    assert applied.inverse["request"]["url"] == "/models/team%20a%2Ffraud%3Fx%3D1%23y/unblock" and applied.inverse["request"]["body"] == {"m": "team a/fraud?x=1#y"}
+    assert applied.inverse["request"]["url"] == "/models/team%20a%2Ffraud%3Fx%3D1%23y/unblock" and applied.inverse["request"]["body"] == {
+        "m": "team a/fraud?x=1#y"
+    }
 
 
 def test_nothing_is_filled_inside_a_secret_reference():
@@ -498,7 +542,14 @@ def kserve_service(server: RecordingServer, predictor: dict) -> dict:
 async def test_kserve_restore_puts_the_canary_back_only_while_it_is_still_at_zero(server, tmp_path, since, restored):
     service = kserve_service(server, {"canaryTrafficPercent": 25, "model": {"storageUri": "s3://m/7"}})
     deps = deps_for(server, tmp_path)
-    step = ApplyInput(incident_id="inc-3", occurrence="inc-3@r", stage="rollback", index=0, target=TargetRef(model="fraud"), action=recipe_step("kserve-canary"))
+    step = ApplyInput(
+        incident_id="inc-3",
+        occurrence="inc-3@r",
+        stage="rollback",
+        index=0,
+        target=TargetRef(model="fraud"),
+        action=recipe_step("kserve-canary"),
+    )
     applied = await ActivityEnvironment().run(RollbackActivities(deps).apply_rollback, step)
     assert applied.target.adapter == "kserve" and service["spec"]["predictor"]["canaryTrafficPercent"] == 0
     if since is None:
@@ -523,11 +574,23 @@ async def test_kserve_restore_puts_the_canary_back_only_while_it_is_still_at_zer
 @pytest.mark.parametrize(
     "params, expected",
     [
-        ({"url": "/x", "body": {"v": "{after.v}"}, "after": {"v": "/v"}}, "{after.v}: known only once the change answered — use it in the undo"),
-        ({"url": "/x", "undo": {"url": "/y", "body": {"v": "{after.v}"}}}, "{after.v} used but `after` captures no such value"),
-        ({"url": "/x", "undo": {"url": "/y", "check": {"url": "/y", "pointer": "/v", "equals": "{before.old}"}}}, "{before.old} used but no `before` read captures it"),
         (
-            {"url": "/x", "before": [{"url": "/a", "capture": {"p": {"pointer": "/items", "rank_by": "/n", "below": "{before.r}"}}}, {"url": "/b", "capture": {"r": "/r"}}]},
+            {"url": "/x", "body": {"v": "{after.v}"}, "after": {"v": "/v"}},
+            "{after.v}: known only once the change answered — use it in the undo",
+        ),
+        ({"url": "/x", "undo": {"url": "/y", "body": {"v": "{after.v}"}}}, "{after.v} used but `after` captures no such value"),
+        (
+            {"url": "/x", "undo": {"url": "/y", "check": {"url": "/y", "pointer": "/v", "equals": "{before.old}"}}},
+            "{before.old} used but no `before` read captures it",
+        ),
+        (
+            {
+                "url": "/x",
+                "before": [
+                    {"url": "/a", "capture": {"p": {"pointer": "/items", "rank_by": "/n", "below": "{before.r}"}}},
+                    {"url": "/b", "capture": {"r": "/r"}},
+                ],
+            },
             "before[0] uses {before.r}: a read can use only what an earlier read captured",
         ),
     ],
@@ -547,7 +610,11 @@ def test_after_and_before_values_are_used_only_where_they_are_known(server, tmp_
         ("${file:../outside}", "/x", "${file:../outside}: a runbook step may name only files in"),
         ("${file:encryption-keys}", "/x", "listed under step_secret_files; it has neither for 'encryption-keys'"),
         ("${file:evidence/abc.json}", "/x", "it has neither for 'evidence/abc.json'"),
-        ("Bearer ${OTHER_TARGETS_KEY}", "/x", "only the variables target litellm lists under step_secret_env; ${OTHER_TARGETS_KEY} is not one"),
+        (
+            "Bearer ${OTHER_TARGETS_KEY}",
+            "/x",
+            "only the variables target litellm lists under step_secret_env; ${OTHER_TARGETS_KEY} is not one",
+        ),
         ("Bearer ${STANCH_DECISION_KEYS}", "/x", "a runbook step may not name STANCH_* variables"),
         ("${TEMPORAL_API_KEY}", "/x", "a runbook step may not name TEMPORAL_* variables"),
         ("Bearer ${LITELLM_MASTER_KEY}", "http://elsewhere.example/hook", "a secret reference goes only to the target's own origin"),
@@ -557,7 +624,9 @@ async def test_a_steps_secret_references_are_held_to_the_targets_own_origin_and_
     (tmp_path / "encryption-keys").write_text("k1:c2VjcmV0\n")
     action = ActionSpec(kind="http", params={"url": url, "headers": {"X-Key": header}})
     target = HttpTarget(
-        HttpTarget.Config(base_url=server.url, step_secret_env=["LITELLM_MASTER_KEY"]), name="litellm", base=tmp_path,
+        HttpTarget.Config(base_url=server.url, step_secret_env=["LITELLM_MASTER_KEY"]),
+        name="litellm",
+        base=tmp_path,
         env={"LITELLM_MASTER_KEY": SECRET, "STANCH_DECISION_KEYS": "dk", "TEMPORAL_API_KEY": "tk", "OTHER_TARGETS_KEY": "ok"},
     )
     with pytest.raises(TargetError, match=re.escape(expected)) as refused:
@@ -574,7 +643,12 @@ async def test_a_step_may_name_files_in_the_secrets_dir_or_listed_ones_and_the_t
     listed = tmp_path / "elsewhere" / "sa-token"
     listed.parent.mkdir()
     listed.write_text("sa-token-value\n")
-    config = {"base_url": server.url, "headers": {"Authorization": f"Bearer ${{file:{listed}}}"}, "secrets_dir": "secrets", "step_secret_files": [str(listed)]}
+    config = {
+        "base_url": server.url,
+        "headers": {"Authorization": f"Bearer ${{file:{listed}}}"},
+        "secrets_dir": "secrets",
+        "step_secret_files": [str(listed)],
+    }
     target = HttpTarget(HttpTarget.Config.model_validate(config), name="k", base=tmp_path, env={})
     action = ActionSpec(kind="http", params={"url": "/x", "headers": {"X-Hook": "${file:hook-token}", "X-Sa": f"${{file:{listed}}}"}})
     await target.apply("m", action, "k1", "inc-1")
@@ -588,7 +662,10 @@ async def test_a_step_may_name_files_in_the_secrets_dir_or_listed_ones_and_the_t
 @pytest.mark.parametrize(
     "params, expected",
     [
-        ({"url": "/x", "body": {"key": "${LITELLM_MASTER_KEY}"}}, "params.body: `${...}` in a body is sent as written, never expanded — secrets belong in headers"),
+        (
+            {"url": "/x", "body": {"key": "${LITELLM_MASTER_KEY}"}},
+            "params.body: `${...}` in a body is sent as written, never expanded — secrets belong in headers",
+        ),
         ({"url": "/x", "undo": {"url": "/y", "body": "k=${K}"}}, "params.undo.body: `${...}` in a body is sent as written"),
         ({"url": "/x?key=${K}"}, "params.url: no secret reference in a URL"),
         ({"url": "/x", "before": [{"url": "/r?k=${K}", "capture": {"v": "/v"}}]}, "params.before.0.url: no secret reference in a URL"),
@@ -608,7 +685,11 @@ async def test_secret_references_in_bodies_and_urls_are_refused_before_anything_
 
 def evidence_input(*step_targets: str) -> EvidenceInput:
     return EvidenceInput(
-        incident_id="inc-4", runbook="r", runbook_sha256="0" * 64, target=TargetRef(model="fraud"), signals=[],
+        incident_id="inc-4",
+        runbook="r",
+        runbook_sha256="0" * 64,
+        target=TargetRef(model="fraud"),
+        signals=[],
         step_targets=[TargetRef(adapter=name, model="fraud") for name in step_targets],
     )
 
@@ -616,7 +697,7 @@ def evidence_input(*step_targets: str) -> EvidenceInput:
 async def test_evidence_records_unavailable_only_for_a_target_without_state(server, tmp_path):
     deps = deps_for(server, tmp_path, more=f"  snapshotted:\n    http: {{base_url: '{server.url}', state_url: '/apis/isvc/{{model}}'}}\n")
     deps.targets._targets["gateway"] = StateOnly({"served_version": "2"})
-    server.answer("GET", "/apis/isvc/fraud", lambda r: (404, {"message": "inferenceservices \"fraud\" not found"}))
+    server.answer("GET", "/apis/isvc/fraud", lambda r: (404, {"message": 'inferenceservices "fraud" not found'}))
     evidence = EvidenceActivities(deps)
     with pytest.raises(ApplicationError, match="not found") as failed:
         await ActivityEnvironment().run(evidence.snapshot_evidence, evidence_input("litellm", "snapshotted"))

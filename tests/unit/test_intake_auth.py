@@ -30,7 +30,6 @@ from stanch.api.auth import (
 )
 from stanch.api.deps import get_intake
 from stanch.config.settings import Settings
-from stanch.intake.start import IntakeResult
 from stanch.intake.auth import (
     INTAKE_SOURCES,
     IntakeAuthError,
@@ -38,6 +37,7 @@ from stanch.intake.auth import (
     load_intake_auth,
     parse_intake_auth,
 )
+from stanch.intake.start import IntakeResult
 from stanch.models.signals import Signal
 
 SECRET = "s3cr3t-for-tests-only"
@@ -435,8 +435,16 @@ def test_a_report_without_its_own_id_is_named_by_the_webhook_id_across_re_render
     policy = policy_for(tmp_path, every_other_source_disabled(reports=[SCHEMES["standard_webhooks"].credential]))
     http, intake = client_for(tmp_path, policy)
     for sent_at in ("10:00:00", "10:00:07"):  # the sender's retry re-renders its body
-        body = json.dumps({"reporter": "agent-7", "surface": "chat", "model": "support-bot", "prompt_excerpt": "api key?",
-                           "response_excerpt": f"(at {sent_at})", "category": "harmful-output"}).encode()
+        body = json.dumps(
+            {
+                "reporter": "agent-7",
+                "surface": "chat",
+                "model": "support-bot",
+                "prompt_excerpt": "api key?",
+                "response_excerpt": f"(at {sent_at})",
+                "category": "harmful-output",
+            }
+        ).encode()
         headers = {**standard_webhooks_headers(WHSEC, body, time.time(), msg_id="msg_report_9"), "content-type": "application/json"}
         assert http.post("/v1/reports", content=body, headers=headers).status_code == 202
     assert [s.signal_id for s in intake.recorded] == ["user_report:webhook-msg_report_9"] * 2

@@ -14,8 +14,8 @@ from stanch.api.app import create_app
 from stanch.api.deps import TemporalUnavailable, get_intake
 from stanch.api.metrics import OUTCOMES, outcome_for
 from stanch.config.settings import Settings
-from stanch.intake.start import IntakeResult
 from stanch.intake.auth import INTAKE_SOURCES, load_intake_auth
+from stanch.intake.start import IntakeResult
 from stanch.models.signals import Signal
 
 TOKEN = "metrics-test-token"

@@ -13,10 +13,9 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from stanch.temporal.activity_deps import ActivityDeps
-from stanch.models.activity_io import Notification
 from activities.notify import NotifyActivities
 from stanch.config.settings import Settings
+from stanch.models.activity_io import Notification
 from stanch.models.signals import Severity
 from stanch.notify import (
     BrokenChannel,
@@ -31,6 +30,7 @@ from stanch.notify import (
     webhook,
 )
 from stanch.notify import email as email_channel
+from stanch.temporal.activity_deps import ActivityDeps
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 SLACK_URL = "https://hooks.slack.example/services/T000/B000/XXXXSECRETXXXX"

@@ -9,9 +9,9 @@ import jwt
 import pytest
 from temporalio.client import WorkflowExecutionStatus
 
-from stanch.trust import assertions
 from stanch.api.app import create_app
 from stanch.models.decisions import ApprovalDecision
+from stanch.trust import assertions
 from stanch.trust.responders import (
     JwtIssuer,
     NotAuthenticated,
@@ -55,7 +55,9 @@ def a_jwt(**overrides) -> str:
 def token_app(tmp_path: Path):
     from stanch.config.settings import Settings
 
-    return create_app(Settings(home=tmp_path, runbooks_dir=tmp_path, temporal_address="127.0.0.1:1"), catalog=NoCatalog(), responders=auth())
+    return create_app(
+        Settings(home=tmp_path, runbooks_dir=tmp_path, temporal_address="127.0.0.1:1"), catalog=NoCatalog(), responders=auth()
+    )
 
 
 def test_tokens_and_jwts_give_user_and_roles_and_refusals_say_why():
@@ -116,7 +118,9 @@ def test_without_a_token_nothing_is_read_or_decided_and_auditors_only_read(token
 def test_insecure_dev_takes_the_claimed_identity_from_headers_or_the_body(app):
     client = FakeClient({"inc-1": WorkflowExecutionStatus.RUNNING})
     http = use_client(app, client)
-    http.post("/v1/incidents/inc-1/approvals", json={"stage": "contain"}, headers={"X-Stanch-User": "dev", "X-Stanch-Roles": "oncall, safety"})
+    http.post(
+        "/v1/incidents/inc-1/approvals", json={"stage": "contain"}, headers={"X-Stanch-User": "dev", "X-Stanch-Roles": "oncall, safety"}
+    )
     http.post("/v1/incidents/inc-1/approvals", json={"stage": "contain", "approver": "demo-safety", "roles": ["safety"]})
     decisions: list[ApprovalDecision] = [update[1] for update in client.updates]
     assert [(d.approver, d.roles) for d in decisions] == [("dev", ["oncall", "safety"]), ("demo-safety", ["safety"])]
@@ -140,8 +144,13 @@ def test_notes_and_severity_changes_go_out_in_the_responders_name_vouched_for(to
     client = FakeClient({"inc-1": WorkflowExecutionStatus.RUNNING})
     http = use_client(token_app, client)
     sam = {"Authorization": f"Bearer {SAM}"}
-    assert http.post("/v1/incidents/inc-1/notes", json={"by": "mallory", "text": "rolled the canary back by hand"}, headers=sam).status_code == 200
-    assert http.post("/v1/incidents/inc-1/severity", json={"severity": "low", "reason": "internal users only"}, headers=sam).status_code == 200
+    assert (
+        http.post("/v1/incidents/inc-1/notes", json={"by": "mallory", "text": "rolled the canary back by hand"}, headers=sam).status_code
+        == 200
+    )
+    assert (
+        http.post("/v1/incidents/inc-1/severity", json={"severity": "low", "reason": "internal users only"}, headers=sam).status_code == 200
+    )
     (note_update, note, note_id), (severity_update, change, change_id) = client.updates
     assert (note_update, note.by, note.text) == ("add_note", "sam", "rolled the canary back by hand")
     assert (severity_update, change.by, change.roles) == ("set_severity", "sam", ["safety"])

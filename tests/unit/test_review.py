@@ -9,17 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from stanch.temporal.activity_deps import ActivityDeps
-from stanch.models.activity_io import Finding, ReviewInput
 from activities.review import ReviewActivities
+from stanch.config.settings import Settings
+from stanch.models.actions import AppliedAction, TargetRef
+from stanch.models.activity_io import Finding, ReviewInput
+from stanch.models.decisions import ReportFiled
+from stanch.models.incident import ApprovalRecord, EvidenceRecord, RegulatoryClock, StageState, fresh_stages
+from stanch.models.signals import ReproCase, Severity, Signal
 from stanch.review.art73 import report_draft
 from stanch.review.compliance import compliance_mapping
-from stanch.config.settings import Settings
-from stanch.models.incident import ApprovalRecord, EvidenceRecord, RegulatoryClock, StageState, fresh_stages
-from stanch.models.decisions import ReportFiled
-from stanch.models.actions import AppliedAction, TargetRef
-from stanch.models.signals import ReproCase, Severity, Signal
 from stanch.runbooks.loader import default_runbooks_dir, load_runbook
+from stanch.temporal.activity_deps import ActivityDeps
 
 T0 = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
 TARGET = TargetRef(model="support-bot", version="2")
@@ -36,8 +36,16 @@ def entry(minutes: float, kind: str, message: str, actor: str = "stanch", **data
 def action(stage: str, index: int, kind: str, minutes: float, undone: float | None = None, **result) -> AppliedAction:
     key = f"inc-1@abcd1234/{stage}/{index}/gateway:support-bot"
     return AppliedAction(
-        kind=kind, stage=stage, index=index, target=TARGET, idempotency_key=key, result=result, inverse={"undo": kind},
-        applied_at=at(minutes), undone_at=at(undone) if undone is not None else None, undo_key=key + "/undo" if undone is not None else None,
+        kind=kind,
+        stage=stage,
+        index=index,
+        target=TARGET,
+        idempotency_key=key,
+        result=result,
+        inverse={"undo": kind},
+        applied_at=at(minutes),
+        undone_at=at(undone) if undone is not None else None,
+        undo_key=key + "/undo" if undone is not None else None,
     )
 
 
@@ -48,7 +56,9 @@ def stages(**overrides: tuple[str, str]) -> list[StageState]:
         status, detail = overrides.get(stage.name, ("done", ""))
         if stage.name == "verify" and "verify" not in overrides:
             detail = "1/1 cases pass on version 3"
-        result.append(stage.model_copy(update={"status": status, "detail": detail, "started_at": at(10 * n - 5), "finished_at": at(10 * n)}))
+        result.append(
+            stage.model_copy(update={"status": status, "detail": detail, "started_at": at(10 * n - 5), "finished_at": at(10 * n)})
+        )
     return result
 
 
@@ -56,9 +66,14 @@ def restored(**changes) -> ReviewInput:
     """A serious incident (a death) that went through every stage and was restored."""
     runbook = load_runbook(default_runbooks_dir() / "harmful-output.yaml").runbook
     first = Signal(
-        signal_id="sig-1", sender="alertmanager", title="support-bot leaks an API key", description="a customer saw a live key",
-        labels={"alertname": "HarmfulOutput", "severity": "critical", "harm": "death"}, category="harmful-output",
-        model="support-bot", model_version="2",
+        signal_id="sig-1",
+        sender="alertmanager",
+        title="support-bot leaks an API key",
+        description="a customer saw a live key",
+        labels={"alertname": "HarmfulOutput", "severity": "critical", "harm": "death"},
+        category="harmful-output",
+        model="support-bot",
+        model_version="2",
     )
     fields = dict(
         incident_id="inc-1",
@@ -86,17 +101,23 @@ def restored(**changes) -> ReviewInput:
             entry(71, "verify", "1/1 cases pass on version 3"),
         ],
         evidence_sha256="ab" * 32,
-        evidence=EvidenceRecord(sha256="ab" * 32, location="/evidence/inc-1.json", taken_at=at(20), summary={"served_version": "2", "release_version": "2"}),
+        evidence=EvidenceRecord(
+            sha256="ab" * 32, location="/evidence/inc-1.json", taken_at=at(20), summary={"served_version": "2", "release_version": "2"}
+        ),
         serious=True,
         report_deadline=(at(30) + timedelta(days=10)).isoformat(),
         regulatory=RegulatoryClock(
-            serious=True, reason="serious: label harm=death, severity >= critical; 10-day clock: Art. 73(4) - death of a person",
-            aware_at=at(30), deadline=at(30) + timedelta(days=10),
+            serious=True,
+            reason="serious: label harm=death, severity >= critical; 10-day clock: Art. 73(4) - death of a person",
+            aware_at=at(30),
+            deadline=at(30) + timedelta(days=10),
         ),
         signal_count=3,
         signal_sources={"alert": 2, "user_report": 1},
         first_signal=first,
-        findings=[Finding(check="probe secret,pii", outcome="confirmed", detail="1/1 replayed prompts leaked a secret", detectors=["secret"])],
+        findings=[
+            Finding(check="probe secret,pii", outcome="confirmed", detail="1/1 replayed prompts leaked a secret", detectors=["secret"])
+        ],
         detectors_fired=["secret"],
         stages=stages(),
         approvals=[
@@ -119,7 +140,9 @@ def review(tmp_path: Path) -> ReviewActivities:
 
 
 def by_reference(input: ReviewInput, tasks: list[dict] | None = None, added: int = 1) -> dict:
-    tasks = tasks if tasks is not None else [{"id": f"inc-1/{k}", "kind": k, "title": k, "status": "open"} for k in input.runbook.review.tasks]
+    tasks = (
+        tasks if tasks is not None else [{"id": f"inc-1/{k}", "kind": k, "title": k, "status": "open"} for k in input.runbook.review.tasks]
+    )
     return {item.reference: item for item in compliance_mapping(input, tasks, added)}
 
 
@@ -172,7 +195,9 @@ def test_report_draft_says_what_happened_the_causal_link_and_corrective_actions(
 
 def test_report_draft_uses_the_runbooks_provider_and_system(review: ReviewActivities) -> None:
     input = restored()
-    named = input.runbook.regulatory.model_copy(update={"provider": "Example AI GmbH, Berlin", "system": "support-bot 2.x, support assistant"})
+    named = input.runbook.regulatory.model_copy(
+        update={"provider": "Example AI GmbH, Berlin", "system": "support-bot 2.x, support assistant"}
+    )
     draft = report_draft(input.model_copy(update={"runbook": input.runbook.model_copy(update={"regulatory": named})}))
     assert "- Example AI GmbH, Berlin" in draft and "- System: support-bot 2.x, support assistant" in draft
     assert "fill in: name, address" not in draft
@@ -184,7 +209,11 @@ def test_report_draft_is_honest_about_what_is_not_known(review: ReviewActivities
         actions=[],
         evidence=None,
         evidence_sha256=None,
-        stages=stages(contain=("rejected", "rejected by sam: too broad"), rollback=("rejected", "rejected by sam"), restore=("skipped", "nothing to restore")),
+        stages=stages(
+            contain=("rejected", "rejected by sam: too broad"),
+            rollback=("rejected", "rejected by sam"),
+            restore=("skipped", "nothing to restore"),
+        ),
     )
     draft = report_draft(input)
     assert "To be established: the confirm checks did not reproduce the harm (checks could not run)" in draft
@@ -205,7 +234,9 @@ def test_report_draft_records_a_filed_report(review: ReviewActivities) -> None:
 
 
 def test_an_input_recorded_before_these_fields_still_decodes_and_drafts(review: ReviewActivities) -> None:
-    old = restored().model_dump(mode="json", include={"incident_id", "runbook", "target", "severity", "status", "actions", "timeline", "serious", "report_deadline"})
+    old = restored().model_dump(
+        mode="json", include={"incident_id", "runbook", "target", "severity", "status", "actions", "timeline", "serious", "report_deadline"}
+    )
     input = ReviewInput.model_validate(old)
     draft = report_draft(input)
     assert "**Report due: 2026-12-06 09:30:00 UTC**" in draft and "Version reported: 2" in draft
@@ -219,9 +250,16 @@ def test_an_input_recorded_before_these_fields_still_decodes_and_drafts(review: 
 def test_mapping_of_a_restored_incident_cites_its_own_steps() -> None:
     items = by_reference(restored())
     assert list(items) == [
-        "MANAGE 2.3", "MANAGE 2.4", "MANAGE 4.1", "MANAGE 4.3",
-        "10.2 a) react", "10.2 b) evaluate the need for action", "10.2 c) implement the action needed",
-        "10.2 d) review effectiveness", "10.2 e) update the management system", "10.2 documented information",
+        "MANAGE 2.3",
+        "MANAGE 2.4",
+        "MANAGE 4.1",
+        "MANAGE 4.3",
+        "10.2 a) react",
+        "10.2 b) evaluate the need for action",
+        "10.2 c) implement the action needed",
+        "10.2 d) review effectiveness",
+        "10.2 e) update the management system",
+        "10.2 documented information",
     ]
     assert {items[r].framework for r in ("MANAGE 2.3", "MANAGE 4.3")} == {"NIST AI RMF 1.0"}
     assert items["10.2 a) react"].framework == "ISO/IEC 42001:2023"
@@ -231,7 +269,9 @@ def test_mapping_of_a_restored_incident_cites_its_own_steps() -> None:
     # 2.4: the containment and rollback actions with their keys, and the vouched approvals only.
     manage_24 = items["MANAGE 2.4"]
     assert manage_24.status == "performed" and manage_24.gaps == []
-    assert any("contain:block_prompts key inc-1@abcd1234/contain/0/gateway:support-bot" in line and "undone" in line for line in manage_24.evidence)
+    assert any(
+        "contain:block_prompts key inc-1@abcd1234/contain/0/gateway:support-bot" in line and "undone" in line for line in manage_24.evidence
+    )
     assert any(line.startswith("action rollback:rollback_to_previous") for line in manage_24.evidence)
     assert any("approved by sam (safety)" in line for line in manage_24.evidence)
     assert not any("mallory" in line for line in manage_24.evidence), "an unvouched approval is no evidence"
@@ -261,11 +301,16 @@ def test_mapping_of_a_restored_incident_cites_its_own_steps() -> None:
 def test_mapping_says_not_performed_when_nothing_was_contained() -> None:
     input = restored(
         actions=[],
-        approvals=[ApprovalRecord(stage="contain", approver="sam", roles=["safety"], approve=False, comment="too broad", at=at(35), verified=True)],
+        approvals=[
+            ApprovalRecord(stage="contain", approver="sam", roles=["safety"], approve=False, comment="too broad", at=at(35), verified=True)
+        ],
         timeline=[entry(0, "signal", "alertmanager firing", "alertmanager")],
         stages=stages(
-            contain=("rejected", "rejected by sam: too broad"), rollback=("skipped", "policy for low skips rollback"),
-            hotfix=("skipped", "nothing to hotfix"), verify=("skipped", "no hotfix was applied"), restore=("skipped", "nothing to restore"),
+            contain=("rejected", "rejected by sam: too broad"),
+            rollback=("skipped", "policy for low skips rollback"),
+            hotfix=("skipped", "nothing to hotfix"),
+            verify=("skipped", "no hotfix was applied"),
+            restore=("skipped", "nothing to restore"),
         ),
     )
     items = by_reference(input, added=0)
@@ -284,7 +329,10 @@ def test_mapping_of_an_abort_keeps_protections_as_partly_performed_recovery() ->
         status="aborted by alice: manual",
         actions=restored().actions[:2],
         stages=stages(
-            rollback=("failed", "rollback_to_previous failed"), hotfix=("pending", ""), verify=("pending", ""), restore=("pending", ""),
+            rollback=("failed", "rollback_to_previous failed"),
+            hotfix=("pending", ""),
+            verify=("pending", ""),
+            restore=("pending", ""),
         ),
     )
     items = by_reference(input)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from stanch.models.signals import Severity, Signal, SignalSource
 from stanch.intake.routing import incident_id_for, route_signal, slug
+from stanch.models.signals import Severity, Signal, SignalSource
 from stanch.runbooks.conditions import condition_holds, describe, grade, seriousness
 from stanch.runbooks.loader import RunbookCatalog, load_catalog
 from stanch.runbooks.schema import Condition
@@ -238,9 +238,7 @@ def test_seriousness_and_report_clocks(catalog: RunbookCatalog) -> None:
     serious, days, reason = seriousness(runbook, labelled(harm="death"), Severity.critical, [])
     assert (serious, days) == (True, 10) and "death" in reason
     # The shortest clock whose condition holds wins.
-    serious, days, reason = seriousness(
-        runbook, labelled(harm="death", sector="critical-infrastructure"), Severity.critical, []
-    )
+    serious, days, reason = seriousness(runbook, labelled(harm="death", sector="critical-infrastructure"), Severity.critical, [])
     assert (serious, days) == (True, 2) and "critical infrastructure" in reason
     assert seriousness(runbook, labelled(scope="widespread"), Severity.critical, [])[:2] == (True, 2)
 

@@ -282,7 +282,9 @@ def test_only_containment_may_go_ahead_unattended(tmp_path):
 
     text = (default_runbooks_dir() / "harmful-output.yaml").read_text()
     broken = tmp_path / "harmful-output.yaml"
-    unattended_restore = "      restore: {approve: {count: 1, roles: [oncall], auto_on_timeout: true}}  # lifting protections is never silent"
+    unattended_restore = (
+        "      restore: {approve: {count: 1, roles: [oncall], auto_on_timeout: true}}  # lifting protections is never silent"
+    )
     broken.write_text(text.replace("      restore: *one_responder        # lifting protections is never silent", unattended_restore, 1))
     assert broken.read_text() != text
     with pytest.raises(RunbookError, match=r"harmful-output.yaml: policy.high.*restore.*only contain may go ahead unattended"):
@@ -343,7 +345,12 @@ def test_every_runbook_makes_every_serious_harm_serious_with_its_clock(name: str
 @pytest.mark.parametrize("name", EVERY_RUNBOOK)
 @pytest.mark.parametrize(
     ("labels", "article"),
-    [({"harm": "death"}, "(a)"), ({"harm": "health-injury"}, "(a)"), ({"harm": "health"}, "(a)"), ({"sector": "critical-infrastructure"}, "(b)")],
+    [
+        ({"harm": "death"}, "(a)"),
+        ({"harm": "health-injury"}, "(a)"),
+        ({"harm": "health"}, "(a)"),
+        ({"sector": "critical-infrastructure"}, "(b)"),
+    ],
     ids=["death", "health-injury", "health", "critical-infrastructure"],
 )
 def test_a_death_health_or_infrastructure_harm_grades_critical_in_every_runbook(name: str, labels: dict[str, str], article: str) -> None:

@@ -83,7 +83,10 @@ def test_plan_lists_every_call_and_its_undo_and_calls_none(home, servers, tmp_pa
     steps = {stage["stage"]: stage["steps"] for stage in planned["stages"]}
     assert len(steps["contain"]) == len(runbook.containment) and len(steps["rollback"]) == len(runbook.rollback)
     for step in steps["contain"] + steps["rollback"]:
-        assert step["idempotency_key"] == f"{planned['incident_id']}@<run>/{step['stage']}/{step['index']}/{step['target']['adapter']}:fraud-scorer"
+        assert (
+            step["idempotency_key"]
+            == f"{planned['incident_id']}@<run>/{step['stage']}/{step['index']}/{step['target']['adapter']}:fraud-scorer"
+        )
         main = step["calls"][-1]
         assert main["method"] in ("POST", "PATCH") and main["url"].startswith(servers[step["target"]["adapter"]].url)
         assert main["undo"], f"{recipe.name}: {step['kind']} has an undo"
@@ -160,10 +163,15 @@ def test_recipes_are_never_loaded_as_live_runbooks():
 
 def test_validate_names_an_unconfigured_target_with_its_field(tmp_path):
     broken = tmp_path / "broken.yaml"
-    broken.write_text((RECIPES / "litellm.yaml").read_text().replace("target: litellm\n    description: point", "target: litelm\n    description: point"))
+    broken.write_text(
+        (RECIPES / "litellm.yaml").read_text().replace("target: litellm\n    description: point", "target: litelm\n    description: point")
+    )
     result = CliRunner().invoke(runbooks_app, ["validate", str(broken), "--targets", str(RECIPES / "targets.yaml")])
     assert result.exit_code == 1
-    assert f"{broken}: rollback.0.target: no target named 'litelm'; configured: ['argo-rollouts', 'gateway', 'kserve', 'kubernetes', 'litellm']" in result.output
+    assert (
+        f"{broken}: rollback.0.target: no target named 'litelm'; configured: ['argo-rollouts', 'gateway', 'kserve', 'kubernetes', 'litellm']"
+        in result.output
+    )
 
 
 def test_validate_without_a_targets_file_checks_the_schema_only(tmp_path, monkeypatch):
@@ -179,7 +187,10 @@ def test_validate_refuses_a_secret_reference_in_a_body(tmp_path):
     broken.write_text(text.replace('body: {key: "88dc28d0', 'body: {master: "${LITELLM_MASTER_KEY}", key: "88dc28d0', 1))
     result = CliRunner().invoke(runbooks_app, ["validate", str(broken), "--targets", str(RECIPES / "targets.yaml")])
     assert result.exit_code == 1
-    assert "containment.0: http step for target litellm: params.body: `${...}` in a body is sent as written, never expanded — secrets belong in headers" in result.output
+    assert (
+        "containment.0: http step for target litellm: params.body: `${...}` in a body is sent as written, never expanded — secrets belong in headers"
+        in result.output
+    )
 
 
 @pytest.mark.parametrize("recipe", RECIPE_FILES, ids=lambda p: p.stem)
@@ -194,4 +205,6 @@ def test_each_recipes_evidence_snapshots_the_object_it_changes(recipe):
             assert step.target == "litellm", f"{recipe.name}: {step.target} has no state_url"
             continue
         changed = step.params["url"]
-        assert changed == state_url or changed.startswith(state_url + "/"), f"{recipe.name}: {step.target} snapshots {state_url}, the step changes {changed}"
+        assert changed == state_url or changed.startswith(state_url + "/"), (
+            f"{recipe.name}: {step.target} snapshots {state_url}, the step changes {changed}"
+        )

@@ -13,10 +13,10 @@ import pytest
 from temporalio import workflow
 from temporalio.converter import decode_typed_search_attributes
 
-from stanch.temporal import search_attributes as sa
 from stanch.intake.start import open_or_join
 from stanch.models.signals import ReproCase, Severity, Signal
 from stanch.runbooks.loader import default_runbooks_dir, load_catalog
+from stanch.temporal import search_attributes as sa
 from tests.unit.test_start_incident import SignalWithStartRecorder
 from tests.workflow.conftest import incident_input
 from workflows.record import Record

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from stanch.config.secrets import SecretUnavailable
 from stanch.config.settings import Settings
 from stanch.models.actions import ActionSpec, TargetRef
-from stanch.config.secrets import SecretUnavailable
 from stanch.targets import registry as registry_module
 from stanch.targets.base import TargetError
 from stanch.targets.config import Secrets, TargetsError, load_targets, read_targets_file
@@ -89,13 +89,25 @@ def test_an_unknown_target_name_is_not_retryable_and_lists_the_configured_ones(t
         ("targets:\n  litellm:\n    http: {headers: {}}\n", "targets.litellm.http.base_url: Field required"),
         ("targets:\n  litellm:\n    http: {base_url: 'ftp://x'}\n", "targets.litellm.http.base_url: String should match pattern"),
         ("targets:\n  litellm:\n    http: {base_url: 'http://x', header: {}}\n", "targets.litellm.http.header: unknown key"),
-        ("targets:\n  litellm:\n    htp: {base_url: 'http://x'}\n", "targets.litellm.htp: unknown adapter kind; known: flagd, gateway, http, mlflow"),
-        ("targets:\n  litellm:\n    http: {base_url: 'http://x'}\n    gateway: {base_url: 'http://y'}\n", "targets.litellm: name exactly one adapter kind"),
+        (
+            "targets:\n  litellm:\n    htp: {base_url: 'http://x'}\n",
+            "targets.litellm.htp: unknown adapter kind; known: flagd, gateway, http, mlflow",
+        ),
+        (
+            "targets:\n  litellm:\n    http: {base_url: 'http://x'}\n    gateway: {base_url: 'http://y'}\n",
+            "targets.litellm: name exactly one adapter kind",
+        ),
         ("targets:\n  litellm: {}\n", "targets.litellm: name exactly one adapter kind (flagd, gateway, http, mlflow); found none"),
         ("targets:\n  'lite llm':\n    http: {base_url: 'http://x'}\n", "targets.lite llm: a target name is letters, digits"),
         ("target:\n  litellm: {}\n", "target: unknown key"),
-        ("targets:\n  litellm:\n    http: {base_url: 'http://x', timeout_seconds: 0}\n", "targets.litellm.http.timeout_seconds: Input should be greater than 0"),
-        ("targets:\n  k:\n    http: {base_url: 'http://x', state_url: '/a?token=${T}'}\n", "targets.k.http.state_url: no secret reference in a URL"),
+        (
+            "targets:\n  litellm:\n    http: {base_url: 'http://x', timeout_seconds: 0}\n",
+            "targets.litellm.http.timeout_seconds: Input should be greater than 0",
+        ),
+        (
+            "targets:\n  k:\n    http: {base_url: 'http://x', state_url: '/a?token=${T}'}\n",
+            "targets.k.http.state_url: no secret reference in a URL",
+        ),
         ("targets:\n  k:\n    http: {base_url: 'http://${HOST}'}\n", "targets.k.http.base_url: no secret reference in a URL"),
     ],
 )
@@ -127,7 +139,9 @@ def test_an_adapter_whose_module_is_missing_fails_only_when_configured(tmp_path,
     assert TargetRegistry(Settings(home=tmp_path)).names() == ["gateway"]  # not configured: never imported
     path = write(tmp_path, "targets:\n  spooky:\n    ghost: {}\n")
     lines = problems(path)
-    assert lines == [f"{path}: targets.spooky.ghost: the ghost adapter cannot be loaded: ModuleNotFoundError: No module named 'stanch.targets.no_such_module'"]
+    assert lines == [
+        f"{path}: targets.spooky.ghost: the ghost adapter cannot be loaded: ModuleNotFoundError: No module named 'stanch.targets.no_such_module'"
+    ]
 
 
 def test_an_empty_file_configures_nothing(tmp_path):

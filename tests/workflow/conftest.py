@@ -18,11 +18,11 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from stanch.trust import assertions
+from stanch.models.actions import TargetRef
 from stanch.models.incident import IncidentInput
 from stanch.models.signals import ReproCase, Signal
-from stanch.models.actions import TargetRef
 from stanch.runbooks.loader import default_runbooks_dir, load_runbook
+from stanch.trust import assertions
 from tests.conftest import installed_binary
 from tests.workflow.standins import Script, stand_ins
 from workflows.incident import IncidentWorkflow

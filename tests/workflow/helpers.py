@@ -7,9 +7,9 @@ import uuid
 
 from temporalio.client import WorkflowHandle
 
-from stanch.trust import assertions
 from stanch.models.decisions import ApprovalDecision
 from stanch.models.incident import IncidentState, IncidentStatus
+from stanch.trust import assertions
 from workflows.incident import IncidentWorkflow
 
 

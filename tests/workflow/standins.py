@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from stanch.models.actions import AppliedAction, idempotency_key
 from stanch.models.activity_io import (
     ApplyInput,
     CaseResult,
@@ -22,15 +23,14 @@ from stanch.models.activity_io import (
     Finding,
     GradeInput,
     GradeResult,
-    UndoInput,
     Notification,
     NotifyResult,
     ReviewInput,
     ReviewResult,
+    UndoInput,
     VerifyInput,
     VerifyResult,
 )
-from stanch.models.actions import AppliedAction, idempotency_key
 from stanch.models.signals import ReproCase, Severity
 from stanch.runbooks.conditions import grade, seriousness
 
@@ -79,8 +79,14 @@ def stand_ins(script: Script) -> list:
         key = idempotency_key(input.occurrence or input.incident_id, input.stage, input.index, input.target)
         script.applied.append(key)
         return AppliedAction(
-            kind=kind, stage=input.stage, index=input.index, target=input.target, idempotency_key=key,
-            params=input.action.params, inverse={"undo": kind}, applied_at=datetime.now(UTC),
+            kind=kind,
+            stage=input.stage,
+            index=input.index,
+            target=input.target,
+            idempotency_key=key,
+            params=input.action.params,
+            inverse={"undo": kind},
+            applied_at=datetime.now(UTC),
         )
 
     @activity.defn(name="apply_containment")
@@ -111,14 +117,27 @@ def stand_ins(script: Script) -> list:
     @activity.defn(name="open_review")
     async def open_review(input: ReviewInput) -> ReviewResult:
         script.reviews.append(input)
-        return ReviewResult(tasks=[{"kind": t} for t in input.runbook.review.tasks], postmortem="/reviews/pm.md", regression_cases_added=len(input.repro))
+        return ReviewResult(
+            tasks=[{"kind": t} for t in input.runbook.review.tasks], postmortem="/reviews/pm.md", regression_cases_added=len(input.repro)
+        )
 
     @activity.defn(name="notify")
     async def notify(notification: Notification) -> NotifyResult:
         script.notifications.append(notification)
         return NotifyResult(delivered=notification.recipients)
 
-    return [confirm_incident, snapshot_evidence, grade_severity, apply_containment, apply_rollback, apply_hotfix, verify_fix, lift_action, open_review, notify]
+    return [
+        confirm_incident,
+        snapshot_evidence,
+        grade_severity,
+        apply_containment,
+        apply_rollback,
+        apply_hotfix,
+        verify_fix,
+        lift_action,
+        open_review,
+        notify,
+    ]
 
 
 __all__ = ["Script", "stand_ins", "Severity"]

@@ -74,7 +74,8 @@ async def test_rejected_containment_applies_nothing_and_moves_on(client):
     async with running_incident(client, script) as handle:
         await until(handle, waiting_on("contain"))
         await AsTheApi(handle).execute_update(
-            IncidentWorkflow.reject, ApprovalDecision(approve=False, stage="contain", approver="sam", roles=["safety"], comment="blocks too much")
+            IncidentWorkflow.reject,
+            ApprovalDecision(approve=False, stage="contain", approver="sam", roles=["safety"], comment="blocks too much"),
         )
         current = await until(handle, waiting_on("rollback"))
     assert current.stage("contain").status == "rejected"
@@ -97,7 +98,9 @@ async def test_signal_approval_follows_the_same_rules_and_refusals_are_recorded(
         await handle.signal(IncidentWorkflow.approve_signal, await vouched_signal(handle, stage="contain", approver="mallory", roles=[]))
         current = await until(handle, lambda s: any("refused signal" in e.message for e in s.timeline))
         assert current.approvals == []
-        await handle.signal(IncidentWorkflow.approve_signal, await vouched_signal(handle, stage="contain", approver="alice", roles=["oncall"]))
+        await handle.signal(
+            IncidentWorkflow.approve_signal, await vouched_signal(handle, stage="contain", approver="alice", roles=["oncall"])
+        )
         current = await until(handle, lambda s: len(s.approvals) == 1)
         assert current.approvals[0].via == "signal" and current.approvals[0].verified
 
@@ -106,7 +109,9 @@ async def test_forged_decisions_are_recorded_but_never_count(client):
     """Straight to Temporal, without the API's assertion: a wrong one, or none at all."""
     async with running_incident(client, Script()) as handle:
         await until(handle, waiting_on("contain"))
-        forged = (await vouched_signal(handle, stage="contain", approver="mallory", roles=["safety"])).model_copy(update={"approver": "sam"})
+        forged = (await vouched_signal(handle, stage="contain", approver="mallory", roles=["safety"])).model_copy(
+            update={"approver": "sam"}
+        )
         receipt = await handle.execute_update(IncidentWorkflow.approve, forged)
         assert receipt.accepted is False and "no valid assertion" in receipt.message
         await handle.signal(IncidentWorkflow.approve_signal, ApprovalDecision(stage="contain", approver="bob", roles=["oncall"]))
@@ -139,7 +144,9 @@ async def test_closed_incident_refuses_decisions(client):
     async with running_incident(client, Script(confirm="not_confirmed")) as handle:
         await handle.result()
         with pytest.raises(Exception):
-            await AsTheApi(handle).execute_update(IncidentWorkflow.approve, ApprovalDecision(stage="contain", approver="a", roles=["oncall"]))
+            await AsTheApi(handle).execute_update(
+                IncidentWorkflow.approve, ApprovalDecision(stage="contain", approver="a", roles=["oncall"])
+            )
 
 
 async def test_a_responders_lower_severity_stands_until_new_signals_arrive(client):
@@ -170,7 +177,9 @@ async def test_critical_containment_goes_ahead_when_nobody_decides_in_time(clock
         assert script.applied == []
         await clock.sleep(timedelta(minutes=31))
         current = await until(handle, waiting_on("rollback"))  # rollback never goes ahead unattended
-        assert current.stage("contain").status == "done" and "automatic, as the runbook says" in " ".join(e.message for e in current.timeline)
+        assert current.stage("contain").status == "done" and "automatic, as the runbook says" in " ".join(
+            e.message for e in current.timeline
+        )
         assert [key.split("/")[-3] for key in script.applied] == ["contain", "contain"]
         await clock.sleep(timedelta(minutes=31))
         assert (await state(handle)).pending_approval.stage == "rollback"

@@ -133,7 +133,12 @@ async def test_reminders_widen_as_the_deadline_nears_and_after_it_passes(clock):
         current = await until(handle, lambda s: s.regulatory.reminders_sent >= 16)
         assert current.status == IncidentStatus.awaiting_report
         sent = reminders(script)[:16]
-        assert sent == [(["safety"], False)] * 13 + [(["safety", "incident-commander"], False)] + [(["safety", "incident-commander", "executive"], True)] * 2
+        assert (
+            sent
+            == [(["safety"], False)] * 13
+            + [(["safety", "incident-commander"], False)]
+            + [(["safety", "incident-commander", "executive"], True)] * 2
+        )
         deadline = current.regulatory.deadline.isoformat()
         notes = [e.message for e in current.timeline if e.kind == "regulatory"]
         assert notes[1] == f"{current.id}: serious-incident report due {deadline}"
@@ -149,12 +154,20 @@ async def test_reminders_widen_as_the_deadline_nears_and_after_it_passes(clock):
     assert final.status == IncidentStatus.closed
     assert final.regulatory.filed.by == "sam" and final.regulatory.filed.reference == "EU-2026-0077"
     assert any(e.kind == "regulatory" and "filed by sam: EU-2026-0077" in e.message for e in final.timeline)
-    accepted = [e.workflow_execution_update_accepted_event_attributes.accepted_request.input.name for e in history.events if e.HasField("workflow_execution_update_accepted_event_attributes")]
+    accepted = [
+        e.workflow_execution_update_accepted_event_attributes.accepted_request.input.name
+        for e in history.events
+        if e.HasField("workflow_execution_update_accepted_event_attributes")
+    ]
     assert accepted.count("record_report_filed") == 2, "both filings, the refused one too, are in the history"
     assert script.evidence_before_first_change is True, "Art. 73(6): evidence before the first change"
     # The review got what the Art. 73 draft needs.
     review = script.reviews[0]
-    assert review.serious and review.regulatory.deadline == final.regulatory.deadline and review.regulatory.aware_at == final.regulatory.aware_at
+    assert (
+        review.serious
+        and review.regulatory.deadline == final.regulatory.deadline
+        and review.regulatory.aware_at == final.regulatory.aware_at
+    )
     assert review.first_signal.labels["harm"] == "property-damage" and review.first_signal.raw == {}
     assert review.signal_count == 1 and review.signal_sources == {"alert": 1}
     assert review.findings and review.findings[0].outcome == "confirmed" and review.detectors_fired == ["secret"]
@@ -165,7 +178,9 @@ async def test_reminders_widen_as_the_deadline_nears_and_after_it_passes(clock):
     assert [a.stage for a in review.approvals if a.verified].count("contain") == 2
 
 
-@pytest.mark.parametrize("harm", [{"sector": "critical-infrastructure"}, {"scope": "widespread"}], ids=["critical-infrastructure", "widespread"])
+@pytest.mark.parametrize(
+    "harm", [{"sector": "critical-infrastructure"}, {"scope": "widespread"}], ids=["critical-infrastructure", "widespread"]
+)
 async def test_two_day_clock_reminds_the_incident_commander_at_once_and_an_executive_when_overdue(clock, harm):
     script = Script()
     async with running_incident(clock.client, script, first=alert(labels={**SERIOUS, **harm})) as handle:

@@ -32,7 +32,9 @@ async def test_failed_rollback_keeps_containment_and_abort_leaves_it_in_place(cl
         assert "rollback_to_previous failed" in current.stage("rollback").detail
         assert [a.stage for a in current.actions] == ["contain", "contain"]
         assert any(n.kind == "action_failed" for n in script.notifications)
-        await AsTheApi(handle).execute_update(IncidentWorkflow.decide, FailureDecision(stage="rollback", by="alice", choice="abort", reason="manual"))
+        await AsTheApi(handle).execute_update(
+            IncidentWorkflow.decide, FailureDecision(stage="rollback", by="alice", choice="abort", reason="manual")
+        )
         final = await handle.result()
     assert final.status == IncidentStatus.aborted
     assert script.lifted == [], "nothing is lifted silently"

@@ -6,8 +6,8 @@ from datetime import timedelta
 
 import pytest
 
-from stanch.models.incident import IncidentStatus
 from stanch.models.decisions import TriageDecision
+from stanch.models.incident import IncidentStatus
 from stanch.models.signals import Severity
 from stanch.runbooks.schema import SeverityRules
 from tests.workflow.conftest import alert, incident_input, running_incident

@@ -28,13 +28,13 @@ from temporalio.worker.workflow_sandbox import (
     SandboxRestrictions,
 )
 
-from stanch.models.activity_io import Notification
 from activities.notify import NotifyActivities
-from stanch.trust import assertions
+from stanch.models.activity_io import Notification
 from stanch.models.incident import IncidentInput, IncidentState, StageStatus
+from stanch.trust import assertions
 from tests.workflow.conftest import TEST_DECISION_KEYS
-from workflows.policies import NOTIFY_RETRY, QUICK_TIMEOUT
 from workflows.incident import IncidentWorkflow
+from workflows.policies import NOTIFY_RETRY, QUICK_TIMEOUT
 
 HISTORIES = sorted((Path(__file__).parent.parent / "histories").glob("*.json"))
 BRANCHES = {
@@ -75,7 +75,9 @@ def load(path: Path) -> WorkflowHistory:
 
 def scheduled_activities(path: Path) -> set[str]:
     events = json.loads(path.read_text())["events"]
-    return {e["activityTaskScheduledEventAttributes"]["activityType"]["name"] for e in events if "activityTaskScheduledEventAttributes" in e}
+    return {
+        e["activityTaskScheduledEventAttributes"]["activityType"]["name"] for e in events if "activityTaskScheduledEventAttributes" in e
+    }
 
 
 def runner_for(workflow_class: type) -> SandboxedWorkflowRunner:
@@ -145,7 +147,9 @@ def test_keep_old_names_a_committed_history_after_its_commit():
     from tests.histories.refresh import archive_suffix
 
     path = HISTORIES[0].parent / "false_positive.json"
-    committed = subprocess.run(["git", "log", "-1", "--format=%h", "--", path.name], cwd=path.parent, capture_output=True, text=True, check=False)
+    committed = subprocess.run(
+        ["git", "log", "-1", "--format=%h", "--", path.name], cwd=path.parent, capture_output=True, text=True, check=False
+    )
     edited = subprocess.run(["git", "status", "--porcelain", "--", path.name], cwd=path.parent, capture_output=True, text=True, check=False)
     if committed.returncode or not committed.stdout.strip() or edited.stdout.strip():
         pytest.skip("false_positive.json is not committed as it stands here")
@@ -199,7 +203,14 @@ class NotifiesBeforeReview(IncidentWorkflow):
     async def review(self, outcome: str = "restored") -> None:
         await workflow.execute_activity_method(
             NotifyActivities.deliver,
-            Notification(incident_id=self.state.id, kind="status", recipients=["oncall"], message="review", severity=self.state.severity, dedup_id="edit"),
+            Notification(
+                incident_id=self.state.id,
+                kind="status",
+                recipients=["oncall"],
+                message="review",
+                severity=self.state.severity,
+                dedup_id="edit",
+            ),
             start_to_close_timeout=QUICK_TIMEOUT,
             retry_policy=NOTIFY_RETRY,
         )
@@ -230,7 +241,9 @@ async def test_a_non_deterministic_edit_fails_every_replay_on_its_path(edit: typ
     assert on_path, "the edit must be on some branch's path, or it proves nothing"
     failures = await replay_all(edit, HISTORIES)
     for path in on_path:
-        assert isinstance(failures[path], workflow.NondeterminismError), f"{edit.__name__} not caught replaying {path.name}: {failures[path]!r}"
+        assert isinstance(failures[path], workflow.NondeterminismError), (
+            f"{edit.__name__} not caught replaying {path.name}: {failures[path]!r}"
+        )
     # Where the edited code never runs, the same replay passes: the failures above are the edit's.
     for path in off_path:
         assert failures[path] is None, f"{edit.__name__} failed {path.name}, where it is not on the path: {failures[path]!r}"

@@ -48,7 +48,8 @@ async def test_rejected_hotfix_means_restore_waits_for_a_human(client):
         await approve(handle, "rollback", "alice", ["oncall"])
         await until(handle, waiting_on("hotfix"))
         await AsTheApi(handle).execute_update(
-            IncidentWorkflow.reject, ApprovalDecision(approve=False, stage="hotfix", approver="sam", roles=["safety"], comment="fine-tune too risky")
+            IncidentWorkflow.reject,
+            ApprovalDecision(approve=False, stage="hotfix", approver="sam", roles=["safety"], comment="fine-tune too risky"),
         )
         current = await until(handle, waiting_on("restore"))
     assert current.stage("verify").status == "skipped"

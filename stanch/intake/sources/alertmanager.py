@@ -6,13 +6,13 @@ from typing import Literal
 
 from pydantic import Field
 
-from stanch.models.signals import Severity, Signal, SignalSource
 from stanch.intake.sources.common import (
     SenderModel,
     model_version_from,
     parse_time,
     repro_from,
 )
+from stanch.models.signals import Severity, Signal, SignalSource
 
 # Alertmanager severities are free-form labels; these are the spellings seen in the wild.
 # Grafana's alerts carry the same free-form labels and use this table too.

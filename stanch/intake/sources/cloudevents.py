@@ -18,9 +18,9 @@ from cloudevents.core.base import BaseCloudEvent
 from cloudevents.core.bindings.http import HTTPMessage, from_http_event
 from cloudevents.core.exceptions import BaseCloudEventException
 
-from stanch.models.signals import ReproCase, Signal, SignalSource
 from stanch.intake.sources.alertmanager import SEVERITY_LABELS
 from stanch.intake.sources.common import model_version_from, repro_from, scalar_labels
+from stanch.models.signals import ReproCase, Signal, SignalSource
 
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"

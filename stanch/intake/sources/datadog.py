@@ -15,7 +15,6 @@ import json
 
 from pydantic import Field
 
-from stanch.models.signals import Severity, Signal, SignalSource
 from stanch.intake.sources.alertmanager import SEVERITY_LABELS
 from stanch.intake.sources.common import (
     SenderModel,
@@ -24,6 +23,7 @@ from stanch.intake.sources.common import (
     model_version_from,
     repro_from,
 )
+from stanch.models.signals import Severity, Signal, SignalSource
 
 PAYLOAD_TEMPLATE = """\
 {

@@ -11,13 +11,13 @@ from typing import Any
 
 from pydantic import Field
 
-from stanch.models.signals import Signal, SignalSource
 from stanch.intake.sources.alertmanager import (
     AlertmanagerAlert,
     AlertmanagerWebhook,
     severity_from_labels,
 )
 from stanch.intake.sources.common import model_version_from, parse_time, repro_from
+from stanch.models.signals import Signal, SignalSource
 
 
 class GrafanaAlert(AlertmanagerAlert):

@@ -10,7 +10,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from stanch.models.signals import Severity, Signal, SignalSource
 from stanch.intake.sources.alertmanager import SEVERITY_LABELS
 from stanch.intake.sources.common import (
     SenderModel,
@@ -20,6 +19,7 @@ from stanch.intake.sources.common import (
     repro_from,
     scalar_labels,
 )
+from stanch.models.signals import Severity, Signal, SignalSource
 
 # PagerDuty's four severities, in its own words.
 PAGERDUTY_SEVERITY: dict[str, Severity] = {
@@ -106,7 +106,12 @@ def pagerduty_signals(event: PagerDutyTrigger | PagerDutyFollowUp) -> list[Signa
     # Rule authors put Stanch's vocabulary (model, category, alertname, ...) in custom_details.
     labels = scalar_labels(details)
     if payload:
-        for key, value in (("component", payload.component), ("group", payload.group), ("class", payload.class_), ("severity", payload.severity)):
+        for key, value in (
+            ("component", payload.component),
+            ("group", payload.group),
+            ("class", payload.class_),
+            ("severity", payload.severity),
+        ):
             if value:
                 labels.setdefault(key, value)
     labels["pagerduty_action"] = event.event_action

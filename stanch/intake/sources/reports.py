@@ -13,8 +13,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from stanch.models.signals import ReproCase, Severity, Signal, SignalSource
 from stanch.intake.sources.common import canonical_sha256
+from stanch.models.signals import ReproCase, Severity, Signal, SignalSource
 
 HARMFUL_OUTPUT = "harmful-output"
 _EXCERPT_MAX = 20_000

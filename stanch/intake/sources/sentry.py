@@ -11,7 +11,6 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from stanch.models.signals import Severity, Signal, SignalSource
 from stanch.intake.sources.alertmanager import SEVERITY_LABELS
 from stanch.intake.sources.common import (
     SenderModel,
@@ -20,6 +19,7 @@ from stanch.intake.sources.common import (
     query_labels,
     repro_from,
 )
+from stanch.models.signals import Severity, Signal, SignalSource
 
 ALERT_RESOURCES = ("metric_alert", "event_alert")
 
@@ -153,7 +153,9 @@ def issue_alert_signals(webhook: SentryIssueAlertWebhook) -> list[Signal]:
         labels.setdefault("environment", event.environment)
     if event.release:
         labels.setdefault("release", event.release)
-    hint = SEVERITY_LABELS.get(labels.get("severity", "").lower()) or EVENT_LEVEL_SEVERITY.get((event.level or labels.get("level", "")).lower())
+    hint = SEVERITY_LABELS.get(labels.get("severity", "").lower()) or EVENT_LEVEL_SEVERITY.get(
+        (event.level or labels.get("level", "")).lower()
+    )
     return [
         Signal(
             signal_id=f"sentry:event:{event.event_id}",
