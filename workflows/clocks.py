@@ -6,12 +6,15 @@ escalation tier each time the wait runs over.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from temporalio import workflow
 
 from workflows.notifications import Notifier
 from workflows.record import Record
+
+with workflow.unsafe.imports_passed_through():
+    from stanch.models.signals import Severity
 
 
 class Clocks:
@@ -50,10 +53,13 @@ class Clocks:
                 recipients = tiers[-1].notify if tiers else ["oncall"]
             wait = due - workflow.now()
             if wait > timedelta(0):
-                severity = state.severity
+
+                def acknowledged_or_regraded(was: Severity = state.severity) -> bool:
+                    return acknowledged() or state.severity != was
+
                 try:
                     # A severity change re-plans the schedule with the new policy's tiers.
-                    await workflow.wait_condition(lambda: acknowledged() or state.severity != severity, timeout=wait)
+                    await workflow.wait_condition(acknowledged_or_regraded, timeout=wait)
                     continue
                 except TimeoutError:
                     pass
@@ -70,9 +76,13 @@ class Clocks:
             deadline = clock.deadline
             remaining = deadline - workflow.now()
             wait = min(reminder_every, remaining) if remaining > timedelta(0) else reminder_every
+
+            def filed_or_moved(was: datetime = deadline) -> bool:
+                return clock.filed is not None or clock.deadline != was
+
             try:
                 # A shorter clock (a death, widespread harm) moves the deadline: re-plan at once.
-                await workflow.wait_condition(lambda: clock.filed is not None or clock.deadline != deadline, timeout=wait)
+                await workflow.wait_condition(filed_or_moved, timeout=wait)
                 continue
             except TimeoutError:
                 clock.reminders_sent += 1

@@ -65,7 +65,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from stanch.models.incident import EvidenceRecord, IncidentInput, IncidentState, IncidentStatus, StageStatus
     from stanch.models.signals import Signal
-    from stanch.runbooks.schema import Verify
+    from stanch.runbooks.schema import Runbook, Verify
 
 
 @workflow.defn(name="IncidentWorkflow")
@@ -76,8 +76,8 @@ class IncidentWorkflow:
         self.notifier = Notifier(self.record)
         self.clocks = Clocks(self.record, self.notifier)
         self.gates = Gates(self.record, self.notifier, self.clocks)
-        self.severity = Grading(self.record)
-        self.responders = ResponderHandlers(self.record, self.severity)
+        self.grading = Grading(self.record)
+        self.responders = ResponderHandlers(self.record, self.grading)
         self.background: list[asyncio.Task] = []  # escalation, re-grading, the report clock
 
     @property
@@ -85,7 +85,7 @@ class IncidentWorkflow:
         return self.record.state
 
     @property
-    def runbook(self):
+    def runbook(self) -> Runbook:
         return self.record.runbook
 
     @workflow.run
@@ -188,13 +188,13 @@ class IncidentWorkflow:
     async def grade_severity(self) -> None:
         """Runbook rules grade the incident; new signals may raise it later, never lower it."""
         self.record.mark("severity", StageStatus.running)
-        graded = await self.gates.attempt("severity", "grading", self.severity.grade)
+        graded = await self.gates.attempt("severity", "grading", self.grading.grade)
         if graded is None:
             self.record.note("severity", f"grading skipped by a responder: severity stays {self.state.severity}")
-        elif self.severity.apply(graded):
+        elif self.grading.apply(graded):
             self.start_report_clock()
         self.record.mark("severity", StageStatus.done, "; ".join(self.state.severity_reasons))
-        self.background.append(asyncio.create_task(self.severity.regrade_on_new_signals(became_serious=self.start_report_clock)))
+        self.background.append(asyncio.create_task(self.grading.regrade_on_new_signals(became_serious=self.start_report_clock)))
 
     def start_report_clock(self) -> None:
         """Serious (EU AI Act Art. 3(49)) from this moment: the Art. 73 report clock runs until filed."""
