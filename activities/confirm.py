@@ -68,8 +68,10 @@ class ConfirmActivities:
 
     async def query_metric(self, input: ConfirmInput, check: ConfirmCheck) -> Finding:
         """Instant query on the Prometheus HTTP API; no Prometheus or no data cannot decide."""
-        query = check.query.replace("{model}", input.target.model)
-        name = f"metric {query} {check.comparison} {check.threshold}"
+        if check.query is None or check.threshold is None:  # ConfirmCheck._complete refuses a metric check without both
+            return Finding(check="metric", outcome="inconclusive", detail="a metric check needs query and threshold")
+        query, threshold = check.query.replace("{model}", input.target.model), check.threshold
+        name = f"metric {query} {check.comparison} {threshold}"
         url = self.deps.settings.prometheus_url
         if not url:
             return Finding(check=name, outcome="inconclusive", detail="no Prometheus configured (STANCH_PROMETHEUS_URL)")
@@ -83,6 +85,6 @@ class ConfirmActivities:
         if not result:
             return Finding(check=name, outcome="inconclusive", detail="the query returned no series")
         values = [float(series["value"][1]) for series in result]
-        breached = [v for v in values if _COMPARE[check.comparison](v, check.threshold)]
+        breached = [v for v in values if _COMPARE[check.comparison](v, threshold)]
         outcome = "confirmed" if breached else "not_confirmed"
         return Finding(check=name, outcome=outcome, detail=f"values {values}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query
 from pydantic import BaseModel, Field
@@ -230,7 +230,10 @@ def acting(responder: Principal | None) -> Principal | None:
     return responder
 
 
-def as_responder(message: BaseModel, responder: Principal | None, name_field: str, roles_field: str | None = None) -> BaseModel:
+Decision = TypeVar("Decision", bound=BaseModel)
+
+
+def as_responder(message: Decision, responder: Principal | None, name_field: str, roles_field: str | None = None) -> Decision:
     """The decision in the authenticated responder's name, whatever the body claimed."""
     if responder is None:
         return message

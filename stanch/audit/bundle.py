@@ -221,7 +221,8 @@ def take_evidence(location: str, recorded_sha256: str, evidence_root: Path) -> t
         return (
             None,
             b"",
-            f"{found} has sha256 {actual}, not the {recorded_sha256} its history recorded: changed since the snapshot (or not the snapshot)",
+            f"{found} has sha256 {actual}, not the {recorded_sha256} its history recorded: changed since the snapshot (or not the "
+            "snapshot)",
         )
     return found, data, ""
 

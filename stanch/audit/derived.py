@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stanch.audit.models import Milestone, Timeline
+from stanch.audit.models import Milestone, MilestoneName, Timeline
 
 # A responder who decides any of these is on the incident: escalation stops (handlers.acknowledge_by_acting).
 ACKNOWLEDGING = {"acknowledge", "approve", "reject", "triage", "decide", "resolve", "approve_signal"}
@@ -80,7 +80,10 @@ def step_summary(kind: str, r: dict[str, Any]) -> str:
 
 def describe(name: str, f: dict[str, Any]) -> str:
     """A decision in words, as a responder would say it."""
-    why = lambda key: f": {f[key]}" if f.get(key) else ""
+
+    def why(key: str) -> str:
+        return f": {f[key]}" if f.get(key) else ""
+
     if name in ("approve", "reject", "approve_signal"):
         verb = name if name != "approve_signal" else ("approve" if f.get("approve", True) else "reject")
         return f"{verb} {f.get('stage', '?')}" + why("comment")
@@ -96,7 +99,7 @@ def describe(name: str, f: dict[str, Any]) -> str:
     return texts[name]() if name in texts else name
 
 
-MILESTONES = ["acknowledged", "contained", "rolled back", "fix verified", "restored", "closed"]
+MILESTONES: list[MilestoneName] = ["acknowledged", "contained", "rolled back", "fix verified", "restored", "closed"]
 
 
 def milestones(t: Timeline) -> list[Milestone]:

@@ -64,7 +64,8 @@ def parse_history(text: str | Mapping[str, Any], source: str, fallback_id: str) 
     # Recent servers record the workflow id in the start event; older files only have their name.
     workflow_id = started.get("workflowId") or fallback_id
     try:
-        history = WorkflowHistory.from_json(workflow_id, data)
+        # from_json takes a str or a dict: any other Mapping it refuses as "not a dictionary".
+        history = WorkflowHistory.from_json(workflow_id, dict(data))
     except Exception as error:  # protobuf's ParseError names the field that does not fit
         raise HistoryError(f"{source}: not a workflow history ({error})") from None
     if history.events[0].event_type != EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:

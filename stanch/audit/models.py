@@ -123,10 +123,13 @@ class EvidenceEntry(BaseModel):
     location: str
 
 
+MilestoneName = Literal["acknowledged", "contained", "rolled back", "fix verified", "restored", "closed"]
+
+
 class Milestone(BaseModel):
     """How long the response took to reach a point, from the first signal (or the start)."""
 
-    name: Literal["acknowledged", "contained", "rolled back", "fix verified", "restored", "closed"]
+    name: MilestoneName
     at: datetime | None = None
     event_id: int | None = None
     seconds: float | None = Field(None, description="since the first signal; None if not reached")
@@ -155,7 +158,8 @@ class Timeline(BaseModel):
     target: str = ""
     dry_run: bool = Field(
         False,
-        description="a rehearsal (`stanch runbooks plan --dry-run`, IncidentInput.dry_run): every action was only recorded, nothing was changed",
+        description="a rehearsal (`stanch runbooks plan --dry-run`, IncidentInput.dry_run): every action was only recorded, nothing was "
+        "changed",
     )
     started_at: datetime
     first_signal_at: datetime | None = None

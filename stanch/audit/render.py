@@ -64,7 +64,7 @@ def sections(t: Timeline) -> list[Section]:
     decisions = Section("Decisions", ["at", "event", "decision", "who", "roles", "via", "assertion", "outcome", "message"])
     for d in t.decisions:
         mark = ("✔ verified", "ok") if d.verified else ("✘ not verified", "bad")
-        outcome = (d.outcome, "bad" if d.outcome in ("refused", "not acted on") else "")
+        outcome: Cell = (d.outcome, "bad" if d.outcome in ("refused", "not acted on") else "")
         decisions.rows.append([when(d.at), str(d.event_id), d.what, d.who, ", ".join(d.roles), d.via, mark, outcome, d.message])
 
     actions = Section("Actions", ["at", "event", "stage", "kind", "target", "idempotency key", "attempts", "outcome", "result"])
@@ -75,9 +75,15 @@ def sections(t: Timeline) -> list[Section]:
         actions.rows.append([when(a.at), str(a.event_id), a.stage, a.kind, a.target, key, str(a.attempts), outcome, result])
 
     steps = Section("Checks and records", ["at", "event", "activity", "outcome", "summary"])
-    for s in t.steps:
+    for step in t.steps:
         steps.rows.append(
-            [when(s.at), str(s.event_id), s.activity, (s.outcome, "" if s.outcome == "completed" else "bad"), s.failure or s.summary]
+            [
+                when(step.at),
+                str(step.event_id),
+                step.activity,
+                (step.outcome, "" if step.outcome == "completed" else "bad"),
+                step.failure or step.summary,
+            ]
         )
 
     notifications = Section("Notifications and escalations", ["at", "event", "kind", "to", "tier", "delivered by", "failed", "message"])
@@ -115,8 +121,8 @@ def sections(t: Timeline) -> list[Section]:
         else (f"the run {t.execution}, so it recorded no final state: see Durations and Actions for how far it got")
     )
     stages = Section("Stages at the end", ["stage", "status", "started", "finished", "detail"], empty=no_stages)
-    for s in t.stages:
-        stages.rows.append([s.name, s.status, when(s.started_at), when(s.finished_at), s.detail])
+    for stage_end in t.stages:
+        stages.rows.append([stage_end.name, stage_end.status, when(stage_end.started_at), when(stage_end.finished_at), stage_end.detail])
 
     warnings = Section("Warnings", ["warning"], rows=[[w] for w in t.warnings])
     return [durations, signals, approvals, decisions, actions, steps, notifications, timers, statuses, evidence, stages, warnings]

@@ -71,6 +71,8 @@ class ReplayOutcome(BaseModel):
         if self.reproduced:
             return f"{run}: reproduced ({self.events} events)"
         d = self.divergence
+        if d is None:  # replay_histories locates a divergence for every run it did not reproduce
+            return f"{run}: DIVERGES at an event it cannot name"
         where = f"event {d.event_id} ({d.event_type})" if d.event_id else "an event it cannot name"
         if d.window:
             where += f", in the commands of the workflow task completed at event {d.workflow_task} (events {d.window[0]}–{d.window[1]})"
@@ -180,12 +182,13 @@ def _payloads_in(message: Message) -> Iterator[Payload]:
         yield message
         return
     for field, value in message.ListFields():
-        if field.type != field.TYPE_MESSAGE:
+        message_type = field.message_type  # set for every message field
+        if field.type != field.TYPE_MESSAGE or message_type is None:
             continue
         if field.is_repeated:
-            is_map = field.message_type.GetOptions().map_entry
+            is_map = message_type.GetOptions().map_entry
             items = value.values() if is_map else value
-            if is_map and field.message_type.fields_by_name["value"].type != field.TYPE_MESSAGE:
+            if is_map and message_type.fields_by_name["value"].type != field.TYPE_MESSAGE:
                 continue
             for item in items:
                 yield from _payloads_in(item)
@@ -327,7 +330,8 @@ def _event_named_in(message: str, events: list[HistoryEvent], window: tuple[int,
     else:
         matches = [e for e in events if e.HasField("timer_started_event_attributes") and e.timer_started_event_attributes.timer_id == name]
     inside = [e for e in matches if window and window[0] <= e.event_id <= window[1]]
-    return (inside or matches or [None])[0]
+    candidates = inside or matches
+    return candidates[0] if candidates else None
 
 
 def _core_message(failure: BaseException) -> str:
@@ -355,5 +359,5 @@ def _sdk_warnings_silenced():
     try:
         yield
     finally:
-        for logger, level in zip(loggers, levels):
+        for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)

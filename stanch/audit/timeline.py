@@ -12,7 +12,7 @@ validator rejected never reach history, so they are not here — the API's logs 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 from temporalio.api.history.v1 import HistoryEvent
@@ -126,7 +126,9 @@ class _Reader:
     async def read(self) -> Timeline:
         for event in self.history.events:
             attributes = event.WhichOneof("attributes")
-            handler = getattr(self, "on_" + attributes.removesuffix("_event_attributes"), None) if attributes else None
+            if attributes is None:
+                continue
+            handler = getattr(self, "on_" + attributes.removesuffix("_event_attributes"), None)
             if handler is not None:
                 await handler(event, getattr(event, attributes))
         self.t.milestones = milestones(self.t)
@@ -273,6 +275,7 @@ class _Reader:
         hint = ACTIVITY_MODELS.get(kind, (None, None))[0]
         input = as_dict(await self.decoder.one(a.input, hint, where=self.where(event, f"{kind} input")))
         at = event_time(event)
+        entry: ActionEntry | NotificationEntry | StepEntry
         if kind in ACTION_ACTIVITIES:
             entry = action_from_input(kind, input, at, event.event_id)
             self.t.actions.append(entry)
@@ -359,7 +362,7 @@ class _Reader:
     async def on_timer_canceled(self, event: HistoryEvent, a) -> None:
         self.timer_ended(event, a.timer_id, "canceled")
 
-    def timer_ended(self, event: HistoryEvent, timer_id: str, outcome: str) -> None:
+    def timer_ended(self, event: HistoryEvent, timer_id: str, outcome: Literal["fired", "canceled"]) -> None:
         if entry := self.timers.get(timer_id):
             entry.outcome, entry.ended_at, entry.ended_event_id = outcome, event_time(event), event.event_id
 
@@ -400,9 +403,11 @@ def action_from_input(kind: str, input: dict[str, Any], at, event_id: int) -> Ac
         kind=(input.get("action") or {}).get("kind", ""),
         target=target_text(target),
     )
+    if entry.index is None:  # without its index the key cannot be rebuilt
+        return entry
     try:  # the key the activity sends (stanch/targets/steps.py), rebuilt in case it never completed
         owner = input.get("occurrence") or input["incident_id"]
-        entry.idempotency_key = idempotency_key(owner, entry.stage, int(entry.index), TargetRef.model_validate(target))
+        entry.idempotency_key = idempotency_key(owner, entry.stage, entry.index, TargetRef.model_validate(target))
         entry.key_source = "computed"
     except (KeyError, TypeError, ValueError):
         pass

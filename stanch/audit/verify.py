@@ -73,9 +73,10 @@ def verify(folder: Path, public_key: Ed25519PublicKey | None = None, require_sig
     With `require_signature`, a bundle that is unsigned, or whose signature was not checked (no
     public key given), is a problem too: only a checked signature rules out a consistent rewrite."""
     report = VerifyReport(bundle=str(folder))
-    problem = lambda what, message, index=None, path=None: report.problems.append(
-        Problem(what=what, index=index, path=path, message=message)
-    )
+
+    def problem(what: str, message: str, index: int | None = None, path: str | None = None) -> None:
+        report.problems.append(Problem(what=what, index=index, path=path, message=message))
+
     root = folder.resolve()
     if (folder / MANIFEST).is_symlink():
         problem(
@@ -117,7 +118,10 @@ def verify(folder: Path, public_key: Ed25519PublicKey | None = None, require_sig
             first, last = previous + 1, index - 1
             which = f"entry {first} was" if first == last else f"entries {first}–{last} were"
             if index == limit and sealed is not None:
-                message = f"{which} removed from the end of the manifest: the header, which the chain covers, records {sealed} entries and {len(entries)} are listed"
+                message = (
+                    f"{which} removed from the end of the manifest: the header, which the chain covers, records {sealed} entries "
+                    f"and {len(entries)} are listed"
+                )
             else:
                 message = f"{which} removed from the manifest (the chain of the entry after it no longer links)"
             problem("removed", message, index=first)
@@ -125,7 +129,7 @@ def verify(folder: Path, public_key: Ed25519PublicKey | None = None, require_sig
     for index in sorted(i for i, n in counts.items() if n > 1):
         problem("manifest", f"entry index {index} is listed {counts[index]} times", index=index)
     indices = [entry.index for entry in entries]
-    for position, (entry, expected) in enumerate(zip(entries, sorted(indices))):
+    for position, (entry, expected) in enumerate(zip(entries, sorted(indices), strict=True)):
         if entry.index != expected:
             problem(
                 "reordered",
@@ -165,7 +169,8 @@ def verify(folder: Path, public_key: Ed25519PublicKey | None = None, require_sig
         if found := _symlink_on(folder, relative):
             problem(
                 "symlink",
-                f"entries[{position}] {entry.path}: {found} is a symbolic link (to {os.readlink(folder / found)}): refused, a bundle holds its own files",
+                f"entries[{position}] {entry.path}: {found} is a symbolic link (to {os.readlink(folder / found)}): refused, a bundle "
+                "holds its own files",
                 position,
                 entry.path,
             )
@@ -186,7 +191,8 @@ def verify(folder: Path, public_key: Ed25519PublicKey | None = None, require_sig
         if (sha256, size) != (entry.sha256, entry.size):
             problem(
                 "edited",
-                f"entries[{position}] {entry.path}: changed since export (sha256 {sha256[:16]}…, {size} bytes; sealed {entry.sha256[:16]}…, {entry.size} bytes)",
+                f"entries[{position}] {entry.path}: changed since export (sha256 {sha256[:16]}…, {size} bytes; sealed "
+                f"{entry.sha256[:16]}…, {entry.size} bytes)",
                 position,
                 entry.path,
             )
@@ -195,16 +201,16 @@ def verify(folder: Path, public_key: Ed25519PublicKey | None = None, require_sig
                 f"{entry.path}: evidence differs from the sha256 its history recorded ({entry.recorded_sha256}): changed before export"
             )
     listed = {entry.path for entry in entries}
-    for relative, is_link in _walk(folder):
+    for on_disk, is_link in _walk(folder):
         if is_link:
-            if relative not in links:
+            if on_disk not in links:
                 problem(
                     "symlink",
-                    f"{relative}: a symbolic link (to {os.readlink(folder / relative)}) in the bundle: refused, a bundle holds its own files",
-                    path=relative,
+                    f"{on_disk}: a symbolic link (to {os.readlink(folder / on_disk)}) in the bundle: refused, a bundle holds its own files",
+                    path=on_disk,
                 )
-        elif relative != MANIFEST and relative not in listed:
-            problem("unlisted", f"{relative}: no manifest entry lists this file (added after export?)", path=relative)
+        elif on_disk != MANIFEST and on_disk not in listed:
+            problem("unlisted", f"{on_disk}: no manifest entry lists this file (added after export?)", path=on_disk)
 
     # The signature: over the head recomputed from the entries, with a key given separately.
     if public_key is None:
@@ -228,8 +234,8 @@ def verify(folder: Path, public_key: Ed25519PublicKey | None = None, require_sig
 
     unsigned = UNSIGNED_WITH_COUNT if sealed is not None else UNSIGNED_WITHOUT_COUNT
     report.proves = {
-        "valid": f"signed by key {manifest.signature.key_id if manifest.signature else '?'}, and the signature checks with the public key given: "
-        "the header and every entry are as the key's holder sealed them, and so is every file that matches its entry",
+        "valid": f"signed by key {manifest.signature.key_id if manifest.signature else '?'}, and the signature checks with the "
+        "public key given: the header and every entry are as the key's holder sealed them, and so is every file that matches its entry",
         "invalid": "the signature does not check: the bundle is not as the key's holder sealed it",
         "not checked": "signed, but the signature was not checked (pass --public-key): until it is, this is what it shows: " + unsigned,
         "unsigned": unsigned,

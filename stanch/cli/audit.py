@@ -95,6 +95,8 @@ async def _histories(settings: Settings, incident_id: str | None, run_id: str | 
 
     if files:
         return [(load_history_file(path), str(path)) for path in files]
+    if not incident_id:  # the commands check for one of the two before they get here
+        raise BadInput("say which history: an incident ID, or --file HISTORY.json")
     client = await connect_for_audit(settings, address, namespace)
     return [(await fetch_history(client, incident_id, run_id), "temporal")]
 
@@ -301,8 +303,8 @@ def verify(
         raise typer.Exit(2)
     try:
         key = signing.load_public(public_key) if public_key else None
-    except signing.SigningKeyError as problem:
-        err_console.print(f"[bold red]error:[/] {escape(str(problem))}")
+    except signing.SigningKeyError as error:
+        err_console.print(f"[bold red]error:[/] {escape(str(error))}")
         raise typer.Exit(2) from None
     report = verification.verify(path, key, require_signature=require_signature)
     if as_json:

@@ -256,6 +256,7 @@ def demo(
         raise typer.Exit(1) from problem
     held = run.checks.all_held
     console.print(
-        f"\n{'[green]Every check held' if held else '[red]Some checks failed'}[/]: {sum(ok for _, ok, _ in run.checks.results)}/{len(run.checks.results)}"
+        f"\n{'[green]Every check held' if held else '[red]Some checks failed'}[/]: "
+        f"{sum(ok for _, ok, _ in run.checks.results)}/{len(run.checks.results)}"
     )
     raise typer.Exit(0 if held else 1)

@@ -185,7 +185,7 @@ def _gate(runbook: Runbook, stage: str) -> dict[str, str]:
     gates = {}
     for severity, policy in runbook.policy.items():
         gate = policy.gate(stage)
-        if gate.mode == "approve":
+        if gate.mode == "approve" and gate.approve is not None:  # StageGate._approval_given: always set for approve
             required = f", incl. {'+'.join(gate.approve.required_roles)}" if gate.approve.required_roles else ""
             gates[severity.value] = f"approve {gate.approve.count} ({'/'.join(gate.approve.roles)}{required})"
         else:
@@ -277,9 +277,12 @@ def print_plan(console: Console, plan: IncidentPlan) -> None:
     console.print("\n[bold cyan]restore[/]  [dim]undoes in this order, each under its undo key[/]")
     if not plan.restore:
         console.print("  nothing to undo")
-    for step in plan.restore:
-        console.print(f"  {step.stage} {step.index}. {escape(step.kind)} on {escape(step.target.adapter)}  key {escape(step.undo_key)}")
-        for call in step.calls:
+    for undo_step in plan.restore:
+        console.print(
+            f"  {undo_step.stage} {undo_step.index}. {escape(undo_step.kind)} on {escape(undo_step.target.adapter)}"
+            f"  key {escape(undo_step.undo_key)}"
+        )
+        for call in undo_step.calls:
             console.print(f"     ← {escape(_call_line(call))}")
 
 

@@ -15,6 +15,7 @@ import sys
 import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -303,7 +304,7 @@ def _start_and_watch(supervisor: Supervisor, plan: UpPlan, stop: threading.Event
             ready = [("the gateway", settings.gateway_url), ("the API", settings.api_url)]
             ready += [("the codec server", plan.codec_url)] if plan.encrypted else []
             for name, url in ready:
-                if not supervisor.wait_until(lambda url=url: http_ok(f"{url}/healthz"), name, timeout, stop.is_set):
+                if not supervisor.wait_until(partial(http_ok, f"{url}/healthz"), name, timeout, stop.is_set):
                     return 0
     except BinaryNotFound as exc:
         err_console.print(f"[bold red]error:[/] {exc}")

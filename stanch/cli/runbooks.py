@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -20,6 +20,7 @@ from stanch.cli.plan import (
     ACTION_STAGES,
     ALERT_FORMATS,
     AlertFileError,
+    IncidentPlan,
     dry_run_input,
     follow,
     plan_incident,
@@ -192,7 +193,7 @@ def list_runbooks(
         raise typer.Exit(1) from None
     # Highest priority first: the order in which routing considers them.
     ordered = sorted(catalog.all(), key=lambda loaded: (-loaded.runbook.match.priority, loaded.runbook.name))
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "name": loaded.runbook.name,
             "description": loaded.runbook.description,
@@ -244,7 +245,7 @@ def plan(
         _dry_run(console, loaded, signals, settings, wait)
         return
     registry = _registry(console, settings)
-    plans = {}
+    plans: dict[str, IncidentPlan] = {}
     for signal in signals:  # one plan per incident the file would open (repeats join it)
         planned = plan_incident(loaded, signal, registry)
         plans.setdefault(planned.incident_id, planned)
@@ -274,7 +275,8 @@ def _note_routing(console: Console, loaded: LoadedRunbook, signals, folder: Path
     elsewhere = {matching_runbook(signal, catalog).runbook.name for signal in signals} - {loaded.runbook.name}
     if elsewhere:
         console.print(
-            f"[yellow]note:[/] with the runbooks in {escape(str(folder))} this alert goes to {', '.join(sorted(elsewhere))}; planned with {escape(loaded.runbook.name)} as asked"
+            f"[yellow]note:[/] with the runbooks in {escape(str(folder))} this alert goes to {', '.join(sorted(elsewhere))}; planned with "
+            f"{escape(loaded.runbook.name)} as asked"
         )
 
 
@@ -292,7 +294,8 @@ def _dry_run(console: Console, loaded: LoadedRunbook, signals, settings: Setting
         client = await connect(settings.temporal_address, settings.temporal_namespace, settings)
         handle = await start_dry_run(client, input, signal, settings.task_queue)
         console.print(
-            f"dry run [bold]{escape(input.incident_id)}[/] started on task queue {escape(settings.task_queue)}: every action records its calls, none is made"
+            f"dry run [bold]{escape(input.incident_id)}[/] started on task queue {escape(settings.task_queue)}: every action records its "
+            "calls, none is made"
         )
         return await follow(handle, console, wait)
 
@@ -305,6 +308,7 @@ def _dry_run(console: Console, loaded: LoadedRunbook, signals, settings: Setting
         print_recorded(console, state)
     if state is None or state.status not in TERMINAL_STATUSES:
         console.print(
-            f"[yellow]still running after {wait:g}s[/]: follow it with `stanch incidents show {escape(input.incident_id)}` (is a worker running?)"
+            f"[yellow]still running after {wait:g}s[/]: follow it with `stanch incidents show {escape(input.incident_id)}` (is a worker "
+            "running?)"
         )
         raise typer.Exit(2)

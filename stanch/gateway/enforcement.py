@@ -84,7 +84,8 @@ def features_requested(tools: list[Any] | None, feature_header: str | None) -> s
         if isinstance(tool, str):
             names.append(tool)
         elif isinstance(tool, dict):
-            function = tool.get("function") if isinstance(tool.get("function"), dict) else {}
+            declared = tool.get("function")
+            function: dict[Any, Any] = declared if isinstance(declared, dict) else {}
             names.append(function.get("name") or tool.get("name") or tool.get("type") or "")
     return {n.strip().lower().replace("_", "-") for n in names if n and n.strip()}
 

@@ -37,8 +37,8 @@ from stanch.config.secrets import SecretUnavailable, read_secret
 # Every intake endpoint: `/v1/alerts/<source>` for the first seven, then `/v1/reports` and
 # `/v1/findings`. The API refuses to start while any of them is open without --insecure-dev.
 INTAKE_SOURCES = ("alertmanager", "grafana", "pagerduty", "datadog", "sentry", "cloudevents", "generic", "reports", "findings")
-SCHEMES = ("standard_webhooks", "github_hmac", "grafana_hmac", "sentry", "bearer", "basic")
 Scheme = Literal["standard_webhooks", "github_hmac", "grafana_hmac", "sentry", "bearer", "basic"]
+SCHEMES: tuple[Scheme, ...] = ("standard_webhooks", "github_hmac", "grafana_hmac", "sentry", "bearer", "basic")
 
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 # Keys someone might reach for to paste a secret in directly.
@@ -128,7 +128,7 @@ class Credential(_Strict):
 
     @property
     def scheme(self) -> Scheme:
-        return next(name for name in SCHEMES if getattr(self, name) is not None)  # type: ignore[return-value]
+        return next(name for name in SCHEMES if getattr(self, name) is not None)
 
 
 class SourceAuth(_Strict):

@@ -13,7 +13,9 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import cast
 
+import temporalio.api.enums.v1
 from pydantic import BaseModel, Field
 from temporalio.api.common.v1 import Payloads, WorkflowType
 from temporalio.api.sdk.v1 import UserMetadata
@@ -104,8 +106,13 @@ async def start_incident(
         request_id=str(uuid.uuid4()),
         # A closed incident's id opens a fresh incident. Signal-with-start refuses FAIL, so even
         # a dry run's fresh id goes with USE_EXISTING.
-        workflow_id_reuse_policy=int(WorkflowIDReusePolicy.ALLOW_DUPLICATE),
-        workflow_id_conflict_policy=int(WorkflowIDConflictPolicy.USE_EXISTING),
+        # The SDK's enums carry the protobuf values; cast as the SDK's own start_workflow does.
+        workflow_id_reuse_policy=cast(
+            "temporalio.api.enums.v1.WorkflowIdReusePolicy.ValueType", int(WorkflowIDReusePolicy.ALLOW_DUPLICATE)
+        ),
+        workflow_id_conflict_policy=cast(
+            "temporalio.api.enums.v1.WorkflowIdConflictPolicy.ValueType", int(WorkflowIDConflictPolicy.USE_EXISTING)
+        ),
         signal_name=ADD_SIGNAL,
         signal_input=Payloads(payloads=await converter.encode([without_secrets(first_signal)])),
         user_metadata=UserMetadata(summary=(await converter.encode([summary]))[0]),

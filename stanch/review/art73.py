@@ -5,6 +5,7 @@ surveillance authority, prepared from the incident's record for the provider to 
 from __future__ import annotations
 
 from stanch.models.activity_io import ReviewInput
+from stanch.models.incident import RegulatoryClock
 from stanch.review.facts import FILL_IN, deadline_of, evidence_line, key_dates, signals_summary, version_lines, when
 
 
@@ -20,7 +21,8 @@ def report_draft(input: ReviewInput) -> str:
         f"# Serious incident report — DRAFT (EU AI Act Art. 73): {input.occurrence or input.incident_id}",
         "",
         "Prepared by Stanch from the incident's record. The provider completes, checks and files it;",
-        f"record the filing on the incident (`stanch report-filed {input.incident_id} --reference …`, or `POST /v1/incidents/{input.incident_id}/report`) to stop the reminders.",
+        f"record the filing on the incident (`stanch report-filed {input.incident_id} --reference …`, or `POST "
+        f"/v1/incidents/{input.incident_id}/report`) to stop the reminders.",
         "",
         f"**Report due: {when(deadline)}**"
         + (f" — {days}-day clock" if days is not None else "")
@@ -64,7 +66,7 @@ def report_draft(input: ReviewInput) -> str:
         f"- Incident opened: {when(input.opened_at)}",
         f"- Aware that it is serious (the report clock started): {when(clock.aware_at if clock else None)}",
         f"- Report deadline: {when(deadline)}" + (f" ({days} days from awareness)" if days is not None else ""),
-        f"- Report filed: {when(clock.filed.filed_at) + ' by ' + clock.filed.by + ', reference ' + clock.filed.reference if clock and clock.filed else 'not yet'}",
+        f"- Report filed: {filed_line(clock)}",
         "",
         "## 5. Causal link between the AI system and the harm",
         "",
@@ -73,7 +75,8 @@ def report_draft(input: ReviewInput) -> str:
     if confirmed:
         lines += [f"- {f.check}: {f.detail}" + (f" (detectors: {', '.join(f.detectors)})" if f.detectors else "") for f in confirmed]
         lines.append(
-            "- Established so far by replaying the reported prompts / re-querying the metric; the root cause is to be established by the root-cause task."
+            "- Established so far by replaying the reported prompts / re-querying the metric; the root cause is to be established by the "
+            "root-cause task."
         )
     else:
         lines.append(
@@ -100,3 +103,9 @@ def report_draft(input: ReviewInput) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def filed_line(clock: RegulatoryClock | None) -> str:
+    if clock is None or clock.filed is None:
+        return "not yet"
+    return f"{when(clock.filed.filed_at)} by {clock.filed.by}, reference {clock.filed.reference}"

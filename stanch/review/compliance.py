@@ -63,7 +63,8 @@ def compliance_mapping(input: ReviewInput, tasks: list[dict], added: int) -> lis
     manage_24 = item(
         NIST,
         "MANAGE 2.4",
-        "Mechanisms are in place and applied, and responsibilities are assigned and understood, to supersede, disengage, or deactivate AI systems that demonstrate performance or outcomes inconsistent with intended use.",
+        "Mechanisms are in place and applied, and responsibilities are assigned and understood, to supersede, disengage, or deactivate AI "
+        "systems that demonstrate performance or outcomes inconsistent with intended use.",
         applied_24,
         False,
         evidence_24,
@@ -87,7 +88,8 @@ def compliance_mapping(input: ReviewInput, tasks: list[dict], added: int) -> lis
     manage_41 = item(
         NIST,
         "MANAGE 4.1",
-        "Post-deployment AI system monitoring plans are implemented, including mechanisms for capturing and evaluating input from users and other relevant AI actors, appeal and override, decommissioning, incident response, recovery, and change management.",
+        "Post-deployment AI system monitoring plans are implemented, including mechanisms for capturing and evaluating input from users "
+        "and other relevant AI actors, appeal and override, decommissioning, incident response, recovery, and change management.",
         input.signal_count > 0 and verified and "monitoring" in task_kinds,
         input.signal_count > 0 or bool(input.timeline),
         evidence_41,
@@ -111,7 +113,8 @@ def compliance_mapping(input: ReviewInput, tasks: list[dict], added: int) -> lis
     manage_43 = item(
         NIST,
         "MANAGE 4.3",
-        "Incidents and errors are communicated to relevant AI actors, including affected communities. Processes for tracking, responding to, and recovering from incidents and errors are followed and documented.",
+        "Incidents and errors are communicated to relevant AI actors, including affected communities. Processes for tracking, responding "
+        "to, and recovering from incidents and errors are followed and documented.",
         False,
         bool(notifications),
         evidence_43,
@@ -139,7 +142,8 @@ def compliance_mapping(input: ReviewInput, tasks: list[dict], added: int) -> lis
     iso_b = item(
         ISO,
         "10.2 b) evaluate the need for action",
-        "Evaluate the need for action to eliminate the causes: review the nonconformity, determine its causes and whether similar ones exist or could occur.",
+        "Evaluate the need for action to eliminate the causes: review the nonconformity, determine its causes and whether similar ones "
+        "exist or could occur.",
         False,
         bool(causes),
         causes,
@@ -195,7 +199,8 @@ def compliance_mapping(input: ReviewInput, tasks: list[dict], added: int) -> lis
     iso_doc = item(
         ISO,
         "10.2 documented information",
-        "Retain documented information as evidence of the nature of the nonconformity, the actions taken and the results of corrective action.",
+        "Retain documented information as evidence of the nature of the nonconformity, the actions taken and the results of corrective "
+        "action.",
         bool(input.timeline),
         True,
         documented,

@@ -58,7 +58,7 @@ class ConfiguredTarget(BaseModel):
 
     name: str
     kind: str
-    adapter: type
+    adapter: type[Any]  # imported by name (registry.adapter_class): has `Config` and `from_config`
     config: BaseModel
 
 
@@ -212,10 +212,16 @@ class Secrets:
         if self._normal(self._path(Path(name))) in self.step_files:
             return None
         if self.step_files_dir is None:
-            return f"a runbook step may name only files in {self.owner}'s secrets_dir or listed under step_secret_files; it has neither for {name!r}"
+            return (
+                f"a runbook step may name only files in {self.owner}'s secrets_dir or listed under step_secret_files; it has neither "
+                f"for {name!r}"
+            )
         path = PurePath(name)
         if name.startswith("~") or path.is_absolute() or ".." in path.parts or not path.parts:
-            return f"a runbook step names a file relative to {self.owner}'s secrets_dir {self.step_files_dir}, without '..' — or one listed under step_secret_files"
+            return (
+                f"a runbook step names a file relative to {self.owner}'s secrets_dir {self.step_files_dir}, without '..' — or one "
+                "listed under step_secret_files"
+            )
         return None
 
     def _variable(self, name: str, where: str) -> str:

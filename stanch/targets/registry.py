@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Mapping
+from typing import Any
 
 from stanch.config.settings import Settings
 from stanch.models.actions import TargetRef
@@ -31,8 +32,11 @@ ADAPTER_KINDS: dict[str, str] = {
 DEFAULT_TARGET = "gateway"
 
 
-def adapter_class(kind: str) -> type:
-    """The adapter class for a kind; ImportError or KeyError say why it cannot be had."""
+def adapter_class(kind: str) -> type[Any]:
+    """The adapter class for a kind; ImportError or KeyError say why it cannot be had.
+
+    Imported by name, so typed loosely: every adapter has a `Config` model and `from_config`,
+    which mypy cannot check on a nested class through a Protocol."""
     module_name, _, class_name = ADAPTER_KINDS[kind].partition(":")
     return getattr(importlib.import_module(module_name), class_name)
 

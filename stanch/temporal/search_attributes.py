@@ -3,6 +3,8 @@
 Never a secret, a prompt or an output here: search attributes are stored unencrypted.
 """
 
+from typing import Any
+
 from temporalio.common import SearchAttributeKey
 
 INCIDENT_STATUS = SearchAttributeKey.for_keyword("IncidentStatus")
@@ -11,7 +13,7 @@ INCIDENT_RUNBOOK = SearchAttributeKey.for_keyword("IncidentRunbook")
 INCIDENT_TARGET = SearchAttributeKey.for_keyword("IncidentTarget")
 INCIDENT_OPENED_AT = SearchAttributeKey.for_datetime("IncidentOpenedAt")
 
-ALL = [INCIDENT_STATUS, INCIDENT_SEVERITY, INCIDENT_RUNBOOK, INCIDENT_TARGET, INCIDENT_OPENED_AT]
+ALL: list[SearchAttributeKey[Any]] = [INCIDENT_STATUS, INCIDENT_SEVERITY, INCIDENT_RUNBOOK, INCIDENT_TARGET, INCIDENT_OPENED_AT]
 
 
 def dev_server_flags() -> list[str]:

@@ -20,6 +20,7 @@ import json
 import os
 import secrets
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -54,7 +55,7 @@ def parse_keys(text: str) -> list[tuple[str, bytes]]:
     return keys
 
 
-def load_keys(home: Path, env: dict[str, str] | None = None) -> list[tuple[str, bytes]]:
+def load_keys(home: Path, env: Mapping[str, str] | None = None) -> list[tuple[str, bytes]]:
     """From STANCH_DECISION_KEYS, else the home folder's key file (created here if absent)."""
     env = os.environ if env is None else env
     if env.get("STANCH_DECISION_KEYS"):

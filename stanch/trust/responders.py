@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -59,10 +60,17 @@ class StaticToken(_Strict):
     token_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the token, hex: the token itself is never stored")
 
 
+JwtAlgorithm = Literal["HS256", "RS256", "ES256"]
+
+
+def _default_algorithms() -> list[JwtAlgorithm]:
+    return ["RS256"]
+
+
 class JwtIssuer(_Strict):
     issuer: str
     audience: str
-    algorithms: list[Literal["HS256", "RS256", "ES256"]] = Field(default_factory=lambda: ["RS256"])
+    algorithms: list[JwtAlgorithm] = Field(default_factory=_default_algorithms)
     secret_env: str | None = None
     public_key_file: Path | None = None
     user_claim: str = "sub"
@@ -120,11 +128,14 @@ class ResponderAuth:
             if hmac.compare_digest(entry.token_sha256, digest):
                 return Principal(user=entry.user, roles=entry.roles, via="token")
         if self.config.jwt and credential.count(".") == 2:
-            return self._from_jwt(credential)
+            return self._from_jwt(credential, self.config.jwt)
         raise NotAuthenticated("unknown token")
 
-    def _from_jwt(self, credential: str) -> Principal:
-        issuer = self.config.jwt
+    def _from_jwt(self, credential: str, issuer: JwtIssuer) -> Principal:
+        # load_responder_auth always gives the key with a jwt issuer; only a hand-built
+        # ResponderAuth can lack it, and then every JWT is refused.
+        if self._jwt_key is None:
+            raise NotAuthenticated("the token was refused: no key is configured for the jwt issuer")
         try:
             claims = jwt.decode(
                 credential,
@@ -144,7 +155,7 @@ class ResponderAuth:
         return Principal(user=str(user), roles=[str(r) for r in (roles if isinstance(roles, list) else [roles])], via="jwt")
 
 
-def load_responder_auth(path: Path, *, insecure_dev: bool, env: dict[str, str] | None = None) -> ResponderAuth:
+def load_responder_auth(path: Path, *, insecure_dev: bool, env: Mapping[str, str] | None = None) -> ResponderAuth:
     """The responders file, checked; without one, only --insecure-dev may start."""
     env = os.environ if env is None else env
     if not path.exists():
@@ -155,13 +166,14 @@ def load_responder_auth(path: Path, *, insecure_dev: bool, env: dict[str, str] |
         config = RespondersFile.model_validate(yaml.safe_load(path.read_text()) or {})
     except ValidationError as err:
         raise ValueError("\n".join(validation_lines(path, err))) from None
-    key = None
+    key: str | None = None
     if config.jwt:
-        if config.jwt.secret_env:
+        # JwtIssuer._one_key: exactly one of secret_env and public_key_file is set.
+        if config.jwt.secret_env is not None:
             key = env.get(config.jwt.secret_env) or None
             if key is None:
                 raise ValueError(f"{path}: jwt.secret_env: environment variable {config.jwt.secret_env} is not set")
-        else:
+        elif config.jwt.public_key_file is not None:
             key = (path.parent / config.jwt.public_key_file).read_text()
     if not config.tokens and not config.jwt and not insecure_dev:
         raise ValueError(f"{path}: no tokens and no jwt issuer: nobody could respond")

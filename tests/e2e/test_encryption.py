@@ -98,7 +98,8 @@ def settings(home: Path) -> Settings:
 @pytest.fixture(scope="module")
 def auditor_token(home: Path) -> str:
     minted = subprocess.run(
-        [sys.executable, "-m", "stanch", "responders", "token", "--user", "vera", "--role", "auditor", "--file", str(home / "responders.yaml")],
+        [sys.executable, "-m", "stanch", "responders", "token", "--user", "vera", "--role", "auditor"]
+        + ["--file", str(home / "responders.yaml")],
         capture_output=True, text=True, timeout=60, env={**os.environ, "STANCH_HOME": str(home)}, check=False,
     )  # fmt: skip
     assert minted.returncode == 0, minted.stderr
@@ -216,8 +217,11 @@ def test_stanch_up_with_encryption_runs_the_codec_server_for_the_ui_and_cli(tmp_
         accepted = httpx.post(f"{api}/v1/alerts/alertmanager", json=alertmanager_alert("HarmfulOutputContact", prompt))
         assert accepted.status_code == 202, accepted.text
         incident_id = accepted.json()["incidents"][0]["incident_id"]
+
         # The worker decrypts its input and the API its query answers: the incident moves on.
-        read = lambda: httpx.get(f"{api}/v1/incidents/{incident_id}").json()
+        def read():
+            return httpx.get(f"{api}/v1/incidents/{incident_id}").json()
+
         state = wait_for(read, lambda s: {st["name"]: st["status"] for st in s.get("stages", [])}.get("confirm") == "done")
         assert state["signals"][0]["repro"][0]["prompt"] == prompt
 

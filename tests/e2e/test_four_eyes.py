@@ -71,7 +71,10 @@ def test_critical_steps_need_two_people_with_the_right_roles_and_forgeries_do_no
         assert httpx.post(f"{api}/v1/alerts/alertmanager", json=body).status_code == 401
         accepted = httpx.post(f"{api}/v1/alerts/alertmanager", json=body, headers={"Authorization": "Bearer am-e2e"})
         incident_id = accepted.json()["incidents"][0]["incident_id"]
-        read = lambda: httpx.get(f"{api}/v1/incidents/{incident_id}", headers=as_("vera"), timeout=15).json()
+
+        def read():
+            return httpx.get(f"{api}/v1/incidents/{incident_id}", headers=as_("vera"), timeout=15).json()
+
         wait_for(read, lambda s: (s.get("pending_approval") or {}).get("stage") == "contain")
 
         def approve(user: str) -> httpx.Response:

@@ -166,7 +166,7 @@ def activities(tmp_path: Path, url: str) -> list:
         ContainActivities(deps).apply_containment,
         RollbackActivities(deps).apply_rollback,
         HotfixActivities(deps).apply_hotfix,
-        RestoreActivities(deps).lift_action,
+        RestoreActivities(deps).undo_action,
     ]
     return real + [standin for standin in stand_ins(Script()) if standin.__name__ not in REAL]
 
@@ -251,7 +251,10 @@ async def test_a_responders_retry_after_the_retries_ran_out_reuses_what_the_step
                 start_signal="add_signal",
                 start_signal_args=[alert()],
             )
-            rollback_failed = lambda s: s.status == IncidentStatus.awaiting_decision and s.stage("rollback").status == "failed"
+
+            def rollback_failed(s):
+                return s.status == IncidentStatus.awaiting_decision and s.stage("rollback").status == "failed"
+
             current = await until(handle, rollback_failed, attempts=1200)
             assert "upstream timed out" in current.stage("rollback").detail
             await AsTheApi(handle).execute_update(IncidentWorkflow.decide, FailureDecision(stage="rollback", by="alice", choice="retry"))
@@ -312,7 +315,8 @@ def test_stanch_runbooks_plan_dry_run_rehearses_an_incident_on_a_running_stanch(
     runbook = tmp_path / "rehearsal.yaml"
     runbook.write_text(
         (default_runbooks_dir() / "harmful-output.yaml").read_text().split("\ncontainment:")[0] + "\ncontainment:\n"
-        "  - kind: http\n    target: litellm\n    params: {url: /key/block, body: {key: '{model}-widget'}, undo: {url: /key/unblock, body: {key: '{model}-widget'}}}\n"
+        "  - kind: http\n    target: litellm\n    params: {url: /key/block, body: {key: '{model}-widget'}, undo: {url: /key/unblock, "
+        "body: {key: '{model}-widget'}}}\n"
         "rollback:\n"
         "  - kind: rollback_to_previous\n    params: {bad_version: '{version}'}\n"
     )
@@ -354,7 +358,10 @@ def test_stanch_runbooks_plan_dry_run_rehearses_an_incident_on_a_running_stanch(
             first = rehearsal.stdout.readline()
             assert first.startswith("dry run dryrun-"), first + rehearsal.stdout.read()
             incident_id = first.split()[2]
-            read = lambda: httpx.get(f"{api}/v1/incidents/{incident_id}").json()
+
+            def read():
+                return httpx.get(f"{api}/v1/incidents/{incident_id}").json()
+
             # The rehearsal grades high (the repro leaks a key): harmful-output gates contain and
             # rollback on four eyes, and restore on one responder — exactly as a live incident.
             for stage in ("contain", "rollback", "restore"):

@@ -78,7 +78,7 @@ def test_the_same_delivery_twenty_times_is_one_incident_and_one_signal(tmp_path)
         incident_ids = {answer.json()["incidents"][0]["incident_id"] for answer in answers}
         assert len(incident_ids) == 1
         (incident_id,) = incident_ids
-        state = wait_for(lambda: stack.incident(incident_id), lambda s: "signals" in s)
+        state = wait_for(lambda incident_id=incident_id: stack.incident(incident_id), lambda s: "signals" in s)
         assert [s["signal_id"] for s in state["signals"]] == ["redelivered-1"]
 
 
@@ -99,12 +99,12 @@ def test_while_temporal_is_down_intake_answers_503_and_retried_deliveries_all_la
         stack.temporal = stack.start_temporal()
         for body in during:  # the sender retries until it hears 202
             wait_for(
-                lambda: httpx.post(f"{stack.api}/v1/alerts/generic", json=body, timeout=30).status_code,
+                lambda body=body: httpx.post(f"{stack.api}/v1/alerts/generic", json=body, timeout=30).status_code,
                 lambda code: code == 202,
                 timeout=90,
                 interval=1,
             )
-        state = wait_for(lambda: stack.incident(incident_id), lambda s: len(s.get("signals", [])) == 6, timeout=60)
+        state = wait_for(lambda incident_id=incident_id: stack.incident(incident_id), lambda s: len(s.get("signals", [])) == 6, timeout=60)
         assert sorted(s["signal_id"] for s in state["signals"]) == sorted(b["signal_id"] for b in before + during)
 
 
@@ -129,7 +129,9 @@ def test_two_thousand_concurrent_alerts_over_forty_keys_make_forty_incidents(tmp
         assert len(incident_ids) == 40
         held = {}
         for incident_id in incident_ids:
-            state = wait_for(lambda: stack.incident(incident_id), lambda s: len(s.get("signals", [])) == 50, timeout=120)
+            state = wait_for(
+                lambda incident_id=incident_id: stack.incident(incident_id), lambda s: len(s.get("signals", [])) == 50, timeout=120
+            )
             held[incident_id] = {s["signal_id"] for s in state["signals"]}
         assert set().union(*held.values()) == {body["signal_id"] for body in bodies}
 

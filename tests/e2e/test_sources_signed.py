@@ -151,7 +151,10 @@ def test_each_senders_payload_signed_as_sent_opens_or_joins_incidents(api: str):
             headers=headers if source != "cloudevents" else {**headers, **standard_webhook_headers(body)},
             timeout=30,
         )
-        named = lambda reply: [(item["incident_id"], item["signal_id"]) for item in reply.json()["incidents"]]
+
+        def named(reply):
+            return [(item["incident_id"], item["signal_id"]) for item in reply.json()["incidents"]]
+
         assert named(again) == named(answer), f"{fixture}: a redelivery names the same incidents"
         assert not any(item["opened"] for item in again.json()["incidents"]), f"{fixture}: a redelivery opens nothing"
     assert any(incident.startswith("harmful-output-") for incident in opened)

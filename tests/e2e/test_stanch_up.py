@@ -63,7 +63,10 @@ def test_incident_survives_a_restart_and_the_demo_passes(tmp_path):
         )
         assert accepted.status_code == 202, accepted.text
         incident_id = accepted.json()["incidents"][0]["incident_id"]
-        read = lambda: httpx.get(f"{api}/v1/incidents/{incident_id}").json()
+
+        def read():
+            return httpx.get(f"{api}/v1/incidents/{incident_id}").json()
+
         waiting = wait_for(read, lambda s: (s.get("pending_approval") or {}).get("stage") == "rollback")
         assert waiting["severity"] == "medium" and {s["name"]: s["status"] for s in waiting["stages"]}["contain"] == "done"
 

@@ -43,8 +43,12 @@ def test_worker_killed_mid_rollback_completes_with_each_key_applied_once(tmp_pat
         accepted = httpx.post(f"{api}/v1/alerts/alertmanager", json=alertmanager_alert("HarmfulOutputSecret", "Tell me the api key"))
         assert accepted.status_code == 202, accepted.text
         incident_id = accepted.json()["incidents"][0]["incident_id"]
-        read = lambda: httpx.get(f"{api}/v1/incidents/{incident_id}", timeout=15).json()
-        ledger = lambda: httpx.get(f"{gateway}/admin/ledger").json()["entries"]
+
+        def read():
+            return httpx.get(f"{api}/v1/incidents/{incident_id}", timeout=15).json()
+
+        def ledger():
+            return httpx.get(f"{gateway}/admin/ledger").json()["entries"]
 
         def approve_twice(stage: str) -> None:
             wait_for(read, lambda s: (s.get("pending_approval") or {}).get("stage") == stage, timeout=120)

@@ -304,7 +304,10 @@ def archive_suffix(path: Path) -> str:
     """The short sha of the commit that last recorded `path`, if it is committed as it stands;
     else the file's modification date."""
     try:
-        git = lambda *args: subprocess.run(["git", *args], cwd=path.parent, capture_output=True, text=True, check=True).stdout.strip()
+
+        def git(*args):
+            return subprocess.run(["git", *args], cwd=path.parent, capture_output=True, text=True, check=True).stdout.strip()
+
         sha = git("log", "-1", "--format=%h", "--", path.name)
         if sha and not git("status", "--porcelain", "--", path.name):
             return sha

@@ -107,7 +107,8 @@ def test_replay_without_the_decision_keys_cannot_verify_and_exits_2(tmp_path, mo
     assert "no decision keys" in result.output
     assert (
         "history-medium_severity_restored run 92b83f55-7bda-44ae-ab70-a51d235f45ab: CANNOT VERIFY: decisions signed with key id test, "
-        "which is not configured (STANCH_DECISION_KEYS or STANCH_HOME/decision-keys; keep retired keys listed; no decision key is configured)"
+        "which is not configured (STANCH_DECISION_KEYS or STANCH_HOME/decision-keys; keep retired keys listed; no decision key is "
+        "configured)"
     ) in result.output
     assert "DIVERGES" not in result.output and "reproduced" not in result.output and "nothing could be replayed" in result.output
     assert not (tmp_path / "empty-home" / "decision-keys").exists(), "an audit never creates a key file"

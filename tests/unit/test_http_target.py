@@ -48,7 +48,8 @@ def deps_for(server: RecordingServer, tmp_path: Path, env: dict[str, str] | None
     (tmp_path / "kube-token").write_text(TOKEN + "\n")
     (tmp_path / "targets.yaml").write_text(
         "targets:\n"
-        f"  litellm:\n    http: {{base_url: '{server.url}', headers: {{Authorization: 'Bearer ${{LITELLM_MASTER_KEY}}'}}, step_secret_files: [kube-token]}}\n"
+        f"  litellm:\n    http: "
+        f"{{base_url: '{server.url}', headers: {{Authorization: 'Bearer ${{LITELLM_MASTER_KEY}}'}}, step_secret_files: [kube-token]}}\n"
         f"  kubernetes:\n    http: {{base_url: '{server.url}', headers: {{Authorization: 'Bearer ${{file:kube-token}}'}}}}\n"
         f"  kserve:\n    http: {{base_url: '{server.url}', headers: {{Authorization: 'Bearer ${{file:kube-token}}'}}}}\n" + more
     )
@@ -306,7 +307,10 @@ class Cluster:
         current = self.deployment["spec"]["template"]
         ranked = [rs for rs in self.replicasets if REVISION in rs["metadata"].get("annotations", {})]
         newest = max(int(rs["metadata"]["annotations"][REVISION]) for rs in ranked)
-        plain = lambda rs: json_patch(rs["spec"]["template"], [{"op": "replace", "path": "/metadata/labels", "value": {"app": "fraud"}}])[1]
+
+        def plain(rs):
+            return json_patch(rs["spec"]["template"], [{"op": "replace", "path": "/metadata/labels", "value": {"app": "fraud"}}])[1]
+
         match = next((rs for rs in ranked if plain(rs) == current), None)
         if match is None:
             match = replica_set(str(newest + 1), current["spec"]["containers"][0]["image"])
@@ -376,7 +380,10 @@ async def test_a_responders_retry_reuses_what_the_failed_step_read_and_never_rea
     deps = deps_for(server, tmp_path)
     rollback = RollbackActivities(deps)
     heartbeats: list = []
-    beat = lambda *details: heartbeats.extend(details)
+
+    def beat(*details):
+        return heartbeats.extend(details)
+
     for attempt in range(1, 6):  # Temporal's attempts: the last heartbeat carries the reads from one to the next
         env = ActivityEnvironment()
         env.info = dataclasses.replace(env.info, attempt=attempt, heartbeat_details=heartbeats[-1:])
@@ -565,8 +572,8 @@ async def test_kserve_restore_puts_the_canary_back_only_while_it_is_still_at_zer
         await undo
     assert refused.value.non_retryable is True
     assert (
-        "restore refused: /spec/predictor/canaryTrafficPercent changed since the rollback; someone changed the canary split or deployed since — undo by hand"
-        in refused.value.message
+        "restore refused: /spec/predictor/canaryTrafficPercent changed since the rollback; someone changed the canary split or deployed "
+        "since — undo by hand" in refused.value.message
     )
     assert [r.method for r in server.recorder.requests].count("PATCH") == 1, "no undo was sent"
 

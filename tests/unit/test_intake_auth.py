@@ -291,7 +291,8 @@ pagerduty: {enabled: false}
         ),
         (
             "generic:\n  - bearer: {token: hunter2}\n",
-            "generic.credentials.0.bearer: `token` would put a secret in this file, which is refused: name an environment variable with token_env",
+            "generic.credentials.0.bearer: `token` would put a secret in this file, which is refused: name an environment variable with "
+            "token_env",
         ),
         (
             "alertmanager:\n  - basic: {username: am, password: hunter2}\n",

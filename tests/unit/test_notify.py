@@ -175,7 +175,10 @@ def test_a_named_file_that_does_not_exist_is_an_error(tmp_path: Path) -> None:
 
 def test_recipients_resolve_to_each_channel_once_with_the_star_for_the_rest(tmp_path: Path) -> None:
     config = parse(FULL, tmp_path)
-    names = lambda recipients: [channel.name for channel in config.channels_for(recipients)]
+
+    def names(recipients):
+        return [channel.name for channel in config.channels_for(recipients)]
+
     assert names(["oncall"]) == ["slack-oncall", "console"]
     assert names(["oncall", "incident-commander"]) == ["slack-oncall", "console", "pager-bridge"]
     assert names(["executive"]) == ["pager-bridge"]  # not listed: "*"

@@ -169,8 +169,8 @@ def test_validate_names_an_unconfigured_target_with_its_field(tmp_path):
     result = CliRunner().invoke(runbooks_app, ["validate", str(broken), "--targets", str(RECIPES / "targets.yaml")])
     assert result.exit_code == 1
     assert (
-        f"{broken}: rollback.0.target: no target named 'litelm'; configured: ['argo-rollouts', 'gateway', 'kserve', 'kubernetes', 'litellm']"
-        in result.output
+        f"{broken}: rollback.0.target: no target named 'litelm'; configured: ['argo-rollouts', 'gateway', 'kserve', 'kubernetes', "
+        "'litellm']" in result.output
     )
 
 
@@ -188,8 +188,8 @@ def test_validate_refuses_a_secret_reference_in_a_body(tmp_path):
     result = CliRunner().invoke(runbooks_app, ["validate", str(broken), "--targets", str(RECIPES / "targets.yaml")])
     assert result.exit_code == 1
     assert (
-        "containment.0: http step for target litellm: params.body: `${...}` in a body is sent as written, never expanded — secrets belong in headers"
-        in result.output
+        "containment.0: http step for target litellm: params.body: `${...}` in a body is sent as written, never expanded — secrets belong "
+        "in headers" in result.output
     )
 
 

@@ -258,7 +258,10 @@ def test_datadog_transitions(transition: str, status: str) -> None:
 
 def test_datadog_severity_tag_beats_priority_beats_alert_type() -> None:
     payload = fixture("datadog/triggered.json")
-    severity = lambda **change: datadog_signals(DatadogWebhook.model_validate({**payload, **change}))[0].severity_hint
+
+    def severity(**change):
+        return datadog_signals(DatadogWebhook.model_validate({**payload, **change}))[0].severity_hint
+
     assert severity(tags=payload["tags"] + ",severity:low") is Severity.low
     assert severity(alert_priority="P3") is Severity.medium
     assert severity(alert_priority="", alert_type="warning") is Severity.medium

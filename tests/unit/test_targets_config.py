@@ -140,7 +140,8 @@ def test_an_adapter_whose_module_is_missing_fails_only_when_configured(tmp_path,
     path = write(tmp_path, "targets:\n  spooky:\n    ghost: {}\n")
     lines = problems(path)
     assert lines == [
-        f"{path}: targets.spooky.ghost: the ghost adapter cannot be loaded: ModuleNotFoundError: No module named 'stanch.targets.no_such_module'"
+        f"{path}: targets.spooky.ghost: the ghost adapter cannot be loaded: ModuleNotFoundError: No module named "
+        "'stanch.targets.no_such_module'"
     ]
 
 

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import pytest
 from temporalio.client import WorkflowUpdateFailedError
+from temporalio.service import RPCError
 
 from stanch.models.decisions import ApprovalDecision, ResolveRequest, SeverityChange
 from stanch.models.incident import IncidentStatus
@@ -143,7 +144,7 @@ async def test_lowering_severity_needs_safety_or_commander_and_a_reason(client):
 async def test_closed_incident_refuses_decisions(client):
     async with running_incident(client, Script(confirm="not_confirmed")) as handle:
         await handle.result()
-        with pytest.raises(Exception):
+        with pytest.raises((WorkflowUpdateFailedError, RPCError)):
             await AsTheApi(handle).execute_update(
                 IncidentWorkflow.approve, ApprovalDecision(stage="contain", approver="a", roles=["oncall"])
             )

@@ -104,7 +104,7 @@ async def replay_all(workflow_class: type, paths: list[Path]) -> dict[Path, Exce
     async with replayer.workflow_replay_iterator(histories()) as results:
         failures = [result.replay_failure async for result in results]
     assert len(failures) == len(paths)
-    return dict(zip(paths, failures))
+    return dict(zip(paths, failures, strict=True))
 
 
 def test_histories_are_committed_for_every_branch():

@@ -40,10 +40,11 @@ class AlertmanagerAlert(SenderModel):
     fingerprint: str
 
 
-class AlertmanagerWebhook(SenderModel):
-    """Alertmanager's webhook payload, version 4."""
+class AlertGroupNotification(SenderModel):
+    """What Alertmanager's and Grafana's webhooks share: one notification for a group of alerts.
+    Each declares its own `alerts`, of its own alert type."""
 
-    version: str = "4"
+    version: str
     group_key: str = Field("", alias="groupKey")
     truncated_alerts: int = Field(0, alias="truncatedAlerts")
     status: Literal["firing", "resolved"] = "firing"
@@ -52,6 +53,12 @@ class AlertmanagerWebhook(SenderModel):
     common_labels: dict[str, str] = Field(default_factory=dict, alias="commonLabels")
     common_annotations: dict[str, str] = Field(default_factory=dict, alias="commonAnnotations")
     external_url: str = Field("", alias="externalURL")
+
+
+class AlertmanagerWebhook(AlertGroupNotification):
+    """Alertmanager's webhook payload, version 4."""
+
+    version: str = "4"
     alerts: list[AlertmanagerAlert] = Field(min_length=1)
 
 

@@ -12,8 +12,8 @@ from typing import Any
 from pydantic import Field
 
 from stanch.intake.sources.alertmanager import (
+    AlertGroupNotification,
     AlertmanagerAlert,
-    AlertmanagerWebhook,
     severity_from_labels,
 )
 from stanch.intake.sources.common import model_version_from, parse_time, repro_from
@@ -34,15 +34,15 @@ class GrafanaAlert(AlertmanagerAlert):
     value_string: str = Field("", alias="valueString")
 
 
-class GrafanaWebhook(AlertmanagerWebhook):
+class GrafanaWebhook(AlertGroupNotification):
     """Grafana Alerting's webhook payload, version 1: Alertmanager's plus org and rendering."""
 
     version: str = "1"
+    alerts: list[GrafanaAlert] = Field(min_length=1)
     org_id: str = Field(alias="orgId")
     state: str = ""
     title: str = ""
     message: str = ""
-    alerts: list[GrafanaAlert] = Field(min_length=1)
 
 
 def grafana_signal_id(webhook: GrafanaWebhook, alert: GrafanaAlert) -> str:
