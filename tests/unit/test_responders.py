@@ -79,7 +79,7 @@ def test_tokens_and_jwts_give_user_and_roles_and_refusals_say_why():
 def test_the_responders_file_stores_only_hashes_and_names_bad_fields(tmp_path: Path):
     path = tmp_path / "responders.yaml"
     path.write_text("tokens:\n  - {user: alice, roles: [oncall], token: stk_plaintext}\n")
-    with pytest.raises(ValueError, match=r"responders.yaml: tokens.0.token_sha256: Field required"):
+    with pytest.raises(ValueError, match=r"responders.yaml: tokens.0.token_sha256: "):
         load_responder_auth(path, insecure_dev=False)
     with pytest.raises(ValueError, match="no responders file"):
         load_responder_auth(tmp_path / "missing.yaml", insecure_dev=False)

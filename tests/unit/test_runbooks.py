@@ -111,7 +111,7 @@ def test_zero_approvers_names_file_and_field(runbook_copy: Path) -> None:
     edit(path, "          count: 2\n", "          count: 0\n")
     with pytest.raises(RunbookError) as info:
         load_runbook(path)
-    assert f"{path}: policy.high.stages.rollback.approve.count: Input should be greater than or equal to 1" in str(info.value)
+    assert f"{path}: policy.high.stages.rollback.approve.count: " in str(info.value)  # the rest is pydantic's wording
 
 
 def test_unknown_stage_name_is_refused(runbook_copy: Path) -> None:
@@ -228,7 +228,7 @@ def test_cli_validate_broken_file_exits_1_naming_field(runbook_copy: Path) -> No
     result = CliRunner().invoke(runbooks_app, ["validate", str(path)])
     assert result.exit_code == 1
     assert f"FAIL {path}" in result.output
-    assert f"{path}: policy.high.stages.contain.approve.count: Input should be greater than or equal to 1" in result.output
+    assert f"{path}: policy.high.stages.contain.approve.count: " in result.output  # the rest is pydantic's wording
 
 
 def test_cli_validate_folder_reports_bad_and_good_files(runbook_copy: Path) -> None:
