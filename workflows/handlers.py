@@ -29,7 +29,7 @@ with workflow.unsafe.imports_passed_through():
         SeverityChange,
         TriageDecision,
     )
-    from stanch.models.incident import ApprovalRecord, IncidentStatus
+    from stanch.models.incident import ApprovalRecord, IncidentState, IncidentStatus
     from stanch.models.signals import Signal
     from stanch.trust import assertions
 
@@ -43,7 +43,7 @@ class ResponderHandlers:
         self.grading = grading
 
     @property
-    def state(self):
+    def state(self) -> IncidentState:
         return self.record.state
 
     # --- monitoring ---------------------------------------------------------------------

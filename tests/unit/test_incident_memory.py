@@ -1,0 +1,105 @@
+"""Everything an incident's workflow remembers is one serializable model, `IncidentMemory`: the
+parts of the workflow (record, gates, clocks, grading, notifier, handlers) keep nothing of their
+own, so continue-as-new can carry the memory and lose nothing.
+"""
+
+from __future__ import annotations
+
+import ast
+from datetime import UTC, datetime
+from pathlib import Path
+
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from stanch.models.actions import TargetRef
+from stanch.models.activity_io import Finding
+from stanch.models.decisions import FailureDecision, ResolveRequest, TriageDecision
+from stanch.models.incident import IncidentState, IncidentStatus, fresh_stages
+from stanch.models.memory import IncidentMemory
+from stanch.models.signals import Severity, Signal
+
+WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
+# What a part is handed when it is built: the record and its sibling parts, never state of its own.
+PART_WIRING = {"record", "notifier", "clocks", "grading", "gates", "responders", "input", "runbook", "memory", "by"}
+
+
+def remembered() -> IncidentMemory:
+    opened = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
+    state = IncidentState(
+        id="inc-1",
+        occurrence="inc-1@abcd1234",
+        status=IncidentStatus.awaiting_decision,
+        severity=Severity.high,
+        runbook="harmful-output",
+        runbook_sha256="ab" * 32,
+        target=TargetRef(model="support-bot", version="2"),
+        dedup_key="harmful-output/support-bot",
+        opened_at=opened,
+        stages=fresh_stages(),
+        signals=[Signal(signal_id="sig-1", title="leak")],
+    )
+    return IncidentMemory(
+        state=state,
+        seen_signal_ids={"sig-1", "sig-2"},
+        seen_decision_ids={"d-1"},
+        detectors_fired=["secret"],
+        findings=[Finding(check="probe", outcome="confirmed", detail="1 of 1 prompts", detectors=["secret"])],
+        triage_decision=TriageDecision(by="alice", outcome="confirmed", reason="seen it"),
+        failure_decision=FailureDecision(stage="rollback", by="alice", choice="retry"),
+        failed_stage="rollback",
+        resolve_request=ResolveRequest(by="carol", reason="upstream fixed"),
+        severity_set_by_human=True,
+        signals_at_human_severity=1,
+        regrade_requested=True,
+        signals_graded=1,
+        notifications_sent=7,
+        last_escalation_at=opened,
+    )
+
+
+def test_the_memory_survives_the_trip_through_temporal_unchanged() -> None:
+    memory = remembered()
+    converter = pydantic_data_converter.payload_converter
+    (payload,) = converter.to_payloads([memory])
+    (back,) = converter.from_payloads([payload], [IncidentMemory])
+    assert back == memory
+    assert back.seen_signal_ids == {"sig-1", "sig-2"} and back.notifications_sent == 7
+
+
+def assignments_to_self(tree: ast.AST) -> list[tuple[str, str, int]]:
+    """(method, attribute, line) for every `self.<attribute> = …` in the classes of a module."""
+    found = []
+    for cls in (node for node in ast.walk(tree) if isinstance(node, ast.ClassDef)):
+        for method in (node for node in cls.body if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)):
+            for node in ast.walk(method):
+                targets = (
+                    node.targets
+                    if isinstance(node, ast.Assign)
+                    else [node.target]
+                    if isinstance(node, ast.AnnAssign | ast.AugAssign)
+                    else []
+                )
+                for target in targets:
+                    for name in target.elts if isinstance(target, ast.Tuple) else [target]:
+                        # `self.x = …` rebinds the part's own attribute; `self.state.x = …` changes the memory.
+                        if isinstance(name, ast.Attribute) and isinstance(name.value, ast.Name) and name.value.id == "self":
+                            found.append((f"{cls.name}.{method.name}", name.attr, node.lineno))
+    return found
+
+
+def test_workflow_parts_keep_nothing_outside_the_memory() -> None:
+    """A part is wired once in __init__; anything the incident remembers goes into the memory."""
+    stray = []
+    for path in sorted(WORKFLOWS.glob("*.py")):
+        for where, attribute, line in assignments_to_self(ast.parse(path.read_text())):
+            if where.endswith(".__init__") and (attribute in PART_WIRING or attribute == "background"):
+                continue  # the asyncio tasks of the clocks are rebuilt by a new run, never carried
+            stray.append(f"{path.name}:{line} {where} sets self.{attribute}")
+    assert not stray, "state kept outside IncidentMemory: " + "; ".join(stray)
+
+
+def test_the_check_sees_a_part_that_keeps_state_of_its_own() -> None:
+    source = (
+        "class Gates:\n    def __init__(self, record):\n        self.record = record\n    def gate(self):\n        self.waiting = True\n"
+    )
+    assert assignments_to_self(ast.parse(source)) == [("Gates.__init__", "record", 3), ("Gates.gate", "waiting", 5)]
