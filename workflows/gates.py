@@ -1,7 +1,7 @@
 """The gate and the fail-safe: how a stage waits for approval, and what happens when a step fails.
 
 A gated stage runs, is skipped, or waits until enough of the right people approve (four eyes
-where the policy says so). Restore has a rule of its own: lifting protections is automatic only
+where the policy says so). Restore has a rule of its own: undoing protections is automatic only
 after a verified fix nobody cut short. A step that fails after its retries keeps everything
 applied in place, tells on-call and waits for a human to choose retry, skip or abort.
 """

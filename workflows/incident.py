@@ -265,7 +265,7 @@ class IncidentWorkflow:
         for applied in protections:
             await self.undo(applied)
         still = self.record.still_in_place()
-        self.record.mark("restore", StageStatus.done, f"still in place: {', '.join(still)}" if still else "every protection lifted")
+        self.record.mark("restore", StageStatus.done, f"still in place: {', '.join(still)}" if still else "every protection undone")
 
     async def undo(self, applied: AppliedAction) -> None:
         undone = await self.gates.attempt(

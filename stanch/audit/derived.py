@@ -138,15 +138,15 @@ def milestones(t: Timeline) -> list[Milestone]:
     if verified:
         s = verified[0]
         found.append(reached("fix verified", s.finished_at, s.finished_event_id, f"{s.summary} (event {s.finished_event_id})"))
-    lifted = [a for a in t.actions if a.activity == "lift_action" and a.outcome == "completed" and a.finished_at is not None]
-    if lifted:
-        last = lifted[-1]
+    undone = [a for a in t.actions if a.activity == "lift_action" and a.outcome == "completed" and a.finished_at is not None]
+    if undone:
+        last = undone[-1]
         found.append(
             reached(
                 "restored",
                 last.finished_at,
                 last.finished_event_id,
-                f"last protection lifted: {last.kind} (event {last.finished_event_id})",
+                f"last protection undone: {last.kind} (event {last.finished_event_id})",
             )
         )
     if t.ended_at is not None:

@@ -49,7 +49,7 @@ class DecisionEntry(BaseModel):
 
 
 class ActionEntry(BaseModel):
-    """A change made to the target: contain, roll back, hotfix, or a restore lifting one of them."""
+    """A change made to the target: contain, roll back, hotfix, or a restore undoing one of them."""
 
     at: datetime
     event_id: int = Field(description="ActivityTaskScheduled event")
@@ -60,7 +60,7 @@ class ActionEntry(BaseModel):
     target: str = ""
     idempotency_key: str = ""
     key_source: Literal["result", "computed", "none"] = Field("none", description="from the activity's result, or rebuilt from its input")
-    lifts: str = Field("", description="for a restore: the stage and key of the action it undoes")
+    undoes: str = Field("", description="for a restore: the stage and key of the action it undoes")
     attempts: int = 0
     outcome: Literal["completed", "failed", "timed out", "canceled", "pending"] = "pending"
     finished_at: datetime | None = None

@@ -70,7 +70,7 @@ def sections(t: Timeline) -> list[Section]:
     actions = Section("Actions", ["at", "event", "stage", "kind", "target", "idempotency key", "attempts", "outcome", "result"])
     for a in t.actions:
         key = a.idempotency_key + (" (rebuilt from the input)" if a.key_source == "computed" else "")
-        result = a.failure or (f"lifts {a.lifts}" if a.lifts else "") or compact(a.result)
+        result = a.failure or (f"undoes {a.undoes}" if a.undoes else "") or compact(a.result)
         outcome = (a.outcome, "" if a.outcome == "completed" else "bad")
         actions.rows.append([when(a.at), str(a.event_id), a.stage, a.kind, a.target, key, str(a.attempts), outcome, result])
 

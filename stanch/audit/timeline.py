@@ -391,7 +391,7 @@ def action_from_input(kind: str, input: dict[str, Any], at, event_id: int) -> Ac
             index=applied.get("index"),
             kind=applied.get("kind", ""),
             target=target_text(applied.get("target")),
-            lifts=f"{applied.get('stage', '?')} {applied.get('idempotency_key', '')}".strip(),
+            undoes=f"{applied.get('stage', '?')} {applied.get('idempotency_key', '')}".strip(),
         )
     target = input.get("target")
     entry = ActionEntry(

@@ -338,8 +338,8 @@ def print_recorded(console: Console, state: IncidentState) -> None:
     if not state.actions:
         console.print("  no action was reached")
     for action in state.actions:
-        lifted = "  [dim](lifted)[/]" if action.undone_at else ""
-        console.print(f"  {action.stage} {action.index}. [bold]{escape(action.kind)}[/] on {escape(action.target.adapter)}{lifted}")
+        undone = "  [dim](undone)[/]" if action.undone_at else ""
+        console.print(f"  {action.stage} {action.index}. [bold]{escape(action.kind)}[/] on {escape(action.target.adapter)}{undone}")
         for call in action.result.get("would_call", []):
             console.print(f"     → {escape(_call_line(PlannedCall.model_validate(call)))}")
         for call in action.result.get("undo_would_call", []):

@@ -87,7 +87,7 @@ def report_draft(input: ReviewInput) -> str:
     lines += ["", "## 6. Evidence kept (Art. 73(6))", "", f"- {evidence_line(input)}", "", "## 7. Corrective actions", ""]
     for action in input.actions:
         what = f"{action.stage}: {action.kind}" + (f" ({action.result['version']})" if "version" in action.result else "")
-        undone = f"; lifted {when(action.undone_at)}" if action.undone_at else "; still in place"
+        undone = f"; undone {when(action.undone_at)}" if action.undone_at else "; still in place"
         lines.append(f"- {what} — applied {when(action.applied_at)}{undone} (key `{action.idempotency_key}`)")
     if not input.actions:
         lines.append("- none applied by Stanch " + FILL_IN + " any taken outside it")

@@ -21,7 +21,7 @@ Action kinds (runbook steps whose target is a `flagd` entry of targets.yaml):
 undo (both kinds): the flag's `state`, `defaultVariant`, `targeting` and `metadata` go back
 exactly as they were. While a later Stanch action on the same flag is still in force, undo
 hands the original definition over to it and leaves the flag as it is, so one incident's
-restore never lifts another's kill switch. If someone edited the flag since, undo refuses
+restore never undoes another's kill switch. If someone edited the flag since, undo refuses
 rather than clobber the edit.
 
 Writing: every read-modify-write holds an fcntl lock (`<file>.stanch-lock`), so two workers

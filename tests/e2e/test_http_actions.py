@@ -300,7 +300,7 @@ async def test_a_dry_run_incident_records_what_it_would_call_and_calls_nothing(e
         f"{server.url}/model/update",
     ]
     assert by_stage["contain"].undone_at and by_stage["contain"].result["undo_would_call"][0]["url"] == f"{server.url}/key/unblock"
-    assert by_stage["hotfix"].reversible is False and by_stage["hotfix"].undone_at is None, "a step with no undo is never lifted"
+    assert by_stage["hotfix"].reversible is False and by_stage["hotfix"].undone_at is None, "a step with no undo is never undone"
     assert final.stage("verify").detail.startswith("dry run: would replay"), "nothing was fixed, so nothing is probed"
     assert any(entry.message == "contain: dry run, would apply http" for entry in final.timeline)
     text = output.getvalue()

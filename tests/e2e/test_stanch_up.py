@@ -81,7 +81,7 @@ def test_incident_survives_a_restart_and_the_demo_passes(tmp_path):
         closed = wait_for(read, lambda s: s["status"] == "closed")
         assert {s["name"]: s["status"] for s in closed["stages"]}["rollback"] == "done"
         assert [a["approver"] for a in closed["approvals"]] == ["alice"]
-        assert all(a["undone_at"] for a in closed["actions"] if a["stage"] in ("contain", "rollback")), "restore lifted them"
+        assert all(a["undone_at"] for a in closed["actions"] if a["stage"] in ("contain", "rollback")), "restore undid them"
 
         demo = stanch("demo", "--api", api)
         assert demo.returncode == 0, demo.stdout[-4000:] + demo.stderr[-2000:]

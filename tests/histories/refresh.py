@@ -179,7 +179,7 @@ async def failed_rollback_skipped(handle: WorkflowHandle) -> None:
 
 
 async def failed_undo_skipped(handle: WorkflowHandle) -> None:
-    """Restore cannot lift the output block; alice skips it: that protection stays, the rest is lifted."""
+    """Restore cannot undo the output block; alice skips it: that protection stays, the rest is undone."""
     await approve_four_eyes(handle, "contain")
     await approve_four_eyes(handle, "rollback")
     await restore_by_alice(handle)

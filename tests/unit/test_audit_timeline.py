@@ -56,8 +56,8 @@ def test_markdown_names_both_approvers_of_each_four_eyes_stage_and_every_action(
         ("add_guardrail", f"{OCCURRENCE}/hotfix/1/gateway:support-bot"),
     ]:
         assert f"| {kind} | gateway:support-bot@2 | {key} |" in text, kind
-    for lifted in ("rollback_to_previous", "block_outputs", "block_prompts"):
-        assert f"| restore | {lifted} | gateway:support-bot@2 | " in text and "/undo |" in text, lifted
+    for undone in ("rollback_to_previous", "block_outputs", "block_prompts"):
+        assert f"| restore | {undone} | gateway:support-bot@2 | " in text and "/undo |" in text, undone
     for milestone in ("acknowledged", "contained", "rolled back", "fix verified", "restored", "closed"):
         assert f"| {milestone} | 0." in text, milestone  # the scripted incident took well under a second
 

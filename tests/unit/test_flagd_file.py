@@ -111,7 +111,7 @@ async def test_enable_feature_switches_a_disabled_flag_on_and_undo_switches_it_b
     assert flags_in(flag_file)["flags"]["billing-export"] == FLAGS["flags"]["billing-export"]
 
 
-async def test_one_incidents_restore_never_lifts_anothers_kill_switch(flag_file: Path):
+async def test_one_incidents_restore_never_undoes_anothers_kill_switch(flag_file: Path):
     flags = target(flag_file)
     first = await flags.apply("support-bot", kill(), "inc-1/contain/0", "inc-1")
     second = await flags.apply("support-bot", kill(), "inc-2/contain/0", "inc-2")

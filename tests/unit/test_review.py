@@ -178,7 +178,7 @@ def test_report_draft_says_what_happened_the_causal_link_and_corrective_actions(
     assert "probe secret,pii: 1/1 replayed prompts leaked a secret (detectors: secret)" in draft
     assert "To be established" not in draft
     assert "before the first change to the system" in draft and "ab" * 32 in draft
-    assert "contain: block_prompts — applied 2026-11-26 09:41:00 UTC; lifted 2026-11-26 10:35:00 UTC" in draft
+    assert "contain: block_prompts — applied 2026-11-26 09:41:00 UTC; undone 2026-11-26 10:35:00 UTC" in draft
     assert "rollback: rollback_to_previous (1) — applied 2026-11-26 09:51:00 UTC" in draft
     assert "hotfix: deploy_finetune (3) — applied 2026-11-26 10:01:00 UTC; still in place" in draft
     dates = draft.split("## 8. Key dates")[1].split("## 9.")[0]

@@ -43,7 +43,7 @@ class Script:
     failures_left: dict[str, int] = field(default_factory=dict)  # kind -> how many more times to fail
     verify_passes: list[bool] = field(default_factory=lambda: [True])
     applied: list[str] = field(default_factory=list)  # idempotency keys, in order
-    lifted: list[str] = field(default_factory=list)
+    undone: list[str] = field(default_factory=list)
     notifications: list[Notification] = field(default_factory=list)
     evidence_before_first_change: bool | None = None
     reviews: list[ReviewInput] = field(default_factory=list)
@@ -111,7 +111,7 @@ def stand_ins(script: Script) -> list:
     async def lift_action(input: UndoInput) -> AppliedAction:
         if f"undo:{input.applied.kind}" in script.failing_kinds:
             raise ApplicationError(f"undo of {input.applied.kind} refused", type="InvalidAction", non_retryable=True)
-        script.lifted.append(input.applied.idempotency_key)
+        script.undone.append(input.applied.idempotency_key)
         return input.applied.model_copy(update={"undone_at": datetime.now(UTC), "undo_key": input.applied.idempotency_key + "/undo"})
 
     @activity.defn(name="open_review")

@@ -37,7 +37,7 @@ async def test_failed_rollback_keeps_containment_and_abort_leaves_it_in_place(cl
         )
         final = await handle.result()
     assert final.status == IncidentStatus.aborted
-    assert script.lifted == [], "nothing is lifted silently"
+    assert script.undone == [], "nothing is undone silently"
     assert all(a.undone_at is None for a in final.actions)
     assert final.stage("review").status == "done"
 

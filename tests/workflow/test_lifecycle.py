@@ -36,7 +36,7 @@ async def test_high_severity_incident_runs_every_stage_with_four_eyes(client):
     assert set(stage_status(final).values()) == {"done"}
     assert script.evidence_before_first_change is True
     contained_and_rolled_back = [a.idempotency_key for a in final.actions if a.stage in ("contain", "rollback")]
-    assert script.lifted == list(reversed(contained_and_rolled_back)), "restore must undo in reverse order"
+    assert script.undone == list(reversed(contained_and_rolled_back)), "restore must undo in reverse order"
     assert all(a.undone_at for a in final.actions if a.stage in ("contain", "rollback"))
     assert not any(a.undone_at for a in final.actions if a.stage == "hotfix"), "the fix stays after restore"
     assert len(script.applied) == len(set(script.applied)) == 5

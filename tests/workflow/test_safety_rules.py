@@ -29,12 +29,12 @@ async def test_resolve_at_medium_still_needs_someone_else_to_approve_restore(cli
         await until(handle, waiting_on("rollback"))
         await AsTheApi(handle).execute_update(IncidentWorkflow.resolve, ResolveRequest(by="mallory", reason="looks fine"))
         current = await until(handle, waiting_on("restore"))
-        assert current.pending_approval.requested_by == "mallory" and script.lifted == []
+        assert current.pending_approval.requested_by == "mallory" and script.undone == []
         with pytest.raises(WorkflowUpdateFailedError):
             await approve(handle, "restore", "mallory", ["oncall"])
         await approve(handle, "restore", "alice", ["oncall"])
         final = await handle.result()
-    assert final.status == IncidentStatus.closed and len(script.lifted) == 2
+    assert final.status == IncidentStatus.closed and len(script.undone) == 2
 
 
 async def test_rejected_hotfix_means_restore_waits_for_a_human(client):
@@ -53,7 +53,7 @@ async def test_rejected_hotfix_means_restore_waits_for_a_human(client):
         )
         current = await until(handle, waiting_on("restore"))
     assert current.stage("verify").status == "skipped"
-    assert script.lifted == [], "no verified fix: nothing is lifted without a human"
+    assert script.undone == [], "no verified fix: nothing is undone without a human"
     assert any("restore needs an approval: no verified fix" in e.message for e in current.timeline)
 
 
