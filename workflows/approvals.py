@@ -6,8 +6,11 @@ all apply exactly the same rules.
 
 from __future__ import annotations
 
-from stanch.models.decisions import ApprovalDecision
-from stanch.models.incident import ApprovalRecord, PendingApproval
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from stanch.models.decisions import ApprovalDecision
+    from stanch.models.incident import ApprovalRecord, PendingApproval
 
 
 def same_person(a: str, b: str) -> bool:

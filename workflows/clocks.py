@@ -86,6 +86,7 @@ class Clocks:
                 continue
             except TimeoutError:
                 clock.reminders_sent += 1
+                deadline = clock.deadline or deadline  # a re-grade in this same task may have moved it
                 overdue = workflow.now() >= deadline
                 recipients = (
                     ["safety"] + (["incident-commander"] if remaining <= timedelta(days=2) else []) + (["executive"] if overdue else [])

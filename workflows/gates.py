@@ -114,14 +114,15 @@ class Gates:
         record.mark(stage, StageStatus.running, f"approved by {', '.join(approvers)}")
         return True
 
-    async def attempt(self, stage: str, what: str, call: Callable[[], Awaitable[T]]) -> T | None:
+    async def attempt(self, stage: str, what: str, call: Callable[[], Awaitable[T]], *, skippable: bool = True) -> T | None:
         """Run `call`; if it fails after its retries, a human decides. Retry runs it again, skip
-        returns None, abort ends the lifecycle (IncidentAborted) with every protection in place."""
+        returns None, abort ends the lifecycle (IncidentAborted) with every protection in place.
+        Where skipping is not `skippable` (verification), only a success returns."""
         while True:
             try:
                 return await call()
             except (ActivityError, StepFailed) as failure:
-                if await self.ask_a_human(stage, f"{what} failed: {cause_of(failure)}") == "skip":
+                if await self.ask_a_human(stage, f"{what} failed: {cause_of(failure)}") == "skip" and skippable:
                     return None
 
     async def ask_a_human(self, stage: str, problem: str) -> str:

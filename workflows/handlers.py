@@ -222,7 +222,7 @@ class ResponderHandlers:
     def count_decision(self, decision: ApprovalDecision, via: str) -> DecisionReceipt:
         if decision.decision_id:
             self.record.memory.seen_decision_ids.add(decision.decision_id)
-        record = ApprovalRecord(
+        vote = ApprovalRecord(
             stage=decision.stage,
             approver=decision.approver,
             roles=decision.roles,
@@ -234,8 +234,8 @@ class ResponderHandlers:
             # which is then spent (seen_decision_ids), so a copied signal counts nowhere.
             verified=self.vouched_for(decision, update_id() if via == "update" else decision.decision_id),
         )
-        self.state.approvals.append(record)
-        if not record.verified:
+        self.state.approvals.append(vote)
+        if not vote.verified:
             message = (
                 f"{decision.stage}: decision from {decision.approver} has no valid assertion from the Stanch API; recorded, not counted"
             )

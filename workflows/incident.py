@@ -105,7 +105,10 @@ class IncidentWorkflow:
                 self.close(IncidentStatus.closed, "restored and reviewed")
         except IncidentAborted as aborted:
             self.record.note("decision", f"aborted: protections stay in place ({aborted})", aborted.by)
-            await self.review(outcome=f"aborted by {aborted.by}: {aborted}")
+            try:
+                await self.review(outcome=f"aborted by {aborted.by}: {aborted}")
+            except IncidentAborted as again:  # the review failed too and a responder aborted it: open it by hand
+                self.record.note("decision", f"review aborted: open it by hand ({again})", again.by)
             await self.wait_for_regulatory_report()  # an abort ends the response, not the duty to report
             self.close(IncidentStatus.aborted, str(aborted))
         for task in self.background:
@@ -236,19 +239,22 @@ class IncidentWorkflow:
             return self.record.mark("verify", StageStatus.done, f"dry run: would replay {cases} repro cases{suite} on the fixed version")
         self.record.set_status(IncidentStatus.verifying)
         self.record.mark("verify", StageStatus.running)
-        # Verification cannot be skipped (the `decide` validator refuses it): retry or abort.
-        result = await self.gates.attempt("verify", "verification", lambda: self.replay_repro_cases(hotfix.verify))
+        # Only a pass moves on: a failed verification waits for retry or abort (`decide` refuses skip).
+        result = await self.gates.attempt("verify", "verification", lambda: self.replay_repro_cases(hotfix.verify), skippable=False)
         if result is not None:
             self.record.mark("verify", StageStatus.done, verification_summary(result))
 
     async def replay_repro_cases(self, verify: Verify) -> VerifyResult:
-        result = await workflow.execute_activity_method(
-            VerifyActivities.verify_fix,
-            self.record.verify_input(verify),
-            start_to_close_timeout=VERIFY_TIMEOUT,
-            heartbeat_timeout=VERIFY_HEARTBEAT,
-            retry_policy=READ_RETRY,
-        )
+        try:
+            result = await workflow.execute_activity_method(
+                VerifyActivities.verify_fix,
+                self.record.verify_input(verify),
+                start_to_close_timeout=VERIFY_TIMEOUT,
+                heartbeat_timeout=VERIFY_HEARTBEAT,
+                retry_policy=READ_RETRY,
+            )
+        except ActivityError as failure:  # not the harm found again: the check itself did not run
+            raise StepFailed(f"it could not run: {cause_of(failure)}") from failure
         self.record.note("verify", verification_summary(result), cases=[case.model_dump() for case in result.failures])
         if not result.passed:
             raise StepFailed(verification_summary(result))

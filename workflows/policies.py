@@ -17,7 +17,6 @@ ACTION_RETRY = RetryPolicy(
     maximum_attempts=5,
     non_retryable_error_types=["InvalidAction", "UnknownTarget"],
 )
-GRADE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=20), maximum_attempts=5)
 NOTIFY_RETRY = RetryPolicy(maximum_attempts=3)
 
 QUICK_TIMEOUT = timedelta(seconds=30)

@@ -1,8 +1,8 @@
-"""The incident's record: what its workflow remembers, the one place that changes it, and the
-inputs it builds for each activity from what it knows.
+"""The incident's record: what its workflow remembers (one IncidentMemory), the bookkeeping every
+part shares (timeline notes, stage marks, status and search attributes), and the input each
+activity is given, built from what the incident knows.
 
-Bookkeeping only; the lifecycle itself (stages, gates, timers, compensations) reads in
-`workflows/incident.py`.
+The lifecycle itself (stages, gates, timers, compensations) reads in `workflows/incident.py`.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ REVERSIBLE_STAGES = ("contain", "rollback")
 
 
 class Record:
-    """State of one incident, and the one place that changes it."""
+    """What one incident remembers, and the bookkeeping every part does the same way."""
 
     def __init__(self, input: IncidentInput) -> None:
         self.input = input
@@ -94,13 +94,13 @@ class Record:
             self.publish()
 
     def mark(self, stage: str, status: StageStatus, detail: str = "") -> None:
-        record = self.state.stage(stage)
-        if status == StageStatus.running and record.started_at is None:
-            record.started_at = workflow.now()
+        entry = self.state.stage(stage)
+        if status == StageStatus.running and entry.started_at is None:
+            entry.started_at = workflow.now()
         if status in (StageStatus.done, StageStatus.skipped, StageStatus.rejected):
-            record.finished_at = workflow.now()
-        record.status = status
-        record.detail = detail
+            entry.finished_at = workflow.now()
+        entry.status = status
+        entry.detail = detail
         self.note("stage", f"{stage}: {status}" + (f" — {detail}" if detail else ""), stage=stage, status=status.value)
 
     def publish(self) -> None:

@@ -14,7 +14,7 @@ from temporalio.exceptions import ActivityError
 
 from workflows import approvals
 from workflows.failures import cause_of
-from workflows.policies import GRADE_RETRY, QUICK_TIMEOUT
+from workflows.policies import QUICK_TIMEOUT, READ_RETRY
 from workflows.record import Record
 
 with workflow.unsafe.imports_passed_through():
@@ -36,7 +36,7 @@ class Grading:
         memory.regrade_requested = False
         current = memory.state.severity if self.graded_once() else None
         return await workflow.execute_activity(
-            grade_by_runbook_rules, self.record.grade_input(current), start_to_close_timeout=QUICK_TIMEOUT, retry_policy=GRADE_RETRY
+            grade_by_runbook_rules, self.record.grade_input(current), start_to_close_timeout=QUICK_TIMEOUT, retry_policy=READ_RETRY
         )
 
     def apply(self, graded: GradeResult) -> bool:

@@ -126,12 +126,12 @@ def verify_standard_webhooks(credential: ResolvedCredential, body: bytes, header
         raise CredentialRefused(f"webhook-id header is longer than {MAX_WEBHOOK_ID_LENGTH} characters")
     # Checked here first for a reason that says how stale; the package checks it again.
     check_timestamp(headers["webhook-timestamp"].strip(), "webhook-timestamp", now)
-    # Stanch judges the header's shape itself: the package's own errors word it differently by release.
-    if not all(SIGNATURE_ENTRY.fullmatch(entry) for entry in headers["webhook-signature"].split()):
-        raise CredentialRefused(MALFORMED_SIGNATURE)
     try:
         Webhook(credential.secret).verify(body, dict(headers), json_parse=False)
     except WebhookVerificationError:
+        # Stanch names a malformed header itself: the package's own errors word it differently by release.
+        if not all(SIGNATURE_ENTRY.fullmatch(entry) for entry in headers["webhook-signature"].split()):
+            raise CredentialRefused(MALFORMED_SIGNATURE) from None
         raise CredentialRefused("signature does not match") from None
     except UnicodeDecodeError:
         raise CredentialRefused("signature does not match (the body is not UTF-8 text)") from None

@@ -11,5 +11,6 @@ from rich.console import Console
 
 def make_console(*, stderr: bool = False, **options: Any) -> Console:
     stream = sys.stderr if stderr else sys.stdout
-    options.setdefault("soft_wrap", not stream.isatty())
+    at_a_terminal = stream is not None and hasattr(stream, "isatty") and stream.isatty()
+    options.setdefault("soft_wrap", not at_a_terminal)
     return Console(stderr=stderr, **options)

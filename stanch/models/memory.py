@@ -1,4 +1,6 @@
-"""Everything an incident's workflow remembers: one serializable model, what continue-as-new carries.
+"""Everything an incident's workflow remembers: one serializable model, so continue-as-new can
+carry it whole (the workflow does not continue as new yet; tests/unit/test_incident_memory.py
+keeps the parts from remembering anything outside it).
 
 `state` is what responders and auditors read (the `state` query); the rest is what the workflow
 needs to decide, and nobody else reads.

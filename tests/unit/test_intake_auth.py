@@ -242,6 +242,18 @@ def test_malformed_signatures_are_refused_with_a_reason_not_a_crash(env, tmp_pat
         check_credentials((credential,), BODY, {**headers, "webhook-timestamp": "yesterday"})
 
 
+def test_a_valid_signature_beside_an_entry_of_another_scheme_is_accepted(env, tmp_path: Path) -> None:
+    """Standard Webhooks senders may list signatures of several schemes: one valid v1 is enough."""
+    policy = policy_for(tmp_path, every_other_source_disabled(generic=[SCHEMES["standard_webhooks"].credential]))
+    (credential,) = policy.for_source("generic").credentials
+    headers = standard_webhooks_headers(WHSEC, BODY, time.time())
+    headers["webhook-signature"] = "v9,not-base64!! " + headers["webhook-signature"]
+    assert check_credentials((credential,), BODY, headers).scheme == "standard_webhooks"
+    headers["webhook-signature"] = "v1,c2lnbmVkIGJ5IHNvbWVvbmUgZWxzZQ=="
+    with pytest.raises(CredentialRefused, match="signature does not match"):
+        check_credentials((credential,), BODY, headers)
+
+
 def test_disabled_source_is_404_and_unconfigured_one_refused(env, tmp_path: Path) -> None:
     http, _ = client_for(tmp_path, policy_for(tmp_path, every_other_source_disabled(generic=[SCHEMES["bearer"].credential])))
     answer = http.post("/v1/alerts/alertmanager", json={"alerts": []})

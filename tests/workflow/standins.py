@@ -47,6 +47,7 @@ class Script:
     notifications: list[Notification] = field(default_factory=list)
     evidence_before_first_change: bool | None = None
     reviews: list[ReviewInput] = field(default_factory=list)
+    review_fails: bool = False  # open_review refused (non-retryable), every time
 
 
 def stand_ins(script: Script) -> list:
@@ -116,6 +117,8 @@ def stand_ins(script: Script) -> list:
 
     @activity.defn(name="open_review")
     async def open_review(input: ReviewInput) -> ReviewResult:
+        if script.review_fails:
+            raise ApplicationError("the review folder is not writable", type="ReviewUnwritable", non_retryable=True)
         script.reviews.append(input)
         return ReviewResult(
             tasks=[{"kind": t} for t in input.runbook.review.tasks], postmortem="/reviews/pm.md", regression_cases_added=len(input.repro)

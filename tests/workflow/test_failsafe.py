@@ -42,6 +42,25 @@ async def test_failed_rollback_keeps_containment_and_abort_leaves_it_in_place(cl
     assert final.stage("review").status == "done"
 
 
+async def test_an_abort_while_reviewing_an_aborted_incident_ends_it_instead_of_wedging_it(client):
+    """Rollback fails and is aborted; the review then fails too and is aborted: the incident ends,
+    aborted, protections in place, and the timeline says the review is left to a person."""
+    script = Script(failing_kinds={"rollback_to_previous"}, review_fails=True)
+    async with running_incident(client, script) as handle:
+        await approve_four_eyes(handle, "contain")
+        await approve_four_eyes(handle, "rollback")
+        await until(handle, failed("rollback"))
+        abort = FailureDecision(stage="rollback", by="alice", choice="abort", reason="manual")
+        await AsTheApi(handle).execute_update(IncidentWorkflow.decide, abort)
+        await until(handle, failed("review"))
+        abort_review = FailureDecision(stage="review", by="alice", choice="abort", reason="writing it by hand")
+        await AsTheApi(handle).execute_update(IncidentWorkflow.decide, abort_review)
+        final = await handle.result()
+    assert final.status == IncidentStatus.aborted
+    assert all(a.undone_at is None for a in final.actions) and len(final.actions) == 2
+    assert any("review aborted: open it by hand" in entry.message for entry in final.timeline)
+
+
 async def test_retry_after_failure_applies_the_action(client):
     script = Script(failures_left={"rollback_to_previous": 1})
     async with running_incident(client, script) as handle:
