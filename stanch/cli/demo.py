@@ -131,6 +131,13 @@ class Demo:
 
     def follow(self, incident_id: str) -> dict[str, Any]:
         """Follow the incident live; acknowledge, approve, and check at each milestone."""
+        try:
+            return self.follow_live(incident_id)
+        finally:
+            if not console.is_terminal:  # piped, the last table is printed without its line end
+                console.line()
+
+    def follow_live(self, incident_id: str) -> dict[str, Any]:
         checked: set[str] = set()
         with Live(console=console, refresh_per_second=4) as live:
             while time.monotonic() < self.deadline:
