@@ -86,9 +86,16 @@ class Grading:
         self.refresh_pending_approval()
 
     def refresh_pending_approval(self) -> None:
-        """A severity change while a step waits applies the new policy's approval rule."""
+        """A higher severity while a step waits applies the new policy's approval rule; a lower one
+        never shrinks it: the rule the step was gated with holds, so lowering severity is no way
+        past four eyes."""
         pending = self.record.state.pending_approval
         if pending is None:
+            return
+        if self.record.state.severity.rank < pending.severity.rank:
+            self.record.note(
+                "approval", f"{pending.stage} keeps the approval rule of {pending.severity}: a lower severity never shrinks it"
+            )
             return
         gate = self.record.policy.gate(pending.stage)
         if gate.mode == "approve" and gate.approve:

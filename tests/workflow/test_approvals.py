@@ -141,6 +141,24 @@ async def test_lowering_severity_needs_safety_or_commander_and_a_reason(client):
         assert "set by sam: internal only" in current.severity_reasons[0]
 
 
+async def test_lowering_severity_never_shrinks_a_pending_approval(client):
+    """Rollback waits at high for two approvers with a safety lead; lowering the incident to
+    medium (one approver) must not let a single approval through: the rule it was gated with holds."""
+    async with running_incident(client, Script()) as handle:
+        await approve_four_eyes(handle, "contain")
+        await until(handle, waiting_on("rollback"))
+        lower = SeverityChange(severity=Severity.medium, by="carol", roles=["incident-commander"], reason="fewer users than feared")
+        await AsTheApi(handle).execute_update(IncidentWorkflow.set_severity, lower)
+        await approve(handle, "rollback", "alice", ["oncall"])
+        current = await state(handle)
+        assert current.severity == Severity.medium
+        assert current.pending_approval is not None and current.pending_approval.stage == "rollback"
+        assert current.pending_approval.count == 2 and current.pending_approval.required_roles == ["safety"]
+        assert any("keeps the approval rule of high" in entry.message for entry in current.timeline)
+        await approve(handle, "rollback", "sam", ["safety"])
+        assert (await until(handle, lambda s: s.stage("rollback").status == "done")).stage("rollback").status == "done"
+
+
 async def test_closed_incident_refuses_decisions(client):
     async with running_incident(client, Script(confirm="not_confirmed")) as handle:
         await handle.result()
