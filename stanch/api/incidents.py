@@ -14,7 +14,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field
 from temporalio import client as tc
 from temporalio.service import RPCError, RPCStatusCode
@@ -33,8 +33,9 @@ from stanch.models.decisions import (
 )
 from stanch.models.incident import WORKFLOW_NAME, IncidentState, IncidentStatus, TimelineEntry
 from stanch.models.signals import Severity
+from stanch.runbooks.loader import RunbookCatalog
 from stanch.temporal import search_attributes as sa
-from stanch.trust import assertions
+from stanch.trust import assertions, permissions
 from stanch.trust.responders import Principal
 
 # Reading needs a responder too (any role, auditors and viewers included) unless --insecure-dev.
@@ -223,11 +224,21 @@ def _update_id(*candidates: str | None) -> str:
     return next((c for c in candidates if c), str(uuid.uuid4()))
 
 
-def acting(responder: Principal | None) -> Principal | None:
-    """Auditors and viewers read incidents; only responders decide."""
-    if responder is not None and not responder.may_act:
-        raise HTTPException(403, detail=f"{responder.user} holds only {responder.roles}: auditors and viewers read but never act")
-    return responder
+def acting_as(decision: str) -> Any:
+    """A dependency: the authenticated responder, when one of their roles may take `decision`
+    (stanch.trust.permissions); 403 naming the roles otherwise. Under --insecure-dev there is no
+    authenticated responder: identity is as claimed, and the workflow still checks approvers."""
+
+    async def responder_who_may(request: Request, responder: ResponderDep) -> Principal | None:
+        if responder is None:
+            return None
+        catalog: RunbookCatalog = request.app.state.catalog
+        approvers = permissions.approver_roles(loaded.runbook for loaded in catalog.all())
+        if reason := permissions.refusal(decision, responder.user, responder.roles, approvers):
+            raise HTTPException(403, detail=reason)
+        return responder
+
+    return Depends(responder_who_may)
 
 
 Decision = TypeVar("Decision", bound=BaseModel)
@@ -243,21 +254,29 @@ def as_responder(message: Decision, responder: Principal | None, name_field: str
 
 @router.post("/{incident_id}/ack", response_model=DecisionReceipt, responses=_DECISION_RESPONSES)
 async def acknowledge(
-    incident_id: IncidentId, ack: Acknowledgement, client: ClientDep, responder: ResponderDep, idempotency_key: IdempotencyKey = None
+    incident_id: IncidentId,
+    ack: Acknowledgement,
+    client: ClientDep,
+    responder: Annotated[Principal | None, acting_as("acknowledge")],
+    idempotency_key: IdempotencyKey = None,
 ) -> DecisionReceipt:
     """A responder takes the incident: escalation stops."""
-    ack = as_responder(ack, acting(responder), "responder")
+    ack = as_responder(ack, responder, "responder")
     return await decide(client, incident_id, "acknowledge", ack, _update_id(idempotency_key))
 
 
 @router.post("/{incident_id}/approvals", response_model=DecisionReceipt, responses=_DECISION_RESPONSES)
 async def approve_or_reject(
-    incident_id: IncidentId, decision: ApprovalDecision, client: ClientDep, responder: ResponderDep, idempotency_key: IdempotencyKey = None
+    incident_id: IncidentId,
+    decision: ApprovalDecision,
+    client: ClientDep,
+    responder: Annotated[Principal | None, acting_as("approve")],
+    idempotency_key: IdempotencyKey = None,
 ) -> DecisionReceipt:
     """Approve (`approve: true`) or reject a gated stage, as the authenticated responder with
     their roles. The workflow enforces roles and four eyes: the requester cannot approve, no
     one approves twice; it counts only decisions carrying this API's assertion."""
-    decision = as_responder(decision, acting(responder), "approver", "roles")
+    decision = as_responder(decision, responder, "approver", "roles")
     decision.decision_id = _update_id(decision.decision_id, idempotency_key)
     update = "approve" if decision.approve else "reject"
     return await decide(client, incident_id, update, decision, decision.decision_id)
@@ -265,53 +284,77 @@ async def approve_or_reject(
 
 @router.post("/{incident_id}/severity", response_model=DecisionReceipt, responses=_DECISION_RESPONSES)
 async def set_severity(
-    incident_id: IncidentId, change: SeverityChange, client: ClientDep, responder: ResponderDep, idempotency_key: IdempotencyKey = None
+    incident_id: IncidentId,
+    change: SeverityChange,
+    client: ClientDep,
+    responder: Annotated[Principal | None, acting_as("set_severity")],
+    idempotency_key: IdempotencyKey = None,
 ) -> DecisionReceipt:
     """Change the severity; lowering it needs a reason and a responder with the right role."""
-    change = as_responder(change, acting(responder), "by", "roles")
+    change = as_responder(change, responder, "by", "roles")
     return await decide(client, incident_id, "set_severity", change, _update_id(idempotency_key))
 
 
 @router.post("/{incident_id}/triage", response_model=DecisionReceipt, responses=_DECISION_RESPONSES)
 async def triage(
-    incident_id: IncidentId, decision: TriageDecision, client: ClientDep, responder: ResponderDep, idempotency_key: IdempotencyKey = None
+    incident_id: IncidentId,
+    decision: TriageDecision,
+    client: ClientDep,
+    responder: Annotated[Principal | None, acting_as("triage")],
+    idempotency_key: IdempotencyKey = None,
 ) -> DecisionReceipt:
     """Settle an inconclusive confirmation: confirmed, or a false positive."""
-    decision = as_responder(decision, acting(responder), "by")
+    decision = as_responder(decision, responder, "by")
     return await decide(client, incident_id, "triage", decision, _update_id(idempotency_key))
 
 
 @router.post("/{incident_id}/decisions", response_model=DecisionReceipt, responses=_DECISION_RESPONSES)
 async def decide_failure(
-    incident_id: IncidentId, decision: FailureDecision, client: ClientDep, responder: ResponderDep, idempotency_key: IdempotencyKey = None
+    incident_id: IncidentId,
+    decision: FailureDecision,
+    client: ClientDep,
+    responder: Annotated[Principal | None, acting_as("decide")],
+    idempotency_key: IdempotencyKey = None,
 ) -> DecisionReceipt:
     """After an action failed for good: `retry`, `skip` or `abort`. Protections stay in place."""
-    decision = as_responder(decision, acting(responder), "by")
+    decision = as_responder(decision, responder, "by")
     return await decide(client, incident_id, "decide", decision, _update_id(idempotency_key))
 
 
 @router.post("/{incident_id}/resolve", response_model=DecisionReceipt, responses=_DECISION_RESPONSES)
 async def resolve(
-    incident_id: IncidentId, request: ResolveRequest, client: ClientDep, responder: ResponderDep, idempotency_key: IdempotencyKey = None
+    incident_id: IncidentId,
+    request: ResolveRequest,
+    client: ClientDep,
+    responder: Annotated[Principal | None, acting_as("resolve")],
+    idempotency_key: IdempotencyKey = None,
 ) -> DecisionReceipt:
     """Declare the harm over: remaining work is skipped, then restore and review run."""
-    request = as_responder(request, acting(responder), "by")
+    request = as_responder(request, responder, "by")
     return await decide(client, incident_id, "resolve", request, _update_id(idempotency_key))
 
 
 @router.post("/{incident_id}/notes", response_model=DecisionReceipt, responses=_DECISION_RESPONSES)
 async def add_note(
-    incident_id: IncidentId, note: Note, client: ClientDep, responder: ResponderDep, idempotency_key: IdempotencyKey = None
+    incident_id: IncidentId,
+    note: Note,
+    client: ClientDep,
+    responder: Annotated[Principal | None, acting_as("add_note")],
+    idempotency_key: IdempotencyKey = None,
 ) -> DecisionReceipt:
     """Add a note to the incident's timeline (closed incidents take no more notes)."""
-    note = as_responder(note, acting(responder), "by")
+    note = as_responder(note, responder, "by")
     return await decide(client, incident_id, "add_note", note, _update_id(idempotency_key))
 
 
 @router.post("/{incident_id}/report", response_model=DecisionReceipt, responses=_DECISION_RESPONSES)
 async def record_report_filed(
-    incident_id: IncidentId, report: ReportFiled, client: ClientDep, responder: ResponderDep, idempotency_key: IdempotencyKey = None
+    incident_id: IncidentId,
+    report: ReportFiled,
+    client: ClientDep,
+    responder: Annotated[Principal | None, acting_as("record_report_filed")],
+    idempotency_key: IdempotencyKey = None,
 ) -> DecisionReceipt:
     """Record that the regulatory report was filed: its reminders stop."""
-    report = as_responder(report, acting(responder), "by")
+    report = as_responder(report, responder, "by")
     return await decide(client, incident_id, "record_report_filed", report, _update_id(idempotency_key))

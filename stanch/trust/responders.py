@@ -31,9 +31,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from stanch.config.errors import validation_lines
-
-# Roles that read but never act (DESIGN.md: auditors and regulators replay and read).
-READ_ONLY_ROLES = {"auditor", "viewer"}
+from stanch.trust.permissions import RESPONDERS
 
 
 class Principal(BaseModel):
@@ -43,7 +41,8 @@ class Principal(BaseModel):
 
     @property
     def may_act(self) -> bool:
-        return bool(set(self.roles) - READ_ONLY_ROLES)
+        """Holds a role that runs the response (stanch.trust.permissions); any other only reads."""
+        return bool(set(self.roles) & RESPONDERS)
 
 
 class NotAuthenticated(Exception):

@@ -92,6 +92,9 @@ class NoCatalog:
     def __len__(self) -> int:
         return 0
 
+    def all(self) -> list:
+        return []
+
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -109,10 +109,54 @@ def test_without_a_token_nothing_is_read_or_decided_and_auditors_only_read(token
     assert refused.status_code == 401 and "Authorization" in refused.json()["detail"]
     assert refused.headers["www-authenticate"] == "Bearer"
     auditor = http.post("/v1/incidents/inc-1/ack", json={"responder": "vera"}, headers={"Authorization": f"Bearer {VERA}"})
-    assert auditor.status_code == 403 and "read but never act" in auditor.json()["detail"]
+    assert auditor.status_code == 403 and "vera holds auditor; acknowledge needs one of the roles" in auditor.json()["detail"]
     assert client.updates == []
     assert http.get("/v1/me", headers={"Authorization": f"Bearer {SAM}"}).json() == {"user": "sam", "roles": ["safety"], "via": "token"}
     assert http.get("/v1/auth").json() == {"mode": "token"}
+
+
+DECISIONS = {
+    "ack": {"responder": "x"},
+    "approvals": {"stage": "contain"},
+    "severity": {"severity": "low", "reason": "r"},
+    "triage": {"outcome": "confirmed", "reason": "r"},
+    "decisions": {"stage": "contain", "choice": "retry"},
+    "resolve": {"reason": "r"},
+    "notes": {"text": "t"},
+    "report": {"reference": "EU-1"},
+}
+
+
+def test_a_role_on_no_allow_list_only_reads(token_app):
+    """An IdP group such as `employee` authenticates, reads, and is refused every decision."""
+    client = FakeClient({"inc-1": WorkflowExecutionStatus.RUNNING})
+    http = use_client(token_app, client)
+    employee = {"Authorization": f"Bearer {a_jwt(sub='erin', roles=['employee'])}"}
+    assert http.get("/v1/me", headers=employee).json()["roles"] == ["employee"]
+    for route, body in DECISIONS.items():
+        answer = http.post(f"/v1/incidents/inc-1/{route}", json=body, headers=employee)
+        assert answer.status_code == 403, (route, answer.text)
+        assert answer.json()["detail"].startswith("erin holds employee; "), answer.json()["detail"]
+    assert client.updates == []
+
+
+def test_each_decision_has_its_own_allow_list():
+    from stanch.trust import permissions
+
+    approvers = frozenset({"privacy-officer"})
+    assert permissions.refusal("approve", "pia", ["privacy-officer"], approvers) is None, "a runbook's approver approves"
+    assert permissions.refusal("resolve", "pia", ["privacy-officer"], approvers) is not None, "but does not resolve"
+    assert permissions.refusal("record_report_filed", "alice", ["oncall"], approvers) is not None, "the report is safety's duty"
+    assert permissions.refusal("record_report_filed", "sam", ["safety"], approvers) is None
+    assert permissions.refusal("decide", "carol", ["incident-commander"], approvers) is None
+
+
+def test_the_approver_roles_are_read_from_the_runbooks():
+    from stanch.runbooks.loader import default_runbooks_dir, load_catalog
+    from stanch.trust import permissions
+
+    roles = permissions.approver_roles(loaded.runbook for loaded in load_catalog(default_runbooks_dir()).all())
+    assert {"oncall", "safety", "incident-commander", "privacy-officer", "ml-engineer"} <= roles
 
 
 def test_insecure_dev_takes_the_claimed_identity_from_headers_or_the_body(app):
