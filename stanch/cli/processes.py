@@ -140,14 +140,27 @@ def gateway(
     port: Annotated[int, typer.Option(help="port to bind")] = 8300,
     db: Annotated[Path | None, typer.Option("--db", help="SQLite file (default HOME/gateway.db)")] = None,
     action_delay: Annotated[float, typer.Option("--action-delay", help="seconds each admin action takes (demos)")] = 0.0,
+    dev: Annotated[
+        bool, typer.Option("--dev", help="admin API open to whoever reaches it: the local demo only (`stanch up` runs it so)")
+    ] = False,
 ) -> None:
-    """Run the reference AI gateway: OpenAI-compatible completions plus the admin API Stanch drives."""
-    from stanch.gateway.app import serve
+    """Run the reference AI gateway: OpenAI-compatible completions plus the admin API Stanch drives.
+
+    The admin API (/admin/*) lifts blocks and pins models, so it needs a token
+    (STANCH_GATEWAY_ADMIN_TOKEN, which the worker sends too) unless --dev."""
+    from stanch.gateway.app import ADMIN_TOKEN_VARIABLE, serve
 
     settings = Settings.from_env()
+    token = settings.gateway_admin_token.get_secret_value() if settings.gateway_admin_token else None
+    if token is None and not dev:
+        err_console.print(
+            f"[red]error:[/] refusing to start: the admin API would let anyone who reaches it lift a block or pin a model. "
+            f"Set {ADMIN_TOKEN_VARIABLE} (for the gateway and the worker), or pass --dev for a local demo."
+        )
+        raise typer.Exit(2)
     db_path = db or settings.home / "gateway.db"
     db_path.parent.mkdir(parents=True, exist_ok=True)
-    serve(host, port, db_path, action_delay_s=action_delay)
+    serve(host, port, db_path, action_delay_s=action_delay, admin_token=None if dev else token)
 
 
 def _is_loopback(host: str) -> bool:
@@ -298,7 +311,11 @@ def _start_and_watch(supervisor: Supervisor, plan: UpPlan, stop: threading.Event
             if plan.encrypted:
                 supervisor.start("codec-server", plan.codec_command(python))
             gateway_db = str(settings.home / "gateway.db")
-            supervisor.start("gateway", [*python, "gateway", "--host", LOOPBACK, "--port", str(plan.gateway_port), "--db", gateway_db])
+            # The local demo's gateway: its admin API open on loopback, unless a token is set for it.
+            admin = [] if settings.gateway_admin_token else ["--dev"]
+            supervisor.start(
+                "gateway", [*python, "gateway", "--host", LOOPBACK, "--port", str(plan.gateway_port), "--db", gateway_db, *admin]
+            )
             supervisor.start("worker", [*python, "worker"])
             supervisor.start("api", plan.api_command(python))
             ready = [("the gateway", settings.gateway_url), ("the API", settings.api_url)]

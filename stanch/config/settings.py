@@ -37,6 +37,7 @@ class Settings(BaseModel):
     temporal_address: str | None = Field(None, description="TEMPORAL_ADDRESS; unset: the SDK's env config")
     temporal_namespace: str = Field("default", description="TEMPORAL_NAMESPACE")
     gateway_url: str = Field("http://127.0.0.1:8300", description="STANCH_GATEWAY_URL")
+    gateway_admin_token: SecretStr | None = Field(None, description="STANCH_GATEWAY_ADMIN_TOKEN: the reference gateway's /admin/* token")
     api_url: str = Field("http://127.0.0.1:8200", description="STANCH_API_URL")
     runbooks_dir: Path = Field(default_factory=default_runbooks_dir, description="STANCH_RUNBOOKS")
     ui_url: str = Field("http://127.0.0.1:8233", description="STANCH_TEMPORAL_UI")
@@ -60,6 +61,7 @@ class Settings(BaseModel):
             "temporal_address": "TEMPORAL_ADDRESS",
             "temporal_namespace": "TEMPORAL_NAMESPACE",
             "gateway_url": "STANCH_GATEWAY_URL",
+            "gateway_admin_token": "STANCH_GATEWAY_ADMIN_TOKEN",
             "api_url": "STANCH_API_URL",
             "runbooks_dir": "STANCH_RUNBOOKS",
             "ui_url": "STANCH_TEMPORAL_UI",

@@ -4,13 +4,14 @@ Stanch's target adapter drives (state, apply, undo, ledger, probe, jobs)."""
 from __future__ import annotations
 
 import hashlib
+import hmac
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Header, HTTPException, Query
+from fastapi import FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from stanch.gateway.actions import ActionConflict, ActionRejected
@@ -73,11 +74,17 @@ def _chat_completion_body(model: str, completion: Completion, prompt_text: str) 
     }
 
 
-def create_app(db_path: Path, *, action_delay_s: float = 0.0, finetune_seconds: float = 3.0) -> FastAPI:
+ADMIN_TOKEN_VARIABLE = "STANCH_GATEWAY_ADMIN_TOKEN"
+
+
+def create_app(db_path: Path, *, action_delay_s: float = 0.0, finetune_seconds: float = 3.0, admin_token: str | None = None) -> FastAPI:
     """The gateway app over the SQLite file at `db_path` (created and seeded if new).
 
     `action_delay_s` makes apply/undo wait after committing and before answering, so a crash
     test can kill a caller mid-action; `finetune_seconds` is how long a fine-tune job takes.
+    With `admin_token`, every `/admin/*` call needs `Authorization: Bearer <admin_token>`:
+    whoever reaches the admin API can lift a block or pin a model. None is the local demo's
+    dev mode (`stanch gateway --dev`, as `stanch up` runs it).
     """
     store = GatewayStore(db_path)
     limiter = EndpointRateLimiter()
@@ -92,6 +99,16 @@ def create_app(db_path: Path, *, action_delay_s: float = 0.0, finetune_seconds: 
 
     app = FastAPI(title="Stanch reference gateway", version="0.1.0", lifespan=lifespan)
     app.state.store = store
+
+    @app.middleware("http")
+    async def admin_needs_the_token(request: Request, call_next: Any) -> Response:
+        if admin_token is not None and request.url.path.startswith("/admin/"):
+            given = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(given, f"Bearer {admin_token}".encode()):
+                detail = f"the gateway's admin API needs `Authorization: Bearer <token>`, the token in {ADMIN_TOKEN_VARIABLE}"
+                return JSONResponse({"detail": detail}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        response: Response = await call_next(request)
+        return response
 
     def require_model(model: str) -> None:
         if store.model_row(model) is None:
@@ -232,12 +249,14 @@ def create_app(db_path: Path, *, action_delay_s: float = 0.0, finetune_seconds: 
     return app
 
 
-def serve(host: str, port: int, db_path: Path, action_delay_s: float = 0.0, finetune_seconds: float = 3.0) -> None:
+def serve(
+    host: str, port: int, db_path: Path, action_delay_s: float = 0.0, finetune_seconds: float = 3.0, admin_token: str | None = None
+) -> None:
     """Run the gateway with uvicorn until interrupted."""
     import uvicorn
 
     uvicorn.run(
-        create_app(db_path, action_delay_s=action_delay_s, finetune_seconds=finetune_seconds),
+        create_app(db_path, action_delay_s=action_delay_s, finetune_seconds=finetune_seconds, admin_token=admin_token),
         host=host,
         port=port,
         log_level="info",

@@ -42,23 +42,34 @@ class GatewayTarget:
     kind: ClassVar[str] = "gateway"
 
     class Config(BaseModel):
-        """`gateway: {base_url, timeout_seconds}` in targets.yaml: another reference gateway."""
+        """`gateway: {base_url, timeout_seconds, admin_token_env}` in targets.yaml: another reference gateway."""
 
         model_config = ConfigDict(extra="forbid")
         base_url: str = Field(min_length=1, description="where the gateway's admin API answers, e.g. http://127.0.0.1:8300")
         timeout_seconds: float = Field(10.0, gt=0)
+        admin_token_env: str | None = Field(None, description="the environment variable holding its /admin/* token")
 
     def __init__(
-        self, base_url: str, timeout: float = 10.0, *, name: str = "gateway", transport: httpx.AsyncBaseTransport | None = None
+        self,
+        base_url: str,
+        timeout: float = 10.0,
+        *,
+        name: str = "gateway",
+        admin_token: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.name = name
+        self.admin_headers = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
         self._transport = transport  # tests may pass an in-process ASGI transport
 
     @classmethod
     def from_config(cls, config: Config, *, name: str, base: Path, env: Mapping[str, str]) -> GatewayTarget:
-        return cls(config.base_url, config.timeout_seconds, name=name)
+        token = env.get(config.admin_token_env) if config.admin_token_env else None
+        if config.admin_token_env and not token:
+            raise ValueError(f"admin_token_env: the environment variable {config.admin_token_env} is not set")
+        return cls(config.base_url, config.timeout_seconds, name=name, admin_token=token)
 
     async def _request(
         self, method: str, path: str, *, json: dict[str, Any] | None = None, params: dict[str, str] | None = None
@@ -67,7 +78,9 @@ class GatewayTarget:
         # connection cost is negligible next to the incident's timescale.
         what = f"{method} {self.base_url}{path}"
         try:
-            async with httpx.AsyncClient(base_url=self.base_url, timeout=self.timeout, transport=self._transport) as client:
+            async with httpx.AsyncClient(
+                base_url=self.base_url, timeout=self.timeout, headers=self.admin_headers, transport=self._transport
+            ) as client:
                 response = await client.request(method, path, json=json, params=params)
         except httpx.HTTPError as exc:
             raise TargetError(f"gateway unreachable ({what}): {type(exc).__name__}: {exc}", retryable=True) from exc

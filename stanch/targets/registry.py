@@ -50,7 +50,7 @@ class TargetRegistry:
         )
 
         configured = load_targets(settings.targets_path, env=os.environ if env is None else env, required=settings.targets is not None)
-        self._targets: dict[str, Target] = {DEFAULT_TARGET: GatewayTarget(settings.gateway_url), **configured, **(extra or {})}
+        self._targets: dict[str, Target] = {DEFAULT_TARGET: default_gateway(settings), **configured, **(extra or {})}
 
     def get(self, ref: TargetRef) -> Target:
         try:
@@ -70,3 +70,9 @@ class TargetRegistry:
 
     def __contains__(self, name: object) -> bool:
         return name in self._targets
+
+
+def default_gateway(settings: Settings) -> GatewayTarget:
+    """The reference gateway at `settings.gateway_url`, with its admin token when one is set."""
+    token = settings.gateway_admin_token.get_secret_value() if settings.gateway_admin_token else None
+    return GatewayTarget(settings.gateway_url, admin_token=token)

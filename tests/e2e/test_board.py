@@ -77,7 +77,7 @@ class Stack:
                 "dev-server", "dev-server", "--home", home, "--port", str(self.ports["temporal"]), "--ui-port", str(self.ports["ui"])
             )
             wait_for_port("127.0.0.1", self.ports["temporal"], 60)
-            gateway = self.start("gateway", "gateway", "--port", str(self.ports["gateway"]), "--db", str(self.tmp / "gateway.db"))
+            gateway = self.start("gateway", "gateway", "--port", str(self.ports["gateway"]), "--db", str(self.tmp / "gateway.db"), "--dev")
             self.start("worker", "worker")
             api = self.start("api", "api", "--port", str(self.ports["api"]), *self.api_args)
             wait_http(f"{self.env['STANCH_GATEWAY_URL']}/healthz", gateway)

@@ -49,6 +49,7 @@ def test_critical_steps_need_two_people_with_the_right_roles_and_forgeries_do_no
         "TEMPORAL_ADDRESS": f"127.0.0.1:{ports['temporal']}",
         "STANCH_GATEWAY_URL": gateway,
         "AM_TOKEN": "am-e2e",
+        "STANCH_GATEWAY_ADMIN_TOKEN": "gw-admin-e2e",  # the gateway wants it, the worker sends it
     }
     processes = [
         Process(
@@ -62,6 +63,8 @@ def test_critical_steps_need_two_people_with_the_right_roles_and_forgeries_do_no
         wait_for_port("127.0.0.1", ports["temporal"], 60)
         processes.append(Process("gateway", ["gateway", "--port", str(ports["gateway"])], env, tmp_path))
         wait_http(f"{gateway}/healthz", processes[-1])
+        assert httpx.get(f"{gateway}/admin/models").status_code == 401, "the admin API wants the token"
+        assert httpx.get(f"{gateway}/admin/models", headers={"Authorization": "Bearer gw-admin-e2e"}).status_code == 200
         processes.append(Process("worker", ["worker"], env, tmp_path))
         processes.append(Process("api", ["api", "--port", str(ports["api"])], env, tmp_path))  # no --insecure-dev
         wait_http(f"{api}/healthz", processes[-1])

@@ -34,7 +34,7 @@ def test_worker_killed_mid_rollback_completes_with_each_key_applied_once(tmp_pat
     try:
         start("dev-server", "dev-server", "--home", str(tmp_path / "home"), "--port", str(ports["temporal"]), "--ui-port", str(ports["ui"]))
         wait_for_port("127.0.0.1", ports["temporal"], 60)
-        gateway_process = start("gateway", "gateway", "--port", str(ports["gateway"]), "--action-delay", str(ACTION_DELAY_S))
+        gateway_process = start("gateway", "gateway", "--port", str(ports["gateway"]), "--action-delay", str(ACTION_DELAY_S), "--dev")
         wait_http(f"{gateway}/healthz", gateway_process)
         worker = start("worker", "worker")
         api_process = start("api", "api", "--port", str(ports["api"]), "--insecure-dev")
