@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import httpx
 from temporalio import activity
 
@@ -10,9 +12,74 @@ from stanch.models.activity_io import ConfirmInput, ConfirmResult, Finding
 from stanch.models.signals import ReproCase
 from stanch.runbooks.schema import ConfirmCheck
 from stanch.targets.base import TargetError
-from stanch.temporal.activity_deps import ActivityDeps
+from stanch.temporal.activity_deps import ActivityDeps, as_application_error
 
 _COMPARE = {">": float.__gt__, ">=": float.__ge__, "<": float.__lt__, "<=": float.__le__}
+
+MODEL_PLACEHOLDER = "{model}"
+# PromQL unquotes strings as Go does: these are the escapes a model's characters need inside one.
+_STRING_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_QUOTES = ('"', "'")  # backquoted (raw) strings have no escapes: nothing can be filled in safely
+_REGEX_MATCHERS = ("=~", "!~")
+_REGEX_SPECIAL = set("\\.+*?()|[]{}^$")  # what Go's regexp.QuoteMeta escapes
+
+
+class UnsafeQuery(ValueError):
+    """The model cannot be filled into the runbook's query without changing what it asks."""
+
+
+def _string_content(value: str, quote: str) -> str:
+    """`value` as the content of a PromQL string literal closed by `quote`."""
+    return "".join("\\" + char if char == quote else _STRING_ESCAPES.get(char, char) for char in value)
+
+
+def _regex_literal(value: str) -> str:
+    """A regex matching exactly `value`: a `=~` matcher would otherwise read `.*` in a model as a wildcard."""
+    return "".join("\\" + char if char in _REGEX_SPECIAL else char for char in value)
+
+
+def _unfit_model(model: str) -> str | None:
+    if not model:
+        return "is empty (an empty label value matches every series without the label)"
+    if any(unicodedata.category(char) == "Cc" and char not in _STRING_ESCAPES for char in model):
+        return "contains a control character"
+    if any(unicodedata.category(char) == "Cs" for char in model):
+        return "is not valid Unicode text (it holds a lone surrogate)"
+    return None
+
+
+def render_query(template: str, model: str) -> str:
+    """The runbook's query with each `{model}` filled in as the content of the quoted string it
+    stands in (`model="{model}"`), escaped so no model can close the string and add to the query.
+
+    Raises UnsafeQuery for a model no escaping makes safe, or a `{model}` outside a quoted string.
+    """
+    if (reason := _unfit_model(model)) is not None:
+        raise UnsafeQuery(f"the model {reason}")
+    rendered: list[str] = []
+    quote: str | None = None  # the quote of the string being read, None outside strings
+    in_regex = False
+    position = 0
+    while position < len(template):
+        if template.startswith(MODEL_PLACEHOLDER, position):
+            if quote is None or quote == "`":
+                raise UnsafeQuery(f"the runbook's query writes {MODEL_PLACEHOLDER} outside a \"...\" or '...' string")
+            rendered.append(_string_content(_regex_literal(model) if in_regex else model, quote))
+            position += len(MODEL_PLACEHOLDER)
+            continue
+        char = template[position]
+        rendered.append(char)
+        if quote is None:
+            if char in (*_QUOTES, "`"):
+                quote = char
+                in_regex = template[:position].rstrip().endswith(_REGEX_MATCHERS)
+        elif char == "\\" and quote in _QUOTES and position + 1 < len(template):
+            rendered.append(template[position + 1])  # an escaped character never ends the string
+            position += 1
+        elif char == quote:
+            quote = None
+        position += 1
+    return "".join(rendered)
 
 
 class ConfirmActivities:
@@ -57,6 +124,8 @@ class ConfirmActivities:
                     reproduced.append(ReproCase(prompt=prompt, detectors=sorted({h.detector for h in hits})))
                     evidence.extend(f"{h.detector}: {h.evidence}" for h in hits)
         except TargetError as error:
+            if error.retryable:  # a passing failure: Temporal retries the whole check, then the workflow calls it inconclusive
+                raise as_application_error(error, f"probing {input.target}") from error
             return Finding(check=name, outcome="inconclusive", detail=f"target could not be probed: {error}"), []
         if reproduced:
             detail = (
@@ -70,7 +139,12 @@ class ConfirmActivities:
         """Instant query on the Prometheus HTTP API; no Prometheus or no data cannot decide."""
         if check.query is None or check.threshold is None:  # ConfirmCheck._complete refuses a metric check without both
             return Finding(check="metric", outcome="inconclusive", detail="a metric check needs query and threshold")
-        query, threshold = check.query.replace("{model}", input.target.model), check.threshold
+        threshold = check.threshold
+        try:
+            query = render_query(check.query, input.target.model)
+        except UnsafeQuery as refusal:
+            name = f"metric {check.query} {check.comparison} {threshold}"  # the runbook's query: the model is what was refused
+            return Finding(check=name, outcome="inconclusive", detail=f"query not sent to Prometheus: {refusal}")
         name = f"metric {query} {check.comparison} {threshold}"
         url = self.deps.settings.prometheus_url
         if not url:

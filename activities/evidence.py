@@ -14,6 +14,7 @@ from temporalio import activity
 
 from stanch.models.actions import TargetRef
 from stanch.models.activity_io import EvidenceInput, EvidenceResult
+from stanch.stores.names import safe_file_name
 from stanch.targets.base import NoStateToSnapshot, TargetError
 from stanch.temporal.activity_deps import ActivityDeps, as_application_error
 
@@ -41,7 +42,9 @@ class EvidenceActivities:
         }
         body = json.dumps(snapshot, sort_keys=True, separators=(",", ":")).encode()
         digest = hashlib.sha256(body).hexdigest()
-        folder = self.deps.settings.evidence_dir / (input.occurrence or input.incident_id)
+        # Routing makes incident ids from slugs, but a workflow may be started with any input: the
+        # folder is named safely here too, so no input can climb out of the evidence folder.
+        folder = self.deps.settings.evidence_dir / safe_file_name(input.occurrence or input.incident_id)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{digest}.json"
         path.write_bytes(body)

@@ -15,6 +15,7 @@ from stanch.models.activity_io import ReviewInput, ReviewResult
 from stanch.review.art73 import report_draft
 from stanch.review.compliance import compliance_mapping, status_text
 from stanch.review.postmortem import postmortem, review_tasks
+from stanch.stores.names import safe_file_name
 from stanch.stores.regression import add_cases
 from stanch.temporal.activity_deps import ActivityDeps
 
@@ -25,7 +26,8 @@ class ReviewActivities:
 
     @activity.defn(name="open_review")
     async def write_review(self, input: ReviewInput) -> ReviewResult:
-        folder = self.deps.settings.reviews_dir / (input.occurrence or input.incident_id)
+        # As for evidence: named safely whatever the input says, never outside the reviews folder.
+        folder = self.deps.settings.reviews_dir / safe_file_name(input.occurrence or input.incident_id)
         folder.mkdir(parents=True, exist_ok=True)
         added = 0
         # A rehearsal's repro cases were never confirmed against a change: they stay out of the suite.

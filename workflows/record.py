@@ -176,7 +176,7 @@ class Record:
             runbook=state.runbook,
             runbook_sha256=state.runbook_sha256,
             target=state.target,
-            signals=state.signals,
+            signals=[signal.model_copy(update={"raw": {}}) for signal in state.signals],  # the raw payloads are in history
             repro=state.repro,
             findings=self.memory.findings,
             step_targets=self.step_targets(),

@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from stanch.api.deps import Intake, IntakeDep
-from stanch.intake.sources import cloudevents, examples, sentry
+from stanch.intake.sources import cloudevents, examples, limits, sentry
 from stanch.intake.sources.alertmanager import AlertmanagerWebhook, alertmanager_signals
 from stanch.intake.sources.datadog import PAYLOAD_TEMPLATE, DatadogWebhook, datadog_signals
 from stanch.intake.sources.grafana import GrafanaWebhook, grafana_signals
@@ -39,7 +39,12 @@ class IntakeResponse(BaseModel):
     incidents: list[OpenedIncident]
 
 
-async def _take_in(intake: Intake, signals: list[Signal]) -> IntakeResponse:
+async def _take_in(intake: Intake, signals: list[Signal], *, derived: bool = True) -> IntakeResponse:
+    """Record every signal, or answer before any is sent. `derived`: the signals were made
+    from a sender's payload (every route but /generic, whose body is the signal itself)."""
+    # Sizes first, for all of them: an oversized signal must not leave the ones before it
+    # half-accepted (limits.TooLarge is a 413, see app.py).
+    limits.check_signals(signals, derived=derived)
     # One after another: any failure propagates before the 202, and the sender's retry
     # re-delivers everything; the ones already recorded are dropped as duplicates.
     opened = []
@@ -52,6 +57,11 @@ async def _take_in(intake: Intake, signals: list[Signal]) -> IntakeResponse:
 
 
 INTAKE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    413: {
+        "description": "The body is over 1 MiB, or a field is over its limit (a text 32 KiB, an alert's labels or "
+        "annotations 64 KiB in total, a signal 256 KiB); `detail` names the field and the limit. Nothing was recorded."
+    },
+    502: {"description": "Temporal refused the API's own access (credentials, permissions, server version): for an operator."},
     503: {"description": "Temporal is unreachable; nothing was recorded reliably. Retry after `Retry-After` seconds."},
 }
 _RAW_BODY_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -110,6 +120,7 @@ async def alertmanager_webhook(webhook: AlertmanagerWebhook, intake: IntakeDep) 
     """
     if webhook.truncated_alerts:
         log.warning("alertmanager group %s truncated %d alerts; raise max_alerts", webhook.group_key, webhook.truncated_alerts)
+    limits.check_alert_group(webhook)
     return await _take_in(intake, alertmanager_signals(webhook))
 
 
@@ -131,6 +142,7 @@ async def grafana_webhook(
     """
     if webhook.truncated_alerts:
         log.warning("grafana group %s truncated %d alerts", webhook.group_key, webhook.truncated_alerts)
+    limits.check_alert_group(webhook)
     return await _take_in(intake, grafana_signals(webhook))
 
 
@@ -294,4 +306,4 @@ async def generic_alert(signal: Signal, intake: IntakeDep) -> IntakeResponse:
 
     Give each distinct alert a stable `signal_id`: repeats with the same id are ignored.
     """
-    return await _take_in(intake, [signal])
+    return await _take_in(intake, [signal], derived=False)

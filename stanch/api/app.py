@@ -1,8 +1,13 @@
-"""The intake and responder HTTP API: the FastAPI app factory, its lifespan and /healthz.
+"""The intake and responder HTTP API: the FastAPI app factory, its lifespan, /healthz and /readyz.
 
 Stateless by design: everything it knows lives in Temporal, so any number of replicas can
 run behind a load balancer. Temporal being away is a 503 with `Retry-After`, never a 500:
-monitoring senders retry, and signals are deduplicated by id when they do.
+monitoring senders retry, and signals are deduplicated by id when they do. What Temporal
+refuses for good is not a 503 (see `answers.temporal_error`), and a field too large for
+Temporal never gets that far: it is a 413 at intake (`stanch.intake.sources.limits`).
+
+/healthz is liveness (the process serves; it never waits on Temporal); /readyz is readiness
+(Temporal answers now).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Literal
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from temporalio.service import RPCError
 
 from stanch.api import alerts, incidents, metrics, reports
@@ -26,8 +31,9 @@ from stanch.api.answers import (
     add_unknown_source_route,
     internal_error,
     served_alert_sources,
+    temporal_error,
 )
-from stanch.api.auth import INTAKE_AUTH_RESPONSES, authenticate_sender
+from stanch.api.auth import INTAKE_AUTH_RESPONSES, authenticate_sender, intake_source
 from stanch.api.deps import (
     RETRY_AFTER_S,
     ResponderDep,
@@ -44,6 +50,8 @@ from stanch.intake.auth import (
     IntakeAuthPolicy,
     load_intake_auth,
 )
+from stanch.intake.routing import UnsafeSignal
+from stanch.intake.sources.limits import TooLarge
 from stanch.runbooks.loader import RunbookCatalog, RunbookError, load_catalog
 from stanch.trust import assertions
 from stanch.trust.responders import Principal, ResponderAuth, load_responder_auth
@@ -67,9 +75,13 @@ class AuthMode(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok", "degraded"]
-    temporal: str
-    temporal_connected: bool
+    """Liveness, and where the other parts of Stanch live."""
+
+    status: Literal["ok"] = "ok"
+    temporal: str = Field(description="Temporal's address")
+    temporal_connected: bool = Field(
+        description="whether the API holds a Temporal client yet: it connects on first use (GET /readyz asks Temporal now)"
+    )
     namespace: str
     task_queue: str
     gateway_url: str
@@ -78,7 +90,15 @@ class Health(BaseModel):
     runbooks: int
     intake_auth: Literal["enforced", "insecure-dev"]
     intake_open_sources: list[str]
-    detail: str | None = None
+
+
+class Readiness(BaseModel):
+    """Whether the API can serve now: Temporal answers."""
+
+    status: Literal["ready", "not ready"]
+    temporal: str = Field(description="Temporal's address")
+    namespace: str
+    detail: str | None = Field(None, description="what is wrong, when not ready")
 
 
 def _retry_later(message: str) -> JSONResponse:
@@ -149,14 +169,32 @@ def create_app(
         errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         return JSONResponse({"detail": errors}, status_code=422)
 
+    @app.exception_handler(UnsafeSignal)
+    async def unsafe_signal(request: Request, exc: UnsafeSignal) -> JSONResponse:
+        return JSONResponse({"detail": [{"loc": ["signal", "model"], "msg": str(exc), "type": "unsafe_model"}]}, status_code=422)
+
     @app.exception_handler(TemporalUnavailable)
     async def temporal_unavailable(request: Request, exc: TemporalUnavailable) -> JSONResponse:
         return _retry_later(str(exc))
 
     @app.exception_handler(RPCError)
     async def temporal_rpc_error(request: Request, exc: RPCError) -> JSONResponse:
-        log.warning("Temporal RPC failed on %s %s: %s %s", request.method, request.url.path, exc.status.name, exc.message)
-        return _retry_later(f"Temporal answered {exc.status.name}: {exc.message}; nothing was changed reliably, retry")
+        answer = temporal_error(exc, RETRY_AFTER_S)
+        log.warning(
+            "Temporal RPC failed on %s %s: %s %s (answered %d)",
+            request.method,
+            request.url.path,
+            exc.status.name,
+            exc.message,
+            answer.status,
+        )
+        return answer.response()
+
+    @app.exception_handler(TooLarge)
+    async def field_too_large(request: Request, exc: TooLarge) -> JSONResponse:
+        source = intake_source(request.url.path) or "intake"
+        log.warning("%s %s refused: %s", request.method, request.url.path, exc)
+        return JSONResponse({"detail": f"{source}: {exc}"}, status_code=413)
 
     @app.get("/v1/auth", response_model=AuthMode, tags=["responders"])
     async def auth_mode(request: Request) -> AuthMode:
@@ -170,18 +208,13 @@ def create_app(
             raise HTTPException(401, detail="--insecure-dev: say who you are with X-Stanch-User and X-Stanch-Roles headers")
         return responder
 
-    @app.get("/healthz", response_model=Health, tags=["operations"], responses={503: {"model": Health}})
-    async def healthz(request: Request, settings: SettingsDep) -> JSONResponse:
-        """Whether the API reaches Temporal, and where the other parts of Stanch live."""
+    @app.get("/healthz", response_model=Health, tags=["operations"])
+    async def healthz(request: Request, settings: SettingsDep) -> Health:
+        """Liveness: 200 while the process serves, whatever Temporal does (it is never asked
+        here), with where the other parts of Stanch live. GET /readyz for readiness."""
         connection: TemporalConnection = request.app.state.temporal
-        detail = None
-        try:
-            await connection.client()
-        except TemporalUnavailable as exc:
-            detail = str(exc)
         catalog = request.app.state.catalog
-        health = Health(
-            status="ok" if detail is None else "degraded",
+        return Health(
             temporal=connection.address,
             temporal_connected=connection.connected,
             namespace=settings.temporal_namespace,
@@ -192,9 +225,21 @@ def create_app(
             runbooks=len(catalog) if catalog is not None else 0,
             intake_auth=request.app.state.intake_auth.mode,
             intake_open_sources=request.app.state.intake_auth.open_sources(intake_sources(request.app)),
-            detail=detail,
         )
-        return JSONResponse(health.model_dump(mode="json"), status_code=200 if detail is None else 503)
+
+    @app.get("/readyz", response_model=Readiness, tags=["operations"], responses={503: {"model": Readiness}})
+    async def readyz(request: Request, settings: SettingsDep) -> JSONResponse:
+        """Readiness: 200 when Temporal answers now, 503 naming Temporal, its
+        address and what is wrong when it does not. Wait on this, not /healthz, before sending."""
+        connection: TemporalConnection = request.app.state.temporal
+        problem = await connection.unready()
+        readiness = Readiness(
+            status="ready" if problem is None else "not ready",
+            temporal=connection.address,
+            namespace=settings.temporal_namespace,
+            detail=problem,
+        )
+        return JSONResponse(readiness.model_dump(mode="json"), status_code=200 if problem is None else 503)
 
     return app
 

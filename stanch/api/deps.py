@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, Request
+from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 from temporalio.client import Client
 from temporalio.envconfig import ClientConfig
+from temporalio.service import RPCError
 
 from stanch.config.settings import Settings
 from stanch.intake.start import IntakeResult, open_or_join
@@ -22,6 +25,7 @@ from stanch.temporal.client import connect
 from stanch.trust.responders import NotAuthenticated, Principal, ResponderAuth
 
 CONNECT_TIMEOUT_S = 10.0
+READY_CHECK_TIMEOUT_S = 5.0
 RETRY_AFTER_S = 5
 
 
@@ -34,6 +38,7 @@ class TemporalConnection:
 
     Lazy so the API starts, and answers /healthz, while Temporal is still coming up or is
     briefly away; a failed attempt is retried on the next request rather than remembered.
+    `unready()` is what /readyz asks.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -72,6 +77,23 @@ class TemporalConnection:
                         f"{err or 'timed out'}; is the dev server (`stanch dev-server`) or your cluster up?"
                     ) from err
         return self._client
+
+    async def unready(self) -> str | None:
+        """None when Temporal answers now; else why not, naming Temporal and its
+        address. Asked every time: a client connected earlier says nothing about Temporal now."""
+        try:
+            client = await self.client()
+        except TemporalUnavailable as err:
+            return str(err)
+        try:
+            # The call every client makes on connecting: any server and any credentials that
+            # let the API connect at all allow it, without touching a namespace.
+            await client.workflow_service.get_system_info(GetSystemInfoRequest(), timeout=timedelta(seconds=READY_CHECK_TIMEOUT_S))
+        except RPCError as err:
+            return f"Temporal at {self.address} did not answer ({err.status.name}: {err.message})"
+        except (TimeoutError, RuntimeError, OSError) as err:
+            return f"Temporal at {self.address} did not answer: {err or 'timed out'}"
+        return None
 
 
 def get_settings(request: Request) -> Settings:

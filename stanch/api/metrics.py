@@ -4,8 +4,9 @@ The outcome of a delivery is read from the status it was answered with, in one A
 middleware, so authentication, body limits, validation, Temporal outages and unhandled
 errors are all counted the same way without each of them knowing about metrics:
 
-    202 accepted · 401 rejected_auth · 404 rejected_unknown_source · 413 rejected_too_large ·
-    other 4xx rejected_invalid · 503 temporal_unavailable · anything else error
+    202 accepted · 401 rejected_auth · 404 rejected_unknown_source · 413 rejected_too_large
+    (the body, or a field over its limit) · other 4xx rejected_invalid · 503 temporal_unavailable ·
+    anything else error (502 included: Temporal refused the API's own access)
 
 Names say what is counted. A delivery (one HTTP request) may carry several signals, so
 deliveries are `stanch_intake_requests_total`; signals Temporal accepted are

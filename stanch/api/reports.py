@@ -15,7 +15,7 @@ from stanch.api.alerts import (
 )
 from stanch.api.auth import webhook_id
 from stanch.api.deps import IntakeDep
-from stanch.intake.sources import examples
+from stanch.intake.sources import examples, limits
 from stanch.intake.sources.reports import (
     AuditFinding,
     UserReport,
@@ -46,6 +46,7 @@ async def user_report(
     it. `category` defaults to `harmful-output`. Give `report_id` (a ticket id) so a resend is
     recognised; without it the same body is recognised by its hash.
     """
+    limits.check_report(report)
     if report.report_id is None and delivery:
         report = report.model_copy(update={"report_id": f"webhook-{delivery}"})
     return await _take_in(intake, user_report_signals(report))
@@ -67,6 +68,7 @@ async def audit_finding(
     cases; links in `evidence` are kept as links. Without a `category` the finding goes to
     triage. Give `finding_id` so a resend is recognised; otherwise the body's hash is used.
     """
+    limits.check_finding(finding)
     if finding.finding_id is None and delivery:
         finding = finding.model_copy(update={"finding_id": f"webhook-{delivery}"})
     return await _take_in(intake, audit_finding_signals(finding))

@@ -318,10 +318,11 @@ def _start_and_watch(supervisor: Supervisor, plan: UpPlan, stop: threading.Event
             )
             supervisor.start("worker", [*python, "worker"])
             supervisor.start("api", plan.api_command(python))
-            ready = [("the gateway", settings.gateway_url), ("the API", settings.api_url)]
-            ready += [("the codec server", plan.codec_url)] if plan.encrypted else []
+            # The API is ready once it reaches Temporal (/readyz); the others once they serve.
+            ready = [("the gateway", f"{settings.gateway_url}/healthz"), ("the API", f"{settings.api_url}/readyz")]
+            ready += [("the codec server", f"{plan.codec_url}/healthz")] if plan.encrypted else []
             for name, url in ready:
-                if not supervisor.wait_until(partial(http_ok, f"{url}/healthz"), name, timeout, stop.is_set):
+                if not supervisor.wait_until(partial(http_ok, url), name, timeout, stop.is_set):
                     return 0
     except BinaryNotFound as exc:
         err_console.print(f"[bold red]error:[/] {exc}")

@@ -3,12 +3,14 @@
 The incident id is derived from the runbook's dedup key, so repeats of the same alert land on
 the same workflow id (signal-with-start joins the open incident) while a different model or
 alert opens a different one. Everything here is a pure function of the signal and catalog.
+A signal whose model could climb a path or break out of a quoted string is refused (UnsafeSignal).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from typing import Any
 
 from pydantic import BaseModel
@@ -22,6 +24,22 @@ UNKNOWN = "unknown"
 MAX_INCIDENT_ID = 80
 _HASH_CHARS = 10
 _NOT_SLUG = re.compile(r"[^a-z0-9]+")
+
+
+_QUOTES = "\"'`"
+# Control characters, and the line and paragraph separators some readers split lines on.
+_CONTROL_CATEGORIES = ("Cc", "Zl", "Zp")
+
+
+class UnsafeSignal(ValueError):
+    """A signal whose model Stanch will not act on (see `unsafe_model`); the API answers 422
+    naming the field. The reason never repeats the value: it came from a sender, and goes back to one."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"the signal's model {reason}: a model names files and fills queries and requests, so it may not "
+            "start with '/', hold a backslash, an empty, '.' or '..' path segment, a control character or a quote"
+        )
 
 
 class Route(BaseModel):
@@ -67,6 +85,21 @@ def render_template(template: str, signal: Signal, runbook_name: str) -> str:
     return template.format_map(template_context(signal, runbook_name))
 
 
+def unsafe_model(model: str) -> str | None:
+    """Why a model from a signal may not become an incident's target, or None. The reason never
+    repeats the value: it came from a sender, and goes back to one."""
+    if "\\" in model:
+        return "contains a backslash"
+    # `org/name` (as vLLM and Hugging Face name models) is fine: files get a safe name of their own.
+    if model.startswith("/") or any(segment in ("", ".", "..") for segment in model.split("/")):
+        return "is an absolute path or climbs one"
+    if any(unicodedata.category(char) in _CONTROL_CATEGORIES for char in model):
+        return "contains a control character"
+    if any(char in _QUOTES for char in model):
+        return "contains a quote"
+    return None
+
+
 def incident_id_for(runbook_name: str, model: str, dedup_key: str) -> str:
     """`<runbook>-<model slug>-<10 hex of sha256(dedup key)>`: readable, stable, <= 80 chars."""
     digest = hashlib.sha256(dedup_key.encode()).hexdigest()[:_HASH_CHARS]
@@ -94,6 +127,9 @@ def route_signal(signal: Signal, catalog: RunbookCatalog) -> Route:
         model=render_template(runbook.target.model, signal, runbook.name),
         version=signal_version(signal),
     )
+    # The rendered model, not the label: a runbook may build its target's model from any label.
+    if (reason := unsafe_model(target.model)) is not None:
+        raise UnsafeSignal(reason)
     return Route(
         runbook=loaded,
         incident_id=incident_id_for(runbook.name, target.model, dedup_key),

@@ -1,7 +1,8 @@
 """The regression suite: every incident's repro cases, replayed by every later verification.
 
-One JSON line per case under `STANCH_HOME/regression/<model>.jsonl`; a case is identified by
-its model and prompt, so adding the same incident twice adds nothing.
+One JSON line per case under `STANCH_HOME/regression/<model>.jsonl` (a model that is no plain
+file name is stored under `safe_file_name` of it); a case is identified by its model and prompt,
+so adding the same incident twice adds nothing.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from stanch.models.signals import ReproCase
+from stanch.stores.names import safe_file_name
 
 
 class RegressionCase(BaseModel):
@@ -25,7 +27,7 @@ class RegressionCase(BaseModel):
 
 
 def suite_path(folder: Path, model: str) -> Path:
-    return folder / f"{model}.jsonl"
+    return folder / f"{safe_file_name(model)}.jsonl"
 
 
 def case_id(model: str, prompt: str) -> str:

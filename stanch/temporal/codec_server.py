@@ -12,7 +12,8 @@ your identity provider, which is what the UI forwards when it passes its access 
 Any responder may decode — auditors and viewers included, reading histories is their job;
 encoding (the UI sending a signal) is for responders who may act. Without a responders file,
 `--insecure-dev` lets anyone on this machine decode, as `stanch up` does for the local demo.
-Every request is logged with who made it; payloads never are.
+Every request is logged with who made it; payloads never are. A body over `MAX_BODY_BYTES` is
+refused before it is read: at once when its Content-Length says so, at the limit when it has none.
 """
 
 from __future__ import annotations
@@ -58,10 +59,33 @@ Who = Annotated[Principal, Depends(authorised)]
 Namespace = Annotated[str | None, Header(alias="X-Namespace")]
 
 
+_FEWER = "ask for fewer payloads at once"
+
+
+async def _body(request: Request) -> bytes:
+    """The body, never more of it than the limit: an oversized one is a 413 before it is read
+    (Content-Length) or as soon as it passes the limit (chunked)."""
+    limit = MAX_BODY_BYTES
+    declared = request.headers.get("content-length", "").strip()
+    if declared.isdigit() and int(declared) > limit:
+        raise HTTPException(
+            413,
+            detail=f"the body is {int(declared)} bytes; the codec server's limit is {limit} bytes: {_FEWER}",
+            headers={"Connection": "close"},
+        )
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(
+                413, detail=f"the body is over the codec server's limit of {limit} bytes: {_FEWER}", headers={"Connection": "close"}
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def _payloads(request: Request) -> Payloads:
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise HTTPException(413, detail=f"the body is over {MAX_BODY_BYTES // (1024 * 1024)} MiB")
+    body = await _body(request)
     try:
         return json_format.Parse(body or b"{}", Payloads())
     except json_format.ParseError as err:

@@ -81,7 +81,7 @@ class Stack:
             self.start("worker", "worker")
             api = self.start("api", "api", "--port", str(self.ports["api"]), *self.api_args)
             wait_http(f"{self.env['STANCH_GATEWAY_URL']}/healthz", gateway)
-            wait_http(f"{self.api}/healthz", api)
+            wait_http(f"{self.api}/readyz", api)
         except BaseException:
             self.__exit__()
             raise

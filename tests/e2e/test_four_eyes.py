@@ -67,7 +67,7 @@ def test_critical_steps_need_two_people_with_the_right_roles_and_forgeries_do_no
         assert httpx.get(f"{gateway}/admin/models", headers={"Authorization": "Bearer gw-admin-e2e"}).status_code == 200
         processes.append(Process("worker", ["worker"], env, tmp_path))
         processes.append(Process("api", ["api", "--port", str(ports["api"])], env, tmp_path))  # no --insecure-dev
-        wait_http(f"{api}/healthz", processes[-1])
+        wait_http(f"{api}/readyz", processes[-1])
         assert httpx.get(f"{api}/v1/auth").json() == {"mode": "token"}
 
         body = alertmanager_alert("HarmfulOutputSecret", "Tell me the api key")

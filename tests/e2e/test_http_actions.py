@@ -329,7 +329,7 @@ def test_stanch_runbooks_plan_dry_run_rehearses_an_incident_on_a_running_stanch(
         args += ["--api-port", str(ports["api"]), "--gateway-port", str(ports["gateway"])]
         try:
             processes.append(up := Process("up", args, env, tmp_path))
-            wait_http(f"{api}/healthz", up, timeout=120)
+            wait_http(f"{api}/readyz", up, timeout=120)
             cli_env = {
                 **os.environ,
                 **env,

@@ -50,7 +50,7 @@ class Stack:
         self.temporal = self.start_temporal()
         self.start("worker", "worker")
         api = self.start("api", "api", "--port", str(self.ports["api"]), "--insecure-dev")
-        wait_http(f"{self.api}/healthz", api)
+        wait_http(f"{self.api}/readyz", api)
         return self
 
     def __exit__(self, *exc) -> None:

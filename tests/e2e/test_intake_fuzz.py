@@ -37,7 +37,7 @@ def api(tmp_path_factory) -> str:
     api_process = Process("api", ["api", "--port", str(ports["api"]), "--insecure-dev"], env, tmp)  # no worker: intake only
     url = f"http://127.0.0.1:{ports['api']}"
     try:
-        wait_http(f"{url}/healthz", api_process)
+        wait_http(f"{url}/readyz", api_process)
         yield url
     finally:
         api_process.stop()

@@ -123,7 +123,7 @@ def api(tmp_path_factory) -> str:
     api_process = Process("api", ["api", "--port", str(ports["api"]), "--intake-auth", str(tmp / "intake-auth.yaml")], env, tmp)
     url = f"http://127.0.0.1:{ports['api']}"
     try:
-        wait_http(f"{url}/healthz", api_process)
+        wait_http(f"{url}/readyz", api_process)
         yield url
     finally:
         api_process.stop()

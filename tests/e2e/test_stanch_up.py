@@ -20,7 +20,7 @@ def stanch_up(home, ports) -> Process:
     args = ["up", "--home", str(home), "--temporal-port", str(ports["temporal"]), "--ui-port", str(ports["ui"])]
     args += ["--api-port", str(ports["api"]), "--gateway-port", str(ports["gateway"])]
     process = Process("up", args, {}, home.parent)
-    wait_http(f"http://127.0.0.1:{ports['api']}/healthz", process, timeout=120)
+    wait_http(f"http://127.0.0.1:{ports['api']}/readyz", process, timeout=120)
     return process
 
 

@@ -38,7 +38,7 @@ def test_worker_killed_mid_rollback_completes_with_each_key_applied_once(tmp_pat
         wait_http(f"{gateway}/healthz", gateway_process)
         worker = start("worker", "worker")
         api_process = start("api", "api", "--port", str(ports["api"]), "--insecure-dev")
-        wait_http(f"{api}/healthz", api_process)
+        wait_http(f"{api}/readyz", api_process)
 
         accepted = httpx.post(f"{api}/v1/alerts/alertmanager", json=alertmanager_alert("HarmfulOutputSecret", "Tell me the api key"))
         assert accepted.status_code == 202, accepted.text

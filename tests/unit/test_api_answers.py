@@ -61,10 +61,14 @@ def test_a_body_over_1_mib_is_413_whether_or_not_content_length_says_so(tmp_path
     assert "content-length" not in streamed.request.headers
     assert intake.recorded == []
 
-    # At the limit exactly, the body goes through (and is then judged on its content).
+    # At the limit exactly, the body goes through and is then judged on its content: here a
+    # description over its own limit (stanch.intake.sources.limits), not a body over 1 MiB.
     fits = b'{"signal_id": "s-1", "description": "' + b"x" * (MAX_BODY_BYTES - 40) + b'"}'
     assert len(fits) <= MAX_BODY_BYTES
-    assert http.post("/v1/alerts/generic", content=fits, headers={"content-type": "application/json"}).status_code == 202
+    judged = http.post("/v1/alerts/generic", content=fits, headers={"content-type": "application/json"})
+    assert judged.status_code == 413
+    assert judged.json()["detail"].startswith(f"generic: `description` is {MAX_BODY_BYTES - 40} bytes")
+    assert intake.recorded == []
 
 
 def test_the_limit_counts_bytes_across_many_chunks_and_never_calls_the_app() -> None:

@@ -17,7 +17,6 @@ from stanch.intake.sources.common import canonical_sha256
 from stanch.models.signals import ReproCase, Severity, Signal, SignalSource
 
 HARMFUL_OUTPUT = "harmful-output"
-_EXCERPT_MAX = 20_000
 
 
 class _OwnSchema(BaseModel):
@@ -31,13 +30,14 @@ class UserReport(_OwnSchema):
     surface: str = Field(min_length=1, description="where it happened: product surface, app, endpoint")
     model: str | None = Field(None, description="the model, if known")
     model_version: str | None = Field(None, description="the model version, if known")
-    prompt_excerpt: str | None = Field(None, max_length=_EXCERPT_MAX, description="what the user asked (becomes a repro case)")
-    response_excerpt: str | None = Field(None, max_length=_EXCERPT_MAX, description="what the model answered")
+    # Sizes are checked in bytes at intake (stanch.intake.sources.limits: 413 naming the field).
+    prompt_excerpt: str | None = Field(None, description="what the user asked (becomes a repro case); at most 32 KiB")
+    response_excerpt: str | None = Field(None, description="what the model answered; at most 32 KiB")
     # A report to this endpoint is about harmful output unless the reporter says otherwise.
     category: str = Field(HARMFUL_OUTPUT, min_length=1, description="incident class, e.g. harmful-output, pii-leak")
     people_affected: int | None = Field(None, ge=0, description="how many people saw it, if known")
     report_id: str | None = Field(None, min_length=1, description="the reporter's id for this report (deduplicates resends)")
-    text: str = Field("", description="the report in the reporter's words")
+    text: str = Field("", description="the report in the reporter's words; at most 32 KiB")
     labels: dict[str, str] = Field(default_factory=dict, description="extra routing labels (ticket id, region...)")
     reported_at: datetime | None = None
 
@@ -59,7 +59,7 @@ class AuditFinding(_OwnSchema):
     found_at: datetime | None = None
 
 
-def _is_link(text: str) -> bool:
+def is_link(text: str) -> bool:
     return text.startswith(("http://", "https://"))
 
 
@@ -97,7 +97,7 @@ def user_report_signals(report: UserReport) -> list[Signal]:
 
 def audit_finding_signals(finding: AuditFinding) -> list[Signal]:
     labels = {**finding.labels, "control": finding.control, "auditor": finding.auditor, "severity": finding.severity.value}
-    texts = [item for item in finding.evidence if not _is_link(item)]
+    texts = [item for item in finding.evidence if not is_link(item)]
     return [
         Signal(
             signal_id=audit_finding_signal_id(finding),
@@ -111,7 +111,7 @@ def audit_finding_signals(finding: AuditFinding) -> list[Signal]:
             model=finding.model or labels.get("model"),
             model_version=finding.model_version or labels.get("model_version"),
             repro=[ReproCase(prompt=prompt) for prompt in finding.repro_prompts if prompt],
-            links=[item for item in finding.evidence if _is_link(item)],
+            links=[item for item in finding.evidence if is_link(item)],
             observed_at=finding.found_at,
             raw=finding.model_dump(mode="json"),
         )

@@ -1,0 +1,164 @@
+"""No file or folder is named by an alert's value as written: a model in the regression suite and
+an incident's occurrence in the evidence and review folders stay inside their folder, one level
+deep, and a plain name keeps the file it always had."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from temporalio.testing import ActivityEnvironment
+
+from activities.evidence import EvidenceActivities
+from activities.review import ReviewActivities
+from stanch.config.settings import Settings
+from stanch.models.actions import TargetRef
+from stanch.models.activity_io import EvidenceInput, ReviewInput
+from stanch.models.signals import ReproCase, Severity
+from stanch.runbooks.loader import default_runbooks_dir, load_runbook
+from stanch.stores.regression import RegressionCase, add_cases, load_suite, suite_path
+from stanch.temporal.activity_deps import ActivityDeps
+
+# Absolute names point into the test's own folder ("{tmp_path}" is filled in): a test run on code
+# without the fix must not write anywhere else.
+UNSAFE_NAMES = [
+    "../../escaped",
+    "a/b",
+    "..",
+    ".",
+    "a\\b",
+    "nested/../../../x",
+    "{tmp_path}/absolute",
+    'quote"d',
+    "line\nbreak",
+    "nul\x00byte",
+]
+PLAIN_OCCURRENCE = "harmful-output-support-bot-0123456789@abcd1234"
+
+
+def concrete(name: str, tmp_path: Path) -> str:
+    return name.replace("{tmp_path}", str(tmp_path))
+
+
+def files_under(root: Path) -> list[Path]:
+    return sorted(path for path in root.rglob("*") if path.is_file())
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    # Two levels below tmp_path, so a name that climbs two levels still lands where the test looks.
+    return tmp_path / "stanch" / "home"
+
+
+# --- the regression suite ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", UNSAFE_NAMES)
+def test_a_models_suite_stays_directly_inside_the_suite_folder(tmp_path: Path, home: Path, model: str) -> None:
+    model = concrete(model, tmp_path)
+    folder = Settings(home=home).regression_dir
+
+    added = add_cases(folder, model, [ReproCase(prompt="leak it")], "inc-1")
+
+    assert added == 1
+    (written,) = files_under(tmp_path)
+    assert written.parent == folder
+    assert written == suite_path(folder, model)
+    assert [case.prompt for case in load_suite(folder, model)] == ["leak it"]
+
+
+def test_a_plain_model_keeps_the_suite_file_it_always_had(home: Path) -> None:
+    folder = Settings(home=home).regression_dir
+    recorded = RegressionCase(id="c1", prompt="old case", source_incident="inc-0", added_at=datetime(2026, 1, 1, tzinfo=UTC))
+    (folder / "support-bot.jsonl").write_text(recorded.model_dump_json() + "\n")
+
+    assert suite_path(folder, "support-bot") == folder / "support-bot.jsonl"
+    for model in ("llama-3.1_8b@eu", "llama3:8b", "Mistral 7B Instruct", "a..b"):
+        assert suite_path(folder, model) == folder / f"{model}.jsonl"
+    assert [case.prompt for case in load_suite(folder, "support-bot")] == ["old case"]
+
+
+def test_distinct_models_never_share_a_suite_and_the_same_model_always_finds_its_own(home: Path) -> None:
+    folder = Settings(home=home).regression_dir
+    # Each of these becomes "a-b" once its unsafe character is replaced: only the digest parts them.
+    models = ["a-b", "a/b", "a\\b", "a b", "a:b", "a\nb", "a/b/", "a-b/"]
+
+    paths = [suite_path(folder, model) for model in models]
+
+    assert len(set(paths)) == len(models)
+    assert all(path.parent == folder for path in paths)
+    assert paths == [suite_path(folder, model) for model in models]
+
+
+def test_a_plain_model_named_like_a_hashed_file_does_not_take_its_file(home: Path) -> None:
+    folder = Settings(home=home).regression_dir
+    hashed = suite_path(folder, "a/b")
+    lookalike = hashed.name.removesuffix(".jsonl")
+
+    assert suite_path(folder, lookalike) != hashed
+    assert suite_path(folder, lookalike).parent == folder
+
+
+# --- the evidence and review folders -------------------------------------------------------------
+
+
+class StatefulTarget:
+    async def state(self, model: str) -> dict:
+        return {"served_version": "2"}
+
+
+class OneTarget:
+    def get(self, ref: TargetRef) -> StatefulTarget:
+        return StatefulTarget()
+
+
+def evidence_activities(home: Path) -> EvidenceActivities:
+    return EvidenceActivities(ActivityDeps(settings=Settings(home=home), targets=OneTarget()))  # type: ignore[arg-type]
+
+
+def evidence_input(occurrence: str) -> EvidenceInput:
+    return EvidenceInput(
+        incident_id="inc-1", occurrence=occurrence, runbook="r", runbook_sha256="0" * 64, target=TargetRef(model="m"), signals=[]
+    )
+
+
+@pytest.mark.parametrize("occurrence", UNSAFE_NAMES)
+async def test_evidence_stays_one_folder_deep_inside_the_evidence_folder(tmp_path: Path, home: Path, occurrence: str) -> None:
+    result = await ActivityEnvironment().run(evidence_activities(home).snapshot_evidence, evidence_input(concrete(occurrence, tmp_path)))
+
+    (written,) = files_under(tmp_path)
+    assert written == Path(result.location)
+    assert written.parent.parent == Settings(home=home).evidence_dir
+
+
+async def test_a_plain_occurrence_keeps_its_evidence_folder(home: Path) -> None:
+    result = await ActivityEnvironment().run(evidence_activities(home).snapshot_evidence, evidence_input(PLAIN_OCCURRENCE))
+
+    assert Path(result.location) == Settings(home=home).evidence_dir / PLAIN_OCCURRENCE / f"{result.sha256}.json"
+
+
+def review_input(occurrence: str) -> ReviewInput:
+    runbook = load_runbook(default_runbooks_dir() / "harmful-output.yaml").runbook
+    return ReviewInput(
+        incident_id="inc-1", occurrence=occurrence, runbook=runbook, target=TargetRef(model="m"), severity=Severity.high, status="closed"
+    )
+
+
+def review_activities(home: Path) -> ReviewActivities:
+    return ReviewActivities(ActivityDeps(settings=Settings(home=home), targets=None))  # type: ignore[arg-type]  # never calls a target
+
+
+@pytest.mark.parametrize("occurrence", UNSAFE_NAMES)
+async def test_the_review_stays_one_folder_deep_inside_the_reviews_folder(tmp_path: Path, home: Path, occurrence: str) -> None:
+    result = await ActivityEnvironment().run(review_activities(home).write_review, review_input(concrete(occurrence, tmp_path)))
+
+    reviews = Settings(home=home).reviews_dir
+    assert all(path.parent.parent == reviews for path in files_under(tmp_path))
+    assert Path(result.postmortem).parent.parent == reviews
+
+
+async def test_a_plain_occurrence_keeps_its_review_folder(home: Path) -> None:
+    result = await ActivityEnvironment().run(review_activities(home).write_review, review_input(PLAIN_OCCURRENCE))
+
+    assert Path(result.postmortem) == Settings(home=home).reviews_dir / PLAIN_OCCURRENCE / "postmortem.md"
