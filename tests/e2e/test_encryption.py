@@ -207,6 +207,7 @@ def test_stanch_up_with_encryption_runs_the_codec_server_for_the_ui_and_cli(tmp_
     up = Process("up", args, {"STANCH_ENCRYPTION_KEYS": KEYS}, tmp_path)
     try:
         wait_http(f"http://127.0.0.1:{ports['api']}/readyz", up, timeout=120)
+        wait_http(f"{codec}/healthz", up, timeout=60)  # up starts the parts together: the API may be ready first
         assert httpx.get(f"{codec}/healthz").json()["auth"] == "insecure-dev"
         wait_for(lambda: up.log_path.read_text(), lambda printed: f"Codec server  {codec}" in printed, timeout=10)
         ui_settings = httpx.get(f"http://127.0.0.1:{ports['ui']}/api/v1/settings").json()

@@ -330,6 +330,7 @@ def test_stanch_runbooks_plan_dry_run_rehearses_an_incident_on_a_running_stanch(
         try:
             processes.append(up := Process("up", args, env, tmp_path))
             wait_http(f"{api}/readyz", up, timeout=120)
+            wait_http(f"http://127.0.0.1:{ports['gateway']}/healthz", up, timeout=60)
             cli_env = {
                 **os.environ,
                 **env,

@@ -21,6 +21,7 @@ def stanch_up(home, ports) -> Process:
     args += ["--api-port", str(ports["api"]), "--gateway-port", str(ports["gateway"])]
     process = Process("up", args, {}, home.parent)
     wait_http(f"http://127.0.0.1:{ports['api']}/readyz", process, timeout=120)
+    wait_http(f"http://127.0.0.1:{ports['gateway']}/healthz", process, timeout=60)
     return process
 
 
