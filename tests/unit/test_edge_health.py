@@ -4,7 +4,6 @@ its address (never a credential)."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -16,19 +15,9 @@ from temporalio.service import RPCError, RPCStatusCode
 from stanch.api import deps
 from stanch.api.app import create_app
 from stanch.config.settings import Settings
+from tests.unit.test_api_alerts import NoCatalog, free_port
 
 API_KEY = "tmprl-api-key-that-must-never-show"
-
-
-class NoCatalog:
-    def __len__(self) -> int:
-        return 0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

@@ -18,16 +18,12 @@ from stanch.config.settings import Settings
 from stanch.intake.start import IntakeResult
 from stanch.models.decisions import DecisionReceipt
 from stanch.models.signals import Signal
+from tests.unit.test_api_alerts import NoCatalog
 
 # The documented limits (README, Intake); stanch.intake.sources.limits holds them.
 MAX_TEXT_BYTES = 32 * 1024  # one free-text value
 MAX_FIELDS_BYTES = 64 * 1024  # an alert's labels, or its annotations, in total
 MAX_SIGNAL_BYTES = 256 * 1024  # one signal as recorded, the sender's payload included
-
-
-class NoCatalog:
-    def __len__(self) -> int:
-        return 0
 
 
 class RecordingIntake:
