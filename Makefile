@@ -1,5 +1,5 @@
 # Two commands set up a fresh machine: `make run` and `make test`. Both install from the
-# committed lock (requirements/*.txt, hash-checked, --no-deps): nothing is resolved at install
+# committed lock (requirements.txt, requirements-test.txt: hash-checked, --no-deps): nothing is resolved at install
 # time, so every machine gets the same files. `make lock` is the only step that resolves.
 PYTHON ?= python3
 VENV := .venv
@@ -14,7 +14,7 @@ LOCK_VENV := .venv-lock
 # `make lock LOCK_ARGS=` keeps today's pins where they still fit (to add a dependency only).
 LOCK_ARGS ?= --upgrade
 COMPILE := $(LOCK_VENV)/bin/uv pip compile --quiet --universal --generate-hashes --python-version 3.11 \
-	--custom-compile-command 'make lock' $(LOCK_ARGS) pyproject.toml requirements/build.in
+	--custom-compile-command 'make lock' $(LOCK_ARGS) pyproject.toml requirements-build.in
 
 .PHONY: run test lint install lock clean
 
@@ -23,10 +23,17 @@ $(BIN)/python:
 
 # One stamp per lock, so a changed lock or pyproject.toml installs again. The editable install
 # builds with the locked setuptools (--no-build-isolation), so it fetches nothing either.
-$(VENV)/.installed-%: requirements/%.txt pyproject.toml | $(BIN)/python
+define install_lock
 	$(BIN)/pip install --quiet --require-hashes --no-deps -r $<
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
+endef
+
+$(VENV)/.installed-run: requirements.txt pyproject.toml | $(BIN)/python
+	$(install_lock)
+
+$(VENV)/.installed-test: requirements-test.txt pyproject.toml | $(BIN)/python
+	$(install_lock)
 
 # The test lock holds the run lock at the same versions: once it is in, `make run` keeps it.
 RUN_STAMP := $(if $(wildcard $(VENV)/.installed-test),$(VENV)/.installed-test,$(VENV)/.installed-run)
@@ -53,8 +60,8 @@ $(LOCK_VENV)/.uv-$(UV_VERSION):
 # Resolves on purpose (upgrading to the newest releases pyproject.toml allows); the run lock
 # takes the test lock as constraints, so both hold the same versions.
 lock: $(LOCK_VENV)/.uv-$(UV_VERSION)
-	$(COMPILE) --extra test -o requirements/test.txt
-	$(COMPILE) -c requirements/test.txt -o requirements/run.txt
+	$(COMPILE) --extra test -o requirements-test.txt
+	$(COMPILE) -c requirements-test.txt -o requirements.txt
 
 clean:
 	rm -rf $(VENV) $(LOCK_VENV)

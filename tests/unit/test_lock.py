@@ -13,7 +13,7 @@ from pathlib import Path
 from packaging.markers import Marker
 from packaging.utils import canonicalize_name
 
-REQUIREMENTS = Path(__file__).resolve().parents[2] / "requirements"
+REPO = Path(__file__).resolve().parents[2]
 PIN = re.compile(r"^(?P<name>[A-Za-z0-9_.\-\[\]]+)==(?P<version>[^\s;\\]+)\s*(?:;\s*(?P<marker>[^\\]+?))?\s*\\?$")
 
 
@@ -35,14 +35,14 @@ def installed(name: str) -> str | None:
 
 
 def test_every_locked_package_is_installed_at_its_locked_version() -> None:
-    locked = pins(REQUIREMENTS / "test.txt")
+    locked = pins(REPO / "requirements-test.txt")
     assert len(locked) > 100, "the test lock holds the whole tree"
     drifted = {name: (pinned, installed(name)) for name, pinned in locked.items() if installed(name) != pinned}
-    assert not drifted, f"installed versions differ from requirements/test.txt (locked, installed): {drifted}; run `make install`"
+    assert not drifted, f"installed versions differ from requirements-test.txt (locked, installed): {drifted}; run `make install`"
 
 
 def test_the_run_lock_is_the_test_lock_without_the_test_tools() -> None:
-    run, test = pins(REQUIREMENTS / "run.txt"), pins(REQUIREMENTS / "test.txt")
+    run, test = pins(REPO / "requirements.txt"), pins(REPO / "requirements-test.txt")
     assert {"temporalio", "fastapi", "pydantic"} <= set(run)
-    assert {name: test.get(name) for name in run} == run, "make lock compiles run.txt with test.txt as its constraints"
+    assert {name: test.get(name) for name in run} == run, "make lock compiles requirements.txt under requirements-test.txt"
     assert "pytest" in test and "pytest" not in run
