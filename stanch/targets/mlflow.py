@@ -50,12 +50,11 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from stanch.config.secrets import SecretUnavailable, read_secret
 from stanch.models.actions import ActionSpec, AppliedAction
 from stanch.targets.base import ApplyResult, PlannedCall, ServesNoModel, TargetError
+from stanch.targets.mlflow_registry import API, RegistrySession, by_number
 
-API = "/api/2.0/mlflow"
 TAG_INCIDENT, TAG_STATUS = "stanch.incident", "stanch.status"
 HISTORY_PREFIX, APPLIED_PREFIX, UNDONE_PREFIX = "stanch.alias_history.", "stanch.applied.", "stanch.undone."
 MAX_TAG_VALUE = 5000  # what MLflow's SQL stores hold in a registered-model tag value
-_RETRYABLE_CLIENT_STATUSES = {408, 429}
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
@@ -84,10 +83,6 @@ def _digest(key: str) -> str:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _by_number(version: Mapping[str, Any]) -> int:
-    return int(version["version"])
 
 
 class MlflowTarget(ServesNoModel):
@@ -142,9 +137,9 @@ class MlflowTarget(ServesNoModel):
     async def state(self, model: str) -> dict[str, Any]:
         """The alias → version map, every version with its tags and stage, and Stanch's records."""
         name = self.registered_name(model)
-        async with self._client() as http:
-            registered = await self._get_model(http, name)
-            versions = await self._versions(http, name)
+        async with self._session() as registry:
+            registered = await registry.get_model(name)
+            versions = await registry.versions(name)
         aliases, tags = registered["aliases"], registered["tags"]
         return {
             "adapter": self.kind,
@@ -177,8 +172,8 @@ class MlflowTarget(ServesNoModel):
         name = params.registered_model or self.registered_name(model)
         alias = params.alias or self.config.alias
         ledger_tag = APPLIED_PREFIX + _digest(idempotency_key)
-        async with self._client() as http:
-            registered = await self._get_model(http, name)
+        async with self._session() as registry:
+            registered = await registry.get_model(name)
             record = _json_dict(registered["tags"].get(ledger_tag))
             if record.get("phase") == "done":
                 return ApplyResult(result=record["result"], inverse=record["inverse"], replayed=True)
@@ -192,15 +187,15 @@ class MlflowTarget(ServesNoModel):
                         retryable=False,
                     )
             else:
-                bad, good = await self._choose(http, name, alias, current, params)
+                bad, good = await self._choose(registry, name, alias, current, params)
                 record = {"phase": "pending", "key": idempotency_key, "incident": incident_id, "alias": alias, "from": bad, "to": good}
-                await self._set_model_tag(http, name, ledger_tag, json.dumps(record))
+                await registry.set_model_tag(name, ledger_tag, json.dumps(record))
 
             # The change itself; every call is safe to repeat.
-            await self._set_version_tag(http, name, bad, TAG_INCIDENT, incident_id)
-            await self._set_version_tag(http, name, bad, TAG_STATUS, "rolled_back")
-            await self._set_alias(http, name, alias, good)
-            await self._record_move(http, name, alias, registered["tags"], bad, good, "rollback_alias", incident_id, ledger_tag)
+            await registry.set_version_tag(name, bad, TAG_INCIDENT, incident_id)
+            await registry.set_version_tag(name, bad, TAG_STATUS, "rolled_back")
+            await registry.set_alias(name, alias, good)
+            await self._record_move(registry, name, alias, registered["tags"], bad, good, "rollback_alias", incident_id, ledger_tag)
 
             result = {
                 "registered_model": name,
@@ -219,7 +214,7 @@ class MlflowTarget(ServesNoModel):
                 "bad_version": bad,
                 "incident": incident_id,
             }
-            await self._set_model_tag(http, name, ledger_tag, json.dumps({**record, "phase": "done", "result": result, "inverse": inverse}))
+            await registry.set_model_tag(name, ledger_tag, json.dumps({**record, "phase": "done", "result": result, "inverse": inverse}))
         return ApplyResult(result=result, inverse=inverse)
 
     async def undo(self, applied: AppliedAction, undo_key: str) -> ApplyResult:
@@ -228,8 +223,8 @@ class MlflowTarget(ServesNoModel):
             raise TargetError(f"action {applied.idempotency_key!r} ({applied.kind}) recorded no alias move to undo", retryable=False)
         name, alias, back_to, left_at = inverse["registered_model"], inverse["alias"], inverse["version"], inverse["left_at"]
         ledger_tag = UNDONE_PREFIX + _digest(applied.idempotency_key)
-        async with self._client() as http:
-            registered = await self._get_model(http, name)
+        async with self._session() as registry:
+            registered = await registry.get_model(name)
             record = _json_dict(registered["tags"].get(ledger_tag))
             if record:
                 return ApplyResult(result=record["result"], replayed=True)
@@ -240,10 +235,10 @@ class MlflowTarget(ServesNoModel):
                     f"someone moved it since, so Stanch leaves it there (move it by hand or skip this undo)",
                     retryable=False,
                 )
-            await self._set_alias(http, name, alias, back_to)
-            await self._set_version_tag(http, name, inverse["bad_version"], TAG_STATUS, "restored")
+            await registry.set_alias(name, alias, back_to)
+            await registry.set_version_tag(name, inverse["bad_version"], TAG_STATUS, "restored")
             await self._record_move(
-                http, name, alias, registered["tags"], left_at, back_to, "undo", inverse.get("incident", ""), ledger_tag
+                registry, name, alias, registered["tags"], left_at, back_to, "undo", inverse.get("incident", ""), ledger_tag
             )
             result = {
                 "undone": applied.idempotency_key,
@@ -252,8 +247,8 @@ class MlflowTarget(ServesNoModel):
                 "version": back_to,
                 "served_version": back_to,
             }
-            await self._set_model_tag(
-                http, name, ledger_tag, json.dumps({"key": applied.idempotency_key, "undo_key": undo_key, "result": result})
+            await registry.set_model_tag(
+                name, ledger_tag, json.dumps({"key": applied.idempotency_key, "undo_key": undo_key, "result": result})
             )
         return ApplyResult(result=result)
 
@@ -345,7 +340,7 @@ class MlflowTarget(ServesNoModel):
             raise TargetError(f"bad params for rollback_alias: {problems}", retryable=False) from exc
 
     async def _choose(
-        self, http: httpx.AsyncClient, name: str, alias: str, current: str | None, params: RollbackAliasParams
+        self, registry: RegistrySession, name: str, alias: str, current: str | None, params: RollbackAliasParams
     ) -> tuple[str, str]:
         """(bad, good): the version the alias points at now, and the one to move it to."""
         if current is None:
@@ -358,7 +353,7 @@ class MlflowTarget(ServesNoModel):
                 f"Stanch rolls back only from the version users are served",
                 retryable=False,
             )
-        versions = {v["version"]: v for v in await self._versions(http, name)}
+        versions = {v["version"]: v for v in await registry.versions(name)}
         if params.to_version is not None:
             chosen = versions.get(params.to_version)
             if chosen is None or chosen.get("status", "READY") != "READY" or params.to_version == current:
@@ -378,10 +373,19 @@ class MlflowTarget(ServesNoModel):
         ]
         if not candidates:
             raise TargetError(f"registered model {name!r} has no good version below {current} to move alias {alias!r} to", retryable=False)
-        return current, max(candidates, key=_by_number)["version"]
+        return current, max(candidates, key=by_number)["version"]
 
     async def _record_move(
-        self, http: httpx.AsyncClient, name: str, alias: str, tags: Mapping[str, str], was: str, now: str, by: str, incident: str, ref: str
+        self,
+        registry: RegistrySession,
+        name: str,
+        alias: str,
+        tags: Mapping[str, str],
+        was: str,
+        now: str,
+        by: str,
+        incident: str,
+        ref: str,
     ) -> None:
         """Append one move to the alias history, once per ledger entry, newest last, trimmed to fit."""
         history = _json_list(tags.get(HISTORY_PREFIX + alias))
@@ -392,15 +396,16 @@ class MlflowTarget(ServesNoModel):
         ]
         while len(json.dumps(history)) > MAX_TAG_VALUE and len(history) > 1:
             history = history[1:]
-        await self._set_model_tag(http, name, HISTORY_PREFIX + alias, json.dumps(history))
+        await registry.set_model_tag(name, HISTORY_PREFIX + alias, json.dumps(history))
 
-    # --- the registry's REST API --------------------------------------------------------
+    # --- talking to the registry ------------------------------------------------------
 
-    def _client(self) -> httpx.AsyncClient:
+    def _session(self) -> RegistrySession:
         # A client per operation: activities may run on different event loops.
-        return httpx.AsyncClient(
+        http = httpx.AsyncClient(
             base_url=self.base_url, timeout=self.config.timeout_seconds, transport=self._transport, headers=self._auth()
         )
+        return RegistrySession(http, self.base_url)
 
     def _auth(self) -> dict[str, str]:
         config = self.config
@@ -414,57 +419,6 @@ class MlflowTarget(ServesNoModel):
         except SecretUnavailable as exc:
             raise TargetError(f"MLflow target {self.name!r}: {exc}", retryable=False) from None
         return {}
-
-    async def _call(
-        self, http: httpx.AsyncClient, method: str, path: str, *, what: str, params: dict | None = None, body: dict | None = None
-    ) -> dict[str, Any]:
-        try:
-            response = await http.request(method, API + path, params=params, json=body)
-        except httpx.HTTPError as exc:
-            raise TargetError(f"MLflow at {self.base_url} unreachable while trying to {what}: {type(exc).__name__}: {exc}") from exc
-        if response.status_code >= 400:
-            try:
-                error = response.json()
-            except ValueError:
-                error = {"message": response.text[:300]}
-            code, message = error.get("error_code", f"HTTP {response.status_code}"), error.get("message", "")
-            retryable = response.status_code >= 500 or response.status_code in _RETRYABLE_CLIENT_STATUSES
-            if response.status_code in (401, 403):
-                message = f"credentials refused ({message}); check token_env/token_file or username/password_env"
-            raise TargetError(f"MLflow at {self.base_url} refused to {what}: {code}: {message}", retryable=retryable)
-        return response.json() if response.content else {}
-
-    async def _get_model(self, http: httpx.AsyncClient, name: str) -> dict[str, Any]:
-        body = await self._call(http, "GET", "/registered-models/get", params={"name": name}, what=f"read registered model {name!r}")
-        model = body.get("registered_model", {})
-        return {
-            "aliases": {a["alias"]: a["version"] for a in model.get("aliases", [])},
-            "tags": {t["key"]: t.get("value", "") for t in model.get("tags", [])},
-        }
-
-    async def _versions(self, http: httpx.AsyncClient, name: str) -> list[dict[str, Any]]:
-        quoted = f'"{name}"' if "'" in name else f"'{name}'"
-        versions: list[dict[str, Any]] = []
-        token = None
-        while True:
-            params = {"filter": f"name={quoted}", "max_results": "1000", **({"page_token": token} if token else {})}
-            body = await self._call(http, "GET", "/model-versions/search", params=params, what=f"list the versions of {name!r}")
-            versions += body.get("model_versions", [])
-            token = body.get("next_page_token")
-            if not token:
-                return sorted(versions, key=_by_number)
-
-    async def _set_alias(self, http: httpx.AsyncClient, name: str, alias: str, version: str) -> None:
-        body = {"name": name, "alias": alias, "version": version}
-        await self._call(http, "POST", "/registered-models/alias", body=body, what=f"move alias {alias!r} of {name!r} to version {version}")
-
-    async def _set_version_tag(self, http: httpx.AsyncClient, name: str, version: str, key: str, value: str) -> None:
-        body = {"name": name, "version": version, "key": key, "value": value}
-        await self._call(http, "POST", "/model-versions/set-tag", body=body, what=f"tag version {version} of {name!r} {key}={value}")
-
-    async def _set_model_tag(self, http: httpx.AsyncClient, name: str, key: str, value: str) -> None:
-        body = {"name": name, "key": key, "value": value}
-        await self._call(http, "POST", "/registered-models/set-tag", body=body, what=f"set tag {key} on {name!r}")
 
 
 def _tags(version: Mapping[str, Any]) -> dict[str, str]:
