@@ -25,9 +25,9 @@ with workflow.unsafe.imports_passed_through():
     from stanch.models.decisions import FailureDecision
     from stanch.models.incident import IncidentStatus, PendingApproval, StageStatus
     from stanch.runbooks.schema import Approval, StageGate
+    from stanch.trust.permissions import RESPONDER_ROLES
 
 T = TypeVar("T")
-RESTORE_APPROVER_ROLES = ("oncall", "safety", "incident-commander")
 
 
 class Gates:
@@ -60,7 +60,7 @@ class Gates:
         gate = self.record.policy.gate("restore")
         if gate.mode != "approve" and (resolved or self.record.state.stage("verify").status != StageStatus.done):
             self.record.note("restore", f"restore needs an approval: {'a resolve request' if resolved else 'no verified fix'}")
-            gate = StageGate(mode="approve", approve=Approval(count=1, roles=list(RESTORE_APPROVER_ROLES)))
+            gate = StageGate(mode="approve", approve=Approval(count=1, roles=list(RESPONDER_ROLES)))
         return await self.follow_policy("restore", gate, requested_by=resolved.by if resolved else "stanch", resolve_skips_it=False)
 
     async def follow_policy(self, stage: str, gate: StageGate, *, requested_by: str, resolve_skips_it: bool) -> bool:

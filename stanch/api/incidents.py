@@ -224,6 +224,15 @@ def _update_id(*candidates: str | None) -> str:
     return next((c for c in candidates if c), str(uuid.uuid4()))
 
 
+def approver_roles(request: Request) -> frozenset[str]:
+    """The roles the loaded runbooks name as approvers: read once, the catalog never changes."""
+    state = request.app.state
+    if getattr(state, "approver_roles", None) is None:
+        catalog: RunbookCatalog = state.catalog
+        state.approver_roles = permissions.approver_roles(loaded.runbook for loaded in catalog.all())
+    return state.approver_roles
+
+
 def acting_as(decision: str) -> Any:
     """A dependency: the authenticated responder, when one of their roles may take `decision`
     (stanch.trust.permissions); 403 naming the roles otherwise. Under --insecure-dev there is no
@@ -232,8 +241,7 @@ def acting_as(decision: str) -> Any:
     async def responder_who_may(request: Request, responder: ResponderDep) -> Principal | None:
         if responder is None:
             return None
-        catalog: RunbookCatalog = request.app.state.catalog
-        approvers = permissions.approver_roles(loaded.runbook for loaded in catalog.all())
+        approvers = approver_roles(request)
         if reason := permissions.refusal(decision, responder.user, responder.roles, approvers):
             raise HTTPException(403, detail=reason)
         return responder

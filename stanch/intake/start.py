@@ -80,7 +80,8 @@ async def start_incident(
     summary: str | None = None,
 ) -> StartedIncident:
     """Signal-with-start of the incident workflow `input.incident_id`: start it with
-    `first_signal` (secrets masked), or deliver the signal to the run already open under that id.
+    `first_signal`, or deliver the signal to the run already open under that id. The signal is
+    written to history as given: mask it first (`without_secrets`), as both callers do.
 
     `opened` is the server's own answer, `SignalWithStartWorkflowExecutionResponse.started`.
     The SDK's `Client.start_workflow` keeps that response private, and the public handle
@@ -114,7 +115,7 @@ async def start_incident(
             "temporalio.api.enums.v1.WorkflowIdConflictPolicy.ValueType", int(WorkflowIDConflictPolicy.USE_EXISTING)
         ),
         signal_name=ADD_SIGNAL,
-        signal_input=Payloads(payloads=await converter.encode([without_secrets(first_signal)])),
+        signal_input=Payloads(payloads=await converter.encode([first_signal])),
         user_metadata=UserMetadata(summary=(await converter.encode([summary]))[0]),
     )
     attributes = incident_search_attributes(input)
@@ -133,8 +134,9 @@ async def open_or_join(
     task_queue: str,
     upsert_search_attributes: bool = True,
 ) -> IntakeResult:
-    # Routed as written to history: a dedup key must not be built from a secret.
-    route = route_signal(without_secrets(signal), catalog)
+    # Masked once, then routed and recorded as it is: a dedup key must not be built from a secret.
+    signal = without_secrets(signal)
+    route = route_signal(signal, catalog)
     runbook = route.runbook.runbook
     incident = IncidentInput(
         incident_id=route.incident_id,

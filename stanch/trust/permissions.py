@@ -11,8 +11,10 @@ from collections.abc import Iterable
 
 from stanch.runbooks.schema import Runbook
 
-# The people an incident pages and escalates to: they run the response.
-RESPONDERS = frozenset({"oncall", "safety", "incident-commander"})
+# The people an incident pages and escalates to: they run the response (and, when no verified
+# fix lets restore run on its own, approve it).
+RESPONDER_ROLES = ("oncall", "safety", "incident-commander")
+RESPONDERS = frozenset(RESPONDER_ROLES)
 
 # decision (the workflow's update name) -> the roles that may take it, beside the approvers.
 MAY_DECIDE: dict[str, frozenset[str]] = {
