@@ -2,7 +2,7 @@
 
 `IncidentWorkflow` declares the signals, updates and query (their names are in history) and hands
 each to a method here: `check_…` is an update's validator, which refuses a bad request before it
-reaches history so the caller hears why. Alerts are signals, deduplicated by signal id.
+reaches history so the caller hears why. Alerts go to `monitoring.py`.
 `approve_signal` exists for tools that can only signal; a refused one is recorded in the
 timeline, never counted. A decision without the API's assertion is recorded, never acted on.
 """
@@ -30,7 +30,6 @@ with workflow.unsafe.imports_passed_through():
         TriageDecision,
     )
     from stanch.models.incident import ApprovalRecord, IncidentState, IncidentStatus
-    from stanch.models.signals import Signal
     from stanch.trust import assertions
 
 # Lowering severity lowers the protection an incident gets: only these roles may.
@@ -45,19 +44,6 @@ class ResponderHandlers:
     @property
     def state(self) -> IncidentState:
         return self.record.state
-
-    # --- monitoring ---------------------------------------------------------------------
-
-    def add_signal(self, signal: Signal) -> None:
-        memory = self.record.memory
-        if signal.signal_id in memory.seen_signal_ids:
-            return  # a redelivery, not a second signal
-        memory.seen_signal_ids.add(signal.signal_id)
-        self.state.signals.append(signal)
-        self.record.merge_repro(signal.repro)
-        self.record.note(
-            "signal", f"{signal.sender} {signal.status}: {signal.title or signal.signal_id}", signal.sender, signal_id=signal.signal_id
-        )
 
     # --- responders ---------------------------------------------------------------------
 

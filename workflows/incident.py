@@ -10,8 +10,8 @@ rollback in reverse order, each through the undo it recorded.
 The parts, each over the one record of what the incident remembers (`workflows/record.py`):
 the gate and the fail-safe in `gates.py`; the clocks (escalation, the report deadline, waiting
 for a person) in `clocks.py`; grading in `severity.py`; notifications in `notifications.py`;
-what responders send in `handlers.py` (declared at the end of this class); timeouts and
-retries in `policies.py`.
+what monitoring sends in `monitoring.py` and what responders send in `handlers.py` (both declared
+at the end of this class); timeouts and retries in `policies.py`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from workflows.clocks import Clocks
 from workflows.failures import IncidentAborted, StepFailed, captured_in, cause_of
 from workflows.gates import Gates
 from workflows.handlers import ResponderHandlers
+from workflows.monitoring import Monitoring
 from workflows.notifications import Notifier
 from workflows.policies import (
     ACTION_RETRY,
@@ -78,6 +79,7 @@ class IncidentWorkflow:
         self.gates = Gates(self.record, self.notifier, self.clocks)
         self.grading = Grading(self.record)
         self.responders = ResponderHandlers(self.record, self.grading)
+        self.monitoring = Monitoring(self.record)
         self.background: list[asyncio.Task] = []  # escalation, re-grading, the report clock
 
     @property
@@ -351,11 +353,11 @@ class IncidentWorkflow:
         done = "dry run, would apply" if self.record.input.dry_run else "applied"
         self.record.note("action", f"{stage}: {done} {step.kind}", key=applied.idempotency_key, result=applied.result)
 
-    # --- what monitoring and responders send (the rules: workflows/handlers.py) -----------
+    # --- what monitoring and responders send (the rules: monitoring.py, handlers.py) ------
 
     @workflow.signal
     def add_signal(self, signal: Signal) -> None:
-        self.responders.add_signal(signal)
+        self.monitoring.add_signal(signal)
 
     @workflow.signal
     def approve_signal(self, decision: ApprovalDecision) -> None:

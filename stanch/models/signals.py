@@ -43,7 +43,9 @@ class Signal(BaseModel):
     signal_id: str = Field(min_length=1, description="the sender's id for this signal: repeats are deduplicated by it")
     source: SignalSource = SignalSource.alert
     sender: str = "generic"
-    status: Literal["firing", "resolved"] = "firing"
+    status: Literal["firing", "resolved", "acknowledged"] = Field(
+        "firing", description="firing is harm; resolved and acknowledged are closing notices, recorded and never counted as harm"
+    )
     title: str = ""
     description: str = ""
     labels: dict[str, str] = Field(default_factory=dict)
@@ -55,3 +57,8 @@ class Signal(BaseModel):
     links: list[str] = Field(default_factory=list)
     observed_at: datetime | None = None
     raw: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def is_closing_notice(self) -> bool:
+        """The sender says the harm stopped (resolved) or someone is on it (acknowledged)."""
+        return self.status != "firing"
