@@ -1,8 +1,12 @@
 """The action kinds the gateway understands, each with validated params and a recorded inverse.
 
 A handler changes state inside the caller's transaction and returns `(result, inverse)`.
-The inverse is data, not code: `ledger.revert` reads it back on undo, so what undo restores
-is exactly what was there before the action — even after a gateway restart.
+The inverse is data, not code, read back on undo even after a gateway restart. Protections
+several incidents may hold at once (a disabled feature or version, a pin, the fallback) are
+holds (`holds.py`): their inverse releases this action's hold, and the state is what the holds
+left make, so one incident's undo never lifts what another still holds. Rows an action adds
+(blocks, endpoint rules, guardrails) are its own: undo deletes those rows. Hotfixes (system
+prompt, release) record the value they replaced: restore keeps a fix, so nobody undoes them.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from stanch.gateway import holds
 from stanch.gateway.store import highest_enabled_below, resolve_served_version
 
 
@@ -107,6 +112,7 @@ class ActionContext:
     model: str
     incident_id: str
     idempotency_key: str
+    holder: str  # the incident occurrence this action's protections belong to
 
     def model_row(self) -> sqlite3.Row:
         return self.db.execute("SELECT * FROM models WHERE name = ?", (self.model,)).fetchone()
@@ -125,6 +131,19 @@ class ActionContext:
         known = ", ".join(sorted(v["version"] for v in versions))
         raise ActionRejected(f"model {self.model!r} has no version {version!r}; known versions: {known}")
 
+    def hold(self, subject: str, value: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Take this action's hold on `subject`: (what the result says about it, the inverse)."""
+        taken = holds.take(
+            self.db,
+            model=self.model,
+            subject=subject,
+            holder=self.holder,
+            incident_id=self.incident_id,
+            idempotency_key=self.idempotency_key,
+            value=value or {},
+        )
+        return taken, {"op": "release_hold", "subject": subject, "holder": self.holder}
+
 
 Outcome = tuple[dict[str, Any], dict[str, Any] | None]
 
@@ -134,23 +153,20 @@ def disable_feature(ctx: ActionContext, p: FeatureParams) -> Outcome:
     if row is None:
         known = [r["name"] for r in ctx.db.execute("SELECT name FROM features WHERE model = ?", (ctx.model,))]
         raise ActionRejected(f"model {ctx.model!r} has no feature {p.feature!r}; known features: {', '.join(known) or 'none'}")
-    ctx.db.execute(
-        "UPDATE features SET enabled = 0, incident_id = ? WHERE model = ? AND name = ?",
-        (ctx.incident_id, ctx.model, p.feature),
-    )
-    result = {"feature": p.feature, "enabled": False, "was_enabled": bool(row["enabled"])}
-    return result, {"op": "set_feature", "feature": p.feature, "enabled": bool(row["enabled"]), "incident_id": row["incident_id"]}
+    taken, inverse = ctx.hold(f"feature:{p.feature}")
+    return {"feature": p.feature, "enabled": False, "was_enabled": bool(row["enabled"]), **taken}, inverse
 
 
 def _insert_blocks(ctx: ActionContext, direction: str, patterns: list[str]) -> Outcome:
     ids = [
         ctx.db.execute(
-            "INSERT INTO blocks (model, direction, pattern, incident_id, idempotency_key) VALUES (?, ?, ?, ?, ?)",
-            (ctx.model, direction, pattern, ctx.incident_id, ctx.idempotency_key),
+            "INSERT INTO blocks (model, direction, pattern, incident_id, idempotency_key, holder) VALUES (?, ?, ?, ?, ?, ?)",
+            (ctx.model, direction, pattern, ctx.incident_id, ctx.idempotency_key, ctx.holder),
         ).lastrowid
         for pattern in patterns
     ]
-    return {"direction": direction, "patterns": patterns, "block_ids": ids}, {"op": "delete_blocks", "ids": ids}
+    result = {"direction": direction, "patterns": patterns, "block_ids": ids, "holder": ctx.holder}
+    return result, {"op": "delete_blocks", "ids": ids}
 
 
 def block_prompts(ctx: ActionContext, p: PatternParams) -> Outcome:
@@ -163,10 +179,10 @@ def block_outputs(ctx: ActionContext, p: PatternParams) -> Outcome:
 
 def restrict_endpoint(ctx: ActionContext, p: EndpointParams) -> Outcome:
     rule_id = ctx.db.execute(
-        "INSERT INTO endpoint_rules (model, mode, clients, per_minute, incident_id, idempotency_key) VALUES (?, ?, ?, ?, ?, ?)",
-        (ctx.model, p.mode, json.dumps(p.clients), p.per_minute, ctx.incident_id, ctx.idempotency_key),
+        "INSERT INTO endpoint_rules (model, mode, clients, per_minute, incident_id, idempotency_key, holder) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (ctx.model, p.mode, json.dumps(p.clients), p.per_minute, ctx.incident_id, ctx.idempotency_key, ctx.holder),
     ).lastrowid
-    result = {"rule_id": rule_id, "mode": p.mode, "clients": p.clients, "per_minute": p.per_minute}
+    result = {"rule_id": rule_id, "mode": p.mode, "clients": p.clients, "per_minute": p.per_minute, "holder": ctx.holder}
     return result, {"op": "delete_endpoint_rules", "ids": [rule_id]}
 
 
@@ -180,21 +196,20 @@ def rollback_to_previous(ctx: ActionContext, p: RollbackParams) -> Outcome:
     target = highest_enabled_below(ctx.versions(), bad)
     if target is None:
         raise ActionRejected(f"model {ctx.model!r} has no enabled version below {bad!r} to roll back to")
-    old_pin = ctx.model_row()["pinned_version"]
-    ctx.db.execute("UPDATE models SET pinned_version = ? WHERE name = ?", (target, ctx.model))
-    result = {"version": target, "previous_served": previous_served, "bad_version": bad, "served_version": ctx.served()}
-    return result, {"op": "set_pin", "version": old_pin}
+    # The newest pin is served while held; the pin from before the first comes back with the last release.
+    taken, inverse = ctx.hold("pin", {"version": target})
+    result = {"version": target, "previous_served": previous_served, "bad_version": bad, "served_version": ctx.served(), **taken}
+    return result, inverse
 
 
 def disable_version(ctx: ActionContext, p: VersionParams) -> Outcome:
     row = ctx.require_version(p.version)
-    ctx.db.execute("UPDATE versions SET enabled = 0 WHERE model = ? AND version = ?", (ctx.model, p.version))
+    taken, inverse = ctx.hold(f"version:{p.version}")
     served = ctx.served()
     if served is None:
         # Raising rolls the transaction back: we never leave a model with nothing to serve.
         raise ActionRejected(f"disabling version {p.version!r} would leave model {ctx.model!r} with no servable version")
-    result = {"version": p.version, "was_enabled": bool(row["enabled"]), "served_version": served}
-    return result, {"op": "set_version_enabled", "version": p.version, "enabled": bool(row["enabled"])}
+    return {"version": p.version, "was_enabled": bool(row["enabled"]), "served_version": served, **taken}, inverse
 
 
 def switch_to_fallback(ctx: ActionContext, p: NoParams) -> Outcome:
@@ -205,16 +220,15 @@ def switch_to_fallback(ctx: ActionContext, p: NoParams) -> Outcome:
     if not ctx.require_version(fallback)["enabled"]:
         raise ActionRejected(f"fallback version {fallback!r} of model {ctx.model!r} is disabled")
     previous_served = ctx.served()
-    ctx.db.execute("UPDATE models SET fallback_active = 1 WHERE name = ?", (ctx.model,))
-    result = {"version": fallback, "previous_served": previous_served, "served_version": ctx.served()}
-    return result, {"op": "set_fallback_active", "active": bool(row["fallback_active"])}
+    taken, inverse = ctx.hold("fallback")
+    return {"version": fallback, "previous_served": previous_served, "served_version": ctx.served(), **taken}, inverse
 
 
 def add_guardrail(ctx: ActionContext, p: PatternParams) -> Outcome:
     ids = [
         ctx.db.execute(
-            "INSERT INTO guardrails (model, pattern, incident_id, idempotency_key) VALUES (?, ?, ?, ?)",
-            (ctx.model, pattern, ctx.incident_id, ctx.idempotency_key),
+            "INSERT INTO guardrails (model, pattern, incident_id, idempotency_key, holder) VALUES (?, ?, ?, ?, ?)",
+            (ctx.model, pattern, ctx.incident_id, ctx.idempotency_key, ctx.holder),
         ).lastrowid
         for pattern in p.patterns
     ]

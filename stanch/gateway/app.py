@@ -166,6 +166,7 @@ def create_app(db_path: Path, *, action_delay_s: float = 0.0, finetune_seconds: 
                 model=request.model,
                 kind=request.action.kind,
                 params=request.action.params,
+                holder=request.holder,
             )
         pause_after_commit()
         return ApplyResponse(result=outcome.result, inverse=outcome.inverse, replayed=outcome.replayed)
@@ -173,7 +174,7 @@ def create_app(db_path: Path, *, action_delay_s: float = 0.0, finetune_seconds: 
     @app.post("/admin/undo", response_model=ApplyResponse)
     def undo(request: UndoRequest) -> ApplyResponse:
         with _as_http_errors():
-            outcome = undo_action(store, idempotency_key=request.idempotency_key, undo_key=request.undo_key)
+            outcome = undo_action(store, idempotency_key=request.idempotency_key, undo_key=request.undo_key, holder=request.holder)
         pause_after_commit()
         return ApplyResponse(result=outcome.result, inverse=None, replayed=outcome.replayed)
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from stanch.gateway import holds
 from stanch.gateway.actions import (
     ACTIONS,
     ActionConflict,
@@ -39,8 +40,17 @@ def _describe_validation(kind: str, exc: ValidationError) -> str:
 
 
 def apply_action(
-    store: GatewayStore, *, idempotency_key: str, incident_id: str, model: str, kind: str, params: dict[str, Any]
+    store: GatewayStore,
+    *,
+    idempotency_key: str,
+    incident_id: str,
+    model: str,
+    kind: str,
+    params: dict[str, Any],
+    holder: str | None = None,
 ) -> LedgerOutcome:
+    """Apply once per key. `holder` (default: the incident) owns the protections it puts in place."""
+    holder = holder or incident_id
     with store.transaction() as db:
         seen = db.execute("SELECT * FROM ledger WHERE idempotency_key = ?", (idempotency_key,)).fetchone()
         if seen is not None:
@@ -59,14 +69,15 @@ def apply_action(
         except ValidationError as exc:
             raise ActionRejected(_describe_validation(kind, exc)) from exc
 
-        ctx = ActionContext(db=db, model=model, incident_id=incident_id, idempotency_key=idempotency_key)
+        ctx = ActionContext(db=db, model=model, incident_id=incident_id, idempotency_key=idempotency_key, holder=holder)
         result, inverse = action.handler(ctx, parsed)
         db.execute(
-            "INSERT INTO ledger (idempotency_key, incident_id, model, kind, params, result, inverse, applied_at, presented)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1)",
+            "INSERT INTO ledger (idempotency_key, incident_id, holder, model, kind, params, result, inverse, applied_at, presented)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
             (
                 idempotency_key,
                 incident_id,
+                holder,
                 model,
                 kind,
                 json.dumps(parsed.model_dump(mode="json")),
@@ -78,7 +89,11 @@ def apply_action(
         return LedgerOutcome(result, inverse, replayed=False)
 
 
-def undo_action(store: GatewayStore, *, idempotency_key: str, undo_key: str) -> LedgerOutcome:
+def undo_action(store: GatewayStore, *, idempotency_key: str, undo_key: str, holder: str | None = None) -> LedgerOutcome:
+    """Undo once per key. A hold is released (what other holders hold stays); rows the action
+    added are deleted. `holder`, when given, must be the one that applied the key: a caller
+    never releases another incident's protection by naming its key. Without it (callers from
+    before holders) the key alone says what to undo."""
     with store.transaction() as db:
         by_undo_key = db.execute("SELECT * FROM ledger WHERE undo_key = ?", (undo_key,)).fetchone()
         if by_undo_key is not None and by_undo_key["idempotency_key"] != idempotency_key:
@@ -89,6 +104,11 @@ def undo_action(store: GatewayStore, *, idempotency_key: str, undo_key: str) -> 
         row = db.execute("SELECT * FROM ledger WHERE idempotency_key = ?", (idempotency_key,)).fetchone()
         if row is None:
             raise UnknownKey(f"no applied action has idempotency key {idempotency_key!r}; nothing to undo")
+        # A key applied before holders (or through an older gateway) names none: its key decides.
+        if holder is not None and row["holder"] is not None and holder != row["holder"]:
+            raise ActionConflict(
+                f"action {idempotency_key!r} is held by {row['holder']!r}, not {holder!r}: an incident undoes only its own actions"
+            )
         if row["undone_at"] is not None:
             # Already undone (by this undo key or another): undoing twice could clobber
             # whatever happened since, so answer with the first undo's result.
@@ -97,7 +117,11 @@ def undo_action(store: GatewayStore, *, idempotency_key: str, undo_key: str) -> 
         if row["inverse"] is None:
             raise ActionConflict(f"action {idempotency_key!r} ({row['kind']}) recorded no inverse and cannot be undone")
 
-        restored = revert(db, row["model"], json.loads(row["inverse"]))
+        hold = holds.by_key(db, idempotency_key)
+        if hold is not None:  # also an action applied before holds existed (adopted at start)
+            restored = holds.release(db, hold)
+        else:
+            restored = revert(db, row["model"], json.loads(row["inverse"]))
         model_row = db.execute("SELECT * FROM models WHERE name = ?", (row["model"],)).fetchone()
         versions = db.execute("SELECT * FROM versions WHERE model = ?", (row["model"],)).fetchall()
         result = {
@@ -114,8 +138,11 @@ def undo_action(store: GatewayStore, *, idempotency_key: str, undo_key: str) -> 
 
 
 def revert(db: Any, model: str, inverse: dict[str, Any]) -> dict[str, Any]:
-    """Put back exactly what an action's inverse says was there before."""
+    """Put back what an action's inverse says was there before (actions that hold nothing)."""
     op = inverse["op"]
+    if op == "release_hold":
+        # Its hold is gone (the demo reset dropped every hold): there is nothing left to release.
+        return {"released": inverse["subject"], "holder": inverse.get("holder"), "note": "no longer held"}
     if op == "set_feature":
         db.execute(
             "UPDATE features SET enabled = ?, incident_id = ? WHERE model = ? AND name = ?",

@@ -43,11 +43,18 @@ class ActionBody(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+HOLDER = (
+    "who holds the protection this puts in place: the incident occurrence (`<incident id>@<run>`); "
+    "another holder's undo never lifts it. Default: the incident id"
+)
+
+
 class ApplyRequest(BaseModel):
     idempotency_key: str = Field(min_length=1)
     incident_id: str = Field(min_length=1)
     model: str = Field(min_length=1)
     action: ActionBody
+    holder: str | None = Field(default=None, min_length=1, description=HOLDER)
 
 
 class ApplyResponse(BaseModel):
@@ -59,6 +66,11 @@ class ApplyResponse(BaseModel):
 class UndoRequest(BaseModel):
     idempotency_key: str = Field(min_length=1, description="the key the action was applied with")
     undo_key: str = Field(min_length=1, description="a key for this undo; repeating it is a no-op")
+    holder: str | None = Field(
+        default=None,
+        min_length=1,
+        description="the holder that applied the key (409 if another did); unset: the key alone decides, as before holders",
+    )
 
 
 class ProbeRequest(BaseModel):

@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from stanch.gateway import holds
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
     name             TEXT PRIMARY KEY,
@@ -95,6 +97,9 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 """
 
+# Tables whose rows a holder owns: the ledger (who applied each key) and the per-action rows.
+HOLDER_TABLES = ("ledger", "blocks", "endpoint_rules", "guardrails")
+
 DEMO_MODEL = "support-bot"
 
 
@@ -134,8 +139,18 @@ class GatewayStore:
         with self.lock:
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA foreign_keys=ON")
-            self.conn.executescript(SCHEMA)
+            self.conn.executescript(SCHEMA + holds.SCHEMA)
+            self._add_holder_columns()
         self._seed()
+        with self.transaction() as db:
+            holds.adopt_legacy_holds(db)
+
+    def _add_holder_columns(self) -> None:
+        # A database from before holders: who holds a row is then its incident (NULL reads so).
+        for table in HOLDER_TABLES:
+            columns = {row["name"] for row in self.conn.execute(f"PRAGMA table_info({table})")}
+            if "holder" not in columns:
+                self.conn.execute(f"ALTER TABLE {table} ADD COLUMN holder TEXT")
 
     def close(self) -> None:
         with self.lock:
@@ -182,6 +197,7 @@ class GatewayStore:
             )
             db.execute("UPDATE versions SET enabled = 1 WHERE model = ?", (DEMO_MODEL,))
             db.execute("UPDATE features SET enabled = 1, incident_id = NULL WHERE model = ?", (DEMO_MODEL,))
+            holds.release_all(db, DEMO_MODEL)
             for table in ("blocks", "endpoint_rules", "guardrails"):
                 db.execute(f"DELETE FROM {table} WHERE model = ?", (DEMO_MODEL,))
 
@@ -218,6 +234,10 @@ class GatewayStore:
     def guardrails(self, model: str) -> list[sqlite3.Row]:
         return self.query("SELECT * FROM guardrails WHERE model = ? ORDER BY id", (model,))
 
+    def holds(self, model: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return holds.held(self.conn, model)
+
     def ledger_row(self, key: str) -> sqlite3.Row | None:
         rows = self.query("SELECT * FROM ledger WHERE idempotency_key = ?", (key,))
         return rows[0] if rows else None
@@ -250,6 +270,9 @@ class GatewayStore:
             "served_version": resolve_served_version(row, versions),
             "features": {f["name"]: bool(f["enabled"]) for f in features},
             "feature_incidents": {f["name"]: f["incident_id"] for f in features if not f["enabled"]},
+            # Who holds each feature, pin, version or fallback protection, oldest first; the
+            # fields above are what their union makes.
+            "holds": self.holds(model),
             "blocked_prompts": [pattern_entry(b) for b in self.blocks(model, "prompt")],
             "blocked_outputs": [pattern_entry(b) for b in self.blocks(model, "output")],
             "endpoint_rules": [endpoint_rule_entry(r) for r in self.endpoint_rules(model)],
@@ -260,11 +283,14 @@ class GatewayStore:
 
 
 def pattern_entry(row: sqlite3.Row) -> dict[str, Any]:
-    return {k: row[k] for k in ("id", "pattern", "incident_id", "idempotency_key")}
+    entry = {k: row[k] for k in ("id", "pattern", "incident_id", "idempotency_key")}
+    entry["holder"] = row["holder"] or row["incident_id"]
+    return entry
 
 
 def endpoint_rule_entry(row: sqlite3.Row) -> dict[str, Any]:
     entry = {k: row[k] for k in ("id", "mode", "per_minute", "incident_id", "idempotency_key")}
+    entry["holder"] = row["holder"] or row["incident_id"]
     entry["clients"] = json.loads(row["clients"])
     return entry
 
