@@ -50,6 +50,9 @@ class AppliedAction(BaseModel):
     undone_at: datetime | None = None
     undo_key: str | None = None
     reversible: bool = True
+    holder: str | None = Field(
+        None, description="the incident occurrence that holds what this put in place on the target; None: recorded before holders"
+    )
 
 
 class ProbeResult(BaseModel):

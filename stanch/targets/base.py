@@ -100,12 +100,18 @@ class Target(Protocol):
         """Everything an investigation needs about the model's current control state."""
         ...
 
-    async def apply(self, model: str, action: ActionSpec, idempotency_key: str, incident_id: str) -> ApplyResult:
-        """Apply the action once per key; a repeated key returns the first result."""
+    async def apply(self, model: str, action: ActionSpec, idempotency_key: str, incident_id: str, holder: str | None = None) -> ApplyResult:
+        """Apply the action once per key; a repeated key returns the first result.
+
+        `holder` (the incident occurrence; None: the incident) holds what the action puts in
+        place. Where several holders protect the same thing, the adapter keeps each one's hold:
+        the state is their union, and it returns to what was there before the first only when
+        the last lets go.
+        """
         ...
 
     async def undo(self, applied: AppliedAction, undo_key: str) -> ApplyResult:
-        """Revert an applied action using the inverse it recorded; once per undo key."""
+        """Release what the applied action holds, once per undo key: never another holder's protection."""
         ...
 
     async def probe(self, model: str, prompt: str, version: str | None = None) -> ProbeResult:

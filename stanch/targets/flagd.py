@@ -19,10 +19,16 @@ Action kinds (runbook steps whose target is a `flagd` entry of targets.yaml):
     params: `flag`; `variant` (default `on`, else the one variant whose value is `true`).
     does:   `defaultVariant` = that variant and `state` = ENABLED; targeting is left alone.
 undo (both kinds): the flag's `state`, `defaultVariant`, `targeting` and `metadata` go back
-exactly as they were. While a later Stanch action on the same flag is still in force, undo
-hands the original definition over to it and leaves the flag as it is, so one incident's
-restore never undoes another's kill switch. If someone edited the flag since, undo refuses
-rather than clobber the edit.
+exactly as they were before the first Stanch action that still holds the flag.
+
+Several incidents on one flag: each action is a hold on the flag, named by its holder (the
+incident occurrence) in the ledger. The flag serves the newest hold's definition; an undo
+releases its own hold only. While another hold on the flag is in force (applied, or planned
+and not yet written: its retry will write it), undo hands the definition from before to the
+newest later hold (or, if the released hold is not the oldest, leaves the older one's
+protection to be restored) and leaves the flag as it is, so one incident's restore never
+lifts another's kill switch and the last restore puts back the definition from before the
+first. If someone edited the flag since, undo refuses rather than clobber the edit.
 
 Writing: every read-modify-write holds an fcntl lock (`<file>.stanch-lock`), so two workers
 never lose each other's edits; the file is replaced atomically (temp file in the same folder,
@@ -113,9 +119,9 @@ class FlagdTarget(ServesNoModel):
         """The definitions of the model's flags as they are now, and what Stanch did to them."""
         return await asyncio.to_thread(self._state, model)
 
-    async def apply(self, model: str, action: ActionSpec, idempotency_key: str, incident_id: str) -> ApplyResult:
+    async def apply(self, model: str, action: ActionSpec, idempotency_key: str, incident_id: str, holder: str | None = None) -> ApplyResult:
         params = self._params(action)
-        return await asyncio.to_thread(self._apply, action.kind, params, idempotency_key, incident_id)
+        return await asyncio.to_thread(self._apply, action.kind, params, idempotency_key, incident_id, holder or incident_id)
 
     async def undo(self, applied: AppliedAction, undo_key: str) -> ApplyResult:
         return await asyncio.to_thread(self._undo, applied, undo_key)
@@ -179,7 +185,7 @@ class FlagdTarget(ServesNoModel):
             "stanch_ledger": [entry for entry in ledger.values() if entry.get("flag") in wanted],
         }
 
-    def _apply(self, kind: str, params: FeatureParams, key: str, incident_id: str) -> ApplyResult:
+    def _apply(self, kind: str, params: FeatureParams, key: str, incident_id: str, holder: str) -> ApplyResult:
         with self._locked():
             raw, document = self._read()
             ledger = self._read_ledger()
@@ -194,6 +200,7 @@ class FlagdTarget(ServesNoModel):
                 entry = {
                     "key": key,
                     "incident": incident_id,
+                    "holder": holder,
                     "kind": kind,
                     "flag": params.flag,
                     "seq": seq,
@@ -213,6 +220,7 @@ class FlagdTarget(ServesNoModel):
                 "targeting_cleared": kind == "disable_feature",
                 "was": entry["before"],
                 "file": str(self.path),
+                "holder": entry.get("holder", incident_id),
             }
             inverse = {"op": "restore_flag", "flag": params.flag, "before": entry["before"], "after": entry["after"]}
             entry.update(phase="done", result=result, inverse=inverse)
@@ -230,14 +238,27 @@ class FlagdTarget(ServesNoModel):
             if entry.get("phase") == "undone":
                 return ApplyResult(result=entry["undo_result"], replayed=True)
             name, before, after = entry["flag"], entry["before"], entry["after"]
+            # A pending hold counts: its plan (with `before` = this hold's change) is written down
+            # and a retry writes the flag, so releasing past it would leave its `before` stale.
             later = sorted(
-                (e for e in ledger.values() if e.get("flag") == name and e.get("phase") == "done" and e.get("seq", 0) > entry["seq"]),
+                (
+                    e
+                    for e in ledger.values()
+                    if e.get("flag") == name and e.get("phase") in ("pending", "done") and e.get("seq", 0) > entry["seq"]
+                ),
                 key=lambda e: e["seq"],
             )
             if later:  # a later action still holds the flag: it inherits the original definition
                 later[0]["before"] = before
-                later[0]["inverse"] = {**later[0]["inverse"], "before": before}
-                result = {"flag": name, "left_in_place": True, "held_by": later[0]["key"], "incident": later[0].get("incident")}
+                if "inverse" in later[0]:
+                    later[0]["inverse"] = {**later[0]["inverse"], "before": before}
+                result = {
+                    "flag": name,
+                    "left_in_place": True,
+                    "held_by": later[0]["key"],
+                    "incident": later[0].get("incident"),
+                    "holder": later[0].get("holder", later[0].get("incident")),
+                }
             else:
                 flag = self._flag(document, name)
                 now = {field: flag[field] for field in FIELDS if field in flag}

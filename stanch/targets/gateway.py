@@ -37,7 +37,9 @@ def _server_message(response: httpx.Response) -> str:
 
 
 class GatewayTarget:
-    """Drives a reference gateway over HTTP; every mutation carries an idempotency key."""
+    """Drives a reference gateway over HTTP; every mutation carries an idempotency key, and every
+    protection names its holder (the incident occurrence): the gateway holds each incident's
+    protections apart, enforces their union, and an undo releases only the caller's own."""
 
     kind: ClassVar[str] = "gateway"
 
@@ -99,7 +101,7 @@ class GatewayTarget:
     async def state(self, model: str) -> dict[str, Any]:
         return await self._request("GET", "/admin/state", params={"model": model})
 
-    async def apply(self, model: str, action: ActionSpec, idempotency_key: str, incident_id: str) -> ApplyResult:
+    async def apply(self, model: str, action: ActionSpec, idempotency_key: str, incident_id: str, holder: str | None = None) -> ApplyResult:
         body = await self._request(
             "POST",
             "/admin/apply",
@@ -108,12 +110,18 @@ class GatewayTarget:
                 "incident_id": incident_id,
                 "model": model,
                 "action": {"kind": action.kind, "params": action.params},
+                **({"holder": holder} if holder else {}),
             },
         )
         return ApplyResult.model_validate(body)
 
     async def undo(self, applied: AppliedAction, undo_key: str) -> ApplyResult:
-        body = await self._request("POST", "/admin/undo", json={"idempotency_key": applied.idempotency_key, "undo_key": undo_key})
+        """Release this action's hold; the gateway keeps what other holders hold. An action recorded
+        before holders names none, and the gateway then goes by its key alone."""
+        request = {"idempotency_key": applied.idempotency_key, "undo_key": undo_key}
+        if applied.holder:
+            request["holder"] = applied.holder
+        body = await self._request("POST", "/admin/undo", json=request)
         return ApplyResult.model_validate(body)
 
     async def probe(self, model: str, prompt: str, version: str | None = None) -> ProbeResult:

@@ -168,7 +168,7 @@ class HttpTarget(ServesNoModel):
 
     # --- the Target protocol ---
 
-    async def apply(self, model: str, action: ActionSpec, idempotency_key: str, incident_id: str) -> ApplyResult:
+    async def apply(self, model: str, action: ActionSpec, idempotency_key: str, incident_id: str, holder: str | None = None) -> ApplyResult:
         step = self.step(action)
         used: dict[str, str] = {}
         captured = _remembered(idempotency_key)

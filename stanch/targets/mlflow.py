@@ -167,7 +167,7 @@ class MlflowTarget(ServesNoModel):
             "stanch_ledger": [_json_dict(v) for k, v in sorted(tags.items()) if k.startswith((APPLIED_PREFIX, UNDONE_PREFIX))],
         }
 
-    async def apply(self, model: str, action: ActionSpec, idempotency_key: str, incident_id: str) -> ApplyResult:
+    async def apply(self, model: str, action: ActionSpec, idempotency_key: str, incident_id: str, holder: str | None = None) -> ApplyResult:
         params = self._params(action)
         name = params.registered_model or self.registered_name(model)
         alias = params.alias or self.config.alias

@@ -94,6 +94,12 @@ def step_key(input: ApplyInput) -> str:
     return idempotency_key(input.occurrence or input.incident_id, input.stage, input.index, step_target(input))
 
 
+def step_holder(input: ApplyInput) -> str:
+    """Who holds what the step puts in place: the occurrence, so a recurrence of the same incident
+    id (a new occurrence) holds its protections apart from the earlier one's."""
+    return input.occurrence or input.incident_id
+
+
 def plan_step(targets: TargetRegistry, input: ApplyInput, action: ActionSpec | None = None) -> StepPlan:
     """Describe the step without touching anything; TargetError if it could not run as written."""
     action = action or rendered_action(input)
@@ -113,7 +119,7 @@ async def apply_step(targets: TargetRegistry, input: ApplyInput, action: ActionS
         action = action or rendered_action(input)
         if input.dry_run:
             return dry_run_record(plan_step(targets, input, action), action)
-        outcome = await targets.get(ref).apply(ref.model, action, key, input.incident_id)
+        outcome = await targets.get(ref).apply(ref.model, action, key, input.incident_id, holder=step_holder(input))
     except TargetError as error:
         what = f"{input.stage} action {input.action.kind} on {_shown(ref)}"
         raise TargetError(f"{what}: {error}", retryable=error.retryable, details=error.details) from error
@@ -130,6 +136,7 @@ async def apply_step(targets: TargetRegistry, input: ApplyInput, action: ActionS
         inverse=outcome.inverse,
         applied_at=datetime.now(UTC),
         reversible=outcome.inverse is not None,
+        holder=step_holder(input),
     )
 
 
