@@ -111,17 +111,27 @@ def create_app(
     catalog: RunbookCatalog | None = None,
     intake_auth: IntakeAuthPolicy | None = None,
     responders: ResponderAuth | None = None,
+    insecure_dev: bool = False,
 ) -> FastAPI:
     """The API for one installation. `catalog` is loaded from `settings.runbooks_dir` at
     start-up unless given (a broken runbook stops start-up, naming file and field).
 
-    `intake_auth` is who may send signals; `serve` always passes the one loaded from the
-    intake auth file. Without it every source is open, as under --insecure-dev (tests, and
-    /healthz says so). Raises IntakeAuthError if an enabled source has no credential and the
-    policy is not --insecure-dev.
+    `intake_auth` is who may send signals, `responders` who may respond. Authentication is
+    enforced by default: what is not given is loaded from the settings' intake auth and
+    responders files, and a missing file stops the app (IntakeAuthError, ValueError) naming
+    it. Only `insecure_dev=True` (the local demo, tests) leaves what is not given open, as
+    /healthz then says. Raises IntakeAuthError if an enabled source has no credential and
+    the policy is not --insecure-dev.
     """
     settings = settings or Settings.from_env()
-    intake_auth = intake_auth or IntakeAuthPolicy.insecure_open()
+    if intake_auth is None:
+        intake_auth = (
+            IntakeAuthPolicy.insecure_open()
+            if insecure_dev
+            else load_intake_auth(settings.intake_auth_path, explicit=settings.intake_auth is not None, insecure_dev=False)
+        )
+    if responders is None:
+        responders = ResponderAuth.insecure() if insecure_dev else load_responder_auth(settings.responders_path, insecure_dev=False)
     # The key the API vouches for decisions with; the worker checks them with the same key.
     assertions.trust(assertions.load_keys(settings.home))
 
@@ -142,7 +152,7 @@ def create_app(
     app.state.catalog = catalog
     app.state.temporal = TemporalConnection(settings)
     app.state.intake_auth = intake_auth
-    app.state.responders = responders or ResponderAuth.insecure()
+    app.state.responders = responders
     app.state.metrics = metrics.IntakeMetrics()
 
     # Intake routers get the sender's credential checked before the route runs.

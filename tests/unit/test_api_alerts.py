@@ -110,7 +110,7 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def app(settings: Settings):
-    return create_app(settings, catalog=NoCatalog())  # type: ignore[arg-type]
+    return create_app(settings, catalog=NoCatalog(), insecure_dev=True)  # type: ignore[arg-type]
 
 
 class RecordingIntake:

@@ -36,7 +36,7 @@ class Intake:
 
 
 def client(tmp_path: Path, intake: Intake) -> TestClient:
-    app = create_app(Settings(home=tmp_path, runbooks_dir=tmp_path), catalog=NoCatalog())  # type: ignore[arg-type]
+    app = create_app(Settings(home=tmp_path, runbooks_dir=tmp_path), catalog=NoCatalog(), insecure_dev=True)  # type: ignore[arg-type]
     app.dependency_overrides[get_intake] = lambda: intake
     return TestClient(app, raise_server_exceptions=False)
 

@@ -27,7 +27,7 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def http(settings: Settings) -> TestClient:
-    return TestClient(create_app(settings, catalog=NoCatalog()))  # type: ignore[arg-type]
+    return TestClient(create_app(settings, catalog=NoCatalog(), insecure_dev=True))  # type: ignore[arg-type]
 
 
 class FakeTemporal:

@@ -42,7 +42,7 @@ def intake() -> RecordingIntake:
 
 @pytest.fixture
 def app(tmp_path: Path, intake: RecordingIntake):
-    app = create_app(Settings(home=tmp_path, runbooks_dir=tmp_path), catalog=NoCatalog())  # type: ignore[arg-type]
+    app = create_app(Settings(home=tmp_path, runbooks_dir=tmp_path), catalog=NoCatalog(), insecure_dev=True)  # type: ignore[arg-type]
     app.dependency_overrides[get_intake] = lambda: intake
     return app
 

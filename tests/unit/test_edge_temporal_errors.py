@@ -38,7 +38,7 @@ class FailingIntake:
 
 @pytest.fixture
 def app(tmp_path: Path):
-    return create_app(Settings(home=tmp_path, runbooks_dir=tmp_path), catalog=NoCatalog())  # type: ignore[arg-type]
+    return create_app(Settings(home=tmp_path, runbooks_dir=tmp_path), catalog=NoCatalog(), insecure_dev=True)  # type: ignore[arg-type]
 
 
 def post_alert(app, error: Exception) -> Any:

@@ -70,7 +70,7 @@ class TemporalNeverReached:
 
 @pytest.fixture
 def api(tmp_path: Path, catalog: RunbookCatalog) -> TestClient:
-    app = create_app(Settings(home=tmp_path, runbooks_dir=tmp_path), catalog=catalog)
+    app = create_app(Settings(home=tmp_path, runbooks_dir=tmp_path), catalog=catalog, insecure_dev=True)
     app.state.temporal = TemporalNeverReached()
     return TestClient(app)
 

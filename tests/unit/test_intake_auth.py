@@ -77,7 +77,7 @@ def policy_for(tmp_path: Path, document: dict[str, Any]) -> IntakeAuthPolicy:
 
 def client_for(tmp_path: Path, policy: IntakeAuthPolicy) -> tuple[TestClient, RecordingIntake]:
     settings = Settings(home=tmp_path, runbooks_dir=tmp_path, temporal_address="127.0.0.1:1")
-    app = create_app(settings, catalog=NoCatalog(), intake_auth=policy)  # type: ignore[arg-type]
+    app = create_app(settings, catalog=NoCatalog(), intake_auth=policy, insecure_dev=True)  # type: ignore[arg-type]
     intake = RecordingIntake()
     app.dependency_overrides[get_intake] = lambda: intake
     return TestClient(app), intake
@@ -367,7 +367,7 @@ def test_an_enabled_source_without_credentials_stops_start_up_naming_it(env, tmp
     with pytest.raises(IntakeAuthError, match=r"intake sources sentry, findings are enabled with no credential in .*intake-auth.yaml"):
         policy.require_credentials()
     with pytest.raises(IntakeAuthError, match="sentry, findings"):
-        create_app(Settings(home=tmp_path, runbooks_dir=tmp_path), catalog=NoCatalog(), intake_auth=policy)  # type: ignore[arg-type]
+        create_app(Settings(home=tmp_path, runbooks_dir=tmp_path), catalog=NoCatalog(), intake_auth=policy, insecure_dev=True)  # type: ignore[arg-type]
 
     policy_for(tmp_path, every_other_source_disabled(generic=[SCHEMES["bearer"].credential])).require_credentials()
 

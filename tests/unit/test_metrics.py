@@ -45,7 +45,7 @@ def http(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> TestClient:
     sources = {name: {"enabled": False} for name in INTAKE_SOURCES}
     path.write_text(yaml.safe_dump({**sources, "generic": [{"bearer": {"token_env": "T_TOKEN"}}]}))
     policy = load_intake_auth(path, explicit=True, insecure_dev=False)
-    app = create_app(Settings(home=tmp_path, runbooks_dir=tmp_path), catalog=NoCatalog(), intake_auth=policy)  # type: ignore[arg-type]
+    app = create_app(Settings(home=tmp_path, runbooks_dir=tmp_path), catalog=NoCatalog(), intake_auth=policy, insecure_dev=True)  # type: ignore[arg-type]
     app.dependency_overrides[get_intake] = lambda: ScriptedIntake(
         {"down": TemporalUnavailable("cannot reach Temporal"), "bug": RuntimeError("boom")}
     )
@@ -104,7 +104,7 @@ def test_metrics_count_every_outcome_and_time_every_intake_request(http: TestCli
 
 def test_each_app_keeps_its_own_numbers(http: TestClient, tmp_path: Path) -> None:
     http.post("/v1/alerts/generic", json={"signal_id": "ok"})
-    other = TestClient(create_app(Settings(home=tmp_path, runbooks_dir=tmp_path), catalog=NoCatalog()))  # type: ignore[arg-type]
+    other = TestClient(create_app(Settings(home=tmp_path, runbooks_dir=tmp_path), catalog=NoCatalog(), insecure_dev=True))  # type: ignore[arg-type]
     assert requests(samples(http), "generic", "rejected_auth") == 1
     assert requests(samples(other), "generic", "rejected_auth") == 0
 

@@ -56,7 +56,10 @@ def token_app(tmp_path: Path):
     from stanch.config.settings import Settings
 
     return create_app(
-        Settings(home=tmp_path, runbooks_dir=tmp_path, temporal_address="127.0.0.1:1"), catalog=NoCatalog(), responders=auth()
+        Settings(home=tmp_path, runbooks_dir=tmp_path, temporal_address="127.0.0.1:1"),
+        catalog=NoCatalog(),
+        responders=auth(),
+        insecure_dev=True,
     )
 
 
