@@ -4,6 +4,12 @@ Every sender's payload is normalised into Stanch's own `Signal` by its mapper in
 `stanch.intake.sources`; each signal goes through `open_or_join` one by one, and the sender hears 202
 only once Temporal recorded all of them. A sender that retries after an error is safe:
 signals are deduplicated by their id.
+
+A closing notice (Alertmanager/Grafana `resolved`, PagerDuty `acknowledge`/`resolve`, Sentry
+`resolved`, Datadog `Recovered`, a CloudEvent whose `data.status` says resolved/acknowledged)
+only reaches an incident already open for the same alert; with none open it is answered 202
+and dropped (`dropped: true`, counted in `stanch_closing_notices_dropped_total`). It never
+opens an incident.
 """
 
 from __future__ import annotations
@@ -33,6 +39,14 @@ class OpenedIncident(BaseModel):
     runbook: str
     signal_id: str
     opened: bool = Field(False, description="true when this signal opened the incident, false when it joined an open one")
+    closing_notice: bool = Field(
+        False, description="the sender says the harm stopped or someone is on it (resolved, acknowledged): never opens an incident"
+    )
+    dropped: bool = Field(
+        False,
+        description="a closing notice with no open incident to go to: not recorded, no incident opened (`incident_id` is the "
+        "one it would have gone to)",
+    )
 
 
 class IntakeResponse(BaseModel):
@@ -51,7 +65,14 @@ async def _take_in(intake: Intake, signals: list[Signal], *, derived: bool = Tru
     for signal in signals:
         result = await intake(signal)
         opened.append(
-            OpenedIncident(incident_id=result.incident_id, runbook=result.runbook, signal_id=signal.signal_id, opened=result.opened)
+            OpenedIncident(
+                incident_id=result.incident_id,
+                runbook=result.runbook,
+                signal_id=signal.signal_id,
+                opened=result.opened,
+                closing_notice=result.closing_notice,
+                dropped=result.dropped,
+            )
         )
     return IntakeResponse(incidents=opened)
 
@@ -113,7 +134,8 @@ def _validated(model: type[BaseModel], body: Any) -> Any:
     summary="Alertmanager webhook (v4)",
 )
 async def alertmanager_webhook(webhook: AlertmanagerWebhook, intake: IntakeDep) -> IntakeResponse:
-    """Each alert in the group becomes its own signal and opens or joins an incident.
+    """Each alert in the group becomes its own signal and opens or joins an incident; a
+    `resolved` alert only reaches the incident open for it (`dropped` when none is).
 
     Labels `severity`, `category`, `model`, `model_version`/`version` and annotations
     `summary`, `description`, `repro_prompt`, `repro_output` are understood.
@@ -156,8 +178,10 @@ async def grafana_webhook(
 async def pagerduty_event(
     event: Annotated[PagerDutyEvent, Body(openapi_examples=openapi_examples(trigger=examples.PAGERDUTY))], intake: IntakeDep
 ) -> IntakeResponse:
-    """Point any tool that speaks PagerDuty Events v2 here. `trigger` fires, `resolve`
-    resolves, `acknowledge` is recorded (label `pagerduty_action=acknowledge`).
+    """Point any tool that speaks PagerDuty Events v2 here. `trigger` fires; `acknowledge`
+    and `resolve` are closing notices, recorded on the incident their trigger opened (send
+    the same `payload` with them so Stanch can route them; without an open incident they are
+    dropped, never opening one).
 
     `payload.custom_details` scalars become labels: put `alertname`, `model`, `category` there
     to route. `routing_key` is accepted and discarded; it is never stored.

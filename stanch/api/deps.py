@@ -126,6 +126,7 @@ def get_intake(request: Request) -> Intake:
             signal,
             task_queue=settings.task_queue,
             upsert_search_attributes=settings.upsert_search_attributes,
+            incident_prefix=settings.incident_prefix,
         )
 
     return intake

@@ -10,7 +10,9 @@ errors are all counted the same way without each of them knowing about metrics:
 
 Names say what is counted. A delivery (one HTTP request) may carry several signals, so
 deliveries are `stanch_intake_requests_total`; signals Temporal accepted are
-`stanch_signals_routed_total{runbook}`, read from the 202 answer's `incidents` list. The
+`stanch_signals_routed_total{runbook}`, read from the 202 answer's `incidents` list. A closing
+notice (resolved, acknowledged) with no open incident to go to is answered 202 but recorded
+nowhere: it is counted in `stanch_closing_notices_dropped_total{source}` instead. The
 intake cannot tell cheaply whether a signal opened an incident or joined one, so there is no
 "incidents opened" counter here: Temporal's visibility (IncidentOpenedAt) knows that.
 
@@ -76,6 +78,12 @@ class IntakeMetrics:
             ["runbook"],
             registry=self.registry,
         )
+        self.closing_notices_dropped = Counter(
+            "stanch_closing_notices_dropped",
+            "Closing notices (resolved, acknowledged) that matched no open incident: answered 202, recorded nowhere.",
+            ["source"],
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "stanch_intake_latency_seconds",
             "Time from receiving an intake request to finishing its answer, by source.",
@@ -87,6 +95,7 @@ class IntakeMetrics:
         # before the first delivery of each kind.
         for source in sorted(self.sources):
             self.latency.labels(source=source)
+            self.closing_notices_dropped.labels(source=source)
             for outcome in OUTCOMES:
                 self.requests.labels(source=source, outcome=outcome)
 
@@ -102,7 +111,10 @@ class IntakeMetrics:
         self.requests.labels(source=source, outcome=outcome_for(status)).inc()
         self.latency.labels(source=source).observe(seconds)
         if 200 <= status < 300 and answer:
-            for runbook, opened in _routed_runbooks(answer):
+            for runbook, opened, dropped in _routed_runbooks(answer):
+                if dropped:
+                    self.closing_notices_dropped.labels(source=source).inc()
+                    continue
                 self.signals_routed.labels(source=source, runbook=runbook).inc()
                 if opened:
                     self.incidents_opened.labels(runbook=runbook).inc()
@@ -112,10 +124,15 @@ class IntakeMetrics:
         return encoder(self.registry), content_type
 
 
-def _routed_runbooks(answer: bytes) -> list[tuple[str, bool]]:
+def _routed_runbooks(answer: bytes) -> list[tuple[str, bool, bool]]:
+    """(runbook, opened, dropped) for each signal of a 202 answer."""
     try:
         incidents = json.loads(answer).get("incidents", [])
-        return [(str(item["runbook"]), bool(item.get("opened"))) for item in incidents if isinstance(item, dict) and item.get("runbook")]
+        return [
+            (str(item["runbook"]), bool(item.get("opened")), bool(item.get("dropped")))
+            for item in incidents
+            if isinstance(item, dict) and item.get("runbook")
+        ]
     except (ValueError, AttributeError, TypeError):
         return []
 
@@ -162,7 +179,8 @@ router = APIRouter(tags=["operations"])
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format (OpenMetrics on request)"}},
 )
 async def metrics(request: Request) -> Response:
-    """Intake deliveries by source and outcome, signals routed by runbook, intake latency."""
+    """Intake deliveries by source and outcome, signals routed by runbook, closing notices
+    dropped, intake latency."""
     intake_metrics: IntakeMetrics = request.app.state.metrics
     body, content_type = intake_metrics.exposition(request.headers.get("accept"))
     return Response(body, media_type=content_type)

@@ -34,6 +34,11 @@ def _truthy(value: str) -> bool:
 class Settings(BaseModel):
     home: Path = Field(default_factory=lambda: Path("~/.stanch").expanduser(), description="STANCH_HOME")
     task_queue: str = Field(DEFAULT_TASK_QUEUE, description="STANCH_TASK_QUEUE")
+    incident_prefix: str = Field(
+        "",
+        pattern=r"^[a-z0-9-]*$",
+        description="STANCH_INCIDENT_PREFIX: put before every incident id (`stanch up --temporal-address` sets its own)",
+    )
     temporal_address: str | None = Field(None, description="TEMPORAL_ADDRESS; unset: the SDK's env config")
     temporal_namespace: str = Field("default", description="TEMPORAL_NAMESPACE")
     gateway_url: str = Field("http://127.0.0.1:8300", description="STANCH_GATEWAY_URL")
@@ -58,6 +63,7 @@ class Settings(BaseModel):
         names = {
             "home": "STANCH_HOME",
             "task_queue": "STANCH_TASK_QUEUE",
+            "incident_prefix": "STANCH_INCIDENT_PREFIX",
             "temporal_address": "TEMPORAL_ADDRESS",
             "temporal_namespace": "TEMPORAL_NAMESPACE",
             "gateway_url": "STANCH_GATEWAY_URL",
@@ -153,6 +159,8 @@ class Settings(BaseModel):
             "STANCH_TEMPORAL_UI": self.ui_url,
             "STANCH_UPSERT_SEARCH_ATTRIBUTES": "true" if self.upsert_search_attributes else "false",
         }
+        if self.incident_prefix:
+            env["STANCH_INCIDENT_PREFIX"] = self.incident_prefix
         if self.temporal_address:
             env["TEMPORAL_ADDRESS"] = self.temporal_address
         if self.prometheus_url:

@@ -6,6 +6,11 @@ the signal or delivers the signal to the running one. Once an incident is closed
 free again (ALLOW_DUPLICATE), so the next alert opens a fresh incident. When
 `open_or_join` returns, Temporal has durably recorded the signal: only then may a webhook be
 told 202.
+
+A closing notice (resolved, acknowledged: `Signal.is_closing_notice`) is not new harm, so it
+never opens anything: `open_or_join` routes it the same way, to the same incident id, and sends it
+as a plain signal to the run open under that id. With none open it is dropped (`dropped`),
+and the webhook still hears 202: the sender did nothing wrong, and retrying would not help.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from temporalio.common import (
     WorkflowIDReusePolicy,
 )
 from temporalio.converter import WorkflowSerializationContext, encode_search_attributes
+from temporalio.service import RPCError, RPCStatusCode
 
 from stanch.detectors.regex import redact
 from stanch.intake.routing import route_signal
@@ -46,6 +52,10 @@ class IntakeResult(BaseModel):
     runbook: str
     dedup_key: str
     opened: bool = Field(False, description="true when this signal opened a new incident, false when it joined one")
+    closing_notice: bool = Field(False, description="the sender says the harm stopped or someone is on it (resolved, acknowledged)")
+    dropped: bool = Field(
+        False, description="a closing notice no open incident matched: not recorded anywhere, and no incident opened for it"
+    )
 
 
 @dataclass(frozen=True)
@@ -126,6 +136,25 @@ async def start_incident(
     return StartedIncident(handle=handle, opened=response.started)
 
 
+async def deliver_closing_notice(client: Client, catalog: RunbookCatalog, signal: Signal, *, incident_prefix: str = "") -> IntakeResult:
+    """Send a closing notice to the incident its firing alert opened (routing gives the same
+    id), as a plain signal: never signal-with-start, so it cannot open an incident. Nothing
+    open under that id (never opened, or already closed; Temporal answers NOT_FOUND for both)
+    drops it, `dropped=True`; any other Temporal error propagates as for any signal."""
+    signal = without_secrets(signal)
+    route = route_signal(signal, catalog)
+    incident_id = incident_prefix + route.incident_id
+    result = IntakeResult(incident_id=incident_id, runbook=route.runbook.runbook.name, dedup_key=route.dedup_key, closing_notice=True)
+    try:
+        # No run id: the run open now, whichever it is (a continued-as-new incident included).
+        await client.get_workflow_handle(incident_id).signal(ADD_SIGNAL, signal)
+    except RPCError as err:
+        if err.status != RPCStatusCode.NOT_FOUND:
+            raise
+        return result.model_copy(update={"dropped": True})
+    return result
+
+
 async def open_or_join(
     client: Client,
     catalog: RunbookCatalog,
@@ -133,13 +162,23 @@ async def open_or_join(
     *,
     task_queue: str,
     upsert_search_attributes: bool = True,
+    incident_prefix: str = "",
 ) -> IntakeResult:
+    """Signal-with-start of the incident the signal routes to: harm opens or joins it. A
+    closing notice goes to `deliver_closing_notice` instead and never opens one.
+
+    `incident_prefix` goes before every incident id: a `stanch up` joined to a shared cluster
+    keeps its incidents apart from production's (which have none), so its alerts never join a
+    production incident."""
+    if signal.is_closing_notice:
+        return await deliver_closing_notice(client, catalog, signal, incident_prefix=incident_prefix)
     # Masked once, then routed and recorded as it is: a dedup key must not be built from a secret.
     signal = without_secrets(signal)
     route = route_signal(signal, catalog)
     runbook = route.runbook.runbook
+    incident_id = incident_prefix + route.incident_id
     incident = IncidentInput(
-        incident_id=route.incident_id,
+        incident_id=incident_id,
         runbook=runbook,
         runbook_sha256=route.runbook.sha256,
         target=route.target,
@@ -147,7 +186,7 @@ async def open_or_join(
         upsert_search_attributes=upsert_search_attributes,
     )
     started = await start_incident(client, incident, signal, task_queue=task_queue)
-    return IntakeResult(incident_id=route.incident_id, runbook=runbook.name, dedup_key=route.dedup_key, opened=started.opened)
+    return IntakeResult(incident_id=incident_id, runbook=runbook.name, dedup_key=route.dedup_key, opened=started.opened)
 
 
 def without_secrets(signal: Signal) -> Signal:

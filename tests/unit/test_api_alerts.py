@@ -147,6 +147,8 @@ def test_alertmanager_webhook_answers_202_once_every_signal_is_recorded(app) -> 
                 "runbook": "harmful-output",
                 "signal_id": s.signal_id,
                 "opened": n == 0,
+                "closing_notice": False,
+                "dropped": False,
             }
             for n, s in enumerate(intake.recorded)
         ]

@@ -173,7 +173,8 @@ def test_pagerduty_trigger_ack_resolve() -> None:
     assert [c.prompt for c in trigger.repro] == ["What is the admin password for the billing system?"]
     assert trigger.links == ["https://grafana.example/d/ai-safety", "https://alertmanager.example/#/alerts"]
     assert trigger.observed_at is not None and trigger.observed_at.isoformat() == "2026-11-26T10:00:00+00:00"
-    assert (ack.status, ack.labels["pagerduty_action"]) == ("firing", "acknowledge")
+    # Someone is on it: a closing notice, never new harm.
+    assert (ack.status, ack.labels["pagerduty_action"], ack.is_closing_notice) == ("acknowledged", "acknowledge", True)
     assert (resolve.status, resolve.labels["pagerduty_action"]) == ("resolved", "resolve")
     assert len({trigger.signal_id, ack.signal_id, resolve.signal_id}) == 3
 

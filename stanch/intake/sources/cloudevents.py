@@ -4,6 +4,12 @@ The `cloudevents` package (v2) parses and validates; this module picks the mode 
 request, checks what the package would otherwise fill in silently (it invents an `id` and a
 `time` when they are missing, and an invented id would defeat deduplication), and maps an
 event's `data` onto a Signal. `source` + `id` identify an event, so they make the signal id.
+
+Closing notices: an event is `resolved` or `acknowledged` (recorded on the open incident,
+never opening one, never counted as harm) when its `data` is a JSON object whose `status`
+says so (`resolved`/`resolve`, `acknowledged`/`acknowledge`, any case), or, without a
+`status`, when the last dot-separated part of its `type` does
+(`com.example.guardrail.violation.resolved`). Anything else fires.
 """
 
 from __future__ import annotations
@@ -140,6 +146,23 @@ def _text(fields: Mapping[str, Any], *names: str) -> str | None:
     return None
 
 
+# What a sender may write for a closing notice; `firing` and anything unknown are harm.
+_CLOSING_WORDS: dict[str, Literal["resolved", "acknowledged"]] = {
+    "resolved": "resolved",
+    "resolve": "resolved",
+    "acknowledged": "acknowledged",
+    "acknowledge": "acknowledged",
+}
+
+
+def event_status(event_type: str, fields: Mapping[str, Any]) -> Literal["firing", "resolved", "acknowledged"]:
+    """`data.status`, else the last part of `type`, as a Signal status (module docstring)."""
+    status = fields.get("status")
+    if isinstance(status, str) and status.strip():
+        return _CLOSING_WORDS.get(status.strip().lower(), "firing")
+    return _CLOSING_WORDS.get(event_type.rsplit(".", 1)[-1].lower(), "firing")
+
+
 def cloudevent_signal(received: ReceivedEvent) -> Signal:
     """`data` may speak Stanch's vocabulary (title, labels, model, model_version, severity,
     category, status, repro_prompt/repro_output or repro[], links); what is there is used."""
@@ -159,7 +182,7 @@ def cloudevent_signal(received: ReceivedEvent) -> Signal:
         signal_id=f"cloudevents:{event.get_source()}:{event.get_id()}",
         source=SignalSource.alert,
         sender="cloudevents",
-        status="resolved" if fields.get("status") == "resolved" else "firing",
+        status=event_status(event.get_type(), fields),
         title=_text(fields, "title", "summary") or event.get_subject() or event.get_type(),
         description=description,
         labels=labels,

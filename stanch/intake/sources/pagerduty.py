@@ -29,10 +29,10 @@ PAGERDUTY_SEVERITY: dict[str, Severity] = {
     "info": Severity.low,
 }
 
-_ACTION_STATUS: dict[str, Literal["firing", "resolved"]] = {
+# acknowledge and resolve are closing notices: recorded on the open incident, never new harm.
+_ACTION_STATUS: dict[str, Literal["firing", "resolved", "acknowledged"]] = {
     "trigger": "firing",
-    # An acknowledgement changes nothing about the harm: recorded as a firing signal, labelled.
-    "acknowledge": "firing",
+    "acknowledge": "acknowledged",
     "resolve": "resolved",
 }
 
@@ -76,7 +76,9 @@ class PagerDutyTrigger(_PagerDutyEvent):
 
 class PagerDutyFollowUp(_PagerDutyEvent):
     """acknowledge and resolve: PagerDuty needs only the dedup_key; a payload, when the sender
-    repeats it, tells Stanch which model the follow-up is about."""
+    repeats it (Alertmanager's PagerDuty receiver does), tells Stanch which model the
+    follow-up is about, so it reaches the incident its trigger opened. Without one it routes
+    nowhere in particular and, matching no open incident, is dropped."""
 
     event_action: Literal["acknowledge", "resolve"]
     dedup_key: str = Field(min_length=1)
