@@ -16,9 +16,24 @@ Action kind (runbook `rollback:` steps whose target is an `mlflow` entry of targ
             `registered_models` map).
     does:   tags the bad version `stanch.incident=<incident id>` and
             `stanch.status=rolled_back`, moves the alias, appends to the alias history.
-    undo:   moves the alias back to the version it pointed at before and marks the bad
-            version `stanch.status=restored` (the incident tag stays for the audit). If
-            someone moved the alias since, undo refuses rather than clobber their change.
+    undo:   releases this rollback's hold on the alias (below) and marks the bad version
+            `stanch.status=restored` unless another hold still rolls back from it (the
+            incident tag stays for the audit). If someone moved the alias since, undo
+            refuses rather than clobber their change.
+
+Several incidents on one alias: each rollback is a hold on the alias, named by its holder (the
+incident occurrence) in its ledger record, with `base`: the version the alias pointed at
+before the first of the holds in force (a rollback taken while another holds inherits it).
+The alias serves the newest hold's version. Releasing a hold while others remain moves the
+alias to the newest remaining one's version; releasing the last moves it back to `base`. So
+one incident's restore never lifts another's rollback, and the last restore brings back what
+was served before the first. A second incident reporting the same bad version
+(`bad_version`) that a hold already rolled back from joins the rollback instead of being
+refused for pointing elsewhere; without `bad_version` it rolls back from the version served
+now, as a first one would. Holds recorded before holders (no `base`) count as based on the
+version they rolled back from. The registry has no transactions: two workers releasing holds
+on one alias at the same instant may both move it (each hold's record is its own tag, so no
+hold is lost, and the next release settles the alias again).
 
 What Stanch keeps in the registry itself, so any MLflow client can audit it:
 - `stanch.alias_history.<alias>` (registered-model tag): a JSON list of the alias moves
@@ -187,15 +202,29 @@ class MlflowTarget(ServesNoModel):
                         retryable=False,
                     )
             else:
-                bad, good = await self._choose(registry, name, alias, current, params)
-                record = {"phase": "pending", "key": idempotency_key, "incident": incident_id, "alias": alias, "from": bad, "to": good}
+                held = _holds(registered["tags"], alias)
+                bad, good = await self._choose(registry, name, alias, current, params, held)
+                record = {
+                    "phase": "pending",
+                    "key": idempotency_key,
+                    "incident": incident_id,
+                    "holder": holder or incident_id,
+                    "alias": alias,
+                    "from": bad,
+                    "to": good,
+                    # What the last release goes back to: before the first hold in force, not its rollback.
+                    "base": _base(held[0]) if held else current,
+                    "seq": 1 + max((int(h.get("seq", 0)) for h in _holds(registered["tags"], alias, released=True)), default=0),
+                }
                 await registry.set_model_tag(name, ledger_tag, json.dumps(record))
 
-            # The change itself; every call is safe to repeat.
+            # The change itself; every call is safe to repeat. The newest hold is served.
             await registry.set_version_tag(name, bad, TAG_INCIDENT, incident_id)
             await registry.set_version_tag(name, bad, TAG_STATUS, "rolled_back")
             await registry.set_alias(name, alias, good)
-            await self._record_move(registry, name, alias, registered["tags"], bad, good, "rollback_alias", incident_id, ledger_tag)
+            await self._record_move(
+                registry, name, alias, registered["tags"], current or bad, good, "rollback_alias", incident_id, ledger_tag
+            )
 
             result = {
                 "registered_model": name,
@@ -204,12 +233,13 @@ class MlflowTarget(ServesNoModel):
                 "previous_version": bad,
                 "bad_version": bad,
                 "served_version": good,
+                "holder": record.get("holder", incident_id),
             }
             inverse = {
                 "op": "move_alias",
                 "registered_model": name,
                 "alias": alias,
-                "version": bad,
+                "version": _base(record),
                 "left_at": good,
                 "bad_version": bad,
                 "incident": incident_id,
@@ -218,10 +248,12 @@ class MlflowTarget(ServesNoModel):
         return ApplyResult(result=result, inverse=inverse)
 
     async def undo(self, applied: AppliedAction, undo_key: str) -> ApplyResult:
+        """Release this rollback's hold: the alias goes to the newest other hold's version, or back
+        to the version from before the first hold when this is the last."""
         inverse = applied.inverse or {}
         if inverse.get("op") != "move_alias":
             raise TargetError(f"action {applied.idempotency_key!r} ({applied.kind}) recorded no alias move to undo", retryable=False)
-        name, alias, back_to, left_at = inverse["registered_model"], inverse["alias"], inverse["version"], inverse["left_at"]
+        name, alias = inverse["registered_model"], inverse["alias"]
         ledger_tag = UNDONE_PREFIX + _digest(applied.idempotency_key)
         async with self._session() as registry:
             registered = await registry.get_model(name)
@@ -229,6 +261,16 @@ class MlflowTarget(ServesNoModel):
             if record:
                 return ApplyResult(result=record["result"], replayed=True)
             current = registered["aliases"].get(alias)
+            # The registry's record of this hold, else (its tag gone) what the action recorded.
+            own = _json_dict(registered["tags"].get(APPLIED_PREFIX + _digest(applied.idempotency_key))) or {
+                "key": applied.idempotency_key,
+                "from": inverse["bad_version"],
+                "to": inverse["left_at"],
+                "base": inverse["version"],
+            }
+            others = [h for h in _holds(registered["tags"], alias) if h.get("key") != applied.idempotency_key]
+            left_at = _newest([*others, own])["to"]  # what the holds in force serve now
+            back_to = _newest(others)["to"] if others else _base(own)
             if current not in (left_at, back_to):
                 raise TargetError(
                     f"alias {alias!r} of {name!r} now points at version {current}, not {left_at} where the rollback left it; "
@@ -236,9 +278,11 @@ class MlflowTarget(ServesNoModel):
                     retryable=False,
                 )
             await registry.set_alias(name, alias, back_to)
-            await registry.set_version_tag(name, inverse["bad_version"], TAG_STATUS, "restored")
+            bad = inverse["bad_version"]
+            if not any(h.get("from") == bad for h in others):
+                await registry.set_version_tag(name, bad, TAG_STATUS, "restored")
             await self._record_move(
-                registry, name, alias, registered["tags"], left_at, back_to, "undo", inverse.get("incident", ""), ledger_tag
+                registry, name, alias, registered["tags"], current or left_at, back_to, "undo", inverse.get("incident", ""), ledger_tag
             )
             result = {
                 "undone": applied.idempotency_key,
@@ -246,6 +290,7 @@ class MlflowTarget(ServesNoModel):
                 "alias": alias,
                 "version": back_to,
                 "served_version": back_to,
+                "still_held_by": [h.get("holder", h.get("incident")) for h in others],
             }
             await registry.set_model_tag(
                 name, ledger_tag, json.dumps({"key": applied.idempotency_key, "undo_key": undo_key, "result": result})
@@ -340,40 +385,43 @@ class MlflowTarget(ServesNoModel):
             raise TargetError(f"bad params for rollback_alias: {problems}", retryable=False) from exc
 
     async def _choose(
-        self, registry: RegistrySession, name: str, alias: str, current: str | None, params: RollbackAliasParams
+        self,
+        registry: RegistrySession,
+        name: str,
+        alias: str,
+        current: str | None,
+        params: RollbackAliasParams,
+        held: list[dict[str, Any]],
     ) -> tuple[str, str]:
-        """(bad, good): the version the alias points at now, and the one to move it to."""
+        """(bad, good): the version to roll back from (served now, or the reported bad version a
+        hold in force already rolled back from) and the one to move the alias to."""
         if current is None:
             raise TargetError(
                 f"alias {alias!r} of registered model {name!r} points at no version; there is nothing to roll back", retryable=False
             )
-        if params.bad_version and params.bad_version != current:
+        rolled_back_from = {h.get("from") for h in held} | {_base(h) for h in held}
+        if params.bad_version and params.bad_version != current and params.bad_version not in rolled_back_from:
             raise TargetError(
                 f"alias {alias!r} of {name!r} points at version {current}, not the reported bad version {params.bad_version}; "
                 f"Stanch rolls back only from the version users are served",
                 retryable=False,
             )
+        bad = params.bad_version or current
         versions = {v["version"]: v for v in await registry.versions(name)}
         if params.to_version is not None:
             chosen = versions.get(params.to_version)
-            if chosen is None or chosen.get("status", "READY") != "READY" or params.to_version == current:
-                why = (
-                    "does not exist"
-                    if chosen is None
-                    else "is the current one"
-                    if params.to_version == current
-                    else f"is {chosen.get('status')}"
-                )
+            if chosen is None or chosen.get("status", "READY") != "READY" or params.to_version == bad:
+                why = "does not exist" if chosen is None else "is the bad one" if params.to_version == bad else f"is {chosen.get('status')}"
                 raise TargetError(f"cannot move alias {alias!r} of {name!r} to version {params.to_version}: it {why}", retryable=False)
-            return current, params.to_version
+            return bad, params.to_version
         candidates = [
             v
             for v in versions.values()
-            if int(v["version"]) < int(current) and v.get("status", "READY") == "READY" and _tags(v).get(TAG_STATUS) != "rolled_back"
+            if int(v["version"]) < int(bad) and v.get("status", "READY") == "READY" and _tags(v).get(TAG_STATUS) != "rolled_back"
         ]
         if not candidates:
-            raise TargetError(f"registered model {name!r} has no good version below {current} to move alias {alias!r} to", retryable=False)
-        return current, max(candidates, key=by_number)["version"]
+            raise TargetError(f"registered model {name!r} has no good version below {bad} to move alias {alias!r} to", retryable=False)
+        return bad, max(candidates, key=by_number)["version"]
 
     async def _record_move(
         self,
@@ -419,6 +467,31 @@ class MlflowTarget(ServesNoModel):
         except SecretUnavailable as exc:
             raise TargetError(f"MLflow target {self.name!r}: {exc}", retryable=False) from None
         return {}
+
+
+def _holds(tags: Mapping[str, str], alias: str, *, released: bool = False) -> list[dict[str, Any]]:
+    """The rollbacks holding `alias` (planned or done, not undone), oldest first; with
+    `released`, the undone ones too (to number the next)."""
+    records = [_json_dict(value) for key, value in tags.items() if key.startswith(APPLIED_PREFIX)]
+    holds = [
+        r
+        for r in records
+        if r.get("alias") == alias
+        and r.get("phase") in ("pending", "done")
+        and r.get("key")
+        and (released or UNDONE_PREFIX + _digest(r["key"]) not in tags)
+    ]
+    return sorted(holds, key=lambda r: (int(r.get("seq", 0)), r["key"]))
+
+
+def _newest(holds: list[dict[str, Any]]) -> dict[str, Any]:
+    return max(holds, key=lambda r: int(r.get("seq", 0)))
+
+
+def _base(hold: Mapping[str, Any]) -> Any:
+    """What the alias pointed at before the first hold in force when `hold` was taken (a record
+    from before holders has no base: the version it rolled back from)."""
+    return hold.get("base") or hold.get("from")
 
 
 def _tags(version: Mapping[str, Any]) -> dict[str, str]:
