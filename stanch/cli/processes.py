@@ -112,27 +112,44 @@ def api(
         bool,
         typer.Option(
             "--insecure-dev",
-            help="local demos only: intake sources without a credential accept anyone, and a non-loopback address may be "
-            "bound although the responder routes have no authentication",
+            help="local demos on a loopback address only: intake sources without a credential accept anyone, and "
+            "responders are who they claim to be. Refused with any other --host",
         ),
     ] = False,
 ) -> None:
     """Run the intake and responder HTTP API (OpenAPI docs at /docs).
 
     Refuses to start while an enabled intake source has no credential, unless --insecure-dev.
+    Bound to any address but loopback it is production: authentication is always on, so it
+    needs its responders file and intake auth file, and --insecure-dev is refused.
     """
-    if not _is_loopback(host) and not insecure_dev:
-        raise _fail(
-            f"the responder routes have no authentication of their own; binding {host} would let anyone on the network "
-            "approve rollbacks. Put it behind an authenticating proxy and pass --insecure-dev, or bind 127.0.0.1."
-        )
     from stanch.api.app import serve
 
     settings = Settings.from_env()
-    _encrypted(settings)
     if intake_auth is not None:
         settings = settings.model_copy(update={"intake_auth": intake_auth.expanduser()})
+    if not _is_loopback(host):
+        if insecure_dev:
+            raise _fail(
+                f"--insecure-dev is for a loopback address only: on {host} anyone on the network could send alerts and "
+                "approve rollbacks as whoever they claim to be. Drop --insecure-dev and give the API "
+                f"{_missing_for_production(settings) or 'its responders and intake auth files'}, or bind {LOOPBACK}."
+            )
+        if missing := _missing_for_production(settings):
+            raise _fail(f"refusing to serve {host} (not loopback) without authentication; missing: {missing}.")
+    _encrypted(settings)
     serve(host, port, settings, insecure_dev=insecure_dev)
+
+
+def _missing_for_production(settings: Settings) -> str:
+    """What an API serving the network lacks to authenticate everyone, one clause each; ""
+    when nothing is. Their contents are checked as for any start (`serve`)."""
+    missing = []
+    if not settings.responders_path.is_file():
+        missing.append(f"the responders file {settings.responders_path} (STANCH_RESPONDERS; `stanch responders token` prints its lines)")
+    if not settings.intake_auth_path.is_file():
+        missing.append(f"the intake auth file {settings.intake_auth_path} (STANCH_INTAKE_AUTH or --intake-auth FILE)")
+    return " and ".join(missing)
 
 
 def gateway(
