@@ -8,8 +8,11 @@ Heavy imports (FastAPI, the worker, the gateway) happen inside the commands, so 
 from __future__ import annotations
 
 import asyncio
+import getpass
 import ipaddress
 import os
+import re
+import secrets
 import signal
 import sys
 import threading
@@ -26,7 +29,7 @@ from rich.table import Table
 
 from stanch.cli.output import make_console
 from stanch.cli.supervisor import ChildDied, Supervisor, http_ok
-from stanch.config.settings import Settings
+from stanch.config.settings import DEFAULT_TASK_QUEUE, Settings
 from stanch.temporal.codec import EncryptionKeyError, load_encryption_keys
 from stanch.temporal.devserver import BinaryNotFound, dev_server_command, port_open
 
@@ -200,7 +203,11 @@ def up(
     gateway_port: Annotated[int, typer.Option(help="the reference gateway's port")] = 8300,
     codec_port: Annotated[int, typer.Option(help="the codec server's port, when payload encryption is configured")] = 8400,
     temporal_address: Annotated[
-        str | None, typer.Option(help="use this Temporal (host:port) instead of starting the embedded dev server")
+        str | None,
+        typer.Option(
+            help="join this Temporal (host:port) instead of starting the embedded dev server: on a task queue and with "
+            "incident ids of this home's own (stanch-dev-<user>-<random>), never the production queue"
+        ),
     ] = None,
     startup_timeout: Annotated[float, typer.Option(help="seconds each part may take to come up")] = 90.0,
     intake_auth: Annotated[
@@ -219,12 +226,18 @@ def up(
     Ctrl-C stops them all. Restarting with the same --home continues open incidents.
     The API runs with --insecure-dev: this is the local demo, so intake sources without a
     credential accept anyone (it binds 127.0.0.1 only).
+
+    With --temporal-address (a cluster others use too) the worker polls a task queue of this
+    home's own and every incident id starts with the same name (`stanch-dev-<user>-<random>`,
+    kept in HOME/dev-prefix): never the production queue, and never a production incident.
     """
     home = home.expanduser().resolve()
     if intake_auth is not None and not intake_auth.expanduser().is_file():
         raise _fail(f"--intake-auth {intake_auth}: no such file")
     from_env = Settings.from_env().model_copy(update={"home": home})
     encrypted = _encrypted(from_env)
+    if temporal_address:
+        from_env = on_shared_cluster(from_env)
     plan = UpPlan(
         settings=from_env.model_copy(
             update={
@@ -254,6 +267,12 @@ def up(
         raise _fail(f"ports already in use for {', '.join(taken)}: is another `stanch up` running? Pick other ports with the flags.")
 
     settings = plan.settings
+    if not plan.embedded_temporal:
+        console.print(
+            f"Joining Temporal at {settings.temporal_address} (namespace {settings.temporal_namespace}) on task queue "
+            f"[bold]{settings.task_queue}[/], not the production queue {DEFAULT_TASK_QUEUE!r}; incident ids start with "
+            f"[bold]{settings.incident_prefix}[/]."
+        )
     supervisor = Supervisor(env={**os.environ, **settings.child_env(), "PYTHONUNBUFFERED": "1"}, logs_dir=settings.logs_dir)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -267,6 +286,35 @@ def up(
     if code:
         raise typer.Exit(code)
     console.print("[green]stopped cleanly[/]")
+
+
+DEV_PREFIX_FILE = "dev-prefix"
+_NOT_SLUG = re.compile(r"[^a-z0-9]+")
+
+
+def dev_prefix(home: Path) -> str:
+    """This home's name on a shared cluster, `stanch-dev-<user>-<4 hex>`: made once and kept
+    in HOME/dev-prefix, so a restart finds its open incidents and its queue again, while two
+    homes (or two people called alice) never share either."""
+    path = home / DEV_PREFIX_FILE
+    if path.is_file() and re.fullmatch(r"[a-z0-9-]+", kept := path.read_text().strip()):
+        return kept
+    try:
+        user = _NOT_SLUG.sub("-", getpass.getuser().lower()).strip("-")[:20] or "user"
+    except (KeyError, OSError):  # no name for this uid (a container): the random part is enough
+        user = "user"
+    prefix = f"stanch-dev-{user}-{secrets.token_hex(2)}"
+    home.mkdir(parents=True, exist_ok=True)
+    path.write_text(prefix + "\n")
+    return prefix
+
+
+def on_shared_cluster(settings: Settings) -> Settings:
+    """Settings for `stanch up` against a Temporal others use: a task queue of this home's own
+    (whatever STANCH_TASK_QUEUE says: that may well be production's) and the same name before
+    every incident id, so its alerts never join, and its worker never runs, a production incident."""
+    prefix = dev_prefix(settings.home)
+    return settings.model_copy(update={"task_queue": prefix, "incident_prefix": f"{prefix}-"})
 
 
 @dataclass
@@ -373,6 +421,8 @@ def _print_urls(plan: UpPlan) -> None:
     table.add_row("Gateway", settings.gateway_url)
     table.add_row("Temporal UI", settings.ui_url)
     table.add_row("Temporal", str(settings.temporal_address))
+    if not plan.embedded_temporal:
+        table.add_row("Task queue", f"{settings.task_queue}  (this home's own; incident ids start with {settings.incident_prefix})")
     if plan.encrypted:
         table.add_row("Codec server", f"{plan.codec_url}  (payloads encrypted; CLI: --codec-endpoint {plan.codec_url})")
     table.add_row("Home", f"{settings.home}  (logs in {settings.logs_dir})")
