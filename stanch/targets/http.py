@@ -32,6 +32,16 @@ after the change went through undoes to what was there before it, not to the cha
 `after` captures values of the change's own answer for `{after.NAME}` in the undo, and
 `undo.check` reads the object again before undoing: if it no longer holds what the change left,
 someone changed it since and restore is refused (a human undoes by hand).
+
+Several incidents on one object: an HTTP control plane keeps no holders, so on its own one
+incident's undo (`POST /key/unblock`) lifts what another still holds. With `holds_file` set on
+the target (a path every worker reaches, such as one under STANCH_HOME), Stanch keeps the
+holders itself (`stanch.targets.holds_file`): each step that has an undo holds its object —
+`hold:` in the step's params names it (`hold: "litellm key {model}"`; without it, the change's
+method, URL and body) — an undo while another holder holds the object sends nothing, and the
+last one sends the undo of the first hold, with its captures: what was there before the first.
+Without `holds_file`, or for holders Stanch did not record there (a person, another tool), the
+adapter cannot know: every undo is sent as recorded.
 """
 
 from __future__ import annotations
@@ -59,6 +69,7 @@ from stanch.targets.base import (
     unfit_value,
 )
 from stanch.targets.config import Secrets
+from stanch.targets.holds_file import HoldsFile
 from stanch.targets.http_templates import (
     PLACEHOLDER,
     Capture,
@@ -138,6 +149,11 @@ class HttpTarget(ServesNoModel):
         ca_file: Path | None = Field(None, description="CA bundle to trust (a cluster's ca.crt); relative to the targets file")
         timeout_seconds: float = Field(10.0, gt=0)
         state_url: str | None = Field(None, description="GET for the evidence snapshot; {model} is filled in (percent-encoded)")
+        holds_file: Path | None = Field(
+            None,
+            description="where Stanch keeps which incident holds which object here (relative to the targets file); "
+            "unset: one incident's undo may lift what another still holds",
+        )
 
         @field_validator("base_url", "state_url")
         @classmethod
@@ -160,6 +176,8 @@ class HttpTarget(ServesNoModel):
             step_env=config.step_secret_env,
         )
         self._ca_file = None if config.ca_file is None else (config.ca_file if config.ca_file.is_absolute() else base / config.ca_file)
+        holds = config.holds_file
+        self.holds = None if holds is None else HoldsFile(holds if holds.is_absolute() else base / holds)
         self._transport = transport
 
     @classmethod
@@ -170,6 +188,18 @@ class HttpTarget(ServesNoModel):
 
     async def apply(self, model: str, action: ActionSpec, idempotency_key: str, incident_id: str, holder: str | None = None) -> ApplyResult:
         step = self.step(action)
+        if self.holds is None:
+            return await self._apply(step, idempotency_key)
+        async with self.holds.locked():  # no release decides it is the last while this change goes out
+            outcome = await self._apply(step, idempotency_key)
+            if outcome.inverse is not None:  # what cannot be undone is never lifted: nothing to hold
+                held_by = self.holds.take(
+                    name=held_object(step), key=idempotency_key, holder=holder or incident_id, incident=incident_id, inverse=outcome.inverse
+                )
+                outcome.result.update(holder=holder or incident_id, held_by=held_by)
+        return outcome
+
+    async def _apply(self, step: HttpStep, idempotency_key: str) -> ApplyResult:
         used: dict[str, str] = {}
         captured = _remembered(idempotency_key)
         if captured is None:
@@ -200,7 +230,25 @@ class HttpTarget(ServesNoModel):
         return ApplyResult(result=result, inverse=inverse, replayed=response.headers.get("idempotent-replayed", "").lower() == "true")
 
     async def undo(self, applied: AppliedAction, undo_key: str) -> ApplyResult:
-        inverse = applied.inverse or {}
+        if self.holds is None:
+            return await self._undo(applied, applied.inverse or {}, undo_key)
+        async with self.holds.locked():
+            holds = self.holds.read()
+            own = holds.get(applied.idempotency_key)
+            if own is not None and own.get("released_at") is not None:
+                return ApplyResult(result=own.get("undo_result") or {}, replayed=True)
+            # A step applied before holds were kept names its object only through its params.
+            name = own["object"] if own is not None else held_object(self.step(ActionSpec(kind=applied.kind, params=applied.params)))
+            others = self.holds.in_force(holds, name, besides=applied.idempotency_key)
+            if others:
+                result = {"left_in_place": True, "object": name, "held_by": [h["holder"] for h in others]}
+            else:
+                outcome = await self._undo(applied, own["base"] if own is not None else applied.inverse or {}, undo_key)
+                result = outcome.result
+            self.holds.release(applied.idempotency_key, result)
+        return ApplyResult(result=result)
+
+    async def _undo(self, applied: AppliedAction, inverse: dict[str, Any], undo_key: str) -> ApplyResult:
         if "request" not in inverse:
             raise TargetError(f"{applied.kind} on target {self.name} declared no undo request: nothing to send", retryable=False)
         request = Undo.model_validate(inverse["request"])
@@ -393,6 +441,13 @@ class HttpTarget(ServesNoModel):
 
 
 _MISSING = object()
+
+
+def held_object(step: HttpStep) -> str:
+    """What a step protects, for holds: its `hold` name, else its change request as rendered."""
+    if step.hold:
+        return step.hold
+    return f"{step.method} {step.url} {json.dumps(step.body, sort_keys=True)}"
 
 
 # --- captures survive retries: the activity's heartbeat, or carried by the workflow -----------

@@ -124,6 +124,12 @@ class Undo(HttpRequest):
 
 
 class HttpStep(HttpRequest):
+    hold: str | None = Field(
+        None,
+        min_length=1,
+        description="the object the step protects (`litellm key {model}`): with the target's holds_file, the undo of "
+        "one incident is held back while another holds the same object; unset: the change's method, URL and body",
+    )
     before: list[Read] = Field(default_factory=list)
     after: Captures = Field(default_factory=dict, description="values of the change's own answer, for {after.NAME} in the undo")
     undo: Undo | None = None
@@ -138,7 +144,7 @@ class HttpStep(HttpRequest):
             captured += list(read.capture)
         if len(captured) != len(set(captured)):
             raise ValueError(f"before captures {captured}: each name once")
-        change = placeholders(self.model_dump(exclude={"before", "after", "undo"}))
+        change = placeholders(self.model_dump(exclude={"before", "after", "undo", "hold"}))
         early = sorted({name for space, name in change if space == "after"})
         if early:
             raise ValueError(
