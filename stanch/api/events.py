@@ -15,6 +15,12 @@ checked again on every poll, so a stream ends when its JWT expires or its token 
 A server stopping waits for open responses, and a board never closes its stream: whoever
 runs the server calls `stop_streams(app)` when asked to stop (uvicorn: in `handle_exit`),
 and every stream ends within one poll. The boards reconnect once the API is back.
+
+Each stream holds a connection and polls Temporal, so they are capped (`StreamLimits`, from
+the settings): a user may hold `board_streams_per_user` streams at once and the API
+`board_streams_total`; one more is a 429 naming the limit (the board retries with back-off).
+A stream ends after `board_stream_max_seconds`, with a comment saying so, and the board
+reconnects: no stream outlives a proxy's patience or a revoked role for long.
 """
 
 from __future__ import annotations
@@ -25,18 +31,21 @@ import json
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from stanch.api.deps import TemporalUnavailable, current_responder, get_client
+from stanch.api.deps import ResponderDep, TemporalUnavailable, current_responder, get_client
 from stanch.api.incidents import IncidentId, incident_state, list_incidents
-from stanch.trust.responders import NotAuthenticated, ResponderAuth
+from stanch.config.settings import BOARD_STREAM_MAX_SECONDS, BOARD_STREAMS_PER_USER, BOARD_STREAMS_TOTAL
+from stanch.trust.responders import NotAuthenticated, Principal, ResponderAuth
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +53,9 @@ STATE_INTERVAL_S = 1.0
 LIST_INTERVAL_S = 2.0
 KEEP_ALIVE_S = 15.0
 KEEP_ALIVE = ": keep-alive\n\n"
+LIFETIME_OVER = ": this stream has lasted its maximum; reconnect\n\n"
+# How soon a refused board may try again.
+RETRY_AFTER_S = 10
 MEDIA_TYPE = "text/event-stream"
 # No caching and no proxy buffering: each event must reach the board when it is sent.
 STREAM_HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
@@ -120,6 +132,87 @@ async def poll_stream(
         await sleep(interval)
 
 
+# --- caps ---------------------------------------------------------------------------------
+
+
+class StreamLimits:
+    """How many streams are open, per user and in all, against the caps. One per app; the
+    API's event loop is its only user, so plain counters suffice."""
+
+    def __init__(
+        self,
+        per_user: int = BOARD_STREAMS_PER_USER,
+        total: int = BOARD_STREAMS_TOTAL,
+        max_seconds: float = BOARD_STREAM_MAX_SECONDS,
+    ) -> None:
+        self.per_user, self.total, self.max_seconds = per_user, total, max_seconds
+        self.open: Counter[str] = Counter()
+
+    def acquire(self, who: str) -> Callable[[], None]:
+        """Count one more stream for `who`, or raise 429 naming the limit. Returns the release,
+        which may be called any number of times."""
+        if sum(self.open.values()) >= self.total:
+            raise HTTPException(
+                429,
+                detail=f"the API already serves {self.total} board event streams, the most it serves at once; "
+                f"try again shortly (the board does so on its own)",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+        if self.open[who] >= self.per_user:
+            raise HTTPException(
+                429,
+                detail=f"{who} already has {self.per_user} board event streams open, the most one user may hold; "
+                f"close a board tab or window you no longer need",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+        self.open[who] += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.open[who] -= 1
+                if self.open[who] <= 0:
+                    del self.open[who]
+
+        return release
+
+
+def stream_limits(app: FastAPI) -> StreamLimits:
+    """The app's limits, made on first use from its settings (the defaults without any)."""
+    limits = getattr(app.state, "stream_limits", None)
+    if limits is None:
+        settings = getattr(app.state, "settings", None)
+        limits = app.state.stream_limits = (
+            StreamLimits(settings.board_streams_per_user, settings.board_streams_total, settings.board_stream_max_seconds)
+            if settings is not None
+            else StreamLimits()
+        )
+    return limits
+
+
+def _who(request: Request, responder: Principal | None) -> str:
+    # Nobody claimed (--insecure-dev): the address stands for the user.
+    if responder is not None:
+        return f"user {responder.user!r}"
+    return f"client {request.client.host if request.client else 'unknown'}"
+
+
+class _CountedStream(StreamingResponse):
+    """A stream that gives its place back however it ends: finished, client gone, cancelled."""
+
+    def __init__(self, content: AsyncIterator[str], release: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.release()
+
+
 # --- routes -------------------------------------------------------------------------------
 
 
@@ -145,25 +238,38 @@ def stop_streams(app: FastAPI) -> None:
     _stopping(app).set()
 
 
-def _stream(request: Request, read: Read, *, event: str, interval: float) -> StreamingResponse:
+def _stream(request: Request, responder: Principal | None, read: Read, *, event: str, interval: float) -> StreamingResponse:
+    """The stream, counted against the caps (429 when over one) and ended after its lifetime."""
     stopping = _stopping(request.app)
     still_signed_in = _sign_in_check(request)
     signed_out: list[str] = []
+    limits = stream_limits(request.app)
+    release = limits.acquire(_who(request, responder))
+    ends_at = time.monotonic() + limits.max_seconds
+    lifetime_over: list[bool] = []
 
     async def gone() -> bool:
         if (problem := still_signed_in()) is not None:
             signed_out.append(problem)
             return True
+        if time.monotonic() >= ends_at:
+            lifetime_over.append(True)
+            return True
         return stopping.is_set() or await request.is_disconnected()
 
     async def until_gone() -> AsyncIterator[str]:
-        async for text in poll_stream(read, gone, event=event, interval=interval):
-            yield text
-        if signed_out:
-            # The board reconnects when a stream ends, hears 401 and asks to sign in again.
-            yield frame("error", {"detail": f"signed out: {signed_out[0]}"})
+        try:
+            async for text in poll_stream(read, gone, event=event, interval=interval):
+                yield text
+            if signed_out:
+                # The board reconnects when a stream ends, hears 401 and asks to sign in again.
+                yield frame("error", {"detail": f"signed out: {signed_out[0]}"})
+            elif lifetime_over:
+                yield LIFETIME_OVER  # a comment: every client ignores it, and reconnects
+        finally:
+            release()
 
-    return StreamingResponse(until_gone(), media_type=MEDIA_TYPE, headers=STREAM_HEADERS)
+    return _CountedStream(until_gone(), release, media_type=MEDIA_TYPE, headers=STREAM_HEADERS)
 
 
 def _sign_in_check(request: Request) -> Callable[[], str | None]:
@@ -200,7 +306,8 @@ ListParameters = _list_parameters()
 
 
 _STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"content": {MEDIA_TYPE: {"schema": {"type": "string"}}}, "description": "a server-sent event stream"}
+    200: {"content": {MEDIA_TYPE: {"schema": {"type": "string"}}}, "description": "a server-sent event stream"},
+    429: {"description": "this user, or the API as a whole, already holds the most streams it may; `detail` names the limit"},
 }
 
 
@@ -209,7 +316,7 @@ _STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
     response_class=StreamingResponse,
     responses={**_STREAM_RESPONSES, 404: {"description": "no incident with this id"}},
 )
-async def incident_events(incident_id: IncidentId, request: Request) -> StreamingResponse:
+async def incident_events(incident_id: IncidentId, request: Request, responder: ResponderDep) -> StreamingResponse:
     """The incident's state as server-sent events: `event: state` (the JSON of
     `GET /v1/incidents/{id}`) at once and on every change, `event: error` while it cannot be
     read, `: keep-alive` comments when quiet."""
@@ -224,11 +331,13 @@ async def incident_events(incident_id: IncidentId, request: Request) -> Streamin
             raise  # an unknown id is an answer, not a stream
     except Exception as exc:
         log.info("incident %s: streaming although its state cannot be read yet: %s", incident_id, describe_failure(exc))
-    return _stream(request, read, event="state", interval=STATE_INTERVAL_S)
+    return _stream(request, responder, read, event="state", interval=STATE_INTERVAL_S)
 
 
 @events_router.get("/v1/events", response_class=StreamingResponse, responses=_STREAM_RESPONSES)
-async def incidents_events(request: Request, filters: dict[str, Any] = Depends(ListParameters)) -> StreamingResponse:
+async def incidents_events(
+    request: Request, responder: ResponderDep, filters: dict[str, Any] = Depends(ListParameters)
+) -> StreamingResponse:
     """The incident list as server-sent events: `event: incidents` (the JSON of
     `GET /v1/incidents` with the same filters) at once and on every change, `event: error`
     while it cannot be read, `: keep-alive` comments when quiet."""
@@ -236,4 +345,4 @@ async def incidents_events(request: Request, filters: dict[str, Any] = Depends(L
     async def read() -> Any:
         return await list_incidents(client=await _temporal(request), **filters)
 
-    return _stream(request, read, event="incidents", interval=LIST_INTERVAL_S)
+    return _stream(request, responder, read, event="incidents", interval=LIST_INTERVAL_S)

@@ -17,6 +17,12 @@ from pydantic import BaseModel, Field, SecretStr
 # The task queue incident workflows and their activities run on, unless STANCH_TASK_QUEUE says otherwise.
 DEFAULT_TASK_QUEUE = "stanch-incidents"
 DATA_DIRS = ("evidence", "reviews", "regression", "notifications", "logs")
+# Board event streams (server-sent events): each holds a connection and polls Temporal, so
+# one user (a board left open in many tabs) or a crowd cannot take the API's connections.
+BOARD_STREAMS_PER_USER = 8
+BOARD_STREAMS_TOTAL = 256
+# Then the stream ends and the board reconnects: a proxy or a revoked role never keeps one forever.
+BOARD_STREAM_MAX_SECONDS = 900.0
 
 
 def default_runbooks_dir() -> Path:
@@ -52,6 +58,9 @@ class Settings(BaseModel):
     responders: Path | None = Field(None, description="STANCH_RESPONDERS; unset: HOME/responders.yaml")
     notify_config: Path | None = Field(None, description="STANCH_NOTIFY; unset: HOME/notify.yaml")
     targets: Path | None = Field(None, description="STANCH_TARGETS; unset: HOME/targets.yaml (absent: the gateway only)")
+    board_streams_per_user: int = Field(BOARD_STREAMS_PER_USER, ge=1, description="STANCH_BOARD_STREAMS_PER_USER")
+    board_streams_total: int = Field(BOARD_STREAMS_TOTAL, ge=1, description="STANCH_BOARD_STREAMS_TOTAL")
+    board_stream_max_seconds: float = Field(BOARD_STREAM_MAX_SECONDS, gt=0, description="STANCH_BOARD_STREAM_MAX_SECONDS")
     # Encryption is off unless one of these is set or HOME/encryption-keys exists; see stanch.temporal.codec.
     encryption_keys: SecretStr | None = Field(None, description="STANCH_ENCRYPTION_KEYS: 'kid:base64key,...', the first encrypts")
     encryption_keys_file: Path | None = Field(None, description="STANCH_ENCRYPTION_KEYS_FILE; unset: HOME/encryption-keys if it exists")
@@ -76,6 +85,9 @@ class Settings(BaseModel):
             "responders": "STANCH_RESPONDERS",
             "notify_config": "STANCH_NOTIFY",
             "targets": "STANCH_TARGETS",
+            "board_streams_per_user": "STANCH_BOARD_STREAMS_PER_USER",
+            "board_streams_total": "STANCH_BOARD_STREAMS_TOTAL",
+            "board_stream_max_seconds": "STANCH_BOARD_STREAM_MAX_SECONDS",
             "encryption_keys": "STANCH_ENCRYPTION_KEYS",
             "encryption_keys_file": "STANCH_ENCRYPTION_KEYS_FILE",
         }
