@@ -4,20 +4,31 @@
 each to a method here: `check_…` is an update's validator, which refuses a bad request before it
 reaches history so the caller hears why. Alerts go to `monitoring.py`.
 `approve_signal` exists for tools that can only signal; a refused one is recorded in the
-timeline, never counted. A decision without the API's assertion is recorded, never acted on.
+timeline, never counted.
+
+Only the Stanch API vouches for a decision (an Ed25519 assertion, stanch.trust.assertions), and
+the verdict is recorded in history, so replay never depends on the keys a worker loaded: an
+update's validator refuses it without a valid assertion (validators do not run on replay: an
+accepted update was vouched for), and an approval signal's assertion is checked by a local
+activity whose result history keeps. Runs begun before (no DECISION_VERDICT_PATCH marker) keep
+the handler's own check, `assertions.legacy_verdict`.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
 
 from workflows import approvals
 from workflows.record import Record
 from workflows.severity import Grading
 
 with workflow.unsafe.imports_passed_through():
+    from activities.decisions import verify_approval
     from stanch.models.decisions import (
         Acknowledgement,
         ApprovalDecision,
@@ -34,12 +45,24 @@ with workflow.unsafe.imports_passed_through():
 
 # Lowering severity lowers the protection an incident gets: only these roles may.
 SEVERITY_LOWERING_ROLES = {"incident-commander", "safety"}
+# From this patch on, a decision's verdict is in history (validator, local activity); before it,
+# the handlers checked assertions themselves, on replay too.
+DECISION_VERDICT_PATCH = assertions.DECISION_VERDICT_PATCH
+# Checking a signature takes microseconds; a few attempts cover a worker restarting mid-check.
+VERIFY_TIMEOUT = timedelta(seconds=10)
+VERIFY_RETRY = RetryPolicy(maximum_attempts=3)
+# How a person decides so that it counts: the API signs, nothing else does.
+THROUGH_THE_API = (
+    "decide through the Stanch API (`stanch approve|reject|ack|resolve|…` or POST /v1/incidents/{id}/…), "
+    "which vouches for decisions with its signing key"
+)
 
 
 class ResponderHandlers:
     def __init__(self, record: Record, grading: Grading) -> None:
         self.record = record
         self.grading = grading
+        self.checking: set[str] = set()  # decision ids of approval signals whose assertion is being checked
 
     @property
     def state(self) -> IncidentState:
@@ -60,24 +83,71 @@ class ResponderHandlers:
             raise ValueError("an acknowledgement must name the responder")
         if self.state.acknowledged_by:
             raise ValueError(f"already acknowledged by {self.state.acknowledged_by} at {self.state.acknowledged_at}")
+        self.refuse_unvouched(ack, "acknowledgement")
 
     def approve(self, decision: ApprovalDecision, *, approve: bool) -> DecisionReceipt:
         return self.count_decision(decision.model_copy(update={"approve": approve}), via="update")
 
     def check_approve(self, decision: ApprovalDecision, *, approve: bool) -> None:
-        self.refuse_decision(decision.model_copy(update={"approve": approve}))
+        # The handler counts the decision with `approve` set by the update's name: so is it signed.
+        decided = decision.model_copy(update={"approve": approve})
+        self.refuse_decision(decided)
+        self.refuse_unvouched(decided, "approval" if approve else "rejection")
 
-    def approve_signal(self, decision: ApprovalDecision) -> None:
-        """For tools that can only signal: the same rules, and a refusal is recorded, not counted."""
-        if decision.decision_id and decision.decision_id in self.record.memory.seen_decision_ids:
+    async def approve_signal(self, decision: ApprovalDecision) -> None:
+        """For tools that can only signal: the same rules, and a refusal is recorded, not counted.
+
+        The assertion is checked by a local activity (its verdict is a marker in history, read
+        back on replay), and the rules again afterwards: the gate may have moved meanwhile."""
+        decision_id = decision.decision_id
+        if decision_id and (decision_id in self.record.memory.seen_decision_ids or decision_id in self.checking):
             return
+        if not workflow.patched(DECISION_VERDICT_PATCH):
+            return self.legacy_approve_signal(decision)
+        if self.refused_signal(decision):
+            return
+        if decision_id:
+            self.checking.add(decision_id)
+        try:
+            verdict = await self.verdict_on(decision)
+        finally:
+            self.checking.discard(decision_id)
+        if not verdict.vouched:
+            return self.note_refused_signal(decision, f"{verdict.reason}; {self.through_the_api()}")
+        if decision_id and decision_id in self.record.memory.seen_decision_ids:
+            return  # a repeat counted while this one was checked
+        if self.refused_signal(decision):
+            return
+        self.count_decision(decision, via="signal", verified=True)
+
+    async def verdict_on(self, decision: ApprovalDecision) -> assertions.Verdict:
+        request = assertions.ApprovalToVerify(occurrence=self.state.occurrence, nonce=decision.decision_id, decision=decision)
+        try:
+            return await workflow.execute_local_activity(
+                verify_approval, request, start_to_close_timeout=VERIFY_TIMEOUT, retry_policy=VERIFY_RETRY
+            )
+        except ActivityError as failure:  # an error in a signal handler would fail the whole incident
+            cause = getattr(failure.cause, "message", None) or str(failure.cause or failure)
+            return assertions.Verdict(vouched=False, reason=f"its assertion could not be checked ({cause}); send it again")
+
+    def refused_signal(self, decision: ApprovalDecision) -> bool:
         try:
             self.refuse_decision(decision)
         except ValueError as refusal:
-            who = decision.approver or "unknown"
-            self.record.note("approval", f"refused signal from {who}: {refusal}", who)
+            self.note_refused_signal(decision, str(refusal))
+            return True
+        return False
+
+    def note_refused_signal(self, decision: ApprovalDecision, reason: str) -> None:
+        who = decision.approver or "unknown"
+        self.record.note("approval", f"refused signal from {who}: {reason}", who)
+
+    def legacy_approve_signal(self, decision: ApprovalDecision) -> None:
+        """A run begun before the patch, as it ran then: the rules, then the handler's own check."""
+        if self.refused_signal(decision):
             return
-        self.count_decision(decision, via="signal")
+        vouched = self.legacy_vouched(decision, decision.decision_id)
+        self.count_decision(decision, via="signal", verified=vouched)
 
     def set_severity(self, change: SeverityChange) -> DecisionReceipt:
         if ignored := self.unvouched(change, change.by, f"severity change to {change.severity}"):
@@ -95,6 +165,7 @@ class ResponderHandlers:
             raise ValueError(
                 f"lowering severity needs one of the roles {sorted(SEVERITY_LOWERING_ROLES)}; {change.by} holds {change.roles or 'none'}"
             )
+        self.refuse_unvouched(change, f"severity change to {change.severity}")
 
     def triage(self, decision: TriageDecision) -> DecisionReceipt:
         if ignored := self.unvouched(decision, decision.by, f"triage as {decision.outcome}"):
@@ -110,6 +181,7 @@ class ResponderHandlers:
             raise ValueError(f"incident is {self.state.status}, not waiting for triage")
         if not decision.reason.strip():
             raise ValueError("a triage decision needs a reason")
+        self.refuse_unvouched(decision, f"triage as {decision.outcome}")
 
     def decide(self, decision: FailureDecision) -> DecisionReceipt:
         if ignored := self.unvouched(decision, decision.by, f"{decision.choice} after failure in {decision.stage}"):
@@ -130,6 +202,7 @@ class ResponderHandlers:
             raise ValueError(f"the failed step is {failed_stage!r}, not {decision.stage!r}")
         if decision.stage == "verify" and decision.choice == "skip":
             raise ValueError("verification cannot be skipped: only a pass moves the incident on (retry or abort)")
+        self.refuse_unvouched(decision, f"{decision.choice} after failure in {decision.stage}")
 
     def resolve(self, request: ResolveRequest) -> DecisionReceipt:
         if ignored := self.unvouched(request, request.by, "resolve request"):
@@ -145,6 +218,7 @@ class ResponderHandlers:
             raise ValueError("resolving needs a reason")
         if self.record.memory.resolve_request:
             raise ValueError(f"already resolved by {self.record.memory.resolve_request.by}")
+        self.refuse_unvouched(request, "resolve request")
 
     def record_report_filed(self, report: ReportFiled) -> DecisionReceipt:
         if ignored := self.unvouched(report, report.by, "report filing"):
@@ -160,6 +234,7 @@ class ResponderHandlers:
             raise ValueError(f"the report was already recorded by {self.state.regulatory.filed.by}")
         if not report.reference.strip():
             raise ValueError("a filed report needs its reference")
+        self.refuse_unvouched(report, "report filing")
 
     def add_note(self, note: Note) -> DecisionReceipt:
         if ignored := self.unvouched(note, note.by, "note"):
@@ -170,15 +245,39 @@ class ResponderHandlers:
     def check_note(self, note: Note) -> None:
         if not note.by.strip():
             raise ValueError("a note must name who wrote it")
+        self.refuse_unvouched(note, "note")
 
     # --- the rules behind them ----------------------------------------------------------
 
+    def refuse_unvouched(self, decision: Any, what: str) -> None:
+        """In an update's validator: refuse, before it reaches history, a decision the API did not
+        sign for this occurrence and this very update (the update id is the nonce)."""
+        with workflow.unsafe.imports_passed_through():  # see legacy_vouched: a failed signature imports
+            reason = assertions.check(self.state.occurrence, update_id(), decision)
+        if reason:
+            raise ValueError(f"{what} refused: {reason}; {self.through_the_api()}")
+
+    def through_the_api(self) -> str:
+        return THROUGH_THE_API.replace("{id}", self.state.id)
+
     def vouched_for(self, decision: Any, nonce: str) -> bool:
-        """Signed by the API for this occurrence and this very update (or signal decision id)."""
-        return bool(nonce) and assertions.verified(self.state.occurrence, nonce, decision)
+        """In an update's handler. From the patch on, its validator checked the assertion before
+        the update was accepted, and validators do not run on replay: an accepted update was
+        vouched for, and no key is needed to know it."""
+        if workflow.patched(DECISION_VERDICT_PATCH):
+            return True
+        return self.legacy_vouched(decision, nonce)
+
+    def legacy_vouched(self, decision: Any, nonce: str) -> bool:
+        """A run begun before the patch: the handler checks the assertion itself, as it did then."""
+        # cryptography's Rust core imports `cryptography.exceptions` when a signature fails; inside
+        # the sandbox that import would load cryptography a second time, which aborts the process.
+        with workflow.unsafe.imports_passed_through():
+            return assertions.legacy_verdict(self.state.occurrence, nonce, decision, replaying=workflow.unsafe.is_replaying())
 
     def unvouched(self, decision: Any, who: str, what: str) -> DecisionReceipt | None:
-        """A decision that did not come through the Stanch API is on record, and has no effect."""
+        """Runs begun before the patch only: a decision that did not come through the Stanch API is
+        on record, and has no effect. (From the patch on, the validator refused it.)"""
         if self.vouched_for(decision, update_id()):
             return None
         message = f"{what} from {who or 'unknown'} has no valid assertion from the Stanch API; recorded, not acted on"
@@ -205,7 +304,9 @@ class ResponderHandlers:
         if not decision.approve and not decision.comment.strip():
             raise ValueError("a rejection needs a comment saying why")
 
-    def count_decision(self, decision: ApprovalDecision, via: str) -> DecisionReceipt:
+    def count_decision(self, decision: ApprovalDecision, via: str, verified: bool | None = None) -> DecisionReceipt:
+        """Count a decision; `verified` is the verdict when the caller has it (a signal), else the
+        update's (`vouched_for`)."""
         if decision.decision_id:
             self.record.memory.seen_decision_ids.add(decision.decision_id)
         vote = ApprovalRecord(
@@ -218,7 +319,7 @@ class ResponderHandlers:
             via=via,
             # An update is vouched for under its update id; a signal under its decision id,
             # which is then spent (seen_decision_ids), so a copied signal counts nowhere.
-            verified=self.vouched_for(decision, update_id() if via == "update" else decision.decision_id),
+            verified=self.vouched_for(decision, update_id()) if verified is None else verified,
         )
         self.state.approvals.append(vote)
         if not vote.verified:

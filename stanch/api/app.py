@@ -53,7 +53,7 @@ from stanch.intake.auth import (
 from stanch.intake.routing import UnsafeSignal
 from stanch.intake.sources.limits import TooLarge
 from stanch.runbooks.loader import RunbookCatalog, RunbookError, load_catalog
-from stanch.trust import assertions
+from stanch.trust import assertions, decision_keys
 from stanch.trust.responders import Principal, ResponderAuth, load_responder_auth
 
 log = logging.getLogger(__name__)
@@ -132,8 +132,9 @@ def create_app(
         )
     if responders is None:
         responders = ResponderAuth.insecure() if insecure_dev else load_responder_auth(settings.responders_path, insecure_dev=False)
-    # The key the API vouches for decisions with; the worker checks them with the same key.
-    assertions.trust(assertions.load_keys(settings.home))
+    # The key the API signs decisions with (workers verify with its public half); keys that do
+    # not fit together stop start-up naming the variable to set (DecisionKeyError, a ValueError).
+    assertions.trust_keys(decision_keys.for_api(settings.home, insecure_dev=insecure_dev))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

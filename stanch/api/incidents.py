@@ -192,7 +192,8 @@ async def _not_found_or_closed(handle: tc.WorkflowHandle[Any, Any], incident_id:
 
 
 async def decide(client: tc.Client, incident_id: str, update: str, message: BaseModel, update_id: str) -> DecisionReceipt:
-    """Pass a decision to the incident, vouched for: the workflow acts on no other."""
+    """Pass a decision to the incident, vouched for with the API's Ed25519 signing key: the
+    workflow's validators refuse any other before it reaches history."""
     # A caller's idempotency key deduplicates that caller's retries of that decision only:
     # Bob's ack with key 1 must not swallow Alice's resolve with key 1.
     who = next((getattr(message, field) for field in ("approver", "by", "responder") if getattr(message, field, "")), "")

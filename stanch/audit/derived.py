@@ -36,6 +36,9 @@ def settle_signal_decisions(t: Timeline, state: dict[str, Any]) -> None:
         if match is not None:
             records.remove(match)
             spent.add(decision_id)
+            if not d.checked_here:  # the key is not configured here: the workflow's verdict stands
+                d.verified = bool(match.get("verified"))
+                d.verification = f"the workflow's verdict, recorded in its state: {'counted' if d.verified else 'not counted'}"
             d.outcome = "accepted" if match.get("verified") else "not acted on"
             d.message = (
                 "counted toward the gate" if match.get("verified") else "recorded, not counted: no valid assertion from the Stanch API"
@@ -48,14 +51,18 @@ def settle_signal_decisions(t: Timeline, state: dict[str, Any]) -> None:
 def key_warnings(t: Timeline) -> list[str]:
     if not t.decisions:
         return []
+    notes = []
     if not t.trusted_keys:
-        return ["no decision keys were trusted (set STANCH_DECISION_KEYS or --home): no assertion can verify"]
-    # The workflow acts only on vouched decisions, so an accepted one that does not verify here
-    # was signed with a key not trusted now — or its fields were changed after the fact.
-    odd = [d for d in t.decisions if d.outcome == "accepted" and d.name in VOUCHED_UPDATES and not d.verified]
-    return [
+        notes.append(
+            "no decision public keys configured here (STANCH_DECISION_PUBLIC_KEYS, or STANCH_HOME/decision-public-keys): each "
+            "decision's verdict is the one the workflow recorded; configure them to check the signatures again"
+        )
+    # The workflow acts only on vouched decisions, so an accepted one whose signature does not
+    # verify with the key it names, configured here, had its fields changed after the fact.
+    odd = [d for d in t.decisions if d.outcome == "accepted" and d.name in VOUCHED_UPDATES and d.checked_here and not d.verified]
+    return notes + [
         f"event {d.event_id}: the workflow acted on {d.name} by {d.who or 'unknown'}, but its assertion does not verify "
-        f"with keys {t.trusted_keys}: recorded with another key, or altered"
+        f"with keys {t.trusted_keys}: altered after it was recorded"
         for d in odd
     ]
 

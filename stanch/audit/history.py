@@ -5,8 +5,9 @@ A file is what `temporal workflow show --output json` writes (protobuf JSON, `{"
 CLI, any SDK, or these tools unchanged.
 
 Every audit command reads histories the way the worker wrote them: with the installation's data
-converter (pydantic, plus the payload codec when encryption is on) and its decision keys, so
-assertions verify and approvals replay exactly as they ran.
+converter (pydantic, plus the payload codec when encryption is on). Replay needs no decision key:
+each decision's verdict is in history. Public (and legacy HMAC) keys, when configured, let the
+timeline check signatures again.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from stanch.config.settings import Settings
 from stanch.models.incident import WORKFLOW_NAME
 from stanch.temporal.client import connect
-from stanch.trust import assertions
+from stanch.trust import assertions, decision_keys
 
 
 class HistoryError(Exception):
@@ -135,22 +136,16 @@ async def fetch_incident_histories(client: Client, since: datetime | None) -> As
 
 
 def trust_decision_keys(settings: Settings, env: Mapping[str, str] | None = None) -> list[str]:
-    """Trust the installation's decision keys, as the worker does; return their ids.
-
-    Approvals count only with a valid assertion, so a replay without the keys the history was
-    recorded with diverges at the first approval. Unlike the worker, an audit never creates a
-    key file: with no keys found it trusts none and says so (returns []).
-    """
-    env = os.environ if env is None else env
-    if not env.get("STANCH_DECISION_KEYS") and not (settings.home / assertions.KEYS_FILE).is_file():
-        assertions.trust_none()  # forget keys trusted earlier in this process
-        return []
+    """Trust whatever decision keys are configured for verifying — public keys
+    (STANCH_DECISION_PUBLIC_KEYS or STANCH_HOME/decision-public-keys) and legacy HMAC keys
+    (STANCH_DECISION_KEYS or STANCH_HOME/decision-keys) — and return their ids. Unlike a worker,
+    an audit never creates a key file and needs none: with no keys it trusts none (returns [])."""
     try:
-        keys = assertions.load_keys(settings.home, dict(env))
+        keys = decision_keys.for_audit(settings.home, os.environ if env is None else dict(env))
     except assertions.DecisionKeyError as error:
         raise HistoryError(f"decision keys: {error}") from None
-    assertions.trust(keys)
-    return [kid for kid, _ in keys]
+    assertions.trust_keys(keys)
+    return keys.ids
 
 
 class Decoder:

@@ -41,7 +41,14 @@ class DecisionEntry(BaseModel):
     stage: str = ""
     what: str = Field("", description="the decision in words")
     nonce: str = Field("", description="what the assertion is bound to: the update id, or the signal's decision id")
-    verified: bool = Field(False, description="its assertion verifies with the trusted decision keys for this occurrence and nonce")
+    verified: bool = Field(
+        False,
+        description="vouched for by the Stanch API: its assertion verifies here with a configured key, or — the key not "
+        "configured here — the workflow recorded that it did (an accepted update passed its validator; a signal's verdict "
+        "is a local activity's result)",
+    )
+    checked_here: bool = Field(False, description="the signature was checked here, with a key configured for this audit")
+    verification: str = Field("", description="how `verified` is known, in words")
     outcome: Literal["accepted", "not acted on", "refused", "pending", "delivered"] = "pending"
     message: str = Field("", description="the workflow's receipt, or why it refused")
     fields: dict[str, Any] = Field(default_factory=dict, description="the decision as sent, without its assertion")
@@ -171,6 +178,9 @@ class Timeline(BaseModel):
     close_reason: str = ""
     events: int
     trusted_keys: list[str] = Field(default_factory=list, description="ids of the decision keys assertions were checked with")
+    verdicts_in_history: bool = Field(
+        False, description="the run records each decision's verdict (validator, local activity): no key is needed to know it"
+    )
     milestones: list[Milestone] = Field(default_factory=list)
     signals: list[SignalEntry] = Field(default_factory=list)
     decisions: list[DecisionEntry] = Field(default_factory=list)

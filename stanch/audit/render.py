@@ -151,7 +151,7 @@ def summary(t: Timeline) -> list[tuple[str, str]]:
         ("outcome", outcome),
         ("severity", t.final_severity or (t.status_changes[-1].severity if t.status_changes else "") or ""),
         ("events", str(t.events)),
-        ("decision keys", ", ".join(t.trusted_keys) or "none trusted: assertions cannot verify"),
+        ("decision keys", ", ".join(t.trusted_keys) or "none configured: each decision's verdict as the workflow recorded it"),
     ]
 
 

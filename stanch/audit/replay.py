@@ -7,10 +7,13 @@ SDK's message when it names one, else by replaying ever longer prefixes of the h
 one fails — the workflow task whose commands differ — and, within it, the event the message
 points at (an activity type or timer id it mentions).
 
-A run is not replayed when this machine lacks a key it needs, because the replay would report
-a configuration problem as a code change: an encryption key any payload of the history is
-under (`unreadable`), or a decision key its decisions are signed with (`unverifiable`). Dry
-runs (rehearsals) are replayed like any other run and marked `dry_run`.
+A run is not replayed when this machine lacks an encryption key any payload of the history is
+under (`unreadable`): the replay would report a configuration problem as a code change. Decision
+keys are not needed: each decision's verdict is recorded in history (stanch.trust.assertions).
+Only a run begun before that (no verdict patch marker) whose replay diverges, and whose decisions
+name a key not configured here, is reported `unverifiable` rather than as a divergence: the old
+handler checked assertions on replay, and replays one it cannot check as it counted. Dry runs
+(rehearsals) are replayed like any other run and marked `dry_run`.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from temporalio.worker import Replayer
 
 from stanch.audit.history import event_name
 from stanch.temporal.codec import KEY_ID_METADATA, EncryptionCodec, is_encrypted
+from stanch.trust import assertions
 
 _quiet_runtime: Runtime | None = None
 
@@ -53,7 +57,9 @@ class ReplayOutcome(BaseModel):
     divergence: Divergence | None = None
     unreadable: str | None = Field(None, description="why the history could not be replayed at all (its encryption key is missing)")
     unverifiable: str | None = Field(
-        None, description="why its divergence proves nothing: a decision in it is signed with a decision key not configured here"
+        None,
+        description="why its divergence proves nothing: a run from before verdicts were recorded in history, with a decision "
+        "signed with a key not configured here",
     )
     dry_run: bool = Field(False, description="the run was a dry run (a rehearsal): replayed like any other, labelled")
 
@@ -96,10 +102,9 @@ async def replay_histories(
     """Replay each history; a divergence is located by replaying prefixes of that history.
 
     A history this installation cannot read (an encryption key is missing) is not replayed: the
-    outcome says why. One whose decisions name a decision key not in `trusted_keys` is replayed
-    all the same — a forged signal the workflow refused names a key nobody has — and only if it
-    diverges is it reported as CANNOT VERIFY rather than as a divergence. `trusted_keys` None
-    skips the decision-key check."""
+    outcome says why. A run from before verdicts were recorded whose decisions name a key not in
+    `trusted_keys` is replayed all the same, and only if it diverges is it reported as CANNOT
+    VERIFY rather than as a divergence. `trusted_keys` None skips that check."""
     sources = sources or {}
     trusted = None if trusted_keys is None else set(trusted_keys)
     tool = replayer(workflows, converter)
@@ -141,7 +146,7 @@ async def replay_histories(
                     dry_run=dry_runs.get(id(history), False),
                 )
                 if result.replay_failure is not None:
-                    # Without the key a vouched decision no longer counts: not a code change.
+                    # A legacy run's decision under a key not configured here: maybe not a code change.
                     outcome.unverifiable = missing_keys.get(id(history))
                     outcome.divergence = await locate(tool, history, result.replay_failure)
                 outcomes.append(outcome)
@@ -197,11 +202,18 @@ def _payloads_in(message: Message) -> Iterator[Payload]:
 
 
 async def decision_key_ids(history: WorkflowHistory, converter: DataConverter) -> set[str]:
-    """The ids of the decision keys the history's decisions were signed with.
+    """The ids of the decision keys a legacy run's decisions were signed with; none for a run
+    that records its verdicts (its patch marker), whose replay needs no key.
 
-    A decision (an update's or a signal's input) carries `assertion: "<kid>:<hex>"`
-    (stanch.trust.assertions); a decision without one (a raw signal from the Temporal UI) names none."""
-    kids = set()
+    A decision (an update's or a signal's input) carries `assertion: "<kid>:<hex>"` (HMAC) or
+    `"ed25519:<kid>:<signature>"` (stanch.trust.assertions); a decision without one names none."""
+    kids: set[str] = set()
+    if any(
+        event.HasField("marker_recorded_event_attributes")
+        and assertions.DECISION_VERDICT_PATCH.encode() in event.marker_recorded_event_attributes.SerializeToString()
+        for event in history.events
+    ):
+        return kids
     for event in history.events:
         for payload in _decision_payloads(event):
             try:
@@ -210,7 +222,7 @@ async def decision_key_ids(history: WorkflowHistory, converter: DataConverter) -
                 continue
             assertion = value.get("assertion") if isinstance(value, dict) else None
             if isinstance(assertion, str) and ":" in assertion:
-                kids.add(assertion.partition(":")[0])
+                kids.add(assertions.key_of(assertion)[1])
     return kids
 
 
@@ -225,10 +237,10 @@ def _decision_payloads(event: HistoryEvent) -> list[Payload]:
 
 
 def unverifiable_reason(used: Iterable[str], trusted: Iterable[str]) -> str | None:
-    """Why replaying would say nothing (a decision key the history used is not configured), or None.
+    """Why a legacy run's divergence may say nothing (a decision key it used is not configured), or None.
 
-    Without the key a vouched decision no longer verifies, the workflow would not count it, and
-    the replay would diverge at the first one: a configuration problem, not a code change."""
+    Its handler checked assertions on replay, and replays one under a key it lacks as counted:
+    when the run did not count it, the replay diverges for want of the key, not for a code change."""
     trusted = set(trusted)
     missing = sorted(set(used) - trusted)
     if not missing:
@@ -236,7 +248,8 @@ def unverifiable_reason(used: Iterable[str], trusted: Iterable[str]) -> str | No
     which = f"key id {missing[0]}, which is" if len(missing) == 1 else f"key ids {', '.join(missing)}, which are"
     have = f"configured: {', '.join(sorted(trusted))}" if trusted else "no decision key is configured"
     return (
-        f"decisions signed with {which} not configured (STANCH_DECISION_KEYS or STANCH_HOME/decision-keys; "
+        f"a run from before verdicts were recorded in history, with decisions signed with {which} not configured "
+        f"(STANCH_DECISION_KEYS or STANCH_HOME/decision-keys for HMAC keys, STANCH_DECISION_PUBLIC_KEYS for Ed25519; "
         f"keep retired keys listed; {have})"
     )
 

@@ -3,7 +3,10 @@
 No query to the workflow, no database: every line comes from a history event, decoded with the
 installation's data converter. Assertions are checked the way the workflow checks them
 (workflows/handlers.py): bound to the occurrence `<incident id>@<first run id[:8]>` and to a
-nonce — the update id for an update, the decision id for an approval signal.
+nonce — the update id for an update, the decision id for an approval signal — with the public
+(and legacy HMAC) keys configured for the audit. Without a decision's key, its verdict is the
+one the workflow recorded: an accepted update passed its validator (or, in runs from before
+that, its handler's check), and an approval signal's verdict is its local activity's result.
 
 Refused updates (a handler that raised) show as UpdateCompleted with a failure; updates a
 validator rejected never reach history, so they are not here — the API's logs have them.
@@ -96,6 +99,7 @@ ACTIVITY_MODELS: dict[str, tuple[type[BaseModel], type[BaseModel]]] = {
     "notify": (Notification, NotifyResult),
 }
 ACTION_ACTIVITIES = {"apply_containment", "apply_rollback", "apply_hotfix", "lift_action"}
+NO_ASSERTION = "no assertion from the Stanch API"
 
 
 async def build_timeline(history: WorkflowHistory, converter: DataConverter, trusted_keys: Iterable[str] = ()) -> Timeline:
@@ -122,6 +126,7 @@ class _Reader:
         self.updates: dict[str, DecisionEntry] = {}
         self.timers: dict[str, TimerEntry] = {}
         self.signal_ids: set[str] = set()
+        self.signal_verdicts: dict[str, assertions.Verdict] = {}  # decision id -> the local activity's verdict
 
     async def read(self) -> Timeline:
         for event in self.history.events:
@@ -131,6 +136,7 @@ class _Reader:
             handler = getattr(self, "on_" + attributes.removesuffix("_event_attributes"), None)
             if handler is not None:
                 await handler(event, getattr(event, attributes))
+        self.settle_signal_verdicts()
         self.t.milestones = milestones(self.t)
         self.t.warnings += self.decoder.problems + key_warnings(self.t)
         return self.t
@@ -235,6 +241,37 @@ class _Reader:
         receipt = as_dict(await self.decoder.one(a.outcome.success, DecisionReceipt, where=self.where(event, "receipt")))
         entry.outcome = "accepted" if receipt.get("accepted", True) else "not acted on"
         entry.message = receipt.get("message", "")
+        if entry.outcome == "accepted" and not entry.checked_here:
+            # Acted on, so vouched for: by its validator (or, before verdicts were recorded, its handler).
+            check = "its validator checked" if self.t.verdicts_in_history else "its handler checked"
+            entry.verified = True
+            entry.verification = (
+                f"accepted by the workflow, which acts only on vouched decisions ({check} the signature); {entry.verification}"
+            )
+
+    async def on_marker_recorded(self, event: HistoryEvent, a) -> None:
+        """The patch marker says the run records verdicts; a local activity's marker holds one."""
+        if assertions.DECISION_VERDICT_PATCH.encode() in a.SerializeToString():
+            self.t.verdicts_in_history = True
+        if "result" in a.details and assertions.VERIFY_APPROVAL.encode() in a.SerializeToString():
+            found = await self.decoder.one(a.details["result"], assertions.Verdict, where=self.where(event, "verdict"))
+            if isinstance(found, assertions.Verdict) and found.nonce:
+                self.signal_verdicts[found.nonce] = found
+
+    def settle_signal_verdicts(self) -> None:
+        """An approval signal whose key is not configured here: the verdict its local activity recorded."""
+        for d in self.t.decisions:
+            found = self.signal_verdicts.get(d.nonce) if d.name == "approve_signal" and d.nonce else None
+            if d.name == "approve_signal" and self.t.verdicts_in_history and d.verification == NO_ASSERTION:
+                # Nothing to check, so no check ran: it could never count.
+                d.outcome, d.message = "refused", "it carries no assertion from the Stanch API: never counted"
+            if found is None:
+                continue
+            if not d.checked_here:
+                d.verified = found.vouched
+                d.verification = "the workflow's check, recorded in history: " + ("vouched for" if found.vouched else found.reason)
+            if not found.vouched:
+                d.outcome, d.message = "refused", found.reason
 
     async def on_workflow_execution_update_rejected(self, event: HistoryEvent, a) -> None:
         entry = self.decision(
@@ -244,12 +281,12 @@ class _Reader:
         self.t.decisions.append(entry)
 
     def decision(self, event: HistoryEvent, name: str, via: str, decision: Any, nonce: str, client: str) -> DecisionEntry:
-        verified = False
+        verified, checked_here, verification = False, False, NO_ASSERTION
         if isinstance(decision, BaseModel):
             # The update handlers check the decision with `approve` set by the handler's name.
             if name in ("approve", "reject"):
                 decision = decision.model_copy(update={"approve": name == "approve"})
-            verified = bool(nonce and self.t.occurrence) and assertions.verified(self.t.occurrence, nonce, decision)
+            verified, checked_here, verification = self.check(decision, nonce)
             fields = decision.model_dump(mode="json", exclude={"assertion"})
         else:
             fields = {k: v for k, v in decision.items() if k != "assertion"} if isinstance(decision, dict) else {"value": decision}
@@ -264,9 +301,27 @@ class _Reader:
             what=describe(name, fields),
             nonce=nonce,
             verified=verified,
+            checked_here=checked_here,
+            verification=verification,
             fields=fields,
             client=client,
         )
+
+    def check(self, decision: BaseModel, nonce: str) -> tuple[bool, bool, str]:
+        """(verified, checked here, how): with the key configured here, the signature is checked;
+        without it, the verdict is left to what history recorded (the update's completion, the
+        signal's local activity)."""
+        assertion = getattr(decision, "assertion", "") or ""
+        if not assertion:
+            return False, False, NO_ASSERTION
+        scheme, kid = assertions.key_of(assertion)
+        keys = assertions.held()
+        if kid not in (keys.public if scheme == assertions.ED25519 else keys.legacy):
+            return False, False, f"{scheme} key {kid!r} not configured here: the verdict is history's"
+        reason = assertions.check(self.t.occurrence, nonce, decision, legacy=True) if self.t.occurrence else "no occurrence"
+        if reason is None:
+            return True, True, f"signature checked here with {scheme} key {kid!r}"
+        return False, True, f"checked here: {reason}"
 
     # --- activities ---------------------------------------------------------------------------
 

@@ -7,7 +7,8 @@ a bundle whose hash-chained, optionally signed manifest shows whether anything c
 
 Exit codes: 0 all good; 1 a divergence or a failed verification; 2 bad input (a file that is
 not a history, Temporal unreachable, a missing key — an encryption key a history is written
-with, or a decision key its decisions are signed with: nothing could be replayed, so nothing is known).
+with, or, for a run from before decision verdicts were recorded in history, a decision key its
+diverging replay needed: nothing is known). Replay needs no decision key otherwise: no secret.
 
 Mounted by `stanch.cli.main` as `app.add_typer(audit_app, name="audit")`.
 """
@@ -37,7 +38,7 @@ err_console = Console(stderr=True, soft_wrap=True, highlight=False, emoji=False)
 
 HomeOption = Annotated[
     Path | None,
-    typer.Option("--home", envvar="STANCH_HOME", help="the installation's home: its decision keys and evidence (default ~/.stanch)"),
+    typer.Option("--home", envvar="STANCH_HOME", help="the installation's home: its decision public keys and evidence (default ~/.stanch)"),
 ]
 AddressOption = Annotated[str | None, typer.Option("--address", envvar="TEMPORAL_ADDRESS", help="Temporal frontend host:port")]
 NamespaceOption = Annotated[str | None, typer.Option("--namespace", envvar="TEMPORAL_NAMESPACE", help="Temporal namespace")]
@@ -70,13 +71,8 @@ def _settings(home: Path | None) -> Settings:
 def _trust_keys(settings: Settings) -> list[str]:
     from stanch.audit.history import trust_decision_keys
 
-    keys = trust_decision_keys(settings)
-    if not keys:
-        err_console.print(
-            f"[yellow]warning:[/] no decision keys (STANCH_DECISION_KEYS or {escape(str(settings.home))}/decision-keys): "
-            "no assertion verifies, and a history with signed decisions cannot be verified by replay"
-        )
-    return keys
+    # Public keys only (and legacy HMAC keys, for old runs): an audit holds no signing key.
+    return trust_decision_keys(settings)
 
 
 def _converter(settings: Settings):
@@ -166,8 +162,9 @@ async def _replay(incident_id, run_id, all_, since, files, home, address, namesp
     if since and not all_:
         raise BadInput("--since goes with --all")
     settings = _settings(home)
-    # The approval handlers count only vouched decisions, in replay too: a history signed with a
-    # key not trusted here is reported as such (CANNOT VERIFY, exit 2), not replayed into a divergence.
+    # Verdicts are in history: replay needs no decision key. A run from before that checked
+    # assertions on replay; if one diverges under a key not configured here, it is reported as
+    # such (CANNOT VERIFY, exit 2), not as a code change.
     keys = _trust_keys(settings)
     converter = _converter(settings)
     if all_:

@@ -90,14 +90,31 @@ def _encrypted(settings: Settings) -> bool:
         raise _fail(f"payload encryption: {exc}") from exc
 
 
-def worker() -> None:
-    """Run a worker: polls the incident task queue, runs workflows and activities."""
-    from workers.main import run_worker
+def worker(
+    insecure_dev: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-dev",
+            help="local demos only: when the decision keys configured in the environment cannot verify what the API signs, "
+            "use the home folder's keys instead of refusing to start",
+        ),
+    ] = False,
+) -> None:
+    """Run a worker: polls the incident task queue, runs workflows and activities.
+
+    Refuses to start when it cannot get the public keys decisions are verified with, unless --insecure-dev.
+    """
+    from stanch.trust.assertions import DecisionKeyError
+    from workers.main import run_worker, trust_decision_keys
 
     settings = Settings.from_env()
     _encrypted(settings)
+    try:
+        trust_decision_keys(settings, insecure_dev=insecure_dev)  # named here, before anything connects
+    except DecisionKeyError as exc:
+        raise _fail(f"refusing to start: decision keys: {exc}") from exc
     console.print(f"stanch worker: task queue {settings.task_queue!r}, Temporal at {settings.temporal_address or '(env config)'}")
-    asyncio.run(_until_signalled(run_worker(settings)))
+    asyncio.run(_until_signalled(run_worker(settings, insecure_dev=insecure_dev)))
 
 
 def api(

@@ -7,6 +7,7 @@ import asyncio
 
 import httpx
 import pytest
+from temporalio.client import WorkflowUpdateFailedError
 
 from stanch.models.decisions import ApprovalDecision
 from stanch.temporal.client import connect
@@ -91,15 +92,20 @@ def test_critical_steps_need_two_people_with_the_right_roles_and_forgeries_do_no
         waiting = read()
         assert waiting["pending_approval"]["approvers"] == ["alice", "bob"], "two approvers but no safety lead: still waiting"
 
-        async def forge() -> None:  # sam's name and role, straight to Temporal, without the API
+        async def forge() -> str:  # sam's name and role, straight to Temporal, without the API
             client = await connect(env["TEMPORAL_ADDRESS"])
             forged = ApprovalDecision(stage="contain", approver="sam", roles=["safety"])
-            await client.get_workflow_handle(incident_id).execute_update("approve", forged)
+            try:
+                await client.get_workflow_handle(incident_id).execute_update("approve", forged)
+            except WorkflowUpdateFailedError as refused:
+                return str(refused.cause)
+            return "accepted"
 
-        asyncio.run(forge())
-        forged_state = wait_for(read, lambda s: any(not a["verified"] for a in s["approvals"]))
-        assert forged_state["pending_approval"]["stage"] == "contain"
-        assert any("recorded, not counted" in e["message"] for e in forged_state["timeline"])
+        refusal = asyncio.run(forge())
+        assert "carries no assertion from the Stanch API" in refusal and "decide through the Stanch API" in refusal, refusal
+        forged_state = read()
+        assert forged_state["pending_approval"]["stage"] == "contain" and forged_state["pending_approval"]["approvers"] == ["alice", "bob"]
+        assert not any(a["approver"] == "sam" for a in forged_state["approvals"]), "refused before it reached history"
 
         assert approve("sam").status_code == 200
         done = wait_for(read, lambda s: {x["name"]: x["status"] for x in s["stages"]}["contain"] == "done")

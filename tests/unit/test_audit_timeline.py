@@ -234,3 +234,26 @@ async def test_a_failed_run_shows_the_milestones_reached_and_the_rest_not_reache
     markdown = to_markdown(t)
     assert "| rolled back | not reached |" in markdown and "not reached yet" not in markdown
     assert "the run failed, so it recorded no final state" in markdown
+
+
+def test_without_any_key_each_decision_shows_the_verdict_history_recorded(tmp_path, monkeypatch):
+    """No decision key configured (an auditor holding no secret): the workflow acted only on vouched
+    decisions, so history's verdict is shown, said to be history's (before: every one "✘ not verified")."""
+    for name in ("STANCH_DECISION_KEYS", "STANCH_DECISION_PUBLIC_KEYS", "STANCH_ENCRYPTION_KEYS", "STANCH_ENCRYPTION_KEYS_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    result = CliRunner().invoke(app, ["audit", "timeline", "--file", str(HIGH), "--format", "json"], env={"STANCH_HOME": str(tmp_path)})
+    assert result.exit_code == 0, result.output
+    t = Timeline.model_validate_json(result.output)
+    assert t.trusted_keys == [] and t.decisions and all(d.verified and not d.checked_here for d in t.decisions)
+    assert all("not configured here: the verdict is history's" in d.verification for d in t.decisions)
+    assert all("accepted by the workflow" in d.verification for d in t.decisions if d.via == "update")
+    assert any("each decision's verdict is the one the workflow recorded" in w for w in t.warnings)
+    assert not any("does not verify" in w for w in t.warnings)
+    markdown = CliRunner().invoke(app, ["audit", "timeline", "--file", str(HIGH)], env={"STANCH_HOME": str(tmp_path)}).output
+    assert "| contain | alice (oncall) ✔, sam (safety) ✔ |" in markdown and "not verified" not in markdown
+
+
+async def test_with_the_key_each_signature_is_checked_here():
+    t = await timeline_of(load_history_file(HIGH))
+    assert all(d.checked_here and d.verified for d in t.decisions)
+    assert all(d.verification == "signature checked here with hmac key 'test'" for d in t.decisions)

@@ -7,6 +7,7 @@ The time-skipping server knows no custom search attributes, so incidents here ru
 from __future__ import annotations
 
 import asyncio
+import base64
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,19 +24,33 @@ from stanch.models.incident import IncidentInput
 from stanch.models.signals import ReproCase, Signal
 from stanch.runbooks.loader import default_runbooks_dir, load_runbook
 from stanch.trust import assertions
+from stanch.trust.assertions import DecisionKeys
+from stanch.trust.decision_keys import parse_signing_key, public_line
 from tests.conftest import installed_binary
 from tests.workflow.standins import Script, stand_ins
 from workflows.incident import IncidentWorkflow
 
-# The key the tests' "API" signs decisions with; committed histories were recorded with it too.
+# The legacy HMAC key the committed histories' decisions were vouched with (before Ed25519).
 TEST_DECISION_KEYS = "test:" + "dGVzdC1kZWNpc2lvbi1rZXktZm9yLXN0YW5jaC10ZXN0cy0wMQ=="
-assertions.trust(assertions.parse_keys(TEST_DECISION_KEYS))  # for tests.histories.refresh, which runs outside pytest
+# The Ed25519 key the tests' "API" signs decisions with, and its public half the workers trust.
+TEST_SIGNING_KEY = "test-ed:" + base64.b64encode(b"stanch-tests-decision-signing-01").decode()
+TEST_PUBLIC_KEYS = public_line("test-ed", parse_signing_key(TEST_SIGNING_KEY)[1].public_key())
+
+
+def trust_test_keys() -> None:
+    kid, key = parse_signing_key(TEST_SIGNING_KEY)
+    assertions.trust_keys(
+        DecisionKeys(signing=(kid, key), public={kid: key.public_key()}, legacy=dict(assertions.parse_keys(TEST_DECISION_KEYS)))
+    )
+
+
+trust_test_keys()  # for tests.histories.refresh, which runs outside pytest
 
 
 @pytest.fixture(autouse=True)
 def trusted_test_key() -> None:
-    """Trust the test key again: an API built by another test in this process trusts its own."""
-    assertions.trust(assertions.parse_keys(TEST_DECISION_KEYS))
+    """Trust the test keys again: an API built by another test in this process trusts its own."""
+    trust_test_keys()
 
 
 @pytest_asyncio.fixture(scope="session")

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.decisions import verify_approval
 from stanch.models.actions import AppliedAction, idempotency_key
 from stanch.models.activity_io import (
     ApplyInput,
@@ -140,6 +141,7 @@ def stand_ins(script: Script) -> list:
         lift_action,
         open_review,
         notify,
+        verify_approval,  # the real one: it only checks a signature with the keys the test trusts
     ]
 
 

@@ -106,20 +106,44 @@ async def test_signal_approval_follows_the_same_rules_and_refusals_are_recorded(
         assert current.approvals[0].via == "signal" and current.approvals[0].verified
 
 
-async def test_forged_decisions_are_recorded_but_never_count(client):
-    """Straight to Temporal, without the API's assertion: a wrong one, or none at all."""
+async def test_forged_decisions_are_refused_before_history_and_never_count(client):
+    """Straight to Temporal, without the API's assertion: a wrong one, none at all, or one made
+    with the legacy HMAC key the worker still holds (whoever held it could forge approvals)."""
+    import hashlib
+    import hmac
+
+    from stanch.trust import assertions
+    from tests.workflow.helpers import occurrence_of
+
     async with running_incident(client, Script()) as handle:
         await until(handle, waiting_on("contain"))
         forged = (await vouched_signal(handle, stage="contain", approver="mallory", roles=["safety"])).model_copy(
             update={"approver": "sam"}
         )
-        receipt = await handle.execute_update(IncidentWorkflow.approve, forged)
-        assert receipt.accepted is False and "no valid assertion" in receipt.message
+        with pytest.raises(WorkflowUpdateFailedError) as update_refused:
+            await handle.execute_update(IncidentWorkflow.approve, forged, id="forged-1")
+        reason = str(update_refused.value.cause)
+        assert "approval refused: its assertion does not verify" in reason and "decide through the Stanch API" in reason, reason
+        unsigned = ApprovalDecision(stage="contain", approver="sam", roles=["safety"])
+        with pytest.raises(WorkflowUpdateFailedError) as no_assertion:
+            await handle.execute_update(IncidentWorkflow.approve, unsigned, id="forged-2")
+        assert "carries no assertion from the Stanch API" in str(no_assertion.value.cause)
+        # The legacy HMAC key verifies old histories only: it vouches for no new decision.
+        message = assertions._message(await occurrence_of(handle), "forged-3", unsigned)
+        legacy_key = assertions.held().legacy["test"]
+        hmac_signed = unsigned.model_copy(update={"assertion": "test:" + hmac.new(legacy_key, message, hashlib.sha256).hexdigest()})
+        with pytest.raises(WorkflowUpdateFailedError) as legacy:
+            await handle.execute_update(IncidentWorkflow.approve, hmac_signed, id="forged-3")
+        assert "HMAC assertion, which no longer vouches" in str(legacy.value.cause)
+
         await handle.signal(IncidentWorkflow.approve_signal, ApprovalDecision(stage="contain", approver="bob", roles=["oncall"]))
-        current = await until(handle, lambda s: len(s.approvals) == 2)
-        assert [a.verified for a in current.approvals] == [False, False]
+        await handle.signal(IncidentWorkflow.approve_signal, forged.model_copy(update={"approver": "carol"}))
+        current = await until(handle, lambda s: sum("refused signal from" in e.message for e in s.timeline) == 2)
+        refusals = [e.message for e in current.timeline if "refused signal from" in e.message]
+        assert "refused signal from bob: it carries no assertion from the Stanch API; decide through the Stanch API" in refusals[0]
+        assert "refused signal from carol: its assertion does not verify" in refusals[1]
+        assert current.approvals == [], "a refused decision is not even recorded as a vote"
         assert current.pending_approval.approvers == [] and current.stage("contain").status == "awaiting_approval"
-        assert sum("recorded, not counted" in e.message for e in current.timeline) == 2
         await approve(handle, "contain", "sam", ["safety"])  # the real sam may still decide
         assert (await state(handle)).pending_approval.approvers == ["sam"]
 
@@ -204,21 +228,22 @@ async def test_critical_containment_goes_ahead_when_nobody_decides_in_time(clock
         assert (await state(handle)).pending_approval.stage == "rollback"
 
 
-async def test_notes_from_the_api_reach_the_timeline_and_forged_ones_are_marked(client):
+async def test_notes_from_the_api_reach_the_timeline_and_forged_ones_are_refused(client):
     from stanch.models.decisions import Note
 
     async with running_incident(client, Script()) as handle:
         await until(handle, waiting_on("contain"))
         await AsTheApi(handle).execute_update(IncidentWorkflow.add_note, Note(by="alice", text="paged the vendor"))
-        forged = await handle.execute_update(IncidentWorkflow.add_note, Note(by="mallory", text="all clear"))
+        with pytest.raises(WorkflowUpdateFailedError) as forged:
+            await handle.execute_update(IncidentWorkflow.add_note, Note(by="mallory", text="all clear"))
         current = await state(handle)
-    assert forged.accepted is False
+    assert "note refused: it carries no assertion from the Stanch API" in str(forged.value.cause)
     notes = [(e.actor, e.message) for e in current.timeline if e.kind == "note"]
     assert notes == [("alice", "paged the vendor")]
-    assert any("note from mallory has no valid assertion" in e.message for e in current.timeline)
+    assert not any("mallory" in e.message for e in current.timeline), "refused before it reached history"
 
 
-async def test_a_vouched_decision_copied_under_another_update_id_is_not_acted_on(client):
+async def test_a_vouched_decision_copied_under_another_update_id_is_refused(client):
     from stanch.trust import assertions
     from tests.workflow.helpers import occurrence_of
 
@@ -226,7 +251,11 @@ async def test_a_vouched_decision_copied_under_another_update_id_is_not_acted_on
         await until(handle, waiting_on("contain"))
         request = ResolveRequest(by="carol", reason="copied from an old history")
         signed = request.model_copy(update={"assertion": assertions.sign(await occurrence_of(handle), "update-1", request)})
-        receipt = await handle.execute_update(IncidentWorkflow.resolve, signed, id="update-2")
-        assert receipt.accepted is False and (await state(handle)).pending_approval.stage == "contain"
+        with pytest.raises(WorkflowUpdateFailedError) as copied:
+            await handle.execute_update(IncidentWorkflow.resolve, signed, id="update-2")
+        assert "resolve request refused: its assertion does not verify" in str(copied.value.cause)
+        assert (await state(handle)).pending_approval.stage == "contain"
         other_occurrence = request.model_copy(update={"assertion": assertions.sign("someone-else@00000000", "update-3", request)})
-        assert (await handle.execute_update(IncidentWorkflow.resolve, other_occurrence, id="update-3")).accepted is False
+        with pytest.raises(WorkflowUpdateFailedError):
+            await handle.execute_update(IncidentWorkflow.resolve, other_occurrence, id="update-3")
+        assert (await state(handle)).pending_approval.stage == "contain"

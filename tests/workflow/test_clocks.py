@@ -143,9 +143,10 @@ async def test_reminders_widen_as_the_deadline_nears_and_after_it_passes(clock):
         notes = [e.message for e in current.timeline if e.kind == "regulatory"]
         assert notes[1] == f"{current.id}: serious-incident report due {deadline}"
         assert notes[15] == f"{current.id}: serious-incident report OVERDUE since {deadline}"
-        # A filing that did not come through the API is on record, and the incident still waits.
-        receipt = await handle.execute_update(IncidentWorkflow.record_report_filed, ReportFiled(by="mallory", reference="FAKE-1"))
-        assert receipt.accepted is False
+        # A filing that did not come through the API is refused, and the incident still waits.
+        with pytest.raises(WorkflowUpdateFailedError) as forged:
+            await handle.execute_update(IncidentWorkflow.record_report_filed, ReportFiled(by="mallory", reference="FAKE-1"))
+        assert "report filing refused: it carries no assertion from the Stanch API" in str(forged.value.cause)
         current = await state(handle)
         assert current.status == IncidentStatus.awaiting_report and current.regulatory.filed is None
         await AsTheApi(handle).execute_update(IncidentWorkflow.record_report_filed, ReportFiled(by="sam", reference="EU-2026-0077"))
@@ -159,7 +160,7 @@ async def test_reminders_widen_as_the_deadline_nears_and_after_it_passes(clock):
         for e in history.events
         if e.HasField("workflow_execution_update_accepted_event_attributes")
     ]
-    assert accepted.count("record_report_filed") == 2, "both filings, the refused one too, are in the history"
+    assert accepted.count("record_report_filed") == 1, "the refused filing never reached history"
     assert script.evidence_before_first_change is True, "Art. 73(6): evidence before the first change"
     # The review got what the Art. 73 draft needs.
     review = script.reviews[0]

@@ -12,6 +12,7 @@ from tests.workflow.helpers import (
     AsTheApi,
     approve,
     approve_four_eyes,
+    state,
     until,
     waiting_on,
 )
@@ -104,15 +105,16 @@ async def test_failed_undo_during_restore_keeps_that_protection(client):
     assert any("block_outputs stays in place" in e.message for e in final.timeline)
 
 
-async def test_a_forged_abort_straight_to_temporal_is_recorded_and_ignored(client):
+async def test_a_forged_abort_straight_to_temporal_is_refused_and_changes_nothing(client):
     script = Script(failures_left={"rollback_to_previous": 1})
     async with running_incident(client, script) as handle:
         await approve_four_eyes(handle, "contain")
         await approve_four_eyes(handle, "rollback")
         await until(handle, failed("rollback"))
-        receipt = await handle.execute_update(IncidentWorkflow.decide, FailureDecision(stage="rollback", by="mallory", choice="abort"))
-        assert receipt.accepted is False
-        current = await until(handle, lambda s: any("not acted on" in e.message for e in s.timeline))
+        with pytest.raises(WorkflowUpdateFailedError) as forged:
+            await handle.execute_update(IncidentWorkflow.decide, FailureDecision(stage="rollback", by="mallory", choice="abort"))
+        assert "abort after failure in rollback refused: it carries no assertion from the Stanch API" in str(forged.value.cause)
+        current = await state(handle)
         assert current.status == IncidentStatus.awaiting_decision, "the forged abort changed nothing"
         await AsTheApi(handle).execute_update(IncidentWorkflow.decide, FailureDecision(stage="rollback", by="alice", choice="retry"))
         current = await until(handle, waiting_on("restore"))

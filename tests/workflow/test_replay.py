@@ -7,8 +7,9 @@ and every branch `tests.histories.refresh` knows has at least one history. Refre
 `.venv/bin/python -m tests.histories.refresh` after an intended change; after a change guarded by
 workflow.patched, refresh with --keep-old so the old histories stay and keep proving the patch
 (the old `<branch>.json` becomes `<branch>--<git short sha or date>.json` and is replayed too).
-Replay trusts the decision key the histories were recorded with (the autouse `trusted_test_key`
-fixture): without it every recorded decision would be "unvouched" and take another path.
+Replay needs no decision key: each decision's verdict is recorded in history (its update's
+validator, the approval signal's local activity), and the runs recorded before that take the
+legacy path of `stanch.trust.assertions.legacy_verdict`, which replays them as recorded.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from temporalio import workflow
 from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -32,7 +34,8 @@ from activities.notify import NotifyActivities
 from stanch.models.activity_io import Notification
 from stanch.models.incident import IncidentInput, IncidentState, StageStatus
 from stanch.trust import assertions
-from tests.workflow.conftest import TEST_DECISION_KEYS
+from stanch.trust.assertions import DecisionKeys
+from tests.workflow.conftest import trust_test_keys
 from workflows.incident import IncidentWorkflow
 from workflows.policies import NOTIFY_RETRY, QUICK_TIMEOUT
 
@@ -265,11 +268,19 @@ async def test_an_edit_that_keeps_the_commands_replays(trusted_test_key):
         assert failure is None, f"{path.name}: a command-preserving edit must replay: {failure!r}"
 
 
-async def test_replay_acts_on_decisions_only_under_the_key_they_were_vouched_with():
-    """Under another key the recorded decisions are "unvouched" and the replay takes another path."""
-    assertions.trust(assertions.parse_keys("other:" + "b3RoZXIta2V5LW5vdC10aGUtb25lLXRoZS1oaXN0b3JpZXMtdXNl"))
+@pytest.mark.parametrize("keys", ["other keys", "no key at all"])
+async def test_every_history_replays_whatever_decision_keys_the_worker_holds(keys: str):
+    """The verdict on each decision is history's, not the replaying worker's: a worker trusting
+    other keys (another Ed25519 public key, another legacy HMAC key under the same id) or none
+    replays every committed history unchanged. (Before, under another key every recorded
+    decision was "unvouched" and only the histories without decisions replayed.)"""
+    if keys == "other keys":
+        other = Ed25519PrivateKey.from_private_bytes(b"o" * 32).public_key()
+        assertions.trust_keys(DecisionKeys(public={"other": other}, legacy={"other": b"k" * 32}))
+    else:
+        assertions.trust_none()
     try:
         failures = await replay_all(IncidentWorkflow, HISTORIES)
     finally:
-        assertions.trust(assertions.parse_keys(TEST_DECISION_KEYS))
-    assert {branch_of(path) for path, failure in failures.items() if failure is None} == NO_DECISIONS
+        trust_test_keys()
+    assert {path.name: failure for path, failure in failures.items() if failure is not None} == {}
