@@ -140,8 +140,11 @@ def take(
 def release(db: sqlite3.Connection, hold: sqlite3.Row) -> dict[str, Any]:
     """Release one hold and settle its subject: the union of the holds left, else the base."""
     model, subject = hold["model"], hold["subject"]
-    if hold["released_at"] is None:
-        db.execute("UPDATE holds SET released_at = ? WHERE id = ?", (_now(), hold["id"]))
+    if hold["released_at"] is not None:
+        # Released without an undo (the demo reset dropped every hold): the state is no longer
+        # this hold's to settle, so leave it as it is.
+        return {"released": subject, "holder": hold["holder"], "note": "no longer held"}
+    db.execute("UPDATE holds SET released_at = ? WHERE id = ?", (_now(), hold["id"]))
     state = settle(db, model, subject, json.loads(hold["base"]))
     left = [h["holder"] for h in active(db, model, subject)]
     return {"released": subject, "holder": hold["holder"], "still_held_by": left, "state": state}

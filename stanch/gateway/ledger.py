@@ -140,8 +140,7 @@ def undo_action(store: GatewayStore, *, idempotency_key: str, undo_key: str, hol
 def revert(db: Any, model: str, inverse: dict[str, Any]) -> dict[str, Any]:
     """Put back what an action's inverse says was there before (actions that hold nothing)."""
     op = inverse["op"]
-    if op == "release_hold":
-        # Its hold is gone (the demo reset dropped every hold): there is nothing left to release.
+    if op == "release_hold":  # its hold row is gone: nothing is held any more
         return {"released": inverse["subject"], "holder": inverse.get("holder"), "note": "no longer held"}
     if op == "set_feature":
         db.execute(

@@ -205,3 +205,15 @@ async def test_actions_applied_before_holds_existed_are_adopted_as_holds(tmp_pat
         assert (await state(gw))["features"]["web-search"] is False, "B still holds it"
         assert (await undo(gw, "B", holder=False)).status_code == 200
         assert (await state(gw))["features"]["web-search"] is True
+
+
+async def test_an_undo_after_the_demo_reset_dropped_its_hold_changes_nothing(gw: httpx.AsyncClient) -> None:
+    await apply(gw, "A", "disable_feature", feature="web-search")
+    await gw.post("/admin/demo/reset")
+    store: GatewayStore = gw._transport.app.state.store  # type: ignore[attr-defined]
+    with store.transaction() as db:  # switched off since, by someone other than Stanch
+        db.execute("UPDATE features SET enabled = 0 WHERE model = ? AND name = 'web-search'", (MODEL,))
+    before = await state(gw)
+    undone = await undo(gw, "A")
+    assert undone.status_code == 200 and undone.json()["result"]["restored"]["note"] == "no longer held"
+    assert await state(gw) == before
