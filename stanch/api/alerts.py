@@ -154,7 +154,10 @@ async def alertmanager_webhook(webhook: AlertmanagerWebhook, intake: IntakeDep) 
     summary="Grafana Alerting webhook contact point (v1)",
 )
 async def grafana_webhook(
-    webhook: Annotated[GrafanaWebhook, Body(openapi_examples=openapi_examples(firing=examples.GRAFANA))], intake: IntakeDep
+    webhook: Annotated[
+        GrafanaWebhook, Body(openapi_examples=openapi_examples(firing=examples.GRAFANA, resolved=examples.GRAFANA_RESOLVED))
+    ],
+    intake: IntakeDep,
 ) -> IntakeResponse:
     """Each alert of the notification becomes its own signal, id
     `grafana:{orgId}:{fingerprint}:{startsAt}` (`:resolved` for the resolved notice).
@@ -176,7 +179,15 @@ async def grafana_webhook(
     summary="PagerDuty Events API v2 body",
 )
 async def pagerduty_event(
-    event: Annotated[PagerDutyEvent, Body(openapi_examples=openapi_examples(trigger=examples.PAGERDUTY))], intake: IntakeDep
+    event: Annotated[
+        PagerDutyEvent,
+        Body(
+            openapi_examples=openapi_examples(
+                trigger=examples.PAGERDUTY, acknowledge=examples.PAGERDUTY_ACKNOWLEDGE, resolve=examples.PAGERDUTY_RESOLVE
+            )
+        ),
+    ],
+    intake: IntakeDep,
 ) -> IntakeResponse:
     """Point any tool that speaks PagerDuty Events v2 here. `trigger` fires; `acknowledge`
     and `resolve` are closing notices, recorded on the incident their trigger opened (send
@@ -224,7 +235,11 @@ _SENTRY_MODELS: dict[str, type[BaseModel]] = {
             "content": {
                 "application/json": {
                     "schema": {"oneOf": [_inline_schema(model) for model in _SENTRY_MODELS.values()]},
-                    "examples": openapi_examples(metric_alert=examples.SENTRY_METRIC_ALERT, issue_alert=examples.SENTRY_ISSUE_ALERT),
+                    "examples": openapi_examples(
+                        metric_alert=examples.SENTRY_METRIC_ALERT,
+                        metric_alert_resolved=examples.SENTRY_METRIC_ALERT_RESOLVED,
+                        issue_alert=examples.SENTRY_ISSUE_ALERT,
+                    ),
                 }
             },
         }
@@ -293,7 +308,10 @@ _CE_HEADERS = ("specversion", "id", "source", "type", "time", "subject")
         "requestBody": {
             "required": True,
             "content": {
-                cloudevents.STRUCTURED_CONTENT_TYPE: {"schema": _CLOUDEVENT_SCHEMA, "example": examples.CLOUDEVENT},
+                cloudevents.STRUCTURED_CONTENT_TYPE: {
+                    "schema": _CLOUDEVENT_SCHEMA,
+                    "examples": openapi_examples(firing=examples.CLOUDEVENT, resolved=examples.CLOUDEVENT_RESOLVED),
+                },
                 cloudevents.BATCH_CONTENT_TYPE: {
                     "schema": {"type": "array", "items": _CLOUDEVENT_SCHEMA},
                     "example": [examples.CLOUDEVENT],

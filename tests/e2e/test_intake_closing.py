@@ -6,7 +6,6 @@ worker and API processes over real HTTP; Temporal's own history shows what reach
 from __future__ import annotations
 
 import asyncio
-import copy
 from typing import Any
 
 import httpx
@@ -23,40 +22,14 @@ pytestmark = pytest.mark.e2e
 CE = {"Content-Type": "application/cloudevents+json"}
 
 
-def grafana_resolved() -> dict[str, Any]:
-    body = copy.deepcopy(examples.GRAFANA)
-    body["status"] = body["alerts"][0]["status"] = "resolved"
-    return body
-
-
-def pagerduty(action: str) -> dict[str, Any]:
-    body = copy.deepcopy(examples.PAGERDUTY)
-    body["event_action"] = action
-    body["payload"]["timestamp"] = "2026-11-26T10:30:00.000+0000"
-    return body
-
-
-def sentry_resolved() -> dict[str, Any]:
-    body = copy.deepcopy(examples.SENTRY_METRIC_ALERT)
-    body["action"] = "resolved"
-    return body
-
-
-def cloudevent(status: str) -> dict[str, Any]:
-    body = copy.deepcopy(examples.CLOUDEVENT)
-    body["id"] = f"evt-0001-{status}"
-    body["data"]["status"] = status
-    return body
-
-
-# (path, body, headers): the same alert's closing notices, sender by sender.
+# (source, body, headers): the same alerts' documented closing notices, sender by sender.
 HARMFUL_OUTPUT_NOTICES = [
-    ("grafana", grafana_resolved(), {}),
-    ("pagerduty", pagerduty("acknowledge"), {}),
-    ("pagerduty", pagerduty("resolve"), {}),
-    ("sentry", sentry_resolved(), {}),
+    ("grafana", examples.GRAFANA_RESOLVED, {}),
+    ("pagerduty", examples.PAGERDUTY_ACKNOWLEDGE, {}),
+    ("pagerduty", examples.PAGERDUTY_RESOLVE, {}),
+    ("sentry", examples.SENTRY_METRIC_ALERT_RESOLVED, {}),
 ]
-CLOUDEVENT_NOTICES = [("cloudevents", cloudevent("acknowledged"), CE), ("cloudevents", cloudevent("resolved"), CE)]
+CLOUDEVENT_NOTICES = [("cloudevents", examples.CLOUDEVENT_ACKNOWLEDGED, CE), ("cloudevents", examples.CLOUDEVENT_RESOLVED, CE)]
 
 
 def send(stack: Stack, source: str, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
@@ -137,7 +110,7 @@ def test_examples_open_incidents_and_their_closing_notices_open_none(tmp_path):
         asyncio.run(terminate(address, guardrail["incident_id"]))
         closed = asyncio.run(latest_status(address, guardrail["incident_id"]))
         assert closed[1] == WorkflowExecutionStatus.TERMINATED
-        late = send(stack, "cloudevents", {**cloudevent("resolved"), "id": "evt-0001-late"}, CE)
+        late = send(stack, "cloudevents", {**examples.CLOUDEVENT_RESOLVED, "id": "evt-0002-late"}, CE)
         assert (late["incident_id"], late["dropped"], late["opened"]) == (guardrail["incident_id"], True, False)
         assert asyncio.run(latest_status(address, guardrail["incident_id"])) == closed
         assert dropped(stack, "cloudevents") == 3

@@ -7,7 +7,6 @@ Temporal is a stand-in that keeps which incident ids are open, as the server wou
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -15,15 +14,19 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import TypeAdapter
 from temporalio.api.workflowservice.v1 import SignalWithStartWorkflowExecutionResponse
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError, RPCStatusCode
 
 from stanch.api.app import create_app
 from stanch.config.settings import Settings
+from stanch.intake.routing import route_signal
 from stanch.intake.sources import examples
-from stanch.intake.sources.cloudevents import event_status
-from stanch.intake.sources.pagerduty import PagerDutyFollowUp, pagerduty_signals
+from stanch.intake.sources.cloudevents import STRUCTURED_CONTENT_TYPE, cloudevent_signal, event_status, parse_http
+from stanch.intake.sources.grafana import GrafanaWebhook, grafana_signals
+from stanch.intake.sources.pagerduty import PagerDutyEvent, PagerDutyFollowUp, pagerduty_signals
+from stanch.intake.sources.sentry import SentryMetricAlertWebhook, metric_alert_signals
 from stanch.intake.start import open_or_join
 from stanch.models.signals import Signal
 from stanch.runbooks.loader import default_runbooks_dir, load_catalog
@@ -101,42 +104,16 @@ def http(tmp_path: Path, temporal: FakeTemporal) -> TestClient:
     return TestClient(app)
 
 
-# One documented example per sender, and the same alert's closing notices.
-def grafana_resolved() -> dict[str, Any]:
-    body = copy.deepcopy(examples.GRAFANA)
-    body["status"] = body["alerts"][0]["status"] = "resolved"
-    return body
-
-
-def pagerduty_follow_up(action: str) -> dict[str, Any]:
-    body = copy.deepcopy(examples.PAGERDUTY)
-    body["event_action"] = action
-    body["payload"]["timestamp"] = "2026-11-26T10:30:00.000+0000"
-    return body
-
-
-def sentry_resolved() -> dict[str, Any]:
-    body = copy.deepcopy(examples.SENTRY_METRIC_ALERT)
-    body["action"] = "resolved"
-    return body
-
-
-def cloudevent_closing(status: str) -> dict[str, Any]:
-    body = copy.deepcopy(examples.CLOUDEVENT)
-    body["id"] = f"evt-0001-{status}"
-    body["data"]["status"] = status
-    return body
-
-
+# One documented example per sender, and the same alert's documented closing notices.
 CE_HEADERS = {"Content-Type": "application/cloudevents+json"}
 SENDERS: dict[str, tuple[str, dict[str, Any], list[dict[str, Any]], dict[str, str]]] = {
-    "grafana": ("/v1/alerts/grafana", examples.GRAFANA, [grafana_resolved()], {}),
-    "pagerduty": ("/v1/alerts/pagerduty", examples.PAGERDUTY, [pagerduty_follow_up("acknowledge"), pagerduty_follow_up("resolve")], {}),
-    "sentry": ("/v1/alerts/sentry", examples.SENTRY_METRIC_ALERT, [sentry_resolved()], {}),
+    "grafana": ("/v1/alerts/grafana", examples.GRAFANA, [examples.GRAFANA_RESOLVED], {}),
+    "pagerduty": ("/v1/alerts/pagerduty", examples.PAGERDUTY, [examples.PAGERDUTY_ACKNOWLEDGE, examples.PAGERDUTY_RESOLVE], {}),
+    "sentry": ("/v1/alerts/sentry", examples.SENTRY_METRIC_ALERT, [examples.SENTRY_METRIC_ALERT_RESOLVED], {}),
     "cloudevents": (
         "/v1/alerts/cloudevents",
         examples.CLOUDEVENT,
-        [cloudevent_closing("acknowledged"), cloudevent_closing("resolved")],
+        [examples.CLOUDEVENT_ACKNOWLEDGED, examples.CLOUDEVENT_RESOLVED],
         CE_HEADERS,
     ),
 }
@@ -222,13 +199,13 @@ def test_each_alert_of_an_alertmanager_batch_is_handled_by_its_own_status(http: 
 
 def test_temporal_being_away_for_a_closing_notice_is_a_503_not_a_drop(http: TestClient, temporal: FakeTemporal) -> None:
     temporal.down = True
-    answer = http.post("/v1/alerts/sentry", json=sentry_resolved())
+    answer = http.post("/v1/alerts/sentry", json=examples.SENTRY_METRIC_ALERT_RESOLVED)
     assert answer.status_code == 503 and answer.headers["Retry-After"]
     assert dropped_count(http, "sentry") == 0
 
 
 async def test_open_or_join_never_signal_with_starts_a_closing_notice(temporal: FakeTemporal) -> None:
-    [notice] = pagerduty_signals(PagerDutyFollowUp.model_validate(pagerduty_follow_up("resolve")))
+    [notice] = pagerduty_signals(PagerDutyFollowUp.model_validate(examples.PAGERDUTY_RESOLVE))
     result = await open_or_join(temporal, load_catalog(default_runbooks_dir()), notice, task_queue="tq")  # type: ignore[arg-type]
     assert (result.closing_notice, result.dropped, result.opened) == (True, True, False)
     assert temporal.started == []
@@ -241,7 +218,7 @@ def test_an_incident_prefix_goes_before_every_incident_id(tmp_path: Path, tempor
     app.state.temporal = FakeConnection(temporal)
     http = TestClient(app)
     [fired] = post(http, "/v1/alerts/grafana", examples.GRAFANA, {})
-    [notice] = post(http, "/v1/alerts/grafana", grafana_resolved(), {})
+    [notice] = post(http, "/v1/alerts/grafana", examples.GRAFANA_RESOLVED, {})
     assert fired["incident_id"].startswith("stanch-dev-alice-harmful-output-")
     assert notice["incident_id"] == fired["incident_id"] and notice["dropped"] is False
 
@@ -261,3 +238,33 @@ def test_an_incident_prefix_goes_before_every_incident_id(tmp_path: Path, tempor
 )
 def test_a_cloudevent_is_a_closing_notice_by_its_data_status_or_its_type(event_type: str, status: str | None, expected: str) -> None:
     assert event_status(event_type, {} if status is None else {"status": status}) == expected
+
+
+@pytest.mark.parametrize(
+    ("firing", "closing"),
+    [
+        (examples.GRAFANA, examples.GRAFANA_RESOLVED),
+        (examples.PAGERDUTY, examples.PAGERDUTY_ACKNOWLEDGE),
+        (examples.PAGERDUTY, examples.PAGERDUTY_RESOLVE),
+        (examples.SENTRY_METRIC_ALERT, examples.SENTRY_METRIC_ALERT_RESOLVED),
+        (examples.CLOUDEVENT, examples.CLOUDEVENT_RESOLVED),
+        (examples.CLOUDEVENT, examples.CLOUDEVENT_ACKNOWLEDGED),
+    ],
+)
+def test_every_documented_closing_notice_routes_to_its_alerts_incident(firing: dict[str, Any], closing: dict[str, Any]) -> None:
+    catalog = load_catalog(default_runbooks_dir())
+    [alert], [notice] = signals_of(firing), signals_of(closing)
+    assert not alert.is_closing_notice and notice.is_closing_notice
+    assert notice.signal_id != alert.signal_id  # never dropped as a repeat of the alert
+    assert route_signal(notice, catalog).incident_id == route_signal(alert, catalog).incident_id
+
+
+def signals_of(body: dict[str, Any]) -> list[Signal]:
+    if "orgId" in body:
+        return grafana_signals(GrafanaWebhook.model_validate(body))
+    if "event_action" in body:
+        return pagerduty_signals(TypeAdapter(PagerDutyEvent).validate_python(body))
+    if "specversion" in body:
+        received = parse_http({"content-type": STRUCTURED_CONTENT_TYPE}, json.dumps(body).encode())
+        return [cloudevent_signal(event) for event in received]
+    return metric_alert_signals(SentryMetricAlertWebhook.model_validate(body))

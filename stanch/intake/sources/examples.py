@@ -6,6 +6,7 @@ example here, so the docs never show a body the API would refuse.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 GRAFANA: dict[str, Any] = {
@@ -138,6 +139,43 @@ USER_REPORT: dict[str, Any] = {
     "report_id": "ZD-48213",
     "text": "Customer screenshot shows the bot handing out an API key.",
 }
+
+# --- closing notices: the same alerts, resolved or acknowledged ---------------------------
+# They reach the incident their firing alert opened and never open one (see alerts.py).
+
+
+def _changed(body: dict[str, Any], **paths: Any) -> dict[str, Any]:
+    """A deep copy of `body` with each `a__b__0__c` path set to its value."""
+    body = copy.deepcopy(body)
+    for path, value in paths.items():
+        *parents, last = path.split("__")
+        node: Any = body
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        node[int(last) if isinstance(node, list) else last] = value
+    return body
+
+
+GRAFANA_RESOLVED = _changed(
+    GRAFANA,
+    status="resolved",
+    alerts__0__status="resolved",
+    alerts__0__endsAt="2026-11-26T11:20:00Z",
+    title="[RESOLVED] HarmfulOutputRate (support-bot)",
+    state="ok",
+    message="**Resolved**\n\nsupport-bot leaks secret-looking strings",
+)
+PAGERDUTY_ACKNOWLEDGE = _changed(PAGERDUTY, event_action="acknowledge", payload__timestamp="2026-11-26T10:04:00.000+0000")
+PAGERDUTY_RESOLVE = _changed(PAGERDUTY, event_action="resolve", payload__timestamp="2026-11-26T11:20:00.000+0000")
+SENTRY_METRIC_ALERT_RESOLVED = _changed(
+    SENTRY_METRIC_ALERT,
+    action="resolved",
+    data__metric_alert__date_closed="2026-11-26T11:20:00Z",
+    data__description_title="Resolved: HarmfulOutputRate",
+    data__description_text="0 events in the last 5 minutes",
+)
+CLOUDEVENT_RESOLVED = _changed(CLOUDEVENT, id="evt-0002", time="2026-11-26T11:20:00Z", data__status="resolved")
+CLOUDEVENT_ACKNOWLEDGED = _changed(CLOUDEVENT, id="evt-0003", time="2026-11-26T10:04:00Z", data__status="acknowledged")
 
 AUDIT_FINDING: dict[str, Any] = {
     "auditor": "red-team",
