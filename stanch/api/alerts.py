@@ -212,7 +212,10 @@ async def pagerduty_event(
     ),
 )
 async def datadog_webhook(
-    webhook: Annotated[DatadogWebhook, Body(openapi_examples=openapi_examples(triggered=examples.DATADOG))], intake: IntakeDep
+    webhook: Annotated[
+        DatadogWebhook, Body(openapi_examples=openapi_examples(triggered=examples.DATADOG, recovered=examples.DATADOG_RECOVERED))
+    ],
+    intake: IntakeDep,
 ) -> IntakeResponse:
     return await _take_in(intake, datadog_signals(webhook))
 

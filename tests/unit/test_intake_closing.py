@@ -24,6 +24,7 @@ from stanch.config.settings import Settings
 from stanch.intake.routing import route_signal
 from stanch.intake.sources import examples
 from stanch.intake.sources.cloudevents import STRUCTURED_CONTENT_TYPE, cloudevent_signal, event_status, parse_http
+from stanch.intake.sources.datadog import DatadogWebhook, datadog_signals
 from stanch.intake.sources.grafana import GrafanaWebhook, grafana_signals
 from stanch.intake.sources.pagerduty import PagerDutyEvent, PagerDutyFollowUp, pagerduty_signals
 from stanch.intake.sources.sentry import SentryMetricAlertWebhook, metric_alert_signals
@@ -110,6 +111,7 @@ SENDERS: dict[str, tuple[str, dict[str, Any], list[dict[str, Any]], dict[str, st
     "grafana": ("/v1/alerts/grafana", examples.GRAFANA, [examples.GRAFANA_RESOLVED], {}),
     "pagerduty": ("/v1/alerts/pagerduty", examples.PAGERDUTY, [examples.PAGERDUTY_ACKNOWLEDGE, examples.PAGERDUTY_RESOLVE], {}),
     "sentry": ("/v1/alerts/sentry", examples.SENTRY_METRIC_ALERT, [examples.SENTRY_METRIC_ALERT_RESOLVED], {}),
+    "datadog": ("/v1/alerts/datadog", examples.DATADOG, [examples.DATADOG_RECOVERED], {}),
     "cloudevents": (
         "/v1/alerts/cloudevents",
         examples.CLOUDEVENT,
@@ -247,6 +249,7 @@ def test_a_cloudevent_is_a_closing_notice_by_its_data_status_or_its_type(event_t
         (examples.PAGERDUTY, examples.PAGERDUTY_ACKNOWLEDGE),
         (examples.PAGERDUTY, examples.PAGERDUTY_RESOLVE),
         (examples.SENTRY_METRIC_ALERT, examples.SENTRY_METRIC_ALERT_RESOLVED),
+        (examples.DATADOG, examples.DATADOG_RECOVERED),
         (examples.CLOUDEVENT, examples.CLOUDEVENT_RESOLVED),
         (examples.CLOUDEVENT, examples.CLOUDEVENT_ACKNOWLEDGED),
     ],
@@ -264,6 +267,8 @@ def signals_of(body: dict[str, Any]) -> list[Signal]:
         return grafana_signals(GrafanaWebhook.model_validate(body))
     if "event_action" in body:
         return pagerduty_signals(TypeAdapter(PagerDutyEvent).validate_python(body))
+    if "alert_transition" in body:
+        return datadog_signals(DatadogWebhook.model_validate(body))
     if "specversion" in body:
         received = parse_http({"content-type": STRUCTURED_CONTENT_TYPE}, json.dumps(body).encode())
         return [cloudevent_signal(event) for event in received]

@@ -174,6 +174,15 @@ SENTRY_METRIC_ALERT_RESOLVED = _changed(
     data__description_title="Resolved: HarmfulOutputRate",
     data__description_text="0 events in the last 5 minutes",
 )
+DATADOG_RECOVERED = _changed(
+    DATADOG,
+    id="7612345678901239999",
+    alert_transition="Recovered",
+    alert_title="[Recovered] Harmful output rate on support-bot",
+    alert_type="success",
+    event_msg="0.0% of support-bot completions matched the secret detector",
+    date="1795691400000",
+)
 CLOUDEVENT_RESOLVED = _changed(CLOUDEVENT, id="evt-0002", time="2026-11-26T11:20:00Z", data__status="resolved")
 CLOUDEVENT_ACKNOWLEDGED = _changed(CLOUDEVENT, id="evt-0003", time="2026-11-26T10:04:00Z", data__status="acknowledged")
 
