@@ -51,7 +51,6 @@ Errors: an unknown model or alias, bad params or refused credentials are non-ret
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -65,11 +64,22 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from stanch.config.secrets import SecretUnavailable, read_secret
 from stanch.models.actions import ActionSpec, AppliedAction
 from stanch.targets.base import ApplyResult, PlannedCall, ServesNoModel, TargetError
+from stanch.targets.mlflow_ledger import (
+    APPLIED_PREFIX,
+    HISTORY_PREFIX,
+    MAX_TAG_VALUE,
+    TAG_INCIDENT,
+    TAG_STATUS,
+    UNDONE_PREFIX,
+    base_of,
+    digest,
+    holds_on,
+    json_dict,
+    json_list,
+    newest,
+)
 from stanch.targets.mlflow_registry import API, RegistrySession, by_number
 
-TAG_INCIDENT, TAG_STATUS = "stanch.incident", "stanch.status"
-HISTORY_PREFIX, APPLIED_PREFIX, UNDONE_PREFIX = "stanch.alias_history.", "stanch.applied.", "stanch.undone."
-MAX_TAG_VALUE = 5000  # what MLflow's SQL stores hold in a registered-model tag value
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
@@ -90,10 +100,6 @@ class RollbackAliasParams(BaseModel):
     to_version: VersionName = None
     bad_version: VersionName = None
     registered_model: str | None = Field(None, min_length=1)
-
-
-def _digest(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 def _now() -> str:
@@ -178,18 +184,18 @@ class MlflowTarget(ServesNoModel):
                 for v in versions
             ],
             "tags": {k: v for k, v in tags.items() if not k.startswith((APPLIED_PREFIX, UNDONE_PREFIX, HISTORY_PREFIX))},
-            "alias_history": {k.removeprefix(HISTORY_PREFIX): _json_list(v) for k, v in tags.items() if k.startswith(HISTORY_PREFIX)},
-            "stanch_ledger": [_json_dict(v) for k, v in sorted(tags.items()) if k.startswith((APPLIED_PREFIX, UNDONE_PREFIX))],
+            "alias_history": {k.removeprefix(HISTORY_PREFIX): json_list(v) for k, v in tags.items() if k.startswith(HISTORY_PREFIX)},
+            "stanch_ledger": [json_dict(v) for k, v in sorted(tags.items()) if k.startswith((APPLIED_PREFIX, UNDONE_PREFIX))],
         }
 
     async def apply(self, model: str, action: ActionSpec, idempotency_key: str, incident_id: str, holder: str | None = None) -> ApplyResult:
         params = self._params(action)
         name = params.registered_model or self.registered_name(model)
         alias = params.alias or self.config.alias
-        ledger_tag = APPLIED_PREFIX + _digest(idempotency_key)
+        ledger_tag = APPLIED_PREFIX + digest(idempotency_key)
         async with self._session() as registry:
             registered = await registry.get_model(name)
-            record = _json_dict(registered["tags"].get(ledger_tag))
+            record = json_dict(registered["tags"].get(ledger_tag))
             if record.get("phase") == "done":
                 return ApplyResult(result=record["result"], inverse=record["inverse"], replayed=True)
             current = registered["aliases"].get(alias)
@@ -202,7 +208,7 @@ class MlflowTarget(ServesNoModel):
                         retryable=False,
                     )
             else:
-                held = _holds(registered["tags"], alias)
+                held = holds_on(registered["tags"], alias)
                 bad, good = await self._choose(registry, name, alias, current, params, held)
                 record = {
                     "phase": "pending",
@@ -213,8 +219,8 @@ class MlflowTarget(ServesNoModel):
                     "from": bad,
                     "to": good,
                     # What the last release goes back to: before the first hold in force, not its rollback.
-                    "base": _base(held[0]) if held else current,
-                    "seq": 1 + max((int(h.get("seq", 0)) for h in _holds(registered["tags"], alias, released=True)), default=0),
+                    "base": base_of(held[0]) if held else current,
+                    "seq": 1 + max((int(h.get("seq", 0)) for h in holds_on(registered["tags"], alias, released=True)), default=0),
                 }
                 await registry.set_model_tag(name, ledger_tag, json.dumps(record))
 
@@ -239,7 +245,7 @@ class MlflowTarget(ServesNoModel):
                 "op": "move_alias",
                 "registered_model": name,
                 "alias": alias,
-                "version": _base(record),
+                "version": base_of(record),
                 "left_at": good,
                 "bad_version": bad,
                 "incident": incident_id,
@@ -254,23 +260,23 @@ class MlflowTarget(ServesNoModel):
         if inverse.get("op") != "move_alias":
             raise TargetError(f"action {applied.idempotency_key!r} ({applied.kind}) recorded no alias move to undo", retryable=False)
         name, alias = inverse["registered_model"], inverse["alias"]
-        ledger_tag = UNDONE_PREFIX + _digest(applied.idempotency_key)
+        ledger_tag = UNDONE_PREFIX + digest(applied.idempotency_key)
         async with self._session() as registry:
             registered = await registry.get_model(name)
-            record = _json_dict(registered["tags"].get(ledger_tag))
+            record = json_dict(registered["tags"].get(ledger_tag))
             if record:
                 return ApplyResult(result=record["result"], replayed=True)
             current = registered["aliases"].get(alias)
             # The registry's record of this hold, else (its tag gone) what the action recorded.
-            own = _json_dict(registered["tags"].get(APPLIED_PREFIX + _digest(applied.idempotency_key))) or {
+            own = json_dict(registered["tags"].get(APPLIED_PREFIX + digest(applied.idempotency_key))) or {
                 "key": applied.idempotency_key,
                 "from": inverse["bad_version"],
                 "to": inverse["left_at"],
                 "base": inverse["version"],
             }
-            others = [h for h in _holds(registered["tags"], alias) if h.get("key") != applied.idempotency_key]
-            left_at = _newest([*others, own])["to"]  # what the holds in force serve now
-            back_to = _newest(others)["to"] if others else _base(own)
+            others = [h for h in holds_on(registered["tags"], alias) if h.get("key") != applied.idempotency_key]
+            left_at = newest([*others, own])["to"]  # what the holds in force serve now
+            back_to = newest(others)["to"] if others else base_of(own)
             if current not in (left_at, back_to):
                 raise TargetError(
                     f"alias {alias!r} of {name!r} now points at version {current}, not {left_at} where the rollback left it; "
@@ -303,7 +309,7 @@ class MlflowTarget(ServesNoModel):
         alias = params.alias or self.config.alias
         bad = params.bad_version or f"<the version {alias} points at now>"
         good = params.to_version or f"<the highest READY version below {bad} not marked rolled_back>"
-        ledger_tag = APPLIED_PREFIX + _digest(idempotency_key)
+        ledger_tag = APPLIED_PREFIX + digest(idempotency_key)
 
         def call(operation: str, method: str, path: str, body: Any = None, undo: list[PlannedCall] | None = None) -> PlannedCall:
             return PlannedCall(
@@ -399,7 +405,7 @@ class MlflowTarget(ServesNoModel):
             raise TargetError(
                 f"alias {alias!r} of registered model {name!r} points at no version; there is nothing to roll back", retryable=False
             )
-        rolled_back_from = {h.get("from") for h in held} | {_base(h) for h in held}
+        rolled_back_from = {h.get("from") for h in held} | {base_of(h) for h in held}
         if params.bad_version and params.bad_version != current and params.bad_version not in rolled_back_from:
             raise TargetError(
                 f"alias {alias!r} of {name!r} points at version {current}, not the reported bad version {params.bad_version}; "
@@ -436,7 +442,7 @@ class MlflowTarget(ServesNoModel):
         ref: str,
     ) -> None:
         """Append one move to the alias history, once per ledger entry, newest last, trimmed to fit."""
-        history = _json_list(tags.get(HISTORY_PREFIX + alias))
+        history = json_list(tags.get(HISTORY_PREFIX + alias))
         if any(entry.get("ref") == ref for entry in history):
             return
         history = [*history, {"at": _now(), "from": was, "to": now, "by": by, "incident": incident, "ref": ref}][
@@ -469,47 +475,5 @@ class MlflowTarget(ServesNoModel):
         return {}
 
 
-def _holds(tags: Mapping[str, str], alias: str, *, released: bool = False) -> list[dict[str, Any]]:
-    """The rollbacks holding `alias` (planned or done, not undone), oldest first; with
-    `released`, the undone ones too (to number the next)."""
-    records = [_json_dict(value) for key, value in tags.items() if key.startswith(APPLIED_PREFIX)]
-    holds = [
-        r
-        for r in records
-        if r.get("alias") == alias
-        and r.get("phase") in ("pending", "done")
-        and r.get("key")
-        and (released or UNDONE_PREFIX + _digest(r["key"]) not in tags)
-    ]
-    return sorted(holds, key=lambda r: (int(r.get("seq", 0)), r["key"]))
-
-
-def _newest(holds: list[dict[str, Any]]) -> dict[str, Any]:
-    return max(holds, key=lambda r: int(r.get("seq", 0)))
-
-
-def _base(hold: Mapping[str, Any]) -> Any:
-    """What the alias pointed at before the first hold in force when `hold` was taken (a record
-    from before holders has no base: the version it rolled back from)."""
-    return hold.get("base") or hold.get("from")
-
-
 def _tags(version: Mapping[str, Any]) -> dict[str, str]:
     return {t["key"]: t.get("value", "") for t in version.get("tags", [])}
-
-
-def _json_list(value: str | None) -> list[dict[str, Any]]:
-    return _loaded(value, list)
-
-
-def _json_dict(value: str | None) -> dict[str, Any]:
-    return _loaded(value, dict)
-
-
-def _loaded(value: str | None, kind: type) -> Any:
-    """A tag's JSON, or an empty one when the tag is absent or was edited into something else."""
-    try:
-        loaded = json.loads(value) if value else kind()
-    except ValueError:
-        return kind()
-    return loaded if isinstance(loaded, kind) else kind()
