@@ -22,13 +22,13 @@ undo (both kinds): the flag's `state`, `defaultVariant`, `targeting` and `metada
 exactly as they were before the first Stanch action that still holds the flag.
 
 Several incidents on one flag: each action is a hold on the flag, named by its holder (the
-incident occurrence) in the ledger. The flag serves the newest hold's definition; an undo
-releases its own hold only. While another hold on the flag is in force (applied, or planned
-and not yet written: its retry will write it), undo hands the definition from before to the
-newest later hold (or, if the released hold is not the oldest, leaves the older one's
-protection to be restored) and leaves the flag as it is, so one incident's restore never
-lifts another's kill switch and the last restore puts back the definition from before the
-first. If someone edited the flag since, undo refuses rather than clobber the edit.
+incident occurrence) in the ledger, and the flag serves the newest hold's definition. An undo
+releases its own hold only: while a later hold is in force (applied, or planned and not yet
+written: its retry will write it), the undo hands its definition-from-before to the next later
+hold and leaves the flag as it is; the newest hold's undo puts back what the hold before it
+left. So one incident's restore never lifts another's kill switch, and the last restore puts
+back the definition from before the first. If someone edited the flag since, undo refuses
+rather than clobber the edit.
 
 Writing: every read-modify-write holds an fcntl lock (`<file>.stanch-lock`), so two workers
 never lose each other's edits; the file is replaced atomically (temp file in the same folder,
