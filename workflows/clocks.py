@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 
 from temporalio import workflow
 
+from workflows.failures import HandOver
 from workflows.notifications import Notifier
 from workflows.record import Record
 
@@ -26,10 +27,13 @@ class Clocks:
         self, done: Callable[[], bool], every: Callable[[], timedelta], overdue: str, *, act_after_first_reminder: bool = False
     ) -> bool:
         """Wait durably until `done()`. Each time `every()` passes without it, the next escalation
-        tier hears `overdue`. True once done; False if the runbook says to act after one reminder."""
+        tier hears `overdue`. True once done; False if the runbook says to act after one reminder.
+        A wait is where a long history hands over to a new run (HandOver), which waits on."""
         while not done():
             try:
-                await workflow.wait_condition(done, timeout=every())
+                await workflow.wait_condition(lambda: done() or self.record.history_is_long(), timeout=every())
+                if not done():
+                    raise HandOver()
             except TimeoutError:
                 await self.notifier.send("escalation", self.record.next_tier_recipients(), overdue)
                 if act_after_first_reminder:

@@ -1,5 +1,5 @@
 """What a failure means to the incident: the reason people read, what a failed step carries out,
-and the abort a responder can choose."""
+the abort a responder can choose, and the hand-over to a new run when history grows long."""
 
 from __future__ import annotations
 
@@ -14,6 +14,11 @@ class IncidentAborted(Exception):
     def __init__(self, by: str, reason: str) -> None:
         super().__init__(reason)
         self.by = by
+
+
+class HandOver(Exception):  # noqa: N818 (not an error: the signal to continue as new)
+    """The run's history grew long while it waited: the next run (continue-as-new) takes over
+    with the same memory and resumes the wait where this one stood."""
 
 
 class StepFailed(Exception):

@@ -65,6 +65,8 @@ class Gates:
 
     async def follow_policy(self, stage: str, gate: StageGate, *, requested_by: str, resolve_skips_it: bool) -> bool:
         record, state = self.record, self.record.state
+        if state.stage(stage).status in (StageStatus.running, StageStatus.failed):
+            return True  # a continued run: this stage passed its gate before the hand-over
         if gate.mode == "skip":
             record.mark(stage, StageStatus.skipped, f"policy for {state.severity} skips {stage}")
             return False
@@ -72,18 +74,20 @@ class Gates:
             record.mark(stage, StageStatus.running, f"automatic at {state.severity}")
             return True
         approval = gate.approve or Approval()  # a gate in approve mode always has one
-        pending = PendingApproval(
-            stage=stage,
-            severity=state.severity,
-            count=approval.count,
-            roles=approval.roles,
-            required_roles=approval.required_roles,
-            requested_by=requested_by,
-            requested_at=workflow.now(),
-        )
-        state.pending_approval = pending
-        record.mark(stage, StageStatus.awaiting_approval, approvals.missing(pending, state.approvals))
-        await self.notifier.send("approval_needed", pending.roles, f"{state.id}: {stage} waits for approval")
+        pending = state.pending_approval
+        if pending is None or pending.stage != stage:  # (a continued run finds its request pending still)
+            pending = PendingApproval(
+                stage=stage,
+                severity=state.severity,
+                count=approval.count,
+                roles=approval.roles,
+                required_roles=approval.required_roles,
+                requested_by=requested_by,
+                requested_at=workflow.now(),
+            )
+            state.pending_approval = pending
+            record.mark(stage, StageStatus.awaiting_approval, approvals.missing(pending, state.approvals))
+            await self.notifier.send("approval_needed", pending.roles, f"{state.id}: {stage} waits for approval")
 
         def resolved() -> bool:
             return resolve_skips_it and record.memory.resolve_request is not None
@@ -119,16 +123,20 @@ class Gates:
         returns None, abort ends the lifecycle (IncidentAborted) with every protection in place.
         Where skipping is not `skippable` (verification), only a success returns."""
         while True:
-            try:
-                return await call()
-            except (ActivityError, StepFailed) as failure:
-                if await self.ask_a_human(stage, f"{what} failed: {cause_of(failure)}") == "skip" and skippable:
-                    return None
+            if self.record.memory.failed_stage == stage:  # a continued run: the failure still waits for a human
+                self.record.set_status(IncidentStatus.awaiting_decision)
+            else:
+                try:
+                    return await call()
+                except (ActivityError, StepFailed) as failure:
+                    await self.report_failure(stage, f"{what} failed: {cause_of(failure)}")
+            if await self.ask_a_human(stage) == "skip" and skippable:
+                return None
 
-    async def ask_a_human(self, stage: str, problem: str) -> str:
-        """Fail safe: everything applied stays in place, on-call is told, a human decides."""
+    async def report_failure(self, stage: str, problem: str) -> None:
+        """Fail safe: everything applied stays in place, and on-call is told a human must decide."""
         record, memory = self.record, self.record.memory
-        status_before = record.state.status
+        memory.status_before_failure = record.state.status.value
         memory.failure_decision = None
         memory.failed_stage = stage
         record.mark(stage, StageStatus.failed, problem)
@@ -136,6 +144,10 @@ class Gates:
         await self.notifier.send(
             "action_failed", ["oncall", "incident-commander"], f"{record.state.id}: {problem}; decide retry, skip or abort"
         )
+
+    async def ask_a_human(self, stage: str) -> str:
+        """Wait, reminding, for retry, skip or abort of the failed stage."""
+        record, memory = self.record, self.record.memory
         await self.clocks.wait_for_a_person(
             lambda: memory.failure_decision is not None,
             every=lambda: record.policy.approval_timeout,
@@ -144,7 +156,7 @@ class Gates:
         decision = cast(FailureDecision, memory.failure_decision)  # the wait ends only once there is one
         memory.failed_stage = None
         if decision.choice == "abort":
-            raise IncidentAborted(decision.by, decision.reason or f"{stage} failed: {problem}")
-        record.set_status(status_before)
+            raise IncidentAborted(decision.by, decision.reason or f"{stage} failed: {record.state.stage(stage).detail}")
+        record.set_status(IncidentStatus(memory.status_before_failure or record.state.status))
         record.mark(stage, StageStatus.running, f"{decision.choice} chosen by {decision.by}")
         return decision.choice

@@ -62,7 +62,6 @@ class ResponderHandlers:
     def __init__(self, record: Record, grading: Grading) -> None:
         self.record = record
         self.grading = grading
-        self.checking: set[str] = set()  # decision ids of approval signals whose assertion is being checked
 
     @property
     def state(self) -> IncidentState:
@@ -100,18 +99,20 @@ class ResponderHandlers:
         The assertion is checked by a local activity (its verdict is a marker in history, read
         back on replay), and the rules again afterwards: the gate may have moved meanwhile."""
         decision_id = decision.decision_id
-        if decision_id and (decision_id in self.record.memory.seen_decision_ids or decision_id in self.checking):
+        if decision_id and (
+            decision_id in self.record.memory.seen_decision_ids or decision_id in self.record.memory.decisions_being_checked
+        ):
             return
         if not workflow.patched(DECISION_VERDICT_PATCH):
             return self.legacy_approve_signal(decision)
         if self.refused_signal(decision):
             return
         if decision_id:
-            self.checking.add(decision_id)
+            self.record.memory.decisions_being_checked.add(decision_id)
         try:
             verdict = await self.verdict_on(decision)
         finally:
-            self.checking.discard(decision_id)
+            self.record.memory.decisions_being_checked.discard(decision_id)
         if not verdict.vouched:
             return self.note_refused_signal(decision, f"{verdict.reason}; {self.through_the_api()}")
         if decision_id and decision_id in self.record.memory.seen_decision_ids:

@@ -24,7 +24,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 from workflows.clocks import Clocks
-from workflows.failures import IncidentAborted, StepFailed, captured_in, cause_of
+from workflows.failures import HandOver, IncidentAborted, StepFailed, captured_in, cause_of
 from workflows.gates import Gates
 from workflows.handlers import ResponderHandlers
 from workflows.monitoring import Monitoring
@@ -92,58 +92,86 @@ class IncidentWorkflow:
 
     @workflow.run
     async def run(self, input: IncidentInput) -> IncidentState:
-        await self.open()
         try:
-            if await self.confirm():
-                await self.collect_evidence()
-                await self.grade_severity()
-                await self.contain()
-                await self.roll_back()
-                await self.hotfix()
-                await self.verify()
-                await self.restore()
-                await self.review()
-                await self.wait_for_regulatory_report()
-                self.close(IncidentStatus.closed, "restored and reviewed")
-        except IncidentAborted as aborted:
-            self.record.note("decision", f"aborted: protections stay in place ({aborted})", aborted.by)
-            try:
-                await self.review(outcome=f"aborted by {aborted.by}: {aborted}")
-            except IncidentAborted as again:  # the review failed too and a responder aborted it: open it by hand
-                self.record.note("decision", f"review aborted: open it by hand ({again})", again.by)
-            await self.wait_for_regulatory_report()  # an abort ends the response, not the duty to report
-            self.close(IncidentStatus.aborted, str(aborted))
+            if await self.open():
+                await self.respond()
+        except HandOver:  # a long history: the next run carries the memory and resumes
+            await self.hand_over()
         for task in self.background:
             task.cancel()
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self.state
 
+    async def respond(self) -> None:
+        """The lifecycle. A continued run passes over the stages already finished."""
+        memory = self.record.memory
+        if memory.aborted_by is None:
+            try:
+                if await self.confirm():
+                    await self.collect_evidence()
+                    await self.grade_severity()
+                    await self.contain()
+                    await self.roll_back()
+                    await self.hotfix()
+                    await self.verify()
+                    await self.restore()
+                    await self.review()
+                    await self.wait_for_regulatory_report()
+                    self.close(IncidentStatus.closed, "restored and reviewed")
+                return
+            except IncidentAborted as aborted:
+                memory.aborted_by, memory.abort_reason = aborted.by, str(aborted)
+                self.record.note("decision", f"aborted: protections stay in place ({aborted})", aborted.by)
+        try:
+            await self.review(outcome=f"aborted by {memory.aborted_by}: {memory.abort_reason}")
+        except IncidentAborted as again:  # the review failed too and a responder aborted it: open it by hand
+            self.record.note("decision", f"review aborted: open it by hand ({again})", again.by)
+            self.record.mark("review", StageStatus.skipped, "aborted by a responder: open the review by hand")
+        await self.wait_for_regulatory_report()  # an abort ends the response, not the duty to report
+        self.close(IncidentStatus.aborted, memory.abort_reason)
+
+    async def hand_over(self) -> None:
+        """Continue as new with the one memory: updates finish first and no page is left half-sent;
+        the clocks stop here and start again in the next run from what the memory says."""
+        await workflow.wait_condition(lambda: workflow.all_handlers_finished() and self.record.memory.in_flight == 0)
+        for task in self.background:
+            task.cancel()
+        self.record.memory.regrade_requested = True  # a grading cut short is done again
+        workflow.continue_as_new(self.record.handed_over())
+
     # --- the stages ---------------------------------------------------------------------
 
-    async def open(self) -> None:
-        """The first signal opens the incident; on-call is paged and the ack clock starts."""
-        await workflow.wait_condition(lambda: bool(self.state.signals))
+    async def open(self) -> bool:
+        """The first signal opens the incident; on-call is paged and the ack clock starts.
+        False when only a closing notice came: there is nothing to respond to."""
+        if self.record.continued:
+            self.start_clocks()
+            return True
+        await workflow.wait_condition(lambda: bool(self.state.signals) or self.state.closing_notices > 0)
         self.record.publish()
+        if not self.state.signals:
+            self.close(IncidentStatus.closed, "only a closing notice arrived: nothing to respond to")
+            return False
         first = self.state.signals[0]
         self.record.note("stage", f"opened by {first.sender} signal {first.signal_id!r}: {first.title}", first.sender)
         await self.notifier.send("page", ["oncall"], f"new incident {self.state.id}: {first.title or self.runbook.description}")
         self.background.append(asyncio.create_task(self.clocks.escalate_until_acknowledged()))
+        return True
+
+    def start_clocks(self) -> None:
+        """A continued run starts again the clocks the last run had running."""
+        self.record.publish()
+        self.background.append(asyncio.create_task(self.clocks.escalate_until_acknowledged()))
+        if self.record.finished("severity"):
+            self.background.append(asyncio.create_task(self.grading.regrade_on_new_signals(became_serious=self.start_report_clock)))
+        if self.state.regulatory.serious and self.state.regulatory.filed is None:
+            self.start_report_clock()
 
     async def confirm(self) -> bool:
         """Re-check before acting: replay the reported prompts, re-query the metric."""
-        self.record.mark("confirm", StageStatus.running)
-        try:
-            result = await workflow.execute_activity_method(
-                ConfirmActivities.confirm_incident,
-                self.record.confirm_input(),
-                start_to_close_timeout=PROBE_TIMEOUT,
-                retry_policy=READ_RETRY,
-            )
-        except ActivityError as failure:  # checks that cannot run decide nothing: a human triages
-            finding = Finding(check="confirm", outcome="inconclusive", detail=f"checks could not run: {cause_of(failure)}")
-            result = ConfirmResult(outcome="inconclusive", findings=[finding])
-        self.record.take_confirmation(result)
-        outcome: str = result.outcome
+        if self.record.finished("confirm"):
+            return True  # a continued run: confirmed before the hand-over (a false positive closes)
+        outcome = self.record.memory.confirm_outcome or await self.run_confirm_checks()
         if outcome == "inconclusive":
             outcome = await self.triage_by_a_human()
         if outcome == "not_confirmed":
@@ -156,12 +184,28 @@ class IncidentWorkflow:
         self.record.set_status(IncidentStatus.confirmed)
         return True
 
+    async def run_confirm_checks(self) -> str:
+        self.record.mark("confirm", StageStatus.running)
+        try:
+            result = await workflow.execute_activity_method(
+                ConfirmActivities.confirm_incident,
+                self.record.confirm_input(),
+                start_to_close_timeout=PROBE_TIMEOUT,
+                retry_policy=READ_RETRY,
+            )
+        except ActivityError as failure:  # checks that cannot run decide nothing: a human triages
+            finding = Finding(check="confirm", outcome="inconclusive", detail=f"checks could not run: {cause_of(failure)}")
+            result = ConfirmResult(outcome="inconclusive", findings=[finding])
+        self.record.take_confirmation(result)
+        return result.outcome
+
     async def triage_by_a_human(self) -> str:
         """Checks could not decide: a responder triages; reminders escalate until they do."""
         memory = self.record.memory
-        self.record.set_status(IncidentStatus.triage)
-        self.record.mark("confirm", StageStatus.running, "inconclusive: waiting for a responder to triage")
-        await self.notifier.send("approval_needed", ["oncall"], f"{self.state.id}: confirmation inconclusive, please triage")
+        if self.state.status != IncidentStatus.triage:  # (a continued run is waiting already)
+            self.record.set_status(IncidentStatus.triage)
+            self.record.mark("confirm", StageStatus.running, "inconclusive: waiting for a responder to triage")
+            await self.notifier.send("approval_needed", ["oncall"], f"{self.state.id}: confirmation inconclusive, please triage")
         await self.clocks.wait_for_a_person(
             lambda: memory.triage_decision is not None,
             every=lambda: self.runbook.confirm.triage_timeout,
@@ -172,7 +216,9 @@ class IncidentWorkflow:
 
     async def collect_evidence(self) -> None:
         """Snapshot what an investigation needs before the first change (EU AI Act Art. 73(6))."""
-        self.record.mark("evidence", StageStatus.running)
+        if self.record.finished("evidence"):
+            return
+        self.record.begin("evidence")
         snapshot = await self.gates.attempt(
             "evidence",
             "snapshot",
@@ -192,7 +238,9 @@ class IncidentWorkflow:
 
     async def grade_severity(self) -> None:
         """Runbook rules grade the incident; new signals may raise it later, never lower it."""
-        self.record.mark("severity", StageStatus.running)
+        if self.record.finished("severity"):
+            return
+        self.record.begin("severity")
         graded = await self.gates.attempt("severity", "grading", self.grading.grade)
         if graded is None:
             self.record.note("severity", f"grading skipped by a responder: severity stays {self.state.severity}")
@@ -207,7 +255,7 @@ class IncidentWorkflow:
 
     async def contain(self) -> None:
         """Limit harm now: kill switches, blocked prompts and outputs, restricted endpoints."""
-        if not await self.gates.gate("contain", self.runbook.containment):
+        if self.record.finished("contain") or not await self.gates.gate("contain", self.runbook.containment):
             return
         self.record.set_status(IncidentStatus.containing)
         await self.apply_steps("contain", self.runbook.containment, ContainActivities.apply_containment)
@@ -215,7 +263,7 @@ class IncidentWorkflow:
 
     async def roll_back(self) -> None:
         """Previous good version, disable the new update, or switch to the fallback model."""
-        if not await self.gates.gate("rollback", self.runbook.rollback):
+        if self.record.finished("rollback") or not await self.gates.gate("rollback", self.runbook.rollback):
             return
         self.record.set_status(IncidentStatus.rolling_back)
         await self.apply_steps("rollback", self.runbook.rollback, RollbackActivities.apply_rollback)
@@ -224,7 +272,7 @@ class IncidentWorkflow:
     async def hotfix(self) -> None:
         """Guardrails, system prompt or a fine-tuned version: the fix users will get back."""
         steps = self.runbook.hotfix.actions if self.runbook.hotfix else []
-        if not await self.gates.gate("hotfix", steps):
+        if self.record.finished("hotfix") or not await self.gates.gate("hotfix", steps):
             return
         self.record.set_status(IncidentStatus.hotfixing)
         await self.apply_steps("hotfix", steps, HotfixActivities.apply_hotfix, timeout=FINETUNE_TIMEOUT)
@@ -233,6 +281,8 @@ class IncidentWorkflow:
     async def verify(self) -> None:
         """Replay the repro cases and the regression suite; only a pass moves the incident on."""
         hotfix = self.runbook.hotfix
+        if self.record.finished("verify"):
+            return
         if hotfix is None or self.state.stage("hotfix").status != StageStatus.done:
             return self.record.mark("verify", StageStatus.skipped, "no hotfix was applied")
         if self.record.input.dry_run:  # nothing was fixed: rehearse the rest as if verification passed
@@ -240,7 +290,7 @@ class IncidentWorkflow:
             cases = len(self.state.repro)
             return self.record.mark("verify", StageStatus.done, f"dry run: would replay {cases} repro cases{suite} on the fixed version")
         self.record.set_status(IncidentStatus.verifying)
-        self.record.mark("verify", StageStatus.running)
+        self.record.begin("verify")
         # Only a pass moves on: a failed verification waits for retry or abort (`decide` refuses skip).
         result = await self.gates.attempt("verify", "verification", lambda: self.replay_repro_cases(hotfix.verify), skippable=False)
         if result is not None:
@@ -264,6 +314,8 @@ class IncidentWorkflow:
 
     async def restore(self) -> None:
         """Undo containment and rollback in reverse order, each through the undo it recorded."""
+        if self.record.finished("restore"):
+            return
         protections = self.record.protections_in_place()
         if not await self.gates.gate_restore(protections):
             if protections:
@@ -293,8 +345,10 @@ class IncidentWorkflow:
 
     async def review(self, outcome: str = "restored") -> None:
         """Review tasks, the postmortem draft, repro cases into the regression suite, report draft."""
+        if self.record.finished("review"):
+            return
         self.record.set_status(IncidentStatus.reviewing)
-        self.record.mark("review", StageStatus.running)
+        self.record.begin("review")
         result = await self.gates.attempt(
             "review",
             "opening the review",
@@ -314,7 +368,9 @@ class IncidentWorkflow:
         """A serious incident stays open until a responder records its report as filed."""
         if self.state.regulatory.serious and self.state.regulatory.filed is None:
             self.record.set_status(IncidentStatus.awaiting_report)
-            await workflow.wait_condition(lambda: self.state.regulatory.filed is not None)
+            await workflow.wait_condition(lambda: self.state.regulatory.filed is not None or self.record.history_is_long())
+            if self.state.regulatory.filed is None:
+                raise HandOver()
 
     def close(self, status: IncidentStatus, reason: str) -> None:
         self.state.closed_at = workflow.now()
@@ -326,27 +382,30 @@ class IncidentWorkflow:
 
     async def apply_steps(self, stage: str, steps: list[ActionSpec], activity: Any, timeout: timedelta = ACTION_TIMEOUT) -> None:
         for index, step in enumerate(steps):
-            await self.apply_step(stage, index, step, activity, timeout)
+            if f"{stage}/{index}" not in self.record.memory.steps_finished:  # (a continued run applied it already)
+                await self.apply_step(stage, index, step, activity, timeout)
+            self.record.memory.steps_finished.append(f"{stage}/{index}")
 
     async def apply_step(self, stage: str, index: int, step: ActionSpec, activity: Any, timeout: timedelta) -> None:
         """Apply one step (idempotency key per incident, stage, index and target)."""
-        captured: dict[str, Any] | None = None  # what a failed run read before its change: a retry reuses it
+        captured = self.record.memory.captured  # what a failed run read before its change: a retry reuses it
 
         async def apply_once() -> AppliedAction:
-            nonlocal captured
             try:
                 return await workflow.execute_activity_method(
                     activity,
-                    self.record.apply_input(stage, index, step, captured),
+                    self.record.apply_input(stage, index, step, captured.get(f"{stage}/{index}")),
                     start_to_close_timeout=timeout,
                     heartbeat_timeout=LONG_ACTION_HEARTBEAT if timeout > ACTION_TIMEOUT else None,
                     retry_policy=ACTION_RETRY,
                 )
             except ActivityError as failure:
-                captured = captured_in(failure) or captured
+                if found := captured_in(failure):
+                    captured[f"{stage}/{index}"] = found
                 raise
 
         applied = await self.gates.attempt(stage, step.kind, apply_once)
+        captured.pop(f"{stage}/{index}", None)
         if applied is None:
             return self.record.note("action", f"{step.kind} skipped by a responder")
         self.state.actions.append(applied)
@@ -360,8 +419,8 @@ class IncidentWorkflow:
         self.monitoring.add_signal(signal)
 
     @workflow.signal
-    def approve_signal(self, decision: ApprovalDecision) -> None:
-        self.responders.approve_signal(decision)
+    async def approve_signal(self, decision: ApprovalDecision) -> None:
+        await self.responders.approve_signal(decision)
 
     @workflow.update
     def acknowledge(self, ack: Acknowledgement) -> DecisionReceipt:

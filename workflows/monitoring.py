@@ -1,9 +1,17 @@
 """What monitoring, users and auditors send to a running incident: signals.
 
-Each signal is deduplicated by its own id (a redelivery is not a second signal).
+Each signal is deduplicated by its own id (a redelivery is not a second signal) and counted.
+A storm of alerts must not grow the memory without bound (it is carried from run to run): the
+first signals are kept in full, later ones only when they bring something the rules could read
+that no kept signal has; every one is counted, and every one stays in history.
+
+A closing notice (the sender's `resolved`, an `acknowledged` elsewhere) is recorded on the
+timeline and is never harm: not counted, never graded, never raising severity.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 from temporalio import workflow
 
@@ -12,18 +20,58 @@ from workflows.record import Record
 with workflow.unsafe.imports_passed_through():
     from stanch.models.signals import Signal
 
+KEEP_FIRST = 100  # signals kept in full whatever they say
+KEEP_AT_MOST = 500  # past KEEP_FIRST, a signal is kept only if it is new to the rules, up to this many
+RECENT_IDS = 20_000  # signal-id digests remembered for deduplication, newest kept
+SIGNALS_PER_NOTE = 1_000  # signals not kept in full are summed up on the timeline every this many
+
 
 class Monitoring:
     def __init__(self, record: Record) -> None:
         self.record = record
 
     def add_signal(self, signal: Signal) -> None:
-        memory = self.record.memory
-        if signal.signal_id in memory.seen_signal_ids:
-            return  # a redelivery, not a second signal
-        memory.seen_signal_ids.add(signal.signal_id)
-        self.record.state.signals.append(signal)
+        if self.is_redelivery(signal):
+            return
+        if signal.is_closing_notice:
+            return self.record_closing_notice(signal)
+        state = self.record.state
+        state.signal_count += 1
         self.record.merge_repro(signal.repro)
-        self.record.note(
-            "signal", f"{signal.sender} {signal.status}: {signal.title or signal.signal_id}", signal.sender, signal_id=signal.signal_id
-        )
+        if self.worth_keeping(signal):
+            state.signals.append(signal)
+            self.record.note(
+                "signal", f"{signal.sender} {signal.status}: {signal.title or signal.signal_id}", signal.sender, signal_id=signal.signal_id
+            )
+        elif state.signal_count % SIGNALS_PER_NOTE == 0:
+            self.record.note("signal", f"{state.signal_count} signals so far; {len(state.signals)} kept in full, every one in history")
+
+    def is_redelivery(self, signal: Signal) -> bool:
+        recent = self.record.memory.recent_signal_ids
+        digest = hashlib.sha256(signal.signal_id.encode()).hexdigest()[:16]
+        if digest in recent:
+            return True
+        recent[digest] = None
+        if len(recent) > RECENT_IDS:
+            del recent[next(iter(recent))]  # the oldest: a redelivery comes soon or not at all
+        return False
+
+    def worth_keeping(self, signal: Signal) -> bool:
+        kept = self.record.state.signals
+        if len(kept) < KEEP_FIRST:
+            return True
+        return len(kept) < KEEP_AT_MOST and what_rules_read(signal) not in {what_rules_read(s) for s in kept}
+
+    def record_closing_notice(self, signal: Signal) -> None:
+        state = self.record.state
+        state.closing_notices += 1
+        what = f"{signal.sender} {signal.status}: {signal.title or signal.signal_id}"
+        if signal.status == "acknowledged":
+            state.acknowledged_elsewhere = f"{signal.sender} at {workflow.now().isoformat()}"
+            what += " (a hint: acknowledge in Stanch to stop escalation)"
+        self.record.note("signal", f"{what}; a closing notice, not new harm", signal.sender, signal_id=signal.signal_id, notice=True)
+
+
+def what_rules_read(signal: Signal) -> tuple:
+    """What a runbook's conditions can tell signals apart by (labels aside: they vary per alert)."""
+    return (signal.source, signal.sender, signal.category, signal.model, signal.severity_hint, signal.title.casefold())

@@ -22,6 +22,7 @@ class Notifier:
 
     async def send(self, kind: str, recipients: list[str], message: str, tier: int = 0) -> None:
         notification = self.record.notification(kind, recipients, message, tier)
+        self.record.memory.in_flight += 1  # a run hands over only once no page is on its way
         try:
             result = await workflow.execute_activity_method(
                 NotifyActivities.deliver, notification, start_to_close_timeout=QUICK_TIMEOUT, retry_policy=NOTIFY_RETRY
@@ -29,6 +30,8 @@ class Notifier:
         except ActivityError as failure:
             self.record.note("notification", f"{kind} to {', '.join(recipients)} failed: {cause_of(failure)}")
             return
+        finally:
+            self.record.memory.in_flight -= 1
         channels = ", ".join(result.delivered + result.already_delivered)
         self.record.note("notification", f"{kind} → {', '.join(recipients)} via {channels}: {message}")
         if result.failed:

@@ -40,6 +40,9 @@ with workflow.unsafe.imports_passed_through():
 
 # What restore undoes; a hotfix is the fix users get back, so it stays.
 REVERSIBLE_STAGES = ("contain", "rollback")
+# Repro cases kept: each is replayed by confirm and verify, so a storm of reports keeps the first.
+REPRO_AT_MOST = 200
+FINISHED = (StageStatus.done, StageStatus.skipped, StageStatus.rejected)
 
 
 class Record:
@@ -48,6 +51,10 @@ class Record:
     def __init__(self, input: IncidentInput) -> None:
         self.input = input
         self.runbook = input.runbook
+        if input.carried is not None:  # a continued run remembers what the last one did
+            self.memory = IncidentMemory.model_validate(input.carried)
+            self.state.runs += 1
+            return
         opened_at = workflow.now()
         state = IncidentState(
             id=input.incident_id,
@@ -74,6 +81,29 @@ class Record:
     @property
     def is_over(self) -> bool:
         return self.state.status in TERMINAL_STATUSES
+
+    @property
+    def continued(self) -> bool:
+        """This run took over from one whose history grew long: it resumes, never starts again."""
+        return self.input.carried is not None
+
+    def history_is_long(self) -> bool:
+        """Time to hand over to a new run (continue-as-new) at the next wait. The bound is well
+        under Temporal's suggestion (10,240 events), so that signals arriving meanwhile still fit."""
+        info = workflow.info()
+        return info.is_continue_as_new_suggested() or info.get_current_history_length() > self.input.events_before_handing_over
+
+    def handed_over(self) -> IncidentInput:
+        """The next run's input: the same incident, runbook and target, carrying the memory."""
+        return self.input.model_copy(update={"carried": self.memory.model_dump(mode="json")})
+
+    def finished(self, stage: str) -> bool:
+        return self.state.stage(stage).status in FINISHED
+
+    def begin(self, stage: str) -> None:
+        """Mark a stage running, unless a continued run finds it waiting on a failure decision."""
+        if self.memory.failed_stage != stage:
+            self.mark(stage, StageStatus.running)
 
     # --- changing the record ------------------------------------------------------------
 
@@ -127,6 +157,8 @@ class Record:
     def merge_repro(self, cases: list[ReproCase]) -> None:
         known = {case.prompt for case in self.state.repro}
         for case in cases:
+            if case.prompt not in known and len(known) >= REPRO_AT_MOST:
+                continue  # the signal that carried it is in history
             if case.prompt not in known:
                 self.state.repro.append(case.model_copy(update={"output": None}))  # outputs may hold the leaked secret
                 known.add(case.prompt)
@@ -186,6 +218,7 @@ class Record:
         return GradeInput(
             runbook=self.runbook,
             signals=[signal.model_copy(update={"raw": {}}) for signal in self.state.signals],  # rules never read raw
+            signal_count=self.state.signal_count,
             detectors_fired=self.memory.detectors_fired,
             current=current,
         )
@@ -239,7 +272,7 @@ class Record:
             runbook_sha256=state.runbook_sha256,
             severity_reasons=state.severity_reasons,
             first_signal=first.model_copy(update={"raw": {}}) if first else None,
-            signal_count=len(state.signals),
+            signal_count=max(state.signal_count, len(state.signals)),
             signal_sources=sources,
             findings=self.memory.findings,
             detectors_fired=self.memory.detectors_fired,

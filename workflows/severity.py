@@ -32,12 +32,17 @@ class Grading:
     async def grade(self) -> GradeResult:
         """Run the runbook's rules over every signal so far."""
         memory = self.record.memory
-        memory.signals_graded = len(memory.state.signals)
+        memory.signals_graded = memory.state.signal_count
+        memory.kept_signals_graded = len(memory.state.signals)
         memory.regrade_requested = False
         current = memory.state.severity if self.graded_once() else None
-        return await workflow.execute_activity(
-            grade_by_runbook_rules, self.record.grade_input(current), start_to_close_timeout=QUICK_TIMEOUT, retry_policy=READ_RETRY
-        )
+        memory.in_flight += 1
+        try:
+            return await workflow.execute_activity(
+                grade_by_runbook_rules, self.record.grade_input(current), start_to_close_timeout=QUICK_TIMEOUT, retry_policy=READ_RETRY
+            )
+        finally:
+            memory.in_flight -= 1
 
     def apply(self, graded: GradeResult) -> bool:
         """Take a grade: severity only rises, and not over a responder's unless newer signals came.
@@ -63,7 +68,7 @@ class Grading:
         """A responder's severity stands until newer signals arrive; seriousness is graded again."""
         memory = self.record.memory
         memory.severity_set_by_human = True
-        memory.signals_at_human_severity = len(memory.state.signals)
+        memory.signals_at_human_severity = memory.state.signal_count
         self.change(change.severity, [f"set by {change.by}: {change.reason}"], change.by)
         memory.regrade_requested = True  # seriousness may follow severity
 
@@ -71,7 +76,8 @@ class Grading:
         """New signals (or a responder's change) re-run the rules; severity only ever rises here."""
         record = self.record
         while not record.is_over:
-            await workflow.wait_condition(lambda: self.regrade_wanted() or record.is_over)
+            # Not while a long history waits to hand over: the next run grades what this one did not.
+            await workflow.wait_condition(lambda: (self.regrade_wanted() and not record.history_is_long()) or record.is_over)
             if record.is_over:
                 return
             try:
@@ -107,5 +113,20 @@ class Grading:
         return self.record.state.stage("severity").status == StageStatus.done or self.record.memory.severity_set_by_human
 
     def regrade_wanted(self) -> bool:
+        """A responder asked, or new signals could change the grade: one the rules can tell apart
+        from those kept, or a count reaching a rule's `signals_at_least`. In a storm of the same
+        alert, most signals do neither, and grading every one would only slow the incident."""
         memory = self.record.memory
-        return memory.regrade_requested or len(memory.state.signals) > memory.signals_graded
+        if memory.regrade_requested:
+            return True
+        before, now = memory.signals_graded, memory.state.signal_count
+        if now <= before:
+            return False
+        return len(memory.state.signals) > memory.kept_signals_graded or any(before < n <= now for n in self.count_thresholds())
+
+    def count_thresholds(self) -> list[int]:
+        """Every `signals_at_least` the runbook's severity and seriousness rules name."""
+        runbook = self.record.runbook
+        conditions = [rule.when for rule in runbook.severity.rules] + runbook.regulatory.serious_when
+        conditions += [clock.when for clock in runbook.regulatory.shorter_clocks]
+        return [c.signals_at_least for c in conditions if c.signals_at_least is not None]

@@ -58,6 +58,7 @@ class GradeInput(BaseModel):
     runbook: Runbook
     signals: list[Signal]
     detectors_fired: list[str] = Field(default_factory=list)
+    signal_count: int | None = Field(None, description="every signal counted; `signals` holds those kept in full")
     current: Severity | None = Field(None, description="severity already in force, if graded or set before")
 
 

@@ -59,6 +59,15 @@ class IncidentInput(BaseModel):
     dedup_key: str
     upsert_search_attributes: bool = True
     dry_run: bool = Field(False, description="a rehearsal: every action records the calls it would make and makes none")
+    events_before_handing_over: int = Field(
+        8_000,
+        ge=100,
+        description="a run continues as new at its next wait once its history is this long (Temporal suggests it at 10,240)",
+    )
+    # An IncidentMemory, as JSON: the memory holds an IncidentState, so this module cannot name it.
+    carried: dict[str, Any] | None = Field(
+        None, description="what the previous run remembered: set only when the incident continues as new (a long history)"
+    )
 
 
 # --- state ---------------------------------------------------------------------------
@@ -134,12 +143,21 @@ class IncidentState(BaseModel):
     closed_at: datetime | None = None
     acknowledged_by: str | None = None
     acknowledged_at: datetime | None = None
+    acknowledged_elsewhere: str | None = Field(
+        None, description="a sender said someone acknowledged there (PagerDuty, say): a hint; only acknowledging in Stanch stops escalation"
+    )
     escalation_tier: int = 0
     stages: list[StageState]
     pending_approval: PendingApproval | None = None
     approvals: list[ApprovalRecord] = Field(default_factory=list)
     actions: list[AppliedAction] = Field(default_factory=list)
-    signals: list[Signal] = Field(default_factory=list)
+    signals: list[Signal] = Field(
+        default_factory=list,
+        description="the signals kept in full: in a storm, only those that bring something new (every one is in history)",
+    )
+    signal_count: int = Field(0, description="every firing signal counted, kept in full or not")
+    closing_notices: int = Field(0, description="resolved and acknowledged notices: recorded, never counted as harm")
+    runs: int = Field(1, description="how many workflow runs this incident took: a long history continues as new")
     repro: list[ReproCase] = Field(default_factory=list)
     evidence: EvidenceRecord | None = None
     regulatory: RegulatoryClock = Field(default_factory=RegulatoryClock)

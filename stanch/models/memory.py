@@ -1,6 +1,7 @@
-"""Everything an incident's workflow remembers: one serializable model, so continue-as-new can
-carry it whole (the workflow does not continue as new yet; tests/unit/test_incident_memory.py
-keeps the parts from remembering anything outside it).
+"""Everything an incident's workflow remembers: one serializable model, so continue-as-new
+carries it whole into the next run (`IncidentInput.carried`; tests/unit/test_incident_memory.py
+keeps the parts from remembering anything outside it). Everything in it is bounded, so a storm
+of alerts never makes it too big to carry.
 
 `state` is what responders and auditors read (the `state` query); the rest is what the workflow
 needs to decide, and nobody else reads.
@@ -9,6 +10,7 @@ needs to decide, and nobody else reads.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -19,17 +21,30 @@ from stanch.models.incident import IncidentState
 
 class IncidentMemory(BaseModel):
     state: IncidentState
-    seen_signal_ids: set[str] = Field(default_factory=set, description="a redelivered signal is not a second signal")
+    recent_signal_ids: dict[str, None] = Field(
+        default_factory=dict, description="digests of the latest signal ids, oldest first: a redelivered signal is not a second signal"
+    )
     seen_decision_ids: set[str] = Field(default_factory=set, description="signal decisions spent: a copy counts nowhere")
+    decisions_being_checked: set[str] = Field(default_factory=set, description="approval signals whose assertion is being checked")
     detectors_fired: list[str] = Field(default_factory=list, description="what the confirm checks' detectors found")
     findings: list[Finding] = Field(default_factory=list, description="what the confirm checks found")
     triage_decision: TriageDecision | None = None
     failure_decision: FailureDecision | None = Field(None, description="a responder's retry, skip or abort after a failure")
     failed_stage: str | None = Field(None, description="the stage whose failure waits for that decision")
+    status_before_failure: str | None = Field(None, description="the status to return to once the failure is decided")
+    confirm_outcome: str | None = Field(None, description="what the confirm checks said: inconclusive waits for triage")
+    steps_finished: list[str] = Field(default_factory=list, description="`stage/index` of every step applied or skipped")
+    captured: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per `stage/index`: what a failed step read before its change; a retry reuses it"
+    )
+    aborted_by: str | None = Field(None, description="who aborted the response, and why (`abort_reason`)")
+    abort_reason: str = ""
+    in_flight: int = Field(0, description="notifications and gradings under way: the run hands over only when none is")
     resolve_request: ResolveRequest | None = None
     severity_set_by_human: bool = False
     signals_at_human_severity: int = Field(0, description="a responder's severity stands until newer signals arrive")
     regrade_requested: bool = False
-    signals_graded: int = 0
+    signals_graded: int = Field(0, description="signals counted at the last grading")
+    kept_signals_graded: int = Field(0, description="signals kept in full at the last grading")
     notifications_sent: int = Field(0, description="numbers each notification: its delivery is idempotent by that number")
     last_escalation_at: datetime

@@ -44,11 +44,13 @@ def condition_holds(
     signals: list[Signal],
     severity: Severity | None = None,
     detectors_fired: Iterable[str] = (),
+    signal_count: int | None = None,
 ) -> bool:
     """True when every field given in the condition holds; an empty condition always holds.
 
     Signal-based fields are "any of": one signal satisfying them is enough. `models` and
-    `categories` accept shell-style globs as label values do.
+    `categories` accept shell-style globs as label values do. `signal_count` is how many signals
+    the incident counted when `signals` holds only those it kept in full (a storm).
     """
     if condition.labels and not any(_labels_match(condition.labels, s) for s in signals):
         return False
@@ -73,7 +75,8 @@ def condition_holds(
     if condition.severity_at_least is not None:
         if severity is None or severity.rank < condition.severity_at_least.rank:
             return False
-    if condition.signals_at_least is not None and len(signals) < condition.signals_at_least:
+    counted = len(signals) if signal_count is None else max(signal_count, len(signals))
+    if condition.signals_at_least is not None and counted < condition.signals_at_least:
         return False
     return True
 
@@ -103,7 +106,9 @@ def describe(condition: Condition) -> str:
     return ", ".join(parts) if parts else "always"
 
 
-def grade(runbook: Runbook, signals: list[Signal], detectors_fired: Iterable[str] = ()) -> tuple[Severity, list[str]]:
+def grade(
+    runbook: Runbook, signals: list[Signal], detectors_fired: Iterable[str] = (), signal_count: int | None = None
+) -> tuple[Severity, list[str]]:
     """The severity the runbook's rules give, with the reasons that led to it.
 
     The highest severity among the rules that hold wins; with none, the runbook default.
@@ -111,7 +116,11 @@ def grade(runbook: Runbook, signals: list[Signal], detectors_fired: Iterable[str
     automatically (lowering severity takes a responder with a reason).
     """
     fired = list(detectors_fired)
-    held = [rule for rule in runbook.severity.rules if condition_holds(rule.when, signals=signals, detectors_fired=fired)]
+    held = [
+        rule
+        for rule in runbook.severity.rules
+        if condition_holds(rule.when, signals=signals, detectors_fired=fired, signal_count=signal_count)
+    ]
     if held:
         severity = max((rule.severity for rule in held), key=lambda s: s.rank)
         reasons = [f"{rule.severity.value}: {rule.reason or describe(rule.when)}" for rule in held if rule.severity == severity]
@@ -125,7 +134,9 @@ def grade(runbook: Runbook, signals: list[Signal], detectors_fired: Iterable[str
     return severity, reasons
 
 
-def seriousness(runbook: Runbook, signals: list[Signal], severity: Severity, detectors_fired: Iterable[str] = ()) -> tuple[bool, int, str]:
+def seriousness(
+    runbook: Runbook, signals: list[Signal], severity: Severity, detectors_fired: Iterable[str] = (), signal_count: int | None = None
+) -> tuple[bool, int, str]:
     """Whether the incident is serious (EU AI Act Art. 3(49)) and how many days to report it.
 
     Report days are the shortest clock whose condition holds (Art. 73(3)-(4): 10 days for a
@@ -136,7 +147,7 @@ def seriousness(runbook: Runbook, signals: list[Signal], severity: Severity, det
     regulatory = runbook.regulatory
 
     def holds(condition: Condition) -> bool:
-        return condition_holds(condition, signals=signals, severity=severity, detectors_fired=fired)
+        return condition_holds(condition, signals=signals, severity=severity, detectors_fired=fired, signal_count=signal_count)
 
     serious_because = next((c for c in regulatory.serious_when if holds(c)), None)
     clocks = sorted((clock for clock in regulatory.shorter_clocks if holds(clock.when)), key=lambda c: c.days)

@@ -40,7 +40,7 @@ def remembered() -> IncidentMemory:
     )
     return IncidentMemory(
         state=state,
-        seen_signal_ids={"sig-1", "sig-2"},
+        recent_signal_ids={"a1": None, "b2": None},
         seen_decision_ids={"d-1"},
         detectors_fired=["secret"],
         findings=[Finding(check="probe", outcome="confirmed", detail="1 of 1 prompts", detectors=["secret"])],
@@ -63,7 +63,7 @@ def test_the_memory_survives_the_trip_through_temporal_unchanged() -> None:
     (payload,) = converter.to_payloads([memory])
     (back,) = converter.from_payloads([payload], [IncidentMemory])
     assert back == memory
-    assert back.seen_signal_ids == {"sig-1", "sig-2"} and back.notifications_sent == 7
+    assert back.recent_signal_ids == {"a1": None, "b2": None} and back.notifications_sent == 7
 
 
 def assignments_to_self(tree: ast.AST) -> list[tuple[str, str, int]]:

@@ -129,10 +129,11 @@ async def running_incident(client: Client, script: Script, input: IncidentInput 
             # clock still for every later test that skips time.
             # Terminating while an activity is in flight leaves the server waiting on it in
             # real time, so let in-flight activities finish first.
+            latest = client.get_workflow_handle(handle.id)  # the run now, should it have continued as new
             for _ in range(100):
-                description = await handle.describe()
+                description = await latest.describe()
                 if not description.raw_description.pending_activities:
                     break
                 await asyncio.sleep(0.02)
             if description.status == WorkflowExecutionStatus.RUNNING:
-                await handle.terminate("test finished")
+                await latest.terminate("test finished")

@@ -66,9 +66,9 @@ def stand_ins(script: Script) -> list:
 
     @activity.defn(name="grade_severity")
     async def grade_severity(input: GradeInput) -> GradeResult:
-        severity, reasons = grade(input.runbook, input.signals, input.detectors_fired)
+        severity, reasons = grade(input.runbook, input.signals, input.detectors_fired, input.signal_count)
         in_force = input.current if input.current and input.current.rank > severity.rank else severity
-        serious, days, why = seriousness(input.runbook, input.signals, in_force, input.detectors_fired)
+        serious, days, why = seriousness(input.runbook, input.signals, in_force, input.detectors_fired, input.signal_count)
         return GradeResult(severity=severity, reasons=reasons, serious=serious, report_days=days, serious_reason=why)
 
     async def apply(input: ApplyInput) -> AppliedAction:

@@ -177,10 +177,10 @@ class TimerBeforePaging(IncidentWorkflow):
     async def run(self, input: IncidentInput) -> IncidentState:
         return await super().run(input)
 
-    async def open(self) -> None:
+    async def open(self) -> bool:
         await workflow.wait_condition(lambda: bool(self.state.signals))
         await workflow.sleep(1)
-        await super().open()
+        return await super().open()
 
 
 @workflow.defn(name="IncidentWorkflow")
@@ -228,9 +228,10 @@ class HarmlessEdit(IncidentWorkflow):
     async def run(self, input: IncidentInput) -> IncidentState:
         return await super().run(input)
 
-    async def open(self) -> None:
-        await super().open()
+    async def open(self) -> bool:
+        opened = await super().open()
         self.record.note("stage", "edited: one more line in the timeline")
+        return opened
 
 
 # edit -> the activity whose presence in a history puts the edit on that branch's path
