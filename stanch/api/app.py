@@ -280,7 +280,8 @@ def serve(host: str, port: int, settings: Settings | None = None, *, insecure_de
             responders = load_responder_auth(settings.responders_path, insecure_dev=insecure_dev and not settings.responders_path.exists())
         except ValueError as exc:  # reported after the intake's own problems, which come first
             responders, responders_problem = ResponderAuth.insecure(), exc
-        app = create_app(settings, catalog=catalog, intake_auth=policy, responders=responders)
+        # insecure_dev here only lets decision keys that do not fit fall back to the home folder's, loudly.
+        app = create_app(settings, catalog=catalog, intake_auth=policy, responders=responders, insecure_dev=insecure_dev)
         if responders_problem:
             raise responders_problem
     except (IntakeAuthError, ValueError) as exc:

@@ -172,3 +172,18 @@ def test_stanch_api_refuses_to_start_when_its_key_is_not_among_the_public_keys(t
     )
     assert started.exit_code == 0, started.output
     assert served and assertions.held().signing is not None
+
+
+def test_stanch_api_insecure_dev_falls_back_to_the_home_keys_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import uvicorn
+
+    from stanch.cli.main import app
+
+    served: list = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda server, *_, **__: served.append(server.config.app))
+    _, public = generate()
+    env = {"STANCH_HOME": str(tmp_path), "STANCH_INTAKE_AUTH": None, "STANCH_DECISION_PUBLIC_KEYS": public}
+    started = CliRunner().invoke(app, ["api", "--insecure-dev"], env={**env, "STANCH_DECISION_SIGNING_KEY": None})
+    assert started.exit_code == 0, started.output
+    assert "INSECURE (--insecure-dev): STANCH_DECISION_PUBLIC_KEYS is set but STANCH_DECISION_SIGNING_KEY is not" in started.output
+    assert served and (tmp_path / SIGNING_FILE).exists()
