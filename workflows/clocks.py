@@ -72,6 +72,18 @@ class Clocks:
             record.note("escalation", f"not acknowledged: escalating to tier {tier + 1} {recipients}")
             await self.notifier.send("escalation", recipients, f"{state.id} is not acknowledged", tier=tier + 1)
 
+    async def page_when_harm_returns(self) -> None:
+        """A firing signal after containment was lifted pages on-call at once, whatever the stage."""
+        record, memory = self.record, self.record.memory
+        while not record.is_over:
+            await workflow.wait_condition(lambda: len(memory.recurring) > memory.recurrences_paged or record.is_over)
+            if record.is_over:
+                return
+            signal = memory.recurring[memory.recurrences_paged]
+            memory.recurrences_paged = len(memory.recurring)
+            message = f"{record.state.id}: harm reported again while {record.state.status} ({signal.title or signal.signal_id})"
+            await self.notifier.send("page", ["oncall"], f"{message}; protections still in place stay, a new occurrence opens")
+
     async def run_report_clock(self) -> None:
         """Art. 73 report clock: reminders widen as the deadline nears, until the report is filed."""
         state, clock = self.record.state, self.record.state.regulatory

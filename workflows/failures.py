@@ -21,6 +21,11 @@ class HandOver(Exception):  # noqa: N818 (not an error: the signal to continue a
     with the same memory and resumes the wait where this one stood."""
 
 
+class HarmIsBack(Exception):  # noqa: N818 (not an error: the incident goes on as a new occurrence)
+    """A firing signal came while protections were being lifted or were gone: this occurrence
+    ends and the next one (continue-as-new) responds to it."""
+
+
 class StepFailed(Exception):
     """A step ran and its outcome says it did not do its job (verification found the harm again)."""
 

@@ -24,7 +24,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 from workflows.clocks import Clocks
-from workflows.failures import HandOver, IncidentAborted, StepFailed, captured_in, cause_of
+from workflows.failures import HandOver, HarmIsBack, IncidentAborted, StepFailed, captured_in, cause_of
 from workflows.gates import Gates
 from workflows.handlers import ResponderHandlers
 from workflows.monitoring import Monitoring
@@ -97,6 +97,8 @@ class IncidentWorkflow:
                 await self.respond()
         except HandOver:  # a long history: the next run carries the memory and resumes
             await self.hand_over()
+        except HarmIsBack:  # after containment was lifted: the next run is a new occurrence
+            await self.open_next_occurrence()
         for task in self.background:
             task.cancel()
         await workflow.wait_condition(workflow.all_handlers_finished)
@@ -131,13 +133,24 @@ class IncidentWorkflow:
         self.close(IncidentStatus.aborted, memory.abort_reason)
 
     async def hand_over(self) -> None:
-        """Continue as new with the one memory: updates finish first and no page is left half-sent;
-        the clocks stop here and start again in the next run from what the memory says."""
+        """Continue as new with the one memory; the clocks start again in the next run from it."""
+        await self.stop_this_run()
+        self.record.memory.regrade_requested = True  # a grading cut short is done again
+        workflow.continue_as_new(self.record.handed_over())
+
+    async def open_next_occurrence(self) -> None:
+        """Harm came back after this occurrence lifted its protections: it ends here (its review is
+        written) and the incident id goes on as a new occurrence, which contains again. What is
+        still in place and a report still owed go with it."""
+        self.record.note("stage", f"harm reported again: the next occurrence takes over ({len(self.record.memory.recurring)} signals)")
+        await self.stop_this_run()
+        workflow.continue_as_new(self.record.next_occurrence())
+
+    async def stop_this_run(self) -> None:
+        """Updates finish first and no page is left half-sent; then the clocks stop."""
         await workflow.wait_condition(lambda: workflow.all_handlers_finished() and self.record.memory.in_flight == 0)
         for task in self.background:
             task.cancel()
-        self.record.memory.regrade_requested = True  # a grading cut short is done again
-        workflow.continue_as_new(self.record.handed_over())
 
     # --- the stages ---------------------------------------------------------------------
 
@@ -147,6 +160,9 @@ class IncidentWorkflow:
         if self.record.continued:
             self.start_clocks()
             return True
+        if recurrence := self.record.input.recurrence:
+            for signal in recurrence.signals:
+                self.monitoring.take(signal)  # seen by the last occurrence, new to this one
         await workflow.wait_condition(lambda: bool(self.state.signals) or self.state.closing_notices > 0)
         self.record.publish()
         if not self.state.signals:
@@ -154,14 +170,19 @@ class IncidentWorkflow:
             return False
         first = self.state.signals[0]
         self.record.note("stage", f"opened by {first.sender} signal {first.signal_id!r}: {first.title}", first.sender)
-        await self.notifier.send("page", ["oncall"], f"new incident {self.state.id}: {first.title or self.runbook.description}")
+        again = f" (harm back after {self.state.previous_occurrences[-1]})" if self.state.previous_occurrences else ""
+        await self.notifier.send("page", ["oncall"], f"new incident {self.state.id}{again}: {first.title or self.runbook.description}")
         self.background.append(asyncio.create_task(self.clocks.escalate_until_acknowledged()))
+        self.background.append(asyncio.create_task(self.clocks.page_when_harm_returns()))
+        if self.state.regulatory.serious and self.state.regulatory.filed is None:  # a report the last occurrence owes
+            self.start_report_clock()
         return True
 
     def start_clocks(self) -> None:
         """A continued run starts again the clocks the last run had running."""
         self.record.publish()
         self.background.append(asyncio.create_task(self.clocks.escalate_until_acknowledged()))
+        self.background.append(asyncio.create_task(self.clocks.page_when_harm_returns()))
         if self.record.finished("severity"):
             self.background.append(asyncio.create_task(self.grading.regrade_on_new_signals(became_serious=self.start_report_clock)))
         if self.state.regulatory.serious and self.state.regulatory.filed is None:
@@ -323,6 +344,9 @@ class IncidentWorkflow:
             return
         self.record.set_status(IncidentStatus.restoring)
         for applied in protections:
+            if self.record.memory.recurring:  # harm is back: what is still in place stays
+                self.record.note("restore", f"harm reported again: {applied.kind} and what came before it stay in place")
+                break
             await self.undo(applied)
         still = self.record.still_in_place()
         self.record.mark("restore", StageStatus.done, f"still in place: {', '.join(still)}" if still else "every protection undone")
@@ -365,12 +389,16 @@ class IncidentWorkflow:
         self.record.mark("review", StageStatus.done, f"{len(result.tasks)} tasks, {result.regression_cases_added} regression cases added")
 
     async def wait_for_regulatory_report(self) -> None:
-        """A serious incident stays open until a responder records its report as filed."""
-        if self.state.regulatory.serious and self.state.regulatory.filed is None:
+        """A serious incident stays open until a responder records its report as filed. Harm come
+        back meanwhile (or before) opens the next occurrence, which the report clock follows."""
+        memory, clock = self.record.memory, self.state.regulatory
+        if memory.recurring:
+            raise HarmIsBack()
+        if clock.serious and clock.filed is None:
             self.record.set_status(IncidentStatus.awaiting_report)
-            await workflow.wait_condition(lambda: self.state.regulatory.filed is not None or self.record.history_is_long())
-            if self.state.regulatory.filed is None:
-                raise HandOver()
+            await workflow.wait_condition(lambda: clock.filed is not None or bool(memory.recurring) or self.record.history_is_long())
+            if clock.filed is None:
+                raise HarmIsBack() if memory.recurring else HandOver()
 
     def close(self, status: IncidentStatus, reason: str) -> None:
         self.state.closed_at = workflow.now()

@@ -6,7 +6,9 @@ first signals are kept in full, later ones only when they bring something the ru
 that no kept signal has; every one is counted, and every one stays in history.
 
 A closing notice (the sender's `resolved`, an `acknowledged` elsewhere) is recorded on the
-timeline and is never harm: not counted, never graded, never raising severity.
+timeline and is never harm: not counted, never graded, never raising severity. A firing signal
+while the incident restores, reviews or waits for its report is harm come back: it pages, and
+opens the next occurrence (`record_recurrence`).
 """
 
 from __future__ import annotations
@@ -31,10 +33,15 @@ class Monitoring:
         self.record = record
 
     def add_signal(self, signal: Signal) -> None:
-        if self.is_redelivery(signal):
-            return
+        if not self.is_redelivery(signal):
+            self.take(signal)
+
+    def take(self, signal: Signal) -> None:
+        """A signal this incident has not seen: a closing notice, harm come back, or harm."""
         if signal.is_closing_notice:
             return self.record_closing_notice(signal)
+        if self.record.winding_down:
+            return self.record_recurrence(signal)
         state = self.record.state
         state.signal_count += 1
         self.record.merge_repro(signal.repro)
@@ -70,6 +77,21 @@ class Monitoring:
             state.acknowledged_elsewhere = f"{signal.sender} at {workflow.now().isoformat()}"
             what += " (a hint: acknowledge in Stanch to stop escalation)"
         self.record.note("signal", f"{what}; a closing notice, not new harm", signal.sender, signal_id=signal.signal_id, notice=True)
+
+    def record_recurrence(self, signal: Signal) -> None:
+        """Harm reported again while protections are lifted or gone: never absorbed. On-call is
+        paged (Clocks.page_when_harm_returns), what is still in place stays, and once this
+        occurrence's review is done the incident continues as a new occurrence with this signal."""
+        recurring = self.record.memory.recurring
+        if len(recurring) < KEEP_FIRST:
+            recurring.append(signal)
+        self.record.note(
+            "signal",
+            f"harm reported again while {self.record.state.status}: {signal.sender} {signal.title or signal.signal_id}",
+            signal.sender,
+            signal_id=signal.signal_id,
+            recurrence=True,
+        )
 
 
 def what_rules_read(signal: Signal) -> tuple:

@@ -29,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
         IncidentInput,
         IncidentState,
         IncidentStatus,
+        Recurrence,
         StageStatus,
         TimelineEntry,
         fresh_stages,
@@ -56,6 +57,8 @@ class Record:
             self.state.runs += 1
             return
         opened_at = workflow.now()
+        # An incident's occurrence is named after its first run; a recurrence opens a new one in this run.
+        first_run = workflow.info().run_id if input.recurrence else workflow.info().first_execution_run_id
         state = IncidentState(
             id=input.incident_id,
             status=IncidentStatus.open,
@@ -66,9 +69,14 @@ class Record:
             dedup_key=input.dedup_key,
             opened_at=opened_at,
             stages=fresh_stages(),
-            occurrence=f"{input.incident_id}@{workflow.info().first_execution_run_id[:8]}",
+            occurrence=f"{input.incident_id}@{first_run[:8]}",
         )
         self.memory = IncidentMemory(state=state, last_escalation_at=opened_at)
+        if recurrence := input.recurrence:  # what the previous occurrence left to this one
+            state.previous_occurrences = recurrence.previous_occurrences
+            state.regulatory = recurrence.regulatory or state.regulatory
+            state.actions = list(recurrence.protections)
+            self.memory.recent_signal_ids = dict(recurrence.recent_signal_ids)
 
     @property
     def state(self) -> IncidentState:
@@ -96,6 +104,27 @@ class Record:
     def handed_over(self) -> IncidentInput:
         """The next run's input: the same incident, runbook and target, carrying the memory."""
         return self.input.model_copy(update={"carried": self.memory.model_dump(mode="json")})
+
+    def next_occurrence(self) -> IncidentInput:
+        """The next run's input when harm came back: a fresh occurrence of the same incident id,
+        handed the protections still in place and a report still owed."""
+        state, clock = self.state, self.state.regulatory
+        recurrence = Recurrence(
+            previous_occurrences=[*state.previous_occurrences, state.occurrence],
+            signals=self.memory.recurring,
+            recent_signal_ids=self.memory.recent_signal_ids,
+            regulatory=clock if clock.serious and clock.filed is None else None,
+            protections=[a for a in state.actions if a.stage in REVERSIBLE_STAGES and a.undone_at is None],
+        )
+        return self.input.model_copy(update={"carried": None, "recurrence": recurrence})
+
+    @property
+    def winding_down(self) -> bool:
+        """Protections are being lifted or are gone: a firing signal now is harm come back."""
+        state, memory = self.state, self.memory
+        if state.status == IncidentStatus.awaiting_decision:
+            return memory.failed_stage in ("restore", "review")
+        return state.status in (IncidentStatus.restoring, IncidentStatus.reviewing, IncidentStatus.awaiting_report)
 
     def finished(self, stage: str) -> bool:
         return self.state.stage(stage).status in FINISHED

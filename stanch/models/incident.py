@@ -64,6 +64,9 @@ class IncidentInput(BaseModel):
         ge=100,
         description="a run continues as new at its next wait once its history is this long (Temporal suggests it at 10,240)",
     )
+    recurrence: Recurrence | None = Field(
+        None, description="set when harm came back after the previous occurrence was contained: this run is a new occurrence"
+    )
     # An IncidentMemory, as JSON: the memory holds an IncidentState, so this module cannot name it.
     carried: dict[str, Any] | None = Field(
         None, description="what the previous run remembered: set only when the incident continues as new (a long history)"
@@ -127,6 +130,19 @@ class RegulatoryClock(BaseModel):
     filed: ReportFiled | None = None
 
 
+class Recurrence(BaseModel):
+    """What an occurrence hands the next when harm is reported again while it restores, reviews
+    or waits for its report: the incident id opens a new occurrence instead of absorbing it."""
+
+    previous_occurrences: list[str]
+    signals: list[Signal] = Field(description="the firing signals that reported the harm again")
+    recent_signal_ids: dict[str, None] = Field(default_factory=dict, description="so a repeat of an old alert is not new harm")
+    regulatory: RegulatoryClock | None = Field(None, description="a report not yet filed: its clock goes on in the next occurrence")
+    protections: list[AppliedAction] = Field(
+        default_factory=list, description="still in place: the next occurrence's restore lifts them with its own"
+    )
+
+
 class IncidentState(BaseModel):
     id: str
     occurrence: str = Field(
@@ -157,7 +173,8 @@ class IncidentState(BaseModel):
     )
     signal_count: int = Field(0, description="every firing signal counted, kept in full or not")
     closing_notices: int = Field(0, description="resolved and acknowledged notices: recorded, never counted as harm")
-    runs: int = Field(1, description="how many workflow runs this incident took: a long history continues as new")
+    runs: int = Field(1, description="how many workflow runs this occurrence took: a long history continues as new")
+    previous_occurrences: list[str] = Field(default_factory=list, description="earlier occurrences of this incident id, oldest first")
     repro: list[ReproCase] = Field(default_factory=list)
     evidence: EvidenceRecord | None = None
     regulatory: RegulatoryClock = Field(default_factory=RegulatoryClock)
@@ -171,3 +188,6 @@ class IncidentState(BaseModel):
 
 def fresh_stages() -> list[StageState]:
     return [StageState(name=name) for name in STAGES]
+
+
+IncidentInput.model_rebuild()  # Recurrence is defined below it

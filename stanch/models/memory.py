@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from stanch.models.activity_io import Finding
 from stanch.models.decisions import FailureDecision, ResolveRequest, TriageDecision
 from stanch.models.incident import IncidentState
+from stanch.models.signals import Signal
 
 
 class IncidentMemory(BaseModel):
@@ -39,6 +40,10 @@ class IncidentMemory(BaseModel):
     )
     aborted_by: str | None = Field(None, description="who aborted the response, and why (`abort_reason`)")
     abort_reason: str = ""
+    recurring: list[Signal] = Field(
+        default_factory=list, description="firing signals that came while restoring, reviewing or awaiting the report"
+    )
+    recurrences_paged: int = Field(0, description="of those, how many on-call was paged for")
     in_flight: int = Field(0, description="notifications and gradings under way: the run hands over only when none is")
     resolve_request: ResolveRequest | None = None
     severity_set_by_human: bool = False

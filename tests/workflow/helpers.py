@@ -6,6 +6,7 @@ import asyncio
 import uuid
 
 from temporalio.client import WorkflowHandle
+from temporalio.service import RPCError
 
 from stanch.models.decisions import ApprovalDecision
 from stanch.models.incident import IncidentState, IncidentStatus
@@ -20,7 +21,10 @@ async def state(handle: WorkflowHandle) -> IncidentState:
 async def until(handle: WorkflowHandle, predicate, attempts: int = 200) -> IncidentState:
     current = None
     for _ in range(attempts):
-        current = await state(handle)
+        try:
+            current = await state(handle)
+        except RPCError:  # a query that reaches a run as it continues as new may time out: ask again
+            continue
         if predicate(current):
             return current
         await asyncio.sleep(0.05)
