@@ -28,6 +28,8 @@ def refusal(pending: PendingApproval | None, decision: ApprovalDecision, records
         return "an approval must name the approver"
     if same_person(decision.approver, pending.requested_by):
         return f"{decision.approver} requested this step and cannot approve it (four eyes)"
+    if any(same_person(decision.approver, who) for who in pending.lowered_by):
+        return f"{decision.approver} lowered severity while {pending.stage!r} waited and cannot approve it (four eyes)"
     already = [r for r in current_votes(pending, records) if same_person(r.approver, decision.approver)]
     if already:
         return f"{decision.approver} has already decided on {pending.stage!r}; four eyes needs a different person"

@@ -44,6 +44,10 @@ REVERSIBLE_STAGES = ("contain", "rollback")
 # Repro cases kept: each is replayed by confirm and verify, so a storm of reports keeps the first.
 REPRO_AT_MOST = 200
 FINISHED = (StageStatus.done, StageStatus.skipped, StageStatus.rejected)
+# The timeline the state (and the review) holds: the first entries and the latest; the rest
+# are counted (`timeline_omitted`) and read from history by `stanch audit timeline`.
+TIMELINE_AT_MOST = 2_000
+TIMELINE_HEAD = 200
 
 
 class Record:
@@ -137,7 +141,11 @@ class Record:
     # --- changing the record ------------------------------------------------------------
 
     def note(self, kind: str, message: str, actor: str = "stanch", **data: Any) -> None:
-        self.state.timeline.append(TimelineEntry(at=workflow.now(), kind=kind, message=message, actor=actor, data=data))
+        timeline = self.state.timeline
+        timeline.append(TimelineEntry(at=workflow.now(), kind=kind, message=message, actor=actor, data=data))
+        if len(timeline) > TIMELINE_AT_MOST:  # a very long incident: its history keeps every entry
+            del timeline[TIMELINE_HEAD]  # the oldest after the opening ones
+            self.state.timeline_omitted += 1
 
     def set_status(self, status: IncidentStatus) -> None:
         if self.state.status != status:
@@ -294,6 +302,7 @@ class Record:
             repro=state.repro,
             actions=state.actions,
             timeline=[entry.model_dump(mode="json") for entry in state.timeline],
+            timeline_omitted=state.timeline_omitted,
             evidence_sha256=state.evidence.sha256 if state.evidence else None,
             serious=clock.serious,
             report_deadline=clock.deadline.isoformat() if clock.deadline else None,

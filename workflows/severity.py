@@ -67,6 +67,9 @@ class Grading:
     def set_by_responder(self, change: SeverityChange) -> None:
         """A responder's severity stands until newer signals arrive; seriousness is graded again."""
         memory = self.record.memory
+        pending = memory.state.pending_approval
+        if pending and change.severity.rank < memory.state.severity.rank:
+            pending.lowered_by.append(change.by)  # lowering is no way past four eyes
         memory.severity_set_by_human = True
         memory.signals_at_human_severity = memory.state.signal_count
         self.change(change.severity, [f"set by {change.by}: {change.reason}"], change.by)

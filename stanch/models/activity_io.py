@@ -127,6 +127,7 @@ class ReviewInput(BaseModel):
     repro: list[ReproCase] = Field(default_factory=list)
     actions: list[AppliedAction] = Field(default_factory=list)
     timeline: list[dict[str, Any]] = Field(default_factory=list)
+    timeline_omitted: int = Field(0, description="entries a very long timeline dropped from its middle; history keeps them")
     evidence_sha256: str | None = None
     serious: bool = False
     report_deadline: str | None = None

@@ -93,6 +93,9 @@ class PendingApproval(BaseModel):
     requested_by: str = "stanch"
     requested_at: datetime
     approvers: list[str] = Field(default_factory=list)
+    lowered_by: list[str] = Field(
+        default_factory=list, description="who lowered severity while this step waited: like its requester, they cannot approve it"
+    )
 
 
 class ApprovalRecord(BaseModel):
@@ -181,6 +184,7 @@ class IncidentState(BaseModel):
     review: dict[str, Any] = Field(default_factory=dict)
     close_reason: str = ""
     timeline: list[TimelineEntry] = Field(default_factory=list)
+    timeline_omitted: int = Field(0, description="entries dropped from the middle of a very long timeline; history keeps them all")
 
     def stage(self, name: str) -> StageState:
         return next(s for s in self.stages if s.name == name)

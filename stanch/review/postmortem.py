@@ -51,6 +51,8 @@ def postmortem(input: ReviewInput, tasks: list[dict], added: int, mapping: list[
         lines.append("- none applied")
     lines += ["", "## Timeline", ""]
     lines += [f"- {entry['at']} [{entry['kind']}] {entry['actor']}: {entry['message']}" for entry in input.timeline]
+    if input.timeline_omitted:
+        lines.append(f"- … and {input.timeline_omitted} entries between, left out here: `stanch audit timeline` reads them from history")
     lines += ["", "## Compliance mapping", "", "What this incident's steps show for each requirement (all of it in compliance.json).", ""]
     for item in mapping:
         lines.append(f"### {item.framework} {item.reference}: {status_text(input, item)}")

@@ -362,6 +362,12 @@ async def test_open_review_writes_postmortem_compliance_and_the_draft(review: Re
     assert [task["kind"] for task in json.loads((folder / "tasks.json").read_text())] == restored().runbook.review.tasks
 
 
+async def test_a_postmortem_says_where_the_entries_a_long_timeline_left_out_are(review: ReviewActivities, tmp_path: Path) -> None:
+    await review.write_review(restored(timeline_omitted=1234))
+    postmortem = (tmp_path / "reviews" / "inc-1@abcd1234" / "postmortem.md").read_text()
+    assert "and 1234 entries between, left out here: `stanch audit timeline` reads them from history" in postmortem
+
+
 async def test_a_non_serious_incident_gets_no_report_draft(review: ReviewActivities, tmp_path: Path) -> None:
     result = await review.write_review(restored(serious=False, regulatory=RegulatoryClock(), report_deadline=None))
     assert result.report_draft is None

@@ -183,6 +183,21 @@ async def test_lowering_severity_never_shrinks_a_pending_approval(client):
         assert (await until(handle, lambda s: s.stage("rollback").status == "done")).stage("rollback").status == "done"
 
 
+async def test_whoever_lowered_severity_while_a_step_waits_cannot_approve_it(client):
+    """Lowering severity is no way past four eyes: like the requester, the one who lowered it
+    cannot be an approver of the step that was waiting."""
+    async with running_incident(client, Script()) as handle:
+        await approve_four_eyes(handle, "contain")
+        await until(handle, waiting_on("rollback"))
+        lower = SeverityChange(severity=Severity.medium, by="sam", roles=["safety"], reason="fewer users than feared")
+        await AsTheApi(handle).execute_update(IncidentWorkflow.set_severity, lower)
+        await approve(handle, "rollback", "alice", ["oncall"])
+        refusal = await refused(handle, IncidentWorkflow.approve, ApprovalDecision(stage="rollback", approver="Sam", roles=["safety"]))
+        assert "Sam lowered severity while 'rollback' waited and cannot approve it (four eyes)" in refusal
+        await approve(handle, "rollback", "sandra", ["safety"])
+        assert (await until(handle, lambda s: s.stage("rollback").status == "done")).stage("rollback").status == "done"
+
+
 async def test_closed_incident_refuses_decisions(client):
     async with running_incident(client, Script(confirm="not_confirmed")) as handle:
         await handle.result()

@@ -4,14 +4,17 @@ applied twice, and no run's history grows past its bound."""
 
 from __future__ import annotations
 
+import asyncio
+
 from temporalio.client import Client, WorkflowHandle
 
-from stanch.models.decisions import FailureDecision
+from stanch.models.decisions import FailureDecision, Note
 from stanch.models.incident import IncidentInput, IncidentState
 from tests.workflow.conftest import alert, incident_input, running_incident
 from tests.workflow.helpers import AsTheApi, approve, approve_four_eyes, failed, until, waiting_on
 from tests.workflow.standins import Script
 from workflows.incident import IncidentWorkflow
+from workflows.record import TIMELINE_AT_MOST
 
 BOUND = 150  # events a run may reach before it hands over (the default is 8,000)
 
@@ -100,3 +103,20 @@ async def test_a_redelivered_signal_is_not_counted_twice_across_runs(client):
         await incident.signal(IncidentWorkflow.add_signal, alert("one-more"))
         current = await until(incident, lambda s: s.signal_count >= 202)
     assert current.signal_count == 202
+
+
+async def test_a_very_long_timeline_keeps_its_opening_and_its_latest_entries(client):
+    async with running_incident(client, Script()) as first_run:
+        incident = client.get_workflow_handle(first_run.id)
+        opening = (await until(incident, waiting_on("contain"))).timeline[:5]
+        for start in range(0, TIMELINE_AT_MOST + 50, 10):
+            await asyncio.gather(
+                *(
+                    AsTheApi(incident).execute_update(IncidentWorkflow.add_note, Note(by="alice", text=f"note {n}"))
+                    for n in range(start, start + 10)
+                )
+            )
+        current = await until(incident, lambda s: any(e.message == f"note {TIMELINE_AT_MOST + 49}" for e in s.timeline))
+    assert len(current.timeline) == TIMELINE_AT_MOST and current.timeline_omitted > 0
+    assert current.timeline[:5] == opening, "how the incident opened is never dropped"
+    assert all(e.message.startswith("note ") for e in current.timeline[-100:]), "the latest entries are kept"
