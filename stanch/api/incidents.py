@@ -89,7 +89,9 @@ def visibility_query(
     target: str | None = None,
     opened_since: datetime | None = None,
 ) -> str:
-    clauses = [f"WorkflowType = '{WORKFLOW_NAME}'"]
+    # A run that continued as new (a long history, or harm back as a new occurrence) is not an
+    # incident of its own: the run it handed over to is listed.
+    clauses = [f"WorkflowType = '{WORKFLOW_NAME}'", "ExecutionStatus != 'ContinuedAsNew'"]
     filters = {sa.INCIDENT_STATUS: status, sa.INCIDENT_SEVERITY: severity, sa.INCIDENT_RUNBOOK: runbook, sa.INCIDENT_TARGET: target}
     clauses += [f"{key.name} = '{value}'" for key, value in filters.items() if value]
     if opened_since is not None:  # a parsed datetime: nothing of the caller's text reaches the query

@@ -83,6 +83,9 @@ def test_a_storm_of_20000_alerts_is_one_running_incident_counting_every_alert(tm
         assert incident["runs"] >= 3, "a long history was handed over to new runs"
         assert len(incident["signals"]) <= 500, "the storm is counted, not kept in full"
 
+        listed = wait_for(lambda: httpx.get(f"{stack.api}/v1/incidents", timeout=15).json(), lambda found: bool(found))
+        assert [row["id"] for row in listed] == [incident_id], "one incident, not one row per run"
+
         status, lengths = asyncio.run(run_lengths(stack.env["TEMPORAL_ADDRESS"], incident_id))
         assert status == WorkflowExecutionStatus.RUNNING
         assert max(lengths) < TEMPORAL_WARNS_AT, lengths

@@ -182,7 +182,8 @@ def test_incident_filters_become_a_visibility_query_with_no_caller_text_spliced_
 
     query = visibility_query(severity="critical", runbook="harmful-output", opened_since=datetime(2026, 11, 26, 9, 0, tzinfo=UTC))
     assert query == (
-        "WorkflowType = 'IncidentWorkflow' AND IncidentSeverity = 'critical' AND IncidentRunbook = 'harmful-output'"
+        "WorkflowType = 'IncidentWorkflow' AND ExecutionStatus != 'ContinuedAsNew'"
+        " AND IncidentSeverity = 'critical' AND IncidentRunbook = 'harmful-output'"
         " AND IncidentOpenedAt >= '2026-11-26T09:00:00Z'"
     )
 
