@@ -8,23 +8,26 @@ human to choose retry, skip or abort (`gates.attempt`); restore undoes containme
 rollback in reverse order, each through the undo it recorded.
 
 The parts, each over the one record of what the incident remembers (`workflows/record.py`):
-the gate and the fail-safe in `gates.py`; the clocks (escalation, the report deadline, waiting
-for a person) in `clocks.py`; grading in `severity.py`; notifications in `notifications.py`;
-what monitoring sends in `monitoring.py` and what responders send in `handlers.py` (both declared
-at the end of this class); timeouts and retries in `policies.py`.
+the gate and the fail-safe in `gates.py`; applying a runbook's steps in `steps.py`; the clocks
+(escalation, the report deadline, waiting for a person) in `clocks.py`; grading in
+`severity.py`; notifications in `notifications.py`; what monitoring sends in `monitoring.py`
+and what responders send in `handlers.py`, both declared at the end of this class; timeouts
+and retries in `policies.py`.
+
+A long history hands the memory over to a new run at a wait (`hand_over`); harm reported again
+after containment was lifted opens the next occurrence (`open_next_occurrence`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
-from typing import Any, cast
+from typing import cast
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 from workflows.clocks import Clocks
-from workflows.failures import HandOver, HarmIsBack, IncidentAborted, StepFailed, captured_in, cause_of
+from workflows.failures import HandOver, HarmIsBack, IncidentAborted, StepFailed, cause_of
 from workflows.gates import Gates
 from workflows.handlers import ResponderHandlers
 from workflows.monitoring import Monitoring
@@ -33,7 +36,6 @@ from workflows.policies import (
     ACTION_RETRY,
     ACTION_TIMEOUT,
     FINETUNE_TIMEOUT,
-    LONG_ACTION_HEARTBEAT,
     PROBE_TIMEOUT,
     READ_RETRY,
     VERIFY_HEARTBEAT,
@@ -41,6 +43,7 @@ from workflows.policies import (
 )
 from workflows.record import Record
 from workflows.severity import Grading
+from workflows.steps import Steps
 
 with workflow.unsafe.imports_passed_through():
     from activities.confirm import ConfirmActivities
@@ -51,7 +54,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.review import ReviewActivities
     from activities.rollback import RollbackActivities
     from activities.verify import VerifyActivities
-    from stanch.models.actions import ActionSpec, AppliedAction
+    from stanch.models.actions import AppliedAction
     from stanch.models.activity_io import ConfirmResult, Finding, VerifyResult
     from stanch.models.decisions import (
         Acknowledgement,
@@ -77,6 +80,7 @@ class IncidentWorkflow:
         self.notifier = Notifier(self.record)
         self.clocks = Clocks(self.record, self.notifier)
         self.gates = Gates(self.record, self.notifier, self.clocks)
+        self.steps = Steps(self.record, self.gates)
         self.grading = Grading(self.record)
         self.responders = ResponderHandlers(self.record, self.grading)
         self.monitoring = Monitoring(self.record)
@@ -279,7 +283,7 @@ class IncidentWorkflow:
         if self.record.finished("contain") or not await self.gates.gate("contain", self.runbook.containment):
             return
         self.record.set_status(IncidentStatus.containing)
-        await self.apply_steps("contain", self.runbook.containment, ContainActivities.apply_containment)
+        await self.steps.apply("contain", self.runbook.containment, ContainActivities.apply_containment)
         self.record.mark("contain", StageStatus.done, self.record.applied_summary("contain"))
 
     async def roll_back(self) -> None:
@@ -287,7 +291,7 @@ class IncidentWorkflow:
         if self.record.finished("rollback") or not await self.gates.gate("rollback", self.runbook.rollback):
             return
         self.record.set_status(IncidentStatus.rolling_back)
-        await self.apply_steps("rollback", self.runbook.rollback, RollbackActivities.apply_rollback)
+        await self.steps.apply("rollback", self.runbook.rollback, RollbackActivities.apply_rollback)
         self.record.mark("rollback", StageStatus.done, self.record.applied_summary("rollback"))
 
     async def hotfix(self) -> None:
@@ -296,7 +300,7 @@ class IncidentWorkflow:
         if self.record.finished("hotfix") or not await self.gates.gate("hotfix", steps):
             return
         self.record.set_status(IncidentStatus.hotfixing)
-        await self.apply_steps("hotfix", steps, HotfixActivities.apply_hotfix, timeout=FINETUNE_TIMEOUT)
+        await self.steps.apply("hotfix", steps, HotfixActivities.apply_hotfix, timeout=FINETUNE_TIMEOUT)
         self.record.mark("hotfix", StageStatus.done, self.record.applied_summary("hotfix"))
 
     async def verify(self) -> None:
@@ -405,40 +409,6 @@ class IncidentWorkflow:
         self.state.close_reason = reason
         self.record.note("stage", f"{status}: {reason}")
         self.record.set_status(status)
-
-    # --- applying runbook steps: once each, a failed one waits for a human -----------------
-
-    async def apply_steps(self, stage: str, steps: list[ActionSpec], activity: Any, timeout: timedelta = ACTION_TIMEOUT) -> None:
-        for index, step in enumerate(steps):
-            if f"{stage}/{index}" not in self.record.memory.steps_finished:  # (a continued run applied it already)
-                await self.apply_step(stage, index, step, activity, timeout)
-            self.record.memory.steps_finished.append(f"{stage}/{index}")
-
-    async def apply_step(self, stage: str, index: int, step: ActionSpec, activity: Any, timeout: timedelta) -> None:
-        """Apply one step (idempotency key per incident, stage, index and target)."""
-        captured = self.record.memory.captured  # what a failed run read before its change: a retry reuses it
-
-        async def apply_once() -> AppliedAction:
-            try:
-                return await workflow.execute_activity_method(
-                    activity,
-                    self.record.apply_input(stage, index, step, captured.get(f"{stage}/{index}")),
-                    start_to_close_timeout=timeout,
-                    heartbeat_timeout=LONG_ACTION_HEARTBEAT if timeout > ACTION_TIMEOUT else None,
-                    retry_policy=ACTION_RETRY,
-                )
-            except ActivityError as failure:
-                if found := captured_in(failure):
-                    captured[f"{stage}/{index}"] = found
-                raise
-
-        applied = await self.gates.attempt(stage, step.kind, apply_once)
-        captured.pop(f"{stage}/{index}", None)
-        if applied is None:
-            return self.record.note("action", f"{step.kind} skipped by a responder")
-        self.state.actions.append(applied)
-        done = "dry run, would apply" if self.record.input.dry_run else "applied"
-        self.record.note("action", f"{stage}: {done} {step.kind}", key=applied.idempotency_key, result=applied.result)
 
     # --- what monitoring and responders send (the rules: monitoring.py, handlers.py) ------
 

@@ -20,7 +20,7 @@ from stanch.models.signals import Severity, Signal
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
 # What a part is handed when it is built: the record and its sibling parts, never state of its own.
-PART_WIRING = {"record", "notifier", "clocks", "grading", "gates", "responders", "monitoring", "input", "runbook", "memory", "by"}
+PART_WIRING = {"record", "notifier", "clocks", "grading", "gates", "steps", "responders", "monitoring", "input", "runbook", "memory", "by"}
 
 
 def remembered() -> IncidentMemory:
