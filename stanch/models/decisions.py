@@ -3,7 +3,8 @@
 The workflow's handler names are what a responder does: `acknowledge`, `approve`, `reject`,
 `set_severity`, `triage`, `decide`, `resolve`, `record_report_filed`, `add_note`. Who decided
 is filled in by the API from the responder's token, and the API vouches for the decision with
-an HMAC assertion (stanch.trust.assertions): without it a decision is recorded, never acted on.
+an Ed25519 signature (stanch.trust.assertions): without a valid one an update is refused by its
+validator and an approval signal is recorded as refused, never counted.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from stanch.models.signals import Severity
 
 # Who decided is filled in by the API from the responder's token; a body may omit it.
 WHO = Field("", description="who decides: set by the API from the token (claimed only under --insecure-dev)")
-# The API's HMAC over the decision (stanch.trust.assertions): without it a decision is recorded, never acted on.
-VOUCHED = Field("", description="set by the API: an HMAC over the decision with a key the worker shares; never the key")
+# The API's signature over the decision (stanch.trust.assertions): without a valid one it is refused.
+VOUCHED = Field("", description="set by the API: its Ed25519 signature over the decision, checked with its public key; never a key")
 
 
 class Acknowledgement(BaseModel):
