@@ -29,15 +29,22 @@ class Clocks:
         """Wait durably until `done()`. Each time `every()` passes without it, the next escalation
         tier hears `overdue`. True once done; False if the runbook says to act after one reminder.
         A wait is where a long history hands over to a new run (HandOver), which waits on."""
+        memory = self.record.memory
+        # Since when this wait (or its last reminder) runs: a continued run keeps the wait's clock.
+        memory.waiting_since = memory.waiting_since or workflow.now()
         while not done():
             try:
-                await workflow.wait_condition(lambda: done() or self.record.history_is_long(), timeout=every())
+                left = every() - (workflow.now() - memory.waiting_since)
+                await workflow.wait_condition(lambda: done() or self.record.history_is_long(), timeout=max(left, timedelta(seconds=1)))
                 if not done():
                     raise HandOver()
             except TimeoutError:
+                memory.waiting_since = workflow.now()
                 await self.notifier.send("escalation", self.record.next_tier_recipients(), overdue)
                 if act_after_first_reminder:
+                    memory.waiting_since = None
                     return False
+        memory.waiting_since = None
         return True
 
     async def escalate_until_acknowledged(self) -> None:
@@ -88,10 +95,14 @@ class Clocks:
         """Art. 73 report clock: reminders widen as the deadline nears, until the report is filed."""
         state, clock = self.record.state, self.record.state.regulatory
         reminder_every = self.record.runbook.regulatory.reminder_every
+        memory = self.record.memory
         while clock.filed is None and clock.deadline is not None:  # a serious incident always has a deadline
             deadline = clock.deadline
             remaining = deadline - workflow.now()
-            wait = min(reminder_every, remaining) if remaining > timedelta(0) else reminder_every
+            # When the next reminder is due: a continued run keeps the clock's rhythm.
+            memory.next_report_reminder_at = memory.next_report_reminder_at or workflow.now() + reminder_every
+            until_reminder = max(memory.next_report_reminder_at - workflow.now(), timedelta(seconds=1))
+            wait = min(until_reminder, remaining) if remaining > timedelta(0) else until_reminder
 
             def filed_or_moved(was: datetime = deadline) -> bool:
                 return clock.filed is not None or clock.deadline != was
@@ -99,8 +110,10 @@ class Clocks:
             try:
                 # A shorter clock (a death, widespread harm) moves the deadline: re-plan at once.
                 await workflow.wait_condition(filed_or_moved, timeout=wait)
+                memory.next_report_reminder_at = None  # a moved deadline re-plans the reminders from now
                 continue
             except TimeoutError:
+                memory.next_report_reminder_at = None
                 clock.reminders_sent += 1
                 deadline = clock.deadline or deadline  # a re-grade in this same task may have moved it
                 overdue = workflow.now() >= deadline

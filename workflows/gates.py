@@ -38,6 +38,8 @@ class Gates:
 
     async def gate(self, stage: str, steps: list) -> bool:
         """Run, skip or wait for approval, as the runbook's policy for this severity says."""
+        if self.passed_before(stage):
+            return True
         resolved = self.record.memory.resolve_request
         if resolved:
             self.record.mark(stage, StageStatus.skipped, f"resolved by {resolved.by}")
@@ -57,25 +59,33 @@ class Gates:
             self.record.mark("restore", StageStatus.skipped, "nothing to restore")
             return False
         resolved = self.record.memory.resolve_request
+        pending = self.record.state.pending_approval
+        if self.passed_before("restore") or (pending and pending.stage == "restore"):  # a continued run: as it was
+            return await self.follow_policy("restore", self.record.policy.gate("restore"), requested_by="stanch", resolve_skips_it=False)
         gate = self.record.policy.gate("restore")
         if gate.mode != "approve" and (resolved or self.record.state.stage("verify").status != StageStatus.done):
             self.record.note("restore", f"restore needs an approval: {'a resolve request' if resolved else 'no verified fix'}")
             gate = StageGate(mode="approve", approve=Approval(count=1, roles=list(RESPONDER_ROLES)))
         return await self.follow_policy("restore", gate, requested_by=resolved.by if resolved else "stanch", resolve_skips_it=False)
 
+    def passed_before(self, stage: str) -> bool:
+        """A continued run finds this stage past its gate (running, or failed and waiting for a decision)."""
+        return self.record.state.stage(stage).status in (StageStatus.running, StageStatus.failed)
+
     async def follow_policy(self, stage: str, gate: StageGate, *, requested_by: str, resolve_skips_it: bool) -> bool:
         record, state = self.record, self.record.state
-        if state.stage(stage).status in (StageStatus.running, StageStatus.failed):
-            return True  # a continued run: this stage passed its gate before the hand-over
-        if gate.mode == "skip":
-            record.mark(stage, StageStatus.skipped, f"policy for {state.severity} skips {stage}")
-            return False
-        if gate.mode != "approve":
-            record.mark(stage, StageStatus.running, f"automatic at {state.severity}")
+        if self.passed_before(stage):
             return True
-        approval = gate.approve or Approval()  # a gate in approve mode always has one
-        pending = state.pending_approval
-        if pending is None or pending.stage != stage:  # (a continued run finds its request pending still)
+        pending = state.pending_approval if state.pending_approval and state.pending_approval.stage == stage else None
+        # A continued run finds its request pending still: it stands, whatever severity says now.
+        if pending is None:
+            if gate.mode == "skip":
+                record.mark(stage, StageStatus.skipped, f"policy for {state.severity} skips {stage}")
+                return False
+            if gate.mode != "approve":
+                record.mark(stage, StageStatus.running, f"automatic at {state.severity}")
+                return True
+            approval = gate.approve or Approval()  # a gate in approve mode always has one
             pending = PendingApproval(
                 stage=stage,
                 severity=state.severity,
@@ -84,6 +94,7 @@ class Gates:
                 required_roles=approval.required_roles,
                 requested_by=requested_by,
                 requested_at=workflow.now(),
+                auto_on_timeout=approval.auto_on_timeout,
             )
             state.pending_approval = pending
             record.mark(stage, StageStatus.awaiting_approval, approvals.missing(pending, state.approvals))
@@ -99,7 +110,7 @@ class Gates:
             settled,
             every=lambda: record.policy.approval_timeout,
             overdue=f"{state.id}: approval of {stage} overdue",
-            act_after_first_reminder=approval.auto_on_timeout,  # the runbook says waiting is worse than acting
+            act_after_first_reminder=pending.auto_on_timeout,  # the runbook says waiting is worse than acting
         )
         state.pending_approval = None
         if not decided:

@@ -124,6 +124,10 @@ class IncidentWorkflow:
                     await self.review()
                     await self.wait_for_regulatory_report()
                     self.close(IncidentStatus.closed, "restored and reviewed")
+                else:
+                    await self.restore()  # only what an earlier occurrence left in place: a human approves lifting it
+                    await self.wait_for_regulatory_report()  # and a report an earlier occurrence owes
+                    self.close(IncidentStatus.false_positive, self.record.close_reason_for_false_positive())
                 return
             except IncidentAborted as aborted:
                 memory.aborted_by, memory.abort_reason = aborted.by, str(aborted)
@@ -152,6 +156,7 @@ class IncidentWorkflow:
 
     async def stop_this_run(self) -> None:
         """Updates finish first and no page is left half-sent; then the clocks stop."""
+        self.record.memory.handing_over = True
         await workflow.wait_condition(lambda: workflow.all_handlers_finished() and self.record.memory.in_flight == 0)
         for task in self.background:
             task.cancel()
@@ -167,6 +172,7 @@ class IncidentWorkflow:
         if recurrence := self.record.input.recurrence:
             for signal in recurrence.signals:
                 self.monitoring.take(signal)  # seen by the last occurrence, new to this one
+            self.state.signal_count += recurrence.signals_not_kept
         await workflow.wait_condition(lambda: bool(self.state.signals) or self.state.closing_notices > 0)
         self.record.publish()
         if not self.state.signals:
@@ -194,16 +200,19 @@ class IncidentWorkflow:
 
     async def confirm(self) -> bool:
         """Re-check before acting: replay the reported prompts, re-query the metric."""
+        memory = self.record.memory
         if self.record.finished("confirm"):
-            return True  # a continued run: confirmed before the hand-over (a false positive closes)
-        outcome = self.record.memory.confirm_outcome or await self.run_confirm_checks()
+            return memory.confirmed is not False  # a continued run: decided before the hand-over
+        outcome = memory.confirm_outcome or await self.run_confirm_checks()
         if outcome == "inconclusive":
             outcome = await self.triage_by_a_human()
-        if outcome == "not_confirmed":
+        memory.confirmed = outcome != "not_confirmed"
+        if not memory.confirmed:
             self.record.mark("confirm", StageStatus.done, "not confirmed: false positive")
+            left_before = self.record.protections_in_place()  # by an earlier occurrence of this incident
             for stage in self.state.stages[1:]:
-                self.record.mark(stage.name, StageStatus.skipped, "false positive")
-            self.close(IncidentStatus.false_positive, self.record.close_reason_for_false_positive())
+                if not (stage.name == "restore" and left_before):
+                    self.record.mark(stage.name, StageStatus.skipped, "false positive")
             return False
         self.record.mark("confirm", StageStatus.done, "confirmed")
         self.record.set_status(IncidentStatus.confirmed)
@@ -222,6 +231,7 @@ class IncidentWorkflow:
             finding = Finding(check="confirm", outcome="inconclusive", detail=f"checks could not run: {cause_of(failure)}")
             result = ConfirmResult(outcome="inconclusive", findings=[finding])
         self.record.take_confirmation(result)
+        self.record.memory.confirm_outcome = result.outcome  # a continued run waits for triage, it does not check again
         return result.outcome
 
     async def triage_by_a_human(self) -> str:
@@ -347,11 +357,14 @@ class IncidentWorkflow:
                 self.record.note("restore", f"protections left in place: {[a.kind for a in protections]}")
             return
         self.record.set_status(IncidentStatus.restoring)
+        finished = self.record.memory.steps_finished  # undone or skipped: a continued run does not ask again
         for applied in protections:
             if self.record.memory.recurring:  # harm is back: what is still in place stays
                 self.record.note("restore", f"harm reported again: {applied.kind} and what came before it stay in place")
                 break
-            await self.undo(applied)
+            if f"restore/{applied.idempotency_key}" not in finished:
+                await self.undo(applied)
+                finished.append(f"restore/{applied.idempotency_key}")
         still = self.record.still_in_place()
         self.record.mark("restore", StageStatus.done, f"still in place: {', '.join(still)}" if still else "every protection undone")
 

@@ -38,9 +38,10 @@ class Monitoring:
 
     def take(self, signal: Signal) -> None:
         """A signal this incident has not seen: a closing notice, harm come back, or harm."""
-        if signal.is_closing_notice:
+        hardened = self.record.memory.hardened  # an incident begun before these rules counted every signal
+        if signal.is_closing_notice and hardened:
             return self.record_closing_notice(signal)
-        if self.record.winding_down:
+        if self.record.winding_down and hardened:
             return self.record_recurrence(signal)
         state = self.record.state
         state.signal_count += 1
@@ -67,7 +68,15 @@ class Monitoring:
         kept = self.record.state.signals
         if len(kept) < KEEP_FIRST:
             return True
-        return len(kept) < KEEP_AT_MOST and what_rules_read(signal) not in {what_rules_read(s) for s in kept}
+        keys = self.labels_rules_read()
+        return len(kept) < KEEP_AT_MOST and what_rules_read(signal, keys) not in {what_rules_read(s, keys) for s in kept}
+
+    def labels_rules_read(self) -> frozenset[str]:
+        """The label names the runbook's severity and seriousness rules match on (`harm`, `sector`)."""
+        runbook = self.record.runbook
+        conditions = [rule.when for rule in runbook.severity.rules] + runbook.regulatory.serious_when
+        conditions += [clock.when for clock in runbook.regulatory.shorter_clocks]
+        return frozenset(name for condition in conditions for name in condition.labels)
 
     def record_closing_notice(self, signal: Signal) -> None:
         state = self.record.state
@@ -82,9 +91,11 @@ class Monitoring:
         """Harm reported again while protections are lifted or gone: never absorbed. On-call is
         paged (Clocks.page_when_harm_returns), what is still in place stays, and once this
         occurrence's review is done the incident continues as a new occurrence with this signal."""
-        recurring = self.record.memory.recurring
-        if len(recurring) < KEEP_FIRST:
-            recurring.append(signal)
+        memory = self.record.memory
+        if len(memory.recurring) < KEEP_FIRST:
+            memory.recurring.append(signal)
+        else:
+            memory.recurring_not_kept += 1  # counted in the next occurrence all the same
         self.record.note(
             "signal",
             f"harm reported again while {self.record.state.status}: {signal.sender} {signal.title or signal.signal_id}",
@@ -94,6 +105,8 @@ class Monitoring:
         )
 
 
-def what_rules_read(signal: Signal) -> tuple:
-    """What a runbook's conditions can tell signals apart by (labels aside: they vary per alert)."""
-    return (signal.source, signal.sender, signal.category, signal.model, signal.severity_hint, signal.title.casefold())
+def what_rules_read(signal: Signal, label_names: frozenset[str]) -> tuple:
+    """What a runbook's conditions can tell signals apart by: of the labels, only those a rule
+    names (an alert's `instance` varies per alert and no rule reads it)."""
+    labels = tuple(sorted((name, value) for name, value in signal.labels.items() if name in label_names))
+    return (signal.source, signal.sender, signal.category, signal.model, signal.severity_hint, signal.title.casefold(), labels)

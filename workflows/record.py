@@ -7,6 +7,7 @@ The lifecycle itself (stages, gates, timers, compensations) reads in `workflows/
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from temporalio import workflow
@@ -44,6 +45,9 @@ REVERSIBLE_STAGES = ("contain", "rollback")
 # Repro cases kept: each is replayed by confirm and verify, so a storm of reports keeps the first.
 REPRO_AT_MOST = 200
 FINISHED = (StageStatus.done, StageStatus.skipped, StageStatus.rejected)
+# Closing notices kept apart, harm come back opening the next occurrence, re-grading only on
+# what could change the grade: each changes the commands an old history recorded.
+HARDENING_PATCH = "storms-notices-recurrence"
 # The timeline the state (and the review) holds: the first entries and the latest; the rest
 # are counted (`timeline_omitted`) and read from history by `stanch audit timeline`.
 TIMELINE_AT_MOST = 2_000
@@ -58,6 +62,7 @@ class Record:
         self.runbook = input.runbook
         if input.carried is not None:  # a continued run remembers what the last one did
             self.memory = IncidentMemory.model_validate(input.carried)
+            self.memory.handing_over = False
             self.state.runs += 1
             return
         opened_at = workflow.now()
@@ -75,7 +80,8 @@ class Record:
             stages=fresh_stages(),
             occurrence=f"{input.incident_id}@{first_run[:8]}",
         )
-        self.memory = IncidentMemory(state=state, last_escalation_at=opened_at)
+        # Incidents begun before these rules replay (and run on) as they were recorded.
+        self.memory = IncidentMemory(state=state, last_escalation_at=opened_at, hardened=workflow.patched(HARDENING_PATCH))
         if recurrence := input.recurrence:  # what the previous occurrence left to this one
             state.previous_occurrences = recurrence.previous_occurrences
             state.regulatory = recurrence.regulatory or state.regulatory
@@ -100,14 +106,18 @@ class Record:
         return self.input.carried is not None
 
     def history_is_long(self) -> bool:
-        """Time to hand over to a new run (continue-as-new) at the next wait. The bound is well
-        under Temporal's suggestion (10,240 events), so that signals arriving meanwhile still fit."""
+        """Time to hand over to a new run (continue-as-new) at the next wait: when Temporal
+        suggests it (4,096 events by default) or past our own bound. Both leave room under
+        Temporal's warning at 10,240 events for the signals that arrive before the next wait."""
         info = workflow.info()
         return info.is_continue_as_new_suggested() or info.get_current_history_length() > self.input.events_before_handing_over
 
     def handed_over(self) -> IncidentInput:
-        """The next run's input: the same incident, runbook and target, carrying the memory."""
-        return self.input.model_copy(update={"carried": self.memory.model_dump(mode="json")})
+        """The next run's input: the same incident, runbook and target, carrying the memory —
+        slimmed first if it would not fit the payload Temporal accepts (everything left out of
+        it is in this run's history)."""
+        slim_to_fit(self.memory, workflow.now())
+        return self.input.model_copy(update={"carried": self.memory.model_dump(mode="json"), "recurrence": None})
 
     def next_occurrence(self) -> IncidentInput:
         """The next run's input when harm came back: a fresh occurrence of the same incident id,
@@ -116,6 +126,7 @@ class Record:
         recurrence = Recurrence(
             previous_occurrences=[*state.previous_occurrences, state.occurrence],
             signals=self.memory.recurring,
+            signals_not_kept=self.memory.recurring_not_kept,
             recent_signal_ids=self.memory.recent_signal_ids,
             regulatory=clock if clock.serious and clock.filed is None else None,
             protections=[a for a in state.actions if a.stage in REVERSIBLE_STAGES and a.undone_at is None],
@@ -337,3 +348,50 @@ class Record:
             dedup_id=f"{self.state.occurrence}/notify/{self.memory.notifications_sent}",
             dry_run=self.input.dry_run,
         )
+
+
+# Temporal refuses a payload over 2 MiB and ends the workflow that sent it: keep well under.
+CARRIED_AT_MOST = 1_500_000
+
+
+def slim_to_fit(memory: IncidentMemory, at: datetime) -> None:
+    """Leave out, step by step, what the incident can do without until the memory fits: the raw
+    payloads and long descriptions of the signals kept, then the older half of the dedup ids,
+    the middle of the timeline, the later signals kept. Each step is noted on the timeline."""
+    state = memory.state
+
+    def size() -> int:
+        return len(memory.model_dump_json())
+
+    steps = [
+        ("raw payloads and long descriptions of the signals kept", lambda: slim_signals(state.signals)),
+        ("the older half of the signal ids remembered for deduplication", lambda: drop_oldest(memory.recent_signal_ids)),
+        ("the middle of the timeline", lambda: drop_middle(state)),
+        ("the signals kept past the first 20", lambda: keep_first(state.signals, 20)),
+    ]
+    for what, step in steps:
+        if size() <= CARRIED_AT_MOST:
+            return
+        step()
+        state.timeline.append(TimelineEntry(at=at, kind="stage", message=f"handing over: left out {what} (all in history)", actor="stanch"))
+
+
+def slim_signals(signals: list) -> None:
+    for index, signal in enumerate(signals):
+        signals[index] = signal.model_copy(update={"raw": {}, "description": signal.description[:1_000]})
+
+
+def keep_first(signals: list, count: int) -> None:
+    del signals[count:]
+
+
+def drop_oldest(ids: dict[str, None]) -> None:
+    for digest in list(ids)[: len(ids) // 2]:
+        del ids[digest]
+
+
+def drop_middle(state: IncidentState) -> None:
+    keep_head, keep_tail = 100, 400
+    if len(state.timeline) > keep_head + keep_tail:
+        state.timeline_omitted += len(state.timeline) - keep_head - keep_tail
+        del state.timeline[keep_head:-keep_tail]

@@ -79,8 +79,8 @@ class Grading:
         """New signals (or a responder's change) re-run the rules; severity only ever rises here."""
         record = self.record
         while not record.is_over:
-            # Not while a long history waits to hand over: the next run grades what this one did not.
-            await workflow.wait_condition(lambda: (self.regrade_wanted() and not record.history_is_long()) or record.is_over)
+            # Not while this run hands over: the next run grades what this one did not.
+            await workflow.wait_condition(lambda: (self.regrade_wanted() and not record.memory.handing_over) or record.is_over)
             if record.is_over:
                 return
             try:
@@ -123,8 +123,8 @@ class Grading:
         if memory.regrade_requested:
             return True
         before, now = memory.signals_graded, memory.state.signal_count
-        if now <= before:
-            return False
+        if now <= before or not memory.hardened:  # an incident begun before these rules grades every new signal
+            return now > before
         return len(memory.state.signals) > memory.kept_signals_graded or any(before < n <= now for n in self.count_thresholds())
 
     def count_thresholds(self) -> list[int]:

@@ -62,7 +62,8 @@ class IncidentInput(BaseModel):
     events_before_handing_over: int = Field(
         8_000,
         ge=100,
-        description="a run continues as new at its next wait once its history is this long (Temporal suggests it at 10,240)",
+        description="a run continues as new at its next wait once its history is this long, or sooner when Temporal suggests "
+        "it (by default at 4,096 events; it warns at 10,240 and ends a run at 51,200)",
     )
     recurrence: Recurrence | None = Field(
         None, description="set when harm came back after the previous occurrence was contained: this run is a new occurrence"
@@ -93,6 +94,7 @@ class PendingApproval(BaseModel):
     requested_by: str = "stanch"
     requested_at: datetime
     approvers: list[str] = Field(default_factory=list)
+    auto_on_timeout: bool = Field(False, description="the runbook says: act if nobody decides within the approval timeout")
     lowered_by: list[str] = Field(
         default_factory=list, description="who lowered severity while this step waited: like its requester, they cannot approve it"
     )
@@ -139,6 +141,7 @@ class Recurrence(BaseModel):
 
     previous_occurrences: list[str]
     signals: list[Signal] = Field(description="the firing signals that reported the harm again")
+    signals_not_kept: int = Field(0, description="more of them, counted but not kept in full")
     recent_signal_ids: dict[str, None] = Field(default_factory=dict, description="so a repeat of an old alert is not new harm")
     regulatory: RegulatoryClock | None = Field(None, description="a report not yet filed: its clock goes on in the next occurrence")
     protections: list[AppliedAction] = Field(

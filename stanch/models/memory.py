@@ -22,6 +22,11 @@ from stanch.models.signals import Signal
 
 class IncidentMemory(BaseModel):
     state: IncidentState
+    hardened: bool = Field(
+        False,
+        description="begun under the rules for storms, closing notices and harm come back (workflow.patched "
+        "'storms-notices-recurrence'); an incident begun before keeps the old rules to its end",
+    )
     recent_signal_ids: dict[str, None] = Field(
         default_factory=dict, description="digests of the latest signal ids, oldest first: a redelivered signal is not a second signal"
     )
@@ -34,6 +39,7 @@ class IncidentMemory(BaseModel):
     failed_stage: str | None = Field(None, description="the stage whose failure waits for that decision")
     status_before_failure: str | None = Field(None, description="the status to return to once the failure is decided")
     confirm_outcome: str | None = Field(None, description="what the confirm checks said: inconclusive waits for triage")
+    confirmed: bool | None = Field(None, description="confirmed (True) or a false positive (False), once decided")
     steps_finished: list[str] = Field(default_factory=list, description="`stage/index` of every step applied or skipped")
     captured: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per `stage/index`: what a failed step read before its change; a retry reuses it"
@@ -43,7 +49,9 @@ class IncidentMemory(BaseModel):
     recurring: list[Signal] = Field(
         default_factory=list, description="firing signals that came while restoring, reviewing or awaiting the report"
     )
+    recurring_not_kept: int = Field(0, description="more of them, past the ones kept in full")
     recurrences_paged: int = Field(0, description="of those, how many on-call was paged for")
+    handing_over: bool = Field(False, description="this run is handing over to the next: no new grading starts")
     in_flight: int = Field(0, description="notifications and gradings under way: the run hands over only when none is")
     resolve_request: ResolveRequest | None = None
     severity_set_by_human: bool = False
@@ -53,3 +61,5 @@ class IncidentMemory(BaseModel):
     kept_signals_graded: int = Field(0, description="signals kept in full at the last grading")
     notifications_sent: int = Field(0, description="numbers each notification: its delivery is idempotent by that number")
     last_escalation_at: datetime
+    waiting_since: datetime | None = Field(None, description="when the wait for a person (or its last reminder) began")
+    next_report_reminder_at: datetime | None = Field(None, description="when the report clock reminds next")

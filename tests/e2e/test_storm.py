@@ -81,7 +81,7 @@ def test_a_storm_of_20000_alerts_is_one_running_incident_counting_every_alert(tm
         incident = wait_for(lambda: stack.incident(incident_id), lambda s: s.get("signal_count") == ALERTS, timeout=300)
         assert incident["status"] == "triage", "still waiting for a human, neither failed nor closed"
         assert incident["runs"] >= 3, "a long history was handed over to new runs"
-        assert len(incident["signals"]) <= 500, "the storm is counted, not kept in full"
+        assert len(incident["signals"]) < incident["signal_count"], "the storm is counted, not kept in full"
 
         listed = wait_for(lambda: httpx.get(f"{stack.api}/v1/incidents", timeout=15).json(), lambda found: bool(found))
         assert [row["id"] for row in listed] == [incident_id], "one incident, not one row per run"

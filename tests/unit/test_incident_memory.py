@@ -103,3 +103,28 @@ def test_the_check_sees_a_part_that_keeps_state_of_its_own() -> None:
         "class Gates:\n    def __init__(self, record):\n        self.record = record\n    def gate(self):\n        self.waiting = True\n"
     )
     assert assignments_to_self(ast.parse(source)) == [("Gates.__init__", "record", 3), ("Gates.gate", "waiting", 5)]
+
+
+def test_a_memory_too_big_to_carry_is_slimmed_to_fit_and_says_what_it_left_out() -> None:
+    from workflows.record import CARRIED_AT_MOST, slim_to_fit
+
+    memory = remembered()
+    big = "x" * 30_000
+    memory.state.signals = [Signal(signal_id=f"sig-{n}", title=f"leak {n}", description=big, raw={"payload": big}) for n in range(120)]
+    memory.recent_signal_ids = {f"{n:016x}": None for n in range(20_000)}
+    assert len(memory.model_dump_json()) > 2 * 1024 * 1024, "bigger than Temporal's payload limit"
+
+    slim_to_fit(memory, datetime(2026, 12, 5, tzinfo=UTC))
+
+    assert len(memory.model_dump_json()) <= CARRIED_AT_MOST
+    assert len(memory.state.signals) == 120 and all(not s.raw for s in memory.state.signals), "signals kept, their payloads left out"
+    assert memory.state.timeline[-1].message.startswith("handing over: left out")
+
+
+def test_a_memory_that_fits_is_carried_whole() -> None:
+    from workflows.record import slim_to_fit
+
+    memory = remembered()
+    before = memory.model_dump_json()
+    slim_to_fit(memory, datetime(2026, 12, 5, tzinfo=UTC))
+    assert memory.model_dump_json() == before

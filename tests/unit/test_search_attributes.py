@@ -55,6 +55,7 @@ def test_the_workflow_upserts_only_status_severity_runbook_target_and_opened_at(
     monkeypatch.setattr(workflow, "now", lambda: datetime(2026, 11, 26, 9, 0, tzinfo=UTC))
     monkeypatch.setattr(workflow, "info", lambda: SimpleNamespace(first_execution_run_id="0123456789abcdef"))
     monkeypatch.setattr(workflow, "upsert_search_attributes", upserts.append)
+    monkeypatch.setattr(workflow, "patched", lambda patch_id: True)
 
     record = Record(incident_input().model_copy(update={"upsert_search_attributes": True}))
     record.state.signals.append(leaky_signal())

@@ -65,3 +65,26 @@ async def test_harm_back_while_restoring_keeps_what_is_still_in_place_for_the_ne
     assert {a.kind for a in inherited} >= {"block_outputs"}, "what is still in place goes to the next occurrence's restore"
     assert all(stuck.occurrence in a.idempotency_key for a in inherited)
     assert nxt.status != IncidentStatus.closed
+
+
+async def test_a_next_occurrence_found_false_positive_still_lifts_what_the_last_left_in_place(client):
+    """The protections left in place make the next occurrence's replay come back clean: it closes
+    as a false positive, but only after a person approved lifting what it inherited."""
+    script = Script(failing_kinds={"undo:block_outputs"})
+    async with running_incident(client, script) as first_run:
+        incident = client.get_workflow_handle(first_run.id)
+        await approve_four_eyes(incident, "contain")
+        await approve_four_eyes(incident, "rollback")
+        await until(incident, waiting_on("restore"))
+        await approve(incident, "restore", "alice", ["oncall"])
+        stuck = await until(incident, failed("restore"))
+        await incident.signal(IncidentWorkflow.add_signal, alert("sig-again", title="the leak is back"))
+        await until(incident, lambda s: any(e.data.get("recurrence") for e in s.timeline))
+        script.confirm = "not_confirmed"
+        script.failing_kinds.clear()
+        await AsTheApi(incident).execute_update(IncidentWorkflow.decide, FailureDecision(stage="restore", by="alice", choice="skip"))
+        nxt = await until(incident, lambda s: s.occurrence != stuck.occurrence and waiting_on("restore")(s))
+        assert {a.kind for a in nxt.actions if a.undone_at is None} >= {"block_outputs"}
+        await approve(incident, "restore", "alice", ["oncall"])
+        final = await until(incident, lambda s: s.status == IncidentStatus.false_positive)
+    assert all(a.undone_at is not None for a in final.actions), "nothing an earlier occurrence applied is left behind"
