@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from temporalio.client import WorkflowHandle
 
-from stanch.models.decisions import FailureDecision, Note, SeverityChange, TriageDecision
+from stanch.models.decisions import FailureDecision, Note, ReportFiled, SeverityChange, TriageDecision
 from stanch.models.incident import IncidentInput, IncidentStatus
 from stanch.models.signals import Severity
 from tests.workflow.conftest import alert, incident_input, running_incident
@@ -115,3 +115,24 @@ async def test_a_rule_on_a_label_still_grades_after_a_storm(client):
         await incident.signal(IncidentWorkflow.add_signal, alert("death", labels={**SERIOUS, "harm": "death"}))
         after = await until(incident, lambda s: s.regulatory.serious)
     assert after.regulatory.deadline - after.regulatory.aware_at == timedelta(days=10)
+
+
+async def test_an_aborted_incident_awaiting_its_report_hands_over_and_still_closes_as_aborted(client):
+    script = Script(failing_kinds={"rollback_to_previous"})
+    labels = {**SERIOUS, "harm": "health-injury"}
+    async with running_incident(client, script, input=bounded(), first=alert(labels=labels)) as first_run:
+        incident = client.get_workflow_handle(first_run.id)
+        await approve_four_eyes(incident, "contain")
+        await approve_four_eyes(incident, "rollback")
+        await until(incident, failed("rollback"))
+        abort = FailureDecision(stage="rollback", by="alice", choice="abort", reason="the registry is down")
+        await AsTheApi(incident).execute_update(IncidentWorkflow.decide, abort)
+        waiting = await until(incident, lambda s: s.status == IncidentStatus.awaiting_report)
+        reviews = len(script.reviews)
+        await hand_over(incident)
+        still = await until(incident, lambda s: s.runs >= 2)
+        assert still.status == IncidentStatus.awaiting_report and still.regulatory.deadline == waiting.regulatory.deadline
+        await AsTheApi(incident).execute_update(IncidentWorkflow.record_report_filed, ReportFiled(by="sam", reference="EU-2026-0100"))
+        final = await until(incident, lambda s: s.status == IncidentStatus.aborted)
+    assert len(script.reviews) == reviews, "the review is not written again"
+    assert all(a.undone_at is None for a in final.actions), "an abort keeps every protection in place"
