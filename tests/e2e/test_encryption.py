@@ -56,10 +56,14 @@ def show(workflow_id: str, address: str, *codec: str) -> subprocess.CompletedPro
 
 def payloads(node) -> Iterator[dict]:
     """Every Payload in the CLI's JSON (a dict with `metadata` and `data`), but for search
-    attributes: those the server indexes, so they stay plain (and carry no prompt; see below)."""
+    attributes: those the server indexes, so they stay plain (and carry no prompt; see below);
+    and for the SDK's patch markers (`workflow.patched`), which hold the patch's name only and
+    are written by the SDK's core, not through the data converter."""
     if isinstance(node, dict):
         if "metadata" in node and "data" in node:
             yield node
+        if node.get("markerName") == "core_patch":
+            return
         for key, value in node.items():
             if key != "searchAttributes":
                 yield from payloads(value)
