@@ -4,13 +4,29 @@ again — carrying the protections still in place and a report still owed."""
 
 from __future__ import annotations
 
+from temporalio.client import WorkflowHandle
+
 from stanch.models.decisions import FailureDecision, ReportFiled
-from stanch.models.incident import IncidentStatus
+from stanch.models.incident import IncidentState, IncidentStatus
 from tests.workflow.conftest import alert, running_incident
 from tests.workflow.helpers import AsTheApi, approve, approve_four_eyes, failed, state, until, waiting_on
 from tests.workflow.standins import Script
 from tests.workflow.test_clocks import SERIOUS, to_awaiting_report
 from workflows.incident import IncidentWorkflow
+
+
+async def harm_back_while_an_undo_fails(incident: WorkflowHandle, script: Script) -> tuple[IncidentState, list[str]]:
+    """Contained, rolled back, restoring: an undo failed and waits for a decision when harm is
+    back. The state then, and what had been undone before harm came back."""
+    await approve_four_eyes(incident, "contain")
+    await approve_four_eyes(incident, "rollback")
+    await until(incident, waiting_on("restore"))
+    await approve(incident, "restore", "alice", ["oncall"])
+    stuck = await until(incident, failed("restore"))
+    undone_before = list(script.undone)
+    await incident.signal(IncidentWorkflow.add_signal, alert("sig-again", title="the leak is back"))
+    await until(incident, lambda s: any(e.data.get("recurrence") for e in s.timeline))
+    return stuck, undone_before
 
 
 def pages_for_recurrence(script: Script) -> list[str]:
@@ -47,15 +63,7 @@ async def test_harm_back_while_restoring_keeps_what_is_still_in_place_for_the_ne
     script = Script(failing_kinds={"undo:block_outputs"})
     async with running_incident(client, script) as first_run:
         incident = client.get_workflow_handle(first_run.id)
-        await approve_four_eyes(incident, "contain")
-        await approve_four_eyes(incident, "rollback")
-        await until(incident, waiting_on("restore"))
-        await approve(incident, "restore", "alice", ["oncall"])
-        stuck = await until(incident, failed("restore"))
-        undone_before = list(script.undone)
-
-        await incident.signal(IncidentWorkflow.add_signal, alert("sig-again", title="the leak is back"))
-        await until(incident, lambda s: any(e.data.get("recurrence") for e in s.timeline))
+        stuck, undone_before = await harm_back_while_an_undo_fails(incident, script)
         assert pages_for_recurrence(script), "on-call is paged while the failed undo still waits for a decision"
         await AsTheApi(incident).execute_update(IncidentWorkflow.decide, FailureDecision(stage="restore", by="alice", choice="skip"))
         nxt = await until(incident, lambda s: s.occurrence != stuck.occurrence)
@@ -73,13 +81,7 @@ async def test_a_next_occurrence_found_false_positive_still_lifts_what_the_last_
     script = Script(failing_kinds={"undo:block_outputs"})
     async with running_incident(client, script) as first_run:
         incident = client.get_workflow_handle(first_run.id)
-        await approve_four_eyes(incident, "contain")
-        await approve_four_eyes(incident, "rollback")
-        await until(incident, waiting_on("restore"))
-        await approve(incident, "restore", "alice", ["oncall"])
-        stuck = await until(incident, failed("restore"))
-        await incident.signal(IncidentWorkflow.add_signal, alert("sig-again", title="the leak is back"))
-        await until(incident, lambda s: any(e.data.get("recurrence") for e in s.timeline))
+        stuck, _ = await harm_back_while_an_undo_fails(incident, script)
         script.confirm = "not_confirmed"
         script.failing_kinds.clear()
         await AsTheApi(incident).execute_update(IncidentWorkflow.decide, FailureDecision(stage="restore", by="alice", choice="skip"))
