@@ -16,7 +16,7 @@ from temporalio.exceptions import ActivityError
 
 from workflows import approvals
 from workflows.clocks import Clocks
-from workflows.failures import IncidentAborted, StepFailed, cause_of
+from workflows.failures import HandOver, IncidentAborted, StepFailed, cause_of
 from workflows.notifications import Notifier
 from workflows.record import Record
 
@@ -132,8 +132,13 @@ class Gates:
     async def attempt(self, stage: str, what: str, call: Callable[[], Awaitable[T]], *, skippable: bool = True) -> T | None:
         """Run `call`; if it fails after its retries, a human decides. Retry runs it again, skip
         returns None, abort ends the lifecycle (IncidentAborted) with every protection in place.
-        Where skipping is not `skippable` (verification), only a success returns."""
+        Where skipping is not `skippable` (verification), only a success returns.
+
+        Before each call is also where a long history hands over (nothing of the lifecycle is
+        under way): a storm while steps run without a wait must not outgrow the run."""
         while True:
+            if self.record.history_is_long():
+                raise HandOver()
             if self.record.memory.failed_stage == stage:  # a continued run: the failure still waits for a human
                 self.record.set_status(IncidentStatus.awaiting_decision)
             else:

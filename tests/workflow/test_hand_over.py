@@ -4,16 +4,18 @@ BOUND events."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
 from temporalio.client import WorkflowHandle
+from temporalio.worker import Worker
 
 from stanch.models.decisions import FailureDecision, Note, ReportFiled, SeverityChange, TriageDecision
 from stanch.models.incident import IncidentInput, IncidentStatus
 from stanch.models.signals import Severity
 from tests.workflow.conftest import alert, incident_input, running_incident
 from tests.workflow.helpers import AsTheApi, approve, approve_four_eyes, failed, state, until, waiting_on
-from tests.workflow.standins import Script
+from tests.workflow.standins import Script, stand_ins
 from tests.workflow.test_clocks import SERIOUS
 from workflows.incident import IncidentWorkflow
 
@@ -136,3 +138,23 @@ async def test_an_aborted_incident_awaiting_its_report_hands_over_and_still_clos
         final = await until(incident, lambda s: s.status == IncidentStatus.aborted)
     assert len(script.reviews) == reviews, "the review is not written again"
     assert all(a.undone_at is None for a in final.actions), "an abort keeps every protection in place"
+
+
+async def test_a_storm_before_the_steps_run_hands_over_between_them_with_no_wait_at_all(client):
+    """Low severity runs every stage automatically: no approval, no wait. A history made long
+    by a storm hands over between steps all the same, and the incident ends as it would have."""
+    script = Script(detectors=[])
+    low = bounded().model_copy(deep=True)
+    low.runbook.severity.default = Severity.low
+    low.runbook.severity.rules = []  # a storm would grade it critical (`signals_at_least`), which waits for approvals
+    task_queue = f"tq-{uuid.uuid4()}"
+    handle = await client.start_workflow(
+        IncidentWorkflow.run, low, id=low.incident_id, task_queue=task_queue, start_signal="add_signal", start_signal_args=[alert()]
+    )
+    for n in range(120):  # before any worker polls: the run's first task finds its history long
+        await handle.signal(IncidentWorkflow.add_signal, alert(f"storm-{n}", labels={"instance": f"pod-{n}"}))
+    async with Worker(client, task_queue=task_queue, workflows=[IncidentWorkflow], activities=stand_ins(script)):
+        final = await client.get_workflow_handle_for(IncidentWorkflow.run, low.incident_id).result()
+    assert final.status == IncidentStatus.closed and final.runs >= 2
+    assert final.signal_count == 121
+    assert len(script.applied) == len(set(script.applied)), "no step applied twice across the hand-over"
