@@ -159,7 +159,12 @@ class Timeline(BaseModel):
     workflow_id: str
     run_id: str
     incident_id: str = ""
-    occurrence: str = Field("", description="<incident id>@<first run id[:8]>: what assertions are bound to")
+    occurrence: str = Field(
+        "", description="what assertions are bound to: <incident id>@<its first run id[:8]>, kept from run to run as the workflow keeps it"
+    )
+    continued_from: str | None = Field(
+        None, description="the run this one took over from (a long history handed over, or the previous occurrence)"
+    )
     runbook: str = ""
     runbook_sha256: str = ""
     target: str = ""

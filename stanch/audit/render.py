@@ -144,7 +144,7 @@ def summary(t: Timeline) -> list[tuple[str, str]]:
         ("dry run", "yes: a rehearsal, nothing was changed" if t.dry_run else "no"),
         ("incident", t.incident_id),
         ("occurrence", t.occurrence),
-        ("workflow", f"{t.workflow_id} run {t.run_id}"),
+        ("workflow", f"{t.workflow_id} run {t.run_id}" + (f" (continues run {t.continued_from})" if t.continued_from else "")),
         ("runbook", f"{t.runbook} (sha256 {t.runbook_sha256})" if t.runbook_sha256 else t.runbook),
         ("target", t.target),
         ("started", when(t.started_at)),

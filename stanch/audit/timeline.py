@@ -102,6 +102,17 @@ ACTION_ACTIVITIES = {"apply_containment", "apply_rollback", "apply_hotfix", "lif
 NO_ASSERTION = "no assertion from the Stanch API"
 
 
+def occurrence_of(input: dict, started) -> str:
+    """The workflow's own name for itself (workflows/record.py), what every assertion is bound
+    to: carried by a run that took over a long history; named after its own run for a new
+    occurrence (harm come back); else after the first run of the chain."""
+    carried = (input.get("carried") or {}).get("state") or {}
+    if carried.get("occurrence"):
+        return carried["occurrence"]
+    first_run = started.original_execution_run_id if input.get("recurrence") else started.first_execution_run_id
+    return f"{input.get('incident_id', '')}@{first_run[:8]}"
+
+
 async def build_timeline(history: WorkflowHistory, converter: DataConverter, trusted_keys: Iterable[str] = ()) -> Timeline:
     """The timeline of one run; `trusted_keys` names the decision keys the caller trusted."""
     return await _Reader(history, Decoder(converter), list(trusted_keys)).read()
@@ -150,8 +161,8 @@ class _Reader:
         self.t.runbook_sha256 = input.get("runbook_sha256", "")
         self.t.target = target_text(input.get("target"))
         self.t.dry_run = bool(input.get("dry_run"))
-        # The workflow's own name for itself (workflows/record.py): what every assertion is bound to.
-        self.t.occurrence = f"{self.t.incident_id}@{a.first_execution_run_id[:8]}" if self.t.incident_id else ""
+        self.t.continued_from = a.continued_execution_run_id or None
+        self.t.occurrence = occurrence_of(input, a) if self.t.incident_id else ""
 
     async def on_workflow_execution_completed(self, event: HistoryEvent, a) -> None:
         self.end(event, "completed")

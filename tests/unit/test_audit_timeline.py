@@ -257,3 +257,31 @@ async def test_with_the_key_each_signature_is_checked_here():
     t = await timeline_of(load_history_file(HIGH))
     assert all(d.checked_here and d.verified for d in t.decisions)
     assert all(d.verification == "signature checked here with hmac key 'test'" for d in t.decisions)
+
+
+def continued_history(**input_changes) -> dict:
+    """HIGH's history as if its run had continued an earlier one, its input changed so."""
+    data = json.loads(HIGH.read_text())
+    started = data["events"][0]["workflowExecutionStartedEventAttributes"]
+    payload = started["input"]["payloads"][0]
+    value = json.loads(base64.b64decode(payload["data"]))
+    value.update(input_changes)
+    payload["data"] = base64.b64encode(json.dumps(value).encode()).decode()
+    started["continuedExecutionRunId"] = "0f0f0f0f-0000-0000-0000-000000000000"
+    return data
+
+
+async def test_a_run_that_continued_another_says_so_and_names_its_occurrence_as_the_workflow_did():
+    recurrence = {"previous_occurrences": ["inc@0a0a0a0a"], "signals": []}
+    history = parse_history(continued_history(recurrence=recurrence), "continued.json", "inc")
+    t = await timeline_of(history)
+    assert t.continued_from == "0f0f0f0f-0000-0000-0000-000000000000"
+    assert t.occurrence == f"{t.incident_id}@{history.run_id[:8]}", "a new occurrence is named after its own run"
+    assert "continues run 0f0f0f0f-0000-0000-0000-000000000000" in to_markdown(t)
+
+
+async def test_a_handed_over_run_keeps_the_occurrence_it_carried():
+    carried_state = {"occurrence": "inc-7@1a2b3c4d"}
+    history = parse_history(continued_history(carried={"state": carried_state}), "handed-over.json", "inc")
+    t = await timeline_of(history)
+    assert t.occurrence == "inc-7@1a2b3c4d"
