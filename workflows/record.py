@@ -125,9 +125,10 @@ class Record:
         state, clock = self.state, self.state.regulatory
         recurrence = Recurrence(
             previous_occurrences=[*state.previous_occurrences, state.occurrence],
-            signals=self.memory.recurring,
+            # Their raw payloads stay in this run's history: the next input must fit Temporal's payload limit.
+            signals=[signal.model_copy(update={"raw": {}}) for signal in self.memory.recurring],
             signals_not_kept=self.memory.recurring_not_kept,
-            recent_signal_ids=self.memory.recent_signal_ids,
+            recent_signal_ids=dict(list(self.memory.recent_signal_ids.items())[-RECENT_IDS_TO_NEXT_OCCURRENCE:]),
             regulatory=clock if clock.serious and clock.filed is None else None,
             protections=[a for a in state.actions if a.stage in REVERSIBLE_STAGES and a.undone_at is None],
         )
@@ -352,6 +353,8 @@ class Record:
 
 # Temporal refuses a payload over 2 MiB and ends the workflow that sent it: keep well under.
 CARRIED_AT_MOST = 1_500_000
+# The newest signal ids the next occurrence knows already (a repeat of an old alert is not harm).
+RECENT_IDS_TO_NEXT_OCCURRENCE = 5_000
 
 
 def slim_to_fit(memory: IncidentMemory, at: datetime) -> None:

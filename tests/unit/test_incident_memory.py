@@ -8,7 +8,9 @@ from __future__ import annotations
 import ast
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from stanch.models.actions import TargetRef
@@ -128,3 +130,24 @@ def test_a_memory_that_fits_is_carried_whole() -> None:
     before = memory.model_dump_json()
     slim_to_fit(memory, datetime(2026, 12, 5, tzinfo=UTC))
     assert memory.model_dump_json() == before
+
+
+def test_the_next_occurrence_is_handed_what_it_needs_and_fits(monkeypatch: pytest.MonkeyPatch) -> None:
+    from temporalio import workflow
+
+    from tests.workflow.conftest import incident_input
+    from workflows.record import CARRIED_AT_MOST, Record
+
+    monkeypatch.setattr(workflow, "now", lambda: datetime(2026, 12, 5, tzinfo=UTC))
+    monkeypatch.setattr(workflow, "info", lambda: SimpleNamespace(first_execution_run_id="0123456789abcdef", run_id="fedcba9876543210"))
+    monkeypatch.setattr(workflow, "patched", lambda patch_id: True)
+    record = Record(incident_input())
+    record.memory.recurring = [Signal(signal_id=f"again-{n}", raw={"payload": "x" * 30_000}) for n in range(100)]
+    record.memory.recent_signal_ids = {f"{n:016x}": None for n in range(20_000)}
+
+    nxt = record.next_occurrence()
+
+    assert nxt.recurrence is not None and nxt.carried is None
+    assert nxt.recurrence.previous_occurrences == [record.state.occurrence]
+    assert len(nxt.recurrence.signals) == 100 and not any(s.raw for s in nxt.recurrence.signals)
+    assert len(nxt.model_dump_json()) < CARRIED_AT_MOST
