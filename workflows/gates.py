@@ -59,14 +59,17 @@ class Gates:
             self.record.mark("restore", StageStatus.skipped, "nothing to restore")
             return False
         resolved = self.record.memory.resolve_request
-        pending = self.record.state.pending_approval
-        if self.passed_before("restore") or (pending and pending.stage == "restore"):  # a continued run: as it was
+        if self.passed_before("restore") or self.pending_for("restore"):  # a continued run: as it was
             return await self.follow_policy("restore", self.record.policy.gate("restore"), requested_by="stanch", resolve_skips_it=False)
         gate = self.record.policy.gate("restore")
         if gate.mode != "approve" and (resolved or self.record.state.stage("verify").status != StageStatus.done):
             self.record.note("restore", f"restore needs an approval: {'a resolve request' if resolved else 'no verified fix'}")
             gate = StageGate(mode="approve", approve=Approval(count=1, roles=list(RESPONDER_ROLES)))
         return await self.follow_policy("restore", gate, requested_by=resolved.by if resolved else "stanch", resolve_skips_it=False)
+
+    def pending_for(self, stage: str) -> PendingApproval | None:
+        pending = self.record.state.pending_approval
+        return pending if pending is not None and pending.stage == stage else None
 
     def passed_before(self, stage: str) -> bool:
         """A continued run finds this stage past its gate (running, or failed and waiting for a decision)."""
@@ -76,7 +79,7 @@ class Gates:
         record, state = self.record, self.record.state
         if self.passed_before(stage):
             return True
-        pending = state.pending_approval if state.pending_approval and state.pending_approval.stage == stage else None
+        pending = self.pending_for(stage)
         # A continued run finds its request pending still: it stands, whatever severity says now.
         if pending is None:
             if gate.mode == "skip":

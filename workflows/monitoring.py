@@ -73,10 +73,7 @@ class Monitoring:
 
     def labels_rules_read(self) -> frozenset[str]:
         """The label names the runbook's severity and seriousness rules match on (`harm`, `sector`)."""
-        runbook = self.record.runbook
-        conditions = [rule.when for rule in runbook.severity.rules] + runbook.regulatory.serious_when
-        conditions += [clock.when for clock in runbook.regulatory.shorter_clocks]
-        return frozenset(name for condition in conditions for name in condition.labels)
+        return frozenset(name for condition in self.record.runbook.grading_conditions() for name in condition.labels)
 
     def record_closing_notice(self, signal: Signal) -> None:
         state = self.record.state

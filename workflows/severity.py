@@ -129,7 +129,5 @@ class Grading:
 
     def count_thresholds(self) -> list[int]:
         """Every `signals_at_least` the runbook's severity and seriousness rules name."""
-        runbook = self.record.runbook
-        conditions = [rule.when for rule in runbook.severity.rules] + runbook.regulatory.serious_when
-        conditions += [clock.when for clock in runbook.regulatory.shorter_clocks]
+        conditions = self.record.runbook.grading_conditions()
         return [c.signals_at_least for c in conditions if c.signals_at_least is not None]

@@ -243,3 +243,9 @@ class Runbook(_Strict):
 
     def policy_for(self, severity: Severity) -> SeverityPolicy:
         return self.policy[severity]
+
+    def grading_conditions(self) -> list[Condition]:
+        """Every condition severity and seriousness are graded by: the severity rules, what makes
+        an incident serious, and the shorter report clocks."""
+        conditions = [rule.when for rule in self.severity.rules] + self.regulatory.serious_when
+        return conditions + [clock.when for clock in self.regulatory.shorter_clocks]
