@@ -9,7 +9,8 @@ The library, in layers; a sub-package imports its own layer and those below, nev
                                schema refer to each other); the output detectors
     trust targets notify       who vouches for a decision; control plane adapters; notification
     review stores temporal     channels; review documents; the regression suite; the Temporal
-                               client, codec, search attributes and activity dependencies
+    probe                      client, codec, search attributes and activity dependencies;
+                               probing a model through any OpenAI-compatible endpoint
     intake audit               a signal opening or joining an incident; reading histories back
     api board                  the HTTP API and the incident board it serves
     cli                        the `stanch` command (and `python -m stanch`)
@@ -21,6 +22,8 @@ Above the library, outside it, each importing only what is below it:
     workers/      the worker process, where both run
 
 Inside stanch only `stanch.cli` imports them (it runs the worker). `stanch.gateway` is a
-separate service, the reference model gateway: it imports nothing from the rest of stanch,
-Stanch reaches it over HTTP, and only `stanch.cli` imports it, to start it.
+separate service, the enforcement proxy in front of the models: it imports nothing from the
+rest of stanch but the detectors (it blocks by the same ones confirm and verify run), Stanch
+reaches it over HTTP, and only `stanch.cli` imports it, to start it. `stanch.demo_upstream`,
+the demo models' OpenAI-compatible server, is another such service and imports nothing.
 """

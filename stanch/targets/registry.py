@@ -27,6 +27,8 @@ ADAPTER_KINDS: dict[str, str] = {
     "http": "stanch.targets.http:HttpTarget",
     "mlflow": "stanch.targets.mlflow:MlflowTarget",
     "flagd": "stanch.targets.flagd:FlagdTarget",
+    "openai": "stanch.targets.openai:OpenAITarget",  # a model's own OpenAI-compatible serving URL: probes only
+    "trainer": "stanch.targets.trainer:OpenAITrainer",  # the OpenAI fine-tuning API
 }
 
 DEFAULT_TARGET = "gateway"

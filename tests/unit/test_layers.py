@@ -18,13 +18,17 @@ OUTER = ("activities", "workflows", "workers")  # above the library, in this ord
 STANCH_LAYERS: list[set[str]] = [
     {"config"},
     {"models", "runbooks", "detectors"},  # incident models and the runbook schema refer to each other
-    {"trust", "targets", "notify", "review", "stores", "temporal"},
+    {"trust", "targets", "notify", "review", "stores", "temporal", "probe"},
     {"intake", "audit"},
     {"api", "board"},  # the board is served by the API and reads its incident views
     {"cli", "__main__"},
 ]
 RANK = {name: rank for rank, names in enumerate(STANCH_LAYERS) for name in names}
 GATEWAY = "gateway"  # a service of its own: Stanch reaches it over HTTP, only the CLI starts it
+DEMO_UPSTREAM = "demo_upstream"  # the demo models' server, another service of its own
+SERVICES = (GATEWAY, DEMO_UPSTREAM)
+# What a service may share with Stanch: the gateway blocks by the detectors confirm and verify use.
+SERVICE_MAY_IMPORT = {GATEWAY: {"detectors"}, DEMO_UPSTREAM: set()}
 
 
 @dataclass(frozen=True)
@@ -87,13 +91,17 @@ def broken_rule(found: Import) -> str | None:
             if importer != "cli":
                 return "inside stanch only stanch.cli may import activities, workflows or workers"
             return None
-        if GATEWAY in (importer, imported) and importer != imported:
-            if importer == GATEWAY:
-                return "stanch.gateway is a separate service: it imports nothing from the rest of stanch"
+        if importer in SERVICES and imported != importer:
+            if imported in SERVICE_MAY_IMPORT[importer]:
+                return None
+            return f"stanch.{importer} is a separate service: it imports nothing from the rest of stanch" + (
+                f" but stanch.{', stanch.'.join(sorted(SERVICE_MAY_IMPORT[importer]))}" if SERVICE_MAY_IMPORT[importer] else ""
+            )
+        if imported in SERVICES and importer != imported:
             if importer != "cli":
-                return "stanch.gateway is a separate service: only stanch.cli (which starts it) imports it"
+                return f"stanch.{imported} is a separate service: only stanch.cli (which starts it) imports it"
             return None
-        if imported is None or importer == imported == GATEWAY:
+        if imported is None or (importer == imported and importer in SERVICES):
             return None
         if importer is None:
             return "the stanch package itself holds only its docstring: it imports nothing"
@@ -107,8 +115,8 @@ def broken_rule(found: Import) -> str | None:
         return f"{importer_root} may not import {imported_root}: imports go workers > workflows > activities"
     if imported in ("cli", "__main__"):
         return f"{importer_root} may not import the stanch CLI, which sits above it"
-    if imported == GATEWAY:
-        return "stanch.gateway is a separate service: only stanch.cli (which starts it) imports it"
+    if imported in SERVICES:
+        return f"stanch.{imported} is a separate service: only stanch.cli (which starts it) imports it"
     return None
 
 
@@ -135,7 +143,7 @@ def test_the_checker_reads_the_whole_project():
 def test_every_stanch_sub_package_has_a_layer():
     stanch = REPO / "stanch"
     names = {path.stem for path in stanch.glob("*.py")} | {path.parent.name for path in stanch.glob("*/__init__.py")}
-    assert names - {"__init__", GATEWAY} - set(RANK) == set()
+    assert names - {"__init__", *SERVICES} - set(RANK) == set()
 
 
 def test_the_checker_reports_an_upward_import_even_inside_a_function():
@@ -156,6 +164,9 @@ def test_the_checker_reports_outer_imports_under_type_checking_and_relative_ones
     assert "stanch.review (layer 2) may not import the higher stanch.audit" in relative[0]
     assert "separate service" in violations(imports_in("from stanch.gateway import app\n", "stanch.targets.gateway"))[0]
     assert "separate service" in violations(imports_in("from stanch.models import signals\n", "stanch.gateway.app"))[0]
+    assert violations(imports_in("from stanch.detectors import registry\n", "stanch.gateway.enforcement")) == []
+    assert "separate service" in violations(imports_in("from stanch.detectors import regex\n", "stanch.demo_upstream.app"))[0]
+    assert "separate service" in violations(imports_in("from stanch.demo_upstream import app\n", "stanch.gateway.app"))[0]
 
 
 # --- the workflows' shape (workflows/ is being rewritten: these read whatever is there) ------
