@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from stanch.models.actions import ActionSpec, AppliedAction, TargetRef
+from stanch.models.decisions import AnswerCorrection
 from stanch.models.incident import ApprovalRecord, EvidenceRecord, RegulatoryClock, StageState
 from stanch.models.signals import ReproCase, Severity, Signal
 from stanch.runbooks.schema import ConfirmCheck, Runbook
@@ -81,6 +82,9 @@ class ApplyInput(BaseModel):
     captured: dict[str, Any] | None = Field(
         None, description="what a failed run of this step read before its change (`before` captures), reused instead of read again"
     )
+    # Only a fine-tune step carries these (its training file is built from them); other steps' inputs stay small.
+    repro: list[ReproCase] = Field(default_factory=list, description="the incident's repro cases, for a fine-tune's training file")
+    corrections: list[AnswerCorrection] = Field(default_factory=list, description="answers responders supplied for repro cases")
 
 
 class UndoInput(BaseModel):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from stanch.models.signals import Severity
 
@@ -86,6 +86,27 @@ class Note(BaseModel):
     by: str = WHO
     text: str = Field(min_length=1, max_length=4000)
     assertion: str = VOUCHED
+
+
+class AnswerCorrection(BaseModel):
+    """The answer a repro case should get, from a responder: a fine-tune trains the case on it
+    instead of the runbook's refusal. The case is named by its number (1 is the first repro
+    case) or by its prompt."""
+
+    by: str = WHO
+    case: int | None = Field(None, ge=1, description="the repro case's number, 1 for the first")
+    prompt: str | None = Field(None, min_length=1, description="or the repro case's prompt, as the incident holds it")
+    answer: str = Field(min_length=1, max_length=20000, description="what the fixed model should answer instead")
+    reason: str = Field("", max_length=4000)
+    assertion: str = VOUCHED
+
+    @model_validator(mode="after")
+    def _names_one_case(self) -> AnswerCorrection:
+        if (self.case is None) == (self.prompt is None):
+            raise ValueError("name the repro case by its number (case) or by its prompt, not both and not neither")
+        if not self.answer.strip():
+            raise ValueError("answer is blank: say what the fixed model should answer")
+        return self
 
 
 class DecisionReceipt(BaseModel):
