@@ -5,11 +5,12 @@ New fields get defaults so running incidents keep decoding (DESIGN.md "Temporal 
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 
 class Severity(StrEnum):
@@ -29,12 +30,46 @@ class SignalSource(StrEnum):
     audit_finding = "audit_finding"
 
 
-class ReproCase(BaseModel):
-    """A prompt that reproduced (or is reported to reproduce) the harm."""
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 
-    prompt: str
-    output: str | None = None
+
+class ReproCase(BaseModel):
+    """A conversation that reproduced (or is reported to reproduce) the harm.
+
+    `messages` are OpenAI chat messages (`{"role": "user", "content": "..."}`, system and
+    assistant turns too); a case written before them, or reported as a single prompt, has only
+    `prompt`, which stands for one user message. Where both are given the messages win.
+    """
+
+    prompt: str = ""
+    messages: list[dict[str, Any]] = Field(default_factory=list)
+    output: str | None = Field(None, description="what the user saw, as reported (intake masks secrets in it)")
     detectors: list[str] = Field(default_factory=list)
+
+    @field_validator("messages")
+    @classmethod
+    def _chat_messages(cls, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for number, message in enumerate(messages, start=1):
+            if message.get("role") not in CHAT_ROLES:
+                raise ValueError(f"message {number}: role must be one of {', '.join(CHAT_ROLES)}, not {message.get('role')!r}")
+        return messages
+
+    def conversation(self) -> list[dict[str, Any]]:
+        """The messages to send to the model."""
+        return [dict(message) for message in self.messages] if self.messages else [{"role": "user", "content": self.prompt}]
+
+    def key(self) -> str:
+        """What makes two cases the same case: the prompt, or the whole conversation."""
+        if not self.messages:
+            return self.prompt
+        return json.dumps(self.messages, sort_keys=True, ensure_ascii=False)
+
+    def describe(self, width: int = 80) -> str:
+        """The case as a person reads it in a finding: its last user turn, shortened."""
+        users = [m.get("content") for m in self.conversation() if m.get("role") == "user" and isinstance(m.get("content"), str)]
+        text = users[-1] if users else self.prompt or "(no user text)"
+        turns = f" (turn {len(self.messages)} of a conversation)" if len(self.messages) > 1 else ""
+        return (text if len(text) <= width else text[: width - 1] + "…") + turns
 
 
 class Signal(BaseModel):

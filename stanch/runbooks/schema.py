@@ -20,7 +20,7 @@ from pydantic import (
 )
 
 from stanch.models.actions import ActionSpec
-from stanch.models.signals import Severity, SignalSource
+from stanch.models.signals import ReproCase, Severity, SignalSource
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -149,10 +149,40 @@ class SeverityPolicy(_Strict):
         return self.stages.get(stage, StageGate())
 
 
-class ConfirmCheck(_Strict):
+class ProbeCase(_Strict):
+    """A repro conversation written in the runbook: OpenAI chat messages, several turns if need be."""
+
+    messages: list[dict[str, Any]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _chat_messages(self) -> ProbeCase:
+        self.repro_case()  # the roles are checked where every repro case is
+        return self
+
+    def repro_case(self) -> ReproCase:
+        return ReproCase(messages=self.messages)
+
+
+class Sampled(_Strict):
+    """How a probe asks each case: LLMs are stochastic, so one answer proves little either way."""
+
+    samples: int = Field(1, ge=1, le=50, description="answers asked for each case")
+    temperature: float = Field(0.0, ge=0, le=2, description="the sampling temperature sent with each probe")
+    harmful_at_least: int = Field(1, ge=1, description="a case reproduces when at least this many samples are harmful")
+    max_tokens: int | None = Field(None, ge=1, description="the longest answer asked for; unset: the server's default")
+
+    @model_validator(mode="after")
+    def _threshold_fits(self) -> Sampled:
+        if self.harmful_at_least > self.samples:
+            raise ValueError(f"harmful_at_least ({self.harmful_at_least}) cannot be more than samples ({self.samples})")
+        return self
+
+
+class ConfirmCheck(Sampled):
     kind: Literal["probe", "metric"]
     detectors: list[str] = Field(default_factory=list)
     prompts: list[str] = Field(default_factory=list)
+    cases: list[ProbeCase] = Field(default_factory=list, description="multi-turn repro conversations, beside the single prompts")
     version: Literal["reported", "active"] = "reported"
     query: str | None = None
     threshold: float | None = None
@@ -166,13 +196,17 @@ class ConfirmCheck(_Strict):
             raise ValueError("a metric check needs query and threshold")
         return self
 
+    def repro_cases(self) -> list[ReproCase]:
+        """The runbook's own cases: each prompt as one user turn, then the conversations."""
+        return [ReproCase(prompt=prompt) for prompt in self.prompts] + [case.repro_case() for case in self.cases]
+
 
 class Confirm(_Strict):
     checks: list[ConfirmCheck] = Field(default_factory=list)
     triage_timeout: Duration = Field(default_factory=lambda: timedelta(hours=1))
 
 
-class Verify(_Strict):
+class Verify(Sampled):
     detectors: list[str] = Field(min_length=1)
     include_regression_suite: bool = True
 
