@@ -19,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from stanch.detectors.specs import BUILTIN_DETECTORS, DetectorSpec, detector_id_problem
 from stanch.models.actions import ActionSpec
 from stanch.models.signals import ReproCase, Severity, SignalSource
 
@@ -267,6 +268,9 @@ class Runbook(_Strict):
     hotfix: Hotfix | None = None
     review: Review = Field(default_factory=Review)
     regulatory: Regulatory = Field(default_factory=Regulatory)
+    detectors: dict[str, DetectorSpec] = Field(
+        default_factory=dict, description="this runbook's own detectors by id (regex, moderation, judge), beside the built-ins"
+    )
 
     @model_validator(mode="after")
     def _every_severity_has_a_policy(self) -> Runbook:
@@ -274,6 +278,39 @@ class Runbook(_Strict):
         if missing:
             raise ValueError(f"policy has no entry for severities {missing}")
         return self
+
+    @model_validator(mode="after")
+    def _every_detector_is_known(self) -> Runbook:
+        bad_ids = [problem for detector_id in self.detectors if (problem := detector_id_problem(detector_id))]
+        if bad_ids:
+            raise ValueError("; ".join(bad_ids))
+        known = BUILTIN_DETECTORS | set(self.detectors)
+        unknown = [f"{name!r} in {where}" for where, names in self.detectors_named() for name in names if name not in known]
+        if unknown:
+            raise ValueError(f"unknown detector {'; '.join(unknown)}; known: {', '.join(sorted(known))} (define your own under detectors:)")
+        return self
+
+    def detectors_named(self) -> list[tuple[str, list[str]]]:
+        """Where this runbook names detectors, and which: (`confirm.checks.0.detectors`, [ids])."""
+        named = [(f"confirm.checks.{i}.detectors", check.detectors) for i, check in enumerate(self.confirm.checks)]
+        named += [(f"match.any.{i}.detectors", condition.detectors) for i, condition in enumerate(self.match.any)]
+        named += [(f"severity.rules.{i}.when.detectors", rule.when.detectors) for i, rule in enumerate(self.severity.rules)]
+        named += [(f"regulatory.serious_when.{i}.detectors", when.detectors) for i, when in enumerate(self.regulatory.serious_when)]
+        named += [
+            (f"regulatory.shorter_clocks.{i}.when.detectors", clock.when.detectors)
+            for i, clock in enumerate(self.regulatory.shorter_clocks)
+        ]
+        actions = {"containment": self.containment, "rollback": self.rollback, "hotfix.actions": self.hotfix.actions if self.hotfix else []}
+        for stage, steps in actions.items():
+            for i, step in enumerate(steps):
+                # A block_outputs step may block by detector: `params: {detectors: [pii]}`.
+                ids = step.params.get("detectors", [])
+                ids = [ids] if isinstance(ids, str) else ids
+                if isinstance(ids, list):
+                    named.append((f"{stage}.{i}.params.detectors", [name for name in ids if isinstance(name, str)]))
+        if self.hotfix:
+            named.append(("hotfix.verify.detectors", self.hotfix.verify.detectors))
+        return [(where, names) for where, names in named if names]
 
     def policy_for(self, severity: Severity) -> SeverityPolicy:
         return self.policy[severity]
