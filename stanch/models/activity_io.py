@@ -7,11 +7,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from stanch.detectors.specs import DetectorSpec
 from stanch.models.actions import ActionSpec, AppliedAction, TargetRef
 from stanch.models.decisions import AnswerCorrection
 from stanch.models.incident import ApprovalRecord, EvidenceRecord, RegulatoryClock, StageState
 from stanch.models.signals import ReproCase, Severity, Signal
-from stanch.runbooks.schema import ConfirmCheck, Runbook
+from stanch.runbooks.schema import ConfirmCheck, Runbook, Verify
 
 
 class Finding(BaseModel):
@@ -26,6 +27,7 @@ class ConfirmInput(BaseModel):
     target: TargetRef
     checks: list[ConfirmCheck]
     repro: list[ReproCase] = Field(default_factory=list)
+    detector_specs: dict[str, DetectorSpec] = Field(default_factory=dict, description="the runbook's own detectors, beside the built-ins")
 
 
 class ConfirmResult(BaseModel):
@@ -99,6 +101,11 @@ class VerifyInput(BaseModel):
     detectors: list[str]
     repro: list[ReproCase] = Field(default_factory=list)
     include_regression_suite: bool = True
+    detector_specs: dict[str, DetectorSpec] = Field(default_factory=dict, description="the runbook's own detectors, beside the built-ins")
+    sampling: Verify | None = Field(None, description="the runbook's verify block: samples, temperature, threshold; None: one sample")
+    metric_checks: list[ConfirmCheck] = Field(
+        default_factory=list, description="the runbook's metric confirm checks: with nothing to replay, a recovered metric verifies"
+    )
 
 
 class CaseResult(BaseModel):
@@ -108,12 +115,18 @@ class CaseResult(BaseModel):
     status_code: int
     model_version: str | None = None
     hits: list[str] = Field(default_factory=list)
+    messages: list[dict[str, Any]] = Field(default_factory=list, description="the conversation, for a multi-turn case")
+    samples: int = 1
+    harmful_samples: int = 0
+    undecided_samples: int = 0
+    detail: str = Field("", description="why the case failed, in a sentence (undecided detectors, refusals)")
 
 
 class VerifyResult(BaseModel):
     passed: bool
     version: str | None = None
     cases: list[CaseResult] = Field(default_factory=list)
+    detail: str = Field("", description="how it was verified, when not by replaying cases: 'nothing to replay: verified by the metric'")
 
     @property
     def failures(self) -> list[CaseResult]:
