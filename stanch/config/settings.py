@@ -49,6 +49,10 @@ class Settings(BaseModel):
     temporal_namespace: str = Field("default", description="TEMPORAL_NAMESPACE")
     gateway_url: str = Field("http://127.0.0.1:8300", description="STANCH_GATEWAY_URL")
     gateway_admin_token: SecretStr | None = Field(None, description="STANCH_GATEWAY_ADMIN_TOKEN: the reference gateway's /admin/* token")
+    trainer_url: str | None = Field(
+        None, description="STANCH_TRAINER_URL: an OpenAI fine-tuning API root (/v1 included), the default `trainer` target; unset: none"
+    )
+    trainer_api_key: SecretStr | None = Field(None, description="STANCH_TRAINER_API_KEY: the trainer's API key")
     api_url: str = Field("http://127.0.0.1:8200", description="STANCH_API_URL")
     runbooks_dir: Path = Field(default_factory=default_runbooks_dir, description="STANCH_RUNBOOKS")
     ui_url: str = Field("http://127.0.0.1:8233", description="STANCH_TEMPORAL_UI")
@@ -77,6 +81,8 @@ class Settings(BaseModel):
             "temporal_namespace": "TEMPORAL_NAMESPACE",
             "gateway_url": "STANCH_GATEWAY_URL",
             "gateway_admin_token": "STANCH_GATEWAY_ADMIN_TOKEN",
+            "trainer_url": "STANCH_TRAINER_URL",
+            "trainer_api_key": "STANCH_TRAINER_API_KEY",
             "api_url": "STANCH_API_URL",
             "runbooks_dir": "STANCH_RUNBOOKS",
             "ui_url": "STANCH_TEMPORAL_UI",
@@ -177,6 +183,8 @@ class Settings(BaseModel):
             env["TEMPORAL_ADDRESS"] = self.temporal_address
         if self.prometheus_url:
             env["STANCH_PROMETHEUS_URL"] = self.prometheus_url
+        if self.trainer_url:
+            env["STANCH_TRAINER_URL"] = self.trainer_url
         if self.intake_auth is not None:
             env["STANCH_INTAKE_AUTH"] = str(self.intake_auth)
         if self.responders is not None:

@@ -3,7 +3,8 @@
 A runbook names targets (`target.adapter`, and a step's own `target:`); the targets file
 (`$STANCH_HOME/targets.yaml` or `STANCH_TARGETS`, see `stanch.targets.config`) maps each name to
 an adapter kind and its connection. The name `gateway` is always there — the reference gateway
-at `settings.gateway_url` — unless the file defines it itself.
+at `settings.gateway_url` — unless the file defines it itself; so is `trainer` (the OpenAI
+fine-tuning API at `settings.trainer_url`) when that is set.
 
 Adapter modules are imported only when a targets file names their kind, so an installation
 that never configures MLflow never imports the MLflow adapter.
@@ -32,6 +33,7 @@ ADAPTER_KINDS: dict[str, str] = {
 }
 
 DEFAULT_TARGET = "gateway"
+DEFAULT_TRAINER = "trainer"  # where a deploy_finetune step trains unless it names another (`params.trainer`)
 
 
 def adapter_class(kind: str) -> type[Any]:
@@ -52,7 +54,10 @@ class TargetRegistry:
         )
 
         configured = load_targets(settings.targets_path, env=os.environ if env is None else env, required=settings.targets is not None)
-        self._targets: dict[str, Target] = {DEFAULT_TARGET: default_gateway(settings), **configured, **(extra or {})}
+        defaults: dict[str, Target] = {DEFAULT_TARGET: default_gateway(settings)}
+        if settings.trainer_url:
+            defaults[DEFAULT_TRAINER] = default_trainer(settings)
+        self._targets: dict[str, Target] = {**defaults, **configured, **(extra or {})}
 
     def get(self, ref: TargetRef) -> Target:
         try:
@@ -78,3 +83,11 @@ def default_gateway(settings: Settings) -> GatewayTarget:
     """The reference gateway at `settings.gateway_url`, with its admin token when one is set."""
     token = settings.gateway_admin_token.get_secret_value() if settings.gateway_admin_token else None
     return GatewayTarget(settings.gateway_url, admin_token=token)
+
+
+def default_trainer(settings: Settings) -> Target:
+    """The OpenAI fine-tuning API at `settings.trainer_url`, with its API key when one is set."""
+    from stanch.targets.trainer import OpenAITrainer  # imported only where a trainer is configured
+
+    key = settings.trainer_api_key.get_secret_value() if settings.trainer_api_key else None
+    return OpenAITrainer(OpenAITrainer.Config(base_url=settings.trainer_url or ""), name=DEFAULT_TRAINER, api_key=key)
