@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from stanch.detectors.registry import Detectors, Scan, Undecided
 from stanch.detectors.regex import DetectorHit
+from stanch.detectors.registry import Detectors, Scan, Undecided
 from stanch.detectors.specs import BUILTIN_DETECTORS, DetectorSpec, JudgeSpec, ModerationSpec, RegexSpec
 from stanch.runbooks.loader import RunbookError, load_catalog, load_runbook
 
