@@ -247,7 +247,13 @@ class Record:
 
     def confirm_input(self) -> ConfirmInput:
         state = self.state
-        return ConfirmInput(incident_id=state.id, target=state.target, checks=self.runbook.confirm.checks, repro=state.repro)
+        return ConfirmInput(
+            incident_id=state.id,
+            target=state.target,
+            checks=self.runbook.confirm.checks,
+            repro=state.repro,
+            detector_specs=self.runbook.detectors,
+        )
 
     def evidence_input(self) -> EvidenceInput:
         state = self.state
@@ -292,6 +298,9 @@ class Record:
             detectors=verify.detectors,
             repro=self.state.repro,
             include_regression_suite=verify.include_regression_suite,
+            detector_specs=self.runbook.detectors,
+            sampling=verify,
+            metric_checks=[check for check in self.runbook.confirm.checks if check.kind == "metric"],
         )
 
     def undo_input(self, applied: AppliedAction) -> UndoInput:
