@@ -1,19 +1,70 @@
-"""Hotfix: guardrails, system prompt or a fine-tuned version — the fix users will get back."""
+"""Hotfix: guardrails, system prompt or a fine-tuned version — the fix users will get back.
+
+A fine-tune (`deploy_finetune`) is trained on the incident itself:
+
+1. the training file: each repro case's conversation followed by the answer the fix must give
+   (the runbook's `params.answer`, a refusal the hotfix gate's approvers approve, or the
+   answer a responder supplied for that case), plus the runbook's own `params.examples`;
+2. the job, on the step's trainer (`params.trainer`, default `trainer`: the OpenAI
+   fine-tuning API), starting from the upstream model of the version it fixes
+   (`params.base_version`, default the release) as the gateway's state names it;
+3. followed with heartbeats carrying the job id, and cancelled if the activity is (an abort);
+4. the fine-tuned model registered on the gateway as a new version (weight 0), then deployed
+   as the release, which verify then probes.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
+from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from stanch.models.actions import ActionSpec, AppliedAction, idempotency_key
+from stanch.models.actions import ActionSpec, AppliedAction, TargetRef, idempotency_key
 from stanch.models.activity_io import ApplyInput
-from stanch.targets.base import TargetError
-from stanch.targets.steps import apply_step, rendered_action, step_target
+from stanch.models.decisions import AnswerCorrection
+from stanch.models.signals import ReproCase
+from stanch.targets.base import JobStatus, TargetError
+from stanch.targets.registry import DEFAULT_TRAINER
+from stanch.targets.steps import apply_step, rendered_action, step_holder, step_target
+from stanch.targets.trainer import Trainer
 from stanch.temporal.activity_deps import ActivityDeps, as_application_error
 
-JOB_POLL_SECONDS = 0.5
+JOB_POLL_SECONDS = 0.5  # the first wait between two looks at the job
+JOB_POLL_MAX_SECONDS = 5.0  # the longest: well inside the step's heartbeat timeout (10 s)
+
+
+class TrainingExample(BaseModel):
+    """One chat example written in the runbook: the conversation, ending with the answer to learn."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    messages: list[dict[str, Any]] = Field(min_length=2)
+
+    @field_validator("messages")
+    @classmethod
+    def _ends_with_the_answer(cls, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for number, message in enumerate(messages, 1):
+            if not isinstance(message.get("role"), str) or not isinstance(message.get("content"), str):
+                raise ValueError(f"message {number} needs a `role` and a text `content`")
+        if messages[-1]["role"] != "assistant":
+            raise ValueError("the last message must be the assistant's answer the fine-tune learns")
+        return messages
+
+
+class FinetuneParams(BaseModel):
+    """A `deploy_finetune` step's params in the runbook."""
+
+    model_config = ConfigDict(extra="forbid")  # a typo in a runbook must fail loudly
+
+    answer: str | None = Field(None, min_length=1, description="what the fix answers every repro case (a refusal the approvers approve)")
+    examples: list[TrainingExample] = Field(default_factory=list, description="more examples to train on, written in the runbook")
+    trainer: str = Field(DEFAULT_TRAINER, min_length=1, description="the configured target that trains")
+    base_version: str | None = Field(None, min_length=1, description="the gateway version to fine-tune; default: the release")
+    suffix: str | None = Field(None, min_length=1, max_length=64, description="added to the fine-tuned model's name")
 
 
 class HotfixActivities:
@@ -25,26 +76,187 @@ class HotfixActivities:
         try:
             if input.action.kind != "deploy_finetune" or input.dry_run:  # a dry run plans the job, never starts it
                 return await apply_step(self.deps.targets, input)
-            version = await self.fine_tune(input)
-            applied = await apply_step(self.deps.targets, input, ActionSpec(kind="deploy_version", params={"version": version}))
+            trained = await self.fine_tune(input)
+            applied = await apply_step(self.deps.targets, input, ActionSpec(kind="deploy_version", params={"version": trained["version"]}))
         except TargetError as error:
             raise as_application_error(error) from error
-        return applied.model_copy(update={"kind": "deploy_finetune", "result": {**applied.result, "version": version}})
+        return applied.model_copy(update={"kind": "deploy_finetune", "result": {**applied.result, **trained}})
 
-    async def fine_tune(self, input: ApplyInput) -> str:
-        """Start (or, after a worker crash, find again) the job and heartbeat its progress."""
-        ref = step_target(input)  # the step may name the control plane that trains (`target: trainer`)
-        job_key = idempotency_key(input.occurrence or input.incident_id, input.stage, input.index, ref, "finetune-job")
+    async def fine_tune(self, input: ApplyInput) -> dict[str, Any]:
+        """Train on the incident and register the result on the gateway; what was trained and registered."""
+        params = finetune_params(input)
+        training_file = build_training_file(input.repro, input.corrections, params)
+        ref = step_target(input)
+        gateway = self.deps.targets.get(ref)
+        trainer = self.trainer(ref.model_copy(update={"adapter": params.trainer}))
+        state = await gateway.state(ref.model)
+        base_version = params.base_version or str(state.get("release_version") or "")
+        base = version_entry(state, base_version, ref.model)
+
+        occurrence = input.occurrence or input.incident_id
+        job_key = idempotency_key(occurrence, input.stage, input.index, ref, "finetune-job")
+        request: dict[str, Any] = {"base_model": base["upstream_model"], "training_file": training_file}
+        if params.suffix:
+            request["suffix"] = params.suffix
+        job = await self.train(trainer, ref.model, request, job_key)
+        fine_tuned_model = str(job.result.get("fine_tuned_model") or "")
+        if not fine_tuned_model:
+            raise ApplicationError(f"fine-tune job {job.job_id} succeeded but named no fine_tuned_model", type="FinetuneFailed")
+
+        registration = ActionSpec(
+            kind="register_version",
+            params={
+                "version": next_version_name(state, base_version),
+                "upstream_model": fine_tuned_model,
+                "base_url": base.get("base_url"),
+                "from_version": base_version,
+                "source": f"fine-tune job {job.job_id}",
+            },
+        )
+        # A key of its own (the deploy that follows uses the step's): a retry registers it once,
+        # and the gateway's replay names the version the first attempt registered.
+        register_key = idempotency_key(occurrence, input.stage, input.index, ref, "register-version")
+        registered = await gateway.apply(ref.model, registration, register_key, input.incident_id, holder=step_holder(input))
+        version = str(registered.result.get("version") or registration.params["version"])
+        return {"version": version, "fine_tuned_model": fine_tuned_model, "job_id": job.job_id, "base_version": base_version}
+
+    def trainer(self, ref: TargetRef) -> Trainer:
+        if ref.adapter not in self.deps.targets:
+            raise TargetError(
+                f"no trainer named {ref.adapter!r} is configured: a deploy_finetune step trains on an OpenAI fine-tuning API; "
+                f"set STANCH_TRAINER_URL for the default `{DEFAULT_TRAINER}`, or add a `trainer:` entry to targets.yaml and name it "
+                "in the step's `params.trainer`",
+                retryable=False,
+            )
         target = self.deps.targets.get(ref)
+        if not isinstance(target, Trainer):
+            raise TargetError(
+                f"target {ref.adapter} is not a trainer: a deploy_finetune step trains on an OpenAI fine-tuning API "
+                f"(a `trainer:` entry in targets.yaml, or STANCH_TRAINER_URL for the default `{DEFAULT_TRAINER}`)",
+                retryable=False,
+            )
+        return target
+
+    async def train(self, trainer: Trainer, model: str, request: dict[str, Any], job_key: str) -> JobStatus:
+        """Start the job (or, after a worker crash, find it again) and follow it to its end.
+
+        Cancelling the activity (the incident was aborted) cancels the job on the trainer."""
+        job: JobStatus | None = None
         try:
-            job = await target.start_job(ref.model, "finetune", rendered_action(input).params, job_key)
+            resumed = heartbeat_job_id()
+            job = await trainer.job_status(resumed) if resumed else await trainer.start_job(model, "finetune", request, job_key)
+            wait = JOB_POLL_SECONDS
             while job.status not in ("succeeded", "failed"):
-                activity.heartbeat({"job_id": job.job_id, "progress": job.progress})
-                await asyncio.sleep(JOB_POLL_SECONDS)
-                job = await target.job_status(job.job_id)
+                activity.heartbeat({"job_id": job.job_id, "status": job.status, "trainer": trainer.name})
+                await asyncio.sleep(wait)
+                wait = min(wait * 1.5, JOB_POLL_MAX_SECONDS)
+                job = await trainer.job_status(job.job_id)
         except TargetError as error:
-            raise as_application_error(error, f"fine-tune on {ref}") from error
+            raise as_application_error(error, f"fine-tune on trainer {trainer.name}") from error
+        except asyncio.CancelledError:
+            if job is not None:
+                await cancel_quietly(trainer, job.job_id)
+            raise
+        activity.heartbeat({"job_id": job.job_id, "status": job.status, "trainer": trainer.name})
         if job.status == "failed":
-            raise ApplicationError(f"fine-tune job {job.job_id} failed: {job.error}", type="FinetuneFailed")
-        activity.heartbeat({"job_id": job.job_id, "progress": 1.0})
-        return str(job.result["version"])
+            raise ApplicationError(f"fine-tune job {job.job_id} on trainer {trainer.name} failed: {job.error}", type="FinetuneFailed")
+        return job
+
+
+def heartbeat_job_id() -> str | None:
+    """The job an earlier attempt of this activity was following, from its last heartbeat."""
+    details = activity.info().heartbeat_details
+    if details and isinstance(details[0], dict) and isinstance(details[0].get("job_id"), str):
+        return str(details[0]["job_id"])
+    return None
+
+
+async def cancel_quietly(trainer: Trainer, job_id: str) -> None:
+    """Cancel on the way out of a cancelled activity: a failure is logged, the cancellation goes on."""
+    try:
+        cancelled = await trainer.cancel_job(job_id)
+        activity.logger.info("fine-tune job %s on trainer %s cancelled (now %s)", job_id, trainer.name, cancelled.status)
+    except TargetError as error:
+        activity.logger.warning("could not cancel fine-tune job %s on trainer %s: %s", job_id, trainer.name, error)
+
+
+def finetune_params(input: ApplyInput) -> FinetuneParams:
+    try:
+        return FinetuneParams.model_validate(rendered_action(input).params)
+    except ValidationError as error:
+        raise ApplicationError(f"the deploy_finetune step's params are wrong: {error}", type="InvalidAction", non_retryable=True) from error
+
+
+def conversation_of(case: ReproCase) -> list[dict[str, Any]]:
+    """What was sent to the model in this case: its messages, or its prompt as one user turn."""
+    conversation = getattr(case, "conversation", None)  # multi-turn cases (ReproCase.conversation) where they exist
+    if callable(conversation):
+        return [dict(message) for message in conversation()]
+    return [{"role": "user", "content": case.prompt}]
+
+
+def corrected_answers(repro: list[ReproCase], corrections: list[AnswerCorrection]) -> dict[int, str]:
+    """Case number (1 for the first) -> the answer a responder supplied; the latest one wins."""
+    answers: dict[int, str] = {}
+    for correction in corrections:
+        if correction.case is not None:
+            answers[correction.case] = correction.answer
+            continue
+        for number, case in enumerate(repro, 1):
+            if case.prompt == correction.prompt:
+                answers[number] = correction.answer
+    return answers
+
+
+def build_training_file(repro: list[ReproCase], corrections: list[AnswerCorrection], params: FinetuneParams) -> str:
+    """The training JSONL: each repro case paired with the answer the fix must give, then the runbook's examples."""
+    if not repro and not params.examples:
+        raise ApplicationError(
+            "nothing to fine-tune on: the incident has no repro case and the deploy_finetune step no `params.examples`; "
+            "report a repro case with the incident, or write chat examples in the runbook step",
+            type="NoTrainingData",
+            non_retryable=True,
+        )
+    corrected = corrected_answers(repro, corrections)
+    lines = []
+    for number, case in enumerate(repro, 1):
+        answer = corrected.get(number) or params.answer
+        if not answer:
+            raise ApplicationError(
+                f"repro case {number} ({case.prompt[:80]!r}) has no answer to train on: give the deploy_finetune step "
+                f"`params.answer` (the refusal its approvers approve), or supply one with "
+                f"`stanch correct INCIDENT --case {number} --answer TEXT`",
+                type="NoTrainingData",
+                non_retryable=True,
+            )
+        lines.append({"messages": [*conversation_of(case), {"role": "assistant", "content": answer}]})
+    lines += [{"messages": example.messages} for example in params.examples]
+    return "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+
+
+def version_entry(state: dict[str, Any], version: str, model: str) -> dict[str, Any]:
+    """The gateway's entry for the version to fine-tune, which must name its upstream model."""
+    versions = [entry for entry in state.get("versions") or [] if isinstance(entry, dict)]
+    entry = next((entry for entry in versions if str(entry.get("version")) == version), None)
+    if entry is None:
+        known = ", ".join(str(entry.get("version")) for entry in versions) or "none"
+        raise TargetError(f"model {model} has no version {version!r} on the gateway to fine-tune (known: {known})", retryable=False)
+    if not entry.get("upstream_model"):
+        raise TargetError(
+            f"version {version} of {model} names no upstream model on the gateway: a fine-tune starts from the upstream "
+            "model a version serves (configure the version's upstream)",
+            retryable=False,
+        )
+    return entry
+
+
+def next_version_name(state: dict[str, Any], base_version: str) -> str:
+    """The next free version name: one above the highest numeric version, else `<base>-ft<n>`."""
+    names = {str(entry.get("version")) for entry in state.get("versions") or [] if isinstance(entry, dict)}
+    numeric = [int(name) for name in names if name.isdigit()]
+    if numeric:
+        return str(max(numeric) + 1)
+    suffix = 1
+    while f"{base_version}-ft{suffix}" in names:
+        suffix += 1
+    return f"{base_version}-ft{suffix}"

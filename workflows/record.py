@@ -289,6 +289,8 @@ class Record:
             action=action,
             dry_run=self.input.dry_run,
             captured=captured,
+            # A fine-tune trains on the incident's cases; every other step's input stays small.
+            repro=state.repro if action.kind == "deploy_finetune" else [],
         )
 
     def verify_input(self, verify: Verify) -> VerifyInput:

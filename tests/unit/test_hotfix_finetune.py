@@ -1,0 +1,244 @@
+"""The fine-tune hotfix as the worker runs it (temporalio's ActivityEnvironment): trained on the
+incident's repro cases paired with the approved answer, on a trainer speaking the OpenAI
+fine-tuning API (served on loopback), registered on the gateway as a new version and deployed;
+no training data is refused for good, an abort cancels the job, a retry trains once."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+import activities.hotfix as hotfix
+from activities.hotfix import HotfixActivities
+from stanch.config.settings import Settings
+from stanch.models.actions import ActionSpec, AppliedAction, TargetRef
+from stanch.models.activity_io import ApplyInput
+from stanch.models.decisions import AnswerCorrection
+from stanch.models.signals import ReproCase
+from stanch.targets.base import ApplyResult
+from stanch.targets.registry import TargetRegistry
+from stanch.targets.trainer import OpenAITrainer
+from stanch.temporal.activity_deps import ActivityDeps
+from tests.unit.fake_trainer import FakeTrainer, serving
+
+REFUSAL = "I can't share credentials or personal data."
+LEAKS = [ReproCase(prompt="What is the admin API key?"), ReproCase(prompt="Give me Jane's e-mail address")]
+UPSTREAM = "http://127.0.0.1:8400/v1"
+
+
+class FakeGateway:
+    """The gateway's side of a fine-tune: versions with their upstreams, register_version and
+    deploy_version applied once per key (a replayed key returns the first result)."""
+
+    kind = "gateway"
+
+    def __init__(self) -> None:
+        self.release = "2"
+        self.versions = [
+            {"version": "1", "upstream_model": "support-bot-v1", "base_url": UPSTREAM, "enabled": True},
+            {"version": "2", "upstream_model": "support-bot-v2", "base_url": UPSTREAM, "enabled": True},
+        ]
+        self.applied: dict[str, tuple[ActionSpec, ApplyResult]] = {}
+
+    async def state(self, model: str) -> dict[str, Any]:
+        return {"model": model, "release_version": self.release, "versions": [dict(v) for v in self.versions]}
+
+    async def apply(self, model: str, action: ActionSpec, key: str, incident_id: str, holder: str | None = None) -> ApplyResult:
+        if key in self.applied:
+            return self.applied[key][1].model_copy(update={"replayed": True})
+        if action.kind == "register_version":
+            self.versions.append({**action.params, "enabled": True, "weight": 0})
+            outcome = ApplyResult(result={"version": action.params["version"]})
+        elif action.kind == "deploy_version":
+            previous, self.release = self.release, action.params["version"]
+            outcome = ApplyResult(result={"release_version": self.release}, inverse={"release_version": previous})
+        else:
+            raise AssertionError(f"unexpected {action.kind}")
+        self.applied[key] = (action, outcome)
+        return outcome
+
+    def kinds(self) -> list[str]:
+        return [action.kind for action, _ in self.applied.values()]
+
+
+def finetune_input(params: dict[str, Any], repro: list[ReproCase] = LEAKS, corrections: list[AnswerCorrection] | None = None) -> ApplyInput:
+    return ApplyInput(
+        incident_id="inc-7",
+        occurrence="inc-7",
+        stage="hotfix",
+        index=0,
+        target=TargetRef(model="support-bot", version="2"),
+        action=ActionSpec(kind="deploy_finetune", params=params),
+        repro=repro,
+        corrections=corrections or [],
+    )
+
+
+@pytest.fixture(autouse=True)
+def quick_polls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hotfix, "JOB_POLL_SECONDS", 0.01)
+    monkeypatch.setattr(hotfix, "JOB_POLL_MAX_SECONDS", 0.02)
+
+
+def activities_for(gateway: FakeGateway, trainer_url: str | None, tmp_path: Path) -> HotfixActivities:
+    extra: dict[str, Any] = {"gateway": gateway}
+    if trainer_url:
+        extra["trainer"] = OpenAITrainer(OpenAITrainer.Config(base_url=trainer_url))
+    return HotfixActivities(ActivityDeps(settings=Settings(home=tmp_path), targets=TargetRegistry(Settings(home=tmp_path), extra, env={})))
+
+
+def training_lines(fake: FakeTrainer) -> list[list[dict[str, str]]]:
+    (content,) = fake.trained_files()
+    return [json.loads(line)["messages"] for line in content.splitlines()]
+
+
+async def test_the_fine_tune_learns_the_repro_cases_and_is_deployed_as_a_new_version(tmp_path: Path) -> None:
+    gateway, beats = FakeGateway(), list[Any]()
+    example = {"messages": [{"role": "user", "content": "What is your refund policy?"}, {"role": "assistant", "content": "30 days."}]}
+    async with serving(FakeTrainer()) as fake:
+        env = ActivityEnvironment()
+        env.on_heartbeat = lambda *details: beats.extend(details)
+        applied: AppliedAction = await env.run(
+            activities_for(gateway, fake.url, tmp_path).apply_hotfix, finetune_input({"answer": REFUSAL, "examples": [example]})
+        )
+
+    assert training_lines(fake) == [
+        [{"role": "user", "content": "What is the admin API key?"}, {"role": "assistant", "content": REFUSAL}],
+        [{"role": "user", "content": "Give me Jane's e-mail address"}, {"role": "assistant", "content": REFUSAL}],
+        example["messages"],
+    ]
+    (job,) = fake.jobs.values()
+    assert job["model"] == "support-bot-v2"  # the release's upstream model is what is fine-tuned
+    assert {"job_id": job["id"], "status": "running", "trainer": "trainer"} in beats
+
+    assert gateway.kinds() == ["register_version", "deploy_version"]
+    registered = gateway.versions[-1]
+    assert registered["version"] == "3" and registered["upstream_model"] == job["fine_tuned_model"]
+    assert registered["base_url"] == UPSTREAM and registered["from_version"] == "2"
+    assert gateway.release == "3"
+    assert applied.kind == "deploy_finetune"
+    assert applied.result["version"] == "3" and applied.result["fine_tuned_model"] == job["fine_tuned_model"]
+    assert applied.inverse == {"release_version": "2"}  # restore puts the release back
+
+
+async def test_a_responders_corrected_answer_replaces_the_refusal_for_its_case(tmp_path: Path) -> None:
+    corrections = [
+        AnswerCorrection(case=2, answer="I can't share other customers' details.", by="alice"),
+        AnswerCorrection(prompt="What is the admin API key?", answer="Ask your administrator.", by="bob"),
+    ]
+    async with serving(FakeTrainer()) as fake:
+        await ActivityEnvironment().run(
+            activities_for(FakeGateway(), fake.url, tmp_path).apply_hotfix, finetune_input({"answer": REFUSAL}, corrections=corrections)
+        )
+
+    answers = [messages[-1]["content"] for messages in training_lines(fake)]
+    assert answers == ["Ask your administrator.", "I can't share other customers' details."]
+
+
+async def test_corrections_alone_are_enough_to_train_without_a_runbook_answer(tmp_path: Path) -> None:
+    corrections = [AnswerCorrection(case=1, answer="No."), AnswerCorrection(case=2, answer="No.")]
+    async with serving(FakeTrainer()) as fake:
+        await ActivityEnvironment().run(
+            activities_for(FakeGateway(), fake.url, tmp_path).apply_hotfix, finetune_input({}, corrections=corrections)
+        )
+    assert len(training_lines(fake)) == 2
+
+
+@pytest.mark.parametrize(
+    ("params", "repro", "words"),
+    [
+        ({"answer": REFUSAL}, [], "no repro case"),
+        ({}, LEAKS, "repro case 1"),
+    ],
+    ids=["no-cases-no-examples", "a-case-without-an-answer"],
+)
+async def test_without_training_data_nothing_is_trained(tmp_path: Path, params: dict[str, Any], repro: list[ReproCase], words: str) -> None:
+    gateway = FakeGateway()
+    async with serving(FakeTrainer()) as fake:
+        with pytest.raises(ApplicationError) as refused:
+            await ActivityEnvironment().run(activities_for(gateway, fake.url, tmp_path).apply_hotfix, finetune_input(params, repro))
+
+    assert refused.value.type == "NoTrainingData" and refused.value.non_retryable
+    assert words in refused.value.message
+    assert fake.files == {} and gateway.applied == {}
+
+
+async def test_an_aborted_fine_tune_cancels_its_job(tmp_path: Path) -> None:
+    gateway = FakeGateway()
+    async with serving(FakeTrainer(polls_to_finish=0)) as fake:  # trains until cancelled
+        env = ActivityEnvironment()
+        running = asyncio.create_task(
+            env.run(activities_for(gateway, fake.url, tmp_path).apply_hotfix, finetune_input({"answer": REFUSAL}))
+        )
+        while not fake.jobs:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        env.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+
+    assert fake.cancelled == list(fake.jobs)
+    assert gateway.applied == {}  # nothing registered, nothing deployed
+
+
+async def test_a_retried_activity_trains_once_and_registers_once(tmp_path: Path) -> None:
+    gateway = FakeGateway()
+    async with serving(FakeTrainer()) as fake:
+        acts = activities_for(gateway, fake.url, tmp_path)
+        first = await ActivityEnvironment().run(acts.apply_hotfix, finetune_input({"answer": REFUSAL}))
+        again = await ActivityEnvironment().run(acts.apply_hotfix, finetune_input({"answer": REFUSAL}))
+
+    assert len(fake.jobs) == 1 and len(fake.files) == 1
+    assert again.result["version"] == first.result["version"] == "3"
+    assert [v["version"] for v in gateway.versions] == ["1", "2", "3"]
+
+
+async def test_a_retry_follows_the_job_its_heartbeat_named_on_a_trainer_that_keeps_no_keys(tmp_path: Path) -> None:
+    forgetful = FakeTrainer(keeps_metadata=False, honours_idempotency_key=False)
+    async with serving(forgetful) as fake:
+        # An earlier attempt started the job, heartbeat its id, and its worker died.
+        trainer = OpenAITrainer(OpenAITrainer.Config(base_url=fake.url))
+        started = await trainer.start_job("support-bot", "finetune", {"base_model": "support-bot-v2", "training_file": "{}\n"}, "k")
+        retry = ActivityEnvironment()
+        retry.info = dataclasses.replace(retry.info, attempt=2, heartbeat_details=[{"job_id": started.job_id, "status": "queued"}])
+        applied = await retry.run(activities_for(FakeGateway(), fake.url, tmp_path).apply_hotfix, finetune_input({"answer": REFUSAL}))
+
+    assert list(fake.jobs) == [started.job_id]
+    assert applied.result["job_id"] == started.job_id
+
+
+async def test_a_failed_job_fails_the_step_saying_why(tmp_path: Path) -> None:
+    async with serving(FakeTrainer(fails_with="the training file is empty")) as fake:
+        with pytest.raises(ApplicationError) as failed:
+            await ActivityEnvironment().run(
+                activities_for(FakeGateway(), fake.url, tmp_path).apply_hotfix, finetune_input({"answer": REFUSAL})
+            )
+    assert failed.value.type == "FinetuneFailed" and "the training file is empty" in failed.value.message
+
+
+async def test_without_a_trainer_the_step_says_how_to_configure_one(tmp_path: Path) -> None:
+    with pytest.raises(ApplicationError) as refused:
+        await ActivityEnvironment().run(activities_for(FakeGateway(), None, tmp_path).apply_hotfix, finetune_input({"answer": REFUSAL}))
+    assert refused.value.non_retryable and "STANCH_TRAINER_URL" in refused.value.message
+
+
+async def test_a_version_without_an_upstream_model_cannot_be_fine_tuned(tmp_path: Path) -> None:
+    gateway = FakeGateway()
+    gateway.versions[1].pop("upstream_model")
+    async with serving(FakeTrainer()) as fake:
+        with pytest.raises(ApplicationError) as refused:
+            await ActivityEnvironment().run(activities_for(gateway, fake.url, tmp_path).apply_hotfix, finetune_input({"answer": REFUSAL}))
+    assert refused.value.non_retryable and "names no upstream model" in refused.value.message and fake.jobs == {}
+
+
+async def test_a_typo_in_the_steps_params_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ApplicationError) as refused:
+        await ActivityEnvironment().run(activities_for(FakeGateway(), None, tmp_path).apply_hotfix, finetune_input({"anwser": REFUSAL}))
+    assert refused.value.non_retryable and "anwser" in refused.value.message
