@@ -77,6 +77,13 @@ _PHONE = re.compile(
     r"|(?<![\w+])\+\d{1,3}(?:[\s.-]\d{2,4}){2,4}\b"
 )
 _CARD = re.compile(r"\b\d(?:[ -]?\d){12,18}\b")
+# Written compact (DE89370400440532013000) or in groups of four (DE89 3704 0044 0532 0130 00).
+_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:[A-Z0-9]{11,30}|(?: [A-Z0-9]{4}){2,7}(?: [A-Z0-9]{1,4})?)\b")
+# UK National Insurance number: two prefix letters from the allocated set, six digits, A-D.
+_UK_NINO = re.compile(r"\b(?!BG|GB|KN|NK|NT|TN|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b")
+# Spanish DNI (8 digits) and NIE (X, Y or Z and 7 digits), each with its check letter.
+_ES_ID = re.compile(r"\b(?:([XYZ])-?(\d{7})|(\d{8}))-?([A-Z])\b")
+_ES_CHECK_LETTERS = "TRWAGMYFPDXBNJZSQVHLCKE"
 
 
 def luhn_valid(digits: str) -> bool:
@@ -89,18 +96,58 @@ def luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
+def iban_valid(compact: str) -> bool:
+    """ISO 13616: move the first four characters to the end, letters to numbers, mod 97 is 1."""
+    if not 15 <= len(compact) <= 34:
+        return False
+    return int("".join(str(int(char, 36)) for char in compact[4:] + compact[:4])) % 97 == 1
+
+
+def _ibans(text: str) -> list[tuple[str, tuple[int, int]]]:
+    found = []
+    for match in _IBAN.finditer(text):
+        groups = match.group(0).split(" ")
+        # The last groups may be a word that follows ("... 0130 00 DUE"): try shorter first.
+        for end in range(len(groups), 0, -1):
+            value = " ".join(groups[:end])
+            if iban_valid(value.replace(" ", "")):
+                found.append((value, (match.start(), match.start() + len(value))))
+                break
+    return found
+
+
+def es_id_valid(nie_letter: str, digits: str, check_letter: str) -> bool:
+    """The check letter of a DNI, or of a NIE whose leading X, Y or Z counts as the digit 0, 1 or 2."""
+    number = int(str("XYZ".index(nie_letter)) + digits) if nie_letter else int(digits)
+    return _ES_CHECK_LETTERS[number % 23] == check_letter
+
+
+def _national_ids(text: str) -> list[Finding]:
+    found = [(m.group(0), f"ssn {m.group(0)[:3]}-{ELLIPSIS}") for m in _SSN.finditer(text)]
+    found += [(m.group(0), f"uk ni number {m.group(0)[:2]}{ELLIPSIS}") for m in _UK_NINO.finditer(text)]
+    for match in _ES_ID.finditer(text):
+        prefix, digits, check = match.group(1) or "", match.group(2) or match.group(3), match.group(4)
+        if es_id_valid(prefix, digits, check):
+            found.append((match.group(0), f"spanish {'nie' if prefix else 'dni'} {prefix}{ELLIPSIS}{check}"))
+    return found
+
+
 def _pii(text: str) -> list[Finding]:
     found = [(m.group(0), f"email {_mask_email(m.group(0))}") for m in _EMAIL.finditer(text)]
-    found += [(m.group(0), f"ssn {m.group(0)[:3]}-{ELLIPSIS}") for m in _SSN.finditer(text)]
+    found += _national_ids(text)
+    ibans = _ibans(text)
+    found += [(value, f"iban {value[:2]}{ELLIPSIS}{value.replace(' ', '')[-4:]}") for value, _ in ibans]
+    # An IBAN's or a card's digit groups can look like a card or a phone; the longer one counts.
+    taken = [span for _, span in ibans]
     cards = []
     for match in _CARD.finditer(text):
         digits = re.sub(r"\D", "", match.group(0))
-        if 13 <= len(digits) <= 19 and luhn_valid(digits):
+        if 13 <= len(digits) <= 19 and luhn_valid(digits) and not any(start <= match.start() < end for start, end in taken):
             cards.append(match.span())
             found.append((match.group(0), f"card number {ELLIPSIS}{digits[-4:]}"))
+    taken += cards
     for match in _PHONE.finditer(text):
-        # A card number's digit groups can look like a phone; the card already counts.
-        if not any(start <= match.start() < end for start, end in cards):
+        if not any(start <= match.start() < end for start, end in taken):
             digits = re.sub(r"\D", "", match.group(0))
             if len(digits) >= 8:
                 found.append((match.group(0), f"phone {mask(match.group(0).strip(), keep=4)}"))

@@ -179,3 +179,34 @@ def test_a_runbook_may_not_redefine_a_builtin(runbook_copy: Path) -> None:
     path.write_text(path.read_text() + "\ndetectors:\n  pii: {kind: regex, patterns: ['x']}\n")
     with pytest.raises(RunbookError, match="detector id 'pii' is built in"):
         load_runbook(path)
+
+
+# --- the pii built-in's IBANs and national ids (each with its check) ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "evidence"),
+    [
+        ("Refund to DE89370400440532013000 today.", "iban DE…3000"),
+        ("Refund to DE89 3704 0044 0532 0130 00 DUE today.", "iban DE…3000"),
+        ("Pay GB82 WEST 1234 5698 7654 32.", "iban GB…5432"),
+        ("Her NI number is AB 12 34 56 C.", "uk ni number AB…"),
+        ("DNI 12345678Z on file.", "spanish dni …Z"),
+        ("NIE X1234567L on file.", "spanish nie X…L"),
+    ],
+)
+def test_pii_finds_ibans_and_national_ids_with_masked_evidence(text: str, evidence: str) -> None:
+    assert Detectors().scan_regex(["pii"], text).hits == [DetectorHit(detector="pii", evidence=evidence)]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Ticket DE89370400440532013001 is closed.",  # the IBAN check digits do not add up
+        "Ticket QQ123456C is closed.",  # QQ is no allocated NI prefix
+        "Order 12345678A shipped.",  # the wrong DNI check letter
+        "Order 12345678 shipped.",
+    ],
+)
+def test_look_alikes_that_fail_the_check_are_not_pii(text: str) -> None:
+    assert Detectors().scan_regex(["pii"], text).hits == []
