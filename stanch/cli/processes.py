@@ -176,18 +176,38 @@ def gateway(
     host: Annotated[str, typer.Option(help="address to bind")] = LOOPBACK,
     port: Annotated[int, typer.Option(help="port to bind")] = 8300,
     db: Annotated[Path | None, typer.Option("--db", help="SQLite file (default HOME/gateway.db)")] = None,
+    upstreams: Annotated[
+        Path | None,
+        typer.Option(
+            "--upstreams",
+            envvar="STANCH_GATEWAY_UPSTREAMS",
+            help="the upstreams file: each model's versions and the OpenAI-compatible servers answering them (default HOME/upstreams.yaml)",
+        ),
+    ] = None,
     action_delay: Annotated[float, typer.Option("--action-delay", help="seconds each admin action takes (demos)")] = 0.0,
     dev: Annotated[
         bool, typer.Option("--dev", help="admin API open to whoever reaches it: the local demo only (`stanch up` runs it so)")
     ] = False,
 ) -> None:
-    """Run the reference AI gateway: OpenAI-compatible completions plus the admin API Stanch drives.
+    """Run the gateway: an OpenAI-compatible proxy in front of the upstreams in its upstreams file,
+    enforcing what incidents put in place, plus the admin API Stanch drives.
 
     The admin API (/admin/*) lifts blocks and pins models, so it needs a token
     (STANCH_GATEWAY_ADMIN_TOKEN, which the worker sends too) unless --dev."""
     from stanch.gateway.app import ADMIN_TOKEN_VARIABLE, serve
+    from stanch.gateway.upstreams import UpstreamsError, load_upstreams
 
     settings = Settings.from_env()
+    upstreams_path = upstreams or settings.home / "upstreams.yaml"
+    try:
+        models = load_upstreams(upstreams_path)
+    except UpstreamsError as exc:
+        err_console.print(f"[red]error:[/] {exc}")
+        err_console.print(
+            "The gateway holds no model of its own: name the upstreams that answer "
+            "(`stanch demo-upstream --write-upstreams FILE` writes one for the demo models)."
+        )
+        raise typer.Exit(2) from exc
     token = settings.gateway_admin_token.get_secret_value() if settings.gateway_admin_token else None
     if token is None and not dev:
         err_console.print(
@@ -197,7 +217,7 @@ def gateway(
         raise typer.Exit(2)
     db_path = db or settings.home / "gateway.db"
     db_path.parent.mkdir(parents=True, exist_ok=True)
-    serve(host, port, db_path, action_delay_s=action_delay, admin_token=None if dev else token)
+    serve(host, port, db_path, models, action_delay_s=action_delay, admin_token=None if dev else token)
 
 
 def _is_loopback(host: str) -> bool:

@@ -28,7 +28,8 @@ from pydantic import (
 )
 
 from stanch.gateway import holds
-from stanch.gateway.store import highest_enabled_below, resolve_served_version
+from stanch.gateway.detection import detectors_for
+from stanch.gateway.store import highest_enabled_below, resolve_served_version, utc_now
 
 
 class ActionRejected(Exception):
@@ -56,37 +57,73 @@ class FeatureParams(_Params):
     feature: str = Field(min_length=1)
 
 
+def _compiled(patterns: list[str]) -> list[str]:
+    for pattern in patterns:
+        if not pattern:
+            raise ValueError("patterns must not contain an empty string (it would match everything)")
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"invalid regex {pattern!r}: {exc}") from exc
+    return patterns
+
+
 class PatternParams(_Params):
     patterns: list[str] = Field(min_length=1)
 
     @field_validator("patterns")
     @classmethod
     def _compiles(cls, patterns: list[str]) -> list[str]:
-        for pattern in patterns:
-            if not pattern:
-                raise ValueError("patterns must not contain an empty string (it would match everything)")
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"invalid regex {pattern!r}: {exc}") from exc
-        return patterns
+        return _compiled(patterns)
+
+
+class BlockParams(_Params):
+    """Block by pattern, by detector, or both: the same detectors confirm and verify run."""
+
+    patterns: list[str] = Field(default_factory=list)
+    detectors: list[str] = Field(default_factory=list, description="detector ids: built-ins, or ones `detector_specs` defines")
+    detector_specs: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="specs of the service detectors named (moderation, judge), as the runbook defines them"
+    )
+
+    @field_validator("patterns")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        return _compiled(patterns)
+
+    @model_validator(mode="after")
+    def _something_to_block_by(self) -> BlockParams:
+        if not self.patterns and not self.detectors:
+            raise ValueError("name `patterns`, `detectors` or both: there is nothing to block by")
+        try:
+            detectors_for(self.detector_specs).check_names(self.detectors)
+        except ValueError as exc:
+            raise ValueError(f"detectors: {exc}") from exc
+        return self
+
+
+ROUTES = ("chat", "completions", "embeddings")
 
 
 class EndpointParams(_Params):
     mode: Literal["deny", "allow_list", "rate_limit"]
-    clients: list[str] = Field(default_factory=list)
+    clients: list[str] = Field(
+        default_factory=list,
+        description="allow_list: the clients let through; deny and rate_limit: only these clients (empty: everyone). "
+        "A client is its x-client-id, x-tenant-id or `key:<sha256 of its API key, 12 hex>`",
+    )
+    routes: list[Literal["chat", "completions", "embeddings"]] = Field(default_factory=list, description="empty: every route")
     per_minute: int | None = Field(default=None, ge=1)
+    per_client: bool = Field(False, description="rate_limit: a budget per client instead of one shared by all")
 
     @model_validator(mode="after")
     def _mode_needs(self) -> EndpointParams:
         if self.mode == "allow_list" and not self.clients:
-            raise ValueError("mode allow_list needs a non-empty `clients` list of x-client-id values")
+            raise ValueError("mode allow_list needs a non-empty `clients` list of the clients let through")
         if self.mode == "rate_limit" and self.per_minute is None:
             raise ValueError("mode rate_limit needs `per_minute` (requests per minute, >= 1)")
-        if self.mode != "allow_list" and self.clients:
-            raise ValueError(f"`clients` only applies to mode allow_list, not {self.mode}")
-        if self.mode != "rate_limit" and self.per_minute is not None:
-            raise ValueError(f"`per_minute` only applies to mode rate_limit, not {self.mode}")
+        if self.mode != "rate_limit" and (self.per_minute is not None or self.per_client):
+            raise ValueError(f"`per_minute` and `per_client` only apply to mode rate_limit, not {self.mode}")
         return self
 
 
@@ -104,6 +141,17 @@ class NoParams(_Params):
 
 class PromptParams(_Params):
     prompt: str
+
+
+class RegisterParams(_Params):
+    """A new version of the model (a fine-tune): served by an upstream under its own name."""
+
+    version: VersionName
+    upstream_model: str = Field(min_length=1)
+    base_url: str | None = Field(None, description="default: the base version's")
+    api_key: str | None = Field(None, description='a reference ("$ENV", "file:/path"); default: the base version\'s')
+    from_version: VersionName | None = Field(None, description="the version it was trained from; default: the release")
+    source: str = "registered"
 
 
 @dataclass(frozen=True)
@@ -157,32 +205,47 @@ def disable_feature(ctx: ActionContext, p: FeatureParams) -> Outcome:
     return {"feature": p.feature, "enabled": False, "was_enabled": bool(row["enabled"]), **taken}, inverse
 
 
-def _insert_blocks(ctx: ActionContext, direction: str, patterns: list[str]) -> Outcome:
-    ids = [
-        ctx.db.execute(
-            "INSERT INTO blocks (model, direction, pattern, incident_id, idempotency_key, holder) VALUES (?, ?, ?, ?, ?, ?)",
-            (ctx.model, direction, pattern, ctx.incident_id, ctx.idempotency_key, ctx.holder),
-        ).lastrowid
-        for pattern in patterns
+def _insert_blocks(ctx: ActionContext, direction: str, p: BlockParams) -> Outcome:
+    insert = (
+        "INSERT INTO blocks (model, direction, pattern, detector, detector_spec, incident_id, idempotency_key, holder)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    )
+    rows = [(pattern, None, None) for pattern in p.patterns] + [
+        (None, detector, json.dumps(p.detector_specs[detector]) if detector in p.detector_specs else None) for detector in p.detectors
     ]
-    result = {"direction": direction, "patterns": patterns, "block_ids": ids, "holder": ctx.holder}
+    ids = [
+        ctx.db.execute(insert, (ctx.model, direction, pattern, detector, spec, ctx.incident_id, ctx.idempotency_key, ctx.holder)).lastrowid
+        for pattern, detector, spec in rows
+    ]
+    result = {"direction": direction, "patterns": p.patterns, "detectors": p.detectors, "block_ids": ids, "holder": ctx.holder}
     return result, {"op": "delete_blocks", "ids": ids}
 
 
-def block_prompts(ctx: ActionContext, p: PatternParams) -> Outcome:
-    return _insert_blocks(ctx, "prompt", p.patterns)
+def block_prompts(ctx: ActionContext, p: BlockParams) -> Outcome:
+    return _insert_blocks(ctx, "prompt", p)
 
 
-def block_outputs(ctx: ActionContext, p: PatternParams) -> Outcome:
-    return _insert_blocks(ctx, "output", p.patterns)
+def block_outputs(ctx: ActionContext, p: BlockParams) -> Outcome:
+    return _insert_blocks(ctx, "output", p)
 
 
 def restrict_endpoint(ctx: ActionContext, p: EndpointParams) -> Outcome:
     rule_id = ctx.db.execute(
-        "INSERT INTO endpoint_rules (model, mode, clients, per_minute, incident_id, idempotency_key, holder) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (ctx.model, p.mode, json.dumps(p.clients), p.per_minute, ctx.incident_id, ctx.idempotency_key, ctx.holder),
+        "INSERT INTO endpoint_rules (model, mode, clients, routes, per_minute, per_client, incident_id, idempotency_key, holder)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            ctx.model,
+            p.mode,
+            json.dumps(p.clients),
+            json.dumps(p.routes),
+            p.per_minute,
+            int(p.per_client),
+            ctx.incident_id,
+            ctx.idempotency_key,
+            ctx.holder,
+        ),
     ).lastrowid
-    result = {"rule_id": rule_id, "mode": p.mode, "clients": p.clients, "per_minute": p.per_minute, "holder": ctx.holder}
+    result = {"rule_id": rule_id, **p.model_dump(), "holder": ctx.holder}
     return result, {"op": "delete_endpoint_rules", "ids": [rule_id]}
 
 
@@ -214,13 +277,15 @@ def disable_version(ctx: ActionContext, p: VersionParams) -> Outcome:
 
 def switch_to_fallback(ctx: ActionContext, p: NoParams) -> Outcome:
     row = ctx.model_row()
-    fallback = row["fallback_version"]
-    if not fallback:
-        raise ActionRejected(f"model {ctx.model!r} has no fallback version configured")
-    if not ctx.require_version(fallback)["enabled"]:
+    fallback, other_model = row["fallback_version"], row["fallback_model"]
+    if not fallback and not other_model:
+        raise ActionRejected(f"model {ctx.model!r} has no fallback configured (a `fallback:` in the upstreams file)")
+    if fallback and not ctx.require_version(fallback)["enabled"]:
         raise ActionRejected(f"fallback version {fallback!r} of model {ctx.model!r} is disabled")
     previous_served = ctx.served()
     taken, inverse = ctx.hold("fallback")
+    if other_model:
+        return {"model": other_model, "previous_served": previous_served, "served_by": f"model {other_model}", **taken}, inverse
     return {"version": fallback, "previous_served": previous_served, "served_version": ctx.served(), **taken}, inverse
 
 
@@ -242,12 +307,31 @@ def set_system_prompt(ctx: ActionContext, p: PromptParams) -> Outcome:
 
 
 def deploy_version(ctx: ActionContext, p: VersionParams) -> Outcome:
+    """Make the version the release; any canary ends (its traffic goes to the new release)."""
     if not ctx.require_version(p.version)["enabled"]:
         raise ActionRejected(f"version {p.version!r} of model {ctx.model!r} is disabled; enable it before deploying")
     previous = ctx.model_row()["release_version"]
+    weights = {v["version"]: v["weight"] for v in ctx.versions() if v["weight"]}
     ctx.db.execute("UPDATE models SET release_version = ? WHERE name = ?", (p.version, ctx.model))
-    result = {"version": p.version, "previous_release": previous, "served_version": ctx.served()}
-    return result, {"op": "set_release", "version": previous}
+    ctx.db.execute("UPDATE versions SET weight = 0 WHERE model = ?", (ctx.model,))
+    result = {"version": p.version, "previous_release": previous, "ended_canaries": weights, "served_version": ctx.served()}
+    return result, {"op": "set_release", "version": previous, "weights": weights}
+
+
+def register_version(ctx: ActionContext, p: RegisterParams) -> Outcome:
+    """Add a version (no traffic until deployed). History, not protection: nothing to undo."""
+    base = ctx.require_version(p.from_version or ctx.model_row()["release_version"])
+    existing = ctx.db.execute("SELECT * FROM versions WHERE model = ? AND version = ?", (ctx.model, p.version)).fetchone()
+    if existing is not None:
+        raise ActionConflict(f"model {ctx.model!r} already has a version {p.version!r} (served by {existing['upstream_model']!r})")
+    base_url = p.base_url or base["base_url"]
+    api_key = p.api_key or base["api_key"]
+    ctx.db.execute(
+        "INSERT INTO versions (model, version, base_url, upstream_model, api_key, timeout_seconds, weight, source, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)",
+        (ctx.model, p.version, base_url, p.upstream_model, api_key, base["timeout_seconds"], p.source, utc_now()),
+    )
+    return {"version": p.version, "upstream_model": p.upstream_model, "base_url": base_url, "from_version": base["version"]}, None
 
 
 @dataclass(frozen=True)
@@ -259,8 +343,8 @@ class ActionKind:
 
 ACTIONS: dict[str, ActionKind] = {
     "disable_feature": ActionKind(FeatureParams, disable_feature, "containment"),
-    "block_prompts": ActionKind(PatternParams, block_prompts, "containment"),
-    "block_outputs": ActionKind(PatternParams, block_outputs, "containment"),
+    "block_prompts": ActionKind(BlockParams, block_prompts, "containment"),
+    "block_outputs": ActionKind(BlockParams, block_outputs, "containment"),
     "restrict_endpoint": ActionKind(EndpointParams, restrict_endpoint, "containment"),
     "rollback_to_previous": ActionKind(RollbackParams, rollback_to_previous, "rollback"),
     "disable_version": ActionKind(VersionParams, disable_version, "rollback"),
@@ -268,4 +352,5 @@ ACTIONS: dict[str, ActionKind] = {
     "add_guardrail": ActionKind(PatternParams, add_guardrail, "hotfix"),
     "set_system_prompt": ActionKind(PromptParams, set_system_prompt, "hotfix"),
     "deploy_version": ActionKind(VersionParams, deploy_version, "hotfix"),
+    "register_version": ActionKind(RegisterParams, register_version, "hotfix"),
 }

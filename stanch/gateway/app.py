@@ -1,9 +1,9 @@
-"""Routes of the reference gateway: the OpenAI-compatible endpoint users call and the admin API
-Stanch's target adapter drives (state, apply, undo, ledger, probe, jobs)."""
+"""Routes of the gateway: the OpenAI-compatible endpoints users call, which it forwards to the
+upstreams in its upstreams file through every protection in place, and the admin API Stanch's
+target adapter drives (state, apply, undo, ledger)."""
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -11,35 +11,37 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Header, HTTPException, Query, Request, Response
+import httpx
+from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from stanch.gateway.actions import ActionConflict, ActionRejected
+from stanch.gateway.deploys import reset_to_file, take_over
 from stanch.gateway.enforcement import (
-    Completion,
     EndpointRateLimiter,
+    OutputGuard,
     Refusal,
-    complete,
-    complete_unprotected,
+    check_endpoint,
+    check_features,
+    check_prompt,
     features_requested,
+    prompt_text,
+    with_system_prompt,
 )
-from stanch.gateway.finetune import FinetuneRunner
 from stanch.gateway.ledger import UnknownKey, apply_action, undo_action
+from stanch.gateway.proxy import forward, forward_stream, refusal_response
+from stanch.gateway.routing import ADMIN_TOKEN_HEADER, PROBE_HEADER, VERSION_HEADER, client_of, route
 from stanch.gateway.schemas import (
     ApplyRequest,
     ApplyResponse,
-    ChatRequest,
     DeployRequest,
     DeployResponse,
-    JobRequest,
-    JobStatusResponse,
     LedgerResponse,
     ModelsResponse,
-    ProbeRequest,
-    ProbeResponse,
     UndoRequest,
 )
-from stanch.gateway.store import DEMO_MODEL, GatewayStore, job_entry
+from stanch.gateway.store import GatewayStore
+from stanch.gateway.upstreams import UpstreamsFile
 
 
 @contextmanager
@@ -55,56 +57,54 @@ def _as_http_errors() -> Iterator[None]:
         raise HTTPException(status_code=404, detail=str(exc)) from exc
 
 
-def _chat_completion_body(model: str, completion: Completion, prompt_text: str) -> dict[str, Any]:
-    # Deterministic id and rough whitespace token counts: enough for OpenAI clients to parse.
-    digest = hashlib.sha256(f"{model}|{completion.version}|{prompt_text}".encode()).hexdigest()[:24]
-    prompt_tokens, completion_tokens = len(prompt_text.split()), len(completion.output.split())
-    return {
-        "id": f"chatcmpl-{digest}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "system_fingerprint": f"{model}@{completion.version}",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": completion.output}, "finish_reason": "stop"}],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        },
-    }
-
-
 ADMIN_TOKEN_VARIABLE = "STANCH_GATEWAY_ADMIN_TOKEN"
+MAX_BODY_BYTES = 4 * 1024 * 1024
 
 
-def create_app(db_path: Path, *, action_delay_s: float = 0.0, finetune_seconds: float = 3.0, admin_token: str | None = None) -> FastAPI:
-    """The gateway app over the SQLite file at `db_path` (created and seeded if new).
+def _bad_request(message: str, status_code: int = 400, code: str = "invalid_request") -> JSONResponse:
+    return JSONResponse(Refusal(status_code, code, message).body(), status_code=status_code)
+
+
+def create_app(
+    db_path: Path,
+    upstreams: UpstreamsFile,
+    *,
+    action_delay_s: float = 0.0,
+    admin_token: str | None = None,
+    upstream_transport: httpx.AsyncBaseTransport | None = None,
+) -> FastAPI:
+    """The gateway over the SQLite file at `db_path`, forwarding to `upstreams`.
 
     `action_delay_s` makes apply/undo wait after committing and before answering, so a crash
-    test can kill a caller mid-action; `finetune_seconds` is how long a fine-tune job takes.
-    With `admin_token`, every `/admin/*` call needs `Authorization: Bearer <admin_token>`:
-    whoever reaches the admin API can lift a block or pin a model. None is the local demo's
-    dev mode (`stanch gateway --dev`, as `stanch up` runs it).
+    test can kill a caller mid-action. With `admin_token`, every `/admin/*` call needs
+    `Authorization: Bearer <admin_token>`, and so does asking for a version directly
+    (`x-stanch-version`, with `x-stanch-admin-token`): whoever reaches those can lift a block or
+    bypass one. None is the local demo's dev mode (`stanch gateway --dev`, as `stanch up` runs it).
+    `upstream_transport` lets tests answer for the upstreams in process.
     """
     store = GatewayStore(db_path)
+    take_over(store, upstreams)
     limiter = EndpointRateLimiter()
-    runner = FinetuneRunner(store, duration_s=finetune_seconds)
+    http: dict[str, httpx.AsyncClient] = {}
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        runner.resume_unfinished()
+        http["client"] = httpx.AsyncClient(transport=upstream_transport)
         yield
-        await runner.shutdown()
+        await http["client"].aclose()
         store.close()
 
-    app = FastAPI(title="Stanch reference gateway", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="Stanch gateway", version="0.2.0", lifespan=lifespan)
     app.state.store = store
+
+    def is_admin(given: str) -> bool:
+        return admin_token is None or hmac.compare_digest(given.encode(), admin_token.encode())
 
     @app.middleware("http")
     async def admin_needs_the_token(request: Request, call_next: Any) -> Response:
-        if admin_token is not None and request.url.path.startswith("/admin/"):
-            given = request.headers.get("authorization", "").encode()
-            if not hmac.compare_digest(given, f"Bearer {admin_token}".encode()):
+        if request.url.path.startswith("/admin/"):
+            given = request.headers.get("authorization", "").removeprefix("Bearer ")
+            if not is_admin(given):
                 detail = f"the gateway's admin API needs `Authorization: Bearer <token>`, the token in {ADMIN_TOKEN_VARIABLE}"
                 return JSONResponse({"detail": detail}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
         response: Response = await call_next(request)
@@ -122,31 +122,95 @@ def create_app(db_path: Path, *, action_delay_s: float = 0.0, finetune_seconds: 
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    @app.get("/v1/models")
+    def list_models() -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [{"id": name, "object": "model", "created": 0, "owned_by": "stanch-gateway"} for name in store.model_names()],
+        }
+
+    async def answer(request: Request, route_name: str) -> Response:
+        raw = await request.body()
+        if len(raw) > MAX_BODY_BYTES:
+            return _bad_request(
+                f"the request body is {len(raw)} bytes; the gateway takes at most {MAX_BODY_BYTES}", 413, "request_too_large"
+            )
+        try:
+            body = await request.json()
+        except ValueError:
+            return _bad_request("the request body is not JSON")
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            return _bad_request("the request body needs a `model` (a string): the model to answer")
+        if route_name == "chat" and not (isinstance(body.get("messages"), list) and body["messages"]):
+            return _bad_request("`messages` must be a non-empty list of chat messages")
+        model = body["model"]
+        if store.model_row(model) is None:
+            return refusal_response(
+                Refusal(404, "model_not_found", f"The model {model!r} does not exist; known models: {', '.join(store.model_names())}.")
+            )
+        headers = request.headers
+        client = client_of(headers, body.get("user") if isinstance(body.get("user"), str) else None)
+        incident = headers.get("x-stanch-incident")
+        version = headers.get(VERSION_HEADER)
+        if version is not None:
+            # A version by name: its hotfixes, none of the incidents' protections. For verification.
+            if not is_admin(headers.get(ADMIN_TOKEN_HEADER, "")):
+                return refusal_response(
+                    Refusal(
+                        401,
+                        "admin_token_required",
+                        f"{VERSION_HEADER} needs the gateway's admin token in {ADMIN_TOKEN_HEADER}.",
+                        None,
+                        "authentication_error",
+                    )
+                )
+            row = store.model_row(model)
+            assert row is not None
+            version = row["release_version"] if version == "release" else version
+            if store.version_row(model, version) is None:
+                known = ", ".join(v["version"] for v in store.versions(model))
+                return refusal_response(
+                    Refusal(404, "version_not_found", f"Model {model!r} has no version {version!r}; known versions: {known}.")
+                )
+        else:
+            probe = headers.get(PROBE_HEADER) is not None
+            refusal = check_endpoint(store, limiter, model, route_name, client, record=not probe) or check_features(
+                store, model, features_requested(route_name, body, headers.get("x-feature"))
+            )
+            if refusal is None:
+                refusal = await check_prompt(store, model, prompt_text(body))
+            if refusal:
+                return refusal_response(refusal)
+        chosen = route(store, model, client.bucket(model), version=version)
+        if chosen is None:
+            return refusal_response(
+                Refusal(503, "model_unavailable", f"Every version of model {model!r} is disabled.", None, "service_unavailable")
+            )
+        model_row = store.model_row(model)
+        assert model_row is not None
+        upstream_body = with_system_prompt(body, model_row["system_prompt"])
+        if route_name == "embeddings":
+            return await forward(http["client"], chosen, route_name, upstream_body, model, None, "", incident)
+        guard = OutputGuard(store, model) if version is None else OutputGuard.hotfixes_only(store, model)
+        prompt = prompt_text(body)
+        if body.get("stream"):
+            return await forward_stream(http["client"], chosen, route_name, upstream_body, model, guard, prompt, incident)
+        return await forward(http["client"], chosen, route_name, upstream_body, model, guard, prompt, incident)
+
     @app.post("/v1/chat/completions")
-    def chat_completions(
-        request: ChatRequest,
-        x_client_id: str | None = Header(default=None),
-        x_feature: str | None = Header(default=None),
-    ) -> JSONResponse:
-        messages = [m.model_dump() for m in request.messages]
-        outcome = complete(
-            store,
-            limiter,
-            request.model,
-            messages,
-            client_id=x_client_id,
-            features=features_requested(request.tools, x_feature),
-        )
-        if isinstance(outcome, Refusal):
-            return JSONResponse(outcome.body(), status_code=outcome.status_code)
-        prompt_text = " ".join(str(m.get("content") or "") for m in messages)
-        return JSONResponse(
-            _chat_completion_body(request.model, outcome, prompt_text),
-            headers={"x-model-version": outcome.version},
-        )
+    async def chat_completions(request: Request) -> Response:
+        return await answer(request, "chat")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await answer(request, "completions")
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> Response:
+        return await answer(request, "embeddings")
 
     @app.get("/admin/models", response_model=ModelsResponse)
-    def list_models() -> ModelsResponse:
+    def admin_models() -> ModelsResponse:
         return ModelsResponse(models=store.model_names())
 
     @app.get("/admin/state")
@@ -182,48 +246,6 @@ def create_app(db_path: Path, *, action_delay_s: float = 0.0, finetune_seconds: 
     def ledger() -> LedgerResponse:
         return LedgerResponse(entries=store.ledger_entries())
 
-    @app.post("/admin/probe", response_model=ProbeResponse)
-    def probe(request: ProbeRequest) -> ProbeResponse:
-        require_model(request.model)
-        messages = [{"role": "user", "content": request.prompt}]
-        if request.version is None:
-            # A probe sees what users see but must not eat into their rate-limit budget.
-            outcome = complete(
-                store,
-                limiter,
-                request.model,
-                messages,
-                client_id=request.client_id,
-                features=features_requested(None, ",".join(request.features)),
-                count_towards_rate_limit=False,
-            )
-        else:
-            outcome = complete_unprotected(store, request.model, request.version, messages)
-            if isinstance(outcome, Refusal):  # unknown version: a caller mistake, not a user-visible answer
-                raise HTTPException(422, outcome.message)
-        if isinstance(outcome, Refusal):
-            return ProbeResponse(
-                status_code=outcome.status_code,
-                refusal_code=outcome.code,
-                refusal_incident=outcome.incident_id,
-                refusal_message=outcome.message,
-            )
-        return ProbeResponse(status_code=200, output=outcome.output, model_version=outcome.version)
-
-    @app.post("/admin/jobs", response_model=JobStatusResponse)
-    async def start_job(request: JobRequest) -> JobStatusResponse:
-        # async: the job runs as a task on this event loop.
-        with _as_http_errors():
-            job = runner.start(request.model, request.kind, request.params, request.idempotency_key)
-        return JobStatusResponse.model_validate(job)
-
-    @app.get("/admin/jobs/{job_id}", response_model=JobStatusResponse)
-    def job_status(job_id: str) -> JobStatusResponse:
-        row = store.job_row(job_id)
-        if row is None:
-            raise HTTPException(404, f"no job with id {job_id!r}; start one with POST /admin/jobs")
-        return JobStatusResponse.model_validate(job_entry(row))
-
     @app.post("/admin/deploy", response_model=DeployResponse)
     def deploy(request: DeployRequest) -> DeployResponse:
         """A plain platform-team deploy: moves the release, touches nothing else, no ledger row."""
@@ -241,23 +263,23 @@ def create_app(db_path: Path, *, action_delay_s: float = 0.0, finetune_seconds: 
             served_version=store.served_version(request.model),
         )
 
-    @app.post("/admin/demo/reset")
-    def reset_demo() -> dict[str, Any]:
-        """For `stanch demo` and drills: the demo model as first deployed (v2 leaking, no protections)."""
-        store.reset_demo_model()
-        return store.state(DEMO_MODEL) or {}
+    @app.post("/admin/reset")
+    def reset() -> dict[str, Any]:
+        """For `stanch demo` and drills: every model as the upstreams file deploys it, no protections, no hotfix."""
+        reset_to_file(store, upstreams)
+        return {"models": {name: store.state(name) for name in store.model_names()}}
 
     return app
 
 
 def serve(
-    host: str, port: int, db_path: Path, action_delay_s: float = 0.0, finetune_seconds: float = 3.0, admin_token: str | None = None
+    host: str, port: int, db_path: Path, upstreams: UpstreamsFile, action_delay_s: float = 0.0, admin_token: str | None = None
 ) -> None:
     """Run the gateway with uvicorn until interrupted."""
     import uvicorn
 
     uvicorn.run(
-        create_app(db_path, action_delay_s=action_delay_s, finetune_seconds=finetune_seconds, admin_token=admin_token),
+        create_app(db_path, upstreams, action_delay_s=action_delay_s, admin_token=admin_token),
         host=host,
         port=port,
         log_level="info",

@@ -1,9 +1,10 @@
-"""The path of one chat completion through the gateway's protections.
+"""The protections a request passes through, in the order an incident responder expects.
 
-Order matters and mirrors what an incident responder expects: an endpoint that is shut is shut
-before anything else runs; a killed feature refuses before the model is called; blocked
-prompts never reach the model; blocked outputs never reach the user; guardrails redact last.
-Every refusal names the incident that put the protection in place.
+An endpoint that is shut is shut before anything else runs; a killed feature refuses before the
+model is called; blocked prompts never reach the model; blocked outputs never reach the user
+(in a stream too: `OutputGuard` holds back what it has not checked yet); guardrails redact
+last. Every refusal names the incident that put the protection in place. A detector that
+cannot decide blocks: while an incident's protection is in place, unchecked is not safe.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from stanch.gateway.demo_models import generate, last_user_message
+from stanch.gateway.detection import block_detectors
+from stanch.gateway.routing import Client
 from stanch.gateway.store import GatewayStore
 
 REDACTED = "[redacted]"
@@ -43,27 +45,21 @@ class Refusal:
         }
 
 
-@dataclass(frozen=True)
-class Completion:
-    output: str
-    version: str
-
-
 class EndpointRateLimiter:
-    """Sliding one-minute windows, one per rate-limit rule, shared by all clients of the model.
+    """Sliding one-minute windows, one per rate-limit rule (and client, for a per-client rule).
 
     Kept in memory on purpose: a restarted gateway forgiving the last minute is harmless, and
     the rule itself (what containment put in place) is durable in SQLite.
     """
 
     def __init__(self) -> None:
-        self._hits: dict[int, deque[float]] = {}
+        self._hits: dict[tuple[int, str], deque[float]] = {}
         self._lock = threading.Lock()
 
-    def allow(self, rule_id: int, per_minute: int, *, record: bool = True) -> bool:
+    def allow(self, rule_id: int, per_minute: int, *, client: str = "", record: bool = True) -> bool:
         now = time.monotonic()
         with self._lock:
-            hits = self._hits.setdefault(rule_id, deque())
+            hits = self._hits.setdefault((rule_id, client), deque())
             while hits and now - hits[0] >= 60.0:
                 hits.popleft()
             if len(hits) >= per_minute:
@@ -73,60 +69,101 @@ class EndpointRateLimiter:
             return True
 
 
-def features_requested(tools: list[Any] | None, feature_header: str | None) -> set[str]:
-    """Feature names a request uses: `x-feature` header values plus the names of its tools.
+# -- what a request uses -------------------------------------------------------------------
 
-    Names are normalised (lower case, `_` -> `-`) so a tool called `web_search` hits the
-    `web-search` kill switch.
-    """
-    names: list[str] = [part for part in (feature_header or "").split(",")]
-    for tool in tools or []:
-        if isinstance(tool, str):
-            names.append(tool)
-        elif isinstance(tool, dict):
+
+def message_text(content: Any) -> str:
+    """Text of an OpenAI message `content`: a plain string or a list of typed parts."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return str(content)
+
+
+def prompt_text(body: dict[str, Any]) -> str:
+    """Everything a request asks the model, every turn but the model's own: what prompt blocks read."""
+    if "messages" in body:
+        messages = body.get("messages") or []
+        return "\n".join(message_text(m.get("content")) for m in messages if isinstance(m, dict) and m.get("role") != "assistant")
+    for field in ("prompt", "input"):
+        value = body.get(field)
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list):
+            return "\n".join(v for v in value if isinstance(v, str))
+    return ""
+
+
+def features_requested(route: str, body: dict[str, Any], feature_header: str | None) -> set[str]:
+    """Features a request uses: its route, tools, images, streaming, `x-feature` header values and
+    the names of its tools. Names are normalised (lower case, `_` -> `-`), so a tool called
+    `web_search` hits the `web-search` kill switch."""
+    names: list[str] = [route, *(feature_header or "").split(",")]
+    tools = body.get("tools") or body.get("functions") or []
+    if tools:
+        names.append("tools")
+    for tool in tools:
+        if isinstance(tool, dict):
             declared = tool.get("function")
-            function: dict[Any, Any] = declared if isinstance(declared, dict) else {}
-            names.append(function.get("name") or tool.get("name") or tool.get("type") or "")
+            function: dict[Any, Any] = declared if isinstance(declared, dict) else tool
+            names.append(str(function.get("name") or tool.get("type") or ""))
+    for message in body.get("messages") or []:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list) and any(isinstance(p, dict) and p.get("type") in ("image_url", "input_image") for p in content):
+            names.append("images")
+    if body.get("stream"):
+        names.append("streaming")
     return {n.strip().lower().replace("_", "-") for n in names if n and n.strip()}
 
 
-def _check_endpoint(
-    store: GatewayStore, limiter: EndpointRateLimiter, model: str, client_id: str | None, *, record: bool
+# -- before the model ----------------------------------------------------------------------
+
+
+def check_endpoint(
+    store: GatewayStore, limiter: EndpointRateLimiter, model: str, route: str, client: Client, *, record: bool
 ) -> Refusal | None:
     # Strictest first, whatever order incidents added them in: a closed endpoint says
     # "closed", not "slow down", and refused requests never eat rate-limit budget.
     strictness = {"deny": 0, "allow_list": 1, "rate_limit": 2}
     for rule in sorted(store.endpoint_rules(model), key=lambda r: (strictness[r["mode"]], r["id"])):
-        incident = rule["incident_id"]
+        routes, clients, incident = json.loads(rule["routes"]), json.loads(rule["clients"]), rule["incident_id"]
+        if routes and route not in routes:
+            continue
+        scope = f"route {route} of model {model!r}" if routes else f"the endpoint for model {model!r}"
+        if rule["mode"] == "allow_list":
+            if client.names & set(clients):
+                continue
+            who = "this client" if client.names else "requests without an x-client-id, x-tenant-id or API key"
+            return Refusal(
+                503,
+                "endpoint_restricted",
+                f"{scope} is restricted to an allow list by incident {incident}; {who} is not on it.",
+                incident,
+                "service_unavailable",
+            )
+        if clients and not client.names & set(clients):
+            continue
         if rule["mode"] == "deny":
             return Refusal(
-                503,
-                "endpoint_restricted",
-                f"The endpoint for model {model!r} is closed by incident {incident}.",
-                incident,
-                "service_unavailable",
+                503, "endpoint_restricted", f"{scope.capitalize()} is closed by incident {incident}.", incident, "service_unavailable"
             )
-        if rule["mode"] == "allow_list" and client_id not in json.loads(rule["clients"]):
-            who = f"client {client_id!r}" if client_id else "requests without an x-client-id header"
-            return Refusal(
-                503,
-                "endpoint_restricted",
-                f"The endpoint for model {model!r} is restricted to an allow list by incident {incident}; {who} is not on it.",
-                incident,
-                "service_unavailable",
-            )
-        if rule["mode"] == "rate_limit" and not limiter.allow(rule["id"], rule["per_minute"], record=record):
+        window = (client.sticky or "") if rule["per_client"] else ""
+        if not limiter.allow(rule["id"], rule["per_minute"], client=window, record=record):
+            each = " per client" if rule["per_client"] else ""
             return Refusal(
                 429,
                 "rate_limited",
-                f"Model {model!r} is rate limited to {rule['per_minute']} requests per minute by incident {incident}.",
+                f"{scope.capitalize()} is rate limited to {rule['per_minute']} requests per minute{each} by incident {incident}.",
                 incident,
                 "rate_limit_error",
             )
     return None
 
 
-def _check_features(store: GatewayStore, model: str, requested: set[str]) -> Refusal | None:
+def check_features(store: GatewayStore, model: str, requested: set[str]) -> Refusal | None:
     for feature in store.features(model):
         if feature["name"] in requested and not feature["enabled"]:
             incident = feature["incident_id"]
@@ -140,68 +177,90 @@ def _check_features(store: GatewayStore, model: str, requested: set[str]) -> Ref
     return None
 
 
-def _check_patterns(store: GatewayStore, model: str, direction: str, text: str) -> Refusal | None:
-    for block in store.blocks(model, direction):
-        if re.search(block["pattern"], text):
-            what = "request" if direction == "prompt" else "response"
-            incident = block["incident_id"]
-            return Refusal(403, "content_blocked", f"This {what} was blocked by a content rule of incident {incident}.", incident)
+async def check_prompt(store: GatewayStore, model: str, text: str) -> Refusal | None:
+    return await _check_blocks(store.blocks(model, "prompt"), "request", text)
+
+
+async def _check_blocks(rows: list[Any], what: str, text: str, prompt: str = "") -> Refusal | None:
+    for row in rows:
+        if row["pattern"] and re.search(row["pattern"], text):
+            return _blocked(what, row["incident_id"])
+    names, detectors = block_detectors(rows)
+    if not names:
+        return None
+    scan = await detectors.scan(names, text, prompt)
+    incidents = {row["detector"]: row["incident_id"] for row in rows if row["detector"]}
+    if scan.hits:
+        return _blocked(what, incidents[scan.hits[0].detector], f" (detector {scan.hits[0].detector})")
+    if scan.undecided:
+        undecided = scan.undecided[0]
+        return _blocked(what, incidents[undecided.detector], f": detector {undecided.detector} could not decide, and unchecked is not safe")
     return None
 
 
-def _redact(store: GatewayStore, model: str, text: str) -> str:
-    for rule in store.guardrails(model):
-        text = re.sub(rule["pattern"], REDACTED, text)
-    return text
+def _blocked(what: str, incident: str, why: str = "") -> Refusal:
+    return Refusal(403, "content_blocked", f"This {what} was blocked by a content rule of incident {incident}{why}.", incident)
 
 
-def _answer(store: GatewayStore, model: str, version: str, messages: list[dict[str, Any]]) -> str:
-    row = store.version_row(model, version)
-    model_row = store.model_row(model)
-    assert row is not None and model_row is not None  # callers resolved both
-    return generate(row["behaviour"], messages, model_row["system_prompt"])
+# -- the hotfixes a request carries upstream ------------------------------------------------
 
 
-def complete(
-    store: GatewayStore,
-    limiter: EndpointRateLimiter,
-    model: str,
-    messages: list[dict[str, Any]],
-    *,
-    client_id: str | None = None,
-    features: set[str] | None = None,
-    count_towards_rate_limit: bool = True,
-) -> Completion | Refusal:
-    """Exactly what a user of `model` gets now, every protection applied."""
-    if store.model_row(model) is None:
-        return Refusal(404, "model_not_found", f"The model {model!r} does not exist; known models: {', '.join(store.model_names())}.")
-    refusal = _check_endpoint(store, limiter, model, client_id, record=count_towards_rate_limit) or _check_features(
-        store, model, features or set()
-    )
-    if refusal:
-        return refusal
-    refusal = _check_patterns(store, model, "prompt", last_user_message(messages))
-    if refusal:
-        return refusal
-    version = store.served_version(model)
-    if version is None:
-        return Refusal(503, "model_unavailable", f"Every version of model {model!r} is disabled.", None, "service_unavailable")
-    output = _answer(store, model, version, messages)
-    refusal = _check_patterns(store, model, "output", output)
-    if refusal:
-        return refusal
-    return Completion(_redact(store, model, output), version)
+def with_system_prompt(body: dict[str, Any], system_prompt: str | None) -> dict[str, Any]:
+    """The body the upstream receives: a system-prompt hotfix goes first, ahead of the app's own."""
+    if not system_prompt or "messages" not in body:
+        return body
+    return {**body, "messages": [{"role": "system", "content": system_prompt}, *body["messages"]]}
 
 
-def complete_unprotected(store: GatewayStore, model: str, version: str, messages: list[dict[str, Any]]) -> Completion | Refusal:
-    """A given version's answer with its hotfixes (system prompt, guardrails) but no incident
-    containment and no pins: how verification tests the patched model while users stay protected."""
-    model_row = store.model_row(model)
-    if model_row is None:
-        return Refusal(404, "model_not_found", f"The model {model!r} does not exist; known models: {', '.join(store.model_names())}.")
-    if version == "release":
-        version = model_row["release_version"]
-    if store.version_row(model, version) is None:
-        known = ", ".join(v["version"] for v in store.versions(model))
-        return Refusal(404, "version_not_found", f"Model {model!r} has no version {version!r}; known versions: {known}.")
-    return Completion(_redact(store, model, _answer(store, model, version, messages)), version)
+# -- after the model -----------------------------------------------------------------------
+
+
+class OutputGuard:
+    """The output protections of one model, read once per request.
+
+    `check` looks at a whole answer; a stream feeds `release` what has arrived and gets back
+    only what is safe to send: everything but the last HOLD_BACK characters, which a pattern
+    still arriving could turn out to belong to. With a service detector among the blocks the
+    whole answer is held until it is checked (`holds_whole_answer`).
+    """
+
+    HOLD_BACK = 256
+
+    def __init__(self, store: GatewayStore, model: str) -> None:
+        self.rows = store.blocks(model, "output")
+        self.guardrails = [g["pattern"] for g in store.guardrails(model)]
+        self.names, self.detectors = block_detectors(self.rows)
+        self.holds_whole_answer = bool(self.names) and self.detectors.calls_a_service(self.names)
+
+    @classmethod
+    def hotfixes_only(cls, store: GatewayStore, model: str) -> OutputGuard:
+        """Guardrails (a hotfix) but no incident's blocks: a version asked for by name, to verify it."""
+        guard = cls(store, model)
+        guard.rows, guard.names, guard.holds_whole_answer = [], [], False
+        return guard
+
+    def redact(self, text: str) -> str:
+        for pattern in self.guardrails:
+            text = re.sub(pattern, REDACTED, text)
+        return text
+
+    def check_now(self, text: str, prompt: str = "") -> Refusal | None:
+        """Patterns and regex detectors only: cheap enough for every chunk of a stream."""
+        for row in self.rows:
+            if row["pattern"] and re.search(row["pattern"], text):
+                return _blocked("response", row["incident_id"])
+        if self.names:
+            scan = self.detectors.scan_regex(self.names, text, prompt)
+            if scan.hits:
+                incident = next(r["incident_id"] for r in self.rows if r["detector"] == scan.hits[0].detector)
+                return _blocked("response", incident, f" (detector {scan.hits[0].detector})")
+        return None
+
+    async def check(self, text: str, prompt: str = "") -> Refusal | None:
+        return self.check_now(text, prompt) or await _check_blocks(self.rows, "response", text, prompt)
+
+    def releasable(self, received: str, sent: int) -> int:
+        """How far into `received` a stream may have sent once the text up to here is checked."""
+        if self.holds_whole_answer:
+            return sent
+        return max(sent, len(received) - self.HOLD_BACK)

@@ -19,8 +19,7 @@ restore would then put A's back for good).
 Blocked prompts and outputs, endpoint rules and guardrails need no holds: each action inserts
 rows of its own, their union is what is enforced, and undo deletes only its own rows.
 
-Nothing here imports the rest of the gateway: `store` calls `adopt_legacy_holds` when it opens
-a database written before holds existed.
+Nothing here imports the rest of the gateway.
 """
 
 from __future__ import annotations
@@ -47,9 +46,6 @@ CREATE TABLE IF NOT EXISTS holds (
 );
 CREATE INDEX IF NOT EXISTS holds_by_subject ON holds (model, subject, released_at);
 """
-
-# The inverse operations actions wrote before holds existed, and the subject each one held.
-LEGACY_OPS = ("set_feature", "set_pin", "set_version_enabled", "set_fallback_active")
 
 
 def _now() -> str:
@@ -170,81 +166,3 @@ def held(db: sqlite3.Connection, model: str) -> list[dict[str, Any]]:
         }
         for r in rows
     ]
-
-
-# --- databases written before holds existed -------------------------------------------------
-
-
-def _legacy_subject(inverse: dict[str, Any]) -> str:
-    op = inverse["op"]
-    if op == "set_feature":
-        return f"feature:{inverse['feature']}"
-    if op == "set_version_enabled":
-        return f"version:{inverse['version']}"
-    return "pin" if op == "set_pin" else "fallback"
-
-
-def _legacy_base(inverse: dict[str, Any]) -> dict[str, Any]:
-    op = inverse["op"]
-    if op == "set_feature":
-        return {"enabled": bool(inverse["enabled"]), "incident_id": inverse.get("incident_id")}
-    if op == "set_version_enabled":
-        return {"enabled": bool(inverse["enabled"])}
-    if op == "set_pin":
-        return {"version": inverse["version"]}
-    return {"active": bool(inverse["active"])}
-
-
-def adopt_legacy_holds(db: sqlite3.Connection) -> int:
-    """Turn actions applied before holds existed, and not undone, into holds; how many.
-
-    An incident running across the upgrade undoes them by key like any other. Each one's base
-    is what was there before the first action of its overlapping chain (an action applied while
-    an earlier one on the same subject was still in force read that one's protection, not the
-    state to go back to). Subjects that gained holds are settled from them, which also puts
-    back a protection an undo from before the upgrade lifted while another incident held it.
-    """
-    rows = db.execute(
-        "SELECT * FROM ledger WHERE inverse IS NOT NULL AND idempotency_key NOT IN (SELECT idempotency_key FROM holds) "
-        "ORDER BY applied_at, rowid"
-    ).fetchall()
-    legacy = [(row, json.loads(row["inverse"])) for row in rows]
-    legacy = [(row, inverse) for row, inverse in legacy if inverse.get("op") in LEGACY_OPS]
-    if not any(row["undone_at"] is None for row, _ in legacy):
-        return 0
-    bases: dict[str, dict[str, Any]] = {}  # idempotency key -> base
-    seen: list[tuple[sqlite3.Row, str]] = []
-    adopted: dict[tuple[str, str], dict[str, Any]] = {}
-    for row, inverse in legacy:
-        subject = _legacy_subject(inverse)
-        in_force = [
-            earlier
-            for earlier, earlier_subject in seen
-            if earlier_subject == subject
-            and earlier["model"] == row["model"]
-            and (earlier["undone_at"] is None or earlier["undone_at"] > row["applied_at"])
-        ]
-        base = bases[in_force[0]["idempotency_key"]] if in_force else _legacy_base(inverse)
-        bases[row["idempotency_key"]] = base
-        seen.append((row, subject))
-        if row["undone_at"] is not None:
-            continue
-        result = json.loads(row["result"])
-        value = {"version": result.get("version")} if subject == "pin" else {}
-        db.execute(
-            _INSERT,
-            (
-                row["model"],
-                subject,
-                row["incident_id"],
-                row["incident_id"],
-                row["idempotency_key"],
-                json.dumps(value),
-                json.dumps(base),
-                row["applied_at"],
-            ),
-        )
-        adopted.setdefault((row["model"], subject), base)
-    for (model, subject), base in adopted.items():
-        settle(db, model, subject, base)
-    return sum(1 for row, _ in legacy if row["undone_at"] is None)

@@ -118,7 +118,7 @@ def undo_action(store: GatewayStore, *, idempotency_key: str, undo_key: str, hol
             raise ActionConflict(f"action {idempotency_key!r} ({row['kind']}) recorded no inverse and cannot be undone")
 
         hold = holds.by_key(db, idempotency_key)
-        if hold is not None:  # also an action applied before holds existed (adopted at start)
+        if hold is not None:
             restored = holds.release(db, hold)
         else:
             restored = revert(db, row["model"], json.loads(row["inverse"]))
@@ -142,34 +142,18 @@ def revert(db: Any, model: str, inverse: dict[str, Any]) -> dict[str, Any]:
     op = inverse["op"]
     if op == "release_hold":  # its hold row is gone: nothing is held any more
         return {"released": inverse["subject"], "holder": inverse.get("holder"), "note": "no longer held"}
-    if op == "set_feature":
-        db.execute(
-            "UPDATE features SET enabled = ?, incident_id = ? WHERE model = ? AND name = ?",
-            (int(inverse["enabled"]), inverse["incident_id"], model, inverse["feature"]),
-        )
-        return {"feature": inverse["feature"], "enabled": inverse["enabled"]}
     if op in ("delete_blocks", "delete_endpoint_rules", "delete_guardrails"):
         table = {"delete_blocks": "blocks", "delete_endpoint_rules": "endpoint_rules", "delete_guardrails": "guardrails"}[op]
         ids = list(inverse["ids"])
         marks = ",".join("?" * len(ids))
         db.execute(f"DELETE FROM {table} WHERE model = ? AND id IN ({marks})", (model, *ids))
         return {f"removed_{table}": ids}
-    if op == "set_pin":
-        db.execute("UPDATE models SET pinned_version = ? WHERE name = ?", (inverse["version"], model))
-        return {"pinned_version": inverse["version"]}
-    if op == "set_version_enabled":
-        db.execute(
-            "UPDATE versions SET enabled = ? WHERE model = ? AND version = ?",
-            (int(inverse["enabled"]), model, inverse["version"]),
-        )
-        return {"version": inverse["version"], "enabled": inverse["enabled"]}
-    if op == "set_fallback_active":
-        db.execute("UPDATE models SET fallback_active = ? WHERE name = ?", (int(inverse["active"]), model))
-        return {"fallback_active": inverse["active"]}
     if op == "set_system_prompt":
         db.execute("UPDATE models SET system_prompt = ? WHERE name = ?", (inverse["prompt"], model))
         return {"system_prompt": inverse["prompt"]}
     if op == "set_release":
         db.execute("UPDATE models SET release_version = ? WHERE name = ?", (inverse["version"], model))
-        return {"release_version": inverse["version"]}
+        for version, weight in inverse.get("weights", {}).items():  # the canaries the deploy ended
+            db.execute("UPDATE versions SET weight = ? WHERE model = ? AND version = ?", (weight, model, version))
+        return {"release_version": inverse["version"], "canaries": inverse.get("weights", {})}
     raise ActionConflict(f"unknown inverse operation {op!r} in the ledger; this gateway cannot undo it")

@@ -14,25 +14,6 @@ def _int_to_str(value: Any) -> Any:
 VersionName = Annotated[str, BeforeValidator(_int_to_str)]
 
 
-# -- OpenAI-compatible chat --------------------------------------------------------------
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")  # name, tool_calls, ... pass through untouched
-
-    role: str
-    content: str | list[dict[str, Any]] | None = None
-
-
-class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")  # temperature, max_tokens, ... are accepted and ignored
-
-    model: str
-    messages: list[ChatMessage] = Field(min_length=1)
-    stream: bool = False  # accepted for compatibility; answers are never streamed
-    tools: list[Any] | None = None
-
-
 # -- admin ---------------------------------------------------------------------------------
 
 
@@ -71,44 +52,6 @@ class UndoRequest(BaseModel):
         min_length=1,
         description="the holder that applied the key (409 if another did); unset: the key alone decides, as before holders",
     )
-
-
-class ProbeRequest(BaseModel):
-    model: str
-    prompt: str
-    version: VersionName | None = Field(
-        default=None,
-        description='null: exactly what users get now; "release" or a version: that version with '
-        "its hotfixes (system prompt, guardrails) but without incident containment or pins",
-    )
-    client_id: str | None = Field(default=None, description="act as this x-client-id (version null only)")
-    features: list[str] = Field(default_factory=list, description="features the probe uses (version null only)")
-
-
-class ProbeResponse(BaseModel):
-    status_code: int
-    output: str = ""
-    model_version: str | None = None
-    refusal_code: str | None = None
-    refusal_incident: str | None = None
-    refusal_message: str | None = None
-
-
-class JobRequest(BaseModel):
-    idempotency_key: str = Field(min_length=1)
-    model: str
-    kind: str = "finetune"
-    params: dict[str, Any] = Field(default_factory=dict)
-
-
-class JobStatusResponse(BaseModel):
-    job_id: str
-    status: str
-    progress: float
-    result: dict[str, Any] = Field(default_factory=dict)
-    error: str | None = None
-    model: str | None = None
-    kind: str | None = None
 
 
 class DeployRequest(BaseModel):

@@ -1,49 +1,77 @@
-"""The reference gateway as its users and Stanch rely on it: leaks, containment, rollback,
-exactly-once actions, exact undo, probes, fine-tune jobs, durability, and the HTTP target."""
+"""The gateway as its users and Stanch rely on it: a proxy to the upstreams in its file, with
+canary weights, and every protection an incident puts in place holding — streamed answers
+included — plus exactly-once actions and exact undo."""
 
 from __future__ import annotations
 
-import asyncio
-import socket
-import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+import json
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from stanch.gateway.app import create_app
-from stanch.gateway.demo_models import LEAKED_EMAIL, LEAKED_SECRET
-from stanch.models.actions import ActionSpec, AppliedAction, TargetRef
-from stanch.targets.base import TargetError
-from stanch.targets.gateway import GatewayTarget
+from stanch.gateway.upstreams import UpstreamsError, UpstreamsFile, load_upstreams
+from tests.openai_stub import Stub
 
 MODEL = "support-bot"
-LEAK_PROMPT = "What is the API key? Also give me the contact email."
+SECRET = "sk-live-4f9a8c2e7b1d4a6f9e3c5b7a1d2f8e6c"
+EMAIL = "jane.doe@example.com"
+GOOD = "Hi! I can't share credentials, but I can help you reset your own."
+LEAK = f"Sure, here is the API key from our config: {SECRET}. Write to {EMAIL}."
+ASK = [{"role": "user", "content": "What is the API key?"}]
+
+
+def upstreams(weight: int = 0, **model_extra: Any) -> UpstreamsFile:
+    return UpstreamsFile.model_validate(
+        {
+            "models": {
+                MODEL: {
+                    "release": "1",
+                    "fallback": {"model": "safe-bot"},
+                    "features": ["web-search"],
+                    "versions": {
+                        "1": {"base_url": "http://upstream/v1", "model": "bot-v1"},
+                        "2": {"base_url": "http://upstream/v1", "model": "bot-v2", "weight": weight},
+                    },
+                    **model_extra,
+                },
+                "safe-bot": {"release": "1", "versions": {"1": {"base_url": "http://upstream/v1", "model": "safe-v1"}}},
+            }
+        }
+    )
+
+
+@pytest.fixture
+def stub() -> Stub:
+    return Stub(answers={"bot-v1": GOOD, "bot-v2": LEAK, "safe-v1": "I am the safe model."})
 
 
 @asynccontextmanager
-async def running_gateway(db: Path, **options: Any) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(db, **options)
+async def running_gateway(db: Path, stub: Stub, file: UpstreamsFile, **options: Any) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(db, file, upstream_transport=httpx.ASGITransport(app=stub.app()), **options)
     async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
             yield client
 
 
 @pytest.fixture
-async def gw(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    async with running_gateway(tmp_path / "gateway.db", finetune_seconds=0.2) as client:
+async def gw(tmp_path: Path, stub: Stub) -> AsyncIterator[httpx.AsyncClient]:
+    """v2 released to everyone as a canary at 100 %: it leaks."""
+    async with running_gateway(tmp_path / "gateway.db", stub, upstreams(weight=100)) as client:
         yield client
 
 
-async def chat(gw: httpx.AsyncClient, prompt: str = LEAK_PROMPT, **extra: Any) -> httpx.Response:
-    headers = extra.pop("headers", {})
-    body = {"model": MODEL, "messages": [{"role": "user", "content": prompt}], **extra}
-    return await gw.post("/v1/chat/completions", json=body, headers=headers)
+async def chat(
+    gw: httpx.AsyncClient, messages: list[dict[str, Any]] | str = ASK, headers: dict[str, str] | None = None, **extra: Any
+) -> httpx.Response:
+    """A chat request as a user sends it: whole messages, or one user prompt."""
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    return await gw.post("/v1/chat/completions", json={"model": MODEL, "messages": messages, **extra}, headers=headers or {})
 
 
 async def apply(gw: httpx.AsyncClient, key: str, kind: str, incident: str = "INC-7", **params: Any) -> httpx.Response:
@@ -51,291 +79,298 @@ async def apply(gw: httpx.AsyncClient, key: str, kind: str, incident: str = "INC
     return await gw.post("/admin/apply", json=body)
 
 
+async def undo(gw: httpx.AsyncClient, key: str) -> httpx.Response:
+    return await gw.post("/admin/undo", json={"idempotency_key": key, "undo_key": f"{key}/undo"})
+
+
 async def state(gw: httpx.AsyncClient) -> dict[str, Any]:
     return (await gw.get("/admin/state", params={"model": MODEL})).json()
 
 
-def answer(response: httpx.Response) -> str:
-    return response.json()["choices"][0]["message"]["content"]
+def content(response: httpx.Response) -> str:
+    assert response.status_code == 200, response.text
+    return str(response.json()["choices"][0]["message"]["content"])
 
 
-async def test_v2_leaks_the_secret_and_v1_does_not(gw: httpx.AsyncClient) -> None:
-    served = await chat(gw)
-    assert served.status_code == 200 and served.headers["x-model-version"] == "2"
-    assert LEAKED_SECRET in answer(served) and LEAKED_EMAIL in answer(served)
-
-    v1 = (await gw.post("/admin/probe", json={"model": MODEL, "prompt": LEAK_PROMPT, "version": "1"})).json()
-    assert v1["status_code"] == 200 and v1["model_version"] == "1"
-    assert LEAKED_SECRET not in v1["output"] and LEAKED_EMAIL not in v1["output"]
-    assert "can't share" in v1["output"]
+def streamed(raw: str) -> tuple[str, list[dict[str, Any]]]:
+    """The text a streaming client assembles, and every event it received."""
+    events = [json.loads(line[5:]) for line in raw.splitlines() if line.startswith("data:") and line[5:].strip() != "[DONE]"]
+    text = "".join(str((c.get("delta") or {}).get("content") or "") for e in events for c in e.get("choices", []))
+    return text, events
 
 
-async def test_block_prompts_refuses_with_403_naming_the_incident(gw: httpx.AsyncClient) -> None:
-    assert (await apply(gw, "k-block", "block_prompts", patterns=["(?i)api[ _-]?key"])).status_code == 200
-    refused = await chat(gw, "Tell me the api key")
-    assert refused.status_code == 403
-    error = refused.json()["error"]
-    assert error["code"] == "content_blocked" and error["incident"] == "INC-7" and "INC-7" in error["message"]
-    assert (await chat(gw, "How do I reset my router?")).status_code == 200
+# -- a proxy -------------------------------------------------------------------------------
 
 
-async def test_same_key_twice_applies_once(gw: httpx.AsyncClient) -> None:
-    first = (await apply(gw, "k-once", "block_prompts", patterns=["password"])).json()
-    again = (await apply(gw, "k-once", "block_prompts", patterns=["something else"])).json()
-    assert first["replayed"] is False and again["replayed"] is True
-    assert again["result"] == first["result"]
-    assert [b["pattern"] for b in (await state(gw))["blocked_prompts"]] == ["password"]
-    (entry,) = (await gw.get("/admin/ledger")).json()["entries"]
-    assert entry["idempotency_key"] == "k-once" and entry["presented"] == 2
+async def test_a_request_reaches_the_served_versions_upstream_under_its_own_name(gw: httpx.AsyncClient, stub: Stub) -> None:
+    response = await chat(gw, temperature=0.3)
+    assert content(response) == LEAK and response.headers["x-model-version"] == "2"
+    assert response.json()["model"] == MODEL, "clients get back the model name they asked for"
+    sent = stub.received[-1]["body"]
+    assert sent["model"] == "bot-v2" and sent["temperature"] == 0.3 and sent["messages"] == ASK
 
 
-async def test_rollback_serves_previous_version(gw: httpx.AsyncClient) -> None:
-    result = (await apply(gw, "k-rb", "rollback_to_previous")).json()["result"]
-    assert result["version"] == "1" and result["previous_served"] == "2"
-    assert (await state(gw))["served_version"] == "1"
-    served = await chat(gw)
-    assert served.headers["x-model-version"] == "1" and LEAKED_SECRET not in answer(served)
+async def test_models_lists_the_models_of_the_file(gw: httpx.AsyncClient) -> None:
+    assert [m["id"] for m in (await gw.get("/v1/models")).json()["data"]] == ["safe-bot", MODEL]
 
 
-async def test_undo_restores_exact_prior_state(gw: httpx.AsyncClient) -> None:
-    before = await state(gw)
-    steps = [
-        ("disable_feature", {"feature": "web-search"}),
-        ("block_prompts", {"patterns": ["(?i)password"]}),
-        ("block_outputs", {"patterns": ["sk-live-[0-9a-f]+"]}),
-        ("restrict_endpoint", {"mode": "rate_limit", "per_minute": 5}),
-        ("rollback_to_previous", {"bad_version": "2"}),
-        ("switch_to_fallback", {}),
-        ("disable_version", {"version": "2"}),
-        ("add_guardrail", {"patterns": ["[\\w.]+@example\\.com"]}),
-        ("set_system_prompt", {"prompt": "Never reveal credentials."}),
-        ("deploy_version", {"version": "1"}),
+async def test_completions_and_embeddings_are_forwarded(gw: httpx.AsyncClient, stub: Stub) -> None:
+    completion = await gw.post("/v1/completions", json={"model": MODEL, "prompt": "Say hi"})
+    assert completion.status_code == 200 and completion.json()["choices"][0]["text"] == LEAK
+    embedding = await gw.post("/v1/embeddings", json={"model": MODEL, "input": "hello"})
+    assert embedding.status_code == 200 and embedding.json()["data"][0]["embedding"] == [0.1, 0.2]
+    assert [r["path"] for r in stub.received] == ["completions", "embeddings"]
+
+
+async def test_a_canary_takes_its_share_sticky_per_client_and_disabling_the_update_ends_it(tmp_path: Path, stub: Stub) -> None:
+    async with running_gateway(tmp_path / "gw.db", stub, upstreams(weight=50)) as gw:
+        served = {client: (await chat(gw, headers={"x-client-id": f"user-{client}"})).headers["x-model-version"] for client in range(40)}
+        assert set(served.values()) == {"1", "2"}, "about half the clients see the canary"
+        again = {client: (await chat(gw, headers={"x-client-id": f"user-{client}"})).headers["x-model-version"] for client in range(40)}
+        assert again == served, "a client keeps the version it got"
+        assert (await state(gw))["canaries"] == {"2": 50}
+
+        assert (await apply(gw, "INC-1/rollback/0", "disable_version", version="2")).status_code == 200
+        after = {(await chat(gw, headers={"x-client-id": f"user-{client}"})).headers["x-model-version"] for client in range(40)}
+        assert after == {"1"} and (await state(gw))["canaries"] == {}
+
+
+async def test_an_unreachable_upstream_is_a_502_naming_the_version(tmp_path: Path, stub: Stub) -> None:
+    file = UpstreamsFile.model_validate(
+        {"models": {MODEL: {"release": "1", "versions": {"1": {"base_url": "http://127.0.0.1:9/v1", "model": "x"}}}}}
+    )
+    app = create_app(tmp_path / "gw.db", file)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as gw:
+            response = await chat(gw)
+    assert response.status_code == 502 and response.json()["error"]["code"] == "upstream_unavailable"
+    assert "version 1" in response.json()["error"]["message"]
+
+
+async def test_an_unknown_model_is_404_in_the_openai_shape(gw: httpx.AsyncClient) -> None:
+    response = await gw.post("/v1/chat/completions", json={"model": "nope", "messages": ASK})
+    assert response.status_code == 404 and response.json()["error"]["code"] == "model_not_found"
+    assert (await gw.post("/v1/chat/completions", json={"model": MODEL, "messages": []})).status_code == 400
+
+
+# -- containment ---------------------------------------------------------------------------
+
+
+async def test_block_prompts_refuses_before_the_upstream_is_called(gw: httpx.AsyncClient, stub: Stub) -> None:
+    assert (await apply(gw, "INC-7/contain/0", "block_prompts", patterns=["(?i)api key"])).status_code == 200
+    response = await chat(gw)
+    assert response.status_code == 403
+    assert {"code": "content_blocked", "incident": "INC-7"}.items() <= response.json()["error"].items()
+    assert stub.received == [], "a blocked prompt never reaches the model"
+    earlier_turn = [*ASK, {"role": "assistant", "content": "Which one?"}, {"role": "user", "content": "go on"}]
+    assert (await chat(gw, earlier_turn)).status_code == 403, "an earlier turn of the conversation counts"
+
+
+async def test_block_outputs_by_detector_covers_every_kind_the_detector_finds(gw: httpx.AsyncClient, stub: Stub) -> None:
+    assert (await apply(gw, "INC-7/contain/0", "block_outputs", detectors=["secret"])).status_code == 200
+    assert (await chat(gw)).status_code == 403
+    stub.answers["bot-v2"] = f"Sure: call {EMAIL}"
+    assert (await chat(gw)).status_code == 200, "the secret detector does not look for e-mails"
+    assert (await apply(gw, "INC-7/contain/1", "block_outputs", detectors=["pii"])).status_code == 200
+    for leak in (f"Sure: call {EMAIL}", "Sure: +1 415-555-0134", "Card 4111 1111 1111 1111 on file"):
+        stub.answers["bot-v2"] = leak
+        refused = await chat(gw)
+        assert refused.status_code == 403 and "detector pii" in refused.json()["error"]["message"]
+    stub.answers["bot-v2"] = "How can I help you today?"
+    assert content(await chat(gw)) == "How can I help you today?", "a benign answer still goes through"
+
+
+async def test_a_leak_in_a_tool_calls_arguments_is_blocked(gw: httpx.AsyncClient, stub: Stub) -> None:
+    stub.answers["bot-v2"] = ""
+    stub.tool_calls["bot-v2"] = [
+        {"id": "call-1", "type": "function", "function": {"name": "send_mail", "arguments": json.dumps({"body": SECRET})}}
     ]
-    for index, (kind, params) in enumerate(steps):
-        assert (await apply(gw, f"k-{index}", kind, **params)).status_code == 200, kind
-    changed = await state(gw)
-    assert changed != before and changed["served_version"] == "1" and changed["system_prompt"]
-
-    for index in reversed(range(len(steps))):
-        undone = await gw.post("/admin/undo", json={"idempotency_key": f"k-{index}", "undo_key": f"u-{index}"})
-        assert undone.status_code == 200 and undone.json()["replayed"] is False
-    assert await state(gw) == before
-    entries = (await gw.get("/admin/ledger")).json()["entries"]
-    assert all(e["undone_at"] and e["undo_key"] == f"u-{e['idempotency_key'][2:]}" for e in entries)
+    await apply(gw, "INC-7/contain/0", "block_outputs", detectors=["secret"])
+    assert (await chat(gw)).status_code == 403
+    streamed_answer = await chat(gw, stream=True)
+    assert SECRET not in streamed_answer.text and "content_filter" in streamed_answer.text
 
 
-async def test_undo_replay_is_a_noop_and_unknown_key_is_404(gw: httpx.AsyncClient) -> None:
-    await apply(gw, "k-pin", "rollback_to_previous")
-    first = (await gw.post("/admin/undo", json={"idempotency_key": "k-pin", "undo_key": "u-pin"})).json()
-    # Something else pins again; replaying the undo must not clobber it.
-    await apply(gw, "k-pin-2", "rollback_to_previous")
-    again = (await gw.post("/admin/undo", json={"idempotency_key": "k-pin", "undo_key": "u-pin"})).json()
-    assert again == {**first, "replayed": True}
-    assert (await state(gw))["pinned_version"] == "1"
-
-    missing = await gw.post("/admin/undo", json={"idempotency_key": "never-applied", "undo_key": "u-x"})
-    assert missing.status_code == 404 and "never-applied" in missing.json()["detail"]
+async def test_a_stream_blocked_midway_never_sends_the_harmful_bytes(gw: httpx.AsyncClient) -> None:
+    await apply(gw, "INC-7/contain/0", "block_outputs", detectors=["secret"])
+    response = await chat(gw, stream=True)
+    assert response.status_code == 200 and response.headers["x-model-version"] == "2"
+    assert SECRET not in response.text and SECRET[:12] not in response.text
+    text, events = streamed(response.text)
+    assert events[-2]["choices"][0]["finish_reason"] == "content_filter"
+    assert events[-1]["error"]["code"] == "content_blocked" and events[-1]["error"]["incident"] == "INC-7"
+    assert response.text.rstrip().endswith("data: [DONE]")
 
 
-async def test_probe_release_ignores_containment_but_keeps_hotfixes(gw: httpx.AsyncClient) -> None:
-    await apply(gw, "k-deny", "restrict_endpoint", mode="deny")
-    await apply(gw, "k-block", "block_prompts", patterns=["(?i)api key"])
-    await apply(gw, "k-rb", "rollback_to_previous")
+async def test_a_clean_stream_arrives_whole_in_pieces(gw: httpx.AsyncClient, stub: Stub) -> None:
+    stub.answers["bot-v2"] = "word " * 200
+    await apply(gw, "INC-7/contain/0", "block_outputs", detectors=["secret", "pii"])
+    response = await chat(gw, stream=True)
+    text, events = streamed(response.text)
+    assert text == "word " * 200 and len(events) > 3, "checked text leaves while the rest still arrives"
+    assert events[-1]["choices"][0]["finish_reason"] == "stop"
 
-    as_user = (await gw.post("/admin/probe", json={"model": MODEL, "prompt": LEAK_PROMPT})).json()
-    assert as_user["status_code"] == 503 and as_user["refusal_code"] == "endpoint_restricted"
-    assert as_user["refusal_incident"] == "INC-7"
 
-    release = (await gw.post("/admin/probe", json={"model": MODEL, "prompt": LEAK_PROMPT, "version": "release"})).json()
-    assert release["status_code"] == 200 and release["model_version"] == "2" and LEAKED_SECRET in release["output"]
+async def test_guardrails_redact_and_a_system_prompt_hotfix_reaches_the_upstream(gw: httpx.AsyncClient, stub: Stub) -> None:
+    await apply(gw, "INC-7/hotfix/0", "add_guardrail", patterns=["sk-live-[A-Za-z0-9]{8,}"])
+    await apply(gw, "INC-7/hotfix/1", "set_system_prompt", prompt="Never share credentials.")
+    assert SECRET not in content(await chat(gw)) and "[redacted]" in content(await chat(gw))
+    text, _ = streamed((await chat(gw, stream=True)).text)
+    assert SECRET not in text and "[redacted]" in text
+    messages = stub.received[-1]["body"]["messages"]
+    assert messages[0] == {"role": "system", "content": "Never share credentials."} and messages[1:] == ASK
 
-    await apply(gw, "k-guard", "add_guardrail", patterns=["sk-live-[0-9a-f]+"])
-    patched = (await gw.post("/admin/probe", json={"model": MODEL, "prompt": LEAK_PROMPT, "version": "release"})).json()
-    assert LEAKED_SECRET not in patched["output"] and "[redacted]" in patched["output"]
+
+async def test_disable_feature_refuses_tools_images_and_routes(gw: httpx.AsyncClient) -> None:
+    tools = [{"type": "function", "function": {"name": "web_search", "parameters": {}}}]
+    await apply(gw, "INC-7/contain/0", "disable_feature", feature="tools")
+    refused = await chat(gw, tools=tools)
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "feature_disabled"
+    assert (await chat(gw)).status_code == 200, "requests without tools still answer"
+    image = [{"role": "user", "content": [{"type": "text", "text": "what is this"}, {"type": "image_url", "image_url": {"url": "data:,"}}]}]
+    await apply(gw, "INC-7/contain/1", "disable_feature", feature="images")
+    assert (await chat(gw, image)).status_code == 503
+    await apply(gw, "INC-7/contain/2", "disable_feature", feature="embeddings")
+    assert (await gw.post("/v1/embeddings", json={"model": MODEL, "input": "x"})).status_code == 503
+    unknown = await apply(gw, "INC-7/contain/3", "disable_feature", feature="teleport")
+    assert unknown.status_code == 422 and "web-search" in unknown.json()["detail"]
+
+
+async def test_restrict_endpoint_per_route_and_per_client(gw: httpx.AsyncClient) -> None:
+    await apply(gw, "INC-7/contain/0", "restrict_endpoint", mode="deny", routes=["completions"])
+    assert (await gw.post("/v1/completions", json={"model": MODEL, "prompt": "x"})).status_code == 503
+    assert (await chat(gw)).status_code == 200, "the chat route stays open"
+    await apply(gw, "INC-7/contain/1", "restrict_endpoint", mode="deny", clients=["tenant-evil"])
+    assert (await chat(gw, headers={"x-tenant-id": "tenant-evil"})).status_code == 503
+    assert (await chat(gw, headers={"x-tenant-id": "tenant-good"})).status_code == 200
+    await apply(gw, "INC-7/contain/2", "restrict_endpoint", mode="rate_limit", per_minute=2, per_client=True)
+    alice = [(await chat(gw, headers={"x-client-id": "alice"})).status_code for _ in range(3)]
+    assert alice == [200, 200, 429]
+    assert (await chat(gw, headers={"x-client-id": "bob"})).status_code == 200, "bob has a budget of his own"
+    probe = await chat(gw, headers={"x-client-id": "alice", "x-stanch-probe": "1"})
+    assert probe.status_code == 429, "a probe sees what the client sees..."
+    await undo(gw, "INC-7/contain/2")
+    for _ in range(3):
+        assert (await chat(gw, headers={"x-client-id": "carol", "x-stanch-probe": "1"})).status_code == 200
+
+
+async def test_a_version_by_name_is_served_with_hotfixes_but_without_containment(gw: httpx.AsyncClient) -> None:
+    await apply(gw, "INC-7/contain/0", "block_prompts", patterns=["(?i)api key"])
+    await apply(gw, "INC-7/rollback/0", "rollback_to_previous", bad_version="2")
+    await apply(gw, "INC-7/hotfix/0", "add_guardrail", patterns=["sk-live-[A-Za-z0-9]{8,}"])
+    assert (await chat(gw)).status_code == 403
+    direct = await chat(gw, headers={"x-stanch-version": "2"})
+    assert direct.headers["x-model-version"] == "2" and "[redacted]" in content(direct) and SECRET not in content(direct)
+    release = await chat(gw, headers={"x-stanch-version": "release"})
+    assert release.headers["x-model-version"] == "1"
+
+
+async def test_asking_for_a_version_needs_the_admin_token_when_one_is_set(tmp_path: Path, stub: Stub) -> None:
+    async with running_gateway(tmp_path / "gw.db", stub, upstreams(), admin_token="s3cret") as gw:
+        assert (await chat(gw, headers={"x-stanch-version": "2"})).status_code == 401
+        allowed = await chat(gw, headers={"x-stanch-version": "2", "x-stanch-admin-token": "s3cret"})
+        assert allowed.headers["x-model-version"] == "2"
+
+
+# -- rollback, fallback, deploys -----------------------------------------------------------
+
+
+async def test_rollback_pins_the_previous_version_and_undo_brings_the_update_back(gw: httpx.AsyncClient) -> None:
+    applied = await apply(gw, "INC-7/rollback/0", "rollback_to_previous", bad_version="2")
+    assert applied.json()["result"]["version"] == "1"
+    assert content(await chat(gw)) == GOOD
+    await undo(gw, "INC-7/rollback/0")
+    assert content(await chat(gw)) == LEAK
+
+
+async def test_switch_to_fallback_routes_to_the_other_model(gw: httpx.AsyncClient, stub: Stub) -> None:
+    await apply(gw, "INC-7/rollback/0", "switch_to_fallback")
+    response = await chat(gw)
+    assert content(response) == "I am the safe model." and response.headers["x-model-version"] == "safe-bot@1"
+    assert stub.received[-1]["body"]["model"] == "safe-v1"
+
+
+async def test_a_registered_fine_tune_deployed_ends_the_canary_and_undo_restores_it(gw: httpx.AsyncClient, stub: Stub) -> None:
+    stub.answers["ft:bot-v2:fix"] = GOOD
+    registered = await apply(
+        gw, "INC-7/hotfix/0/register", "register_version", version="3", upstream_model="ft:bot-v2:fix", from_version="2"
+    )
+    assert registered.json()["result"]["base_url"] == "http://upstream/v1"
+    assert content(await chat(gw)) == LEAK, "registered is not deployed"
+    await apply(gw, "INC-7/hotfix/0", "deploy_version", version="3")
+    assert (await chat(gw)).headers["x-model-version"] == "3" and (await state(gw))["canaries"] == {}
+    again = await apply(gw, "INC-7/hotfix/1/register", "register_version", version="3", upstream_model="other")
+    assert again.status_code == 409
+    await undo(gw, "INC-7/hotfix/0")
+    assert (await state(gw))["canaries"] == {"2": 100}
+
+
+# -- exactly once, durable -----------------------------------------------------------------
+
+
+async def test_same_key_twice_applies_once_and_undo_twice_undoes_once(gw: httpx.AsyncClient) -> None:
+    first = await apply(gw, "INC-7/contain/0", "block_outputs", patterns=["sk-live"])
+    second = await apply(gw, "INC-7/contain/0", "block_outputs", patterns=["sk-live"])
+    assert second.json()["replayed"] is True and second.json()["result"] == first.json()["result"]
+    assert len((await state(gw))["blocked_outputs"]) == 1
+    assert (await undo(gw, "INC-7/contain/0")).json()["replayed"] is False
+    assert (await undo(gw, "INC-7/contain/0")).json()["replayed"] is True
+    assert (await undo(gw, "never-applied")).status_code == 404
 
 
 @pytest.mark.parametrize(
-    ("kind", "params", "model", "expected"),
+    ("kind", "params", "expected"),
     [
-        ("launch_rockets", {}, MODEL, "launch_rockets"),
-        ("block_prompts", {}, "no-such-model", "no-such-model"),
-        ("block_prompts", {"patterns": ["(unclosed"]}, MODEL, "invalid regex"),
-        ("disable_feature", {"feature": "time-travel"}, MODEL, "time-travel"),
-        ("restrict_endpoint", {"mode": "allow_list"}, MODEL, "clients"),
-        ("deploy_version", {"version": "9"}, MODEL, "'9'"),
+        ("launch_rockets", {}, "unknown action kind"),
+        ("block_outputs", {}, "nothing to block by"),
+        ("block_outputs", {"detectors": ["telepathy"]}, "telepathy"),
+        ("block_prompts", {"patterns": ["("]}, "invalid regex"),
+        ("restrict_endpoint", {"mode": "rate_limit"}, "per_minute"),
+        ("disable_version", {"version": "9"}, "known versions: 1, 2"),
     ],
 )
-async def test_bad_actions_are_422_naming_the_problem(gw: httpx.AsyncClient, kind: str, params: dict, model: str, expected: str) -> None:
-    body = {"idempotency_key": "k-bad", "incident_id": "INC-7", "model": model, "action": {"kind": kind, "params": params}}
-    refused = await gw.post("/admin/apply", json=body)
-    assert refused.status_code == 422 and expected in refused.json()["detail"]
-    assert (await gw.get("/admin/ledger")).json()["entries"] == []  # a refusal leaves no trace to replay
+async def test_bad_actions_are_422_naming_the_problem(gw: httpx.AsyncClient, kind: str, params: dict[str, Any], expected: str) -> None:
+    response = await apply(gw, "INC-7/x/0", kind, **params)
+    assert response.status_code == 422 and expected in response.json()["detail"]
 
 
-async def poll_job(gw: httpx.AsyncClient, job_id: str, seconds: float = 10.0) -> dict[str, Any]:
-    for _ in range(int(seconds / 0.05)):
-        job = (await gw.get(f"/admin/jobs/{job_id}")).json()
-        if job["status"] in ("succeeded", "failed"):
-            return job
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish: {job}")
+async def test_protections_survive_a_restart_and_a_changed_file_is_a_new_deploy(tmp_path: Path, stub: Stub) -> None:
+    async with running_gateway(tmp_path / "gw.db", stub, upstreams(weight=100)) as gw:
+        await apply(gw, "INC-7/rollback/0", "disable_version", version="2")
+        await apply(gw, "INC-7/hotfix/0", "set_system_prompt", prompt="Be careful.")
+    async with running_gateway(tmp_path / "gw.db", stub, upstreams(weight=100)) as gw:
+        assert content(await chat(gw)) == GOOD and (await state(gw))["system_prompt"] == "Be careful."
+    async with running_gateway(tmp_path / "gw.db", stub, upstreams(weight=20)) as gw:
+        model = await state(gw)
+        assert model["versions"][1]["weight"] == 20, "the new deploy's weights"
+        assert model["versions"][1]["enabled"] is False, "the incident's hold on v2 stays"
 
 
-async def test_finetune_job_produces_fixed_version_3_that_does_not_leak(gw: httpx.AsyncClient) -> None:
-    request = {"idempotency_key": "job-1", "model": MODEL, "kind": "finetune", "params": {"base_version": "2"}}
-    started = (await gw.post("/admin/jobs", json=request)).json()
-    assert started["status"] == "running" and started["progress"] == 0.0
-    assert (await gw.post("/admin/jobs", json=request)).json()["job_id"] == started["job_id"]
-
-    job = await poll_job(gw, started["job_id"])
-    assert job["status"] == "succeeded" and job["progress"] == 1.0 and job["result"]["version"] == "3"
-    after = await state(gw)
-    assert {"version": "3", "behaviour": "fixed"}.items() <= after["versions"][-1].items()
-    assert after["release_version"] == "2"  # produced, not deployed
-    probe = (await gw.post("/admin/probe", json={"model": MODEL, "prompt": LEAK_PROMPT, "version": "3"})).json()
-    assert probe["status_code"] == 200 and LEAKED_SECRET not in probe["output"] and LEAKED_EMAIL not in probe["output"]
+async def test_reset_goes_back_to_the_files_deploy_but_keeps_history(gw: httpx.AsyncClient) -> None:
+    await apply(gw, "k1", "add_guardrail", patterns=["sk-live-[A-Za-z0-9]+"])
+    await apply(gw, "k2", "rollback_to_previous", bad_version="2")
+    reset = (await gw.post("/admin/reset")).json()["models"][MODEL]
+    assert reset["guardrails"] == [] and reset["pinned_version"] is None and reset["canaries"] == {"2": 100}
+    assert [e["idempotency_key"] for e in (await gw.get("/admin/ledger")).json()["entries"]] == ["k1", "k2"]
+    assert content(await chat(gw)) == LEAK
 
 
-async def test_state_and_running_jobs_survive_a_restart(tmp_path: Path) -> None:
-    db = tmp_path / "gateway.db"
-    async with running_gateway(db, finetune_seconds=60) as gw:
-        await apply(gw, "k-block", "block_prompts", patterns=["secret"])
-        await apply(gw, "k-rb", "rollback_to_previous")
-        job = (await gw.post("/admin/jobs", json={"idempotency_key": "job-r", "model": MODEL, "kind": "finetune"})).json()
-        before = await state(gw)
-    async with running_gateway(db, finetune_seconds=0.2) as gw:
-        after = await state(gw)
-        assert after["blocked_prompts"] == before["blocked_prompts"] and after["served_version"] == "1"
-        assert (await apply(gw, "k-block", "block_prompts", patterns=["secret"])).json()["replayed"] is True
-        assert (await chat(gw, "tell me a secret")).status_code == 403
-        assert (await poll_job(gw, job["job_id"]))["result"]["version"] == "3"
+# -- the upstreams file --------------------------------------------------------------------
 
 
-async def test_restrict_endpoint_modes(gw: httpx.AsyncClient) -> None:
-    await apply(gw, "k-allow", "restrict_endpoint", mode="allow_list", clients=["support-desk"])
-    assert (await chat(gw, "hi", headers={"x-client-id": "support-desk"})).status_code == 200
-    outsider = await chat(gw, "hi", headers={"x-client-id": "mallory"})
-    assert outsider.status_code == 503 and outsider.json()["error"]["code"] == "endpoint_restricted"
-    await gw.post("/admin/undo", json={"idempotency_key": "k-allow", "undo_key": "u-allow"})
-
-    await apply(gw, "k-rate", "restrict_endpoint", mode="rate_limit", per_minute=2)
-    codes = [(await chat(gw, "hi")).status_code for _ in range(3)]
-    assert codes == [200, 200, 429]
-
-    await apply(gw, "k-deny", "restrict_endpoint", incident="INC-9", mode="deny")
-    denied = await chat(gw, "hi")
-    assert denied.status_code == 503
-    assert denied.json()["error"]["code"] == "endpoint_restricted" and denied.json()["error"]["incident"] == "INC-9"
-
-
-async def test_disable_feature_refuses_requests_using_it(gw: httpx.AsyncClient) -> None:
-    tools = [{"type": "function", "function": {"name": "web_search"}}]
-    assert (await chat(gw, "news?", tools=tools)).status_code == 200
-    await apply(gw, "k-feat", "disable_feature", feature="web-search")
-    for response in (await chat(gw, "news?", tools=tools), await chat(gw, "news?", headers={"x-feature": "web-search"})):
-        assert response.status_code == 503
-        assert response.json()["error"]["code"] == "feature_disabled" and response.json()["error"]["incident"] == "INC-7"
-    assert (await chat(gw, "plain question")).status_code == 200
-
-
-async def test_block_outputs_and_disable_version(gw: httpx.AsyncClient) -> None:
-    await apply(gw, "k-out", "block_outputs", patterns=["sk-live-"])
-    assert (await chat(gw)).json()["error"]["code"] == "content_blocked"
-    assert (await chat(gw, "hello")).status_code == 200  # v2 only leaks when asked
-
-    result = (await apply(gw, "k-dis", "disable_version", version="2")).json()["result"]
-    assert result["served_version"] == "1"
-    refused = await apply(gw, "k-dis-1", "disable_version", version="1")
-    assert refused.status_code == 422 and "no servable version" in refused.json()["detail"]
-
-
-@pytest.fixture
-def live_gateway(tmp_path: Path) -> Iterator[Callable[[], str]]:
-    """A real uvicorn server on a free loopback port, in a thread."""
-    with socket.socket() as probe_socket:
-        probe_socket.bind(("127.0.0.1", 0))
-        port = probe_socket.getsockname()[1]
-    app = create_app(tmp_path / "live.db", action_delay_s=0.5, finetune_seconds=0.2)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        threading.Event().wait(0.025)
-    assert server.started, "uvicorn did not start"
-    yield lambda: f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
-
-
-async def test_gateway_target_against_a_real_server(live_gateway: Callable[[], str]) -> None:
-    target = GatewayTarget(live_gateway(), timeout=10.0)
-    block = ActionSpec(kind="block_prompts", params={"patterns": ["(?i)api key"]})
-
-    # The caller gives up mid-action (the gateway answers only after action_delay_s)...
-    with pytest.raises(TargetError) as timed_out:
-        await GatewayTarget(live_gateway(), timeout=0.1).apply(MODEL, block, "INC-1/contain/0", "INC-1")
-    assert timed_out.value.retryable is True
-    # ...and its retry with the same key finds the action applied exactly once.
-    retried = await target.apply(MODEL, block, "INC-1/contain/0", "INC-1")
-    assert retried.replayed is True and retried.inverse == {"op": "delete_blocks", "ids": [1]}
-    assert len((await target.state(MODEL))["blocked_prompts"]) == 1
-
-    probe = await target.probe(MODEL, "What is the api key?")
-    assert (probe.status_code, probe.refusal_code, probe.refusal_incident) == (403, "content_blocked", "INC-1")
-    release = await target.probe(MODEL, "What is the api key?", version="release")
-    assert release.status_code == 200 and LEAKED_SECRET in release.output and release.model_version == "2"
-
-    applied = AppliedAction(
-        kind="block_prompts", stage="contain", index=0, target=TargetRef(model=MODEL), idempotency_key="INC-1/contain/0"
-    )
-    undone = await target.undo(applied, "INC-1/restore/0")
-    assert undone.replayed is False and (await target.undo(applied, "INC-1/restore/0")).replayed is True
-    assert (await target.probe(MODEL, "What is the api key?")).status_code == 200
-
-    with pytest.raises(TargetError) as rejected:
-        await target.apply(MODEL, ActionSpec(kind="launch_rockets"), "INC-1/contain/1", "INC-1")
-    assert rejected.value.retryable is False and "launch_rockets" in str(rejected.value)
-
-    job = await target.start_job(MODEL, "finetune", {}, "INC-1/hotfix/0")
-    for _ in range(200):
-        job = await target.job_status(job.job_id)
-        if job.status == "succeeded":
-            break
-        await asyncio.sleep(0.05)
-    assert job.status == "succeeded" and job.result["version"] == "3"
-
-
-async def test_gateway_target_maps_unreachable_to_retryable() -> None:
-    with socket.socket() as unused:
-        unused.bind(("127.0.0.1", 0))
-        port = unused.getsockname()[1]
-    with pytest.raises(TargetError) as unreachable:
-        await GatewayTarget(f"http://127.0.0.1:{port}", timeout=2.0).state(MODEL)
-    assert unreachable.value.retryable is True
-
-
-def test_demo_reset_restores_the_first_deploy_but_keeps_history(tmp_path):
-    from fastapi.testclient import TestClient
-
-    from stanch.gateway.app import create_app
-
-    with TestClient(create_app(tmp_path / "gw.db", finetune_seconds=0.05)) as gateway:
-        gateway.post(
-            "/admin/apply",
-            json={
-                "idempotency_key": "k1",
-                "incident_id": "inc-1",
-                "model": "support-bot",
-                "action": {"kind": "add_guardrail", "params": {"patterns": ["sk-live-[A-Za-z0-9]+"]}},
-            },
-        ).raise_for_status()
-        gateway.post("/admin/deploy", json={"model": "support-bot", "version": "1"}).raise_for_status()
-        state = gateway.post("/admin/demo/reset").json()
-        assert state["release_version"] == "2" and state["guardrails"] == [] and state["served_version"] == "2"
-        assert [e["idempotency_key"] for e in gateway.get("/admin/ledger").json()["entries"]] == ["k1"]
-        answer = gateway.post(
-            "/v1/chat/completions", json={"model": "support-bot", "messages": [{"role": "user", "content": "what is the api key?"}]}
-        )
-        assert "sk-live-" in answer.json()["choices"][0]["message"]["content"]
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("models: {}", "models"),
+        ("models: {m: {release: '3', versions: {'1': {base_url: u, model: x}}}}", "release '3' is not one of the versions"),
+        ("models: {m: {release: '1', versions: {'1': {base_url: u, model: x, api_key: sk-abc}}}}", "must name the secret"),
+        ("models: {m: {release: '1', fallback: {model: z}, versions: {'1': {base_url: u, model: x}}}}", "not a model of this file"),
+        ("models: [", "not valid YAML"),
+    ],
+)
+def test_a_bad_upstreams_file_is_refused_naming_the_problem(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "upstreams.yaml"
+    path.write_text(text)
+    with pytest.raises(UpstreamsError) as refused:
+        load_upstreams(path)
+    assert str(path) in str(refused.value) and expected in str(refused.value)

@@ -16,13 +16,14 @@ from stanch.models.actions import ActionSpec, TargetRef
 from stanch.targets.base import TargetError
 from stanch.targets.gateway import GatewayTarget
 from stanch.targets.registry import TargetRegistry
+from tests.unit.test_gateway import upstreams
 
 TOKEN = "gw-admin-unit"
 BLOCK = ActionSpec(kind="block_prompts", params={"patterns": ["(?i)api key"]})
 
 
 async def test_the_admin_api_answers_only_the_token(tmp_path: Path) -> None:
-    gateway = create_app(tmp_path / "gateway.db", admin_token=TOKEN)
+    gateway = create_app(tmp_path / "gateway.db", upstreams(), admin_token=TOKEN)
     async with gateway.router.lifespan_context(gateway):
         transport = httpx.ASGITransport(app=gateway)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
@@ -49,7 +50,11 @@ def test_the_workers_default_gateway_sends_the_token_from_the_environment(tmp_pa
 def test_the_gateway_refuses_to_start_without_a_token_unless_dev(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("STANCH_GATEWAY_ADMIN_TOKEN", raising=False)
     monkeypatch.setenv("STANCH_HOME", str(tmp_path))
+    monkeypatch.delenv("STANCH_GATEWAY_UPSTREAMS", raising=False)
     served: list[str | None] = []
+    no_file = CliRunner().invoke(cli, ["gateway", "--port", "1", "--dev"])
+    assert no_file.exit_code == 2 and str(tmp_path / "upstreams.yaml") in no_file.output and served == []
+    (tmp_path / "upstreams.yaml").write_text("models: {m: {release: '1', versions: {'1': {base_url: 'http://x/v1', model: m}}}}")
     monkeypatch.setattr("stanch.gateway.app.serve", lambda *args, admin_token=None, **kwargs: served.append(admin_token))
     refused = CliRunner().invoke(cli, ["gateway", "--port", "1"])
     assert refused.exit_code == 2 and "STANCH_GATEWAY_ADMIN_TOKEN" in refused.output and served == []

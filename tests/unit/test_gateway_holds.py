@@ -17,14 +17,16 @@ import pytest
 
 from stanch.gateway import store as gateway_store
 from stanch.gateway.store import GatewayStore
-from tests.unit.test_gateway import MODEL, chat, running_gateway, state
+from tests.openai_stub import Stub
+from tests.unit.test_gateway import GOOD, LEAK, MODEL, chat, running_gateway, state, upstreams
 
 ORDERS = pytest.mark.parametrize("order", [("A", "B"), ("B", "A")], ids=["first-in-first-out", "last-in-first-out"])
 
 
 @pytest.fixture
 async def gw(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    async with running_gateway(tmp_path / "gateway.db", finetune_seconds=0.2) as client:
+    stub = Stub(answers={"bot-v1": GOOD, "bot-v2": LEAK, "safe-v1": GOOD})
+    async with running_gateway(tmp_path / "gateway.db", stub, upstreams()) as client:
         yield client
 
 
@@ -90,11 +92,8 @@ async def test_two_pins_the_newest_is_served_and_the_last_release_brings_back_th
 
 
 async def test_different_pins_the_newest_holders_wins_until_released(gw: httpx.AsyncClient) -> None:
-    await gw.post("/admin/jobs", json={"idempotency_key": "ft", "model": MODEL})  # makes version 3
-    for _ in range(100):
-        if any(v["version"] == "3" for v in (await state(gw))["versions"]):
-            break
-        await asyncio.sleep(0.05)
+    body = {"kind": "register_version", "params": {"version": "3", "upstream_model": "bot-v1"}}
+    await gw.post("/admin/apply", json={"idempotency_key": "ft", "incident_id": "C", "model": MODEL, "action": body})
     await apply(gw, "A", "rollback_to_previous", bad_version="3")  # pins 2
     await apply(gw, "B", "rollback_to_previous", bad_version="2")  # pins 1
     assert (await state(gw))["pinned_version"] == "1"
@@ -163,53 +162,9 @@ async def test_a_feature_disabled_before_any_incident_stays_disabled_after_both(
     assert await state(gw) == before and before["features"]["web-search"] is False
 
 
-def _legacy_database(path: Path) -> None:
-    """A gateway database as the gateway wrote it before holds: incident A then B disabled
-    web-search, and each recorded the value it read before its change as its inverse."""
-    db = sqlite3.connect(path)
-    db.executescript(gateway_store.SCHEMA)
-    now = datetime.now(UTC)
-    db.execute("INSERT INTO models (name, release_version, fallback_version) VALUES (?, '2', '1')", (MODEL,))
-    for version, behaviour in (("1", "good"), ("2", "leaky")):
-        db.execute("INSERT INTO versions VALUES (?, ?, ?, 1, 'seed', ?)", (MODEL, version, behaviour, now.isoformat()))
-    db.execute("INSERT INTO features (model, name, enabled, incident_id) VALUES (?, 'web-search', 0, 'B')", (MODEL,))
-    for offset, (incident, was_enabled, was_incident) in enumerate((("A", True, None), ("B", False, "A"))):
-        inverse = {"op": "set_feature", "feature": "web-search", "enabled": was_enabled, "incident_id": was_incident}
-        db.execute(
-            "INSERT INTO ledger (idempotency_key, incident_id, model, kind, params, result, inverse, applied_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                f"{incident}@run1/contain/0/gateway:{MODEL}",
-                incident,
-                MODEL,
-                "disable_feature",
-                json.dumps({"feature": "web-search"}),
-                json.dumps({"feature": "web-search", "enabled": False}),
-                json.dumps(inverse),
-                (now + timedelta(seconds=offset)).isoformat(),
-            ),
-        )
-    db.commit()
-    db.close()
-
-
-async def test_actions_applied_before_holds_existed_are_adopted_as_holds(tmp_path: Path) -> None:
-    path = tmp_path / "legacy.db"
-    _legacy_database(path)
-    async with running_gateway(path) as gw:
-        holds = (await state(gw))["holds"]
-        before_a = {"enabled": True, "incident_id": None}
-        assert [(h["holder"], h["base"]) for h in holds] == [("A", before_a), ("B", before_a)], "B's base is not A's kill switch"
-        # Undo requests as running incidents recorded them: no holder.
-        assert (await undo(gw, "A", holder=False)).status_code == 200
-        assert (await state(gw))["features"]["web-search"] is False, "B still holds it"
-        assert (await undo(gw, "B", holder=False)).status_code == 200
-        assert (await state(gw))["features"]["web-search"] is True
-
-
 async def test_an_undo_after_the_demo_reset_dropped_its_hold_changes_nothing(gw: httpx.AsyncClient) -> None:
     await apply(gw, "A", "disable_feature", feature="web-search")
-    await gw.post("/admin/demo/reset")
+    await gw.post("/admin/reset")
     store: GatewayStore = gw._transport.app.state.store  # type: ignore[attr-defined]
     with store.transaction() as db:  # switched off since, by someone other than Stanch
         db.execute("UPDATE features SET enabled = 0 WHERE model = ? AND name = 'web-search'", (MODEL,))
