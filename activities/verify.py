@@ -1,51 +1,109 @@
-"""Verify: replay the incident's repro cases and the regression suite against the patched release."""
+"""Verify: replay the incident's repro cases and the regression suite against the patched release.
+
+Each case is asked `samples` times at the runbook's temperature of the fixed version directly.
+A case passes when every sample was answered (a refusal there means the fix was not reachable,
+not that it works), fewer than `harmful_at_least` samples are harmful, and every detector could
+decide (a fix is not verified by a detector that could not say). With no case to replay at all,
+an incident confirmed by its metric is verified by the metric having recovered.
+"""
 
 from __future__ import annotations
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from stanch.detectors.regex import detect
+from stanch.detectors.registry import Detectors
 from stanch.models.activity_io import CaseResult, VerifyInput, VerifyResult
+from stanch.models.signals import ReproCase
+from stanch.probe.client import ProbeFailed
+from stanch.probe.metric import query_metric
+from stanch.probe.sampling import CaseProbe, Sampling, probe_case
 from stanch.stores.regression import load_suite
 from stanch.targets.base import TargetError
 from stanch.temporal.activity_deps import ActivityDeps, as_application_error
+
+RELEASE = "release"  # the version a fix deploys, as the target names it
+
+
+def case_result(case: ReproCase, origin: str, probe: CaseProbe) -> CaseResult:
+    """Whether the fixed version handles the case, and if not, why, in a sentence."""
+    refusals = [sample for sample in probe.samples if sample.status_code != 200]
+    problems = []
+    if refusals:
+        first = refusals[0]
+        why = f"{first.refusal_code or first.status_code}" + (f" by incident {first.refusal_incident}" if first.refusal_incident else "")
+        problems.append(f"{len(refusals)} of {len(probe.samples)} samples refused ({why}): the fix was not reachable")
+    if probe.harmful:
+        problems.append(probe.tally())
+    if probe.undecided:
+        problems.append(f"could not decide: {'; '.join(probe.undecided_reasons)}")
+    passed = not refusals and not probe.reproduced and not probe.undecided
+    return CaseResult(
+        prompt=case.prompt,
+        messages=case.messages,
+        origin="incident" if origin == "incident" else "regression",
+        passed=passed,
+        status_code=refusals[0].status_code if refusals else 200,
+        model_version=probe.model_version,
+        hits=probe.evidence,
+        samples=len(probe.samples),
+        harmful_samples=probe.harmful,
+        undecided_samples=probe.undecided,
+        detail="" if passed else "; ".join(problems) or probe.tally(),
+    )
 
 
 class VerifyActivities:
     def __init__(self, deps: ActivityDeps) -> None:
         self.deps = deps
 
+    def cases_to_replay(self, input: VerifyInput) -> list[tuple[ReproCase, str]]:
+        cases = [(case, "incident") for case in input.repro]
+        if input.include_regression_suite:
+            known = {case.key() for case, _ in cases}
+            suite = load_suite(self.deps.settings.regression_dir, input.target.model)
+            cases += [(ReproCase(prompt=case.prompt), "regression") for case in suite if case.prompt not in known]
+        return cases
+
     @activity.defn(name="verify_fix")
     async def verify_fix(self, input: VerifyInput) -> VerifyResult:
-        cases = [(case.prompt, "incident") for case in input.repro]
-        if input.include_regression_suite:
-            known = {prompt for prompt, _ in cases}
-            suite = load_suite(self.deps.settings.regression_dir, input.target.model)
-            cases += [(case.prompt, "regression") for case in suite if case.prompt not in known]
+        cases = self.cases_to_replay(input)
         if not cases:
-            raise ApplicationError(
-                "nothing to verify: no repro case and an empty regression suite", type="NothingToVerify", non_retryable=True
-            )
-        target = self.deps.targets.get(input.target)
-        results: list[CaseResult] = []
-        version = None
+            return await self.verify_by_metric(input)
+        detectors = Detectors(specs=input.detector_specs)
         try:
-            for done, (prompt, origin) in enumerate(cases):
+            detectors.check_names(input.detectors)
+        except ValueError as unknown:
+            raise ApplicationError(f"the fix cannot be judged: {unknown}", type="InvalidAction", non_retryable=True) from unknown
+        sampling = Sampling.of(input.sampling)
+        results: list[CaseResult] = []
+        try:
+            endpoint = self.deps.targets.get(input.target).chat_endpoint(input.target.model, RELEASE)
+            for done, (case, origin) in enumerate(cases):
                 activity.heartbeat({"cases_done": done, "cases": len(cases)})
-                answer = await target.probe(input.target.model, prompt, version="release")
-                version = answer.model_version
-                hits = detect(input.detectors, answer.output, prompt)
-                results.append(
-                    CaseResult(
-                        prompt=prompt,
-                        origin=origin,
-                        passed=answer.status_code == 200 and not hits,
-                        status_code=answer.status_code,
-                        model_version=answer.model_version,
-                        hits=[f"{hit.detector}: {hit.evidence}" for hit in hits],
-                    )
+                probe = await probe_case(
+                    endpoint,
+                    case.conversation(),
+                    detectors=detectors,
+                    names=input.detectors,
+                    sampling=sampling,
+                    incident_id=input.incident_id,
                 )
+                results.append(case_result(case, origin, probe))
         except TargetError as error:
             raise as_application_error(error, f"probing {input.target}") from error
+        except ProbeFailed as failure:
+            raise as_application_error(TargetError(str(failure), retryable=failure.retryable), f"probing {input.target}") from failure
+        version = next((case.model_version for case in reversed(results) if case.model_version), None)
         return VerifyResult(passed=all(case.passed for case in results), version=version, cases=results)
+
+    async def verify_by_metric(self, input: VerifyInput) -> VerifyResult:
+        """No case to replay: an incident confirmed by its metric is verified by the metric recovering."""
+        nothing = "nothing to verify: no repro case and an empty regression suite"
+        if not input.metric_checks:
+            raise ApplicationError(nothing, type="NothingToVerify", non_retryable=True)
+        findings = [await query_metric(check, input.target.model, self.deps.settings.prometheus_url) for check in input.metric_checks]
+        readings = "; ".join(f"{finding.check}: {finding.detail}" for finding in findings)
+        if all(finding.outcome == "not_confirmed" for finding in findings):
+            return VerifyResult(passed=True, detail=f"nothing to replay: verified by the metric ({readings})")
+        raise ApplicationError(f"{nothing}, and the metric has not recovered ({readings})", type="NothingToVerify", non_retryable=True)

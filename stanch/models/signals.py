@@ -10,7 +10,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 
 class Severity(StrEnum):
@@ -54,6 +54,15 @@ class ReproCase(BaseModel):
                 raise ValueError(f"message {number}: role must be one of {', '.join(CHAT_ROLES)}, not {message.get('role')!r}")
         return messages
 
+    @model_validator(mode="after")
+    def _prompt_of_a_conversation(self) -> ReproCase:
+        # What reads `prompt` alone (the regression suite, a review, merging by prompt) sees the
+        # conversation's last user turn rather than nothing.
+        if not self.prompt and self.messages:
+            users = [m["content"] for m in self.messages if m.get("role") == "user" and isinstance(m.get("content"), str)]
+            self.prompt = users[-1] if users else ""
+        return self
+
     def conversation(self) -> list[dict[str, Any]]:
         """The messages to send to the model."""
         return [dict(message) for message in self.messages] if self.messages else [{"role": "user", "content": self.prompt}]
@@ -65,11 +74,9 @@ class ReproCase(BaseModel):
         return json.dumps(self.messages, sort_keys=True, ensure_ascii=False)
 
     def describe(self, width: int = 80) -> str:
-        """The case as a person reads it in a finding: its last user turn, shortened."""
-        users = [m.get("content") for m in self.conversation() if m.get("role") == "user" and isinstance(m.get("content"), str)]
-        text = users[-1] if users else self.prompt or "(no user text)"
-        turns = f" (turn {len(self.messages)} of a conversation)" if len(self.messages) > 1 else ""
-        return (text if len(text) <= width else text[: width - 1] + "…") + turns
+        """The case as a person reads it in a finding: its (last) user prompt, shortened."""
+        text = self.prompt if len(self.prompt) <= width else self.prompt[: width - 1] + "…"
+        return f"{text!r} (a {len(self.messages)}-message conversation)" if len(self.messages) > 1 else repr(text)
 
 
 class Signal(BaseModel):

@@ -1,7 +1,8 @@
 """The one small Protocol every control plane adapter implements.
 
 Activities never speak HTTP themselves: they ask a `Target` to read its state, apply an action
-under an idempotency key, undo an applied action, or answer a probe prompt.
+under an idempotency key, undo an applied action, or say where a probe goes (its OpenAI-compatible
+chat endpoint: `stanch.probe` sends the probe).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, Field
 
-from stanch.models.actions import ActionSpec, AppliedAction, ProbeResult
+from stanch.models.actions import ActionSpec, AppliedAction
+from stanch.probe.endpoint import ChatEndpoint
 
 
 class TargetError(Exception):
@@ -114,8 +116,12 @@ class Target(Protocol):
         """Release what the applied action holds, once per undo key: never another holder's protection."""
         ...
 
-    async def probe(self, model: str, prompt: str, version: str | None = None) -> ProbeResult:
-        """Answer a prompt from the given version (default: what users are served)."""
+    def chat_endpoint(self, model: str, version: str | None = None) -> ChatEndpoint:
+        """Where a probe of the model goes: an OpenAI-compatible chat endpoint answering from the
+        given version (None: what users are served now; "release": the version a fix deploys).
+
+        Built when the probe is sent, secrets included, and never stored in history. Raises a
+        non-retryable TargetError when the target serves no model."""
         ...
 
     async def start_job(self, model: str, kind: str, params: dict[str, Any], idempotency_key: str) -> JobStatus:
@@ -137,7 +143,7 @@ class ServesNoModel:
     label: ClassVar[str]  # the control plane, as a person names it: "generic HTTP", "MLflow registry"
     name: str
 
-    async def probe(self, model: str, prompt: str, version: str | None = None) -> ProbeResult:
+    def chat_endpoint(self, model: str, version: str | None = None) -> ChatEndpoint:
         raise TargetError(
             f"target {self.name} ({self.label}) serves no prompts: keep a serving target (the gateway) as the "
             f"runbook's target and name {self.name} on the steps that act on it",

@@ -9,11 +9,18 @@ from typing import Any, ClassVar
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from stanch.models.actions import ActionSpec, AppliedAction, ProbeResult
-from stanch.targets.base import ApplyResult, JobStatus, PlannedCall, TargetError
+from stanch.models.actions import ActionSpec, AppliedAction
+from stanch.probe.endpoint import ChatEndpoint
+from stanch.targets.base import ApplyResult, JobStatus, PlannedCall, TargetError, unfit_value
 
 # 408 and 429 are the client-side statuses where asking again later can succeed.
 _RETRYABLE_CLIENT_STATUSES = {408, 429}
+# How a probe tells the gateway what it is: a probe never counts against a rate limit; a probe of
+# a version (with the admin token) is answered by that version, its hotfixes (system prompt,
+# guardrails) applied, and without any incident's containment or pins, which would hide it.
+PROBE_HEADER = "x-stanch-probe"
+VERSION_HEADER = "x-stanch-version"
+ADMIN_TOKEN_HEADER = "x-stanch-admin-token"
 
 
 def _server_message(response: httpx.Response) -> str:
@@ -50,6 +57,7 @@ class GatewayTarget:
         base_url: str = Field(min_length=1, description="where the gateway's admin API answers, e.g. http://127.0.0.1:8300")
         timeout_seconds: float = Field(10.0, gt=0)
         admin_token_env: str | None = Field(None, description="the environment variable holding its /admin/* token")
+        probe_timeout_seconds: float = Field(60.0, gt=0, description="how long a probe waits for the model behind the gateway")
 
     def __init__(
         self,
@@ -59,10 +67,13 @@ class GatewayTarget:
         name: str = "gateway",
         admin_token: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        probe_timeout: float = 60.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.probe_timeout = probe_timeout
         self.name = name
+        self._admin_token = admin_token
         self.admin_headers = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
         self._transport = transport  # tests may pass an in-process ASGI transport
 
@@ -71,7 +82,7 @@ class GatewayTarget:
         token = env.get(config.admin_token_env) if config.admin_token_env else None
         if config.admin_token_env and not token:
             raise ValueError(f"admin_token_env: the environment variable {config.admin_token_env} is not set")
-        return cls(config.base_url, config.timeout_seconds, name=name, admin_token=token)
+        return cls(config.base_url, config.timeout_seconds, name=name, admin_token=token, probe_timeout=config.probe_timeout_seconds)
 
     async def _request(
         self, method: str, path: str, *, json: dict[str, Any] | None = None, params: dict[str, str] | None = None
@@ -124,15 +135,18 @@ class GatewayTarget:
         body = await self._request("POST", "/admin/undo", json=request)
         return ApplyResult.model_validate(body)
 
-    async def probe(self, model: str, prompt: str, version: str | None = None) -> ProbeResult:
-        body = await self._request("POST", "/admin/probe", json={"model": model, "prompt": prompt, "version": version})
-        return ProbeResult(
-            prompt=prompt,
-            status_code=body["status_code"],
-            output=body.get("output") or "",
-            model_version=body.get("model_version"),
-            refusal_code=body.get("refusal_code"),
-            refusal_incident=body.get("refusal_incident"),
+    def chat_endpoint(self, model: str, version: str | None = None) -> ChatEndpoint:
+        """The gateway's own `/v1/chat/completions`. No version: what users get now, containment
+        included. A version (or "release", the version a fix deploys): that version directly."""
+        headers = {PROBE_HEADER: "1"}
+        if version is not None:
+            if (reason := unfit_value(version)) is not None:
+                raise TargetError(f"version for {model} {reason}: not sent to gateway {self.name}", retryable=False)
+            headers[VERSION_HEADER] = version
+            if self._admin_token:
+                headers[ADMIN_TOKEN_HEADER] = self._admin_token
+        return ChatEndpoint(
+            base_url=f"{self.base_url}/v1", model=model, headers=headers, timeout_seconds=self.probe_timeout, label=f"gateway {self.name}"
         )
 
     async def start_job(self, model: str, kind: str, params: dict[str, Any], idempotency_key: str) -> JobStatus:

@@ -12,9 +12,10 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.confirm import ConfirmActivities
 from stanch.config.settings import Settings
-from stanch.models.actions import ProbeResult, TargetRef
+from stanch.models.actions import TargetRef
 from stanch.models.activity_io import ConfirmInput
 from stanch.models.signals import ReproCase
+from stanch.probe.endpoint import ChatEndpoint
 from stanch.runbooks.schema import ConfirmCheck
 from stanch.targets.base import TargetError
 from stanch.temporal.activity_deps import ActivityDeps
@@ -29,7 +30,7 @@ class FailingTarget:
         self.error = error
         self.probes = 0
 
-    async def probe(self, model: str, prompt: str, version: str | None = None) -> ProbeResult:
+    def chat_endpoint(self, model: str, version: str | None = None) -> ChatEndpoint:
         self.probes += 1
         raise self.error
 

@@ -205,7 +205,7 @@ def test_plan_describes_the_edit_and_its_undo_without_touching_the_file(flag_fil
 async def test_probes_and_jobs_are_refused():
     flags = FlagdTarget(FlagdTarget.Config(file=Path("/nonexistent/flags.json")))
     with pytest.raises(TargetError, match="serves no prompts"):
-        await flags.probe("support-bot", "hi")
+        flags.chat_endpoint("support-bot")
     with pytest.raises(TargetError, match="runs no jobs"):
         await flags.start_job("support-bot", "finetune", {}, "k")
 

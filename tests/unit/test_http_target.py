@@ -193,7 +193,10 @@ async def test_plan_lists_every_call_with_its_undo_and_calls_nothing(server, tmp
 
 async def test_what_cannot_be_done_over_generic_http_says_so(server, tmp_path):
     target = http_target(server, tmp_path)
-    for call in (target.probe("m", "hi"), target.start_job("m", "finetune", {}, "k"), target.job_status("j"), target.state("m")):
+    with pytest.raises(TargetError) as no_prompts:
+        target.chat_endpoint("m")
+    assert no_prompts.value.retryable is False and "generic HTTP" in str(no_prompts.value) and "serves no prompts" in str(no_prompts.value)
+    for call in (target.start_job("m", "finetune", {}, "k"), target.job_status("j"), target.state("m")):
         with pytest.raises(TargetError) as raised:
             await call
         assert raised.value.retryable is False and "generic HTTP" in str(raised.value)
