@@ -239,6 +239,7 @@ def up(
     api_port: Annotated[int, typer.Option(help="the Stanch API's port")] = 8200,
     gateway_port: Annotated[int, typer.Option(help="the reference gateway's port")] = 8300,
     codec_port: Annotated[int, typer.Option(help="the codec server's port, when payload encryption is configured")] = 8400,
+    demo_upstream_port: Annotated[int, typer.Option(help="the demo models' port (`stanch demo-upstream`, the gateway's upstream)")] = 8500,
     temporal_address: Annotated[
         str | None,
         typer.Option(
@@ -256,9 +257,11 @@ def up(
         ),
     ] = None,
 ) -> None:
-    """Run everything on this machine: Temporal dev server, gateway, worker and API — and, when
-    payload encryption is configured (STANCH_ENCRYPTION_KEYS or HOME/encryption-keys), the
-    codec server the Temporal UI decrypts through.
+    """Run everything on this machine: Temporal, the demo models, the gateway, worker and API.
+
+    The gateway forwards to the demo models (`stanch demo-upstream`) like to any upstream; they
+    train the fine-tunes too. When payload encryption is configured (STANCH_ENCRYPTION_KEYS or
+    HOME/encryption-keys), the codec server the Temporal UI decrypts through runs as well.
 
     Ctrl-C stops them all. Restarting with the same --home continues open incidents.
     The API runs with --insecure-dev: this is the local demo, so intake sources without a
@@ -281,6 +284,8 @@ def up(
                 "home": home,
                 "temporal_address": temporal_address or f"{LOOPBACK}:{temporal_port}",
                 "gateway_url": f"http://{LOOPBACK}:{gateway_port}",
+                # The demo upstream trains fine-tunes too (the OpenAI fine-tuning API).
+                "trainer_url": from_env.trainer_url or f"http://{LOOPBACK}:{demo_upstream_port}/v1",
                 "api_url": f"http://{LOOPBACK}:{api_port}",
                 "ui_url": from_env.ui_url if temporal_address else f"http://{LOOPBACK}:{ui_port}",
             }
@@ -290,6 +295,7 @@ def up(
         ui_port=ui_port,
         api_port=api_port,
         gateway_port=gateway_port,
+        demo_upstream_port=demo_upstream_port,
         startup_timeout=startup_timeout,
         intake_auth=intake_auth.expanduser().resolve() if intake_auth else None,
         codec_port=codec_port,
@@ -366,6 +372,11 @@ class UpPlan:
     intake_auth: Path | None = None
     codec_port: int = 8400
     encrypted: bool = False  # payload encryption configured: run the codec server too
+    demo_upstream_port: int = 8500
+
+    @property
+    def demo_upstream_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.demo_upstream_port}"
 
     @property
     def codec_url(self) -> str:
@@ -391,7 +402,7 @@ class UpPlan:
         return [*command, "--intake-auth", str(self.intake_auth)] if self.intake_auth else command
 
     def ports(self) -> dict[str, int]:
-        ports = {"the API": self.api_port, "the gateway": self.gateway_port}
+        ports = {"the API": self.api_port, "the gateway": self.gateway_port, "the demo upstream": self.demo_upstream_port}
         if self.encrypted:
             ports["the codec server"] = self.codec_port
         if self.embedded_temporal:
@@ -409,15 +420,32 @@ def _start_and_watch(supervisor: Supervisor, plan: UpPlan, stop: threading.Event
                 supervisor.start("temporal", plan.dev_server_command())
                 if not supervisor.wait_until(lambda: port_open(LOOPBACK, plan.temporal_port), "Temporal", timeout, stop.is_set):
                     return 0
-        with console.status("starting gateway, worker and API"):
+        with console.status("starting the demo models, gateway, worker and API"):
             if plan.encrypted:
                 supervisor.start("codec-server", plan.codec_command(python))
+            upstreams = str(settings.home / "upstreams.yaml")
+            supervisor.start(
+                "demo-upstream",
+                [*python, "demo-upstream", "--host", LOOPBACK, "--port", str(plan.demo_upstream_port), "--write-upstreams", upstreams],
+            )
+            if not supervisor.wait_until(partial(http_ok, f"{plan.demo_upstream_url}/healthz"), "the demo upstream", timeout, stop.is_set):
+                return 0
             gateway_db = str(settings.home / "gateway.db")
             # The local demo's gateway: its admin API open on loopback, unless a token is set for it.
             admin = [] if settings.gateway_admin_token else ["--dev"]
-            supervisor.start(
-                "gateway", [*python, "gateway", "--host", LOOPBACK, "--port", str(plan.gateway_port), "--db", gateway_db, *admin]
-            )
+            gateway = [
+                *python,
+                "gateway",
+                "--host",
+                LOOPBACK,
+                "--port",
+                str(plan.gateway_port),
+                "--db",
+                gateway_db,
+                "--upstreams",
+                upstreams,
+            ]
+            supervisor.start("gateway", [*gateway, *admin])
             supervisor.start("worker", [*python, "worker"])
             supervisor.start("api", plan.api_command(python))
             # The API is ready once it reaches Temporal (/readyz); the others once they serve.
@@ -455,7 +483,8 @@ def _print_urls(plan: UpPlan) -> None:
     table = Table.grid(padding=(0, 2))
     table.add_row("API", f"{settings.api_url}  (docs: {settings.api_url}/docs)")
     table.add_row("Board", f"{settings.api_url}/board")
-    table.add_row("Gateway", settings.gateway_url)
+    table.add_row("Gateway", f"{settings.gateway_url}/v1  (OpenAI-compatible; its upstreams: {settings.home / 'upstreams.yaml'})")
+    table.add_row("Demo models", f"{plan.demo_upstream_url}/v1  (stanch demo-upstream: not a real model)")
     table.add_row("Temporal UI", settings.ui_url)
     table.add_row("Temporal", str(settings.temporal_address))
     if not plan.embedded_temporal:
