@@ -28,7 +28,7 @@ import re
 import string
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 BuiltinName = Literal["secret", "pii", "prompt_injection", "low_quality"]
 BUILTIN_DETECTORS: frozenset[str] = frozenset({"secret", "pii", "prompt_injection", "low_quality"})
@@ -148,6 +148,9 @@ class JudgeSpec(_ServiceSpec):
 
 
 DetectorSpec = Annotated[RegexSpec | ModerationSpec | JudgeSpec, Field(discriminator="kind")]
+# For a config file's `detectors:` mapping read outside a runbook (the gateway's):
+# `DETECTOR_SPECS.validate_python(raw)` gives {id: spec}, or a ValidationError naming the field.
+DETECTOR_SPECS: TypeAdapter[dict[str, DetectorSpec]] = TypeAdapter(dict[str, DetectorSpec])
 
 
 def detector_id_problem(detector_id: str) -> str | None:

@@ -11,7 +11,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from stanch.detectors.regex import DetectorHit
 from stanch.detectors.registry import Detectors, Scan, Undecided
-from stanch.detectors.specs import BUILTIN_DETECTORS, DetectorSpec, JudgeSpec, ModerationSpec, RegexSpec
+from stanch.detectors.specs import BUILTIN_DETECTORS, DETECTOR_SPECS, DetectorSpec, JudgeSpec, ModerationSpec, RegexSpec
 from stanch.runbooks.loader import RunbookError, load_catalog, load_runbook
 
 RUNBOOKS = Path(__file__).resolve().parents[2] / "runbooks"
@@ -90,6 +90,11 @@ def test_scans_add_up() -> None:
 
 
 # --- the specs ---------------------------------------------------------------------------------
+
+
+def test_a_config_files_detectors_mapping_parses_to_specs() -> None:
+    specs = DETECTOR_SPECS.validate_python({"ids": {"kind": "regex", "patterns": ["CUST-\\d{6}"], "label": "customer id"}})
+    assert Detectors(specs).scan_regex(["ids"], "CUST-123456").fired == ["ids"]
 
 
 def test_specs_are_told_apart_by_kind() -> None:
@@ -172,6 +177,8 @@ def test_a_runbook_defining_a_judge_detector_validates_and_may_name_it(runbook_c
     guard = runbook.detectors["llama_guard"]
     assert isinstance(guard, JudgeSpec) and guard.category_pattern == r"S\d+"
     assert Detectors(runbook.detectors).check_names(runbook.confirm.checks[0].detectors) == ["pii", "llama_guard"]
+    # The workflow receives the runbook as JSON: the spec's kind survives the round trip.
+    assert type(runbook).model_validate_json(runbook.model_dump_json()).detectors == runbook.detectors
 
 
 def test_a_runbook_may_not_redefine_a_builtin(runbook_copy: Path) -> None:
