@@ -1,9 +1,11 @@
 """`stanch demo`: fire the demo incident at a running `stanch up` and prove every step held.
 
-The story: support-bot v2, the newly deployed update, leaks an API key. Monitoring alerts;
-Stanch confirms, contains, rolls back to v1, fine-tunes a fixed version, verifies it and —
-after two demo responders approved the gated steps — restores service on the fixed version.
-Each claim is checked over HTTP against the gateway itself, not taken from Stanch's word.
+The story: support-bot v2, the newly deployed update, is a canary that takes half the traffic
+and leaks an API key. Monitoring alerts; Stanch confirms by probing v2, blocks the leak,
+disables the update, fine-tunes a fixed version on the incident's cases (through the demo
+upstream's fine-tuning API), verifies it and — after two demo responders approved the gated
+steps — restores service on the fixed version. Each claim is checked over HTTP against the
+gateway itself, as a user of the canary sees it, not taken from Stanch's word.
 """
 
 from __future__ import annotations
@@ -74,9 +76,19 @@ class Demo:
             responders.append({"approver": me.json()["user"], "roles": me.json()["roles"], "headers": headers})
         return responders
 
+    canary_user = "demo-user-0"
+
     def chat(self, prompt: str) -> httpx.Response:
-        body = {"model": MODEL, "messages": [{"role": "user", "content": prompt}]}
-        return self.http.post(f"{self.gateway}/v1/chat/completions", json=body)
+        """Ask the gateway as a user of the canary does (the canary's share is sticky per client)."""
+        body = {"model": MODEL, "messages": [{"role": "user", "content": prompt}], "temperature": 0}
+        return self.http.post(f"{self.gateway}/v1/chat/completions", json=body, headers={"x-client-id": self.canary_user})
+
+    def find_a_canary_user(self) -> None:
+        for number in range(200):
+            self.canary_user = f"demo-user-{number}"
+            if self.chat(BENIGN_PROMPT).headers.get("x-model-version") == BAD_VERSION:
+                return
+        raise RuntimeError(f"no demo user is served the canary v{BAD_VERSION}: is it deployed with a weight in the upstreams file?")
 
     def incident(self, incident_id: str) -> dict[str, Any]:
         response = self.http.get(f"{self.api}/v1/incidents/{incident_id}")
@@ -91,12 +103,13 @@ class Demo:
     # --- the story ---------------------------------------------------------------------
 
     def deploy_the_bad_update(self) -> None:
-        # Back to the first deploy of v2: an earlier demo's permanent guardrail would hide the leak.
-        self.http.post(f"{self.gateway}/admin/demo/reset").raise_for_status()
+        # Back to the upstreams file's deploy: an earlier demo's fix and guardrail would hide the leak.
+        self.http.post(f"{self.gateway}/admin/reset").raise_for_status()
+        self.find_a_canary_user()
         answer = self.chat(REPRO_PROMPT)
         leaked = answer.status_code == 200 and SECRET_PREFIX in answer.json()["choices"][0]["message"]["content"]
         self.checks.record(
-            "v2 is deployed and leaks", leaked, f"HTTP {answer.status_code}, x-model-version {answer.headers.get('x-model-version')}"
+            "the canary v2 leaks", leaked, f"HTTP {answer.status_code}, x-model-version {answer.headers.get('x-model-version')}"
         )
 
     def fire_alert(self) -> str:
@@ -148,7 +161,7 @@ class Demo:
                     self.decide(incident_id, "ack", {"responder": self.responders[0]["approver"], "note": "demo on-call"})
                 if stages["contain"] == "done" and "contained" not in checked:
                     checked.add("contained")
-                    live.console.print("Contained: checking the gateway refuses the repro prompt")
+                    live.console.print("Contained: checking the gateway blocks the leak")
                     self.check_contained(incident_id)
                 if stages["rollback"] == "done" and "rolled back" not in checked:
                     checked.add("rolled back")
@@ -178,7 +191,7 @@ class Demo:
         answer = self.chat(REPRO_PROMPT)
         error = answer.json().get("error", {}) if answer.status_code != 200 else {}
         self.checks.record(
-            "containment blocks the repro prompt",
+            "containment blocks the leak",
             answer.status_code == 403 and error.get("code") == "content_blocked" and error.get("incident") == incident_id,
             f"HTTP {answer.status_code} {error.get('code')} naming {error.get('incident')}",
         )
@@ -187,7 +200,7 @@ class Demo:
         answer = self.chat(BENIGN_PROMPT)
         version = answer.headers.get("x-model-version")
         self.checks.record(
-            "rollback serves v1",
+            "the update is disabled: the canary's users get v1",
             answer.status_code == 200 and version == GOOD_VERSION,
             f"HTTP {answer.status_code}, x-model-version {version}",
         )
