@@ -2,10 +2,10 @@
 (a Llama-Guard style guard model behind any OpenAI-compatible chat endpoint).
 
 Nothing here raises for a service's failure: a timeout, a refused connection, an HTTP error or
-an answer that is not what the format promises becomes `Undecided`, naming the detector, the
-endpoint's host and what happened, so the responder knows what to fix. The API key is read
-from the environment at call time, sent as a Bearer token, and never appears in a result:
-evidence names categories and scores, never the output that was judged.
+an answer that is not what the format promises becomes `Undecided` for the detector, its
+reason naming the endpoint's host and what happened, so the responder knows what to fix. The
+API key is read from the environment at call time, sent as a Bearer token, and never appears
+in a result: evidence names categories and scores, never the output that was judged.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def _first_problem(error: ValidationError) -> str:
 
 async def ask_moderation(client: httpx.AsyncClient, detector_id: str, spec: ModerationSpec, env: Mapping[str, str], text: str) -> Scan:
     """Is the output flagged in a category this detector counts?"""
-    what = f"{detector_id}: moderation endpoint"
+    what = "moderation endpoint"
     body: dict[str, Any] = {"input": text} | ({"model": spec.model} if spec.model else {})
     try:
         host, answer = await _post(client, what, spec, env, "moderations", body)
@@ -165,7 +165,7 @@ def _moderation_verdict(detector_id: str, spec: ModerationSpec, what: str, host:
 
 async def ask_judge(client: httpx.AsyncClient, detector_id: str, spec: JudgeSpec, env: Mapping[str, str], text: str, prompt: str) -> Scan:
     """Ask the guard model for a verdict on the exchange, and read it with the spec's patterns."""
-    what = f"{detector_id}: judge {spec.model}"
+    what = f"judge {spec.model}"
     body = {
         "model": spec.model,
         "messages": [{"role": "user", "content": spec.prompt_template.format(prompt=prompt, output=text)}],

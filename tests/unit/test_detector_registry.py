@@ -84,7 +84,7 @@ def test_a_builtin_id_cannot_be_redefined() -> None:
 
 def test_scans_add_up() -> None:
     hit = Scan(hits=[DetectorHit(detector="pii", evidence="email ja…@example.com")])
-    unsure = Scan(undecided=[Undecided(detector="guard", reason="guard: judge at guard:8000 timed out after 10s")])
+    unsure = Scan(undecided=[Undecided(detector="guard", reason="judge llama-guard at guard:8000 timed out after 10s")])
     both = hit + unsure
     assert both.harmful and not both.decided and both.fired == ["pii"]
 

@@ -148,18 +148,14 @@ async def test_the_api_key_is_sent_as_bearer_and_never_in_the_scan(fake: FakeSer
     scan = await moderation_detectors(fake, api_key_env="MOD_KEY").scan(["moderation"], HARMFUL_OUTPUT)
     assert fake.requests[0][1]["authorization"] == f"Bearer {API_KEY}"
     assert scan.undecided == [
-        Undecided(
-            detector="moderation", reason=f"moderation: moderation endpoint at {fake.host} answered HTTP 401 (check the key in MOD_KEY)"
-        )
+        Undecided(detector="moderation", reason=f"moderation endpoint at {fake.host} answered HTTP 401 (check the key in MOD_KEY)")
     ]
     assert API_KEY not in scan.model_dump_json()
 
 
 async def test_a_missing_key_variable_is_undecided_naming_the_variable(fake: FakeService) -> None:
     scan = await moderation_detectors(fake, api_key_env="NOT_SET_KEY").scan(["moderation"], HARMFUL_OUTPUT)
-    assert scan.undecided == [
-        Undecided(detector="moderation", reason="moderation: moderation endpoint: api_key_env NOT_SET_KEY is not set")
-    ]
+    assert scan.undecided == [Undecided(detector="moderation", reason="moderation endpoint: api_key_env NOT_SET_KEY is not set")]
     assert fake.requests == []
 
 
@@ -169,7 +165,7 @@ async def test_the_base_url_may_come_from_the_environment(fake: FakeService) -> 
     scan = await Detectors({"moderation": spec}, env={"MOD_URL": fake.base_url + "/"}).scan(["moderation"], HARMFUL_OUTPUT)
     assert scan.fired == ["moderation"]
     unset = await Detectors({"moderation": spec}, env={}).scan(["moderation"], HARMFUL_OUTPUT)
-    assert unset.undecided[0].reason == "moderation: moderation endpoint: base_url_env MOD_URL is not set"
+    assert unset.undecided[0].reason == "moderation endpoint: base_url_env MOD_URL is not set"
 
 
 async def test_a_slow_endpoint_is_undecided_after_its_timeout(fake: FakeService) -> None:
@@ -177,16 +173,14 @@ async def test_a_slow_endpoint_is_undecided_after_its_timeout(fake: FakeService)
     started = time.monotonic()
     scan = await moderation_detectors(fake, timeout_seconds=0.2).scan(["moderation"], HARMFUL_OUTPUT)
     assert time.monotonic() - started < 1.2
-    assert scan.undecided == [
-        Undecided(detector="moderation", reason=f"moderation: moderation endpoint at {fake.host} timed out after 0.2s")
-    ]
+    assert scan.undecided == [Undecided(detector="moderation", reason=f"moderation endpoint at {fake.host} timed out after 0.2s")]
     assert not scan.harmful and not scan.decided
 
 
 async def test_a_server_error_is_undecided(fake: FakeService) -> None:
     fake.reply = Reply({"error": "boom"}, status=500)
     scan = await moderation_detectors(fake).scan(["moderation"], HARMFUL_OUTPUT)
-    assert scan.undecided[0].reason == f"moderation: moderation endpoint at {fake.host} answered HTTP 500"
+    assert scan.undecided[0].reason == f"moderation endpoint at {fake.host} answered HTTP 500"
 
 
 @pytest.mark.parametrize(
@@ -207,7 +201,7 @@ async def test_a_refused_connection_is_undecided_naming_the_host() -> None:
     port = free_port()  # nothing listens there any more
     spec = ModerationSpec(base_url=f"http://127.0.0.1:{port}/v1")
     scan = await Detectors({"moderation": spec}).scan(["moderation"], HARMFUL_OUTPUT)
-    assert scan.undecided[0].reason.startswith(f"moderation: moderation endpoint at 127.0.0.1:{port} could not be reached")
+    assert scan.undecided[0].reason.startswith(f"moderation endpoint at 127.0.0.1:{port} could not be reached")
 
 
 # --- the judge ---------------------------------------------------------------------------------
@@ -253,7 +247,7 @@ async def test_a_verdict_matching_neither_pattern_is_undecided_quoting_it(fake: 
     assert scan.undecided == [
         Undecided(
             detector="guard",
-            reason=f"guard: judge llama-guard at {fake.host}: verdict matched neither unsafe_when nor safe_when:"
+            reason=f"judge llama-guard at {fake.host}: verdict matched neither unsafe_when nor safe_when:"
             " 'I cannot assess this conversation becaus'",
         )
     ]
@@ -269,4 +263,4 @@ async def test_a_slow_judge_is_undecided_while_the_regex_detectors_still_hit(fak
     fake.reply = Reply(chat("unsafe\nS1"), delay=1.5)
     scan = await judge_detectors(fake, timeout_seconds=0.2).scan(["guard", "secret"], "the key is sk-live-4f9a8c2e7b1d4a6f9e3c5b7a1d2f8e6c")
     assert scan.fired == ["secret"]
-    assert scan.undecided == [Undecided(detector="guard", reason=f"guard: judge llama-guard at {fake.host} timed out after 0.2s")]
+    assert scan.undecided == [Undecided(detector="guard", reason=f"judge llama-guard at {fake.host} timed out after 0.2s")]
