@@ -185,6 +185,8 @@ def create_app(state_dir: Path, *, finetune_seconds: float = 3.0, api_key: str |
         raw = body.input
         inputs: list[Any] = [raw] if isinstance(raw, str) or (raw and isinstance(raw[0], int)) else list(raw)
         texts = [text if isinstance(text, str) else " ".join(map(str, text)) for text in inputs]
+        if not texts:
+            return _tagged(openai_error(400, "Invalid request: input: must hold at least one text", param="input"), body.model)
         dimensions = body.dimensions or DEFAULT_EMBEDDING_DIMENSIONS
         data = []
         for index, text in enumerate(texts):
@@ -210,6 +212,8 @@ def create_app(state_dir: Path, *, finetune_seconds: float = 3.0, api_key: str |
         else:
             # One multi-modal input (typed parts) gets one result; its images are not looked at.
             texts = [" ".join(str(part.get("text", "")) for part in raw if isinstance(part, dict) and part.get("type") == "text")]
+        if not texts:
+            return _tagged(openai_error(400, "Invalid request: input: must hold at least one text", param="input"), model)
         results = [moderation_result(text) for text in texts]
         return _tagged(JSONResponse({"id": f"modr-{secrets.token_hex(12)}", "model": model, "results": results}), model)
 

@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,10 +101,10 @@ def learned_answer(examples: list[dict[str, Any]], conversation: Conversation) -
 class FineTuningJobs:
     """Creates, runs, lists and cancels jobs; each running job is one asyncio task here."""
 
-    def __init__(self, store: DemoStore, *, duration_s: float, is_base_model: Any) -> None:
+    def __init__(self, store: DemoStore, *, duration_s: float, is_base_model: Callable[[str], bool]) -> None:
         self.store = store
         self.duration_s = duration_s
-        self._is_base_model = is_base_model  # callable(name) -> bool: can this model be fine-tuned?
+        self._is_base_model = is_base_model  # can this model be fine-tuned (a demo model or a fine-tune of one)?
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def create(self, request: FineTuningJobRequest, idempotency_key: str | None) -> dict[str, Any]:

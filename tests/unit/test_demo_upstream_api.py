@@ -163,6 +163,9 @@ def test_a_bad_body_is_a_400_naming_the_field(client: TestClient) -> None:
         assert response.status_code == 400, body
         error = response.json()["error"]
         assert error["param"] == field and field in error["message"] and error["type"] == "invalid_request_error"
+    for path, body in (("/v1/embeddings", {"model": "demo-embedding", "input": []}), ("/v1/moderations", {"input": []})):
+        empty = client.post(path, json=body)
+        assert empty.status_code == 400 and empty.json()["error"]["param"] == "input", path
     broken = client.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
     assert broken.status_code == 400 and "not valid JSON" in broken.json()["error"]["message"]
 
