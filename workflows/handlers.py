@@ -31,6 +31,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.decisions import verify_approval
     from stanch.models.decisions import (
         Acknowledgement,
+        AnswerCorrection,
         ApprovalDecision,
         DecisionReceipt,
         FailureDecision,
@@ -247,6 +248,38 @@ class ResponderHandlers:
         if not note.by.strip():
             raise ValueError("a note must name who wrote it")
         self.refuse_unvouched(note, "note")
+
+    def correct_answer(self, correction: AnswerCorrection) -> DecisionReceipt:
+        """The answer a repro case should get; a fine-tune trains it on that instead of the runbook's."""
+        if ignored := self.unvouched(correction, correction.by, "answer correction"):
+            return ignored
+        number = self.repro_case_number(correction)
+        corrected = correction.model_copy(update={"case": number, "prompt": None})
+        # The latest answer for a case replaces the earlier one: as many as there are repro cases, at most.
+        kept = [earlier for earlier in self.record.memory.corrections if earlier.case != number]
+        self.record.memory.corrections = [*kept, corrected]
+        why = f": {correction.reason}" if correction.reason else ""
+        self.record.note("decision", f"answer for repro case {number} corrected by {correction.by}{why}", correction.by, case=number)
+        return DecisionReceipt(message=f"repro case {number} will be trained on the corrected answer")
+
+    def check_correction(self, correction: AnswerCorrection) -> None:
+        self.refuse_if_over(correction.by)
+        self.repro_case_number(correction)
+        self.refuse_unvouched(correction, "answer correction")
+
+    def repro_case_number(self, correction: AnswerCorrection) -> int:
+        """The repro case a correction names (1 for the first); ValueError naming the cases there are."""
+        cases = self.state.repro
+        if not cases:
+            raise ValueError("this incident has no repro case to correct; report one with the incident first")
+        if correction.case is not None:
+            if correction.case > len(cases):
+                raise ValueError(f"there is no repro case {correction.case}: this incident has {len(cases)} (1 to {len(cases)})")
+            return correction.case
+        for number, case in enumerate(cases, 1):
+            if case.prompt == correction.prompt:
+                return number
+        raise ValueError(f"no repro case has that prompt; name the case by its number instead (1 to {len(cases)})")
 
     # --- the rules behind them ----------------------------------------------------------
 

@@ -58,6 +58,7 @@ with workflow.unsafe.imports_passed_through():
     from stanch.models.activity_io import ConfirmResult, Finding, VerifyResult
     from stanch.models.decisions import (
         Acknowledgement,
+        AnswerCorrection,
         ApprovalDecision,
         DecisionReceipt,
         FailureDecision,
@@ -504,6 +505,14 @@ class IncidentWorkflow:
     @add_note.validator
     def check_note(self, note: Note) -> None:
         self.responders.check_note(note)
+
+    @workflow.update
+    def correct_answer(self, correction: AnswerCorrection) -> DecisionReceipt:
+        return self.responders.correct_answer(correction)
+
+    @correct_answer.validator
+    def check_correction(self, correction: AnswerCorrection) -> None:
+        self.responders.check_correction(correction)
 
     @workflow.query(name="state")
     def current_state(self) -> IncidentState:

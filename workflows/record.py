@@ -291,6 +291,7 @@ class Record:
             captured=captured,
             # A fine-tune trains on the incident's cases; every other step's input stays small.
             repro=state.repro if action.kind == "deploy_finetune" else [],
+            corrections=self.memory.corrections if action.kind == "deploy_finetune" else [],
         )
 
     def verify_input(self, verify: Verify) -> VerifyInput:

@@ -22,6 +22,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from stanch.api.deps import RETRY_AFTER_S, ClientDep, ResponderDep, current_responder
 from stanch.models.decisions import (
     Acknowledgement,
+    AnswerCorrection,
     ApprovalDecision,
     DecisionReceipt,
     FailureDecision,
@@ -356,6 +357,20 @@ async def add_note(
     """Add a note to the incident's timeline (closed incidents take no more notes)."""
     note = as_responder(note, responder, "by")
     return await decide(client, incident_id, "add_note", note, _update_id(idempotency_key))
+
+
+@router.post("/{incident_id}/corrections", response_model=DecisionReceipt, responses=_DECISION_RESPONSES)
+async def correct_answer(
+    incident_id: IncidentId,
+    correction: AnswerCorrection,
+    client: ClientDep,
+    responder: Annotated[Principal | None, acting_as("correct_answer")],
+    idempotency_key: IdempotencyKey = None,
+) -> DecisionReceipt:
+    """Supply the answer a repro case should get (by its number, 1 for the first, or its prompt):
+    the incident's fine-tune trains that case on it instead of the runbook's answer."""
+    correction = as_responder(correction, responder, "by")
+    return await decide(client, incident_id, "correct_answer", correction, _update_id(idempotency_key))
 
 
 @router.post("/{incident_id}/report", response_model=DecisionReceipt, responses=_DECISION_RESPONSES)

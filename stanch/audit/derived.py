@@ -11,7 +11,18 @@ from stanch.audit.models import Milestone, MilestoneName, Timeline
 # A responder who decides any of these is on the incident: escalation stops (handlers.acknowledge_by_acting).
 ACKNOWLEDGING = {"acknowledge", "approve", "reject", "triage", "decide", "resolve", "approve_signal"}
 # Updates that return a receipt saying whether the workflow acted; it acts only on vouched ones.
-VOUCHED_UPDATES = {"acknowledge", "approve", "reject", "set_severity", "triage", "decide", "resolve", "record_report_filed", "add_note"}
+VOUCHED_UPDATES = {
+    "acknowledge",
+    "approve",
+    "reject",
+    "set_severity",
+    "triage",
+    "decide",
+    "resolve",
+    "record_report_filed",
+    "add_note",
+    "correct_answer",
+}
 
 
 def settle_signal_decisions(t: Timeline, state: dict[str, Any]) -> None:
@@ -102,6 +113,7 @@ def describe(name: str, f: dict[str, Any]) -> str:
         "resolve": lambda: "resolve" + why("reason"),
         "record_report_filed": lambda: "report filed" + why("reference"),
         "add_note": lambda: "note" + why("text"),
+        "correct_answer": lambda: f"correct the answer for repro case {f.get('case') or f.get('prompt')}" + why("reason"),
     }
     return texts[name]() if name in texts else name
 

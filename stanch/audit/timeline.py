@@ -61,6 +61,7 @@ from stanch.models.activity_io import (
 )
 from stanch.models.decisions import (
     Acknowledgement,
+    AnswerCorrection,
     ApprovalDecision,
     DecisionReceipt,
     FailureDecision,
@@ -85,6 +86,7 @@ UPDATE_MODELS: dict[str, type[BaseModel]] = {
     "resolve": ResolveRequest,
     "record_report_filed": ReportFiled,
     "add_note": Note,
+    "correct_answer": AnswerCorrection,
 }
 ACTIVITY_MODELS: dict[str, tuple[type[BaseModel], type[BaseModel]]] = {
     "confirm_incident": (ConfirmInput, ConfirmResult),

@@ -1,5 +1,5 @@
 """Responder commands over the HTTP API: `incidents list|show`, `ack`, `approve`, `reject`,
-`resolve`.
+`resolve`, `note`, `correct`.
 
 They speak HTTP rather than Temporal so a responder needs only the API's URL, and every
 decision goes through the same validation as the board and the webhooks. `--json` prints the
@@ -154,6 +154,12 @@ def _render_incident(state: dict[str, Any], timeline_entries: int) -> None:
             f"[bold yellow]awaiting approval:[/] {pending['stage']} needs {pending['count']} of roles "
             f"{', '.join(pending['roles'])}; approved so far by {', '.join(pending.get('approvers', [])) or 'no one'}"
         )
+    repro = state.get("repro", [])
+    if repro:  # numbered as `stanch correct --case N` names them
+        cases = Table("case", "prompt", title="repro cases")
+        for number, case in enumerate(repro, 1):
+            cases.add_row(str(number), case.get("prompt", ""))
+        console.print(cases)
     actions = state.get("actions", [])
     if actions:
         table = Table("stage", "action", "applied", "undone")
@@ -266,6 +272,24 @@ def note(
 ) -> None:
     """Add a note to an incident's timeline."""
     _decide(api, incident_id, "notes", {"by": _responder(by), "text": text}, as_json)
+
+
+def correct(
+    incident_id: Annotated[str, typer.Argument(help="the incident id")],
+    answer: Annotated[str, typer.Option(help="what the fixed model should answer that repro case")],
+    case: Annotated[int | None, typer.Option(min=1, help="the repro case's number, 1 for the first the incident holds")] = None,
+    prompt: Annotated[str | None, typer.Option(help="or the repro case's prompt, as the incident holds it")] = None,
+    reason: Annotated[str, typer.Option(help="why this answer")] = "",
+    by: ByOption = None,
+    api: ApiOption = DEFAULT_API,
+    as_json: JsonOption = False,
+) -> None:
+    """Supply the answer a repro case should get: the incident's fine-tune trains that case on it."""
+    if (case is None) == (prompt is None):
+        console.print("[red]✗[/] name the repro case with --case N or --prompt TEXT (one of them)")
+        raise typer.Exit(2)
+    body = {"by": _responder(by), "answer": answer, "reason": reason, **({"case": case} if case is not None else {"prompt": prompt})}
+    _decide(api, incident_id, "corrections", body, as_json)
 
 
 def resolve(

@@ -41,6 +41,7 @@ app.command("reject")(incidents.reject)
 app.command("resolve")(incidents.resolve)
 app.command("severity")(incidents.severity)
 app.command("note")(incidents.note)
+app.command("correct")(incidents.correct)
 app.command("report-filed")(incidents.report_filed)
 
 app.add_typer(runbooks_app, name="runbooks", help="Validate, list and plan runbooks.")

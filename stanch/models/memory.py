@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from stanch.models.activity_io import Finding
-from stanch.models.decisions import FailureDecision, ResolveRequest, TriageDecision
+from stanch.models.decisions import AnswerCorrection, FailureDecision, ResolveRequest, TriageDecision
 from stanch.models.incident import IncidentState
 from stanch.models.signals import Signal
 
@@ -43,6 +43,9 @@ class IncidentMemory(BaseModel):
     steps_finished: list[str] = Field(default_factory=list, description="`stage/index` of every step applied or skipped")
     captured: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per `stage/index`: what a failed step read before its change; a retry reuses it"
+    )
+    corrections: list[AnswerCorrection] = Field(
+        default_factory=list, description="answers responders supplied for repro cases, the latest per case: a fine-tune trains on them"
     )
     aborted_by: str | None = Field(None, description="who aborted the response, and why (`abort_reason`)")
     abort_reason: str = ""

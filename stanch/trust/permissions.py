@@ -23,6 +23,7 @@ MAY_DECIDE: dict[str, frozenset[str]] = {
     "set_severity": RESPONDERS,  # lowering it further needs safety or incident-commander (the workflow)
     "decide": RESPONDERS,  # retry, skip or abort a failed step
     "resolve": RESPONDERS,
+    "correct_answer": RESPONDERS,  # the answer a repro case should get, which a fine-tune trains on
     "record_report_filed": frozenset({"safety", "incident-commander"}),  # the regulatory duty is theirs
 }
 # Decisions every approver a runbook names may take too, on the incidents they approve for.
