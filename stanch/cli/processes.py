@@ -316,7 +316,9 @@ def up(
             f"[bold]{settings.task_queue}[/], not the production queue {DEFAULT_TASK_QUEUE!r}; incident ids start with "
             f"[bold]{settings.incident_prefix}[/]."
         )
-    supervisor = Supervisor(env={**os.environ, **settings.child_env(), "PYTHONUNBUFFERED": "1"}, logs_dir=settings.logs_dir)
+    # The demo runbooks' LLM-as-judge asks the demo upstream's guard model, unless told otherwise.
+    judge = {"STANCH_GUARD_URL": os.environ.get("STANCH_GUARD_URL") or f"{plan.demo_upstream_url}/v1"}
+    supervisor = Supervisor(env={**os.environ, **settings.child_env(), **judge, "PYTHONUNBUFFERED": "1"}, logs_dir=settings.logs_dir)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
