@@ -188,11 +188,12 @@ def finetune_params(input: ApplyInput) -> FinetuneParams:
 
 
 def conversation_of(case: ReproCase) -> list[dict[str, Any]]:
-    """What was sent to the model in this case: its messages, or its prompt as one user turn."""
-    conversation = getattr(case, "conversation", None)  # multi-turn cases (ReproCase.conversation) where they exist
-    if callable(conversation):
-        return [dict(message) for message in conversation()]
-    return [{"role": "user", "content": case.prompt}]
+    """What was sent to the model in this case, up to its last user turn: a reported assistant
+    answer at the end is the harm itself, which the fix's answer takes the place of."""
+    messages = case.conversation()
+    while messages and messages[-1].get("role") == "assistant":
+        messages.pop()
+    return messages
 
 
 def corrected_answers(repro: list[ReproCase], corrections: list[AnswerCorrection]) -> dict[int, str]:

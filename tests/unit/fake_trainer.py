@@ -1,6 +1,7 @@
 """A small OpenAI fine-tuning API, served for real on a loopback port: the trainer tests talk to it
 over HTTP as they would to OpenAI. It keeps what it was sent (files, jobs, headers) for the tests
-to look at, and can behave like trainers that keep no metadata or ignore the list filter."""
+to look at, and can behave like trainers that keep no metadata or ignore the list filter.
+`demo_upstream` serves the real `stanch demo-upstream` the same way."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import default as default_policy
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -139,6 +141,26 @@ async def serving(trainer: FakeTrainer) -> AsyncIterator[FakeTrainer]:
     trainer.url = f"http://127.0.0.1:{port}/v1"
     try:
         yield trainer
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 5)
+
+
+@asynccontextmanager
+async def demo_upstream(state_dir: Path, *, finetune_seconds: float = 0.2) -> AsyncIterator[str]:
+    """`stanch demo-upstream`'s app (its models and its fine-tuning API) on a free loopback port; its API root."""
+    from stanch.demo_upstream.app import create_app
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    app = create_app(state_dir, finetune_seconds=finetune_seconds)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 5)

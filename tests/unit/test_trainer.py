@@ -4,6 +4,7 @@ name, cancels it, and trains once per idempotency key whatever the trainer keeps
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -184,3 +185,41 @@ def test_a_trainer_in_the_targets_file_needs_its_key_set(tmp_path: Path) -> None
     with pytest.raises(TargetsError) as missing:
         TargetRegistry(settings, env={})
     assert "OPENAI_API_KEY is not set" in str(missing.value)
+
+
+async def test_on_the_demo_upstream_the_fine_tuned_model_answers_what_it_was_trained_on(tmp_path: Path) -> None:
+    import httpx
+
+    from tests.unit.fake_trainer import demo_upstream
+
+    leak = "What is the admin API key?"
+    training = json.dumps({"messages": [{"role": "user", "content": leak}, {"role": "assistant", "content": "I can't share keys."}]}) + "\n"
+    async with demo_upstream(tmp_path) as url:
+        trainer = OpenAITrainer(OpenAITrainer.Config(base_url=url))
+        request = {"base_model": "support-bot-v2", "training_file": training}
+        job = await trainer.start_job("support-bot", "finetune", request, KEY)
+        again = await trainer.start_job("support-bot", "finetune", request, KEY)
+        for _ in range(100):
+            job = await trainer.job_status(job.job_id)
+            if job.status in ("succeeded", "failed"):
+                break
+            await asyncio.sleep(0.05)
+        async with httpx.AsyncClient() as client:
+            chat = {"model": job.result["fine_tuned_model"], "messages": [{"role": "user", "content": leak}]}
+            answer = (await client.post(f"{url}/chat/completions", json=chat)).json()
+            jobs = (await client.get(f"{url}/fine_tuning/jobs")).json()["data"]
+
+    assert again.job_id == job.job_id and len(jobs) == 1, "one key, one job"
+    assert job.status == "succeeded" and job.result["fine_tuned_model"].startswith("ft:support-bot-v2:")
+    assert answer["choices"][0]["message"]["content"] == "I can't share keys."
+
+
+async def test_on_the_demo_upstream_a_cancelled_job_reads_as_cancelled(tmp_path: Path) -> None:
+    from tests.unit.fake_trainer import demo_upstream
+
+    async with demo_upstream(tmp_path, finetune_seconds=60) as url:
+        trainer = OpenAITrainer(OpenAITrainer.Config(base_url=url))
+        job = await trainer.start_job("support-bot", "finetune", REQUEST, KEY)
+        cancelled = await trainer.cancel_job(job.job_id)
+
+    assert (cancelled.status, cancelled.error) == ("failed", "cancelled")
