@@ -292,6 +292,7 @@ class Record:
             # A fine-tune trains on the incident's cases; every other step's input stays small.
             repro=state.repro if action.kind == "deploy_finetune" else [],
             corrections=self.memory.corrections if action.kind == "deploy_finetune" else [],
+            detector_specs={name: self.runbook.detectors[name] for name in named_detectors(action) if name in self.runbook.detectors},
         )
 
     def verify_input(self, verify: Verify) -> VerifyInput:
@@ -410,3 +411,9 @@ def drop_middle(state: IncidentState) -> None:
     if len(state.timeline) > keep_head + keep_tail:
         state.timeline_omitted += len(state.timeline) - keep_head - keep_tail
         del state.timeline[keep_head:-keep_tail]
+
+
+def named_detectors(action: ActionSpec) -> list[str]:
+    """The detector ids a step names (`params.detectors` of a block), as written in the runbook."""
+    names = action.params.get("detectors") if isinstance(action.params, dict) else None
+    return [str(name) for name in names] if isinstance(names, list) else []

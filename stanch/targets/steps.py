@@ -80,8 +80,14 @@ def _fill(text: str, variables: dict[str, str], in_url: bool) -> str:
 
 
 def rendered_action(input: ApplyInput) -> ActionSpec:
+    """The step's action with its templates filled in, and the specs of the runbook's own detectors it
+    blocks by: the control plane runs those detectors itself (the runbook id alone means nothing there)."""
     variables = {"model": input.target.model, "version": input.target.version or "", "incident_id": input.incident_id}
-    return input.action.model_copy(update={"params": render(input.action.params, variables)})
+    params = render(input.action.params, variables)
+    if input.detector_specs:
+        specs = {name: spec.model_dump(mode="json") for name, spec in input.detector_specs.items()}
+        params = {**params, "detector_specs": {**params.get("detector_specs", {}), **specs}}
+    return input.action.model_copy(update={"params": params})
 
 
 def step_target(input: ApplyInput) -> TargetRef:
