@@ -13,6 +13,7 @@ import typer
 from stanch.cli import codec, incidents, processes
 from stanch.cli.audit import audit_app
 from stanch.cli.demo import demo
+from stanch.cli.demo_upstream import demo_upstream
 from stanch.cli.responders import responders_app
 from stanch.cli.runbooks import runbooks_app
 
@@ -30,6 +31,7 @@ app.command("dev-server")(processes.dev_server)
 app.command("worker")(processes.worker)
 app.command("api")(processes.api)
 app.command("gateway")(processes.gateway)
+app.command("demo-upstream")(demo_upstream)
 app.command("codec-server")(codec.codec_server)
 app.command("demo")(demo)
 
