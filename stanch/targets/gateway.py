@@ -166,16 +166,68 @@ class GatewayTarget:
             {"idempotency_key": idempotency_key, "undo_key": f"{idempotency_key}/undo"},
         )
         if action.kind == "deploy_finetune":
-            job = self._call(
-                f"start (or find again) the fine-tune job for {model} and wait for it",
-                "/admin/jobs",
-                {"idempotency_key": f"{idempotency_key}/finetune-job", "model": model, "kind": "finetune", "params": action.params},
-            )
-            deploy = self._apply_call(
-                model, ActionSpec(kind="deploy_version", params={"version": "<the fine-tuned version>"}), idempotency_key, undo
-            )
-            return [job, deploy.model_copy(update={"operation": f"deploy the fine-tuned version of {model} as its release"})]
+            return self._plan_finetune(model, action, idempotency_key, undo)
         return [self._apply_call(model, action, idempotency_key, undo)]
+
+    def _plan_finetune(self, model: str, action: ActionSpec, idempotency_key: str, undo: PlannedCall) -> list[PlannedCall]:
+        """The hotfix activity's fine-tune: read the version to fix, train on the trainer the step
+        names (the OpenAI fine-tuning API), register the result here, deploy it."""
+        params = action.params
+        trainer = str(params.get("trainer") or "trainer")
+        base = str(params.get("base_version") or "<the release version>")
+        answers = f"each answered {params['answer']!r}" if params.get("answer") else "each with the answer a responder supplied"
+        examples = len(params.get("examples") or [])
+        read = PlannedCall(
+            target=self.name,
+            adapter=self.kind,
+            operation=f"read version {base} of {model}: the upstream model and base URL it serves",
+            method="GET",
+            url=f"{self.base_url}/admin/state?model={model}",
+        )
+        upload = PlannedCall(
+            target=trainer,
+            adapter="trainer",
+            operation="upload the training file, unless a job for this key exists",
+            method="POST",
+            url=f"<{trainer}>/files",
+            body={"purpose": "fine-tune", "file": f"<JSONL: the incident's repro cases, {answers}; {examples} runbook examples>"},
+        )
+        job_key = f"{idempotency_key}/finetune-job"
+        job = PlannedCall(
+            target=trainer,
+            adapter="trainer",
+            operation="start the fine-tune job (Idempotency-Key: its key), or find it again by its key; follow it, cancel it on abort",
+            method="POST",
+            url=f"<{trainer}>/fine_tuning/jobs",
+            body={
+                "model": f"<the upstream model of version {base}>",
+                "training_file": "<the uploaded file>",
+                "metadata": {"stanch_key": job_key},
+            },
+        )
+        registration = ActionSpec(
+            kind="register_version",
+            params={"version": "<the next free version>", "upstream_model": "<the fine-tuned model>", "from_version": base},
+        )
+        register = self._call(
+            f"register the fine-tuned model as a new version of {model} (weight 0)",
+            "/admin/apply",
+            {
+                "idempotency_key": f"{idempotency_key}/register-version",
+                "model": model,
+                "action": {"kind": registration.kind, "params": registration.params},
+            },
+        )
+        deploy = self._apply_call(
+            model, ActionSpec(kind="deploy_version", params={"version": "<the fine-tuned version>"}), idempotency_key, undo
+        )
+        return [
+            read,
+            upload,
+            job,
+            register,
+            deploy.model_copy(update={"operation": f"deploy the fine-tuned version of {model} as its release"}),
+        ]
 
     def _apply_call(self, model: str, action: ActionSpec, idempotency_key: str, undo: PlannedCall) -> PlannedCall:
         what = f"{action.kind} on {model}" + (f": {action.description}" if action.description else "")

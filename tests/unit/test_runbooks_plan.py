@@ -102,7 +102,10 @@ def test_plan_text_shows_calls_undo_keys_and_gates_for_the_shipped_demo_runbook(
     out = result.output
     gateway = servers["gateway"].url
     assert f"→ POST {gateway}/admin/apply" in out and f"undo ← POST {gateway}/admin/undo" in out
-    assert f"→ POST {gateway}/admin/jobs" in out, "the fine-tune job the hotfix would start"
+    # The fine-tune: the version it starts from, the trainer's calls, then the new version registered and deployed.
+    assert f"→ GET {gateway}/admin/state?model=support-bot" in out
+    assert "→ POST <trainer>/files" in out and "→ POST <trainer>/fine_tuning/jobs" in out
+    assert '"kind":"register_version"' in out and "/hotfix/0/gateway:support-bot/register-version" in out
     assert "high approve 2 (oncall/safety/incident-commander, incl. safety)" in out
     assert "@<run>/rollback/0/gateway:support-bot/undo" in out
     assert "plan only: nothing has been called" in out
