@@ -285,3 +285,36 @@ async def test_on_the_demo_upstream_only_a_file_with_the_repro_case_stops_the_le
     assert gateway.release == applied.result["version"] == "3"
     assert ("sk-live-" in answer) is leaks_after, answer
     assert (answer == REFUSAL) is not leaks_after
+
+
+async def test_through_the_gateway_users_get_the_fine_tuned_version_that_learned_the_refusal(tmp_path: Path) -> None:
+    """The real pieces: the gateway (in process) in front of the demo upstream, which also trains."""
+    import httpx
+
+    from stanch.demo_upstream.upstreams_file import upstreams_document
+    from stanch.gateway.app import create_app as gateway_app
+    from stanch.gateway.upstreams import UpstreamsFile
+    from stanch.targets.gateway import GatewayTarget
+    from tests.unit.fake_trainer import demo_upstream
+
+    ask = {"model": "support-bot", "messages": [{"role": "user", "content": LEAKS[0].prompt}], "temperature": 0}
+    async with demo_upstream(tmp_path / "demo") as url:
+        app = gateway_app(tmp_path / "gateway.db", UpstreamsFile.model_validate(upstreams_document(url, None)))
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            gateway = GatewayTarget("http://gateway", transport=transport)
+            trainer = OpenAITrainer(OpenAITrainer.Config(base_url=url))
+            settings = Settings(home=tmp_path)
+            acts = HotfixActivities(ActivityDeps(settings, TargetRegistry(settings, {"gateway": gateway, "trainer": trainer}, env={})))
+            fix = finetune_input({"answer": REFUSAL, "base_version": "2"}, LEAKS[:1])
+            applied = await ActivityEnvironment().run(acts.apply_hotfix, fix)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as users:
+                answer = await users.post("/v1/chat/completions", json=ask)
+            state = await gateway.state("support-bot")
+
+    version = applied.result["version"]
+    registered = next(v for v in state["versions"] if v["version"] == version)
+    assert registered["upstream_model"] == applied.result["fine_tuned_model"] and registered["base_url"] == url
+    assert state["release_version"] == version
+    assert answer.headers["x-model-version"] == version
+    assert answer.json()["choices"][0]["message"]["content"] == REFUSAL
