@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -144,13 +145,18 @@ class HotfixActivities:
         job: JobStatus | None = None
         try:
             resumed = heartbeat_job_id()
-            job = await trainer.job_status(resumed) if resumed else await trainer.start_job(model, "finetune", request, job_key)
+            starting = {"status": "starting", "trainer": trainer.name}
+            if resumed:
+                job = await heartbeating(trainer.job_status(resumed), {**starting, "job_id": resumed})
+            else:
+                job = await heartbeating(trainer.start_job(model, "finetune", request, job_key), starting)
             wait = JOB_POLL_SECONDS
             while job.status not in ("succeeded", "failed"):
-                activity.heartbeat({"job_id": job.job_id, "status": job.status, "trainer": trainer.name})
+                following = {"job_id": job.job_id, "status": job.status, "trainer": trainer.name}
+                activity.heartbeat(following)
                 await asyncio.sleep(wait)
                 wait = min(wait * 1.5, JOB_POLL_MAX_SECONDS)
-                job = await trainer.job_status(job.job_id)
+                job = await heartbeating(trainer.job_status(job.job_id), following)
         except TargetError as error:
             raise as_application_error(error, f"fine-tune on trainer {trainer.name}") from error
         except asyncio.CancelledError:
@@ -161,6 +167,20 @@ class HotfixActivities:
         if job.status == "failed":
             raise ApplicationError(f"fine-tune job {job.job_id} on trainer {trainer.name} failed: {job.error}", type="FinetuneFailed")
         return job
+
+
+async def heartbeating(call: Awaitable[JobStatus], details: dict[str, Any]) -> JobStatus:
+    """The trainer's answer, heartbeating while it takes its time: a slow trainer is not a dead worker."""
+    answer = asyncio.ensure_future(call)
+    try:
+        while True:
+            done, _ = await asyncio.wait({answer}, timeout=JOB_POLL_MAX_SECONDS)
+            if done:
+                return answer.result()
+            activity.heartbeat(details)
+    except asyncio.CancelledError:
+        answer.cancel()
+        raise
 
 
 def heartbeat_job_id() -> str | None:

@@ -28,6 +28,7 @@ class FakeTrainer:
     honours_idempotency_key: bool = True
     polls_to_finish: int = 2  # status reads before a running job succeeds; 0: never finishes
     fails_with: str | None = None  # a job fails with this message instead of succeeding
+    answers_after: float = 0.0  # seconds a job's status takes to answer: a slow trainer
     files: dict[str, str] = field(default_factory=dict)
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     job_requests: list[dict[str, Any]] = field(default_factory=list)  # (body, Idempotency-Key) of every create
@@ -102,6 +103,7 @@ class FakeTrainer:
             job = self.jobs.get(job_id)
             if job is None:
                 return refused(404, f"no job {job_id}")
+            await asyncio.sleep(self.answers_after)
             if job["status"] in ("validating_files", "queued", "running"):
                 polls[job_id] = polls.get(job_id, 0) + 1
                 job["status"] = "running"

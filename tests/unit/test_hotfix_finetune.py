@@ -231,6 +231,17 @@ async def test_a_retry_follows_the_job_its_heartbeat_named_on_a_trainer_that_kee
     assert applied.result["job_id"] == started.job_id
 
 
+async def test_a_slow_trainer_is_waited_for_with_heartbeats(tmp_path: Path) -> None:
+    beats = list[Any]()
+    async with serving(FakeTrainer(polls_to_finish=1, answers_after=0.3)) as fake:
+        env = ActivityEnvironment()
+        env.on_heartbeat = lambda *details: beats.extend(details)
+        await env.run(activities_for(FakeGateway(), fake.url, tmp_path).apply_hotfix, finetune_input({"answer": REFUSAL}))
+
+    (job_id,) = fake.jobs
+    assert len([beat for beat in beats if beat.get("job_id") == job_id]) >= 5, "a beat every 0.02 s while the trainer answers"
+
+
 async def test_a_failed_job_fails_the_step_saying_why(tmp_path: Path) -> None:
     async with serving(FakeTrainer(fails_with="the training file is empty")) as fake:
         with pytest.raises(ApplicationError) as failed:
