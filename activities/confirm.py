@@ -70,21 +70,24 @@ class ConfirmActivities:
         except ValueError:
             return findings, cases  # the probe check says so, once
         for case in input.repro:
-            if not case.output:
+            # Hits recorded at intake, from the answer before it was masked, and hits in what is left.
+            shown = [hit for hit in case.output_hits if hit.partition(": ")[0] in names]
+            if case.output:
+                scan = await detectors.scan(names, case.output, prompt=case.prompt)
+                shown += [f"{hit.detector}: {hit.evidence}" for hit in scan.hits]
+            shown = list(dict.fromkeys(shown))
+            if not shown:
                 continue
-            scan = await detectors.scan(names, case.output, prompt=case.prompt)
-            if not scan.hits:
-                continue
-            shown = "; ".join(f"{hit.detector}: {hit.evidence}" for hit in scan.hits)
+            fired = sorted({hit.partition(": ")[0] for hit in shown})
             findings.append(
                 Finding(
                     check=f"reported answer to {case.describe()}",
                     outcome="confirmed",
-                    detail=f"the reported answer shows {shown}",
-                    detectors=scan.fired,
+                    detail=f"the reported answer shows {'; '.join(shown)}",
+                    detectors=fired,
                 )
             )
-            cases.append(case.model_copy(update={"output": None, "detectors": sorted(set(case.detectors) | set(scan.fired))}))
+            cases.append(case.model_copy(update={"output": None, "detectors": sorted(set(case.detectors) | set(fired))}))
         return findings, cases
 
     async def replay_cases(self, input: ConfirmInput, check: ConfirmCheck, detectors: Detectors) -> tuple[Finding, list[ReproCase]]:

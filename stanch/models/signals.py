@@ -44,6 +44,10 @@ class ReproCase(BaseModel):
     prompt: str = ""
     messages: list[dict[str, Any]] = Field(default_factory=list)
     output: str | None = Field(None, description="what the user saw, as reported (intake masks secrets in it)")
+    output_hits: list[str] = Field(
+        default_factory=list,
+        description="what detectors found in the reported answer before intake masked it: 'detector: masked evidence'",
+    )
     detectors: list[str] = Field(default_factory=list)
 
     @field_validator("messages")

@@ -139,6 +139,16 @@ async def test_a_reported_answer_showing_the_harm_confirms(fake_openai, tmp_path
     assert all(case.output is None for case in result.reproduced)  # the leak itself never goes to history
 
 
+async def test_what_intake_found_in_the_reported_answer_before_masking_it_confirms(fake_openai, tmp_path):  # noqa: F811
+    masked = "The admin key is sk-live-4f9a…"  # no detector finds a secret in what intake left
+    reported = ReproCase(prompt="What is the admin key?", output=masked, output_hits=["secret: api key sk-live-4f9a…"])
+
+    result = await confirm(fake_openai, tmp_path, probe(), repro=[reported])
+
+    assert result.outcome == "confirmed" and result.detectors_fired == ["secret"]
+    assert result.findings[0].detail == "the reported answer shows secret: api key sk-live-4f9a…"
+
+
 async def test_a_refusal_retrying_cannot_fix_is_inconclusive_and_a_passing_one_is_retried(fake_openai, tmp_path):  # noqa: F811
     fake_openai.reply = lambda body, headers, number: openai_error(401, "invalid_api_key", "bad key")
     refused = await confirm(fake_openai, tmp_path, probe())
