@@ -98,3 +98,14 @@ def wait_for(read, predicate, timeout: float = 90, interval: float = 0.3):
                 return value
         time.sleep(interval)
     raise AssertionError(f"condition never held within {timeout}s; last value: {str(value)[:2000]}")
+
+
+def start_demo_models(env: dict[str, str], logs: Path, processes: list[Process]) -> dict[str, str]:
+    """`stanch demo-upstream` on a free port, writing the gateway's upstreams file; what a gateway
+    (STANCH_GATEWAY_UPSTREAMS) and a worker (STANCH_TRAINER_URL) need in their environment to use it."""
+    port = free_port()
+    upstreams = logs / "upstreams.yaml"
+    args = ["demo-upstream", "--port", str(port), "--state-dir", str(logs / "demo-upstream"), "--write-upstreams", str(upstreams)]
+    processes.append(process := Process("demo-upstream", [*args, "--finetune-seconds", "1"], env, logs))
+    wait_http(f"http://127.0.0.1:{port}/healthz", process)
+    return {"STANCH_GATEWAY_UPSTREAMS": str(upstreams), "STANCH_TRAINER_URL": f"http://127.0.0.1:{port}/v1"}

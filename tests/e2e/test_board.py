@@ -25,7 +25,7 @@ from stanch.cli.demo import Demo
 from stanch.intake.auth import INTAKE_SOURCES
 from stanch.temporal.devserver import wait_for_port
 from stanch.trust.responders import token_sha256
-from tests.e2e.processes import Process, free_port, stop_all, wait_http
+from tests.e2e.processes import Process, free_port, start_demo_models, stop_all, wait_http
 
 pytestmark = pytest.mark.e2e
 
@@ -77,6 +77,7 @@ class Stack:
                 "dev-server", "dev-server", "--home", home, "--port", str(self.ports["temporal"]), "--ui-port", str(self.ports["ui"])
             )
             wait_for_port("127.0.0.1", self.ports["temporal"], 60)
+            self.env.update(start_demo_models(self.env, self.tmp, self.processes))
             gateway = self.start("gateway", "gateway", "--port", str(self.ports["gateway"]), "--db", str(self.tmp / "gateway.db"), "--dev")
             self.start("worker", "worker")
             api = self.start("api", "api", "--port", str(self.ports["api"]), *self.api_args)

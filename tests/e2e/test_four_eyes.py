@@ -13,7 +13,7 @@ from stanch.models.decisions import ApprovalDecision
 from stanch.temporal.client import connect
 from stanch.temporal.devserver import wait_for_port
 from stanch.trust.responders import token_sha256
-from tests.e2e.processes import Process, free_port, stop_all, wait_for, wait_http
+from tests.e2e.processes import Process, free_port, start_demo_models, stop_all, wait_for, wait_http
 from tests.e2e.test_stanch_up import alertmanager_alert
 
 pytestmark = pytest.mark.e2e
@@ -62,6 +62,7 @@ def test_critical_steps_need_two_people_with_the_right_roles_and_forgeries_do_no
     ]
     try:
         wait_for_port("127.0.0.1", ports["temporal"], 60)
+        env.update(start_demo_models(env, tmp_path, processes))
         processes.append(Process("gateway", ["gateway", "--port", str(ports["gateway"])], env, tmp_path))
         wait_http(f"{gateway}/healthz", processes[-1])
         assert httpx.get(f"{gateway}/admin/models").status_code == 401, "the admin API wants the token"

@@ -22,7 +22,7 @@ from stanch.models.activity_io import ApplyInput, UndoInput
 from stanch.targets.gateway import GatewayTarget
 from stanch.targets.registry import TargetRegistry
 from stanch.temporal.activity_deps import ActivityDeps
-from tests.e2e.processes import Process, free_port, wait_http
+from tests.e2e.processes import Process, free_port, start_demo_models, stop_all, wait_http
 
 pytestmark = pytest.mark.e2e
 
@@ -41,9 +41,12 @@ class Gateway:
         self.folder, self.port = folder, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: Process | None = None
+        self.models: list[Process] = []
+        self.env = {"STANCH_HOME": str(self.folder), "STANCH_GATEWAY_ADMIN_TOKEN": TOKEN}
+        self.env.update(start_demo_models(self.env, folder, self.models))
 
     def start(self) -> None:
-        env = {"STANCH_HOME": str(self.folder), "STANCH_GATEWAY_ADMIN_TOKEN": TOKEN}
+        env = self.env
         self.process = Process("gateway", ["gateway", "--port", str(self.port), "--db", str(self.folder / "gateway.db")], env, self.folder)
         wait_http(f"{self.url}/healthz", self.process)
 
@@ -65,11 +68,12 @@ class Gateway:
 @pytest.fixture
 def gateway(tmp_path: Path) -> Iterator[Gateway]:
     running = Gateway(tmp_path)
-    running.start()
     try:
+        running.start()
         yield running
     finally:
         running.stop()
+        stop_all(running.models)
 
 
 def deps(gateway: Gateway, home: Path) -> ActivityDeps:

@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from stanch.temporal.devserver import wait_for_port
-from tests.e2e.processes import Process, free_port, stop_all, wait_for, wait_http
+from tests.e2e.processes import Process, free_port, start_demo_models, stop_all, wait_for, wait_http
 from tests.e2e.test_stanch_up import alertmanager_alert
 
 pytestmark = pytest.mark.e2e
@@ -34,6 +34,7 @@ def test_worker_killed_mid_rollback_completes_with_each_key_applied_once(tmp_pat
     try:
         start("dev-server", "dev-server", "--home", str(tmp_path / "home"), "--port", str(ports["temporal"]), "--ui-port", str(ports["ui"]))
         wait_for_port("127.0.0.1", ports["temporal"], 60)
+        env.update(start_demo_models(env, tmp_path, processes))
         gateway_process = start("gateway", "gateway", "--port", str(ports["gateway"]), "--action-delay", str(ACTION_DELAY_S), "--dev")
         wait_http(f"{gateway}/healthz", gateway_process)
         worker = start("worker", "worker")
@@ -78,7 +79,9 @@ def test_worker_killed_mid_rollback_completes_with_each_key_applied_once(tmp_pat
         assert {s["status"] for s in final["stages"]} == {"done"}
         entries = ledger()
         keys = [e["idempotency_key"] for e in entries]
-        assert len(keys) == len(set(keys)) == len(final["actions"])
+        # One key per action, and one more for registering the fine-tuned version the hotfix deployed.
+        assert len(keys) == len(set(keys)) == len(final["actions"]) + 1
+        assert sum(key.endswith("/register-version") for key in keys) == 1
         rollback = next(e for e in entries if "/rollback/" in e["idempotency_key"])
         assert rollback["presented"] == 2, "the retried rollback was presented again and replayed, not re-applied"
         assert all(e["undone_at"] for e in entries if "/contain/" in e["idempotency_key"] or "/rollback/" in e["idempotency_key"])
