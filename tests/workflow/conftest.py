@@ -11,6 +11,7 @@ import base64
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -95,8 +96,14 @@ def alert(signal_id: str = "sig-1", **overrides) -> Signal:
     return Signal(**fields)
 
 
+# Runbooks frozen for these tests: the workflow's logic is tested against a fixed shape, whatever
+# the shipped runbook of the same name says today.
+FROZEN_RUNBOOKS = Path(__file__).resolve().parents[1] / "fixtures" / "runbooks"
+
+
 def incident_input(runbook: str = "harmful-output", **changes) -> IncidentInput:
-    loaded = load_runbook(default_runbooks_dir() / f"{runbook}.yaml")
+    frozen = FROZEN_RUNBOOKS / f"{runbook}.yaml"
+    loaded = load_runbook(frozen if frozen.exists() else default_runbooks_dir() / f"{runbook}.yaml")
     book = loaded.runbook.model_copy(update=changes) if changes else loaded.runbook
     return IncidentInput(
         incident_id=f"inc-{uuid.uuid4()}",
