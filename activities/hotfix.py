@@ -104,10 +104,11 @@ class HotfixActivities:
         if not fine_tuned_model:
             raise ApplicationError(f"fine-tune job {job.job_id} succeeded but named no fine_tuned_model", type="FinetuneFailed")
 
+        # Named from the versions there are now: training takes long, and others may have come meanwhile.
         registration = ActionSpec(
             kind="register_version",
             params={
-                "version": next_version_name(state, base_version),
+                "version": next_version_name(await gateway.state(ref.model), base_version),
                 "upstream_model": fine_tuned_model,
                 "base_url": base.get("base_url"),
                 "from_version": base_version,

@@ -242,6 +242,21 @@ async def test_a_slow_trainer_is_waited_for_with_heartbeats(tmp_path: Path) -> N
     assert len([beat for beat in beats if beat.get("job_id") == job_id]) >= 5, "a beat every 0.02 s while the trainer answers"
 
 
+async def test_the_new_version_is_named_after_those_there_are_once_training_is_done(tmp_path: Path) -> None:
+    class BusyGateway(FakeGateway):
+        async def state(self, model: str) -> dict[str, Any]:
+            seen = await super().state(model)
+            self.versions.append({"version": "3", "upstream_model": "hand-deployed", "base_url": UPSTREAM})  # while training
+            return seen
+
+    gateway = BusyGateway()
+    async with serving(FakeTrainer()) as fake:
+        acts = activities_for(gateway, fake.url, tmp_path)
+        applied = await ActivityEnvironment().run(acts.apply_hotfix, finetune_input({"answer": REFUSAL}))
+
+    assert applied.result["version"] == gateway.release == "4"
+
+
 async def test_a_failed_job_fails_the_step_saying_why(tmp_path: Path) -> None:
     async with serving(FakeTrainer(fails_with="the training file is empty")) as fake:
         with pytest.raises(ApplicationError) as failed:
