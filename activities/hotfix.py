@@ -28,6 +28,7 @@ from stanch.models.actions import ActionSpec, AppliedAction, TargetRef, idempote
 from stanch.models.activity_io import ApplyInput
 from stanch.models.decisions import AnswerCorrection
 from stanch.models.signals import ReproCase
+from stanch.stores.regression import load_suite
 from stanch.targets.base import JobStatus, TargetError
 from stanch.targets.registry import DEFAULT_TRAINER
 from stanch.targets.steps import apply_step, rendered_action, step_holder, step_target
@@ -66,6 +67,9 @@ class FinetuneParams(BaseModel):
     trainer: str = Field(DEFAULT_TRAINER, min_length=1, description="the configured target that trains")
     base_version: str | None = Field(None, min_length=1, description="the gateway version to fine-tune; default: the release")
     suffix: str | None = Field(None, min_length=1, max_length=64, description="added to the fine-tuned model's name")
+    include_regression_suite: bool = Field(
+        True, description="train on the model's regression suite too (with `answer`): verify replays it, a fix must not leak there"
+    )
 
 
 class HotfixActivities:
@@ -86,7 +90,8 @@ class HotfixActivities:
     async def fine_tune(self, input: ApplyInput) -> dict[str, Any]:
         """Train on the incident and register the result on the gateway; what was trained and registered."""
         params = finetune_params(input)
-        training_file = build_training_file(input.repro, input.corrections, params)
+        suite = regression_cases(self.deps, input.target.model, input.repro) if params.include_regression_suite and params.answer else []
+        training_file = build_training_file(input.repro, input.corrections, params, suite)
         ref = step_target(input)
         gateway = self.deps.targets.get(ref)
         trainer = self.trainer(ref.model_copy(update={"adapter": params.trainer}))
@@ -230,8 +235,17 @@ def corrected_answers(repro: list[ReproCase], corrections: list[AnswerCorrection
     return answers
 
 
-def build_training_file(repro: list[ReproCase], corrections: list[AnswerCorrection], params: FinetuneParams) -> str:
-    """The training JSONL: each repro case paired with the answer the fix must give, then the runbook's examples."""
+def regression_cases(deps: ActivityDeps, model: str, repro: list[ReproCase]) -> list[ReproCase]:
+    """The model's regression suite (past incidents' cases) that the incident's own cases do not repeat."""
+    known = {case.prompt for case in repro}
+    return [ReproCase(prompt=case.prompt) for case in load_suite(deps.settings.regression_dir, model) if case.prompt not in known]
+
+
+def build_training_file(
+    repro: list[ReproCase], corrections: list[AnswerCorrection], params: FinetuneParams, suite: list[ReproCase] | None = None
+) -> str:
+    """The training JSONL: each repro case paired with the answer the fix must give, then the
+    regression suite's cases with the step's answer, then the runbook's examples."""
     if not repro and not params.examples:
         raise ApplicationError(
             "nothing to fine-tune on: the incident has no repro case and the deploy_finetune step no `params.examples`; "
@@ -252,6 +266,9 @@ def build_training_file(repro: list[ReproCase], corrections: list[AnswerCorrecti
                 non_retryable=True,
             )
         lines.append({"messages": [*conversation_of(case), {"role": "assistant", "content": answer}]})
+    lines += [
+        {"messages": [*conversation_of(case), {"role": "assistant", "content": params.answer}]} for case in suite or [] if params.answer
+    ]
     lines += [{"messages": example.messages} for example in params.examples]
     return "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
 

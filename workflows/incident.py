@@ -226,6 +226,7 @@ class IncidentWorkflow:
                 ConfirmActivities.confirm_incident,
                 self.record.confirm_input(),
                 start_to_close_timeout=PROBE_TIMEOUT,
+                heartbeat_timeout=VERIFY_HEARTBEAT,  # it heartbeats per case: N samples of a slow model take a while
                 retry_policy=READ_RETRY,
             )
         except ActivityError as failure:  # checks that cannot run decide nothing: a human triages
@@ -520,4 +521,6 @@ class IncidentWorkflow:
 
 
 def verification_summary(result: VerifyResult) -> str:
+    if result.detail:  # nothing replayed: verified by the metric, say so
+        return result.detail
     return f"{len(result.cases) - len(result.failures)}/{len(result.cases)} cases pass on version {result.version}"

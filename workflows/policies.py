@@ -22,7 +22,7 @@ NOTIFY_RETRY = RetryPolicy(maximum_attempts=3)
 QUICK_TIMEOUT = timedelta(seconds=30)
 ACTION_TIMEOUT = timedelta(seconds=30)
 LONG_ACTION_HEARTBEAT = timedelta(seconds=10)
-PROBE_TIMEOUT = timedelta(minutes=2)
+PROBE_TIMEOUT = timedelta(minutes=10)  # N samples of each case; heartbeats say it is alive
 FINETUNE_TIMEOUT = timedelta(minutes=30)
 VERIFY_TIMEOUT = timedelta(minutes=30)  # the regression suite grows with every incident
 VERIFY_HEARTBEAT = timedelta(seconds=60)

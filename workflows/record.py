@@ -204,16 +204,18 @@ class Record:
             self.note("confirm", f"{finding.check}: {finding.outcome} — {finding.detail}")
 
     def merge_repro(self, cases: list[ReproCase]) -> None:
-        known = {case.prompt for case in self.state.repro}
+        """Add new cases (one per prompt or whole conversation); a known case gains what was found."""
+        known = {case.key(): case for case in self.state.repro}
         for case in cases:
-            if case.prompt not in known and len(known) >= REPRO_AT_MOST:
+            existing = known.get(case.key())
+            if existing is None and len(known) >= REPRO_AT_MOST:
                 continue  # the signal that carried it is in history
-            if case.prompt not in known:
-                self.state.repro.append(case.model_copy(update={"output": None}))  # outputs may hold the leaked secret
-                known.add(case.prompt)
+            if existing is None:
+                known[case.key()] = case.model_copy(update={"output": None})  # outputs may hold the leaked secret
+                self.state.repro.append(known[case.key()])
             else:
-                existing = next(c for c in self.state.repro if c.prompt == case.prompt)
                 existing.detectors = sorted(set(existing.detectors) | set(case.detectors))
+                existing.output_hits = list(dict.fromkeys(existing.output_hits + case.output_hits))
 
     # --- reading the record -------------------------------------------------------------
 

@@ -37,10 +37,12 @@ from temporalio.converter import WorkflowSerializationContext, encode_search_att
 from temporalio.service import RPCError, RPCStatusCode
 
 from stanch.detectors.regex import redact
+from stanch.detectors.registry import Detectors
 from stanch.intake.routing import route_signal
 from stanch.models.incident import WORKFLOW_NAME, IncidentInput, IncidentStatus
 from stanch.models.signals import Signal
 from stanch.runbooks.loader import RunbookCatalog
+from stanch.runbooks.schema import Runbook
 from stanch.temporal import search_attributes as sa
 
 # The workflow's signal handler; running incidents and recorded histories carry this name.
@@ -173,9 +175,11 @@ async def open_or_join(
     if signal.is_closing_notice:
         return await deliver_closing_notice(client, catalog, signal, incident_prefix=incident_prefix)
     # Masked once, then routed and recorded as it is: a dedup key must not be built from a secret.
+    reported = signal
     signal = without_secrets(signal)
     route = route_signal(signal, catalog)
     runbook = route.runbook.runbook
+    signal = with_reported_hits(signal, reported, runbook)
     incident_id = incident_prefix + route.incident_id
     incident = IncidentInput(
         incident_id=incident_id,
@@ -204,3 +208,17 @@ def without_secrets(signal: Signal) -> Signal:
 
     repro = [case.model_copy(update={"output": redact(case.output) if case.output else case.output}) for case in signal.repro]
     return signal.model_copy(update={"repro": repro, "raw": scrub(signal.raw), "description": redact(signal.description)})
+
+
+def with_reported_hits(masked: Signal, reported: Signal, runbook: Runbook) -> Signal:
+    """The masked signal, each repro case with what the runbook's probe detectors find in the answer
+    the reporter saw (masked evidence): that answer is evidence, but only its mask reaches history."""
+    names = list(dict.fromkeys(name for check in runbook.confirm.checks if check.kind == "probe" for name in check.detectors))
+    if not names or not any(case.output for case in reported.repro):
+        return masked
+    detectors = Detectors(specs=runbook.detectors)
+    repro = []
+    for case, original in zip(masked.repro, reported.repro, strict=True):
+        hits = detectors.scan_regex(names, original.output or "", original.prompt).hits if original.output else []
+        repro.append(case.model_copy(update={"output_hits": [f"{hit.detector}: {hit.evidence}" for hit in hits]}))
+    return masked.model_copy(update={"repro": repro})
