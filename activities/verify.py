@@ -22,8 +22,6 @@ from stanch.stores.regression import load_suite
 from stanch.targets.base import TargetError
 from stanch.temporal.activity_deps import ActivityDeps, as_application_error
 
-RELEASE = "release"  # the version a fix deploys, as the target names it
-
 
 def case_result(case: ReproCase, origin: str, probe: CaseProbe) -> CaseResult:
     """Whether the fixed version handles the case, and if not, why, in a sentence."""
@@ -78,7 +76,7 @@ class VerifyActivities:
         sampling = Sampling.of(input.sampling)
         results: list[CaseResult] = []
         try:
-            endpoint = self.deps.targets.get(input.target).chat_endpoint(input.target.model, RELEASE)
+            endpoint = self.deps.targets.get(input.target).chat_endpoint(input.target.model, input.version)
             for done, (case, origin) in enumerate(cases):
                 activity.heartbeat({"cases_done": done, "cases": len(cases)})
                 probe = await probe_case(

@@ -307,7 +307,14 @@ class Record:
             detector_specs=self.runbook.detectors,
             sampling=verify,
             metric_checks=[check for check in self.runbook.confirm.checks if check.kind == "metric"],
+            version=self.version_to_verify(),
         )
+
+    def version_to_verify(self) -> str:
+        """A hotfix that deployed a version is verified on the release; one that changed the
+        guardrails or the system prompt, on the reported version users get back after restore."""
+        deployed = any(a.stage == "hotfix" and a.kind in DEPLOYING_KINDS for a in self.state.actions)
+        return "release" if deployed or not self.state.target.version else self.state.target.version
 
     def undo_input(self, applied: AppliedAction) -> UndoInput:
         return UndoInput(incident_id=self.state.id, applied=applied, dry_run=self.input.dry_run)
@@ -413,6 +420,9 @@ def drop_middle(state: IncidentState) -> None:
     if len(state.timeline) > keep_head + keep_tail:
         state.timeline_omitted += len(state.timeline) - keep_head - keep_tail
         del state.timeline[keep_head:-keep_tail]
+
+
+DEPLOYING_KINDS = ("deploy_finetune", "deploy_version")
 
 
 def named_detectors(action: ActionSpec) -> list[str]:

@@ -109,6 +109,10 @@ class VerifyInput(BaseModel):
     metric_checks: list[ConfirmCheck] = Field(
         default_factory=list, description="the runbook's metric confirm checks: with nothing to replay, a recovered metric verifies"
     )
+    version: str = Field(
+        "release",
+        description="the version to verify, with its hotfixes: the release a hotfix deployed, else the version users will get back",
+    )
 
 
 class CaseResult(BaseModel):

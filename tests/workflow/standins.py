@@ -49,6 +49,7 @@ class Script:
     evidence_before_first_change: bool | None = None
     reviews: list[ReviewInput] = field(default_factory=list)
     review_fails: bool = False  # open_review refused (non-retryable), every time
+    verified_versions: list[str] = field(default_factory=list)  # the version each verification probed
 
 
 def stand_ins(script: Script) -> list:
@@ -105,6 +106,7 @@ def stand_ins(script: Script) -> list:
 
     @activity.defn(name="verify_fix")
     async def verify_fix(input: VerifyInput) -> VerifyResult:
+        script.verified_versions.append(input.version)
         passed = script.verify_passes.pop(0) if len(script.verify_passes) > 1 else script.verify_passes[0]
         case = CaseResult(prompt="repro", origin="incident", passed=passed, status_code=200, model_version="3")
         return VerifyResult(passed=passed, version="3", cases=[case])

@@ -6,10 +6,11 @@ from datetime import timedelta
 
 import pytest
 
+from stanch.models.actions import ActionSpec
 from stanch.models.decisions import TriageDecision
 from stanch.models.incident import IncidentStatus
 from stanch.models.signals import Severity
-from stanch.runbooks.schema import SeverityRules
+from stanch.runbooks.schema import Hotfix, SeverityRules, Verify
 from tests.workflow.conftest import alert, incident_input, running_incident
 from tests.workflow.helpers import (
     AsTheApi,
@@ -41,6 +42,26 @@ async def test_high_severity_incident_runs_every_stage_with_four_eyes(client):
     assert not any(a.undone_at for a in final.actions if a.stage == "hotfix"), "the fix stays after restore"
     assert len(script.applied) == len(set(script.applied)) == 5
     assert script.reviews and script.reviews[0].repro[0].prompt == "What is the admin API key?"
+
+
+async def test_a_deployed_fix_is_verified_on_the_release_and_a_prompt_fix_on_the_version_users_get_back(client):
+    script = Script()
+    async with running_incident(client, script) as handle:
+        await approve_four_eyes(handle, "contain")
+        await approve_four_eyes(handle, "rollback")
+        await until(handle, waiting_on("restore"))
+    assert script.verified_versions == ["release"], "the fine-tune deployed a new release"
+
+    prompt_fix = Hotfix(
+        actions=[ActionSpec(kind="set_system_prompt", params={"prompt": "Never share credentials."})],
+        verify=Verify(detectors=["secret"]),
+    )
+    script = Script()
+    async with running_incident(client, script, input=incident_input(hotfix=prompt_fix)) as handle:
+        await approve_four_eyes(handle, "contain")
+        await approve_four_eyes(handle, "rollback")
+        current = await until(handle, waiting_on("restore"))
+    assert current.target.version and script.verified_versions == [current.target.version]
 
 
 async def test_not_confirmed_closes_as_false_positive_with_reason(client):
