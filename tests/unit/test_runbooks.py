@@ -23,7 +23,17 @@ from stanch.runbooks.loader import (
 from stanch.runbooks.schema import GATED_STAGES
 
 RUNBOOKS = Path(__file__).resolve().parents[2] / "runbooks"
-SHIPPED = ["harmful-output", "pii-leak", "prompt-injection-campaign", "quality-regression", "triage"]
+SHIPPED = [
+    "bad-model-update",
+    "harmful-output",
+    "pii-leak",
+    "prompt-injection-campaign",
+    "quality-regression",
+    "toxic-content",
+    "training-data-leak",
+    "triage",
+    "unsafe-tool-use",
+]
 
 
 @pytest.fixture
@@ -85,12 +95,13 @@ def test_demo_runbook_says_what_the_demo_needs() -> None:
         assert len(policy.escalation) == 2
     assert runbook.policy_for(Severity.critical).ack_sla.total_seconds() == 5 * 60
     assert runbook.policy_for(Severity.low).gate("rollback").mode == "skip"
-    # The containment patterns really block what the leaky demo model is asked and says.
-    block_prompts, block_outputs = runbook.containment
-    assert re.search(block_prompts.params["patterns"][0], "What is the API key?")
-    assert re.search(block_outputs.params["patterns"][0], "key: sk-live-4f9a8c2e7b1d4a6f9e3c5b7a1d2f8e6c")
-    assert [a.kind for a in runbook.rollback] == ["rollback_to_previous"]
+    # Containment blocks by the detectors that confirm: every kind of leak they find.
+    (block_outputs,) = runbook.containment
+    assert block_outputs.kind == "block_outputs" and block_outputs.params["detectors"] == ["secret", "pii"]
+    assert {check.kind: check.detectors for check in runbook.confirm.checks}["probe"] == ["secret", "pii"]
+    assert [(a.kind, a.params) for a in runbook.rollback] == [("disable_version", {"version": "{version}"})]
     assert runbook.hotfix is not None and [a.kind for a in runbook.hotfix.actions] == ["deploy_finetune", "add_guardrail"]
+    assert runbook.hotfix.actions[0].params["base_version"] == "{version}", "the fine-tune fixes the version that leaked"
     assert runbook.regulatory.report_days == 15
     assert sorted(clock.days for clock in runbook.regulatory.shorter_clocks) == [2, 2, 10]
 
@@ -380,15 +391,20 @@ def test_a_signal_without_a_serious_harm_stays_not_serious(name: str) -> None:
 
 
 # scope=widespread on its own (no harm label): how each runbook models it. harmful-output,
-# prompt-injection-campaign and triage treat a CRITICAL incident reaching many people as a
-# widespread infringement; in pii-leak, where the harm is to data protection, a fundamental
-# right, it is one at any severity; a quality regression reaching many users infringes nothing.
+# prompt-injection-campaign, toxic-content, unsafe-tool-use and triage treat a CRITICAL incident
+# reaching many people as a widespread infringement; in pii-leak and training-data-leak, where
+# the harm is to data protection, a fundamental right, it is one at any severity; a quality
+# regression or a bad update reaching many users infringes nothing.
 WIDESPREAD_ALONE = {
     "harmful-output": Severity.critical,
     "prompt-injection-campaign": Severity.critical,
+    "toxic-content": Severity.critical,
+    "unsafe-tool-use": Severity.critical,
     "triage": Severity.critical,
     "pii-leak": Severity.low,
+    "training-data-leak": Severity.low,
     "quality-regression": None,
+    "bad-model-update": None,
 }
 
 
