@@ -161,18 +161,23 @@ def test_every_runbook_with_containment_has_a_scenario() -> None:
     assert with_containment == {scenario.runbook for scenario in SCENARIOS}
 
 
-def test_a_spec_a_block_step_carries_is_the_runbooks_own() -> None:
-    """A block step may carry the specs of the runbook's detectors it blocks by (the gateway needs
-    the spec, not only the id): the gateway must judge by the very detectors confirm and verify use."""
+def test_every_detector_a_block_step_names_reaches_the_gateway_with_its_spec() -> None:
+    """The gateway judges by the very detectors confirm and verify use: a block step naming one of
+    the runbook's own detectors carries its spec there (the id alone means nothing to the gateway)."""
+    from stanch.models.actions import TargetRef
+    from stanch.models.activity_io import ApplyInput
+    from stanch.targets.steps import rendered_action
+
     carried = 0
     for path in RUNBOOKS.glob("*.yaml"):
         runbook = load_runbook(path).runbook
-        for step in runbook.containment:
-            inline = DETECTOR_SPECS.validate_python(step.params.get("detector_specs", {}))
-            assert set(inline) <= set(step.params.get("detectors", [])), (path.name, step.kind)
-            assert inline == {name: runbook.detectors[name] for name in inline}, (path.name, step.kind)
-            carried += len(inline)
-    assert carried, "no block step carries a spec: this test has nothing left to check"
+        for index, step in enumerate(runbook.containment):
+            own = {name: runbook.detectors[name] for name in step.params.get("detectors", []) if name in runbook.detectors}
+            apply = ApplyInput(incident_id="i", stage="contain", index=index, target=TargetRef(model="m"), action=step, detector_specs=own)
+            sent = DETECTOR_SPECS.validate_python(rendered_action(apply).params.get("detector_specs", {}))
+            assert sent == own, (path.name, step.kind)
+            carried += len(sent)
+    assert carried >= 3, "toxic-content, training-data-leak and unsafe-tool-use block by detectors of their own"
 
 
 # --- the stack ----------------------------------------------------------------------------
