@@ -94,3 +94,20 @@ class Stub:
             else {"index": 0, "text": "", "finish_reason": "stop"}
         )
         yield "data: [DONE]\n\n"
+
+
+def main() -> None:
+    """Serve a stub as its own process: `python -m tests.openai_stub --port P --answers '{"m": "text"}'`."""
+    import argparse
+
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--answers", required=True, help="JSON object: upstream model -> its answer")
+    args = parser.parse_args()
+    uvicorn.run(Stub(answers=json.loads(args.answers)).app(), host="127.0.0.1", port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
