@@ -22,6 +22,7 @@ from stanch.gateway.app import create_app as gateway_app
 from stanch.gateway.upstreams import UpstreamsFile
 from stanch.models.actions import TargetRef
 from stanch.models.activity_io import VerifyInput
+from stanch.targets.base import Target
 from stanch.targets.gateway import GatewayTarget
 from stanch.targets.registry import TargetRegistry
 from stanch.targets.trainer import OpenAITrainer
@@ -55,7 +56,10 @@ async def test_verification_passes_only_a_fine_tune_that_learned_the_repro_case(
 ) -> None:
     async with demo_upstream(tmp_path / "demo") as upstream, served_gateway(tmp_path / "gateway.db", upstream) as gateway_url:
         settings = Settings(home=tmp_path)
-        targets = {"gateway": GatewayTarget(gateway_url), "trainer": OpenAITrainer(OpenAITrainer.Config(base_url=upstream))}
+        targets: dict[str, Target] = {
+            "gateway": GatewayTarget(gateway_url),
+            "trainer": OpenAITrainer(OpenAITrainer.Config(base_url=upstream)),
+        }
         deps = ActivityDeps(settings, TargetRegistry(settings, targets, env={}))
         training = LEAKS[:1] if trained_on_the_repro_case else []
         fix = finetune_input({"answer": REFUSAL, "base_version": "2", "examples": [OTHER_EXAMPLE]}, training)
