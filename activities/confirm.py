@@ -116,6 +116,7 @@ class ConfirmActivities:
                         names=check.detectors,
                         sampling=sampling,
                         incident_id=input.incident_id,
+                        tools=case.tools,
                     )
                 )
         except (TargetError, ProbeFailed) as error:

@@ -58,9 +58,10 @@ class VerifyActivities:
     def cases_to_replay(self, input: VerifyInput) -> list[tuple[ReproCase, str]]:
         cases = [(case, "incident") for case in input.repro]
         if input.include_regression_suite:
+            # The suite replays each case as recorded: its whole conversation and the tools it offers.
             known = {case.key() for case, _ in cases}
-            suite = load_suite(self.deps.settings.regression_dir, input.target.model)
-            cases += [(ReproCase(prompt=case.prompt), "regression") for case in suite if case.prompt not in known]
+            suite = [entry.repro_case() for entry in load_suite(self.deps.settings.regression_dir, input.target.model)]
+            cases += [(case, "regression") for case in suite if case.key() not in known]
         return cases
 
     @activity.defn(name="verify_fix")
@@ -86,6 +87,7 @@ class VerifyActivities:
                     names=input.detectors,
                     sampling=sampling,
                     incident_id=input.incident_id,
+                    tools=case.tools,
                 )
                 results.append(case_result(case, origin, probe))
         except TargetError as error:

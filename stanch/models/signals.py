@@ -39,6 +39,11 @@ class ReproCase(BaseModel):
     `messages` are OpenAI chat messages (`{"role": "user", "content": "..."}`, system and
     assistant turns too); a case written before them, or reported as a single prompt, has only
     `prompt`, which stands for one user message. Where both are given the messages win.
+
+    `tools` are the OpenAI tool definitions offered with the conversation
+    (`{"type": "function", "function": {"name": ..., "parameters": ...}}`): an agent that calls
+    a destructive tool only does so when it is offered one, so a probe offers them too. Cases
+    recorded before tools existed have none, and replay as they always did.
     """
 
     prompt: str = ""
@@ -49,6 +54,7 @@ class ReproCase(BaseModel):
         description="what detectors found in the reported answer before intake masked it: 'detector: masked evidence'",
     )
     detectors: list[str] = Field(default_factory=list)
+    tools: list[dict[str, Any]] = Field(default_factory=list, description="OpenAI tool definitions offered with the conversation")
 
     @field_validator("messages")
     @classmethod
@@ -57,6 +63,18 @@ class ReproCase(BaseModel):
             if message.get("role") not in CHAT_ROLES:
                 raise ValueError(f"message {number}: role must be one of {', '.join(CHAT_ROLES)}, not {message.get('role')!r}")
         return messages
+
+    @field_validator("tools")
+    @classmethod
+    def _tool_definitions(cls, tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for number, tool in enumerate(tools, start=1):
+            function = tool.get("function")
+            if tool.get("type", "function") != "function" or not isinstance(function, dict) or not function.get("name"):
+                raise ValueError(
+                    f'tool {number}: an OpenAI tool definition is {{"type": "function", "function": {{"name": ..., '
+                    f'"parameters": {{...}}}}}}, not {json.dumps(tool)[:120]}'
+                )
+        return tools
 
     @model_validator(mode="after")
     def _prompt_of_a_conversation(self) -> ReproCase:
@@ -71,16 +89,27 @@ class ReproCase(BaseModel):
         """The messages to send to the model."""
         return [dict(message) for message in self.messages] if self.messages else [{"role": "user", "content": self.prompt}]
 
+    def tool_names(self) -> list[str]:
+        """The names of the tools offered with the conversation."""
+        return [str(tool["function"]["name"]) for tool in self.tools]
+
     def key(self) -> str:
-        """What makes two cases the same case: the prompt, or the whole conversation."""
+        """What makes two cases the same case: the prompt, or the whole conversation, and the
+        tools offered with it (the same words with a tool offered can make an agent act)."""
+        if self.tools:
+            return json.dumps({"messages": self.conversation(), "tools": self.tools}, sort_keys=True, ensure_ascii=False)
         if not self.messages:
             return self.prompt
         return json.dumps(self.messages, sort_keys=True, ensure_ascii=False)
 
     def describe(self, width: int = 80) -> str:
-        """The case as a person reads it in a finding: its (last) user prompt, shortened."""
+        """The case as a person reads it in a finding: its (last) user prompt, shortened, and
+        the tools it offers."""
         text = self.prompt if len(self.prompt) <= width else self.prompt[: width - 1] + "…"
-        return f"{text!r} (a {len(self.messages)}-message conversation)" if len(self.messages) > 1 else repr(text)
+        described = f"{text!r} (a {len(self.messages)}-message conversation)" if len(self.messages) > 1 else repr(text)
+        if self.tools:
+            described += f" offering tools {', '.join(self.tool_names())}"
+        return described
 
 
 class Signal(BaseModel):

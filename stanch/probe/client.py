@@ -1,9 +1,12 @@
 """One OpenAI chat completions request, and what the model (or what stands in front of it) answered.
 
 `POST {base_url}/chat/completions` with the conversation, `n` samples, a temperature and
-optionally `max_tokens` and `seed`. Many OpenAI-compatible servers ignore `n` (Ollama, some
-llama.cpp builds) and answer one choice: the missing samples are asked for again, one request
-at a time; a server that refuses `n` outright (HTTP 400/422) is asked one sample at a time.
+optionally `max_tokens`, `seed` and the tools offered with the conversation (`tools`, with
+`tool_choice: "auto"`: the model decides whether to call one, as it would for a user).
+
+Many OpenAI-compatible servers ignore `n` (Ollama, some llama.cpp builds) and answer one
+choice: the missing samples are asked for again, one request at a time; a server that
+refuses `n` outright (HTTP 400/422) is asked one sample at a time.
 
 What comes back is one `ChatAnswer` per sample:
 - HTTP 200: the choice's text — its `content` (a string, or content parts), its `refusal`, and
@@ -68,6 +71,7 @@ class ChatRequest(BaseModel):
     """What is asked: the conversation and how to sample it."""
 
     messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] = []  # OpenAI tool definitions; none: the body has no `tools`
     samples: int = 1
     temperature: float = 0.0
     max_tokens: int | None = None
@@ -75,6 +79,9 @@ class ChatRequest(BaseModel):
 
     def body(self, model: str, n: int) -> dict[str, Any]:
         body: dict[str, Any] = {"model": model, "messages": self.messages, "temperature": self.temperature}
+        if self.tools:
+            body["tools"] = self.tools
+            body["tool_choice"] = "auto"
         if n > 1:
             body["n"] = n
         if self.max_tokens is not None:

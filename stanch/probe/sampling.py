@@ -67,6 +67,7 @@ class CaseProbe(BaseModel):
     """All samples of one case, and whether they reach the threshold."""
 
     messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] = Field(default_factory=list)
     threshold: int
     samples: list[SampleVerdict] = Field(default_factory=list)
 
@@ -152,10 +153,13 @@ async def probe_case(
     names: list[str],
     sampling: Sampling,
     incident_id: str,
+    tools: list[dict[str, Any]] | None = None,
 ) -> CaseProbe:
-    """Ask the case `sampling.samples` times and judge every answer; raises ProbeFailed."""
+    """Ask the case `sampling.samples` times, offering its `tools`, and judge every answer;
+    raises ProbeFailed."""
     request = ChatRequest(
         messages=messages,
+        tools=tools or [],
         samples=sampling.samples,
         temperature=sampling.temperature,
         max_tokens=sampling.max_tokens,
@@ -164,4 +168,4 @@ async def probe_case(
     answers = await ask(endpoint, request, headers={INCIDENT_HEADER: incident_id})
     prompt = user_text(messages)
     verdicts = [await judge(detectors, names, answer, prompt) for answer in answers]
-    return CaseProbe(messages=messages, threshold=sampling.harmful_at_least, samples=verdicts)
+    return CaseProbe(messages=messages, tools=tools or [], threshold=sampling.harmful_at_least, samples=verdicts)

@@ -151,17 +151,19 @@ class SeverityPolicy(_Strict):
 
 
 class ProbeCase(_Strict):
-    """A repro conversation written in the runbook: OpenAI chat messages, several turns if need be."""
+    """A repro conversation written in the runbook: OpenAI chat messages, several turns if need
+    be, and the tools offered with them (an agent calls a destructive tool only when offered one)."""
 
     messages: list[dict[str, Any]] = Field(min_length=1)
+    tools: list[dict[str, Any]] = Field(default_factory=list, description="OpenAI tool definitions offered with the messages")
 
     @model_validator(mode="after")
     def _chat_messages(self) -> ProbeCase:
-        self.repro_case()  # the roles are checked where every repro case is
+        self.repro_case()  # the roles and tool definitions are checked where every repro case is
         return self
 
     def repro_case(self) -> ReproCase:
-        return ReproCase(messages=self.messages)
+        return ReproCase(messages=self.messages, tools=self.tools)
 
 
 class Sampled(_Strict):
