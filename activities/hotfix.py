@@ -222,6 +222,15 @@ def conversation_of(case: ReproCase) -> list[dict[str, Any]]:
     return messages
 
 
+def training_line(case: ReproCase, answer: str) -> dict[str, Any]:
+    """One chat example: the case's conversation answered by `answer`, with the tools it offers
+    (OpenAI's fine-tuning format takes them per line: the fix must not call them when offered)."""
+    line: dict[str, Any] = {"messages": [*conversation_of(case), {"role": "assistant", "content": answer}]}
+    if case.tools:
+        line["tools"] = case.tools
+    return line
+
+
 def corrected_answers(repro: list[ReproCase], corrections: list[AnswerCorrection]) -> dict[int, str]:
     """Case number (1 for the first) -> the answer a responder supplied; the latest one wins."""
     answers: dict[int, str] = {}
@@ -237,8 +246,9 @@ def corrected_answers(repro: list[ReproCase], corrections: list[AnswerCorrection
 
 def regression_cases(deps: ActivityDeps, model: str, repro: list[ReproCase]) -> list[ReproCase]:
     """The model's regression suite (past incidents' cases) that the incident's own cases do not repeat."""
-    known = {case.prompt for case in repro}
-    return [ReproCase(prompt=case.prompt) for case in load_suite(deps.settings.regression_dir, model) if case.prompt not in known]
+    known = {case.key() for case in repro}
+    suite = [entry.repro_case() for entry in load_suite(deps.settings.regression_dir, model)]
+    return [case for case in suite if case.key() not in known]
 
 
 def build_training_file(
@@ -265,10 +275,8 @@ def build_training_file(
                 type="NoTrainingData",
                 non_retryable=True,
             )
-        lines.append({"messages": [*conversation_of(case), {"role": "assistant", "content": answer}]})
-    lines += [
-        {"messages": [*conversation_of(case), {"role": "assistant", "content": params.answer}]} for case in suite or [] if params.answer
-    ]
+        lines.append(training_line(case, answer))
+    lines += [training_line(case, params.answer) for case in suite or [] if params.answer]
     lines += [{"messages": example.messages} for example in params.examples]
     return "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
 
