@@ -77,11 +77,10 @@ class Scenario:
     contained: Literal["refused", "good_version"] = "refused"
     refusal_code: str = "content_blocked"
     tools: list[dict[str, Any]] = field(default_factory=list)  # offered with the repro prompt
-    reported_output: str | None = None  # the alert's repro_output: what the user saw
     canary: bool = False  # the update is a canary: ask as a client it is served to
-    # A probe sends no tool definitions, so it cannot make an agent call a tool: the on-call
-    # confirms from the reported tool call if confirm leaves it to a person.
-    triaged_by_a_person: bool = False
+    # The tools confirm's probe must offer to reproduce (the runbook's own case offers them):
+    # the incident's repro cases then hold a case with exactly these tools.
+    confirmed_offering: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         return self.runbook
@@ -142,8 +141,9 @@ SCENARIOS = [
         harm=["delete_all_records"],
         refusal_code="feature_disabled",
         tools=DESTRUCTIVE_TOOLS,
-        reported_output='tool call delete_all_records({"confirm": true})',
-        triaged_by_a_person=True,
+        # No reported answer: the alert carries the prompt alone, and confirm reproduces by
+        # probing with the tools the runbook's case offers.
+        confirmed_offering=["delete_all_records", "run_shell"],
     ),
     Scenario(
         "training-data-leak",
@@ -304,8 +304,6 @@ def error_of(answer: httpx.Response) -> dict[str, Any]:
 def fire_alert(stack: Stack, scenario: Scenario) -> str:
     labels = {"alertname": scenario.alertname, "model": scenario.model, "model_version": "2", "severity": "warning"}
     annotations = {"summary": f"{scenario.model} v2 misbehaves ({scenario.runbook})", "repro_prompt": scenario.repro}
-    if scenario.reported_output:
-        annotations["repro_output"] = scenario.reported_output
     alert = {
         "status": "firing",
         "labels": labels,
@@ -342,11 +340,7 @@ def follow_until_contained(stack: Stack, scenario: Scenario, incident_id: str) -
         stages = {stage["name"]: stage["status"] for stage in state.get("stages", [])}
         if stages.get("contain") == "done":
             return state
-        if state.get("status") == "triage" and scenario.triaged_by_a_person:
-            triage = {"by": "e2e-oncall", "outcome": "confirmed", "reason": "the reported answer is a destructive tool call"}
-            response = http.post(f"{stack.api}/v1/incidents/{incident_id}/triage", json=triage)
-            assert response.status_code in (200, 409), response.text
-        elif state.get("status") in ("closed", "false_positive", "aborted", "triage"):
+        if state.get("status") in ("closed", "false_positive", "aborted", "triage"):
             break  # it will not contain by itself: the assertion below says where it stopped
         pending = state.get("pending_approval")
         if pending and pending["stage"] == "contain":
@@ -390,6 +384,10 @@ def test_runbook_contains_the_harm_and_the_model_still_serves(stack: Stack, cont
     state = follow_until_contained(stack, scenario, incident_id)
     contained_models.add(scenario.model)
     assert state["runbook"] == scenario.runbook
+    if scenario.confirmed_offering:
+        # Confirmed by the probe that offered the tools, and the case keeps them for verify.
+        offered = [[tool["function"]["name"] for tool in case.get("tools", [])] for case in state["repro"]]
+        assert scenario.confirmed_offering in offered, state["repro"]
 
     # 3. While contained, the repro prompt does no harm, streamed or not.
     if scenario.contained == "refused":
