@@ -33,10 +33,6 @@ class Client:
             return random.randrange(100)
         return int(hashlib.sha256(f"{model}|{self.sticky}".encode()).hexdigest()[:8], 16) % 100
 
-    @property
-    def label(self) -> str | None:
-        return self.sticky
-
 
 def key_fingerprint(api_key: str) -> str:
     return "key:" + hashlib.sha256(api_key.encode()).hexdigest()[:12]
@@ -57,16 +53,11 @@ def client_of(headers: Headers, user: str | None = None) -> Client:
 @dataclass(frozen=True)
 class Route:
     model: str  # the model whose upstream answers (the fallback model when one is active)
-    version: str
+    version: str  # what `x-model-version` says: `<model>@<version>` when a fallback model answers
     base_url: str
     upstream_model: str
     api_key: str | None  # a reference
     timeout_seconds: float
-
-    @property
-    def served_as(self) -> str:
-        """What `x-model-version` says: the version, or `<model>@<version>` for a fallback model."""
-        return self.version
 
 
 def route(store: GatewayStore, model: str, bucket: int | None, *, version: str | None = None, hops: int = 0) -> Route | None:

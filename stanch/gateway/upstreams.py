@@ -23,8 +23,6 @@ when the file itself changes, so a restart never lifts a protection or undoes a 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -116,9 +114,6 @@ class UpstreamsFile(_Strict):
                 if entry.fallback.model == name:
                     raise ValueError(f"models.{name}.fallback.model names the model itself")
         return self
-
-    def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
 
 
 def load_upstreams(path: Path) -> UpstreamsFile:

@@ -15,7 +15,7 @@ import pytest
 
 from stanch.runbooks.loader import default_runbooks_dir
 from tests.conftest import installed_binary
-from tests.e2e.processes import free_port
+from tests.e2e.processes import free_port, wait_for
 from tests.e2e.test_stanch_up import stanch, stanch_up
 from tests.workflow.conftest import alert
 
@@ -71,7 +71,9 @@ def test_the_demo_incident_audits_end_to_end(tmp_path):
             assert f"| {action['kind']} | " in timeline.stdout and action["idempotency_key"] in timeline.stdout, action["kind"]
         assert "| restored | " in timeline.stdout and "not reached" not in timeline.stdout.split("## Signals")[0]
 
-        # A rehearsal on the same installation (the demo fixed the model: it closes as a false positive).
+        # A rehearsal on the same installation. The demo fixed the model, so the probe finds nothing:
+        # a miss never closes an incident by itself, the rehearsal waits for triage, and a
+        # responder calls it a false positive.
         alert_path = tmp_path / "alert.json"
         alert_path.write_text(alert(signal_id="dry-audit").model_dump_json())
         rehearsal = subprocess.run(
@@ -86,7 +88,7 @@ def test_the_demo_incident_audits_end_to_end(tmp_path):
                 str(alert_path),
                 "--dry-run",
                 "--wait",
-                "90",
+                "10",
             ],
             env=env,
             capture_output=True,
@@ -94,8 +96,13 @@ def test_the_demo_incident_audits_end_to_end(tmp_path):
             timeout=120,
             check=False,
         )
-        assert rehearsal.returncode == 0 and rehearsal.stdout.startswith("dry run dryrun-"), rehearsal.stdout + rehearsal.stderr
+        assert rehearsal.stdout.startswith("dry run dryrun-") and "a person decides" in rehearsal.stdout, (
+            rehearsal.stdout + rehearsal.stderr
+        )
         dry_run_id = rehearsal.stdout.split()[2]
+        triage = {"by": "alice", "outcome": "false_positive", "reason": "the demo's fix holds: nothing to rehearse"}
+        assert httpx.post(f"{api}/v1/incidents/{dry_run_id}/triage", json=triage, timeout=15).status_code == 200
+        wait_for(lambda: httpx.get(f"{api}/v1/incidents/{dry_run_id}", timeout=15).json(), lambda s: s["status"] == "false_positive")
         replayed = audit("replay", "--all", "--since", today)
         assert replayed.returncode == 0, replayed.stdout + replayed.stderr
         assert f"{dry_run_id} run " in replayed.stdout and "[dry run]: reproduced" in replayed.stdout

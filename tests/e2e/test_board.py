@@ -287,7 +287,7 @@ def test_two_responders_approve_containment_from_the_board_and_watch_it_happen(t
         expect(stage(safety, "contain", "done")).to_be_visible(timeout=LIVE)
         assert oncall.evaluate("() => window.notReloaded") is True
         expect(oncall.locator("#announcer")).to_contain_text("Stage contain: done")
-        expect(oncall.locator("#actions")).to_contain_text("block prompts")
+        expect(oncall.locator("#actions")).to_contain_text("block outputs")
         expect(oncall.locator("#actions")).to_contain_text(incident_id)  # idempotency keys name the incident
         expect(oncall.locator("#approvals")).to_contain_text("blocking the leak now")
         oncall.screenshot(path=str(ARTIFACTS / "after-approval.png"), full_page=True)

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.e2e
 def stanch_up(home, ports) -> Process:
     args = ["up", "--home", str(home), "--temporal-port", str(ports["temporal"]), "--ui-port", str(ports["ui"])]
     args += ["--api-port", str(ports["api"]), "--gateway-port", str(ports["gateway"])]
+    args += ["--demo-upstream-port", str(ports.get("demo-upstream") or free_port())]
     process = Process("up", args, {}, home.parent)
     wait_http(f"http://127.0.0.1:{ports['api']}/readyz", process, timeout=120)
     wait_http(f"http://127.0.0.1:{ports['gateway']}/healthz", process, timeout=60)
@@ -94,7 +95,7 @@ def test_incident_survives_a_restart_and_the_demo_passes(tmp_path):
         assert [(s["name"], s["status"]) for s in state["stages"]] == [
             (name, "done") for name in ("confirm", "evidence", "severity", "contain", "rollback", "hotfix", "verify", "restore", "review")
         ]
-        assert {a["kind"] for a in state["actions"]} >= {"block_prompts", "block_outputs", "rollback_to_previous", "deploy_finetune"}
+        assert {a["kind"] for a in state["actions"]} >= {"block_outputs", "disable_version", "deploy_finetune", "add_guardrail"}
         assert all(a["idempotency_key"] and a["applied_at"] for a in state["actions"])
         assert len({a["approver"] for a in state["approvals"]}) == 2
         ledger = httpx.get(f"http://127.0.0.1:{ports['gateway']}/admin/ledger").json()["entries"]
