@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from stanch.cli import codec, incidents, processes
+from stanch.cli import codec, incidents, processes, up
 from stanch.cli.audit import audit_app
 from stanch.cli.demo import demo
 from stanch.cli.demo_upstream import demo_upstream
@@ -26,7 +26,7 @@ app = typer.Typer(
 )
 
 # Running Stanch: everything at once, or each part alone.
-app.command("up")(processes.up)
+app.command("up")(up.up)
 app.command("dev-server")(processes.dev_server)
 app.command("worker")(processes.worker)
 app.command("api")(processes.api)

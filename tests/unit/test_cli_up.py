@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from stanch.cli import processes
-from stanch.cli.processes import UpPlan, dev_prefix
+from stanch.cli import up
+from stanch.cli.up import UpPlan, dev_prefix
 from stanch.config.settings import DEFAULT_TASK_QUEUE
 from tests.e2e.processes import free_port
 
@@ -27,7 +27,7 @@ def planned(monkeypatch: pytest.MonkeyPatch) -> list[UpPlan]:
         plans.append(plan)
         return 0
 
-    monkeypatch.setattr(processes, "_start_and_watch", start_and_watch)
+    monkeypatch.setattr(up, "_start_and_watch", start_and_watch)
     return plans
 
 

@@ -257,7 +257,7 @@ def test_codec_server_cli_needs_keys_and_a_responders_file_unless_insecure_dev(t
 
 
 def test_stanch_up_runs_the_codec_server_and_points_the_ui_at_it_only_when_encrypted(tmp_path: Path):
-    from stanch.cli.processes import UpPlan
+    from stanch.cli.up import UpPlan
 
     plain = UpPlan(Settings(home=tmp_path), True, 7233, 8233, 8200, 8300, 90.0)
     assert "--ui-codec-endpoint" not in plain.dev_server_command()

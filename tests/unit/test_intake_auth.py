@@ -427,7 +427,7 @@ def test_stanch_api_starts_with_insecure_dev_and_says_so_loudly(tmp_path: Path, 
 
 
 def test_stanch_up_runs_the_api_insecure_dev_and_passes_the_file_through(tmp_path: Path) -> None:
-    from stanch.cli.processes import UpPlan
+    from stanch.cli.up import UpPlan
 
     plan = UpPlan(Settings(home=tmp_path), True, 7233, 8233, 8200, 8300, 90.0, intake_auth=tmp_path / "auth.yaml")
     assert plan.api_command(["py"]) == [
