@@ -97,7 +97,10 @@ def test_an_unknown_target_name_is_not_retryable_and_lists_the_configured_ones(t
             "targets:\n  litellm:\n    http: {base_url: 'http://x'}\n    gateway: {base_url: 'http://y'}\n",
             "targets.litellm: name exactly one adapter kind",
         ),
-        ("targets:\n  litellm: {}\n", "targets.litellm: name exactly one adapter kind (flagd, gateway, http, mlflow, openai, trainer); found none"),
+        (
+            "targets:\n  litellm: {}\n",
+            "targets.litellm: name exactly one adapter kind (flagd, gateway, http, mlflow, openai, trainer); found none",
+        ),
         ("targets:\n  'lite llm':\n    http: {base_url: 'http://x'}\n", "targets.lite llm: a target name is letters, digits"),
         ("target:\n  litellm: {}\n", "target: unknown key"),
         (
