@@ -29,7 +29,8 @@ from stanch.gateway.enforcement import (
     with_system_prompt,
 )
 from stanch.gateway.ledger import UnknownKey, apply_action, undo_action
-from stanch.gateway.proxy import forward, forward_stream, refusal_response
+from stanch.gateway.metrics import GatewayMetrics
+from stanch.gateway.proxy import Outcome, Report, forward, forward_stream, ignore, refusal_response
 from stanch.gateway.routing import ADMIN_TOKEN_HEADER, PROBE_HEADER, VERSION_HEADER, client_of, route
 from stanch.gateway.schemas import (
     ApplyRequest,
@@ -85,6 +86,7 @@ def create_app(
     store = GatewayStore(db_path)
     take_over(store, upstreams)
     limiter = EndpointRateLimiter()
+    metrics = GatewayMetrics()
     http: dict[str, httpx.AsyncClient] = {}
 
     @asynccontextmanager
@@ -128,6 +130,26 @@ def create_app(
             "object": "list",
             "data": [{"id": name, "object": "model", "created": 0, "owned_by": "stanch-gateway"} for name in store.model_names()],
         }
+
+    def record(model: str, version: str, route_name: str, direction: str) -> Report:
+        """What a user's request came to, counted for `GET /metrics`."""
+
+        def count(outcome: Outcome) -> None:
+            metrics.requests.labels(model, version, route_name, outcome.outcome).inc()
+            if outcome.refusal is not None and outcome.outcome == "refused":
+                metrics.refusals.labels(model, outcome.refusal.code).inc()
+                if outcome.refusal.detector:
+                    metrics.detector_hits.labels(model, version, outcome.refusal.detector, direction).inc()
+            if outcome.outcome == "upstream_error":
+                metrics.upstream_errors.labels(model, version).inc()
+            if outcome.upstream_seconds is not None:
+                metrics.upstream_seconds.labels(model, version).observe(outcome.upstream_seconds)
+
+        return count
+
+    @app.get("/metrics")
+    def prometheus_metrics(request: Request) -> Response:
+        return metrics.exposition(request.headers.get("accept"))
 
     async def answer(request: Request, route_name: str) -> Response:
         raw = await request.body()
@@ -180,7 +202,10 @@ def create_app(
             if refusal is None:
                 refusal = await check_prompt(store, model, prompt_text(body))
             if refusal:
+                if not probe:
+                    record(model, "", route_name, "prompt")(Outcome("refused", refusal))
                 return refusal_response(refusal)
+        users = version is None and headers.get(PROBE_HEADER) is None  # Stanch's own probes are not users' traffic
         chosen = route(store, model, client.bucket(model), version=version)
         if chosen is None:
             return refusal_response(
@@ -189,13 +214,14 @@ def create_app(
         model_row = store.model_row(model)
         assert model_row is not None
         upstream_body = with_system_prompt(body, model_row["system_prompt"])
+        report = record(model, chosen.version, route_name, "output") if users else ignore
         if route_name == "embeddings":
-            return await forward(http["client"], chosen, route_name, upstream_body, model, None, "", incident)
+            return await forward(http["client"], chosen, route_name, upstream_body, model, None, "", incident, report)
         guard = OutputGuard(store, model) if version is None else OutputGuard.hotfixes_only(store, model)
         prompt = prompt_text(body)
         if body.get("stream"):
-            return await forward_stream(http["client"], chosen, route_name, upstream_body, model, guard, prompt, incident)
-        return await forward(http["client"], chosen, route_name, upstream_body, model, guard, prompt, incident)
+            return await forward_stream(http["client"], chosen, route_name, upstream_body, model, guard, prompt, incident, report)
+        return await forward(http["client"], chosen, route_name, upstream_body, model, guard, prompt, incident, report)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:

@@ -31,6 +31,7 @@ class Refusal:
     message: str
     incident_id: str | None = None
     error_type: str = "invalid_request_error"
+    detector: str | None = None  # the detector that found the content harmful (metrics count it)
 
     def body(self) -> dict[str, Any]:
         """The OpenAI error shape, plus the incident that caused the refusal."""
@@ -191,15 +192,16 @@ async def _check_blocks(rows: list[Any], what: str, text: str, prompt: str = "")
     scan = await detectors.scan(names, text, prompt)
     incidents = {row["detector"]: row["incident_id"] for row in rows if row["detector"]}
     if scan.hits:
-        return _blocked(what, incidents[scan.hits[0].detector], f" (detector {scan.hits[0].detector})")
+        return _blocked(what, incidents[scan.hits[0].detector], f" (detector {scan.hits[0].detector})", scan.hits[0].detector)
     if scan.undecided:
         undecided = scan.undecided[0]
         return _blocked(what, incidents[undecided.detector], f": detector {undecided.detector} could not decide, and unchecked is not safe")
     return None
 
 
-def _blocked(what: str, incident: str, why: str = "") -> Refusal:
-    return Refusal(403, "content_blocked", f"This {what} was blocked by a content rule of incident {incident}{why}.", incident)
+def _blocked(what: str, incident: str, why: str = "", detector: str | None = None) -> Refusal:
+    message = f"This {what} was blocked by a content rule of incident {incident}{why}."
+    return Refusal(403, "content_blocked", message, incident, detector=detector)
 
 
 # -- the hotfixes a request carries upstream ------------------------------------------------
@@ -253,7 +255,7 @@ class OutputGuard:
             scan = self.detectors.scan_regex(self.names, text, prompt)
             if scan.hits:
                 incident = next(r["incident_id"] for r in self.rows if r["detector"] == scan.hits[0].detector)
-                return _blocked("response", incident, f" (detector {scan.hits[0].detector})")
+                return _blocked("response", incident, f" (detector {scan.hits[0].detector})", scan.hits[0].detector)
         return None
 
     async def check(self, text: str, prompt: str = "") -> Refusal | None:

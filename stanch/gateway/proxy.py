@@ -11,7 +11,9 @@ refusal, never with the harmful bytes.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -23,6 +25,28 @@ from stanch.gateway.upstreams import UpstreamsError, secret_value
 
 # Answer fields holding generated text, per route: chat messages, legacy completions.
 TEXT_FIELD = {"chat": "content", "completions": "text"}
+
+
+@dataclass
+class Outcome:
+    """What one forwarded request came to: answered, refused (by an output protection),
+    upstream_rejected (a 4xx the upstream gave) or upstream_error (5xx, timeout, unreachable)."""
+
+    outcome: str = "answered"
+    refusal: Refusal | None = None
+    upstream_seconds: float | None = None
+
+
+Report = Callable[[Outcome], None]
+
+
+def ignore(_: Outcome) -> None:
+    """A report for traffic that is not counted (Stanch's own probes)."""
+    pass
+
+
+def _upstream_status(status: int) -> str:
+    return "answered" if status < 400 else "upstream_rejected" if status < 500 else "upstream_error"
 
 
 def refusal_response(refusal: Refusal, version: str | None = None) -> JSONResponse:
@@ -77,8 +101,10 @@ async def forward(
     guard: OutputGuard | None,
     prompt: str,
     incident: str | None = None,
+    report: Report = ignore,
 ) -> Response:
     """A whole (non-streamed) answer, checked and redacted. `guard` None: embeddings, no text out."""
+    started = time.monotonic()
     try:
         upstream = await client.post(
             f"{route.base_url.rstrip('/')}/{_path(route_name)}",
@@ -87,11 +113,15 @@ async def forward(
             timeout=route.timeout_seconds,
         )
     except (httpx.HTTPError, UpstreamsError) as exc:
-        return refusal_response(_upstream_failure(route, exc), route.version)
+        failure = _upstream_failure(route, exc)
+        report(Outcome("upstream_error", failure))
+        return refusal_response(failure, route.version)
+    outcome = Outcome(_upstream_status(upstream.status_code), upstream_seconds=time.monotonic() - started)
     headers = {"x-model-version": route.version}
     try:
         answer = upstream.json()
     except ValueError:
+        report(Outcome("upstream_error", upstream_seconds=outcome.upstream_seconds))
         return JSONResponse(
             Refusal(
                 502,
@@ -104,6 +134,7 @@ async def forward(
             headers=headers,
         )
     if upstream.status_code >= 400 or not isinstance(answer, dict):
+        report(outcome)
         return JSONResponse(answer, status_code=upstream.status_code, headers=headers)
     answer["model"] = public_model
     if guard is not None:
@@ -111,10 +142,12 @@ async def forward(
         for choice in answer.get("choices") or []:
             refusal = await guard.check(_choice_text(choice, route_name), prompt)
             if refusal:
+                report(Outcome("refused", refusal, outcome.upstream_seconds))
                 return refusal_response(refusal, route.version)
             holder = choice.get("message") if route_name == "chat" else choice
             if isinstance(holder, dict) and isinstance(holder.get(field), str):
                 holder[field] = guard.redact(holder[field])
+    report(outcome)
     return JSONResponse(answer, headers=headers)
 
 
@@ -131,8 +164,10 @@ async def forward_stream(
     guard: OutputGuard,
     prompt: str,
     incident: str | None = None,
+    report: Report = ignore,
 ) -> Response:
     """A streamed answer: the upstream's status decides before the first byte; then `guarded`."""
+    started = time.monotonic()
     request = client.build_request(
         "POST",
         f"{route.base_url.rstrip('/')}/{_path(route_name)}",
@@ -143,14 +178,23 @@ async def forward_stream(
     try:
         upstream = await client.send(request, stream=True)
     except (httpx.HTTPError, UpstreamsError) as exc:
-        return refusal_response(_upstream_failure(route, exc), route.version)
+        failure = _upstream_failure(route, exc)
+        report(Outcome("upstream_error", failure))
+        return refusal_response(failure, route.version)
     if upstream.status_code >= 400:
         content = await upstream.aread()
         await upstream.aclose()
+        report(Outcome(_upstream_status(upstream.status_code), upstream_seconds=time.monotonic() - started))
         return Response(
             content, status_code=upstream.status_code, media_type="application/json", headers={"x-model-version": route.version}
         )
-    stream = GuardedStream(guard, route_name, public_model, prompt)
+    stream = GuardedStream(
+        guard,
+        route_name,
+        public_model,
+        prompt,
+        lambda refusal: report(Outcome("refused" if refusal else "answered", refusal, time.monotonic() - started)),
+    )
     return StreamingResponse(
         stream.relay(upstream), media_type="text/event-stream", headers={"x-model-version": route.version, "cache-control": "no-cache"}
     )
@@ -159,8 +203,12 @@ async def forward_stream(
 class GuardedStream:
     """Re-chunks an upstream's server-sent events so only checked text leaves, per choice."""
 
-    def __init__(self, guard: OutputGuard, route_name: str, public_model: str, prompt: str) -> None:
+    def __init__(
+        self, guard: OutputGuard, route_name: str, public_model: str, prompt: str, ended: Callable[[Refusal | None], None]
+    ) -> None:
         self.guard, self.route_name, self.public_model, self.prompt = guard, route_name, public_model, prompt
+        self.ended = ended  # called once, when the stream ends: with the refusal that ended it, if any
+        self.refusal: Refusal | None = None
         self.field = TEXT_FIELD[route_name]
         self.received: dict[int, str] = {}  # per choice index: the raw text so far
         self.sent: dict[int, int] = {}  # per choice index: how much of the redacted text went out
@@ -191,6 +239,7 @@ class GuardedStream:
                 yield out
         finally:
             await upstream.aclose()
+            self.ended(self.refusal)
 
     async def _take(self, chunk: dict[str, Any]) -> list[bytes]:
         out: list[bytes] = []
@@ -248,7 +297,7 @@ class GuardedStream:
         return [self._chunk(index, {self.field: redacted[start:upto]}, None)]
 
     def _stop(self, index: int, refusal: Refusal) -> list[bytes]:
-        self.stopped = True
+        self.stopped, self.refusal = True, refusal
         notice = {self.field: f"\n[{refusal.message}]"} if self.route_name == "chat" else {"text": f"\n[{refusal.message}]"}
         return [self._chunk(index, notice, "content_filter"), self._event(refusal.body()), b"data: [DONE]\n\n"]
 

@@ -374,3 +374,47 @@ def test_a_bad_upstreams_file_is_refused_naming_the_problem(tmp_path: Path, text
     with pytest.raises(UpstreamsError) as refused:
         load_upstreams(path)
     assert str(path) in str(refused.value) and expected in str(refused.value)
+
+
+# -- what monitoring reads -----------------------------------------------------------------
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of one series in a Prometheus exposition (0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for found in family.samples:
+            if found.name == name and all(found.labels.get(k) == v for k, v in labels.items()):
+                return float(found.value)
+    return 0.0
+
+
+async def test_metrics_count_users_requests_refusals_detector_hits_and_upstream_errors(gw: httpx.AsyncClient, stub: Stub) -> None:
+    await chat(gw)
+    await apply(gw, "INC-7/contain/0", "block_outputs", detectors=["secret"])
+    await chat(gw)
+    await chat(gw, stream=True)
+    await chat(gw, headers={"x-stanch-probe": "1"})  # Stanch's own probe: not a user's request
+    del stub.answers["bot-v2"]  # the upstream no longer knows the model: it answers 404
+    await chat(gw)
+    text = (await gw.get("/metrics")).text
+    assert sample(text, "stanch_gateway_requests_total", model=MODEL, version="2", route="chat", outcome="answered") == 1
+    assert sample(text, "stanch_gateway_requests_total", model=MODEL, version="2", route="chat", outcome="refused") == 2
+    assert sample(text, "stanch_gateway_requests_total", model=MODEL, version="2", route="chat", outcome="upstream_rejected") == 1
+    assert sample(text, "stanch_gateway_refusals_total", model=MODEL, code="content_blocked") == 2
+    assert sample(text, "stanch_gateway_detector_hits_total", model=MODEL, version="2", detector="secret", direction="output") == 2
+    assert sample(text, "stanch_gateway_upstream_seconds_count", model=MODEL, version="2") == 4
+
+
+async def test_an_unreachable_upstream_counts_as_an_upstream_error(tmp_path: Path) -> None:
+    file = UpstreamsFile.model_validate(
+        {"models": {MODEL: {"release": "1", "versions": {"1": {"base_url": "http://127.0.0.1:9/v1", "model": "x"}}}}}
+    )
+    app = create_app(tmp_path / "gw.db", file)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as gw:
+            await chat(gw)
+            text = (await gw.get("/metrics")).text
+    assert sample(text, "stanch_gateway_upstream_errors_total", model=MODEL, version="1") == 1
+    assert sample(text, "stanch_gateway_requests_total", model=MODEL, version="1", route="chat", outcome="upstream_error") == 1
