@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import default as default_policy
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -131,21 +131,28 @@ def public(job: dict[str, Any]) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def serving(trainer: FakeTrainer) -> AsyncIterator[FakeTrainer]:
-    """The fake, listening on a free loopback port, its API root in `trainer.url`."""
+async def served(app: Any, *, lifespan: Literal["auto", "on", "off"] = "auto") -> AsyncIterator[str]:
+    """An ASGI app listening on a free loopback port, in this event loop; its root URL."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(trainer.app(), host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan=lifespan))
     task = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.01)
-    trainer.url = f"http://127.0.0.1:{port}/v1"
     try:
-        yield trainer
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
-        await asyncio.wait_for(task, 5)
+        await asyncio.wait_for(task, 10)
+
+
+@asynccontextmanager
+async def serving(trainer: FakeTrainer) -> AsyncIterator[FakeTrainer]:
+    """The fake, listening on a free loopback port, its API root in `trainer.url`."""
+    async with served(trainer.app(), lifespan="off") as root:
+        trainer.url = f"{root}/v1"
+        yield trainer
 
 
 @asynccontextmanager
@@ -153,16 +160,5 @@ async def demo_upstream(state_dir: Path, *, finetune_seconds: float = 0.2) -> As
     """`stanch demo-upstream`'s app (its models and its fine-tuning API) on a free loopback port; its API root."""
     from stanch.demo_upstream.app import create_app
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    app = create_app(state_dir, finetune_seconds=finetune_seconds)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 5)
+    async with served(create_app(state_dir, finetune_seconds=finetune_seconds)) as root:
+        yield f"{root}/v1"

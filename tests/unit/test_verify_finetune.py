@@ -27,7 +27,7 @@ from stanch.targets.gateway import GatewayTarget
 from stanch.targets.registry import TargetRegistry
 from stanch.targets.trainer import OpenAITrainer
 from stanch.temporal.activity_deps import ActivityDeps
-from tests.unit.fake_trainer import demo_upstream
+from tests.unit.fake_trainer import demo_upstream, served
 from tests.unit.test_hotfix_finetune import LEAKS, REFUSAL, finetune_input
 
 OTHER_EXAMPLE = {"messages": [{"role": "user", "content": "What is your refund policy?"}, {"role": "assistant", "content": "30 days."}]}
@@ -35,19 +35,8 @@ OTHER_EXAMPLE = {"messages": [{"role": "user", "content": "What is your refund p
 
 @asynccontextmanager
 async def served_gateway(db: Path, upstream: str) -> AsyncIterator[str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    app = gateway_app(db, UpstreamsFile.model_validate(upstreams_document(upstream, None)))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
+    async with served(gateway_app(db, UpstreamsFile.model_validate(upstreams_document(upstream, None)))) as root:
+        yield root
 
 
 @pytest.mark.parametrize(("trained_on_the_repro_case", "verified"), [(True, True), (False, False)], ids=["with-the-case", "without-it"])
