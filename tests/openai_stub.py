@@ -20,6 +20,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 class Stub:
     answers: dict[str, str] = field(default_factory=dict)  # upstream model -> its answer
     tool_calls: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # upstream model -> tool calls it makes
+    message_extra: dict[str, dict[str, Any]] = field(default_factory=dict)  # upstream model -> more message fields
+    choice_extra: dict[str, dict[str, Any]] = field(default_factory=dict)  # upstream model -> more choice fields (logprobs)
     received: list[dict[str, Any]] = field(default_factory=list)
     chunk_chars: int = 8
 
@@ -62,7 +64,7 @@ class Stub:
                 "model": model,
                 "choices": [{"index": 0, "text": text, "finish_reason": "stop"}],
             }
-        message: dict[str, Any] = {"role": "assistant", "content": text or None}
+        message: dict[str, Any] = {"role": "assistant", "content": text or None, **self.message_extra.get(model, {})}
         if calls:
             message["tool_calls"] = calls
         return {
@@ -70,7 +72,9 @@ class Stub:
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model,
-            "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if calls else "stop"}],
+            "choices": [
+                {"index": 0, "message": message, "finish_reason": "tool_calls" if calls else "stop", **self.choice_extra.get(model, {})}
+            ],
             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
         }
 

@@ -30,6 +30,7 @@ from pydantic import (
 from stanch.gateway import holds
 from stanch.gateway.detection import detectors_for
 from stanch.gateway.store import highest_enabled_below, resolve_served_version, utc_now
+from stanch.gateway.upstreams import KeyReference
 
 
 class ActionRejected(Exception):
@@ -149,7 +150,7 @@ class RegisterParams(_Params):
     version: VersionName
     upstream_model: str = Field(min_length=1)
     base_url: str | None = Field(None, description="default: the base version's")
-    api_key: str | None = Field(None, description='a reference ("$ENV", "file:/path"); default: the base version\'s')
+    api_key: KeyReference = Field(None, description='a reference ("$ENV", "file:/path"); default: the base version\'s')
     from_version: VersionName | None = Field(None, description="the version it was trained from; default: the release")
     source: str = "registered"
 

@@ -26,6 +26,8 @@ from stanch.gateway.enforcement import (
     check_prompt,
     features_requested,
     prompt_text,
+    untokenised_prompt,
+    user_text,
     with_system_prompt,
 )
 from stanch.gateway.ledger import UnknownKey, apply_action, undo_action
@@ -195,17 +197,26 @@ def create_app(
                     Refusal(404, "version_not_found", f"Model {model!r} has no version {version!r}; known versions: {known}.")
                 )
         else:
-            probe = headers.get(PROBE_HEADER) is not None
+            # Only Stanch's own probes (with the admin token) spend no client's budget.
+            probe = headers.get(PROBE_HEADER) is not None and is_admin(headers.get(ADMIN_TOKEN_HEADER, ""))
             refusal = check_endpoint(store, limiter, model, route_name, client, record=not probe) or check_features(
                 store, model, features_requested(route_name, body, headers.get("x-feature"))
             )
+            if refusal is None and untokenised_prompt(body) and store.blocks(model, "prompt"):
+                refusal = Refusal(
+                    403,
+                    "content_blocked",
+                    f"A prompt given as token ids cannot be checked while model {model!r} has blocked prompts; send it as text.",
+                    store.blocks(model, "prompt")[0]["incident_id"],
+                )
             if refusal is None:
                 refusal = await check_prompt(store, model, prompt_text(body))
             if refusal:
                 if not probe:
                     record(model, "", route_name, "prompt")(Outcome("refused", refusal))
                 return refusal_response(refusal)
-        users = version is None and headers.get(PROBE_HEADER) is None  # Stanch's own probes are not users' traffic
+        # Stanch's own probes and verification requests are not users' traffic.
+        users = version is None and not (headers.get(PROBE_HEADER) is not None and is_admin(headers.get(ADMIN_TOKEN_HEADER, "")))
         chosen = route(store, model, client.bucket(model), version=version)
         if chosen is None:
             return refusal_response(
@@ -218,7 +229,7 @@ def create_app(
         if route_name == "embeddings":
             return await forward(http["client"], chosen, route_name, upstream_body, model, None, "", incident, report)
         guard = OutputGuard(store, model) if version is None else OutputGuard.hotfixes_only(store, model)
-        prompt = prompt_text(body)
+        prompt = user_text(body)  # what the user typed: a model repeating it is no leak
         if body.get("stream"):
             return await forward_stream(http["client"], chosen, route_name, upstream_body, model, guard, prompt, incident, report)
         return await forward(http["client"], chosen, route_name, upstream_body, model, guard, prompt, incident, report)

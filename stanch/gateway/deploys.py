@@ -18,7 +18,14 @@ from stanch.gateway.upstreams import BUILTIN_FEATURES, ModelEntry, UpstreamsFile
 
 
 def entry_digest(entry: ModelEntry) -> str:
-    return hashlib.sha256(json.dumps(entry.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+    """What makes a deploy: the release, the canary weights and the fallback. Editing an address,
+    a timeout or a key reference is configuration, not a new deploy: it lifts no incident's fix."""
+    deploy = {
+        "release": entry.release,
+        "weights": {version: upstream.weight for version, upstream in entry.versions.items()},
+        "fallback": entry.fallback.model_dump(mode="json") if entry.fallback else None,
+    }
+    return hashlib.sha256(json.dumps(deploy, sort_keys=True).encode()).hexdigest()
 
 
 def take_over(store: GatewayStore, upstreams: UpstreamsFile) -> list[str]:

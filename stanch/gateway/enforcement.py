@@ -98,6 +98,21 @@ def prompt_text(body: dict[str, Any]) -> str:
     return ""
 
 
+def user_text(body: dict[str, Any]) -> str:
+    """What the user typed: the echo reference for leak detectors. A system prompt or a tool result
+    the model repeats is a leak, not an echo."""
+    if "messages" in body:
+        messages = body.get("messages") or []
+        return "\n".join(message_text(m.get("content")) for m in messages if isinstance(m, dict) and m.get("role") == "user")
+    return prompt_text(body)
+
+
+def untokenised_prompt(body: dict[str, Any]) -> bool:
+    """A legacy completion whose prompt is token ids: no pattern or detector can read it."""
+    prompt = body.get("prompt")
+    return isinstance(prompt, list) and any(not isinstance(item, str) for item in prompt)
+
+
 def features_requested(route: str, body: dict[str, Any], feature_header: str | None) -> set[str]:
     """Features a request uses: its route, tools, images, streaming, `x-feature` header values and
     the names of its tools. Names are normalised (lower case, `_` -> `-`), so a tool called
@@ -208,10 +223,18 @@ def _blocked(what: str, incident: str, why: str = "", detector: str | None = Non
 
 
 def with_system_prompt(body: dict[str, Any], system_prompt: str | None) -> dict[str, Any]:
-    """The body the upstream receives: a system-prompt hotfix goes first, ahead of the app's own."""
-    if not system_prompt or "messages" not in body:
+    """The body the upstream receives: a system-prompt hotfix goes first, ahead of the app's own
+    messages — or, for a legacy completion, ahead of its prompt text."""
+    if not system_prompt:
         return body
-    return {**body, "messages": [{"role": "system", "content": system_prompt}, *body["messages"]]}
+    if "messages" in body:
+        return {**body, "messages": [{"role": "system", "content": system_prompt}, *body["messages"]]}
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        return {**body, "prompt": f"{system_prompt}\n\n{prompt}"}
+    if isinstance(prompt, list) and all(isinstance(item, str) for item in prompt):
+        return {**body, "prompt": [f"{system_prompt}\n\n{item}" for item in prompt]}
+    return body
 
 
 # -- after the model -----------------------------------------------------------------------
@@ -233,6 +256,10 @@ class OutputGuard:
         self.guardrails = [g["pattern"] for g in store.guardrails(model)]
         self.names, self.detectors = block_detectors(self.rows)
         self.holds_whole_answer = bool(self.names) and self.detectors.calls_a_service(self.names)
+
+    @property
+    def protects_output(self) -> bool:
+        return bool(self.rows or self.guardrails)
 
     @classmethod
     def hotfixes_only(cls, store: GatewayStore, model: str) -> OutputGuard:

@@ -80,16 +80,42 @@ def _upstream_failure(route: Route, exc: Exception) -> Refusal:
     )
 
 
+# Fields of a chat message that carry generated text besides `content`: a leak there is a leak.
+REASONING_FIELDS = ("reasoning_content", "reasoning")
+
+
 def _choice_text(choice: dict[str, Any], route_name: str) -> str:
-    """What a choice says, tool calls included: a leak in a tool call's arguments is a leak."""
-    if route_name == "chat":
-        message = choice.get("message") or choice.get("delta") or {}
-        parts = [str(message.get("content") or "")]
-        for call in message.get("tool_calls") or []:
-            function = call.get("function") or {}
-            parts.append(f"{function.get('name', '')}({function.get('arguments', '')})")
-        return "\n".join(p for p in parts if p)
-    return str(choice.get("text") or "")
+    """Everything a choice says: content, reasoning, tool calls and a legacy function call."""
+    if route_name != "chat":
+        return str(choice.get("text") or "")
+    message = choice.get("message") or choice.get("delta") or {}
+    parts = [str(message.get(field) or "") for field in ("content", *REASONING_FIELDS)]
+    calls = [call.get("function") or {} for call in message.get("tool_calls") or []]
+    if isinstance(message.get("function_call"), dict):
+        calls.append(message["function_call"])
+    parts += [f"{call.get('name', '')}({call.get('arguments', '')})" for call in calls]
+    return "\n".join(p for p in parts if p)
+
+
+def _redact_choice(choice: dict[str, Any], route_name: str, guard: OutputGuard) -> None:
+    """Guardrails apply to every field that carries text; token log-probabilities, which spell the
+    answer out token by token, are left out while any output protection is in place."""
+    if guard.protects_output:
+        choice["logprobs"] = None
+    if route_name != "chat":
+        if isinstance(choice.get("text"), str):
+            choice["text"] = guard.redact(choice["text"])
+        return
+    message = choice.get("message")
+    if not isinstance(message, dict):
+        return
+    for field in ("content", *REASONING_FIELDS):
+        if isinstance(message.get(field), str):
+            message[field] = guard.redact(message[field])
+    calls = [call.get("function") for call in message.get("tool_calls") or [] if isinstance(call, dict)]
+    for function in [*calls, message.get("function_call")]:
+        if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+            function["arguments"] = guard.redact(function["arguments"])
 
 
 async def forward(
@@ -138,15 +164,12 @@ async def forward(
         return JSONResponse(answer, status_code=upstream.status_code, headers=headers)
     answer["model"] = public_model
     if guard is not None:
-        field = TEXT_FIELD[route_name]
         for choice in answer.get("choices") or []:
             refusal = await guard.check(_choice_text(choice, route_name), prompt)
             if refusal:
                 report(Outcome("refused", refusal, outcome.upstream_seconds))
                 return refusal_response(refusal, route.version)
-            holder = choice.get("message") if route_name == "chat" else choice
-            if isinstance(holder, dict) and isinstance(holder.get(field), str):
-                holder[field] = guard.redact(holder[field])
+            _redact_choice(choice, route_name, guard)
     report(outcome)
     return JSONResponse(answer, headers=headers)
 
@@ -275,6 +298,8 @@ class GuardedStream:
             return self._stop(index, refusal)
         out = self._release(index, len(self.guard.redact(text)))
         if calls:
+            for call in calls:
+                call["function"]["arguments"] = self.guard.redact(call["function"]["arguments"])
             out.append(self._chunk(index, {"tool_calls": calls}, None))
         out.append(self._chunk(index, {}, reason))
         self.received.pop(index, None)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 
 def _int_to_str(value: Any) -> Any:
@@ -51,20 +51,24 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def key_reference(value: str | None) -> str | None:
+    """An API key field holds a reference to the secret, never the secret itself."""
+    if value is not None and not value.startswith(("$", "file:")):
+        raise ValueError('an api_key must name the secret, not hold it: "$ENV_NAME" or "file:/path/to/key"')
+    return value
+
+
+KeyReference = Annotated[str | None, AfterValidator(key_reference)]
+
+
 class Upstream(_Strict):
     """One version of a model: where it is served and under which name."""
 
     base_url: str = Field(min_length=1, description="the OpenAI API root, e.g. http://127.0.0.1:8000/v1")
     model: str = Field(min_length=1, description="the model name the upstream knows")
-    api_key: str | None = Field(None, description='a reference, never the key: "$ENV_NAME" or "file:/path"')
+    api_key: KeyReference = Field(None, description='a reference, never the key: "$ENV_NAME" or "file:/path"')
     weight: int = Field(0, ge=0, le=100, description="a canary's share of traffic in percent; the release gets the rest")
     timeout_seconds: float = Field(60.0, gt=0)
-
-    @model_validator(mode="after")
-    def _key_is_a_reference(self) -> Upstream:
-        if self.api_key is not None and not self.api_key.startswith(("$", "file:")):
-            raise ValueError('api_key must name the secret, not hold it: "$ENV_NAME" or "file:/path/to/key"')
-        return self
 
 
 class Fallback(_Strict):
@@ -80,7 +84,7 @@ class Fallback(_Strict):
 
 class Trainer(_Strict):
     base_url: str = Field(min_length=1)
-    api_key: str | None = None
+    api_key: KeyReference = None
 
 
 class ModelEntry(_Strict):
@@ -145,4 +149,4 @@ def secret_value(reference: str | None, env: Mapping[str, str] | None = None) ->
             return Path(reference[5:]).read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise UpstreamsError(f"the API key reference {reference} cannot be read: {exc.strerror or exc}") from exc
-    raise UpstreamsError(f'the API key reference must be "$ENV_NAME" or "file:/path", not {reference[:8]}…')
+    raise UpstreamsError('an API key reference must be "$ENV_NAME" or "file:/path" (the value given is neither, and is not shown)')

@@ -138,25 +138,26 @@ class GatewayTarget:
     def chat_endpoint(self, model: str, version: str | None = None) -> ChatEndpoint:
         """The gateway's own `/v1/chat/completions`. No version: what users get now, containment
         included. A version (or "release", the version a fix deploys): that version directly."""
+        # A probe spends no client's budget, and a version by name skips containment: the gateway
+        # takes both only with its admin token (none needed in --dev).
         headers = {PROBE_HEADER: "1"}
+        if self._admin_token:
+            headers[ADMIN_TOKEN_HEADER] = self._admin_token
         if version is not None:
             if (reason := unfit_value(version)) is not None:
                 raise TargetError(f"version for {model} {reason}: not sent to gateway {self.name}", retryable=False)
             headers[VERSION_HEADER] = version
-            if self._admin_token:
-                headers[ADMIN_TOKEN_HEADER] = self._admin_token
         return ChatEndpoint(
             base_url=f"{self.base_url}/v1", model=model, headers=headers, timeout_seconds=self.probe_timeout, label=f"gateway {self.name}"
         )
 
     async def start_job(self, model: str, kind: str, params: dict[str, Any], idempotency_key: str) -> JobStatus:
-        body = await self._request(
-            "POST", "/admin/jobs", json={"idempotency_key": idempotency_key, "model": model, "kind": kind, "params": params}
+        raise TargetError(
+            f"gateway {self.name} runs no jobs: a fine-tune trains on a `trainer` target (the OpenAI fine-tuning API)", retryable=False
         )
-        return JobStatus.model_validate(body)
 
     async def job_status(self, job_id: str) -> JobStatus:
-        return JobStatus.model_validate(await self._request("GET", f"/admin/jobs/{job_id}"))
+        raise TargetError(f"gateway {self.name} runs no jobs", retryable=False)
 
     def plan(self, model: str, action: ActionSpec, idempotency_key: str) -> list[PlannedCall]:
         """What `apply` (and, for a fine-tune, the hotfix activity) would send; restore's undo with each."""

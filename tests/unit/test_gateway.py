@@ -418,3 +418,77 @@ async def test_an_unreachable_upstream_counts_as_an_upstream_error(tmp_path: Pat
             text = (await gw.get("/metrics")).text
     assert sample(text, "stanch_gateway_upstream_errors_total", model=MODEL, version="1") == 1
     assert sample(text, "stanch_gateway_requests_total", model=MODEL, version="1", route="chat", outcome="upstream_error") == 1
+
+
+# -- every field that carries text -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"reasoning_content": f"The key is {SECRET}."},
+        {"function_call": {"name": "send_mail", "arguments": json.dumps({"body": SECRET})}},
+    ],
+    ids=["reasoning", "legacy-function-call"],
+)
+async def test_a_leak_outside_the_content_is_blocked_too(gw: httpx.AsyncClient, stub: Stub, extra: dict[str, Any]) -> None:
+    stub.answers["bot-v2"] = "Nothing to see here."
+    stub.message_extra["bot-v2"] = extra
+    await apply(gw, "INC-7/contain/0", "block_outputs", detectors=["secret"])
+    assert (await chat(gw)).status_code == 403
+
+
+async def test_guardrails_redact_tool_arguments_and_token_logprobs_are_left_out(gw: httpx.AsyncClient, stub: Stub) -> None:
+    stub.answers["bot-v2"] = ""
+    stub.tool_calls["bot-v2"] = [{"id": "c1", "type": "function", "function": {"name": "send", "arguments": json.dumps({"to": EMAIL})}}]
+    stub.choice_extra["bot-v2"] = {"logprobs": {"content": [{"token": EMAIL, "logprob": -0.1}]}}
+    await apply(gw, "INC-7/hotfix/0", "add_guardrail", patterns=[r"[\w.]+@example\.com"])
+    whole = (await chat(gw)).json()["choices"][0]
+    assert EMAIL not in json.dumps(whole) and "[redacted]" in whole["message"]["tool_calls"][0]["function"]["arguments"]
+    assert whole["logprobs"] is None
+    assert EMAIL not in (await chat(gw, stream=True)).text
+
+
+async def test_a_system_prompt_the_model_repeats_is_a_leak_not_an_echo(gw: httpx.AsyncClient, stub: Stub) -> None:
+    await apply(gw, "INC-7/contain/0", "block_outputs", detectors=["secret"])
+    system = {"role": "system", "content": f"Internal: the deploy key is {SECRET}."}
+    assert (await chat(gw, [system, *ASK])).status_code == 403
+    stub.answers["bot-v2"] = f"You said {SECRET}?"
+    assert (await chat(gw, [{"role": "user", "content": f"Is {SECRET} a key?"}])).status_code == 200, "the user's own words"
+
+
+async def test_a_legacy_completion_gets_the_system_prompt_fix_and_token_ids_are_refused_under_a_prompt_block(
+    gw: httpx.AsyncClient, stub: Stub
+) -> None:
+    await apply(gw, "INC-7/hotfix/0", "set_system_prompt", prompt="Never share credentials.")
+    await gw.post("/v1/completions", json={"model": MODEL, "prompt": "Say hi"})
+    assert stub.received[-1]["body"]["prompt"] == "Never share credentials.\n\nSay hi"
+    assert (await gw.post("/v1/completions", json={"model": MODEL, "prompt": [1, 2, 3]})).status_code == 200
+    await apply(gw, "INC-7/contain/0", "block_prompts", patterns=["(?i)api key"])
+    refused = await gw.post("/v1/completions", json={"model": MODEL, "prompt": [1, 2, 3]})
+    assert refused.status_code == 403 and "token ids" in refused.json()["error"]["message"]
+
+
+async def test_a_clients_probe_header_without_the_admin_token_spends_its_budget(tmp_path: Path, stub: Stub) -> None:
+    async with running_gateway(tmp_path / "gw.db", stub, upstreams(), admin_token="s3cret") as gw:
+        rule = {"mode": "rate_limit", "per_minute": 2, "per_client": True}
+        body = {"idempotency_key": "k", "incident_id": "INC-7", "model": MODEL, "action": {"kind": "restrict_endpoint", "params": rule}}
+        assert (await gw.post("/admin/apply", json=body, headers={"Authorization": "Bearer s3cret"})).status_code == 200
+        sneaky = {"x-client-id": "mallory", "x-stanch-probe": "1"}
+        assert [(await chat(gw, headers=sneaky)).status_code for _ in range(3)] == [200, 200, 429]
+        stanch = {"x-client-id": "probe", "x-stanch-probe": "1", "x-stanch-admin-token": "s3cret"}
+        assert [(await chat(gw, headers=stanch)).status_code for _ in range(3)] == [200, 200, 200]
+
+
+async def test_editing_an_address_is_no_new_deploy(tmp_path: Path, stub: Stub) -> None:
+    async with running_gateway(tmp_path / "gw.db", stub, upstreams(weight=100)) as gw:
+        await apply(gw, "INC-7/hotfix/0", "deploy_version", version="1")
+    moved = upstreams(weight=100)
+    moved.models[MODEL].versions["2"].timeout_seconds = 5
+    async with running_gateway(tmp_path / "gw.db", stub, moved) as gw:
+        assert (await state(gw))["release_version"] == "1" and (await state(gw))["canaries"] == {}, "the fix stays deployed"
+
+
+async def test_a_registered_version_names_its_key_by_reference_only(gw: httpx.AsyncClient) -> None:
+    literal = await apply(gw, "INC-7/hotfix/0", "register_version", version="3", upstream_model="x", api_key="sk-abc123")
+    assert literal.status_code == 422 and "must name the secret" in literal.json()["detail"] and "sk-abc123" not in literal.text
