@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
 
 from stanch.gateway.actions import ActionConflict, ActionRejected
 from stanch.gateway.deploys import reset_to_file, take_over
@@ -33,7 +34,7 @@ from stanch.gateway.enforcement import (
 from stanch.gateway.ledger import UnknownKey, apply_action, undo_action
 from stanch.gateway.metrics import GatewayMetrics
 from stanch.gateway.proxy import Outcome, Report, forward, forward_stream, ignore, refusal_response
-from stanch.gateway.routing import ADMIN_TOKEN_HEADER, PROBE_HEADER, VERSION_HEADER, client_of, route
+from stanch.gateway.routing import ADMIN_TOKEN_HEADER, PROBE_HEADER, VERSION_HEADER, Client, client_of, route
 from stanch.gateway.schemas import (
     ApplyRequest,
     ApplyResponse,
@@ -153,6 +154,19 @@ def create_app(
     def prometheus_metrics(request: Request) -> Response:
         return metrics.exposition(request.headers.get("accept"))
 
+    async def protections_before(
+        model: str, route_name: str, body: dict[str, Any], headers: Headers, client: Client, probe: bool
+    ) -> Refusal | None:
+        """What refuses a request before any model is asked: a shut endpoint, a killed feature, a
+        blocked prompt (or one given as token ids, which no block can read)."""
+        refusal = check_endpoint(store, limiter, model, route_name, client, record=not probe) or check_features(
+            store, model, features_requested(route_name, body, headers.get("x-feature"))
+        )
+        if refusal is None and untokenised_prompt(body) and (blocks := store.blocks(model, "prompt")):
+            message = f"A prompt given as token ids cannot be checked while model {model!r} has blocked prompts; send it as text."
+            refusal = Refusal(403, "content_blocked", message, blocks[0]["incident_id"])
+        return refusal or await check_prompt(store, model, prompt_text(body))
+
     async def answer(request: Request, route_name: str) -> Response:
         raw = await request.body()
         if len(raw) > MAX_BODY_BYTES:
@@ -196,39 +210,37 @@ def create_app(
                 return refusal_response(
                     Refusal(404, "version_not_found", f"Model {model!r} has no version {version!r}; known versions: {known}.")
                 )
-        else:
-            # Only Stanch's own probes (with the admin token) spend no client's budget.
-            probe = headers.get(PROBE_HEADER) is not None and is_admin(headers.get(ADMIN_TOKEN_HEADER, ""))
-            refusal = check_endpoint(store, limiter, model, route_name, client, record=not probe) or check_features(
-                store, model, features_requested(route_name, body, headers.get("x-feature"))
-            )
-            if refusal is None and untokenised_prompt(body) and store.blocks(model, "prompt"):
-                refusal = Refusal(
-                    403,
-                    "content_blocked",
-                    f"A prompt given as token ids cannot be checked while model {model!r} has blocked prompts; send it as text.",
-                    store.blocks(model, "prompt")[0]["incident_id"],
-                )
-            if refusal is None:
-                refusal = await check_prompt(store, model, prompt_text(body))
-            if refusal:
-                if not probe:
-                    record(model, "", route_name, "prompt")(Outcome("refused", refusal))
-                return refusal_response(refusal)
-        # Stanch's own probes and verification requests are not users' traffic.
-        users = version is None and not (headers.get(PROBE_HEADER) is not None and is_admin(headers.get(ADMIN_TOKEN_HEADER, "")))
+        # Only Stanch's own probes (with the admin token) spend no client's budget, and only users'
+        # requests are counted.
+        probe = headers.get(PROBE_HEADER) is not None and is_admin(headers.get(ADMIN_TOKEN_HEADER, ""))
+        users = version is None and not probe
+        if version is None and (refusal := await protections_before(model, route_name, body, headers, client, probe)):
+            if users:
+                record(model, "", route_name, "prompt")(Outcome("refused", refusal))
+            return refusal_response(refusal)
         chosen = route(store, model, client.bucket(model), version=version)
         if chosen is None:
             return refusal_response(
                 Refusal(503, "model_unavailable", f"Every version of model {model!r} is disabled.", None, "service_unavailable")
             )
-        model_row = store.model_row(model)
-        assert model_row is not None
-        upstream_body = with_system_prompt(body, model_row["system_prompt"])
+        # A fallback model answers under its own protections as well as the ones of the model asked for.
+        models = [model] if chosen.model == model else [model, chosen.model]
+        if (
+            version is None
+            and chosen.model != model
+            and (refusal := await protections_before(chosen.model, route_name, body, headers, client, probe))
+        ):
+            if users:
+                record(model, chosen.version, route_name, "prompt")(Outcome("refused", refusal))
+            return refusal_response(refusal, chosen.version)
+        upstream_body = body
+        for name in reversed(models):  # the hotfix of the model asked for comes first
+            model_row = store.model_row(name)
+            upstream_body = with_system_prompt(upstream_body, model_row["system_prompt"] if model_row else None)
         report = record(model, chosen.version, route_name, "output") if users else ignore
         if route_name == "embeddings":
             return await forward(http["client"], chosen, route_name, upstream_body, model, None, "", incident, report)
-        guard = OutputGuard(store, model) if version is None else OutputGuard.hotfixes_only(store, model)
+        guard = OutputGuard(store, *models) if version is None else OutputGuard.hotfixes_only(store, model)
         prompt = user_text(body)  # what the user typed: a model repeating it is no leak
         if body.get("stream"):
             return await forward_stream(http["client"], chosen, route_name, upstream_body, model, guard, prompt, incident, report)

@@ -251,9 +251,10 @@ class OutputGuard:
 
     HOLD_BACK = 256
 
-    def __init__(self, store: GatewayStore, model: str) -> None:
-        self.rows = store.blocks(model, "output")
-        self.guardrails = [g["pattern"] for g in store.guardrails(model)]
+    def __init__(self, store: GatewayStore, *models: str) -> None:
+        """The union of these models' output protections (the one asked for, and a fallback model)."""
+        self.rows = [row for model in models for row in store.blocks(model, "output")]
+        self.guardrails = [g["pattern"] for model in models for g in store.guardrails(model)]
         self.names, self.detectors = block_detectors(self.rows)
         self.holds_whole_answer = bool(self.names) and self.detectors.calls_a_service(self.names)
 

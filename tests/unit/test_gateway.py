@@ -492,3 +492,13 @@ async def test_editing_an_address_is_no_new_deploy(tmp_path: Path, stub: Stub) -
 async def test_a_registered_version_names_its_key_by_reference_only(gw: httpx.AsyncClient) -> None:
     literal = await apply(gw, "INC-7/hotfix/0", "register_version", version="3", upstream_model="x", api_key="sk-abc123")
     assert literal.status_code == 422 and "must name the secret" in literal.json()["detail"] and "sk-abc123" not in literal.text
+
+
+async def test_a_fallback_model_answers_under_its_own_protections_too(gw: httpx.AsyncClient, stub: Stub) -> None:
+    stub.answers["safe-v1"] = f"Safe, but: {EMAIL}"
+    block = {"kind": "block_outputs", "params": {"detectors": ["pii"]}}
+    body = {"idempotency_key": "OTHER/contain/0", "incident_id": "OTHER", "model": "safe-bot", "action": block}
+    assert (await gw.post("/admin/apply", json=body)).status_code == 200
+    await apply(gw, "INC-7/rollback/0", "switch_to_fallback")
+    refused = await chat(gw)
+    assert refused.status_code == 403 and refused.json()["error"]["incident"] == "OTHER"
