@@ -22,6 +22,7 @@ class Stub:
     tool_calls: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # upstream model -> tool calls it makes
     message_extra: dict[str, dict[str, Any]] = field(default_factory=dict)  # upstream model -> more message fields
     choice_extra: dict[str, dict[str, Any]] = field(default_factory=dict)  # upstream model -> more choice fields (logprobs)
+    stream_errors: dict[str, dict[str, Any]] = field(default_factory=dict)  # upstream model -> an error event sent mid-stream
     received: list[dict[str, Any]] = field(default_factory=list)
     chunk_chars: int = 8
 
@@ -84,6 +85,9 @@ class Stub:
             return f"data: {json.dumps({'id': 'chunk-1', 'object': obj, 'created': 0, 'model': model, 'choices': [choice]})}\n\n"
 
         for start in range(0, len(text), self.chunk_chars):
+            if start and model in self.stream_errors:
+                yield f"data: {json.dumps({'error': self.stream_errors[model]})}\n\n"
+                return
             piece = text[start : start + self.chunk_chars]
             yield event(
                 {"index": 0, "delta": {"content": piece}, "finish_reason": None}

@@ -216,7 +216,7 @@ async def forward_stream(
         route_name,
         public_model,
         prompt,
-        lambda refusal: report(Outcome("refused" if refusal else "answered", refusal, time.monotonic() - started)),
+        lambda outcome, refusal: report(Outcome(outcome, refusal, time.monotonic() - started)),
     )
     return StreamingResponse(
         stream.relay(upstream), media_type="text/event-stream", headers={"x-model-version": route.version, "cache-control": "no-cache"}
@@ -227,11 +227,12 @@ class GuardedStream:
     """Re-chunks an upstream's server-sent events so only checked text leaves, per choice."""
 
     def __init__(
-        self, guard: OutputGuard, route_name: str, public_model: str, prompt: str, ended: Callable[[Refusal | None], None]
+        self, guard: OutputGuard, route_name: str, public_model: str, prompt: str, ended: Callable[[str, Refusal | None], None]
     ) -> None:
         self.guard, self.route_name, self.public_model, self.prompt = guard, route_name, public_model, prompt
-        self.ended = ended  # called once, when the stream ends: with the refusal that ended it, if any
+        self.ended = ended  # called once, when the stream ends: its outcome, and the refusal that ended it
         self.refusal: Refusal | None = None
+        self.outcome = "answered"
         self.field = TEXT_FIELD[route_name]
         self.received: dict[int, str] = {}  # per choice index: the raw text so far
         self.sent: dict[int, int] = {}  # per choice index: how much of the redacted text went out
@@ -253,6 +254,11 @@ class GuardedStream:
                     continue
                 if not isinstance(chunk, dict):
                     continue
+                if "error" in chunk:  # the upstream gave up mid-answer: say so, as it did
+                    self.outcome = "upstream_error"
+                    yield self._event({"error": chunk["error"]})
+                    yield b"data: [DONE]\n\n"
+                    return
                 self.template = {k: chunk[k] for k in ("id", "object", "created", "system_fingerprint") if k in chunk}
                 for out in await self._take(chunk):
                     yield out
@@ -260,9 +266,14 @@ class GuardedStream:
                     return
             for out in await self._finish():
                 yield out
+        except httpx.HTTPError as exc:  # the connection broke mid-answer: what was held back stays unsent
+            self.outcome = "upstream_error"
+            failure = Refusal(502, "upstream_unavailable", f"The upstream broke off its answer ({type(exc).__name__}).", None, "api_error")
+            yield self._event(failure.body())
+            yield b"data: [DONE]\n\n"
         finally:
             await upstream.aclose()
-            self.ended(self.refusal)
+            self.ended(self.outcome, self.refusal)
 
     async def _take(self, chunk: dict[str, Any]) -> list[bytes]:
         out: list[bytes] = []
@@ -322,7 +333,7 @@ class GuardedStream:
         return [self._chunk(index, {self.field: redacted[start:upto]}, None)]
 
     def _stop(self, index: int, refusal: Refusal) -> list[bytes]:
-        self.stopped, self.refusal = True, refusal
+        self.stopped, self.refusal, self.outcome = True, refusal, "refused"
         notice = {self.field: f"\n[{refusal.message}]"} if self.route_name == "chat" else {"text": f"\n[{refusal.message}]"}
         return [self._chunk(index, notice, "content_filter"), self._event(refusal.body()), b"data: [DONE]\n\n"]
 

@@ -502,3 +502,13 @@ async def test_a_fallback_model_answers_under_its_own_protections_too(gw: httpx.
     await apply(gw, "INC-7/rollback/0", "switch_to_fallback")
     refused = await chat(gw)
     assert refused.status_code == 403 and refused.json()["error"]["incident"] == "OTHER"
+
+
+async def test_an_upstream_that_gives_up_mid_stream_says_so_and_is_counted(gw: httpx.AsyncClient, stub: Stub) -> None:
+    stub.stream_errors["bot-v2"] = {"message": "the GPU fell over", "type": "server_error", "code": "internal_error"}
+    response = await chat(gw, stream=True)
+    _, events = streamed(response.text)
+    assert events[-1]["error"]["code"] == "internal_error" and response.text.rstrip().endswith("data: [DONE]")
+    text = (await gw.get("/metrics")).text
+    assert sample(text, "stanch_gateway_requests_total", model=MODEL, version="2", route="chat", outcome="upstream_error") == 1
+    assert sample(text, "stanch_gateway_upstream_errors_total", model=MODEL, version="2") == 1
