@@ -31,6 +31,7 @@ from stanch.targets.base import ApplyResult, JobStatus, PlannedCall, TargetError
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 MODEL_PLACEHOLDER = "{model}"
 VERSION_PLACEHOLDER = "{version}"
+RELEASE = "release"  # the version a fix deploys (Target.chat_endpoint); verify asks for it when the alert named none
 
 
 class OpenAITarget:
@@ -74,8 +75,13 @@ class OpenAITarget:
     # --- where probes go -----------------------------------------------------------------
 
     def upstream_model(self, model: str, version: str | None) -> str:
-        """The model name this endpoint serves the version under."""
+        """The model name this endpoint serves the version under.
+
+        "release" (what verify asks for when the alert named no version) is the version users
+        get: the one `versions:` maps under that name, else the default `model`."""
         versions = self.config.versions
+        if version == RELEASE and RELEASE not in versions:
+            return self._release_model(model)
         if version is not None and versions:
             if version not in versions:
                 raise TargetError(
@@ -85,6 +91,17 @@ class OpenAITarget:
                 )
             return versions[version]
         return self.config.model.replace(MODEL_PLACEHOLDER, model).replace(VERSION_PLACEHOLDER, version or "")
+
+    def _release_model(self, model: str) -> str:
+        served = self.config.model.replace(MODEL_PLACEHOLDER, model)
+        if VERSION_PLACEHOLDER in served:
+            # The name needs a version, and nothing says which one users get.
+            raise TargetError(
+                f"target {self.name} ({self.label}) cannot tell which version of {model} is the release: its model "
+                f'{self.config.model!r} needs a {VERSION_PLACEHOLDER}; map one under versions: as "{RELEASE}" (targets.yaml)',
+                retryable=False,
+            )
+        return served
 
     def chat_endpoint(self, model: str, version: str | None = None) -> ChatEndpoint:
         headers = dict(self.config.headers)

@@ -104,6 +104,33 @@ def test_without_versions_the_url_serves_whatever_version_is_asked(tmp_path):
     assert targets["azure"].chat_endpoint("support-bot", "release").model == "support-bot-deployment"
 
 
+def test_the_release_is_the_default_model_when_no_version_maps_it(tmp_path):
+    # Verify asks for "release" when the alert named no version: a versions map without it still
+    # answers, with the URL's default model, and still refuses every other unmapped version.
+    target = OpenAITarget(OpenAITarget.Config(base_url="http://vllm:8000/v1", model="llama-3-8b", versions={"1": "llama-3-8b-v1"}))
+
+    assert target.chat_endpoint("support-bot", "release").model == "llama-3-8b"
+    assert configured(tmp_path, "http://vllm:8000")["vllm"].chat_endpoint("support-bot", "release").model == "support-bot"
+    with pytest.raises(TargetError, match="maps no version '3'"):
+        target.chat_endpoint("support-bot", "3")
+
+
+def test_a_release_the_versions_map_names_is_that_model():
+    config = OpenAITarget.Config(base_url="http://vllm:8000/v1", versions={"1": "llama-3-8b-v1", "release": "llama-3-8b-v2"})
+
+    assert OpenAITarget(config).chat_endpoint("support-bot", "release").model == "llama-3-8b-v2"
+
+
+def test_a_model_name_that_needs_a_version_cannot_guess_the_release():
+    target = OpenAITarget(OpenAITarget.Config(base_url="http://ollama:11434/v1", model="llama3:{version}"), name="ollama")
+
+    with pytest.raises(TargetError) as refused:
+        target.chat_endpoint("support-bot", "release")
+
+    assert refused.value.retryable is False and 'map one under versions: as "release"' in str(refused.value)
+    assert target.chat_endpoint("support-bot", "8b").model == "llama3:8b"
+
+
 def test_a_missing_key_is_named_when_the_targets_file_is_read(tmp_path):
     with pytest.raises(TargetsError) as refused:
         configured(tmp_path, "http://vllm:8000", env={"VLLM_KEY": "k"})
