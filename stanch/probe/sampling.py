@@ -129,14 +129,15 @@ def user_text(messages: list[dict[str, Any]]) -> str:
 
 
 async def judge(detectors: Detectors, names: list[str], answer: ChatAnswer, prompt: str) -> SampleVerdict:
-    """The detectors on one answer; a refusal carries no output to judge."""
+    """The detectors on one answer; a refusal carries no output to judge. An empty answer is
+    judged like any other: a model that answers nothing is what `low_quality` looks for."""
     verdict = SampleVerdict(
         status_code=answer.status_code,
         model_version=answer.model_version,
         refusal_code=answer.refusal_code,
         refusal_incident=answer.refusal_incident,
     )
-    if answer.refused or not answer.output:
+    if answer.refused:
         return verdict
     scan = await detectors.scan(names, answer.output, prompt=prompt)
     verdict.hits = [f"{hit.detector}: {hit.evidence}" for hit in scan.hits]
