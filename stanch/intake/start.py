@@ -18,7 +18,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import cast
+from typing import Any, cast
 
 import temporalio.api.enums.v1
 from pydantic import BaseModel, Field
@@ -40,7 +40,9 @@ from stanch.detectors.regex import redact
 from stanch.detectors.registry import Detectors
 from stanch.intake.routing import route_signal
 from stanch.models.incident import WORKFLOW_NAME, IncidentInput, IncidentStatus
-from stanch.models.signals import Signal
+from stanch.models.signals import ReproCase, Signal
+from stanch.probe.client import message_text
+from stanch.probe.sampling import user_text
 from stanch.runbooks.loader import RunbookCatalog
 from stanch.runbooks.schema import Runbook
 from stanch.temporal import search_attributes as sa
@@ -194,8 +196,9 @@ async def open_or_join(
 
 
 def without_secrets(signal: Signal) -> Signal:
-    """Mask secrets and personal data in what the sender quoted (outputs, raw payload) before
-    the signal is written to workflow history. Prompts are kept: they are the repro cases."""
+    """Mask secrets and personal data in what the sender quoted (outputs, what the model and its
+    tools said in a conversation, raw payload) before the signal is written to workflow history.
+    Prompts are kept: what users and system prompts said are the repro cases."""
 
     def scrub(value):
         if isinstance(value, str):
@@ -206,19 +209,80 @@ def without_secrets(signal: Signal) -> Signal:
             return {key: scrub(item) for key, item in value.items()}
         return value
 
-    repro = [case.model_copy(update={"output": redact(case.output) if case.output else case.output}) for case in signal.repro]
+    repro = [
+        case.model_copy(
+            update={"output": redact(case.output) if case.output else case.output, "messages": [masked_turn(m) for m in case.messages]}
+        )
+        for case in signal.repro
+    ]
     return signal.model_copy(update={"repro": repro, "raw": scrub(signal.raw), "description": redact(signal.description)})
+
+
+# Turns that quote what the model or a tool said: the leak a report shows is there. User, system
+# and developer turns are the prompt that reproduces it, and are kept word for word.
+QUOTED_ROLES = frozenset({"assistant", "tool"})
+
+
+def masked_turn(message: dict[str, Any]) -> dict[str, Any]:
+    """One chat message with the secrets masked in what the model or a tool said: its text (a
+    string, or the text parts of a content list), its refusal and its tool-call arguments."""
+    if message.get("role") not in QUOTED_ROLES:
+        return message
+    masked = dict(message)
+    content = message.get("content")
+    if isinstance(content, str):
+        masked["content"] = redact(content)
+    elif isinstance(content, list):
+        masked["content"] = [_masked_part(part) for part in content]
+    if isinstance(message.get("refusal"), str):
+        masked["refusal"] = redact(message["refusal"])
+    if isinstance(message.get("tool_calls"), list):
+        masked["tool_calls"] = [_masked_call(call) for call in message["tool_calls"]]
+    if isinstance(message.get("function_call"), dict):  # the deprecated single function call
+        masked["function_call"] = _masked_arguments(message["function_call"])
+    return masked
+
+
+def _masked_part(part: Any) -> Any:
+    if isinstance(part, dict) and isinstance(part.get("text"), str):
+        return {**part, "text": redact(part["text"])}
+    return part
+
+
+def _masked_call(call: Any) -> Any:
+    if isinstance(call, dict) and isinstance(call.get("function"), dict):
+        return {**call, "function": _masked_arguments(call["function"])}
+    return call
+
+
+def _masked_arguments(function: dict[str, Any]) -> dict[str, Any]:
+    # Masked in the JSON text as written: `"api_key": "..."` is a secret by its key's name.
+    if isinstance(function.get("arguments"), str):
+        return {**function, "arguments": redact(function["arguments"])}
+    return function
+
+
+def reported_answer(case: ReproCase) -> str:
+    """The answer the reporter saw: `output`, else the conversation's closing assistant turn."""
+    if case.output:
+        return case.output
+    if case.messages and case.messages[-1].get("role") == "assistant":
+        return message_text(case.messages[-1])
+    return ""
 
 
 def with_reported_hits(masked: Signal, reported: Signal, runbook: Runbook) -> Signal:
     """The masked signal, each repro case with what the runbook's probe detectors find in the answer
     the reporter saw (masked evidence): that answer is evidence, but only its mask reaches history."""
     names = list(dict.fromkeys(name for check in runbook.confirm.checks if check.kind == "probe" for name in check.detectors))
-    if not names or not any(case.output for case in reported.repro):
+    answers = [reported_answer(case) for case in reported.repro]
+    if not names or not any(answers):
         return masked
     detectors = Detectors(specs=runbook.detectors)
     repro = []
-    for case, original in zip(masked.repro, reported.repro, strict=True):
-        hits = detectors.scan_regex(names, original.output or "", original.prompt).hits if original.output else []
+    for case, original, answer in zip(masked.repro, reported.repro, answers, strict=True):
+        # Judged against everything the user typed: a secret the user gave is no leak when echoed.
+        prompt = user_text(original.messages) if original.messages else original.prompt
+        hits = detectors.scan_regex(names, answer, prompt).hits if answer else []
         repro.append(case.model_copy(update={"output_hits": [f"{hit.detector}: {hit.evidence}" for hit in hits]}))
     return masked.model_copy(update={"repro": repro})
