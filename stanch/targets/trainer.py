@@ -9,6 +9,11 @@ hotfix activity, which is what users are then served.
 One idempotency key trains once, even when a worker dies between the upload and the job:
 every job is created with `metadata: {"stanch_key": key}` and an `Idempotency-Key` header, and
 before uploading anything the trainer's jobs are searched for that key.
+
+Once, unless that job failed or was cancelled: then a retry (a responder's, after the trainer
+gave up) trains again under the key's next generation, `<key>#2`, `<key>#3`, ... A start looks
+for the first generation whose job has not failed and follows it, running or done, or creates
+it; two attempts at once pick the same generation, and the key's dedup keeps it one job.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ KEY_METADATA = "stanch_key"  # the job metadata that names the idempotency key i
 # How far back the search for a key's job pages through the trainer's jobs (newest first).
 LIST_PAGES = 10
 LIST_PAGE_SIZE = 100
+# How many times one step's fine-tune may fail and be trained again before Stanch stops asking.
+MAX_GENERATIONS = 20
 # 408 and 429 are the client-side statuses where asking again later can succeed.
 _RETRYABLE_CLIENT_STATUSES = {408, 429}
 # The trainer's job statuses, in Stanch's words (JobStatus.status).
@@ -44,7 +51,8 @@ _STATUSES = {
 
 @runtime_checkable
 class Trainer(Protocol):
-    """What the hotfix activity needs of a trainer: start (or find again), follow, cancel."""
+    """What the hotfix activity needs of a trainer: start (or find again, or train again where
+    the key's job failed), follow, cancel."""
 
     name: str
 
@@ -145,27 +153,38 @@ class OpenAITrainer(ServesNoModel):
     # --- jobs -------------------------------------------------------------------------
 
     async def start_job(self, model: str, kind: str, params: dict[str, Any], idempotency_key: str) -> JobStatus:
-        """Train `params.training_file` on top of `params.base_model`, once per idempotency key."""
+        """Train `params.training_file` on top of `params.base_model`, once per idempotency key
+        (again, under the key's next generation, where the key's job failed or was cancelled)."""
         if kind != JOB_KIND:
             raise TargetError(f"trainer {self.name} runs {JOB_KIND!r} jobs only, not {kind!r}", retryable=False)
         try:
             request = TrainingRequest.model_validate(params)
         except ValidationError as error:
             raise TargetError(f"bad fine-tune request for trainer {self.name}: {error}", retryable=False) from error
-        existing = await self.find_job(idempotency_key)
-        if existing is not None:  # a worker died after creating it: follow that one, never train twice
-            return job_status_of(existing)
-        training_file = await self._upload(request.training_file, idempotency_key)
+        for generation in range(1, MAX_GENERATIONS + 1):
+            key = generation_key(idempotency_key, generation)
+            existing = await self.find_job(key)
+            # Found: a worker died after creating it, or an attempt timed out: follow that one, never train twice.
+            job = job_status_of(existing) if existing is not None else await self._create(model, request, key)
+            if job.status != "failed":  # (a job created may still be a failed one the Idempotency-Key replayed)
+                return job
+        raise TargetError(
+            f"trainer {self.name}: the fine-tune under key {idempotency_key} failed or was cancelled {MAX_GENERATIONS} times; "
+            "look at the trainer's jobs and their errors before training this step again",
+            retryable=False,
+        )
+
+    async def _create(self, model: str, request: TrainingRequest, key: str) -> JobStatus:
+        training_file = await self._upload(request.training_file, key)
         body: dict[str, Any] = {
             "model": request.base_model,
             "training_file": training_file,
             "suffix": request.suffix or self.config.suffix,
-            "metadata": {KEY_METADATA: idempotency_key, "stanch_model": model},
+            "metadata": {KEY_METADATA: key, "stanch_model": model},
         }
         if self.config.hyperparameters:
             body["hyperparameters"] = self.config.hyperparameters
-        job = await self._request("POST", "/fine_tuning/jobs", json=body, headers={"Idempotency-Key": idempotency_key})
-        return job_status_of(job)
+        return job_status_of(await self._request("POST", "/fine_tuning/jobs", json=body, headers={"Idempotency-Key": key}))
 
     async def find_job(self, idempotency_key: str) -> dict[str, Any] | None:
         """The job created for this key, newest first; None if the trainer lists none with it.
@@ -261,6 +280,12 @@ class OpenAITrainer(ServesNoModel):
             f"trainer {self.name} ({self.label}) takes no {kind!r} action: it only trains. Name it in a deploy_finetune "
             f"step's `params.trainer` and keep the gateway as the step's target"
         )
+
+
+def generation_key(idempotency_key: str, generation: int) -> str:
+    """The key a generation's job is created under: the first is the key itself (jobs created
+    before generations existed are found as they were), the next ones `<key>#2`, `<key>#3`, ..."""
+    return idempotency_key if generation == 1 else f"{idempotency_key}#{generation}"
 
 
 def _path_segment(job_id: str) -> str:

@@ -1,6 +1,7 @@
 """The trainer adapter against an OpenAI fine-tuning API served on loopback: it uploads the
 training file, starts the job on the upstream base model, follows it to the fine-tuned model's
-name, cancels it, and trains once per idempotency key whatever the trainer keeps."""
+name, cancels it, and trains once per idempotency key whatever the trainer keeps — again, under
+the key's next generation, only where the key's job failed or was cancelled."""
 
 from __future__ import annotations
 
@@ -81,6 +82,55 @@ async def test_a_found_job_is_not_uploaded_again() -> None:
         await trainer.start_job("support-bot", "finetune", REQUEST, KEY)
 
     assert len(fake.files) == 1 and len(fake.job_requests) == 1
+
+
+@pytest.mark.parametrize(
+    "fake",
+    [FakeTrainer(fails_with="the training file is empty"), FakeTrainer(keeps_metadata=False, fails_with="the training file is empty")],
+    ids=["filters", "no-metadata"],
+)
+async def test_a_key_whose_job_failed_trains_again_under_its_next_generation(fake: FakeTrainer) -> None:
+    async with serving(fake):
+        trainer = trainer_for(fake)
+        failed = await follow(trainer, (await trainer.start_job("support-bot", "finetune", REQUEST, KEY)).job_id)
+        assert failed.status == "failed"  # type: ignore[attr-defined]
+        fake.fails_with = None  # a responder fixed what made it fail, and retries the step
+        retrained = await trainer.start_job("support-bot", "finetune", REQUEST, KEY)
+        followed = await trainer.start_job("support-bot", "finetune", REQUEST, KEY)
+
+    assert retrained.job_id != failed.job_id  # type: ignore[attr-defined]
+    assert followed.job_id == retrained.job_id, "a retry of the running second job follows it"
+    assert len(fake.jobs) == 2
+    assert {request["idempotency_key"] for request in fake.job_requests} == {KEY, f"{KEY}#2"}
+
+
+async def test_a_key_whose_job_was_cancelled_trains_again_and_a_finished_generation_is_followed() -> None:
+    async with serving(FakeTrainer(polls_to_finish=1)) as fake:
+        trainer = trainer_for(fake)
+        first = await trainer.start_job("support-bot", "finetune", REQUEST, KEY)
+        await trainer.cancel_job(first.job_id)
+        second = await trainer.start_job("support-bot", "finetune", REQUEST, KEY)
+        done = await follow(trainer, second.job_id)
+        again = await trainer.start_job("support-bot", "finetune", REQUEST, KEY)
+
+    assert second.job_id != first.job_id and again.job_id == second.job_id
+    assert done.status == again.status == "succeeded"  # type: ignore[attr-defined]
+    assert fake.jobs[second.job_id]["metadata"]["stanch_key"] == f"{KEY}#2"
+
+
+async def test_a_key_that_failed_every_generation_stops_for_good(monkeypatch: pytest.MonkeyPatch) -> None:
+    import stanch.targets.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "MAX_GENERATIONS", 2)
+    async with serving(FakeTrainer(polls_to_finish=1, fails_with="bad file")) as fake:
+        trainer = trainer_for(fake)
+        for _ in range(2):
+            await follow(trainer, (await trainer.start_job("support-bot", "finetune", REQUEST, KEY)).job_id)
+        with pytest.raises(TargetError) as exhausted:
+            await trainer.start_job("support-bot", "finetune", REQUEST, KEY)
+
+    assert not exhausted.value.retryable and "failed or was cancelled 2 times" in str(exhausted.value)
+    assert len(fake.jobs) == 2
 
 
 async def test_cancel_stops_the_job_and_it_reads_as_failed_cancelled() -> None:
