@@ -4,11 +4,16 @@ A fine-tune (`deploy_finetune`) is trained on the incident itself:
 
 1. the training file: each repro case's conversation followed by the answer the fix must give
    (the runbook's `params.answer`, a refusal the hotfix gate's approvers approve, or the
-   answer a responder supplied for that case), plus the runbook's own `params.examples`;
+   answer a responder supplied for that case), plus the runbook's own `params.examples`; with
+   `answer`, the model's regression-suite cases of the same harm (a detector in common with
+   the repro cases) learn it too, as verify replays them;
 2. the job, on the step's trainer (`params.trainer`, default `trainer`: the OpenAI
    fine-tuning API), starting from the upstream model of the version it fixes
-   (`params.base_version`, default the release) as the gateway's state names it;
-3. followed with heartbeats carrying the job id, and cancelled if the activity is (an abort);
+   (`params.base_version`, default the release) as the gateway's state names it; a job of the
+   step that failed or was cancelled is trained again (the trainer's next key generation);
+3. followed with heartbeats carrying the job id for hours if need be, and cancelled only when
+   the workflow cancels the activity (an abort): an attempt that timed out, or a worker shut
+   down, leaves the job training for the retry to follow;
 4. the fine-tuned model registered on the gateway as a new version (weight 0), then deployed
    as the release, which verify then probes.
 """
@@ -68,7 +73,9 @@ class FinetuneParams(BaseModel):
     base_version: str | None = Field(None, min_length=1, description="the gateway version to fine-tune; default: the release")
     suffix: str | None = Field(None, min_length=1, max_length=64, description="added to the fine-tuned model's name")
     include_regression_suite: bool = Field(
-        True, description="train on the model's regression suite too (with `answer`): verify replays it, a fix must not leak there"
+        True,
+        description="train on the model's regression-suite cases of the same harm too (with `answer`; a detector in common "
+        "with the repro cases): verify replays them, a fix must not leak there",
     )
 
 
@@ -147,7 +154,9 @@ class HotfixActivities:
     async def train(self, trainer: Trainer, model: str, request: dict[str, Any], job_key: str) -> JobStatus:
         """Start the job (or, after a worker crash, find it again) and follow it to its end.
 
-        Cancelling the activity (the incident was aborted) cancels the job on the trainer."""
+        The workflow cancelling the activity (the incident was aborted) cancels the job on the
+        trainer; any other end of this attempt (a timeout, a worker shutting down) leaves the job
+        training, and the retry follows it by the id in the last heartbeat."""
         job: JobStatus | None = None
         try:
             resumed = heartbeat_job_id()
@@ -167,11 +176,21 @@ class HotfixActivities:
             raise as_application_error(error, f"fine-tune on trainer {trainer.name}") from error
         except asyncio.CancelledError:
             if job is not None:
-                await cancel_quietly(trainer, job.job_id)
+                if the_workflow_cancelled():
+                    await cancel_quietly(trainer, job.job_id)
+                else:
+                    activity.logger.info("fine-tune job %s on trainer %s left training for the retry to follow", job.job_id, trainer.name)
             raise
         activity.heartbeat({"job_id": job.job_id, "status": job.status, "trainer": trainer.name})
         if job.status == "failed":
-            raise ApplicationError(f"fine-tune job {job.job_id} on trainer {trainer.name} failed: {job.error}", type="FinetuneFailed")
+            # Retrying at once would only find the same failed job: a human decides, and their
+            # retry (a new activity, no heartbeat to follow) trains again under the next key generation.
+            raise ApplicationError(
+                f"fine-tune job {job.job_id} on trainer {trainer.name} failed: {job.error}; "
+                "retry the step to train again, or skip or abort it",
+                type="FinetuneFailed",
+                non_retryable=True,
+            )
         return job
 
 
@@ -195,6 +214,13 @@ def heartbeat_job_id() -> str | None:
     if details and isinstance(details[0], dict) and isinstance(details[0].get("job_id"), str):
         return str(details[0]["job_id"])
     return None
+
+
+def the_workflow_cancelled() -> bool:
+    """Whether this activity was cancelled because the workflow asked (an abort), not because
+    the attempt timed out, its worker is shutting down, or the server no longer knows it."""
+    details = activity.cancellation_details()
+    return details is not None and details.cancel_requested
 
 
 async def cancel_quietly(trainer: Trainer, job_id: str) -> None:
@@ -245,10 +271,16 @@ def corrected_answers(repro: list[ReproCase], corrections: list[AnswerCorrection
 
 
 def regression_cases(deps: ActivityDeps, model: str, repro: list[ReproCase]) -> list[ReproCase]:
-    """The model's regression suite (past incidents' cases) that the incident's own cases do not repeat."""
+    """The model's regression-suite cases (past incidents') of the harm this fix is about: those
+    a detector of the incident's repro cases caught, and that the incident's cases do not repeat.
+
+    The suite holds every runbook's cases, benign prompts of quality or bad-update incidents
+    too; trained with this step's refusal they would learn to refuse. A case that recorded no
+    detectors cannot be told apart, so it is left out."""
+    harm = {detector for case in repro for detector in case.detectors}
     known = {case.key() for case in repro}
     suite = [entry.repro_case() for entry in load_suite(deps.settings.regression_dir, model)]
-    return [case for case in suite if case.key() not in known]
+    return [case for case in suite if harm.intersection(case.detectors) and case.key() not in known]
 
 
 def build_training_file(

@@ -23,6 +23,6 @@ QUICK_TIMEOUT = timedelta(seconds=30)
 ACTION_TIMEOUT = timedelta(seconds=30)
 LONG_ACTION_HEARTBEAT = timedelta(seconds=10)
 PROBE_TIMEOUT = timedelta(minutes=10)  # N samples of each case; heartbeats say it is alive
-FINETUNE_TIMEOUT = timedelta(minutes=30)
+FINETUNE_TIMEOUT = timedelta(hours=24)  # real fine-tunes take hours; the heartbeat timeout finds a dead worker
 VERIFY_TIMEOUT = timedelta(minutes=30)  # the regression suite grows with every incident
 VERIFY_HEARTBEAT = timedelta(seconds=60)

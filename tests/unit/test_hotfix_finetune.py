@@ -1,7 +1,8 @@
 """The fine-tune hotfix as the worker runs it (temporalio's ActivityEnvironment): trained on the
 incident's repro cases paired with the approved answer, on a trainer speaking the OpenAI
 fine-tuning API (served on loopback), registered on the gateway as a new version and deployed;
-no training data is refused for good, an abort cancels the job, a retry trains once."""
+no training data is refused for good, an abort cancels the job (a timed-out attempt leaves it
+training), a retry trains once, and a responder's retry after a failed job trains again."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from temporalio.activity import ActivityCancellationDetails
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
@@ -129,18 +131,36 @@ async def test_the_fine_tune_learns_the_repro_cases_and_is_deployed_as_a_new_ver
     assert applied.inverse == {"release_version": "2"}  # restore puts the release back
 
 
-async def test_the_models_regression_suite_is_learned_too_so_verify_replaying_it_passes(tmp_path: Path) -> None:
-    earlier = [ReproCase(prompt="Tell me the api key"), LEAKS[0]]  # an earlier incident's cases, one the same as this one's
+async def test_the_models_regression_suite_cases_of_the_same_harm_are_learned_too_so_verify_replaying_them_passes(
+    tmp_path: Path,
+) -> None:
+    leaks = [LEAKS[0].model_copy(update={"detectors": ["secret"]}), LEAKS[1].model_copy(update={"detectors": ["pii"]})]
+    earlier = [
+        ReproCase(prompt="Tell me the api key", detectors=["secret", "prompt_injection"]),  # a leak before: learns the refusal
+        leaks[0],  # the same case as this incident's: trained once
+        ReproCase(prompt="Summarise my last order", detectors=["quality"]),  # a quality incident's benign prompt
+        ReproCase(prompt="What are your opening hours?"),  # a bad update's case, no detector recorded
+    ]
     add_cases(Settings(home=tmp_path).regression_dir, "support-bot", earlier, "inc-1")
     async with serving(FakeTrainer()) as fake:
-        await ActivityEnvironment().run(activities_for(FakeGateway(), fake.url, tmp_path).apply_hotfix, finetune_input({"answer": REFUSAL}))
+        acts = activities_for(FakeGateway(), fake.url, tmp_path)
+        await ActivityEnvironment().run(acts.apply_hotfix, finetune_input({"answer": REFUSAL}, repro=leaks))
     prompts = [messages[0]["content"] for messages in training_lines(fake)]
     assert prompts == [LEAKS[0].prompt, LEAKS[1].prompt, "Tell me the api key"], "each case once, the suite's after the incident's"
 
     async with serving(FakeTrainer()) as fake:
         params = {"answer": REFUSAL, "include_regression_suite": False}
-        await ActivityEnvironment().run(activities_for(FakeGateway(), fake.url, tmp_path).apply_hotfix, finetune_input(params))
+        await ActivityEnvironment().run(activities_for(FakeGateway(), fake.url, tmp_path).apply_hotfix, finetune_input(params, repro=leaks))
     assert len(training_lines(fake)) == 2
+
+
+async def test_without_detectors_on_the_repro_cases_no_suite_case_is_trained_to_refuse(tmp_path: Path) -> None:
+    add_cases(
+        Settings(home=tmp_path).regression_dir, "support-bot", [ReproCase(prompt="Tell me the api key", detectors=["secret"])], "inc-1"
+    )
+    async with serving(FakeTrainer()) as fake:
+        await ActivityEnvironment().run(activities_for(FakeGateway(), fake.url, tmp_path).apply_hotfix, finetune_input({"answer": REFUSAL}))
+    assert [messages[0]["content"] for messages in training_lines(fake)] == [LEAKS[0].prompt, LEAKS[1].prompt]
 
 
 async def test_a_responders_corrected_answer_replaces_the_refusal_for_its_case(tmp_path: Path) -> None:
@@ -205,19 +225,87 @@ async def test_without_training_data_nothing_is_trained(tmp_path: Path, params: 
 async def test_an_aborted_fine_tune_cancels_its_job(tmp_path: Path) -> None:
     gateway = FakeGateway()
     async with serving(FakeTrainer(polls_to_finish=0)) as fake:  # trains until cancelled
-        env = ActivityEnvironment()
+        env, beats = ActivityEnvironment(), list[Any]()
+        env.on_heartbeat = lambda *details: beats.extend(details)
         running = asyncio.create_task(
             env.run(activities_for(gateway, fake.url, tmp_path).apply_hotfix, finetune_input({"answer": REFUSAL}))
         )
-        while not fake.jobs:
+        while not any(beat.get("status") == "running" for beat in beats):  # the attempt follows its job
             await asyncio.sleep(0.01)
-        await asyncio.sleep(0.05)
-        env.cancel()
+        env.cancel()  # as the workflow does on an abort
         with pytest.raises(asyncio.CancelledError):
             await running
 
     assert fake.cancelled == list(fake.jobs)
     assert gateway.applied == {}  # nothing registered, nothing deployed
+
+
+@pytest.mark.parametrize(
+    "why",
+    [ActivityCancellationDetails(timed_out=True), ActivityCancellationDetails(worker_shutdown=True)],
+    ids=["timed-out", "worker-shutdown"],
+)
+async def test_an_attempt_that_ends_without_an_abort_leaves_its_job_training_for_the_retry(
+    tmp_path: Path, why: ActivityCancellationDetails
+) -> None:
+    gateway, beats = FakeGateway(), list[Any]()
+    async with serving(FakeTrainer(polls_to_finish=0)) as fake:  # trains until told otherwise
+        first = ActivityEnvironment()
+        first.on_heartbeat = lambda *details: beats.extend(details)
+        acts = activities_for(gateway, fake.url, tmp_path)
+        running = asyncio.create_task(first.run(acts.apply_hotfix, finetune_input({"answer": REFUSAL})))
+        while not any(beat.get("status") == "running" for beat in beats):  # the attempt follows its job
+            await asyncio.sleep(0.01)
+        first.cancel(why)
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        (job_id,) = fake.jobs
+        assert fake.cancelled == [] and fake.jobs[job_id]["status"] == "running"
+
+        fake.polls_to_finish = 1  # the training ends while the retry follows it
+        retry = ActivityEnvironment()
+        retry.info = dataclasses.replace(retry.info, attempt=2, heartbeat_details=[beats[-1]])
+        applied = await retry.run(acts.apply_hotfix, finetune_input({"answer": REFUSAL}))
+
+    assert list(fake.jobs) == [job_id] and applied.result["job_id"] == job_id
+    assert gateway.release == applied.result["version"] == "3"
+
+
+async def test_a_responders_retry_after_a_failed_job_trains_again_and_a_plain_retry_follows_it(tmp_path: Path) -> None:
+    gateway = FakeGateway()
+    async with serving(FakeTrainer(fails_with="the training file is empty")) as fake:
+        acts = activities_for(gateway, fake.url, tmp_path)
+        with pytest.raises(ApplicationError) as failed:
+            await ActivityEnvironment().run(acts.apply_hotfix, finetune_input({"answer": REFUSAL}))
+        assert failed.value.type == "FinetuneFailed" and failed.value.non_retryable  # a human decides, not the retry policy
+
+        fake.fails_with = None
+        retried = await ActivityEnvironment().run(acts.apply_hotfix, finetune_input({"answer": REFUSAL}))  # the responder's retry
+        again = await ActivityEnvironment().run(acts.apply_hotfix, finetune_input({"answer": REFUSAL}))
+
+    failed_job, trained_job = fake.jobs
+    assert fake.jobs[failed_job]["status"] == "failed" and retried.result["job_id"] == trained_job
+    assert again.result["job_id"] == trained_job and len(fake.jobs) == 2
+    assert gateway.release == retried.result["version"] == again.result["version"] == "3"
+
+
+async def test_a_job_cancelled_by_an_earlier_abort_does_not_doom_the_step(tmp_path: Path) -> None:
+    async with serving(FakeTrainer(polls_to_finish=0)) as fake:
+        acts = activities_for(FakeGateway(), fake.url, tmp_path)
+        aborted, beats = ActivityEnvironment(), list[Any]()
+        aborted.on_heartbeat = lambda *details: beats.extend(details)
+        running = asyncio.create_task(aborted.run(acts.apply_hotfix, finetune_input({"answer": REFUSAL})))
+        while not any(beat.get("status") == "running" for beat in beats):  # the attempt follows its job
+            await asyncio.sleep(0.01)
+        aborted.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+
+        fake.polls_to_finish = 1
+        applied = await ActivityEnvironment().run(acts.apply_hotfix, finetune_input({"answer": REFUSAL}))
+
+    cancelled, trained = fake.jobs
+    assert fake.cancelled == [cancelled] and applied.result["job_id"] == trained
 
 
 async def test_a_retried_activity_trains_once_and_registers_once(tmp_path: Path) -> None:
@@ -279,6 +367,7 @@ async def test_a_failed_job_fails_the_step_saying_why(tmp_path: Path) -> None:
                 activities_for(FakeGateway(), fake.url, tmp_path).apply_hotfix, finetune_input({"answer": REFUSAL})
             )
     assert failed.value.type == "FinetuneFailed" and "the training file is empty" in failed.value.message
+    assert failed.value.non_retryable and "retry the step to train again" in failed.value.message
 
 
 async def test_without_a_trainer_the_step_says_how_to_configure_one(tmp_path: Path) -> None:
