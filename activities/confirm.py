@@ -111,7 +111,7 @@ class ConfirmActivities:
                 probes.append(
                     await probe_case(
                         endpoint,
-                        case.conversation(),
+                        case.question(),
                         detectors=detectors,
                         names=check.detectors,
                         sampling=sampling,

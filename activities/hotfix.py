@@ -240,12 +240,8 @@ def finetune_params(input: ApplyInput) -> FinetuneParams:
 
 
 def conversation_of(case: ReproCase) -> list[dict[str, Any]]:
-    """What was sent to the model in this case, up to its last user turn: a reported assistant
-    answer at the end is the harm itself, which the fix's answer takes the place of."""
-    messages = case.conversation()
-    while messages and messages[-1].get("role") == "assistant":
-        messages.pop()
-    return messages
+    """What was asked in this case: the fix's answer takes the place of the reported one."""
+    return case.question()
 
 
 def training_line(case: ReproCase, answer: str) -> dict[str, Any]:

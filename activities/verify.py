@@ -82,7 +82,7 @@ class VerifyActivities:
                 activity.heartbeat({"cases_done": done, "cases": len(cases)})
                 probe = await probe_case(
                     endpoint,
-                    case.conversation(),
+                    case.question(),
                     detectors=detectors,
                     names=input.detectors,
                     sampling=sampling,

@@ -28,7 +28,7 @@ from stanch.config.settings import Settings
 from stanch.intake.routing import Route, incident_id_for, render_template, signal_version
 from stanch.intake.sources import cloudevents, datadog, grafana, pagerduty, reports, sentry
 from stanch.intake.sources.alertmanager import AlertmanagerWebhook, alertmanager_signals
-from stanch.intake.start import start_incident, without_secrets
+from stanch.intake.start import start_incident, with_reported_hits, without_secrets
 from stanch.models.actions import ActionSpec, TargetRef
 from stanch.models.activity_io import ApplyInput
 from stanch.models.incident import TERMINAL_STATUSES, IncidentInput, IncidentState
@@ -305,7 +305,7 @@ def dry_run_input(loaded: LoadedRunbook, signal: Signal, settings: Settings) -> 
 async def start_dry_run(client: Client, input: IncidentInput, signal: Signal, task_queue: str) -> WorkflowHandle:
     """Starts the rehearsal as intake starts an incident; its id is fresh, so it always opens."""
     started = await start_incident(
-        client, input, without_secrets(signal), task_queue=task_queue,
+        client, input, with_reported_hits(without_secrets(signal), signal, input.runbook), task_queue=task_queue,
         summary=f"DRY RUN of {input.runbook.name} on {input.target}: records calls, makes none",
     )  # fmt: skip
     return started.handle

@@ -86,8 +86,17 @@ class ReproCase(BaseModel):
         return self
 
     def conversation(self) -> list[dict[str, Any]]:
-        """The messages to send to the model."""
+        """The messages as reported, the model's answer included when the reporter gave it."""
         return [dict(message) for message in self.messages] if self.messages else [{"role": "user", "content": self.prompt}]
+
+    def question(self) -> list[dict[str, Any]]:
+        """What was asked: the conversation up to the model's answer. A reported answer at the end
+        is the harm itself: a probe asks again instead of asking the model to go on after it, and a
+        fine-tune puts the fix's answer in its place."""
+        messages = self.conversation()
+        while len(messages) > 1 and messages[-1].get("role") in ("assistant", "tool"):
+            messages.pop()
+        return messages
 
     def tool_names(self) -> list[str]:
         """The names of the tools offered with the conversation."""

@@ -45,7 +45,9 @@ def test_the_gateway_is_probed_as_users_reach_it_without_eating_their_rate_limit
     endpoint = GatewayTarget("http://gw:8300/", admin_token="t-admin").chat_endpoint("support-bot")
 
     assert (endpoint.url, endpoint.model) == ("http://gw:8300/v1/chat/completions", "support-bot")
-    assert endpoint.headers == {"x-stanch-probe": "1"}
+    # The gateway spends no client's budget on a probe only when the admin token vouches for it.
+    assert endpoint.headers == {"x-stanch-probe": "1", "x-stanch-admin-token": "t-admin"}
+    assert GatewayTarget("http://gw:8300/").chat_endpoint("support-bot").headers == {"x-stanch-probe": "1"}
 
 
 def test_a_version_is_probed_directly_with_the_admin_token_when_there_is_one():

@@ -103,3 +103,15 @@ def test_a_password_passed_to_a_tool_is_masked_by_its_argument_name() -> None:
 
     arguments = case.messages[1]["tool_calls"][0]["function"]["arguments"]
     assert "hunter22x" not in arguments and arguments.startswith('{"user": "jane", "password": "')
+
+
+def test_a_probe_asks_the_question_again_not_after_the_reported_answer() -> None:
+    case = ReproCase(
+        messages=[
+            {"role": "user", "content": "What is the API key?"},
+            {"role": "assistant", "content": "Sure: [redacted]"},
+        ]
+    )
+    assert case.question() == [{"role": "user", "content": "What is the API key?"}]
+    assert case.conversation()[-1]["role"] == "assistant", "the report itself stays whole"
+    assert ReproCase(prompt="hi").question() == [{"role": "user", "content": "hi"}]
