@@ -14,7 +14,10 @@ A fine-tune (`deploy_finetune`) is trained on the incident itself:
 3. followed with heartbeats carrying the job id for hours if need be, and cancelled only when
    the workflow cancels the activity (an abort): an attempt that timed out, or a worker shut
    down, leaves the job training for the retry to follow;
-4. the fine-tuned model registered on the gateway as a new version (weight 0), then deployed
+4. the fine-tuned model registered on the gateway as a new version (weight 0) and, when the
+   step names a registry (`params.registry`: an `mlflow` target), as a new version of the
+   model's registered model there (a run holding a JSON description of it; no alias moves:
+   serving it from the registry is a runbook step of its own), then deployed on the gateway
    as the release, which verify then probes.
 """
 
@@ -35,6 +38,8 @@ from stanch.models.decisions import AnswerCorrection
 from stanch.models.signals import ReproCase
 from stanch.stores.regression import load_suite
 from stanch.targets.base import JobStatus, TargetError
+from stanch.targets.mlflow import MlflowTarget
+from stanch.targets.mlflow_versions import FineTunedModel
 from stanch.targets.registry import DEFAULT_TRAINER
 from stanch.targets.steps import apply_step, rendered_action, step_holder, step_target
 from stanch.targets.trainer import Trainer
@@ -72,6 +77,9 @@ class FinetuneParams(BaseModel):
     trainer: str = Field(DEFAULT_TRAINER, min_length=1, description="the configured target that trains")
     base_version: str | None = Field(None, min_length=1, description="the gateway version to fine-tune; default: the release")
     suffix: str | None = Field(None, min_length=1, max_length=64, description="added to the fine-tuned model's name")
+    registry: str | None = Field(
+        None, min_length=1, description="an `mlflow` target of targets.yaml: the fine-tuned model becomes a new version there too"
+    )
     include_regression_suite: bool = Field(
         True,
         description="train on the model's regression-suite cases of the same harm too (with `answer`; a detector in common "
@@ -102,6 +110,7 @@ class HotfixActivities:
         ref = step_target(input)
         gateway = self.deps.targets.get(ref)
         trainer = self.trainer(ref.model_copy(update={"adapter": params.trainer}))
+        registry = self.registry(ref.model_copy(update={"adapter": params.registry})) if params.registry else None
         state = await gateway.state(ref.model)
         base_version = params.base_version or str(state.get("release_version") or "")
         base = version_entry(state, base_version, ref.model)
@@ -132,7 +141,21 @@ class HotfixActivities:
         register_key = idempotency_key(occurrence, input.stage, input.index, ref, "register-version")
         registered = await gateway.apply(ref.model, registration, register_key, input.incident_id, holder=step_holder(input))
         version = str(registered.result.get("version") or registration.params["version"])
-        return {"version": version, "fine_tuned_model": fine_tuned_model, "job_id": job.job_id, "base_version": base_version}
+        trained = {"version": version, "fine_tuned_model": fine_tuned_model, "job_id": job.job_id, "base_version": base_version}
+        if registry is None:
+            return trained
+        fine_tuned = FineTunedModel(
+            incident_id=input.incident_id,
+            fine_tuned_model=fine_tuned_model,
+            base_url=base.get("base_url"),
+            job_id=job.job_id,
+            trainer=trainer.name,
+            base_version=base_version,
+            base_model=base["upstream_model"],
+            gateway_version=version,
+        )
+        registry_key = idempotency_key(occurrence, input.stage, input.index, ref, "registry-version")
+        return {**trained, **await registry.register_fine_tune(ref.model, fine_tuned, registry_key)}
 
     def trainer(self, ref: TargetRef) -> Trainer:
         if ref.adapter not in self.deps.targets:
@@ -147,6 +170,23 @@ class HotfixActivities:
             raise TargetError(
                 f"target {ref.adapter} is not a trainer: a deploy_finetune step trains on an OpenAI fine-tuning API "
                 f"(a `trainer:` entry in targets.yaml, or STANCH_TRAINER_URL for the default `{DEFAULT_TRAINER}`)",
+                retryable=False,
+            )
+        return target
+
+    def registry(self, ref: TargetRef) -> MlflowTarget:
+        """The MLflow target the step names, checked before any training: a typo must not cost a fine-tune."""
+        if ref.adapter not in self.deps.targets:
+            raise TargetError(
+                f"no registry named {ref.adapter!r} is configured: a deploy_finetune step's `params.registry` names an "
+                "`mlflow:` entry of targets.yaml",
+                retryable=False,
+            )
+        target = self.deps.targets.get(ref)
+        if not isinstance(target, MlflowTarget):
+            raise TargetError(
+                f"target {ref.adapter} is not an MLflow registry: a deploy_finetune step's `params.registry` names an "
+                "`mlflow:` entry of targets.yaml",
                 retryable=False,
             )
         return target

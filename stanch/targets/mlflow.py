@@ -79,6 +79,7 @@ from stanch.targets.mlflow_ledger import (
     newest,
 )
 from stanch.targets.mlflow_registry import API, RegistrySession, by_number
+from stanch.targets.mlflow_versions import FineTunedModel, register_fine_tune
 
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
@@ -302,6 +303,11 @@ class MlflowTarget(ServesNoModel):
                 name, ledger_tag, json.dumps({"key": applied.idempotency_key, "undo_key": undo_key, "result": result})
             )
         return ApplyResult(result=result)
+
+    async def register_fine_tune(self, model: str, fine_tuned: FineTunedModel, idempotency_key: str) -> dict[str, Any]:
+        """A new version of the model's registered model, once per key; see `stanch.targets.mlflow_versions`."""
+        async with self._session() as registry:
+            return await register_fine_tune(registry, self.registered_name(model), fine_tuned, idempotency_key)
 
     def plan(self, model: str, action: ActionSpec, idempotency_key: str) -> list[PlannedCall]:
         params = self._params(action)
