@@ -197,7 +197,12 @@ class ResponderHandlers:
 
     def check_decide(self, decision: FailureDecision) -> None:
         self.refuse_if_over(decision.by)
-        failed_stage = self.record.memory.failed_stage
+        failed_stage, running = self.record.memory.failed_stage, self.record.memory.running_long_step
+        if failed_stage is None and running is not None:
+            # A long step (a fine-tune) may be aborted while it runs: it is cancelled, protections stay.
+            if decision.stage != running or decision.choice != "abort":
+                raise ValueError(f"a long step of {running!r} is running: it can only be aborted (choice abort, stage {running!r})")
+            return self.refuse_unvouched(decision, f"abort of the running {running} step")
         if failed_stage is None:
             raise ValueError("no failed step is waiting for a decision")
         if decision.stage != failed_stage:

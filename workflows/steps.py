@@ -4,19 +4,23 @@ protection in place. What a failed attempt read before its change is kept for th
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError
+from temporalio.workflow import ActivityCancellationType
 
-from workflows.failures import captured_in
+from workflows.failures import IncidentAborted, captured_in
 from workflows.gates import Gates
 from workflows.policies import ACTION_RETRY, ACTION_TIMEOUT, LONG_ACTION_HEARTBEAT
 from workflows.record import Record
 
 with workflow.unsafe.imports_passed_through():
     from stanch.models.actions import ActionSpec, AppliedAction
+    from stanch.models.decisions import FailureDecision
+    from stanch.models.incident import StageStatus
 
 
 class Steps:
@@ -35,10 +39,13 @@ class Steps:
         captured = record.memory.captured  # what a failed run read before its change: a retry reuses it
 
         async def apply_once() -> AppliedAction:
+            input = record.apply_input(stage, index, step, captured.get(f"{stage}/{index}"))
+            if timeout > ACTION_TIMEOUT and workflow.patched("abort-a-long-step"):
+                return await self.run_abortably(stage, step, activity, input, timeout)
             try:
                 return await workflow.execute_activity_method(
                     activity,
-                    record.apply_input(stage, index, step, captured.get(f"{stage}/{index}")),
+                    input,
                     start_to_close_timeout=timeout,
                     heartbeat_timeout=LONG_ACTION_HEARTBEAT if timeout > ACTION_TIMEOUT else None,
                     retry_policy=ACTION_RETRY,
@@ -55,3 +62,32 @@ class Steps:
         record.state.actions.append(applied)
         done = "dry run, would apply" if record.input.dry_run else "applied"
         record.note("action", f"{stage}: {done} {step.kind}", key=applied.idempotency_key, result=applied.result)
+
+    async def run_abortably(self, stage: str, step: ActionSpec, activity: Any, input: Any, timeout: timedelta) -> AppliedAction:
+        """A long step (a fine-tune) a responder may abort while it runs: the activity is cancelled
+        and the workflow waits until it has stopped (a fine-tune cancels its job on the trainer);
+        everything already in place stays, as after any abort."""
+        memory = self.record.memory
+        memory.failure_decision, memory.running_long_step = None, stage
+        handle = workflow.start_activity_method(
+            activity,
+            input,
+            start_to_close_timeout=timeout,
+            heartbeat_timeout=LONG_ACTION_HEARTBEAT,
+            retry_policy=ACTION_RETRY,
+            cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        )
+        try:
+            await workflow.wait_condition(lambda: handle.done() or memory.failure_decision is not None)
+            if handle.done():
+                return cast(AppliedAction, await handle)
+            decision = cast(FailureDecision, memory.failure_decision)
+            handle.cancel()
+            try:
+                await handle
+            except (ActivityError, asyncio.CancelledError):
+                pass  # cancelled, as asked
+            self.record.mark(stage, StageStatus.skipped, f"{step.kind} aborted by {decision.by} while it ran")
+            raise IncidentAborted(decision.by, decision.reason or f"{step.kind} aborted while it ran")
+        finally:
+            memory.running_long_step = None

@@ -37,6 +37,9 @@ class IncidentMemory(BaseModel):
     triage_decision: TriageDecision | None = None
     failure_decision: FailureDecision | None = Field(None, description="a responder's retry, skip or abort after a failure")
     failed_stage: str | None = Field(None, description="the stage whose failure waits for that decision")
+    running_long_step: str | None = Field(
+        None, description="the stage of a long step (a fine-tune) under way: a responder may abort it while it runs"
+    )
     status_before_failure: str | None = Field(None, description="the status to return to once the failure is decided")
     confirm_outcome: str | None = Field(None, description="what the confirm checks said: inconclusive waits for triage")
     confirmed: bool | None = Field(None, description="confirmed (True) or a false positive (False), once decided")

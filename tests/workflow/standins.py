@@ -6,6 +6,7 @@ action fails, does verification pass) and reads back what the workflow asked for
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -50,6 +51,8 @@ class Script:
     reviews: list[ReviewInput] = field(default_factory=list)
     review_fails: bool = False  # open_review refused (non-retryable), every time
     verified_versions: list[str] = field(default_factory=list)  # the version each verification probed
+    long_running_kinds: set[str] = field(default_factory=set)  # these run (heartbeating) until cancelled
+    cancelled: list[str] = field(default_factory=list)  # kinds whose activity was cancelled
 
 
 def stand_ins(script: Script) -> list:
@@ -102,6 +105,14 @@ def stand_ins(script: Script) -> list:
 
     @activity.defn(name="apply_hotfix")
     async def apply_hotfix(input: ApplyInput) -> AppliedAction:
+        if input.action.kind in script.long_running_kinds:  # a fine-tune that takes its time
+            try:
+                while True:
+                    activity.heartbeat()
+                    await asyncio.sleep(0.1)
+            except asyncio.CancelledError:
+                script.cancelled.append(input.action.kind)
+                raise
         return await apply(input)
 
     @activity.defn(name="verify_fix")

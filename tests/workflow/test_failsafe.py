@@ -119,3 +119,22 @@ async def test_a_forged_abort_straight_to_temporal_is_refused_and_changes_nothin
         await AsTheApi(handle).execute_update(IncidentWorkflow.decide, FailureDecision(stage="rollback", by="alice", choice="retry"))
         current = await until(handle, waiting_on("restore"))
         assert current.status != IncidentStatus.aborted
+
+
+async def test_a_running_fine_tune_can_be_aborted_its_activity_cancelled_and_protections_kept(client):
+    script = Script(long_running_kinds={"deploy_finetune"})
+    async with running_incident(client, script) as handle:
+        await approve_four_eyes(handle, "contain")
+        await approve_four_eyes(handle, "rollback")
+        await until(handle, lambda s: s.stage("hotfix").status == "running")
+        with pytest.raises(WorkflowUpdateFailedError):  # only an abort, and only of the step that runs
+            await AsTheApi(handle).execute_update(
+                IncidentWorkflow.decide, FailureDecision(stage="hotfix", by="alice", choice="retry", reason="again")
+            )
+        abort = FailureDecision(stage="hotfix", by="alice", choice="abort", reason="the training data is wrong")
+        await AsTheApi(handle).execute_update(IncidentWorkflow.decide, abort)
+        final = await handle.result()
+    assert script.cancelled == ["deploy_finetune"], "the fine-tune's activity was cancelled (it cancels the trainer's job)"
+    assert final.status == IncidentStatus.aborted
+    assert final.stage("hotfix").status == "skipped" and "aborted by alice" in final.stage("hotfix").detail
+    assert script.undone == [] and all(a.undone_at is None for a in final.actions), "protections stay"
