@@ -32,6 +32,7 @@ from stanch.models.signals import Severity
 from stanch.runbooks.schema import Approval, SeverityRules, StageGate
 from stanch.targets.base import TargetError
 from stanch.targets.mlflow import MlflowTarget
+from stanch.targets.mlflow_versions import FineTunedModel
 from stanch.targets.registry import TargetRegistry
 from stanch.temporal.activity_deps import ActivityDeps
 from stanch.trust import assertions
@@ -357,3 +358,32 @@ async def test_a_retry_after_a_crash_mid_rollback_finishes_the_same_plan(mlflow_
     assert not outcome.replayed and (outcome.result["previous_version"], outcome.result["version"]) == ("3", "2")
     assert await asyncio.to_thread(champion, client, name) == "2"
     assert (await asyncio.to_thread(client.get_model_version, name, "2")).tags.get("stanch.status") is None, "version 2 was never blamed"
+
+
+async def test_a_fine_tuned_model_becomes_a_new_version_once_described_by_its_run(mlflow_server: MlflowServer, tmp_path: Path):
+    """The fine-tune's registration on a real server: the version's source lies in a run's
+    artifacts (a JSON description MLflow's client downloads), Stanch's tags, once per key, no alias moved."""
+    name, client = await asyncio.to_thread(register_three_versions, mlflow_server.url, tmp_path)
+    _, registry = registry_deps(mlflow_server.url, name, tmp_path / "home")
+    fine_tuned = FineTunedModel(
+        incident_id="inc-ft-1",
+        fine_tuned_model="ft:support-bot-v3:stanch:abc123",
+        base_url="http://bot:sk-secret@127.0.0.1:8400/v1",
+        job_id="ftjob-1",
+        base_version="3",
+        gateway_version="4",
+    )
+    key = "inc-ft-1/hotfix/0/gateway:support-bot/registry-version"
+    first = await registry.register_fine_tune("support-bot", fine_tuned, key)
+    again = await registry.register_fine_tune("support-bot", fine_tuned, key)
+
+    assert first["registry_version"] == again["registry_version"] == "4"
+    assert [v.version for v in await asyncio.to_thread(client.search_model_versions, f"name='{name}'")] == ["4", "3", "2", "1"]
+    version = await asyncio.to_thread(client.get_model_version, name, "4")
+    assert version.tags["stanch.incident"] == "inc-ft-1" and version.tags["stanch.gateway_version"] == "4"
+    assert version.tags["stanch.fine_tuned_model"] == "ft:support-bot-v3:stanch:abc123"
+    assert version.run_id, "a version created from a run's artifacts names its run"
+    folder = await asyncio.to_thread(client.download_artifacts, version.run_id, "stanch-fine-tune", str(tmp_path / "download"))
+    described = json.loads((Path(folder) / "fine_tune.json").read_text())
+    assert described["job_id"] == "ftjob-1" and described["base_url"] == "http://127.0.0.1:8400/v1"
+    assert await asyncio.to_thread(champion, client, name) == "3", "no alias moves"
