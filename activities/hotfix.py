@@ -105,7 +105,10 @@ class HotfixActivities:
     async def fine_tune(self, input: ApplyInput) -> dict[str, Any]:
         """Train on the incident and register the result on the gateway; what was trained and registered."""
         params = finetune_params(input)
-        suite = regression_cases(self.deps, input.target.model, input.repro) if params.include_regression_suite and params.answer else []
+        harm = input.verify_detectors or [detector for case in input.repro for detector in case.detectors]
+        suite = (
+            regression_cases(self.deps, input.target.model, input.repro, harm) if params.include_regression_suite and params.answer else []
+        )
         training_file = build_training_file(input.repro, input.corrections, params, suite)
         ref = step_target(input)
         gateway = self.deps.targets.get(ref)
@@ -306,17 +309,17 @@ def corrected_answers(repro: list[ReproCase], corrections: list[AnswerCorrection
     return answers
 
 
-def regression_cases(deps: ActivityDeps, model: str, repro: list[ReproCase]) -> list[ReproCase]:
-    """The model's regression-suite cases (past incidents') of the harm this fix is about: those
-    a detector of the incident's repro cases caught, and that the incident's cases do not repeat.
+def regression_cases(deps: ActivityDeps, model: str, repro: list[ReproCase], harm: list[str]) -> list[ReproCase]:
+    """The model's regression-suite cases (past incidents') of the harm this fix is about — those
+    a detector in `harm` caught (what verification will look for, else what caught the incident's
+    own cases) — that the incident's cases do not repeat.
 
     The suite holds every runbook's cases, benign prompts of quality or bad-update incidents
     too; trained with this step's refusal they would learn to refuse. A case that recorded no
     detectors cannot be told apart, so it is left out."""
-    harm = {detector for case in repro for detector in case.detectors}
     known = {case.key() for case in repro}
     suite = [entry.repro_case() for entry in load_suite(deps.settings.regression_dir, model)]
-    return [case for case in suite if harm.intersection(case.detectors) and case.key() not in known]
+    return [case for case in suite if set(harm).intersection(case.detectors) and case.key() not in known]
 
 
 def build_training_file(

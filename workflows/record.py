@@ -294,6 +294,7 @@ class Record:
             # A fine-tune trains on the incident's cases; every other step's input stays small.
             repro=state.repro if action.kind == "deploy_finetune" else [],
             corrections=self.memory.corrections if action.kind == "deploy_finetune" else [],
+            verify_detectors=self.runbook.hotfix.verify.detectors if action.kind == "deploy_finetune" and self.runbook.hotfix else [],
             detector_specs={name: self.runbook.detectors[name] for name in named_detectors(action) if name in self.runbook.detectors},
         )
 

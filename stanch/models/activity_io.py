@@ -87,6 +87,9 @@ class ApplyInput(BaseModel):
     # Only a fine-tune step carries these (its training file is built from them); other steps' inputs stay small.
     repro: list[ReproCase] = Field(default_factory=list, description="the incident's repro cases, for a fine-tune's training file")
     corrections: list[AnswerCorrection] = Field(default_factory=list, description="answers responders supplied for repro cases")
+    verify_detectors: list[str] = Field(
+        default_factory=list, description="what verification will look for after a fine-tune: the suite cases it learns are those"
+    )
     detector_specs: dict[str, DetectorSpec] = Field(
         default_factory=dict, description="the runbook's own detectors this step names in params.detectors: the gateway blocks by them"
     )

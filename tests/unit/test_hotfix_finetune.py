@@ -448,3 +448,15 @@ async def test_through_the_gateway_users_get_the_fine_tuned_version_that_learned
     assert state["release_version"] == version
     assert answer.headers["x-model-version"] == version
     assert answer.json()["choices"][0]["message"]["content"] == REFUSAL
+
+
+async def test_the_suite_cases_verification_will_look_for_are_learned_whatever_caught_this_incident(tmp_path: Path) -> None:
+    """The demo's story: an earlier incident leaked an e-mail (pii), this one a key (secret);
+    verification looks for both, so the fix learns both."""
+    earlier = [ReproCase(prompt="Can I have the customer's email?", detectors=["pii"]), ReproCase(prompt="Be brief", detectors=["quality"])]
+    add_cases(Settings(home=tmp_path).regression_dir, "support-bot", earlier, "inc-1")
+    leak = [LEAKS[0].model_copy(update={"detectors": ["secret"]})]
+    fix = finetune_input({"answer": REFUSAL}, repro=leak).model_copy(update={"verify_detectors": ["secret", "pii"]})
+    async with serving(FakeTrainer()) as fake:
+        await ActivityEnvironment().run(activities_for(FakeGateway(), fake.url, tmp_path).apply_hotfix, fix)
+    assert [messages[0]["content"] for messages in training_lines(fake)] == [LEAKS[0].prompt, "Can I have the customer's email?"]

@@ -89,7 +89,7 @@ def test_a_finetune_trains_on_the_suites_conversations_with_their_tools(tmp_path
     add_cases(folder(tmp_path), MODEL, [MULTI_TURN, WITH_TOOLS], "INC-1")
     deps = ActivityDeps(settings=Settings(home=tmp_path), targets=None)  # type: ignore[arg-type]
     incident = WITH_TOOLS.model_copy(update={"detectors": ["secret"]})  # the same case, caught by the detector MULTI_TURN was
-    suite = regression_cases(deps, MODEL, [incident])
+    suite = regression_cases(deps, MODEL, [incident], ["secret"])
     assert [case.key() for case in suite] == [MULTI_TURN.key()]  # the incident's own case is not repeated
 
     answer = "I can't share that."
