@@ -40,9 +40,9 @@ class Steps:
 
         async def apply_once() -> AppliedAction:
             input = record.apply_input(stage, index, step, captured.get(f"{stage}/{index}"))
-            if timeout > ACTION_TIMEOUT and workflow.patched("abort-a-long-step"):
-                return await self.run_abortably(stage, step, activity, input, timeout)
             try:
+                if timeout > ACTION_TIMEOUT and workflow.patched("abort-a-long-step"):
+                    return await self.run_abortably(stage, step, activity, input, timeout)
                 return await workflow.execute_activity_method(
                     activity,
                     input,
