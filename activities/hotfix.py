@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from temporalio import activity
@@ -47,6 +47,9 @@ from stanch.temporal.activity_deps import ActivityDeps, as_application_error
 
 JOB_POLL_SECONDS = 0.5  # the first wait between two looks at the job
 JOB_POLL_MAX_SECONDS = 5.0  # the longest: well inside the step's heartbeat timeout (10 s)
+
+
+T = TypeVar("T")
 
 
 class TrainingExample(BaseModel):
@@ -161,37 +164,25 @@ class HotfixActivities:
         return {**trained, **await registry.register_fine_tune(ref.model, fine_tuned, registry_key)}
 
     def trainer(self, ref: TargetRef) -> Trainer:
-        if ref.adapter not in self.deps.targets:
-            raise TargetError(
-                f"no trainer named {ref.adapter!r} is configured: a deploy_finetune step trains on an OpenAI fine-tuning API; "
-                f"set STANCH_TRAINER_URL for the default `{DEFAULT_TRAINER}`, or add a `trainer:` entry to targets.yaml and name it "
-                "in the step's `params.trainer`",
-                retryable=False,
-            )
-        target = self.deps.targets.get(ref)
-        if not isinstance(target, Trainer):
-            raise TargetError(
-                f"target {ref.adapter} is not a trainer: a deploy_finetune step trains on an OpenAI fine-tuning API "
-                f"(a `trainer:` entry in targets.yaml, or STANCH_TRAINER_URL for the default `{DEFAULT_TRAINER}`)",
-                retryable=False,
-            )
-        return target
+        how = (
+            f"a deploy_finetune step trains on an OpenAI fine-tuning API: set STANCH_TRAINER_URL for the default "
+            f"`{DEFAULT_TRAINER}`, or add a `trainer:` entry to targets.yaml and name it in the step's `params.trainer`"
+        )
+        return self.configured(ref, Trainer, "trainer", "a trainer", how)  # type: ignore[type-abstract]  # a runtime-checkable Protocol
 
     def registry(self, ref: TargetRef) -> MlflowTarget:
         """The MLflow target the step names, checked before any training: a typo must not cost a fine-tune."""
+        how = "a deploy_finetune step's `params.registry` names an `mlflow:` entry of targets.yaml"
+        return self.configured(ref, MlflowTarget, "registry", "an MLflow registry", how)
+
+    def configured(self, ref: TargetRef, kind: type[T], role: str, kind_name: str, how: str) -> T:
+        """The target `ref` names, which must be configured and be a `kind` (`kind_name`, with its
+        article); else why not, for good."""
         if ref.adapter not in self.deps.targets:
-            raise TargetError(
-                f"no registry named {ref.adapter!r} is configured: a deploy_finetune step's `params.registry` names an "
-                "`mlflow:` entry of targets.yaml",
-                retryable=False,
-            )
+            raise TargetError(f"no {role} named {ref.adapter!r} is configured: {how}", retryable=False)
         target = self.deps.targets.get(ref)
-        if not isinstance(target, MlflowTarget):
-            raise TargetError(
-                f"target {ref.adapter} is not an MLflow registry: a deploy_finetune step's `params.registry` names an "
-                "`mlflow:` entry of targets.yaml",
-                retryable=False,
-            )
+        if not isinstance(target, kind):
+            raise TargetError(f"target {ref.adapter} is not {kind_name}: {how}", retryable=False)
         return target
 
     async def train(self, trainer: Trainer, model: str, request: dict[str, Any], job_key: str) -> JobStatus:

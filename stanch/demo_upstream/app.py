@@ -135,16 +135,24 @@ def create_app(state_dir: Path, *, finetune_seconds: float = 3.0, api_key: str |
         found = [entry for entry in catalogue.listing() if entry["id"] == model_id]
         return _tagged(JSONResponse(found[0]), model_id) if found else _unknown_model(model_id)
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    def admit(request: Request, body: ChatCompletionRequest | CompletionRequest) -> tuple[Any, Response | None]:
+        """Log the request, find its model and count it (every third request of the bad update fails):
+        the model, or the error answer to give instead."""
         record(request, body.model, body.model_dump(mode="json", exclude_unset=True))
         model = catalogue.resolve(body.model)
         if model is None:
-            return _unknown_model(body.model)
+            return None, _unknown_model(body.model)
         try:
             catalogue.count_request(model)
         except UpstreamFailure as exc:
-            return _tagged(openai_error(500, str(exc), code="upstream_failure", kind="server_error"), body.model)
+            return None, _tagged(openai_error(500, str(exc), code="upstream_failure", kind="server_error"), body.model)
+        return model, None
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        model, refused = admit(request, body)
+        if refused is not None:
+            return refused
         messages = [message.model_dump(mode="json") for message in body.messages]
         conversation = Conversation(messages, body.tools or [])
         replies = sample(model, conversation, body)
@@ -156,14 +164,9 @@ def create_app(state_dir: Path, *, finetune_seconds: float = 3.0, api_key: str |
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
-        record(request, body.model, body.model_dump(mode="json", exclude_unset=True))
-        model = catalogue.resolve(body.model)
-        if model is None:
-            return _unknown_model(body.model)
-        try:
-            catalogue.count_request(model)
-        except UpstreamFailure as exc:
-            return _tagged(openai_error(500, str(exc), code="upstream_failure", kind="server_error"), body.model)
+        model, refused = admit(request, body)
+        if refused is not None:
+            return refused
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         texts = []
         for prompt in prompts:  # OpenAI's order: all choices of the first prompt, then the next
