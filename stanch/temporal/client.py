@@ -40,9 +40,22 @@ def data_converter(settings: Settings | None = None) -> DataConverter:
 clients_opened = 0
 
 
+def configured_namespace(namespace: str | None = None) -> str:
+    """The namespace `connect(namespace=namespace)` would use, without connecting: the one given,
+    else the SDK's environment configuration (TEMPORAL_NAMESPACE, the TEMPORAL_PROFILE of
+    temporal.toml), else Temporal's "default". A connected client knows it: `client.namespace`."""
+    if namespace:
+        return namespace
+    try:
+        return str(ClientConfig.load_client_connect_config().get("namespace") or "default")
+    except Exception:  # a broken env config surfaces at connect time, with its own message
+        return "default"
+
+
 async def connect(address: str | None = None, namespace: str | None = None, settings: Settings | None = None) -> Client:
     """Connect using the SDK's environment configuration (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE,
-    TLS, API key, profiles); an explicit address or namespace wins."""
+    TLS, API key, TEMPORAL_PROFILE in temporal.toml); an explicit address or namespace wins.
+    Pass a namespace only when someone chose it (a flag): None leaves it to the profile."""
     global clients_opened
     clients_opened += 1
     config = ClientConfig.load_client_connect_config()
