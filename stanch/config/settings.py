@@ -68,6 +68,9 @@ class Settings(BaseModel):
     # Encryption is off unless one of these is set or HOME/encryption-keys exists; see stanch.temporal.codec.
     encryption_keys: SecretStr | None = Field(None, description="STANCH_ENCRYPTION_KEYS: 'kid:base64key,...', the first encrypts")
     encryption_keys_file: Path | None = Field(None, description="STANCH_ENCRYPTION_KEYS_FILE; unset: HOME/encryption-keys if it exists")
+    artefacts_url: str | None = Field(
+        None, description="STANCH_ARTEFACTS: file:///folder or s3://bucket/prefix (credentials: AWS_* variables); unset: HOME/artefacts"
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -96,6 +99,7 @@ class Settings(BaseModel):
             "board_stream_max_seconds": "STANCH_BOARD_STREAM_MAX_SECONDS",
             "encryption_keys": "STANCH_ENCRYPTION_KEYS",
             "encryption_keys_file": "STANCH_ENCRYPTION_KEYS_FILE",
+            "artefacts_url": "STANCH_ARTEFACTS",
         }
         values: dict[str, object] = {field: env[var] for field, var in names.items() if env.get(var)}
         if "home" in values:
@@ -199,4 +203,7 @@ class Settings(BaseModel):
             env["STANCH_ENCRYPTION_KEYS"] = self.encryption_keys.get_secret_value()
         if self.encryption_keys_file is not None:
             env["STANCH_ENCRYPTION_KEYS_FILE"] = str(self.encryption_keys_file)
+        # A URL, never a secret: a bucket's credentials reach children as the AWS_* variables they inherit.
+        if self.artefacts_url:
+            env["STANCH_ARTEFACTS"] = self.artefacts_url
         return env
