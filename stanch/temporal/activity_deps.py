@@ -3,11 +3,12 @@ a control plane's failure becomes a Temporal activity failure."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from temporalio.exceptions import ApplicationError
 
 from stanch.config.settings import Settings
+from stanch.stores.artefacts import ArtefactStore, store_from_settings
 from stanch.targets.base import TargetError
 from stanch.targets.registry import TargetRegistry
 
@@ -16,10 +17,17 @@ from stanch.targets.registry import TargetRegistry
 class ActivityDeps:
     settings: Settings
     targets: TargetRegistry
+    # Where evidence and review documents go. Left out (deps built by hand, as tests do): the
+    # store the settings name, as a worker builds it.
+    artefacts: ArtefactStore = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.artefacts is None:
+            self.artefacts = store_from_settings(self.settings)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ActivityDeps:
-        return cls(settings=settings, targets=TargetRegistry(settings))
+        return cls(settings=settings, targets=TargetRegistry(settings), artefacts=store_from_settings(settings))
 
 
 def as_application_error(error: TargetError, what: str = "") -> ApplicationError:
