@@ -46,7 +46,9 @@ class Settings(BaseModel):
         description="STANCH_INCIDENT_PREFIX: put before every incident id (`stanch up --temporal-address` sets its own)",
     )
     temporal_address: str | None = Field(None, description="TEMPORAL_ADDRESS; unset: the SDK's env config")
-    temporal_namespace: str = Field("default", description="TEMPORAL_NAMESPACE")
+    # Unset: whatever Temporal's env config says (a temporal.toml profile's namespace, else "default"):
+    # a connected client knows the one in use, `client.namespace`.
+    temporal_namespace: str | None = Field(None, description="TEMPORAL_NAMESPACE; unset: the SDK's env config (profile)")
     gateway_url: str = Field("http://127.0.0.1:8300", description="STANCH_GATEWAY_URL")
     gateway_admin_token: SecretStr | None = Field(None, description="STANCH_GATEWAY_ADMIN_TOKEN: the reference gateway's /admin/* token")
     trainer_url: str | None = Field(
@@ -71,6 +73,11 @@ class Settings(BaseModel):
     artefacts_url: str | None = Field(
         None, description="STANCH_ARTEFACTS: file:///folder or s3://bucket/prefix (credentials: AWS_* variables); unset: HOME/artefacts"
     )
+    # Worker versioning (docs/VERSIONING.md): both or neither.
+    deployment_name: str | None = Field(None, description="STANCH_DEPLOYMENT_NAME: the worker deployment; with STANCH_BUILD_ID")
+    build_id: str | None = Field(None, description="STANCH_BUILD_ID: this build's id in the deployment; with STANCH_DEPLOYMENT_NAME")
+    worker_health_port: int | None = Field(None, ge=1, le=65535, description="STANCH_WORKER_HEALTH_PORT: the worker's /healthz and /readyz")
+    worker_shutdown_seconds: float = Field(30.0, ge=0, description="STANCH_WORKER_SHUTDOWN_SECONDS: SIGTERM lets activities run this long")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -100,6 +107,10 @@ class Settings(BaseModel):
             "encryption_keys": "STANCH_ENCRYPTION_KEYS",
             "encryption_keys_file": "STANCH_ENCRYPTION_KEYS_FILE",
             "artefacts_url": "STANCH_ARTEFACTS",
+            "deployment_name": "STANCH_DEPLOYMENT_NAME",
+            "build_id": "STANCH_BUILD_ID",
+            "worker_health_port": "STANCH_WORKER_HEALTH_PORT",
+            "worker_shutdown_seconds": "STANCH_WORKER_SHUTDOWN_SECONDS",
         }
         values: dict[str, object] = {field: env[var] for field, var in names.items() if env.get(var)}
         if "home" in values:
@@ -174,7 +185,6 @@ class Settings(BaseModel):
         env = {
             "STANCH_HOME": str(self.home),
             "STANCH_TASK_QUEUE": self.task_queue,
-            "TEMPORAL_NAMESPACE": self.temporal_namespace,
             "STANCH_GATEWAY_URL": self.gateway_url,
             "STANCH_API_URL": self.api_url,
             "STANCH_RUNBOOKS": str(self.runbooks_dir),
@@ -185,6 +195,8 @@ class Settings(BaseModel):
             env["STANCH_INCIDENT_PREFIX"] = self.incident_prefix
         if self.temporal_address:
             env["TEMPORAL_ADDRESS"] = self.temporal_address
+        if self.temporal_namespace:
+            env["TEMPORAL_NAMESPACE"] = self.temporal_namespace
         if self.prometheus_url:
             env["STANCH_PROMETHEUS_URL"] = self.prometheus_url
         if self.trainer_url:
