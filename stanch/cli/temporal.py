@@ -16,7 +16,7 @@ import typer
 from temporalio.service import RPCError
 
 from stanch.cli.output import make_console
-from stanch.temporal.client import configured_namespace, connect
+from stanch.temporal.client import configured_address, configured_namespace, connect
 from stanch.temporal.setup import SetupError, SetupReport, parse_retention, setup
 
 temporal_app = typer.Typer(help="Prepare a Temporal cluster or Temporal Cloud namespace for Stanch.", no_args_is_help=True)
@@ -71,7 +71,7 @@ def setup_command(
 
 
 async def _run_setup(address: str | None, namespace: str | None, create_namespace: bool, retention: timedelta) -> SetupReport:
-    where = f"{address or 'TEMPORAL_ADDRESS / your temporal.toml profile'} (namespace {configured_namespace(namespace)})"
+    where = f"{configured_address(address)} (namespace {configured_namespace(namespace)})"
     try:
         client = await asyncio.wait_for(connect(address, namespace), CONNECT_TIMEOUT_S)
     except (TimeoutError, RuntimeError, OSError) as exc:

@@ -36,8 +36,20 @@ def data_converter(settings: Settings | None = None) -> DataConverter:
     )
 
 
+DEFAULT_ADDRESS = "127.0.0.1:7233"
+
 # Whether this process opened a Temporal client: see `stanch.cli.main.run`.
 clients_opened = 0
+
+
+def configured_address(address: str | None = None) -> str:
+    """The host:port `connect(address)` would reach, without connecting (as `configured_namespace`)."""
+    if address:
+        return address
+    try:
+        return str(ClientConfig.load_client_connect_config().get("target_host") or DEFAULT_ADDRESS)
+    except Exception:  # a broken env config surfaces at connect time, with its own message
+        return DEFAULT_ADDRESS
 
 
 def configured_namespace(namespace: str | None = None) -> str:
@@ -63,5 +75,5 @@ async def connect(address: str | None = None, namespace: str | None = None, sett
         config["target_host"] = address
     if namespace:
         config["namespace"] = namespace
-    config.setdefault("target_host", "127.0.0.1:7233")
+    config.setdefault("target_host", DEFAULT_ADDRESS)
     return await Client.connect(**config, data_converter=data_converter(settings))

@@ -9,6 +9,7 @@ the API is not ready, until the attributes are there, both naming that command.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -128,6 +129,19 @@ async def ensure_namespace(client: Client, retention: timedelta) -> Literal["cre
     return "created"
 
 
+async def _once_namespace_known(client: Client, timeout_s: float = 30.0) -> dict[str, int]:
+    """The attributes of a namespace just created: the frontend learns of it from its namespace
+    cache, refreshed every few seconds, and answers NOT_FOUND until then."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        try:
+            return await present_attributes(client)
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND or asyncio.get_running_loop().time() > deadline:
+                raise
+        await asyncio.sleep(0.5)
+
+
 async def setup(client: Client, *, create_namespace: bool = False, retention: timedelta = timedelta(days=30)) -> SetupReport:
     """Prepare the client's namespace: create it if asked and missing, then register every
     search attribute it lacks. Refuses (SetupError) when one exists with another type: Temporal
@@ -136,7 +150,10 @@ async def setup(client: Client, *, create_namespace: bool = False, retention: ti
     if create_namespace:
         report.namespace_outcome = await ensure_namespace(client, retention)
     try:
-        present = await present_attributes(client)
+        if report.namespace_outcome == "created":
+            present = await _once_namespace_known(client)
+        else:
+            present = await present_attributes(client)
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
             raise SetupError(
