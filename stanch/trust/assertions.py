@@ -100,8 +100,11 @@ def parse_keys(text: str) -> list[tuple[str, bytes]]:
 
 
 def split_entries(text: str, shape: str) -> list[tuple[str, str]]:
+    """`kid:value` entries, separated by commas or newlines; a line starting with `#` is a comment
+    (a mounted key file may say what its keys are)."""
+    lines = (line for line in text.splitlines() if not line.strip().startswith("#"))
     entries = []
-    for item in filter(None, (part.strip() for part in text.replace("\n", ",").split(","))):
+    for item in filter(None, (part.strip() for line in lines for part in line.split(","))):
         kid, sep, encoded = item.partition(":")
         if not sep or not kid.strip() or not encoded.strip():
             raise DecisionKeyError(f"{shape}; got an entry starting {item[:6]!r}")

@@ -6,6 +6,10 @@
     STANCH_DECISION_KEYS          kid:base64(HMAC key),…             legacy: verify assertions made
                                                                      before Ed25519, never sign
 
+Each can instead name a mounted file (a Kubernetes Secret): STANCH_DECISION_SIGNING_KEY_FILE,
+STANCH_DECISION_PUBLIC_KEYS_FILE, STANCH_DECISION_KEYS_FILE, holding the same text (entries one
+a line or comma-separated, `#` comment lines allowed). Setting a variable and its _FILE is refused.
+
 With none of them set (one machine, `stanch up`), the keys are files in STANCH_HOME:
 `decision-signing-key` (0600) and `decision-public-keys`, created by whichever process starts
 first (O_EXCL: exactly one writes them). Once any of the variables is set, the environment is
@@ -23,6 +27,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -33,6 +38,8 @@ from stanch.trust.assertions import KEYS_FILE, DecisionKeyError, DecisionKeys, d
 SIGNING_VARIABLE = "STANCH_DECISION_SIGNING_KEY"
 PUBLIC_VARIABLE = "STANCH_DECISION_PUBLIC_KEYS"
 LEGACY_VARIABLE = "STANCH_DECISION_KEYS"
+# Each variable may instead name a mounted file holding the same text: NAME + FILE_SUFFIX.
+FILE_SUFFIX = "_FILE"
 SIGNING_FILE = "decision-signing-key"
 PUBLIC_FILE = "decision-public-keys"
 
@@ -146,15 +153,55 @@ def home_keys(home: Path, *, signer: bool) -> DecisionKeys:
     return keys
 
 
+# --- the environment: a variable, or the file its _FILE names ----------------------------------
+
+
+@dataclass(frozen=True)
+class Configured:
+    """One key setting's text and where it came from, for messages: the variable, or the file."""
+
+    text: str
+    where: str
+
+
+def configured(env: Mapping[str, str], variable: str) -> Configured | None:
+    """The text of `variable`, or of the file `variable_FILE` names; None if neither is set.
+    Both set is refused: which one a host used would depend on how it was started."""
+    value, file_variable = env.get(variable), variable + FILE_SUFFIX
+    named = env.get(file_variable)
+    if value and named:
+        raise DecisionKeyError(f"both {variable} and {file_variable} are set: keep one (the file, for a mounted Secret)")
+    if value:
+        return Configured(value, variable)
+    if not named:
+        return None
+    where = f"{named} ({file_variable})"
+    try:
+        text = Path(named).read_text()
+    except FileNotFoundError:
+        raise DecisionKeyError(f"{where}: no such file") from None
+    except OSError as err:
+        raise DecisionKeyError(f"{where}: cannot read it: {err.strerror or err}") from None
+    if not split_entries(text, f"{where} must hold 'kid:base64' entries"):
+        raise DecisionKeyError(f"{where} holds no key")
+    return Configured(text, where)
+
+
 def _legacy(home: Path, env: Mapping[str, str]) -> dict[str, bytes]:
-    if env.get(LEGACY_VARIABLE):
-        return dict(parse_keys(env[LEGACY_VARIABLE]))
+    if legacy := configured(env, LEGACY_VARIABLE):
+        return dict(parse_keys(legacy.text))
     legacy_file = home / KEYS_FILE
     return dict(parse_keys(legacy_file.read_text())) if legacy_file.is_file() and legacy_file.read_text().strip() else {}
 
 
 def _explicit(env: Mapping[str, str]) -> list[str]:
-    return [name for name in (SIGNING_VARIABLE, PUBLIC_VARIABLE, LEGACY_VARIABLE) if env.get(name)]
+    """The key settings given, by the name the operator used (the variable or its _FILE)."""
+    return [
+        name
+        for variable in (SIGNING_VARIABLE, PUBLIC_VARIABLE, LEGACY_VARIABLE)
+        for name in (variable, variable + FILE_SUFFIX)
+        if env.get(name)
+    ]
 
 
 def _fall_back(problem: str, home: Path, *, signer: bool, legacy: dict[str, bytes]) -> DecisionKeys:
@@ -174,43 +221,44 @@ def for_api(home: Path, env: Mapping[str, str] | None = None, *, insecure_dev: b
     explicit = _explicit(env)
     if not explicit:
         return home_keys(home, signer=True)
-    if not env.get(SIGNING_VARIABLE):
+    signing_setting, public_setting = configured(env, SIGNING_VARIABLE), configured(env, PUBLIC_VARIABLE)
+    if signing_setting is None:
         problem = (
             f"{', '.join(explicit)} {'is' if len(explicit) == 1 else 'are'} set but {SIGNING_VARIABLE} is not: the API signs "
-            f"every decision with it. Set {SIGNING_VARIABLE}=kid:base64seed (make a pair: python -m stanch.trust.decision_keys) "
-            f"and list its public half in {PUBLIC_VARIABLE} for the workers"
+            f"every decision with it. Set {SIGNING_VARIABLE}=kid:base64seed or mount it and set {SIGNING_VARIABLE}{FILE_SUFFIX} "
+            f"(make a pair: python -m stanch.trust.decision_keys) and list its public half in {PUBLIC_VARIABLE} for the workers"
         )
         if insecure_dev:
             return _fall_back(problem, home, signer=True, legacy={})
         raise DecisionKeyError(problem)
-    kid, key = parse_signing_key(env[SIGNING_VARIABLE])
-    if not env.get(PUBLIC_VARIABLE):
-        return DecisionKeys(signing=(kid, key), public={kid: key.public_key()}, source=SIGNING_VARIABLE)
-    public = parse_public_keys(env[PUBLIC_VARIABLE])
+    kid, key = parse_signing_key(signing_setting.text, signing_setting.where)
+    if public_setting is None:
+        return DecisionKeys(signing=(kid, key), public={kid: key.public_key()}, source=signing_setting.where)
+    public = parse_public_keys(public_setting.text, public_setting.where)
     if kid not in public or raw_public(public[kid]) != raw_public(key.public_key()):
         listed = f"lists {kid!r} with another public key" if kid in public else f"does not list {kid!r}"
         problem = (
-            f"{PUBLIC_VARIABLE} {listed}: workers verifying with it would refuse every decision this API signs. "
+            f"{public_setting.where} {listed}: workers verifying with it would refuse every decision this API signs. "
             f"Add {public_line(kid, key.public_key())} to {PUBLIC_VARIABLE} (on the workers too)"
         )
         if insecure_dev:
             return _fall_back(problem, home, signer=True, legacy={})
         raise DecisionKeyError(problem)
-    return DecisionKeys(signing=(kid, key), public=public, source=f"{SIGNING_VARIABLE}, {PUBLIC_VARIABLE}")
+    return DecisionKeys(signing=(kid, key), public=public, source=f"{signing_setting.where}, {public_setting.where}")
 
 
 def for_worker(home: Path, env: Mapping[str, str] | None = None, *, insecure_dev: bool = False) -> DecisionKeys:
     """A worker verifies: public keys only (and legacy HMAC keys for runs begun before Ed25519)."""
     env = os.environ if env is None else env
     legacy = _legacy(home, env)
-    if env.get(PUBLIC_VARIABLE):
-        return DecisionKeys(public=parse_public_keys(env[PUBLIC_VARIABLE]), legacy=legacy, source=PUBLIC_VARIABLE)
+    if public_setting := configured(env, PUBLIC_VARIABLE):
+        return DecisionKeys(public=parse_public_keys(public_setting.text, public_setting.where), legacy=legacy, source=public_setting.where)
     explicit = _explicit(env)
     if explicit:
         problem = (
             f"{', '.join(explicit)} {'is' if len(explicit) == 1 else 'are'} set but {PUBLIC_VARIABLE} is not: this worker could "
             f"verify no decision the API signs and would refuse every one. Set {PUBLIC_VARIABLE} to the API's public key(s) "
-            f"(kid:base64,…); a worker needs no signing key"
+            f"(kid:base64,…) or mount them and set {PUBLIC_VARIABLE}{FILE_SUFFIX}; a worker needs no signing key"
         )
         if insecure_dev:
             return _fall_back(problem, home, signer=False, legacy=legacy)
@@ -225,8 +273,8 @@ def for_audit(home: Path, env: Mapping[str, str] | None = None) -> DecisionKeys:
     file and needs none: replay takes every verdict from history."""
     env = os.environ if env is None else env
     public: dict[str, Ed25519PublicKey] = {}
-    if env.get(PUBLIC_VARIABLE):
-        public = parse_public_keys(env[PUBLIC_VARIABLE])
+    if public_setting := configured(env, PUBLIC_VARIABLE):
+        public = parse_public_keys(public_setting.text, public_setting.where)
     elif (home / PUBLIC_FILE).is_file():
         public = parse_public_keys((home / PUBLIC_FILE).read_text(), str(home / PUBLIC_FILE))
     return DecisionKeys(public=public, legacy=_legacy(home, env), source="audit")
