@@ -70,6 +70,10 @@ class Settings(BaseModel):
     # Encryption is off unless one of these is set or HOME/encryption-keys exists; see stanch.temporal.codec.
     encryption_keys: SecretStr | None = Field(None, description="STANCH_ENCRYPTION_KEYS: 'kid:base64key,...', the first encrypts")
     encryption_keys_file: Path | None = Field(None, description="STANCH_ENCRYPTION_KEYS_FILE; unset: HOME/encryption-keys if it exists")
+    # repr=False: the URL may hold a password, and a Settings may end up in a log.
+    database_url: str | None = Field(
+        None, repr=False, description="STANCH_DATABASE_URL: the records database; unset: SQLite at HOME/stanch.db"
+    )
     artefacts_url: str | None = Field(
         None, description="STANCH_ARTEFACTS: file:///folder or s3://bucket/prefix (credentials: AWS_* variables); unset: HOME/artefacts"
     )
@@ -106,6 +110,7 @@ class Settings(BaseModel):
             "board_stream_max_seconds": "STANCH_BOARD_STREAM_MAX_SECONDS",
             "encryption_keys": "STANCH_ENCRYPTION_KEYS",
             "encryption_keys_file": "STANCH_ENCRYPTION_KEYS_FILE",
+            "database_url": "STANCH_DATABASE_URL",
             "artefacts_url": "STANCH_ARTEFACTS",
             "deployment_name": "STANCH_DEPLOYMENT_NAME",
             "build_id": "STANCH_BUILD_ID",
@@ -215,6 +220,8 @@ class Settings(BaseModel):
             env["STANCH_ENCRYPTION_KEYS"] = self.encryption_keys.get_secret_value()
         if self.encryption_keys_file is not None:
             env["STANCH_ENCRYPTION_KEYS_FILE"] = str(self.encryption_keys_file)
+        if self.database_url:
+            env["STANCH_DATABASE_URL"] = self.database_url
         # A URL, never a secret: a bucket's credentials reach children as the AWS_* variables they inherit.
         if self.artefacts_url:
             env["STANCH_ARTEFACTS"] = self.artefacts_url
