@@ -9,6 +9,7 @@ from temporalio.exceptions import ApplicationError
 
 from stanch.config.settings import Settings
 from stanch.stores.artefacts import ArtefactStore, store_from_settings
+from stanch.stores.records import Records
 from stanch.targets.base import TargetError
 from stanch.targets.registry import TargetRegistry
 
@@ -20,14 +21,22 @@ class ActivityDeps:
     # Where evidence and review documents go. Left out (deps built by hand, as tests do): the
     # store the settings name, as a worker builds it.
     artefacts: ArtefactStore = field(default=None)  # type: ignore[assignment]
+    # The regression suite and the notification deliveries (STANCH_DATABASE_URL, else
+    # HOME/stanch.db); left out, the one the settings name. Connects on first use.
+    records: Records = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         if self.artefacts is None:
             self.artefacts = store_from_settings(self.settings)
+        if self.records is None:
+            self.records = Records.from_settings(self.settings)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ActivityDeps:
-        return cls(settings=settings, targets=TargetRegistry(settings), artefacts=store_from_settings(settings))
+        records = Records.from_settings(settings)
+        # A worker upgrades the schema as it starts: a database it cannot reach stops it here, named.
+        records.upgrade()
+        return cls(settings=settings, targets=TargetRegistry(settings), artefacts=store_from_settings(settings), records=records)
 
 
 def as_application_error(error: TargetError, what: str = "") -> ApplicationError:
