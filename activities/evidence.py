@@ -1,12 +1,12 @@
 """Evidence: snapshot what an investigation needs before the first change to the target.
 
 EU AI Act Art. 73(6): no change that could hamper evaluating the cause before authorities
-are told. The snapshot is canonical JSON; its sha256 goes into workflow history.
+are told. The snapshot is canonical JSON, kept in the artefact store; its sha256 and location
+go into workflow history.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from datetime import UTC, datetime
 
@@ -14,7 +14,6 @@ from temporalio import activity
 
 from stanch.models.actions import TargetRef
 from stanch.models.activity_io import EvidenceInput, EvidenceResult
-from stanch.stores.names import safe_file_name
 from stanch.targets.base import NoStateToSnapshot, TargetError
 from stanch.temporal.activity_deps import ActivityDeps, as_application_error
 
@@ -41,20 +40,16 @@ class EvidenceActivities:
             "taken_at": datetime.now(UTC).isoformat(),
         }
         body = json.dumps(snapshot, sort_keys=True, separators=(",", ":")).encode()
-        digest = hashlib.sha256(body).hexdigest()
-        # Routing makes incident ids from slugs, but a workflow may be started with any input: the
-        # folder is named safely here too, so no input can climb out of the evidence folder.
-        folder = self.deps.settings.evidence_dir / safe_file_name(input.occurrence or input.incident_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{digest}.json"
-        path.write_bytes(body)
+        # Into the artefact store, by content: any host with the same STANCH_ARTEFACTS reads it back
+        # (`stanch audit export`), and a retried snapshot of the same bytes lands on the same key.
+        stored = await self.deps.artefacts.put("evidence", body, name="snapshot.json")
         summary = {
             "served_version": target_state.get("served_version"),
             "release_version": target_state.get("release_version"),
             "signals": len(input.signals),
             "repro_cases": len(input.repro),
         }
-        return EvidenceResult(sha256=digest, location=str(path), summary=summary)
+        return EvidenceResult(sha256=stored.sha256, location=stored.location, summary=summary)
 
     async def read_state(self, target: TargetRef, required: bool = True) -> dict:
         """The target's state. A step's target that keeps none (a generic HTTP endpoint with no

@@ -53,7 +53,7 @@ class EvidenceInput(BaseModel):
 
 class EvidenceResult(BaseModel):
     sha256: str
-    location: str
+    location: str = Field(description="in the artefact store (a file:// or s3:// URL); a path on the worker in older histories")
     summary: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -197,6 +197,13 @@ class ReviewResult(BaseModel):
     compliance: dict[str, str] = Field(
         default_factory=dict, description="requirement reference -> status; the evidence is in compliance_file"
     )
+    # Each document's sha256, checked when it is read back from the artefact store. Empty in a
+    # history from before the store (the documents were files on the worker that wrote them).
+    postmortem_sha256: str = ""
+    report_draft_sha256: str | None = None
+    compliance_sha256: str = ""
+    tasks_file: str | None = Field(None, description="the review tasks as JSON, in the artefact store")
+    tasks_sha256: str = ""
 
 
 class Notification(BaseModel):

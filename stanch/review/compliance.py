@@ -190,7 +190,7 @@ def compliance_mapping(input: ReviewInput, tasks: list[dict], added: int) -> lis
     )
     documented = [
         f"workflow history of {input.occurrence or input.incident_id}: {len(input.timeline)} timeline entries",
-        "postmortem.md, tasks.json and compliance.json in the review folder",
+        "postmortem.md, tasks.json and compliance.json in the artefact store (the review result names their locations and sha256)",
     ]
     if input.evidence:
         documented.append(f"evidence snapshot sha256 {input.evidence.sha256} at {input.evidence.location}")

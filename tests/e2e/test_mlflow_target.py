@@ -293,7 +293,7 @@ async def test_an_incident_rolls_back_on_mlflow_and_restore_puts_the_alias_forwa
     assert final.status == IncidentStatus.closed
     assert await asyncio.to_thread(champion, client, name) == "3"
     assert final.evidence and final.evidence.summary["served_version"] == "3", "evidence was taken before the first change"
-    registry_before = json.loads(Path(final.evidence.location).read_text())["step_target_states"]["registry"]
+    registry_before = json.loads(await deps.artefacts.get(final.evidence.location))["step_target_states"]["registry"]
     assert registry_before["aliases"]["champion"] == "3", "the registry's state is evidence too, read before the rollback"
     [rolled_back] = final.actions
     assert rolled_back.kind == "rollback_alias" and rolled_back.result["version"] == "2" and rolled_back.undone_at is not None

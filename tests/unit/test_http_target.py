@@ -715,7 +715,7 @@ async def test_evidence_records_unavailable_only_for_a_target_without_state(serv
 
     server.answer("GET", "/apis/isvc/fraud", {"spec": {"predictor": {"canaryTrafficPercent": 25}}})
     result = await ActivityEnvironment().run(evidence.snapshot_evidence, evidence_input("litellm", "snapshotted"))
-    snapshot = json.loads(Path(result.location).read_text())["step_target_states"]
+    snapshot = json.loads(await deps.artefacts.get(result.location))["step_target_states"]
     assert snapshot["litellm"] == {"unavailable": "target litellm (generic HTTP) has no state_url: nothing to snapshot"}
     assert snapshot["snapshotted"]["response"] == {"spec": {"predictor": {"canaryTrafficPercent": 25}}}
 

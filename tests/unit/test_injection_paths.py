@@ -1,6 +1,6 @@
-"""No file or folder is named by an alert's value as written: a model in the regression suite and
-an incident's occurrence in the evidence and review folders stay inside their folder, one level
-deep, and a plain name keeps the file it always had."""
+"""No file or folder is named by an alert's value as written: a model in the regression suite
+stays inside its folder, one level deep, and a plain name keeps the file it always had; evidence
+and review documents are named by their content, whatever the incident's occurrence says."""
 
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ def test_a_plain_model_named_like_a_hashed_file_does_not_take_its_file(home: Pat
     assert suite_path(folder, lookalike).parent == folder
 
 
-# --- the evidence and review folders -------------------------------------------------------------
+# --- evidence and review documents ----------------------------------------------------------------
 
 
 class StatefulTarget:
@@ -124,18 +124,12 @@ def evidence_input(occurrence: str) -> EvidenceInput:
 
 
 @pytest.mark.parametrize("occurrence", UNSAFE_NAMES)
-async def test_evidence_stays_one_folder_deep_inside_the_evidence_folder(tmp_path: Path, home: Path, occurrence: str) -> None:
+async def test_evidence_is_named_by_its_content_whatever_the_occurrence(tmp_path: Path, home: Path, occurrence: str) -> None:
     result = await ActivityEnvironment().run(evidence_activities(home).snapshot_evidence, evidence_input(concrete(occurrence, tmp_path)))
 
     (written,) = files_under(tmp_path)
-    assert written == Path(result.location)
-    assert written.parent.parent == Settings(home=home).evidence_dir
-
-
-async def test_a_plain_occurrence_keeps_its_evidence_folder(home: Path) -> None:
-    result = await ActivityEnvironment().run(evidence_activities(home).snapshot_evidence, evidence_input(PLAIN_OCCURRENCE))
-
-    assert Path(result.location) == Settings(home=home).evidence_dir / PLAIN_OCCURRENCE / f"{result.sha256}.json"
+    assert written == (home / "artefacts" / "evidence" / f"{result.sha256}-snapshot.json").resolve()
+    assert result.location == written.as_uri()
 
 
 def review_input(occurrence: str) -> ReviewInput:
@@ -150,15 +144,11 @@ def review_activities(home: Path) -> ReviewActivities:
 
 
 @pytest.mark.parametrize("occurrence", UNSAFE_NAMES)
-async def test_the_review_stays_one_folder_deep_inside_the_reviews_folder(tmp_path: Path, home: Path, occurrence: str) -> None:
+async def test_review_documents_are_named_by_their_content_whatever_the_occurrence(tmp_path: Path, home: Path, occurrence: str) -> None:
     result = await ActivityEnvironment().run(review_activities(home).write_review, review_input(concrete(occurrence, tmp_path)))
 
-    reviews = Settings(home=home).reviews_dir
-    assert all(path.parent.parent == reviews for path in files_under(tmp_path))
-    assert Path(result.postmortem).parent.parent == reviews
-
-
-async def test_a_plain_occurrence_keeps_its_review_folder(home: Path) -> None:
-    result = await ActivityEnvironment().run(review_activities(home).write_review, review_input(PLAIN_OCCURRENCE))
-
-    assert Path(result.postmortem) == Settings(home=home).reviews_dir / PLAIN_OCCURRENCE / "postmortem.md"
+    reviews = (home / "artefacts" / "reviews").resolve()
+    documents = [path for path in files_under(tmp_path) if path.parent == reviews]
+    assert sorted(path.name.split("-", 1)[1] for path in documents) == ["compliance.json", "postmortem.md", "tasks.json"]
+    assert result.postmortem == (reviews / f"{result.postmortem_sha256}-postmortem.md").as_uri()
+    assert all(path.parent in (reviews, Settings(home=home).regression_dir) for path in files_under(tmp_path))

@@ -3,6 +3,7 @@ MANAGE 2.3/2.4/4.1/4.3, ISO/IEC 42001 clause 10.2), read from what the incident 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -342,44 +343,59 @@ def test_mapping_of_an_abort_keeps_protections_as_partly_performed_recovery() ->
     assert items["MANAGE 4.1"].status == "partly performed" and "change not verified" in items["MANAGE 4.1"].gaps[0]
 
 
+async def read(review: ReviewActivities, location: str | None) -> str:
+    """A review document, read back from the artefact store as any host would."""
+    assert location is not None
+    return (await review.deps.artefacts.get(location)).decode()
+
+
 async def test_open_review_writes_postmortem_compliance_and_the_draft(review: ReviewActivities, tmp_path: Path) -> None:
     result = await review.write_review(restored())
-    folder = tmp_path / "reviews" / "inc-1@abcd1234"
-    assert result.report_draft == str(folder / "art73-report-draft.md")
-    assert result.compliance_file == str(folder / "compliance.json")
+    reviews = (tmp_path / "artefacts" / "reviews").resolve()
+    assert result.report_draft == (reviews / f"{result.report_draft_sha256}-art73-report-draft.md").as_uri()
+    assert result.compliance_file == (reviews / f"{result.compliance_sha256}-compliance.json").as_uri()
     assert result.regression_cases_added == 1
     assert result.compliance["NIST AI RMF 1.0 MANAGE 2.4"] == "performed"
     assert result.compliance["ISO/IEC 42001:2023 10.2 b) evaluate the need for action"] == "partly performed"
-    saved = json.loads((folder / "compliance.json").read_text())
+    saved = json.loads(await read(review, result.compliance_file))
     assert [item["reference"] for item in saved][:4] == ["MANAGE 2.3", "MANAGE 2.4", "MANAGE 4.1", "MANAGE 4.3"]
     assert all(item["evidence"] for item in saved)
-    postmortem = (folder / "postmortem.md").read_text()
+    postmortem = await read(review, result.postmortem)
+    assert hashlib.sha256(postmortem.encode()).hexdigest() == result.postmortem_sha256
     assert "## Compliance mapping" in postmortem
     assert "### NIST AI RMF 1.0 MANAGE 2.4: performed" in postmortem
     assert "### ISO/IEC 42001:2023 10.2 c) implement the action needed: performed" in postmortem
     assert "Serious incident (EU AI Act Art. 3(49)): report due 2026-12-06 09:30:00 UTC" in postmortem
-    assert "Art. 73" in (folder / "art73-report-draft.md").read_text()
-    assert [task["kind"] for task in json.loads((folder / "tasks.json").read_text())] == restored().runbook.review.tasks
+    assert "Art. 73" in await read(review, result.report_draft)
+    assert [task["kind"] for task in json.loads(await read(review, result.tasks_file))] == restored().runbook.review.tasks
 
 
-async def test_a_postmortem_says_where_the_entries_a_long_timeline_left_out_are(review: ReviewActivities, tmp_path: Path) -> None:
-    await review.write_review(restored(timeline_omitted=1234))
-    postmortem = (tmp_path / "reviews" / "inc-1@abcd1234" / "postmortem.md").read_text()
+async def test_writing_the_same_review_twice_stores_the_same_documents(review: ReviewActivities, tmp_path: Path) -> None:
+    """A retried review activity (a worker lost mid-write) lands on the same keys: nothing doubles."""
+    # A dry run adds no case to the suite, so both runs render the very same documents.
+    first, again = await review.write_review(restored(dry_run=True)), await review.write_review(restored(dry_run=True))
+    assert (first.postmortem, first.compliance_file, first.report_draft) == (again.postmortem, again.compliance_file, again.report_draft)
+    assert len(list((tmp_path / "artefacts" / "reviews").iterdir())) == 4
+
+
+async def test_a_postmortem_says_where_the_entries_a_long_timeline_left_out_are(review: ReviewActivities) -> None:
+    result = await review.write_review(restored(timeline_omitted=1234))
+    postmortem = await read(review, result.postmortem)
     assert "and 1234 entries between, left out here: `stanch audit timeline` reads them from history" in postmortem
 
 
 async def test_a_non_serious_incident_gets_no_report_draft(review: ReviewActivities, tmp_path: Path) -> None:
     result = await review.write_review(restored(serious=False, regulatory=RegulatoryClock(), report_deadline=None))
-    assert result.report_draft is None
-    assert not (tmp_path / "reviews" / "inc-1@abcd1234" / "art73-report-draft.md").exists()
-    assert (tmp_path / "reviews" / "inc-1@abcd1234" / "compliance.json").exists()
+    assert result.report_draft is None and result.report_draft_sha256 is None
+    assert not list((tmp_path / "artefacts" / "reviews").glob("*-art73-report-draft.md"))
+    assert json.loads(await read(review, result.compliance_file))
 
 
 async def test_a_dry_run_review_is_written_but_adds_nothing_to_the_regression_suite(review: ReviewActivities, tmp_path: Path) -> None:
     result = await review.write_review(restored(dry_run=True))
     assert result.regression_cases_added == 0
     assert not any((tmp_path / "regression").glob("**/*.json*"))
-    assert "A dry run: every action below was only recorded" in (tmp_path / "reviews" / "inc-1@abcd1234" / "postmortem.md").read_text()
+    assert "A dry run: every action below was only recorded" in await read(review, result.postmortem)
 
 
 def test_mapping_of_a_dry_run_claims_nothing_performed() -> None:
@@ -394,8 +410,7 @@ def test_mapping_of_a_dry_run_claims_nothing_performed() -> None:
 async def test_a_dry_run_postmortem_and_result_say_rehearsal_only(review: ReviewActivities, tmp_path: Path) -> None:
     result = await review.write_review(restored(dry_run=True))
     assert set(result.compliance.values()) == {"not performed (dry run: rehearsal only)"}
-    folder = tmp_path / "reviews" / "inc-1@abcd1234"
-    postmortem = (folder / "postmortem.md").read_text()
+    postmortem = await read(review, result.postmortem)
     assert "### NIST AI RMF 1.0 MANAGE 2.4: not performed (dry run: rehearsal only)" in postmortem
     assert ": performed" not in postmortem and "partly performed" not in postmortem
-    assert {item["status"] for item in json.loads((folder / "compliance.json").read_text())} == {"not performed"}
+    assert {item["status"] for item in json.loads(await read(review, result.compliance_file))} == {"not performed"}
