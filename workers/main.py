@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import timedelta
 
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
+from temporalio.worker import Worker, WorkerDeploymentConfig
 
 from activities.confirm import ConfirmActivities
 from activities.contain import ContainActivities
@@ -21,8 +23,10 @@ from activities.severity import grade_by_runbook_rules
 from activities.verify import VerifyActivities
 from stanch.config.settings import Settings
 from stanch.temporal.activity_deps import ActivityDeps
-from stanch.temporal.client import connect
+from stanch.temporal.client import configured_address, connect
+from stanch.temporal.setup import require_attributes
 from stanch.trust import assertions, decision_keys
+from workers.health import WorkerHealth
 from workflows.incident import IncidentWorkflow
 
 WORKFLOWS = [IncidentWorkflow]
@@ -53,6 +57,33 @@ def trust_decision_keys(settings: Settings, *, insecure_dev: bool = False) -> li
     return keys.ids
 
 
+class VersioningConfigError(ValueError):
+    """STANCH_DEPLOYMENT_NAME and STANCH_BUILD_ID must come together."""
+
+
+def deployment_config(settings: Settings) -> WorkerDeploymentConfig | None:
+    """Worker versioning from STANCH_DEPLOYMENT_NAME + STANCH_BUILD_ID (both, or neither: None).
+
+    Incidents are PINNED: a running one finishes on the build that started it, and new ones go
+    to the deployment's current version, which an operator sets (docs/VERSIONING.md)."""
+    if not settings.deployment_name and not settings.build_id:
+        return None
+    if not (settings.deployment_name and settings.build_id):
+        given, missing = (
+            ("STANCH_DEPLOYMENT_NAME", "STANCH_BUILD_ID") if settings.deployment_name else ("STANCH_BUILD_ID", "STANCH_DEPLOYMENT_NAME")
+        )
+        raise VersioningConfigError(f"worker versioning needs both variables: {given} is set, {missing} is not (set both, or neither)")
+    if "." in settings.deployment_name:
+        raise VersioningConfigError(
+            f"STANCH_DEPLOYMENT_NAME {settings.deployment_name!r}: no '.' allowed (Temporal writes versions as NAME.BUILD)"
+        )
+    return WorkerDeploymentConfig(
+        version=WorkerDeploymentVersion(deployment_name=settings.deployment_name, build_id=settings.build_id),
+        use_worker_versioning=True,
+        default_versioning_behavior=VersioningBehavior.PINNED,
+    )
+
+
 def build_worker(client: Client, settings: Settings, task_queue: str | None = None) -> Worker:
     """The worker; call `trust_decision_keys` first (run_worker does)."""
     return Worker(
@@ -60,11 +91,28 @@ def build_worker(client: Client, settings: Settings, task_queue: str | None = No
         task_queue=task_queue or settings.task_queue,
         workflows=WORKFLOWS,
         activities=all_activities(ActivityDeps.from_settings(settings)),
+        deployment_config=deployment_config(settings),
+        # On SIGTERM (a rollout, a scale-down) running activities get this long to finish before
+        # they are cancelled; their retries then run on another worker.
+        graceful_shutdown_timeout=timedelta(seconds=settings.worker_shutdown_seconds),
     )
 
 
-async def run_worker(settings: Settings | None = None, *, insecure_dev: bool = False) -> None:
+async def run_worker(
+    settings: Settings | None = None,
+    *,
+    insecure_dev: bool = False,
+    stop: asyncio.Event | None = None,
+    health: WorkerHealth | None = None,
+) -> None:
+    """Connect, check the namespace was prepared, and poll until `stop` is set; then drain:
+    stop polling, let running activities finish (STANCH_WORKER_SHUTDOWN_SECONDS), return.
+
+    Raises SearchAttributesMissing (naming `stanch temporal setup`) before polling when the
+    namespace lacks Stanch's search attributes, VersioningConfigError for half a versioning config."""
     settings = settings or Settings.from_env()
+    health = health or WorkerHealth()
+    log = logging.getLogger("stanch.worker")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # httpx logs every request's URL at INFO: a control plane's URLs are nobody's business in the
     # worker's log (and httpcore's connection chatter even less).
@@ -73,10 +121,36 @@ async def run_worker(settings: Settings | None = None, *, insecure_dev: bool = F
     # Decisions are accepted only with the API's assertion: a worker that cannot check it does not
     # start (DecisionKeyError names the variable to set), and says so before connecting.
     trust_decision_keys(settings, insecure_dev=insecure_dev)
+    versioning = deployment_config(settings)
     client = await connect(settings.temporal_address, settings.temporal_namespace, settings)
+    if settings.upsert_search_attributes:
+        health.not_ready = "checking Stanch's search attributes"
+        await require_attributes(client)
     worker = build_worker(client, settings)
-    logging.getLogger("stanch.worker").info("worker polling %s on %s", settings.task_queue, settings.temporal_address or "env config")
-    await worker.run()
+    version = f", version {versioning.version.to_canonical_string()} (pinned)" if versioning else ""
+    log.info(
+        "worker polling %s in namespace %s on %s%s",
+        settings.task_queue,
+        client.namespace,
+        configured_address(settings.temporal_address),
+        version,
+    )
+    polling = asyncio.create_task(worker.run())
+    health.worker_task = polling
+    health.not_ready = None
+    stopping = asyncio.create_task((stop or asyncio.Event()).wait())
+    try:
+        await asyncio.wait([polling, stopping], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if polling.done():
+        await polling  # the worker failed on its own: its error is the process's
+        return
+    health.not_ready = "draining: shutting down"
+    log.info("draining: no new tasks; running activities have %ss to finish", settings.worker_shutdown_seconds)
+    await worker.shutdown()
+    await polling
+    log.info("worker stopped")
 
 
 if __name__ == "__main__":

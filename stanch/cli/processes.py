@@ -12,9 +12,8 @@ import ipaddress
 import os
 import signal
 import sys
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -59,18 +58,6 @@ def dev_server(
     os.execv(command[0], command)  # the server itself handles Ctrl-C and SIGTERM
 
 
-async def _until_signalled(work: Coroutine[Any, Any, Any]) -> None:
-    # Cancelling the worker's task is how a Temporal worker shuts down gracefully.
-    task = asyncio.ensure_future(work)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
-
-
 def encryption_configured(settings: Settings) -> bool:
     """Whether payload encryption is configured. Malformed keys stop a part at start-up with
     their problem named, rather than with a traceback at its first connection."""
@@ -89,22 +76,70 @@ def worker(
             "use the home folder's keys instead of refusing to start",
         ),
     ] = False,
+    health_port: Annotated[
+        int | None,
+        typer.Option(
+            "--health-port",
+            envvar="STANCH_WORKER_HEALTH_PORT",
+            help="serve GET /healthz (liveness) and /readyz (readiness) on this port, for Kubernetes probes; default: none",
+        ),
+    ] = None,
+    health_host: Annotated[str, typer.Option("--health-host", help="address the health port binds (probes come from outside the pod)")] = (
+        "0.0.0.0"
+    ),
 ) -> None:
     """Run a worker: polls the incident task queue, runs workflows and activities.
 
-    Refuses to start when it cannot get the public keys decisions are verified with, unless --insecure-dev.
+    Refuses to start when it cannot get the public keys decisions are verified with (unless
+    --insecure-dev), or when its Temporal namespace lacks Stanch's search attributes (run
+    `stanch temporal setup`). SIGTERM drains it: polling stops, running activities get
+    STANCH_WORKER_SHUTDOWN_SECONDS (default 30) to finish, then it exits 0.
     """
+    from stanch.temporal.client import configured_address
+    from stanch.temporal.setup import SearchAttributesMissing
     from stanch.trust.assertions import DecisionKeyError
-    from workers.main import run_worker, trust_decision_keys
+    from workers.main import VersioningConfigError, deployment_config, trust_decision_keys
 
     settings = Settings.from_env()
+    if health_port is not None:
+        settings = settings.model_copy(update={"worker_health_port": health_port})
     encryption_configured(settings)
     try:
         trust_decision_keys(settings, insecure_dev=insecure_dev)  # named here, before anything connects
+        deployment_config(settings)
     except DecisionKeyError as exc:
         raise fail(f"refusing to start: decision keys: {exc}") from exc
-    console.print(f"stanch worker: task queue {settings.task_queue!r}, Temporal at {settings.temporal_address or '(env config)'}")
-    asyncio.run(_until_signalled(run_worker(settings, insecure_dev=insecure_dev)))
+    except VersioningConfigError as exc:
+        raise fail(f"refusing to start: {exc}") from exc
+    console.print(f"stanch worker: task queue {settings.task_queue!r}, Temporal at {configured_address(settings.temporal_address)}")
+    try:
+        asyncio.run(_worker_until_signalled(settings, insecure_dev, health_host))
+    except SearchAttributesMissing as exc:
+        raise fail(f"refusing to start: {exc}") from exc
+    except (RuntimeError, OSError) as exc:  # connecting failed: the SDK says why
+        raise fail(
+            f"cannot reach Temporal at {configured_address(settings.temporal_address)}: {exc}. "
+            "Check TEMPORAL_ADDRESS (or your TEMPORAL_PROFILE in temporal.toml), TLS and API key"
+        ) from exc
+
+
+async def _worker_until_signalled(settings: Settings, insecure_dev: bool, health_host: str) -> None:
+    """The worker, with SIGTERM and SIGINT draining it (see `workers.main.run_worker`), and its
+    health endpoints when a port is configured."""
+    from workers.health import WorkerHealth, serve_health
+    from workers.main import run_worker
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    health = WorkerHealth()
+    server = await serve_health(health, health_host, settings.worker_health_port) if settings.worker_health_port else None
+    try:
+        await run_worker(settings, insecure_dev=insecure_dev, stop=stop, health=health)
+    finally:
+        if server is not None:
+            server.close()
 
 
 def api(

@@ -10,14 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import timedelta
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from temporalio.service import RPCError
 
 from stanch.cli.output import make_console
-from stanch.temporal.client import configured_address, configured_namespace, connect
-from stanch.temporal.setup import SetupError, SetupReport, parse_retention, setup
+
+if TYPE_CHECKING:
+    from stanch.temporal.setup import SetupReport
 
 temporal_app = typer.Typer(help="Prepare a Temporal cluster or Temporal Cloud namespace for Stanch.", no_args_is_help=True)
 console = make_console()
@@ -54,6 +54,9 @@ def setup_command(
     Refuses when an attribute exists with another type. Workers refuse to start, and the API
     is not ready, until this has run against their namespace.
     """
+    # Here, not at the top: `stanch --help` need not load the Temporal SDK.
+    from stanch.temporal.setup import SetupError, parse_retention
+
     try:
         retention_period = parse_retention(retention)
     except SetupError as exc:
@@ -71,6 +74,11 @@ def setup_command(
 
 
 async def _run_setup(address: str | None, namespace: str | None, create_namespace: bool, retention: timedelta) -> SetupReport:
+    from temporalio.service import RPCError
+
+    from stanch.temporal.client import configured_address, configured_namespace, connect
+    from stanch.temporal.setup import SetupError, setup
+
     where = f"{configured_address(address)} (namespace {configured_namespace(namespace)})"
     try:
         client = await asyncio.wait_for(connect(address, namespace), CONNECT_TIMEOUT_S)
