@@ -9,8 +9,13 @@ Configured in one YAML file (`STANCH_RESPONDERS`, `stanch api --responders FILE`
       issuer: https://idp.example.com/
       audience: stanch
       algorithms: [RS256]
-      public_key_file: /etc/stanch/idp.pem     # or secret_env: NAME for HS256
-      roles_claim: roles
+      jwks_url: https://idp.example.com/.well-known/jwks.json   # or public_key_file: /etc/stanch/idp.pem,
+                                                                # or secret_env: NAME for HS256
+      roles_claim: realm_access.roles   # a claim, or a dotted path into one (Keycloak); default roles
+
+With `jwks_url` the identity provider's keys are fetched and cached (`jwks_cache_seconds`); a
+token naming a key id not in the cache fetches them once more (at most every
+`jwks_refetch_cooldown_seconds`), so a key the provider rotates in is accepted without a restart.
 
 `stanch responders token --user alice --role oncall` mints a token and prints its line.
 Under `--insecure-dev` (the local demo) identity is taken as claimed: `X-Stanch-User` and
@@ -21,10 +26,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlparse
 
 import jwt
 import yaml
@@ -46,7 +53,17 @@ class Principal(BaseModel):
 
 
 class NotAuthenticated(Exception):
-    """No usable credential; the message says what was wrong (never the credential)."""
+    """No usable credential; the message says what was wrong (never the credential).
+    `status_code` is the HTTP status an entry point answers with."""
+
+    status_code = 401
+
+
+class IdentityProviderUnavailable(NotAuthenticated):
+    """The identity provider's keys could not be fetched: no token can be checked, so none is
+    accepted. Not the caller's fault, hence 503 rather than 401."""
+
+    status_code = 503
 
 
 class _Strict(BaseModel):
@@ -60,10 +77,21 @@ class StaticToken(_Strict):
 
 
 JwtAlgorithm = Literal["HS256", "RS256", "ES256"]
+# A request waits this long at most for the identity provider's keys (only when they are fetched).
+JWKS_TIMEOUT_SECONDS = 5.0
 
 
 def _default_algorithms() -> list[JwtAlgorithm]:
     return ["RS256"]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class JwtIssuer(_Strict):
@@ -72,13 +100,30 @@ class JwtIssuer(_Strict):
     algorithms: list[JwtAlgorithm] = Field(default_factory=_default_algorithms)
     secret_env: str | None = None
     public_key_file: Path | None = None
+    jwks_url: str | None = Field(None, description="the identity provider's JWKS (https; http only on loopback)")
+    jwks_cache_seconds: float = Field(300, gt=0, description="how long fetched keys are used before fetching them again")
+    jwks_refetch_cooldown_seconds: float = Field(
+        30, ge=0, description="at most one extra fetch for an unknown key id in this long: a flood of made-up ids cannot hammer the IdP"
+    )
     user_claim: str = "sub"
-    roles_claim: str = "roles"
+    roles_claim: str = Field("roles", description="a claim name, or a dotted path into nested claims (realm_access.roles)")
 
     @model_validator(mode="after")
     def _one_key(self) -> JwtIssuer:
-        if (self.secret_env is None) == (self.public_key_file is None):
-            raise ValueError("give exactly one of secret_env (HS256) or public_key_file (RS256/ES256)")
+        given = [name for name in ("secret_env", "public_key_file", "jwks_url") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of secret_env (HS256), public_key_file (RS256/ES256) or jwks_url (the identity provider's keys)"
+                + (f"; got {' and '.join(given)}" if given else "")
+            )
+        if self.jwks_url is not None:
+            url = urlparse(self.jwks_url)
+            if url.scheme not in ("https", "http") or not url.hostname:
+                raise ValueError(f"jwks_url {self.jwks_url!r} must be an https:// URL")
+            if url.scheme == "http" and not _is_loopback(url.hostname):
+                raise ValueError(f"jwks_url {self.jwks_url!r} must use https (plain http only on loopback, for tests)")
+            if "HS256" in self.algorithms:
+                raise ValueError("jwks_url gives public keys: list RS256 or ES256 in algorithms, not HS256")
         return self
 
 
@@ -91,13 +136,35 @@ def token_sha256(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def claim_at(claims: Mapping[str, Any], name: str) -> Any:
+    """A claim by its name, else by a dotted path into nested claims: `realm_access.roles`
+    (Keycloak) is claims["realm_access"]["roles"], while a name that itself holds dots
+    (`https://example.com/roles`) is found as it is first. None if neither is there."""
+    if name in claims:
+        return claims[name]
+    value: Any = claims
+    for part in name.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
 class ResponderAuth:
     """Turns an `Authorization: Bearer ...` header into a Principal, or says why it cannot."""
 
-    def __init__(self, config: RespondersFile, *, insecure_dev: bool = False, jwt_key: str | None = None) -> None:
+    def __init__(
+        self,
+        config: RespondersFile,
+        *,
+        insecure_dev: bool = False,
+        jwt_key: str | None = None,
+        jwks: jwt.PyJWKClient | None = None,
+    ) -> None:
         self.config = config
         self.insecure_dev = insecure_dev
         self._jwt_key = jwt_key
+        self._jwks = jwks
 
     @property
     def mode(self) -> Literal["token", "insecure-dev"]:
@@ -130,15 +197,44 @@ class ResponderAuth:
             return self._from_jwt(credential, self.config.jwt)
         raise NotAuthenticated("unknown token")
 
+    def _key_for(self, credential: str, issuer: JwtIssuer) -> Any:
+        """The key to check this token with: the configured one, or the IdP's key its `kid` names."""
+        if self._jwks is None:
+            # load_responder_auth always gives the key with a jwt issuer; only a hand-built
+            # ResponderAuth can lack it, and then every JWT is refused.
+            if self._jwt_key is None:
+                raise NotAuthenticated("the token was refused: no key is configured for the jwt issuer")
+            return self._jwt_key
+        try:
+            kid = jwt.get_unverified_header(credential).get("kid")
+        except jwt.PyJWTError as err:
+            raise NotAuthenticated(f"the token was refused: {err}") from err
+        if not kid:
+            raise NotAuthenticated("the token names no key id (kid): the identity provider's keys are chosen by it")
+        unavailable = f"could not fetch the identity provider's keys from {issuer.jwks_url}"
+        try:
+            self._jwks.get_signing_keys()  # the cached set, or a fetch: a failure here is the IdP's, not the token's
+        except jwt.PyJWKClientConnectionError as err:
+            raise IdentityProviderUnavailable(f"{unavailable}: {err.__cause__ or err}") from err
+        except (jwt.PyJWTError, ValueError) as err:  # not a key set: an error page, no usable key
+            raise IdentityProviderUnavailable(f"{unavailable}: {err}") from err
+        try:
+            return self._jwks.get_signing_key(str(kid)).key  # not in the set: fetched once more (after the cooldown)
+        except jwt.PyJWKClientConnectionError as err:
+            raise IdentityProviderUnavailable(f"{unavailable}: {err.__cause__ or err}") from err
+        except jwt.PyJWKClientError as err:
+            raise NotAuthenticated(
+                f"the token was refused: its key id {str(kid)[:64]!r} is not among the identity provider's keys at {issuer.jwks_url}"
+            ) from err
+        except (jwt.PyJWTError, ValueError) as err:
+            raise IdentityProviderUnavailable(f"{unavailable}: {err}") from err
+
     def _from_jwt(self, credential: str, issuer: JwtIssuer) -> Principal:
-        # load_responder_auth always gives the key with a jwt issuer; only a hand-built
-        # ResponderAuth can lack it, and then every JWT is refused.
-        if self._jwt_key is None:
-            raise NotAuthenticated("the token was refused: no key is configured for the jwt issuer")
+        key = self._key_for(credential, issuer)
         try:
             claims = jwt.decode(
                 credential,
-                self._jwt_key,
+                key,
                 algorithms=issuer.algorithms,
                 audience=issuer.audience,
                 issuer=issuer.issuer,
@@ -148,9 +244,11 @@ class ResponderAuth:
             raise NotAuthenticated("the token has expired") from err
         except jwt.PyJWTError as err:  # includes key/algorithm mismatches: a refusal, never a 500
             raise NotAuthenticated(f"the token was refused: {err}") from err
-        user, roles = claims.get(issuer.user_claim), claims.get(issuer.roles_claim, [])
+        user, roles = claim_at(claims, issuer.user_claim), claim_at(claims, issuer.roles_claim)
         if not user:
             raise NotAuthenticated(f"the token has no {issuer.user_claim!r} claim")
+        if roles is None:
+            roles = []
         return Principal(user=str(user), roles=[str(r) for r in (roles if isinstance(roles, list) else [roles])], via="jwt")
 
 
@@ -166,9 +264,19 @@ def load_responder_auth(path: Path, *, insecure_dev: bool, env: Mapping[str, str
     except ValidationError as err:
         raise ValueError("\n".join(validation_lines(path, err))) from None
     key: str | None = None
+    jwks: jwt.PyJWKClient | None = None
     if config.jwt:
-        # JwtIssuer._one_key: exactly one of secret_env and public_key_file is set.
-        if config.jwt.secret_env is not None:
+        # JwtIssuer._one_key: exactly one of secret_env, public_key_file and jwks_url is set.
+        if config.jwt.jwks_url is not None:
+            # Nothing is fetched here: an IdP that is down at start-up refuses tokens (503) until it is back.
+            jwks = jwt.PyJWKClient(
+                config.jwt.jwks_url,
+                cache_keys=True,
+                lifespan=config.jwt.jwks_cache_seconds,
+                timeout=JWKS_TIMEOUT_SECONDS,
+                cooldown_duration=config.jwt.jwks_refetch_cooldown_seconds,
+            )
+        elif config.jwt.secret_env is not None:
             key = env.get(config.jwt.secret_env) or None
             if key is None:
                 raise ValueError(f"{path}: jwt.secret_env: environment variable {config.jwt.secret_env} is not set")
@@ -176,4 +284,4 @@ def load_responder_auth(path: Path, *, insecure_dev: bool, env: Mapping[str, str
             key = (path.parent / config.jwt.public_key_file).read_text()
     if not config.tokens and not config.jwt and not insecure_dev:
         raise ValueError(f"{path}: no tokens and no jwt issuer: nobody could respond")
-    return ResponderAuth(config, insecure_dev=insecure_dev, jwt_key=key)
+    return ResponderAuth(config, insecure_dev=insecure_dev, jwt_key=key, jwks=jwks)
