@@ -12,6 +12,7 @@ Temporal never gets that far: it is a 413 at intake (`stanch.intake.sources.limi
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -53,6 +54,8 @@ from stanch.intake.auth import (
 from stanch.intake.routing import UnsafeSignal
 from stanch.intake.sources.limits import TooLarge
 from stanch.runbooks.loader import RunbookCatalog, RunbookError, load_catalog
+from stanch.temporal.client import configured_namespace
+from stanch.temporal.setup import SearchAttributesMissing, require_attributes
 from stanch.trust import assertions, decision_keys
 from stanch.trust.responders import Principal, ResponderAuth, load_responder_auth
 
@@ -146,7 +149,10 @@ def create_app(
         open_sources = intake_auth.open_sources(intake_sources(app))
         if open_sources:
             log.warning("INSECURE: intake sources %s accept requests without credentials (--insecure-dev)", ", ".join(open_sources))
+        # Said at start, in the background: the API serves /healthz whatever Temporal does.
+        checking = asyncio.create_task(_say_if_unprepared(app.state.temporal, settings))
         yield
+        checking.cancel()
 
     app = FastAPI(title="Stanch", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
@@ -186,6 +192,12 @@ def create_app(
 
     @app.exception_handler(TemporalUnavailable)
     async def temporal_unavailable(request: Request, exc: TemporalUnavailable) -> JSONResponse:
+        return _retry_later(str(exc))
+
+    @app.exception_handler(SearchAttributesMissing)
+    async def namespace_unprepared(request: Request, exc: SearchAttributesMissing) -> JSONResponse:
+        # For the operator, not the sender: retrying works once `stanch temporal setup` has run.
+        log.error("%s %s: %s", request.method, request.url.path, exc)
         return _retry_later(str(exc))
 
     @app.exception_handler(RPCError)
@@ -228,7 +240,7 @@ def create_app(
         return Health(
             temporal=connection.address,
             temporal_connected=connection.connected,
-            namespace=settings.temporal_namespace,
+            namespace=configured_namespace(settings.temporal_namespace),
             task_queue=settings.task_queue,
             gateway_url=settings.gateway_url,
             api_url=settings.api_url,
@@ -240,19 +252,46 @@ def create_app(
 
     @app.get("/readyz", response_model=Readiness, tags=["operations"], responses={503: {"model": Readiness}})
     async def readyz(request: Request, settings: SettingsDep) -> JSONResponse:
-        """Readiness: 200 when Temporal answers now, 503 naming Temporal, its
-        address and what is wrong when it does not. Wait on this, not /healthz, before sending."""
+        """Readiness: 200 when Temporal answers now and its namespace has Stanch's search
+        attributes; else 503 naming Temporal, its address and what is wrong (for missing
+        attributes: run `stanch temporal setup`). Wait on this, not /healthz, before sending."""
         connection: TemporalConnection = request.app.state.temporal
-        problem = await connection.unready()
+        problem = await connection.unready() or await _unprepared(connection, settings)
         readiness = Readiness(
             status="ready" if problem is None else "not ready",
             temporal=connection.address,
-            namespace=settings.temporal_namespace,
+            namespace=configured_namespace(settings.temporal_namespace),
             detail=problem,
         )
         return JSONResponse(readiness.model_dump(mode="json"), status_code=200 if problem is None else 503)
 
     return app
+
+
+async def _unprepared(connection: TemporalConnection, settings: Settings) -> str | None:
+    """None when the namespace has Stanch's search attributes (or none are used); else why not."""
+    if not settings.upsert_search_attributes:
+        return None
+    try:
+        await require_attributes(await connection.client())
+    except SearchAttributesMissing as err:
+        return str(err)
+    except TemporalUnavailable as err:
+        return str(err)
+    except RPCError as err:
+        return f"Temporal at {connection.address} did not list the namespace's search attributes ({err.status.name}: {err.message})"
+    return None
+
+
+async def _say_if_unprepared(connection: TemporalConnection, settings: Settings) -> None:
+    """At start, log an unprepared namespace loudly: the operator reads it before any alert bounces."""
+    try:
+        problem = await _unprepared(connection, settings)
+    except Exception:  # a log line at start must never take the API down; /readyz asks again
+        log.debug("checking the namespace at start failed", exc_info=True)
+        return
+    if problem is not None and "stanch temporal setup" in problem:
+        log.error("not ready: %s", problem)
 
 
 def intake_sources(app: FastAPI) -> list[str]:

@@ -10,6 +10,7 @@ the API is not ready, until the attributes are there, both naming that command.
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -42,6 +43,19 @@ class SearchAttributesMissing(Exception):
             f"Temporal namespace {namespace!r} lacks Stanch's search attributes ({', '.join(missing)}): "
             f"run `{SETUP_COMMAND}` against it once (it registers them), then retry"
         )
+
+
+def refused_for_missing_attributes(error: RPCError) -> bool:
+    """Whether Temporal refused a start because the namespace does not know a search attribute:
+    "Namespace X has no mapping defined for search attribute Y" (SQL visibility), "search
+    attribute Y is not defined" (Elasticsearch)."""
+    return error.status == RPCStatusCode.INVALID_ARGUMENT and "search attribute" in error.message.lower()
+
+
+def named_in_refusal(error: RPCError) -> list[str]:
+    """The attribute Temporal's refusal names, else all of Stanch's."""
+    named = re.search(r"search attribute (\w+)", error.message, re.IGNORECASE)
+    return [named.group(1)] if named else list(wanted_attributes())
 
 
 class AttributeOutcome(BaseModel):
