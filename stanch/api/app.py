@@ -61,6 +61,9 @@ from stanch.trust.responders import Principal, ResponderAuth, load_responder_aut
 
 log = logging.getLogger(__name__)
 
+# On SIGTERM requests in flight get this long to finish (Kubernetes' default grace period is 30 s).
+API_SHUTDOWN_SECONDS = 25
+
 DESCRIPTION = """\
 Incident response and rollback for AI systems in production.
 
@@ -340,4 +343,6 @@ def serve(host: str, port: int, settings: Settings | None = None, *, insecure_de
             stop_streams(app)  # open board streams end within one poll: shutdown need not wait for them
             super().handle_exit(sig, frame)
 
-    Server(uvicorn.Config(app, host=host, port=port, log_level="info")).run()
+    # SIGTERM (a rollout): stop accepting, let requests in flight (a webhook being recorded in
+    # Temporal) finish, up to Kubernetes' default grace period, then exit 0.
+    Server(uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=API_SHUTDOWN_SECONDS)).run()

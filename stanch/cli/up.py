@@ -8,6 +8,7 @@ import os
 import re
 import secrets
 import signal
+import subprocess
 import sys
 import threading
 from dataclasses import dataclass
@@ -107,8 +108,11 @@ def up(
 
     settings = plan.settings
     if not plan.embedded_temporal:
+        from stanch.temporal.client import configured_namespace  # the Temporal SDK: only when needed
+
+        namespace = configured_namespace(settings.temporal_namespace)
         console.print(
-            f"Joining Temporal at {settings.temporal_address} (namespace {settings.temporal_namespace}) on task queue "
+            f"Joining Temporal at {settings.temporal_address} (namespace {namespace}) on task queue "
             f"[bold]{settings.task_queue}[/], not the production queue {DEFAULT_TASK_QUEUE!r}; incident ids start with "
             f"[bold]{settings.incident_prefix}[/]."
         )
@@ -218,6 +222,8 @@ def _start_and_watch(supervisor: Supervisor, plan: UpPlan, stop: threading.Event
                 supervisor.start("temporal", plan.dev_server_command())
                 if not supervisor.wait_until(lambda: port_open(LOOPBACK, plan.temporal_port), "Temporal", timeout, stop.is_set):
                     return 0
+        if not plan.embedded_temporal and not _prepare_cluster(supervisor, python):
+            return 1
         with console.status("starting the demo models, gateway, worker and API"):
             if plan.encrypted:
                 supervisor.start("codec-server", plan.codec_command(python))
@@ -267,6 +273,21 @@ def _start_and_watch(supervisor: Supervisor, plan: UpPlan, stop: threading.Event
             return 1
     console.print("\nstopping (Ctrl-C / SIGTERM received)")
     return 0
+
+
+def _prepare_cluster(supervisor: Supervisor, python: list[str]) -> bool:
+    """`stanch temporal setup` against the cluster joined: the embedded dev server registers
+    Stanch's search attributes by flags, a cluster does not, and the worker refuses to start
+    without them. Idempotent: what is there is kept. False (said why) when it could not."""
+    with console.status("checking Stanch's search attributes on the cluster (stanch temporal setup)"):
+        done = subprocess.run([*python, "temporal", "setup"], env=supervisor.env, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        err_console.print(done.stderr.strip() or done.stdout.strip())
+        err_console.print("[bold red]error:[/] the cluster is not prepared for Stanch; ask its operator to run `stanch temporal setup`")
+        return False
+    added = [line for line in done.stdout.splitlines() if line.endswith(": added")]
+    console.print("\n".join(added) if added else "Stanch's search attributes: already present")
+    return True
 
 
 def _report_failure(supervisor: Supervisor, message: str) -> None:
