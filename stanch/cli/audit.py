@@ -18,13 +18,18 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from stanch.config.settings import Settings
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from stanch.audit.verify import VerifyReport
 
 audit_app = typer.Typer(
     help="Replay incident histories, read their timelines, export and verify audit bundles.",
@@ -229,7 +234,9 @@ def export(
     signing_key: Annotated[
         str | None,
         typer.Option(
-            "--signing-key", envvar="STANCH_AUDIT_SIGNING_KEY", help="Ed25519 private key PEM file (or PEM text) to sign the head"
+            "--signing-key",
+            envvar="STANCH_AUDIT_SIGNING_KEY",
+            help="Ed25519 private key PEM file (or PEM text) to sign the head (default: the file STANCH_AUDIT_SIGNING_KEY_FILE names)",
         ),
     ] = None,
     home: HomeOption = None,
@@ -262,7 +269,7 @@ async def _export(out, since, signing_key, home, address, namespace):
         parse_since,
     )
 
-    key = signing.load_private(signing_key) if signing_key else None
+    key = signing.export_key(signing_key)
     settings = _settings(home)
     keys = _trust_keys(settings)
     moment = parse_since(since) if since else None
@@ -281,7 +288,14 @@ async def _export(out, since, signing_key, home, address, namespace):
 @audit_app.command("verify")
 def verify(
     path: Annotated[Path, typer.Argument(help="the bundle folder")],
-    public_key: Annotated[str | None, typer.Option("--public-key", help="Ed25519 public key PEM: also check the head's signature")] = None,
+    public_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--public-key",
+            help="Ed25519 public key PEM (repeat, or several in one file: the one whose key id the bundle names checks the "
+            "head's signature; default: STANCH_AUDIT_PUBLIC_KEYS_FILE)",
+        ),
+    ] = None,
     require_signature: Annotated[
         bool, typer.Option("--require-signature", help="exit 1 unless the bundle is signed and its signature checks with --public-key")
     ] = False,
@@ -293,17 +307,16 @@ def verify(
     removed, reordered or truncated entry and any symlink, and checks the head's signature with
     --public-key. Unsigned, the chain cannot show a consistent rewrite: see what it says it proves."""
     from stanch.audit import signing
-    from stanch.audit import verify as verification
 
     if not path.is_dir():
         err_console.print(f"[bold red]error:[/] {escape(str(path))}: no such bundle folder")
         raise typer.Exit(2)
     try:
-        key = signing.load_public(public_key) if public_key else None
+        keys = signing.verify_keys(public_key or [])
     except signing.SigningKeyError as error:
         err_console.print(f"[bold red]error:[/] {escape(str(error))}")
         raise typer.Exit(2) from None
-    report = verification.verify(path, key, require_signature=require_signature)
+    report = _verify_with(path, keys, require_signature)
     if as_json:
         typer.echo(report.model_dump_json(indent=2))
     else:
@@ -331,6 +344,34 @@ def verify(
         raise typer.Exit(1)
 
 
+def _verify_with(path: Path, keys: list[Ed25519PublicKey], require_signature: bool) -> VerifyReport:
+    """Verify with the public key the bundle's signature names. Given several (a rotation), none
+    of them that key is a failed signature naming the key id; one key is checked as it is."""
+    from stanch.audit import bundle, signing
+    from stanch.audit import verify as verification
+
+    if len(keys) < 2:
+        return verification.verify(path, keys[0] if keys else None, require_signature=require_signature)
+    try:
+        signed_by = bundle.Manifest.model_validate_json((path / bundle.MANIFEST).read_text()).signature
+    except (OSError, ValueError):
+        signed_by = None  # the verification names what is wrong with the manifest
+    if signed_by is None or (key := signing.key_named(keys, signed_by.key_id)) is not None:
+        return verification.verify(path, keys[0] if signed_by is None else key, require_signature=require_signature)
+    report = verification.verify(path, None, require_signature=False)
+    known = ", ".join(signing.key_id(key) for key in keys)
+    report.problems.append(
+        verification.Problem(
+            what="signature",
+            message=f"signed by key id {signed_by.key_id}, and none of the {len(keys)} public keys given has that id (given: {known}): "
+            "add the exporter's public key for it, or the bundle was not signed by your installation",
+        )
+    )
+    report.signature = "invalid"
+    report.proves = f"signed by key id {signed_by.key_id}, which no public key given has: the signature could not be checked"
+    return report
+
+
 @audit_app.command("keygen")
 def keygen(
     private_key: Annotated[Path, typer.Argument(help="where to write the private key (PEM, mode 0600)")],
@@ -351,5 +392,5 @@ def keygen(
         err_console.print(f"[bold red]error:[/] {escape(str(problem))}")
         raise typer.Exit(2) from None
     console.print(f"[green]✓[/] key {kid}: private {escape(str(private_key))}, public {escape(str(public_key))}")
-    console.print("  sign:   stanch audit export --signing-key " + escape(str(private_key)) + " …  (or STANCH_AUDIT_SIGNING_KEY)")
-    console.print("  verify: stanch audit verify BUNDLE --public-key " + escape(str(public_key)))
+    console.print("  sign:   stanch audit export --signing-key " + escape(str(private_key)) + " …  (or STANCH_AUDIT_SIGNING_KEY[_FILE])")
+    console.print("  verify: stanch audit verify BUNDLE --public-key " + escape(str(public_key)) + "  (or STANCH_AUDIT_PUBLIC_KEYS_FILE)")
