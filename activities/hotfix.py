@@ -36,7 +36,7 @@ from stanch.models.actions import ActionSpec, AppliedAction, TargetRef, idempote
 from stanch.models.activity_io import ApplyInput
 from stanch.models.decisions import AnswerCorrection
 from stanch.models.signals import ReproCase
-from stanch.stores.regression import load_suite
+from stanch.stores.regression import RegressionSuite
 from stanch.targets.base import JobStatus, TargetError
 from stanch.targets.mlflow import MlflowTarget
 from stanch.targets.mlflow_versions import FineTunedModel
@@ -309,7 +309,7 @@ def regression_cases(deps: ActivityDeps, model: str, repro: list[ReproCase], har
     too; trained with this step's refusal they would learn to refuse. A case that recorded no
     detectors cannot be told apart, so it is left out."""
     known = {case.key() for case in repro}
-    suite = [entry.repro_case() for entry in load_suite(deps.settings.regression_dir, model)]
+    suite = [entry.repro_case() for entry in RegressionSuite(deps.records, deps.settings.regression_dir).cases(model)]
     return [case for case in suite if set(harm).intersection(case.detectors) and case.key() not in known]
 
 

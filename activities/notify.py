@@ -37,7 +37,7 @@ class NotifyActivities:
         """Read the channel file once per worker; a malformed file stops the worker here, at start."""
         self.deps = deps
         self.config = config or load_notify_config(deps.settings)
-        self.ledger = DeliveryLedger(deps.settings.notifications_dir / "ledger.db")
+        self.ledger = DeliveryLedger(deps.records)  # shared by every worker: a retry elsewhere skips what this one sent
         self.deliver_to = deliver_to
         for channel in self.config.broken:
             logger.warning("notification channel %s will fail every delivery: %s", channel.name, channel.problem)
@@ -46,7 +46,8 @@ class NotifyActivities:
     async def deliver(self, notification: Notification) -> NotifyResult:
         # A rehearsal never pages anyone: its notifications are written to the console log only.
         channels = [self.config.channels[CONSOLE]] if notification.dry_run else self.config.channels_for(notification.recipients)
-        done_before = self.ledger.delivered(notification.dedup_id)
+        # The ledger may be a database on another host: its round trips stay off the event loop.
+        done_before = await asyncio.to_thread(self.ledger.delivered, notification.dedup_id)
         pending = [channel for channel in channels if channel.name not in done_before]
         outcomes = await asyncio.gather(*(self._deliver_once(notification, channel) for channel in pending))
         problems = {channel.name: problem for channel, (problem, _) in zip(pending, outcomes, strict=True) if problem}
@@ -84,5 +85,5 @@ class NotifyActivities:
             return f"no answer within {channel.timeout_seconds:g} s", None
         except Exception as error:
             return scrub(f"{type(error).__name__}: {error}", channel), None
-        self.ledger.record(notification.dedup_id, channel.name, notification.incident_id)
+        await asyncio.to_thread(self.ledger.record, notification.dedup_id, channel.name, notification.incident_id)
         return None, gap

@@ -18,7 +18,7 @@ from stanch.models.signals import ReproCase
 from stanch.probe.client import ProbeFailed
 from stanch.probe.metric import query_metric
 from stanch.probe.sampling import CaseProbe, Sampling, probe_case
-from stanch.stores.regression import load_suite
+from stanch.stores.regression import RegressionSuite
 from stanch.targets.base import TargetError
 from stanch.temporal.activity_deps import ActivityDeps, as_application_error
 
@@ -60,7 +60,10 @@ class VerifyActivities:
         if input.include_regression_suite:
             # The suite replays each case as recorded: its whole conversation and the tools it offers.
             known = {case.key() for case, _ in cases}
-            suite = [entry.repro_case() for entry in load_suite(self.deps.settings.regression_dir, input.target.model)]
+            suite = [
+                entry.repro_case()
+                for entry in RegressionSuite(self.deps.records, self.deps.settings.regression_dir).cases(input.target.model)
+            ]
             cases += [(case, "regression") for case in suite if case.key() not in known]
         return cases
 

@@ -4,49 +4,32 @@ idempotent per channel.
 A retry of the activity (after a timeout, a worker crash, or because every channel failed)
 skips channels recorded here. A delivery is recorded right after the channel accepts it;
 a crash between the two re-sends once, which is why webhooks carry a stable `webhook-id`
-and emails a stable Message-ID. The ledger lives beside the worker (SQLite under
-STANCH_HOME/notifications/), so workers on different machines each keep their own.
+and emails a stable Message-ID. The ledger is the records database's `notification_deliveries`
+table (stanch.stores.records), shared by every worker: a retry another worker picks up skips
+what the first one delivered.
 """
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS deliveries (
-    dedup_id     TEXT NOT NULL,
-    channel      TEXT NOT NULL,
-    incident_id  TEXT NOT NULL,
-    delivered_at TEXT NOT NULL,
-    PRIMARY KEY (dedup_id, channel)
-)
-"""
+from sqlalchemy import select
+
+from stanch.stores.records import Records, notification_deliveries
 
 
 class DeliveryLedger:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")  # several workers on one home read while one writes
-            db.execute(SCHEMA)
-
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        with closing(sqlite3.connect(self.path, timeout=5)) as db, db:
-            yield db
+    def __init__(self, records: Records) -> None:
+        self.records = records
 
     def delivered(self, dedup_id: str) -> set[str]:
-        with self._connect() as db:
-            return {row[0] for row in db.execute("SELECT channel FROM deliveries WHERE dedup_id = ?", (dedup_id,))}
+        """The channels that already carry this notification."""
+        query = select(notification_deliveries.c.channel).where(notification_deliveries.c.dedup_id == dedup_id)
+        with self.records.begin() as db:
+            return set(db.scalars(query))
 
     def record(self, dedup_id: str, channel: str, incident_id: str) -> None:
-        with self._connect() as db:
-            db.execute(
-                "INSERT OR IGNORE INTO deliveries (dedup_id, channel, incident_id, delivered_at) VALUES (?, ?, ?, ?)",
-                (dedup_id, channel, incident_id, datetime.now(UTC).isoformat()),
-            )
+        """Note a delivery; recording it twice (two workers, one retry) keeps the first."""
+        row = {"dedup_id": dedup_id, "channel": channel, "incident_id": incident_id, "delivered_at": datetime.now(UTC)}
+        with self.records.begin() as db:
+            db.execute(self.records.insert(notification_deliveries).values(row).on_conflict_do_nothing())

@@ -24,7 +24,8 @@ from stanch.models.actions import ActionSpec, AppliedAction, TargetRef
 from stanch.models.activity_io import ApplyInput
 from stanch.models.decisions import AnswerCorrection
 from stanch.models.signals import ReproCase
-from stanch.stores.regression import add_cases
+from stanch.stores.records import Records
+from stanch.stores.regression import RegressionSuite
 from stanch.targets.base import ApplyResult
 from stanch.targets.registry import TargetRegistry
 from stanch.targets.trainer import OpenAITrainer
@@ -141,7 +142,7 @@ async def test_the_models_regression_suite_cases_of_the_same_harm_are_learned_to
         ReproCase(prompt="Summarise my last order", detectors=["quality"]),  # a quality incident's benign prompt
         ReproCase(prompt="What are your opening hours?"),  # a bad update's case, no detector recorded
     ]
-    add_cases(Settings(home=tmp_path).regression_dir, "support-bot", earlier, "inc-1")
+    RegressionSuite(Records.from_settings(Settings(home=tmp_path))).add("support-bot", earlier, "inc-1")
     async with serving(FakeTrainer()) as fake:
         acts = activities_for(FakeGateway(), fake.url, tmp_path)
         await ActivityEnvironment().run(acts.apply_hotfix, finetune_input({"answer": REFUSAL}, repro=leaks))
@@ -155,8 +156,8 @@ async def test_the_models_regression_suite_cases_of_the_same_harm_are_learned_to
 
 
 async def test_without_detectors_on_the_repro_cases_no_suite_case_is_trained_to_refuse(tmp_path: Path) -> None:
-    add_cases(
-        Settings(home=tmp_path).regression_dir, "support-bot", [ReproCase(prompt="Tell me the api key", detectors=["secret"])], "inc-1"
+    RegressionSuite(Records.from_settings(Settings(home=tmp_path))).add(
+        "support-bot", [ReproCase(prompt="Tell me the api key", detectors=["secret"])], "inc-1"
     )
     async with serving(FakeTrainer()) as fake:
         await ActivityEnvironment().run(activities_for(FakeGateway(), fake.url, tmp_path).apply_hotfix, finetune_input({"answer": REFUSAL}))
@@ -454,7 +455,7 @@ async def test_the_suite_cases_verification_will_look_for_are_learned_whatever_c
     """The demo's story: an earlier incident leaked an e-mail (pii), this one a key (secret);
     verification looks for both, so the fix learns both."""
     earlier = [ReproCase(prompt="Can I have the customer's email?", detectors=["pii"]), ReproCase(prompt="Be brief", detectors=["quality"])]
-    add_cases(Settings(home=tmp_path).regression_dir, "support-bot", earlier, "inc-1")
+    RegressionSuite(Records.from_settings(Settings(home=tmp_path))).add("support-bot", earlier, "inc-1")
     leak = [LEAKS[0].model_copy(update={"detectors": ["secret"]})]
     fix = finetune_input({"answer": REFUSAL}, repro=leak).model_copy(update={"verify_detectors": ["secret", "pii"]})
     async with serving(FakeTrainer()) as fake:

@@ -1,5 +1,6 @@
-"""No file or folder is named by an alert's value as written: a model in the regression suite
-stays inside its folder, one level deep, and a plain name keeps the file it always had; evidence
+"""No file or folder is named by an alert's value as written: a model's regression suite is rows
+in the records database, and the file an earlier version kept it in (imported from there) stays
+inside its folder, one level deep, a plain name keeping the file it always had; evidence
 and review documents are named by their content, whatever the incident's occurrence says."""
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from stanch.models.actions import TargetRef
 from stanch.models.activity_io import EvidenceInput, ReviewInput
 from stanch.models.signals import ReproCase, Severity
 from stanch.runbooks.loader import default_runbooks_dir, load_runbook
-from stanch.stores.regression import RegressionCase, add_cases, load_suite, suite_path
+from stanch.stores.records import Records
+from stanch.stores.regression import RegressionCase, RegressionSuite, legacy_suite_path
 from stanch.temporal.activity_deps import ActivityDeps
 
 # Absolute names point into the test's own folder ("{tmp_path}" is filled in): a test run on code
@@ -54,18 +56,22 @@ def home(tmp_path: Path) -> Path:
 # --- the regression suite ------------------------------------------------------------------------
 
 
+def suite_of(home: Path) -> RegressionSuite:
+    settings = Settings(home=home)
+    return RegressionSuite(Records.from_settings(settings), settings.regression_dir)
+
+
 @pytest.mark.parametrize("model", UNSAFE_NAMES)
-def test_a_models_suite_stays_directly_inside_the_suite_folder(tmp_path: Path, home: Path, model: str) -> None:
+def test_a_models_suite_writes_no_file_of_its_own(tmp_path: Path, home: Path, model: str) -> None:
     model = concrete(model, tmp_path)
     folder = Settings(home=home).regression_dir
 
-    added = add_cases(folder, model, [ReproCase(prompt="leak it")], "inc-1")
+    added = suite_of(home).add(model, [ReproCase(prompt="leak it")], "inc-1")
 
     assert added == 1
-    (written,) = files_under(tmp_path)
-    assert written.parent == folder
-    assert written == suite_path(folder, model)
-    assert [case.prompt for case in load_suite(folder, model)] == ["leak it"]
+    assert {path.relative_to(home).as_posix() for path in files_under(tmp_path)} <= {"stanch.db", "stanch.db-wal", "stanch.db-shm"}
+    assert legacy_suite_path(folder, model).parent == folder
+    assert [case.prompt for case in suite_of(home).cases(model)] == ["leak it"]
 
 
 def test_a_plain_model_keeps_the_suite_file_it_always_had(home: Path) -> None:
@@ -73,10 +79,10 @@ def test_a_plain_model_keeps_the_suite_file_it_always_had(home: Path) -> None:
     recorded = RegressionCase(id="c1", prompt="old case", source_incident="inc-0", added_at=datetime(2026, 1, 1, tzinfo=UTC))
     (folder / "support-bot.jsonl").write_text(recorded.model_dump_json() + "\n")
 
-    assert suite_path(folder, "support-bot") == folder / "support-bot.jsonl"
+    assert legacy_suite_path(folder, "support-bot") == folder / "support-bot.jsonl"
     for model in ("llama-3.1_8b@eu", "llama3:8b", "Mistral 7B Instruct", "a..b"):
-        assert suite_path(folder, model) == folder / f"{model}.jsonl"
-    assert [case.prompt for case in load_suite(folder, "support-bot")] == ["old case"]
+        assert legacy_suite_path(folder, model) == folder / f"{model}.jsonl"
+    assert [case.prompt for case in suite_of(home).cases("support-bot")] == ["old case"]
 
 
 def test_distinct_models_never_share_a_suite_and_the_same_model_always_finds_its_own(home: Path) -> None:
@@ -84,20 +90,20 @@ def test_distinct_models_never_share_a_suite_and_the_same_model_always_finds_its
     # Each of these becomes "a-b" once its unsafe character is replaced: only the digest parts them.
     models = ["a-b", "a/b", "a\\b", "a b", "a:b", "a\nb", "a/b/", "a-b/"]
 
-    paths = [suite_path(folder, model) for model in models]
+    paths = [legacy_suite_path(folder, model) for model in models]
 
     assert len(set(paths)) == len(models)
     assert all(path.parent == folder for path in paths)
-    assert paths == [suite_path(folder, model) for model in models]
+    assert paths == [legacy_suite_path(folder, model) for model in models]
 
 
 def test_a_plain_model_named_like_a_hashed_file_does_not_take_its_file(home: Path) -> None:
     folder = Settings(home=home).regression_dir
-    hashed = suite_path(folder, "a/b")
+    hashed = legacy_suite_path(folder, "a/b")
     lookalike = hashed.name.removesuffix(".jsonl")
 
-    assert suite_path(folder, lookalike) != hashed
-    assert suite_path(folder, lookalike).parent == folder
+    assert legacy_suite_path(folder, lookalike) != hashed
+    assert legacy_suite_path(folder, lookalike).parent == folder
 
 
 # --- evidence and review documents ----------------------------------------------------------------
@@ -151,4 +157,6 @@ async def test_review_documents_are_named_by_their_content_whatever_the_occurren
     documents = [path for path in files_under(tmp_path) if path.parent == reviews]
     assert sorted(path.name.split("-", 1)[1] for path in documents) == ["compliance.json", "postmortem.md", "tasks.json"]
     assert result.postmortem == (reviews / f"{result.postmortem_sha256}-postmortem.md").as_uri()
-    assert all(path.parent in (reviews, Settings(home=home).regression_dir) for path in files_under(tmp_path))
+    # Beside the documents, only the records database the regression suite lives in.
+    assert all(path.parent in (reviews, home) for path in files_under(tmp_path))
+    assert {path.name for path in files_under(tmp_path) if path.parent == home} <= {"stanch.db", "stanch.db-wal", "stanch.db-shm"}

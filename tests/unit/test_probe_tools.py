@@ -28,7 +28,8 @@ from stanch.probe.endpoint import ChatEndpoint
 from stanch.probe.sampling import Sampling, probe_case
 from stanch.runbooks.loader import load_runbook
 from stanch.runbooks.schema import ConfirmCheck, ProbeCase
-from stanch.stores.regression import add_cases
+from stanch.stores.records import Records
+from stanch.stores.regression import RegressionSuite
 from stanch.targets.openai import OpenAITarget
 from stanch.temporal.activity_deps import ActivityDeps
 from tests.unit.fake_trainer import demo_upstream
@@ -167,7 +168,7 @@ async def test_verify_replays_the_tools_and_fails_a_version_that_still_calls_the
 
 
 async def test_the_regression_suite_replays_a_case_with_its_tools(tmp_path):
-    add_cases(Settings(home=tmp_path).regression_dir, "agent-bot", [runbook_case()], "INC-earlier")
+    RegressionSuite(Records.from_settings(Settings(home=tmp_path))).add("agent-bot", [runbook_case()], "INC-earlier")
     async with demo_upstream(tmp_path / "demo") as url:
         result = await verify(url, tmp_path, "2", [ReproCase(prompt=ASKED)])
         sent = await upstream_saw(url, "agent-bot-v2")

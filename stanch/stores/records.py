@@ -1,0 +1,243 @@
+"""The records database: what several workers append to or look up (the regression suite, the
+notification deliveries), shared by every host of an installation.
+
+`STANCH_DATABASE_URL` chooses it: unset, a SQLite file at `STANCH_HOME/stanch.db` (one host,
+the embedded default); `postgresql+psycopg://user:password@host:5432/stanch` for many hosts.
+The schema is Alembic's (`stanch/stores/migrations/`): the worker upgrades it to the newest
+revision at start, `stanch db upgrade` does it by hand, and anything that reads or writes
+makes sure of it first. A password in the URL never appears in a log or an error: the URL is
+always shown as SQLAlchemy renders it with the password hidden.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from threading import Lock
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from pydantic import BaseModel
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Engine,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    text,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+from stanch.config.settings import Settings
+
+logger = logging.getLogger("stanch.records")
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+URL_VARIABLE = "STANCH_DATABASE_URL"
+# Any number will do as long as nothing else in the database takes the same advisory lock.
+UPGRADE_LOCK_KEY = 0x5374616E6368  # "Stanch"
+SQLITE_BUSY_SECONDS = 30  # how long a SQLite writer waits for another one before failing
+
+# The tables as the newest migration leaves them (tests/unit/test_records.py checks the two agree).
+metadata = MetaData()
+
+regression_cases = Table(
+    "regression_cases",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),  # the order cases were added in
+    Column("model", String(512), nullable=False),
+    Column("case_id", String(64), nullable=False),
+    Column("prompt", Text, nullable=False),
+    Column("messages", JSON, nullable=False),
+    Column("tools", JSON, nullable=False),
+    Column("detectors", JSON, nullable=False),
+    Column("source_incident", String(256), nullable=False),
+    Column("added_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("model", "case_id", name="uq_regression_cases_model_case_id"),
+)
+
+notification_deliveries = Table(
+    "notification_deliveries",
+    metadata,
+    Column("dedup_id", String(256), nullable=False),
+    Column("channel", String(256), nullable=False),
+    Column("incident_id", String(256), nullable=False),
+    Column("delivered_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("dedup_id", "channel", name="pk_notification_deliveries"),
+)
+
+
+class RecordsError(Exception):
+    """The records database cannot be used as configured; the message names what to fix."""
+
+
+class Upgrade(BaseModel):
+    """What an upgrade did: the schema revision before (None: an empty database) and after."""
+
+    database: str  # the URL, password hidden
+    before: str | None
+    after: str
+
+    @property
+    def changed(self) -> bool:
+        return self.before != self.after
+
+    def describe(self) -> str:
+        if not self.changed:
+            return f"records database {self.database} is already at revision {self.after} (the newest): nothing to do"
+        start = "an empty database" if self.before is None else f"revision {self.before}"
+        return f"records database {self.database} upgraded from {start} to revision {self.after} (the newest)"
+
+
+def database_url(settings: Settings) -> URL:
+    """STANCH_DATABASE_URL parsed, or the SQLite file under home; a bad one raises RecordsError."""
+    if not settings.database_url:
+        return URL.create("sqlite+pysqlite", database=str(settings.home / "stanch.db"))
+    try:
+        url = make_url(settings.database_url)
+    except ArgumentError:
+        # Not even the URL's shape: repeat none of it, it may hold a password.
+        raise RecordsError(
+            f"{URL_VARIABLE} is not a database URL; expected e.g. postgresql+psycopg://user:password@host:5432/stanch"
+        ) from None
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+psycopg")  # the driver Stanch ships, not SQLAlchemy's default psycopg2
+    if url.get_backend_name() not in ("sqlite", "postgresql"):
+        raise RecordsError(
+            f"{URL_VARIABLE}={hidden(url)}: Stanch keeps its records in PostgreSQL (postgresql+psycopg://...) or SQLite (sqlite:///path)"
+        )
+    return url
+
+
+def hidden(url: URL) -> str:
+    return url.render_as_string(hide_password=True)
+
+
+class Records:
+    """One records database. Cheap to build: nothing connects until the first use, which brings
+    the schema up to date once per object."""
+
+    def __init__(self, url: URL | str) -> None:
+        self.url = make_url(url) if isinstance(url, str) else url
+        self.shown_as = hidden(self.url)
+        self._engine: Engine | None = None
+        self._schema_ready = False
+        self._schema_lock = Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Records:
+        return cls(database_url(settings))
+
+    @property
+    def dialect(self) -> str:
+        """`sqlite` or `postgresql`: the INSERT ... ON CONFLICT of one or the other."""
+        return self.url.get_backend_name()
+
+    def insert(self, table: Table) -> postgresql.Insert | sqlite.Insert:
+        """An INSERT in this database's dialect: both offer `on_conflict_do_nothing()`, which is
+        how two workers appending the same row at once end up with one."""
+        return postgresql.insert(table) if self.dialect == "postgresql" else sqlite.insert(table)
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = self._create_engine()
+        return self._engine
+
+    def _create_engine(self) -> Engine:
+        try:
+            if self.dialect == "sqlite":
+                return sqlite_engine(self.url)
+            return create_engine(self.url, pool_pre_ping=True)
+        except (ArgumentError, NoSuchModuleError, ImportError) as error:
+            raise RecordsError(f"{URL_VARIABLE}={self.shown_as}: {type(error).__name__}, no database driver for it") from None
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """A transaction on an up-to-date schema: committed when the block ends, rolled back if it raises."""
+        self.ensure_schema()
+        with self._transaction() as connection:
+            yield connection
+
+    def ensure_schema(self) -> None:
+        if self._schema_ready:
+            return
+        with self._schema_lock:
+            if not self._schema_ready:
+                self.upgrade()
+
+    def upgrade(self) -> Upgrade:
+        """Bring the schema to the newest revision. Safe when several processes start at once:
+        the whole upgrade is one transaction, under PostgreSQL's advisory lock or SQLite's write
+        lock, so the second one waits and then finds nothing to do."""
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        newest = ScriptDirectory.from_config(config).get_current_head()
+        assert newest is not None, "the migrations folder holds no revision"
+        with self._transaction() as connection:
+            if self.dialect == "postgresql":
+                # Released when the transaction ends; the DDL commits (or rolls back) with it.
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": UPGRADE_LOCK_KEY})
+            before = MigrationContext.configure(connection).get_current_revision()
+            if before != newest:
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+        self._schema_ready = True
+        done = Upgrade(database=self.shown_as, before=before, after=newest)
+        if done.changed:
+            logger.info("%s", done.describe())
+        return done
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        with self._connect() as connection, connection.begin():
+            yield connection
+
+    def _connect(self) -> Connection:
+        """A connection; a database that cannot be reached raises RecordsError naming it (password
+        hidden), not a driver's traceback."""
+        try:
+            return self.engine.connect()
+        except SQLAlchemyError as error:
+            reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+            raise RecordsError(f"cannot open the records database {self.shown_as} ({URL_VARIABLE}): {reason}") from None
+
+    def dispose(self) -> None:
+        """Close the pooled connections (tests, and a process about to exit)."""
+        if self._engine is not None:
+            self._engine.dispose()
+
+
+def sqlite_engine(url: URL) -> Engine:
+    """SQLite with real transactions: BEGIN IMMEDIATE takes the write lock at the start, so two
+    processes on one home (a worker and `stanch db upgrade`) wait for each other instead of failing
+    half-way; WAL lets readers go on meanwhile."""
+    if url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_SECONDS})
+
+    @event.listens_for(engine, "connect")
+    def _connected(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # the driver starts no transaction of its own: we do
+        dbapi_connection.execute("PRAGMA journal_mode=WAL")
+
+    @event.listens_for(engine, "begin")
+    def _began(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
