@@ -100,7 +100,9 @@ def keygen(
     _write_first(path, line)
     new_kid = line.partition(":")[0]
     console.print(f"{new_kid} now encrypts; {path} keeps the older keys for reading old histories.")
-    if settings.encryption_keys is not None:
+    if settings.encryption_keys is not None and settings.encryption_keys_file is not None:
+        console.print("[yellow]note:[/] STANCH_ENCRYPTION_KEYS is set too, and both together are refused: unset it.")
+    elif settings.encryption_keys is not None:
         console.print("[yellow]note:[/] STANCH_ENCRYPTION_KEYS is set and wins over the file; update it instead.")
     console.print("Restart the worker, the API and the codec server so they all use it.")
 

@@ -42,6 +42,7 @@ KEY_ID_METADATA = "encryption-key-id"
 NONCE_BYTES = 12
 KEY_BYTES = 32  # AES-256
 KEYS_ENV = "STANCH_ENCRYPTION_KEYS"
+KEYS_FILE_ENV = "STANCH_ENCRYPTION_KEYS_FILE"
 KEYS_FILE = "encryption-keys"
 # A key id travels in every payload's metadata and in error messages: keep it plain.
 KEY_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -89,14 +90,18 @@ def parse_encryption_keys(text: str, source: str = KEYS_ENV) -> EncryptionKeys:
 def load_encryption_keys(settings: Settings) -> EncryptionKeys | None:
     """The configured keys, first one encrypting; None when encryption is off (nothing configured).
 
-    STANCH_ENCRYPTION_KEYS wins; else the keys file — one named by STANCH_ENCRYPTION_KEYS_FILE
-    must exist, the default HOME/encryption-keys is used only if it does."""
+    STANCH_ENCRYPTION_KEYS, else the keys file — one named by STANCH_ENCRYPTION_KEYS_FILE (a
+    mounted Secret) must exist, the default HOME/encryption-keys is used only if it does. The
+    variable and a named file together are refused: which one a host used would depend on how
+    it was started."""
+    if settings.encryption_keys is not None and settings.encryption_keys_file is not None:
+        raise EncryptionKeyError(f"both {KEYS_ENV} and {KEYS_FILE_ENV} are set: keep one (the file, for a mounted Secret)")
     if settings.encryption_keys is not None:
         return parse_encryption_keys(settings.encryption_keys.get_secret_value(), KEYS_ENV)
     path = settings.encryption_keys_path
     if not path.exists():
         if settings.encryption_keys_file is not None:
-            raise EncryptionKeyError(f"{path}: no such file (named by STANCH_ENCRYPTION_KEYS_FILE)")
+            raise EncryptionKeyError(f"{path}: no such file (named by {KEYS_FILE_ENV})")
         return None
     try:
         text = path.read_text()
