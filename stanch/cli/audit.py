@@ -43,7 +43,11 @@ err_console = Console(stderr=True, soft_wrap=True, highlight=False, emoji=False)
 
 HomeOption = Annotated[
     Path | None,
-    typer.Option("--home", envvar="STANCH_HOME", help="the installation's home: its decision public keys and evidence (default ~/.stanch)"),
+    typer.Option(
+        "--home",
+        envvar="STANCH_HOME",
+        help="the installation's home: its decision public keys, and evidence older histories recorded as a path (default ~/.stanch)",
+    ),
 ]
 AddressOption = Annotated[str | None, typer.Option("--address", envvar="TEMPORAL_ADDRESS", help="Temporal frontend host:port")]
 NamespaceOption = Annotated[str | None, typer.Option("--namespace", envvar="TEMPORAL_NAMESPACE", help="Temporal namespace")]
@@ -268,9 +272,14 @@ async def _export(out, since, signing_key, home, address, namespace):
         incident_query,
         parse_since,
     )
+    from stanch.stores.artefacts import ArtefactStoreConfigError, store_from_settings
 
     key = signing.export_key(signing_key)
     settings = _settings(home)
+    try:
+        artefacts = store_from_settings(settings)
+    except ArtefactStoreConfigError as problem:
+        raise BadInput(str(problem)) from None
     keys = _trust_keys(settings)
     moment = parse_since(since) if since else None
     bundle.prepare(out)  # refuse a used folder before fetching anything
@@ -282,7 +291,8 @@ async def _export(out, since, signing_key, home, address, namespace):
         since=moment.isoformat() if moment else None,
     )
     histories = fetch_incident_histories(client, moment)
-    return await bundle.export(out, histories, _converter(settings), settings.home, header, keys, key)
+    # Evidence and review documents come from the store STANCH_ARTEFACTS names: any host of the installation can export.
+    return await bundle.export(out, histories, _converter(settings), settings.home, header, keys, key, artefacts)
 
 
 @audit_app.command("verify")
