@@ -5,7 +5,9 @@
       histories/<workflow id>__<run id>.json as `temporal workflow show --output json` writes it
       timelines/<workflow id>__<run id>.md   the timeline derived from that history, for people
       timelines/<workflow id>__<run id>.json the same as data
-      evidence/<occurrence>/<sha256>.json    the evidence snapshot each history points at
+      evidence/<occurrence>/<file>           the evidence snapshot each history points at
+      reviews/<occurrence>/<file>            the review documents it records (postmortem, compliance,
+                                             Art. 73 report draft), when kept in the artefact store
 
 Every file is an entry of the manifest: its path, sha256 and size. The entries are chained:
 the genesis is sha256 of the manifest header (canonical JSON), each entry's `chain` is
@@ -16,9 +18,12 @@ added or reordered file or entry, an entry cut off the end, a symlink. Anyone ab
 the whole bundle can rewrite the chain too, header and count included; an Ed25519 signature
 over the head (signing.py), checked with a public key obtained separately, is what rules that out.
 
-Evidence comes only from the installation's evidence folder (`STANCH_HOME/evidence`), and only
-a snapshot whose sha256 is the one its history recorded: a history names its evidence, so a file
-it names elsewhere (or one changed since) is left out, and the manifest's `left_out` says why.
+Evidence and review documents come from the artefact store (stanch.stores.artefacts: the one
+STANCH_ARTEFACTS names, so any host of the installation can export), by the location their
+history recorded, and only when their sha256 is the one it recorded. Older histories recorded
+evidence as a path on the worker: that is looked for in this installation's evidence folder
+(`STANCH_HOME/evidence`) only. Whatever a history names and cannot be shown to be what it
+recorded is left out, and the manifest's `left_out` says what and why.
 """
 
 from __future__ import annotations
@@ -39,14 +44,16 @@ from temporalio.client import WorkflowHistory
 from temporalio.converter import DataConverter
 
 from stanch.audit import signing
+from stanch.audit.models import Timeline
 from stanch.audit.render import to_markdown
 from stanch.audit.timeline import build_timeline
+from stanch.stores.artefacts import ArtefactError, ArtefactStore, is_artefact_location
 
 FORMAT = "stanch-audit-bundle/2"
 # Format 1 had no entry_count, dry_runs or left_out; its bundles still verify (without a count).
 READABLE_FORMATS = ("stanch-audit-bundle/1", FORMAT)
 MANIFEST = "manifest.json"
-Kind = Literal["history", "timeline", "evidence"]
+Kind = Literal["history", "timeline", "evidence", "review"]
 
 
 class BundleError(Exception):
@@ -60,12 +67,15 @@ class ManifestEntry(BaseModel):
     incident: str = Field("", description="workflow id and run id the file belongs to")
     sha256: str
     size: int
-    recorded_sha256: str | None = Field(None, description="evidence: the sha256 its history recorded when the snapshot was taken")
+    recorded_sha256: str | None = Field(
+        None, description="evidence and reviews: the sha256 its history recorded when the document was stored"
+    )
     chain: str = ""
 
 
 class LeftOut(BaseModel):
-    """An evidence snapshot a history names that is not in the bundle, and why."""
+    """An evidence snapshot (or, said in `reason`, a review document) a history names that is not
+    in the bundle, and why."""
 
     incident: str = Field(description="workflow id and run id whose history names it")
     location: str = Field(description="where the history says the snapshot is")
@@ -172,13 +182,17 @@ async def export(
     header: Header,
     trusted_keys: list[str] | None = None,
     signing_key: Ed25519PrivateKey | None = None,
+    artefacts: ArtefactStore | None = None,
 ) -> Manifest:
-    """Write each history, its timeline and its evidence into `folder`, then seal it.
+    """Write each history, its timeline, its evidence and its review documents into `folder`,
+    then seal it.
 
-    Evidence is copied only from `home`/evidence (settings.evidence_dir), and only when its
-    sha256 is the one its history recorded; anything else a history names is left out, and
-    `header.left_out` says what and why."""
+    Evidence and review documents are read from `artefacts` (default: the folder
+    `home`/artefacts) by the location their history recorded; evidence an older history recorded
+    as a path only from `home`/evidence. Each is kept only when its sha256 is the one its history
+    recorded; anything else a history names is left out, and `header.left_out` says what and why."""
     prepare(folder)
+    store = artefacts or ArtefactStore.local(home / "artefacts")
     evidence_root = home / "evidence"
     files: list[FileRecord] = []
     header.dry_runs = list(header.dry_runs or [])
@@ -192,16 +206,71 @@ async def export(
             header.dry_runs.append(incident)
         files.append(write(folder, f"timelines/{stem}.json", timeline.model_dump_json(indent=2), "timeline", incident))
         files.append(write(folder, f"timelines/{stem}.md", to_markdown(timeline), "timeline", incident))
+        occurrence = safe(timeline.occurrence or history.workflow_id)
         for evidence in {e.location: e for e in timeline.evidence}.values():
-            found, data, why = take_evidence(evidence.location, evidence.sha256, evidence_root)
-            if found is None:
+            if is_artefact_location(evidence.location):
+                data, why = await take_artefact(store, evidence.location, evidence.sha256, "evidence")
+                relative = f"evidence/{occurrence}/{safe(evidence.location.rsplit('/', 1)[-1])}"
+            else:
+                found, data, why = take_evidence(evidence.location, evidence.sha256, evidence_root)
+                if found is not None:
+                    relative = "evidence/" + "/".join(safe(part) for part in found.relative_to(evidence_root.resolve()).parts)
+            if why:
                 header.left_out.append(LeftOut(incident=incident, location=evidence.location, recorded_sha256=evidence.sha256, reason=why))
                 continue
-            relative = "evidence/" + "/".join(safe(part) for part in found.relative_to(evidence_root.resolve()).parts)
-            (folder / relative).parent.mkdir(parents=True, exist_ok=True)
-            (folder / relative).write_bytes(data)
-            files.append(FileRecord(path=relative, kind="evidence", incident=incident, recorded_sha256=evidence.sha256))
+            if any(record.path == relative for record in files):  # the same snapshot, recorded twice
+                continue
+            files.append(write_bytes(folder, relative, data, "evidence", incident, evidence.sha256))
+        for document, location, recorded in review_documents(timeline):
+            data, why = await take_artefact(store, location, recorded, "reviews")
+            if why:
+                header.left_out.append(LeftOut(incident=incident, location=location, recorded_sha256=recorded, reason=f"{document}: {why}"))
+                continue
+            relative = f"reviews/{occurrence}/{safe(location.rsplit('/', 1)[-1])}"
+            if any(record.path == relative for record in files):
+                continue
+            files.append(write_bytes(folder, relative, data, "review", incident, recorded))
     return seal(folder, files, header, signing_key)
+
+
+# The review documents a completed `open_review` records: (which, location field, sha256 field).
+REVIEW_DOCUMENTS = (
+    ("the postmortem", "postmortem", "postmortem_sha256"),
+    ("the compliance mapping", "compliance_file", "compliance_sha256"),
+    ("the Art. 73 report draft", "report_draft", "report_draft_sha256"),
+    ("the review tasks", "tasks_file", "tasks_sha256"),
+)
+
+
+def review_documents(timeline: Timeline) -> list[tuple[str, str, str]]:
+    """(which document, location, recorded sha256) for each review document a run recorded in the
+    artefact store. A history from before the store recorded paths on the worker and no sha256:
+    those documents were never part of a bundle and are not looked for."""
+    found: dict[str, tuple[str, str, str]] = {}
+    for step in timeline.steps:
+        if step.activity != "open_review" or step.outcome != "completed":
+            continue
+        for document, location_field, sha256_field in REVIEW_DOCUMENTS:
+            location = step.result.get(location_field)
+            if location and is_artefact_location(location):
+                found.setdefault(location, (document, location, step.result.get(sha256_field) or ""))
+    return list(found.values())
+
+
+async def take_artefact(store: ArtefactStore, location: str, recorded_sha256: str, kind: str) -> tuple[bytes, str]:
+    """The artefact's bytes from the store, if it is of `kind` and its sha256 is the one its
+    history recorded; else (b"", why it is left out)."""
+    if not recorded_sha256:
+        return b"", "its history recorded no sha256 for it, so it cannot be shown to be the one stored"
+    try:
+        key, sha256 = store.key_of(location)
+        if not key.startswith(f"{kind}/"):
+            return b"", f"not a {kind} artefact: only {kind} are exported from there"
+        if sha256 != recorded_sha256:
+            return b"", f"its key names sha256 {sha256}, not the {recorded_sha256} its history recorded"
+        return await store.get(location), ""
+    except ArtefactError as error:
+        return b"", str(error)
 
 
 def take_evidence(location: str, recorded_sha256: str, evidence_root: Path) -> tuple[Path | None, bytes, str]:
@@ -238,6 +307,14 @@ def write(folder: Path, relative: str, text: str, kind: Kind, incident: str) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text if text.endswith("\n") else text + "\n")
     return FileRecord(path=relative, kind=kind, incident=incident)
+
+
+def write_bytes(folder: Path, relative: str, data: bytes, kind: Kind, incident: str, recorded_sha256: str) -> FileRecord:
+    """A stored document, byte for byte as its history's sha256 covers it."""
+    path = folder / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return FileRecord(path=relative, kind=kind, incident=incident, recorded_sha256=recorded_sha256)
 
 
 def find_evidence(location: str, evidence_root: Path) -> tuple[Path | None, str]:
