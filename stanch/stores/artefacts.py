@@ -21,20 +21,28 @@ from __future__ import annotations
 
 import hashlib
 import re
+from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 import obstore
+from obstore.exceptions import BaseError as ObstoreError
 from obstore.store import LocalStore, S3Store
 from pydantic import BaseModel, Field
 
 from stanch.config.settings import Settings
+
+if TYPE_CHECKING:
+    from obstore.store import RetryConfig
 
 VARIABLE = "STANCH_ARTEFACTS"
 # Kinds and names become parts of a key: plain, one level deep, nothing to climb out with.
 _KIND = re.compile(r"[a-z0-9][a-z0-9-]{0,63}\Z")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 # `<kind>/<sha256>[-<name>]`: the only keys this store writes, so the only ones it reads.
+# A store that does not answer fails a step in seconds, not minutes: Temporal retries the activity.
+_RETRY: RetryConfig = {"max_retries": 3, "retry_timeout": timedelta(seconds=30)}
 _KEY = re.compile(r"(?P<kind>[a-z0-9][a-z0-9-]{0,63})/(?P<sha256>[0-9a-f]{64})(?:-[A-Za-z0-9][A-Za-z0-9._-]{0,127})?\Z")
 
 
@@ -86,7 +94,7 @@ class ArtefactStore:
             prefix = parts.path.strip("/")
             try:
                 # Credentials, endpoint and region: obstore reads the AWS_* environment variables.
-                store = S3Store(parts.netloc, prefix=prefix or None)
+                store = S3Store(parts.netloc, prefix=prefix or None, retry_config=_RETRY)
             except Exception as error:  # obstore's configuration errors have no common base to catch
                 raise _config_error(url, f"the bucket's settings (AWS_* variables) are not usable: {error}") from error
             return cls(f"s3://{parts.netloc}/{prefix}" if prefix else f"s3://{parts.netloc}", store)
@@ -111,7 +119,10 @@ class ArtefactStore:
             raise ValueError(f"artefact name {name!r}: letters, digits, '.', '_' and '-' only, starting with a letter or digit")
         digest = hashlib.sha256(data).hexdigest()
         key = f"{kind}/{digest}" + (f"-{name}" if name else "")
-        await obstore.put_async(self._store, key, data)
+        try:
+            await obstore.put_async(self._store, key, data)
+        except ObstoreError as error:
+            raise ArtefactError(f"cannot store {kind}/{digest} in the artefact store {self.url}: {_first_line(error)}") from error
         return StoredArtefact(sha256=digest, location=f"{self.url}/{key}", size=len(data))
 
     async def get(self, location: str) -> bytes:
@@ -127,6 +138,8 @@ class ArtefactStore:
             data = bytes(await found.bytes_async())
         except FileNotFoundError as error:  # obstore's NotFoundError is one
             raise ArtefactNotFound(f"{location}: not found in the artefact store {self.url}{elsewhere}") from error
+        except ObstoreError as error:
+            raise ArtefactError(f"{location}: cannot read it from the artefact store {self.url}: {_first_line(error)}") from error
         actual = hashlib.sha256(data).hexdigest()
         if actual != sha256:
             raise ArtefactChanged(
@@ -158,6 +171,11 @@ def store_from_settings(settings: Settings) -> ArtefactStore:
     if settings.artefacts_url:
         return ArtefactStore.from_url(settings.artefacts_url)
     return ArtefactStore.local(settings.home / "artefacts")
+
+
+def _first_line(error: Exception) -> str:
+    # obstore's messages go on with a multi-line debug dump of the request: the first line says it.
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def _config_error(url: str, why: str) -> ArtefactStoreConfigError:
