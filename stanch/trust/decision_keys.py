@@ -38,8 +38,12 @@ from stanch.trust.assertions import KEYS_FILE, DecisionKeyError, DecisionKeys, d
 SIGNING_VARIABLE = "STANCH_DECISION_SIGNING_KEY"
 PUBLIC_VARIABLE = "STANCH_DECISION_PUBLIC_KEYS"
 LEGACY_VARIABLE = "STANCH_DECISION_KEYS"
-# Each variable may instead name a mounted file holding the same text: NAME + FILE_SUFFIX.
-FILE_SUFFIX = "_FILE"
+# Each variable may instead name a mounted file holding the same text (spelled out: grep finds them).
+FILE_VARIABLES = {
+    SIGNING_VARIABLE: "STANCH_DECISION_SIGNING_KEY_FILE",
+    PUBLIC_VARIABLE: "STANCH_DECISION_PUBLIC_KEYS_FILE",
+    LEGACY_VARIABLE: "STANCH_DECISION_KEYS_FILE",
+}
 SIGNING_FILE = "decision-signing-key"
 PUBLIC_FILE = "decision-public-keys"
 
@@ -167,7 +171,7 @@ class Configured:
 def configured(env: Mapping[str, str], variable: str) -> Configured | None:
     """The text of `variable`, or of the file `variable_FILE` names; None if neither is set.
     Both set is refused: which one a host used would depend on how it was started."""
-    value, file_variable = env.get(variable), variable + FILE_SUFFIX
+    value, file_variable = env.get(variable), FILE_VARIABLES[variable]
     named = env.get(file_variable)
     if value and named:
         raise DecisionKeyError(f"both {variable} and {file_variable} are set: keep one (the file, for a mounted Secret)")
@@ -199,7 +203,7 @@ def _explicit(env: Mapping[str, str]) -> list[str]:
     return [
         name
         for variable in (SIGNING_VARIABLE, PUBLIC_VARIABLE, LEGACY_VARIABLE)
-        for name in (variable, variable + FILE_SUFFIX)
+        for name in (variable, FILE_VARIABLES[variable])
         if env.get(name)
     ]
 
@@ -225,7 +229,7 @@ def for_api(home: Path, env: Mapping[str, str] | None = None, *, insecure_dev: b
     if signing_setting is None:
         problem = (
             f"{', '.join(explicit)} {'is' if len(explicit) == 1 else 'are'} set but {SIGNING_VARIABLE} is not: the API signs "
-            f"every decision with it. Set {SIGNING_VARIABLE}=kid:base64seed or mount it and set {SIGNING_VARIABLE}{FILE_SUFFIX} "
+            f"every decision with it. Set {SIGNING_VARIABLE}=kid:base64seed or mount it and set {FILE_VARIABLES[SIGNING_VARIABLE]} "
             f"(make a pair: python -m stanch.trust.decision_keys) and list its public half in {PUBLIC_VARIABLE} for the workers"
         )
         if insecure_dev:
@@ -258,7 +262,7 @@ def for_worker(home: Path, env: Mapping[str, str] | None = None, *, insecure_dev
         problem = (
             f"{', '.join(explicit)} {'is' if len(explicit) == 1 else 'are'} set but {PUBLIC_VARIABLE} is not: this worker could "
             f"verify no decision the API signs and would refuse every one. Set {PUBLIC_VARIABLE} to the API's public key(s) "
-            f"(kid:base64,…) or mount them and set {PUBLIC_VARIABLE}{FILE_SUFFIX}; a worker needs no signing key"
+            f"(kid:base64,…) or mount them and set {FILE_VARIABLES[PUBLIC_VARIABLE]}; a worker needs no signing key"
         )
         if insecure_dev:
             return _fall_back(problem, home, signer=False, legacy=legacy)
