@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -342,6 +343,10 @@ def serve(host: str, port: int, settings: Settings | None = None, *, insecure_de
         def handle_exit(self, sig, frame):
             stop_streams(app)  # open board streams end within one poll: shutdown need not wait for them
             super().handle_exit(sig, frame)
+            # uvicorn re-raises a caught signal once it has shut down, so the process would die of
+            # SIGTERM after draining cleanly: a drained stop is a clean exit, 0.
+            if sig == signal.SIGTERM:
+                self._captured_signals.remove(sig)
 
     # SIGTERM (a rollout): stop accepting, let requests in flight (a webhook being recorded in
     # Temporal) finish, up to Kubernetes' default grace period, then exit 0.
