@@ -91,8 +91,13 @@ def test_worker_refuses_an_unprepared_namespace_until_temporal_setup_then_incide
         assert report["namespace"] == "default"
         assert {a["name"]: a["outcome"] for a in report["attributes"]} == dict.fromkeys(ATTRIBUTES, "already present")
 
-        processes.append(worker := Process("worker", ["worker"], env, tmp_path))
+        health_port = free_port()
+        processes.append(worker := Process("worker", ["worker", "--health-port", str(health_port)], env, tmp_path))
         wait_http(f"{api}/readyz", api_process, timeout=30)
+        # Kubernetes' probes: the worker is alive, and ready once connected, checked and polling.
+        wait_http(f"http://127.0.0.1:{health_port}/readyz", worker, timeout=30)
+        assert httpx.get(f"http://127.0.0.1:{health_port}/readyz").json() == {"status": "ok", "detail": "polling"}
+        assert httpx.get(f"http://127.0.0.1:{health_port}/healthz").status_code == 200
         accepted = httpx.post(f"{api}/v1/alerts/alertmanager", json=alertmanager_alert("HarmfulOutputSecret", "the key?"), timeout=30)
         assert accepted.status_code == 202, accepted.text
         incident_id = accepted.json()["incidents"][0]["incident_id"]

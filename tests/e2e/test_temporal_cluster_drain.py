@@ -75,7 +75,7 @@ def test_sigterm_lets_the_running_activity_finish_then_the_worker_exits_0(tempor
     env["STANCH_WORKER_SHUTDOWN_SECONDS"] = "20"
     with (tmp_path / "worker.log").open("wb") as log:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "tests.e2e.drain_worker", "worker"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "tests.e2e.stand_in_worker", "worker"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
         )
     try:
         workflow_id = asyncio.run(start_stand_in(temporal, task_queue))
