@@ -51,7 +51,9 @@ def authorised(request: Request, authorization: Annotated[str | None, Header()] 
     try:
         principal = auth.vouch(authorization)
     except NotAuthenticated as err:
-        raise HTTPException(401, detail=str(err), headers={"WWW-Authenticate": "Bearer"}) from err
+        # 401 for a credential refused; 503 when the identity provider's keys could not be fetched.
+        headers = {"WWW-Authenticate": "Bearer"} if err.status_code == 401 else {"Retry-After": "30"}
+        raise HTTPException(err.status_code, detail=str(err), headers=headers) from err
     return principal or Principal(user="anonymous", roles=[], via="insecure-dev")
 
 

@@ -245,7 +245,6 @@ def test_through_the_api_an_unreachable_idp_accepts_no_token(tmp_path: Path):
     )
     http = use_client(app, FakeClient({"inc-1": WorkflowExecutionStatus.RUNNING}))
     refused = http.get("/v1/me", headers={"Authorization": bearer(token)})
-    # 503 once stanch/api/deps.py answers with NotAuthenticated.status_code (it answers 401 for every refusal today).
-    assert refused.status_code in (401, 503)
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "30"
     assert f"could not fetch the identity provider's keys from {unreachable}" in refused.json()["detail"]
     assert token not in refused.text
