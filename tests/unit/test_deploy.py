@@ -161,8 +161,8 @@ def test_every_stanch_variable_in_the_deploy_files_is_one_stanch_reads() -> None
         if path.is_file()
         for variable in re.findall(r"\bSTANCH_[A-Z0-9_]*[A-Z0-9]", path.read_text())
     }
-    # Variables of the deploy files' own, not Stanch's: the image tag, the database password and
-    # bucket name compose splices into STANCH_DATABASE_URL and STANCH_ARTEFACTS, and the image's uid.
+    # Compose's own, not Stanch's: the image, and the database password and bucket name it splices
+    # into STANCH_DATABASE_URL and STANCH_ARTEFACTS.
     own = {"STANCH_IMAGE", "STANCH_DB_PASSWORD", "STANCH_BUCKET"}
     assert named - own, "the deploy files configure Stanch through its variables"
     unknown = sorted(variable for variable in named - own if not re.search(rf"\b{variable}\b", source))
@@ -224,6 +224,11 @@ def test_only_the_api_gets_the_decision_signing_key() -> None:
             entry["name"].startswith("STANCH_DECISION_SIGNING_KEY") for entry in container.get("env", [])
         )
         assert signs == name.startswith("stanch-api/"), name
+
+
+def test_only_the_api_gets_the_decision_signing_key_in_compose_too() -> None:
+    for name, service in stanch_services().items():
+        assert ("STANCH_DECISION_SIGNING_KEY" in service.get("environment", {})) == (name == "api"), name
 
 
 def volumes_of(container_name: str) -> list[dict[str, Any]]:
