@@ -9,7 +9,8 @@ obstore, configured by STANCH_ARTEFACTS and the standard AWS_* variables.
     finally:
         stop()
 
-In pytest: the `s3_server` fixture (one server per test session) and `s3_env` (a fresh bucket per
+`start_s3_server_in_process()` runs the same server on a thread instead. In pytest: the
+`s3_server` fixture (one server per test session) and `s3_env` (a fresh bucket per
 test, its variables set in this process, as obstore reads them from the environment).
 """
 
@@ -101,6 +102,17 @@ def start_s3_server(logs_dir: Path, timeout: float = 30) -> tuple[S3Server, Call
         time.sleep(0.1)
     stop()
     raise RuntimeError(f"moto's S3 server did not answer on {server.url} within {timeout:.0f} s: see {logs_dir / 'moto-s3.log'}")
+
+
+def start_s3_server_in_process() -> tuple[S3Server, Callable[[], None]]:
+    """The same server on a thread of this process (moto's ThreadedMotoServer): no child to
+    manage, for a test that stays in one process."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    moto.start()
+    return S3Server(url=f"http://127.0.0.1:{port}"), moto.stop
 
 
 @pytest.fixture(scope="session")
