@@ -8,7 +8,9 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from stanch.cli.main import app
 from stanch.config.settings import Settings
 from stanch.stores.artefacts import (
     ArtefactChanged,
@@ -126,3 +128,12 @@ def test_the_setting_comes_from_STANCH_ARTEFACTS_and_reaches_child_processes(tmp
     assert settings.artefacts_url == "s3://bucket/stanch"
     assert settings.child_env()["STANCH_ARTEFACTS"] == "s3://bucket/stanch"
     assert "STANCH_ARTEFACTS" not in Settings(home=tmp_path).child_env()
+
+
+def test_audit_export_refuses_a_store_url_it_cannot_use_before_connecting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STANCH_ARTEFACTS", "ftp://nowhere/artefacts")
+    monkeypatch.setenv("TEMPORAL_ADDRESS", "127.0.0.1:9")  # never reached
+    result = CliRunner().invoke(app, ["audit", "export", "--out", str(tmp_path / "bundle"), "--home", str(tmp_path / "home")])
+    assert result.exit_code == 2
+    assert "STANCH_ARTEFACTS=ftp://nowhere/artefacts" in result.output and "s3://bucket/prefix" in result.output
+    assert not (tmp_path / "bundle").exists()
