@@ -12,6 +12,7 @@ always shown as SQLAlchemy renders it with the password hidden.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -234,7 +235,10 @@ def sqlite_engine(url: URL) -> Engine:
     @event.listens_for(engine, "connect")
     def _connected(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # the driver starts no transaction of its own: we do
-        dbapi_connection.execute("PRAGMA journal_mode=WAL")
+        try:
+            dbapi_connection.execute("PRAGMA journal_mode=WAL")  # kept by the file: once is enough
+        except sqlite3.OperationalError:
+            pass  # another connection holds the file right now; WAL only spares readers a wait
 
     @event.listens_for(engine, "begin")
     def _began(connection: Connection) -> None:
