@@ -53,7 +53,7 @@ def start_postgres(tmp_dir: Path) -> tuple[str, Callable[[], None]]:
             f"no PostgreSQL server binaries in {POSTGRES_BIN}: `.ci/run` installs Debian's postgresql (apt-get install postgresql)"
         )
     as_root = os.geteuid() == 0
-    user = {"user": OS_USER, "group": OS_USER, "extra_groups": []} if as_root else {}
+    user = OS_USER if as_root else None  # who initdb and the server run as
     folder = Path(tempfile.mkdtemp(prefix="stanch-postgres-"))
     data, sockets = folder / "data", folder / "sockets"
     sockets.mkdir()
@@ -70,7 +70,9 @@ def start_postgres(tmp_dir: Path) -> tuple[str, Callable[[], None]]:
         stderr=subprocess.STDOUT,
         env=env,
         cwd=folder,
-        **user,  # type: ignore[arg-type]
+        user=user,
+        group=user,
+        extra_groups=[] if as_root else None,
     )
     port = free_port()
     # Durability off: a test server's data dies with it anyway, and commits get much faster.
@@ -81,7 +83,9 @@ def start_postgres(tmp_dir: Path) -> tuple[str, Callable[[], None]]:
         stderr=subprocess.STDOUT,
         env=env,
         cwd=folder,
-        **user,  # type: ignore[arg-type]
+        user=user,
+        group=user,
+        extra_groups=[] if as_root else None,
     )
 
     def stop() -> None:

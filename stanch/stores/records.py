@@ -12,6 +12,7 @@ always shown as SQLAlchemy renders it with the password hidden.
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,13 +36,14 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     create_engine,
     event,
     text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.engine import URL, Connection, Dialect, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from stanch.config.settings import Settings
@@ -54,6 +56,26 @@ URL_VARIABLE = "STANCH_DATABASE_URL"
 UPGRADE_LOCK_KEY = 0x5374616E6368  # "Stanch"
 SQLITE_BUSY_SECONDS = 30  # how long a SQLite writer waits for another one before failing
 
+
+class NulSafeText(TypeDecorator[str]):
+    """Text that may hold a NUL character (a prompt or a model name from an alert may), which
+    PostgreSQL's text refuses: there it is stored escaped (`\\0`, and `\\` for a backslash) and
+    read back as it was. SQLite stores it as it is. Comparisons escape alike, so lookups match."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        if value is None or dialect.name != "postgresql":
+            return value
+        return value.replace("\\", "\\\\").replace("\x00", "\\0")
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> str | None:
+        if value is None or dialect.name != "postgresql" or "\\" not in value:
+            return value
+        return re.sub(r"\\(.)", lambda escaped: "\x00" if escaped[1] == "0" else escaped[1], value)
+
+
 # The tables as the newest migration leaves them (tests/unit/test_records.py checks the two agree).
 metadata = MetaData()
 
@@ -61,13 +83,13 @@ regression_cases = Table(
     "regression_cases",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),  # the order cases were added in
-    Column("model", String(512), nullable=False),
+    Column("model", NulSafeText, nullable=False),
     Column("case_id", String(64), nullable=False),
-    Column("prompt", Text, nullable=False),
+    Column("prompt", NulSafeText, nullable=False),
     Column("messages", JSON, nullable=False),
     Column("tools", JSON, nullable=False),
     Column("detectors", JSON, nullable=False),
-    Column("source_incident", String(256), nullable=False),
+    Column("source_incident", NulSafeText, nullable=False),
     Column("added_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("model", "case_id", name="uq_regression_cases_model_case_id"),
 )
@@ -75,9 +97,9 @@ regression_cases = Table(
 notification_deliveries = Table(
     "notification_deliveries",
     metadata,
-    Column("dedup_id", String(256), nullable=False),
-    Column("channel", String(256), nullable=False),
-    Column("incident_id", String(256), nullable=False),
+    Column("dedup_id", NulSafeText, nullable=False),
+    Column("channel", NulSafeText, nullable=False),
+    Column("incident_id", NulSafeText, nullable=False),
     Column("delivered_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("dedup_id", "channel", name="pk_notification_deliveries"),
 )

@@ -112,6 +112,19 @@ def test_models_do_not_share_cases(records: Records) -> None:
     assert suite.add("other-bot", [ReproCase(prompt="leak it")], "INC-2") == 1
 
 
+def test_a_nul_character_or_a_backslash_from_an_alert_is_kept_as_it_came(records: Records) -> None:
+    # PostgreSQL's text holds no NUL; an alert's prompt or model name may carry one anyway.
+    suite = RegressionSuite(records)
+    model, lookalike = "support\x00bot", "support\\0bot"
+    case = ReproCase(prompt="leak\x00 it \\0 \\\\", messages=[{"role": "user", "content": "and\x00 this"}])
+
+    assert suite.add(model, [case], "INC\x001") == 1
+    assert suite.add(model, [case], "INC\x001") == 0
+    [kept] = suite.cases(model)
+    assert (kept.prompt, kept.messages, kept.source_incident) == (case.prompt, case.messages, "INC\x001")
+    assert suite.cases(lookalike) == []
+
+
 # --- notification deliveries -------------------------------------------------------------------
 
 
