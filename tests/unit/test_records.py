@@ -267,3 +267,22 @@ def test_stanch_db_upgrade_says_what_it_did(tmp_path: Path, postgres_server: str
     assert first.exit_code == again.exit_code == 0
     assert "upgraded from an empty database to revision 0001" in first.output
     assert "already at revision 0001 (the newest): nothing to do" in again.output
+
+
+def test_a_worker_upgrades_the_schema_as_it_starts_and_refuses_a_database_it_cannot_reach(tmp_path: Path, postgres_server: str) -> None:
+    url = create_database(postgres_server)
+    ActivityDeps.from_settings(Settings(home=tmp_path, database_url=url))
+    assert Records(url).upgrade().changed is False, "the worker's deps left the schema at the newest revision"
+
+    unreachable = Settings(home=tmp_path, database_url="postgresql+psycopg://stanch:hunter2@127.0.0.1:1/stanch")
+    with pytest.raises(RecordsError, match="cannot open the records database") as refused:
+        ActivityDeps.from_settings(unreachable)
+    assert "hunter2" not in str(refused.value)
+
+
+def test_without_postgresql_binaries_the_tests_are_told_to_install_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tests.postgres
+
+    monkeypatch.setattr(tests.postgres, "POSTGRES_BIN", tmp_path / "nowhere")
+    with pytest.raises(tests.postgres.PostgresMissing, match=r"`\.ci/run` installs Debian's postgresql"):
+        tests.postgres.start_postgres(tmp_path)
