@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
-from sqlalchemy import URL, Connection, select
+from sqlalchemy import Connection, select
 
 from stanch.models.signals import ReproCase
 from stanch.stores.names import safe_file_name
@@ -142,12 +142,3 @@ def read_legacy_line(path: Path, number: int, line: str) -> RegressionCase:
         raise RecordsError(
             f"{path} line {number} is no regression case ({error.error_count()} problems): fix or remove that line"
         ) from None
-
-
-def add_cases(folder: Path, model: str, cases: list[ReproCase], incident_id: str) -> int:
-    """TRANSITIONAL, for activities/review.py until it calls `RegressionSuite(...).add` (its owner's
-    edit; then delete this): the SQLite records database of the home `folder` belongs to, which is
-    the right one only while STANCH_DATABASE_URL is unset."""
-    return RegressionSuite(Records(URL.create("sqlite+pysqlite", database=str(folder.parent / "stanch.db"))), folder).add(
-        model, cases, incident_id
-    )
