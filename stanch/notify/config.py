@@ -51,6 +51,7 @@ from stanch.notify.schema import (
     SlackSpec,
     WebhookSpec,
 )
+from stanch.temporal.client import configured_namespace
 
 
 class NotifyConfigError(ConfigFileError):
@@ -100,7 +101,8 @@ def parse_notify_config(path: Path | None, text: str, settings: Settings, env: M
         board_url=parsed.board_url or f"{settings.api_url.rstrip('/')}/board",
         # Absent: the installation's Temporal UI; written as null or "": no Temporal link at all.
         temporal_ui_url=parsed.temporal_ui_url if "temporal_ui_url" in parsed.model_fields_set else settings.ui_url,
-        namespace=settings.temporal_namespace,
+        # The namespace links point into is the one the workers connect to: Temporal's env config decides.
+        namespace=configured_namespace(settings.temporal_namespace),
     )
     base = path.parent if path else settings.home
     channels: dict[str, Channel] = {CONSOLE: ConsoleChannel(name=CONSOLE, links=links, log_dir=settings.notifications_dir)}
