@@ -190,3 +190,20 @@ def test_setup_says_what_to_do_when_temporal_is_unreachable_or_a_type_clashes(ba
     assert clash.returncode == 1
     said = " ".join(clash.stderr.split())
     assert "IncidentTarget is Int, Stanch needs Keyword" in said
+
+
+def test_up_joining_a_cluster_registers_what_is_missing_before_its_worker_starts(bare_cluster, tmp_path):
+    from stanch.cli.supervisor import Supervisor
+    from stanch.cli.up import _prepare_cluster
+
+    subprocess.run(
+        [str(temporal_cli()), "operator", "namespace", "create", "--address", bare_cluster, "-n", "joined"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    env = {**base_env(tmp_path), "TEMPORAL_ADDRESS": bare_cluster, "TEMPORAL_NAMESPACE": "joined"}
+    supervisor = Supervisor(env=env, logs_dir=tmp_path)
+    assert wait_for(lambda: _prepare_cluster(supervisor, [sys.executable, "-m", "stanch"]), bool, timeout=30)
+    report = json.loads(stanch("temporal", "setup", "--json", env=env).stdout)
+    assert {a["outcome"] for a in report["attributes"]} == {"already present"}
