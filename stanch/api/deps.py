@@ -21,7 +21,7 @@ from stanch.config.settings import Settings
 from stanch.intake.start import IntakeResult, open_or_join
 from stanch.models.signals import Signal
 from stanch.runbooks.loader import RunbookCatalog
-from stanch.temporal.client import connect
+from stanch.temporal.client import configured_namespace, connect
 from stanch.trust.responders import NotAuthenticated, Principal, ResponderAuth
 
 CONNECT_TIMEOUT_S = 10.0
@@ -73,7 +73,7 @@ class TemporalConnection:
                     )
                 except (TimeoutError, RuntimeError, OSError) as err:
                     raise TemporalUnavailable(
-                        f"cannot reach Temporal at {self.address} (namespace {self._settings.temporal_namespace}): "
+                        f"cannot reach Temporal at {self.address} (namespace {configured_namespace(self._settings.temporal_namespace)}): "
                         f"{err or 'timed out'}; is the dev server (`stanch dev-server`) or your cluster up?"
                     ) from err
         return self._client

@@ -15,6 +15,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from stanch.api import deps
 from stanch.api.app import create_app
 from stanch.config.settings import Settings
+from stanch.temporal.setup import wanted_attributes
 from tests.unit.test_api_alerts import NoCatalog, free_port
 
 API_KEY = "tmprl-api-key-that-must-never-show"
@@ -38,6 +39,12 @@ class FakeTemporal:
         self.checks = 0
         self.service_client = SimpleNamespace(config=SimpleNamespace(target_host=address))
         self.workflow_service = SimpleNamespace(get_system_info=self.get_system_info)
+        # The namespace has Stanch's search attributes: `stanch temporal setup` ran.
+        self.namespace = "default"
+        self.operator_service = SimpleNamespace(list_search_attributes=self.list_search_attributes)
+
+    async def list_search_attributes(self, request: Any, **_: Any) -> Any:
+        return SimpleNamespace(custom_attributes=wanted_attributes())
 
     async def get_system_info(self, request: Any, **_: Any) -> Any:
         self.checks += 1
@@ -82,7 +89,7 @@ def test_readyz_is_503_naming_temporal_and_its_address_without_secrets(
     body = answer.json()
     assert body["status"] == "not ready"
     assert body["temporal"] == settings.temporal_address
-    assert body["namespace"] == settings.temporal_namespace
+    assert body["namespace"] == "default"  # no TEMPORAL_NAMESPACE, no profile: Temporal's default
     assert body["detail"].startswith(f"cannot reach Temporal at {settings.temporal_address}")
     assert API_KEY not in answer.text
 
