@@ -95,6 +95,8 @@ def worker(
     `stanch temporal setup`). SIGTERM drains it: polling stops, running activities get
     STANCH_WORKER_SHUTDOWN_SECONDS (default 30) to finish, then it exits 0.
     """
+    from stanch.stores.artefacts import ArtefactStoreConfigError, store_from_settings
+    from stanch.stores.records import RecordsError
     from stanch.temporal.client import configured_address
     from stanch.temporal.setup import SearchAttributesMissing
     from stanch.trust.assertions import DecisionKeyError
@@ -107,14 +109,15 @@ def worker(
     try:
         trust_decision_keys(settings, insecure_dev=insecure_dev)  # named here, before anything connects
         deployment_config(settings)
+        store_from_settings(settings)
     except DecisionKeyError as exc:
         raise fail(f"refusing to start: decision keys: {exc}") from exc
-    except VersioningConfigError as exc:
+    except (VersioningConfigError, ArtefactStoreConfigError) as exc:
         raise fail(f"refusing to start: {exc}") from exc
     console.print(f"stanch worker: task queue {settings.task_queue!r}, Temporal at {configured_address(settings.temporal_address)}")
     try:
         asyncio.run(_worker_until_signalled(settings, insecure_dev, health_host))
-    except SearchAttributesMissing as exc:
+    except (SearchAttributesMissing, RecordsError) as exc:
         raise fail(f"refusing to start: {exc}") from exc
     except (RuntimeError, OSError) as exc:  # connecting failed: the SDK says why
         raise fail(

@@ -137,3 +137,13 @@ def test_audit_export_refuses_a_store_url_it_cannot_use_before_connecting(tmp_pa
     assert result.exit_code == 2
     assert "STANCH_ARTEFACTS=ftp://nowhere/artefacts" in result.output and "s3://bucket/prefix" in result.output
     assert not (tmp_path / "bundle").exists()
+
+
+def test_the_worker_refuses_a_store_url_it_cannot_use_before_connecting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STANCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("STANCH_ARTEFACTS", "ftp://nowhere/artefacts")
+    monkeypatch.setenv("TEMPORAL_ADDRESS", "127.0.0.1:9")  # never reached
+    result = CliRunner().invoke(app, ["worker"])
+    assert result.exit_code == 1
+    assert "refusing to start" in result.output and "STANCH_ARTEFACTS=ftp://nowhere/artefacts" in result.output
+    assert "Temporal at" not in result.output
