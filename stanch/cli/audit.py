@@ -1,14 +1,17 @@
-"""`stanch audit replay|timeline|export|verify|keygen`: the auditor's side of Stanch.
+"""`stanch audit replay|timeline|export|fetch|verify|keygen`: the auditor's side of Stanch.
 
 An incident's Temporal history is its audit record. These commands replay it with today's code
 (does the code still do what it did?), read it back as a timeline (who decided what, was it
 really them, how long did each step take), and export histories, timelines and evidence into
 a bundle whose hash-chained, optionally signed manifest shows whether anything changed since.
+`export --to-store` also keeps the bundle in the artefact store, and `fetch` brings it back on
+any host of the installation (stanch/audit/stored.py).
 
-Exit codes: 0 all good; 1 a divergence or a failed verification; 2 bad input (a file that is
-not a history, Temporal unreachable, a missing key — an encryption key a history is written
-with, or, for a run from before decision verdicts were recorded in history, a decision key its
-diverging replay needed: nothing is known). Replay needs no decision key otherwise: no secret.
+Exit codes: 0 all good; 1 a divergence or a failed verification (or a stored bundle that
+changed); 2 bad input (a file that is not a history, Temporal unreachable, a missing key — an
+encryption key a history is written with, or, for a run from before decision verdicts were
+recorded in history, a decision key its diverging replay needed: nothing is known). Replay
+needs no decision key otherwise: no secret.
 
 Mounted by `stanch.cli.main` as `app.add_typer(audit_app, name="audit")`.
 """
@@ -16,6 +19,7 @@ Mounted by `stanch.cli.main` as `app.add_typer(audit_app, name="audit")`.
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -246,12 +250,24 @@ def export(
     home: HomeOption = None,
     address: AddressOption = None,
     namespace: NamespaceOption = None,
+    to_store: Annotated[
+        bool,
+        typer.Option(
+            "--to-store",
+            help="also keep the sealed bundle in the artefact store (STANCH_ARTEFACTS) as one archive; any host fetches it "
+            "with `stanch audit fetch LOCATION`",
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Export histories, timelines (md + json) and evidence into a bundle sealed by a hash-chained manifest."""
-    manifest = _run(_export(out, since, signing_key, home, address, namespace))
+    manifest, stored = _run(_export(out, since, signing_key, home, address, namespace, to_store))
     if as_json:
-        typer.echo(manifest.model_dump_json(indent=2))
+        # The manifest as always; with --to-store, one more key: where the archive is kept.
+        exported = manifest.model_dump(mode="json")
+        if stored is not None:
+            exported["stored"] = stored.model_dump(mode="json")
+        typer.echo(json.dumps(exported, indent=2, ensure_ascii=False))
         return
     incidents = len({entry.incident for entry in manifest.entries})
     console.print(f"[green]✓[/] {incidents} incident run(s), {len(manifest.entries)} files in {escape(str(out))}")
@@ -262,9 +278,12 @@ def export(
         console.print(f"[yellow]left out:[/] {escape(left.incident)}: evidence {escape(left.location)}: {escape(left.reason)}")
     for warning in manifest.warnings:
         console.print(f"[yellow]warning:[/] {escape(warning)}")
+    if stored is not None:
+        console.print(f"[green]✓[/] stored {escape(stored.location)}")
+        console.print(f"  sha256 {stored.sha256}, {stored.size} bytes; on any host: stanch audit fetch {escape(stored.location)} --out DIR")
 
 
-async def _export(out, since, signing_key, home, address, namespace):
+async def _export(out, since, signing_key, home, address, namespace, to_store=False):
     from stanch.audit import bundle, signing
     from stanch.audit.history import (
         connect_for_audit,
@@ -292,7 +311,50 @@ async def _export(out, since, signing_key, home, address, namespace):
     )
     histories = fetch_incident_histories(client, moment)
     # Evidence and review documents come from the store STANCH_ARTEFACTS names: any host of the installation can export.
-    return await bundle.export(out, histories, _converter(settings), settings.home, header, keys, key, artefacts)
+    manifest = await bundle.export(out, histories, _converter(settings), settings.home, header, keys, key, artefacts)
+    if not to_store:
+        return manifest, None
+    from stanch.audit.stored import store_bundle
+
+    # Sealed first, stored after: the archive holds exactly the folder `audit verify` checks.
+    return manifest, await store_bundle(out, artefacts)
+
+
+@audit_app.command("fetch")
+def fetch(
+    location: Annotated[str, typer.Argument(help="the bundle's location, as `audit export --to-store` printed it")],
+    out: Annotated[Path, typer.Option("--out", help="a new (or empty) folder to unpack the bundle into")],
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Fetch a bundle `audit export --to-store` kept in the artefact store, and unpack it for `audit verify`.
+
+    Reads from the store STANCH_ARTEFACTS names (the same on every host). Exit 1 if the stored
+    archive changed since it was stored (its sha256 is not the one its location names); exit 2 if
+    it is not found, not a bundle, or holds a member that would land outside --out."""
+    from stanch.audit.stored import StoredBundleChanged
+
+    try:
+        fetched = _run(_fetch(location, out, home))
+    except StoredBundleChanged as problem:
+        err_console.print(f"[bold red]✘ changed:[/] {escape(str(problem))}")
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(fetched.model_dump_json(indent=2))
+        return
+    console.print(f"[green]✓[/] {fetched.files} files from {escape(fetched.location)} (sha256 {fetched.sha256}) in {escape(str(out))}")
+    console.print(f"  next: stanch audit verify {escape(str(out))}")
+
+
+async def _fetch(location, out, home):
+    from stanch.audit.stored import fetch_bundle
+    from stanch.stores.artefacts import ArtefactStoreConfigError, store_from_settings
+
+    try:
+        artefacts = store_from_settings(_settings(home))
+    except ArtefactStoreConfigError as problem:
+        raise BadInput(str(problem)) from None
+    return await fetch_bundle(artefacts, location, out)
 
 
 @audit_app.command("verify")
