@@ -120,11 +120,14 @@ def unpack(data: bytes, out: Path, location: str) -> int:
             if len(set(names)) != len(names):
                 twice = sorted({name for name in names if names.count(name) > 1})[0]
                 raise NotABundle(f"{location}: member {twice!r} appears twice: refused, a bundle names each file once")
+            root = out.resolve()
             for member in members:
                 stream = tar.extractfile(member)
                 if stream is None:  # _check_member let only regular files through
                     raise NotABundle(f"{location}: member {member.name!r} has no content")
                 target = out / member.name
+                if not target.resolve().is_relative_to(root):  # a folder of the bundle is a symlink made meanwhile
+                    raise NotABundle(f"{location}: member {member.name!r} would land outside {out}: refused")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(stream.read())
             return len(members)
