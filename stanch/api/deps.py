@@ -146,8 +146,7 @@ def current_responder(
             return principal
     except NotAuthenticated as err:
         # 401 for a credential refused; 503 when the identity provider's keys could not be fetched.
-        headers = {"WWW-Authenticate": "Bearer"} if err.status_code == 401 else {"Retry-After": "30"}
-        raise HTTPException(err.status_code, detail=str(err), headers=headers) from err
+        raise HTTPException(err.status_code, detail=str(err), headers=err.http_headers) from err
     if x_stanch_user:
         roles = [role.strip() for role in (x_stanch_roles or "").split(",") if role.strip()]
         return Principal(user=x_stanch_user.strip(), roles=roles, via="insecure-dev")

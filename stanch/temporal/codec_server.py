@@ -52,8 +52,7 @@ def authorised(request: Request, authorization: Annotated[str | None, Header()] 
         principal = auth.vouch(authorization)
     except NotAuthenticated as err:
         # 401 for a credential refused; 503 when the identity provider's keys could not be fetched.
-        headers = {"WWW-Authenticate": "Bearer"} if err.status_code == 401 else {"Retry-After": "30"}
-        raise HTTPException(err.status_code, detail=str(err), headers=headers) from err
+        raise HTTPException(err.status_code, detail=str(err), headers=err.http_headers) from err
     return principal or Principal(user="anonymous", roles=[], via="insecure-dev")
 
 

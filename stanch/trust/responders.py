@@ -13,8 +13,10 @@ Configured in one YAML file (`STANCH_RESPONDERS`, `stanch api --responders FILE`
                                                                 # or secret_env: NAME for HS256
       roles_claim: realm_access.roles   # a claim, or a dotted path into one (Keycloak); default roles
 
-With `jwks_url` the identity provider's keys are fetched and cached (`jwks_cache_seconds`); a
-token naming a key id not in the cache fetches them once more (at most every
+With `jwks_url` the identity provider's key set is fetched and kept for `jwks_cache_seconds`,
+then fetched again; every token is checked against the set as last fetched. So a key the
+provider removes is refused once that set is older than `jwks_cache_seconds`, and a token
+naming a key id not in the set fetches it once more (at most every
 `jwks_refetch_cooldown_seconds`), so a key the provider rotates in is accepted without a restart.
 
 `stanch responders token --user alice --role oncall` mints a token and prints its line.
@@ -52,11 +54,20 @@ class Principal(BaseModel):
         return bool(set(self.roles) & RESPONDERS)
 
 
+# How long a client waits before asking again when the identity provider's keys are out of reach.
+IDP_RETRY_AFTER_SECONDS = 30
+
+
 class NotAuthenticated(Exception):
     """No usable credential; the message says what was wrong (never the credential).
-    `status_code` is the HTTP status an entry point answers with."""
+    `status_code` and `http_headers` are what every HTTP entry point answers with."""
 
     status_code = 401
+
+    @property
+    def http_headers(self) -> dict[str, str]:
+        """A refused credential: the client is told to send a bearer token (RFC 6750)."""
+        return {"WWW-Authenticate": "Bearer"}
 
 
 class IdentityProviderUnavailable(NotAuthenticated):
@@ -64,6 +75,11 @@ class IdentityProviderUnavailable(NotAuthenticated):
     accepted. Not the caller's fault, hence 503 rather than 401."""
 
     status_code = 503
+
+    @property
+    def http_headers(self) -> dict[str, str]:
+        """The same request may well pass once the identity provider answers again."""
+        return {"Retry-After": str(IDP_RETRY_AFTER_SECONDS)}
 
 
 class _Strict(BaseModel):
@@ -101,7 +117,11 @@ class JwtIssuer(_Strict):
     secret_env: str | None = None
     public_key_file: Path | None = None
     jwks_url: str | None = Field(None, description="the identity provider's JWKS (https; http only on loopback)")
-    jwks_cache_seconds: float = Field(300, gt=0, description="how long fetched keys are used before fetching them again")
+    jwks_cache_seconds: float = Field(
+        300,
+        gt=0,
+        description="how long a fetched key set is used before fetching it again: a key the IdP removes is refused after this long",
+    )
     jwks_refetch_cooldown_seconds: float = Field(
         30, ge=0, description="at most one extra fetch for an unknown key id in this long: a flood of made-up ids cannot hammer the IdP"
     )
@@ -269,9 +289,12 @@ def load_responder_auth(path: Path, *, insecure_dev: bool, env: Mapping[str, str
         # JwtIssuer._one_key: exactly one of secret_env, public_key_file and jwks_url is set.
         if config.jwt.jwks_url is not None:
             # Nothing is fetched here: an IdP that is down at start-up refuses tokens (503) until it is back.
+            # Only the whole key set is cached, for jwks_cache_seconds. cache_keys would add PyJWT's
+            # per-key cache, which never expires: a key the IdP removed would stay trusted until restart.
             jwks = jwt.PyJWKClient(
                 config.jwt.jwks_url,
-                cache_keys=True,
+                cache_keys=False,
+                cache_jwk_set=True,
                 lifespan=config.jwt.jwks_cache_seconds,
                 timeout=JWKS_TIMEOUT_SECONDS,
                 cooldown_duration=config.jwt.jwks_refetch_cooldown_seconds,

@@ -1,10 +1,12 @@
 """JWTs checked against the identity provider's JWKS: a real HTTP server on loopback serves the
 key set, tokens are minted with PyJWT, and roles come from a claim path (Keycloak's
 `realm_access.roles`). Keys are cached, a key the provider rotates in is accepted without a
-restart, and a provider that cannot be reached refuses every token and says so."""
+restart, a key it removes is refused once the cached set is older than jwks_cache_seconds, and a
+provider that cannot be reached refuses every token and says so."""
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -17,11 +19,14 @@ import jwt
 import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric import rsa
+from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from temporalio.client import WorkflowExecutionStatus
 
 from stanch.api.app import create_app
 from stanch.config.settings import Settings
+from stanch.temporal.codec import EncryptionCodec, parse_encryption_keys
+from stanch.temporal.codec_server import create_codec_app
 from stanch.trust.responders import (
     IdentityProviderUnavailable,
     JwtIssuer,
@@ -166,6 +171,33 @@ def test_a_key_rotated_in_at_the_idp_is_accepted_without_a_restart_and_an_unknow
     assert refused.value.status_code == 401
 
 
+def codec_server_for(auth: ResponderAuth) -> TestClient:
+    """The codec server (what the Temporal UI asks to decode payloads), checking tokens with `auth`."""
+    key = "k1:" + base64.b64encode(b"1" * 32).decode()
+    return TestClient(create_codec_app(EncryptionCodec(parse_encryption_keys(key)), auth))
+
+
+def test_a_key_the_idp_removes_is_refused_once_the_key_set_is_older_than_jwks_cache_seconds(idp, tmp_path: Path):
+    cache_seconds = 0.3
+    auth = auth_for(tmp_path, idp.url, jwks_cache_seconds=cache_seconds)
+    idp.new_key("2026-02")
+    signed_with_the_old_key = idp.token("2026-01")
+    assert auth.authenticate(bearer(signed_with_the_old_key)).user == "carol"
+
+    del idp.keys["2026-01"]  # revoked at the provider (say it leaked); 2026-02 stays published
+    time.sleep(cache_seconds + 0.2)  # no restart: the cached key set has only grown old
+    removed = f"key id '2026-01' is not among the identity provider's keys at {idp.url}"
+    with pytest.raises(NotAuthenticated, match=removed) as refused:
+        auth.authenticate(bearer(signed_with_the_old_key))
+    assert refused.value.status_code == 401
+    assert idp.fetches == 2, "the old set was fetched again once; the removed key id did not fetch it again and again"
+    assert auth.authenticate(bearer(idp.token("2026-02"))).user == "carol", "the key still published verifies"
+
+    answer = codec_server_for(auth).post("/decode", content="{}", headers={"Authorization": bearer(signed_with_the_old_key)})
+    assert (answer.status_code, answer.headers["www-authenticate"]) == (401, "Bearer")
+    assert removed in answer.json()["detail"]
+
+
 def test_an_unreachable_idp_refuses_every_token_with_a_503_naming_the_url(tmp_path: Path):
     idp = IdentityProvider()
     idp.new_key("2026-01")
@@ -248,3 +280,8 @@ def test_through_the_api_an_unreachable_idp_accepts_no_token(tmp_path: Path):
     assert refused.status_code == 503 and refused.headers["retry-after"] == "30"
     assert f"could not fetch the identity provider's keys from {unreachable}" in refused.json()["detail"]
     assert token not in refused.text
+    from_the_codec_server = codec_server_for(auth_for(tmp_path, unreachable)).post(
+        "/decode", content="{}", headers={"Authorization": bearer(token)}
+    )
+    assert from_the_codec_server.status_code == 503 and from_the_codec_server.headers["retry-after"] == "30"
+    assert f"could not fetch the identity provider's keys from {unreachable}" in from_the_codec_server.json()["detail"]
