@@ -11,6 +11,8 @@
     bundle.py    export histories, timelines and evidence into a bundle whose manifest is a
                  sha256 hash chain; verify it
     signing.py   Ed25519 keys for signing a bundle's manifest head
+    stored.py    audit bundles in the artefact store: export --to-store packs and stores one;
+                 fetch brings it back on any host and unpacks it safely
 
 The CLI on top of them is `stanch audit …` (stanch/cli/audit.py).
 """
