@@ -24,7 +24,7 @@ import re
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import obstore
 from obstore.exceptions import BaseError as ObstoreError
@@ -37,6 +37,9 @@ if TYPE_CHECKING:
     from obstore.store import RetryConfig
 
 VARIABLE = "STANCH_ARTEFACTS"
+# What `check()` stores and reads back at a worker's start (`health/<sha256>-check.txt`).
+HEALTH_KIND = "health"
+HEALTH_CHECK = b"Stanch can store artefacts here and read them back.\n"
 # Kinds and names become parts of a key: plain, one level deep, nothing to climb out with.
 _KIND = re.compile(r"[a-z0-9][a-z0-9-]{0,63}\Z")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
@@ -80,10 +83,14 @@ class ArtefactStore:
         """The store a `file:///…` or `s3://bucket/prefix` URL names; anything else is refused,
         naming STANCH_ARTEFACTS."""
         parts = urlsplit(url)
-        if parts.query or parts.fragment:
-            raise _config_error(url, "a store URL has no query (?) or fragment (#) part")
         if "@" in parts.netloc:
-            raise _config_error("<hidden>", "credentials do not belong in the URL: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY instead")
+            raise _config_error(url, "credentials do not belong in the URL: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY instead")
+        if parts.query or parts.fragment:
+            raise _config_error(
+                url,
+                "a store URL has no query (?) or fragment (#) part: "
+                "credentials go in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, the endpoint in AWS_ENDPOINT_URL",
+            )
         if parts.scheme == "file":
             if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
                 raise _config_error(url, "a folder is named by an absolute path: file:///absolute/folder")
@@ -121,9 +128,32 @@ class ArtefactStore:
         key = f"{kind}/{digest}" + (f"-{name}" if name else "")
         try:
             await obstore.put_async(self._store, key, data)
-        except ObstoreError as error:
+        except FileNotFoundError as error:  # obstore's NotFoundError is one: no such bucket
+            raise ArtefactError(
+                f"cannot store {kind}/{digest} in the artefact store {self.url}: no such bucket: {_first_line(error)}"
+            ) from error
+        except (ObstoreError, OSError) as error:
             raise ArtefactError(f"cannot store {kind}/{digest} in the artefact store {self.url}: {_first_line(error)}") from error
         return StoredArtefact(sha256=digest, location=f"{self.url}/{key}", size=len(data))
+
+    async def check(self) -> None:
+        """Store a tiny artefact and read it back, so a store this process cannot use (no such
+        bucket, wrong credentials or endpoint, a folder it may not write) stops a worker as it
+        starts instead of failing the first incident's evidence step. The artefact is the same
+        bytes every time: every worker writes the same key, however many start at once."""
+        try:
+            stored = await self.put(HEALTH_KIND, HEALTH_CHECK, name="check.txt")
+            await self.get(stored.location)
+        except ArtefactError as error:
+            raise ArtefactError(f"the artefact store cannot be used: {error}. Check {self._settings_to_check()}") from error
+
+    def _settings_to_check(self) -> str:
+        if self.url.startswith("s3://"):
+            return (
+                f"that {VARIABLE}={self.url} names a bucket that exists, and AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY "
+                "(AWS_SESSION_TOKEN), AWS_ENDPOINT_URL, AWS_REGION and AWS_ALLOW_HTTP for that bucket"
+            )
+        return f"that this process may write the folder {VARIABLE} names ({self.url}; unset, HOME/artefacts)"
 
     async def get(self, location: str) -> bytes:
         """The artefact's bytes, checked against the sha256 its key names.
@@ -138,7 +168,7 @@ class ArtefactStore:
             data = bytes(await found.bytes_async())
         except FileNotFoundError as error:  # obstore's NotFoundError is one
             raise ArtefactNotFound(f"{location}: not found in the artefact store {self.url}{elsewhere}") from error
-        except ObstoreError as error:
+        except (ObstoreError, OSError) as error:
             raise ArtefactError(f"{location}: cannot read it from the artefact store {self.url}: {_first_line(error)}") from error
         actual = hashlib.sha256(data).hexdigest()
         if actual != sha256:
@@ -173,10 +203,20 @@ def store_from_settings(settings: Settings) -> ArtefactStore:
     return ArtefactStore.local(settings.home / "artefacts")
 
 
+def shown_url(url: str) -> str:
+    """The URL as an error may repeat it: no user or password, and no query or fragment, where a
+    secret may have been put (`?aws_secret_access_key=...`); `…` marks what was left out."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"…@{host}" if "@" in parts.netloc else host
+    shown = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    return shown + ("?…" if parts.query else "") + ("#…" if parts.fragment else "")
+
+
 def _first_line(error: Exception) -> str:
     # obstore's messages go on with a multi-line debug dump of the request: the first line says it.
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def _config_error(url: str, why: str) -> ArtefactStoreConfigError:
-    return ArtefactStoreConfigError(f"{VARIABLE}={url}: {why}")
+    return ArtefactStoreConfigError(f"{VARIABLE}={shown_url(url)}: {why}")

@@ -55,6 +55,9 @@ URL_VARIABLE = "STANCH_DATABASE_URL"
 # Any number will do as long as nothing else in the database takes the same advisory lock.
 UPGRADE_LOCK_KEY = 0x5374616E6368  # "Stanch"
 SQLITE_BUSY_SECONDS = 30  # how long a SQLite writer waits for another one before failing
+# How long a PostgreSQL connection attempt may take: a database host that does not answer fails
+# the step (Temporal retries it) in seconds, not after the operating system's TCP timeout.
+CONNECT_TIMEOUT_SECONDS = 10
 
 
 class NulSafeText(TypeDecorator[str]):
@@ -148,7 +151,10 @@ def database_url(settings: Settings) -> URL:
 
 
 def hidden(url: URL) -> str:
-    return url.render_as_string(hide_password=True)
+    """The URL as a log or an error may show it: the password hidden, and every value of its
+    query too (psycopg takes `?password=...` there as well)."""
+    shown = url.set(query={}).render_as_string(hide_password=True)
+    return shown + ("?" + "&".join(f"{name}=***" for name in url.query) if url.query else "")
 
 
 class Records:
@@ -186,7 +192,11 @@ class Records:
         try:
             if self.dialect == "sqlite":
                 return sqlite_engine(self.url)
-            return create_engine(self.url, pool_pre_ping=True)
+            # hide_parameters: a failing statement's message (logged, and in an activity's failure)
+            # would otherwise carry the values it bound, prompts from an alert among them.
+            # A `?connect_timeout=` in STANCH_DATABASE_URL wins over the default.
+            timeout = {} if "connect_timeout" in self.url.query else {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+            return create_engine(self.url, pool_pre_ping=True, hide_parameters=True, connect_args=timeout)
         except (ArgumentError, NoSuchModuleError, ImportError) as error:
             raise RecordsError(f"{URL_VARIABLE}={self.shown_as}: {type(error).__name__}, no database driver for it") from None
 
@@ -228,8 +238,15 @@ class Records:
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
-        with self._connect() as connection, connection.begin():
-            yield connection
+        """A transaction; the database failing in it (a lost connection, a failover) raises
+        RecordsError naming the database and the driver's first line, never the statement's
+        values (prompts, incident ids: the driver's DETAIL lines repeat them)."""
+        with self._connect() as connection:
+            try:
+                with connection.begin():
+                    yield connection
+            except SQLAlchemyError as error:
+                raise RecordsError(f"the records database {self.shown_as} ({URL_VARIABLE}) failed: {_first_line(error)}") from None
 
     def _connect(self) -> Connection:
         """A connection; a database that cannot be reached raises RecordsError naming it (password
@@ -237,13 +254,18 @@ class Records:
         try:
             return self.engine.connect()
         except SQLAlchemyError as error:
-            reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-            raise RecordsError(f"cannot open the records database {self.shown_as} ({URL_VARIABLE}): {reason}") from None
+            raise RecordsError(f"cannot open the records database {self.shown_as} ({URL_VARIABLE}): {_first_line(error)}") from None
 
     def dispose(self) -> None:
         """Close the pooled connections (tests, and a process about to exit)."""
         if self._engine is not None:
             self._engine.dispose()
+
+
+def _first_line(error: SQLAlchemyError) -> str:
+    # The driver's own message, without SQLAlchemy's statement dump or the driver's DETAIL lines.
+    lines = str(getattr(error, "orig", None) or error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def sqlite_engine(url: URL) -> Engine:
@@ -252,7 +274,7 @@ def sqlite_engine(url: URL) -> Engine:
     half-way; WAL lets readers go on meanwhile."""
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_SECONDS})
+    engine = create_engine(url, hide_parameters=True, connect_args={"timeout": SQLITE_BUSY_SECONDS})
 
     @event.listens_for(engine, "connect")
     def _connected(dbapi_connection: Any, _record: Any) -> None:

@@ -123,6 +123,28 @@ def test_credentials_in_the_url_are_refused_without_repeating_them(tmp_path: Pat
     assert "very-secret" not in str(refused.value) and "AWS_SECRET_ACCESS_KEY" in str(refused.value)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "s3://bucket/prefix?aws_secret_access_key=very-secret",
+        "s3://bucket/prefix#very-secret",
+        "s3://AKIAEXAMPLE:very-secret@bucket/prefix?region=eu-west-1",
+    ],
+)
+def test_a_secret_in_the_query_is_refused_without_repeating_it(tmp_path: Path, url: str) -> None:
+    with pytest.raises(ArtefactStoreConfigError) as refused:
+        store_from_settings(Settings(home=tmp_path, artefacts_url=url))
+    assert str(refused.value).startswith("STANCH_ARTEFACTS=s3://")
+    assert "very-secret" not in str(refused.value) and "AWS_SECRET_ACCESS_KEY" in str(refused.value)
+
+
+async def test_a_usable_folder_passes_the_start_check_and_keeps_one_check_artefact(tmp_path: Path) -> None:
+    store = ArtefactStore.local(tmp_path / "artefacts")
+    await store.check()
+    await ArtefactStore.local(tmp_path / "artefacts").check()  # another worker on the same folder
+    assert len(list((tmp_path / "artefacts" / "health").iterdir())) == 1
+
+
 def test_the_setting_comes_from_STANCH_ARTEFACTS_and_reaches_child_processes(tmp_path: Path) -> None:
     settings = Settings.from_env({"STANCH_HOME": str(tmp_path), "STANCH_ARTEFACTS": "s3://bucket/stanch"})
     assert settings.artefacts_url == "s3://bucket/stanch"

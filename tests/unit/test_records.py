@@ -27,7 +27,7 @@ from stanch.config.settings import Settings
 from stanch.models.activity_io import Notification
 from stanch.models.signals import ReproCase, Severity
 from stanch.notify import Channel
-from stanch.stores.records import Records, RecordsError, metadata
+from stanch.stores.records import Records, RecordsError, metadata, regression_cases
 from stanch.stores.regression import RegressionCase, RegressionSuite, case_id, legacy_suite_path
 from stanch.temporal.activity_deps import ActivityDeps
 from tests.postgres import create_database, postgres_server, records
@@ -246,6 +246,10 @@ def test_the_url_comes_from_the_environment_reaches_children_and_stays_out_of_th
             "postgresql://stanch:hunter2@127.0.0.1:1/stanch",
             "cannot open the records database postgresql+psycopg://stanch:***@127.0.0.1:1/stanch",
         ),
+        (
+            "postgresql://stanch@127.0.0.1:1/stanch?password=hunter2&sslmode=disable",
+            "cannot open the records database postgresql+psycopg://stanch@127.0.0.1:1/stanch?password=***&sslmode=***",
+        ),
     ],
 )
 def test_a_bad_url_is_refused_naming_the_variable_and_never_the_password(tmp_path: Path, url: str, says: str) -> None:
@@ -258,6 +262,21 @@ def test_a_bad_url_is_refused_naming_the_variable_and_never_the_password(tmp_pat
     answer = CliRunner().invoke(app, ["db", "upgrade"], env=env)
     assert answer.exit_code == 1
     assert says in answer.output and "hunter2" not in answer.output
+
+
+def test_a_statement_failing_in_the_database_names_it_and_never_the_values_it_carried(records: Records) -> None:
+    prompt = "my card number is 4111 1111 1111 1111"
+    row = {
+        "model": "support-bot", "case_id": "c1", "prompt": prompt, "messages": [], "tools": [], "detectors": [],
+        "source_incident": "INC-1", "added_at": datetime.now(UTC),
+    }  # fmt: skip
+    with records.begin() as db:
+        db.execute(regression_cases.insert().values(row))
+    with pytest.raises(RecordsError) as refused, records.begin() as db:
+        db.execute(regression_cases.insert().values(row))  # the same case again, without ON CONFLICT
+    assert str(refused.value).startswith(f"the records database {records.shown_as} (STANCH_DATABASE_URL) failed: ")
+    # Neither Stanch's message nor the driver's error it replaced (logged, or kept by a traceback) repeats the prompt.
+    assert prompt not in str(refused.value) and prompt not in str(refused.value.__context__)
 
 
 def test_stanch_db_upgrade_says_what_it_did(tmp_path: Path, postgres_server: str) -> None:
