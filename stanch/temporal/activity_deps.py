@@ -3,6 +3,7 @@ a control plane's failure becomes a Temporal activity failure."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from temporalio.exceptions import ApplicationError
@@ -10,6 +11,7 @@ from temporalio.exceptions import ApplicationError
 from stanch.config.settings import Settings
 from stanch.stores.artefacts import ArtefactStore, store_from_settings
 from stanch.stores.records import Records
+from stanch.stores.regression import RegressionSuite
 from stanch.targets.base import TargetError
 from stanch.targets.registry import TargetRegistry
 
@@ -31,12 +33,28 @@ class ActivityDeps:
         if self.records is None:
             self.records = Records.from_settings(self.settings)
 
+    @property
+    def regression_suite(self) -> RegressionSuite:
+        """Every model's regression cases, in the records database (earlier JSONL suites under
+        HOME/regression imported on first use). Its calls block: run them with asyncio.to_thread."""
+        return RegressionSuite(self.records, self.settings.regression_dir)
+
     @classmethod
     def from_settings(cls, settings: Settings) -> ActivityDeps:
         records = Records.from_settings(settings)
         # A worker upgrades the schema as it starts: a database it cannot reach stops it here, named.
         records.upgrade()
         return cls(settings=settings, targets=TargetRegistry(settings), artefacts=store_from_settings(settings), records=records)
+
+    @classmethod
+    async def for_worker(cls, settings: Settings) -> ActivityDeps:
+        """What a starting worker hands its activities, once both shared stores proved usable: the
+        records schema upgraded (RecordsError names STANCH_DATABASE_URL) and a tiny artefact
+        stored and read back (ArtefactError names STANCH_ARTEFACTS and the AWS_* variables).
+        The database's round trips run on a thread: the event loop keeps serving meanwhile."""
+        deps = await asyncio.to_thread(cls.from_settings, settings)
+        await deps.artefacts.check()
+        return deps
 
 
 def as_application_error(error: TargetError, what: str = "") -> ApplicationError:
