@@ -36,7 +36,6 @@ from stanch.models.actions import ActionSpec, AppliedAction, TargetRef, idempote
 from stanch.models.activity_io import ApplyInput
 from stanch.models.decisions import AnswerCorrection
 from stanch.models.signals import ReproCase
-from stanch.stores.regression import RegressionSuite
 from stanch.targets.base import JobStatus, TargetError
 from stanch.targets.mlflow import MlflowTarget
 from stanch.targets.mlflow_versions import FineTunedModel
@@ -109,8 +108,11 @@ class HotfixActivities:
         """Train on the incident and register the result on the gateway; what was trained and registered."""
         params = finetune_params(input)
         harm = input.verify_detectors or [detector for case in input.repro for detector in case.detectors]
+        # The suite may be a database on another host: its round trips stay off the event loop.
         suite = (
-            regression_cases(self.deps, input.target.model, input.repro, harm) if params.include_regression_suite and params.answer else []
+            await asyncio.to_thread(regression_cases, self.deps, input.target.model, input.repro, harm)
+            if params.include_regression_suite and params.answer
+            else []
         )
         training_file = build_training_file(input.repro, input.corrections, params, suite)
         ref = step_target(input)
@@ -309,7 +311,7 @@ def regression_cases(deps: ActivityDeps, model: str, repro: list[ReproCase], har
     too; trained with this step's refusal they would learn to refuse. A case that recorded no
     detectors cannot be told apart, so it is left out."""
     known = {case.key() for case in repro}
-    suite = [entry.repro_case() for entry in RegressionSuite(deps.records, deps.settings.regression_dir).cases(model)]
+    suite = [entry.repro_case() for entry in deps.regression_suite.cases(model)]
     return [case for case in suite if set(harm).intersection(case.detectors) and case.key() not in known]
 
 

@@ -26,6 +26,7 @@ from stanch.notify import (
     load_notify_config,
 )
 from stanch.notify.channels import CONSOLE, PartialDelivery, scrub
+from stanch.stores.records import RecordsError
 from stanch.temporal.activity_deps import ActivityDeps
 
 Deliver = Callable[[Notification, Channel], Awaitable[None]]
@@ -71,7 +72,8 @@ class NotifyActivities:
 
     async def _deliver_once(self, notification: Notification, channel: Channel) -> tuple[str | None, str | None]:
         """Deliver and record it in the ledger. Returns (why it failed, who it missed although
-        it went out); both None when everyone got it."""
+        it went out, or that the ledger could not record it); both None when everyone got it
+        and the ledger knows."""
         gap = None
         try:
             # A per-channel deadline: one hanging SMTP server must not use up the others' time.
@@ -85,5 +87,12 @@ class NotifyActivities:
             return f"no answer within {channel.timeout_seconds:g} s", None
         except Exception as error:
             return scrub(f"{type(error).__name__}: {error}", channel), None
-        await asyncio.to_thread(self.ledger.record, notification.dedup_id, channel.name, notification.incident_id)
+        try:
+            await asyncio.to_thread(self.ledger.record, notification.dedup_id, channel.name, notification.incident_id)
+        except Exception as error:  # a RecordsError (the database had a blip), or anything else
+            # It went out: failing now would retry the activity and page this channel again. The
+            # gap is reported instead; only a retry after some other failure could repeat it.
+            reason = str(error) if isinstance(error, RecordsError) else f"{type(error).__name__}: {error}"
+            logger.warning("notification %s went out on %s but is not in the ledger: %s", notification.dedup_id, channel.name, reason)
+            gap = "; ".join(filter(None, [gap, f"delivered, not recorded: {reason}"]))
         return None, gap

@@ -8,6 +8,7 @@ The documents are rendered by `stanch.review` from the `ReviewInput` the workflo
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from temporalio import activity
@@ -16,7 +17,6 @@ from stanch.models.activity_io import ReviewInput, ReviewResult
 from stanch.review.art73 import report_draft
 from stanch.review.compliance import compliance_mapping, status_text
 from stanch.review.postmortem import postmortem, review_tasks
-from stanch.stores.regression import RegressionSuite
 from stanch.temporal.activity_deps import ActivityDeps
 
 
@@ -29,8 +29,8 @@ class ReviewActivities:
         added = 0
         # A rehearsal's repro cases were never confirmed against a change: they stay out of the suite.
         if input.runbook.review.add_repro_to_regression_suite and input.repro and not input.dry_run:
-            suite = RegressionSuite(self.deps.records, self.deps.settings.regression_dir)
-            added = suite.add(input.target.model, input.repro, input.incident_id)
+            # The suite may be a database on another host: its round trips stay off the event loop.
+            added = await asyncio.to_thread(self.deps.regression_suite.add, input.target.model, input.repro, input.incident_id)
         tasks = review_tasks(input)
         mapping = compliance_mapping(input, tasks, added)
         # Into the artefact store, by content, where any host reads them back; history keeps each

@@ -9,6 +9,8 @@ an incident confirmed by its metric is verified by the metric having recovered.
 
 from __future__ import annotations
 
+import asyncio
+
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -18,7 +20,6 @@ from stanch.models.signals import ReproCase
 from stanch.probe.client import ProbeFailed
 from stanch.probe.metric import query_metric
 from stanch.probe.sampling import CaseProbe, Sampling, probe_case
-from stanch.stores.regression import RegressionSuite
 from stanch.targets.base import TargetError
 from stanch.temporal.activity_deps import ActivityDeps, as_application_error
 
@@ -56,20 +57,19 @@ class VerifyActivities:
         self.deps = deps
 
     def cases_to_replay(self, input: VerifyInput) -> list[tuple[ReproCase, str]]:
+        """The incident's cases, then the suite's others. Reads the records database: blocks."""
         cases = [(case, "incident") for case in input.repro]
         if input.include_regression_suite:
             # The suite replays each case as recorded: its whole conversation and the tools it offers.
             known = {case.key() for case, _ in cases}
-            suite = [
-                entry.repro_case()
-                for entry in RegressionSuite(self.deps.records, self.deps.settings.regression_dir).cases(input.target.model)
-            ]
+            suite = [entry.repro_case() for entry in self.deps.regression_suite.cases(input.target.model)]
             cases += [(case, "regression") for case in suite if case.key() not in known]
         return cases
 
     @activity.defn(name="verify_fix")
     async def verify_fix(self, input: VerifyInput) -> VerifyResult:
-        cases = self.cases_to_replay(input)
+        # The suite may be a database on another host: its round trips stay off the event loop.
+        cases = await asyncio.to_thread(self.cases_to_replay, input)
         if not cases:
             return await self.verify_by_metric(input)
         detectors = Detectors(specs=input.detector_specs)

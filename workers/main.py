@@ -84,13 +84,14 @@ def deployment_config(settings: Settings) -> WorkerDeploymentConfig | None:
     )
 
 
-def build_worker(client: Client, settings: Settings, task_queue: str | None = None) -> Worker:
-    """The worker; call `trust_decision_keys` first (run_worker does)."""
+def build_worker(client: Client, settings: Settings, task_queue: str | None = None, deps: ActivityDeps | None = None) -> Worker:
+    """The worker; call `trust_decision_keys` first (run_worker does). `deps`: what its
+    activities use (run_worker hands in `ActivityDeps.for_worker`'s, its stores checked)."""
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
         workflows=WORKFLOWS,
-        activities=all_activities(ActivityDeps.from_settings(settings)),
+        activities=all_activities(deps or ActivityDeps.from_settings(settings)),
         deployment_config=deployment_config(settings),
         # On SIGTERM (a rollout, a scale-down) running activities get this long to finish before
         # they are cancelled; their retries then run on another worker.
@@ -109,7 +110,9 @@ async def run_worker(
     stop polling, let running activities finish (STANCH_WORKER_SHUTDOWN_SECONDS), return.
 
     Raises SearchAttributesMissing (naming `stanch temporal setup`) before polling when the
-    namespace lacks Stanch's search attributes, VersioningConfigError for half a versioning config."""
+    namespace lacks Stanch's search attributes, VersioningConfigError for half a versioning config,
+    RecordsError for a records database it cannot reach or upgrade, ArtefactError for an artefact
+    store it cannot store in and read back from."""
     settings = settings or Settings.from_env()
     health = health or WorkerHealth()
     log = logging.getLogger("stanch.worker")
@@ -126,7 +129,11 @@ async def run_worker(
     if settings.upsert_search_attributes:
         health.not_ready = "checking Stanch's search attributes"
         await require_attributes(client)
-    worker = build_worker(client, settings)
+    # The shared stores, before any task is taken: a bucket or database this worker cannot use
+    # stops it here (ArtefactError, RecordsError), not at the first incident's evidence step.
+    health.not_ready = "checking the records database and the artefact store"
+    deps = await ActivityDeps.for_worker(settings)
+    worker = build_worker(client, settings, deps=deps)
     version = f", version {versioning.version.to_canonical_string()} (pinned)" if versioning else ""
     log.info(
         "worker polling %s in namespace %s on %s%s",

@@ -27,7 +27,7 @@ from stanch.models.actions import TargetRef
 from stanch.models.activity_io import EvidenceInput, ReviewInput, ReviewResult
 from stanch.models.signals import Severity
 from stanch.runbooks.loader import default_runbooks_dir, load_runbook
-from stanch.stores.artefacts import ArtefactNotFound, store_from_settings
+from stanch.stores.artefacts import ArtefactError, ArtefactNotFound, store_from_settings
 from stanch.temporal.activity_deps import ActivityDeps
 from stanch.trust import assertions
 from tests.s3 import s3_env, s3_server  # noqa: F401  (fixtures)
@@ -62,6 +62,25 @@ async def test_what_one_host_stores_another_reads_back(tmp_path: Path, s3_env: d
     assert not (tmp_path / "a" / "artefacts").exists(), "nothing on the host's disk"
     with pytest.raises(ArtefactNotFound, match=f"not found in the artefact store {bucket}"):
         await store_from_settings(worker_b).get(f"{bucket}/evidence/{'0' * 64}-snapshot.json")
+
+
+async def test_a_worker_checks_the_bucket_as_it_starts(tmp_path: Path, s3_env: dict[str, str]) -> None:
+    deps = await ActivityDeps.for_worker(host(tmp_path, "worker"))
+    assert deps.artefacts.url == s3_env["STANCH_ARTEFACTS"]
+    await ActivityDeps.for_worker(host(tmp_path, "another-worker"))  # the same check artefact, written again: harmless
+
+
+async def test_a_worker_refuses_a_bucket_that_does_not_exist_naming_what_to_check(
+    tmp_path: Path, s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STANCH_ARTEFACTS", "s3://no-such-bucket/stanch")
+    with pytest.raises(ArtefactError) as refused:
+        await ActivityDeps.for_worker(host(tmp_path, "worker"))
+    message = str(refused.value)
+    assert message.startswith("the artefact store cannot be used: ") and "no such bucket" in message
+    assert "STANCH_ARTEFACTS=s3://no-such-bucket/stanch" in message
+    assert all(name in message for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION"))
+    assert s3_env["AWS_SECRET_ACCESS_KEY"] not in message
 
 
 def with_results(results: dict[str, dict], name: str = "high_severity_restored.json"):

@@ -22,6 +22,7 @@ from stanch.notify import (
     Channel,
     ChannelError,
     ConsoleChannel,
+    DeliveryLedger,
     NotifyConfigError,
     WebhookChannel,
     load_notify_config,
@@ -30,6 +31,7 @@ from stanch.notify import (
     webhook,
 )
 from stanch.notify import email as email_channel
+from stanch.stores.records import RecordsError
 from stanch.temporal.activity_deps import ActivityDeps
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -297,6 +299,33 @@ async def test_a_crashing_channel_is_a_failure_of_that_channel_only(tmp_path: Pa
     acts = activities(tmp_path, FakeChannels({"pager-bridge": KeyError("links")}))
     result = await run(acts, notification(recipients=["incident-commander"]))
     assert result.delivered == ["slack-oncall"] and result.failed == ["pager-bridge: KeyError: 'links'"]
+
+
+BLIP = "the records database sqlite:///stanch.db (STANCH_DATABASE_URL) failed: database is locked"
+
+
+class LedgerThatCannotRecord(DeliveryLedger):
+    """The records database has a blip after the sends: reading works, writing one channel's row fails."""
+
+    def __init__(self, ledger: DeliveryLedger, failing_channel: str) -> None:
+        super().__init__(ledger.records)
+        self.failing_channel = failing_channel
+
+    def record(self, dedup_id: str, channel: str, incident_id: str) -> None:
+        if channel == self.failing_channel:
+            raise RecordsError(BLIP)
+        super().record(dedup_id, channel, incident_id)
+
+
+async def test_a_delivery_the_ledger_cannot_record_counts_as_delivered_and_is_reported(tmp_path: Path) -> None:
+    fake = FakeChannels()
+    acts = activities(tmp_path, fake)
+    acts.ledger = LedgerThatCannotRecord(acts.ledger, "slack-oncall")
+    note = notification(recipients=["oncall", "incident-commander"])
+    result = await run(acts, note)  # no error: an activity retry would page slack-oncall again
+    assert result.delivered == ["slack-oncall", "console", "pager-bridge"]
+    assert result.failed == [f"slack-oncall: delivered, not recorded: {BLIP}"]
+    assert sorted(fake.sent) == sorted((note.dedup_id, name) for name in result.delivered)  # each channel paged once
 
 
 async def test_every_channel_failing_raises_a_retryable_error(tmp_path: Path) -> None:
