@@ -47,7 +47,7 @@ from stanch.audit import signing
 from stanch.audit.models import Timeline
 from stanch.audit.render import to_markdown
 from stanch.audit.timeline import build_timeline
-from stanch.stores.artefacts import ArtefactError, ArtefactStore, is_artefact_location
+from stanch.stores.artefacts import ArtefactChanged, ArtefactError, ArtefactNotFound, ArtefactStore, is_artefact_location
 
 FORMAT = "stanch-audit-bundle/2"
 # Format 1 had no entry_count, dry_runs or left_out; its bundles still verify (without a count).
@@ -259,17 +259,24 @@ def review_documents(timeline: Timeline) -> list[tuple[str, str, str]]:
 
 async def take_artefact(store: ArtefactStore, location: str, recorded_sha256: str, kind: str) -> tuple[bytes, str]:
     """The artefact's bytes from the store, if it is of `kind` and its sha256 is the one its
-    history recorded; else (b"", why it is left out)."""
+    history recorded; else (b"", why it is left out).
+
+    Only what is true of the artefact leaves it out (missing, changed, not one). A store that
+    cannot be read now (credentials, network) raises ArtefactError: a passing outage must not
+    seal a bundle that lacks what it should hold."""
     if not recorded_sha256:
         return b"", "its history recorded no sha256 for it, so it cannot be shown to be the one stored"
     try:
         key, sha256 = store.key_of(location)
-        if not key.startswith(f"{kind}/"):
-            return b"", f"not a {kind} artefact: only {kind} are exported from there"
-        if sha256 != recorded_sha256:
-            return b"", f"its key names sha256 {sha256}, not the {recorded_sha256} its history recorded"
-        return await store.get(location), ""
     except ArtefactError as error:
+        return b"", str(error)
+    if not key.startswith(f"{kind}/"):
+        return b"", f"not a {kind} artefact: only {kind} are exported from there"
+    if sha256 != recorded_sha256:
+        return b"", f"its key names sha256 {sha256}, not the {recorded_sha256} its history recorded"
+    try:
+        return await store.get(location), ""
+    except (ArtefactNotFound, ArtefactChanged) as error:
         return b"", str(error)
 
 

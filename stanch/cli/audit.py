@@ -68,11 +68,15 @@ def _run(coroutine):
     # Heavy imports (the SDK, the workflows, cryptography) wait for a command: `stanch --help` stays quick.
     from stanch.audit import bundle, signing
     from stanch.audit.history import HistoryError
+    from stanch.stores.artefacts import ArtefactError
 
     try:
         return asyncio.run(coroutine)
     except (BadInput, HistoryError, bundle.BundleError, signing.SigningKeyError) as problem:
         err_console.print(f"[bold red]error:[/] {escape(str(problem))}")
+        raise typer.Exit(2) from None
+    except ArtefactError as problem:  # the store could not be read: nothing was sealed
+        err_console.print(f"[bold red]error:[/] the artefact store (STANCH_ARTEFACTS) could not be read: {escape(str(problem))}")
         raise typer.Exit(2) from None
 
 
@@ -275,7 +279,7 @@ def export(
     for incident in manifest.dry_runs or []:
         console.print(f"  dry run (a rehearsal, labelled in the manifest's dry_runs): {escape(incident)}")
     for left in manifest.left_out or []:
-        console.print(f"[yellow]left out:[/] {escape(left.incident)}: evidence {escape(left.location)}: {escape(left.reason)}")
+        console.print(f"[yellow]left out:[/] {escape(left.incident)}: {escape(left.location)}: {escape(left.reason)}")
     for warning in manifest.warnings:
         console.print(f"[yellow]warning:[/] {escape(warning)}")
     if stored is not None:
@@ -398,7 +402,7 @@ def verify(
             console.print(f"[yellow]warning:[/] {escape(warning)}")
         for left in report.left_out:
             console.print(
-                f"[yellow]left out at export:[/] {escape(left.incident)}: evidence {escape(left.location)}: {escape(left.reason)}"
+                f"[yellow]left out at export:[/] {escape(left.incident)}: {escape(left.location)}: {escape(left.reason)}"
             )
         for incident in report.dry_runs:
             console.print(f"dry run (a rehearsal, not an incident): {escape(incident)}")
