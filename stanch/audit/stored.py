@@ -120,6 +120,9 @@ def unpack(data: bytes, out: Path, location: str) -> int:
             if len(set(names)) != len(names):
                 twice = sorted({name for name in names if names.count(name) > 1})[0]
                 raise NotABundle(f"{location}: member {twice!r} appears twice: refused, a bundle names each file once")
+            folders = {str(parent) for name in names for parent in PurePosixPath(name).parents}
+            if clash := sorted(folders & set(names)):
+                raise NotABundle(f"{location}: member {clash[0]!r} is both a file and a folder of other members: refused")
             root = out.resolve()
             for member in members:
                 stream = tar.extractfile(member)

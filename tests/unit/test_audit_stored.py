@@ -181,6 +181,16 @@ def test_a_stored_archive_with_a_member_outside_plain_files_is_refused(tmp_path:
     assert files_in(tmp_path / "out") == {}, "checked before anything is written"
 
 
+def test_a_member_that_is_both_a_file_and_a_folder_is_refused(tmp_path: Path) -> None:
+    store = ArtefactStore.local(tmp_path / "shared")
+    kept = asyncio.run(store.put(stored.KIND, archive([member("evidence"), member("evidence/a.json")]), name=stored.NAME))
+
+    code, output = audit("fetch", kept.location, "--out", tmp_path / "out" / "fetched", home=tmp_path / "auditor", store=store.url)
+    assert code == 2
+    assert "member 'evidence' is both a file and a folder" in output
+    assert files_in(tmp_path / "out") == {}, "checked before anything is written"
+
+
 def test_what_is_not_a_stored_bundle_is_named(tmp_path: Path) -> None:
     store = ArtefactStore.local(tmp_path / "shared")
     evidence = asyncio.run(store.put("evidence", b"{}", name="snapshot.json"))
