@@ -262,3 +262,28 @@ def _walk(folder: Path) -> list[tuple[str, bool]]:
             if path.is_symlink() or name in files:
                 found.append((path.relative_to(folder).as_posix(), path.is_symlink()))
     return sorted(found)
+
+
+def verify_with_keys(folder: Path, keys: list[Ed25519PublicKey], require_signature: bool = False) -> VerifyReport:
+    """Verify with the public key the bundle's signature names. Given several (a rotation), none
+    of them that key is a failed signature naming the key id; one key is checked as it is."""
+    if len(keys) < 2:
+        return verify(folder, keys[0] if keys else None, require_signature=require_signature)
+    try:
+        signed_by = Manifest.model_validate_json((folder / MANIFEST).read_text()).signature
+    except (OSError, ValueError):
+        signed_by = None  # the verification names what is wrong with the manifest
+    if signed_by is None or (key := signing.key_named(keys, signed_by.key_id)) is not None:
+        return verify(folder, keys[0] if signed_by is None else key, require_signature=require_signature)
+    report = verify(folder, None, require_signature=False)
+    known = ", ".join(signing.key_id(key) for key in keys)
+    report.problems.append(
+        Problem(
+            what="signature",
+            message=f"signed by key id {signed_by.key_id}, and none of the {len(keys)} public keys given has that id (given: {known}): "
+            "add the exporter's public key for it, or the bundle was not signed by your installation",
+        )
+    )
+    report.signature = "invalid"
+    report.proves = f"signed by key id {signed_by.key_id}, which no public key given has: the signature could not be checked"
+    return report

@@ -22,18 +22,13 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from stanch.config.settings import Settings
-
-if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-    from stanch.audit.verify import VerifyReport
 
 audit_app = typer.Typer(
     help="Replay incident histories, read their timelines, export and verify audit bundles.",
@@ -392,7 +387,9 @@ def verify(
     except signing.SigningKeyError as error:
         err_console.print(f"[bold red]error:[/] {escape(str(error))}")
         raise typer.Exit(2) from None
-    report = _verify_with(path, keys, require_signature)
+    from stanch.audit.verify import verify_with_keys
+
+    report = verify_with_keys(path, keys, require_signature)
     if as_json:
         typer.echo(report.model_dump_json(indent=2))
     else:
@@ -401,9 +398,7 @@ def verify(
         for warning in report.warnings:
             console.print(f"[yellow]warning:[/] {escape(warning)}")
         for left in report.left_out:
-            console.print(
-                f"[yellow]left out at export:[/] {escape(left.incident)}: {escape(left.location)}: {escape(left.reason)}"
-            )
+            console.print(f"[yellow]left out at export:[/] {escape(left.incident)}: {escape(left.location)}: {escape(left.reason)}")
         for incident in report.dry_runs:
             console.print(f"dry run (a rehearsal, not an incident): {escape(incident)}")
         signature = {
@@ -418,34 +413,6 @@ def verify(
             console.print(("" if report.signature == "valid" else "[yellow]note:[/] ") + escape(report.proves))
     if not report.ok:
         raise typer.Exit(1)
-
-
-def _verify_with(path: Path, keys: list[Ed25519PublicKey], require_signature: bool) -> VerifyReport:
-    """Verify with the public key the bundle's signature names. Given several (a rotation), none
-    of them that key is a failed signature naming the key id; one key is checked as it is."""
-    from stanch.audit import bundle, signing
-    from stanch.audit import verify as verification
-
-    if len(keys) < 2:
-        return verification.verify(path, keys[0] if keys else None, require_signature=require_signature)
-    try:
-        signed_by = bundle.Manifest.model_validate_json((path / bundle.MANIFEST).read_text()).signature
-    except (OSError, ValueError):
-        signed_by = None  # the verification names what is wrong with the manifest
-    if signed_by is None or (key := signing.key_named(keys, signed_by.key_id)) is not None:
-        return verification.verify(path, keys[0] if signed_by is None else key, require_signature=require_signature)
-    report = verification.verify(path, None, require_signature=False)
-    known = ", ".join(signing.key_id(key) for key in keys)
-    report.problems.append(
-        verification.Problem(
-            what="signature",
-            message=f"signed by key id {signed_by.key_id}, and none of the {len(keys)} public keys given has that id (given: {known}): "
-            "add the exporter's public key for it, or the bundle was not signed by your installation",
-        )
-    )
-    report.signature = "invalid"
-    report.proves = f"signed by key id {signed_by.key_id}, which no public key given has: the signature could not be checked"
-    return report
 
 
 @audit_app.command("keygen")
