@@ -56,7 +56,7 @@ from stanch.intake.routing import UnsafeSignal
 from stanch.intake.sources.limits import TooLarge
 from stanch.runbooks.loader import RunbookCatalog, RunbookError, load_catalog
 from stanch.temporal.client import configured_namespace
-from stanch.temporal.setup import SearchAttributesMissing, require_attributes
+from stanch.temporal.setup import AttributesNotListed, SearchAttributesMissing, require_attributes
 from stanch.trust import assertions, decision_keys
 from stanch.trust.responders import Principal, ResponderAuth, load_responder_auth
 
@@ -277,13 +277,16 @@ async def _unprepared(connection: TemporalConnection, settings: Settings) -> str
     if not settings.upsert_search_attributes:
         return None
     try:
+        # An identity that may not list attributes passes (warned once in the log): the
+        # intake still says "run setup" when a start is refused for a missing one.
         await require_attributes(await connection.client())
     except SearchAttributesMissing as err:
         return str(err)
     except TemporalUnavailable as err:
         return str(err)
-    except RPCError as err:
-        return f"Temporal at {connection.address} did not list the namespace's search attributes ({err.status.name}: {err.message})"
+    except AttributesNotListed as err:
+        refusal = f"{err.error.status.name}: {err.error.message}"
+        return f"Temporal at {connection.address} did not list the namespace's search attributes ({refusal})"
     return None
 
 

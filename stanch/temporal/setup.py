@@ -10,6 +10,7 @@ the API is not ready, until the attributes are there, both naming that command.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from datetime import timedelta
 from typing import Any, Literal
@@ -27,6 +28,13 @@ from stanch.temporal import search_attributes
 
 SETUP_COMMAND = "stanch temporal setup"
 CHECK_TIMEOUT = timedelta(seconds=5)
+# What an identity that may not use the operator service hears (a restricted mTLS certificate, a
+# Temporal Cloud API key without the admin role): the attributes are unknown to it, not missing.
+NOT_ALLOWED_TO_LIST = (RPCStatusCode.PERMISSION_DENIED, RPCStatusCode.UNIMPLEMENTED)
+
+log = logging.getLogger(__name__)
+# Namespaces already warned about: a readiness probe asks every few seconds, the warning is said once.
+_warned_cannot_list: set[str] = set()
 
 
 class SetupError(Exception):
@@ -45,11 +53,47 @@ class SearchAttributesMissing(Exception):
         )
 
 
+class AttributesNotListed(Exception):
+    """Temporal did not list the namespace's search attributes (away, no such namespace, ...):
+    whether the namespace was prepared is unknown."""
+
+    def __init__(self, namespace: str, error: RPCError) -> None:
+        self.namespace = namespace
+        self.error = error
+        super().__init__(
+            f"Temporal did not list the search attributes of namespace {namespace!r} ({error.status.name}: {error.message}); "
+            "check TEMPORAL_NAMESPACE (or your TEMPORAL_PROFILE in temporal.toml) and that Temporal answers"
+        )
+
+
 def refused_for_missing_attributes(error: RPCError) -> bool:
-    """Whether Temporal refused a start because the namespace does not know a search attribute:
-    "Namespace X has no mapping defined for search attribute Y" (SQL visibility), "search
-    attribute Y is not defined" (Elasticsearch)."""
+    """Whether Temporal refused a start over a search attribute (INVALID_ARGUMENT naming one):
+    maybe the namespace does not know it ("Namespace X has no mapping defined for search
+    attribute Y" with SQL visibility, "search attribute Y is not defined" with Elasticsearch),
+    maybe a value it will not hold ("search attribute Y value size exceeds limit"). Only
+    `missing_behind_refusal` tells which."""
     return error.status == RPCStatusCode.INVALID_ARGUMENT and "search attribute" in error.message.lower()
+
+
+def _worded_as_undefined(error: RPCError) -> bool:
+    """Temporal's own words for an attribute the namespace does not know, both visibility stores."""
+    message = error.message.lower()
+    return "no mapping defined for search attribute" in message or bool(re.search(r"search attribute \w+ is not defined", message))
+
+
+async def missing_behind_refusal(client: Client, error: RPCError) -> SearchAttributesMissing | None:
+    """What to answer when Temporal refused a start with `error`: `SearchAttributesMissing`
+    (run `stanch temporal setup`) only when the namespace truly lacks some of Stanch's
+    attributes, asked of Temporal; None for any other refusal, a value too large included,
+    which the caller re-raises as before. An identity that may not list attributes (or a
+    Temporal that does not answer now) is judged by the refusal's own words instead."""
+    if not refused_for_missing_attributes(error):
+        return None
+    try:
+        missing = await missing_attributes(client)
+    except RPCError:
+        return SearchAttributesMissing(client.namespace, named_in_refusal(error)) if _worded_as_undefined(error) else None
+    return SearchAttributesMissing(client.namespace, missing) if missing else None
 
 
 def named_in_refusal(error: RPCError) -> list[str]:
@@ -99,11 +143,33 @@ async def missing_attributes(client: Client) -> list[str]:
     return [name for name, kind in wanted_attributes().items() if present.get(name) != kind]
 
 
-async def require_attributes(client: Client) -> None:
-    """Raise `SearchAttributesMissing` naming `stanch temporal setup` unless every attribute is there."""
-    missing = await missing_attributes(client)
+async def require_attributes(client: Client) -> bool:
+    """The check a worker and the API make at start: raise `SearchAttributesMissing` naming
+    `stanch temporal setup` unless every attribute is there; True when they all are.
+
+    An identity that may not list them (PERMISSION_DENIED, UNIMPLEMENTED) cannot tell: that is
+    logged once as a warning and answers False, and the process goes on (an incident start
+    refused for a missing attribute still says to run setup). Any other refusal raises
+    `AttributesNotListed`, naming the namespace and what Temporal said."""
+    try:
+        missing = await missing_attributes(client)
+    except RPCError as err:
+        if err.status not in NOT_ALLOWED_TO_LIST:
+            raise AttributesNotListed(client.namespace, err) from err
+        if client.namespace not in _warned_cannot_list:
+            _warned_cannot_list.add(client.namespace)
+            log.warning(
+                "cannot check Stanch's search attributes in namespace %r: Temporal refused to list them (%s: %s). "
+                "Going on: if incidents are refused for a missing attribute, have an operator run `%s`",
+                client.namespace,
+                err.status.name,
+                err.message,
+                SETUP_COMMAND,
+            )
+        return False
     if missing:
         raise SearchAttributesMissing(client.namespace, missing)
+    return True
 
 
 def parse_retention(text: str) -> timedelta:
