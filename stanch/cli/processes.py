@@ -95,10 +95,10 @@ def worker(
     `stanch temporal setup`). SIGTERM drains it: polling stops, running activities get
     STANCH_WORKER_SHUTDOWN_SECONDS (default 30) to finish, then it exits 0.
     """
-    from stanch.stores.artefacts import ArtefactStoreConfigError, store_from_settings
+    from stanch.stores.artefacts import ArtefactError, store_from_settings
     from stanch.stores.records import RecordsError
-    from stanch.temporal.client import configured_address
-    from stanch.temporal.setup import SearchAttributesMissing
+    from stanch.temporal.client import TemporalConfigError, TemporalConnectError, configured_address, load_connect_config
+    from stanch.temporal.setup import AttributesNotListed, SearchAttributesMissing
     from stanch.trust.assertions import DecisionKeyError
     from workers.main import VersioningConfigError, deployment_config, trust_decision_keys
 
@@ -110,20 +110,24 @@ def worker(
         trust_decision_keys(settings, insecure_dev=insecure_dev)  # named here, before anything connects
         deployment_config(settings)
         store_from_settings(settings)
+        load_connect_config()  # a profile naming a certificate that is not there: said as such, not as an address
     except DecisionKeyError as exc:
         raise fail(f"refusing to start: decision keys: {exc}") from exc
-    except (VersioningConfigError, ArtefactStoreConfigError) as exc:
+    except (VersioningConfigError, ArtefactError, TemporalConfigError) as exc:
         raise fail(f"refusing to start: {exc}") from exc
-    console.print(f"stanch worker: task queue {settings.task_queue!r}, Temporal at {configured_address(settings.temporal_address)}")
+    address = configured_address(settings.temporal_address)
+    console.print(f"stanch worker: task queue {settings.task_queue!r}, Temporal at {address}")
     try:
         asyncio.run(_worker_until_signalled(settings, insecure_dev, health_host))
-    except (SearchAttributesMissing, RecordsError) as exc:
+    except (SearchAttributesMissing, AttributesNotListed, RecordsError, ArtefactError, TemporalConfigError) as exc:
         raise fail(f"refusing to start: {exc}") from exc
-    except (RuntimeError, OSError) as exc:  # connecting failed: the SDK says why
+    except TemporalConnectError as exc:
         raise fail(
-            f"cannot reach Temporal at {configured_address(settings.temporal_address)}: {exc}. "
+            f"cannot reach Temporal at {exc.address}: {exc}. "
             "Check TEMPORAL_ADDRESS (or your TEMPORAL_PROFILE in temporal.toml), TLS and API key"
         ) from exc
+    except (RuntimeError, OSError) as exc:  # after connecting: not a reachability problem
+        raise fail(f"the worker stopped (Temporal at {address}): {type(exc).__name__}: {exc}") from exc
 
 
 async def _worker_until_signalled(settings: Settings, insecure_dev: bool, health_host: str) -> None:

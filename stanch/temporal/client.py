@@ -7,6 +7,7 @@ is configured — the payload codec, so what one writes the others can read.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -14,7 +15,7 @@ from temporalio.converter import (
     DataConverter,
     DefaultFailureConverterWithEncodedAttributes,
 )
-from temporalio.envconfig import ClientConfig
+from temporalio.envconfig import ClientConfigProfile, ClientConnectConfig
 
 from stanch.config.settings import Settings
 from stanch.temporal.codec import EncryptionCodec, load_encryption_keys
@@ -42,13 +43,57 @@ DEFAULT_ADDRESS = "127.0.0.1:7233"
 clients_opened = 0
 
 
+class TemporalConfigError(RuntimeError):
+    """Temporal's environment configuration cannot be used: a temporal.toml that does not
+    parse, a TLS certificate or key file that cannot be read. Nothing was tried on the network,
+    so the message names the configuration, not an address."""
+
+
+class TemporalConnectError(RuntimeError):
+    """Connecting to Temporal failed (nothing answers, TLS or API key refused); the SDK's words
+    are the message. Raised only by `connect`, so a caller tells it from a later failure."""
+
+    def __init__(self, address: str, cause: BaseException) -> None:
+        self.address = address
+        super().__init__(str(cause) or type(cause).__name__)
+
+
+def env_config_source() -> str:
+    """Where the SDK's environment configuration comes from, as an operator would look for it."""
+    profile = os.environ.get("TEMPORAL_PROFILE") or "default"
+    config_file = os.environ.get("TEMPORAL_CONFIG_FILE") or "the default temporal.toml (~/.config/temporalio/temporal.toml)"
+    return f"profile {profile!r} of {config_file}, and the TEMPORAL_* variables"
+
+
+def _profile() -> ClientConfigProfile:
+    """The profile Temporal's environment configuration chooses, env overrides applied; its
+    certificate files are not read yet (see `load_connect_config`)."""
+    try:
+        return ClientConfigProfile.load()
+    except Exception as exc:  # the SDK raises whatever its TOML reader raises
+        raise TemporalConfigError(f"Temporal's environment configuration ({env_config_source()}) cannot be read: {exc}") from exc
+
+
+def load_connect_config() -> ClientConnectConfig:
+    """What `connect` passes to the SDK, certificate files read: `TemporalConfigError` naming
+    the configuration when any of it cannot be used. Call it early to refuse before connecting."""
+    profile = _profile()
+    try:
+        return profile.to_client_connect_config()
+    except OSError as exc:  # a TLS file named by the profile or TEMPORAL_TLS_* that cannot be read
+        raise TemporalConfigError(
+            f"Temporal's environment configuration ({env_config_source()}) names a TLS file that cannot be read: {exc}"
+        ) from exc
+
+
 def configured_address(address: str | None = None) -> str:
-    """The host:port `connect(address)` would reach, without connecting (as `configured_namespace`)."""
+    """The host:port `connect(address)` would reach, without connecting (as `configured_namespace`).
+    Read without the certificate files, so a bad one does not hide the profile's address."""
     if address:
         return address
     try:
-        return str(ClientConfig.load_client_connect_config().get("target_host") or DEFAULT_ADDRESS)
-    except Exception:  # a broken env config surfaces at connect time, with its own message
+        return _profile().address or DEFAULT_ADDRESS
+    except TemporalConfigError:  # `load_connect_config` and `connect` say what is wrong with it
         return DEFAULT_ADDRESS
 
 
@@ -59,21 +104,27 @@ def configured_namespace(namespace: str | None = None) -> str:
     if namespace:
         return namespace
     try:
-        return str(ClientConfig.load_client_connect_config().get("namespace") or "default")
-    except Exception:  # a broken env config surfaces at connect time, with its own message
+        return _profile().namespace or "default"
+    except TemporalConfigError:  # a broken env config surfaces at connect time, with its own message
         return "default"
 
 
 async def connect(address: str | None = None, namespace: str | None = None, settings: Settings | None = None) -> Client:
     """Connect using the SDK's environment configuration (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE,
     TLS, API key, TEMPORAL_PROFILE in temporal.toml); an explicit address or namespace wins.
-    Pass a namespace only when someone chose it (a flag): None leaves it to the profile."""
+    Pass a namespace only when someone chose it (a flag): None leaves it to the profile.
+    A configuration that cannot be used raises `TemporalConfigError`, naming it; a failed
+    connection `TemporalConnectError` (both RuntimeErrors, as the SDK's own failure is)."""
     global clients_opened
     clients_opened += 1
-    config = ClientConfig.load_client_connect_config()
+    config = load_connect_config()
     if address:
         config["target_host"] = address
     if namespace:
         config["namespace"] = namespace
     config.setdefault("target_host", DEFAULT_ADDRESS)
-    return await Client.connect(**config, data_converter=data_converter(settings))
+    converter = data_converter(settings)  # malformed encryption keys are not a connect failure
+    try:
+        return await Client.connect(**config, data_converter=converter)
+    except (RuntimeError, OSError) as exc:
+        raise TemporalConnectError(config["target_host"], exc) from exc
