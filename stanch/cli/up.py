@@ -222,7 +222,9 @@ def _start_and_watch(supervisor: Supervisor, plan: UpPlan, stop: threading.Event
                 supervisor.start("temporal", plan.dev_server_command())
                 if not supervisor.wait_until(lambda: port_open(LOOPBACK, plan.temporal_port), "Temporal", timeout, stop.is_set):
                     return 0
-        if not plan.embedded_temporal and not _prepare_cluster(supervisor, python):
+        if not plan.embedded_temporal and not _prepare_cluster(
+            supervisor, python, upsert_search_attributes=settings.upsert_search_attributes
+        ):
             return 1
         with console.status("starting the demo models, gateway, worker and API"):
             if plan.encrypted:
@@ -275,10 +277,15 @@ def _start_and_watch(supervisor: Supervisor, plan: UpPlan, stop: threading.Event
     return 0
 
 
-def _prepare_cluster(supervisor: Supervisor, python: list[str]) -> bool:
+def _prepare_cluster(supervisor: Supervisor, python: list[str], *, upsert_search_attributes: bool = True) -> bool:
     """`stanch temporal setup` against the cluster joined: the embedded dev server registers
     Stanch's search attributes by flags, a cluster does not, and the worker refuses to start
-    without them. Idempotent: what is there is kept. False (said why) when it could not."""
+    without them. Idempotent: what is there is kept. False (said why) when it could not.
+    Skipped with STANCH_UPSERT_SEARCH_ATTRIBUTES=false: incidents then carry none, for
+    clusters where this identity may not register them."""
+    if not upsert_search_attributes:
+        console.print("STANCH_UPSERT_SEARCH_ATTRIBUTES=false: incidents carry no search attributes; not running `stanch temporal setup`")
+        return True
     with console.status("checking Stanch's search attributes on the cluster (stanch temporal setup)"):
         done = subprocess.run([*python, "temporal", "setup"], env=supervisor.env, capture_output=True, text=True, timeout=120)
     if done.returncode != 0:
