@@ -14,14 +14,13 @@ from typing import Annotated
 from fastapi import Depends, Header, HTTPException, Request
 from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 from temporalio.client import Client
-from temporalio.envconfig import ClientConfig
 from temporalio.service import RPCError
 
 from stanch.config.settings import Settings
 from stanch.intake.start import IntakeResult, open_or_join
 from stanch.models.signals import Signal
 from stanch.runbooks.loader import RunbookCatalog
-from stanch.temporal.client import configured_namespace, connect
+from stanch.temporal.client import configured_address, configured_namespace, connect
 from stanch.trust.responders import NotAuthenticated, Principal, ResponderAuth
 
 CONNECT_TIMEOUT_S = 10.0
@@ -50,12 +49,7 @@ class TemporalConnection:
     def address(self) -> str:
         if self._client is not None:
             return self._client.service_client.config.target_host
-        if self._settings.temporal_address:
-            return self._settings.temporal_address
-        try:
-            return str(ClientConfig.load_client_connect_config().get("target_host") or "127.0.0.1:7233")
-        except Exception:  # a broken env config surfaces at connect time, with its own message
-            return "127.0.0.1:7233"
+        return configured_address(self._settings.temporal_address)
 
     @property
     def connected(self) -> bool:

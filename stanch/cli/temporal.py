@@ -76,12 +76,14 @@ def setup_command(
 async def _run_setup(address: str | None, namespace: str | None, create_namespace: bool, retention: timedelta) -> SetupReport:
     from temporalio.service import RPCError
 
-    from stanch.temporal.client import configured_address, configured_namespace, connect
+    from stanch.temporal.client import TemporalConfigError, configured_address, configured_namespace, connect
     from stanch.temporal.setup import SetupError, setup
 
     where = f"{configured_address(address)} (namespace {configured_namespace(namespace)})"
     try:
         client = await asyncio.wait_for(connect(address, namespace), CONNECT_TIMEOUT_S)
+    except TemporalConfigError as exc:
+        raise _fail(str(exc)) from exc
     except (TimeoutError, RuntimeError, OSError) as exc:
         raise _fail(
             f"cannot reach Temporal at {where}: {exc or 'timed out'}. Check TEMPORAL_ADDRESS (or --address), and for a cluster "

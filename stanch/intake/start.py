@@ -46,7 +46,7 @@ from stanch.probe.sampling import user_text
 from stanch.runbooks.loader import RunbookCatalog
 from stanch.runbooks.schema import Runbook
 from stanch.temporal import search_attributes as sa
-from stanch.temporal.setup import SearchAttributesMissing, named_in_refusal, refused_for_missing_attributes
+from stanch.temporal.setup import missing_behind_refusal
 
 # The workflow's signal handler; running incidents and recorded histories carry this name.
 ADD_SIGNAL = "add_signal"
@@ -139,9 +139,11 @@ async def start_incident(
     try:
         response = await client.workflow_service.signal_with_start_workflow_execution(request, retry=True)
     except RPCError as err:
-        # Not the sender's fault, and not for good: an operator runs `stanch temporal setup`.
-        if attributes is not None and refused_for_missing_attributes(err):
-            raise SearchAttributesMissing(client.namespace, named_in_refusal(err)) from err
+        # A namespace that truly lacks an attribute is not the sender's fault, nor for good: an
+        # operator runs `stanch temporal setup`. A value Temporal will not hold is neither.
+        missing = await missing_behind_refusal(client, err) if attributes is not None else None
+        if missing is not None:
+            raise missing from err
         raise
     handle = client.get_workflow_handle(input.incident_id, run_id=response.run_id)
     return StartedIncident(handle=handle, opened=response.started)
