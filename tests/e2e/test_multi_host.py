@@ -9,8 +9,8 @@ gateway and the demo upstream. Nothing a later step needs lives on one host's di
 - incident 2: worker B drains on SIGTERM, worker A is killed with SIGKILL mid-rollback, worker
   B comes back and finishes, verifying the fix against the case worker A recorded;
 - every effect on the gateway applies once, every notification reaches the pager once;
-- `stanch audit export` + `verify` from a third home finds every evidence snapshot and review
-  document in the bucket.
+- `stanch audit export` + `verify` from a third home finds both incidents' evidence snapshots
+  and review documents in the bucket, and stores the bundle there for a fourth to fetch and verify.
 """
 
 from __future__ import annotations
@@ -194,14 +194,27 @@ def test_two_workers_two_apis_shared_state_survive_a_killed_worker(tmp_path):
         # --- an auditor's host: nothing on it but the shared settings ---------------------------
         auditor = {**shared, "STANCH_HOME": str(tmp_path / "auditor")}
         bundle = tmp_path / "bundle"
-        exported = stanch("audit", "export", "--out", str(bundle), env=auditor)
+        exported = stanch("audit", "export", "--out", str(bundle), "--to-store", "--json", env=auditor)
         assert exported.returncode == 0, exported.stdout + exported.stderr
         manifest = json.loads((bundle / "manifest.json").read_text())
         assert not manifest.get("left_out"), manifest["left_out"]
         exported_files = [entry["path"] for entry in manifest["entries"]]
-        assert sum("evidence" in path for path in exported_files) >= 2, exported_files
+        for incident_id in (first_id, second_id):
+            exported_for_incident = [path for path in exported_files if f"/{incident_id}@" in path]
+            assert any(path.startswith("evidence/") for path in exported_for_incident), exported_files
+            # Written by whichever worker ran the review; read back from the bucket here.
+            for document in ("postmortem.md", "compliance.json", "tasks.json"):
+                assert any(path.startswith("reviews/") and path.endswith(document) for path in exported_for_incident), exported_files
         verified_bundle = stanch("audit", "verify", str(bundle), env=auditor)
         assert verified_bundle.returncode == 0, verified_bundle.stdout + verified_bundle.stderr
+
+        # The bundle itself went to the bucket: a regulator's host fetches it and verifies it there.
+        stored = json.loads(exported.stdout)["stored"]
+        regulator = {**shared, "STANCH_HOME": str(tmp_path / "regulator")}
+        fetched = stanch("audit", "fetch", stored["location"], "--out", str(tmp_path / "fetched"), env=regulator)
+        assert fetched.returncode == 0, fetched.stdout + fetched.stderr
+        verified_fetched = stanch("audit", "verify", str(tmp_path / "fetched"), env=regulator)
+        assert verified_fetched.returncode == 0, verified_fetched.stdout + verified_fetched.stderr
     finally:
         stop_all(processes)
         for stop in reversed(stops):
