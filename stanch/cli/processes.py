@@ -8,7 +8,6 @@ Heavy imports (FastAPI, the worker, the gateway) happen inside the commands, so 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 import signal
 import sys
@@ -18,6 +17,7 @@ from typing import Annotated
 import typer
 
 from stanch.cli.output import make_console
+from stanch.config.network import is_loopback
 from stanch.config.settings import Settings
 from stanch.temporal.codec import EncryptionKeyError, load_encryption_keys
 from stanch.temporal.devserver import BinaryNotFound, dev_server_command
@@ -180,7 +180,7 @@ def api(
     settings = Settings.from_env()
     if intake_auth is not None:
         settings = settings.model_copy(update={"intake_auth": intake_auth.expanduser()})
-    if not _is_loopback(host):
+    if not is_loopback(host):
         if insecure_dev:
             raise fail(
                 f"--insecure-dev is for a loopback address only: on {host} anyone on the network could send alerts and "
@@ -250,12 +250,3 @@ def gateway(
     db_path = db or settings.home / "gateway.db"
     db_path.parent.mkdir(parents=True, exist_ok=True)
     serve(host, port, db_path, models, action_delay_s=action_delay, admin_token=None if dev else token)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

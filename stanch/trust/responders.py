@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,6 +39,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from stanch.config.errors import validation_lines
+from stanch.config.network import is_loopback
 from stanch.trust.permissions import RESPONDERS
 
 
@@ -101,15 +101,6 @@ def _default_algorithms() -> list[JwtAlgorithm]:
     return ["RS256"]
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class JwtIssuer(_Strict):
     issuer: str
     audience: str
@@ -140,7 +131,7 @@ class JwtIssuer(_Strict):
             url = urlparse(self.jwks_url)
             if url.scheme not in ("https", "http") or not url.hostname:
                 raise ValueError(f"jwks_url {self.jwks_url!r} must be an https:// URL")
-            if url.scheme == "http" and not _is_loopback(url.hostname):
+            if url.scheme == "http" and not is_loopback(url.hostname):
                 raise ValueError(f"jwks_url {self.jwks_url!r} must use https (plain http only on loopback, for tests)")
             if "HS256" in self.algorithms:
                 raise ValueError("jwks_url gives public keys: list RS256 or ES256 in algorithms, not HS256")
