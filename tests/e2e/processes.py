@@ -8,9 +8,12 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+
+from stanch.temporal.devserver import temporal_cli, wait_for_port
 
 
 def free_port() -> int:
@@ -109,3 +112,27 @@ def start_demo_models(env: dict[str, str], logs: Path, processes: list[Process])
     processes.append(process := Process("demo-upstream", [*args, "--finetune-seconds", "1"], env, logs))
     wait_http(f"http://127.0.0.1:{port}/healthz", process)
     return {"STANCH_GATEWAY_UPSTREAMS": str(upstreams), "STANCH_TRAINER_URL": f"http://127.0.0.1:{port}/v1"}
+
+
+def start_bare_temporal(logs: Path) -> tuple[str, Callable[[], None]]:
+    """`temporal server start-dev` as a cluster would be: none of Stanch's search attributes
+    (`stanch temporal setup` adds them). Returns its address and a function that stops it."""
+    port = free_port()
+    logs.mkdir(parents=True, exist_ok=True)
+    with (logs / "temporal.log").open("wb") as log:
+        server = subprocess.Popen(
+            [str(temporal_cli()), "server", "start-dev", "--headless", "--ip", "127.0.0.1", "--port", str(port), "--log-level", "warn"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def stop() -> None:
+        server.terminate()
+        server.wait(20)
+
+    try:
+        wait_for_port("127.0.0.1", port, 60)
+    except TimeoutError:
+        stop()
+        raise
+    return f"127.0.0.1:{port}", stop

@@ -28,9 +28,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from stanch.temporal.devserver import temporal_cli, wait_for_port
 from stanch.trust.decision_keys import generate as generate_decision_keys
-from tests.e2e.processes import Process, free_port, start_demo_models, stop_all, wait_for, wait_http
+from tests.e2e.processes import Process, free_port, start_bare_temporal, start_demo_models, stop_all, wait_for, wait_http
 from tests.e2e.test_stanch_up import alertmanager_alert
 from tests.http_recorder import RecordingServer
 from tests.postgres import create_database, start_postgres
@@ -61,22 +60,15 @@ def test_two_workers_two_apis_shared_state_survive_a_killed_worker(tmp_path):
         stops.append(stop_postgres)
         s3, stop_s3 = start_s3_server(tmp_path / "s3")
         stops.append(stop_s3)
-        temporal_port = free_port()
-        with (tmp_path / "temporal.log").open("wb") as log:
-            # A cluster as Stanch finds it: no search attributes of Stanch's.
-            temporal = subprocess.Popen(
-                [str(temporal_cli()), "server", "start-dev", "--headless", "--ip", "127.0.0.1", "--port", str(temporal_port)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        stops.append(lambda: (temporal.terminate(), temporal.wait(20)))
-        wait_for_port("127.0.0.1", temporal_port, 60)
+        # A cluster as Stanch finds it: no search attributes of Stanch's.
+        temporal_address, stop_temporal = start_bare_temporal(tmp_path / "temporal")
+        stops.append(stop_temporal)
 
         signing_key, public_keys = generate_decision_keys()
         ports = {name: free_port() for name in ("api-1", "api-2", "gateway")}
         gateway = f"http://127.0.0.1:{ports['gateway']}"
         shared = {
-            "TEMPORAL_ADDRESS": f"127.0.0.1:{temporal_port}",
+            "TEMPORAL_ADDRESS": temporal_address,
             "STANCH_DATABASE_URL": create_database(postgres_url),
             **s3.bucket(),
             "STANCH_DECISION_PUBLIC_KEYS": public_keys,

@@ -16,7 +16,7 @@ import pytest
 from temporalio.client import Client
 
 from stanch.temporal.devserver import temporal_cli, wait_for_port
-from tests.e2e.processes import Process, free_port, stop_all, wait_for, wait_http
+from tests.e2e.processes import Process, free_port, start_bare_temporal, stop_all, wait_for, wait_http
 from tests.e2e.test_stanch_up import alertmanager_alert
 
 pytestmark = pytest.mark.e2e
@@ -27,20 +27,11 @@ ATTRIBUTES = ["IncidentStatus", "IncidentSeverity", "IncidentRunbook", "Incident
 @pytest.fixture(scope="module")
 def bare_cluster(tmp_path_factory):
     """`temporal server start-dev` as a cluster would be: no `--search-attribute` flags."""
-    port = free_port()
-    logs = tmp_path_factory.mktemp("cluster")
-    with (logs / "temporal.log").open("wb") as log:
-        server = subprocess.Popen(
-            [str(temporal_cli()), "server", "start-dev", "--headless", "--ip", "127.0.0.1", "--port", str(port), "--log-level", "warn"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    address, stop = start_bare_temporal(tmp_path_factory.mktemp("cluster"))
     try:
-        wait_for_port("127.0.0.1", port, 60)
-        yield f"127.0.0.1:{port}"
+        yield address
     finally:
-        server.terminate()
-        server.wait(20)
+        stop()
 
 
 def stanch(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -21,7 +21,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
 from stanch.temporal.devserver import temporal_cli, wait_for_port
-from tests.e2e.processes import Process, free_port, stop_all, wait_for, wait_http
+from tests.e2e.processes import Process, free_port, start_bare_temporal, stop_all, wait_for, wait_http
 from tests.e2e.test_stanch_up import alertmanager_alert
 
 pytestmark = pytest.mark.e2e
@@ -30,20 +30,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def temporal(tmp_path_factory):
-    port = free_port()
-    logs = tmp_path_factory.mktemp("temporal")
-    with (logs / "temporal.log").open("wb") as log:
-        server = subprocess.Popen(
-            [str(temporal_cli()), "server", "start-dev", "--headless", "--ip", "127.0.0.1", "--port", str(port), "--log-level", "warn"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    address, stop = start_bare_temporal(tmp_path_factory.mktemp("temporal"))
     try:
-        wait_for_port("127.0.0.1", port, 60)
-        yield f"127.0.0.1:{port}"
+        yield address
     finally:
-        server.terminate()
-        server.wait(20)
+        stop()
 
 
 def env_for(home: Path, address: str) -> dict[str, str]:
