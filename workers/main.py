@@ -23,7 +23,7 @@ from activities.severity import grade_by_runbook_rules
 from activities.verify import VerifyActivities
 from stanch.config.settings import Settings
 from stanch.temporal.activity_deps import ActivityDeps
-from stanch.temporal.client import configured_address, connect
+from stanch.temporal.client import configured_address, connect, metrics_runtime
 from stanch.temporal.setup import require_attributes
 from stanch.trust import assertions, decision_keys
 from workers.health import WorkerHealth
@@ -125,7 +125,8 @@ async def run_worker(
     # start (DecisionKeyError names the variable to set), and says so before connecting.
     trust_decision_keys(settings, insecure_dev=insecure_dev)
     versioning = deployment_config(settings)
-    client = await connect(settings.temporal_address, settings.temporal_namespace, settings)
+    # The SDK's own metrics (task latencies, slots, polls), for Prometheus, when an address is set.
+    client = await connect(settings.temporal_address, settings.temporal_namespace, settings, runtime=metrics_runtime(settings))
     if settings.upsert_search_attributes:
         health.not_ready = "checking Stanch's search attributes"
         await require_attributes(client)

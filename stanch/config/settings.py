@@ -82,6 +82,11 @@ class Settings(BaseModel):
     build_id: str | None = Field(None, description="STANCH_BUILD_ID: this build's id in the deployment; with STANCH_DEPLOYMENT_NAME")
     worker_health_port: int | None = Field(None, ge=1, le=65535, description="STANCH_WORKER_HEALTH_PORT: the worker's /healthz and /readyz")
     worker_shutdown_seconds: float = Field(30.0, ge=0, description="STANCH_WORKER_SHUTDOWN_SECONDS: SIGTERM lets activities run this long")
+    worker_metrics_address: str | None = Field(
+        None,
+        pattern=r"^[^:/]+:\d{1,5}$",
+        description="STANCH_WORKER_METRICS_ADDRESS: host:port where the worker serves the Temporal SDK's Prometheus metrics; unset: none",
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -116,6 +121,7 @@ class Settings(BaseModel):
             "build_id": "STANCH_BUILD_ID",
             "worker_health_port": "STANCH_WORKER_HEALTH_PORT",
             "worker_shutdown_seconds": "STANCH_WORKER_SHUTDOWN_SECONDS",
+            "worker_metrics_address": "STANCH_WORKER_METRICS_ADDRESS",
         }
         values: dict[str, object] = {field: env[var] for field, var in names.items() if env.get(var)}
         if "home" in values:

@@ -16,6 +16,7 @@ from temporalio.converter import (
     DefaultFailureConverterWithEncodedAttributes,
 )
 from temporalio.envconfig import ClientConfigProfile, ClientConnectConfig
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
 from stanch.config.settings import Settings
 from stanch.temporal.codec import EncryptionCodec, load_encryption_keys
@@ -109,12 +110,15 @@ def configured_namespace(namespace: str | None = None) -> str:
         return "default"
 
 
-async def connect(address: str | None = None, namespace: str | None = None, settings: Settings | None = None) -> Client:
+async def connect(
+    address: str | None = None, namespace: str | None = None, settings: Settings | None = None, runtime: Runtime | None = None
+) -> Client:
     """Connect using the SDK's environment configuration (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE,
     TLS, API key, TEMPORAL_PROFILE in temporal.toml); an explicit address or namespace wins.
     Pass a namespace only when someone chose it (a flag): None leaves it to the profile.
     A configuration that cannot be used raises `TemporalConfigError`, naming it; a failed
-    connection `TemporalConnectError` (both RuntimeErrors, as the SDK's own failure is)."""
+    connection `TemporalConnectError` (both RuntimeErrors, as the SDK's own failure is).
+    `runtime` carries the SDK's telemetry (the worker's metrics endpoint); None: the default."""
     global clients_opened
     clients_opened += 1
     config = load_connect_config()
@@ -125,6 +129,19 @@ async def connect(address: str | None = None, namespace: str | None = None, sett
     config.setdefault("target_host", DEFAULT_ADDRESS)
     converter = data_converter(settings)  # malformed encryption keys are not a connect failure
     try:
-        return await Client.connect(**config, data_converter=converter)
+        return await Client.connect(**config, data_converter=converter, runtime=runtime)
     except (RuntimeError, OSError) as exc:
         raise TemporalConnectError(config["target_host"], exc) from exc
+
+
+def metrics_runtime(settings: Settings) -> Runtime | None:
+    """A runtime whose SDK metrics (workflow and activity task latencies, slots, polls, failures)
+    Prometheus scrapes at `settings.worker_metrics_address`; None when it is unset. One per
+    process: the SDK binds the address when the runtime is made."""
+    if not settings.worker_metrics_address:
+        return None
+    # Prometheus naming: counters end in _total, durations are seconds.
+    prometheus = PrometheusConfig(
+        bind_address=settings.worker_metrics_address, counters_total_suffix=True, unit_suffix=True, durations_as_seconds=True
+    )
+    return Runtime(telemetry=TelemetryConfig(metrics=prometheus))
