@@ -145,6 +145,8 @@ def create_app(
                     metrics.detector_hits.labels(model, version, outcome.refusal.detector, direction).inc()
             if outcome.outcome == "upstream_error":
                 metrics.upstream_errors.labels(model, version).inc()
+            if outcome.outcome == "answered" and outcome.served_text:
+                metrics.watch_answer(model, version, outcome.served_text, outcome.prompt)
             if outcome.upstream_seconds is not None:
                 metrics.upstream_seconds.labels(model, version).observe(outcome.upstream_seconds)
 

@@ -35,6 +35,10 @@ class Outcome:
     outcome: str = "answered"
     refusal: Refusal | None = None
     upstream_seconds: float | None = None
+    # What an answered request served the user (after guardrails), and what the user asked:
+    # the metrics watch it for leaks no block is in place for yet.
+    served_text: str = ""
+    prompt: str = ""
 
 
 Report = Callable[[Outcome], None]
@@ -170,6 +174,8 @@ async def forward(
                 report(Outcome("refused", refusal, outcome.upstream_seconds))
                 return refusal_response(refusal, route.version)
             _redact_choice(choice, route_name, guard)
+        outcome.served_text = "\n".join(_choice_text(choice, route_name) for choice in answer.get("choices") or [])
+        outcome.prompt = prompt
     report(outcome)
     return JSONResponse(answer, headers=headers)
 
@@ -216,7 +222,7 @@ async def forward_stream(
         route_name,
         public_model,
         prompt,
-        lambda outcome, refusal: report(Outcome(outcome, refusal, time.monotonic() - started)),
+        lambda outcome, refusal: report(Outcome(outcome, refusal, time.monotonic() - started, "\n".join(stream.served), prompt)),
     )
     return StreamingResponse(
         stream.relay(upstream), media_type="text/event-stream", headers={"x-model-version": route.version, "cache-control": "no-cache"}
@@ -239,6 +245,7 @@ class GuardedStream:
         self.tool_calls: dict[int, list[dict[str, Any]]] = {}  # held whole until the answer is checked
         self.template: dict[str, Any] = {}
         self.stopped = False  # a block ended the stream
+        self.served: list[str] = []  # per finished choice: the text and tool calls the user was sent
 
     async def relay(self, upstream: httpx.Response) -> AsyncIterator[bytes]:
         try:
@@ -308,6 +315,7 @@ class GuardedStream:
         if refusal:
             return self._stop(index, refusal)
         out = self._release(index, len(self.guard.redact(text)))
+        self.served.append(self.guard.redact(whole))
         if calls:
             for call in calls:
                 call["function"]["arguments"] = self.guard.redact(call["function"]["arguments"])

@@ -407,6 +407,18 @@ async def test_metrics_count_users_requests_refusals_detector_hits_and_upstream_
     assert sample(text, "stanch_gateway_upstream_seconds_count", model=MODEL, version="2") == 4
 
 
+async def test_metrics_count_leaks_served_to_users_before_any_block(gw: httpx.AsyncClient, stub: Stub) -> None:
+    """What a monitoring rule alerts on: a leak reaching a user, streamed or not, with no incident yet."""
+    await chat(gw)
+    await chat(gw, stream=True)
+    await chat(gw, headers={"x-stanch-probe": "1"})  # Stanch's own probe: not a user's request
+    await apply(gw, "INC-7/contain/0", "block_outputs", detectors=["secret", "pii"])
+    await chat(gw)  # refused: served nothing, so no leak counted
+    text = (await gw.get("/metrics")).text
+    assert sample(text, "stanch_gateway_harmful_outputs_total", model=MODEL, version="2", detector="secret") == 2
+    assert sample(text, "stanch_gateway_harmful_outputs_total", model=MODEL, version="2", detector="pii") == 2
+
+
 async def test_an_unreachable_upstream_counts_as_an_upstream_error(tmp_path: Path) -> None:
     file = UpstreamsFile.model_validate(
         {"models": {MODEL: {"release": "1", "versions": {"1": {"base_url": "http://127.0.0.1:9/v1", "model": "x"}}}}}
