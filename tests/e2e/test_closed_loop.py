@@ -1,15 +1,12 @@
-"""The closed loop, with nobody posting an alert by hand: users are served leaks through the
-gateway → Prometheus scrapes the gateway's /metrics → the shipped HarmfulOutput rule fires →
-Alertmanager posts it, with its password, to Stanch's intake → the incident opens → once a
-responder triages it, the gateway blocks the leaks.
+"""The closed loop, with nobody in between: users are served leaks through the gateway →
+Prometheus scrapes the gateway's /metrics → the shipped HarmfulOutput rule fires → Alertmanager
+posts it, with its password, to Stanch's intake → the incident opens → the worker confirms it by
+re-querying the rate in Prometheus (the alert names no prompt to replay) → containment, automatic
+at medium severity, blocks the leaks at the gateway.
 
 Real processes on loopback: the Temporal dev server, the demo models, the gateway, a worker, the
 API, and Debian's `prometheus` and `prometheus-alertmanager`, configured from the files in
 deploy/prometheus/ with short intervals.
-
-A metric says that a version leaks, not which prompt made it: the alert carries no repro prompt,
-so the confirmation has nothing to replay and is inconclusive; a responder triages it as confirmed
-(here through the API), and containment, automatic at medium severity, follows.
 """
 
 from __future__ import annotations
@@ -100,6 +97,8 @@ def test_leaks_served_through_the_gateway_open_an_incident_through_prometheus_an
         "TEMPORAL_ADDRESS": f"127.0.0.1:{ports['temporal']}",
         "STANCH_GATEWAY_URL": gateway,
         "STANCH_API_URL": api,
+        # The worker confirms a metric alert by asking Prometheus again (runbooks/harmful-output.yaml).
+        "STANCH_PROMETHEUS_URL": prometheus,
     }
     processes: list[Process] = []
 
@@ -179,13 +178,10 @@ def test_leaks_served_through_the_gateway_open_an_incident_through_prometheus_an
         assert signal["labels"]["alertname"] == "HarmfulOutput"
         assert (signal["model"], signal["model_version"]) == ("support-bot", "2")
 
-        # The metric names no prompt: nothing to replay, so a responder triages.
-        wait_for(read, lambda s: s["status"] == "triage", timeout=60)
-        triaged = httpx.post(
-            f"{api}/v1/incidents/{incident_id}/triage",
-            json={"by": "alice", "outcome": "confirmed", "reason": "the HarmfulOutput rate is real: v2 serves API keys"},
-        )
-        assert triaged.status_code == 200, triaged.text
+        # Nobody triages: the worker confirmed it from Prometheus (without the metric check the alert's
+        # lack of a prompt leaves it waiting in triage) and contains it on its own.
+        stages = wait_for(read, lambda s: {x["name"]: x["status"] for x in s["stages"]}["confirm"] == "done", timeout=60)["stages"]
+        assert next(x for x in stages if x["name"] == "confirm")["detail"] == "confirmed"
 
         def gateway_state() -> dict:
             return httpx.get(f"{gateway}/admin/state", params={"model": "support-bot"}).json()
