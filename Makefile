@@ -58,10 +58,12 @@ $(LOCK_VENV)/.uv-$(UV_VERSION):
 	touch $@
 
 # Resolves on purpose (upgrading to the newest releases pyproject.toml allows); the run lock
-# takes the test lock as constraints, so both hold the same versions.
+# takes the test lock as constraints, so both hold the same versions. pylock.toml (PEP 751) is the
+# same resolution in the standard lock format, for tools that read it; pip installs from the .txt locks.
 lock: $(LOCK_VENV)/.uv-$(UV_VERSION)
 	$(COMPILE) --extra test -o requirements-test.txt
 	$(COMPILE) -c requirements-test.txt -o requirements.txt
+	$(COMPILE) --extra test -c requirements-test.txt --format pylock.toml -o pylock.toml
 
 clean:
 	rm -rf $(VENV) $(LOCK_VENV)

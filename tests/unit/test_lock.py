@@ -46,3 +46,16 @@ def test_the_run_lock_is_the_test_lock_without_the_test_tools() -> None:
     assert {"temporalio", "fastapi", "pydantic"} <= set(run)
     assert {name: test.get(name) for name in run} == run, "make lock compiles requirements.txt under requirements-test.txt"
     assert "pytest" in test and "pytest" not in run
+
+
+def test_pylock_is_the_same_resolution_as_the_test_lock() -> None:
+    import tomllib
+
+    lock = tomllib.loads((REPO / "pylock.toml").read_text())
+    standard = {
+        canonicalize_name(package["name"]): package["version"]
+        for package in lock["packages"]
+        if "marker" not in package or Marker(package["marker"]).evaluate()
+    }
+    assert standard == pins(REPO / "requirements-test.txt"), "make lock writes pylock.toml under requirements-test.txt"
+    assert all(wheel["hashes"]["sha256"] for package in lock["packages"] for wheel in package.get("wheels", []))
