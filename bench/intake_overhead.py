@@ -64,14 +64,23 @@ async def stanch(client: Client, signals: list[Signal], task_queue: str) -> floa
 
 
 async def start_dev_server() -> WorkflowEnvironment:
-    """The dev server both runs of a benchmark share, in this process, with Stanch's search attributes."""
-    return await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(temporal_cli()),
-        search_attributes=search_attributes.ALL,
-        data_converter=pydantic_data_converter,
-        ui=False,
-        dev_server_extra_args=["--ui-disable-news-fetch"],
-    )
+    """The dev server both runs of a benchmark share, in this process, with Stanch's search attributes.
+
+    The server inherits this process's standard output and prints a banner on it: it gets
+    standard error instead, so that a benchmark's standard output is its JSON alone."""
+    stdout = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        return await WorkflowEnvironment.start_local(
+            dev_server_existing_path=str(temporal_cli()),
+            search_attributes=search_attributes.ALL,
+            data_converter=pydantic_data_converter,
+            ui=False,
+            dev_server_extra_args=["--ui-disable-news-fetch"],
+        )
+    finally:
+        os.dup2(stdout, 1)
+        os.close(stdout)
 
 
 def command_line(main, doc: str) -> None:
