@@ -134,14 +134,40 @@ async def connect(
         raise TemporalConnectError(config["target_host"], exc) from exc
 
 
+# An incident's clocks (time to acknowledge, contain, restore, close) run from a fraction of a
+# second (automatic containment) to days (a serious incident waits for its report): the SDK's
+# default buckets stop at 10 s, which would put every human-paced incident in +Inf.
+INCIDENT_CLOCK_BUCKETS_SECONDS = (
+    0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 28800, 86400, 259200, 604800,
+)  # fmt: skip
+INCIDENT_CLOCKS = (
+    "stanch_incident_time_to_acknowledge",
+    "stanch_incident_time_to_contain",
+    "stanch_incident_time_to_restore",
+    "stanch_incident_time_to_close",
+)
+
+
+def incident_clock_buckets() -> dict[str, list[float]]:
+    """Bucket overrides for the incident clocks. The runtime matches an override on the name the
+    histogram was created with, before it adds `_seconds`: both spellings are listed."""
+    buckets = [float(bound) for bound in INCIDENT_CLOCK_BUCKETS_SECONDS]
+    return {name: buckets for clock in INCIDENT_CLOCKS for name in (clock, f"{clock}_seconds")}
+
+
 def metrics_runtime(settings: Settings) -> Runtime | None:
     """A runtime whose SDK metrics (workflow and activity task latencies, slots, polls, failures)
-    Prometheus scrapes at `settings.worker_metrics_address`; None when it is unset. One per
-    process: the SDK binds the address when the runtime is made."""
+    and Stanch's own (incident clocks, actions, notifications) Prometheus scrapes at
+    `settings.worker_metrics_address`; None when it is unset. One per process: the SDK binds the
+    address when the runtime is made."""
     if not settings.worker_metrics_address:
         return None
     # Prometheus naming: counters end in _total, durations are seconds.
     prometheus = PrometheusConfig(
-        bind_address=settings.worker_metrics_address, counters_total_suffix=True, unit_suffix=True, durations_as_seconds=True
+        bind_address=settings.worker_metrics_address,
+        counters_total_suffix=True,
+        unit_suffix=True,
+        durations_as_seconds=True,
+        histogram_bucket_overrides=incident_clock_buckets(),
     )
     return Runtime(telemetry=TelemetryConfig(metrics=prometheus))
