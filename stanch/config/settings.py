@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 
@@ -87,6 +88,9 @@ class Settings(BaseModel):
         pattern=r"^[^:/]+:\d{1,5}$",
         description="STANCH_WORKER_METRICS_ADDRESS: host:port where the worker serves the Temporal SDK's Prometheus metrics; unset: none",
     )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="STANCH_LOG_FORMAT: text, or json (one JSON object per line, with incident_id and stage)"
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -122,6 +126,7 @@ class Settings(BaseModel):
             "worker_health_port": "STANCH_WORKER_HEALTH_PORT",
             "worker_shutdown_seconds": "STANCH_WORKER_SHUTDOWN_SECONDS",
             "worker_metrics_address": "STANCH_WORKER_METRICS_ADDRESS",
+            "log_format": "STANCH_LOG_FORMAT",
         }
         values: dict[str, object] = {field: env[var] for field, var in names.items() if env.get(var)}
         if "home" in values:
@@ -231,4 +236,6 @@ class Settings(BaseModel):
         # A URL, never a secret: a bucket's credentials reach children as the AWS_* variables they inherit.
         if self.artefacts_url:
             env["STANCH_ARTEFACTS"] = self.artefacts_url
+        if self.log_format != "text":
+            env["STANCH_LOG_FORMAT"] = self.log_format
         return env
