@@ -194,6 +194,24 @@ def test_the_worker_and_api_are_probed_on_their_health_and_readiness_paths_on_th
             assert ports[http["port"]] == served, f"{name}: {probe} asks port {http['port']}, the process serves {served}"
 
 
+def test_prometheus_scrapes_each_worker_on_the_port_its_metrics_address_names_as_the_job_the_rules_select() -> None:
+    [worker] = [deployment for deployment in of_kind("Deployment") if deployment["metadata"]["name"] == "stanch-worker"]
+    (container,) = worker["spec"]["template"]["spec"]["containers"]
+    host, port = env_value(container, "STANCH_WORKER_METRICS_ADDRESS").rsplit(":", 1)
+    assert host == "0.0.0.0", "bound on every interface, or Prometheus cannot reach the pod"
+    ports = {entry["name"]: entry["containerPort"] for entry in container["ports"]}
+    [monitor] = of_kind("PodMonitor")
+    assert monitor["spec"]["selector"]["matchLabels"] == worker["spec"]["selector"]["matchLabels"]
+    [endpoint] = monitor["spec"]["podMetricsEndpoints"]
+    assert ports[endpoint["port"]] == int(port), "the PodMonitor scrapes the port the worker serves its metrics on"
+    assert {"targetLabel": "job", "replacement": "stanch-worker"} in endpoint["relabelings"]
+    # In compose, the example prometheus.yml asks DNS for every worker on the same port.
+    compose_port = compose()["services"]["worker"]["environment"]["STANCH_WORKER_METRICS_ADDRESS"].rsplit(":", 1)[1]
+    scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]
+    [job] = [job for job in scrape if job["job_name"] == "stanch-worker"]
+    assert job["dns_sd_configs"][0]["port"] == int(compose_port) == int(port)
+
+
 def test_the_worker_and_api_run_several_replicas_and_the_worker_gets_longer_than_its_drain() -> None:
     deployments = {deployment["metadata"]["name"]: deployment for deployment in of_kind("Deployment")}
     assert deployments["stanch-worker"]["spec"]["replicas"] >= 2 and deployments["stanch-api"]["spec"]["replicas"] >= 2
@@ -265,7 +283,7 @@ def test_the_kustomization_renders_offline_with_and_without_worker_versioning(tm
         yaml.safe_load_all(subprocess.run([kubectl, "kustomize", str(KUBERNETES)], capture_output=True, text=True, check=True).stdout)
     )
     kinds = {document["kind"] for document in rendered}
-    assert {"Namespace", "ConfigMap", "Deployment", "Service", "Job", "PodDisruptionBudget", "ServiceMonitor"} <= kinds
+    assert {"Namespace", "ConfigMap", "Deployment", "Service", "Job", "PodDisruptionBudget", "ServiceMonitor", "PodMonitor"} <= kinds
     assert all(document["metadata"].get("namespace") == "stanch" for document in rendered if document["kind"] != "Namespace")
     # Worker versioning on: the build id is the image's tag, the base's or an overlay's own.
     assert build_id(kubectl, tmp_path / "base-tag", "") == "0.1.0"
