@@ -1,0 +1,234 @@
+"""How many open incidents does one worker hold, and at what cost? 1,000 against bare workflows.
+
+    .venv/bin/python bench/open_incidents.py [--incidents 1000]
+
+Stanch's side: one real worker (`stanch worker`, a process of its own so its memory is its own)
+and N incidents opened through `open_or_join` (routing, runbook snapshot, signal-with-start),
+50 at a time, from this process. Each signal routes to the catch-all `triage` runbook, whose
+confirm step cannot decide: the incident waits for a responder to triage it — its first gate,
+where it stays. "All at their first gate" is the moment Temporal's visibility counts N
+incidents with IncidentStatus = "triage" on the run's task queue.
+
+The baseline, on the same dev server in the same run: N bare workflows started with the same
+signal-with-start (the same Signal as payload), held by a bare worker process (this file run
+with `--serve-baseline`) that sets IncidentStatus = "triage" — so visibility sees it the same
+way — and waits for a signal that never comes.
+
+For each side, once every workflow waits: the time from the first start to all at their gate,
+the worker's resident memory (VmRSS from /proc, idle before and with N held), and the SDK's
+sticky-cache metrics from the worker's Prometheus endpoint (STANCH_WORKER_METRICS_ADDRESS for
+Stanch's): cache size, hits, misses, forced evictions. Both workers keep the SDK's default
+`max_cached_workflows` (workers/main.build_worker sets none). Ratios are Stanch / baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import json
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python bench/open_incidents.py`: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import httpx
+from temporalio import workflow
+from temporalio.client import Client
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Worker
+
+from bench.intake_overhead import start_dev_server
+from bench.stack import BenchStack, Child, free_port, machine, resident_kib, wait_until_worker_polls
+from stanch.config.settings import Settings
+from stanch.intake.start import open_or_join
+from stanch.models.signals import Signal
+from stanch.runbooks.loader import default_runbooks_dir, load_catalog
+from stanch.temporal.client import metrics_runtime
+from stanch.temporal.search_attributes import INCIDENT_STATUS
+
+AT_ONCE = 50  # concurrent starts, as a busy intake sends them
+GATE = "triage"
+GIVE_UP_SECONDS = 600
+
+
+# --- the baseline: a bare workflow that waits for a signal ------------------------------------------
+
+
+@workflow.defn(name="BareOpenIncident", sandboxed=False)  # sandboxed=False: this module may be __main__
+class BareOpenIncident:
+    def __init__(self) -> None:
+        self.signals: list[Signal] = []
+        self.released = False
+
+    @workflow.run
+    async def run(self) -> None:
+        workflow.upsert_search_attributes([INCIDENT_STATUS.value_set(GATE)])
+        await workflow.wait_condition(lambda: self.released)
+
+    @workflow.signal
+    def add_signal(self, signal: Signal) -> None:
+        self.signals.append(signal)
+
+    @workflow.signal
+    def release(self) -> None:
+        self.released = True
+
+
+async def serve_baseline(address: str, task_queue: str, metrics_address: str) -> None:
+    """The baseline's worker process: Stanch's runtime settings (Prometheus), no Stanch code."""
+    runtime = metrics_runtime(Settings(worker_metrics_address=metrics_address))
+    client = await Client.connect(address, data_converter=pydantic_data_converter, runtime=runtime)
+    worker = Worker(client, task_queue=task_queue, workflows=[BareOpenIncident])
+    print(f"baseline worker polling {task_queue}", flush=True)  # what wait_until_worker_polls looks for
+    await worker.run()
+
+
+def signal(run: str, number: int) -> Signal:
+    """An unclassified oddity: only the triage runbook matches; its own title, so its own incident."""
+    return Signal(signal_id=f"{run}-{number}", sender="load-test", title=f"unclassified oddity {run}-{number}", model="support-bot")
+
+
+# --- measuring ----------------------------------------------------------------------------------
+
+
+async def all_at_gate(client: Client, task_queue: str, count: int) -> None:
+    query = f'TaskQueue = "{task_queue}" AND IncidentStatus = "{GATE}"'
+    deadline = time.monotonic() + GIVE_UP_SECONDS
+    waiting = 0
+    while time.monotonic() < deadline:
+        waiting = (await client.count_workflows(query)).count
+        if waiting >= count:
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"only {waiting} of {count} workflows on {task_queue} reached {GATE!r} within {GIVE_UP_SECONDS}s")
+
+
+async def in_batches(starts: list) -> None:
+    limit = asyncio.Semaphore(AT_ONCE)
+
+    async def one(start) -> None:
+        async with limit:
+            await start()
+
+    await asyncio.gather(*(one(start) for start in starts))
+
+
+def sticky_cache(metrics_address: str) -> dict[str, float]:
+    """The worker's sticky cache from its temporal_sticky_cache_* series, summed over their
+    labels (a counter the SDK never incremented is not exported yet: it counts 0)."""
+    text = httpx.get(f"http://{metrics_address}/metrics", timeout=10).text
+    names = {
+        "temporal_sticky_cache_size": "size",
+        "temporal_sticky_cache_hit_total": "hits",
+        "temporal_sticky_cache_miss_total": "misses",
+        "temporal_sticky_cache_total_forced_eviction_total": "forced_evictions",
+    }
+    totals = dict.fromkeys(names.values(), 0.0)
+    for line in text.splitlines():
+        series, _, value = line.rpartition(" ")
+        name = series.split("{", 1)[0]
+        if name in names:
+            totals[names[name]] += float(value)
+    return totals
+
+
+async def hold(client: Client, worker: Child, metrics_address: str, task_queue: str, starts: list) -> dict:
+    """Start every workflow, wait until all sit at their gate, then read the worker's memory and cache."""
+    idle_kib = resident_kib(worker.pid)
+    started = time.perf_counter()
+    await in_batches(starts)
+    started_all = time.perf_counter() - started
+    await all_at_gate(client, task_queue, len(starts))
+    at_gate = time.perf_counter() - started
+    worker.check_alive()
+    held_kib = resident_kib(worker.pid)
+    return {
+        "seconds_to_start_all": round(started_all, 2),
+        "seconds_to_all_at_gate": round(at_gate, 2),
+        "rss_idle_mib": round(idle_kib / 1024, 1),
+        "rss_held_mib": round(held_kib / 1024, 1),
+        "kib_per_open_workflow": round((held_kib - idle_kib) / len(starts), 1),
+        "sticky_cache": sticky_cache(metrics_address),
+    }
+
+
+async def main(incidents: int) -> dict:
+    env = await start_dev_server()
+    client = env.client
+    run = uuid.uuid4().hex[:6]
+    try:
+        address = client.service_client.config.target_host
+        with tempfile.TemporaryDirectory(prefix="stanch-open-incidents-") as workdir:
+            stanch_queue, bare_queue = f"bench-open-{run}", f"bench-open-bare-{run}"
+            with BenchStack(Path(workdir), address, task_queue=stanch_queue) as stack:
+                stanch_metrics = f"127.0.0.1:{free_port()}"
+                worker = stack.start_worker(extra_env={"STANCH_WORKER_METRICS_ADDRESS": stanch_metrics})
+                bare_metrics = f"127.0.0.1:{free_port()}"
+                bare_worker = stack.start(
+                    "bare-worker",
+                    [sys.executable, __file__, "--serve-baseline", address, bare_queue, bare_metrics],
+                )
+                wait_until_worker_polls(worker)
+                wait_until_worker_polls(bare_worker)
+                catalog = load_catalog(default_runbooks_dir())
+                stanch = await hold(
+                    client,
+                    worker,
+                    stanch_metrics,
+                    stanch_queue,
+                    [lambda n=n: open_or_join(client, catalog, signal(run, n), task_queue=stanch_queue) for n in range(incidents)],
+                )
+                bare = await hold(
+                    client,
+                    bare_worker,
+                    bare_metrics,
+                    bare_queue,
+                    [
+                        lambda n=n: client.start_workflow(
+                            BareOpenIncident.run,
+                            id=f"bare-open-{run}-{n}",
+                            task_queue=bare_queue,
+                            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                            start_signal="add_signal",
+                            start_signal_args=[signal(run, n)],
+                        )
+                        for n in range(incidents)
+                    ],
+                )
+    finally:
+        await env.shutdown()
+    return {
+        "benchmark": "open_incidents",
+        "incidents": incidents,
+        "max_cached_workflows": inspect.signature(Worker.__init__).parameters["max_cached_workflows"].default,
+        "stanch": stanch,
+        "baseline": bare,
+        "ratio_time_to_gate": round(stanch["seconds_to_all_at_gate"] / bare["seconds_to_all_at_gate"], 2),
+        "ratio_rss": round(stanch["rss_held_mib"] / bare["rss_held_mib"], 2),
+        "machine": machine(),
+    }
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--incidents must be at least 1, not {value}")
+    return value
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--serve-baseline"]:  # the baseline's worker process (see serve_baseline)
+        asyncio.run(serve_baseline(*sys.argv[2:5]))
+        sys.exit(0)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--incidents", type=positive, default=1000, help="open incidents held (and as many bare workflows)")
+    options = parser.parse_args()
+    print(json.dumps(asyncio.run(main(options.incidents))), flush=True)
+    os._exit(0)  # no interpreter teardown after a Temporal client: temporalio/sdk-python#300
