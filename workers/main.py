@@ -22,6 +22,8 @@ from activities.rollback import RollbackActivities
 from activities.severity import grade_by_runbook_rules
 from activities.verify import VerifyActivities
 from stanch.config.settings import Settings
+from stanch.telemetry.logs import configure_logging
+from stanch.telemetry.tracing import start_tracing
 from stanch.temporal.activity_deps import ActivityDeps
 from stanch.temporal.client import configured_address, connect, metrics_runtime
 from stanch.temporal.setup import require_attributes
@@ -116,7 +118,7 @@ async def run_worker(
     settings = settings or Settings.from_env()
     health = health or WorkerHealth()
     log = logging.getLogger("stanch.worker")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_format)
     # httpx logs every request's URL at INFO: a control plane's URLs are nobody's business in the
     # worker's log (and httpcore's connection chatter even less).
     for name in ("httpx", "httpcore"):
@@ -125,6 +127,9 @@ async def run_worker(
     # start (DecisionKeyError names the variable to set), and says so before connecting.
     trust_decision_keys(settings, insecure_dev=insecure_dev)
     versioning = deployment_config(settings)
+    # Traces, when OTEL_EXPORTER_OTLP_ENDPOINT asks: before connecting, so the client carries
+    # Temporal's tracing interceptor and the worker built on it inherits it.
+    start_tracing("stanch-worker")
     # The SDK's own metrics (task latencies, slots, polls), for Prometheus, when an address is set.
     client = await connect(settings.temporal_address, settings.temporal_namespace, settings, runtime=metrics_runtime(settings))
     if settings.upsert_search_attributes:

@@ -46,6 +46,9 @@ from stanch.gateway.schemas import (
 )
 from stanch.gateway.store import GatewayStore
 from stanch.gateway.upstreams import UpstreamsFile
+from stanch.telemetry.logs import configure_logging, log_format_from_env, uvicorn_log_config
+from stanch.telemetry.tracing import start_tracing
+from stanch.telemetry.web import TracingMiddleware
 
 
 @contextmanager
@@ -320,18 +323,28 @@ def create_app(
         reset_to_file(store, upstreams)
         return {"models": {name: store.state(name) for name in store.model_names()}}
 
+    # Added last, so outermost: one span per request, the admin token check included (a no-op
+    # unless tracing is on). The incident id arrives as baggage with a Stanch activity's call.
+    app.add_middleware(TracingMiddleware)
     return app
 
 
 def serve(
     host: str, port: int, db_path: Path, upstreams: UpstreamsFile, action_delay_s: float = 0.0, admin_token: str | None = None
 ) -> None:
-    """Run the gateway with uvicorn until interrupted."""
+    """Run the gateway with uvicorn until interrupted. STANCH_LOG_FORMAT=json logs JSON lines;
+    OTEL_EXPORTER_OTLP_ENDPOINT turns traces on (service stanch-gateway unless OTEL_SERVICE_NAME).
+    A bad STANCH_LOG_FORMAT raises LogFormatError, naming it."""
     import uvicorn
 
+    log_format = log_format_from_env()
+    if log_format == "json":  # text: uvicorn's lines, as always
+        configure_logging("json")
+    start_tracing("stanch-gateway")
     uvicorn.run(
         create_app(db_path, upstreams, action_delay_s=action_delay_s, admin_token=admin_token),
         host=host,
         port=port,
         log_level="info",
+        log_config=uvicorn_log_config(log_format),
     )

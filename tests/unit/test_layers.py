@@ -17,6 +17,7 @@ OUTER = ("activities", "workflows", "workers")  # above the library, in this ord
 # stanch's sub-packages, low to high. A package may import its own layer and those below.
 STANCH_LAYERS: list[set[str]] = [
     {"config"},
+    {"telemetry"},  # traces and logs: everyone may use it, the gateway included; it uses only config
     {"models", "runbooks", "detectors"},  # incident models and the runbook schema refer to each other
     {"trust", "targets", "notify", "review", "stores", "temporal", "probe"},
     {"intake", "audit"},
@@ -27,8 +28,9 @@ RANK = {name: rank for rank, names in enumerate(STANCH_LAYERS) for name in names
 GATEWAY = "gateway"  # a service of its own: Stanch reaches it over HTTP, only the CLI starts it
 DEMO_UPSTREAM = "demo_upstream"  # the demo models' server, another service of its own
 SERVICES = (GATEWAY, DEMO_UPSTREAM)
-# What a service may share with Stanch: the gateway blocks by the detectors confirm and verify use.
-SERVICE_MAY_IMPORT = {GATEWAY: {"detectors"}, DEMO_UPSTREAM: set()}
+# What a service may share with Stanch: the gateway blocks by the detectors confirm and verify use,
+# and is traced and logs as the rest of Stanch does.
+SERVICE_MAY_IMPORT = {GATEWAY: {"detectors", "telemetry"}, DEMO_UPSTREAM: set()}
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,7 @@ def test_the_checker_reports_an_upward_import_even_inside_a_function():
     source = "def runbooks_folder():\n    from stanch.runbooks.loader import default_runbooks_dir\n    return default_runbooks_dir()\n"
     [message] = violations(imports_in(source, "stanch.config.settings"))
     assert "stanch.config.settings (line 2) imports stanch.runbooks.loader" in message
-    assert "stanch.config (layer 0) may not import the higher stanch.runbooks (layer 1)" in message
+    assert "stanch.config (layer 0) may not import the higher stanch.runbooks (layer 2)" in message
 
 
 def test_the_checker_reports_outer_imports_under_type_checking_and_relative_ones():
@@ -161,10 +163,15 @@ def test_the_checker_reports_outer_imports_under_type_checking_and_relative_ones
     assert "activities may not import workflows" in violations(imports_in("from workflows import incident\n", "activities.contain"))[0]
     assert "workflows may not import workers" in violations(imports_in("import workers.main\n", "workflows.gates"))[0]
     relative = violations(imports_in("from ..audit import bundle\n", "stanch.review.art73"))
-    assert "stanch.review (layer 2) may not import the higher stanch.audit" in relative[0]
+    assert "stanch.review (layer 3) may not import the higher stanch.audit" in relative[0]
     assert "separate service" in violations(imports_in("from stanch.gateway import app\n", "stanch.targets.gateway"))[0]
     assert "separate service" in violations(imports_in("from stanch.models import signals\n", "stanch.gateway.app"))[0]
     assert violations(imports_in("from stanch.detectors import registry\n", "stanch.gateway.enforcement")) == []
+    assert violations(imports_in("from stanch.telemetry import web\n", "stanch.gateway.app")) == []
+    assert (
+        "stanch.telemetry (layer 1) may not import the higher stanch.models"
+        in violations(imports_in("from stanch.models import signals\n", "stanch.telemetry.logs"))[0]
+    )
     assert "separate service" in violations(imports_in("from stanch.detectors import regex\n", "stanch.demo_upstream.app"))[0]
     assert "separate service" in violations(imports_in("from stanch.demo_upstream import app\n", "stanch.gateway.app"))[0]
 
