@@ -168,28 +168,39 @@ async def baseline_signal_count(client: Client, workflow_id: str) -> int:
 # --- workers ------------------------------------------------------------------------------
 
 
-def start_workers(address: str, run: str, home: Path) -> tuple[list[subprocess.Popen], str, str]:
-    """A real `stanch worker` and the bare baseline worker, each on its own task queue."""
-    stanch_queue, baseline_queue = f"bench-stanch-{run}", f"bench-baseline-{run}"
+def stanch_worker(address: str, home: Path, task_queue: str) -> subprocess.Popen:
+    """A real `stanch worker` on `task_queue`, logging to `home`/workers.log."""
     env = {
         **os.environ,
         "TEMPORAL_ADDRESS": address,
         "STANCH_HOME": str(home),
-        "STANCH_TASK_QUEUE": stanch_queue,
+        "STANCH_TASK_QUEUE": task_queue,
         "STANCH_GATEWAY_URL": "http://127.0.0.1:9",  # triage incidents never reach a target
     }
     logs = (home / "workers.log").open("ab")
-    workers = [
-        subprocess.Popen([sys.executable, "-m", "stanch", "worker"], env=env, cwd=REPO, stdout=logs, stderr=subprocess.STDOUT),
-        subprocess.Popen(
-            [sys.executable, "-m", "bench.intake_scale", "--serve-baseline", address, baseline_queue],
-            env={**env, "PYTHONPATH": str(REPO)},
-            cwd=REPO,
-            stdout=logs,
-            stderr=subprocess.STDOUT,
-        ),
-    ]
-    return workers, stanch_queue, baseline_queue
+    return subprocess.Popen([sys.executable, "-m", "stanch", "worker"], env=env, cwd=REPO, stdout=logs, stderr=subprocess.STDOUT)
+
+
+def baseline_worker(address: str, home: Path, task_queue: str) -> subprocess.Popen:
+    """The bare worker of the counting baseline (this file, `--serve-baseline`)."""
+    logs = (home / "workers.log").open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "bench.intake_scale", "--serve-baseline", address, task_queue],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=REPO,
+        stdout=logs,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def stop(workers: list[subprocess.Popen]) -> None:
+    for worker in workers:
+        worker.terminate()
+    for worker in workers:
+        try:
+            worker.wait(20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
 
 
 async def wait_for_poller(client: Client, task_queue: str, workers: list[subprocess.Popen], home: Path, timeout: float = 120) -> None:
@@ -245,7 +256,9 @@ async def main(count: int, keys: int, concurrency: int, settle_timeout: float) -
     try:
         client = env.client
         address = client.service_client.config.target_host
-        workers, stanch_queue, baseline_queue = start_workers(address, uuid.uuid4().hex[:8], home)
+        run = uuid.uuid4().hex[:8]
+        stanch_queue, baseline_queue = f"bench-stanch-{run}", f"bench-baseline-{run}"
+        workers = [stanch_worker(address, home, stanch_queue), baseline_worker(address, home, baseline_queue)]
         for queue in (stanch_queue, baseline_queue):
             await wait_for_poller(client, queue, workers, home)
         queues = (stanch_queue, baseline_queue)
@@ -256,13 +269,7 @@ async def main(count: int, keys: int, concurrency: int, settle_timeout: float) -
             await measure_shape(client, "one_incident", count, 1, concurrency, queues, settle_timeout),
         ]
     finally:
-        for worker in workers:
-            worker.terminate()
-        for worker in workers:
-            try:
-                worker.wait(20)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        stop(workers)
         await env.shutdown()
     return {
         "benchmark": "intake_scale",
