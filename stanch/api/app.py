@@ -55,6 +55,9 @@ from stanch.intake.auth import (
 from stanch.intake.routing import UnsafeSignal
 from stanch.intake.sources.limits import TooLarge
 from stanch.runbooks.loader import RunbookCatalog, RunbookError, load_catalog
+from stanch.telemetry.logs import configure_logging, uvicorn_log_config
+from stanch.telemetry.tracing import start_tracing
+from stanch.telemetry.web import TracingMiddleware
 from stanch.temporal.client import configured_namespace
 from stanch.temporal.setup import AttributesNotListed, SearchAttributesMissing, require_attributes
 from stanch.trust import assertions, decision_keys
@@ -181,6 +184,7 @@ def create_app(
     app.add_middleware(BodySizeLimit)
     app.add_middleware(metrics.IntakeMetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(RequestId)
+    app.add_middleware(TracingMiddleware)  # outermost: one span per request (a no-op unless tracing is on)
     app.add_exception_handler(Exception, internal_error)
 
     @app.exception_handler(RequestValidationError)
@@ -313,6 +317,10 @@ def serve(host: str, port: int, settings: Settings | None = None, *, insecure_de
     import uvicorn
 
     settings = settings or Settings.from_env()
+    # Before the app and its Temporal client exist: both pick tracing up (OTEL_EXPORTER_OTLP_ENDPOINT).
+    if settings.log_format == "json":  # text: uvicorn's lines, as always
+        configure_logging("json")
+    start_tracing("stanch-api")
     try:
         catalog = load_catalog(settings.runbooks_dir)
     except RunbookError as exc:
@@ -353,4 +361,12 @@ def serve(host: str, port: int, settings: Settings | None = None, *, insecure_de
 
     # SIGTERM (a rollout): stop accepting, let requests in flight (a webhook being recorded in
     # Temporal) finish, up to Kubernetes' default grace period, then exit 0.
-    Server(uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=API_SHUTDOWN_SECONDS)).run()
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        log_config=uvicorn_log_config(settings.log_format),
+        timeout_graceful_shutdown=API_SHUTDOWN_SECONDS,
+    )
+    Server(config).run()
