@@ -45,6 +45,7 @@ from stanch.probe.client import message_text
 from stanch.probe.sampling import user_text
 from stanch.runbooks.loader import RunbookCatalog
 from stanch.runbooks.schema import Runbook
+from stanch.telemetry.tracing import signal_with_start_header
 from stanch.temporal import search_attributes as sa
 from stanch.temporal.setup import missing_behind_refusal
 
@@ -104,7 +105,7 @@ async def start_incident(
     are the same whether the run was started or joined. So the request goes through the
     SDK's public raw service client (`Client.workflow_service`), built as `start_workflow`
     builds it: same data converter (codec included) and serialization context, one request
-    id for retries. It bypasses client interceptors; Stanch configures none.
+    id for retries. It bypasses client interceptors, so it adds the tracing header itself.
 
     Search attributes (`incident_search_attributes`) and the summary apply only when this
     call starts the run: a joined incident keeps its own.
@@ -137,7 +138,12 @@ async def start_incident(
     if attributes is not None:
         encode_search_attributes(attributes, request.search_attributes)
     try:
-        response = await client.workflow_service.signal_with_start_workflow_execution(request, retry=True)
+        # Tracing on: the trace and the incident id ride into the workflow in a header, as the
+        # SDK's interceptor (which this raw request bypasses) would have put them.
+        with signal_with_start_header(WORKFLOW_NAME, input.incident_id) as header:
+            for key, payload in header.items():
+                request.header.fields[key].CopyFrom(payload)
+            response = await client.workflow_service.signal_with_start_workflow_execution(request, retry=True)
     except RPCError as err:
         # A namespace that truly lacks an attribute is not the sender's fault, nor for good: an
         # operator runs `stanch temporal setup`. A value Temporal will not hold is neither.
