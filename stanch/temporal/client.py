@@ -19,6 +19,7 @@ from temporalio.envconfig import ClientConfigProfile, ClientConnectConfig
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
 from stanch.config.settings import Settings
+from stanch.telemetry.tracing import temporal_interceptors
 from stanch.temporal.codec import EncryptionCodec, load_encryption_keys
 
 
@@ -129,7 +130,8 @@ async def connect(
     config.setdefault("target_host", DEFAULT_ADDRESS)
     converter = data_converter(settings)  # malformed encryption keys are not a connect failure
     try:
-        return await Client.connect(**config, data_converter=converter, runtime=runtime)
+        # Tracing on (stanch.telemetry.tracing): its interceptor; a worker built on the client inherits it.
+        return await Client.connect(**config, data_converter=converter, runtime=runtime, interceptors=temporal_interceptors())
     except (RuntimeError, OSError) as exc:
         raise TemporalConnectError(config["target_host"], exc) from exc
 
