@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.metrics import counted_action
 from stanch.models.actions import ActionSpec, AppliedAction, TargetRef, idempotency_key
 from stanch.models.activity_io import ApplyInput
 from stanch.models.decisions import AnswerCorrection
@@ -96,10 +97,12 @@ class HotfixActivities:
     @activity.defn(name="apply_hotfix")
     async def apply_hotfix(self, input: ApplyInput) -> AppliedAction:
         try:
-            if input.action.kind != "deploy_finetune" or input.dry_run:  # a dry run plans the job, never starts it
-                return await apply_step(self.deps.targets, input)
-            trained = await self.fine_tune(input)
-            applied = await apply_step(self.deps.targets, input, ActionSpec(kind="deploy_version", params={"version": trained["version"]}))
+            with counted_action(self.deps.targets, step_target(input).adapter, input.action.kind, done="applied", dry_run=input.dry_run):
+                if input.action.kind != "deploy_finetune" or input.dry_run:  # a dry run plans the job, never starts it
+                    return await apply_step(self.deps.targets, input)
+                trained = await self.fine_tune(input)
+                deploy = ActionSpec(kind="deploy_version", params={"version": trained["version"]})
+                applied = await apply_step(self.deps.targets, input, deploy)
         except TargetError as error:
             raise as_application_error(error) from error
         return applied.model_copy(update={"kind": "deploy_finetune", "result": {**applied.result, **trained}})

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.metrics import count_notification
 from stanch.models.activity_io import Notification, NotifyResult
 from stanch.notify import (
     BrokenChannel,
@@ -52,6 +53,8 @@ class NotifyActivities:
         pending = [channel for channel in channels if channel.name not in done_before]
         outcomes = await asyncio.gather(*(self._deliver_once(notification, channel) for channel in pending))
         problems = {channel.name: problem for channel, (problem, _) in zip(pending, outcomes, strict=True) if problem}
+        for channel in pending:  # what this attempt did; a channel the ledger says got it before is not sent again
+            count_notification(channel.name, "failed" if channel.name in problems else "delivered")
         gaps = {channel.name: gap for channel, (_, gap) in zip(pending, outcomes, strict=True) if gap}
         result = NotifyResult(
             delivered=[channel.name for channel in channels if channel.name not in problems],

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 from temporalio import activity
 
+from activities.metrics import counted_action
 from stanch.models.actions import AppliedAction
 from stanch.models.activity_io import UndoInput
 from stanch.targets.base import TargetError
@@ -29,7 +30,8 @@ class RestoreActivities:
             result = {**applied.result, "undo_would_call": would_undo}
             return applied.model_copy(update={"undone_at": datetime.now(UTC), "undo_key": undo_key, "result": result})
         try:
-            await self.deps.targets.get(applied.target).undo(applied, undo_key)
+            with counted_action(self.deps.targets, applied.target.adapter, applied.kind, done="undone"):
+                await self.deps.targets.get(applied.target).undo(applied, undo_key)
         except TargetError as error:
             raise as_application_error(error, f"undo of {applied.kind} on {applied.target}") from error
         return applied.model_copy(update={"undone_at": datetime.now(UTC), "undo_key": undo_key})

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from temporalio import activity
 
+from activities.metrics import counted_action
 from stanch.models.actions import AppliedAction
 from stanch.models.activity_io import ApplyInput
 from stanch.targets.base import TargetError
-from stanch.targets.steps import apply_step
+from stanch.targets.steps import apply_step, step_target
 from stanch.temporal.activity_deps import ActivityDeps, as_application_error
 
 
@@ -19,6 +20,7 @@ class RollbackActivities:
     async def apply_rollback(self, input: ApplyInput) -> AppliedAction:
         activity.logger.info("rolling back %s: %s", input.target, input.action.kind)
         try:
-            return await apply_step(self.deps.targets, input)
+            with counted_action(self.deps.targets, step_target(input).adapter, input.action.kind, done="applied", dry_run=input.dry_run):
+                return await apply_step(self.deps.targets, input)
         except TargetError as error:
             raise as_application_error(error) from error
