@@ -16,6 +16,9 @@ nowhere: it is counted in `stanch_closing_notices_dropped_total{source}` instead
 intake cannot tell cheaply whether a signal opened an incident or joined one, so there is no
 "incidents opened" counter here: Temporal's visibility (IncidentOpenedAt) knows that.
 
+Open incidents and the approvals they wait for are read from Temporal when scraped: see
+`stanch.api.incident_metrics`.
+
 Each app has its own CollectorRegistry: tests build many apps in one process, and the API's
 numbers should not mix with anything else imported into it.
 """
@@ -31,6 +34,8 @@ from prometheus_client.exposition import choose_encoder
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stanch.api.auth import intake_source
+from stanch.api.deps import TemporalConnection
+from stanch.api.incident_metrics import IncidentGauges
 from stanch.intake.auth import INTAKE_SOURCES
 
 OUTCOMES = (
@@ -180,7 +185,20 @@ router = APIRouter(tags=["operations"])
 )
 async def metrics(request: Request) -> Response:
     """Intake deliveries by source and outcome, signals routed by runbook, closing notices
-    dropped, intake latency."""
+    dropped, intake latency; open incidents and waiting approvals, read from Temporal
+    (`stanch_visibility_up` 0 when it could not be: the intake's numbers are served anyway)."""
     intake_metrics: IntakeMetrics = request.app.state.metrics
+    await incident_gauges(request).refresh()
     body, content_type = intake_metrics.exposition(request.headers.get("accept"))
     return Response(body, media_type=content_type)
+
+
+def incident_gauges(request: Request) -> IncidentGauges:
+    """The app's incident gauges, made at the first scrape and registered beside the intake's
+    counters (an app never scraped never reads Temporal's visibility)."""
+    gauges: IncidentGauges | None = getattr(request.app.state, "incident_gauges", None)
+    if gauges is None:
+        connection: TemporalConnection = request.app.state.temporal
+        gauges = request.app.state.incident_gauges = IncidentGauges(connection.client)
+        request.app.state.metrics.registry.register(gauges)
+    return gauges
