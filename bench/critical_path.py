@@ -22,10 +22,11 @@ reference gateway (`stanch gateway --dev`) in front of the demo upstream, and th
 The incident is then terminated (hotfix and restore are not on the critical path) and the
 gateway reset for the next one. Incidents run one after another.
 
-The baseline is a bare workflow defined below, on the same dev server in the same run, with
-the same number of activities (each does nothing but return) and of updates: five activities,
-two updates, the "contain" activity, one more activity, two updates, the "rollback"
-activity — the shape of the incident up to its rollback. Its worker runs in this process; the
+The baseline is a bare workflow (bench/bare_workflows.py, in the SDK's default sandbox like the
+incident) on the same dev server in the same run, with the same number of activities (each
+does nothing but return) and of updates: five activities, two updates, the "contain" activity,
+one more activity, two updates, the "rollback" activity — the shape of the incident up to its
+rollback. Its worker runs in this process; the
 bench notices its gates by polling a query at the same interval, and its steps as "applied"
 when the activity runs. What the ratio shows is what Stanch adds over Temporal's floor: its
 HTTP edge, its activities' real work (probe, evidence, gateway calls), its handlers and its
@@ -48,7 +49,6 @@ import tempfile
 import time
 import uuid
 from collections import defaultdict
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +56,11 @@ if __package__ in (None, ""):  # run as `python bench/critical_path.py`: make `b
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
-from temporalio import activity, workflow
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from bench.bare_workflows import BareCriticalPath, applied_at, bare_step
 from bench.intake_overhead import start_dev_server
 from bench.stack import MODEL, BenchStack, machine
 
@@ -71,50 +71,7 @@ RESPONDERS: list[dict[str, Any]] = [{"approver": "bench-oncall", "roles": ["onca
 GIVE_UP_SECONDS = 60
 
 
-# --- the baseline: a bare workflow with the incident's shape -----------------------------------
-
-STEPS_BEFORE_CONTAIN = ["notify", "confirm", "evidence", "severity", "notify-gate"]
-applied_at: dict[tuple[str, str], float] = {}  # (workflow id, step) → when the baseline's activity ran
-
-
-@activity.defn(name="bench_step")
-async def bare_step(step: str) -> str:
-    applied_at[(activity.info().workflow_id or "", step)] = time.perf_counter()
-    return step
-
-
-@workflow.defn(name="BareCriticalPath", sandboxed=False)  # sandboxed=False: this module may be __main__
-class BareCriticalPath:
-    def __init__(self) -> None:
-        self.waiting_for: str | None = None
-        self.approvals: dict[str, int] = defaultdict(int)
-
-    @workflow.run
-    async def run(self) -> None:
-        for step in STEPS_BEFORE_CONTAIN:
-            await self.step(step)
-        await self.gate("contain")
-        await self.step("contain")
-        await self.step("notify-contained")
-        await self.gate("rollback")
-        await self.step("rollback")
-
-    async def step(self, name: str) -> None:
-        await workflow.execute_activity(bare_step, name, start_to_close_timeout=timedelta(seconds=30))
-
-    async def gate(self, stage: str) -> None:
-        self.waiting_for = stage
-        await workflow.wait_condition(lambda: self.approvals[stage] >= 2)
-        self.waiting_for = None
-
-    @workflow.update
-    def approve(self, stage: str) -> str:
-        self.approvals[stage] += 1
-        return stage
-
-    @workflow.query
-    def gate_pending(self) -> str | None:
-        return self.waiting_for
+# --- the baseline (bench/bare_workflows.py) ----------------------------------------------------
 
 
 async def poll(read, holds, what: str):

@@ -11,7 +11,8 @@ incidents with IncidentStatus = "triage" on the run's task queue.
 
 The baseline, on the same dev server in the same run: N bare workflows started with the same
 signal-with-start (the same Signal as payload), held by a bare worker process (this file run
-with `--serve-baseline`) that sets IncidentStatus = "triage" — so visibility sees it the same
+with `--serve-baseline`): bench/bare_workflows.py's BareOpenIncident, in the SDK's default
+sandbox like the incident, sets IncidentStatus = "triage" — so visibility sees it the same
 way — and waits for a signal that never comes.
 
 For each side, once every workflow waits: the time from the first start to all at their gate,
@@ -38,12 +39,12 @@ if __package__ in (None, ""):  # run as `python bench/open_incidents.py`: make `
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
-from temporalio import workflow
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
+from bench.bare_workflows import GATE, BareOpenIncident
 from bench.intake_overhead import start_dev_server
 from bench.stack import BenchStack, Child, free_port, machine, resident_kib, wait_until_worker_polls
 from stanch.config.settings import Settings
@@ -51,34 +52,12 @@ from stanch.intake.start import open_or_join
 from stanch.models.signals import Signal
 from stanch.runbooks.loader import default_runbooks_dir, load_catalog
 from stanch.temporal.client import metrics_runtime
-from stanch.temporal.search_attributes import INCIDENT_STATUS
 
 AT_ONCE = 50  # concurrent starts, as a busy intake sends them
-GATE = "triage"
 GIVE_UP_SECONDS = 600
 
 
-# --- the baseline: a bare workflow that waits for a signal ------------------------------------------
-
-
-@workflow.defn(name="BareOpenIncident", sandboxed=False)  # sandboxed=False: this module may be __main__
-class BareOpenIncident:
-    def __init__(self) -> None:
-        self.signals: list[Signal] = []
-        self.released = False
-
-    @workflow.run
-    async def run(self) -> None:
-        workflow.upsert_search_attributes([INCIDENT_STATUS.value_set(GATE)])
-        await workflow.wait_condition(lambda: self.released)
-
-    @workflow.signal
-    def add_signal(self, signal: Signal) -> None:
-        self.signals.append(signal)
-
-    @workflow.signal
-    def release(self) -> None:
-        self.released = True
+# --- the baseline (bench/bare_workflows.py) ----------------------------------------------------
 
 
 async def serve_baseline(address: str, task_queue: str, metrics_address: str) -> None:
