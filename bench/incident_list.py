@@ -8,7 +8,7 @@ each is exactly what intake made of it, a running workflow with the search attri
 gives it (status, runbook, target, opened-at). The real API runs as a subprocess
 (`stanch api --insecure-dev`) and is asked over HTTP on loopback.
 
-Measured, `--requests` times each, one after the other:
+Measured `--requests` times each, taking turns with its baseline (the same load on both):
 
 - `api_default`: `GET /v1/incidents` (its default limit, 100) — against `baseline_default`,
   a raw `client.list_workflows` with the same visibility query and limit, in this process;
@@ -18,7 +18,8 @@ Measured, `--requests` times each, one after the other:
   `/v1/auth`, `/v1/me`, `/openapi.json`) and the first `event: incidents` of `/v1/events` —
   against `baseline_default` (the board shows the API's default limit).
 
-Prints one JSON object: p50/p99 in milliseconds of each, and `ratio` (API over raw, p50).
+Prints one JSON object: p50/p99 in milliseconds of each, the board's steps (p50), and
+`ratio` (API over raw, p50).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 from temporalio.client import Client
@@ -50,6 +52,7 @@ ALL_LIMIT = 1000  # the most it takes
 WHO = {"X-Stanch-User": "bench", "X-Stanch-Roles": "viewer"}
 BOARD_ASSETS = ["board.css", "main.js", "api.js", "dom.js", "incident.js", "list.js", "signin.js", "favicon.svg"]
 BOARD_CALLS = ["/healthz", "/v1/auth", "/v1/me", "/openapi.json"]
+Loaded = TypeVar("Loaded")
 
 
 def free_port() -> int:
@@ -103,15 +106,28 @@ def api_list(http: httpx.AsyncClient, limit: int | None) -> Callable[[], Awaitab
     return read
 
 
-def board_list(http: httpx.AsyncClient) -> Callable[[], Awaitable[int]]:
-    async def read() -> int:
+def board_list(http: httpx.AsyncClient, steps: dict[str, list[float]]) -> Callable[[], Awaitable[int]]:
+    """The board's list load; each step's milliseconds go to `steps`, to show where the time goes."""
+
+    async def step(name: str, load: Awaitable[Loaded]) -> Loaded:
+        started = time.perf_counter()
+        result = await load
+        steps.setdefault(name, []).append((time.perf_counter() - started) * 1000)
+        return result
+
+    async def page_and_assets() -> None:
         (await http.get("/board")).raise_for_status()
-        assets = await asyncio.gather(*(http.get(f"/board/assets/{name}") for name in BOARD_ASSETS))
-        for asset in assets:
+        for asset in await asyncio.gather(*(http.get(f"/board/assets/{name}") for name in BOARD_ASSETS)):
             asset.raise_for_status()
+
+    async def call(path: str) -> None:
+        (await http.get(path, headers=WHO)).raise_for_status()
+
+    async def read() -> int:
+        await step("page_and_assets", page_and_assets())
         for path in BOARD_CALLS:
-            (await http.get(path, headers=WHO)).raise_for_status()
-        return await first_incidents_event(http)
+            await step(path, call(path))
+        return await step("/v1/events first incidents event", first_incidents_event(http))
 
     return read
 
@@ -135,17 +151,26 @@ async def first_incidents_event(http: httpx.AsyncClient) -> int:
     raise SystemExit("the board's stream ended before its first incidents event")
 
 
-async def latencies(read: Callable[[], Awaitable[int]], requests: int, rows: int) -> dict:
-    times = []
+Reader = tuple[str, Callable[[], Awaitable[int]], int]  # name, what to time, the rows it must list
+
+
+async def interleaved(readers: list[Reader], requests: int) -> dict[str, dict]:
+    """Each reader `requests` times, taking turns: a baseline and what it is compared with see
+    the same load on the machine (the machine is shared; a slow minute hits both)."""
+    times: dict[str, list[float]] = {name: [] for name, _, _ in readers}
     for _ in range(requests):
-        started = time.perf_counter()
-        got = await read()
-        times.append((time.perf_counter() - started) * 1000)
-        if got != rows:
-            raise SystemExit(f"expected {rows} incidents in the list, got {got}")
-    times.sort()
+        for name, read, rows in readers:
+            started = time.perf_counter()
+            got = await read()
+            times[name].append((time.perf_counter() - started) * 1000)
+            if got != rows:
+                raise SystemExit(f"{name}: expected {rows} incidents in the list, got {got}")
+    return {name: {"rows": rows, **percentiles(times[name])} for name, _, rows in readers}
+
+
+def percentiles(times: list[float]) -> dict:
+    times = sorted(times)
     return {
-        "rows": rows,
         "p50_ms": round(statistics.median(times), 2),
         "p99_ms": round(times[min(len(times) - 1, round(0.99 * (len(times) - 1)))], 2),
     }
@@ -176,16 +201,20 @@ async def main(count: int, requests: int) -> dict:
         async with httpx.AsyncClient(base_url=url, timeout=60) as http:
             await wait_until(f"the API did not answer /readyz (see {home / 'api.log'})", lambda: _ready(http))
             default_rows, all_rows = min(count, DEFAULT_LIMIT), min(count, ALL_LIMIT)
-            measured = {}
-            for name, read, rows in [
+            steps: dict[str, list[float]] = {}
+            default: list[Reader] = [
                 ("baseline_default", raw_list(client, query, DEFAULT_LIMIT), default_rows),
                 ("api_default", api_list(http, None), default_rows),
+                ("board", board_list(http, steps), default_rows),
+            ]
+            all_: list[Reader] = [
                 ("baseline_all", raw_list(client, query, ALL_LIMIT), all_rows),
                 ("api_all", api_list(http, ALL_LIMIT), all_rows),
-                ("board", board_list(http), default_rows),
-            ]:
-                await latencies(read, 3, rows)  # warm up connections and caches
-                measured[name] = await latencies(read, requests, rows)
+            ]
+            await interleaved(default + all_, 2)  # warm up connections and caches
+            steps.clear()
+            measured = {**await interleaved(default, requests), **await interleaved(all_, requests)}
+            board_steps = {name: percentiles(times)["p50_ms"] for name, times in steps.items()}
     finally:
         if api is not None:
             api.terminate()
@@ -202,6 +231,7 @@ async def main(count: int, requests: int) -> dict:
         "incidents_are": "started by intake, no worker running: search attributes as intake sets them",
         "baseline": "raw client.list_workflows with the API's visibility query and the same limit, in the bench process",
         "latency": measured,
+        "board_steps_p50_ms": board_steps,
         "ratio": {
             "api_default": ratio("api_default", "baseline_default"),
             "api_all": ratio("api_all", "baseline_all"),

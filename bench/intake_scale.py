@@ -40,7 +40,7 @@ from temporalio import workflow
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHistory
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
@@ -235,6 +235,9 @@ async def measure_shape(
     stanch_counted = await counted(client, incident_ids, incident_signal_count, count, timeout)
     settled_in = time.perf_counter() - settle_started
     baseline_counted = await counted(client, baseline_ids, baseline_signal_count, count, timeout)
+    stanch_events = sum([await history_events(client, workflow_id) for workflow_id in incident_ids])
+    baseline_events = sum([await history_events(client, workflow_id) for workflow_id in baseline_ids])
+    reads = [await state_read(client, incident_id) for incident_id in incident_ids]
     return {
         "shape": shape,
         "signals": count,
@@ -246,7 +249,37 @@ async def measure_shape(
         "lost": count - stanch_counted,
         "baseline_lost": count - baseline_counted,
         "all_counted_s_after_last_send": round(settled_in, 3),
+        # What the workflow side pays per signal, and what reading the biggest incident costs.
+        "history_events_per_signal": round(stanch_events / count, 2),
+        "baseline_history_events_per_signal": round(baseline_events / count, 2),
+        "state_query_max_kb": max(size for size, _ in reads),
+        "state_query_max_ms": max(ms for _, ms in reads),
     }
+
+
+async def runs_of(client: Client, workflow_id: str) -> list[WorkflowHistory]:
+    """Every run of a workflow, first to latest, following continue-as-new."""
+    description = await client.get_workflow_handle(workflow_id).describe()
+    run_id = description.raw_description.workflow_execution_info.first_run_id
+    histories = []
+    while run_id:
+        history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+        histories.append(history)
+        last = history.events[-1]
+        run_id = last.workflow_execution_continued_as_new_event_attributes.new_execution_run_id
+    return histories
+
+
+async def history_events(client: Client, workflow_id: str) -> int:
+    return sum(len(history.events) for history in await runs_of(client, workflow_id))
+
+
+async def state_read(client: Client, incident_id: str) -> tuple[float, float]:
+    """The `state` query's JSON size in kB and how long it took in ms (what `GET /v1/incidents/{id}` waits for)."""
+    started = time.perf_counter()
+    state = await client.get_workflow_handle(incident_id).query("state", result_type=IncidentState, rpc_timeout=timedelta(seconds=30))
+    took = (time.perf_counter() - started) * 1000
+    return round(len(state.model_dump_json()) / 1000, 1), round(took, 1)
 
 
 async def main(count: int, keys: int, concurrency: int, settle_timeout: float) -> dict:

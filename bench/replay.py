@@ -36,12 +36,22 @@ import time
 import uuid
 from pathlib import Path
 
-from temporalio.client import Client, WorkflowHistory
+from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from bench.intake_overhead import start_dev_server
-from bench.intake_scale import counted, incident_signal_count, send_all, stanch_sender, stanch_worker, stop, storm_signal, wait_for_poller
+from bench.intake_scale import (
+    counted,
+    incident_signal_count,
+    runs_of,
+    send_all,
+    stanch_sender,
+    stanch_worker,
+    stop,
+    storm_signal,
+    wait_for_poller,
+)
 from stanch.audit.history import load_history_file
 from stanch.audit.replay import from_list, replay_histories
 from stanch.config.settings import Settings
@@ -71,19 +81,6 @@ async def long_incident(signals: int, out: Path) -> list[Path]:
         if worker is not None:
             stop([worker])
         await env.shutdown()
-
-
-async def runs_of(client: Client, workflow_id: str) -> list[WorkflowHistory]:
-    """Every run of the incident, first to latest, following continue-as-new."""
-    description = await client.get_workflow_handle(workflow_id).describe()
-    run_id = description.raw_description.workflow_execution_info.first_run_id
-    histories = []
-    while run_id:
-        history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
-        histories.append(history)
-        last = history.events[-1]
-        run_id = last.workflow_execution_continued_as_new_event_attributes.new_execution_run_id
-    return histories
 
 
 def write(history: WorkflowHistory, out: Path) -> Path:
