@@ -48,7 +48,7 @@ from stanch.gateway.store import GatewayStore
 from stanch.gateway.upstreams import UpstreamsFile
 from stanch.telemetry.logs import configure_logging, log_format_from_env, uvicorn_log_config
 from stanch.telemetry.tracing import start_tracing
-from stanch.telemetry.web import TracingMiddleware
+from stanch.telemetry.web import FASTAPI_OWN_TELEMETRY_OFF, TracingMiddleware
 
 
 @contextmanager
@@ -102,7 +102,7 @@ def create_app(
         await http["client"].aclose()
         store.close()
 
-    app = FastAPI(title="Stanch gateway", version="0.2.0", lifespan=lifespan)
+    app = FastAPI(title="Stanch gateway", version="0.2.0", lifespan=lifespan, telemetry=FASTAPI_OWN_TELEMETRY_OFF)
     app.state.store = store
 
     def is_admin(given: str) -> bool:

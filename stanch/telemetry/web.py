@@ -12,10 +12,22 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from fastapi.telemetry import TelemetryConfig
 from opentelemetry import context, propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 TRACER_NAME = "stanch.telemetry.web"
+
+# FastAPI (from 0.16x) traces itself once a tracer provider is set: a second span per request, spans
+# per dependency and serialization, and exception messages, which may quote a request's body.
+# `FastAPI(telemetry=FASTAPI_OWN_TELEMETRY_OFF)`: Stanch's one span per request, no more.
+FASTAPI_OWN_TELEMETRY_OFF: TelemetryConfig = {
+    "tracing": False,
+    "metrics": False,
+    "logs": False,
+    "operation_spans": False,
+    "auto_configure": False,
+}
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
