@@ -57,7 +57,7 @@ from stanch.intake.sources.limits import TooLarge
 from stanch.runbooks.loader import RunbookCatalog, RunbookError, load_catalog
 from stanch.telemetry.logs import configure_logging, uvicorn_log_config
 from stanch.telemetry.tracing import start_tracing
-from stanch.telemetry.web import TracingMiddleware
+from stanch.telemetry.web import FASTAPI_OWN_TELEMETRY_OFF, TracingMiddleware
 from stanch.temporal.client import configured_namespace
 from stanch.temporal.setup import AttributesNotListed, SearchAttributesMissing, require_attributes
 from stanch.trust import assertions, decision_keys
@@ -161,7 +161,7 @@ def create_app(
         yield
         checking.cancel()
 
-    app = FastAPI(title="Stanch", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="Stanch", version="0.1.0", description=DESCRIPTION, lifespan=lifespan, telemetry=FASTAPI_OWN_TELEMETRY_OFF)
     app.state.settings = settings
     app.state.catalog = catalog
     app.state.temporal = TemporalConnection(settings)
