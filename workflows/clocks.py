@@ -12,6 +12,7 @@ from temporalio import workflow
 
 from workflows.failures import HandOver
 from workflows.notifications import Notifier
+from workflows.objectives import Milestones
 from workflows.record import Record
 
 with workflow.unsafe.imports_passed_through():
@@ -23,15 +24,32 @@ class Clocks:
         self.record = record
         self.notifier = notifier
 
+    @property
+    def milestones(self) -> Milestones:
+        return Milestones(self.record)
+
     async def wait_for_a_person(
-        self, done: Callable[[], bool], every: Callable[[], timedelta], overdue: str, *, act_after_first_reminder: bool = False
+        self,
+        done: Callable[[], bool],
+        every: Callable[[], timedelta],
+        overdue: str,
+        *,
+        act_after_first_reminder: bool = False,
+        gate: str = "",
+        stage: str = "",
+        waited_for: Callable[[bool], str] = lambda decided: "",
     ) -> bool:
         """Wait durably until `done()`. Each time `every()` passes without it, the next escalation
         tier hears `overdue`. True once done; False if the runbook says to act after one reminder.
-        A wait is where a long history hands over to a new run (HandOver), which waits on."""
+        A wait is where a long history hands over to a new run (HandOver), which waits on.
+
+        The wait is recorded as `gate` (of `stage`), waiting for `waited_for(decided)`: the time
+        people took, which the time-to-contain breakdown names."""
         memory = self.record.memory
         # Since when this wait (or its last reminder) runs: a continued run keeps the wait's clock.
         memory.waiting_since = memory.waiting_since or workflow.now()
+        memory.person_wait_began = memory.person_wait_began or workflow.now()
+        decided = True
         while not done():
             try:
                 left = every() - (workflow.now() - memory.waiting_since)
@@ -42,10 +60,13 @@ class Clocks:
                 memory.waiting_since = workflow.now()
                 await self.notifier.send("escalation", self.record.next_tier_recipients(), overdue)
                 if act_after_first_reminder:
-                    memory.waiting_since = None
-                    return False
+                    decided = False
+                    break
         memory.waiting_since = None
-        return True
+        if gate:
+            self.milestones.waited(gate, stage, memory.person_wait_began, waited_for(decided))
+        memory.person_wait_began = None
+        return decided
 
     async def escalate_until_acknowledged(self) -> None:
         """Escalate tier by tier on the policy's schedule, then re-notify every ack SLA."""
@@ -55,6 +76,7 @@ class Clocks:
             return state.acknowledged_at is not None or record.is_over
 
         while not acknowledged():
+            self.milestones.acknowledgement_clock()  # the ack SLA may have passed meanwhile
             tiers = record.policy.escalation
             tier = state.escalation_tier
             if tier < len(tiers):
@@ -78,6 +100,7 @@ class Clocks:
             record.memory.last_escalation_at = workflow.now()
             record.note("escalation", f"not acknowledged: escalating to tier {tier + 1} {recipients}")
             await self.notifier.send("escalation", recipients, f"{state.id} is not acknowledged", tier=tier + 1)
+        self.milestones.acknowledgement_clock()
 
     async def page_when_harm_returns(self) -> None:
         """A firing signal after containment was lifted pages on-call at once, whatever the stage."""

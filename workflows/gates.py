@@ -18,6 +18,7 @@ from workflows import approvals
 from workflows.clocks import Clocks
 from workflows.failures import HandOver, IncidentAborted, StepFailed, cause_of
 from workflows.notifications import Notifier
+from workflows.objectives import approval_waited_for
 from workflows.record import Record
 
 with workflow.unsafe.imports_passed_through():
@@ -109,11 +110,24 @@ class Gates:
         def settled() -> bool:
             return approvals.is_satisfied(pending, state.approvals) or approvals.is_rejected(pending, state.approvals) or resolved()
 
+        def waited_for(decided: bool) -> str:
+            if not decided:
+                return "anyone: nobody decided within the approval timeout, so it went ahead"
+            if resolved():
+                return "a decision, until the incident was resolved"
+            votes = approvals.current_votes(pending, state.approvals)
+            if no := next((vote for vote in votes if not vote.approve), None):
+                return f"a decision ({no.approver} rejected it)"
+            return approval_waited_for(pending.requested_at, [(vote.approver, vote.at) for vote in votes], pending.count)
+
         decided = await self.clocks.wait_for_a_person(
             settled,
             every=lambda: record.policy.approval_timeout,
             overdue=f"{state.id}: approval of {stage} overdue",
             act_after_first_reminder=pending.auto_on_timeout,  # the runbook says waiting is worse than acting
+            gate=f"the {stage} approval",
+            stage=stage,
+            waited_for=waited_for,
         )
         state.pending_approval = None
         if not decided:
@@ -171,6 +185,9 @@ class Gates:
             lambda: memory.failure_decision is not None,
             every=lambda: record.policy.approval_timeout,
             overdue=f"{record.state.id}: {stage} failed, no decision yet",
+            gate=f"the decision on the failed {stage}",
+            stage=stage,
+            waited_for=lambda decided: "a responder to choose retry, skip or abort",
         )
         decision = cast(FailureDecision, memory.failure_decision)  # the wait ends only once there is one
         memory.failed_stage = None

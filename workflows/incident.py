@@ -247,6 +247,9 @@ class IncidentWorkflow:
             lambda: memory.triage_decision is not None,
             every=lambda: self.runbook.confirm.triage_timeout,
             overdue=f"{self.state.id}: triage overdue",
+            gate="the triage",
+            stage="confirm",
+            waited_for=lambda decided: "a responder to decide whether the harm is real",
         )
         decision = cast(TriageDecision, memory.triage_decision)  # the wait ends only once there is one
         return "not_confirmed" if decision.outcome == "false_positive" else "confirmed"
@@ -297,6 +300,7 @@ class IncidentWorkflow:
         self.record.set_status(IncidentStatus.containing)
         await self.steps.apply("contain", self.runbook.containment, ContainActivities.apply_containment)
         self.record.mark("contain", StageStatus.done, self.record.applied_summary("contain"))
+        self.clocks.milestones.reached("contain")
 
     async def roll_back(self) -> None:
         """Previous good version, disable the new update, or switch to the fallback model."""
@@ -369,6 +373,7 @@ class IncidentWorkflow:
                 finished.append(f"restore/{applied.idempotency_key}")
         still = self.record.still_in_place()
         self.record.mark("restore", StageStatus.done, f"still in place: {', '.join(still)}" if still else "every protection undone")
+        self.clocks.milestones.reached("restore")
 
     async def undo(self, applied: AppliedAction) -> None:
         undone = await self.gates.attempt(
@@ -424,6 +429,7 @@ class IncidentWorkflow:
         self.state.close_reason = reason
         self.record.note("stage", f"{status}: {reason}")
         self.record.set_status(status)
+        self.clocks.milestones.closed(status)
 
     # --- what monitoring and responders send (the rules: monitoring.py, handlers.py) ------
 

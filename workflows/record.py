@@ -357,6 +357,8 @@ class Record:
             acknowledged_at=state.acknowledged_at,
             acknowledged_by=state.acknowledged_by,
             reviewed_at=workflow.now(),
+            objectives=state.objectives,
+            gate_waits=state.gate_waits,
         )
 
     def notification(self, kind: str, recipients: list[str], message: str, tier: int) -> Notification:

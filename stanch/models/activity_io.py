@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from stanch.detectors.specs import DetectorSpec
 from stanch.models.actions import ActionSpec, AppliedAction, TargetRef
 from stanch.models.decisions import AnswerCorrection
-from stanch.models.incident import ApprovalRecord, EvidenceRecord, RegulatoryClock, StageState
+from stanch.models.incident import ApprovalRecord, EvidenceRecord, GateWait, ObjectiveOutcome, RegulatoryClock, StageState
 from stanch.models.signals import ReproCase, Severity, Signal
 from stanch.runbooks.schema import ConfirmCheck, Runbook, Verify
 
@@ -175,6 +175,8 @@ class ReviewInput(BaseModel):
     acknowledged_at: datetime | None = None
     acknowledged_by: str | None = None
     reviewed_at: datetime | None = None
+    objectives: list[ObjectiveOutcome] = Field(default_factory=list, description="time to acknowledge, contain, restore, as recorded")
+    gate_waits: list[GateWait] = Field(default_factory=list, description="each wait for a person the lifecycle made")
 
 
 class ComplianceItem(BaseModel):

@@ -149,6 +149,38 @@ class Recurrence(BaseModel):
     )
 
 
+class GateWait(BaseModel):
+    """One wait for a person that held the lifecycle up: an approval, a triage, a decision after a
+    failure. What the time-to-contain breakdown counts as human time."""
+
+    gate: str = Field(description="in words: 'the contain approval', 'triage', 'the decision on the failed contain'")
+    stage: str
+    began_at: datetime
+    ended_at: datetime
+    waited_for: str = Field("", description="who or what it waited for: 'a second approver', 'nobody: automatic after the timeout'")
+
+    @property
+    def seconds(self) -> float:
+        return (self.ended_at - self.began_at).total_seconds()
+
+
+class ObjectiveOutcome(BaseModel):
+    """How long the incident took to reach a milestone (acknowledge, contain, restore), against
+    the runbook's objective for its severity, and where the time went."""
+
+    milestone: Literal["acknowledge", "contain", "restore"]
+    reached_at: datetime
+    severity: Severity = Field(description="the severity whose objective applied when the milestone was reached")
+    elapsed_seconds: float = Field(description="from opening to the milestone")
+    objective_seconds: float | None = Field(None, description="the runbook's objective; None when it sets none")
+    met: bool | None = Field(None, description="reached within the objective; None when there is none")
+    machine_seconds: float = Field(0.0, description="checks, evidence, grading, applying actions, notifying")
+    human_seconds: float = Field(0.0, description="waiting for people: acknowledgement, triage, approvals, decisions")
+    took_longest: str = Field("", description="the single wait or step that took the most: 'the contain approval waited 4m12s …'")
+    took_longest_by: Literal["machine", "human", ""] = ""
+    summary: str = ""
+
+
 class IncidentState(BaseModel):
     id: str
     occurrence: str = Field(
@@ -188,6 +220,10 @@ class IncidentState(BaseModel):
     close_reason: str = ""
     timeline: list[TimelineEntry] = Field(default_factory=list)
     timeline_omitted: int = Field(0, description="entries dropped from the middle of a very long timeline; history keeps them all")
+    gate_waits: list[GateWait] = Field(default_factory=list, description="each wait for a person, the latest kept")
+    objectives: list[ObjectiveOutcome] = Field(
+        default_factory=list, description="time to acknowledge, contain and restore: against the runbook's objectives, where the time went"
+    )
 
     def stage(self, name: str) -> StageState:
         return next(s for s in self.stages if s.name == name)

@@ -69,3 +69,7 @@ class IncidentMemory(BaseModel):
     last_escalation_at: datetime
     waiting_since: datetime | None = Field(None, description="when the wait for a person (or its last reminder) began")
     next_report_reminder_at: datetime | None = Field(None, description="when the report clock reminds next")
+    person_wait_began: datetime | None = Field(None, description="when the current wait for a person began (not reset by reminders)")
+    metrics_emitted: list[str] = Field(
+        default_factory=list, description="lifecycle metrics already emitted (time_to_contain, ack_sla_breach…): each once per occurrence"
+    )

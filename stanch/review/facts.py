@@ -19,6 +19,19 @@ def when(at: datetime | str | None) -> str:
     return at.strftime("%Y-%m-%d %H:%M:%S %Z").strip()
 
 
+def duration(seconds: float) -> str:
+    """4m12s, 15m, 51s, 1h02m, 2h, 0.3s: a span as a responder reads it (and a runbook writes it)."""
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    hours, rest = divmod(round(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m" if minutes else f"{hours}h"
+    if minutes:
+        return f"{minutes}m{secs:02d}s" if secs else f"{minutes}m"
+    return f"{secs}s"
+
+
 def deadline_of(input: ReviewInput) -> datetime | str | None:
     return input.regulatory.deadline if input.regulatory and input.regulatory.deadline else input.report_deadline
 

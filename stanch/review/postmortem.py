@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from stanch.models.activity_io import ComplianceItem, ReviewInput
 from stanch.review.compliance import compliance_mapping, status_text
-from stanch.review.facts import deadline_of, signals_summary, when
+from stanch.review.facts import deadline_of, duration, signals_summary, stage_of, when
 
 TASK_TITLES = {
     "root_cause": "Find the root cause: why did the update behave this way, and why did testing miss it?",
@@ -43,7 +43,8 @@ def postmortem(input: ReviewInput, tasks: list[dict], added: int, mapping: list[
     ]
     if input.serious:
         lines.append(f"- Serious incident (EU AI Act Art. 3(49)): report due {when(deadline_of(input))}; see art73-report-draft.md")
-    lines += ["", "## Actions", ""]
+    lines += ["", *time_to_contain(input)]
+    lines += ["## Actions", ""]
     for action in input.actions:
         undone = f", undone {when(action.undone_at)}" if action.undone_at else ", still in place"
         lines.append(f"- {action.stage}: {action.kind} `{action.idempotency_key}` applied {when(action.applied_at)}{undone}")
@@ -65,3 +66,37 @@ def postmortem(input: ReviewInput, tasks: list[dict], added: int, mapping: list[
     lines += ["## Follow-up tasks", ""]
     lines += [f"- [ ] {task['title']}" for task in tasks]
     return "\n".join(lines) + "\n"
+
+
+def time_to_contain(input: ReviewInput) -> list[str]:
+    """The containment objective, met or missed, and which wait took the time (machine or
+    human), from what the incident recorded; then the other milestones it reached."""
+    lines = ["## Time to contain", ""]
+    contained = next((outcome for outcome in input.objectives if outcome.milestone == "contain"), None)
+    if contained is None:
+        stage = stage_of(input, "contain")
+        lines.append(
+            f"- Not contained: {stage.status}{' — ' + stage.detail if stage and stage.detail else ''}" if stage else "- Not contained"
+        )
+    else:
+        if contained.objective_seconds is None:
+            where = f"policy.{contained.severity}.objectives.contain"
+            unset = f"no objective set at {contained.severity} ({where} in {input.runbook.name})"
+            lines.append(f"- Contained in {duration(contained.elapsed_seconds)}; {unset}")
+        else:
+            verdict = "met" if contained.met else "MISSED"
+            lines.append(
+                f"- Objective at {contained.severity}: contain within {duration(contained.objective_seconds)} — {verdict}: "
+                f"contained in {duration(contained.elapsed_seconds)}"
+            )
+        lines.append(
+            f"- Machine time {duration(contained.machine_seconds)} (checks, evidence, grading, applying actions); "
+            f"people {duration(contained.human_seconds)} (triage, approvals, decisions)"
+        )
+        if contained.took_longest:
+            lines.append(f"- The gate that took the time ({contained.took_longest_by}): {contained.took_longest}")
+    for wait in input.gate_waits:
+        waited = f" for {wait.waited_for}" if wait.waited_for else ""
+        lines.append(f"- Waited for people: {wait.gate} {when(wait.began_at)} → {when(wait.ended_at)} ({duration(wait.seconds)}){waited}")
+    lines += [f"- {outcome.summary}" for outcome in input.objectives if outcome.milestone != "contain"]
+    return [*lines, ""]

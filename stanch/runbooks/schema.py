@@ -126,11 +126,36 @@ class EscalationTier(_Strict):
     notify: list[str] = Field(min_length=1)
 
 
+# The milestones an incident's response is held to, each timed from the moment it opened.
+OBJECTIVE_MILESTONES = ("acknowledge", "contain", "restore")
+
+
+class Objectives(_Strict):
+    """How soon, from opening, a response should reach each milestone (`contain: 5m`). The
+    incident records whether it did, and which wait took the time; unset means no objective."""
+
+    acknowledge: Duration | None = Field(None, description="a responder acknowledges within this")
+    contain: Duration | None = Field(None, description="the containment steps are applied within this")
+    restore: Duration | None = Field(None, description="protections are lifted (the incident restored) within this")
+
+    @model_validator(mode="after")
+    def _positive(self) -> Objectives:
+        for milestone in OBJECTIVE_MILESTONES:
+            within = getattr(self, milestone)
+            if within is not None and within <= timedelta(0):
+                raise ValueError(f"{milestone} must be a positive duration such as 5m, not {within}")
+        return self
+
+    def within(self, milestone: str) -> timedelta | None:
+        return getattr(self, milestone) if milestone in OBJECTIVE_MILESTONES else None
+
+
 class SeverityPolicy(_Strict):
     ack_sla: Duration = Field(default_factory=lambda: timedelta(minutes=30))
     escalation: list[EscalationTier] = Field(default_factory=list)
     approval_timeout: Duration = Field(default_factory=lambda: timedelta(minutes=30))
     stages: dict[str, StageGate] = Field(default_factory=dict)
+    objectives: Objectives = Field(default_factory=Objectives, description="time-to-acknowledge/contain/restore objectives")
 
     @model_validator(mode="after")
     def _known_stages(self) -> SeverityPolicy:

@@ -1,0 +1,157 @@
+"""Time-to-containment objectives: the incident records whether it contained within its runbook's
+objective and which wait took the time, emits the lifecycle metrics once, and the postmortem
+names it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+import pytest_asyncio
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import MetricBuffer, MetricBufferDurationFormat, Runtime, TelemetryConfig
+from temporalio.testing import WorkflowEnvironment
+
+from stanch.models.decisions import Acknowledgement
+from stanch.models.incident import IncidentInput, IncidentStatus
+from stanch.models.signals import Severity
+from stanch.review.postmortem import postmortem, review_tasks
+from stanch.runbooks.schema import Objectives
+from tests.conftest import installed_binary
+from tests.workflow.conftest import incident_input, running_incident
+from tests.workflow.helpers import AsTheApi, approve, state, until, waiting_on
+from tests.workflow.standins import Script
+from workflows.incident import IncidentWorkflow
+
+
+class Metered:
+    """A time-skipping server whose worker's metrics land in a buffer the test reads."""
+
+    def __init__(self, environment: WorkflowEnvironment, buffer: MetricBuffer) -> None:
+        self.environment = environment
+        self.buffer = buffer
+        self.updates: list = []
+
+    def recorded(self, name: str) -> list[tuple[float, dict]]:
+        self.updates += self.buffer.retrieve_updates()
+        # The runtime adds its own labels (namespace, task_queue, workflow_type): Stanch's are these.
+        return [
+            (update.value, {key: value for key, value in update.attributes.items() if key in STANCH_LABELS})
+            for update in self.updates
+            if update.metric.name == name
+        ]
+
+
+STANCH_LABELS = ("runbook", "severity", "result", "outcome")
+
+
+@pytest_asyncio.fixture
+async def metered() -> AsyncIterator[Metered]:
+    buffer = MetricBuffer(10_000, duration_format=MetricBufferDurationFormat.SECONDS)
+    runtime = Runtime(telemetry=TelemetryConfig(metrics=buffer))
+    environment = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=installed_binary("temporal-test-server"), data_converter=pydantic_data_converter, runtime=runtime
+    )
+    yield Metered(environment, buffer)
+    await environment.shutdown()
+
+
+def with_objectives(severity: Severity, **objectives: str) -> IncidentInput:
+    input = incident_input()
+    policy = input.runbook.policy[severity].model_copy(update={"objectives": Objectives.model_validate(objectives)})
+    runbook = input.runbook.model_copy(update={"policy": {**input.runbook.policy, severity: policy}})
+    return input.model_copy(update={"runbook": runbook})
+
+
+async def test_contained_within_the_objective_is_recorded_met_and_counted(metered: Metered) -> None:
+    script = Script()  # the secret detector fires: high, contain needs two approvers, one from safety
+    input = with_objectives(Severity.high, contain="15m")
+    async with running_incident(metered.environment.client, script, input) as handle:
+        await until(handle, waiting_on("contain"))
+        await approve(handle, "contain", "alice", ["oncall"])
+        await approve(handle, "contain", "sam", ["safety"])
+        current = await until(handle, lambda s: any(o.milestone == "contain" for o in s.objectives))
+
+    contained = next(o for o in current.objectives if o.milestone == "contain")
+    assert contained.met is True and contained.objective_seconds == 15 * 60 and contained.severity == Severity.high
+    assert contained.elapsed_seconds < 60
+    assert contained.human_seconds + contained.machine_seconds == pytest.approx(contained.elapsed_seconds)
+    assert "contained in" in contained.summary and "objective 15m: met" in contained.summary
+    assert [wait.gate for wait in current.gate_waits] == ["the contain approval"]
+    assert any(entry.kind == "objective" and entry.data["milestone"] == "contain" for entry in current.timeline)
+    labels = {"runbook": "harmful-output", "severity": "high"}
+    assert [attrs for _, attrs in metered.recorded("stanch_incident_containment_objective")] == [{**labels, "result": "met"}]
+    [(seconds, attrs)] = metered.recorded("stanch_incident_time_to_contain")
+    assert attrs == labels and seconds == pytest.approx(contained.elapsed_seconds, abs=0.001)
+
+
+async def test_a_missed_objective_names_the_approval_that_waited_for_a_second_approver(metered: Metered) -> None:
+    script = Script()
+    input = with_objectives(Severity.high, contain="5m", restore="1h")
+    clock = metered.environment
+    async with running_incident(clock.client, script, input) as handle:
+        await until(handle, waiting_on("contain"))
+        await approve(handle, "contain", "alice", ["oncall"])
+        await clock.sleep(timedelta(minutes=7))  # nobody from safety yet
+        await approve(handle, "contain", "sam", ["safety"])
+        current = await until(handle, waiting_on("rollback"))
+        contained = next(o for o in current.objectives if o.milestone == "contain")
+        assert contained.met is False and contained.elapsed_seconds >= 7 * 60
+        assert contained.took_longest_by == "human"
+        assert contained.took_longest.startswith("the contain approval waited 7m") and contained.took_longest.endswith(
+            "for a second approver (sam)"
+        )
+        assert contained.human_seconds >= 7 * 60 and contained.machine_seconds < 60
+        assert "MISSED" in contained.summary
+
+        await approve(handle, "rollback", "alice", ["oncall"])
+        await approve(handle, "rollback", "sam", ["safety"])
+        await until(handle, waiting_on("restore"))
+        await approve(handle, "restore", "alice", ["oncall"])
+        final = await handle.result()
+
+    assert final.status == IncidentStatus.closed
+    # Alice acknowledged by approving, at once; restoring came within its hour.
+    assert [o.milestone for o in final.objectives] == ["acknowledge", "contain", "restore"]
+    acknowledged, _, restored = final.objectives
+    assert acknowledged.elapsed_seconds < 60 and acknowledged.met is None
+    assert restored.met is True and restored.objective_seconds == 3600
+    labels = {"runbook": "harmful-output", "severity": "high"}
+    assert [attrs for _, attrs in metered.recorded("stanch_incident_containment_objective")] == [{**labels, "result": "missed"}]
+    assert metered.recorded("stanch_incident_ack_sla_breaches") == []
+    assert len(metered.recorded("stanch_incident_time_to_acknowledge")) == 1
+    assert len(metered.recorded("stanch_incident_time_to_restore")) == 1
+    [(closed_after, closed_labels)] = metered.recorded("stanch_incident_time_to_close")
+    assert closed_labels == {**labels, "outcome": "closed"} and closed_after >= 7 * 60
+
+    # The review was given the recorded facts, and the postmortem names the gate.
+    review = script.reviews[0]
+    document = postmortem(review, review_tasks(review), added=0, mapping=[])
+    section = document.split("## Time to contain", 1)[1].split("## Actions", 1)[0]
+    assert "Objective at high: contain within 5m — MISSED: contained in 7m" in section
+    assert "The gate that took the time (human): the contain approval waited 7m" in section
+    assert "for a second approver (sam)" in section
+
+
+async def test_without_objectives_the_times_are_recorded_and_an_unacknowledged_incident_breaches_its_ack_sla(
+    metered: Metered,
+) -> None:
+    script = Script(detectors=[])  # nothing fired: medium, containment automatic, rollback waits for a responder
+    async with running_incident(metered.environment.client, script) as handle:
+        current = await until(handle, waiting_on("rollback"))
+        assert current.gate_waits == []
+        await metered.environment.sleep(timedelta(minutes=61))  # the ack SLA at medium is 1h
+        await until(handle, lambda s: s.escalation_tier >= 1)
+        await AsTheApi(handle).execute_update(IncidentWorkflow.acknowledge, Acknowledgement(responder="alice"))
+        current = await until(handle, lambda s: len(s.objectives) == 2)
+    acknowledged = current.objectives[-1]
+    assert acknowledged.milestone == "acknowledge" and acknowledged.elapsed_seconds >= 61 * 60
+    assert acknowledged.took_longest_by == "human"
+    labels = {"runbook": "harmful-output", "severity": "medium"}
+    assert [attrs for _, attrs in metered.recorded("stanch_incident_ack_sla_breaches")] == [labels]  # once, however late
+    contained = next(o for o in current.objectives if o.milestone == "contain")
+    assert contained.met is None and contained.objective_seconds is None and "no objective set" in contained.summary
+    assert contained.took_longest_by == "machine"
+    assert metered.recorded("stanch_incident_containment_objective") == []
+    assert len(metered.recorded("stanch_incident_time_to_contain")) == 1
