@@ -143,7 +143,7 @@ class Objectives(_Strict):
         for milestone in OBJECTIVE_MILESTONES:
             within = getattr(self, milestone)
             if within is not None and within <= timedelta(0):
-                raise ValueError(f"{milestone} must be a positive duration such as 5m, not {within}")
+                raise ValueError(f"{milestone} must be a positive duration such as 5m")
         return self
 
     def within(self, milestone: str) -> timedelta | None:
