@@ -4,6 +4,7 @@ The library, in layers; a sub-package imports its own layer and those below, nev
 (`tests/unit/test_layers.py` holds the same map and enforces it). Low to high:
 
     config                     settings from the environment, secrets, config-file errors
+    telemetry                  traces and JSON logs (OpenTelemetry), for every process
     models runbooks detectors  what flows through an incident: signals, actions, decisions,
                                incident state; the runbook schema and its loader (models and
                                schema refer to each other); the output detectors
@@ -23,7 +24,7 @@ Above the library, outside it, each importing only what is below it:
 
 Inside stanch only `stanch.cli` imports them (it runs the worker). `stanch.gateway` is a
 separate service, the enforcement proxy in front of the models: it imports nothing from the
-rest of stanch but the detectors (it blocks by the same ones confirm and verify run), Stanch
+rest of stanch but the detectors and telemetry (it blocks by the same ones confirm and verify run), Stanch
 reaches it over HTTP, and only `stanch.cli` imports it, to start it. `stanch.demo_upstream`,
 the demo models' OpenAI-compatible server, is another such service and imports nothing.
 """
