@@ -19,9 +19,11 @@ with workflow.unsafe.imports_passed_through():
     from stanch.models.incident import GateWait, IncidentStatus, ObjectiveOutcome
     from stanch.review.facts import duration
 
+
 # The metric names (the contract the dashboard and the alert rules read). The runtime's
-# Prometheus exporter adds `_seconds` to timedelta histograms and `_total` to counters.
-TIME_TO = "stanch_incident_time_to_{milestone}"
+# Prometheus exporter adds `_seconds` to the timedelta histograms and `_total` to the counters;
+# `stanch.temporal.client.metrics_runtime` gives the histograms buckets from seconds to days.
+TIME_TO = {milestone: f"stanch_incident_time_to_{milestone}" for milestone in ("acknowledge", "contain", "restore", "close")}
 CONTAINMENT_OBJECTIVE = "stanch_incident_containment_objective"
 ACK_SLA_BREACHES = "stanch_incident_ack_sla_breaches"
 
@@ -165,9 +167,7 @@ class Milestones:
         return {"runbook": self.record.state.runbook, "severity": self.record.state.severity.value, **more}
 
     def observe_time(self, milestone: str, elapsed: timedelta, **more: str) -> None:
-        histogram = workflow.metric_meter().create_histogram_timedelta(
-            TIME_TO.format(milestone=milestone), f"time from opening to {milestone}", "duration"
-        )
+        histogram = workflow.metric_meter().create_histogram_timedelta(TIME_TO[milestone], f"time from opening to {milestone}")
         histogram.record(max(elapsed, timedelta(0)), self.labels(**more))
 
     def count(self, name: str, description: str, **more: str) -> None:

@@ -4,8 +4,12 @@ names it."""
 
 from __future__ import annotations
 
+import asyncio
+import re
+import urllib.request
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -13,12 +17,15 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import MetricBuffer, MetricBufferDurationFormat, Runtime, TelemetryConfig
 from temporalio.testing import WorkflowEnvironment
 
+from stanch.config.settings import Settings
 from stanch.models.decisions import Acknowledgement
 from stanch.models.incident import IncidentInput, IncidentStatus
 from stanch.models.signals import Severity
 from stanch.review.postmortem import postmortem, review_tasks
 from stanch.runbooks.schema import Objectives
+from stanch.temporal.client import metrics_runtime
 from tests.conftest import installed_binary
+from tests.postgres import free_port
 from tests.workflow.conftest import incident_input, running_incident
 from tests.workflow.helpers import AsTheApi, approve, state, until, waiting_on
 from tests.workflow.standins import Script
@@ -155,3 +162,29 @@ async def test_without_objectives_the_times_are_recorded_and_an_unacknowledged_i
     assert contained.took_longest_by == "machine"
     assert metered.recorded("stanch_incident_containment_objective") == []
     assert len(metered.recorded("stanch_incident_time_to_contain")) == 1
+
+
+async def test_the_workers_prometheus_endpoint_serves_the_lifecycle_metrics_by_their_contract_names(tmp_path: Path) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    runtime = metrics_runtime(Settings(home=tmp_path, worker_metrics_address=address))  # as the worker makes it
+    environment = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=installed_binary("temporal-test-server"), data_converter=pydantic_data_converter, runtime=runtime
+    )
+    try:
+        input = with_objectives(Severity.medium, contain="1h")  # nothing fired: medium, containment automatic
+        async with running_incident(environment.client, Script(detectors=[]), input) as handle:
+            await until(handle, waiting_on("rollback"))
+            scraped = await asyncio.to_thread(lambda: urllib.request.urlopen(f"http://{address}/metrics", timeout=5).read().decode())
+    finally:
+        await environment.shutdown()
+
+    def series(name: str) -> list[str]:
+        return [line for line in scraped.splitlines() if line.startswith(name + "{")]
+
+    [contained] = series("stanch_incident_containment_objective_total")
+    assert 'runbook="harmful-output"' in contained and 'severity="medium"' in contained and 'result="met"' in contained
+    assert 'workflow_type="IncidentWorkflow"' in contained and contained.endswith(" 1")
+    [count] = series("stanch_incident_time_to_contain_seconds_count")
+    assert 'runbook="harmful-output"' in count and count.endswith(" 1")
+    bounds = {float(bound) for bound in re.findall(r'le="([0-9.]+)"', "\n".join(series("stanch_incident_time_to_contain_seconds_bucket")))}
+    assert {300.0, 3600.0, 86400.0} <= bounds  # minutes to days, not the SDK's default that ends at 10 s
