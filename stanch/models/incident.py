@@ -113,7 +113,7 @@ class ApprovalRecord(BaseModel):
 
 class TimelineEntry(BaseModel):
     at: datetime
-    kind: str  # signal, stage, action, approval, escalation, notification, decision, severity, note
+    kind: str  # signal, stage, action, approval, escalation, notification, decision, severity, objective, note
     message: str
     actor: str = "stanch"
     data: dict[str, Any] = Field(default_factory=dict)
