@@ -35,6 +35,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 from temporalio import workflow
 from temporalio.api.enums.v1 import TaskQueueType
@@ -144,16 +145,29 @@ def stanch_sender(client: Client, task_queue: str, incident_ids: set[str]) -> Ca
 # --- counting -----------------------------------------------------------------------------
 
 
-async def counted(client: Client, ids: set[str], query: Callable[[Client, str], Awaitable[int]], expected: int, timeout: float) -> int:
+class Count(NamedTuple):
+    signals: int
+    unreadable: dict[str, str]  # workflow id -> why its count could not be read, at the last try
+
+
+async def counted(client: Client, ids: set[str], query: Callable[[Client, str], Awaitable[int]], expected: int, timeout: float) -> Count:
     """The signals the workflows counted, asked again until they add up or `timeout` passes."""
     deadline = time.monotonic() + timeout
-    total = 0
     while True:
-        counts = await asyncio.gather(*(query(client, workflow_id) for workflow_id in sorted(ids)), return_exceptions=True)
+        ordered = sorted(ids)
+        counts = await asyncio.gather(*(query(client, workflow_id) for workflow_id in ordered), return_exceptions=True)
         total = sum(count for count in counts if isinstance(count, int))
         if total >= expected or time.monotonic() > deadline:
-            return total
+            failed = {
+                workflow_id: describe(count) for workflow_id, count in zip(ordered, counts, strict=True) if isinstance(count, BaseException)
+            }
+            return Count(total, failed)
         await asyncio.sleep(0.5)
+
+
+def describe(error: BaseException) -> str:
+    cause = error.__cause__
+    return f"{type(error).__name__}: {error}" + (f" ({cause})" if cause else "")
 
 
 async def incident_signal_count(client: Client, incident_id: str) -> int:
@@ -232,12 +246,12 @@ async def measure_shape(
     ours = await send_all(signals, stanch_sender(client, stanch_queue, incident_ids), concurrency)
     baseline_ids = {f"baseline-{run}-{k}" for k in range(min(keys, count))}
     settle_started = time.perf_counter()
-    stanch_counted = await counted(client, incident_ids, incident_signal_count, count, timeout)
+    stanch_counted, unreadable = await counted(client, incident_ids, incident_signal_count, count, timeout)
     settled_in = time.perf_counter() - settle_started
-    baseline_counted = await counted(client, baseline_ids, baseline_signal_count, count, timeout)
+    baseline_counted, _ = await counted(client, baseline_ids, baseline_signal_count, count, timeout)
     stanch_events = sum([await history_events(client, workflow_id) for workflow_id in incident_ids])
     baseline_events = sum([await history_events(client, workflow_id) for workflow_id in baseline_ids])
-    reads = [await state_read(client, incident_id) for incident_id in incident_ids]
+    reads = [await state_read(client, incident_id) for incident_id in sorted(incident_ids - set(unreadable))]
     return {
         "shape": shape,
         "signals": count,
@@ -252,8 +266,9 @@ async def measure_shape(
         # What the workflow side pays per signal, and what reading the biggest incident costs.
         "history_events_per_signal": round(stanch_events / count, 2),
         "baseline_history_events_per_signal": round(baseline_events / count, 2),
-        "state_query_max_kb": max(size for size, _ in reads),
-        "state_query_max_ms": max(ms for _, ms in reads),
+        "state_query_max_kb": max((size for size, _ in reads), default=None),
+        "state_query_max_ms": max((ms for _, ms in reads), default=None),
+        "unreadable": unreadable,
     }
 
 
@@ -339,4 +354,7 @@ if __name__ == "__main__":
     print(json.dumps(result), flush=True)
     if result["lost"]:
         print(f"LOST: {result['lost']} of {2 * options.signals} signals were never counted by their incident", file=sys.stderr, flush=True)
+        for shape in result["shapes"].values():
+            for incident_id, why in shape["unreadable"].items():
+                print(f"  {shape['shape']}: {incident_id} could not be read: {why}", file=sys.stderr, flush=True)
     os._exit(1 if result["lost"] else 0)  # no interpreter teardown after a Temporal client: temporalio/sdk-python#300

@@ -74,7 +74,7 @@ async def long_incident(signals: int, out: Path) -> list[Path]:
         await wait_for_poller(client, f"bench-replay-{run}", [worker], out)
         ids: set[str] = set()
         await send_all([storm_signal(n, 1, run) for n in range(signals)], stanch_sender(client, f"bench-replay-{run}", ids), 8)
-        if await counted(client, ids, incident_signal_count, signals, timeout=300) < signals:
+        if (await counted(client, ids, incident_signal_count, signals, timeout=300)).signals < signals:
             raise SystemExit(f"the long incident did not count its {signals} signals; see {out / 'workers.log'}")
         return [write(history, out) for history in await runs_of(client, ids.pop())]
     finally:
