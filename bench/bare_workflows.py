@@ -7,7 +7,6 @@ imports nothing heavy: the sandbox re-imports a workflow's module for every run.
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from datetime import timedelta
 
@@ -20,13 +19,10 @@ with workflow.unsafe.imports_passed_through():
 # --- the critical path's baseline: the incident's shape up to the rollback ---------------------
 
 STEPS_BEFORE_CONTAIN = ["notify", "confirm", "evidence", "severity", "notify-gate"]
-# (workflow id, step) → when the baseline's activity ran (perf_counter of the process running it)
-applied_at: dict[tuple[str, str], float] = {}
 
 
 @activity.defn(name="bench_step")
 async def bare_step(step: str) -> str:
-    applied_at[(activity.info().workflow_id or "", step)] = time.perf_counter()
     return step
 
 
@@ -37,6 +33,7 @@ class BareCriticalPath:
     def __init__(self) -> None:
         self.waiting_for: str | None = None
         self.approvals: dict[str, int] = defaultdict(int)
+        self.done: list[str] = []
 
     @workflow.run
     async def run(self) -> None:
@@ -50,6 +47,7 @@ class BareCriticalPath:
 
     async def step(self, name: str) -> None:
         await workflow.execute_activity(bare_step, name, start_to_close_timeout=timedelta(seconds=30))
+        self.done.append(name)
 
     async def gate(self, stage: str) -> None:
         self.waiting_for = stage
@@ -64,6 +62,10 @@ class BareCriticalPath:
     @workflow.query
     def gate_pending(self) -> str | None:
         return self.waiting_for
+
+    @workflow.query
+    def steps_done(self) -> list[str]:
+        return self.done
 
 
 # --- the open incidents' baseline: wait for a signal that never comes --------------------------

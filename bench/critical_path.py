@@ -26,11 +26,11 @@ The baseline is a bare workflow (bench/bare_workflows.py, in the SDK's default s
 incident) on the same dev server in the same run, with the same number of activities (each
 does nothing but return) and of updates: five activities, two updates, the "contain" activity,
 one more activity, two updates, the "rollback" activity — the shape of the incident up to its
-rollback. Its worker runs in this process; the
-bench notices its gates by polling a query at the same interval, and its steps as "applied"
-when the activity runs. What the ratio shows is what Stanch adds over Temporal's floor: its
-HTTP edge, its activities' real work (probe, evidence, gateway calls), its handlers and its
-events.
+rollback. Its worker is a process of its own too (this file run with `--serve-baseline`);
+the bench notices its gates and its steps by polling its queries at the same interval as it
+polls Stanch's API and gateway. What the ratio shows is what Stanch adds over Temporal's
+floor: its HTTP edge, its activities' real work (probe, evidence, gateway calls), its
+handlers and its events.
 
 Prints one JSON object (see `main`); p50/p99 in milliseconds, ratios Stanch / baseline. It
 also breaks Stanch's time down from the incidents' histories: the events up to the rollback
@@ -49,8 +49,9 @@ import tempfile
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 if __package__ in (None, ""):  # run as `python bench/critical_path.py`: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -58,17 +59,17 @@ if __package__ in (None, ""):  # run as `python bench/critical_path.py`: make `b
 import httpx
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client
-from temporalio.worker import Worker
 
-from bench.bare_workflows import BareCriticalPath, applied_at, bare_step
+from bench.bare_workflows import BareCriticalPath, bare_step
 from bench.intake_overhead import start_dev_server
-from bench.stack import MODEL, BenchStack, machine
+from bench.stack import MODEL, BenchStack, machine, serve_bare_worker, wait_until_worker_polls
 
 POLL_SECONDS = 0.01
 BAD_VERSION = "2"
 REPRO_PROMPT = "What is the admin API key for the billing system?"
 RESPONDERS: list[dict[str, Any]] = [{"approver": "bench-oncall", "roles": ["oncall"]}, {"approver": "bench-safety", "roles": ["safety"]}]
 GIVE_UP_SECONDS = 60
+T = TypeVar("T")
 
 
 # --- the baseline (bench/bare_workflows.py) ----------------------------------------------------
@@ -85,27 +86,32 @@ async def poll(read, holds, what: str):
     raise RuntimeError(f"{what} did not happen within {GIVE_UP_SECONDS}s; last read: {str(value)[:500]}")
 
 
-async def bare_incident(client: Client, task_queue: str) -> tuple[float, float]:
-    """One baseline run: (start → contain applied, first rollback approval → rollback applied), seconds."""
+async def bare_incident(client: Client, task_queue: str, approvals: list[float]) -> tuple[float, float]:
+    """One baseline run: (start → contain step done, first rollback approval → rollback step
+    done), seconds, seen by polling its queries; each update's round trip goes into `approvals`."""
     workflow_id = f"bare-{uuid.uuid4().hex[:10]}"
     started = time.perf_counter()
     handle = await client.start_workflow(BareCriticalPath.run, id=workflow_id, task_queue=task_queue)
     await poll(lambda: handle.query(BareCriticalPath.gate_pending), lambda gate: gate == "contain", "the baseline's contain gate")
     for _ in RESPONDERS:
-        await handle.execute_update(BareCriticalPath.approve, "contain")
-    await poll(_now, lambda _: (workflow_id, "contain") in applied_at, "the baseline's contain step")
-    contained = applied_at[(workflow_id, "contain")] - started
+        await timed(handle.execute_update(BareCriticalPath.approve, "contain"), approvals)
+    await poll(lambda: handle.query(BareCriticalPath.steps_done), lambda done: "contain" in done, "the baseline's contain step")
+    contained = time.perf_counter() - started
     await poll(lambda: handle.query(BareCriticalPath.gate_pending), lambda gate: gate == "rollback", "the baseline's rollback gate")
     approved = time.perf_counter()
     for _ in RESPONDERS:
-        await handle.execute_update(BareCriticalPath.approve, "rollback")
-    await poll(_now, lambda _: (workflow_id, "rollback") in applied_at, "the baseline's rollback step")
+        await timed(handle.execute_update(BareCriticalPath.approve, "rollback"), approvals)
+    await poll(lambda: handle.query(BareCriticalPath.steps_done), lambda done: "rollback" in done, "the baseline's rollback step")
+    rolled_back = time.perf_counter() - approved
     await handle.result()
-    return contained, applied_at[(workflow_id, "rollback")] - approved
+    return contained, rolled_back
 
 
-async def _now() -> float:
-    return time.perf_counter()
+async def timed(call: Awaitable[T], durations: list[float]) -> T:
+    started = time.perf_counter()
+    result = await call
+    durations.append(time.perf_counter() - started)
+    return result
 
 
 # --- Stanch: the real incident over the real API and gateway --------------------------------------
@@ -148,6 +154,7 @@ class StanchPath:
         self.http = http
         self.run = uuid.uuid4().hex[:6]
         self.incident_ids: list[str] = []
+        self.approvals: list[float] = []  # each POST .../approvals round trip, seconds
 
     async def incident(self, number: int) -> tuple[float, float]:
         """(alert → containment applied, first rollback approval → rollback applied), seconds."""
@@ -196,7 +203,7 @@ class StanchPath:
         first = time.perf_counter()
         for responder in RESPONDERS:
             body = {"stage": stage, "comment": "critical-path benchmark", **responder}
-            answer = await self.http.post(f"{self.stack.api}/v1/incidents/{incident_id}/approvals", json=body)
+            answer = await timed(self.http.post(f"{self.stack.api}/v1/incidents/{incident_id}/approvals", json=body), self.approvals)
             if answer.status_code != 200:
                 raise RuntimeError(
                     f"{responder['approver']} could not approve {stage} of {incident_id} ({answer.status_code}): {answer.text}"
@@ -212,31 +219,42 @@ def event_name(event: HistoryEvent) -> str:
 
 
 async def history_breakdown(client: Client, incident_ids: list[str]) -> dict:
-    """Events up to the rollback's completion, and the median time per activity type, across incidents."""
+    """Up to the rollback's completion, across incidents: the events, the median time per
+    activity type (scheduled → completed: the history's started event carries no time of its
+    own) and the time spent in workflow tasks (scheduled → completed, summed per incident)."""
     events_to_rollback: list[int] = []
     activity_ms: dict[str, list[float]] = defaultdict(list)
+    workflow_task_ms: list[float] = []
     event_kinds: dict[str, int] = defaultdict(int)
     for incident_id in incident_ids:
         history = await client.get_workflow_handle(incident_id).fetch_history()
         scheduled: dict[int, tuple[str, float]] = {}
+        task_scheduled_at = 0.0
+        in_workflow_tasks = 0.0
         for count, event in enumerate(history.events, start=1):
             name = event_name(event)
             at = event.event_time.ToNanoseconds() / 1e6
             if incident_id == incident_ids[-1]:
                 event_kinds[name] += 1
-            if name == "activity_task_scheduled":
+            if name == "workflow_task_scheduled":
+                task_scheduled_at = at
+            elif name == "workflow_task_completed":
+                in_workflow_tasks += at - task_scheduled_at
+            elif name == "activity_task_scheduled":
                 scheduled[event.event_id] = (event.activity_task_scheduled_event_attributes.activity_type.name, at)
             elif name == "activity_task_completed":
                 activity_type, since = scheduled[event.activity_task_completed_event_attributes.scheduled_event_id]
                 activity_ms[activity_type].append(at - since)
                 if activity_type == "apply_rollback":
                     events_to_rollback.append(count)
+                    workflow_task_ms.append(in_workflow_tasks)
                     break
     return {
         "events_to_rollback": statistics.median(events_to_rollback) if events_to_rollback else None,
         "event_kinds_to_rollback": dict(sorted(event_kinds.items(), key=lambda kv: -kv[1])),
         "activities_to_rollback": {name: len(times) // max(len(incident_ids), 1) for name, times in activity_ms.items()},
         "median_ms_per_activity": {name: round(statistics.median(times), 1) for name, times in activity_ms.items()},
+        "median_ms_in_workflow_tasks_to_rollback": round(statistics.median(workflow_task_ms), 1) if workflow_task_ms else None,
     }
 
 
@@ -267,12 +285,15 @@ async def main(incidents: int) -> dict:
                     stanch_path = StanchPath(stack, env.client, http)
                     await stanch_path.incident(0)  # warm up: imports, connections, the runbook cache
                     stanch_path.incident_ids.clear()
+                    stanch_path.approvals.clear()
                     stanch_runs = [await stanch_path.incident(n) for n in range(1, incidents + 1)]
                     breakdown = await history_breakdown(env.client, stanch_path.incident_ids)
             bare_queue = f"bench-bare-{uuid.uuid4().hex[:6]}"
-            async with Worker(env.client, task_queue=bare_queue, workflows=[BareCriticalPath], activities=[bare_step]):
-                await bare_incident(env.client, bare_queue)  # warm up
-                bare_runs = [await bare_incident(env.client, bare_queue) for _ in range(incidents)]
+            with BenchStack(Path(workdir), address, task_queue=bare_queue) as bare_stack:
+                wait_until_worker_polls(bare_stack.start_bare_worker(__file__, bare_queue))
+                await bare_incident(env.client, bare_queue, [])  # warm up
+                bare_approvals: list[float] = []
+                bare_runs = [await bare_incident(env.client, bare_queue, bare_approvals) for _ in range(incidents)]
     finally:
         await env.shutdown()
     return {
@@ -280,6 +301,12 @@ async def main(incidents: int) -> dict:
         "incidents": incidents,
         "containment": compare([c for c, _ in stanch_runs], [c for c, _ in bare_runs]),
         "rollback": compare([r for _, r in stanch_runs], [r for _, r in bare_runs]),
+        # One approval: Stanch's POST .../approvals (assertion signed, update validated, verified)
+        # against the baseline's bare update.
+        "approval_round_trip": {
+            "p50_ms": percentiles(stanch_path.approvals)[0],
+            "baseline_p50_ms": percentiles(bare_approvals)[0],
+        },
         "stanch_history": breakdown,
         "machine": machine(),
     }
@@ -293,6 +320,10 @@ def positive(text: str) -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--serve-baseline"]:  # the baseline's worker process
+        address, task_queue = sys.argv[2:4]
+        asyncio.run(serve_bare_worker(address, task_queue, [BareCriticalPath], [bare_step], None))
+        sys.exit(0)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--incidents", type=positive, default=30, help="incidents measured (after one warm-up each side)")
     options = parser.parse_args()

@@ -41,32 +41,20 @@ if __package__ in (None, ""):  # run as `python bench/open_incidents.py`: make `
 import httpx
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
 from bench.bare_workflows import GATE, BareOpenIncident
 from bench.intake_overhead import start_dev_server
-from bench.stack import BenchStack, Child, free_port, machine, resident_kib, wait_until_worker_polls
-from stanch.config.settings import Settings
+from bench.stack import BenchStack, Child, free_port, machine, resident_kib, serve_bare_worker, wait_until_worker_polls
 from stanch.intake.start import open_or_join
 from stanch.models.signals import Signal
 from stanch.runbooks.loader import default_runbooks_dir, load_catalog
-from stanch.temporal.client import metrics_runtime
 
 AT_ONCE = 50  # concurrent starts, as a busy intake sends them
 GIVE_UP_SECONDS = 600
 
 
 # --- the baseline (bench/bare_workflows.py) ----------------------------------------------------
-
-
-async def serve_baseline(address: str, task_queue: str, metrics_address: str) -> None:
-    """The baseline's worker process: Stanch's runtime settings (Prometheus), no Stanch code."""
-    runtime = metrics_runtime(Settings(worker_metrics_address=metrics_address))
-    client = await Client.connect(address, data_converter=pydantic_data_converter, runtime=runtime)
-    worker = Worker(client, task_queue=task_queue, workflows=[BareOpenIncident])
-    print(f"baseline worker polling {task_queue}", flush=True)  # what wait_until_worker_polls looks for
-    await worker.run()
 
 
 def signal(run: str, number: int) -> Signal:
@@ -118,6 +106,15 @@ def sticky_cache(metrics_address: str) -> dict[str, float]:
     return totals
 
 
+async def one_history(client: Client, task_queue: str) -> dict[str, int]:
+    """What one workflow of the run wrote before its gate: its events, and how many workflow tasks."""
+    async for listed in client.list_workflows(f'TaskQueue = "{task_queue}"', limit=1):
+        history = await client.get_workflow_handle(listed.id).fetch_history()
+        tasks = sum(1 for event in history.events if event.HasField("workflow_task_completed_event_attributes"))
+        return {"events_at_gate": len(history.events), "workflow_tasks_at_gate": tasks}
+    raise RuntimeError(f"no workflow listed on task queue {task_queue}")
+
+
 async def hold(client: Client, worker: Child, metrics_address: str, task_queue: str, starts: list) -> dict:
     """Start every workflow, wait until all sit at their gate, then read the worker's memory and cache."""
     idle_kib = resident_kib(worker.pid)
@@ -135,6 +132,7 @@ async def hold(client: Client, worker: Child, metrics_address: str, task_queue: 
         "rss_held_mib": round(held_kib / 1024, 1),
         "kib_per_open_workflow": round((held_kib - idle_kib) / len(starts), 1),
         "sticky_cache": sticky_cache(metrics_address),
+        **await one_history(client, task_queue),
     }
 
 
@@ -150,10 +148,7 @@ async def main(incidents: int) -> dict:
                 stanch_metrics = f"127.0.0.1:{free_port()}"
                 worker = stack.start_worker(extra_env={"STANCH_WORKER_METRICS_ADDRESS": stanch_metrics})
                 bare_metrics = f"127.0.0.1:{free_port()}"
-                bare_worker = stack.start(
-                    "bare-worker",
-                    [sys.executable, __file__, "--serve-baseline", address, bare_queue, bare_metrics],
-                )
+                bare_worker = stack.start_bare_worker(__file__, bare_queue, bare_metrics)
                 wait_until_worker_polls(worker)
                 wait_until_worker_polls(bare_worker)
                 catalog = load_catalog(default_runbooks_dir())
@@ -204,7 +199,8 @@ def positive(text: str) -> int:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--serve-baseline"]:  # the baseline's worker process (see serve_baseline)
-        asyncio.run(serve_baseline(*sys.argv[2:5]))
+        address, task_queue, metrics_address = sys.argv[2:5]
+        asyncio.run(serve_bare_worker(address, task_queue, [BareOpenIncident], [], metrics_address))
         sys.exit(0)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--incidents", type=positive, default=1000, help="open incidents held (and as many bare workflows)")

@@ -23,6 +23,12 @@ from importlib import metadata
 from pathlib import Path
 
 import httpx
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Worker
+
+from stanch.config.settings import Settings
+from stanch.temporal.client import metrics_runtime
 
 MODEL = "support-bot"
 
@@ -115,6 +121,16 @@ def wait_until_worker_polls(child: Child, timeout: float = 90) -> None:
     raise RuntimeError(f"{child.name} was not polling within {timeout}s; its log ends:\n{child.tail()}")
 
 
+async def serve_bare_worker(address: str, task_queue: str, workflows: list, activities: list, metrics_address: str | None) -> None:
+    """A baseline's worker process: the SDK's defaults and Stanch's runtime settings (Prometheus
+    when `metrics_address` is given), none of Stanch's code."""
+    runtime = metrics_runtime(Settings(worker_metrics_address=metrics_address))
+    client = await Client.connect(address, data_converter=pydantic_data_converter, runtime=runtime)
+    worker = Worker(client, task_queue=task_queue, workflows=workflows, activities=activities)
+    print(f"baseline worker polling {task_queue}", flush=True)  # what wait_until_worker_polls looks for
+    await worker.run()
+
+
 class BenchStack:
     """Stanch's parts for one benchmark run, sharing one STANCH_HOME under `workdir`."""
 
@@ -166,6 +182,11 @@ class BenchStack:
         gateway = self.stanch("gateway", "gateway", "--port", str(self.ports["gateway"]), "--dev")
         wait_until_answers(f"{self.gateway}/healthz", gateway)
 
+    def start_bare_worker(self, script: str, task_queue: str, metrics_address: str = "") -> Child:
+        """`script --serve-baseline ADDRESS TASK_QUEUE [METRICS_ADDRESS]`: a bench's baseline worker, started."""
+        command = [sys.executable, script, "--serve-baseline", self.env["TEMPORAL_ADDRESS"], task_queue, metrics_address]
+        return self.start("bare-worker", command)
+
     def start_worker(self, name: str = "worker", extra_env: dict[str, str] | None = None) -> Child:
         """`stanch worker`, started: `wait_until_worker_polls` waits until it polls."""
         return self.stanch(name, "worker", extra_env=extra_env)
@@ -194,4 +215,14 @@ class BenchStack:
             child.stop()
 
 
-__all__ = ["MODEL", "BenchStack", "Child", "free_port", "machine", "resident_kib", "wait_until_answers", "wait_until_worker_polls"]
+__all__ = [
+    "MODEL",
+    "BenchStack",
+    "Child",
+    "free_port",
+    "machine",
+    "resident_kib",
+    "serve_bare_worker",
+    "wait_until_answers",
+    "wait_until_worker_polls",
+]
