@@ -72,7 +72,7 @@ GIVE_UP_SECONDS = 60
 T = TypeVar("T")
 
 
-# --- the baseline (bench/bare_workflows.py) ----------------------------------------------------
+# --- both sides: waiting for what a user waits for --------------------------------------------
 
 
 async def poll(read, holds, what: str):
@@ -84,6 +84,9 @@ async def poll(read, holds, what: str):
             return value
         await asyncio.sleep(POLL_SECONDS)
     raise RuntimeError(f"{what} did not happen within {GIVE_UP_SECONDS}s; last read: {str(value)[:500]}")
+
+
+# --- the baseline (its workflow: bench/bare_workflows.py) ------------------------------------------
 
 
 async def bare_incident(client: Client, task_queue: str, approvals: list[float]) -> tuple[float, float]:

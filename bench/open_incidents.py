@@ -54,7 +54,7 @@ AT_ONCE = 50  # concurrent starts, as a busy intake sends them
 GIVE_UP_SECONDS = 600
 
 
-# --- the baseline (bench/bare_workflows.py) ----------------------------------------------------
+# --- what both sides start: the same signal (the baseline's workflow is in bench/bare_workflows.py) ---
 
 
 def signal(run: str, number: int) -> Signal:
