@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 
 import httpx
 
+from stanch.config.network import tls_verification
 from stanch.detectors import regex
 from stanch.detectors.regex import DetectorHit, mask
 from stanch.detectors.results import Scan, Undecided
@@ -101,7 +102,7 @@ class Detectors:
         scan = self.scan_regex(names, text, prompt)
         services = [name for name in names if not isinstance(self._specs[name], RegexSpec)]
         if services:
-            async with httpx.AsyncClient(transport=self._transport) as client:
+            async with httpx.AsyncClient(transport=self._transport, verify=tls_verification()) as client:
                 calls = []
                 for name in services:
                     spec = self._specs[name]

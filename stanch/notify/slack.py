@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from stanch.config.network import tls_verification
 from stanch.notify.channels import KIND_TITLES, ChannelError, SlackChannel, headline
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ def build_payload(notification: Notification, channel: SlackChannel) -> dict[str
 async def deliver(notification: Notification, channel: SlackChannel) -> None:
     payload = build_payload(notification, channel)
     try:
-        async with httpx.AsyncClient(timeout=channel.timeout_seconds, follow_redirects=False) as client:
+        async with httpx.AsyncClient(timeout=channel.timeout_seconds, follow_redirects=False, verify=tls_verification()) as client:
             response = await client.post(channel.webhook_url, json=payload)
     except httpx.HTTPError as exc:
         # httpx messages can carry the URL, which is the secret: say only what kind of failure.

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import httpx
 from standardwebhooks import Webhook
 
+from stanch.config.network import tls_verification
 from stanch.notify.channels import ChannelError, WebhookChannel
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ def build_request(notification: Notification, channel: WebhookChannel, now: date
 async def deliver(notification: Notification, channel: WebhookChannel) -> None:
     body, headers = build_request(notification, channel)
     try:
-        async with httpx.AsyncClient(timeout=channel.timeout_seconds, follow_redirects=False) as client:
+        async with httpx.AsyncClient(timeout=channel.timeout_seconds, follow_redirects=False, verify=tls_verification()) as client:
             response = await client.post(channel.url, content=body.encode(), headers=headers)
     except httpx.HTTPError as exc:
         raise ChannelError(f"webhook unreachable: {type(exc).__name__}") from None  # the URL may be a secret

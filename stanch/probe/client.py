@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel
 
+from stanch.config.network import tls_verification
 from stanch.probe.endpoint import ChatEndpoint
 
 # Error codes that mean "refused on purpose": the gateway's containment, OpenAI's and Azure's
@@ -178,7 +179,7 @@ async def ask(endpoint: ChatEndpoint, request: ChatRequest, headers: dict[str, s
     answers: list[ChatAnswer] = []
     use_n = request.samples > 1
     # A client per probe: activities may run on different event loops.
-    async with httpx.AsyncClient(timeout=endpoint.timeout_seconds) as client:
+    async with httpx.AsyncClient(timeout=endpoint.timeout_seconds, verify=tls_verification()) as client:
         while len(answers) < request.samples:
             wanted = request.samples - len(answers)
             asked = wanted if use_n else 1

@@ -8,6 +8,7 @@ import unicodedata
 
 import httpx
 
+from stanch.config.network import tls_verification
 from stanch.models.activity_io import Finding
 from stanch.runbooks.schema import ConfirmCheck
 
@@ -94,7 +95,7 @@ async def query_metric(check: ConfirmCheck, model: str, prometheus_url: str | No
     if not prometheus_url:
         return Finding(check=name, outcome="inconclusive", detail="no Prometheus configured (STANCH_PROMETHEUS_URL)")
     try:
-        async with httpx.AsyncClient(timeout=10) as client:
+        async with httpx.AsyncClient(timeout=10, verify=tls_verification()) as client:
             response = await client.get(f"{prometheus_url.rstrip('/')}/api/v1/query", params={"query": query})
             response.raise_for_status()
             result = response.json()["data"]["result"]

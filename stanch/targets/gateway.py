@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
+from stanch.config.network import tls_verification
 from stanch.models.actions import ActionSpec, AppliedAction
 from stanch.probe.endpoint import ChatEndpoint
 from stanch.targets.base import ApplyResult, JobStatus, PlannedCall, TargetError, unfit_value
@@ -87,12 +88,16 @@ class GatewayTarget:
     async def _request(
         self, method: str, path: str, *, json: dict[str, Any] | None = None, params: dict[str, str] | None = None
     ) -> dict[str, Any]:
-        # A client per call: activities may run on different event loops, and the
-        # connection cost is negligible next to the incident's timescale.
+        # A client per call: activities may run on different event loops. The trust store
+        # is loaded once per process (tls_verification): it was most of a new client's cost.
         what = f"{method} {self.base_url}{path}"
         try:
             async with httpx.AsyncClient(
-                base_url=self.base_url, timeout=self.timeout, headers=self.admin_headers, transport=self._transport
+                base_url=self.base_url,
+                timeout=self.timeout,
+                headers=self.admin_headers,
+                transport=self._transport,
+                verify=tls_verification(),
             ) as client:
                 response = await client.request(method, path, json=json, params=params)
         except httpx.HTTPError as exc:

@@ -47,7 +47,6 @@ adapter cannot know: every undo is sent as recorded.
 from __future__ import annotations
 
 import json
-import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -57,6 +56,7 @@ import httpx
 from pydantic import Field, ValidationError, field_validator
 from temporalio import activity
 
+from stanch.config.network import tls_verification
 from stanch.config.secrets import SecretUnavailable
 from stanch.models.actions import ActionSpec, AppliedAction
 from stanch.targets.base import (
@@ -414,7 +414,7 @@ class HttpTarget(ServesNoModel):
         if body is not None and content_type is None:
             headers["Content-Type"] = "application/json"
         content = None if body is None else (body if isinstance(body, str) else json.dumps(body))
-        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(self._ca_file)) if self._ca_file else True
+        verify = tls_verification(str(self._ca_file) if self._ca_file else None)
         try:
             async with httpx.AsyncClient(timeout=self.config.timeout_seconds, verify=verify, transport=self._transport) as client:
                 response = await client.request(request.method, url, headers=headers, content=content)

@@ -61,6 +61,7 @@ from urllib.parse import urlencode
 import httpx
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from stanch.config.network import tls_verification
 from stanch.config.secrets import SecretUnavailable, read_secret
 from stanch.models.actions import ActionSpec, AppliedAction
 from stanch.targets.base import ApplyResult, PlannedCall, ServesNoModel, TargetError
@@ -463,7 +464,11 @@ class MlflowTarget(ServesNoModel):
     def _session(self) -> RegistrySession:
         # A client per operation: activities may run on different event loops.
         http = httpx.AsyncClient(
-            base_url=self.base_url, timeout=self.config.timeout_seconds, transport=self._transport, headers=self._auth()
+            base_url=self.base_url,
+            timeout=self.config.timeout_seconds,
+            transport=self._transport,
+            headers=self._auth(),
+            verify=tls_verification(),
         )
         return RegistrySession(http, self.base_url)
 

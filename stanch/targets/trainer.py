@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from stanch.config.network import tls_verification
 from stanch.models.actions import ActionSpec, AppliedAction
 from stanch.targets.base import ApplyResult, JobStatus, NoStateToSnapshot, PlannedCall, ServesNoModel, TargetError
 
@@ -242,7 +243,9 @@ class OpenAITrainer(ServesNoModel):
         what = f"{method} {self.base_url}{path}"
         try:
             # A client per call: activities may run on different event loops.
-            async with httpx.AsyncClient(timeout=self.config.timeout_seconds, headers=self.headers, transport=self._transport) as client:
+            async with httpx.AsyncClient(
+                timeout=self.config.timeout_seconds, headers=self.headers, transport=self._transport, verify=tls_verification()
+            ) as client:
                 response = await client.request(
                     method, f"{self.base_url}{path}", json=json, params=params, files=files, data=data, headers=headers
                 )
