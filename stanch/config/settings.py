@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 
 # The task queue incident workflows and their activities run on, unless STANCH_TASK_QUEUE says otherwise.
 DEFAULT_TASK_QUEUE = "stanch-incidents"
@@ -32,6 +32,28 @@ def default_runbooks_dir() -> Path:
     if configured:
         return Path(configured)
     return Path(__file__).resolve().parents[2] / "runbooks"
+
+
+LogFormat = Literal["text", "json"]
+LOG_FORMAT_VARIABLE = "STANCH_LOG_FORMAT"
+
+
+class LogFormatError(ValueError):
+    """STANCH_LOG_FORMAT holds something other than text or json."""
+
+
+def parse_log_format(value: object) -> LogFormat:
+    """STANCH_LOG_FORMAT as every process reads it (the gateway too): text or json, in any case;
+    unset or blank is text."""
+    text = "" if value is None else str(value)
+    normalized = text.strip().lower() or "text"
+    if normalized not in ("text", "json"):
+        raise LogFormatError(f"{LOG_FORMAT_VARIABLE}={text!r}: use text or json")
+    return cast(LogFormat, normalized)
+
+
+class SettingsError(ValueError):
+    """An environment variable Stanch reads holds a value it cannot use; the message names it."""
 
 
 def _truthy(value: str) -> bool:
@@ -88,9 +110,24 @@ class Settings(BaseModel):
         pattern=r"^[^:/]+:\d{1,5}$",
         description="STANCH_WORKER_METRICS_ADDRESS: host:port where the worker serves the Temporal SDK's Prometheus metrics; unset: none",
     )
-    log_format: Literal["text", "json"] = Field(
-        "text", description="STANCH_LOG_FORMAT: text, or json (one JSON object per line, with incident_id and stage)"
+    log_format: LogFormat = Field("text", description="STANCH_LOG_FORMAT: text, or json (one JSON object per line, with incident_id and stage)")
+    trace_propagate_hosts: list[str] = Field(
+        default_factory=list,
+        description="STANCH_TRACE_PROPAGATE_HOSTS: comma-separated host or host:port that also get traceparent and baggage "
+        "(Stanch's gateway and API always do); every other host gets none",
     )
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _one_log_format_parser(cls, value: object) -> LogFormat:
+        return parse_log_format(value)
+
+    @field_validator("trace_propagate_hosts", mode="before")
+    @classmethod
+    def _comma_separated_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [host.strip().lower() for host in value.split(",") if host.strip()]
+        return value
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -127,6 +164,7 @@ class Settings(BaseModel):
             "worker_shutdown_seconds": "STANCH_WORKER_SHUTDOWN_SECONDS",
             "worker_metrics_address": "STANCH_WORKER_METRICS_ADDRESS",
             "log_format": "STANCH_LOG_FORMAT",
+            "trace_propagate_hosts": "STANCH_TRACE_PROPAGATE_HOSTS",
         }
         values: dict[str, object] = {field: env[var] for field, var in names.items() if env.get(var)}
         if "home" in values:
@@ -142,7 +180,17 @@ class Settings(BaseModel):
             values["targets"] = Path(str(values["targets"])).expanduser()
         if env.get("STANCH_UPSERT_SEARCH_ATTRIBUTES"):
             values["upsert_search_attributes"] = _truthy(env["STANCH_UPSERT_SEARCH_ATTRIBUTES"])
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ValidationError as invalid:
+            raise SettingsError(_named_problems(invalid, names)) from None
+
+    @property
+    def trace_propagation_hosts(self) -> list[str]:
+        """Where an outgoing request carries the trace (traceparent, baggage): Stanch's own gateway
+        and API (host:port), and STANCH_TRACE_PROPAGATE_HOSTS. Never a third party by default."""
+        own = [_authority(self.gateway_url), _authority(self.api_url)]
+        return list(dict.fromkeys(host for host in [*own, *self.trace_propagate_hosts] if host))
 
     def data_dir(self, name: str) -> Path:
         """A folder under home (created on first use) for one kind of record Stanch keeps."""
@@ -238,4 +286,31 @@ class Settings(BaseModel):
             env["STANCH_ARTEFACTS"] = self.artefacts_url
         if self.log_format != "text":
             env["STANCH_LOG_FORMAT"] = self.log_format
+        if self.trace_propagate_hosts:
+            env["STANCH_TRACE_PROPAGATE_HOSTS"] = ",".join(self.trace_propagate_hosts)
         return env
+
+
+def _authority(url: str) -> str:
+    """host:port of a URL, the port filled in from the scheme; "" when it has no host."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if not parts.hostname:
+        return ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.hostname.lower()}:{port}"
+
+
+def _named_problems(invalid: ValidationError, variables: Mapping[str, str]) -> str:
+    """One line per bad variable, naming it: `STANCH_X='value': what is wrong`."""
+    lines = []
+    for error in invalid.errors():
+        field = str(error["loc"][0]) if error["loc"] else ""
+        variable = variables.get(field, field)
+        cause = (error.get("ctx") or {}).get("error")
+        if isinstance(cause, ValueError) and str(cause).startswith(variable):
+            lines.append(str(cause))  # a validator of ours already named the variable
+        else:
+            lines.append(f"{variable}={error.get('input')!r}: {error['msg']}")
+    return "\n".join(lines)
