@@ -18,6 +18,7 @@ from stanch.cli.demo_upstream import demo_upstream
 from stanch.cli.responders import responders_app
 from stanch.cli.runbooks import runbooks_app
 from stanch.cli.temporal import temporal_app
+from stanch.config.settings import SettingsError
 
 app = typer.Typer(
     name="stanch",
@@ -68,6 +69,9 @@ def run() -> None:
         code = exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
         if isinstance(exit.code, str):
             print(exit.code, file=sys.stderr)
+    except SettingsError as problem:  # a STANCH_* variable Stanch cannot use: named, no traceback
+        print(f"error: {problem}", file=sys.stderr)
+        code = 1
     from stanch.temporal import client as temporal
 
     if not temporal.clients_opened:
