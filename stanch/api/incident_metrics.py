@@ -8,18 +8,33 @@ workflows from visibility and counts them by their search attributes:
                                                           as new is not counted: its successor is)
     stanch_approvals_waiting{runbook,severity}            incidents with a step waiting for approval
     stanch_approval_oldest_wait_seconds{runbook,severity} since the oldest of those was requested
-    stanch_approvals_unchecked{reason}                    incidents that may wait for an approval
-                                                          but whose state was not read this time
+    stanch_incidents_unacknowledged_past_sla{runbook,severity}
+                                                          incidents whose ack SLA passed with
+                                                          nobody acknowledging
+    stanch_incidents_unchecked{reason}                    open incidents whose attention was not
+                                                          read this time
     stanch_visibility_up                                  1 when the numbers above are current
 
-Whether an incident waits for an approval is not in its search attributes: only its state
-says. So the incidents whose status is one an approval gate can hold (`MAY_WAIT_FOR_APPROVAL`)
-are asked through the workflow's `state` query: the oldest-opened first, at most
-`QUERIED_AT_MOST` per refresh, together within `QUERY_BUDGET_SECONDS`. The others are counted
-in `stanch_approvals_unchecked` (reason `over_cap`, or `query_failed` when the query was not
-answered: no worker, a state too large to send), so a dashboard can tell "none waiting" from
-"not looked at". Visibility GROUP BY would be cheaper, but Temporal (1.32) groups by
-ExecutionStatus only, so the listing is counted here; at most `LISTED_AT_MOST` are listed.
+Rehearsals (`stanch runbooks plan --dry-run`: workflow ids starting `dryrun-`, or an incident
+whose `attention` answer says `dry_run`) are real workflows but no one's incident: they are left
+out of every number.
+
+Whether an incident waits for an approval, or is past its ack SLA unacknowledged, is not in its
+search attributes: only the workflow knows. So open incidents are asked through the workflow's
+small `attention` query (status, severity, pending approval, acknowledged, when the ack is due):
+the oldest-opened first, at most `QUERIED_AT_MOST` per refresh, together within
+`QUERY_BUDGET_SECONDS`. A workflow running an older build rejects that query; it is asked the
+full `state` query instead, which tells its pending approval but not its ack deadline. The
+others are counted in `stanch_incidents_unchecked` (reason `over_cap`, or `query_failed` when the
+query was not answered: no worker, a busy one), so a dashboard can tell "none waiting" from "not
+looked at". Visibility GROUP BY would be cheaper, but Temporal (1.32) groups by ExecutionStatus
+only, so the listing is counted here; at most `LISTED_AT_MOST` are listed.
+
+These reads go through a client without the tracing interceptor (`without_tracing`): a scrape
+every 15 s would otherwise fill trace search with query spans tagged with incident ids.
+
+Every API replica serves the same numbers (they are Temporal's, not the replica's): dashboards
+and rules take `max by (<every label>)` across instances before summing.
 
 A Temporal that cannot be reached never fails the scrape: the incident series are left out,
 `stanch_visibility_up` is 0, and the intake's own counters are served as always.
@@ -42,35 +57,50 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from pydantic import BaseModel
-from temporalio.client import Client, WorkflowExecution
+from temporalio.client import Client, WorkflowExecution, WorkflowQueryFailedError
+from temporalio.contrib.opentelemetry import TracingInterceptor
 
-from stanch.models.incident import WORKFLOW_NAME, IncidentStatus, PendingApproval
+from stanch.models.incident import WORKFLOW_NAME, PendingApproval
 from stanch.temporal import search_attributes as sa
 
 log = logging.getLogger(__name__)
 
 CACHE_SECONDS = 5.0  # two Prometheus servers scraping every 15 s cost one visibility read, not two
 LIST_BUDGET_SECONDS = 4.0  # listing (and connecting first, if need be): well inside a 10 s scrape timeout
-QUERY_BUDGET_SECONDS = 3.0  # all of a refresh's state queries together
-QUERY_TIMEOUT = timedelta(seconds=2)  # one state query
-QUERIED_AT_MOST = 50  # state queries per refresh: each one costs the worker a query task
+QUERY_BUDGET_SECONDS = 3.0  # all of a refresh's queries together
+QUERY_TIMEOUT = timedelta(seconds=2)  # one query
+QUERIED_AT_MOST = 50  # queries per refresh: each one costs the worker a query task
 QUERIES_AT_ONCE = 8
 LISTED_AT_MOST = 10_000
 UNKNOWN = "unknown"
-
-# Statuses in which a gate (contain, rollback, hotfix, restore) can be waiting for approval:
-# each stage's status is set only once its gate has passed, so the wait shows the one before.
-MAY_WAIT_FOR_APPROVAL = frozenset(
-    {IncidentStatus.confirmed, IncidentStatus.containing, IncidentStatus.rolling_back, IncidentStatus.hotfixing, IncidentStatus.verifying}
-)
+REHEARSAL_PREFIX = "dryrun-"  # `stanch runbooks plan --dry-run` names its incidents so (stanch/cli/plan.py)
+ATTENTION_QUERY = "attention"  # small: what needs a person now
+STATE_QUERY = "state"  # the whole incident: asked only of a build without `attention`
 
 RUNNING_INCIDENTS = f"WorkflowType = '{WORKFLOW_NAME}' AND ExecutionStatus = 'Running'"
 
 
-class PendingApprovalView(BaseModel):
-    """The one part of the `state` query's answer read here (the rest is ignored)."""
+class AttentionView(BaseModel):
+    """The parts of the workflow's `attention` answer read here (the rest is ignored)."""
+
+    dry_run: bool = False
+    pending_approval: PendingApproval | None = None
+    acknowledged: bool = False
+    ack_due_at: datetime | None = None
+
+    def past_ack_sla(self, now: datetime) -> bool:
+        return not self.acknowledged and self.ack_due_at is not None and self.ack_due_at <= now
+
+
+class StateView(BaseModel):
+    """The parts of the `state` query's answer read here, from a build that has no `attention`
+    query: its pending approval. Its ack deadline is not in its state (the runbook's policy
+    sets it), so such an incident is never counted past its ack SLA."""
 
     pending_approval: PendingApproval | None = None
+
+    def as_attention(self) -> AttentionView:
+        return AttentionView(pending_approval=self.pending_approval)
 
 
 @dataclass(frozen=True)
@@ -94,6 +124,10 @@ class OpenIncident:
             opened_at=attributes.get(sa.INCIDENT_OPENED_AT) or execution.start_time,
         )
 
+    @property
+    def rehearsal(self) -> bool:
+        return self.id.startswith(REHEARSAL_PREFIX)
+
 
 @dataclass
 class IncidentCounts:
@@ -103,7 +137,30 @@ class IncidentCounts:
     open: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (runbook, severity, status)
     waiting: Counter[tuple[str, str]] = field(default_factory=Counter)  # (runbook, severity)
     oldest_wait_seconds: dict[tuple[str, str], float] = field(default_factory=dict)
+    past_ack_sla: Counter[tuple[str, str]] = field(default_factory=Counter)  # (runbook, severity)
     unchecked: Counter[str] = field(default_factory=Counter)  # reason -> incidents
+
+
+def without_tracing(client: Client) -> Client:
+    """The same connection, namespace and data converter, without the tracing interceptor: reads
+    made every scrape are not worth a span each (nor the worker's answering span)."""
+    config = client.config()
+    config["interceptors"] = [interceptor for interceptor in config["interceptors"] if not isinstance(interceptor, TracingInterceptor)]
+    return Client(**config)
+
+
+def untraced(client: Callable[[], Awaitable[Client]]) -> Callable[[], Awaitable[Client]]:
+    """A client factory giving `without_tracing` of what `client` gives, made once per client."""
+    made: dict[int, Client] = {}
+
+    async def untraced_client() -> Client:
+        shared = await client()
+        if id(shared) not in made:
+            made.clear()  # a reconnected client replaces the old one
+            made[id(shared)] = without_tracing(shared)
+        return made[id(shared)]
+
+    return untraced_client
 
 
 class IncidentGauges(Collector):
@@ -148,50 +205,61 @@ class IncidentGauges(Collector):
             executions = [execution async for execution in client.list_workflows(RUNNING_INCIDENTS, limit=LISTED_AT_MOST, page_size=1000)]
         if len(executions) >= LISTED_AT_MOST:
             log.warning("metrics: more than %d incidents are open; only the first %d are counted", LISTED_AT_MOST, LISTED_AT_MOST)
-        incidents = [OpenIncident.from_execution(execution) for execution in executions]
+        listed = [OpenIncident.from_execution(execution) for execution in executions]
+        incidents = sorted((incident for incident in listed if not incident.rehearsal), key=lambda incident: incident.opened_at)
+        # Acknowledgement is not in visibility: every open incident may need someone, so the
+        # oldest-opened are asked, up to the cap.
+        to_query, over_cap = incidents[: self._queried_at_most], incidents[self._queried_at_most :]
+        answers = await self._attention(client, to_query)
+        rehearsals = {incident_id for incident_id, answer in answers.items() if answer.dry_run}
+
         counts = IncidentCounts(up=True)
-        for incident in incidents:
-            counts.open[(incident.runbook, incident.severity, incident.status)] += 1
-            counts.waiting[(incident.runbook, incident.severity)] += 0  # a series for every open combination
-        may_wait = sorted((i for i in incidents if i.status in MAY_WAIT_FOR_APPROVAL), key=lambda i: i.opened_at)
-        to_query, over_cap = may_wait[: self._queried_at_most], may_wait[self._queried_at_most :]
-        counts.unchecked["over_cap"] = len(over_cap)
-        pending = await self._pending_approvals(client, to_query)
-        counts.unchecked["query_failed"] = sum(1 for incident in to_query if incident.id not in pending)
         now = datetime.now(UTC)
-        for incident in to_query:
-            approval = pending.get(incident.id)
-            if approval is None:
+        for incident in incidents:
+            if incident.id in rehearsals:
                 continue
             key = (incident.runbook, incident.severity)
-            counts.waiting[key] += 1
-            waited = max(0.0, (now - approval.requested_at).total_seconds())
-            counts.oldest_wait_seconds[key] = max(waited, counts.oldest_wait_seconds.get(key, 0.0))
+            counts.open[(incident.runbook, incident.severity, incident.status)] += 1
+            counts.waiting[key] += 0  # a series for every open combination: 0 is not "unknown"
+            counts.past_ack_sla[key] += 0
+            answer = answers.get(incident.id)
+            if answer is None:
+                continue
+            if answer.past_ack_sla(now):
+                counts.past_ack_sla[key] += 1
+            if answer.pending_approval is not None:
+                counts.waiting[key] += 1
+                waited = max(0.0, (now - answer.pending_approval.requested_at).total_seconds())
+                counts.oldest_wait_seconds[key] = max(waited, counts.oldest_wait_seconds.get(key, 0.0))
+        counts.unchecked["over_cap"] = len(over_cap)
+        counts.unchecked["query_failed"] = sum(1 for incident in to_query if incident.id not in answers)
         return counts
 
-    async def _pending_approvals(self, client: Client, incidents: list[OpenIncident]) -> dict[str, PendingApproval | None]:
-        """Incident id -> its pending approval (None: nothing waits), for those whose state query
-        answered within the budget."""
+    async def _attention(self, client: Client, incidents: list[OpenIncident]) -> dict[str, AttentionView]:
+        """Incident id -> what needs a person in it, for those whose query answered within the budget."""
         limit = asyncio.Semaphore(QUERIES_AT_ONCE)
 
-        async def ask(incident: OpenIncident) -> PendingApproval | None:
+        async def ask(incident: OpenIncident) -> AttentionView:
             async with limit:
                 handle = client.get_workflow_handle(incident.id, run_id=incident.run_id)
-                view = await handle.query("state", result_type=PendingApprovalView, rpc_timeout=QUERY_TIMEOUT)
-                return view.pending_approval
+                try:
+                    return await handle.query(ATTENTION_QUERY, result_type=AttentionView, rpc_timeout=QUERY_TIMEOUT)
+                except WorkflowQueryFailedError:  # an older build, without the query: its whole state
+                    state = await handle.query(STATE_QUERY, result_type=StateView, rpc_timeout=QUERY_TIMEOUT)
+                    return state.as_attention()
 
         tasks = {incident.id: asyncio.create_task(ask(incident)) for incident in incidents}
         if not tasks:
             return {}
         await asyncio.wait(tasks.values(), timeout=QUERY_BUDGET_SECONDS)
-        answered: dict[str, PendingApproval | None] = {}
+        answered: dict[str, AttentionView] = {}
         for incident_id, task in tasks.items():
             if not task.done():
                 task.cancel()
             elif task.exception() is None:
                 answered[incident_id] = task.result()
             else:
-                log.debug("metrics: state query of %s failed: %s", incident_id, task.exception())
+                log.debug("metrics: attention query of %s failed: %s", incident_id, task.exception())
         return answered
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -204,9 +272,17 @@ class IncidentGauges(Collector):
         if not counts.up:
             return
         yield _gauge(
-            "stanch_incidents_open", "Running incidents by runbook, severity and status.", ["runbook", "severity", "status"], counts.open
+            "stanch_incidents_open",
+            "Running incidents by runbook, severity and status (rehearsals left out). Every API replica serves the same numbers.",
+            ["runbook", "severity", "status"],
+            counts.open,
         )
-        yield _gauge("stanch_approvals_waiting", "Incidents with a step waiting for approval.", ["runbook", "severity"], counts.waiting)
+        yield _gauge(
+            "stanch_approvals_waiting",
+            f"Incidents with a step waiting for approval, among the {self._queried_at_most} oldest-opened.",
+            ["runbook", "severity"],
+            counts.waiting,
+        )
         yield _gauge(
             "stanch_approval_oldest_wait_seconds",
             "Seconds since the oldest approval still waiting was requested.",
@@ -214,9 +290,16 @@ class IncidentGauges(Collector):
             counts.oldest_wait_seconds,
         )
         yield _gauge(
-            "stanch_approvals_unchecked",
-            f"Incidents that may wait for an approval whose state was not read this time: over_cap (more than {self._queried_at_most}"
-            " per refresh) or query_failed.",
+            "stanch_incidents_unacknowledged_past_sla",
+            f"Incidents whose ack SLA passed with nobody acknowledging; covers at most the {self._queried_at_most} oldest-opened"
+            " incidents (see stanch_incidents_unchecked).",
+            ["runbook", "severity"],
+            counts.past_ack_sla,
+        )
+        yield _gauge(
+            "stanch_incidents_unchecked",
+            f"Open incidents not asked this time whether they wait for an approval or an acknowledgement: over_cap (more than"
+            f" {self._queried_at_most} per refresh) or query_failed.",
             ["reason"],
             {(reason,): number for reason, number in counts.unchecked.items()},
         )

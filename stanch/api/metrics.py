@@ -35,7 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stanch.api.auth import intake_source
 from stanch.api.deps import TemporalConnection
-from stanch.api.incident_metrics import IncidentGauges
+from stanch.api.incident_metrics import IncidentGauges, untraced
 from stanch.intake.auth import INTAKE_SOURCES
 
 OUTCOMES = (
@@ -185,7 +185,8 @@ router = APIRouter(tags=["operations"])
 )
 async def metrics(request: Request) -> Response:
     """Intake deliveries by source and outcome, signals routed by runbook, closing notices
-    dropped, intake latency; open incidents and waiting approvals, read from Temporal
+    dropped, intake latency; open incidents, waiting approvals and acknowledgements past their
+    SLA, read from Temporal
     (`stanch_visibility_up` 0 when it could not be: the intake's numbers are served anyway)."""
     intake_metrics: IntakeMetrics = request.app.state.metrics
     await incident_gauges(request).refresh()
@@ -195,10 +196,11 @@ async def metrics(request: Request) -> Response:
 
 def incident_gauges(request: Request) -> IncidentGauges:
     """The app's incident gauges, made at the first scrape and registered beside the intake's
-    counters (an app never scraped never reads Temporal's visibility)."""
+    counters (an app never scraped never reads Temporal's visibility). They share the API's
+    connection through a client without tracing: a scrape is not worth a trace."""
     gauges: IncidentGauges | None = getattr(request.app.state, "incident_gauges", None)
     if gauges is None:
         connection: TemporalConnection = request.app.state.temporal
-        gauges = request.app.state.incident_gauges = IncidentGauges(connection.client)
+        gauges = request.app.state.incident_gauges = IncidentGauges(untraced(connection.client))
         request.app.state.metrics.registry.register(gauges)
     return gauges

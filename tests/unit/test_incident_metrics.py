@@ -1,7 +1,7 @@
 """Stanch's own metrics, without a Temporal server.
 
-API side: the incident gauges over a fake Temporal client (the listing and the state query are
-all they use), read back through Prometheus' own parser. Worker side: the action and
+API side: the incident gauges over a fake Temporal client (the listing and the attention query,
+or the state query of an older build, are all they use), read back through Prometheus' own parser. Worker side: the action and
 notification counters through the activity's metric meter, recorded by a fake meter.
 """
 
@@ -18,7 +18,10 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from temporalio.client import Client, WorkflowQueryFailedError
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.contrib.opentelemetry import TracingInterceptor
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import ActivityEnvironment
 
@@ -26,7 +29,7 @@ from activities.contain import ContainActivities
 from activities.notify import NotifyActivities
 from activities.restore import RestoreActivities
 from stanch.api.app import create_app
-from stanch.api.incident_metrics import IncidentGauges
+from stanch.api.incident_metrics import IncidentGauges, untraced, without_tracing
 from stanch.config.settings import Settings
 from stanch.models.actions import ActionSpec, AppliedAction, TargetRef
 from stanch.models.activity_io import ApplyInput, Notification, UndoInput
@@ -61,14 +64,15 @@ class Execution:
 
 
 class FakeTemporal:
-    """Lists `executions`; answers the state query with `states[id]` (a PendingApproval's
-    fields or None); refuses everything while `down`."""
+    """Lists `executions`; answers the `attention` query with `attention[id]` (its fields), or,
+    for an incident in `old_builds`, rejects it as an older build does and answers `state`;
+    an incident with no entry has no worker to answer. Refuses everything while `down`."""
 
-    def __init__(self, executions: list[Any], states: dict[str, dict[str, Any] | None]) -> None:
-        self.executions, self.states = executions, states
+    def __init__(self, executions: list[Any], attention: dict[str, dict[str, Any]], old_builds: frozenset[str] = frozenset()) -> None:
+        self.executions, self.attention, self.old_builds = executions, attention, old_builds
         self.down = False
         self.listings: list[str] = []
-        self.queried: list[str] = []
+        self.queried: list[tuple[str, str]] = []  # (incident id, query name)
 
     async def list_workflows(self, query: str, limit: int, page_size: int) -> AsyncIterator[Any]:
         self.listings.append(query)
@@ -77,16 +81,25 @@ class FakeTemporal:
         for execution in self.executions[:limit]:
             yield execution
 
+    def asked(self, query: str = "attention") -> list[str]:
+        return sorted(incident_id for incident_id, name in self.queried if name == query)
+
     def get_workflow_handle(self, incident_id: str, run_id: str | None = None) -> Any:
         temporal = self
 
         class Handle:
             async def query(self, name: str, result_type: Any, rpc_timeout: timedelta) -> Any:
-                assert name == "state"
-                temporal.queried.append(incident_id)
-                if incident_id not in temporal.states:
+                temporal.queried.append((incident_id, name))
+                if incident_id not in temporal.attention:
                     raise RPCError("no poller seen for task queue", RPCStatusCode.FAILED_PRECONDITION, b"")
-                return result_type.model_validate({"pending_approval": temporal.states[incident_id]})
+                answer = temporal.attention[incident_id]
+                if incident_id in temporal.old_builds:
+                    if name == "attention":
+                        raise WorkflowQueryFailedError("Query handler for 'attention' expected but not found, known queries: [state]")
+                    state = {"id": incident_id, "pending_approval": answer.get("pending_approval"), "timeline": [{"kind": "x"}] * 100}
+                    return result_type.model_validate(state)
+                assert name == "attention", "a current build is never asked its whole state"
+                return result_type.model_validate(answer)
 
         return Handle()
 
@@ -94,6 +107,28 @@ class FakeTemporal:
 def waiting_since(minutes_ago: float, stage: str = "rollback") -> dict[str, Any]:
     requested = NOW - timedelta(minutes=minutes_ago)
     return {"stage": stage, "severity": "medium", "count": 1, "roles": ["oncall"], "requested_at": requested.isoformat()}
+
+
+def attention(
+    status: str,
+    *,
+    waiting: dict[str, Any] | None = None,
+    acknowledged: bool = True,
+    ack_due_minutes: float | None = None,
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    """An `attention` answer; `ack_due_minutes` from now (negative: already passed)."""
+    due = None if ack_due_minutes is None else (NOW + timedelta(minutes=ack_due_minutes)).isoformat()
+    return {
+        "status": status,
+        "severity": "medium",
+        "runbook": "harmful-output",
+        "dry_run": dry_run,
+        "pending_approval": waiting,
+        "acknowledged": acknowledged,
+        "ack_due_at": due,
+        "escalation_tier": 0,
+    }
 
 
 def gauges_over(temporal: FakeTemporal, **options: Any) -> tuple[IncidentGauges, CollectorRegistry]:
@@ -117,6 +152,10 @@ def scrape(registry: CollectorRegistry) -> dict[tuple[str, frozenset[tuple[str, 
     }
 
 
+def series(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str) -> dict[frozenset[tuple[str, str]], float]:
+    return {key[1]: value for key, value in samples.items() if key[0] == name}
+
+
 def labels(**values: str) -> frozenset[tuple[str, str]]:
     return frozenset(values.items())
 
@@ -126,11 +165,21 @@ def incidents() -> FakeTemporal:
         [
             Execution("leak-1", "harmful-output", "medium", "containing", opened_minutes_ago=30),  # waits for rollback
             Execution("leak-2", "harmful-output", "medium", "containing", opened_minutes_ago=10),  # waits too, for less long
-            Execution("leak-3", "harmful-output", "medium", "restoring", opened_minutes_ago=5),  # past every gate: not asked
-            Execution("pii-1", "pii-leak", "high", "confirmed", opened_minutes_ago=2),  # contain is automatic: nothing waits
-            Execution("tox-1", "toxic-content", "low", "triage", opened_minutes_ago=1),  # a triage is no approval: not asked
+            Execution("leak-3", "harmful-output", "medium", "restoring", opened_minutes_ago=5),  # nothing waits
+            Execution("pii-1", "pii-leak", "high", "confirmed", opened_minutes_ago=2),  # past its ack deadline, but acknowledged
+            Execution("tox-1", "toxic-content", "low", "triage", opened_minutes_ago=1),  # nobody acknowledged it in time
+            Execution("dryrun-leak-1-a1b2c3", "harmful-output", "medium", "containing", opened_minutes_ago=40),  # a rehearsal
         ],
-        {"leak-1": waiting_since(20), "leak-2": waiting_since(3), "pii-1": None},
+        {
+            "leak-1": attention("containing", waiting=waiting_since(20)),
+            "leak-2": attention("containing", waiting=waiting_since(3), acknowledged=False, ack_due_minutes=5),
+            "leak-3": attention("restoring"),
+            "pii-1": attention("confirmed", acknowledged=True, ack_due_minutes=-1),
+            "tox-1": attention("triage", acknowledged=False, ack_due_minutes=-0.5),
+            "dryrun-leak-1-a1b2c3": attention(
+                "containing", waiting=waiting_since(35), acknowledged=False, ack_due_minutes=-30, dry_run=True
+            ),
+        },
     )
 
 
@@ -141,37 +190,99 @@ async def test_open_incidents_are_counted_by_runbook_severity_and_status_and_wai
     samples = scrape(registry)
 
     assert samples[("stanch_visibility_up", labels())] == 1
-    open_incidents = {key[1]: value for key, value in samples.items() if key[0] == "stanch_incidents_open"}
-    assert open_incidents == {
+    assert series(samples, "stanch_incidents_open") == {
         labels(runbook="harmful-output", severity="medium", status="containing"): 2,
         labels(runbook="harmful-output", severity="medium", status="restoring"): 1,
         labels(runbook="pii-leak", severity="high", status="confirmed"): 1,
         labels(runbook="toxic-content", severity="low", status="triage"): 1,
-    }
+    }, "the rehearsal is not an open incident"
     assert "ExecutionStatus = 'Running'" in temporal.listings[0], "a run that continued as new is not an open incident"
-    assert sorted(temporal.queried) == ["leak-1", "leak-2", "pii-1"], "only incidents a gate can hold are asked"
-    assert samples[("stanch_approvals_waiting", labels(runbook="harmful-output", severity="medium"))] == 2
-    assert samples[("stanch_approvals_waiting", labels(runbook="pii-leak", severity="high"))] == 0
+    assert temporal.asked() == ["leak-1", "leak-2", "leak-3", "pii-1", "tox-1"], "every open incident may need someone; not rehearsals"
+    assert series(samples, "stanch_approvals_waiting") == {
+        labels(runbook="harmful-output", severity="medium"): 2,
+        labels(runbook="pii-leak", severity="high"): 0,
+        labels(runbook="toxic-content", severity="low"): 0,
+    }
     oldest = samples[("stanch_approval_oldest_wait_seconds", labels(runbook="harmful-output", severity="medium"))]
-    assert 20 * 60 <= oldest < 21 * 60
+    assert 20 * 60 <= oldest < 21 * 60, "the rehearsal's 35 minutes are not anyone's wait"
     assert ("stanch_approval_oldest_wait_seconds", labels(runbook="pii-leak", severity="high")) not in samples
-    assert samples[("stanch_approvals_unchecked", labels(reason="over_cap"))] == 0
-    assert samples[("stanch_approvals_unchecked", labels(reason="query_failed"))] == 0
+    assert samples[("stanch_incidents_unchecked", labels(reason="over_cap"))] == 0
+    assert samples[("stanch_incidents_unchecked", labels(reason="query_failed"))] == 0
+
+
+async def test_an_incident_past_its_ack_deadline_with_nobody_acknowledging_is_counted_until_someone_does() -> None:
+    temporal = incidents()
+    now = [0.0]
+    gauges, registry = gauges_over(temporal, clock=lambda: now[0])
+    await gauges.refresh()
+    assert series(scrape(registry), "stanch_incidents_unacknowledged_past_sla") == {
+        labels(runbook="harmful-output", severity="medium"): 0,  # leak-2 is unacknowledged but not due yet; the rehearsal is not counted
+        labels(runbook="pii-leak", severity="high"): 0,  # past due, but acknowledged
+        labels(runbook="toxic-content", severity="low"): 1,
+    }
+    temporal.attention["tox-1"]["acknowledged"] = True
+    now[0] += 60
+    await gauges.refresh()
+    assert scrape(registry)[("stanch_incidents_unacknowledged_past_sla", labels(runbook="toxic-content", severity="low"))] == 0
+
+
+async def test_an_incident_that_says_it_is_a_rehearsal_is_left_out_whatever_its_id() -> None:
+    temporal = incidents()
+    temporal.attention["tox-1"]["dry_run"] = True
+    gauges, registry = gauges_over(temporal)
+    await gauges.refresh()
+    samples = scrape(registry)
+    assert not any(dict(key).get("runbook") == "toxic-content" for key in series(samples, "stanch_incidents_open"))
+    assert not any(dict(key).get("runbook") == "toxic-content" for key in series(samples, "stanch_incidents_unacknowledged_past_sla"))
+
+
+async def test_an_incident_on_an_older_build_without_the_attention_query_is_asked_its_state() -> None:
+    temporal = incidents()
+    temporal.old_builds = frozenset({"leak-1", "tox-1"})
+    gauges, registry = gauges_over(temporal)
+    await gauges.refresh()
+    samples = scrape(registry)
+    assert temporal.asked("state") == ["leak-1", "tox-1"], "only the builds that rejected `attention`"
+    assert samples[("stanch_approvals_waiting", labels(runbook="harmful-output", severity="medium"))] == 2
+    assert samples[("stanch_incidents_unchecked", labels(reason="query_failed"))] == 0
+    # Its state does not carry the ack deadline (the runbook's policy does): it is not counted past it.
+    assert samples[("stanch_incidents_unacknowledged_past_sla", labels(runbook="toxic-content", severity="low"))] == 0
 
 
 async def test_past_the_query_cap_the_oldest_incidents_are_asked_and_the_rest_counted_as_unchecked() -> None:
     temporal = incidents()
-    del temporal.states["pii-1"]  # its worker does not answer
+    del temporal.attention["leak-2"]  # its worker does not answer
     gauges, registry = gauges_over(temporal, queried_at_most=2)
     await gauges.refresh()
     samples = scrape(registry)
-    assert sorted(temporal.queried) == ["leak-1", "leak-2"], "the two opened longest ago"
-    assert samples[("stanch_approvals_unchecked", labels(reason="over_cap"))] == 1
-    assert samples[("stanch_approvals_waiting", labels(runbook="harmful-output", severity="medium"))] == 2
+    assert temporal.asked() == ["leak-1", "leak-2"], "the two opened longest ago (the older rehearsal is not asked)"
+    assert samples[("stanch_incidents_unchecked", labels(reason="over_cap"))] == 3
+    assert samples[("stanch_incidents_unchecked", labels(reason="query_failed"))] == 1
+    assert samples[("stanch_approvals_waiting", labels(runbook="harmful-output", severity="medium"))] == 1
+    help_text = generate_latest(registry).decode()
+    assert "HELP stanch_incidents_unacknowledged_past_sla" in help_text and "at most the 2 oldest-opened" in help_text
 
-    gauges, registry = gauges_over(temporal)
-    await gauges.refresh()
-    assert scrape(registry)[("stanch_approvals_unchecked", labels(reason="query_failed"))] == 1
+
+def test_the_gauges_read_through_the_same_connection_without_the_tracing_interceptor() -> None:
+    connection = object()  # the service client: the one gRPC connection the API holds
+    traced = Client(connection, namespace="stanch", data_converter=pydantic_data_converter, interceptors=[TracingInterceptor()])  # type: ignore[arg-type]
+    plain = without_tracing(traced)
+    assert plain.service_client is connection and plain.namespace == "stanch"
+    assert plain.data_converter is traced.data_converter, "payloads (encrypted or not) read the same"
+    assert not any(isinstance(interceptor, TracingInterceptor) for interceptor in plain.config()["interceptors"])
+
+
+async def test_the_untraced_client_is_made_once_per_connected_client() -> None:
+    connected = [Client(object(), interceptors=[TracingInterceptor()])]  # type: ignore[arg-type]
+
+    async def client() -> Client:
+        return connected[-1]
+
+    factory = untraced(client)
+    first = await factory()
+    assert await factory() is first
+    connected.append(Client(object()))  # type: ignore[arg-type]  # the API reconnected
+    assert await factory() is not first
 
 
 async def test_scrapes_within_the_cache_time_read_temporal_once() -> None:
