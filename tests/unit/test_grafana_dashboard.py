@@ -41,7 +41,18 @@ CONTRACT = {
     "stanch_incidents_open": "gauge",
     "stanch_approvals_waiting": "gauge",
     "stanch_approval_oldest_wait_seconds": "gauge",
+    "stanch_incidents_unacknowledged_past_sla": "gauge",
+    "stanch_incidents_unchecked": "gauge",
     "stanch_visibility_up": "gauge",
+}
+# The API's gauges read from Temporal, with their labels: every API replica serves the same
+# numbers, so summed across instances each incident counts once per replica.
+SAME_ON_EVERY_REPLICA = {
+    "stanch_incidents_open": {"runbook", "severity", "status"},
+    "stanch_approvals_waiting": {"runbook", "severity"},
+    "stanch_approval_oldest_wait_seconds": {"runbook", "severity"},
+    "stanch_incidents_unacknowledged_past_sla": {"runbook", "severity"},
+    "stanch_incidents_unchecked": {"reason"},
 }
 # Prometheus's own: whether a target answered its scrape.
 PROMETHEUS_OWN = {"up"}
@@ -237,6 +248,38 @@ def test_the_name_check_catches_a_renamed_metric() -> None:
     assert is_temporal_sdk_metric("temporal_workflow_task_execution_latency_seconds_bucket", sdk)
     assert is_temporal_sdk_metric("temporal_sticky_cache_hit_total", sdk)
     assert not is_temporal_sdk_metric("temporal_workflow_task_latency_seconds_bucket", sdk)
+
+
+def replica_reads_not_merged(expression: str) -> list[str]:
+    """Each read of a gauge every API replica serves alike that is not the direct argument of a
+    `max` (by none, or some, of its own labels: never `instance`), so it could be summed per replica."""
+    found = []
+    for name, own_labels in SAME_ON_EVERY_REPLICA.items():
+        for read in re.finditer(rf"(?<![\w:]){name}(?![\w:])", expression):
+            merged = re.search(r"\bmax\s*(?:by\s*\(([^)]*)\))?\s*\(\s*$", expression[: read.start()])
+            kept = {label.strip() for label in (merged.group(1) or "").split(",") if label.strip()} if merged else set()
+            if merged is None or not kept <= own_labels:
+                found.append(name)
+    return found
+
+
+def test_gauges_every_api_replica_serves_are_merged_with_max_before_any_sum() -> None:
+    unmerged = [
+        f"{where}: {name}"
+        for where, expression in dashboard_expressions() + rule_expressions()
+        for name in replica_reads_not_merged(expression)
+    ]
+    assert not unmerged, "read without `max by (<its labels>)` first: with two API replicas this shows double:\n" + "\n".join(unmerged)
+
+
+def test_the_replica_check_catches_a_sum_across_instances() -> None:
+    assert replica_reads_not_merged('sum by (status) (stanch_incidents_open{runbook=~"a"})') == ["stanch_incidents_open"]
+    assert replica_reads_not_merged("sum(stanch_approvals_waiting) + max by (instance) (stanch_incidents_unchecked)") == [
+        "stanch_approvals_waiting",
+        "stanch_incidents_unchecked",
+    ]
+    assert replica_reads_not_merged("sum by (status) (max by (runbook, severity, status) (stanch_incidents_open))") == []
+    assert replica_reads_not_merged('max by (runbook,severity) (stanch_incidents_open{status="triage"}) > 0') == []
 
 
 # --- provisioning ----------------------------------------------------------------------------

@@ -87,9 +87,13 @@ def test_every_stanch_alert_is_tested_and_says_what_to_do() -> None:
         if case.get("exp_alerts")
     }
     rules = alerting_rules(SELF_RULES)
-    assert {"StanchIncidentAckSLABreached", "StanchApprovalWaitingTooLong", "StanchNoWorker", "StanchIntakeErrors"} <= {
-        rule["alert"] for rule in rules
-    }
+    assert {
+        "StanchIncidentAckSLABreached",
+        "StanchApprovalWaitingTooLong",
+        "StanchIncidentAwaitingPerson",
+        "StanchNoWorker",
+        "StanchIntakeErrors",
+    } <= {rule["alert"] for rule in rules}
     for rule in rules:
         name = rule["alert"]
         assert name in tested, f"{name}: no promtool test shows it firing (deploy/prometheus/tests/)"
