@@ -26,6 +26,7 @@ from typing import cast
 from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
+from workflows.attention import attention_of
 from workflows.clocks import Clocks
 from workflows.failures import HandOver, HarmIsBack, IncidentAborted, StepFailed, cause_of
 from workflows.gates import Gates
@@ -68,7 +69,7 @@ with workflow.unsafe.imports_passed_through():
         SeverityChange,
         TriageDecision,
     )
-    from stanch.models.incident import EvidenceRecord, IncidentInput, IncidentState, IncidentStatus, StageStatus
+    from stanch.models.incident import Attention, EvidenceRecord, IncidentInput, IncidentState, IncidentStatus, StageStatus
     from stanch.models.signals import Signal
     from stanch.runbooks.schema import Runbook, Verify
 
@@ -372,8 +373,12 @@ class IncidentWorkflow:
                 await self.undo(applied)
                 finished.append(f"restore/{applied.idempotency_key}")
         still = self.record.still_in_place()
-        self.record.mark("restore", StageStatus.done, f"still in place: {', '.join(still)}" if still else "every protection undone")
-        self.clocks.milestones.reached("restore")
+        if still:  # harm came back, an undo was skipped, or a step cannot be undone: not restored
+            self.record.mark("restore", StageStatus.done, f"still in place: {', '.join(still)}")
+            self.clocks.milestones.fell_short("restore", f"partial: still in place: {', '.join(still)}")
+        else:
+            self.record.mark("restore", StageStatus.done, "every protection undone")
+            self.clocks.milestones.reached("restore")
 
     async def undo(self, applied: AppliedAction) -> None:
         undone = await self.gates.attempt(
@@ -524,6 +529,10 @@ class IncidentWorkflow:
     @workflow.query(name="state")
     def current_state(self) -> IncidentState:
         return self.state
+
+    @workflow.query(name="attention")
+    def attention(self) -> Attention:
+        return attention_of(self.record)
 
 
 def verification_summary(result: VerifyResult) -> str:

@@ -4,15 +4,19 @@ and the lifecycle metrics Prometheus scrapes from the worker.
 
 Everything here is bookkeeping: state fields, timeline notes and metrics, never a command (the
 SDK's metric meter records nothing on replay). Each metric is emitted once per occurrence: the
-memory says which were (`metrics_emitted`), so a continued run does not emit them again.
+memory says which were (`metrics_emitted`), so a continued run does not emit them again. A
+rehearsal (`dry_run`) records its objectives in the state and emits nothing: production's
+times, objectives and ack SLA breaches (and the alerts read from them) count real incidents only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from temporalio import workflow
 
+from workflows.log import log
 from workflows.record import Record
 
 with workflow.unsafe.imports_passed_through():
@@ -63,12 +67,36 @@ class Milestones:
         outcome = self.outcome(milestone, at)
         state.objectives.append(outcome)
         self.record.note("objective", outcome.summary, milestone=milestone, met=outcome.met)
+        log(state, outcome.summary)
         self.emit_once(f"time_to_{milestone}", lambda: self.observe_time(milestone, timedelta(seconds=outcome.elapsed_seconds)))
         if milestone == "contain" and outcome.met is not None:
             result = "met" if outcome.met else "missed"
             self.emit_once(
                 "containment_objective", lambda: self.count(CONTAINMENT_OBJECTIVE, "contained within the objective or not", result=result)
             )
+
+    def fell_short(self, milestone: str, why: str) -> None:
+        """The stage ended short of `milestone` (restore left protections in place): recorded as not
+        reached, and no time observed — a partial restore is not a restore."""
+        state = self.record.state
+        if any(outcome.milestone == milestone for outcome in state.objectives):
+            return
+        at = workflow.now()
+        elapsed = max((at - state.opened_at).total_seconds(), 0.0)
+        within = self.record.policy.objectives.within(milestone)
+        outcome = ObjectiveOutcome(
+            milestone=milestone,  # type: ignore[arg-type]  # one of OBJECTIVE_MILESTONES
+            reached_at=at,
+            reached=False,
+            severity=state.severity,
+            elapsed_seconds=elapsed,
+            objective_seconds=within.total_seconds() if within is not None else None,
+            met=None,
+            summary=f"not {REACHED_IN_WORDS[milestone]}: the {milestone} stage ended after {duration(elapsed)} at {state.severity}, {why}",
+        )
+        state.objectives.append(outcome)
+        self.record.note("objective", outcome.summary, milestone=milestone, met=None, reached=False)
+        log(state, outcome.summary)
 
     def acknowledgement_clock(self) -> None:
         """After the ack clock stopped or woke: the acknowledge milestone once someone did, and an
@@ -157,7 +185,9 @@ class Milestones:
 
     # --- metrics ----------------------------------------------------------------------------
 
-    def emit_once(self, key: str, emit) -> None:
+    def emit_once(self, key: str, emit: Callable[[], None]) -> None:
+        if self.record.input.dry_run:
+            return  # a rehearsal: nothing happened to users, so nothing counts toward the objectives
         emitted = self.record.memory.metrics_emitted
         if key not in emitted:
             emitted.append(key)

@@ -12,6 +12,8 @@ from typing import Any
 
 from temporalio import workflow
 
+from workflows.log import log
+
 with workflow.unsafe.imports_passed_through():
     from stanch.models.actions import ActionSpec, AppliedAction, TargetRef
     from stanch.models.activity_io import (
@@ -163,6 +165,7 @@ class Record:
         if self.state.status != status:
             self.state.status = status
             self.publish()
+            log(self.state, f"status: {status}")
 
     def change_severity(self, severity: Severity, reasons: list[str], actor: str = "stanch") -> None:
         previous = self.state.severity
@@ -181,6 +184,7 @@ class Record:
         entry.status = status
         entry.detail = detail
         self.note("stage", f"{stage}: {status}" + (f" — {detail}" if detail else ""), stage=stage, status=status.value)
+        log(self.state, f"{stage}: {status}" + (f" — {detail}" if detail else ""), stage=stage)
 
     def publish(self) -> None:
         """Mirror status and severity into search attributes (never anything secret)."""

@@ -169,7 +169,10 @@ class ObjectiveOutcome(BaseModel):
     the runbook's objective for its severity, and where the time went."""
 
     milestone: Literal["acknowledge", "contain", "restore"]
-    reached_at: datetime
+    reached_at: datetime = Field(description="when it was reached, or when its stage ended short of it (`reached` False)")
+    reached: bool = Field(
+        True, description="False: the stage ended short of the milestone (restore left protections in place); no time was observed"
+    )
     severity: Severity = Field(description="the severity whose objective applied when the milestone was reached")
     elapsed_seconds: float = Field(description="from opening to the milestone")
     objective_seconds: float | None = Field(None, description="the runbook's objective; None when it sets none")
@@ -227,6 +230,20 @@ class IncidentState(BaseModel):
 
     def stage(self, name: str) -> StageState:
         return next(s for s in self.stages if s.name == name)
+
+
+class Attention(BaseModel):
+    """What needs someone now, without the whole state (the `attention` query): the API's metrics
+    read it for every open incident, and the state of a long incident is large."""
+
+    status: IncidentStatus
+    severity: Severity
+    runbook: str
+    dry_run: bool = Field(description="a rehearsal: every action was only recorded, nothing was changed")
+    pending_approval: PendingApproval | None = None
+    acknowledged: bool
+    ack_due_at: datetime | None = Field(description="opened_at + the severity's ack SLA; None once acknowledged")
+    escalation_tier: int
 
 
 def fresh_stages() -> list[StageState]:

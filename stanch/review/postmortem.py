@@ -5,6 +5,7 @@ each framework requirement shows, and what is left to do.
 from __future__ import annotations
 
 from stanch.models.activity_io import ComplianceItem, ReviewInput
+from stanch.models.incident import StageState
 from stanch.review.compliance import compliance_mapping, status_text
 from stanch.review.facts import deadline_of, duration, signals_summary, stage_of, when
 
@@ -73,11 +74,11 @@ def time_to_contain(input: ReviewInput) -> list[str]:
     human), from what the incident recorded; then the other milestones it reached."""
     lines = ["## Time to contain", ""]
     contained = next((outcome for outcome in input.objectives if outcome.milestone == "contain"), None)
-    if contained is None:
-        stage = stage_of(input, "contain")
-        lines.append(
-            f"- Not contained: {stage.status}{' — ' + stage.detail if stage and stage.detail else ''}" if stage else "- Not contained"
-        )
+    stage = stage_of(input, "contain")
+    if contained is None and stage is not None and stage.status == "done":
+        lines.append(contained_before_objectives(input, stage))
+    elif contained is None:
+        lines.append(f"- Not contained: {stage.status}{' — ' + stage.detail if stage.detail else ''}" if stage else "- Not contained")
     else:
         if contained.objective_seconds is None:
             where = f"policy.{contained.severity}.objectives.contain"
@@ -100,3 +101,16 @@ def time_to_contain(input: ReviewInput) -> list[str]:
         lines.append(f"- Waited for people: {wait.gate} {when(wait.began_at)} → {when(wait.ended_at)} ({duration(wait.seconds)}){waited}")
     lines += [f"- {outcome.summary}" for outcome in input.objectives if outcome.milestone != "contain"]
     return [*lines, ""]
+
+
+def contained_before_objectives(input: ReviewInput, stage: StageState) -> str:
+    """Contained, with no outcome recorded: the incident contained before Stanch recorded
+    objectives (and then ran on). The stage's own times say when; no breakdown is known."""
+    if stage.finished_at is None:
+        return f"- Contained ({stage.detail or 'done'}); when is not recorded"
+    elapsed = duration(max((stage.finished_at - input.opened_at).total_seconds(), 0.0)) if input.opened_at else None
+    took = f" in {elapsed}" if elapsed else ""
+    return (
+        f"- Contained{took} ({when(stage.finished_at)}: {stage.detail or 'done'}); recorded before Stanch kept objectives, "
+        "so no objective or machine/people breakdown is known"
+    )

@@ -13,7 +13,7 @@ from stanch.models.incident import GateWait, ObjectiveOutcome
 from stanch.models.signals import Severity
 from stanch.review.postmortem import time_to_contain
 from stanch.runbooks.loader import RunbookError, load_runbook, runbook_files
-from tests.unit.test_review import at, restored
+from tests.unit.test_review import at, restored, stages
 
 RUNBOOKS = Path(__file__).resolve().parents[2] / "runbooks"
 
@@ -103,4 +103,26 @@ def test_the_postmortem_says_when_no_objective_was_set_or_nothing_was_contained(
     assert "no objective set at high (policy.high.objectives.contain in harmful-output)" in section(
         objectives=[contained(objective_seconds=None, met=None)]
     )
-    assert "- Not contained" in section(objectives=[])
+    rejected = stages(contain=("rejected", "rejected by sam: the gateway is the only way in"))
+    assert "- Not contained: rejected — rejected by sam: the gateway is the only way in" in section(objectives=[], stages=rejected)
+
+
+def test_an_incident_contained_before_objectives_were_kept_reads_contained_from_its_stage() -> None:
+    """Contained before Stanch recorded objectives, then continued as new: no outcome, the stage done."""
+    text = section(objectives=[])  # the contain stage (4th) finished at minute 40
+    assert "- Contained in 40m (2026-11-26 09:40:00 UTC: done); recorded before Stanch kept objectives" in text
+    assert "Not contained" not in text
+
+
+def test_a_partial_restore_reads_not_restored_in_the_postmortem() -> None:
+    partial = ObjectiveOutcome(
+        milestone="restore",
+        reached_at=at(90),
+        reached=False,
+        severity=Severity.high,
+        elapsed_seconds=90 * 60,
+        summary="not restored: the restore stage ended after 1h30m at high, partial: still in place: block_outputs",
+    )
+    assert "- not restored: the restore stage ended after 1h30m at high, partial: still in place: block_outputs" in section(
+        objectives=[contained(), partial]
+    )

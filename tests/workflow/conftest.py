@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -116,11 +117,14 @@ def incident_input(runbook: str = "harmful-output", **changes) -> IncidentInput:
 
 
 @asynccontextmanager
-async def running_incident(client: Client, script: Script, input: IncidentInput | None = None, first: Signal | None = None):
-    """A worker with stand-ins on a fresh task queue, and an incident opened by its first signal."""
+async def running_incident(
+    client: Client, script: Script, input: IncidentInput | None = None, first: Signal | None = None, **worker_options: Any
+):
+    """A worker with stand-ins on a fresh task queue, and an incident opened by its first signal.
+    `worker_options` go to the Worker (max_cached_workflows=0: every task replays the history)."""
     task_queue = f"tq-{uuid.uuid4()}"
     input = input or incident_input()
-    async with Worker(client, task_queue=task_queue, workflows=[IncidentWorkflow], activities=stand_ins(script)):
+    async with Worker(client, task_queue=task_queue, workflows=[IncidentWorkflow], activities=stand_ins(script), **worker_options):
         handle: WorkflowHandle = await client.start_workflow(
             IncidentWorkflow.run,
             input,

@@ -18,7 +18,7 @@ from temporalio.runtime import MetricBuffer, MetricBufferDurationFormat, Runtime
 from temporalio.testing import WorkflowEnvironment
 
 from stanch.config.settings import Settings
-from stanch.models.decisions import Acknowledgement
+from stanch.models.decisions import Acknowledgement, FailureDecision
 from stanch.models.incident import IncidentInput, IncidentStatus
 from stanch.models.signals import Severity
 from stanch.review.postmortem import postmortem, review_tasks
@@ -27,8 +27,9 @@ from stanch.temporal.client import metrics_runtime
 from tests.conftest import installed_binary
 from tests.postgres import free_port
 from tests.workflow.conftest import incident_input, running_incident
-from tests.workflow.helpers import AsTheApi, approve, state, until, waiting_on
+from tests.workflow.helpers import AsTheApi, approve, approve_four_eyes, failed, state, until, waiting_on
 from tests.workflow.standins import Script
+from tests.workflow.test_hand_over import BOUND, hand_over
 from workflows.incident import IncidentWorkflow
 
 
@@ -188,3 +189,82 @@ async def test_the_workers_prometheus_endpoint_serves_the_lifecycle_metrics_by_t
     assert 'runbook="harmful-output"' in count and count.endswith(" 1")
     bounds = {float(bound) for bound in re.findall(r'le="([0-9.]+)"', "\n".join(series("stanch_incident_time_to_contain_seconds_bucket")))}
     assert {300.0, 3600.0, 86400.0} <= bounds  # minutes to days, not the SDK's default that ends at 10 s
+
+
+LIFECYCLE = (
+    "stanch_incident_time_to_acknowledge",
+    "stanch_incident_time_to_contain",
+    "stanch_incident_time_to_restore",
+    "stanch_incident_time_to_close",
+    "stanch_incident_containment_objective",
+    "stanch_incident_ack_sla_breaches",
+)
+
+
+def low_and_automatic(input: IncidentInput) -> IncidentInput:
+    """Low severity runs every stage without a person: the incident closes on its own."""
+    low = input.model_copy(deep=True)
+    low.runbook.severity.default = Severity.low
+    low.runbook.severity.rules = []
+    return low
+
+
+async def test_a_rehearsal_records_its_objectives_and_emits_no_lifecycle_metric(metered: Metered) -> None:
+    real = low_and_automatic(with_objectives(Severity.low, contain="4h", restore="8h"))
+    rehearsal = real.model_copy(update={"dry_run": True, "incident_id": f"{real.incident_id}-rehearsal"})
+    async with running_incident(metered.environment.client, Script(detectors=[]), rehearsal) as handle:
+        rehearsed = await handle.result()
+    assert rehearsed.status == IncidentStatus.closed
+    assert [(o.milestone, o.met) for o in rehearsed.objectives] == [("contain", True), ("restore", True)], "the report wants them"
+    assert {name: metered.recorded(name) for name in LIFECYCLE} == {name: [] for name in LIFECYCLE}
+
+    # The same incident for real: each counted once (so the buffer above was read, not empty by chance).
+    async with running_incident(metered.environment.client, Script(detectors=[]), real) as handle:
+        await handle.result()
+    counted = {name: len(metered.recorded(name)) for name in LIFECYCLE}
+    assert counted == {**{name: 1 for name in LIFECYCLE}, "stanch_incident_time_to_acknowledge": 0, "stanch_incident_ack_sla_breaches": 0}
+
+
+async def test_each_lifecycle_metric_is_emitted_once_across_a_hand_over_and_replay_of_every_task(metered: Metered) -> None:
+    """Every workflow task replays the whole history (no cache), and the run hands over after
+    containing: still one observation per milestone."""
+    input = with_objectives(Severity.high, contain="15m", restore="1h").model_copy(update={"events_before_handing_over": BOUND})
+    client = metered.environment.client
+    async with running_incident(client, Script(), input, max_cached_workflows=0) as first_run:
+        incident = client.get_workflow_handle(first_run.id)  # the latest run, across hand-overs
+        await approve_four_eyes(incident, "contain")
+        await until(incident, lambda s: any(o.milestone == "contain" for o in s.objectives))
+        await hand_over(incident)
+        await approve_four_eyes(incident, "rollback")
+        await until(incident, waiting_on("restore"))
+        await approve(incident, "restore", "alice", ["oncall"])
+        final = await client.get_workflow_handle_for(IncidentWorkflow.run, first_run.id).result()
+
+    assert final.status == IncidentStatus.closed and final.runs >= 2
+    assert [o.milestone for o in final.objectives] == ["acknowledge", "contain", "restore"]
+    counted = {name: len(metered.recorded(name)) for name in LIFECYCLE}
+    assert counted == {**{name: 1 for name in LIFECYCLE}, "stanch_incident_ack_sla_breaches": 0}
+
+
+async def test_a_restore_that_leaves_a_protection_in_place_is_not_counted_as_restored(metered: Metered) -> None:
+    script = Script(failing_kinds={"undo:rollback_to_previous"})
+    input = with_objectives(Severity.high, contain="15m", restore="1h")
+    async with running_incident(metered.environment.client, script, input) as handle:
+        await approve_four_eyes(handle, "contain")
+        await approve_four_eyes(handle, "rollback")
+        await until(handle, waiting_on("restore"))
+        await approve(handle, "restore", "alice", ["oncall"])
+        await until(handle, failed("restore"))
+        keep = FailureDecision(stage="restore", by="alice", choice="skip", reason="keep the previous version for now")
+        await AsTheApi(handle).execute_update(IncidentWorkflow.decide, keep)
+        final = await handle.result()
+
+    assert final.stage("restore").detail == "still in place: rollback_to_previous"
+    restored = next(o for o in final.objectives if o.milestone == "restore")
+    assert restored.reached is False and restored.met is None
+    assert restored.summary.startswith("not restored: the restore stage ended after ")
+    assert restored.summary.endswith("partial: still in place: rollback_to_previous")
+    assert metered.recorded("stanch_incident_time_to_restore") == []
+    assert len(metered.recorded("stanch_incident_time_to_close")) == 1
+    document = postmortem(script.reviews[0], review_tasks(script.reviews[0]), added=0, mapping=[])
+    assert "- not restored: the restore stage ended after" in document.split("## Time to contain", 1)[1]
