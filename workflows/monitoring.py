@@ -31,6 +31,14 @@ SIGNALS_PER_NOTE = 1_000  # signals not kept in full are summed up on the timeli
 class Monitoring:
     def __init__(self, record: Record) -> None:
         self.record = record
+        # What the kept signals tell the rules, derived from state.signals and kept in step
+        # with it: rebuilding it for every signal made a storm cost O(kept) per signal, and a
+        # workflow task carrying a thousand queued signals then overran the SDK's 2 s deadlock
+        # limit on a loaded worker (bench/intake_scale.py).
+        self._kept_keys: set[tuple] = set()
+        self._kept_from: list[Signal] | None = None  # the kept list _kept_keys was built from
+        self._kept_keys_of: int = 0  # and how many of its signals
+        self._rules_read: frozenset[str] | None = None
 
     def add_signal(self, signal: Signal) -> None:
         if not self.is_redelivery(signal):
@@ -68,12 +76,26 @@ class Monitoring:
         kept = self.record.state.signals
         if len(kept) < KEEP_FIRST:
             return True
+        if len(kept) >= KEEP_AT_MOST:
+            return False
+        return what_rules_read(signal, self.labels_rules_read()) not in self.kept_keys()
+
+    def kept_keys(self) -> set[tuple]:
+        """What the kept signals tell the rules: extended with each signal kept since the last
+        call, rebuilt if the kept list was replaced or cut (a new occurrence, a hand-over)."""
+        kept = self.record.state.signals
+        if kept is not self._kept_from or len(kept) < self._kept_keys_of:
+            self._kept_keys, self._kept_from, self._kept_keys_of = set(), kept, 0
         keys = self.labels_rules_read()
-        return len(kept) < KEEP_AT_MOST and what_rules_read(signal, keys) not in {what_rules_read(s, keys) for s in kept}
+        self._kept_keys.update(what_rules_read(s, keys) for s in kept[self._kept_keys_of :])
+        self._kept_keys_of = len(kept)
+        return self._kept_keys
 
     def labels_rules_read(self) -> frozenset[str]:
         """The label names the runbook's severity and seriousness rules match on (`harm`, `sector`)."""
-        return frozenset(name for condition in self.record.runbook.grading_conditions() for name in condition.labels)
+        if self._rules_read is None:
+            self._rules_read = frozenset(name for condition in self.record.runbook.grading_conditions() for name in condition.labels)
+        return self._rules_read
 
     def record_closing_notice(self, signal: Signal) -> None:
         state = self.record.state
