@@ -110,7 +110,9 @@ class Settings(BaseModel):
         pattern=r"^[^:/]+:\d{1,5}$",
         description="STANCH_WORKER_METRICS_ADDRESS: host:port where the worker serves the Temporal SDK's Prometheus metrics; unset: none",
     )
-    log_format: LogFormat = Field("text", description="STANCH_LOG_FORMAT: text, or json (one JSON object per line, with incident_id and stage)")
+    log_format: LogFormat = Field(
+        "text", description="STANCH_LOG_FORMAT: text, or json (one JSON object per line, with incident_id and stage)"
+    )
     trace_propagate_hosts: list[str] = Field(
         default_factory=list,
         description="STANCH_TRACE_PROPAGATE_HOSTS: comma-separated host or host:port that also get traceparent and baggage "
