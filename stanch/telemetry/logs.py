@@ -1,9 +1,10 @@
 """STANCH_LOG_FORMAT=json: the API, the worker and the gateway log one JSON object per line.
 
 Each line holds time, level, logger and message, and, whenever known, `incident_id` and `stage`
-(lifted from the `temporal_workflow` / `temporal_activity` details Temporal's loggers attach,
-or from the trace's baggage in the API and the gateway) and `trace_id` / `span_id` while a span
-is active, so a log search and a trace lead to each other. Only what the record already says
+(lifted from the `temporal_workflow` / `temporal_activity` details Temporal's loggers attach, from
+the running activity, or from what Stanch's own routing noted with `note_incident_for_logs`: never
+from a caller's headers) and `trace_id` / `span_id` while a span is active, so a log search and a
+trace lead to each other. Only what the record already says
 is written: Stanch's own messages never quote a prompt, an answer or a secret, and this adds none.
 """
 
@@ -12,17 +13,25 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any, Literal, cast, get_args
+from typing import Any
 
-from opentelemetry import baggage, trace
+from opentelemetry import trace
 from temporalio import activity, workflow
 
-LogFormat = Literal["text", "json"]
-LOG_FORMAT_VARIABLE = "STANCH_LOG_FORMAT"
+from stanch.config.settings import LOG_FORMAT_VARIABLE, LogFormat, LogFormatError, parse_log_format
+
+__all__ = ["LOG_FORMAT_VARIABLE", "LogFormat", "LogFormatError", "JsonLogFormatter", "configure_logging", "log_format_from_env"]
+
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-INCIDENT_ID = "stanch.incident_id"  # the baggage entry tracing carries (stanch.telemetry.tracing)
+
+# The incident this request or task works on, as Stanch itself found it (the intake's routing, an
+# /v1/incidents/{id} route, the gateway's admin call once its token passed). A context variable:
+# each request and each asyncio task has its own.
+_incident_for_logs: ContextVar[str | None] = ContextVar("stanch_incident_for_logs", default=None)
 
 # The lifecycle stage each activity type (its name in history) works for.
 STAGE_OF_ACTIVITY = {
@@ -40,17 +49,27 @@ STAGE_OF_ACTIVITY = {
 }
 
 
-class LogFormatError(ValueError):
-    """STANCH_LOG_FORMAT holds something other than text or json."""
-
-
 def log_format_from_env(env: Mapping[str, str] | None = None) -> LogFormat:
-    """STANCH_LOG_FORMAT, for a process that reads nothing else of Stanch's settings (the gateway)."""
+    """STANCH_LOG_FORMAT, for a process that reads nothing else of Stanch's settings (the gateway):
+    parsed as `Settings` parses it (any case; anything but text or json raises LogFormatError)."""
     env = os.environ if env is None else env
-    value = env.get(LOG_FORMAT_VARIABLE, "").strip().lower() or "text"
-    if value not in get_args(LogFormat):
-        raise LogFormatError(f"{LOG_FORMAT_VARIABLE}={env[LOG_FORMAT_VARIABLE]!r}: use text or json")
-    return cast(LogFormat, value)
+    return parse_log_format(env.get(LOG_FORMAT_VARIABLE))
+
+
+def note_incident_for_logs(incident_id: str) -> None:
+    """From here to the end of the current request (or asyncio task), JSON log lines name this
+    incident. Only for an id Stanch itself established: never one a caller's header claims."""
+    _incident_for_logs.set(incident_id)
+
+
+@contextmanager
+def incident_for_logs(incident_id: str) -> Iterator[None]:
+    """`note_incident_for_logs` for a block only."""
+    token = _incident_for_logs.set(incident_id)
+    try:
+        yield
+    finally:
+        _incident_for_logs.reset(token)
 
 
 def _incident_and_stage(record: logging.LogRecord) -> tuple[str | None, str | None]:
@@ -60,7 +79,9 @@ def _incident_and_stage(record: logging.LogRecord) -> tuple[str | None, str | No
     if isinstance(details, Mapping):
         incident_id = incident_id or details.get("workflow_id")
         stage = stage or STAGE_OF_ACTIVITY.get(str(details.get("activity_type")))
-    incident_id = incident_id or baggage.get_baggage(INCIDENT_ID)
+    incident_id = incident_id or _incident_for_logs.get()
+    if not incident_id and activity.in_activity():  # Stanch's own lines inside an activity
+        incident_id = activity.info().workflow_id
     return (str(incident_id) if incident_id else None), (str(stage) if stage else None)
 
 

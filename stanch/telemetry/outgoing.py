@@ -1,16 +1,21 @@
-"""One CLIENT span around every request an `httpx.AsyncClient` sends, with the W3C `traceparent`
-(and the incident id, as baggage) sent along, so a target adapter's call, a probe, a
-notification or the gateway's call upstream joins the trace of the incident that made it.
+"""One CLIENT span around every request an `httpx.AsyncClient` sends, so a target adapter's
+call, a probe, a notification or the gateway's call upstream shows in the trace of the incident
+that made it.
+
+Only Stanch's own services are told about the trace: a request to a host in `propagate_to`
+(the gateway's and the API's, and STANCH_TRACE_PROPAGATE_HOSTS) carries the W3C `traceparent`
+and the incident id as `baggage`; Slack, a webhook, a model vendor or Prometheus get neither.
 
 Installed once per process by patching `httpx.AsyncClient.send`, as the official
 opentelemetry-instrumentation-httpx does, rather than touching each call site. A span holds the
-method, host, port, path and status: never a query string, a header value or a body, which may
-hold a key, a prompt or an answer.
+method, scheme, host, port and status: never the path (a Slack or webhook URL holds its secret
+there), a query string, a header value or a body, which may hold a key, a prompt or an answer.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from typing import Any
 
 import httpx
@@ -19,14 +24,27 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 TRACER_NAME = "stanch.telemetry.outgoing"
 _PATCHED_MARK = "_stanch_traced"
+PROPAGATION_HEADERS = ("traceparent", "tracestate", "baggage")
 
 
-def instrument_httpx(tracer_provider: trace.TracerProvider | None = None) -> None:
-    """Trace every `httpx.AsyncClient` request from now on. Calling it again changes nothing."""
+def _port(url: httpx.URL) -> int:
+    return url.port or (443 if url.scheme == "https" else 80)
+
+
+def propagates_to(url: httpx.URL, hosts: frozenset[str]) -> bool:
+    """Whether a request to `url` carries the trace: its host:port, or its host alone, is listed."""
+    host = url.host.lower()
+    return f"{host}:{_port(url)}" in hosts or host in hosts
+
+
+def instrument_httpx(tracer_provider: trace.TracerProvider | None = None, *, propagate_to: Iterable[str] = ()) -> None:
+    """Trace every `httpx.AsyncClient` request from now on; requests to `propagate_to` (host or
+    host:port) also carry the trace on. Calling it again changes nothing."""
     original = httpx.AsyncClient.send
     if getattr(original, _PATCHED_MARK, False):
         return
     tracer = trace.get_tracer(TRACER_NAME, tracer_provider=tracer_provider)
+    trusted_hosts = frozenset(host.strip().lower() for host in propagate_to if host.strip())
 
     @functools.wraps(original)
     async def send(self: httpx.AsyncClient, request: httpx.Request, **kwargs: Any) -> httpx.Response:
@@ -34,14 +52,17 @@ def instrument_httpx(tracer_provider: trace.TracerProvider | None = None) -> Non
         attributes: dict[str, str | int] = {
             "http.request.method": request.method,
             "server.address": url.host,
-            "server.port": url.port or (443 if url.scheme == "https" else 80),
+            "server.port": _port(url),
             "url.scheme": url.scheme,
-            "url.path": url.path,
         }
         with tracer.start_as_current_span(
             request.method, kind=SpanKind.CLIENT, attributes=attributes, record_exception=False, set_status_on_exception=False
         ) as span:
-            propagate.inject(request.headers)
+            if propagates_to(url, trusted_hosts):
+                propagate.inject(request.headers)
+            else:  # whatever put them there, Stanch's trace and baggage stay with Stanch
+                for header in PROPAGATION_HEADERS:
+                    request.headers.pop(header, None)
             try:
                 response = await original(self, request, **kwargs)
             except Exception as exc:
