@@ -56,7 +56,7 @@ from stanch.intake.routing import UnsafeSignal
 from stanch.intake.sources.limits import TooLarge
 from stanch.runbooks.loader import RunbookCatalog, RunbookError, load_catalog
 from stanch.telemetry.logs import configure_logging, uvicorn_log_config
-from stanch.telemetry.tracing import start_tracing
+from stanch.telemetry.tracing import start_tracing, stop_tracing
 from stanch.telemetry.web import FASTAPI_OWN_TELEMETRY_OFF, TracingMiddleware
 from stanch.temporal.client import configured_namespace
 from stanch.temporal.setup import AttributesNotListed, SearchAttributesMissing, require_attributes
@@ -320,7 +320,7 @@ def serve(host: str, port: int, settings: Settings | None = None, *, insecure_de
     # Before the app and its Temporal client exist: both pick tracing up (OTEL_EXPORTER_OTLP_ENDPOINT).
     if settings.log_format == "json":  # text: uvicorn's lines, as always
         configure_logging("json")
-    start_tracing("stanch-api")
+    start_tracing("stanch-api", propagate_to=settings.trace_propagation_hosts)
     try:
         catalog = load_catalog(settings.runbooks_dir)
     except RunbookError as exc:
@@ -369,4 +369,7 @@ def serve(host: str, port: int, settings: Settings | None = None, *, insecure_de
         log_config=uvicorn_log_config(settings.log_format),
         timeout_graceful_shutdown=API_SHUTDOWN_SECONDS,
     )
-    Server(config).run()
+    try:
+        Server(config).run()
+    finally:
+        stop_tracing()  # spans still batched, within seconds even with the collector down
