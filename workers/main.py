@@ -24,7 +24,7 @@ from activities.severity import grade_by_runbook_rules
 from activities.verify import VerifyActivities
 from stanch.config.settings import Settings
 from stanch.telemetry.logs import configure_logging
-from stanch.telemetry.tracing import start_tracing
+from stanch.telemetry.tracing import start_tracing, stop_tracing
 from stanch.temporal.activity_deps import ActivityDeps
 from stanch.temporal.client import configured_address, connect, metrics_runtime
 from stanch.temporal.setup import require_attributes
@@ -137,7 +137,7 @@ async def run_worker(
     versioning = deployment_config(settings)
     # Traces, when OTEL_EXPORTER_OTLP_ENDPOINT asks: before connecting, so the client carries
     # Temporal's tracing interceptor and the worker built on it inherits it.
-    start_tracing("stanch-worker")
+    start_tracing("stanch-worker", propagate_to=settings.trace_propagation_hosts)
     # The SDK's own metrics (task latencies, slots, polls), for Prometheus, when an address is set.
     client = await connect(settings.temporal_address, settings.temporal_namespace, settings, runtime=metrics_runtime(settings))
     if settings.upsert_search_attributes:
@@ -172,6 +172,7 @@ async def run_worker(
     await worker.shutdown()
     await polling
     log.info("worker stopped")
+    stop_tracing()  # spans still batched, within seconds even with the collector down
 
 
 if __name__ == "__main__":

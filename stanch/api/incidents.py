@@ -35,6 +35,7 @@ from stanch.models.decisions import (
 from stanch.models.incident import WORKFLOW_NAME, IncidentState, IncidentStatus, TimelineEntry
 from stanch.models.signals import Severity
 from stanch.runbooks.loader import RunbookCatalog
+from stanch.telemetry.logs import note_incident_for_logs
 from stanch.temporal import search_attributes as sa
 from stanch.trust import assertions, permissions
 from stanch.trust.responders import Principal
@@ -153,6 +154,7 @@ async def list_incidents(
 
 
 async def incident_state(client: tc.Client, incident_id: str) -> IncidentState:
+    note_incident_for_logs(incident_id)  # this request's JSON log lines name it
     handle = client.get_workflow_handle(incident_id)
     try:
         return await handle.query("state", result_type=IncidentState, rpc_timeout=QUERY_TIMEOUT)
@@ -201,6 +203,7 @@ async def decide(client: tc.Client, incident_id: str, update: str, message: Base
     # Bob's ack with key 1 must not swallow Alice's resolve with key 1.
     who = next((getattr(message, field) for field in ("approver", "by", "responder") if getattr(message, field, "")), "")
     update_id = f"{update}:{who}:{update_id}"
+    note_incident_for_logs(incident_id)  # this request's JSON log lines name it
     handle = client.get_workflow_handle(incident_id)
     try:
         occurrence = await _occurrence(handle, incident_id)

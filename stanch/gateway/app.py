@@ -47,8 +47,8 @@ from stanch.gateway.schemas import (
 from stanch.gateway.store import GatewayStore
 from stanch.gateway.upstreams import UpstreamsFile
 from stanch.telemetry.logs import configure_logging, log_format_from_env, uvicorn_log_config
-from stanch.telemetry.tracing import start_tracing
-from stanch.telemetry.web import FASTAPI_OWN_TELEMETRY_OFF, TracingMiddleware
+from stanch.telemetry.tracing import start_tracing, stop_tracing
+from stanch.telemetry.web import FASTAPI_OWN_TELEMETRY_OFF, TracingMiddleware, adopt_caller_incident
 
 
 @contextmanager
@@ -115,6 +115,8 @@ def create_app(
             if not is_admin(given):
                 detail = f"the gateway's admin API needs `Authorization: Bearer <token>`, the token in {ADMIN_TOKEN_VARIABLE}"
                 return JSONResponse({"detail": detail}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            # Stanch's worker, its token checked: the incident its call names goes on span and log lines.
+            adopt_caller_incident(request.scope.get("headers"))
         response: Response = await call_next(request)
         return response
 
@@ -324,8 +326,9 @@ def create_app(
         return {"models": {name: store.state(name) for name in store.model_names()}}
 
     # Added last, so outermost: one span per request, the admin token check included (a no-op
-    # unless tracing is on). The incident id arrives as baggage with a Stanch activity's call.
-    app.add_middleware(TracingMiddleware)
+    # unless tracing is on). Only /admin/* (Stanch's worker, by token) continues the caller's
+    # trace; the incident id its baggage names is taken once the token passed (above).
+    app.add_middleware(TracingMiddleware, continue_trace_under=("/admin/",))
     return app
 
 
@@ -340,11 +343,15 @@ def serve(
     log_format = log_format_from_env()
     if log_format == "json":  # text: uvicorn's lines, as always
         configure_logging("json")
+    # Propagating to no host: the models upstream are third parties, and never see Stanch's trace.
     start_tracing("stanch-gateway")
-    uvicorn.run(
-        create_app(db_path, upstreams, action_delay_s=action_delay_s, admin_token=admin_token),
-        host=host,
-        port=port,
-        log_level="info",
-        log_config=uvicorn_log_config(log_format),
-    )
+    try:
+        uvicorn.run(
+            create_app(db_path, upstreams, action_delay_s=action_delay_s, admin_token=admin_token),
+            host=host,
+            port=port,
+            log_level="info",
+            log_config=uvicorn_log_config(log_format),
+        )
+    finally:
+        stop_tracing()  # spans still batched, within seconds even with the collector down

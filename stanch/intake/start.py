@@ -45,6 +45,7 @@ from stanch.probe.client import message_text
 from stanch.probe.sampling import user_text
 from stanch.runbooks.loader import RunbookCatalog
 from stanch.runbooks.schema import Runbook
+from stanch.telemetry.logs import note_incident_for_logs
 from stanch.telemetry.tracing import signal_with_start_header
 from stanch.temporal import search_attributes as sa
 from stanch.temporal.setup import missing_behind_refusal
@@ -163,6 +164,7 @@ async def deliver_closing_notice(client: Client, catalog: RunbookCatalog, signal
     signal = without_secrets(signal)
     route = route_signal(signal, catalog)
     incident_id = incident_prefix + route.incident_id
+    note_incident_for_logs(incident_id)  # the request's log lines name it from here on (JSON logs)
     result = IntakeResult(incident_id=incident_id, runbook=route.runbook.runbook.name, dedup_key=route.dedup_key, closing_notice=True)
     try:
         # No run id: the run open now, whichever it is (a continued-as-new incident included).
@@ -198,6 +200,7 @@ async def open_or_join(
     runbook = route.runbook.runbook
     signal = with_reported_hits(signal, reported, runbook)
     incident_id = incident_prefix + route.incident_id
+    note_incident_for_logs(incident_id)  # the request's log lines name it from here on (JSON logs)
     incident = IncidentInput(
         incident_id=incident_id,
         runbook=runbook,
