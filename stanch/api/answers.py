@@ -182,6 +182,10 @@ def add_unknown_source_route(app: FastAPI) -> None:
 # (RESOURCE_EXHAUSTED), "Memo size exceeds limit.", "… exceeds size limit". Not "WorkflowId
 # length exceeds limit": that is a refused request, not a too large one.
 _TOO_LARGE = re.compile(r"size exceeds|exceeds (?:the )?size limit|larger than max|too large", re.IGNORECASE)
+# One run of an incident has taken in as many signals as Temporal allows (10,000 by default):
+# the worker hands the incident over to a new run, which takes them again. Until then a storm's
+# next alert must be retried, not dropped: Temporal says INVALID_ARGUMENT all the same.
+_RUN_FULL = re.compile(r"exceeded workflow execution limit for signal", re.IGNORECASE)
 # The request itself is wrong: the same request fails the same way however often it is sent.
 _REFUSED = frozenset({RPCStatusCode.INVALID_ARGUMENT, RPCStatusCode.FAILED_PRECONDITION, RPCStatusCode.OUT_OF_RANGE})
 # Temporal refuses the API itself: its credentials, its permissions, or the server is too old
@@ -216,6 +220,7 @@ def temporal_error(error: RPCError, retry_after: int) -> TemporalAnswer:
     """The answer to a Temporal RPC failure nothing else handled, by what would fix it:
 
     - 413: a payload over Temporal's size limit (INVALID_ARGUMENT or RESOURCE_EXHAUSTED saying so);
+    - 503 with Retry-After: an incident's run full of signals, until a worker hands it over;
     - 422: a request Temporal refuses (INVALID_ARGUMENT, FAILED_PRECONDITION, OUT_OF_RANGE);
     - 502: Temporal refuses the API itself (PERMISSION_DENIED, UNAUTHENTICATED, UNIMPLEMENTED);
     - 503 with Retry-After: everything that passes (UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED,
@@ -225,6 +230,13 @@ def temporal_error(error: RPCError, retry_after: int) -> TemporalAnswer:
     if error.status in (RPCStatusCode.INVALID_ARGUMENT, RPCStatusCode.RESOURCE_EXHAUSTED) and _TOO_LARGE.search(error.message):
         return TemporalAnswer(
             413, f"Temporal refused the request as too large ({said}); retrying the same request fails the same way: send less"
+        )
+    if _RUN_FULL.search(error.message):
+        return TemporalAnswer(
+            503,
+            f"the incident's current run has taken in as many signals as Temporal allows ({said}); it takes them again "
+            "once a worker hands it over to a new run: retry (is a worker running?)",
+            retry_after,
         )
     if error.status in _REFUSED and not _failing_over(error):
         return TemporalAnswer(422, f"Temporal refused the request ({said}); retrying the same request fails the same way")
