@@ -1,6 +1,6 @@
 """How fast does Stanch contain and roll back, against a bare Temporal workflow of the same shape?
 
-    .venv/bin/python bench/critical_path.py [--incidents 30]
+    .venv/bin/python -m bench.critical_path [--incidents 30]
 
 Stanch's side is the whole real path: the dev server, the real worker (`stanch worker`), the
 reference gateway (`stanch gateway --dev`) in front of the demo upstream, and the API

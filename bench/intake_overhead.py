@@ -1,6 +1,6 @@
 """How much does Stanch's intake cost over a bare Temporal signal-with-start?
 
-    .venv/bin/python bench/intake_overhead.py [--signals 300] [--keys 40]
+    .venv/bin/python -m bench.intake_overhead [--signals 300] [--keys 40]
 
 Both runs use the same dev server in the same process: the baseline sends a tiny input with
 the same signal-with-start call; Stanch routes each signal through the runbooks and sends the

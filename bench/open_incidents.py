@@ -1,6 +1,6 @@
 """How many open incidents does one worker hold, and at what cost? 1,000 against bare workflows.
 
-    .venv/bin/python bench/open_incidents.py [--incidents 1000]
+    .venv/bin/python -m bench.open_incidents [--incidents 1000]
 
 Stanch's side: one real worker (`stanch worker`, a process of its own so its memory is its own)
 and N incidents opened through `open_or_join` (routing, runbook snapshot, signal-with-start),
