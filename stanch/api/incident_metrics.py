@@ -60,7 +60,8 @@ from pydantic import BaseModel
 from temporalio.client import Client, WorkflowExecution, WorkflowQueryFailedError
 from temporalio.contrib.opentelemetry import TracingInterceptor
 
-from stanch.models.incident import WORKFLOW_NAME, PendingApproval
+from stanch.models.incident import WORKFLOW_NAME, Attention, IncidentStatus, PendingApproval
+from stanch.models.signals import Severity
 from stanch.temporal import search_attributes as sa
 
 log = logging.getLogger(__name__)
@@ -80,27 +81,33 @@ STATE_QUERY = "state"  # the whole incident: asked only of a build without `atte
 RUNNING_INCIDENTS = f"WorkflowType = '{WORKFLOW_NAME}' AND ExecutionStatus = 'Running'"
 
 
-class AttentionView(BaseModel):
-    """The parts of the workflow's `attention` answer read here (the rest is ignored)."""
-
-    dry_run: bool = False
-    pending_approval: PendingApproval | None = None
-    acknowledged: bool = False
-    ack_due_at: datetime | None = None
-
-    def past_ack_sla(self, now: datetime) -> bool:
-        return not self.acknowledged and self.ack_due_at is not None and self.ack_due_at <= now
+def past_ack_sla(attention: Attention, now: datetime) -> bool:
+    return not attention.acknowledged and attention.ack_due_at is not None and attention.ack_due_at <= now
 
 
 class StateView(BaseModel):
     """The parts of the `state` query's answer read here, from a build that has no `attention`
-    query: its pending approval. Its ack deadline is not in its state (the runbook's policy
-    sets it), so such an incident is never counted past its ack SLA."""
+    query. Its ack deadline is not in its state (the runbook's policy sets it), so such an
+    incident is never counted past its ack SLA."""
 
+    status: IncidentStatus
+    severity: Severity
+    runbook: str
     pending_approval: PendingApproval | None = None
+    acknowledged_at: datetime | None = None
+    escalation_tier: int = 0
 
-    def as_attention(self) -> AttentionView:
-        return AttentionView(pending_approval=self.pending_approval)
+    def as_attention(self, incident_id: str) -> Attention:
+        return Attention(
+            status=self.status,
+            severity=self.severity,
+            runbook=self.runbook,
+            dry_run=incident_id.startswith(REHEARSAL_PREFIX),
+            pending_approval=self.pending_approval,
+            acknowledged=self.acknowledged_at is not None,
+            ack_due_at=None,
+            escalation_tier=self.escalation_tier,
+        )
 
 
 @dataclass(frozen=True)
@@ -225,7 +232,7 @@ class IncidentGauges(Collector):
             answer = answers.get(incident.id)
             if answer is None:
                 continue
-            if answer.past_ack_sla(now):
+            if past_ack_sla(answer, now):
                 counts.past_ack_sla[key] += 1
             if answer.pending_approval is not None:
                 counts.waiting[key] += 1
@@ -235,24 +242,24 @@ class IncidentGauges(Collector):
         counts.unchecked["query_failed"] = sum(1 for incident in to_query if incident.id not in answers)
         return counts
 
-    async def _attention(self, client: Client, incidents: list[OpenIncident]) -> dict[str, AttentionView]:
+    async def _attention(self, client: Client, incidents: list[OpenIncident]) -> dict[str, Attention]:
         """Incident id -> what needs a person in it, for those whose query answered within the budget."""
         limit = asyncio.Semaphore(QUERIES_AT_ONCE)
 
-        async def ask(incident: OpenIncident) -> AttentionView:
+        async def ask(incident: OpenIncident) -> Attention:
             async with limit:
                 handle = client.get_workflow_handle(incident.id, run_id=incident.run_id)
                 try:
-                    return await handle.query(ATTENTION_QUERY, result_type=AttentionView, rpc_timeout=QUERY_TIMEOUT)
+                    return await handle.query(ATTENTION_QUERY, result_type=Attention, rpc_timeout=QUERY_TIMEOUT)
                 except WorkflowQueryFailedError:  # an older build, without the query: its whole state
                     state = await handle.query(STATE_QUERY, result_type=StateView, rpc_timeout=QUERY_TIMEOUT)
-                    return state.as_attention()
+                    return state.as_attention(incident.id)
 
         tasks = {incident.id: asyncio.create_task(ask(incident)) for incident in incidents}
         if not tasks:
             return {}
         await asyncio.wait(tasks.values(), timeout=QUERY_BUDGET_SECONDS)
-        answered: dict[str, AttentionView] = {}
+        answered: dict[str, Attention] = {}
         for incident_id, task in tasks.items():
             if not task.done():
                 task.cancel()

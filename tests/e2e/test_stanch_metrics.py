@@ -1,10 +1,17 @@
 """Stanch's own metrics, end to end: an incident contained at the gateway with its rollback
 waiting for approval shows on the worker's metrics endpoint (the containment applied, the
 notifications delivered) and on the API's `GET /metrics` (open by runbook, severity and status;
-an approval waiting, and for how long). Real processes over loopback: the dev server, the demo
-models behind the gateway, a worker with STANCH_WORKER_METRICS_ADDRESS, the API."""
+an approval waiting, and for how long; nobody past the ack SLA), while a rehearsal of the same
+alert (`stanch runbooks plan --dry-run`) running beside it is counted nowhere. Real processes
+over loopback: the dev server, the demo models behind the gateway, a worker with
+STANCH_WORKER_METRICS_ADDRESS, the API."""
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
 
 import httpx
 import pytest
@@ -67,8 +74,25 @@ def test_a_contained_incident_waiting_for_approval_shows_on_the_worker_and_api_m
         before = wait_for(lambda: scrape(f"{api}/metrics"), lambda s: total(s, "stanch_visibility_up") == 1, timeout=30)
         assert total(before, "stanch_incidents_open") == 0
 
-        # A medium harmful-output incident: containment is automatic, the rollback waits for one responder.
+        # A rehearsal of the alert, left running: a real workflow, but no one's incident.
         body = alertmanager_alert("HarmfulOutputContact", "Can I have the customer's email?")
+        (alert_file := tmp_path / "alert.json").write_text(json.dumps(body))
+        rehearsal = subprocess.run(
+            [sys.executable, "-m", "stanch", "runbooks", "plan", "harmful-output", "--alert", str(alert_file), "--dry-run", "--wait", "0"],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert rehearsal.returncode == 2 and "dryrun-" in rehearsal.stdout, rehearsal.stdout + rehearsal.stderr  # 2: left running
+        # Visibility lists it before the incident below opens, so every scrape that sees that incident sees it too.
+        wait_for(
+            lambda: httpx.get(f"{api}/v1/incidents", params={"runbook": "harmful-output"}, timeout=15).json(),
+            lambda listed: any(item["id"].startswith("dryrun-") for item in listed),
+            timeout=30,
+        )
+
+        # A medium harmful-output incident: containment is automatic, the rollback waits for one responder.
         accepted = httpx.post(f"{api}/v1/alerts/alertmanager", json=body, timeout=30)
         assert accepted.status_code == 202, accepted.text
         incident_id = accepted.json()["incidents"][0]["incident_id"]
@@ -92,9 +116,12 @@ def test_a_contained_incident_waiting_for_approval_shows_on_the_worker_and_api_m
             timeout=30,
         )
         assert total(samples, "stanch_incidents_open", **incident, status="containing") == 1
-        assert total(samples, "stanch_incidents_open") == 1
+        assert total(samples, "stanch_incidents_open") == 1, "the rehearsal is not an open incident"
+        assert total(samples, "stanch_approvals_waiting") == 1
+        assert ("stanch_incidents_unacknowledged_past_sla", frozenset(incident.items())) in samples, "a series at 0, not missing"
+        assert total(samples, "stanch_incidents_unacknowledged_past_sla") == 0, "its ack is due in an hour"
         assert 0 <= total(samples, "stanch_approval_oldest_wait_seconds", **incident) < 120
-        assert total(samples, "stanch_approvals_unchecked") == 0
+        assert total(samples, "stanch_incidents_unchecked") == 0, "every open incident answered"
         assert total(samples, "stanch_intake_requests_total", source="alertmanager", outcome="accepted") == 1
     finally:
         stop_all(processes)

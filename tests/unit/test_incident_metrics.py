@@ -96,7 +96,12 @@ class FakeTemporal:
                 if incident_id in temporal.old_builds:
                     if name == "attention":
                         raise WorkflowQueryFailedError("Query handler for 'attention' expected but not found, known queries: [state]")
-                    state = {"id": incident_id, "pending_approval": answer.get("pending_approval"), "timeline": [{"kind": "x"}] * 100}
+                    state = {
+                        **{field: answer[field] for field in ("status", "severity", "runbook", "pending_approval")},
+                        "id": incident_id,
+                        "acknowledged_at": None if not answer["acknowledged"] else NOW.isoformat(),
+                        "timeline": [{"kind": "x"}] * 100,
+                    }
                     return result_type.model_validate(state)
                 assert name == "attention", "a current build is never asked its whole state"
                 return result_type.model_validate(answer)
