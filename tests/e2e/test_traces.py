@@ -5,6 +5,9 @@ the API), each exporting its spans over OTLP/HTTP, as to any collector, to a rec
 runs: a small HTTP server decoding `ExportTraceServiceRequest` protobufs. A user's report of a
 leak opens the harmful-output incident; the worker confirms it by replaying the prompt through
 the gateway and, at medium severity, contains it on its own by blocking the leaks there.
+
+The gateway's model route is a public door: the confirm replay's span there starts a trace of
+its own, linked to the worker's call; its /admin/* calls (by token) continue the worker's trace.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from pathlib import Path
 import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from temporalio.client import Client
 from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -45,6 +51,9 @@ class ExportedSpan:
     span_id: str
     parent_span_id: str
     attributes: dict[str, object]
+    events: list[tuple[str, dict[str, object]]]
+    status_message: str
+    links: list[tuple[str, str]]  # (trace id, span id) of each linked span
 
 
 class OtlpReceiver:
@@ -72,6 +81,9 @@ class OtlpReceiver:
                                     span_id=span.span_id.hex(),
                                     parent_span_id=span.parent_span_id.hex(),
                                     attributes={a.key: _value(a.value) for a in span.attributes},
+                                    events=[(e.name, {a.key: _value(a.value) for a in e.attributes}) for e in span.events],
+                                    status_message=span.status.message,
+                                    links=[(link.trace_id.hex(), link.span_id.hex()) for link in span.links],
                                 )
                             )
                 self.send_response(200)
@@ -168,7 +180,6 @@ def test_one_trace_runs_from_the_webhook_through_the_workflow_to_the_gateways_co
             ("stanch-worker", "RunActivity:confirm_incident"),
             ("stanch-worker", "RunActivity:apply_containment"),
             ("stanch-worker", "POST"),  # an activity's httpx call to the gateway
-            ("stanch-gateway", "POST /v1/chat/completions"),  # confirm replays the prompt there
             ("stanch-gateway", "POST /admin/apply"),  # containment applied
         } <= names, sorted(names)
         apply = next(s for s in trace if s.name == "POST /admin/apply")
@@ -177,8 +188,17 @@ def test_one_trace_runs_from_the_webhook_through_the_workflow_to_the_gateways_co
         assert {s.attributes.get(INCIDENT_ID) for s in trace} == {incident_id}, [
             (s.service, s.name) for s in trace if s.attributes.get(INCIDENT_ID) != incident_id
         ]
-        # Nothing the user typed or the model leaked is on any span, of any trace.
-        everything = json.dumps([s.attributes for s in receiver.spans])
+        # Confirm replays the prompt at the gateway's public model route: a trace of its own, linked to the worker's call.
+        replays = [s for s in receiver.spans if s.service == "stanch-gateway" and s.name == "POST /v1/chat/completions"]
+        linked = [
+            s
+            for s in replays
+            for trace_id, span_id in s.links
+            if trace_id == apply.trace_id and getattr(callers.get(span_id), "service", None) == "stanch-worker"
+        ]
+        assert linked and all(s.trace_id != apply.trace_id and not s.parent_span_id for s in linked)
+        # Nothing the user typed or the model leaked is on any span, of any trace: attributes, events, statuses.
+        everything = json.dumps([(s.attributes, s.events, s.status_message) for s in receiver.spans])
         for private in (PROMPT, *LEAK_CONSTANTS):
             assert private not in everything
 
@@ -189,18 +209,28 @@ def test_one_trace_runs_from_the_webhook_through_the_workflow_to_the_gateways_co
         assert containing and all((line["incident_id"], line["stage"]) == (incident_id, "contain") for line in containing)
         assert all(line.get("incident_id") == incident_id for line in lines if line.get("trace_id") == apply.trace_id)
 
-        # The history recorded with tracing on replays with and without the tracing interceptor.
-        assert asyncio.run(replay_failures(f"127.0.0.1:{ports['temporal']}", incident_id)) == [None, None]
+        # The history recorded with tracing on replays with and without the tracing interceptor,
+        # and replaying it makes no span (spans are made once, when the work is new).
+        failures, replay_spans = asyncio.run(replay_traced_history(f"127.0.0.1:{ports['temporal']}", incident_id))
+        assert failures == [None, None]
+        assert replay_spans == ()
     finally:
         stop_all(processes)
         receiver.close()
 
 
-async def replay_failures(address: str, incident_id: str) -> list[Exception | None]:
+async def replay_traced_history(address: str, incident_id: str) -> tuple[list[Exception | None], tuple]:
+    """Replay failures without and with the tracing interceptor, and the spans the replay made."""
     client = await Client.connect(address, data_converter=pydantic_data_converter)
     history = await client.get_workflow_handle(incident_id).fetch_history()
+    tracing_header = TracingInterceptor().header_key
+    started = history.events[0].workflow_execution_started_event_attributes
+    assert tracing_header in started.header.fields, "a history that carries a trace, or the no-span check proves nothing"
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
     failures = []
-    for interceptors in ([], [TracingInterceptor()]):
+    for interceptors in ([], [TracingInterceptor(provider.get_tracer("replay"))]):
         replayer = Replayer(workflows=[IncidentWorkflow], data_converter=pydantic_data_converter, interceptors=interceptors)
         failures.append((await replayer.replay_workflow(history, raise_on_replay_failure=False)).replay_failure)
-    return failures
+    return failures, exporter.get_finished_spans()
