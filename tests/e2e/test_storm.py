@@ -18,6 +18,7 @@ import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from tests.e2e.processes import wait_for
+from tests.e2e.test_board import LAUNCH_ARGS, chromium, playwright_api
 from tests.e2e.test_intake import Stack
 
 pytestmark = pytest.mark.e2e
@@ -68,6 +69,26 @@ async def run_lengths(address: str, workflow_id: str) -> tuple[WorkflowExecution
     return latest.status, lengths
 
 
+def board_signals(api: str, incident_id: str) -> str:
+    """What a responder reads on the board's incident page under "Signals"."""
+    expect, sync_playwright = playwright_api()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium(), args=LAUNCH_ARGS)
+        try:
+            page = browser.new_context(base_url=api).new_page()
+            page.goto("/board")
+            page.get_by_label("Your name").fill("storm-watcher")
+            page.get_by_label("Your roles").fill("oncall")
+            page.get_by_role("button", name="Sign in").click()
+            page.get_by_role("heading", name="Incidents", level=1).wait_for()
+            page.goto(f"/board/incidents/{incident_id}")
+            signals = page.locator(".facts__row", has=page.locator("dt", has_text="Signals")).locator("dd")
+            expect(signals).to_contain_text("kept in full", timeout=30_000)
+            return signals.inner_text()
+        finally:
+            browser.close()
+
+
 def test_a_storm_of_20000_alerts_is_one_running_incident_counting_every_alert(tmp_path):
     with Stack(tmp_path) as stack:
         started = time.monotonic()
@@ -85,6 +106,8 @@ def test_a_storm_of_20000_alerts_is_one_running_incident_counting_every_alert(tm
 
         listed = wait_for(lambda: httpx.get(f"{stack.api}/v1/incidents", timeout=15).json(), lambda found: bool(found))
         assert [row["id"] for row in listed] == [incident_id], "one incident, not one row per run"
+
+        assert board_signals(stack.api, incident_id) == f"{ALERTS:,} ({len(incident['signals'])} kept in full)"
 
         status, lengths = asyncio.run(run_lengths(stack.env["TEMPORAL_ADDRESS"], incident_id))
         assert status == WorkflowExecutionStatus.RUNNING

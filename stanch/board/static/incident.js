@@ -170,6 +170,13 @@ function timeline(entries, showAll, toggle) {
     h("p", { class: "timeline__message" }, e.message)))), more];
 }
 
+// In a storm the incident keeps only the signals that bring something new; every one is counted.
+function signalCount(state) {
+  const kept = state.signals?.length ?? 0;
+  const counted = Math.max(state.signal_count ?? 0, kept);
+  return counted > kept ? `${counted.toLocaleString("en")} (${kept} kept in full)` : String(counted);
+}
+
 function header(state, ctx) {
   const ui = ctx.health?.ui_url && ctx.health?.namespace
     ? `${ctx.health.ui_url.replace(/\/$/, "")}/namespaces/${encodeURIComponent(ctx.health.namespace)}/workflows/${encodeURIComponent(state.id)}`
@@ -181,7 +188,7 @@ function header(state, ctx) {
       ["Target", `${state.target.adapter}:${state.target.model}${state.target.version ? `@${state.target.version}` : ""}`],
       ["Opened", when(state.opened_at)],
       ["Acknowledged", state.acknowledged_by ? h("span", {}, `by ${state.acknowledged_by} `, when(state.acknowledged_at)) : "not yet"],
-      ["Signals", String(state.signals?.length ?? 0)],
+      ["Signals", signalCount(state)],
       ["Why this severity", state.severity_reasons?.length ? state.severity_reasons.join("; ") : ""],
       ["Closed", state.closed_at ? h("span", {}, when(state.closed_at), state.close_reason ? ` — ${state.close_reason}` : "") : ""],
     ]),
