@@ -62,7 +62,7 @@ from temporalio.client import Client
 
 from bench.bare_workflows import BareCriticalPath, bare_step
 from bench.intake_overhead import start_dev_server
-from bench.stack import MODEL, BenchStack, machine, serve_bare_worker, wait_until_worker_polls
+from bench.stack import MODEL, BenchStack, at_least_one, machine, serve_bare_worker, wait_until_worker_polls
 
 POLL_SECONDS = 0.01
 BAD_VERSION = "2"
@@ -315,20 +315,15 @@ async def main(incidents: int) -> dict:
     }
 
 
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"--incidents must be at least 1, not {value}")
-    return value
-
-
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--serve-baseline"]:  # the baseline's worker process
         address, task_queue = sys.argv[2:4]
         asyncio.run(serve_bare_worker(address, task_queue, [BareCriticalPath], [bare_step], None))
         sys.exit(0)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--incidents", type=positive, default=30, help="incidents measured (after one warm-up each side)")
+    parser.add_argument(
+        "--incidents", type=at_least_one("--incidents"), default=30, help="incidents measured (after one warm-up each side)"
+    )
     options = parser.parse_args()
     print(json.dumps(asyncio.run(main(options.incidents))), flush=True)
     os._exit(0)  # no interpreter teardown after a Temporal client: temporalio/sdk-python#300

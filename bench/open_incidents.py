@@ -45,7 +45,7 @@ from temporalio.worker import Worker
 
 from bench.bare_workflows import GATE, BareOpenIncident
 from bench.intake_overhead import start_dev_server
-from bench.stack import BenchStack, Child, free_port, machine, resident_kib, serve_bare_worker, wait_until_worker_polls
+from bench.stack import BenchStack, Child, at_least_one, free_port, machine, resident_kib, serve_bare_worker, wait_until_worker_polls
 from stanch.intake.start import open_or_join
 from stanch.models.signals import Signal
 from stanch.runbooks.loader import default_runbooks_dir, load_catalog
@@ -190,20 +190,15 @@ async def main(incidents: int) -> dict:
     }
 
 
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"--incidents must be at least 1, not {value}")
-    return value
-
-
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--serve-baseline"]:  # the baseline's worker process (see serve_baseline)
         address, task_queue, metrics_address = sys.argv[2:5]
         asyncio.run(serve_bare_worker(address, task_queue, [BareOpenIncident], [], metrics_address))
         sys.exit(0)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--incidents", type=positive, default=1000, help="open incidents held (and as many bare workflows)")
+    parser.add_argument(
+        "--incidents", type=at_least_one("--incidents"), default=1000, help="open incidents held (and as many bare workflows)"
+    )
     options = parser.parse_args()
     print(json.dumps(asyncio.run(main(options.incidents))), flush=True)
     os._exit(0)  # no interpreter teardown after a Temporal client: temporalio/sdk-python#300

@@ -12,6 +12,7 @@ Nothing here measures: the benchmarks do.
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import signal
@@ -31,6 +32,18 @@ from stanch.config.settings import Settings
 from stanch.temporal.client import metrics_runtime
 
 MODEL = "support-bot"
+
+
+def at_least_one(flag: str):
+    """An argparse type for a count flag: an int of at least 1, or an error naming the flag."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{flag} must be at least 1, not {value}")
+        return value
+
+    return parse
 
 
 def free_port() -> int:
