@@ -31,14 +31,6 @@ SLACK_TOKEN = "xoxWebhookToken9f8e7d6c5b4a"
 SLACK_WEBHOOK = f"https://hooks.slack.com/services/T0001/B0001/{SLACK_TOKEN}"
 
 
-@pytest.fixture
-def exported() -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
-    exporter = InMemorySpanExporter()
-    provider = tracing.tracer_provider("stanch-test", exporter, batched=False)
-    yield provider, exporter
-    provider.shutdown()
-
-
 def attribute_values(spans: tuple[ReadableSpan, ...] | list[ReadableSpan]) -> str:
     return " ".join(str(value) for span in spans for value in (span.attributes or {}).values())
 

@@ -42,14 +42,6 @@ TOKEN = "gw-admin-doors"
 
 
 @pytest.fixture
-def exported() -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
-    exporter = InMemorySpanExporter()
-    provider = tracing.tracer_provider("stanch-test", exporter, batched=False)
-    yield provider, exporter
-    provider.shutdown()
-
-
-@pytest.fixture
 def json_lines() -> Iterator[io.StringIO]:
     """Every log line of the test, as STANCH_LOG_FORMAT=json writes it."""
     written = io.StringIO()

@@ -26,14 +26,6 @@ from stanch.telemetry.incident_spans import INCIDENT_ID
 LEAK = LEAK_CONSTANTS[0]
 
 
-@pytest.fixture
-def exported() -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
-    exporter = InMemorySpanExporter()
-    provider = tracing.tracer_provider("stanch-test", exporter, batched=False)
-    yield provider, exporter
-    provider.shutdown()
-
-
 def everything_exported(spans: Sequence[ReadableSpan]) -> str:
     """Every string a span carries out: attributes, events and their attributes, status."""
     parts: list[str] = []
