@@ -42,7 +42,12 @@ from stanch.temporal import search_attributes as sa
 from stanch.temporal.activity_deps import ActivityDeps
 from tests.e2e.processes import free_port
 
-NOW = datetime.now(UTC)
+
+def now() -> datetime:
+    """Read when a fake incident is built, in its test: a time read at import was minutes old by
+    the time the full suite reached these tests, and a deadline "5 minutes ahead" had passed."""
+    return datetime.now(UTC)
+
 
 # --- API: the incident gauges ---------------------------------------------------------------
 
@@ -52,7 +57,7 @@ class Execution:
 
     def __init__(self, incident_id: str, runbook: str, severity: str, status: str, opened_minutes_ago: float) -> None:
         self.id, self.run_id = incident_id, f"run-{incident_id}"
-        self.start_time = NOW - timedelta(minutes=opened_minutes_ago)
+        self.start_time = now() - timedelta(minutes=opened_minutes_ago)
         self.typed_search_attributes = TypedSearchAttributes(
             [
                 SearchAttributePair(sa.INCIDENT_RUNBOOK, runbook),
@@ -99,7 +104,7 @@ class FakeTemporal:
                     state = {
                         **{field: answer[field] for field in ("status", "severity", "runbook", "pending_approval")},
                         "id": incident_id,
-                        "acknowledged_at": None if not answer["acknowledged"] else NOW.isoformat(),
+                        "acknowledged_at": None if not answer["acknowledged"] else now().isoformat(),
                         "timeline": [{"kind": "x"}] * 100,
                     }
                     return result_type.model_validate(state)
@@ -110,7 +115,7 @@ class FakeTemporal:
 
 
 def waiting_since(minutes_ago: float, stage: str = "rollback") -> dict[str, Any]:
-    requested = NOW - timedelta(minutes=minutes_ago)
+    requested = now() - timedelta(minutes=minutes_ago)
     return {"stage": stage, "severity": "medium", "count": 1, "roles": ["oncall"], "requested_at": requested.isoformat()}
 
 
@@ -123,7 +128,7 @@ def attention(
     dry_run: bool = False,
 ) -> dict[str, Any]:
     """An `attention` answer; `ack_due_minutes` from now (negative: already passed)."""
-    due = None if ack_due_minutes is None else (NOW + timedelta(minutes=ack_due_minutes)).isoformat()
+    due = None if ack_due_minutes is None else (now() + timedelta(minutes=ack_due_minutes)).isoformat()
     return {
         "status": status,
         "severity": "medium",
