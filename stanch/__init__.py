@@ -12,7 +12,8 @@ The library, in layers; a sub-package imports its own layer and those below, nev
     review stores temporal     channels; review documents; the regression suite; the Temporal
     probe                      client, codec, search attributes and activity dependencies;
                                probing a model through any OpenAI-compatible endpoint
-    intake audit               a signal opening or joining an incident; reading histories back
+    intake audit gate          a signal opening or joining an incident; reading histories back;
+                               the regression gate (the suite replayed against a candidate)
     api board                  the HTTP API and the incident board it serves
     cli                        the `stanch` command (and `python -m stanch`)
 

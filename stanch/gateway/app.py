@@ -34,7 +34,7 @@ from stanch.gateway.enforcement import (
 from stanch.gateway.ledger import UnknownKey, apply_action, undo_action
 from stanch.gateway.metrics import GatewayMetrics
 from stanch.gateway.proxy import Outcome, Report, forward, forward_stream, ignore, refusal_response
-from stanch.gateway.routing import ADMIN_TOKEN_HEADER, PROBE_HEADER, VERSION_HEADER, Client, client_of, route
+from stanch.gateway.routing import ADMIN_TOKEN_HEADER, BARE_HEADER, PROBE_HEADER, VERSION_HEADER, Client, client_of, route
 from stanch.gateway.schemas import (
     ApplyRequest,
     ApplyResponse,
@@ -85,8 +85,9 @@ def create_app(
     `action_delay_s` makes apply/undo wait after committing and before answering, so a crash
     test can kill a caller mid-action. With `admin_token`, every `/admin/*` call needs
     `Authorization: Bearer <admin_token>`, and so does asking for a version directly
-    (`x-stanch-version`, with `x-stanch-admin-token`): whoever reaches those can lift a block or
-    bypass one. None is the local demo's dev mode (`stanch gateway --dev`, as `stanch up` runs it).
+    (`x-stanch-version`, with `x-stanch-admin-token`; `x-stanch-bare` besides: without the
+    model's hotfixes either): whoever reaches those can lift a block or bypass one. None is the
+    local demo's dev mode (`stanch gateway --dev`, as `stanch up` runs it).
     `upstream_transport` lets tests answer for the upstreams in process.
     """
     store = GatewayStore(db_path)
@@ -240,14 +241,19 @@ def create_app(
             if users:
                 record(model, chosen.version, route_name, "prompt")(Outcome("refused", refusal))
             return refusal_response(refusal, chosen.version)
+        # A version asked for bare (its admin token was checked with the version): no hotfix either.
+        bare = version is not None and headers.get(BARE_HEADER) is not None
         upstream_body = body
-        for name in reversed(models):  # the hotfix of the model asked for comes first
+        for name in [] if bare else reversed(models):  # the hotfix of the model asked for comes first
             model_row = store.model_row(name)
             upstream_body = with_system_prompt(upstream_body, model_row["system_prompt"] if model_row else None)
         report = record(model, chosen.version, route_name, "output") if users else ignore
         if route_name == "embeddings":
             return await forward(http["client"], chosen, route_name, upstream_body, model, None, "", incident, report)
-        guard = OutputGuard(store, *models) if version is None else OutputGuard.hotfixes_only(store, model)
+        if version is None:
+            guard = OutputGuard(store, *models)
+        else:
+            guard = OutputGuard.unguarded(store, model) if bare else OutputGuard.hotfixes_only(store, model)
         prompt = user_text(body)  # what the user typed: a model repeating it is no leak
         if body.get("stream"):
             return await forward_stream(http["client"], chosen, route_name, upstream_body, model, guard, prompt, incident, report)

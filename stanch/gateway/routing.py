@@ -17,8 +17,11 @@ from stanch.gateway.store import GatewayStore, resolve_served_version
 
 # Answers a version in `x-stanch-version` (with the admin token when one is set): the version
 # with its hotfixes but no incident protection, for verification. `x-stanch-probe` marks a
-# probe: it sees what users see but spends no rate-limit budget.
+# probe: it sees what users see but spends no rate-limit budget. `x-stanch-bare` with a version:
+# the version as its upstream answers, without the model's hotfixes (system prompt, guardrails)
+# either, for the regression gate, which judges a candidate on its own.
 VERSION_HEADER = "x-stanch-version"
+BARE_HEADER = "x-stanch-bare"
 PROBE_HEADER = "x-stanch-probe"
 ADMIN_TOKEN_HEADER = "x-stanch-admin-token"
 

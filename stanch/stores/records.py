@@ -97,6 +97,18 @@ regression_cases = Table(
     UniqueConstraint("model", "case_id", name="uq_regression_cases_model_case_id"),
 )
 
+# A retired case stops guarding changes; why, by whom and when is kept beside it (migration 0002).
+regression_case_retirements = Table(
+    "regression_case_retirements",
+    metadata,
+    Column("model", NulSafeText, nullable=False),
+    Column("case_id", String(64), nullable=False),
+    Column("reason", NulSafeText, nullable=False),
+    Column("retired_by", NulSafeText, nullable=False),
+    Column("retired_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("model", "case_id", name="pk_regression_case_retirements"),
+)
+
 notification_deliveries = Table(
     "notification_deliveries",
     metadata,

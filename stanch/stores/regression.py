@@ -11,6 +11,10 @@ from two workers at the same moment, adds it once.
 Earlier versions kept one JSON line per case under `STANCH_HOME/regression/<model>.jsonl`; a
 suite there is imported the first time this process asks for its model, so an installation
 upgraded in place keeps its suite (importing again adds nothing). The files stay where they are.
+
+A case is retired only with a reason, recorded with who retired it and when
+(`regression_case_retirements`): a retired case no longer guards later changes — verification
+and the regression gate (stanch.gate) skip it — and is listed with its reason.
 """
 
 from __future__ import annotations
@@ -25,7 +29,19 @@ from sqlalchemy import Connection, select
 
 from stanch.models.signals import ReproCase
 from stanch.stores.names import safe_file_name
-from stanch.stores.records import Records, RecordsError, regression_cases
+from stanch.stores.records import Records, RecordsError, regression_case_retirements, regression_cases
+
+
+class Retirement(BaseModel):
+    """Why a case no longer guards changes, who said so and when."""
+
+    reason: str
+    retired_by: str
+    retired_at: datetime
+
+
+class CaseNotFound(LookupError):
+    """No case with that key (for that model); the message says where to look."""
 
 
 class RegressionCase(BaseModel):
@@ -36,6 +52,7 @@ class RegressionCase(BaseModel):
     detectors: list[str] = Field(default_factory=list)
     source_incident: str
     added_at: datetime
+    retired: Retirement | None = None
 
     def repro_case(self) -> ReproCase:
         """The case to replay: its conversation and tools, as the incident recorded them."""
@@ -66,10 +83,19 @@ class RegressionSuite:
         self.records = records
         self.legacy_folder = legacy_folder
 
-    def cases(self, model: str) -> list[RegressionCase]:
-        """The model's cases, in the order they were added."""
+    def cases(self, model: str, *, include_retired: bool = False) -> list[RegressionCase]:
+        """The model's cases that still guard changes, in the order they were added; with
+        `include_retired`, the retired ones too, each with its retirement."""
         self._import_legacy(model)
-        query = select(regression_cases).where(regression_cases.c.model == model).order_by(regression_cases.c.id)
+        retired = regression_case_retirements
+        query = (
+            select(regression_cases, retired.c.reason, retired.c.retired_by, retired.c.retired_at)
+            .outerjoin(retired, (retired.c.model == regression_cases.c.model) & (retired.c.case_id == regression_cases.c.case_id))
+            .where(regression_cases.c.model == model)
+            .order_by(regression_cases.c.id)
+        )
+        if not include_retired:
+            query = query.where(retired.c.case_id.is_(None))
         with self.records.begin() as db:
             return [
                 RegressionCase(
@@ -79,11 +105,42 @@ class RegressionSuite:
                     tools=row.tools,
                     detectors=row.detectors,
                     source_incident=row.source_incident,
-                    # SQLite hands a timestamp back without its zone; it was written in UTC.
-                    added_at=row.added_at if row.added_at.tzinfo else row.added_at.replace(tzinfo=UTC),
+                    added_at=_in_utc(row.added_at),
+                    retired=None
+                    if row.reason is None
+                    else Retirement(reason=row.reason, retired_by=row.retired_by, retired_at=_in_utc(row.retired_at)),
                 )
                 for row in db.execute(query)
             ]
+
+    def retire(self, case_key: str, *, reason: str, by: str, model: str | None = None) -> tuple[str, Retirement]:
+        """Retire a case (its key, within `model` when given): it stops guarding changes. The
+        reason and who is required; retiring a retired case again keeps the first record.
+        Returns the case's model and its retirement; raises CaseNotFound, ValueError for a blank
+        reason or name."""
+        if not reason.strip():
+            raise ValueError("a case is retired only with a reason (--reason): say why it no longer guards changes")
+        if not by.strip():
+            raise ValueError("say who retires the case (--by)")
+        query = select(regression_cases.c.model).where(regression_cases.c.case_id == case_key)
+        if model is not None:
+            query = query.where(regression_cases.c.model == model)
+        with self.records.begin() as db:
+            models = sorted({row.model for row in db.execute(query)})
+            if not models:
+                where = f" of model {model}" if model is not None else ""
+                raise CaseNotFound(f"no regression case {case_key!r}{where}; `stanch gate cases --model M` lists a model's cases")
+            if len(models) > 1:
+                raise CaseNotFound(f"case {case_key!r} is in the suites of {', '.join(models)}: say which with --model")
+            row = {"model": models[0], "case_id": case_key, "reason": reason.strip(), "retired_by": by.strip()}
+            statement = self.records.insert(regression_case_retirements).values(**row, retired_at=datetime.now(UTC))
+            db.execute(statement.on_conflict_do_nothing(index_elements=["model", "case_id"]))
+            kept = db.execute(
+                select(regression_case_retirements).where(
+                    (regression_case_retirements.c.model == models[0]) & (regression_case_retirements.c.case_id == case_key)
+                )
+            ).one()
+        return models[0], Retirement(reason=kept.reason, retired_by=kept.retired_by, retired_at=_in_utc(kept.retired_at))
 
     def add(self, model: str, cases: list[ReproCase], incident_id: str) -> int:
         """Add the cases the suite does not hold yet; how many this call really added (another
@@ -133,6 +190,11 @@ class RegressionSuite:
                 for entry in entries:
                     self._insert(db, model, entry)
         _IMPORTED.add((self.records.shown_as, path))
+
+
+def _in_utc(moment: datetime) -> datetime:
+    # SQLite hands a timestamp back without its zone; it was written in UTC.
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def read_legacy_line(path: Path, number: int, line: str) -> RegressionCase:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,6 +22,7 @@ _RETRYABLE_CLIENT_STATUSES = {408, 429}
 # guardrails) applied, and without any incident's containment or pins, which would hide it.
 PROBE_HEADER = "x-stanch-probe"
 VERSION_HEADER = "x-stanch-version"
+BARE_HEADER = "x-stanch-bare"  # with a version: without the model's hotfixes (the regression gate)
 ADMIN_TOKEN_HEADER = "x-stanch-admin-token"
 
 
@@ -155,6 +157,13 @@ class GatewayTarget:
         return ChatEndpoint(
             base_url=f"{self.base_url}/v1", model=model, headers=headers, timeout_seconds=self.probe_timeout, label=f"gateway {self.name}"
         )
+
+    def bare_chat_endpoint(self, model: str, version: str) -> ChatEndpoint:
+        """That version as its upstream answers it: no containment, and none of the model's
+        hotfixes (system prompt, guardrails) either. The regression gate judges a candidate on
+        its own: a standing guardrail that redacts a leak would hide that the candidate leaks."""
+        endpoint = self.chat_endpoint(model, version)
+        return replace(endpoint, headers={**endpoint.headers, BARE_HEADER: "1"})
 
     async def start_job(self, model: str, kind: str, params: dict[str, Any], idempotency_key: str) -> JobStatus:
         raise TargetError(

@@ -20,7 +20,7 @@ STANCH_LAYERS: list[set[str]] = [
     {"telemetry"},  # traces and logs: everyone may use it, the gateway included; it uses only config
     {"models", "runbooks", "detectors"},  # incident models and the runbook schema refer to each other
     {"trust", "targets", "notify", "review", "stores", "temporal", "probe"},
-    {"intake", "audit"},
+    {"intake", "audit", "gate"},  # the regression gate replays the suite (stores) through the prober
     {"api", "board"},  # the board is served by the API and reads its incident views
     {"cli", "__main__"},
 ]

@@ -34,6 +34,7 @@ from tests.postgres import create_database, postgres_server, records
 
 T = TypeVar("T")
 ROUNDS = 50
+NEWEST = "0002"  # the newest migration: regression case retirements
 
 
 def at_once(*calls: Callable[[], T]) -> list[T]:
@@ -60,10 +61,10 @@ def test_an_empty_database_is_upgraded_once_and_then_has_nothing_to_do(records: 
     first = records.upgrade()
     again = records.upgrade()
 
-    assert (first.before, first.after, first.changed) == (None, "0001", True)
-    assert (again.before, again.after, again.changed) == ("0001", "0001", False)
-    assert "upgraded from an empty database to revision 0001" in first.describe()
-    assert "already at revision 0001" in again.describe()
+    assert (first.before, first.after, first.changed) == (None, NEWEST, True)
+    assert (again.before, again.after, again.changed) == (NEWEST, NEWEST, False)
+    assert f"upgraded from an empty database to revision {NEWEST}" in first.describe()
+    assert f"already at revision {NEWEST}" in again.describe()
 
 
 def test_the_migrations_build_exactly_the_tables_the_code_uses(records: Records) -> None:
@@ -78,9 +79,45 @@ def test_upgrades_started_together_both_succeed_and_one_does_the_work(records: R
     upgrades = at_once(*(worker.upgrade for worker in workers))
 
     assert sorted(upgrade.changed for upgrade in upgrades) == [False, True]
-    assert {upgrade.after for upgrade in upgrades} == {"0001"}
+    assert {upgrade.after for upgrade in upgrades} == {NEWEST}
     for worker in workers:
         worker.dispose()
+
+
+def test_a_database_at_the_first_revision_keeps_its_suite_and_gains_retirements(records: Records) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from stanch.stores.records import MIGRATIONS
+
+    with records.engine.begin() as connection:  # a database as the release before left it
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+    older = RegressionSuite(Records(records.url))
+    older.records._schema_ready = True  # that release knew no newer revision: it only appended
+    with older.records.begin() as db:
+        db.execute(
+            regression_cases.insert().values(
+                model="support-bot",
+                case_id="c1",
+                prompt="kept",
+                messages=[],
+                tools=[],
+                detectors=["secret"],
+                source_incident="INC-1",
+                added_at=datetime(2026, 1, 1, tzinfo=UTC),
+            )
+        )
+    older.records.dispose()
+
+    upgrade = records.upgrade()  # what a starting worker, the API or `stanch gate` does first
+    assert (upgrade.before, upgrade.after) == ("0001", NEWEST)
+    suite = RegressionSuite(records)
+    assert [case.prompt for case in suite.cases("support-bot")] == ["kept"]
+    suite.retire("c1", reason="obsolete", by="alice")
+    assert suite.cases("support-bot") == [] and suite.cases("support-bot", include_retired=True)[0].retired is not None
 
 
 # --- concurrent appends ------------------------------------------------------------------------
@@ -284,8 +321,8 @@ def test_stanch_db_upgrade_says_what_it_did(tmp_path: Path, postgres_server: str
     first = CliRunner().invoke(app, ["db", "upgrade"], env=env)
     again = CliRunner().invoke(app, ["db", "upgrade"], env=env)
     assert first.exit_code == again.exit_code == 0
-    assert "upgraded from an empty database to revision 0001" in first.output
-    assert "already at revision 0001 (the newest): nothing to do" in again.output
+    assert f"upgraded from an empty database to revision {NEWEST}" in first.output
+    assert f"already at revision {NEWEST} (the newest): nothing to do" in again.output
 
 
 def test_a_worker_upgrades_the_schema_as_it_starts_and_refuses_a_database_it_cannot_reach(tmp_path: Path, postgres_server: str) -> None:
