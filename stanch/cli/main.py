@@ -15,6 +15,7 @@ from stanch.cli.audit import audit_app
 from stanch.cli.db import db_app
 from stanch.cli.demo import demo
 from stanch.cli.demo_upstream import demo_upstream
+from stanch.cli.gate import gate_app
 from stanch.cli.responders import responders_app
 from stanch.cli.runbooks import runbooks_app
 from stanch.cli.temporal import temporal_app
@@ -53,6 +54,7 @@ app.add_typer(runbooks_app, name="runbooks", help="Validate, list and plan runbo
 app.add_typer(responders_app, name="responders", help="Responders who may act on incidents, and their tokens.")
 app.add_typer(audit_app, name="audit", help="Replay incident histories, read timelines, export and verify audit bundles.")
 app.add_typer(codec.codec_app, name="codec", help="Payload encryption: keys for the AES-GCM codec.")
+app.add_typer(gate_app, name="gate", help="The regression gate: replay every past incident's repro cases against a candidate.")
 app.add_typer(db_app, name="db", help="The records database (regression suite, notification deliveries): schema migrations.")
 app.add_typer(temporal_app, name="temporal", help="Prepare a Temporal cluster or Temporal Cloud namespace for Stanch.")
 
