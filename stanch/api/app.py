@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from temporalio.service import RPCError
 
-from stanch.api import alerts, incidents, metrics, reports
+from stanch.api import alerts, gate, incidents, metrics, reports
 from stanch.api.answers import (
     BodySizeLimit,
     RequestId,
@@ -173,6 +173,7 @@ def create_app(
     app.include_router(alerts.router, dependencies=[Depends(authenticate_sender)], responses=INTAKE_AUTH_RESPONSES)
     app.include_router(reports.router, dependencies=[Depends(authenticate_sender)], responses=INTAKE_AUTH_RESPONSES)
     app.include_router(incidents.router)
+    app.include_router(gate.router)  # the regression gate, for CI and Argo Rollouts' web metric
     app.include_router(events_router)  # live updates for the board (server-sent events)
     app.include_router(board_router)  # the incident board, served at /board
     app.include_router(metrics.router)
