@@ -198,5 +198,6 @@ def case_verdict(verdict: CaseVerdict, probe: CaseProbe, names: list[str]) -> Ca
         verdict.reason = f"{probe.tally()}; could not decide: {'; '.join(probe.undecided_reasons)}"
     else:
         verdict.result = "passed"
-        verdict.reason = f"{probe.tally()} by {', '.join(names)}"
+        refused = f", {probe.refused} of them refused by the candidate itself" if probe.refused else ""
+        verdict.reason = f"no harm found by {', '.join(names)} in {len(probe.samples)} samples{refused}"
     return verdict
