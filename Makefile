@@ -43,8 +43,11 @@ install: $(VENV)/.installed-test
 run: $(RUN_STAMP)
 	$(BIN)/stanch up $(ARGS)
 
+# One pytest worker per core (pytest-xdist); the tests that need `stanch up`'s default ports
+# share one worker (tests/e2e/processes.py: DEFAULT_PORTS). `make test XDIST=` runs serially.
+XDIST ?= -n auto --dist loadgroup
 test: $(LINT) $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(XDIST) $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff format --check

@@ -12,8 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 
 from stanch.temporal.devserver import temporal_cli, wait_for_port
+
+# `stanch up` listens on its default API, gateway, demo-upstream and codec ports: the tests that
+# run it share one pytest-xdist worker (`make test` runs -n auto --dist loadgroup), one at a time.
+DEFAULT_PORTS = pytest.mark.xdist_group("stanch-up-default-ports")
 
 
 def free_port() -> int:

@@ -30,7 +30,7 @@ from stanch.temporal import search_attributes as sa
 from stanch.temporal.client import data_converter
 from stanch.temporal.codec import new_key_line
 from tests.conftest import installed_binary
-from tests.e2e.processes import Process, free_port, stop_all, wait_for, wait_http
+from tests.e2e.processes import DEFAULT_PORTS, Process, free_port, stop_all, wait_for, wait_http
 from tests.e2e.test_stanch_up import alertmanager_alert
 from tests.workflow.conftest import alert, incident_input
 from tests.workflow.standins import Script, stand_ins
@@ -200,6 +200,7 @@ async def test_visibility_carries_no_prompt(incident):
 # --- the same through `stanch up` ------------------------------------------------------------
 
 
+@DEFAULT_PORTS
 def test_stanch_up_with_encryption_runs_the_codec_server_for_the_ui_and_cli(tmp_path: Path):
     home = tmp_path / "home"
     ports: dict[str, int] = {}

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from stanch.trust.responders import token_sha256
-from tests.e2e.processes import free_port
+from tests.e2e.processes import DEFAULT_PORTS, free_port
 from tests.e2e.test_stanch_up import stanch_up
 
 pytestmark = pytest.mark.e2e
@@ -32,6 +32,7 @@ def bearer(user: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {TOKENS[user][1]}"}
 
 
+@DEFAULT_PORTS
 def test_after_the_demo_incident_the_gate_fails_the_leaking_version_and_passes_the_fixed_one(tmp_path):
     home = tmp_path / "home"
     home.mkdir()

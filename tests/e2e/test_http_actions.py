@@ -46,7 +46,7 @@ from stanch.runbooks.schema import Hotfix, SeverityPolicy, Verify
 from stanch.targets.registry import TargetRegistry
 from stanch.temporal.activity_deps import ActivityDeps
 from tests.conftest import installed_binary
-from tests.e2e.processes import Process, free_port, stop_all, wait_for, wait_http
+from tests.e2e.processes import DEFAULT_PORTS, Process, free_port, stop_all, wait_for, wait_http
 from tests.http_recorder import RecordingServer
 from tests.workflow.conftest import alert
 from tests.workflow.helpers import AsTheApi, until
@@ -308,6 +308,7 @@ async def test_a_dry_run_incident_records_what_it_would_call_and_calls_nothing(e
 
 
 @pytest.mark.e2e
+@DEFAULT_PORTS
 def test_stanch_runbooks_plan_dry_run_rehearses_an_incident_on_a_running_stanch(tmp_path):
     home = tmp_path / "home"
     ports = {name: free_port() for name in ("temporal", "ui", "api", "gateway")}

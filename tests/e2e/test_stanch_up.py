@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from tests.e2e.processes import Process, free_port, wait_for, wait_http
+from tests.e2e.processes import DEFAULT_PORTS, Process, free_port, wait_for, wait_http
 
 pytestmark = pytest.mark.e2e
 
@@ -54,6 +54,7 @@ def alertmanager_alert(alertname: str, prompt: str) -> dict:
     }
 
 
+@DEFAULT_PORTS
 def test_incident_survives_a_restart_and_the_demo_passes(tmp_path):
     home = tmp_path / "home"
     ports = {name: free_port() for name in ("temporal", "ui", "api", "gateway")}
@@ -105,6 +106,7 @@ def test_incident_survives_a_restart_and_the_demo_passes(tmp_path):
         assert up.stop() == 0, up.tail()
 
 
+@DEFAULT_PORTS
 def test_with_a_responders_file_stanch_up_wants_tokens_and_the_demo_passes_with_them(tmp_path):
     from stanch.trust.responders import token_sha256
 

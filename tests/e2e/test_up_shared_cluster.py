@@ -12,7 +12,7 @@ from temporalio.client import Client
 from stanch.config.settings import DEFAULT_TASK_QUEUE
 from stanch.intake.sources import examples
 from stanch.temporal.devserver import wait_for_port
-from tests.e2e.processes import Process, free_port, stop_all, wait_for, wait_http
+from tests.e2e.processes import DEFAULT_PORTS, Process, free_port, stop_all, wait_for, wait_http
 
 pytestmark = pytest.mark.e2e
 
@@ -22,6 +22,7 @@ async def task_queue_of(address: str, incident_id: str) -> str:
     return (await client.get_workflow_handle(incident_id).describe()).task_queue
 
 
+@DEFAULT_PORTS
 def test_up_on_a_shared_cluster_runs_incidents_on_its_own_queue_under_its_own_ids(tmp_path):
     ports = {name: free_port() for name in ("temporal", "ui", "api", "gateway", "codec")}
     address = f"127.0.0.1:{ports['temporal']}"
