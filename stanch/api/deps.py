@@ -126,6 +126,11 @@ def get_intake(request: Request) -> Intake:
     return intake
 
 
+# A CI pipeline's role: it runs the regression gate (POST /v1/gate) and reads nothing else. Its
+# token lives in CI secrets; incidents hold prompts and leaked answers.
+GATE_ROLE = "gate"
+
+
 def current_responder(
     request: Request,
     authorization: Annotated[str | None, Header(description="`Bearer <token>`: a Stanch API token or a JWT")] = None,
@@ -136,15 +141,19 @@ def current_responder(
     claimed: then the names in the request body stand (the local demo, old clients)."""
     auth: ResponderAuth = request.app.state.responders
     try:
-        if (principal := auth.vouch(authorization)) is not None:
-            return principal
+        principal = auth.vouch(authorization)
     except NotAuthenticated as err:
         # 401 for a credential refused; 503 when the identity provider's keys could not be fetched.
         raise HTTPException(err.status_code, detail=str(err), headers=err.http_headers) from err
-    if x_stanch_user:
+    if principal is None and x_stanch_user:
         roles = [role.strip() for role in (x_stanch_roles or "").split(",") if role.strip()]
-        return Principal(user=x_stanch_user.strip(), roles=roles, via="insecure-dev")
-    return None
+        principal = Principal(user=x_stanch_user.strip(), roles=roles, via="insecure-dev")
+    if principal is not None and set(principal.roles) == {GATE_ROLE} and not request.url.path.startswith("/v1/gate"):
+        raise HTTPException(
+            403,
+            detail=f"{principal.user} holds only the role {GATE_ROLE}: it runs the regression gate (POST /v1/gate) and reads nothing else",
+        )
+    return principal
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from stanch.api.deps import RETRY_AFTER_S, ResponderDep, current_responder
+from stanch.api.deps import GATE_ROLE, RETRY_AFTER_S, ResponderDep, current_responder
 from stanch.config.errors import ConfigFileError
 from stanch.config.settings import Settings
 from stanch.gate.models import GateRequest, GateVerdict, RetireRequest
@@ -31,7 +31,6 @@ from stanch.targets.registry import TargetRegistry
 from stanch.trust.permissions import RESPONDERS
 from stanch.trust.responders import Principal
 
-GATE_ROLE = "gate"  # a CI service account's role: runs the gate, nothing else
 MAY_RUN_GATE = frozenset({GATE_ROLE, *RESPONDERS})
 
 router = APIRouter(prefix="/v1/gate", tags=["gate"], dependencies=[Depends(current_responder)])

@@ -27,7 +27,7 @@ from rich.table import Table
 
 from stanch.cli.output import make_console
 from stanch.config.errors import ConfigFileError
-from stanch.config.settings import Settings
+from stanch.config.settings import Settings, SettingsError
 from stanch.gate.models import GateRequest, GateVerdict
 from stanch.gate.run import GateCannotRun, detector_specs, listed, run_gate
 from stanch.runbooks.loader import RunbookError, load_catalog
@@ -50,6 +50,14 @@ gate_app = typer.Typer(
 def cannot_run(message: str) -> typer.Exit:
     errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     return typer.Exit(EXIT_CANNOT_RUN)
+
+
+def settings_or_exit() -> Settings:
+    """The settings; a bad STANCH_* variable is "cannot run" (2), never "the candidate failed" (1)."""
+    try:
+        return Settings.from_env()
+    except SettingsError as error:
+        raise cannot_run(str(error)) from None
 
 
 def suite_of(settings: Settings) -> RegressionSuite:
@@ -93,7 +101,7 @@ def gate(
         raise cannot_run(f"the gate cannot run as asked: {problems}") from None
     except OSError as unreadable:
         raise cannot_run(f"--system-prompt-file {system_prompt_file}: {unreadable.strerror}") from None
-    settings = Settings.from_env()
+    settings = settings_or_exit()
     try:
         targets = TargetRegistry(settings)
         specs = detector_specs(load_catalog(settings.runbooks_dir))
@@ -136,7 +144,7 @@ def cases(
     as_json: bool = typer.Option(False, "--json", help="print the cases as JSON"),
 ) -> None:
     """List a model's regression cases: key, incident, detectors, and the retirement of those retired."""
-    suite = suite_of(Settings.from_env())
+    suite = suite_of(settings_or_exit())
     try:
         shown = listed(suite.cases(model, include_retired=True))
     except RecordsError as error:
@@ -163,7 +171,7 @@ def retire(
     model: str = typer.Option(None, "--model", "-m", help="the case's model, when its key is in several suites"),
 ) -> None:
     """Retire a regression case: it stops guarding changes; the reason, who and when are recorded."""
-    suite = suite_of(Settings.from_env())
+    suite = suite_of(settings_or_exit())
     try:
         case_model, retirement = suite.retire(case_key, reason=reason, by=by, model=model)
     except (CaseNotFound, ValueError) as refused:

@@ -19,6 +19,7 @@ GateCannotRun, naming the variable to fix: the gate never passes what it could n
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
@@ -40,6 +41,7 @@ GATEWAY_VARIABLE = "STANCH_GATEWAY_URL"
 TARGETS_VARIABLE = "STANCH_TARGETS"
 # What the gateway and upstream logs see in x-stanch-incident: the gate's probes, not an incident's.
 GATE_PROBE_LABEL = "regression-gate"
+ERROR_CODE = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # an error code, not a sentence that could quote a prompt
 CASES_AT_ONCE = 4  # cases in flight together: a suite of many cases is not asked one by one
 
 
@@ -175,8 +177,10 @@ async def judge_case(case: RegressionCase, request: GateRequest, endpoint: ChatE
         if failure.status_code is None:  # not even an answer: the endpoint is out of reach, not the case
             variable = GATEWAY_VARIABLE if request.target == DEFAULT_TARGET else TARGETS_VARIABLE
             raise GateCannotRun(f"{failure} (check {variable})", variable=variable) from None
-        # The endpoint's own error (an unknown version, an upstream failing): its words, never an answer.
-        verdict.reason = f"the candidate could not be asked: {failure}"[:500]
+        # The endpoint answered, but not with an answer (an unknown version, an upstream failing).
+        # Its status only: an upstream's error message may echo the prompt, and verdicts are kept.
+        code = f" {failure.code}" if failure.code and ERROR_CODE.fullmatch(failure.code) else ""
+        verdict.reason = f"the candidate could not be asked: the endpoint answered HTTP {failure.status_code}{code}"
         return verdict
     return case_verdict(verdict, probe, names)
 

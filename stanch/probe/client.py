@@ -47,10 +47,11 @@ class ProbeFailed(Exception):
     `retryable` says whether asking again later can help; confirm and verify let Temporal retry
     those, and record the rest as what kept the probe from deciding."""
 
-    def __init__(self, message: str, *, retryable: bool, status_code: int | None = None) -> None:
+    def __init__(self, message: str, *, retryable: bool, status_code: int | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.status_code = status_code  # the HTTP status, when the endpoint answered at all
+        self.code = code  # the OpenAI-style error code it gave, if any (`model_not_found`)
 
 
 class ChatAnswer(BaseModel):
@@ -157,18 +158,26 @@ async def _send(client: httpx.AsyncClient, endpoint: ChatEndpoint, body: dict[st
             return [refusal]
         retryable = status >= 500 or status in RETRYABLE_CLIENT_STATUSES
         detail = message or response.reason_phrase
-        raise ProbeFailed(f"{where} answered HTTP {status}{f' {code}' if code else ''}: {detail}", retryable=retryable, status_code=status)
+        raise ProbeFailed(
+            f"{where} answered HTTP {status}{f' {code}' if code else ''}: {detail}", retryable=retryable, status_code=status, code=code
+        )
     if not isinstance(payload, dict):
-        raise ProbeFailed(f"{where} answered HTTP {status} with what is not a JSON object: {response.text[:200]!r}", retryable=True)
+        # Never the body itself in the message: it may be a model's answer, and this message is
+        # recorded (history, the gate's verdict).
+        raise ProbeFailed(f"{where} answered HTTP {status} with what is not a JSON object", retryable=True, status_code=status)
     choices = payload.get("choices")
     if not isinstance(choices, list) or not choices:
-        raise ProbeFailed(f"{where} answered HTTP {status} without choices: not an OpenAI chat completion", retryable=False)
+        raise ProbeFailed(
+            f"{where} answered HTTP {status} without choices: not an OpenAI chat completion", retryable=False, status_code=status
+        )
     version = response.headers.get(VERSION_HEADER) or (str(payload["model"]) if payload.get("model") else None)
     answers: list[ChatAnswer] = []
     for choice in choices:
         said = choice.get("message") if isinstance(choice, dict) else None
         if not isinstance(said, dict):
-            raise ProbeFailed(f"{where} answered a choice without a message: not an OpenAI chat completion", retryable=False)
+            raise ProbeFailed(
+                f"{where} answered a choice without a message: not an OpenAI chat completion", retryable=False, status_code=status
+            )
         answers.append(ChatAnswer(status_code=status, output=message_text(said), model_version=version))
     return answers
 

@@ -14,7 +14,8 @@ upgraded in place keeps its suite (importing again adds nothing). The files stay
 
 A case is retired only with a reason, recorded with who retired it and when
 (`regression_case_retirements`): a retired case no longer guards later changes — verification
-and the regression gate (stanch.gate) skip it — and is listed with its reason.
+and the regression gate (stanch.gate) skip it — and is listed with its reason. A retired case
+that an incident records again guards again: the harm a person retired came back.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, delete, select
 
 from stanch.models.signals import ReproCase
 from stanch.stores.names import safe_file_name
@@ -143,8 +144,9 @@ class RegressionSuite:
         return models[0], Retirement(reason=kept.reason, retired_by=kept.retired_by, retired_at=_in_utc(kept.retired_at))
 
     def add(self, model: str, cases: list[ReproCase], incident_id: str) -> int:
-        """Add the cases the suite does not hold yet; how many this call really added (another
-        worker adding the same case at the same moment counts it once, on one side)."""
+        """Add the cases the suite does not hold yet, and bring back retired ones recorded again;
+        how many this call really added or brought back (another worker adding the same case at
+        the same moment counts it once, on one side)."""
         self._import_legacy(model)
         now = datetime.now(UTC)
         entries = [
@@ -160,7 +162,13 @@ class RegressionSuite:
             for case in cases
         ]
         with self.records.begin() as db:
-            return sum(self._insert(db, model, entry) for entry in entries)
+            return sum(self._insert(db, model, entry) or self._reactivate(db, model, entry) for entry in entries)
+
+    def _reactivate(self, db: Connection, model: str, entry: RegressionCase) -> int:
+        """1 if the case was retired: an incident recorded it again, so it guards again."""
+        retired = regression_case_retirements
+        lifted = db.execute(delete(retired).where((retired.c.model == model) & (retired.c.case_id == entry.id)))
+        return 1 if lifted.rowcount else 0
 
     def _insert(self, db: Connection, model: str, entry: RegressionCase) -> int:
         """1 if the row went in, 0 if the suite held that case already."""

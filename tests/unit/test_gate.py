@@ -157,6 +157,9 @@ def test_the_cli_exits_2_naming_the_gateway_and_retires_only_with_a_reason(
 
     unreachable = runner.invoke(cli, ["gate", "--model", MODEL, "--candidate", "2"])
     assert unreachable.exit_code == 2 and "STANCH_GATEWAY_URL" in unreachable.output
+    # A bad setting means the gate could not run (2), never that the candidate failed (1).
+    misconfigured = runner.invoke(cli, ["gate", "--model", MODEL, "--candidate", "2"], env={"STANCH_LOG_FORMAT": "xml"})
+    assert misconfigured.exit_code == 2 and "STANCH_LOG_FORMAT" in misconfigured.output
 
     key = case_id(MODEL, PHONE_CASE)
     no_reason = runner.invoke(cli, ["gate", "retire", key, "--by", "alice"])
@@ -190,6 +193,8 @@ def test_the_api_lets_a_gate_account_or_a_responder_run_it_and_refuses_anyone_el
         key = case_id(MODEL, KEY_CASE)
         ci_retires = http.post("/v1/gate/retire", json={"case_key": key, "reason": "x"}, headers={"Authorization": f"Bearer {GATE_TOKEN}"})
         assert ci_retires.status_code == 403, "a pipeline checks against the suite, never shrinks it"
+        ci_reads = http.get("/v1/incidents", headers={"Authorization": f"Bearer {GATE_TOKEN}"})
+        assert ci_reads.status_code == 403 and "reads nothing else" in ci_reads.json()["detail"], "incidents hold prompts and leaks"
         retired = http.post(
             "/v1/gate/retire", json={"case_key": key, "reason": "rotated key"}, headers={"Authorization": f"Bearer {ALICE}"}
         )
