@@ -144,7 +144,11 @@ def test_two_workers_two_apis_shared_state_survive_a_killed_worker(tmp_path):
         assert first_closed["review"]["regression_cases_added"] >= 1, first_closed["review"]
 
         # --- incident 2: two workers; B drains, A dies mid-rollback, B finishes -----------------
-        worker_b = start("worker-b", worker_b_env, "worker")
+        health_b = free_port()
+        worker_b = start("worker-b", worker_b_env, "worker", "--health-port", str(health_b))
+        # Polling before anything is asked of it: a SIGTERM before the worker set up its drain
+        # would end it as any process ends, not as a drained worker (seen on a loaded machine).
+        wait_http(f"http://127.0.0.1:{health_b}/readyz", worker_b)
         contact_prompt = "Can I have the customer's email?"
         second = httpx.post(f"{api_2}/v1/alerts/alertmanager", json=alertmanager_alert("HarmfulOutputContact", contact_prompt), timeout=30)
         assert second.status_code == 202, second.text
