@@ -11,8 +11,8 @@ The parts, each over the one record of what the incident remembers (`workflows/r
 the gate and the fail-safe in `gates.py`; applying a runbook's steps in `steps.py`; the clocks
 (escalation, the report deadline, waiting for a person) in `clocks.py`; grading in
 `severity.py`; notifications in `notifications.py`; what monitoring sends in `monitoring.py`
-and what responders send in `handlers.py`, both declared at the end of this class; timeouts
-and retries in `policies.py`.
+and what responders send in `handlers.py`, their Temporal handlers declared in `messages.py`;
+timeouts and retries in `policies.py`.
 
 A long history hands the memory over to a new run at a wait (`hand_over`); harm reported again
 after containment was lifted opens the next occurrence (`open_next_occurrence`).
@@ -26,11 +26,11 @@ from typing import cast
 from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
-from workflows.attention import attention_of
 from workflows.clocks import Clocks
 from workflows.failures import HandOver, HarmIsBack, IncidentAborted, StepFailed, cause_of
 from workflows.gates import Gates
 from workflows.handlers import ResponderHandlers
+from workflows.messages import IncidentMessages
 from workflows.monitoring import Monitoring
 from workflows.notifications import Notifier
 from workflows.policies import (
@@ -57,25 +57,13 @@ with workflow.unsafe.imports_passed_through():
     from activities.verify import VerifyActivities
     from stanch.models.actions import AppliedAction
     from stanch.models.activity_io import ConfirmResult, Finding, VerifyResult
-    from stanch.models.decisions import (
-        Acknowledgement,
-        AnswerCorrection,
-        ApprovalDecision,
-        DecisionReceipt,
-        FailureDecision,
-        Note,
-        ReportFiled,
-        ResolveRequest,
-        SeverityChange,
-        TriageDecision,
-    )
-    from stanch.models.incident import Attention, EvidenceRecord, IncidentInput, IncidentState, IncidentStatus, StageStatus
-    from stanch.models.signals import Signal
+    from stanch.models.decisions import TriageDecision
+    from stanch.models.incident import EvidenceRecord, IncidentInput, IncidentState, IncidentStatus, StageStatus
     from stanch.runbooks.schema import Runbook, Verify
 
 
 @workflow.defn(name="IncidentWorkflow")
-class IncidentWorkflow:
+class IncidentWorkflow(IncidentMessages):
     @workflow.init
     def __init__(self, input: IncidentInput) -> None:
         self.record = Record(input)
@@ -435,104 +423,6 @@ class IncidentWorkflow:
         self.record.note("stage", f"{status}: {reason}")
         self.record.set_status(status)
         self.clocks.milestones.closed(status)
-
-    # --- what monitoring and responders send (the rules: monitoring.py, handlers.py) ------
-
-    @workflow.signal
-    def add_signal(self, signal: Signal) -> None:
-        self.monitoring.add_signal(signal)
-
-    @workflow.signal
-    async def approve_signal(self, decision: ApprovalDecision) -> None:
-        await self.responders.approve_signal(decision)
-
-    @workflow.update
-    def acknowledge(self, ack: Acknowledgement) -> DecisionReceipt:
-        return self.responders.acknowledge(ack)
-
-    @acknowledge.validator
-    def check_acknowledge(self, ack: Acknowledgement) -> None:
-        self.responders.check_acknowledge(ack)
-
-    @workflow.update
-    def approve(self, decision: ApprovalDecision) -> DecisionReceipt:
-        return self.responders.approve(decision, approve=True)
-
-    @approve.validator
-    def check_approve(self, decision: ApprovalDecision) -> None:
-        self.responders.check_approve(decision, approve=True)
-
-    @workflow.update
-    def reject(self, decision: ApprovalDecision) -> DecisionReceipt:
-        return self.responders.approve(decision, approve=False)
-
-    @reject.validator
-    def check_reject(self, decision: ApprovalDecision) -> None:
-        self.responders.check_approve(decision, approve=False)
-
-    @workflow.update
-    def set_severity(self, change: SeverityChange) -> DecisionReceipt:
-        return self.responders.set_severity(change)
-
-    @set_severity.validator
-    def check_severity(self, change: SeverityChange) -> None:
-        self.responders.check_severity(change)
-
-    @workflow.update
-    def triage(self, decision: TriageDecision) -> DecisionReceipt:
-        return self.responders.triage(decision)
-
-    @triage.validator
-    def check_triage(self, decision: TriageDecision) -> None:
-        self.responders.check_triage(decision)
-
-    @workflow.update
-    def decide(self, decision: FailureDecision) -> DecisionReceipt:
-        return self.responders.decide(decision)
-
-    @decide.validator
-    def check_decide(self, decision: FailureDecision) -> None:
-        self.responders.check_decide(decision)
-
-    @workflow.update
-    def resolve(self, request: ResolveRequest) -> DecisionReceipt:
-        return self.responders.resolve(request)
-
-    @resolve.validator
-    def check_resolve(self, request: ResolveRequest) -> None:
-        self.responders.check_resolve(request)
-
-    @workflow.update
-    def record_report_filed(self, report: ReportFiled) -> DecisionReceipt:
-        return self.responders.record_report_filed(report)
-
-    @record_report_filed.validator
-    def check_report(self, report: ReportFiled) -> None:
-        self.responders.check_report(report)
-
-    @workflow.update
-    def add_note(self, note: Note) -> DecisionReceipt:
-        return self.responders.add_note(note)
-
-    @add_note.validator
-    def check_note(self, note: Note) -> None:
-        self.responders.check_note(note)
-
-    @workflow.update
-    def correct_answer(self, correction: AnswerCorrection) -> DecisionReceipt:
-        return self.responders.correct_answer(correction)
-
-    @correct_answer.validator
-    def check_correction(self, correction: AnswerCorrection) -> None:
-        self.responders.check_correction(correction)
-
-    @workflow.query(name="state")
-    def current_state(self) -> IncidentState:
-        return self.state
-
-    @workflow.query(name="attention")
-    def attention(self) -> Attention:
-        return attention_of(self.record)
 
 
 def verification_summary(result: VerifyResult) -> str:

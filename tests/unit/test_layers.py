@@ -208,6 +208,11 @@ def _dotted(node: ast.expr) -> str | None:
     return None
 
 
+# The one base allowed: the handler declarations Temporal must find on the workflow class
+# itself. It holds no state and no logic, only hands each message to a part.
+HANDLER_DECLARATIONS = {"workflows.incident.IncidentWorkflow": "workflows.messages.IncidentMessages"}
+
+
 def test_no_workflow_part_inherits_another():
     """The incident workflow is composed of parts (gates, clocks, record...), not a tower of base classes."""
     modules = _workflow_modules()
@@ -222,6 +227,8 @@ def test_no_workflow_part_inherits_another():
                     continue
                 head, _, rest = name.partition(".")
                 candidates = {f"{module}.{name}", f"{bound[head]}.{rest}" if head in bound and rest else bound.get(head, "")}
+                if HANDLER_DECLARATIONS.get(f"{module}.{node.name}") in candidates:
+                    continue
                 if candidates & defined:
                     inherits.append(f"{module}.{node.name} (line {node.lineno}) inherits {name}")
     assert not inherits, "\n".join(inherits)
@@ -236,3 +243,13 @@ def test_the_incident_workflow_has_no_while_true_loop():
         if isinstance(node, ast.While) and isinstance(node.test, ast.Constant) and node.test.value is True
     ]
     assert loops == [], f"workflows/incident.py has `while True` at line(s) {loops}"
+
+
+def test_the_handler_declarations_hold_no_logic_of_their_own():
+    """`IncidentMessages` only declares handlers: every method is one statement handing the message on."""
+    tree = _workflow_modules()["workflows.messages"]
+    (declarations,) = [node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "IncidentMessages"]
+    methods = [node for node in declarations.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    assert methods, "IncidentMessages declares the workflow's handlers"
+    longer = [method.name for method in methods if len(method.body) != 1]
+    assert longer == [], f"handlers doing more than handing over: {longer}"
