@@ -166,6 +166,10 @@ class GatewayStore:
             self._start_over_if_built_in_models()
             self.conn.execute("PRAGMA foreign_keys=ON")
             self.conn.executescript(SCHEMA + holds.SCHEMA)
+            # The deployment log reads this store's tables, so it is imported here, not above.
+            from stanch.gateway import deployments
+
+            deployments.create_schema(self.conn)
             self._add_holder_columns()
             self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
