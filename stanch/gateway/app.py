@@ -14,9 +14,11 @@ from typing import Any
 import httpx
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.datastructures import Headers
 
-from stanch.gateway.actions import ActionConflict, ActionRejected
+from stanch.gateway import deployments
+from stanch.gateway.actions import ActionConflict, ActionRejected, PatternParams
 from stanch.gateway.deploys import reset_to_file, take_over
 from stanch.gateway.enforcement import (
     EndpointRateLimiter,
@@ -198,6 +200,13 @@ def create_app(
         client = client_of(headers, body.get("user") if isinstance(body.get("user"), str) else None)
         incident = headers.get("x-stanch-incident")
         version = headers.get(VERSION_HEADER)
+        # A past change replayed (bisection): its version, system prompt and guardrails, nothing since.
+        replayed: deployments.Deployment | None = None
+        if (asked := headers.get(deployments.DEPLOYMENT_HEADER)) is not None:
+            replayed_or_refusal = replayed_change(model, asked, headers)
+            if isinstance(replayed_or_refusal, Refusal):
+                return refusal_response(replayed_or_refusal)
+            replayed, version = replayed_or_refusal, replayed_or_refusal.release_version
         if version is not None:
             # A version by name: its hotfixes, none of the incidents' protections. For verification.
             if not is_admin(headers.get(ADMIN_TOKEN_HEADER, "")):
@@ -242,10 +251,12 @@ def create_app(
                 record(model, chosen.version, route_name, "prompt")(Outcome("refused", refusal))
             return refusal_response(refusal, chosen.version)
         # A version asked for bare (its admin token was checked with the version): no hotfix either.
-        bare = version is not None and headers.get(BARE_HEADER) is not None
-        upstream_body = body
+        bare = version is not None and (headers.get(BARE_HEADER) is not None or replayed is not None)
+        upstream_body = with_system_prompt(body, replayed.system_prompt) if replayed else body
         for name in [] if bare else reversed(models):  # the hotfix of the model asked for comes first
             model_row = store.model_row(name)
+            deployed = deployments.latest(store, name)  # the platform's own prompt, beneath any hotfix
+            upstream_body = with_system_prompt(upstream_body, deployed.system_prompt if deployed else None)
             upstream_body = with_system_prompt(upstream_body, model_row["system_prompt"] if model_row else None)
         report = record(model, chosen.version, route_name, "output") if users else ignore
         if route_name == "embeddings":
@@ -254,10 +265,29 @@ def create_app(
             guard = OutputGuard(store, *models)
         else:
             guard = OutputGuard.unguarded(store, model) if bare else OutputGuard.hotfixes_only(store, model)
+        if replayed is not None:
+            guard.guardrails = list(replayed.guardrails)
+        elif not bare:  # the guardrails the platform deployed hold beside any hotfix's
+            guard.guardrails += [p for name in models if (deployed := deployments.latest(store, name)) for p in deployed.guardrails]
         prompt = user_text(body)  # what the user typed: a model repeating it is no leak
         if body.get("stream"):
             return await forward_stream(http["client"], chosen, route_name, upstream_body, model, guard, prompt, incident, report)
         return await forward(http["client"], chosen, route_name, upstream_body, model, guard, prompt, incident, report)
+
+    def replayed_change(model: str, asked: str, headers: Headers) -> deployments.Deployment | Refusal:
+        """Change `asked` of the model's deployment log, if the admin token came with it and its
+        version is still there to ask; else the refusal saying why."""
+        if not is_admin(headers.get(ADMIN_TOKEN_HEADER, "")):
+            message = f"{deployments.DEPLOYMENT_HEADER} needs the gateway's admin token in {ADMIN_TOKEN_HEADER}."
+            return Refusal(401, "admin_token_required", message, None, "authentication_error")
+        change = deployments.deployment(store, model, int(asked)) if asked.isdigit() else None
+        if change is None:
+            message = f"Model {model!r} has no change {asked!r} in its deployment log (GET /admin/models/{model}/deployments)."
+            return Refusal(404, "deployment_not_found", message)
+        if store.version_row(model, change.release_version) is None:
+            message = f"Change {change.sequence} of model {model!r} served version {change.release_version!r}, which is gone."
+            return Refusal(404, "version_not_found", message)
+        return change
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -310,19 +340,35 @@ def create_app(
 
     @app.post("/admin/deploy", response_model=DeployResponse)
     def deploy(request: DeployRequest) -> DeployResponse:
-        """A plain platform-team deploy: moves the release, touches nothing else, no ledger row."""
+        """A plain platform-team deploy: moves the release (and, if given, the platform's system
+        prompt and guardrails), touches nothing else, no ledger row; logged as a change."""
         require_model(request.model)
+        if request.guardrails:
+            try:
+                PatternParams(patterns=request.guardrails)
+            except ValidationError as error:
+                raise HTTPException(422, f"guardrails: {error.errors()[0]['msg']}") from None
         with store.transaction() as db:
             if db.execute("SELECT 1 FROM versions WHERE model = ? AND version = ?", (request.model, request.version)).fetchone() is None:
                 known = ", ".join(v["version"] for v in store.versions(request.model))
                 raise HTTPException(422, f"model {request.model!r} has no version {request.version!r}; known versions: {known}")
             previous = db.execute("SELECT release_version FROM models WHERE name = ?", (request.model,)).fetchone()[0]
             db.execute("UPDATE models SET release_version = ? WHERE name = ?", (request.version, request.model))
+            change = deployments.append(
+                db,
+                request.model,
+                source="admin deploy",
+                system_prompt=request.system_prompt,
+                guardrails=request.guardrails,
+                change_id=request.change_id,
+                description=request.description,
+            )
         return DeployResponse(
             model=request.model,
             release_version=request.version,
             previous_release=previous,
             served_version=store.served_version(request.model),
+            sequence=change.sequence,
         )
 
     @app.post("/admin/reset")
@@ -330,6 +376,8 @@ def create_app(
         """For `stanch demo` and drills: every model as the upstreams file deploys it, no protections, no hotfix."""
         reset_to_file(store, upstreams)
         return {"models": {name: store.state(name) for name in store.model_names()}}
+
+    app.include_router(deployments.router(store))
 
     # Added last, so outermost: one span per request, the admin token check included (a no-op
     # unless tracing is on). Only /admin/* (Stanch's worker, by token) continues the caller's

@@ -12,7 +12,7 @@ import hashlib
 import json
 import sqlite3
 
-from stanch.gateway import holds
+from stanch.gateway import deployments, holds
 from stanch.gateway.store import GatewayStore, utc_now
 from stanch.gateway.upstreams import BUILTIN_FEATURES, ModelEntry, UpstreamsFile
 
@@ -67,6 +67,7 @@ def _take_over_model(db: sqlite3.Connection, name: str, entry: ModelEntry) -> bo
     )
     for version, upstream in entry.versions.items():
         db.execute("UPDATE versions SET weight = ? WHERE model = ? AND version = ?", (upstream.weight, name, version))
+    deployments.append(db, name, source="upstreams file")
     return True
 
 

@@ -57,6 +57,14 @@ class UndoRequest(BaseModel):
 class DeployRequest(BaseModel):
     model: str
     version: VersionName
+    system_prompt: str | None = Field(
+        None, max_length=20_000, description="the platform's system prompt shipped with this change; unset: the last one stays, '': none"
+    )
+    guardrails: list[str] | None = Field(
+        None, description="patterns redacted from answers, shipped with this change; unset: the last ones stay, []: none"
+    )
+    change_id: str | None = Field(None, max_length=200, description="your name for the change (a pull request, a ticket)")
+    description: str | None = Field(None, max_length=2_000)
 
 
 class DeployResponse(BaseModel):
@@ -64,6 +72,7 @@ class DeployResponse(BaseModel):
     release_version: str
     previous_release: str
     served_version: str | None
+    sequence: int | None = Field(None, description="the change's number in the model's deployment log")
 
 
 class LedgerResponse(BaseModel):
