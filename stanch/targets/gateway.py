@@ -24,6 +24,7 @@ PROBE_HEADER = "x-stanch-probe"
 VERSION_HEADER = "x-stanch-version"
 BARE_HEADER = "x-stanch-bare"  # with a version: without the model's hotfixes (the regression gate)
 ADMIN_TOKEN_HEADER = "x-stanch-admin-token"
+DEPLOYMENT_HEADER = "x-stanch-deployment"  # a change of the deployment log, as it served (bisection)
 
 
 def _server_message(response: httpx.Response) -> str:
@@ -164,6 +165,19 @@ class GatewayTarget:
         its own: a standing guardrail that redacts a leak would hide that the candidate leaks."""
         endpoint = self.chat_endpoint(model, version)
         return replace(endpoint, headers={**endpoint.headers, BARE_HEADER: "1"})
+
+    async def deployments(self, model: str, since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
+        """The model's changes from the gateway's deployment log, in deployment order (ISO times:
+        the change in force at `since` first, none after `until`)."""
+        params = {name: value for name, value in (("since", since), ("until", until)) if value}
+        body = await self._request("GET", f"/admin/models/{model}/deployments", params=params)
+        return list(body["deployments"])
+
+    def deployment_chat_endpoint(self, model: str, sequence: int) -> ChatEndpoint:
+        """Change `sequence` of the deployment log as it served: its version, system prompt and
+        guardrails; no containment and no incident's hotfix. For bisection."""
+        endpoint = self.chat_endpoint(model)
+        return replace(endpoint, headers={**endpoint.headers, DEPLOYMENT_HEADER: str(sequence)})
 
     async def start_job(self, model: str, kind: str, params: dict[str, Any], idempotency_key: str) -> JobStatus:
         raise TargetError(
