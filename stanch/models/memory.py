@@ -44,6 +44,9 @@ class IncidentMemory(BaseModel):
     confirm_outcome: str | None = Field(None, description="what the confirm checks said: inconclusive waits for triage")
     confirmed: bool | None = Field(None, description="confirmed (True) or a false positive (False), once decided")
     steps_finished: list[str] = Field(default_factory=list, description="`stage/index` of every step applied or skipped")
+    went_ahead: dict[str, str] = Field(
+        default_factory=dict, description="per gated stage, how it went past its gate: 'after approval by alice, bob', 'automatically…'"
+    )
     captured: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per `stage/index`: what a failed step read before its change; a retry reuses it"
     )
