@@ -33,6 +33,7 @@ from stanch.gateway.enforcement import (
     user_text,
     with_system_prompt,
 )
+from stanch.gateway.exposure_routes import exposure_routes
 from stanch.gateway.ledger import UnknownKey, apply_action, undo_action
 from stanch.gateway.metrics import GatewayMetrics
 from stanch.gateway.proxy import Outcome, Report, forward, forward_stream, ignore, refusal_response
@@ -46,6 +47,7 @@ from stanch.gateway.schemas import (
     ModelsResponse,
     UndoRequest,
 )
+from stanch.gateway.samples import SampleStore
 from stanch.gateway.store import GatewayStore
 from stanch.gateway.upstreams import UpstreamsFile
 from stanch.telemetry.logs import configure_logging, log_format_from_env, uvicorn_log_config
@@ -94,6 +96,7 @@ def create_app(
     """
     store = GatewayStore(db_path)
     take_over(store, upstreams)
+    samples = SampleStore.from_env(store)  # content sampling on without a key: refuses to start, naming the variable
     limiter = EndpointRateLimiter()
     metrics = GatewayMetrics()
     http: dict[str, httpx.AsyncClient] = {}
@@ -107,6 +110,7 @@ def create_app(
 
     app = FastAPI(title="Stanch gateway", version="0.2.0", lifespan=lifespan, telemetry=FASTAPI_OWN_TELEMETRY_OFF)
     app.state.store = store
+    app.include_router(exposure_routes(samples))
 
     def is_admin(given: str) -> bool:
         return admin_token is None or hmac.compare_digest(given.encode(), admin_token.encode())
@@ -258,7 +262,9 @@ def create_app(
             deployed = deployments.latest(store, name)  # the platform's own prompt, beneath any hotfix
             upstream_body = with_system_prompt(upstream_body, deployed.system_prompt if deployed else None)
             upstream_body = with_system_prompt(upstream_body, model_row["system_prompt"] if model_row else None)
-        report = record(model, chosen.version, route_name, "output") if users else ignore
+        report = (
+            samples.watching(record(model, chosen.version, route_name, "output"), model, chosen.version, headers, body) if users else ignore
+        )
         if route_name == "embeddings":
             return await forward(http["client"], chosen, route_name, upstream_body, model, None, "", incident, report)
         if version is None:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from stanch.gateway import holds
+from stanch.gateway import holds, samples
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ class GatewayStore:
             self.conn.execute("PRAGMA journal_mode=WAL")
             self._start_over_if_built_in_models()
             self.conn.execute("PRAGMA foreign_keys=ON")
-            self.conn.executescript(SCHEMA + holds.SCHEMA)
+            self.conn.executescript(SCHEMA + holds.SCHEMA + samples.SCHEMA)
             # The deployment log reads this store's tables, so it is imported here, not above.
             from stanch.gateway import deployments
 
