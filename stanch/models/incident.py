@@ -7,6 +7,7 @@ Alerts arrive by the `add_signal` signal; responders' messages are in `stanch.mo
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -40,6 +41,19 @@ class IncidentStatus(StrEnum):
 
 TERMINAL_STATUSES = {IncidentStatus.closed, IncidentStatus.false_positive, IncidentStatus.aborted}
 
+# A drill route: the gateway's copy of a model that one drill acts on (`POST /admin/drills` on
+# the gateway names it `drill-<8 hex>.<model>`). The gateway is a service of its own, so the
+# spelling is the contract between the two, written in both places.
+DRILL_ROUTE = re.compile(r"^drill-[0-9a-f]{8}\.")
+
+
+def is_drill_route(model: str | None) -> bool:
+    """Whether `model` (a model name, or an incident target `adapter:model`) is a drill route:
+    an incident on it is a rehearsal of people and machinery, never harm to users."""
+    if not model:
+        return False
+    return bool(DRILL_ROUTE.match(model) or DRILL_ROUTE.match(model.partition(":")[2]))
+
 
 class StageStatus(StrEnum):
     pending = "pending"
@@ -59,6 +73,9 @@ class IncidentInput(BaseModel):
     dedup_key: str
     upsert_search_attributes: bool = True
     dry_run: bool = Field(False, description="a rehearsal: every action records the calls it would make and makes none")
+    drill: bool = Field(
+        False, description="a drill: its target is a drill route (`stanch drill`); real pages and approvals, labelled DRILL everywhere"
+    )
     events_before_handing_over: int = Field(
         8_000,
         ge=100,
@@ -186,6 +203,7 @@ class ObjectiveOutcome(BaseModel):
 
 class IncidentState(BaseModel):
     id: str
+    drill: bool = Field(False, description="a drill on a drill route (`stanch drill`): a rehearsal, never counted as an incident")
     occurrence: str = Field(
         "", description="this incident's own name: its id repeats when alerts fire again after it closed, so add the first run"
     )
