@@ -39,7 +39,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from stanch.detectors.regex import redact
 from stanch.detectors.registry import Detectors
 from stanch.intake.routing import route_signal
-from stanch.models.incident import WORKFLOW_NAME, IncidentInput, IncidentStatus
+from stanch.models.incident import WORKFLOW_NAME, IncidentInput, IncidentStatus, is_drill_route
 from stanch.models.signals import ReproCase, Signal
 from stanch.probe.client import message_text
 from stanch.probe.sampling import user_text
@@ -112,7 +112,7 @@ async def start_incident(
     call starts the run: a joined incident keeps its own.
     """
     converter = client.data_converter.with_context(WorkflowSerializationContext(namespace=client.namespace, workflow_id=input.incident_id))
-    summary = summary if summary is not None else f"{input.runbook.name} incident on {input.target}"
+    summary = summary if summary is not None else f"{'DRILL: ' if input.drill else ''}{input.runbook.name} incident on {input.target}"
     request = SignalWithStartWorkflowExecutionRequest(
         namespace=client.namespace,
         workflow_id=input.incident_id,
@@ -208,6 +208,8 @@ async def open_or_join(
         target=route.target,
         dedup_key=route.dedup_key,
         upsert_search_attributes=upsert_search_attributes,
+        # An incident on a drill route is a drill, whoever raised it: labelled from its first event.
+        drill=is_drill_route(route.target.model),
     )
     started = await start_incident(client, incident, signal, task_queue=task_queue)
     return IntakeResult(incident_id=incident_id, runbook=runbook.name, dedup_key=route.dedup_key, opened=started.opened)
