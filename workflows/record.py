@@ -81,6 +81,7 @@ class Record:
             opened_at=opened_at,
             stages=fresh_stages(),
             occurrence=f"{input.incident_id}@{first_run[:8]}",
+            drill=input.drill,
         )
         # Incidents begun before these rules replay (and run on) as they were recorded.
         self.memory = IncidentMemory(state=state, last_escalation_at=opened_at, hardened=workflow.patched(HARDENING_PATCH))
@@ -156,6 +157,8 @@ class Record:
 
     def note(self, kind: str, message: str, actor: str = "stanch", **data: Any) -> None:
         timeline = self.state.timeline
+        if self.input.drill and not timeline:  # whoever reads the first line knows no user was harmed
+            message, data = f"DRILL (a rehearsal on a drill route): {message}", {**data, "drill": True}
         timeline.append(TimelineEntry(at=workflow.now(), kind=kind, message=message, actor=actor, data=data))
         if len(timeline) > TIMELINE_AT_MOST:  # a very long incident: its history keeps every entry
             del timeline[TIMELINE_HEAD]  # the oldest after the opening ones
@@ -372,7 +375,8 @@ class Record:
             incident_id=self.state.id,
             kind=kind,
             recipients=recipients,
-            message=message,
+            # A drill pages the real on-call, and says so first.
+            message=f"[DRILL] {message}" if self.input.drill else message,
             severity=self.state.severity,
             tier=tier,
             dedup_id=f"{self.state.occurrence}/notify/{self.memory.notifications_sent}",
