@@ -5,8 +5,9 @@ and the lifecycle metrics Prometheus scrapes from the worker.
 Everything here is bookkeeping: state fields, timeline notes and metrics, never a command (the
 SDK's metric meter records nothing on replay). Each metric is emitted once per occurrence: the
 memory says which were (`metrics_emitted`), so a continued run does not emit them again. A
-rehearsal (`dry_run`) records its objectives in the state and emits nothing: production's
-times, objectives and ack SLA breaches (and the alerts read from them) count real incidents only.
+rehearsal (`dry_run`) or a drill (`stanch drill`) records its objectives in the state (the drill
+report reads them) and emits nothing: production's times, objectives and ack SLA breaches (and
+the alerts read from them) count real incidents only.
 """
 
 from __future__ import annotations
@@ -186,8 +187,8 @@ class Milestones:
     # --- metrics ----------------------------------------------------------------------------
 
     def emit_once(self, key: str, emit: Callable[[], None]) -> None:
-        if self.record.input.dry_run:
-            return  # a rehearsal: nothing happened to users, so nothing counts toward the objectives
+        if self.record.input.dry_run or self.record.input.drill:
+            return  # a rehearsal or a drill: nothing happened to users, so nothing counts toward the objectives
         emitted = self.record.memory.metrics_emitted
         if key not in emitted:
             emitted.append(key)
