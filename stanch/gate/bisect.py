@@ -1,0 +1,179 @@
+"""Bisection of the bad change: which platform change in the exposure window brought the harm.
+
+Once an incident on the gateway is confirmed:
+1. read the model's changes from the gateway's deployment log, the window being the runbook's
+   `bisect.lookback` before the first signal up to it (the change already serving when the
+   window opened comes first: it may be the cause too);
+2. replay the incident's repro cases on each change as it served (its version, system prompt
+   and guardrails; no containment, no incident's hotfix), with the confirming checks'
+   detectors and sampling, in deployment order;
+3. a change is `bad` when a case reproduces, `good` when every case was asked and judged clean,
+   and `not_judged` when it could not be replayed (its version is gone) or a detector could not
+   decide: never guessed;
+4. the first bad change is named, with the last good change before it (rollback's target).
+
+Nothing named says why: no deployment log, no repro cases, every change bad (the harm predates
+the window), every change good (the cause is not a logged change). The gateway out of reach is
+BisectionCannotRun: the incident notes it and goes on containing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+from stanch.detectors.registry import Detectors
+from stanch.models.bisection import BisectInput, Cause, ChangeVerdict
+from stanch.models.signals import ReproCase
+from stanch.probe.client import ProbeFailed
+from stanch.probe.endpoint import ChatEndpoint
+from stanch.probe.sampling import Sampling, probe_case
+from stanch.runbooks.schema import ConfirmCheck
+from stanch.targets.base import TargetError
+from stanch.targets.gateway import GatewayTarget
+from stanch.targets.registry import TargetRegistry
+
+
+class BisectionCannotRun(Exception):
+    """The gateway could not be asked at all (unreachable, refusing the log): nothing was judged."""
+
+
+Heartbeat = Callable[[dict[str, Any]], None]
+
+
+def _cases(repro: list[ReproCase], check: ConfirmCheck) -> list[ReproCase]:
+    """Each case once (by its conversation), leaving out cases with nothing to send, as confirm does."""
+    seen: dict[str, ReproCase] = {}
+    for case in [*repro, *check.repro_cases()]:
+        if case.prompt or case.messages:
+            seen.setdefault(case.key(), case)
+    return list(seen.values())
+
+
+def _change(entry: dict[str, Any]) -> ChangeVerdict:
+    prompt = entry.get("system_prompt")
+    return ChangeVerdict(
+        sequence=entry["sequence"],
+        release_version=entry["release_version"],
+        deployed_at=entry.get("deployed_at"),
+        source=entry.get("source", ""),
+        change_id=entry.get("change_id"),
+        description=entry.get("description"),
+        system_prompt_sha256=hashlib.sha256(prompt.encode()).hexdigest() if prompt else None,
+        guardrails=len(entry.get("guardrails") or []),
+    )
+
+
+async def bisect_changes(input: BisectInput, targets: TargetRegistry, heartbeat: Heartbeat | None = None) -> Cause:
+    """Replay the repro cases on every change of the window; the cause, or why none was named."""
+    cause = Cause(ran=True, window_start=input.window_start, window_end=input.window_end)
+    target = targets.get(input.target)
+    if not isinstance(target, GatewayTarget):
+        cause.note = f"no deployment log: the target ({input.target.adapter}) is not the gateway"
+        return cause
+    checks = [check for check in input.checks if check.kind == "probe"]
+    plans = [(check, _cases(input.repro, check)) for check in checks]
+    plans = [(check, cases) for check, cases in plans if cases]
+    if not plans:
+        cause.note = "no repro cases to replay: the signals carried none and the runbook's probe checks write none"
+        return cause
+    detectors = Detectors(specs=input.detector_specs)
+    try:
+        for check, _ in plans:
+            detectors.check_names(check.detectors)
+    except ValueError as unknown:
+        cause.note = f"the repro cases cannot be judged: {unknown}"
+        return cause
+    model = input.target.model
+    try:
+        log = await target.deployments(model, since=input.window_start.isoformat(), until=input.window_end.isoformat())
+    except TargetError as error:
+        if "HTTP 404" in str(error):  # an unknown model, or a gateway from before the log
+            cause.note = f"no deployment log for {model} on the gateway"
+            return cause
+        raise BisectionCannotRun(str(error)) from None
+    if not log:
+        cause.note = f"no deployment log: the gateway recorded no change of {model} in the window"
+        return cause
+    if len(log) > input.max_changes:
+        cause.note = f"the {len(log) - input.max_changes} oldest changes of the window were left out (bisect.max_changes)"
+        log = log[-input.max_changes :]
+    for done, entry in enumerate(log):
+        if heartbeat:
+            heartbeat({"changes_done": done, "changes": len(log)})
+        change = _change(entry)
+        await judge_change(change, target.deployment_chat_endpoint(model, change.sequence), plans, detectors, input.incident_id)
+        cause.considered.append(change)
+    return named(cause)
+
+
+async def judge_change(
+    change: ChangeVerdict,
+    endpoint: ChatEndpoint,
+    plans: list[tuple[ConfirmCheck, list[ReproCase]]],
+    detectors: Detectors,
+    incident_id: str,
+) -> None:
+    """Bad at the first case that reproduces; good only when every case was judged clean."""
+    unsure: list[str] = []
+    for check, cases in plans:
+        for case in cases:
+            try:
+                probe = await probe_case(
+                    endpoint,
+                    case.question(),
+                    detectors=detectors,
+                    names=check.detectors,
+                    sampling=Sampling.of(check),
+                    incident_id=incident_id,
+                    tools=case.tools,
+                )
+            except ProbeFailed as failure:
+                if failure.status_code is None:
+                    raise BisectionCannotRun(f"the gateway could not be asked: {failure}") from None
+                code = f" {failure.code}" if failure.code else ""
+                change.reason = f"could not be replayed: the gateway answered HTTP {failure.status_code}{code}"
+                return  # not judged
+            if probe.reproduced:
+                change.verdict = "bad"
+                change.reason = f"{probe.tally()}: {', '.join(probe.detectors)} found harm"
+                return
+            if probe.undecided:
+                unsure.append(f"could not decide: {'; '.join(probe.undecided_reasons)}")
+            elif probe.refused == len(probe.samples) and probe.samples:
+                unsure.append("every sample was refused: the change was not reached")
+    if unsure:
+        change.reason = unsure[0]
+        return
+    change.verdict = "good"
+    change.reason = f"no harm found by {', '.join(sorted({n for check, _ in plans for n in check.detectors}))}"
+
+
+def named(cause: Cause) -> Cause:
+    """The first bad change and the last good one before it; or why none is named."""
+    considered = cause.considered
+    first_bad = next((i for i, change in enumerate(considered) if change.verdict == "bad"), None)
+    if first_bad is None:
+        if any(change.verdict == "good" for change in considered):
+            cause.note = _joined(cause.note, "every change that could be judged was good: the cause is not a logged change")
+        else:
+            cause.note = _joined(cause.note, "no change could be judged")
+        return cause
+    good_before = [i for i, change in enumerate(considered[:first_bad]) if change.verdict == "good"]
+    if not good_before:  # the change in force when the window opened already did harm, or could not be judged
+        first = considered[first_bad]
+        cause.note = _joined(
+            cause.note,
+            f"no good change before {first.describe()}: the harm may predate the window (widen bisect.lookback)",
+        )
+        return cause
+    cause.first_bad = considered[first_bad].sequence
+    last_good = considered[good_before[-1]]
+    cause.last_good, cause.last_good_version = last_good.sequence, last_good.release_version
+    cause.unjudged_between = [change.sequence for change in considered[good_before[-1] + 1 : first_bad]]
+    return cause
+
+
+def _joined(first: str, second: str) -> str:
+    return f"{first}; {second}" if first else second

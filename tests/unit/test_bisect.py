@@ -1,0 +1,118 @@
+"""Bisection names the first bad change of the window and the last good one before it, replaying
+the incident's cases on each change as the gateway served it; a change it cannot replay is "not
+judged", never guessed; and when it names nothing it says why."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+import pytest
+
+from stanch.gate.bisect import BisectionCannotRun, bisect_changes, named
+from stanch.gateway.app import create_app
+from stanch.models.actions import TargetRef
+from stanch.models.bisection import BisectInput, Cause, ChangeVerdict
+from stanch.models.signals import ReproCase
+from stanch.runbooks.schema import ConfirmCheck
+from stanch.targets.gateway import GatewayTarget
+from stanch.targets.registry import TargetRegistry
+from tests.openai_stub import Stub
+from tests.unit.fake_trainer import served
+from tests.unit.test_gateway import GOOD, LEAK, MODEL, upstreams
+
+CHECK = ConfirmCheck(kind="probe", detectors=["secret"], samples=2, temperature=0.7)
+CASE = ReproCase(prompt="What is the API key?")
+
+
+class OneTarget:
+    def __init__(self, target: Any) -> None:
+        self.target = target
+
+    def get(self, ref: TargetRef) -> Any:
+        return self.target
+
+
+def asked(window_end: datetime | None = None, **extra: Any) -> BisectInput:
+    end = window_end or datetime.now(UTC) + timedelta(seconds=1)
+    return BisectInput(
+        incident_id="INC-bisect",
+        target=TargetRef(adapter="gateway", model=MODEL),
+        checks=[CHECK],
+        repro=[CASE],
+        window_start=end - timedelta(days=7),
+        window_end=end,
+        **extra,
+    )
+
+
+@asynccontextmanager
+async def gateway(tmp_path: Path) -> AsyncIterator[tuple[GatewayTarget, Any]]:
+    stub = Stub(answers={"bot-v1": GOOD, "bot-v2": LEAK, "bot-v3": GOOD, "safe-v1": "safe"})
+    app = create_app(tmp_path / "gw.db", upstreams(), upstream_transport=httpx.ASGITransport(app=stub.app()))
+    async with served(app) as root:
+        yield GatewayTarget(root), app.state.store
+
+
+async def deploy(target: GatewayTarget, version: str, **extra: Any) -> int:
+    async with httpx.AsyncClient(base_url=target.base_url) as http:
+        answer = await http.post("/admin/deploy", json={"model": MODEL, "version": version, **extra})
+        assert answer.status_code == 200, answer.text
+        return int(answer.json()["sequence"])
+
+
+async def test_the_first_bad_change_and_the_last_good_one_are_named_in_deployment_order(tmp_path: Path) -> None:
+    async with gateway(tmp_path) as (target, _):
+        second = await deploy(target, "2", change_id="PR-2")
+        third = await deploy(target, "2", system_prompt="Answer briefly.")
+        cause = await bisect_changes(asked(), cast(TargetRegistry, OneTarget(target)))
+    assert [(c.sequence, c.verdict) for c in cause.considered] == [(1, "good"), (second, "bad"), (third, "bad")]
+    assert (cause.first_bad, cause.last_good, cause.last_good_version) == (second, 1, "1")
+    assert cause.summary() == "the first bad change is change #2 (PR-2), version 2; the last good one before it is change #1, version 1"
+    assert cause.considered[2].system_prompt_sha256 is not None and "Answer briefly" not in cause.model_dump_json()
+
+
+async def test_a_change_whose_version_is_gone_is_not_judged_and_the_gap_is_said(tmp_path: Path) -> None:
+    async with gateway(tmp_path) as (target, store):
+        async with httpx.AsyncClient(base_url=target.base_url) as http:
+            key = {"idempotency_key": "reg-3", "incident_id": "INC-0", "model": MODEL}
+            registered = await http.post(
+                "/admin/apply", json={**key, "action": {"kind": "register_version", "params": {"version": "3", "upstream_model": "bot-v3"}}}
+            )
+            assert registered.status_code == 200, registered.text
+        gone = await deploy(target, "3")
+        bad = await deploy(target, "2")
+        with store.transaction() as db:
+            db.execute("UPDATE models SET release_version = '2' WHERE name = ?", (MODEL,))
+            db.execute("DELETE FROM versions WHERE model = ? AND version = '3'", (MODEL,))
+        cause = await bisect_changes(asked(), cast(TargetRegistry, OneTarget(target)))
+    verdicts = {c.sequence: (c.verdict, c.reason) for c in cause.considered}
+    assert verdicts[gone][0] == "not_judged" and "404" in verdicts[gone][1]
+    assert (cause.first_bad, cause.last_good, cause.unjudged_between) == (bad, 1, [gone])
+    assert f"changes #{gone} between them could not be replayed" in cause.summary()
+
+
+async def test_nothing_is_named_without_cases_or_a_log_and_an_unreachable_gateway_cannot_run(tmp_path: Path) -> None:
+    async with gateway(tmp_path) as (target, _):
+        registry = cast(TargetRegistry, OneTarget(target))
+        no_cases = await bisect_changes(asked().model_copy(update={"repro": []}), registry)
+        assert no_cases.first_bad is None and "no repro cases" in no_cases.note
+        long_ago = await bisect_changes(asked(window_end=datetime.now(UTC) - timedelta(days=30)), registry)
+        assert long_ago.considered == [] and "no deployment log" in long_ago.note
+    with pytest.raises(BisectionCannotRun):
+        await bisect_changes(asked(), cast(TargetRegistry, OneTarget(GatewayTarget("http://127.0.0.1:9"))))
+
+
+def change(sequence: int, verdict: str) -> ChangeVerdict:
+    return ChangeVerdict(sequence=sequence, release_version=str(sequence), verdict=verdict)  # type: ignore[arg-type]
+
+
+def test_every_change_bad_or_every_change_good_names_no_last_good_and_says_why() -> None:
+    all_bad = named(Cause(considered=[change(1, "bad"), change(2, "bad")]))
+    assert (all_bad.first_bad, all_bad.last_good) == (None, None) and "predate the window" in all_bad.summary()
+    all_good = named(Cause(considered=[change(1, "good"), change(2, "not_judged")]))
+    assert all_good.first_bad is None and "not a logged change" in all_good.summary()
