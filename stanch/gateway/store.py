@@ -166,6 +166,9 @@ class GatewayStore:
             self._start_over_if_built_in_models()
             self.conn.execute("PRAGMA foreign_keys=ON")
             self.conn.executescript(SCHEMA + holds.SCHEMA + samples.SCHEMA)
+            from stanch.gateway.shadows import create_schema as create_shadow_schema  # it reads this store: imported late
+
+            create_shadow_schema(self.conn)
             # The deployment log reads this store's tables, so it is imported here, not above.
             from stanch.gateway import deployments
 
