@@ -38,6 +38,7 @@ from stanch.gateway.ledger import UnknownKey, apply_action, undo_action
 from stanch.gateway.metrics import GatewayMetrics
 from stanch.gateway.proxy import Outcome, Report, forward, forward_stream, ignore, refusal_response
 from stanch.gateway.routing import ADMIN_TOKEN_HEADER, BARE_HEADER, PROBE_HEADER, VERSION_HEADER, Client, client_of, route
+from stanch.gateway.samples import SampleStore
 from stanch.gateway.schemas import (
     ApplyRequest,
     ApplyResponse,
@@ -47,7 +48,7 @@ from stanch.gateway.schemas import (
     ModelsResponse,
     UndoRequest,
 )
-from stanch.gateway.samples import SampleStore
+from stanch.gateway.shadows import Shadows, shadow_router
 from stanch.gateway.store import GatewayStore
 from stanch.gateway.upstreams import UpstreamsFile
 from stanch.telemetry.logs import configure_logging, log_format_from_env, uvicorn_log_config
@@ -100,6 +101,7 @@ def create_app(
     limiter = EndpointRateLimiter()
     metrics = GatewayMetrics()
     http: dict[str, httpx.AsyncClient] = {}
+    shadows = Shadows(store, http)  # live traffic mirrored to a fix before restore
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -297,15 +299,17 @@ def create_app(
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        return await answer(request, "chat")
+        return await shadows.mirror_later(request, "chat", await answer(request, "chat"))
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        return await answer(request, "completions")
+        return await shadows.mirror_later(request, "completions", await answer(request, "completions"))
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> Response:
         return await answer(request, "embeddings")
+
+    app.include_router(shadow_router(shadows))
 
     @app.get("/admin/models", response_model=ModelsResponse)
     def admin_models() -> ModelsResponse:
