@@ -128,8 +128,16 @@ class EndpointParams(_Params):
         return self
 
 
+def _empty_is_none(value: Any) -> Any:
+    # A runbook's `{last_good_version}` is filled with "" when bisection named none: roll back as before.
+    return None if value == "" else _int_to_str(value)
+
+
 class RollbackParams(_Params):
     bad_version: VersionName | None = None
+    target_version: Annotated[str | None, BeforeValidator(_empty_is_none)] = Field(
+        None, description="the version to pin (bisection's last good change); unset or empty: the highest enabled below the bad one"
+    )
 
 
 class VersionParams(_Params):
@@ -257,7 +265,12 @@ def rollback_to_previous(ctx: ActionContext, p: RollbackParams) -> Outcome:
         raise ActionRejected(f"model {ctx.model!r} serves no version; name `bad_version` to roll back from")
     if p.bad_version:
         ctx.require_version(p.bad_version)
-    target = highest_enabled_below(ctx.versions(), bad)
+    if p.target_version is not None:  # the last good change bisection found, not merely the previous version
+        if not ctx.require_version(p.target_version)["enabled"]:
+            raise ActionRejected(f"version {p.target_version!r} of model {ctx.model!r} is disabled: it cannot be rolled back to")
+        target: str | None = p.target_version
+    else:
+        target = highest_enabled_below(ctx.versions(), bad)
     if target is None:
         raise ActionRejected(f"model {ctx.model!r} has no enabled version below {bad!r} to roll back to")
     # The newest pin is served while held; the pin from before the first comes back with the last release.
