@@ -16,8 +16,8 @@ workflows from visibility and counts them by their search attributes:
     stanch_visibility_up                                  1 when the numbers above are current
 
 Rehearsals (`stanch runbooks plan --dry-run`: workflow ids starting `dryrun-`, or an incident
-whose `attention` answer says `dry_run`) are real workflows but no one's incident: they are left
-out of every number.
+whose `attention` answer says `dry_run`) and drills (`stanch drill`: the target a drill route)
+are real workflows but no one's incident: they are left out of every number.
 
 Whether an incident waits for an approval, or is past its ack SLA unacknowledged, is not in its
 search attributes: only the workflow knows. So open incidents are asked through the workflow's
@@ -60,7 +60,7 @@ from pydantic import BaseModel
 from temporalio.client import Client, WorkflowExecution, WorkflowQueryFailedError
 from temporalio.contrib.opentelemetry import TracingInterceptor
 
-from stanch.models.incident import WORKFLOW_NAME, Attention, IncidentStatus, PendingApproval
+from stanch.models.incident import WORKFLOW_NAME, Attention, IncidentStatus, PendingApproval, is_drill_route
 from stanch.models.signals import Severity
 from stanch.temporal import search_attributes as sa
 
@@ -118,6 +118,7 @@ class OpenIncident:
     severity: str
     status: str
     opened_at: datetime
+    target: str | None = None
 
     @classmethod
     def from_execution(cls, execution: WorkflowExecution) -> OpenIncident:
@@ -129,11 +130,13 @@ class OpenIncident:
             severity=attributes.get(sa.INCIDENT_SEVERITY) or UNKNOWN,
             status=attributes.get(sa.INCIDENT_STATUS) or UNKNOWN,
             opened_at=attributes.get(sa.INCIDENT_OPENED_AT) or execution.start_time,
+            target=attributes.get(sa.INCIDENT_TARGET),
         )
 
     @property
     def rehearsal(self) -> bool:
-        return self.id.startswith(REHEARSAL_PREFIX)
+        """A dry run, or a drill (its target a drill route): left out of every number."""
+        return self.id.startswith(REHEARSAL_PREFIX) or is_drill_route(self.target)
 
 
 @dataclass
@@ -280,7 +283,7 @@ class IncidentGauges(Collector):
             return
         yield _gauge(
             "stanch_incidents_open",
-            "Running incidents by runbook, severity and status (rehearsals left out). Every API replica serves the same numbers.",
+            "Running incidents by runbook, severity and status (rehearsals and drills left out). Every replica serves the same numbers.",
             ["runbook", "severity", "status"],
             counts.open,
         )

@@ -32,7 +32,7 @@ from stanch.models.decisions import (
     SeverityChange,
     TriageDecision,
 )
-from stanch.models.incident import WORKFLOW_NAME, IncidentState, IncidentStatus, TimelineEntry
+from stanch.models.incident import WORKFLOW_NAME, IncidentState, IncidentStatus, TimelineEntry, is_drill_route
 from stanch.models.signals import Severity
 from stanch.runbooks.loader import RunbookCatalog
 from stanch.telemetry.logs import note_incident_for_logs
@@ -62,6 +62,7 @@ class IncidentSummary(BaseModel):
     target: str | None = None
     opened_at: datetime | None = None
     closed_at: datetime | None = None
+    drill: bool = Field(False, description="a drill on a drill route (`stanch drill`): a rehearsal, never counted as an incident")
 
 
 _NOT_FOUND = {"description": "no incident with this id"}
@@ -114,6 +115,7 @@ def _summary(execution: tc.WorkflowExecution) -> IncidentSummary:
         target=attributes.get(sa.INCIDENT_TARGET),
         opened_at=attributes.get(sa.INCIDENT_OPENED_AT) or execution.start_time,
         closed_at=execution.close_time,
+        drill=is_drill_route(attributes.get(sa.INCIDENT_TARGET)),
     )
 
 
@@ -130,6 +132,7 @@ async def _fill_from_state(client: tc.Client, summary: IncidentSummary) -> Incid
     summary.severity = summary.severity or state.severity
     summary.runbook = summary.runbook or state.runbook
     summary.target = summary.target or str(state.target)
+    summary.drill = summary.drill or state.drill
     summary.opened_at = state.opened_at
     return summary
 

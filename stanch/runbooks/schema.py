@@ -98,10 +98,15 @@ class Approval(_Strict):
 
 
 class StageGate(_Strict):
-    """`auto`, `skip`, or `{approve: {count, roles, required_roles}}`."""
+    """`auto`, `skip`, or `{approve: {count, roles, required_roles}}`, and with an approval
+    `reversible: auto`: the stage's reversible steps (stanch.models.actions.reversibility) run
+    at once, in runbook order, and the rest waits for the approval."""
 
     mode: Literal["auto", "approve", "skip"] = "auto"
     approve: Approval | None = None
+    reversible: Literal["auto", "approve"] = Field(
+        "approve", description="`auto`: reversible steps run at once and only the rest waits for the approval"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -118,7 +123,13 @@ class StageGate(_Strict):
             self.approve = Approval()
         if self.mode != "approve" and self.approve is not None:
             raise ValueError(f"mode {self.mode!r} takes no approve block")
+        if self.reversible == "auto" and self.mode != "approve":
+            raise ValueError(f"`reversible: auto` goes with an approve block (under {self.mode!r} every step runs alike)")
         return self
+
+    @property
+    def reversible_at_once(self) -> bool:
+        return self.mode == "approve" and self.reversible == "auto"
 
 
 class EscalationTier(_Strict):
