@@ -96,6 +96,10 @@ class Header(BaseModel):
         None, description="incident runs that were dry runs (rehearsals): exported like the others, labelled here"
     )
     left_out: list[LeftOut] | None = Field(None, description="evidence snapshots a history names that were not exported, and why")
+    # Later in format 2: None in a manifest sealed before drills, and then left out of the genesis.
+    drills: list[str] | None = Field(
+        None, description="incident runs that were drills (`stanch drill`, on a drill route): exported like the others, labelled here"
+    )
 
 
 class Signature(BaseModel):
@@ -129,7 +133,8 @@ def canonical(data: BaseModel | dict) -> bytes:
     return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-FORMAT_2_FIELDS = ("entry_count", "dry_runs", "left_out")
+# drills came later in format 2: a manifest without it hashes as it was sealed, like format 1's.
+FORMAT_2_FIELDS = ("entry_count", "dry_runs", "left_out", "drills")
 
 
 def genesis(header: Header) -> str:
@@ -155,7 +160,13 @@ def seal(folder: Path, files: Iterable[FileRecord], header: Header, signing_key:
     """Hash each file in order, chain the entries, sign the head, write manifest.json."""
     files = list(files)
     header = header.model_copy(
-        update={"format": FORMAT, "entry_count": len(files), "dry_runs": header.dry_runs or [], "left_out": header.left_out or []}
+        update={
+            "format": FORMAT,
+            "entry_count": len(files),
+            "dry_runs": header.dry_runs or [],
+            "left_out": header.left_out or [],
+            "drills": header.drills or [],
+        }
     )
     manifest = Manifest(**header.model_dump())
     previous = genesis(header)
@@ -196,6 +207,7 @@ async def export(
     evidence_root = home / "evidence"
     files: list[FileRecord] = []
     header.dry_runs = list(header.dry_runs or [])
+    header.drills = list(header.drills or [])
     header.left_out = list(header.left_out or [])
     async for history in _each(histories):
         incident = f"{history.workflow_id} run {history.run_id}"
@@ -204,6 +216,8 @@ async def export(
         timeline = await build_timeline(history, converter, trusted_keys or [])
         if timeline.dry_run:
             header.dry_runs.append(incident)
+        if timeline.drill:
+            header.drills.append(incident)
         files.append(write(folder, f"timelines/{stem}.json", timeline.model_dump_json(indent=2), "timeline", incident))
         files.append(write(folder, f"timelines/{stem}.md", to_markdown(timeline), "timeline", incident))
         occurrence = safe(timeline.occurrence or history.workflow_id)

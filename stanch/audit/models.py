@@ -173,6 +173,9 @@ class Timeline(BaseModel):
         description="a rehearsal (`stanch runbooks plan --dry-run`, IncidentInput.dry_run): every action was only recorded, nothing was "
         "changed",
     )
+    drill: bool = Field(
+        False, description="a drill (`stanch drill`, IncidentInput.drill): real pages and approvals on a drill route, not an incident"
+    )
     started_at: datetime
     first_signal_at: datetime | None = None
     ended_at: datetime | None = None

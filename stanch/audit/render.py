@@ -134,14 +134,26 @@ DRY_RUN_BANNER = (
 )
 
 
+DRILL_BANNER = (
+    "DRILL — a rehearsal, not an incident (`stanch drill`): the pages and approvals were real, the actions changed only a "
+    "drill route (a copy of the model no user is served)."
+)
+
+
 def title(t: Timeline) -> str:
-    return f"{'Dry run' if t.dry_run else 'Incident'} {t.incident_id or t.workflow_id} — timeline"
+    kind = "Dry run" if t.dry_run else "Drill" if t.drill else "Incident"
+    return f"{kind} {t.incident_id or t.workflow_id} — timeline"
+
+
+def banner(t: Timeline) -> str | None:
+    return DRY_RUN_BANNER if t.dry_run else DRILL_BANNER if t.drill else None
 
 
 def summary(t: Timeline) -> list[tuple[str, str]]:
     outcome = t.execution + (f": {t.final_status}" if t.final_status else "") + (f" — {t.close_reason}" if t.close_reason else "")
     return [
         ("dry run", "yes: a rehearsal, nothing was changed" if t.dry_run else "no"),
+        ("drill", "yes: a drill on a drill route, not an incident" if t.drill else "no"),
         ("incident", t.incident_id),
         ("occurrence", t.occurrence),
         ("workflow", f"{t.workflow_id} run {t.run_id}" + (f" (continues run {t.continued_from})" if t.continued_from else "")),
@@ -160,8 +172,8 @@ def summary(t: Timeline) -> list[tuple[str, str]]:
 
 def to_markdown(t: Timeline) -> str:
     lines = [f"# {md(title(t))}", ""]
-    if t.dry_run:
-        lines += [f"> **{md(DRY_RUN_BANNER)}**", ""]
+    if (said := banner(t)) is not None:
+        lines += [f"> **{md(said)}**", ""]
     lines += ["Derived from the workflow history alone; every row names its event.", ""]
     lines += ["| | |", "|---|---|"] + [f"| {key} | {md(value)} |" for key, value in summary(t)] + [""]
     for section in sections(t):
@@ -206,7 +218,7 @@ def to_html(t: Timeline) -> str:
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">",
         f"<title>{esc(heading)}</title><style>{STYLE}</style></head><body>",
         f"<h1>{esc(heading)}</h1>",
-        *([f'<p class="banner">{esc(DRY_RUN_BANNER)}</p>'] if t.dry_run else []),
+        *([f'<p class="banner">{esc(said)}</p>'] if (said := banner(t)) is not None else []),
         '<p class="note">Derived from the workflow history alone; every row names its event.</p>',
         '<table class="summary">' + "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in summary(t)) + "</table>",
     ]

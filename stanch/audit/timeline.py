@@ -163,6 +163,7 @@ class _Reader:
         self.t.runbook_sha256 = input.get("runbook_sha256", "")
         self.t.target = target_text(input.get("target"))
         self.t.dry_run = bool(input.get("dry_run"))
+        self.t.drill = bool(input.get("drill"))
         self.t.continued_from = a.continued_execution_run_id or None
         self.t.occurrence = occurrence_of(input, a) if self.t.incident_id else ""
 

@@ -44,6 +44,7 @@ class VerifyReport(BaseModel):
     signature: Literal["valid", "invalid", "unsigned", "not checked"] = "unsigned"
     proves: str = Field("", description="what this verification shows about the bundle, and what it cannot")
     dry_runs: list[str] = Field(default_factory=list, description="incident runs exported that were dry runs (rehearsals)")
+    drills: list[str] = Field(default_factory=list, description="incident runs exported that were drills (`stanch drill`)")
     left_out: list[LeftOut] = Field(default_factory=list, description="evidence its histories name that the export left out, and why")
     problems: list[Problem] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
@@ -98,6 +99,7 @@ def verify(folder: Path, public_key: Ed25519PublicKey | None = None, require_sig
     report.format, report.entries, report.sealed_entries, report.head = manifest.format, len(entries), sealed, manifest.head
     report.warnings = list(manifest.warnings)
     report.dry_runs, report.left_out = list(manifest.dry_runs or []), list(manifest.left_out or [])
+    report.drills = list(manifest.drills or [])
 
     # The list itself: every index once, in order, within the count sealed (or, in a format-1
     # manifest, the count listed). Gaps are reported as runs: a forged index of 10**12 costs nothing.
