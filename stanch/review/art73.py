@@ -5,8 +5,13 @@ surveillance authority, prepared from the incident's record for the provider to 
 from __future__ import annotations
 
 from stanch.models.activity_io import ReviewInput
-from stanch.models.incident import RegulatoryClock
+from stanch.models.incident import RegulatoryClock, is_drill_route
 from stanch.review.facts import FILL_IN, deadline_of, evidence_line, key_dates, signals_summary, version_lines, when
+
+DRILL_NOTICE = (
+    "This is a drill (`stanch drill`): a rehearsal on a drill route, a copy of the model that no user is served. "
+    "No one was harmed and nothing is to be reported to any authority; the draft below shows what a real report would hold."
+)
 
 
 def report_draft(input: ReviewInput) -> str:
@@ -17,17 +22,28 @@ def report_draft(input: ReviewInput) -> str:
     deadline = deadline_of(input)
     days = (clock.deadline - clock.aware_at).days if clock and clock.deadline and clock.aware_at else None
     versions = version_lines(input)
+    if is_drill_route(input.target.model):
+        head = [
+            f"# DRILL — not a serious incident, NOT TO FILE (EU AI Act Art. 73 draft rehearsed): {input.occurrence or input.incident_id}",
+            "",
+            DRILL_NOTICE,
+            "",
+        ]
+    else:
+        head = [
+            f"# Serious incident report — DRAFT (EU AI Act Art. 73): {input.occurrence or input.incident_id}",
+            "",
+            "Prepared by Stanch from the incident's record. The provider completes, checks and files it;",
+            f"record the filing on the incident (`stanch report-filed {input.incident_id} --reference …`, or `POST "
+            f"/v1/incidents/{input.incident_id}/report`) to stop the reminders.",
+            "",
+            f"**Report due: {when(deadline)}**"
+            + (f" — {days}-day clock" if days is not None else "")
+            + (f" ({clock.reason})" if clock and clock.reason else ""),
+            "",
+        ]
     lines = [
-        f"# Serious incident report — DRAFT (EU AI Act Art. 73): {input.occurrence or input.incident_id}",
-        "",
-        "Prepared by Stanch from the incident's record. The provider completes, checks and files it;",
-        f"record the filing on the incident (`stanch report-filed {input.incident_id} --reference …`, or `POST "
-        f"/v1/incidents/{input.incident_id}/report`) to stop the reminders.",
-        "",
-        f"**Report due: {when(deadline)}**"
-        + (f" — {days}-day clock" if days is not None else "")
-        + (f" ({clock.reason})" if clock and clock.reason else ""),
-        "",
+        *head,
         "## 1. Provider",
         "",
         f"- {regulatory.provider or 'the provider named in the runbook ' + FILL_IN + ': name, address, contact point for this report'}",

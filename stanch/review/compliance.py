@@ -5,6 +5,7 @@ each with the concrete steps of this incident that meet it — or "not performed
 from __future__ import annotations
 
 from stanch.models.activity_io import ComplianceItem, ReviewInput
+from stanch.models.incident import is_drill_route
 from stanch.review.facts import action_lines, deadline_of, entries, evidence_line, signals_summary, stage_line, stage_status, when
 
 NIST = "NIST AI RMF 1.0"
@@ -207,7 +208,14 @@ def compliance_mapping(input: ReviewInput, tasks: list[dict], added: int) -> lis
         [] if input.evidence else ["no evidence snapshot was retained"],
     )
     mapping = [manage_23, manage_24, manage_41, manage_43, iso_a, iso_b, iso_c, iso_d, iso_e, iso_doc]
+    if is_drill(input):
+        return [drilled(entry) for entry in mapping]
     return [rehearsed(entry) for entry in mapping] if input.dry_run else mapping
+
+
+def is_drill(input: ReviewInput) -> bool:
+    """A drill (`stanch drill`): its target is a drill route, a copy of the model no user is served."""
+    return is_drill_route(input.target.model)
 
 
 DRY_RUN_STATUS = "not performed (dry run: rehearsal only)"
@@ -225,5 +233,25 @@ def rehearsed(item: ComplianceItem) -> ComplianceItem:
     )
 
 
+DRILL_STATUS = "not performed (drill: a rehearsal, not an incident)"
+DRILL_GAP = (
+    "drill: a rehearsal on a drill route — the pages, approvals and actions were real, but they acted on a copy of the model "
+    "no user is served; no incident happened and none is counted here"
+)
+
+
+def drilled(item: ComplianceItem) -> ComplianceItem:
+    """A drill responds to no incident: every item is not performed, with what it drilled as evidence."""
+    return item.model_copy(
+        update={
+            "status": "not performed",
+            "evidence": [f"drilled: {line}" for line in item.evidence],
+            "gaps": [DRILL_GAP, *item.gaps],
+        }
+    )
+
+
 def status_text(input: ReviewInput, item: ComplianceItem) -> str:
+    if is_drill(input):
+        return DRILL_STATUS
     return DRY_RUN_STATUS if input.dry_run else item.status

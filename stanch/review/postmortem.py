@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from stanch.models.activity_io import ComplianceItem, ReviewInput
 from stanch.models.incident import StageState
-from stanch.review.compliance import compliance_mapping, status_text
+from stanch.review.compliance import compliance_mapping, is_drill, status_text
 from stanch.review.facts import deadline_of, duration, signals_summary, stage_of, when
 
 TASK_TITLES = {
@@ -34,6 +34,11 @@ def postmortem(input: ReviewInput, tasks: list[dict], added: int, mapping: list[
         f"# Postmortem draft: {input.occurrence or input.incident_id}",
         "",
         *(["_A dry run: every action below was only recorded, nothing was changed._", ""] if input.dry_run else []),
+        *(
+            ["_A DRILL: a rehearsal on a drill route (a copy of the model no user is served); not an incident._", ""]
+            if is_drill(input)
+            else []
+        ),
         f"- Runbook: {input.runbook.name} — {input.runbook.description}",
         f"- Target: {input.target}",
         f"- Severity: {input.severity}" + (f" ({'; '.join(input.severity_reasons)})" if input.severity_reasons else ""),
