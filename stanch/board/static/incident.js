@@ -182,7 +182,8 @@ function header(state, ctx) {
     ? `${ctx.health.ui_url.replace(/\/$/, "")}/namespaces/${encodeURIComponent(ctx.health.namespace)}/workflows/${encodeURIComponent(state.id)}`
     : null;
   return [
-    h("p", { class: "badges" }, statusBadge(state.status), " ", severityBadge(state.severity)),
+    h("p", { class: "badges" }, statusBadge(state.status), " ", severityBadge(state.severity),
+      state.drill ? h("span", { class: "tag tag--drill", title: "a rehearsal on a drill route: real pages and approvals, no user harmed" }, "DRILL") : ""),
     facts([
       ["Runbook", h("span", {}, state.runbook, " ", h("code", { class: "sha", title: state.runbook_sha256 }, state.runbook_sha256?.slice(0, 12)))],
       ["Target", `${state.target.adapter}:${state.target.model}${state.target.version ? `@${state.target.version}` : ""}`],

@@ -76,7 +76,8 @@ function fromLocalInput(text) {
 function row(incident, fresh) {
   const link = h("a", { href: `/board/incidents/${encodeURIComponent(incident.id)}`, class: "incident-link" }, incident.id);
   return h("tr", { class: fresh ? "row--new" : "", "data-incident": incident.id },
-    h("th", { scope: "row", "data-label": "Incident" }, link, fresh ? h("span", { class: "tag tag--new" }, "new") : ""),
+    h("th", { scope: "row", "data-label": "Incident" }, link, fresh ? h("span", { class: "tag tag--new" }, "new") : "",
+      incident.drill ? h("span", { class: "tag tag--drill", title: "a drill: a rehearsal on a drill route, not an incident" }, "drill") : ""),
     h("td", { "data-label": "Status" }, statusBadge(incident.status)),
     h("td", { "data-label": "Severity" }, severityBadge(incident.severity)),
     h("td", { "data-label": "Runbook" }, incident.runbook || "—"),
