@@ -20,6 +20,7 @@ from starlette.datastructures import Headers
 from stanch.gateway import deployments
 from stanch.gateway.actions import ActionConflict, ActionRejected, PatternParams
 from stanch.gateway.deploys import reset_to_file, take_over
+from stanch.gateway.drills import drill_router, production_models
 from stanch.gateway.enforcement import (
     EndpointRateLimiter,
     OutputGuard,
@@ -145,7 +146,7 @@ def create_app(
     def list_models() -> dict[str, Any]:
         return {
             "object": "list",
-            "data": [{"id": name, "object": "model", "created": 0, "owned_by": "stanch-gateway"} for name in store.model_names()],
+            "data": [{"id": name, "object": "model", "created": 0, "owned_by": "stanch-gateway"} for name in production_models(store)],
         }
 
     def record(model: str, version: str, route_name: str, direction: str) -> Report:
@@ -212,7 +213,8 @@ def create_app(
             replayed_or_refusal = replayed_change(model, asked, headers)
             if isinstance(replayed_or_refusal, Refusal):
                 return refusal_response(replayed_or_refusal)
-            replayed, version = replayed_or_refusal, replayed_or_refusal.release_version
+            replayed = replayed_or_refusal
+            version = asked.partition("@")[2] or replayed.release_version
         if version is not None:
             # A version by name: its hotfixes, none of the incidents' protections. For verification.
             if not is_admin(headers.get(ADMIN_TOKEN_HEADER, "")):
@@ -288,12 +290,17 @@ def create_app(
         if not is_admin(headers.get(ADMIN_TOKEN_HEADER, "")):
             message = f"{deployments.DEPLOYMENT_HEADER} needs the gateway's admin token in {ADMIN_TOKEN_HEADER}."
             return Refusal(401, "admin_token_required", message, None, "authentication_error")
-        change = deployments.deployment(store, model, int(asked)) if asked.isdigit() else None
+        sequence, _, version = asked.partition("@")  # `N`: the change's release; `N@V`: one of its canaries
+        change = deployments.deployment(store, model, int(sequence)) if sequence.isdigit() else None
         if change is None:
-            message = f"Model {model!r} has no change {asked!r} in its deployment log (GET /admin/models/{model}/deployments)."
+            message = f"Model {model!r} has no change {sequence!r} in its deployment log (GET /admin/models/{model}/deployments)."
             return Refusal(404, "deployment_not_found", message)
-        if store.version_row(model, change.release_version) is None:
-            message = f"Change {change.sequence} of model {model!r} served version {change.release_version!r}, which is gone."
+        version = version or change.release_version
+        if version != change.release_version and version not in change.canary_weights:
+            message = f"Change {change.sequence} of model {model!r} served no version {version!r}."
+            return Refusal(404, "version_not_found", message)
+        if store.version_row(model, version) is None:
+            message = f"Change {change.sequence} of model {model!r} served version {version!r}, which is gone."
             return Refusal(404, "version_not_found", message)
         return change
 
@@ -364,6 +371,10 @@ def create_app(
                 raise HTTPException(422, f"model {request.model!r} has no version {request.version!r}; known versions: {known}")
             previous = db.execute("SELECT release_version FROM models WHERE name = ?", (request.model,)).fetchone()[0]
             db.execute("UPDATE models SET release_version = ? WHERE name = ?", (request.version, request.model))
+            if request.canary_weights is not None:  # the canaries this change serves beside the release
+                db.execute("UPDATE versions SET weight = 0 WHERE model = ?", (request.model,))
+                for canary, weight in request.canary_weights.items():
+                    db.execute("UPDATE versions SET weight = ? WHERE model = ? AND version = ?", (weight, request.model, canary))
             change = deployments.append(
                 db,
                 request.model,
@@ -388,6 +399,7 @@ def create_app(
         return {"models": {name: store.state(name) for name in store.model_names()}}
 
     app.include_router(deployments.router(store))
+    app.include_router(drill_router(store))
 
     # Added last, so outermost: one span per request, the admin token check included (a no-op
     # unless tracing is on). Only /admin/* (Stanch's worker, by token) continues the caller's
