@@ -88,6 +88,7 @@ class Gates:
                 return False
             if gate.mode != "approve":
                 record.mark(stage, StageStatus.running, f"automatic at {state.severity}")
+                record.memory.went_ahead[stage] = "automatically (policy auto)"
                 return True
             approval = gate.approve or Approval()  # a gate in approve mode always has one
             pending = PendingApproval(
@@ -134,6 +135,9 @@ class Gates:
             record.mark(
                 stage, StageStatus.running, f"nobody decided within {record.policy.approval_timeout}: automatic, as the runbook says"
             )
+            record.memory.went_ahead[stage] = (
+                f"automatically: nobody decided within {record.policy.approval_timeout} (policy auto_on_timeout)"
+            )
             return True
         if resolve_skips_it and (request := record.memory.resolve_request):
             record.mark(stage, StageStatus.skipped, f"resolved by {request.by} while awaiting approval")
@@ -144,6 +148,7 @@ class Gates:
             return False
         approvers = [r.approver for r in approvals.current_votes(pending, state.approvals)]
         record.mark(stage, StageStatus.running, f"approved by {', '.join(approvers)}")
+        record.memory.went_ahead[stage] = f"after approval by {', '.join(approvers)}"
         return True
 
     async def attempt(self, stage: str, what: str, call: Callable[[], Awaitable[T]], *, skippable: bool = True) -> T | None:

@@ -284,25 +284,29 @@ class IncidentWorkflow(IncidentMessages):
 
     async def contain(self) -> None:
         """Limit harm now: kill switches, blocked prompts and outputs, restricted endpoints."""
-        if self.record.finished("contain") or not await self.gates.gate("contain", self.runbook.containment):
+        steps = self.runbook.containment
+        if self.record.finished("contain") or not await self.steps.past_gate("contain", steps, ContainActivities.apply_containment):
             return
         self.record.set_status(IncidentStatus.containing)
-        await self.steps.apply("contain", self.runbook.containment, ContainActivities.apply_containment)
+        await self.steps.apply("contain", steps, ContainActivities.apply_containment)
         self.record.mark("contain", StageStatus.done, self.record.applied_summary("contain"))
         self.clocks.milestones.reached("contain")
 
     async def roll_back(self) -> None:
         """Previous good version, disable the new update, or switch to the fallback model."""
-        if self.record.finished("rollback") or not await self.gates.gate("rollback", self.runbook.rollback):
+        steps = self.runbook.rollback
+        if self.record.finished("rollback") or not await self.steps.past_gate("rollback", steps, RollbackActivities.apply_rollback):
             return
         self.record.set_status(IncidentStatus.rolling_back)
-        await self.steps.apply("rollback", self.runbook.rollback, RollbackActivities.apply_rollback)
+        await self.steps.apply("rollback", steps, RollbackActivities.apply_rollback)
         self.record.mark("rollback", StageStatus.done, self.record.applied_summary("rollback"))
 
     async def hotfix(self) -> None:
         """Guardrails, system prompt or a fine-tuned version: the fix users will get back."""
         steps = self.runbook.hotfix.actions if self.runbook.hotfix else []
-        if self.record.finished("hotfix") or not await self.gates.gate("hotfix", steps):
+        if self.record.finished("hotfix") or not await self.steps.past_gate(
+            "hotfix", steps, HotfixActivities.apply_hotfix, FINETUNE_TIMEOUT
+        ):
             return
         self.record.set_status(IncidentStatus.hotfixing)
         await self.steps.apply("hotfix", steps, HotfixActivities.apply_hotfix, timeout=FINETUNE_TIMEOUT)
