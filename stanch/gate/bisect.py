@@ -4,13 +4,15 @@ Once an incident on the gateway is confirmed:
 1. read the model's changes from the gateway's deployment log, the window being the runbook's
    `bisect.lookback` before the first signal up to it (the change already serving when the
    window opened comes first: it may be the cause too);
-2. replay the incident's repro cases on each change as it served (its version, system prompt
-   and guardrails; no containment, no incident's hotfix), with the confirming checks'
-   detectors and sampling, in deployment order;
-3. a change is `bad` when a case reproduces, `good` when every case was asked and judged clean,
-   and `not_judged` when it could not be replayed (its version is gone) or a detector could not
-   decide: never guessed;
-4. the first bad change is named, with the last good change before it (rollback's target).
+2. replay the incident's repro cases on each change as it served (its release and canary
+   versions, system prompt and guardrails; no containment, no incident's hotfix), with the
+   confirming checks' detectors and sampling, in deployment order;
+3. a change is `bad` when a case reproduces on a version it served, `good` when every case was
+   asked and judged clean on each, and `not_judged` when it could not be replayed (its version
+   is gone) or a detector could not decide: never guessed;
+4. the last good change is named, with the first bad one after it: the cause (and rollback's
+   target, the last good change's release). An earlier bad run that a good change ended is
+   history, not this incident's cause.
 
 Nothing named says why: no deployment log, no repro cases, every change bad (the harm predates
 the window), every change good (the cause is not a logged change). The gateway out of reach is
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from stanch.detectors.registry import Detectors
@@ -31,7 +34,7 @@ from stanch.probe.endpoint import ChatEndpoint
 from stanch.probe.sampling import Sampling, probe_case
 from stanch.runbooks.schema import ConfirmCheck
 from stanch.targets.base import TargetError
-from stanch.targets.gateway import GatewayTarget
+from stanch.targets.gateway import DEPLOYMENT_HEADER, GatewayTarget
 from stanch.targets.registry import TargetRegistry
 
 
@@ -103,20 +106,47 @@ async def bisect_changes(input: BisectInput, targets: TargetRegistry, heartbeat:
         if heartbeat:
             heartbeat({"changes_done": done, "changes": len(log)})
         change = _change(entry)
-        await judge_change(change, target.deployment_chat_endpoint(model, change.sequence), plans, detectors, input.incident_id)
+        # The release and every canary the change served: a canary's share of users got it too.
+        served = [change.release_version, *sorted(entry.get("canary_weights") or {})]
+        release = target.deployment_chat_endpoint(model, change.sequence)
+        endpoints = {
+            version: replace(release, headers={**release.headers, DEPLOYMENT_HEADER: f"{change.sequence}@{version}"}) for version in served
+        }
+        await judge_change(change, endpoints, plans, detectors, input.incident_id)
         cause.considered.append(change)
     return named(cause)
 
 
 async def judge_change(
     change: ChangeVerdict,
-    endpoint: ChatEndpoint,
+    endpoints: dict[str, ChatEndpoint],
     plans: list[tuple[ConfirmCheck, list[ReproCase]]],
     detectors: Detectors,
     incident_id: str,
 ) -> None:
-    """Bad at the first case that reproduces; good only when every case was judged clean."""
+    """Bad when a case reproduces on a version it served; good only when every case was judged
+    clean on every one; else not judged, with the first reason."""
     unsure: list[str] = []
+    for version, endpoint in endpoints.items():
+        harm, doubt = await judge_version(endpoint, plans, detectors, incident_id)
+        on = f" on version {version}" if len(endpoints) > 1 else ""
+        if harm:
+            change.verdict, change.reason = "bad", harm + on
+            return
+        if doubt:
+            unsure.append(doubt + on)
+    if unsure:
+        change.reason = unsure[0]
+        return
+    change.verdict = "good"
+    change.reason = f"no harm found by {', '.join(sorted({n for check, _ in plans for n in check.detectors}))}"
+
+
+async def judge_version(
+    endpoint: ChatEndpoint, plans: list[tuple[ConfirmCheck, list[ReproCase]]], detectors: Detectors, incident_id: str
+) -> tuple[str, str]:
+    """(the harm found, else ""; why it could not be judged, else "")."""
+    doubt = ""
     for check, cases in plans:
         for case in cases:
             try:
@@ -133,45 +163,41 @@ async def judge_change(
                 if failure.status_code is None:
                     raise BisectionCannotRun(f"the gateway could not be asked: {failure}") from None
                 code = f" {failure.code}" if failure.code else ""
-                change.reason = f"could not be replayed: the gateway answered HTTP {failure.status_code}{code}"
-                return  # not judged
+                return "", f"could not be replayed: the gateway answered HTTP {failure.status_code}{code}"
             if probe.reproduced:
-                change.verdict = "bad"
-                change.reason = f"{probe.tally()}: {', '.join(probe.detectors)} found harm"
-                return
+                return f"{probe.tally()}: {', '.join(probe.detectors)} found harm", ""
             if probe.undecided:
-                unsure.append(f"could not decide: {'; '.join(probe.undecided_reasons)}")
-            elif probe.refused == len(probe.samples) and probe.samples:
-                unsure.append("every sample was refused: the change was not reached")
-    if unsure:
-        change.reason = unsure[0]
-        return
-    change.verdict = "good"
-    change.reason = f"no harm found by {', '.join(sorted({n for check, _ in plans for n in check.detectors}))}"
+                doubt = doubt or f"could not decide: {'; '.join(probe.undecided_reasons)}"
+            elif probe.samples and probe.refused == len(probe.samples):
+                doubt = doubt or "every sample was refused: the change was not reached"
+    return "", doubt
 
 
 def named(cause: Cause) -> Cause:
-    """The first bad change and the last good one before it; or why none is named."""
+    """The first bad change after the last good one, and that good one; or why none is named.
+
+    The harm being confirmed now, the bad run that matters is the latest: a change that did harm
+    once and was followed by a good one (a fix) is history, not this incident's cause."""
     considered = cause.considered
-    first_bad = next((i for i, change in enumerate(considered) if change.verdict == "bad"), None)
-    if first_bad is None:
+    bad = [i for i, change in enumerate(considered) if change.verdict == "bad"]
+    if not bad:
         if any(change.verdict == "good" for change in considered):
             cause.note = _joined(cause.note, "every change that could be judged was good: the cause is not a logged change")
         else:
             cause.note = _joined(cause.note, "no change could be judged")
         return cause
-    good_before = [i for i, change in enumerate(considered[:first_bad]) if change.verdict == "good"]
-    if not good_before:  # the change in force when the window opened already did harm, or could not be judged
-        first = considered[first_bad]
+    good = [i for i, change in enumerate(considered) if change.verdict == "good" and i < bad[-1]]
+    if not good:  # the change in force when the window opened already did harm, or could not be judged
         cause.note = _joined(
             cause.note,
-            f"no good change before {first.describe()}: the harm may predate the window (widen bisect.lookback)",
+            f"no good change before {considered[bad[0]].describe()}: the harm may predate the window (widen bisect.lookback)",
         )
         return cause
+    last_good = good[-1]
+    first_bad = next(i for i in bad if i > last_good)
     cause.first_bad = considered[first_bad].sequence
-    last_good = considered[good_before[-1]]
-    cause.last_good, cause.last_good_version = last_good.sequence, last_good.release_version
-    cause.unjudged_between = [change.sequence for change in considered[good_before[-1] + 1 : first_bad]]
+    cause.last_good, cause.last_good_version = considered[last_good].sequence, considered[last_good].release_version
+    cause.unjudged_between = [change.sequence for change in considered[last_good + 1 : first_bad]]
     return cause
 
 

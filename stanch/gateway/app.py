@@ -369,6 +369,11 @@ def create_app(
             if db.execute("SELECT 1 FROM versions WHERE model = ? AND version = ?", (request.model, request.version)).fetchone() is None:
                 known = ", ".join(v["version"] for v in store.versions(request.model))
                 raise HTTPException(422, f"model {request.model!r} has no version {request.version!r}; known versions: {known}")
+            canaries = request.canary_weights or {}
+            if unknown := [v for v in canaries if store.version_row(request.model, v) is None]:
+                raise HTTPException(422, f"canary_weights: model {request.model!r} has no version {', '.join(map(repr, unknown))}")
+            if any(not 0 <= weight <= 100 for weight in canaries.values()) or sum(canaries.values()) > 100:
+                raise HTTPException(422, "canary_weights: each a percent from 0 to 100, together at most 100")
             previous = db.execute("SELECT release_version FROM models WHERE name = ?", (request.model,)).fetchone()[0]
             db.execute("UPDATE models SET release_version = ? WHERE name = ?", (request.version, request.model))
             if request.canary_weights is not None:  # the canaries this change serves beside the release

@@ -63,6 +63,9 @@ class DeployRequest(BaseModel):
     guardrails: list[str] | None = Field(
         None, description="patterns redacted from answers, shipped with this change; unset: the last ones stay, []: none"
     )
+    canary_weights: dict[VersionName, int] | None = Field(
+        None, description="percent of traffic per canary version beside the release; unset: the canaries stay, {}: none"
+    )
     change_id: str | None = Field(None, max_length=200, description="your name for the change (a pull request, a ticket)")
     description: str | None = Field(None, max_length=2_000)
 

@@ -51,9 +51,9 @@ def asked(window_end: datetime | None = None, **extra: Any) -> BisectInput:
 
 
 @asynccontextmanager
-async def gateway(tmp_path: Path) -> AsyncIterator[tuple[GatewayTarget, Any]]:
+async def gateway(tmp_path: Path, canary_weight: int = 0) -> AsyncIterator[tuple[GatewayTarget, Any]]:
     stub = Stub(answers={"bot-v1": GOOD, "bot-v2": LEAK, "bot-v3": GOOD, "safe-v1": "safe"})
-    app = create_app(tmp_path / "gw.db", upstreams(), upstream_transport=httpx.ASGITransport(app=stub.app()))
+    app = create_app(tmp_path / "gw.db", upstreams(canary_weight), upstream_transport=httpx.ASGITransport(app=stub.app()))
     async with served(app) as root:
         yield GatewayTarget(root), app.state.store
 
@@ -74,6 +74,16 @@ async def test_the_first_bad_change_and_the_last_good_one_are_named_in_deploymen
     assert (cause.first_bad, cause.last_good, cause.last_good_version) == (second, 1, "1")
     assert cause.summary() == "the first bad change is change #2 (PR-2), version 2; the last good one before it is change #1, version 1"
     assert cause.considered[2].system_prompt_sha256 is not None and "Answer briefly" not in cause.model_dump_json()
+
+
+async def test_a_leaking_canary_makes_its_change_bad_and_a_change_that_ended_it_good(tmp_path: Path) -> None:
+    async with gateway(tmp_path, canary_weight=30) as (target, _):
+        ended = await deploy(target, "1", canary_weights={})
+        rolled_out = await deploy(target, "2")
+        cause = await bisect_changes(asked(), cast(TargetRegistry, OneTarget(target)))
+    assert [(c.sequence, c.verdict) for c in cause.considered] == [(1, "bad"), (ended, "good"), (rolled_out, "bad")]
+    assert cause.considered[0].reason.endswith("on version 2"), "the release was clean: its canary leaked"
+    assert (cause.first_bad, cause.last_good) == (rolled_out, ended)
 
 
 async def test_a_change_whose_version_is_gone_is_not_judged_and_the_gap_is_said(tmp_path: Path) -> None:
