@@ -68,7 +68,7 @@ class DrillRoute(BaseModel):
     drill_id: str
     model: str = Field(description="the production model it copies, which the drill never touches")
     harmful_version: str | None = None
-    served_version: str | None = Field(None, description="what the drill route serves now (None once ended)")
+    served_version: str | None = Field(None, description="what the drill route serves its first clients now (None once ended)")
     started_at: str
     ended_at: str | None = None
     replayed: bool = Field(False, description="this idempotency key had made the drill route already")
@@ -125,7 +125,8 @@ def drill_router(store: GatewayStore) -> APIRouter:
     router = APIRouter(prefix="/admin/drills", tags=["drills"])
 
     def described(row: sqlite3.Row, replayed: bool = False) -> DrillRoute:
-        served = store.served_version(row["route"]) if row["ended_at"] is None else None
+        # Bucket 0: the clients a canary reaches first; with a harmful version forced, everyone.
+        served = store.served_version(row["route"], 0) if row["ended_at"] is None else None
         return DrillRoute(**{key: row[key] for key in row.keys() if key != "idempotency_key"}, served_version=served, replayed=replayed)
 
     def drill_row(route: str) -> sqlite3.Row:
