@@ -21,6 +21,7 @@ from activities.restore import RestoreActivities
 from activities.review import ReviewActivities
 from activities.rollback import RollbackActivities
 from activities.severity import grade_by_runbook_rules
+from activities.shadow import ShadowActivities
 from activities.verify import VerifyActivities
 from stanch.config.settings import Settings
 from stanch.telemetry.logs import configure_logging
@@ -45,6 +46,7 @@ def all_activities(deps: ActivityDeps) -> list:
         RollbackActivities(deps).apply_rollback,
         HotfixActivities(deps).apply_hotfix,
         VerifyActivities(deps).verify_fix,
+        ShadowActivities(deps).verify_on_shadow,
         RestoreActivities(deps).undo_action,
         ReviewActivities(deps).write_review,
         NotifyActivities(deps).deliver,

@@ -44,6 +44,8 @@ from workflows.policies import (
 )
 from workflows.record import Record
 from workflows.severity import Grading
+from workflows.shadow import PATCH as SHADOW_RESTORE
+from workflows.shadow import ShadowCheck
 from workflows.steps import Steps
 
 with workflow.unsafe.imports_passed_through():
@@ -74,6 +76,7 @@ class IncidentWorkflow(IncidentMessages):
         self.grading = Grading(self.record)
         self.responders = ResponderHandlers(self.record, self.grading)
         self.monitoring = Monitoring(self.record)
+        self.shadow = ShadowCheck(self.record, self.gates)
         self.background: list[asyncio.Task] = []  # escalation, re-grading, the report clock
 
     @property
@@ -355,6 +358,8 @@ class IncidentWorkflow(IncidentMessages):
             if protections:
                 self.record.note("restore", f"protections left in place: {[a.kind for a in protections]}")
             return
+        if self.shadow.wanted() and workflow.patched(SHADOW_RESTORE):  # the fix must hold on live traffic first
+            await self.shadow.before_restore()
         self.record.set_status(IncidentStatus.restoring)
         finished = self.record.memory.steps_finished  # undone or skipped: a continued run does not ask again
         for applied in protections:

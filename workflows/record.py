@@ -285,6 +285,7 @@ class Record:
             signal_count=self.state.signal_count,
             detectors_fired=self.memory.detectors_fired,
             current=current,
+            affected_users=self.state.exposure.users_affected if self.state.exposure else None,
         )
 
     def apply_input(self, stage: str, index: int, action: ActionSpec, captured: dict[str, Any] | None) -> ApplyInput:
@@ -366,6 +367,7 @@ class Record:
             reviewed_at=workflow.now(),
             objectives=state.objectives,
             gate_waits=state.gate_waits,
+            exposure=state.exposure,
         )
 
     def notification(self, kind: str, recipients: list[str], message: str, tier: int) -> Notification:

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from stanch.detectors.specs import DetectorSpec
 from stanch.models.actions import ActionSpec, AppliedAction, TargetRef
 from stanch.models.decisions import AnswerCorrection
+from stanch.models.exposure import Exposure
 from stanch.models.incident import ApprovalRecord, EvidenceRecord, GateWait, ObjectiveOutcome, RegulatoryClock, StageState
 from stanch.models.signals import ReproCase, Severity, Signal
 from stanch.runbooks.schema import ConfirmCheck, Runbook, Verify
@@ -63,6 +64,7 @@ class GradeInput(BaseModel):
     detectors_fired: list[str] = Field(default_factory=list)
     signal_count: int | None = Field(None, description="every signal counted; `signals` holds those kept in full")
     current: Severity | None = Field(None, description="severity already in force, if graded or set before")
+    affected_users: int | None = Field(None, description="users the blast radius found affected; None: not measured")
 
 
 class GradeResult(BaseModel):
@@ -177,6 +179,7 @@ class ReviewInput(BaseModel):
     reviewed_at: datetime | None = None
     objectives: list[ObjectiveOutcome] = Field(default_factory=list, description="time to acknowledge, contain, restore, as recorded")
     gate_waits: list[GateWait] = Field(default_factory=list, description="each wait for a person the lifecycle made")
+    exposure: Exposure | None = Field(None, description="the blast radius: counts and ids, the deployers to inform")
 
 
 class ComplianceItem(BaseModel):

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 
 from stanch.models.actions import AppliedAction, TargetRef
 from stanch.models.decisions import ReportFiled
+from stanch.models.exposure import Exposure
 from stanch.models.signals import ReproCase, Severity, Signal
 from stanch.runbooks.schema import STAGES, Runbook
 
@@ -236,6 +237,7 @@ class IncidentState(BaseModel):
     previous_occurrences: list[str] = Field(default_factory=list, description="earlier occurrences of this incident id, oldest first")
     repro: list[ReproCase] = Field(default_factory=list)
     evidence: EvidenceRecord | None = None
+    exposure: Exposure | None = Field(None, description="the blast radius measured on confirmation: counts and ids, never content")
     regulatory: RegulatoryClock = Field(default_factory=RegulatoryClock)
     review: dict[str, Any] = Field(default_factory=dict)
     close_reason: str = ""

@@ -37,6 +37,7 @@ class IncidentMemory(BaseModel):
     triage_decision: TriageDecision | None = None
     failure_decision: FailureDecision | None = Field(None, description="a responder's retry, skip or abort after a failure")
     failed_stage: str | None = Field(None, description="the stage whose failure waits for that decision")
+    shadow_rounds: int = Field(0, description="shadows opened before restore: each round (a retry) opens a new one")
     running_long_step: str | None = Field(
         None, description="the stage of a long step (a fine-tune) under way: a responder may abort it while it runs"
     )

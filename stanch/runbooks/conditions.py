@@ -45,12 +45,15 @@ def condition_holds(
     severity: Severity | None = None,
     detectors_fired: Iterable[str] = (),
     signal_count: int | None = None,
+    affected_users: int | None = None,
 ) -> bool:
     """True when every field given in the condition holds; an empty condition always holds.
 
     Signal-based fields are "any of": one signal satisfying them is enough. `models` and
     `categories` accept shell-style globs as label values do. `signal_count` is how many signals
     the incident counted when `signals` holds only those it kept in full (a storm).
+    `affected_users` is the blast radius measured on confirmation; None (not measured) never
+    satisfies `affected_users_at_least`.
     """
     if condition.labels and not any(_labels_match(condition.labels, s) for s in signals):
         return False
@@ -78,6 +81,8 @@ def condition_holds(
     counted = len(signals) if signal_count is None else max(signal_count, len(signals))
     if condition.signals_at_least is not None and counted < condition.signals_at_least:
         return False
+    if condition.affected_users_at_least is not None and (affected_users is None or affected_users < condition.affected_users_at_least):
+        return False
     return True
 
 
@@ -103,11 +108,17 @@ def describe(condition: Condition) -> str:
         parts.append(f"severity >= {condition.severity_at_least.value}")
     if condition.signals_at_least is not None:
         parts.append(f"at least {condition.signals_at_least} signals")
+    if condition.affected_users_at_least is not None:
+        parts.append(f"at least {condition.affected_users_at_least} users affected")
     return ", ".join(parts) if parts else "always"
 
 
 def grade(
-    runbook: Runbook, signals: list[Signal], detectors_fired: Iterable[str] = (), signal_count: int | None = None
+    runbook: Runbook,
+    signals: list[Signal],
+    detectors_fired: Iterable[str] = (),
+    signal_count: int | None = None,
+    affected_users: int | None = None,
 ) -> tuple[Severity, list[str]]:
     """The severity the runbook's rules give, with the reasons that led to it.
 
@@ -119,7 +130,7 @@ def grade(
     held = [
         rule
         for rule in runbook.severity.rules
-        if condition_holds(rule.when, signals=signals, detectors_fired=fired, signal_count=signal_count)
+        if condition_holds(rule.when, signals=signals, detectors_fired=fired, signal_count=signal_count, affected_users=affected_users)
     ]
     if held:
         severity = max((rule.severity for rule in held), key=lambda s: s.rank)
@@ -135,7 +146,12 @@ def grade(
 
 
 def seriousness(
-    runbook: Runbook, signals: list[Signal], severity: Severity, detectors_fired: Iterable[str] = (), signal_count: int | None = None
+    runbook: Runbook,
+    signals: list[Signal],
+    severity: Severity,
+    detectors_fired: Iterable[str] = (),
+    signal_count: int | None = None,
+    affected_users: int | None = None,
 ) -> tuple[bool, int, str]:
     """Whether the incident is serious (EU AI Act Art. 3(49)) and how many days to report it.
 
@@ -147,7 +163,9 @@ def seriousness(
     regulatory = runbook.regulatory
 
     def holds(condition: Condition) -> bool:
-        return condition_holds(condition, signals=signals, severity=severity, detectors_fired=fired, signal_count=signal_count)
+        return condition_holds(
+            condition, signals=signals, severity=severity, detectors_fired=fired, signal_count=signal_count, affected_users=affected_users
+        )
 
     serious_because = next((c for c in regulatory.serious_when if holds(c)), None)
     clocks = sorted((clock for clock in regulatory.shorter_clocks if holds(clock.when)), key=lambda c: c.days)

@@ -255,6 +255,31 @@ class Hotfix(_Strict):
     verify: Verify
 
 
+class Shadow(_Strict):
+    """Before protections are lifted, a sample of live traffic is mirrored to the fixed version and
+    scored with the verify detectors: restore goes ahead after `clean_requests` clean answers; one
+    harmful answer, or `timeout` without enough, asks a human (retry, skip, abort)."""
+
+    clean_requests: int = Field(ge=1, le=500, description="clean mirrored answers restore waits for")
+    sample_rate: float = Field(0.5, gt=0, le=1, description="the share of live requests mirrored")
+    timeout: Duration = Field(default_factory=lambda: timedelta(minutes=30), description="how long to wait for enough live traffic")
+    limit: int | None = Field(None, ge=1, le=1000, description="mirrored requests at most; unset: 4 x clean_requests (1,000 at most)")
+
+    @model_validator(mode="after")
+    def _limit_fits(self) -> Shadow:
+        if self.limit is not None and self.limit < self.clean_requests:
+            raise ValueError(f"limit {self.limit} is below clean_requests {self.clean_requests}: restore could never pass")
+        return self
+
+    @property
+    def max_requests(self) -> int:
+        return self.limit or min(1000, 4 * self.clean_requests)
+
+
+class RestoreSettings(_Strict):
+    shadow: Shadow | None = Field(None, description="shadow-verified restore; off when absent")
+
+
 class Review(_Strict):
     tasks: list[str] = Field(default_factory=lambda: ["root_cause", "risk_assessment", "testing_protocol", "monitoring", "guardrails"])
     add_repro_to_regression_suite: bool = True
@@ -304,11 +329,18 @@ class Runbook(_Strict):
     containment: list[ActionSpec] = Field(default_factory=list)
     rollback: list[ActionSpec] = Field(default_factory=list)
     hotfix: Hotfix | None = None
+    restore: RestoreSettings = Field(default_factory=RestoreSettings)
     review: Review = Field(default_factory=Review)
     regulatory: Regulatory = Field(default_factory=Regulatory)
     detectors: dict[str, DetectorSpec] = Field(
         default_factory=dict, description="this runbook's own detectors by id (regex, moderation, judge), beside the built-ins"
     )
+
+    @model_validator(mode="after")
+    def _shadow_has_detectors(self) -> Runbook:
+        if self.restore.shadow is not None and self.hotfix is None:
+            raise ValueError("restore.shadow scores mirrored answers with hotfix.verify's detectors: add a hotfix, or drop restore.shadow")
+        return self
 
     @model_validator(mode="after")
     def _every_severity_has_a_policy(self) -> Runbook:

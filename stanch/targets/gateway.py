@@ -159,6 +159,33 @@ class GatewayTarget:
             base_url=f"{self.base_url}/v1", model=model, headers=headers, timeout_seconds=self.probe_timeout, label=f"gateway {self.name}"
         )
 
+    async def open_shadow(
+        self, model: str, version: str, incident_id: str, idempotency_key: str, *, sample_rate: float, limit: int
+    ) -> dict[str, Any]:
+        """Mirror a sample of live traffic to `version` (its hotfixes, no containment); once per key."""
+        body = {
+            "idempotency_key": idempotency_key,
+            "incident_id": incident_id,
+            "model": model,
+            "version": version,
+            "sample_rate": sample_rate,
+            "limit": limit,
+        }
+        return await self._request("POST", "/admin/shadows", json=body)
+
+    async def shadow_answers(self, shadow_id: str, after: int = 0) -> dict[str, Any]:
+        """The shadow and its mirrored answers after sequence number `after`, a page at a time."""
+        return await self._request("GET", f"/admin/shadows/{shadow_id}", params={"after": str(after), "limit": "100"})
+
+    async def close_shadow(self, shadow_id: str, idempotency_key: str, keep: list[str]) -> dict[str, Any]:
+        """Stop mirroring; the answers are deleted but the failing ones in `keep`, for a responder."""
+        return await self._request("POST", f"/admin/shadows/{shadow_id}/close", json={"idempotency_key": idempotency_key, "keep": keep})
+
+    def shadow_samples_url(self, shadow_id: str, sample_ids: list[str]) -> str:
+        """Where a responder reads failing mirrored answers (with the gateway's admin token)."""
+        query = "&".join(f"ids={sample}" for sample in sample_ids)
+        return f"GET {self.base_url}/admin/shadows/{shadow_id}" + (f"?{query}" if query else "")
+
     def bare_chat_endpoint(self, model: str, version: str) -> ChatEndpoint:
         """That version as its upstream answers it: no containment, and none of the model's
         hotfixes (system prompt, guardrails) either. The regression gate judges a candidate on

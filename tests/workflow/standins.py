@@ -33,6 +33,7 @@ from stanch.models.activity_io import (
     VerifyInput,
     VerifyResult,
 )
+from stanch.models.exposure import Exposure, ExposureInput
 from stanch.models.signals import ReproCase, Severity
 from stanch.runbooks.conditions import grade, seriousness
 
@@ -53,6 +54,8 @@ class Script:
     verified_versions: list[str] = field(default_factory=list)  # the version each verification probed
     long_running_kinds: set[str] = field(default_factory=set)  # these run (heartbeating) until cancelled
     cancelled: list[str] = field(default_factory=list)  # kinds whose activity was cancelled
+    affected_users: list[str] | None = None  # the blast radius: these users got the harm; None: not measured
+    exposure_inputs: list[ExposureInput] = field(default_factory=list)
 
 
 def stand_ins(script: Script) -> list:
@@ -63,6 +66,18 @@ def stand_ins(script: Script) -> list:
         finding = Finding(check="scripted probe", outcome=script.confirm, detail=f"scripted {script.confirm}", detectors=fired)
         return ConfirmResult(outcome=script.confirm, findings=[finding], detectors_fired=fired, reproduced=cases)
 
+    @activity.defn(name="measure_exposure")
+    async def measure_exposure(input: ExposureInput) -> Exposure:
+        script.exposure_inputs.append(input)
+        exposure = Exposure(since=input.since, until=input.until, detectors=input.detectors, detail="scripted: no content sampled")
+        if script.affected_users is None:
+            return exposure
+        users = script.affected_users
+        return exposure.model_copy(
+            update={"measured": True, "requests_affected": len(users), "users_affected": len(users), "affected_user_ids": users}
+            | {"tenants_affected": 1, "affected_tenant_ids": ["acme"], "requests_exposed": 2 * len(users), "versions": ["2"]}
+        )
+
     @activity.defn(name="snapshot_evidence")
     async def snapshot_evidence(input: EvidenceInput) -> EvidenceResult:
         script.evidence_before_first_change = not script.applied
@@ -70,9 +85,11 @@ def stand_ins(script: Script) -> list:
 
     @activity.defn(name="grade_severity")
     async def grade_severity(input: GradeInput) -> GradeResult:
-        severity, reasons = grade(input.runbook, input.signals, input.detectors_fired, input.signal_count)
+        severity, reasons = grade(input.runbook, input.signals, input.detectors_fired, input.signal_count, input.affected_users)
         in_force = input.current if input.current and input.current.rank > severity.rank else severity
-        serious, days, why = seriousness(input.runbook, input.signals, in_force, input.detectors_fired, input.signal_count)
+        serious, days, why = seriousness(
+            input.runbook, input.signals, in_force, input.detectors_fired, input.signal_count, input.affected_users
+        )
         return GradeResult(severity=severity, reasons=reasons, serious=serious, report_days=days, serious_reason=why)
 
     async def apply(input: ApplyInput) -> AppliedAction:
@@ -145,6 +162,7 @@ def stand_ins(script: Script) -> list:
 
     return [
         confirm_incident,
+        measure_exposure,
         snapshot_evidence,
         grade_severity,
         apply_containment,
