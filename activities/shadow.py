@@ -1,0 +1,92 @@
+"""Shadow verification before restore: mirror live traffic to the fixed version and score it.
+
+Opens the incident's shadow at the gateway, heartbeats while users' traffic comes in, scores
+every mirrored answer with the runbook's verify detectors, and returns once enough came back
+clean (pass) — or one came back harmful, or the timeout or the shadow's limit was reached
+(fail). The shadow is closed either way; only the failing answers stay at the gateway, for a
+responder. A retried attempt picks up where the last heartbeat left off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from stanch.detectors.registry import Detectors
+from stanch.models.shadow import FailingSample, ShadowInput, ShadowResult
+from stanch.targets.base import TargetError
+from stanch.temporal.activity_deps import ActivityDeps, as_application_error
+
+POLL_SECONDS = 1.0
+
+
+class ShadowActivities:
+    def __init__(self, deps: ActivityDeps, poll_seconds: float = POLL_SECONDS) -> None:
+        self.deps = deps
+        self.poll_seconds = poll_seconds
+
+    @activity.defn(name="verify_on_shadow")
+    async def verify_on_shadow(self, input: ShadowInput) -> ShadowResult:
+        detectors = Detectors(specs=input.detector_specs)
+        try:
+            detectors.check_names(input.detectors)
+        except ValueError as unknown:
+            raise ApplicationError(f"mirrored answers cannot be judged: {unknown}", type="InvalidAction", non_retryable=True) from unknown
+        target: Any = self.deps.targets.get(input.target)
+        if not hasattr(target, "open_shadow"):
+            raise ApplicationError(
+                f"target {input.target} cannot mirror live traffic: shadow-verified restore needs the Stanch gateway",
+                type="InvalidAction",
+                non_retryable=True,
+            )
+        try:
+            return await self._watch(target, detectors, input)
+        except TargetError as error:
+            raise as_application_error(error, f"shadow on {input.target}") from error
+
+    async def _watch(self, target: Any, detectors: Detectors, input: ShadowInput) -> ShadowResult:
+        shadow = await target.open_shadow(
+            input.target.model,
+            input.version,
+            input.incident_id,
+            input.idempotency_key,
+            sample_rate=input.sample_rate,
+            limit=input.limit,
+        )
+        shadow_id = shadow["shadow_id"]
+        # Where the last attempt got to: a retry neither scores twice nor restarts the clock.
+        details = activity.info().heartbeat_details
+        progress: dict[str, Any] = dict(details[0]) if details else {}
+        after, clean = int(progress.get("after", 0)), int(progress.get("clean", 0))
+        deadline = float(progress.get("deadline", time.time() + input.timeout_seconds))
+        failing: list[FailingSample] = []
+        result = ShadowResult(passed=False, shadow_id=shadow_id, needed=input.clean_requests)
+        while True:
+            page = await target.shadow_answers(shadow_id, after)
+            for answer in page["answers"]:
+                after = max(after, int(answer["seq"]))
+                result.mirrored += 1
+                if answer["outcome"] != "answered":
+                    continue  # an upstream error says nothing either way
+                scan = await detectors.scan(input.detectors, answer["answer"], answer["prompt"])
+                if scan.hits:
+                    failing.append(FailingSample(id=answer["id"], detectors=sorted({hit.detector for hit in scan.hits})))
+                elif not scan.undecided:
+                    clean += 1
+            activity.heartbeat({"after": after, "clean": clean, "deadline": deadline, "failing": len(failing)})
+            exhausted = page["shadow"]["mirrored"] >= input.limit and not page["answers"]
+            if failing or clean >= input.clean_requests or exhausted or time.time() >= deadline:
+                result.limit_reached = exhausted and not failing and clean < input.clean_requests
+                result.timed_out = not (failing or clean >= input.clean_requests or result.limit_reached)
+                break
+            await asyncio.sleep(self.poll_seconds)
+        result.clean, result.failing = clean, failing
+        result.passed = not failing and clean >= input.clean_requests
+        if failing:
+            result.read_at = target.shadow_samples_url(shadow_id, [sample.id for sample in failing])
+        await target.close_shadow(shadow_id, f"{input.idempotency_key}/close", [sample.id for sample in failing])
+        return result
