@@ -15,6 +15,7 @@ from stanch.cli.audit import audit_app
 from stanch.cli.db import db_app
 from stanch.cli.demo import demo
 from stanch.cli.demo_upstream import demo_upstream
+from stanch.cli.drill import drill
 from stanch.cli.gate import gate_app
 from stanch.cli.responders import responders_app
 from stanch.cli.runbooks import runbooks_app
@@ -38,6 +39,7 @@ app.command("gateway")(processes.gateway)
 app.command("demo-upstream")(demo_upstream)
 app.command("codec-server")(codec.codec_server)
 app.command("demo")(demo)
+app.command("drill")(drill)
 
 # Responding to incidents, over the HTTP API.
 app.add_typer(incidents.incidents_app, name="incidents")
