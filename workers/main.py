@@ -15,6 +15,7 @@ from activities.confirm import ConfirmActivities
 from activities.contain import ContainActivities
 from activities.decisions import verify_approval
 from activities.evidence import EvidenceActivities
+from activities.exposure import ExposureActivities
 from activities.hotfix import HotfixActivities
 from activities.notify import NotifyActivities
 from activities.restore import RestoreActivities
@@ -40,6 +41,7 @@ def all_activities(deps: ActivityDeps) -> list:
     """Every activity an incident runs, one per stage, in the order of the lifecycle."""
     return [
         ConfirmActivities(deps).confirm_incident,
+        ExposureActivities(deps).measure_exposure,
         EvidenceActivities(deps).snapshot_evidence,
         grade_by_runbook_rules,
         ContainActivities(deps).apply_containment,

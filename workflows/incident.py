@@ -27,6 +27,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 from workflows.clocks import Clocks
+from workflows.exposure import BlastRadius
 from workflows.failures import HandOver, HarmIsBack, IncidentAborted, StepFailed, cause_of
 from workflows.gates import Gates
 from workflows.handlers import ResponderHandlers
@@ -107,6 +108,7 @@ class IncidentWorkflow(IncidentMessages):
         if memory.aborted_by is None:
             try:
                 if await self.confirm():
+                    await self.measure_blast_radius()
                     await self.collect_evidence()
                     await self.grade_severity()
                     await self.contain()
@@ -245,6 +247,12 @@ class IncidentWorkflow(IncidentMessages):
         )
         decision = cast(TriageDecision, memory.triage_decision)  # the wait ends only once there is one
         return "not_confirmed" if decision.outcome == "false_positive" else "confirmed"
+
+    async def measure_blast_radius(self) -> None:
+        """Who the model served in the exposure window and who got the harm (counts and ids), before
+        severity is graded: its rules may read how many users were affected."""
+        if workflow.patched("blast-radius"):
+            await BlastRadius(self.record).measure()
 
     async def collect_evidence(self) -> None:
         """Snapshot what an investigation needs before the first change (EU AI Act Art. 73(6))."""

@@ -69,6 +69,9 @@ class Condition(_Strict):
     severity_hint_at_least: Severity | None = None
     severity_at_least: Severity | None = None
     signals_at_least: int | None = None
+    affected_users_at_least: int | None = Field(
+        None, ge=1, description="at least this many users got the harm in the exposure window (blast radius); unmeasured never holds"
+    )
 
 
 class SeverityRule(_Strict):
@@ -307,6 +310,13 @@ class Regulatory(_Strict):
     )
 
 
+class ExposureSettings(_Strict):
+    """Blast radius: on confirmation, the gateway's samples of the last `lookback` are re-scored
+    with the detectors that confirmed the harm (affected users, tenants and requests)."""
+
+    lookback: Duration = Field(default_factory=lambda: timedelta(days=7), description="how far before confirmation exposure is counted")
+
+
 class Match(_Strict):
     any: list[Condition] = Field(min_length=1)
     priority: int = 0
@@ -332,6 +342,7 @@ class Runbook(_Strict):
     restore: RestoreSettings = Field(default_factory=RestoreSettings)
     review: Review = Field(default_factory=Review)
     regulatory: Regulatory = Field(default_factory=Regulatory)
+    exposure: ExposureSettings = Field(default_factory=ExposureSettings)
     detectors: dict[str, DetectorSpec] = Field(
         default_factory=dict, description="this runbook's own detectors by id (regex, moderation, judge), beside the built-ins"
     )
