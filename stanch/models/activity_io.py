@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from stanch.detectors.specs import DetectorSpec
 from stanch.models.actions import ActionSpec, AppliedAction, TargetRef
+from stanch.models.bisection import Cause
 from stanch.models.decisions import AnswerCorrection
 from stanch.models.exposure import Exposure
 from stanch.models.incident import ApprovalRecord, EvidenceRecord, GateWait, ObjectiveOutcome, RegulatoryClock, StageState
@@ -95,6 +96,7 @@ class ApplyInput(BaseModel):
     detector_specs: dict[str, DetectorSpec] = Field(
         default_factory=dict, description="the runbook's own detectors this step names in params.detectors: the gateway blocks by them"
     )
+    last_good_version: str = Field("", description="the release of the last good change bisection named: `{last_good_version}`")
 
 
 class UndoInput(BaseModel):
@@ -180,6 +182,7 @@ class ReviewInput(BaseModel):
     objectives: list[ObjectiveOutcome] = Field(default_factory=list, description="time to acknowledge, contain, restore, as recorded")
     gate_waits: list[GateWait] = Field(default_factory=list, description="each wait for a person the lifecycle made")
     exposure: Exposure | None = Field(None, description="the blast radius: counts and ids, the deployers to inform")
+    cause: Cause | None = Field(None, description="the bad change bisection named, or why none was")
 
 
 class ComplianceItem(BaseModel):

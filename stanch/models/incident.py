@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from stanch.models.actions import AppliedAction, TargetRef
+from stanch.models.bisection import Cause
 from stanch.models.decisions import ReportFiled
 from stanch.models.exposure import Exposure
 from stanch.models.signals import ReproCase, Severity, Signal
@@ -238,6 +239,7 @@ class IncidentState(BaseModel):
     repro: list[ReproCase] = Field(default_factory=list)
     evidence: EvidenceRecord | None = None
     exposure: Exposure | None = Field(None, description="the blast radius measured on confirmation: counts and ids, never content")
+    cause: Cause | None = Field(None, description="bisection: the first bad change and the last good one, or why none was named")
     regulatory: RegulatoryClock = Field(default_factory=RegulatoryClock)
     review: dict[str, Any] = Field(default_factory=dict)
     close_reason: str = ""
