@@ -304,6 +304,7 @@ class Record:
             corrections=self.memory.corrections if action.kind == "deploy_finetune" else [],
             verify_detectors=self.runbook.hotfix.verify.detectors if action.kind == "deploy_finetune" and self.runbook.hotfix else [],
             detector_specs={name: self.runbook.detectors[name] for name in named_detectors(action) if name in self.runbook.detectors},
+            last_good_version=(state.cause.last_good_version or "") if state.cause else "",
         )
 
     def verify_input(self, verify: Verify) -> VerifyInput:
@@ -368,6 +369,7 @@ class Record:
             objectives=state.objectives,
             gate_waits=state.gate_waits,
             exposure=state.exposure,
+            cause=state.cause,
         )
 
     def notification(self, kind: str, recipients: list[str], message: str, tier: int) -> Notification:

@@ -38,7 +38,7 @@ class StepPlan(BaseModel):
 
 
 def render(value: Any, variables: dict[str, str], *, in_url: bool = False) -> Any:
-    """Fill `{model}`, `{version}` and `{incident_id}` in action params, leaving regex braces alone.
+    """Fill `{model}`, `{version}`, `{incident_id}` and `{last_good_version}` in action params, leaving regex braces alone.
 
     These values come from an alert, so they are data, never syntax: a value that could name a
     secret or climb a path is refused (TargetError, not retryable: `unfit_value` says why, without
@@ -82,7 +82,13 @@ def _fill(text: str, variables: dict[str, str], in_url: bool) -> str:
 def rendered_action(input: ApplyInput) -> ActionSpec:
     """The step's action with its templates filled in, and the specs of the runbook's own detectors it
     blocks by: the control plane runs those detectors itself (the runbook id alone means nothing there)."""
-    variables = {"model": input.target.model, "version": input.target.version or "", "incident_id": input.incident_id}
+    variables = {
+        "model": input.target.model,
+        "version": input.target.version or "",
+        "incident_id": input.incident_id,
+        # Bisection's last good change, "" when it named none (a rollback then goes back as before).
+        "last_good_version": input.last_good_version,
+    }
     params = render(input.action.params, variables)
     if input.detector_specs:
         specs = {name: spec.model_dump(mode="json") for name, spec in input.detector_specs.items()}
