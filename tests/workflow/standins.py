@@ -33,6 +33,7 @@ from stanch.models.activity_io import (
     VerifyInput,
     VerifyResult,
 )
+from stanch.models.bisection import BisectInput, Cause
 from stanch.models.exposure import Exposure, ExposureInput
 from stanch.models.signals import ReproCase, Severity
 from stanch.runbooks.conditions import grade, seriousness
@@ -56,6 +57,9 @@ class Script:
     cancelled: list[str] = field(default_factory=list)  # kinds whose activity was cancelled
     affected_users: list[str] | None = None  # the blast radius: these users got the harm; None: not measured
     exposure_inputs: list[ExposureInput] = field(default_factory=list)
+    cause: Cause | None = None  # what bisection finds; None: it names nothing (no deployment log)
+    bisect_inputs: list[BisectInput] = field(default_factory=list)
+    bisect_fails: bool = False  # the gateway is away: bisection cannot run
 
 
 def stand_ins(script: Script) -> list:
@@ -77,6 +81,13 @@ def stand_ins(script: Script) -> list:
             update={"measured": True, "requests_affected": len(users), "users_affected": len(users), "affected_user_ids": users}
             | {"tenants_affected": 1, "affected_tenant_ids": ["acme"], "requests_exposed": 2 * len(users), "versions": ["2"]}
         )
+
+    @activity.defn(name="bisect_changes")
+    async def bisect_changes(input: BisectInput) -> Cause:
+        script.bisect_inputs.append(input)
+        if script.bisect_fails:
+            raise ApplicationError("bisection could not run: the gateway is unreachable", type="TargetUnavailable", non_retryable=True)
+        return script.cause or Cause(ran=True, note="scripted: no deployment log")
 
     @activity.defn(name="snapshot_evidence")
     async def snapshot_evidence(input: EvidenceInput) -> EvidenceResult:
@@ -163,6 +174,7 @@ def stand_ins(script: Script) -> list:
     return [
         confirm_incident,
         measure_exposure,
+        bisect_changes,
         snapshot_evidence,
         grade_severity,
         apply_containment,
