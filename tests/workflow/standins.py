@@ -60,6 +60,7 @@ class Script:
     cause: Cause | None = None  # what bisection finds; None: it names nothing (no deployment log)
     bisect_inputs: list[BisectInput] = field(default_factory=list)
     bisect_fails: bool = False  # the gateway is away: bisection cannot run
+    apply_inputs: list[ApplyInput] = field(default_factory=list)  # every step's input, as applied
 
 
 def stand_ins(script: Script) -> list:
@@ -112,6 +113,7 @@ def stand_ins(script: Script) -> list:
             raise ApplicationError(f"{kind} failed once", type="InvalidAction", non_retryable=True)
         key = idempotency_key(input.occurrence or input.incident_id, input.stage, input.index, input.target)
         script.applied.append(key)
+        script.apply_inputs.append(input)
         return AppliedAction(
             kind=kind,
             stage=input.stage,
