@@ -317,6 +317,15 @@ class ExposureSettings(_Strict):
     lookback: Duration = Field(default_factory=lambda: timedelta(days=7), description="how far before confirmation exposure is counted")
 
 
+class BisectSettings(_Strict):
+    """Bisection: on confirmation, the gateway's deployment log of the last `lookback` (up to the
+    first signal) is replayed change by change to name the first bad one and the last good one."""
+
+    enabled: bool = True
+    lookback: Duration = Field(default_factory=lambda: timedelta(days=7), description="how far before the first signal changes count")
+    max_changes: int = Field(20, ge=1, le=200, description="the most recent changes replayed; older ones are left out, and said so")
+
+
 class Match(_Strict):
     any: list[Condition] = Field(min_length=1)
     priority: int = 0
@@ -343,6 +352,7 @@ class Runbook(_Strict):
     review: Review = Field(default_factory=Review)
     regulatory: Regulatory = Field(default_factory=Regulatory)
     exposure: ExposureSettings = Field(default_factory=ExposureSettings)
+    bisect: BisectSettings = Field(default_factory=BisectSettings)
     detectors: dict[str, DetectorSpec] = Field(
         default_factory=dict, description="this runbook's own detectors by id (regex, moderation, judge), beside the built-ins"
     )
