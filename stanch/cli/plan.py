@@ -29,7 +29,7 @@ from stanch.intake.routing import Route, incident_id_for, render_template, signa
 from stanch.intake.sources import cloudevents, datadog, grafana, pagerduty, reports, sentry
 from stanch.intake.sources.alertmanager import AlertmanagerWebhook, alertmanager_signals
 from stanch.intake.start import start_incident, with_reported_hits, without_secrets
-from stanch.models.actions import ActionSpec, TargetRef
+from stanch.models.actions import ActionSpec, TargetRef, reversibility
 from stanch.models.activity_io import ApplyInput
 from stanch.models.incident import TERMINAL_STATUSES, IncidentInput, IncidentState
 from stanch.models.signals import Signal
@@ -142,10 +142,21 @@ def route_to(loaded: LoadedRunbook, signal: Signal) -> Route:
 # --- the plan ----------------------------------------------------------------------------
 
 
+class StepTiming(BaseModel):
+    """When a step would run at each severity: its stage's gate, and whether the step is reversible."""
+
+    index: int
+    kind: str
+    reversible: bool
+    why: str
+    runs: dict[str, str] = Field(description="severity -> at once | automatically | waits for approval | skipped")
+
+
 class StagePlan(BaseModel):
     stage: str
     gates: dict[str, str] = Field(default_factory=dict, description="severity -> auto | skip | approve N (roles)")
     steps: list[StepPlan] = Field(default_factory=list)
+    timing: list[StepTiming] = Field(default_factory=list, description="per step, when it would run at each severity")
     problems: list[str] = Field(default_factory=list, description="steps that could not run as written")
 
 
@@ -187,10 +198,27 @@ def _gate(runbook: Runbook, stage: str) -> dict[str, str]:
         gate = policy.gate(stage)
         if gate.mode == "approve" and gate.approve is not None:  # StageGate._approval_given: always set for approve
             required = f", incl. {'+'.join(gate.approve.required_roles)}" if gate.approve.required_roles else ""
-            gates[severity.value] = f"approve {gate.approve.count} ({'/'.join(gate.approve.roles)}{required})"
+            at_once = ", reversible steps at once" if gate.reversible_at_once else ""
+            gates[severity.value] = f"approve {gate.approve.count} ({'/'.join(gate.approve.roles)}{required}){at_once}"
         else:
             gates[severity.value] = gate.mode
     return gates
+
+
+def step_timing(runbook: Runbook, stage: str, index: int, action: ActionSpec) -> StepTiming:
+    """When the step would run at each severity: skipped, automatically, at once (a reversible step
+    under `reversible: auto`), or once the stage's approval is given."""
+    reversible = reversibility(action)
+    runs = {}
+    for severity, policy in runbook.policy.items():
+        gate = policy.gate(stage)
+        if gate.mode == "skip":
+            runs[severity.value] = "skipped"
+        elif gate.mode == "auto":
+            runs[severity.value] = "automatically"
+        else:
+            runs[severity.value] = "at once" if gate.reversible_at_once and reversible.reversible else "waits for approval"
+    return StepTiming(index=index, kind=action.kind, reversible=reversible.reversible, why=reversible.why, runs=runs)
 
 
 def plan_incident(loaded: LoadedRunbook, signal: Signal, targets: TargetRegistry) -> IncidentPlan:
@@ -201,6 +229,7 @@ def plan_incident(loaded: LoadedRunbook, signal: Signal, targets: TargetRegistry
     for stage in ACTION_STAGES:
         planned = StagePlan(stage=stage, gates=_gate(runbook, stage))
         for index, action in enumerate(stage_actions(runbook, stage)):
+            planned.timing.append(step_timing(runbook, stage, index, action))
             input = ApplyInput(
                 incident_id=route.incident_id,
                 occurrence=f"{route.incident_id}@{RUN_PLACEHOLDER}",
@@ -252,6 +281,16 @@ def _call_line(call: PlannedCall, *, say_what: bool = False) -> str:
     return f"{call.method} {call.url}{_body(call.body)}" + (f"  ({call.operation})" if say_what else "")
 
 
+def when_it_runs(timed: StepTiming) -> str:
+    """`runs automatically at low; waits for approval at medium, high, critical (not reversible: …)`."""
+    by_outcome: dict[str, list[str]] = {}
+    for severity, outcome in timed.runs.items():
+        by_outcome.setdefault(outcome, []).append(severity)
+    runs = {"at once": "runs at once", "automatically": "runs automatically"}
+    said = "; ".join(f"{runs.get(outcome, outcome)} at {', '.join(severities)}" for outcome, severities in by_outcome.items())
+    return f"{said} ({'reversible' if timed.reversible else 'not reversible'}: {timed.why})"
+
+
 def print_plan(console: Console, plan: IncidentPlan) -> None:
     console.print(
         f"[bold]{escape(plan.runbook)}[/] (sha256 {plan.runbook_sha256[:12]}) for signal {escape(plan.signal_id)}\n"
@@ -264,9 +303,12 @@ def print_plan(console: Console, plan: IncidentPlan) -> None:
         console.print(f"\n[bold cyan]{stage.stage}[/]  [dim]{escape(gates)}[/]{note}")
         if not stage.steps and not stage.problems:
             console.print("  nothing to do")
+        timing = {timed.index: timed for timed in stage.timing}
         for step in stage.steps:
             console.print(f"  {step.index}. [bold]{escape(step.kind)}[/]" + (f" — {escape(step.description)}" if step.description else ""))
             console.print(f"     target {escape(step.target.adapter)}  key {escape(step.idempotency_key)}")
+            if step.index in timing:
+                console.print(f"     {escape(when_it_runs(timing[step.index]))}")
             for number, call in enumerate(step.calls, start=1):
                 # The step's last call is the one its description describes; say what the others are for.
                 console.print(f"     → {escape(_call_line(call, say_what=number < len(step.calls)))}")

@@ -86,11 +86,14 @@ def test_demo_runbook_says_what_the_demo_needs() -> None:
     runbook = load_runbook(RUNBOOKS / "harmful-output.yaml").runbook
     for severity in (Severity.high, Severity.critical):
         policy = runbook.policy_for(severity)
-        for stage in ("contain", "rollback"):
+        for stage in ("contain", "rollback", "hotfix"):
             gate = policy.gate(stage)
             assert gate.mode == "approve" and gate.approve is not None
             assert gate.approve.count == 2 and gate.approve.required_roles == ["safety"]
-        assert policy.gate("hotfix").mode == "auto"
+        # The block and the guardrail (reversible) go on at once; the version switch and the
+        # fine-tuned version wait for four eyes.
+        assert policy.gate("contain").reversible_at_once and policy.gate("hotfix").reversible_at_once
+        assert not policy.gate("rollback").reversible_at_once
         assert policy.gate("restore").approve is not None and policy.gate("restore").approve.count == 1
         assert len(policy.escalation) == 2
     assert runbook.policy_for(Severity.critical).ack_sla.total_seconds() == 5 * 60
