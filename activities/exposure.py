@@ -24,11 +24,11 @@ class ExposureActivities:
     @activity.defn(name="measure_exposure")
     async def measure_exposure(self, input: ExposureInput) -> Exposure:
         window = Exposure(since=input.since, until=input.until, detectors=input.detectors)
-        target = self.deps.targets.get(input.target)
-        if not gateway_exposure.keeps_samples(target):
-            window.detail = f"the {input.target.adapter} control plane keeps no record of who it served"
-            return window
         try:
+            target = self.deps.targets.get(input.target)
+            if not gateway_exposure.keeps_samples(target):
+                window.detail = f"the {input.target.adapter} control plane keeps no record of who it served"
+                return window
             return await self.measure(target, input, window)  # type: ignore[arg-type]  # a gateway: checked above
         except TargetError as error:
             raise as_application_error(error, f"reading the exposure of {input.target}") from error

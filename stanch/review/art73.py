@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from stanch.models.activity_io import ReviewInput
 from stanch.models.incident import RegulatoryClock, is_drill_route
+from stanch.review.exposure import blast_radius_lines
 from stanch.review.facts import FILL_IN, deadline_of, evidence_line, key_dates, signals_summary, version_lines, when
 
 DRILL_NOTICE = (
@@ -77,6 +78,7 @@ def report_draft(input: ReviewInput) -> str:
         f"- Detectors that fired on replay: {', '.join(input.detectors_fired) or 'none'}; repro cases: {len(input.repro)}",
         f"- Outcome so far: {input.status}",
         "",
+        *blast_radius_lines(input.exposure),
         "## 4. When the provider became aware",
         "",
         f"- Incident opened: {when(input.opened_at)}",

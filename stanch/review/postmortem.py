@@ -7,6 +7,7 @@ from __future__ import annotations
 from stanch.models.activity_io import ComplianceItem, ReviewInput
 from stanch.models.incident import StageState
 from stanch.review.compliance import compliance_mapping, is_drill, status_text
+from stanch.review.exposure import blast_radius_lines
 from stanch.review.facts import deadline_of, duration, signals_summary, stage_of, when
 
 TASK_TITLES = {
@@ -50,6 +51,7 @@ def postmortem(input: ReviewInput, tasks: list[dict], added: int, mapping: list[
     if input.serious:
         lines.append(f"- Serious incident (EU AI Act Art. 3(49)): report due {when(deadline_of(input))}; see art73-report-draft.md")
     lines += ["", *time_to_contain(input)]
+    lines += blast_radius_lines(input.exposure)
     lines += ["## Actions", ""]
     for action in input.actions:
         undone = f", undone {when(action.undone_at)}" if action.undone_at else ", still in place"
