@@ -212,8 +212,8 @@ class Shadows:
                 db.execute(
                     "UPDATE shadows SET closed_at = ?, close_key = ? WHERE id = ?", (_now().isoformat(), request.idempotency_key, shadow_id)
                 )
-                marks = ",".join("?" for _ in keep) or "NULL"
-                db.execute(f"DELETE FROM shadow_answers WHERE shadow_id = ? AND seq NOT IN ({marks})", (shadow_id, *keep))
+                kept = f" AND seq NOT IN ({','.join('?' for _ in keep)})" if keep else ""  # NOT IN (NULL) would delete nothing
+                db.execute(f"DELETE FROM shadow_answers WHERE shadow_id = ?{kept}", (shadow_id, *keep))
                 until = (_now() + FAILING_KEPT_FOR).isoformat()
                 db.execute("UPDATE shadow_answers SET kept_until = ? WHERE shadow_id = ?", (until, shadow_id))
         return self.info(self.row(shadow_id))
