@@ -24,6 +24,7 @@ from rich.table import Table
 from stanch.cli.processes import DEFAULT_HOME, LOOPBACK, HomeOption, console, encryption_configured, err_console, fail
 from stanch.cli.supervisor import ChildDied, Supervisor, http_ok
 from stanch.config.settings import DEFAULT_TASK_QUEUE, Settings
+from stanch.gateway.samples import KEY_FILE_VARIABLE, RETENTION_VARIABLE, SAMPLES_VARIABLE, ensure_key_file
 from stanch.temporal.devserver import BinaryNotFound, dev_server_command, port_open
 
 # --- everything at once ------------------------------------------------------------------
@@ -118,7 +119,11 @@ def up(
         )
     # The demo runbooks' LLM-as-judge asks the demo upstream's guard model, unless told otherwise.
     judge = {"STANCH_GUARD_URL": os.environ.get("STANCH_GUARD_URL") or f"{plan.demo_upstream_url}/v1"}
-    supervisor = Supervisor(env={**os.environ, **settings.child_env(), **judge, "PYTHONUNBUFFERED": "1"}, logs_dir=settings.logs_dir)
+    sampling = demo_sampling(settings.home)
+    plan.sample_key = Path(sampling[KEY_FILE_VARIABLE]) if sampling else None
+    supervisor = Supervisor(
+        env={**os.environ, **settings.child_env(), **judge, **sampling, "PYTHONUNBUFFERED": "1"}, logs_dir=settings.logs_dir
+    )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -131,6 +136,19 @@ def up(
     if code:
         raise typer.Exit(code)
     console.print("[green]stopped cleanly[/]")
+
+
+SAMPLE_KEY_FILE = "gateway-sample.key"
+
+
+def demo_sampling(home: Path) -> dict[str, str]:
+    """The one-machine demo's gateway keeps sealed samples of what it served, so an incident can
+    count who got the harm (blast radius); its key is made once under the home folder. A
+    production gateway keeps counts only unless the team turns content on; so does this one when
+    STANCH_GATEWAY_SAMPLES says anything."""
+    if os.environ.get(SAMPLES_VARIABLE):
+        return {}
+    return {SAMPLES_VARIABLE: "content", KEY_FILE_VARIABLE: str(ensure_key_file(home / SAMPLE_KEY_FILE))}
 
 
 DEV_PREFIX_FILE = "dev-prefix"
@@ -175,6 +193,7 @@ class UpPlan:
     codec_port: int = 8400
     encrypted: bool = False  # payload encryption configured: run the codec server too
     demo_upstream_port: int = 8500
+    sample_key: Path | None = None  # the gateway samples content, sealed with this key
 
     @property
     def demo_upstream_url(self) -> str:
@@ -317,6 +336,13 @@ def _print_urls(plan: UpPlan) -> None:
         table.add_row("Task queue", f"{settings.task_queue}  (this home's own; incident ids start with {settings.incident_prefix})")
     if plan.encrypted:
         table.add_row("Codec server", f"{plan.codec_url}  (payloads encrypted; CLI: --codec-endpoint {plan.codec_url})")
+    if plan.sample_key:
+        table.add_row(
+            "Samples",
+            f"the gateway keeps what it served, sealed with {plan.sample_key}, "
+            f"for {os.environ.get(RETENTION_VARIABLE, '7d')} (blast radius; "
+            f"{SAMPLES_VARIABLE}=counts keeps counts only, as a production gateway does by default)",
+        )
     table.add_row("Home", f"{settings.home}  (logs in {settings.logs_dir})")
     console.print(Panel(table, title="[bold green]Stanch is up", expand=False))
     console.print(f"Try it: [bold]stanch demo --api {settings.api_url}[/]    Ctrl-C stops everything.")
