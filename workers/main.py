@@ -11,6 +11,7 @@ from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
 from temporalio.worker import Worker, WorkerDeploymentConfig
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities.bisect import BisectActivities
 from activities.confirm import ConfirmActivities
 from activities.contain import ContainActivities
 from activities.decisions import verify_approval
@@ -42,6 +43,7 @@ def all_activities(deps: ActivityDeps) -> list:
     return [
         ConfirmActivities(deps).confirm_incident,
         ExposureActivities(deps).measure_exposure,
+        BisectActivities(deps).bisect_changes,
         EvidenceActivities(deps).snapshot_evidence,
         grade_by_runbook_rules,
         ContainActivities(deps).apply_containment,

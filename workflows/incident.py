@@ -26,6 +26,7 @@ from typing import cast
 from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
+from workflows.bisection import Bisection
 from workflows.clocks import Clocks
 from workflows.exposure import BlastRadius
 from workflows.failures import HandOver, HarmIsBack, IncidentAborted, StepFailed, cause_of
@@ -78,6 +79,7 @@ class IncidentWorkflow(IncidentMessages):
         self.responders = ResponderHandlers(self.record, self.grading)
         self.monitoring = Monitoring(self.record)
         self.shadow = ShadowCheck(self.record, self.gates)
+        self.bisection = Bisection(self.record)
         self.background: list[asyncio.Task] = []  # escalation, re-grading, the report clock
 
     @property
@@ -108,6 +110,7 @@ class IncidentWorkflow(IncidentMessages):
         if memory.aborted_by is None:
             try:
                 if await self.confirm():
+                    await self.find_the_cause()
                     await self.measure_blast_radius()
                     await self.collect_evidence()
                     await self.grade_severity()
@@ -248,6 +251,12 @@ class IncidentWorkflow(IncidentMessages):
         decision = cast(TriageDecision, memory.triage_decision)  # the wait ends only once there is one
         return "not_confirmed" if decision.outcome == "false_positive" else "confirmed"
 
+    async def find_the_cause(self) -> None:
+        """Which platform change brought the harm: the gateway's changes replayed, beside the
+        response (containment never waits for it); roll_back waits, to pin the last good change."""
+        if workflow.patched("bisect-changes") and (bisecting := self.bisection.start()):
+            self.background.append(bisecting)
+
     async def measure_blast_radius(self) -> None:
         """Who the model served in the exposure window and who got the harm (counts and ids), before
         severity is graded: its rules may read how many users were affected."""
@@ -306,6 +315,8 @@ class IncidentWorkflow(IncidentMessages):
     async def roll_back(self) -> None:
         """Previous good version, disable the new update, or switch to the fallback model."""
         steps = self.runbook.rollback
+        if not self.record.finished("rollback"):
+            await self.bisection.finished()  # its last good change is what `{last_good_version}` pins
         if self.record.finished("rollback") or not await self.steps.past_gate("rollback", steps, RollbackActivities.apply_rollback):
             return
         self.record.set_status(IncidentStatus.rolling_back)

@@ -1,0 +1,55 @@
+"""Bisection in the lifecycle: a confirmed incident on the gateway names the bad change (state and
+timeline), its rollback step gets the last good change's version, and a bisection that cannot
+run is noted while the response goes on."""
+
+from __future__ import annotations
+
+from stanch.models.actions import ActionSpec
+from stanch.models.bisection import Cause, ChangeVerdict
+from stanch.models.incident import IncidentStatus
+from tests.workflow.conftest import incident_input, running_incident
+from tests.workflow.helpers import approve, stage_status, until, waiting_on
+from tests.workflow.standins import Script
+
+ROLLBACK_TO_LAST_GOOD = ActionSpec(
+    kind="rollback_to_previous", params={"bad_version": "{version}", "target_version": "{last_good_version}"}
+)
+NAMED = Cause(
+    ran=True,
+    considered=[
+        ChangeVerdict(sequence=1, release_version="1", verdict="good"),
+        ChangeVerdict(sequence=2, release_version="2", verdict="bad", reason="2/2 samples harmful"),
+        ChangeVerdict(sequence=3, release_version="2", verdict="bad", reason="2/2 samples harmful"),
+    ],
+    first_bad=2,
+    last_good=1,
+    last_good_version="1",
+)
+
+
+async def test_the_bad_change_is_named_and_the_rollback_gets_the_last_good_version(client):
+    script = Script(detectors=[], cause=NAMED)
+    async with running_incident(client, script, incident_input(rollback=[ROLLBACK_TO_LAST_GOOD])) as handle:
+        await until(handle, waiting_on("rollback"))
+        await approve(handle, "rollback", "alice", ["oncall"])
+        final = await handle.result()
+    assert final.status == IncidentStatus.closed
+    assert final.cause is not None and (final.cause.first_bad, final.cause.last_good) == (2, 1)
+    [asked] = script.bisect_inputs
+    assert asked.window_end == final.opened_at and asked.repro, "the window ends at the first signal; the repro cases go along"
+    [rollback] = [i for i in script.apply_inputs if i.stage == "rollback"]
+    assert rollback.last_good_version == "1"
+    assert any(e.kind == "bisect" and "first bad change is change #2" in e.message for e in final.timeline)
+    assert script.reviews and script.reviews[-1].cause == final.cause, "the review (postmortem, Art. 73 draft) gets the cause"
+
+
+async def test_a_bisection_that_cannot_run_is_noted_and_the_response_goes_on(client):
+    script = Script(detectors=[], bisect_fails=True)
+    async with running_incident(client, script, incident_input(rollback=[ROLLBACK_TO_LAST_GOOD])) as handle:
+        await until(handle, waiting_on("rollback"))
+        await approve(handle, "rollback", "alice", ["oncall"])
+        final = await handle.result()
+    assert final.status == IncidentStatus.closed and stage_status(final)["contain"] == "done"
+    assert final.cause is not None and final.cause.first_bad is None and "could not run" in final.cause.note
+    [rollback] = [i for i in script.apply_inputs if i.stage == "rollback"]
+    assert rollback.last_good_version == "", "no cause: the rollback goes back as before"
