@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from stanch.models.activity_io import ReviewInput
 from stanch.models.incident import RegulatoryClock, is_drill_route
+from stanch.review.cause import cause_lines
 from stanch.review.exposure import blast_radius_lines
 from stanch.review.facts import FILL_IN, deadline_of, evidence_line, key_dates, signals_summary, version_lines, when
 
@@ -102,6 +103,8 @@ def report_draft(input: ReviewInput) -> str:
             + (f" ({'; '.join(f.detail for f in input.findings)})" if input.findings else "")
             + "; see the root-cause task."
         )
+    if input.cause is not None and input.cause.ran:  # which change of the system brought the harm
+        lines += cause_lines(input.cause)
     lines += ["", "## 6. Evidence kept (Art. 73(6))", "", f"- {evidence_line(input)}", "", "## 7. Corrective actions", ""]
     for action in input.actions:
         what = f"{action.stage}: {action.kind}" + (f" ({action.result['version']})" if "version" in action.result else "")

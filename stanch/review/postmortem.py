@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from stanch.models.activity_io import ComplianceItem, ReviewInput
 from stanch.models.incident import StageState
+from stanch.review.cause import cause_lines
 from stanch.review.compliance import compliance_mapping, is_drill, status_text
 from stanch.review.exposure import blast_radius_lines
 from stanch.review.facts import deadline_of, duration, signals_summary, stage_of, when
@@ -52,6 +53,7 @@ def postmortem(input: ReviewInput, tasks: list[dict], added: int, mapping: list[
         lines.append(f"- Serious incident (EU AI Act Art. 3(49)): report due {when(deadline_of(input))}; see art73-report-draft.md")
     lines += ["", *time_to_contain(input)]
     lines += blast_radius_lines(input.exposure)
+    lines += ["## Cause: the bad change", "", *cause_lines(input.cause), ""]
     lines += ["## Actions", ""]
     for action in input.actions:
         undone = f", undone {when(action.undone_at)}" if action.undone_at else ", still in place"
