@@ -3,8 +3,8 @@
 Dev server, gateway, worker and API run as processes; Debian's `chromium` is driven by
 Playwright's Python package (never `playwright install`: no browser download). Two
 responders sign in from two browser contexts, watch the demo incident appear in the list
-without reloading, open it, approve the pending `contain` step — four eyes, one of them
-safety — and watch the stage finish live, on a desktop and a 375 px phone. With tokens:
+without reloading, open it, see the block already in place (reversible, so at once), approve the pending
+`rollback` step — four eyes, one of them safety — and watch the stage finish live, on a desktop and a 375 px phone. With tokens:
 a bad token and a viewer are refused in the API's own words, two tokens approve. Screenshots
 land in test-artifacts/board/.
 """
@@ -208,7 +208,7 @@ def no_horizontal_scroll(page) -> None:
     assert width[0] <= width[1], f"the page scrolls sideways at {width[1]} px: it is {width[0]} px wide"
 
 
-def test_two_responders_approve_containment_from_the_board_and_watch_it_happen(tmp_path):
+def test_containment_goes_on_at_once_and_two_responders_approve_the_rollback_from_the_board(tmp_path):
     expect, sync_playwright = playwright_api()
     desktop = {"viewport": {"width": 1280, "height": 900}}
     with Stack(tmp_path) as stack, sync_playwright() as playwright, Board(playwright, stack, "") as board:
@@ -241,11 +241,14 @@ def test_two_responders_approve_containment_from_the_board_and_watch_it_happen(t
         expect(link).to_be_visible(timeout=LIVE)
         oncall.screenshot(path=str(ARTIFACTS / "list.png"), full_page=True)
 
-        # Open it: contain waits for four eyes (the leaked secret makes it high severity).
+        # Open it: the block went on at once (reversible), and switching the update off waits for
+        # four eyes (the leaked secret makes it high severity).
         link.click()
         oncall.wait_for_url(f"**/board/incidents/{incident_id}")
-        expect(stage(oncall, "contain", "awaiting_approval")).to_be_visible(timeout=LIVE)
-        expect(oncall.get_by_role("heading", name="contain awaits approval")).to_be_visible()
+        expect(stage(oncall, "contain", "done")).to_be_visible(timeout=LIVE)
+        expect(oncall.locator("#actions")).to_contain_text("block outputs")
+        expect(stage(oncall, "rollback", "awaiting_approval")).to_be_visible(timeout=LIVE)
+        expect(oncall.get_by_role("heading", name="rollback awaits approval")).to_be_visible()
         assert oncall.locator("ol.stages > li").count() == 9
         ui_link = oncall.get_by_role("link", name="Open the workflow in the Temporal UI")
         assert ui_link.get_attribute("href") == f"{stack.ui}/namespaces/default/workflows/{incident_id}"
@@ -258,38 +261,38 @@ def test_two_responders_approve_containment_from_the_board_and_watch_it_happen(t
         expect(oncall.get_by_role("button", name="Acknowledge")).to_be_hidden(timeout=LIVE)
         expect(oncall.locator("#main")).to_contain_text("by demo-oncall")
 
-        oncall.get_by_label("Comment").fill("blocking the leak now")
-        oncall.get_by_role("button", name="Approve contain").click()
-        expect(oncall.get_by_text("You approved contain at")).to_be_visible()
-        expect(stage(oncall, "contain", "awaiting_approval")).to_be_visible()  # one of two
+        oncall.get_by_label("Comment").fill("switching the leaking update off")
+        oncall.get_by_role("button", name="Approve rollback").click()
+        expect(oncall.get_by_text("You approved rollback at")).to_be_visible()
+        expect(stage(oncall, "rollback", "awaiting_approval")).to_be_visible()  # one of two
 
         # Approving twice is refused, and the board shows the workflow's reason verbatim.
         expect(oncall.get_by_text("You have approved this step")).to_be_visible(timeout=LIVE)
-        oncall.get_by_role("button", name="Approve contain").click()
+        oncall.get_by_role("button", name="Approve rollback").click()
         refusal = oncall.locator("#decision-error")
         expect(refusal).to_contain_text("The API refused (409): ")
         headers = {"X-Stanch-User": "demo-oncall", "X-Stanch-Roles": "oncall"}
-        again = httpx.post(f"{stack.api}/v1/incidents/{incident_id}/approvals", json={"stage": "contain"}, headers=headers)
+        again = httpx.post(f"{stack.api}/v1/incidents/{incident_id}/approvals", json={"stage": "rollback"}, headers=headers)
         assert again.status_code == 409
         assert refusal.inner_text() == f"The API refused (409): {again.json()['detail']}"
 
         # The safety lead sees the first approval arrive, is asked why before rejecting, approves.
         safety.goto(f"/board/incidents/{incident_id}")
         expect(safety.locator("#needs-you")).to_contain_text("1 of 2: demo-oncall", timeout=LIVE)
-        safety.get_by_role("button", name="Reject contain").click()
+        safety.get_by_role("button", name="Reject rollback").click()
         expect(safety.locator("#decision-error")).to_have_text(re.compile("A rejection needs a comment"))
         expect(safety.get_by_label("Comment")).to_be_focused()
-        safety.get_by_role("button", name="Approve contain").click()
-        expect(safety.get_by_text("You approved contain at")).to_be_visible()
+        safety.get_by_role("button", name="Approve rollback").click()
+        expect(safety.get_by_text("You approved rollback at")).to_be_visible()
 
-        # Both boards watch containment happen, without reloading.
-        expect(stage(oncall, "contain", "done")).to_be_visible(timeout=LIVE)
-        expect(stage(safety, "contain", "done")).to_be_visible(timeout=LIVE)
+        # Both boards watch the rollback happen, without reloading.
+        expect(stage(oncall, "rollback", "done")).to_be_visible(timeout=LIVE)
+        expect(stage(safety, "rollback", "done")).to_be_visible(timeout=LIVE)
         assert oncall.evaluate("() => window.notReloaded") is True
-        expect(oncall.locator("#announcer")).to_contain_text("Stage contain: done")
-        expect(oncall.locator("#actions")).to_contain_text("block outputs")
+        expect(oncall.locator("#announcer")).to_contain_text("Stage rollback: done")
+        expect(oncall.locator("#actions")).to_contain_text("disable version")
         expect(oncall.locator("#actions")).to_contain_text(incident_id)  # idempotency keys name the incident
-        expect(oncall.locator("#approvals")).to_contain_text("blocking the leak now")
+        expect(oncall.locator("#approvals")).to_contain_text("switching the leaking update off")
         oncall.screenshot(path=str(ARTIFACTS / "after-approval.png"), full_page=True)
 
         # On a phone: same pages, nothing wider than the screen.
@@ -300,7 +303,7 @@ def test_two_responders_approve_containment_from_the_board_and_watch_it_happen(t
         no_horizontal_scroll(phone)
         phone.screenshot(path=str(ARTIFACTS / "phone-list.png"), full_page=True)
         phone.goto(f"/board/incidents/{incident_id}")
-        expect(stage(phone, "contain", "done")).to_be_visible(timeout=LIVE)
+        expect(stage(phone, "rollback", "done")).to_be_visible(timeout=LIVE)
         no_horizontal_scroll(phone)
         phone.screenshot(path=str(ARTIFACTS / "phone.png"), full_page=True)
 
@@ -358,16 +361,16 @@ def test_with_tokens_a_bad_token_and_a_viewer_are_refused_in_the_apis_words_and_
         demo.deploy_the_bad_update()
         incident_id = demo.fire_alert()
         ada.get_by_role("link", name=incident_id).click()
-        expect(stage(ada, "contain", "awaiting_approval")).to_be_visible(timeout=LIVE)
+        expect(stage(ada, "rollback", "awaiting_approval")).to_be_visible(timeout=LIVE)
 
         # A viewer reads the incident but cannot act: the API's reason, word for word.
         vic = board.sign_in_with_token("vic-token")
         signed_in(vic, "vic", "viewer")
         vic.goto(f"/board/incidents/{incident_id}")
         expect(vic.get_by_text("Approving needs one of the roles")).to_be_visible(timeout=LIVE)
-        vic.get_by_role("button", name="Approve contain").click()
+        vic.get_by_role("button", name="Approve rollback").click()
         forbidden = httpx.post(
-            f"{stack.api}/v1/incidents/{incident_id}/approvals", json={"stage": "contain"}, headers={"Authorization": "Bearer vic-token"}
+            f"{stack.api}/v1/incidents/{incident_id}/approvals", json={"stage": "rollback"}, headers={"Authorization": "Bearer vic-token"}
         )
         assert forbidden.status_code == 403
         expect(vic.locator("#decision-error")).to_have_text(f"The API refused (403): {forbidden.json()['detail']}")
@@ -377,11 +380,11 @@ def test_with_tokens_a_bad_token_and_a_viewer_are_refused_in_the_apis_words_and_
         signed_in(sam, "sam", "safety")
         sam.goto(f"/board/incidents/{incident_id}")
         for page in (ada, sam):
-            page.get_by_role("button", name="Approve contain").click()
-            expect(page.get_by_text("You approved contain at")).to_be_visible()
-        expect(stage(ada, "contain", "done")).to_be_visible(timeout=LIVE)
+            page.get_by_role("button", name="Approve rollback").click()
+            expect(page.get_by_text("You approved rollback at")).to_be_visible()
+        expect(stage(ada, "rollback", "done")).to_be_visible(timeout=LIVE)
         state = httpx.get(f"{stack.api}/v1/incidents/{incident_id}", headers={"Authorization": "Bearer vic-token"}).json()
-        assert sorted((a["approver"], a["roles"]) for a in state["approvals"] if a["stage"] == "contain") == [
+        assert sorted((a["approver"], a["roles"]) for a in state["approvals"] if a["stage"] == "rollback") == [
             ("ada", ["oncall"]),
             ("sam", ["safety"]),
         ]
