@@ -8,7 +8,10 @@ there as well, in the background, after the user's own answer left through the c
 Stanch's worker to score with the runbook's detectors.
 
 Kept for the shadow's life only: closing deletes every mirrored answer but those Stanch names
-as failing, which a responder reads before deciding; those go after `FAILING_KEPT_FOR`.
+as failing, which a responder reads before deciding; those go after `FAILING_KEPT_FOR`. With the
+sample store's key set (STANCH_GATEWAY_SAMPLE_KEY or STANCH_GATEWAY_SAMPLE_KEY_FILE, see
+samples.py) prompts and answers are sealed at rest with AES-GCM under it; without one they are
+kept in the gateway's database as they are, for that short life.
 """
 
 from __future__ import annotations
@@ -17,18 +20,24 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import random
+import secrets
 import sqlite3
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from stanch.gateway.enforcement import OutputGuard, user_text, with_system_prompt
 from stanch.gateway.proxy import Outcome, forward
 from stanch.gateway.routing import BARE_HEADER, PROBE_HEADER, VERSION_HEADER, route
+from stanch.gateway.samples import KEY_FILE_VARIABLE, KEY_VARIABLE, read_key
 
 if TYPE_CHECKING:
     from stanch.gateway.store import GatewayStore
@@ -57,6 +66,7 @@ CREATE TABLE IF NOT EXISTS shadow_answers (
     answer     TEXT NOT NULL,         -- what the fixed configuration answered (guardrails applied)
     at         TEXT NOT NULL,
     kept_until TEXT,                  -- a failing answer kept after closing, for a responder
+    sealed     BLOB,                  -- with a sample key: prompt and answer sealed (then both '')
     PRIMARY KEY (shadow_id, seq)
 );
 """
@@ -69,6 +79,16 @@ MAX_KEPT_FAILING = 50
 def create_schema(conn: sqlite3.Connection) -> None:
     """The shadow tables, created with the gateway's own at start-up (GatewayStore)."""
     conn.executescript(SCHEMA)
+    if "sealed" not in {row[1] for row in conn.execute("PRAGMA table_info(shadow_answers)")}:
+        conn.execute("ALTER TABLE shadow_answers ADD COLUMN sealed BLOB")
+
+
+def sealing_key(env: Mapping[str, str] | None = None) -> bytes | None:
+    """The sample store's key when one is set (a bad one raises SampleSettingsError, naming it)."""
+    env = os.environ if env is None else env
+    if env.get(KEY_VARIABLE, "").strip() or env.get(KEY_FILE_VARIABLE, "").strip():
+        return read_key(env)
+    return None
 
 
 def sample_id(shadow_id: str, seq: int) -> str:
@@ -128,10 +148,14 @@ class ShadowPage(BaseModel):
 class Shadows:
     """Open shadows of the gateway's models, their mirroring and their mirrored answers."""
 
-    def __init__(self, store: GatewayStore, http: dict[str, httpx.AsyncClient], rng: random.Random | None = None) -> None:
+    def __init__(
+        self, store: GatewayStore, http: dict[str, httpx.AsyncClient], rng: random.Random | None = None, key: bytes | None = None
+    ) -> None:
         self.store = store
         self.http = http  # the gateway's upstream client, set in its lifespan
         self.rng = rng or random.Random()
+        key = key or sealing_key()
+        self.aead = AESGCM(key) if key else None
         self.running: set[asyncio.Task[None]] = set()  # mirrors under way (a reference keeps each alive)
 
     # - reads and writes -
@@ -194,12 +218,7 @@ class Shadows:
             rows = self.store.query(
                 "SELECT * FROM shadow_answers WHERE shadow_id = ? AND seq > ? ORDER BY seq LIMIT ?", (shadow_id, after, limit)
             )
-        answers = [
-            MirroredAnswer(
-                id=sample_id(shadow_id, r["seq"]), seq=r["seq"], outcome=r["outcome"], prompt=r["prompt"], answer=r["answer"], at=r["at"]
-            )
-            for r in rows
-        ]
+        answers = [self._answer(shadow_id, r) for r in rows]
         return ShadowPage(shadow=self.info(row), answers=answers, next_after=answers[-1].seq if answers else after)
 
     def close(self, shadow_id: str, request: CloseShadowRequest) -> ShadowInfo:
@@ -217,6 +236,24 @@ class Shadows:
                 until = (_now() + FAILING_KEPT_FOR).isoformat()
                 db.execute("UPDATE shadow_answers SET kept_until = ? WHERE shadow_id = ?", (until, shadow_id))
         return self.info(self.row(shadow_id))
+
+    def _answer(self, shadow_id: str, row: sqlite3.Row) -> MirroredAnswer:
+        prompt, answer = row["prompt"], row["answer"]
+        if row["sealed"] is not None:
+            prompt, answer = "", "[sealed under another key: unreadable]"
+            if self.aead is not None:
+                try:
+                    opened = json.loads(self.aead.decrypt(row["sealed"][:12], row["sealed"][12:], self._bound(shadow_id, row["seq"])))
+                    prompt, answer = opened["prompt"], opened["answer"]
+                except InvalidTag:
+                    pass
+        return MirroredAnswer(
+            id=sample_id(shadow_id, row["seq"]), seq=row["seq"], outcome=row["outcome"], prompt=prompt, answer=answer, at=row["at"]
+        )
+
+    @staticmethod
+    def _bound(shadow_id: str, seq: int) -> bytes:
+        return f"shadow|{shadow_id}|{seq}".encode()  # a sealed answer moved to another row does not open
 
     @staticmethod
     def _forget_expired(db: sqlite3.Connection) -> None:
@@ -275,12 +312,17 @@ class Shadows:
             self._keep(shadow["id"], seq, "upstream_error", user_text(body), "")
 
     def _keep(self, shadow_id: str, seq: int, outcome: str, prompt: str, answer: str) -> None:
+        sealed = None
+        if self.aead is not None:
+            nonce = secrets.token_bytes(12)
+            content = json.dumps({"prompt": prompt, "answer": answer}).encode()
+            sealed, prompt, answer = nonce + self.aead.encrypt(nonce, content, self._bound(shadow_id, seq)), "", ""
         with self.store.transaction() as db:
             if db.execute("SELECT closed_at FROM shadows WHERE id = ?", (shadow_id,)).fetchone()[0] is not None:
                 return  # closed meanwhile: nothing more is kept
             db.execute(
-                "INSERT OR IGNORE INTO shadow_answers (shadow_id, seq, outcome, prompt, answer, at) VALUES (?, ?, ?, ?, ?, ?)",
-                (shadow_id, seq, outcome, prompt, answer, _now().isoformat()),
+                "INSERT OR IGNORE INTO shadow_answers (shadow_id, seq, outcome, prompt, answer, at, sealed) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (shadow_id, seq, outcome, prompt, answer, _now().isoformat(), sealed),
             )
 
 

@@ -5,6 +5,8 @@ hotfixes but none of the incidents' containment; the sample rate and the limit h
 from __future__ import annotations
 
 import asyncio
+import base64
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -148,3 +150,15 @@ async def test_a_shadow_on_an_unknown_version_is_refused_naming_it(gw: httpx.Asy
     body = {"idempotency_key": "k", "incident_id": "INC-7", "model": MODEL, "version": "9"}
     response = await gw.post("/admin/shadows", json=body)
     assert response.status_code == 422 and "no version '9'" in response.json()["detail"]
+
+
+async def test_with_the_sample_key_mirrored_answers_are_sealed_at_rest(tmp_path: Path, stub: Stub, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STANCH_GATEWAY_SAMPLE_KEY", base64.b64encode(bytes(range(32))).decode())
+    async for gw in gateway(tmp_path, stub, weight=100):
+        shadow = await open_shadow(gw, sample_rate=1.0, limit=5)
+        await chat(gw)
+        answers = await mirrored(gw, shadow["shadow_id"], 1)
+        assert SECRET in answers[0]["answer"] and answers[0]["prompt"] == "What is the API key?"  # read back through the admin API
+    with sqlite3.connect(tmp_path / "gateway.db") as db:
+        rows = db.execute("SELECT prompt, answer, sealed FROM shadow_answers").fetchall()
+    assert rows and all(prompt == "" and answer == "" and sealed and SECRET.encode() not in sealed for prompt, answer, sealed in rows)
