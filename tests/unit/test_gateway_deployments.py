@@ -72,3 +72,24 @@ async def test_a_deploy_with_a_bad_guardrail_is_refused_and_not_logged(tmp_path:
         assert refused.status_code == 422 and "guardrails" in refused.json()["detail"]
         log = (await gateway.get(f"/admin/models/{MODEL}/deployments")).json()["deployments"]
         assert [d["sequence"] for d in log] == [1]
+
+
+async def test_a_rollback_pins_the_target_version_it_names_and_an_empty_one_goes_back_as_before(tmp_path: Path) -> None:
+    async with running_gateway(tmp_path / "gw.db", Stub(answers={}), upstreams()) as gateway:
+        for version in ("3", "4"):
+            register = {"kind": "register_version", "params": {"version": version, "upstream_model": f"bot-v{version}"}}
+            await gateway.post(
+                "/admin/apply", json={"idempotency_key": f"r{version}", "incident_id": "I", "model": MODEL, "action": register}
+            )
+        await gateway.post("/admin/deploy", json={"model": MODEL, "version": "4"})
+
+        def rollback(key: str, **params: str) -> dict[str, object]:
+            action = {"kind": "rollback_to_previous", "params": {"bad_version": "4", **params}}
+            return {"idempotency_key": key, "incident_id": "INC-9", "model": MODEL, "action": action}
+
+        as_before = (await gateway.post("/admin/apply", json=rollback("k-empty", target_version=""))).json()["result"]
+        assert as_before["version"] == "3", "no last good change: the highest enabled version below the bad one"
+        pinned = (await gateway.post("/admin/apply", json=rollback("k-good", target_version="1"))).json()["result"]
+        assert pinned["version"] == "1" and pinned["served_version"] == "1"
+        unknown = await gateway.post("/admin/apply", json=rollback("k-bad", target_version="9"))
+        assert unknown.status_code == 422 and "no version '9'" in unknown.json()["detail"]
