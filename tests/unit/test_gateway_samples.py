@@ -107,9 +107,7 @@ def test_content_sampling_is_off_by_default_and_a_key_file_serves(tmp_path: Path
     assert settings.content and settings.key is not None and len(settings.key) == 32
 
 
-async def test_users_served_through_the_gateway_are_read_back_over_the_admin_api(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_users_served_through_the_gateway_are_read_back_over_the_admin_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in CONTENT.items():
         monkeypatch.setenv(name, value)
     stub = Stub(answers={"bot-v1": "fine", "bot-v2": LEAK, "safe-v1": "safe"})
@@ -121,6 +119,8 @@ async def test_users_served_through_the_gateway_are_read_back_over_the_admin_api
         assert (await gw.get("/admin/exposure", params={"model": MODEL, "since": since})).status_code == 401
         auth = {"Authorization": "Bearer t0ken"}
         exposure = (await gw.get("/admin/exposure", params={"model": MODEL, "since": since}, headers=auth)).json()
-        assert exposure["versions"] == [{"version": "2", "requests": 3, "users": ["alice", "bob", "carol"], "tenants": ["acme"], "samples": 3}]
+        assert exposure["versions"] == [
+            {"version": "2", "requests": 3, "users": ["alice", "bob", "carol"], "tenants": ["acme"], "samples": 3}
+        ]
         page = (await gw.get("/admin/exposure/samples", params={"model": MODEL, "since": since}, headers=auth)).json()
         assert [(s["user"], s["answer"]) for s in page["samples"]] == [("alice", LEAK), ("bob", LEAK), ("carol", LEAK)]
