@@ -33,6 +33,7 @@ class Notifier:
         finally:
             self.record.memory.in_flight -= 1
         channels = ", ".join(result.delivered + result.already_delivered)
-        self.record.note("notification", f"{kind} → {', '.join(recipients)} via {channels}: {message}")
+        # What was sent, as sent: a drill's page says [DRILL].
+        self.record.note("notification", f"{kind} → {', '.join(recipients)} via {channels}: {notification.message}")
         if result.failed:
             self.record.note("notification", f"{kind} to {', '.join(recipients)}: not delivered by {'; '.join(result.failed)}")
