@@ -14,7 +14,8 @@ STANCH_API_URL, STANCH_GATEWAY_ADMIN_TOKEN, STANCH_RUNBOOKS, STANCH_TOKEN), a dr
    incident is a drill from its first event: it pages the real on-call ("[DRILL] ..."), waits for
    real approvals (give them with `stanch ack|approve`, the API or the board) and acts only on the
    drill route;
-4. follows it, printing the timeline, and once it closes ends the drill route and prints the
+4. follows it, printing the timeline (while it restores, the drill's tenant sends the prompts
+   again: the live traffic a shadow-verified restore mirrors to the fix), and once it closes ends the drill route and prints the
    drill report: time to acknowledge, contain and restore against the runbook's objectives, and
    which gate took the time.
 
@@ -44,7 +45,7 @@ from stanch.cli.output import make_console
 from stanch.config.errors import ConfigFileError
 from stanch.config.settings import Settings, SettingsError
 from stanch.demo_upstream.models import DEMO_MODELS
-from stanch.models.incident import IncidentState, IncidentStatus, is_drill_route
+from stanch.models.incident import IncidentState, IncidentStatus, StageStatus, is_drill_route
 from stanch.runbooks.loader import RunbookError, load_catalog
 from stanch.runbooks.schema import Runbook
 
@@ -185,6 +186,16 @@ class Stack:
         response = self.call("POST", f"{self.gateway}/v1/chat/completions", json=body, headers={"x-client-id": "stanch-drill"})
         return response.headers.get("x-model-version", ""), response.json()["choices"][0]["message"]["content"]
 
+    def drill_tenant_asks(self, route: str, prompt: str, number: int) -> None:
+        """One request of the drill's tenant, as live traffic on the drill route: what a restore
+        that waits for the fix to hold on mirrored live traffic (`restore.shadow`) needs. Its
+        answer (served, or refused by the drill's containment) does not matter."""
+        body = {"model": route, "messages": [{"role": "user", "content": prompt}], "user": f"drill-tenant-user-{number}"}
+        try:
+            self.http.post(f"{self.gateway}/v1/chat/completions", json=body, headers={"x-client-id": f"drill-tenant-{number}"})
+        except httpx.HTTPError:
+            pass  # the next one may get through; the incident says if too few did
+
     def incident(self, incident_id: str) -> IncidentState:
         return IncidentState.model_validate(self.call("GET", f"{self.api}/v1/incidents/{incident_id}").json())
 
@@ -214,9 +225,10 @@ def start(stack: Stack, runbook: Runbook, model: str, version: str, prompts: lis
     return opened["incident_id"], route
 
 
-def follow(stack: Stack, incident_id: str, timeout: float, quiet: bool) -> IncidentState:
-    """Print the timeline as it grows until the drill finishes or `timeout` passes."""
-    deadline, printed = time.monotonic() + timeout, 0
+def follow(stack: Stack, incident_id: str, prompts: list[str], timeout: float, quiet: bool) -> IncidentState:
+    """Print the timeline as it grows until the drill finishes or `timeout` passes. While it
+    restores, the drill's tenant keeps sending the prompts: the live traffic a restore checks on."""
+    deadline, printed, sent = time.monotonic() + timeout, 0, 0
     while True:
         try:
             state = stack.incident(incident_id)
@@ -233,6 +245,9 @@ def follow(stack: Stack, incident_id: str, timeout: float, quiet: bool) -> Incid
         printed = len(state.timeline)
         if state.status.value in FINISHED or time.monotonic() > deadline:
             return state
+        if state.stage("restore").status == StageStatus.running:
+            stack.drill_tenant_asks(state.target.model, prompts[sent % len(prompts)], sent)
+            sent += 1
         time.sleep(0.5)
 
 
@@ -299,7 +314,7 @@ def drill(
             console.print(f"Drill incident {incident} on {route}: `stanch drill report {incident}` once it has closed")
         return
     try:
-        state = follow(stack, incident, timeout, quiet=as_json)
+        state = follow(stack, incident, prompts, timeout, quiet=as_json)
         raise typer.Exit(finish(stack, state, as_json))
     except CannotRun as problem:
         raise cannot_run(str(problem)) from None
