@@ -80,10 +80,14 @@ def test_critical_steps_need_two_people_with_the_right_roles_and_forgeries_do_no
         def read():
             return httpx.get(f"{api}/v1/incidents/{incident_id}", headers=as_("vera"), timeout=15).json()
 
-        wait_for(read, lambda s: (s.get("pending_approval") or {}).get("stage") == "contain")
+        # The block is reversible: it went on at once, nobody asked. Switching the update off
+        # changes what users are served: it waits for four eyes.
+        first = wait_for(read, lambda s: (s.get("pending_approval") or {}).get("stage") == "rollback")
+        contained = [(a["kind"], a["went_ahead"]) for a in first["actions"] if a["stage"] == "contain"]
+        assert contained == [("block_outputs", "at once: reversible (policy)")] and not first["approvals"], first["approvals"]
 
         def approve(user: str) -> httpx.Response:
-            return httpx.post(f"{api}/v1/incidents/{incident_id}/approvals", json={"stage": "contain"}, headers=as_(user), timeout=30)
+            return httpx.post(f"{api}/v1/incidents/{incident_id}/approvals", json={"stage": "rollback"}, headers=as_(user), timeout=30)
 
         assert approve("alice").status_code == 200
         again = approve("alice")
@@ -95,7 +99,7 @@ def test_critical_steps_need_two_people_with_the_right_roles_and_forgeries_do_no
 
         async def forge() -> str:  # sam's name and role, straight to Temporal, without the API
             client = await connect(env["TEMPORAL_ADDRESS"])
-            forged = ApprovalDecision(stage="contain", approver="sam", roles=["safety"])
+            forged = ApprovalDecision(stage="rollback", approver="sam", roles=["safety"])
             try:
                 await client.get_workflow_handle(incident_id).execute_update("approve", forged)
             except WorkflowUpdateFailedError as refused:
@@ -105,11 +109,11 @@ def test_critical_steps_need_two_people_with_the_right_roles_and_forgeries_do_no
         refusal = asyncio.run(forge())
         assert "carries no assertion from the Stanch API" in refusal and "decide through the Stanch API" in refusal, refusal
         forged_state = read()
-        assert forged_state["pending_approval"]["stage"] == "contain" and forged_state["pending_approval"]["approvers"] == ["alice", "bob"]
+        assert forged_state["pending_approval"]["stage"] == "rollback" and forged_state["pending_approval"]["approvers"] == ["alice", "bob"]
         assert not any(a["approver"] == "sam" for a in forged_state["approvals"]), "refused before it reached history"
 
         assert approve("sam").status_code == 200
-        done = wait_for(read, lambda s: {x["name"]: x["status"] for x in s["stages"]}["contain"] == "done")
+        done = wait_for(read, lambda s: {x["name"]: x["status"] for x in s["stages"]}["rollback"] == "done")
         verified = [(a["approver"], a["roles"]) for a in done["approvals"] if a["verified"]]
         assert verified == [("alice", ["oncall"]), ("bob", ["oncall"]), ("sam", ["safety"])]
 

@@ -135,7 +135,9 @@ def test_two_workers_two_apis_shared_state_survive_a_killed_worker(tmp_path):
         first = httpx.post(f"{api_1}/v1/alerts/alertmanager", json=alertmanager_alert("HarmfulOutputSecret", secret_prompt), timeout=30)
         assert first.status_code == 202, first.text
         first_id = first.json()["incidents"][0]["incident_id"]
-        for stage in ("contain", "rollback"):
+        # The block and the guardrail go on at once (reversible); the version switch and the
+        # fine-tuned version wait for four eyes.
+        for stage in ("rollback", "hotfix"):
             waiting_for(first_id, stage)
             approve(api_2, first_id, stage, ("alice", "oncall"), ("sam", "safety"))
         waiting_for(first_id, "restore")
@@ -161,6 +163,8 @@ def test_two_workers_two_apis_shared_state_survive_a_killed_worker(tmp_path):
         worker_a.kill()  # mid-rollback: the gateway committed, the activity never heard back
         killed_at = time.time()
         start("worker-b-again", worker_b_env, "worker")
+        waiting_for(second_id, "hotfix")  # the fine-tuned version waits for a person
+        approve(api_1, second_id, "hotfix", ("alice", "oncall"))
         second_closed = wait_for(lambda: read(second_id), lambda s: s.get("status") == "closed", timeout=180)
 
         # Every effect applied once; the retried rollback was replayed by the gateway, not re-applied.

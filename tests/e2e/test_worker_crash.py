@@ -59,7 +59,7 @@ def test_worker_killed_mid_rollback_completes_with_each_key_applied_once(tmp_pat
                 )
                 assert answer.status_code == 200, answer.text
 
-        approve_twice("contain")
+        # The block goes on at once (reversible); switching the update off waits for four eyes.
         approve_twice("rollback")
         rollback_entry = wait_for(
             ledger, lambda entries: any("/rollback/" in e["idempotency_key"] for e in entries), timeout=60, interval=0.1
@@ -69,6 +69,7 @@ def test_worker_killed_mid_rollback_completes_with_each_key_applied_once(tmp_pat
         during = wait_for(read, lambda s: "stages" in s)  # queries need a worker: the new one answers
         assert {s["name"]: s["status"] for s in during["stages"]}["rollback"] == "running"
 
+        approve_twice("hotfix")  # the guardrail went on at once; the fine-tuned version waits for four eyes
         wait_for(read, lambda s: (s.get("pending_approval") or {}).get("stage") == "restore", timeout=150)
         answer = httpx.post(
             f"{api}/v1/incidents/{incident_id}/approvals", json={"stage": "restore", "approver": "alice", "roles": ["oncall"]}
