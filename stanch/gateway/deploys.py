@@ -87,3 +87,7 @@ def reset_to_file(store: GatewayStore, upstreams: UpstreamsFile) -> None:
             holds.release_all(db, name)
             for table in ("blocks", "endpoint_rules", "guardrails"):
                 db.execute(f"DELETE FROM {table} WHERE model = ?", (name,))
+            # What is served changed back to the file's deploy, platform prompt and guardrails gone: a change.
+            deployments.append(
+                db, name, source="upstreams file", system_prompt="", guardrails=[], description="reset to the upstreams file"
+            )

@@ -93,3 +93,14 @@ async def test_a_rollback_pins_the_target_version_it_names_and_an_empty_one_goes
         assert pinned["version"] == "1" and pinned["served_version"] == "1"
         unknown = await gateway.post("/admin/apply", json=rollback("k-bad", target_version="9"))
         assert unknown.status_code == 422 and "no version '9'" in unknown.json()["detail"]
+
+
+async def test_a_reset_to_the_upstreams_file_is_a_change_that_drops_the_platform_prompt(tmp_path: Path) -> None:
+    stub = Stub(answers={"bot-v1": GOOD, "bot-v2": LEAK, "safe-v1": "safe"})
+    async with running_gateway(tmp_path / "gw.db", stub, upstreams()) as gateway:
+        await gateway.post("/admin/deploy", json={"model": MODEL, "version": "2", "system_prompt": "Be terse."})
+        assert (await gateway.post("/admin/reset")).status_code == 200
+        log = (await gateway.get(f"/admin/models/{MODEL}/deployments")).json()["deployments"]
+        assert [(d["sequence"], d["release_version"], d["system_prompt"]) for d in log][-1] == (3, "1", None)
+        await gateway.post("/v1/chat/completions", json={"model": MODEL, "messages": ASK})
+        assert stub.received[-1]["body"]["messages"] == ASK, "no platform prompt is sent after the reset"
