@@ -3,12 +3,14 @@ the rest waits for four eyes, and the timeline and each applied action say which
 
 from __future__ import annotations
 
+import pytest
+
 from stanch.models.actions import ActionSpec
-from stanch.models.decisions import ApprovalDecision
+from stanch.models.decisions import ApprovalDecision, FailureDecision
 from stanch.models.signals import Severity
 from stanch.runbooks.schema import StageGate
 from tests.workflow.conftest import incident_input, running_incident
-from tests.workflow.helpers import AsTheApi, approve_four_eyes, stage_status, until, waiting_on
+from tests.workflow.helpers import AsTheApi, approve_four_eyes, failed, stage_status, until, waiting_on
 from tests.workflow.standins import Script
 from workflows.incident import IncidentWorkflow
 
@@ -34,9 +36,11 @@ def actions_said(current) -> list[str]:
     return [entry.message for entry in current.timeline if entry.kind == "action"]
 
 
-async def test_a_reversible_step_applies_at_once_and_the_irreversible_one_waits_for_four_eyes(client):
+@pytest.mark.parametrize("cached", [True, False], ids=["cached", "every-task-replayed"])
+async def test_a_reversible_step_applies_at_once_and_the_irreversible_one_waits_for_four_eyes(client, cached):
     script = Script()
-    async with running_incident(client, script, input=contained_by(SWITCH_OFF, BLOCK)) as handle:
+    replay = {} if cached else {"max_cached_workflows": 0}  # every workflow task replays the history: deterministic
+    async with running_incident(client, script, input=contained_by(SWITCH_OFF, BLOCK), **replay) as handle:
         waiting = await until(handle, waiting_on("contain"))
         assert [key.split("/")[1:3] for key in script.applied] == [["contain", "1"]], "only the block went ahead"
         assert "contain: applied block_outputs at once: reversible (policy)" in actions_said(waiting)
@@ -70,3 +74,13 @@ async def test_a_rejection_leaves_the_reversible_step_in_place_for_restore(clien
         assert [a.kind for a in after.actions if a.stage == "contain"] == ["block_outputs"], "the block stays; nothing else applied"
         assert [key.split("/")[1:3] for key in script.applied] == [["contain", "0"]]
         assert [a.kind for a in after.actions if a.undone_at is None] == ["block_outputs"]
+
+
+async def test_a_failed_reversible_step_retried_by_a_responder_does_not_open_the_gate(client):
+    script = Script(failures_left={"block_outputs": 1})
+    async with running_incident(client, script, input=contained_by(BLOCK, SWITCH_OFF), max_cached_workflows=0) as handle:
+        await until(handle, failed("contain"))
+        await AsTheApi(handle).execute_update(IncidentWorkflow.decide, FailureDecision(stage="contain", by="alice", choice="retry"))
+        waiting = await until(handle, waiting_on("contain"))
+        assert [key.split("/")[1:3] for key in script.applied] == [["contain", "0"]], "the switch-off still waits for four eyes"
+        assert stage_status(waiting)["contain"] == "awaiting_approval"
