@@ -27,6 +27,7 @@ from dataclasses import replace
 from typing import Any
 
 from stanch.detectors.registry import Detectors
+from stanch.gate.run import ERROR_CODE
 from stanch.models.bisection import BisectInput, Cause, ChangeVerdict
 from stanch.models.signals import ReproCase
 from stanch.probe.client import ProbeFailed
@@ -162,7 +163,8 @@ async def judge_version(
             except ProbeFailed as failure:
                 if failure.status_code is None:
                     raise BisectionCannotRun(f"the gateway could not be asked: {failure}") from None
-                code = f" {failure.code}" if failure.code else ""
+                # Its status and error code only: an upstream's message may echo the prompt, and causes are kept.
+                code = f" {failure.code}" if failure.code and ERROR_CODE.fullmatch(failure.code) else ""
                 return "", f"could not be replayed: the gateway answered HTTP {failure.status_code}{code}"
             if probe.reproduced:
                 return f"{probe.tally()}: {', '.join(probe.detectors)} found harm", ""
