@@ -14,6 +14,7 @@ import json
 from temporalio import activity
 
 from stanch.models.activity_io import ReviewInput, ReviewResult
+from stanch.models.incident import is_drill_route
 from stanch.review.art73 import report_draft
 from stanch.review.compliance import compliance_mapping, status_text
 from stanch.review.postmortem import postmortem, review_tasks
@@ -27,8 +28,10 @@ class ReviewActivities:
     @activity.defn(name="open_review")
     async def write_review(self, input: ReviewInput) -> ReviewResult:
         added = 0
-        # A rehearsal's repro cases were never confirmed against a change: they stay out of the suite.
-        if input.runbook.review.add_repro_to_regression_suite and input.repro and not input.dry_run:
+        # A rehearsal's repro cases were never confirmed against a change, and a drill's harm was
+        # injected on purpose on its drill route: neither joins the suite that guards real changes.
+        rehearsed = input.dry_run or is_drill_route(input.target.model)
+        if input.runbook.review.add_repro_to_regression_suite and input.repro and not rehearsed:
             # The suite may be a database on another host: its round trips stay off the event loop.
             added = await asyncio.to_thread(self.deps.regression_suite.add, input.target.model, input.repro, input.incident_id)
         tasks = review_tasks(input)

@@ -273,6 +273,8 @@ def export(
     console.print(f"  head {manifest.head}" + (f"  signed by key {manifest.signature.key_id}" if manifest.signature else "  (unsigned)"))
     for incident in manifest.dry_runs or []:
         console.print(f"  dry run (a rehearsal, labelled in the manifest's dry_runs): {escape(incident)}")
+    for incident in manifest.drills or []:
+        console.print(f"  drill (a rehearsal on a drill route, labelled in the manifest's drills): {escape(incident)}")
     for left in manifest.left_out or []:
         console.print(f"[yellow]left out:[/] {escape(left.incident)}: {escape(left.location)}: {escape(left.reason)}")
     for warning in manifest.warnings:
@@ -401,6 +403,8 @@ def verify(
             console.print(f"[yellow]left out at export:[/] {escape(left.incident)}: {escape(left.location)}: {escape(left.reason)}")
         for incident in report.dry_runs:
             console.print(f"dry run (a rehearsal, not an incident): {escape(incident)}")
+        for incident in report.drills:
+            console.print(f"drill (a rehearsal on a drill route, not an incident): {escape(incident)}")
         signature = {
             "valid": "signature valid",
             "invalid": "signature INVALID",

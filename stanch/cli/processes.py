@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from stanch.cli.output import make_console
 from stanch.config.network import is_loopback
@@ -249,4 +250,10 @@ def gateway(
         raise typer.Exit(2)
     db_path = db or settings.home / "gateway.db"
     db_path.parent.mkdir(parents=True, exist_ok=True)
-    serve(host, port, db_path, models, action_delay_s=action_delay, admin_token=None if dev else token)
+    from stanch.gateway.samples import SampleSettingsError
+
+    try:
+        serve(host, port, db_path, models, action_delay_s=action_delay, admin_token=None if dev else token)
+    except SampleSettingsError as exc:  # STANCH_GATEWAY_SAMPLE*: the message names the variable to fix
+        err_console.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from exc

@@ -414,3 +414,13 @@ async def test_a_dry_run_postmortem_and_result_say_rehearsal_only(review: Review
     assert "### NIST AI RMF 1.0 MANAGE 2.4: not performed (dry run: rehearsal only)" in postmortem
     assert ": performed" not in postmortem and "partly performed" not in postmortem
     assert {item["status"] for item in json.loads(await read(review, result.compliance_file))} == {"not performed"}
+
+
+async def test_a_drills_repro_cases_stay_out_of_the_regression_suite(review: ReviewActivities, tmp_path: Path) -> None:
+    """The harm of a drill was injected on its drill route on purpose: it guards no real change."""
+    drill = restored()
+    drill = drill.model_copy(update={"target": drill.target.model_copy(update={"model": "drill-0a1b2c3d.support-bot"})})
+    result = await review.write_review(drill)
+    assert result.regression_cases_added == 0
+    assert not any((tmp_path / "regression").glob("**/*.json*"))
+    assert (await review.write_review(restored())).regression_cases_added > 0  # the same incident, not a drill, adds them
