@@ -4,7 +4,8 @@ The story: support-bot v2, the newly deployed update, is a canary that takes hal
 and leaks an API key. Monitoring alerts; Stanch confirms by probing v2, blocks the leak,
 disables the update, fine-tunes a fixed version on the incident's cases (through the demo
 upstream's fine-tuning API), verifies it and — after two demo responders approved the gated
-steps — restores service on the fixed version. Each claim is checked over HTTP against the
+steps — restores service on the fixed version. The block goes on at once (it is reversible);
+switching the update off and the fine-tuned version wait for the two approvers. Each claim is checked over HTTP against the
 gateway itself, as a user of the canary sees it, not taken from Stanch's word.
 """
 
@@ -211,6 +212,15 @@ class Demo:
             "incident closed with all nine stages done",
             state["status"] == "closed" and set(stages.values()) == {"done"},
             f"status {state['status']}, {stages}",
+        )
+        # Blocking is reversible, a leak is not: the block goes on at once; the fine-tuned version
+        # changes what users are served and waits for the approvers.
+        went = {a["kind"]: a.get("went_ahead") or "" for a in state["actions"]}
+        self.checks.record(
+            "the block went on at once, the fine-tune after approval",
+            went.get("block_outputs", "").startswith(("at once", "automatically"))
+            and went.get("deploy_finetune", "").startswith("after approval"),
+            f"block_outputs {went.get('block_outputs')!r}, deploy_finetune {went.get('deploy_finetune')!r}",
         )
         fixed = next((a["result"].get("version") for a in state["actions"] if a["kind"] == "deploy_finetune"), None)
         answer = self.chat(REPRO_PROMPT)

@@ -81,9 +81,13 @@ def test_incident_survives_a_restart_and_the_demo_passes(tmp_path):
 
         approved = stanch("approve", incident_id, "--api", api, "--by", "alice", "--role", "oncall")
         assert approved.returncode == 0, approved.stdout + approved.stderr
+        # The guardrail goes on at once; the fine-tuned version waits for a person.
+        wait_for(read, lambda s: (s.get("pending_approval") or {}).get("stage") == "hotfix")
+        fix_approved = stanch("approve", incident_id, "--api", api, "--by", "bob", "--role", "oncall")
+        assert fix_approved.returncode == 0, fix_approved.stdout + fix_approved.stderr
         closed = wait_for(read, lambda s: s["status"] == "closed")
         assert {s["name"]: s["status"] for s in closed["stages"]}["rollback"] == "done"
-        assert [a["approver"] for a in closed["approvals"]] == ["alice"]
+        assert [(a["approver"], a["stage"]) for a in closed["approvals"]] == [("alice", "rollback"), ("bob", "hotfix")]
         assert all(a["undone_at"] for a in closed["actions"] if a["stage"] in ("contain", "rollback")), "restore undid them"
 
         demo = stanch("demo", "--api", api)
