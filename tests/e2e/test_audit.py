@@ -64,9 +64,15 @@ def test_the_demo_incident_audits_end_to_end(tmp_path):
         assert timeline.returncode == 0, timeline.stderr
         approvers = {a["approver"] for a in state["approvals"]}
         assert approvers == {"demo-oncall", "demo-safety"}
-        for stage in ("contain", "rollback"):
-            row = next(line for line in timeline.stdout.splitlines() if line.startswith(f"| {stage} | "))
-            assert all(f"{who} (" in row for who in approvers) and "unverified" not in row, row
+
+        def row_of(stage: str) -> str:
+            return next(line for line in timeline.stdout.splitlines() if line.startswith(f"| {stage} | "))
+
+        # The block went on at once (reversible): nobody approved it. The version switch and the
+        # fine-tuned version waited for both responders.
+        assert not any(f"{who} (" in row_of("contain") for who in approvers), row_of("contain")
+        for stage in ("rollback", "hotfix"):
+            assert all(f"{who} (" in row_of(stage) for who in approvers) and "unverified" not in row_of(stage), row_of(stage)
         for action in state["actions"]:
             assert f"| {action['kind']} | " in timeline.stdout and action["idempotency_key"] in timeline.stdout, action["kind"]
         assert "| restored | " in timeline.stdout and "not reached" not in timeline.stdout.split("## Signals")[0]
