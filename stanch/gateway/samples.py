@@ -2,8 +2,9 @@
 
 Counts always: requests per model version per hour, and the users and tenants each version
 served (a user is the request's `x-client-id`, else the OpenAI body's `user`; a tenant is its
-`x-tenant-id`), at most PARTIES_PER_VERSION of each. That is what tells an incident how many
-were exposed, and never holds a word anyone typed.
+`x-tenant-id`), at most PARTIES_PER_VERSION of each, both forgotten COUNTS_RETENTION (90 days)
+after the hour counted or the party last served. That is what tells an incident how many were
+exposed, and never holds a word anyone typed.
 
 Content only when the team switches it on (STANCH_GATEWAY_SAMPLES=content): per version, the
 newest STANCH_GATEWAY_SAMPLE_LIMIT requests and the answers served to them, each sealed with
@@ -67,6 +68,7 @@ CREATE TABLE IF NOT EXISTS samples (
 );
 CREATE INDEX IF NOT EXISTS samples_by_version ON samples (model, version, id);
 CREATE INDEX IF NOT EXISTS samples_by_time ON samples (at);
+CREATE INDEX IF NOT EXISTS sample_parties_by_last_seen ON sample_parties (last_seen);
 """
 
 SAMPLES_VARIABLE = "STANCH_GATEWAY_SAMPLES"
@@ -247,6 +249,8 @@ class SampleStore:
     def _purge(self, db: sqlite3.Connection, now: datetime) -> None:
         db.execute("DELETE FROM samples WHERE at < ?", (_iso(now - self.settings.retention),))
         db.execute("DELETE FROM sample_counts WHERE hour < ?", (_hour(now - COUNTS_RETENTION),))
+        # A user or tenant id is personal data: kept no longer than the counts it explains.
+        db.execute("DELETE FROM sample_parties WHERE last_seen < ?", (_iso(now - COUNTS_RETENTION),))
 
     def _seal(self, model: str, version: str, request_id: str, content: dict[str, str]) -> bytes:
         assert self.aead is not None

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from stanch.gateway.samples import Party, SampleSettings, SampleSettingsError, SampleStore, ensure_key_file
+from stanch.gateway.samples import COUNTS_RETENTION, Party, SampleSettings, SampleSettingsError, SampleStore, ensure_key_file
 from stanch.gateway.store import GatewayStore
 from tests.openai_stub import Stub
 from tests.unit.test_gateway import LEAK, MODEL, SECRET, chat, running_gateway, upstreams
@@ -62,6 +62,18 @@ def test_samples_older_than_the_retention_are_purged(tmp_path: Path) -> None:
     assert [s["user"] for s in samples.samples(MODEL, week, datetime.now(UTC))["samples"]] == ["new"]
     # Who was served is counted still: exposure outlives content.
     assert samples.exposure(MODEL, week, datetime.now(UTC))["versions"][0]["requests"] == 2
+
+
+def test_user_and_tenant_ids_are_forgotten_with_the_counts(tmp_path: Path) -> None:
+    samples = sample_store(tmp_path)
+    long_ago = datetime.now(UTC) - COUNTS_RETENTION - timedelta(days=1)
+    samples.keep(MODEL, "2", Party("gone-user", "gone-tenant"), "r-old", "q", LEAK, at=long_ago)
+    samples.keep(MODEL, "2", Party("back-user", "acme"), "r-back-old", "q", LEAK, at=long_ago)
+    samples.keep(MODEL, "2", Party("back-user", "acme"), "r-back", "q", LEAK)  # served again: kept
+    kept = samples.store.query("SELECT kind, name FROM sample_parties ORDER BY kind, name")
+    assert [(row["kind"], row["name"]) for row in kept] == [("tenant", "acme"), ("user", "back-user")]
+    since_then = samples.exposure(MODEL, long_ago - timedelta(days=1), datetime.now(UTC))["versions"]
+    assert [(v["users"], v["tenants"]) for v in since_then] == [(["back-user"], ["acme"])]
 
 
 def test_each_version_keeps_at_most_its_limit_the_newest(tmp_path: Path) -> None:
