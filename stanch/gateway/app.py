@@ -20,7 +20,7 @@ from starlette.datastructures import Headers
 from stanch.gateway import deployments
 from stanch.gateway.actions import ActionConflict, ActionRejected, PatternParams
 from stanch.gateway.deploys import reset_to_file, take_over
-from stanch.gateway.drills import drill_router, production_models
+from stanch.gateway.drills import drill_router, is_drill_route, production_models
 from stanch.gateway.enforcement import (
     EndpointRateLimiter,
     OutputGuard,
@@ -200,10 +200,15 @@ def create_app(
             return _bad_request("`messages` must be a non-empty list of chat messages")
         model = body["model"]
         if store.model_row(model) is None:
-            return refusal_response(
-                Refusal(404, "model_not_found", f"The model {model!r} does not exist; known models: {', '.join(store.model_names())}.")
-            )
+            known = ", ".join(production_models(store))  # a drill route is nobody's to discover
+            return refusal_response(Refusal(404, "model_not_found", f"The model {model!r} does not exist; known models: {known}."))
         headers = request.headers
+        if is_drill_route(model) and not is_admin(headers.get(ADMIN_TOKEN_HEADER, "")):
+            # A drill route serves the harmful version on purpose: only the drill (its harm and its
+            # tenant) and Stanch's probes ask it, with the admin token. Nobody's live traffic either.
+            request.state.not_live_traffic = True
+            message = f"Model {model!r} is a drill route: asking it needs the gateway's admin token in {ADMIN_TOKEN_HEADER}."
+            return refusal_response(Refusal(401, "admin_token_required", message, None, "authentication_error"))
         client = client_of(headers, body.get("user") if isinstance(body.get("user"), str) else None)
         incident = headers.get("x-stanch-incident")
         version = headers.get(VERSION_HEADER)
@@ -304,13 +309,19 @@ def create_app(
             return Refusal(404, "version_not_found", message)
         return change
 
+    async def mirrored(request: Request, route_name: str, response: Response) -> Response:
+        """Live traffic goes on to the open shadows; a request refused for want of the admin token is none."""
+        if getattr(request.state, "not_live_traffic", False):
+            return response
+        return await shadows.mirror_later(request, route_name, response)
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        return await shadows.mirror_later(request, "chat", await answer(request, "chat"))
+        return await mirrored(request, "chat", await answer(request, "chat"))
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        return await shadows.mirror_later(request, "completions", await answer(request, "completions"))
+        return await mirrored(request, "completions", await answer(request, "completions"))
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> Response:
