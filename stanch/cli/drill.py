@@ -161,6 +161,8 @@ class Stack:
         self.gateway = str(health.get("gateway_url") or settings.gateway_url).rstrip("/")
         admin = settings.gateway_admin_token
         self.admin = {"Authorization": f"Bearer {admin.get_secret_value()}"} if admin else {}
+        # The drill route answers only with the admin token: it serves the harmful version on purpose.
+        self.drill_traffic = {"x-stanch-admin-token": admin.get_secret_value()} if admin else {}
 
     def call(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         try:
@@ -183,7 +185,9 @@ class Stack:
     def inject(self, route: str, prompt: str) -> tuple[str, str]:
         """The prompt through the drill route as a user sends it: (served version, answer)."""
         body = {"model": route, "messages": [{"role": "user", "content": prompt}], "temperature": 0}
-        response = self.call("POST", f"{self.gateway}/v1/chat/completions", json=body, headers={"x-client-id": "stanch-drill"})
+        response = self.call(
+            "POST", f"{self.gateway}/v1/chat/completions", json=body, headers={"x-client-id": "stanch-drill", **self.drill_traffic}
+        )
         return response.headers.get("x-model-version", ""), response.json()["choices"][0]["message"]["content"]
 
     def drill_tenant_asks(self, route: str, prompt: str, number: int) -> None:
@@ -192,7 +196,9 @@ class Stack:
         answer (served, or refused by the drill's containment) does not matter."""
         body = {"model": route, "messages": [{"role": "user", "content": prompt}], "user": f"drill-tenant-user-{number}"}
         try:
-            self.http.post(f"{self.gateway}/v1/chat/completions", json=body, headers={"x-client-id": f"drill-tenant-{number}"})
+            self.http.post(
+                f"{self.gateway}/v1/chat/completions", json=body, headers={"x-client-id": f"drill-tenant-{number}", **self.drill_traffic}
+            )
         except httpx.HTTPError:
             pass  # the next one may get through; the incident says if too few did
 

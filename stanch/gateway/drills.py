@@ -10,8 +10,9 @@ reaches the model users are served.
     GET    /admin/drills/{route}        one
     DELETE /admin/drills/{route}        ends it: its protections go, it serves nothing more
 
-A drill route answers at `/v1/chat/completions` like any model, but `/v1/models` leaves it out:
-it is nobody's production model. An incident opened on it is a drill (Stanch's intake reads the
+A drill route answers at `/v1/chat/completions` only with the gateway's admin token in
+`x-stanch-admin-token` (the drill CLI and Stanch's own probes hold it: the route serves harm on
+purpose), and `/v1/models` leaves it out: it is nobody's production model. An incident opened on it is a drill (Stanch's intake reads the
 name: `drill-<8 hex>.`, the contract written in stanch.models.incident as well). Drill routes
 are not in the upstreams file: they outlive a gateway restart until ended (`restore_open_drills`).
 """
@@ -84,7 +85,8 @@ def restore_open_drills(store: GatewayStore) -> None:
 
 def copy_model(db: sqlite3.Connection, model: str, route: str) -> None:
     """The model's versions, upstreams, release, canary weights and fallback, with no protection
-    and no hotfix: the drill starts from the deploy, not from what incidents changed."""
+    and no hotfix: the drill starts from the deploy, not from what incidents changed. A version
+    production disabled stays disabled (only the drill's harmful version is served again)."""
     db.execute(
         "INSERT INTO models (name, release_version, fallback_version, fallback_model, trainer, configured)"
         " SELECT ?, release_version, fallback_version, fallback_model, trainer, 1 FROM models WHERE name = ?",
@@ -92,7 +94,7 @@ def copy_model(db: sqlite3.Connection, model: str, route: str) -> None:
     )
     db.execute(
         "INSERT INTO versions (model, version, base_url, upstream_model, api_key, timeout_seconds, weight, enabled, source, created_at)"
-        " SELECT ?, version, base_url, upstream_model, api_key, timeout_seconds, weight, 1, 'drill copy of ' || model, ?"
+        " SELECT ?, version, base_url, upstream_model, api_key, timeout_seconds, weight, enabled, 'drill copy of ' || model, ?"
         " FROM versions WHERE model = ?",
         (route, utc_now(), model),
     )
@@ -100,9 +102,11 @@ def copy_model(db: sqlite3.Connection, model: str, route: str) -> None:
 
 
 def force_version(db: sqlite3.Connection, route: str, version: str) -> None:
-    """Every request on the route is served `version`: the release, or a canary at 100%."""
+    """Every request on the route is served `version`: the release, or a canary at 100%. Disabled
+    in production or not, the drill route serves it: it is the harm the drill responds to."""
     release = db.execute("SELECT release_version FROM models WHERE name = ?", (route,)).fetchone()[0]
     db.execute("UPDATE versions SET weight = 0 WHERE model = ?", (route,))
+    db.execute("UPDATE versions SET enabled = 1 WHERE model = ? AND version = ?", (route, version))
     if version != release:
         db.execute("UPDATE versions SET weight = 100 WHERE model = ? AND version = ?", (route, version))
 

@@ -96,6 +96,35 @@ async def test_an_ended_drill_route_serves_nothing_and_an_open_one_outlives_a_re
         assert listed == {ended: True, kept: False}
 
 
+async def test_only_the_admin_token_reaches_a_drill_route_which_keeps_what_production_disabled(tmp_path: Path) -> None:
+    admin = {"Authorization": "Bearer s3cret"}
+    async with running_gateway(tmp_path / "gw.db", stub(), upstreams(weight=10), admin_token="s3cret") as gw:
+        # Production disabled its leaking v2: a drill copy keeps it disabled, unless the drill forces it as its harm.
+        disable = {"model": MODEL, "idempotency_key": "INC-1/rollback/0", "incident_id": "INC-1"}
+        disable["action"] = {"kind": "disable_version", "params": {"version": "2"}}
+        assert (await gw.post("/admin/apply", json=disable, headers=admin)).status_code == 200
+        plain = (await gw.post("/admin/drills", json={"model": MODEL, "idempotency_key": "plain"}, headers=admin)).json()
+        copy = (await gw.get("/admin/state", params={"model": plain["route"]}, headers=admin)).json()
+        assert {v["version"]: v["enabled"] for v in copy["versions"]} == {"1": True, "2": False} and plain["served_version"] == "1"
+        forced = await gw.post("/admin/drills", json={"model": MODEL, "idempotency_key": "forced", "harmful_version": "2"}, headers=admin)
+        route = forced.json()["route"]
+
+        # A gateway client without the admin token is refused, and is told no drill route's name.
+        stranger = await gw.post("/v1/chat/completions", json={"model": route, **ASK})
+        assert stranger.status_code == 401 and stranger.json()["error"]["code"] == "admin_token_required"
+        assert LEAK not in stranger.text
+        wrong = await gw.post("/v1/chat/completions", json={"model": route, **ASK}, headers={"x-stanch-admin-token": "guess"})
+        assert wrong.status_code == 401
+        unknown = await gw.post("/v1/chat/completions", json={"model": "nope", **ASK})
+        assert unknown.status_code == 404 and "drill-" not in unknown.text
+
+        # The drill (and Stanch's probes) hold the token: the route serves its harm to them.
+        drill = await gw.post("/v1/chat/completions", json={"model": route, **ASK}, headers={"x-stanch-admin-token": "s3cret"})
+        assert drill.status_code == 200 and drill.headers["x-model-version"] == "2"
+        production = await gw.post("/v1/chat/completions", json={"model": MODEL, **ASK}, headers={"x-client-id": "c"})
+        assert production.headers["x-model-version"] == "1", "production's disable_version still holds"
+
+
 def test_a_drill_route_is_told_by_its_name_or_its_incident_target() -> None:
     assert is_drill_route("drill-0a1b2c3d.support-bot") and is_drill_route("gateway:drill-0a1b2c3d.support-bot")
     assert not any(is_drill_route(name) for name in ("support-bot", "drill-press-bot", "gateway:support-bot", None, ""))
