@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.drill_guard import refuse_outside_drill_route
 from activities.metrics import counted_action
 from stanch.models.actions import ActionSpec, AppliedAction, TargetRef, idempotency_key
 from stanch.models.activity_io import ApplyInput
@@ -96,6 +97,7 @@ class HotfixActivities:
 
     @activity.defn(name="apply_hotfix")
     async def apply_hotfix(self, input: ApplyInput) -> AppliedAction:
+        refuse_outside_drill_route(self.deps.targets, step_target(input), input.action.kind)
         try:
             with counted_action(self.deps.targets, step_target(input).adapter, input.action.kind, done="applied", dry_run=input.dry_run):
                 if input.action.kind != "deploy_finetune" or input.dry_run:  # a dry run plans the job, never starts it

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 from temporalio import activity
 
+from activities.drill_guard import refuse_outside_drill_route
 from activities.metrics import counted_action
 from stanch.models.actions import AppliedAction
 from stanch.models.activity_io import UndoInput
@@ -25,6 +26,7 @@ class RestoreActivities:
     async def undo_action(self, input: UndoInput) -> AppliedAction:
         applied = input.applied
         undo_key = f"{applied.idempotency_key}/undo"
+        refuse_outside_drill_route(self.deps.targets, applied.target, applied.kind)
         if input.dry_run or applied.result.get("dry_run"):
             would_undo = [undo for call in applied.result.get("would_call", []) for undo in call.get("undo", [])]
             result = {**applied.result, "undo_would_call": would_undo}

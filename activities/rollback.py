@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from temporalio import activity
 
+from activities.drill_guard import refuse_outside_drill_route
 from activities.metrics import counted_action
 from stanch.models.actions import AppliedAction
 from stanch.models.activity_io import ApplyInput
@@ -19,6 +20,7 @@ class RollbackActivities:
     @activity.defn(name="apply_rollback")
     async def apply_rollback(self, input: ApplyInput) -> AppliedAction:
         activity.logger.info("rolling back %s: %s", input.target, input.action.kind)
+        refuse_outside_drill_route(self.deps.targets, step_target(input), input.action.kind)
         try:
             with counted_action(self.deps.targets, step_target(input).adapter, input.action.kind, done="applied", dry_run=input.dry_run):
                 return await apply_step(self.deps.targets, input)

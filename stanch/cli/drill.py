@@ -87,12 +87,22 @@ def demo_scenario(runbook: str) -> tuple[str, str] | None:
 
 def drillable(runbook: Runbook) -> None:
     """A drill isolates an incident only when the runbook acts on the signal's own model (the drill
-    route) through the gateway, which holds drill routes."""
+    route) through the gateway, which holds drill routes, and so does every step: a step sent to
+    another target, or a generic HTTP request, would act on production for real."""
     if runbook.target.adapter != "gateway" or "{model}" not in runbook.target.model:
         raise CannotRun(
             f"runbook {runbook.name} acts on {runbook.target.adapter}:{runbook.target.model}, not on the signal's model through the "
             "gateway: a drill could not keep its actions on a drill route"
         )
+    hotfix = runbook.hotfix.actions if runbook.hotfix else []
+    for stage, steps in (("containment", runbook.containment), ("rollback", runbook.rollback), ("hotfix.actions", hotfix)):
+        for index, step in enumerate(steps):
+            if step.kind == "http" or step.target not in (None, "gateway"):
+                raise CannotRun(
+                    f"runbook {runbook.name}'s {stage}[{index}] ({step.kind}"
+                    + (f", target {step.target}" if step.target else "")
+                    + ") would act outside the drill route: a drill runs only runbooks whose every step goes to the gateway"
+                )
 
 
 def signal_for(runbook: Runbook, route: str, version: str, prompt: str, answer: str, drill_id: str) -> tuple[str, dict[str, Any]]:

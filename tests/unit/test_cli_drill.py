@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from stanch.cli.drill import CannotRun, drillable, signal_for
 from stanch.cli.drill_report import drill_report
 from stanch.cli.main import app
-from stanch.models.actions import TargetRef
+from stanch.models.actions import ActionSpec, TargetRef
 from stanch.models.incident import GateWait, IncidentState, IncidentStatus, ObjectiveOutcome, fresh_stages
 from stanch.runbooks.loader import load_runbook
 from tests.e2e.processes import free_port
@@ -61,6 +61,17 @@ def test_a_runbook_acting_on_a_fixed_target_cannot_be_drilled() -> None:
     fixed = fixed.model_copy(update={"target": fixed.target.model_copy(update={"model": "support-bot"})})
     with pytest.raises(CannotRun, match="drill route"):
         drillable(fixed)
+
+
+def test_a_runbook_with_a_step_outside_the_gateway_cannot_be_drilled_and_the_step_is_named() -> None:
+    recipe = load_runbook(REPO / "runbooks" / "recipes" / "litellm.yaml").runbook  # its target is the gateway, its steps litellm
+    with pytest.raises(CannotRun, match=r"containment\[0\] \(http, target litellm\) would act outside the drill route"):
+        drillable(recipe)
+    shipped = runbook("pii-leak")
+    http_on_gateway = ActionSpec(kind="http", params={"method": "POST", "url": "https://prod.example/disable"})
+    with pytest.raises(CannotRun, match=r"rollback\[0\] \(http\)"):
+        drillable(shipped.model_copy(update={"rollback": [http_on_gateway]}))
+    drillable(shipped)  # every step on the gateway: drillable
 
 
 def test_the_report_gives_each_milestone_against_its_objective_and_the_slowest_gate() -> None:
