@@ -197,8 +197,18 @@ def named(cause: Cause) -> Cause:
         return cause
     last_good = good[-1]
     first_bad = next(i for i in bad if i > last_good)
-    cause.first_bad = considered[first_bad].sequence
-    cause.last_good, cause.last_good_version = considered[last_good].sequence, considered[last_good].release_version
+    cause.first_bad, cause.last_good = considered[first_bad].sequence, considered[last_good].sequence
+    good_release, bad_release = considered[last_good].release_version, considered[first_bad].release_version
+    if good_release == bad_release:
+        # The bad change kept the release (a system prompt or guardrail change): pinning it would
+        # keep serving the bad change, so rollback goes back as it did before bisection.
+        cause.note = _joined(
+            cause.note,
+            f"the last good change served the same version {good_release} as the bad one: a version rollback cannot undo a "
+            "system prompt or guardrail change, so rollback does not pin it",
+        )
+    else:
+        cause.last_good_version = good_release
     cause.unjudged_between = [change.sequence for change in considered[last_good + 1 : first_bad]]
     return cause
 

@@ -266,6 +266,11 @@ def rollback_to_previous(ctx: ActionContext, p: RollbackParams) -> Outcome:
     if p.bad_version:
         ctx.require_version(p.bad_version)
     if p.target_version is not None:  # the last good change bisection found, not merely the previous version
+        if p.target_version == bad:
+            raise ActionRejected(
+                f"target_version {bad!r} is the version model {ctx.model!r} is rolled back from: pinning it changes nothing (a "
+                "version rollback cannot undo a system prompt or guardrail change); name another version, or leave it empty"
+            )
         if not ctx.require_version(p.target_version)["enabled"]:
             raise ActionRejected(f"version {p.target_version!r} of model {ctx.model!r} is disabled: it cannot be rolled back to")
         target: str | None = p.target_version

@@ -67,6 +67,8 @@ class Cause(BaseModel):
             line += f"; the last good one before it is {good.describe()}"
         if self.unjudged_between:
             line += f" (changes {', '.join(f'#{n}' for n in self.unjudged_between)} between them could not be replayed)"
+        if self.note:
+            line += f"; {self.note}"
         return line
 
 

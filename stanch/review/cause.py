@@ -17,9 +17,7 @@ def cause_lines(cause: Cause | None) -> list[str]:
     window = ""
     if cause.window_start and cause.window_end:
         window = f" (exposure window {cause.window_start:%Y-%m-%d %H:%M} to {cause.window_end:%Y-%m-%d %H:%M} UTC)"
-    lines = [f"- Bisection{window}: {cause.summary()}."]
-    if cause.first_bad is not None and cause.note:
-        lines.append(f"- Note: {cause.note}.")
+    lines = [f"- Bisection{window}: {cause.summary()}."]  # its note included
     for change in cause.considered:
         prompt = f", system prompt sha256 {change.system_prompt_sha256[:12]}…" if change.system_prompt_sha256 else ""
         guardrails = f", {change.guardrails} guardrail patterns" if change.guardrails else ""

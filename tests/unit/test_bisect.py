@@ -126,3 +126,14 @@ def test_every_change_bad_or_every_change_good_names_no_last_good_and_says_why()
     assert (all_bad.first_bad, all_bad.last_good) == (None, None) and "predate the window" in all_bad.summary()
     all_good = named(Cause(considered=[change(1, "good"), change(2, "not_judged")]))
     assert all_good.first_bad is None and "not a logged change" in all_good.summary()
+
+
+def test_a_bad_prompt_change_on_the_same_release_is_named_but_rollback_is_not_pinned_to_it() -> None:
+    good_v2 = ChangeVerdict(sequence=2, release_version="2", verdict="good")
+    prompt_on_v2 = ChangeVerdict(sequence=3, release_version="2", verdict="bad", system_prompt_sha256="ab" * 32)
+    cause = named(Cause(considered=[change(1, "good"), good_v2, prompt_on_v2]))
+    assert (cause.first_bad, cause.last_good) == (3, 2), "the cause still names the bad change and the good one before it"
+    assert cause.last_good_version is None, "pinning v2 would keep serving the bad prompt"
+    assert "cannot undo a system prompt or guardrail change" in cause.summary()
+    other_release = named(Cause(considered=[change(1, "good"), change(2, "bad")]))
+    assert other_release.last_good_version == "1" and other_release.note == ""

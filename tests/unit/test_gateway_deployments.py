@@ -93,6 +93,8 @@ async def test_a_rollback_pins_the_target_version_it_names_and_an_empty_one_goes
         assert pinned["version"] == "1" and pinned["served_version"] == "1"
         unknown = await gateway.post("/admin/apply", json=rollback("k-bad", target_version="9"))
         assert unknown.status_code == 422 and "no version '9'" in unknown.json()["detail"]
+        itself = await gateway.post("/admin/apply", json=rollback("k-same", target_version="4"))
+        assert itself.status_code == 422 and "target_version '4' is the version" in itself.json()["detail"]
 
 
 async def test_a_reset_to_the_upstreams_file_is_a_change_that_drops_the_platform_prompt(tmp_path: Path) -> None:
