@@ -8,10 +8,12 @@ there as well, in the background, after the user's own answer left through the c
 Stanch's worker to score with the runbook's detectors.
 
 Kept for the shadow's life only: closing deletes every mirrored answer but those Stanch names
-as failing, which a responder reads before deciding; those go after `FAILING_KEPT_FOR`. With the
-sample store's key set (STANCH_GATEWAY_SAMPLE_KEY or STANCH_GATEWAY_SAMPLE_KEY_FILE, see
-samples.py) prompts and answers are sealed at rest with AES-GCM under it; without one they are
-kept in the gateway's database as they are, for that short life.
+as failing, which a responder reads before deciding; those go after `FAILING_KEPT_FOR`. A shadow
+nobody closed (its worker gone) is closed by the gateway `OPEN_AT_MOST` after it opened, and its
+answers deleted. Prompts and answers are users' text: they are sealed at rest with AES-GCM under
+the sample store's key (STANCH_GATEWAY_SAMPLE_KEY or STANCH_GATEWAY_SAMPLE_KEY_FILE, see
+samples.py), and a gateway without one refuses to open a shadow. An answer sealed under another
+key (the key rotated or gone) reads back as outcome `unreadable`: never as a clean answer.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field
 
+from stanch.gateway import deployments
 from stanch.gateway.enforcement import OutputGuard, user_text, with_system_prompt
 from stanch.gateway.proxy import Outcome, forward
 from stanch.gateway.routing import BARE_HEADER, PROBE_HEADER, VERSION_HEADER, route
@@ -61,7 +64,7 @@ CREATE TABLE IF NOT EXISTS shadows (
 CREATE TABLE IF NOT EXISTS shadow_answers (
     shadow_id  TEXT NOT NULL REFERENCES shadows(id),
     seq        INTEGER NOT NULL,
-    outcome    TEXT NOT NULL,         -- answered | upstream_error | upstream_rejected
+    outcome    TEXT NOT NULL,         -- answered | upstream_error | upstream_rejected | unreadable (no key)
     prompt     TEXT NOT NULL,         -- what the user typed: a model repeating it is no leak
     answer     TEXT NOT NULL,         -- what the fixed configuration answered (guardrails applied)
     at         TEXT NOT NULL,
@@ -74,6 +77,8 @@ CREATE TABLE IF NOT EXISTS shadow_answers (
 MAX_REQUESTS = 1000  # per shadow: mirrored answers are content, kept bounded
 FAILING_KEPT_FOR = timedelta(days=7)
 MAX_KEPT_FAILING = 50
+OPEN_AT_MOST = timedelta(days=1)  # a shadow its worker never closed stops keeping users' text
+UNREADABLE = "unreadable"  # a sealed answer this gateway's key does not open
 
 
 def create_schema(conn: sqlite3.Connection) -> None:
@@ -157,6 +162,7 @@ class Shadows:
         key = key or sealing_key()
         self.aead = AESGCM(key) if key else None
         self.running: set[asyncio.Task[None]] = set()  # mirrors under way (a reference keeps each alive)
+        self.forget_expired()  # what a gateway that was down while a shadow expired still keeps
 
     # - reads and writes -
 
@@ -180,6 +186,12 @@ class Shadows:
         return rows[0]
 
     def open(self, request: OpenShadowRequest) -> ShadowInfo:
+        if self.aead is None:
+            raise HTTPException(
+                409,
+                "this gateway has no key to seal mirrored users' text at rest: set "
+                f"{KEY_VARIABLE} (base64 of 32 bytes) or {KEY_FILE_VARIABLE} (a file holding it) and restart it",
+            )
         shadow_id = "sh-" + hashlib.sha256(request.idempotency_key.encode()).hexdigest()[:12]
         with self.store.transaction() as db:
             self._forget_expired(db)
@@ -207,6 +219,7 @@ class Shadows:
         return self.info(self.row(shadow_id))
 
     def page(self, shadow_id: str, after: int, limit: int, ids: list[str] | None = None) -> ShadowPage:
+        self.forget_expired()
         row = self.row(shadow_id)
         if ids:
             wanted = [int(i.rsplit("-", 1)[1]) for i in ids if i.startswith(f"{shadow_id}-") and i.rsplit("-", 1)[1].isdigit()]
@@ -238,34 +251,48 @@ class Shadows:
         return self.info(self.row(shadow_id))
 
     def _answer(self, shadow_id: str, row: sqlite3.Row) -> MirroredAnswer:
-        prompt, answer = row["prompt"], row["answer"]
+        prompt, answer, outcome = row["prompt"], row["answer"], row["outcome"]
         if row["sealed"] is not None:
-            prompt, answer = "", "[sealed under another key: unreadable]"
+            prompt, answer, outcome = "", "", UNREADABLE  # sealed under another key: nothing to judge
             if self.aead is not None:
                 try:
                     opened = json.loads(self.aead.decrypt(row["sealed"][:12], row["sealed"][12:], self._bound(shadow_id, row["seq"])))
-                    prompt, answer = opened["prompt"], opened["answer"]
+                    prompt, answer, outcome = opened["prompt"], opened["answer"], row["outcome"]
                 except InvalidTag:
                     pass
         return MirroredAnswer(
-            id=sample_id(shadow_id, row["seq"]), seq=row["seq"], outcome=row["outcome"], prompt=prompt, answer=answer, at=row["at"]
+            id=sample_id(shadow_id, row["seq"]), seq=row["seq"], outcome=outcome, prompt=prompt, answer=answer, at=row["at"]
         )
 
     @staticmethod
     def _bound(shadow_id: str, seq: int) -> bytes:
         return f"shadow|{shadow_id}|{seq}".encode()  # a sealed answer moved to another row does not open
 
+    def forget_expired(self) -> None:
+        with self.store.transaction() as db:
+            self._forget_expired(db)
+
     @staticmethod
     def _forget_expired(db: sqlite3.Connection) -> None:
-        db.execute("DELETE FROM shadow_answers WHERE kept_until IS NOT NULL AND kept_until < ?", (_now().isoformat(),))
+        """Failing answers past their keeping; shadows open past `OPEN_AT_MOST`: closed, emptied."""
+        now = _now()
+        db.execute("DELETE FROM shadow_answers WHERE kept_until IS NOT NULL AND kept_until < ?", (now.isoformat(),))
+        stale = [
+            r[0]
+            for r in db.execute("SELECT id FROM shadows WHERE closed_at IS NULL AND opened_at < ?", ((now - OPEN_AT_MOST).isoformat(),))
+        ]
+        for shadow_id in stale:
+            db.execute("UPDATE shadows SET closed_at = ?, close_key = 'expired' WHERE id = ?", (now.isoformat(), shadow_id))
+            db.execute("DELETE FROM shadow_answers WHERE shadow_id = ?", (shadow_id,))
 
     # - mirroring -
 
     async def mirror_later(self, request: Request, route_name: str, response: Response) -> Response:
         """The hook after a user's request was answered: pick the open shadows this request is
         sampled for, and mirror it to each in the background. `response` goes back untouched."""
-        if route_name not in ("chat", "completions") or any(h in request.headers for h in (VERSION_HEADER, PROBE_HEADER, BARE_HEADER)):
-            return response  # Stanch's own probes and version checks are no live traffic
+        stanchs_own = (VERSION_HEADER, PROBE_HEADER, BARE_HEADER, deployments.DEPLOYMENT_HEADER)
+        if route_name not in ("chat", "completions") or any(h in request.headers for h in stanchs_own):
+            return response  # Stanch's own probes, version checks and replayed changes are no live traffic
         try:
             body = json.loads(await request.body())  # read once by the route already: cached
         except ValueError:
@@ -273,6 +300,9 @@ class Shadows:
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
             return response
         for shadow in self.store.query("SELECT * FROM shadows WHERE model = ? AND closed_at IS NULL", (body["model"],)):
+            if datetime.fromisoformat(shadow["opened_at"]) < _now() - OPEN_AT_MOST:
+                self.forget_expired()  # its worker never closed it: the gateway does
+                continue
             if self.rng.random() >= shadow["sample_rate"]:
                 continue
             seq = self._take_a_slot(shadow["id"])
@@ -301,9 +331,14 @@ class Shadows:
             if chosen is None or model_row is None:
                 outcomes.append(Outcome("upstream_error"))
             else:
-                upstream_body = with_system_prompt({**body, "stream": False}, model_row["system_prompt"])
+                # As `answer()` serves a version after restore: the platform's deployed prompt and
+                # guardrails, the hotfixes on top, and no incident's blocks.
+                deployed = deployments.latest(self.store, model)
+                upstream_body = with_system_prompt({**body, "stream": False}, deployed.system_prompt if deployed else None)
+                upstream_body = with_system_prompt(upstream_body, model_row["system_prompt"])
                 upstream_body.pop("stream_options", None)
-                guard = OutputGuard.hotfixes_only(self.store, model)  # the fix's guardrails; no incident's blocks
+                guard = OutputGuard.hotfixes_only(self.store, model)
+                guard.guardrails += deployed.guardrails if deployed else []
                 await forward(self.http["client"], chosen, route_name, upstream_body, model, guard, user_text(body), None, outcomes.append)
             outcome = outcomes[0] if outcomes else Outcome("upstream_error")
             self._keep(shadow["id"], seq, outcome.outcome, user_text(body), outcome.served_text)
@@ -313,7 +348,9 @@ class Shadows:
 
     def _keep(self, shadow_id: str, seq: int, outcome: str, prompt: str, answer: str) -> None:
         sealed = None
-        if self.aead is not None:
+        if self.aead is None:  # the key went away since the shadow opened: users' text is not kept bare
+            outcome, prompt, answer = UNREADABLE, "", ""
+        else:
             nonce = secrets.token_bytes(12)
             content = json.dumps({"prompt": prompt, "answer": answer}).encode()
             sealed, prompt, answer = nonce + self.aead.encrypt(nonce, content, self._bound(shadow_id, seq)), "", ""

@@ -9,6 +9,7 @@ import base64
 import sqlite3
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,15 @@ class SlowFor(httpx.AsyncBaseTransport):
         if f'"{self.model}"' in request.content.decode():
             await asyncio.sleep(self.delay)
         return await self.inner.handle_async_request(request)
+
+
+KEY = base64.b64encode(bytes(range(32))).decode()
+
+
+@pytest.fixture(autouse=True)
+def sealing_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway opens shadows only with a key to seal the mirrored users' text."""
+    monkeypatch.setenv("STANCH_GATEWAY_SAMPLE_KEY", KEY)
 
 
 @pytest.fixture
@@ -152,8 +162,7 @@ async def test_a_shadow_on_an_unknown_version_is_refused_naming_it(gw: httpx.Asy
     assert response.status_code == 422 and "no version '9'" in response.json()["detail"]
 
 
-async def test_with_the_sample_key_mirrored_answers_are_sealed_at_rest(tmp_path: Path, stub: Stub, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("STANCH_GATEWAY_SAMPLE_KEY", base64.b64encode(bytes(range(32))).decode())
+async def test_mirrored_answers_are_sealed_at_rest(tmp_path: Path, stub: Stub) -> None:
     async for gw in gateway(tmp_path, stub, weight=100):
         shadow = await open_shadow(gw, sample_rate=1.0, limit=5)
         await chat(gw)
@@ -162,3 +171,62 @@ async def test_with_the_sample_key_mirrored_answers_are_sealed_at_rest(tmp_path:
     with sqlite3.connect(tmp_path / "gateway.db") as db:
         rows = db.execute("SELECT prompt, answer, sealed FROM shadow_answers").fetchall()
     assert rows and all(prompt == "" and answer == "" and sealed and SECRET.encode() not in sealed for prompt, answer, sealed in rows)
+
+
+async def test_without_a_sealing_key_a_shadow_is_refused_naming_the_settings(
+    tmp_path: Path, stub: Stub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("STANCH_GATEWAY_SAMPLE_KEY")
+    async for gw in gateway(tmp_path, stub, weight=100):
+        body = {"idempotency_key": "k", "incident_id": "INC-7", "model": MODEL, "version": "2"}
+        response = await gw.post("/admin/shadows", json=body)
+        assert response.status_code == 409
+        assert "STANCH_GATEWAY_SAMPLE_KEY" in response.json()["detail"] and "STANCH_GATEWAY_SAMPLE_KEY_FILE" in response.json()["detail"]
+
+
+async def test_an_answer_sealed_under_another_key_reads_back_unreadable_never_answered(
+    tmp_path: Path, stub: Stub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async for gw in gateway(tmp_path, stub, weight=100):
+        shadow = await open_shadow(gw, sample_rate=1.0, limit=5)
+        await chat(gw)
+        assert len(await mirrored(gw, shadow["shadow_id"], 1)) == 1
+    monkeypatch.setenv("STANCH_GATEWAY_SAMPLE_KEY", base64.b64encode(bytes(32)).decode())  # the key rotated
+    async for gw in gateway(tmp_path, stub, weight=100):
+        [answer] = (await gw.get(f"/admin/shadows/{shadow['shadow_id']}")).json()["answers"]
+        assert answer["outcome"] == "unreadable" and answer["answer"] == "" and answer["prompt"] == ""
+
+
+async def test_a_shadow_nobody_closed_expires_after_a_day_and_its_users_text_goes(tmp_path: Path, stub: Stub) -> None:
+    async for gw in gateway(tmp_path, stub, weight=100):
+        shadow = await open_shadow(gw, sample_rate=1.0, limit=10)
+        await chat(gw)
+        assert len(await mirrored(gw, shadow["shadow_id"], 1)) == 1
+        with sqlite3.connect(tmp_path / "gateway.db") as db:  # its worker died a day and a minute ago
+            db.execute("UPDATE shadows SET opened_at = ?", ((datetime.now(UTC) - timedelta(days=1, minutes=1)).isoformat(),))
+        await chat(gw)  # live traffic finds it expired: not mirrored, and the gateway closes it
+        await asyncio.sleep(0.1)
+        page = (await gw.get(f"/admin/shadows/{shadow['shadow_id']}")).json()
+        assert page["shadow"]["open"] is False and page["shadow"]["mirrored"] == 0 and page["answers"] == []
+
+
+async def test_bisections_replays_are_not_mirrored_and_the_mirror_gets_the_platforms_prompt_and_guardrails(
+    gw: httpx.AsyncClient, stub: Stub
+) -> None:
+    deployed = {"model": MODEL, "version": "1", "system_prompt": "You are the support bot.", "guardrails": ["sk-live-[A-Za-z0-9]{8,}"]}
+    assert (await gw.post("/admin/deploy", json=deployed)).status_code == 200
+    await apply(gw, "INC-7/hotfix/1", "set_system_prompt", prompt="Never share credentials.")
+    shadow = await open_shadow(gw, sample_rate=1.0, limit=5)
+
+    await chat(gw, headers={"x-stanch-deployment": "1"})  # another incident's bisection replaying change 1
+    await asyncio.sleep(0.1)
+    assert (await gw.get(f"/admin/shadows/{shadow['shadow_id']}")).json()["shadow"]["mirrored"] == 0
+
+    await chat(gw)
+    [answer] = await mirrored(gw, shadow["shadow_id"], 1)
+    assert SECRET not in answer["answer"] and "[redacted]" in answer["answer"]  # the platform's guardrail held
+    mirror = [r["body"] for r in stub.received if r["body"].get("stream") is False][-1]
+    assert mirror["messages"][:2] == [
+        {"role": "system", "content": "Never share credentials."},
+        {"role": "system", "content": "You are the support bot."},
+    ]
