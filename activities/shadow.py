@@ -3,8 +3,11 @@
 Opens the incident's shadow at the gateway, heartbeats while users' traffic comes in, scores
 every mirrored answer with the runbook's verify detectors, and returns once enough came back
 clean (pass) — or one came back harmful, or the timeout or the shadow's limit was reached
-(fail). The shadow is closed either way; only the failing answers stay at the gateway, for a
-responder. A retried attempt picks up where the last heartbeat left off.
+(fail). An answer the gateway could not open (its sample key rotated or gone) is never counted
+clean; when all are, the check fails saying so. The shadow is closed whatever happens (a worker
+that died leaves it to the gateway's own expiry); only the failing answers stay there, for a
+responder. A retried attempt picks up where the last heartbeat left off, the harmful answers it
+had seen included: it fails at once.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from stanch.detectors.registry import Detectors
-from stanch.models.shadow import FailingSample, ShadowInput, ShadowResult
+from stanch.models.shadow import UNREADABLE, FailingSample, ShadowInput, ShadowResult
 from stanch.targets.base import TargetError
 from stanch.temporal.activity_deps import ActivityDeps, as_application_error
 
@@ -58,35 +61,57 @@ class ShadowActivities:
             limit=input.limit,
         )
         shadow_id = shadow["shadow_id"]
-        # Where the last attempt got to: a retry neither scores twice nor restarts the clock.
+        result = ShadowResult(passed=False, shadow_id=shadow_id, needed=input.clean_requests)
+        # Where the last attempt got to: a retry neither scores twice, restarts the clock, nor
+        # forgets a harmful answer it saw before it died.
         details = activity.info().heartbeat_details
         progress: dict[str, Any] = dict(details[0]) if details else {}
-        after, clean = int(progress.get("after", 0)), int(progress.get("clean", 0))
+        after = int(progress.get("after", 0))
+        result.clean, result.mirrored, result.unreadable = (int(progress.get(name, 0)) for name in ("clean", "mirrored", "unreadable"))
+        result.failing = [FailingSample.model_validate(sample) for sample in progress.get("failing", [])]
         deadline = float(progress.get("deadline", time.time() + input.timeout_seconds))
-        failing: list[FailingSample] = []
-        result = ShadowResult(passed=False, shadow_id=shadow_id, needed=input.clean_requests)
-        while True:
-            page = await target.shadow_answers(shadow_id, after)
-            for answer in page["answers"]:
-                after = max(after, int(answer["seq"]))
-                result.mirrored += 1
-                if answer["outcome"] != "answered":
-                    continue  # an upstream error says nothing either way
-                scan = await detectors.scan(input.detectors, answer["answer"], answer["prompt"])
-                if scan.hits:
-                    failing.append(FailingSample(id=answer["id"], detectors=sorted({hit.detector for hit in scan.hits})))
-                elif not scan.undecided:
-                    clean += 1
-            activity.heartbeat({"after": after, "clean": clean, "deadline": deadline, "failing": len(failing)})
-            exhausted = page["shadow"]["mirrored"] >= input.limit and not page["answers"]
-            if failing or clean >= input.clean_requests or exhausted or time.time() >= deadline:
-                result.limit_reached = exhausted and not failing and clean < input.clean_requests
-                result.timed_out = not (failing or clean >= input.clean_requests or result.limit_reached)
-                break
-            await asyncio.sleep(self.poll_seconds)
-        result.clean, result.failing = clean, failing
-        result.passed = not failing and clean >= input.clean_requests
-        if failing:
-            result.read_at = target.shadow_samples_url(shadow_id, [sample.id for sample in failing])
-        await target.close_shadow(shadow_id, f"{input.idempotency_key}/close", [sample.id for sample in failing])
+        try:
+            while not result.failing:
+                page = await target.shadow_answers(shadow_id, after)
+                for answer in page["answers"]:
+                    after = max(after, int(answer["seq"]))
+                    result.mirrored += 1
+                    await self._score(detectors, input, answer, result)
+                activity.heartbeat(
+                    {
+                        "after": after,
+                        "clean": result.clean,
+                        "mirrored": result.mirrored,
+                        "unreadable": result.unreadable,
+                        "deadline": deadline,
+                        "failing": [sample.model_dump() for sample in result.failing],
+                    }
+                )
+                exhausted = page["shadow"]["mirrored"] >= input.limit and not page["answers"]
+                if result.failing or result.clean >= input.clean_requests or result.all_unreadable() or exhausted:
+                    result.limit_reached = exhausted and not result.failing and result.clean < input.clean_requests
+                    break
+                if time.time() >= deadline:
+                    result.timed_out = True
+                    break
+                await asyncio.sleep(self.poll_seconds)
+            result.passed = not result.failing and result.clean >= input.clean_requests
+            if result.failing:
+                result.read_at = target.shadow_samples_url(shadow_id, [sample.id for sample in result.failing])
+        finally:
+            # Closed whatever happened (users' text goes); the failing answers stay, for a responder.
+            await target.close_shadow(shadow_id, f"{input.idempotency_key}/close", [sample.id for sample in result.failing])
         return result
+
+    @staticmethod
+    async def _score(detectors: Detectors, input: ShadowInput, answer: dict[str, Any], result: ShadowResult) -> None:
+        if answer["outcome"] == UNREADABLE:
+            result.unreadable += 1  # never clean: nothing was judged
+            return
+        if answer["outcome"] != "answered":
+            return  # an upstream error says nothing either way
+        scan = await detectors.scan(input.detectors, answer["answer"], answer["prompt"])
+        if scan.hits:
+            result.failing.append(FailingSample(id=answer["id"], detectors=sorted({hit.detector for hit in scan.hits})))
+        elif not scan.undecided:
+            result.clean += 1

@@ -12,6 +12,9 @@ from pydantic import BaseModel, Field
 from stanch.detectors.specs import DetectorSpec
 from stanch.models.actions import TargetRef
 
+UNREADABLE = "unreadable"  # the gateway's outcome for an answer it cannot open (its sample key rotated or gone)
+KEY_SETTINGS = "STANCH_GATEWAY_SAMPLE_KEY or STANCH_GATEWAY_SAMPLE_KEY_FILE"
+
 
 class ShadowInput(BaseModel):
     incident_id: str
@@ -37,10 +40,15 @@ class ShadowResult(BaseModel):
     clean: int = 0
     needed: int = 0
     mirrored: int = Field(0, description="mirrored answers scored")
+    unreadable: int = Field(0, description="mirrored answers the gateway could not open: never counted clean")
     failing: list[FailingSample] = Field(default_factory=list)
     timed_out: bool = False
     limit_reached: bool = False
     read_at: str = Field("", description="where a responder reads the failing answers (the gateway's admin API)")
+
+    def all_unreadable(self) -> bool:
+        """Enough came back to decide, and the gateway could open none of them."""
+        return self.unreadable >= max(self.needed, 1) and self.clean == 0 and not self.failing
 
     def summary(self) -> str:
         """In a sentence, for the timeline and the page that asks a human."""
@@ -53,5 +61,13 @@ class ShadowResult(BaseModel):
                 f"shadow {self.shadow_id}: {len(self.failing)} mirrored request(s) came back harmful on the fixed version after "
                 f"{clean}: {named}; read them at {self.read_at}"
             )
+        unreadable = (
+            f"; {self.unreadable} mirrored answer(s) could not be read at the gateway: its sample key ({KEY_SETTINGS}) "
+            "was rotated or is missing"
+            if self.unreadable
+            else ""
+        )
+        if self.all_unreadable():
+            return f"shadow {self.shadow_id}: {clean}{unreadable}"
         why = "the shadow's limit was reached" if self.limit_reached else "the shadow's timeout passed"
-        return f"shadow {self.shadow_id}: only {clean} before {why} ({self.mirrored} mirrored)"
+        return f"shadow {self.shadow_id}: only {clean} before {why} ({self.mirrored} mirrored){unreadable}"

@@ -9,6 +9,7 @@ stays on the gateway, and a human is asked, naming the failing samples and where
 
 from __future__ import annotations
 
+import base64
 import shutil
 import time
 import uuid
@@ -65,6 +66,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     (runbooks / "shadow-leak.yaml").write_text(RUNBOOK)
     running = Stack(tmp)
     running.env["STANCH_RUNBOOKS"] = str(runbooks)
+    running.env["STANCH_GATEWAY_SAMPLE_KEY"] = base64.b64encode(bytes(range(32))).decode()  # a gateway seals mirrored text
     with running:
         yield running
 
