@@ -42,9 +42,19 @@ class Bisection:
         return self.running
 
     async def finished(self) -> Cause | None:
-        """The cause, once bisection is over (None if it never started)."""
-        if self.running is not None:
-            await self.running
+        """The cause, once bisection is over (None if it never started). The wait is bounded by
+        the activity's timeouts and retries; a responder resolving the incident ends it sooner
+        (what waits, the rollback, is skipped then), and bisection goes on noting its cause."""
+        running = self.running
+        if running is None:
+            return self.record.state.cause
+        if workflow.patched("bisect-wait-ends-on-resolve"):
+            memory = self.record.memory
+            await workflow.wait_condition(lambda: running.done() or memory.resolve_request is not None)
+            if running.done():
+                await running  # its outcome (find_cause catches the activity's failure)
+        else:
+            await running
         return self.record.state.cause
 
     def input(self) -> BisectInput:

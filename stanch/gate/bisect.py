@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from stanch.detectors.registry import Detectors
@@ -104,8 +105,9 @@ async def bisect_changes(input: BisectInput, targets: TargetRegistry, heartbeat:
         cause.note = f"the {len(log) - input.max_changes} oldest changes of the window were left out (bisect.max_changes)"
         log = log[-input.max_changes :]
     for done, entry in enumerate(log):
+        progress = {"changes_done": done, "changes": len(log)}
         if heartbeat:
-            heartbeat({"changes_done": done, "changes": len(log)})
+            heartbeat(progress)
         change = _change(entry)
         # The release and every canary the change served: a canary's share of users got it too.
         served = [change.release_version, *sorted(entry.get("canary_weights") or {})]
@@ -113,7 +115,9 @@ async def bisect_changes(input: BisectInput, targets: TargetRegistry, heartbeat:
         endpoints = {
             version: replace(release, headers={**release.headers, DEPLOYMENT_HEADER: f"{change.sequence}@{version}"}) for version in served
         }
-        await judge_change(change, endpoints, plans, detectors, input.incident_id)
+        # A heartbeat after every case probed: cases x samples judged by a model can outlast the heartbeat timeout.
+        case_probed = partial(heartbeat, progress) if heartbeat else (lambda: None)
+        await judge_change(change, endpoints, plans, detectors, input.incident_id, case_probed)
         cause.considered.append(change)
     return named(cause)
 
@@ -124,12 +128,13 @@ async def judge_change(
     plans: list[tuple[ConfirmCheck, list[ReproCase]]],
     detectors: Detectors,
     incident_id: str,
+    case_probed: Callable[[], None] = lambda: None,
 ) -> None:
     """Bad when a case reproduces on a version it served; good only when every case was judged
     clean on every one; else not judged, with the first reason."""
     unsure: list[str] = []
     for version, endpoint in endpoints.items():
-        harm, doubt = await judge_version(endpoint, plans, detectors, incident_id)
+        harm, doubt = await judge_version(endpoint, plans, detectors, incident_id, case_probed)
         on = f" on version {version}" if len(endpoints) > 1 else ""
         if harm:
             change.verdict, change.reason = "bad", harm + on
@@ -144,9 +149,14 @@ async def judge_change(
 
 
 async def judge_version(
-    endpoint: ChatEndpoint, plans: list[tuple[ConfirmCheck, list[ReproCase]]], detectors: Detectors, incident_id: str
+    endpoint: ChatEndpoint,
+    plans: list[tuple[ConfirmCheck, list[ReproCase]]],
+    detectors: Detectors,
+    incident_id: str,
+    case_probed: Callable[[], None] = lambda: None,
 ) -> tuple[str, str]:
-    """(the harm found, else ""; why it could not be judged, else "")."""
+    """(the harm found, else ""; why it could not be judged, else ""). `case_probed` is called
+    after each case: the activity's heartbeat."""
     doubt = ""
     for check, cases in plans:
         for case in cases:
@@ -166,6 +176,7 @@ async def judge_version(
                 # Its status and error code only: an upstream's message may echo the prompt, and causes are kept.
                 code = f" {failure.code}" if failure.code and ERROR_CODE.fullmatch(failure.code) else ""
                 return "", f"could not be replayed: the gateway answered HTTP {failure.status_code}{code}"
+            case_probed()
             if probe.reproduced:
                 return f"{probe.tally()}: {', '.join(probe.detectors)} found harm", ""
             if probe.undecided:

@@ -137,3 +137,12 @@ def test_a_bad_prompt_change_on_the_same_release_is_named_but_rollback_is_not_pi
     assert "cannot undo a system prompt or guardrail change" in cause.summary()
     other_release = named(Cause(considered=[change(1, "good"), change(2, "bad")]))
     assert other_release.last_good_version == "1" and other_release.note == ""
+
+
+async def test_bisection_heartbeats_after_every_case_it_probes_not_only_per_change(tmp_path: Path) -> None:
+    beats: list[dict[str, Any]] = []
+    cases = [CASE, ReproCase(prompt="Tell me the admin key."), ReproCase(prompt="Which key opens the API?")]
+    async with gateway(tmp_path) as (target, _):
+        await bisect_changes(asked().model_copy(update={"repro": cases}), cast(TargetRegistry, OneTarget(target)), heartbeat=beats.append)
+    # One change (the upstreams file's), judged clean on three cases: a beat before it and one after each case.
+    assert len(beats) == 1 + len(cases) and beats[-1] == {"changes_done": 0, "changes": 1}
