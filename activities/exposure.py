@@ -74,7 +74,8 @@ class ExposureActivities:
                     tenants.update([sample["tenant"]] if sample.get("tenant") else [])
                 elif scan.undecided:
                     undecided += 1
-            activity.heartbeat({"samples_scored": window.samples_scored})
+                # After every answer: one scored by a judge model may take most of a minute.
+                activity.heartbeat({"samples_scored": window.samples_scored})
         window.measured = True
         window.requests_affected, window.users_affected, window.tenants_affected = len(requests), len(users), len(tenants)
         window.affected_versions = sorted(versions)

@@ -80,6 +80,7 @@ class IncidentWorkflow(IncidentMessages):
         self.monitoring = Monitoring(self.record)
         self.shadow = ShadowCheck(self.record, self.gates)
         self.bisection = Bisection(self.record)
+        self.blast_radius = BlastRadius(self.record)
         self.background: list[asyncio.Task] = []  # escalation, re-grading, the report clock
 
     @property
@@ -258,10 +259,10 @@ class IncidentWorkflow(IncidentMessages):
             self.background.append(bisecting)
 
     async def measure_blast_radius(self) -> None:
-        """Who the model served in the exposure window and who got the harm (counts and ids), before
-        severity is graded: its rules may read how many users were affected."""
-        if workflow.patched("blast-radius"):
-            await BlastRadius(self.record).measure()
+        """Who the model served in the exposure window and who got the harm (counts and ids), beside
+        the response (containment never waits for it); severity is graded again when it lands."""
+        if workflow.patched("blast-radius") and (measuring := self.blast_radius.start()):
+            self.background.append(measuring)
 
     async def collect_evidence(self) -> None:
         """Snapshot what an investigation needs before the first change (EU AI Act Art. 73(6))."""
@@ -416,6 +417,7 @@ class IncidentWorkflow(IncidentMessages):
         """Review tasks, the postmortem draft, repro cases into the regression suite, report draft."""
         if self.record.finished("review"):
             return
+        await self.blast_radius.landed()  # the postmortem and the Art. 73 draft carry the exposure
         self.record.set_status(IncidentStatus.reviewing)
         self.record.begin("review")
         result = await self.gates.attempt(

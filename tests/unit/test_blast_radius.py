@@ -47,8 +47,9 @@ def test_the_leak_runbooks_call_a_leak_to_a_thousand_users_widespread_with_a_two
     assert seriousness(book, [SIGNAL], Severity.high, ["pii"], affected_users=7)[0] is False
 
 
-async def measure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> Exposure:
-    """Three users get the leaking v2, one the clean v1, through a gateway; then the measure."""
+async def measure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], heartbeats: list | None = None) -> Exposure:
+    """Three users get the leaking v2, one the clean v1, through a gateway; then the measure
+    (its heartbeats' details go to `heartbeats`)."""
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     from stanch.gateway.app import create_app
@@ -68,11 +69,17 @@ async def measure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str
         asked = ExposureInput(
             incident_id="inc-1", target=TargetRef(model=MODEL), since=now - timedelta(days=7), until=now, detectors=["secret"]
         )
-        return await ActivityEnvironment().run(ExposureActivities(deps).measure_exposure, asked)  # type: ignore[arg-type]
+        activity_env = ActivityEnvironment()
+        activity_env.on_heartbeat = lambda *details: (heartbeats if heartbeats is not None else []).extend(details)
+        return await activity_env.run(ExposureActivities(deps).measure_exposure, asked)  # type: ignore[arg-type]
 
 
 async def test_sampled_answers_are_rescored_and_only_counts_and_ids_come_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    exposure = await measure(tmp_path, monkeypatch, {"STANCH_GATEWAY_SAMPLES": "content", "STANCH_GATEWAY_SAMPLE_KEY": KEY})
+    heartbeats: list = []
+    content = {"STANCH_GATEWAY_SAMPLES": "content", "STANCH_GATEWAY_SAMPLE_KEY": KEY}
+    exposure = await measure(tmp_path, monkeypatch, content, heartbeats)
+    # A heartbeat after every answer scored: a slow (judge) detector never outlasts the heartbeat timeout.
+    assert [beat["samples_scored"] for beat in heartbeats] == [1, 2, 3, 4]
     assert exposure.measured and exposure.requests_exposed == 4 and exposure.users_exposed == 4
     assert (exposure.users_affected, exposure.affected_user_ids) == (3, ["ann", "ben", "cy"])
     assert exposure.affected_tenant_ids == ["tenant-ann", "tenant-ben", "tenant-cy"] and exposure.affected_versions == ["2"]

@@ -57,6 +57,8 @@ class Script:
     cancelled: list[str] = field(default_factory=list)  # kinds whose activity was cancelled
     affected_users: list[str] | None = None  # the blast radius: these users got the harm; None: not measured
     exposure_inputs: list[ExposureInput] = field(default_factory=list)
+    exposure_held: asyncio.Event | None = None  # a slow measure: it heartbeats until the test sets this
+    exposure_fails: bool = False  # the gateway's sample store cannot be read (a retryable error), every attempt
     cause: Cause | None = None  # what bisection finds; None: it names nothing (no deployment log)
     bisect_inputs: list[BisectInput] = field(default_factory=list)
     bisect_fails: bool = False  # the gateway is away: bisection cannot run
@@ -74,6 +76,11 @@ def stand_ins(script: Script) -> list:
     @activity.defn(name="measure_exposure")
     async def measure_exposure(input: ExposureInput) -> Exposure:
         script.exposure_inputs.append(input)
+        if script.exposure_fails:
+            raise ApplicationError("the gateway's sample store is unreachable", type="TargetUnavailable")
+        while script.exposure_held is not None and not script.exposure_held.is_set():
+            activity.heartbeat()
+            await asyncio.sleep(0.05)
         exposure = Exposure(since=input.since, until=input.until, detectors=input.detectors, detail="scripted: no content sampled")
         if script.affected_users is None:
             return exposure
