@@ -16,13 +16,17 @@ from tests.e2e.test_stanch_up import stanch_up
 pytestmark = pytest.mark.e2e
 
 MODEL = "support-bot"
+# The gateway runs with an admin token, as in production: a drill route answers only with it, so
+# the drill's harm and tenant (the CLI) and the worker's probes must carry it.
+TOKEN = "drill-e2e-admin-token"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 # pii-leak at high severity: four eyes on the rollback, one of them a privacy officer.
 RESPONDERS = [{"approver": "drill-oncall", "roles": ["oncall"]}, {"approver": "drill-privacy", "roles": ["privacy-officer"]}]
 
 
 def production(gateway: str) -> tuple[dict, list]:
-    state = httpx.get(f"{gateway}/admin/state", params={"model": MODEL}).json()
-    ledger = [entry for entry in httpx.get(f"{gateway}/admin/ledger").json()["entries"] if entry["model"] == MODEL]
+    state = httpx.get(f"{gateway}/admin/state", params={"model": MODEL}, headers=ADMIN).json()
+    ledger = [entry for entry in httpx.get(f"{gateway}/admin/ledger", headers=ADMIN).json()["entries"] if entry["model"] == MODEL]
     return state, ledger
 
 
@@ -41,7 +45,8 @@ def respond(api: str, incident_id: str) -> dict:
 
 
 @DEFAULT_PORTS
-def test_a_drill_runs_to_closed_reports_its_times_and_leaves_production_as_it_was(tmp_path):
+def test_a_drill_runs_to_closed_reports_its_times_and_leaves_production_as_it_was(tmp_path, monkeypatch):
+    monkeypatch.setenv("STANCH_GATEWAY_ADMIN_TOKEN", TOKEN)  # for stanch up (its gateway and worker) and stanch drill
     home = tmp_path / "home"
     ports = {name: free_port() for name in ("temporal", "ui", "api", "gateway")}
     api, gateway = f"http://127.0.0.1:{ports['api']}", f"http://127.0.0.1:{ports['gateway']}"
@@ -57,6 +62,9 @@ def test_a_drill_runs_to_closed_reports_its_times_and_leaves_production_as_it_wa
         listed = wait_for(lambda: httpx.get(f"{api}/v1/incidents").json(), lambda found: any(i["drill"] for i in found))
         incident = next(i for i in listed if i["drill"])
         assert incident["runbook"] == "pii-leak" and incident["target"].startswith("gateway:drill-")
+        ask = {"model": incident["target"].partition(":")[2], "messages": [{"role": "user", "content": "Can I have the customer's email?"}]}
+        stranger = httpx.post(f"{gateway}/v1/chat/completions", json=ask)
+        assert stranger.status_code == 401, "a gateway client without the admin token never reaches the drill route's harm"
         closed = wait_for(lambda: respond(api, incident["id"]), lambda state: state["status"] == "closed", timeout=120)
         out, err = drill.communicate(timeout=60)
         assert drill.returncode == 0, out[-3000:] + err[-3000:]
@@ -75,7 +83,7 @@ def test_a_drill_runs_to_closed_reports_its_times_and_leaves_production_as_it_wa
         assert any("[DRILL]" in e["message"] for e in timeline if e["kind"] == "notification"), "pages say [DRILL]"
 
         assert production(gateway) == before, "nothing outside the drill route changed"
-        ended = httpx.get(f"{gateway}/admin/drills/{route}").json()
+        ended = httpx.get(f"{gateway}/admin/drills/{route}", headers=ADMIN).json()
         assert ended["ended_at"] is not None and route not in [m["id"] for m in httpx.get(f"{gateway}/v1/models").json()["data"]]
         shown = subprocess.run(
             [sys.executable, "-m", "stanch", "drill", "report", incident["id"], "--api", api], capture_output=True, text=True
