@@ -25,8 +25,12 @@ runbook), each severity (low, medium, high, critical), four-eyes refusal, contai
 containment going ahead when nobody decides in time, severity raised by a new signal, a dry
 run, the fail-safe (failed containment retried, failed rollback skipped, failed rollback
 aborted, failed undo skipped during restore, failed verification retried, failed verification
-aborted), a serious incident whose report is filed, and one whose report deadline a later
-signal (a death) brings forward. Decisions are vouched for with the tests' decision key
+aborted), a serious incident whose report is filed, one whose report deadline a later
+signal (a death) brings forward, containment whose reversible step goes ahead at once while the
+rest waits for four eyes, and a restore whose fix first leaks on mirrored live traffic
+(`restore.shadow`) and passes when retried. Since issue 15 every branch also bisects the
+changes and measures the blast radius after confirmation (the stand-ins name nothing).
+Decisions are vouched for with the tests' decision key
 (tests/workflow/conftest.py), which the replay test trusts too.
 """
 
@@ -46,10 +50,11 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from stanch.models.actions import ActionSpec
 from stanch.models.decisions import Acknowledgement, ApprovalDecision, FailureDecision, ReportFiled, TriageDecision
 from stanch.models.incident import IncidentInput, IncidentState, IncidentStatus
 from stanch.models.signals import Severity, Signal
-from stanch.runbooks.schema import SeverityRules
+from stanch.runbooks.schema import RestoreSettings, SeverityRules, Shadow, StageGate
 from stanch.temporal import search_attributes
 from tests.conftest import installed_binary
 from tests.workflow.conftest import alert, incident_input
@@ -193,6 +198,14 @@ async def failed_verification_retried(handle: WorkflowHandle) -> None:
     await restore_by_alice(handle)
 
 
+async def shadow_failed_retried(handle: WorkflowHandle) -> None:
+    """The fix leaks on mirrored traffic: every protection stays; alice retries, the next round is clean."""
+    await approve_four_eyes(handle, "contain")
+    await approve_four_eyes(handle, "rollback")
+    await restore_by_alice(handle)
+    await decide(handle, "restore", "retry")
+
+
 async def failed_verification_aborted(handle: WorkflowHandle) -> None:
     await approve_four_eyes(handle, "contain")
     await approve_four_eyes(handle, "rollback")
@@ -237,6 +250,28 @@ def critical_contain_times_out() -> IncidentInput:
     return harmful_output(policy={**book.policy, Severity.critical: critical})
 
 
+def contained_at_once() -> IncidentInput:
+    """Containment under `{approve: four eyes, reversible: auto}`: the block goes on at once,
+    switching the update off waits for the two approvers."""
+    book = harmful_output(
+        containment=[
+            ActionSpec(kind="disable_version", params={"version": "{version}"}),
+            ActionSpec(kind="block_outputs", params={"detectors": ["secret"]}),
+        ]
+    ).runbook
+    high = book.policy[Severity.high]
+    at_once = StageGate.model_validate(
+        {"approve": {"count": 2, "roles": ["oncall", "safety"], "required_roles": ["safety"]}, "reversible": "auto"}
+    )
+    policy = {**book.policy, Severity.high: high.model_copy(update={"stages": {**high.stages, "contain": at_once}})}
+    return harmful_output(containment=book.containment, policy=policy)
+
+
+def restored_after_shadow() -> IncidentInput:
+    """Restore waits for mirrored live traffic to come back clean from the fixed version."""
+    return harmful_output(restore=RestoreSettings(shadow=Shadow(clean_requests=3, sample_rate=0.5, timeout="10m")))
+
+
 def dry_run() -> IncidentInput:
     return harmful_output().model_copy(update={"dry_run": True})
 
@@ -276,6 +311,8 @@ BRANCHES: dict[str, Branch] = {
     ),
     "serious_report_filed": Branch(serious_report_filed, first=lambda: alert(labels={**CRITICAL, "harm": "death"})),
     "triaged_confirmed": Branch(triaged_confirmed, script=lambda: Script(confirm="inconclusive", detectors=[]), input=triage),
+    "contained_at_once_reversible": Branch(high_severity_restored, input=contained_at_once),
+    "shadow_failed_retried": Branch(shadow_failed_retried, script=lambda: Script(shadow_passes=[False, True]), input=restored_after_shadow),
     "dry_run_rehearsed": Branch(medium_severity_restored, script=lambda: Script(detectors=[]), input=dry_run),
     "failed_containment_retried": Branch(failed_containment_retried, script=lambda: Script(failures_left={"block_prompts": 1})),
     "failed_rollback_skipped": Branch(failed_rollback_skipped, script=lambda: Script(failing_kinds={"rollback_to_previous"})),

@@ -35,6 +35,7 @@ from stanch.models.activity_io import (
 )
 from stanch.models.bisection import BisectInput, Cause
 from stanch.models.exposure import Exposure, ExposureInput
+from stanch.models.shadow import FailingSample, ShadowInput, ShadowResult
 from stanch.models.signals import ReproCase, Severity
 from stanch.runbooks.conditions import grade, seriousness
 
@@ -63,6 +64,7 @@ class Script:
     bisect_inputs: list[BisectInput] = field(default_factory=list)
     bisect_fails: bool = False  # the gateway is away: bisection cannot run
     apply_inputs: list[ApplyInput] = field(default_factory=list)  # every step's input, as applied
+    shadow_passes: list[bool] = field(default_factory=lambda: [True])  # each shadow round in turn (restore.shadow)
 
 
 def stand_ins(script: Script) -> list:
@@ -96,6 +98,16 @@ def stand_ins(script: Script) -> list:
         if script.bisect_fails:
             raise ApplicationError("bisection could not run: the gateway is unreachable", type="TargetUnavailable", non_retryable=True)
         return script.cause or Cause(ran=True, note="scripted: no deployment log")
+
+    @activity.defn(name="verify_on_shadow")
+    async def verify_on_shadow(input: ShadowInput) -> ShadowResult:
+        shadow_id = f"sh-{input.idempotency_key.split('/')[-1]}"
+        passed = script.shadow_passes.pop(0) if len(script.shadow_passes) > 1 else script.shadow_passes[0]
+        needed = input.clean_requests
+        if passed:
+            return ShadowResult(passed=True, shadow_id=shadow_id, clean=needed, needed=needed, mirrored=needed)
+        failing = [FailingSample(id=f"{shadow_id}-1", detectors=input.detectors[:1])]
+        return ShadowResult(passed=False, shadow_id=shadow_id, clean=0, needed=needed, mirrored=1, failing=failing)
 
     @activity.defn(name="snapshot_evidence")
     async def snapshot_evidence(input: EvidenceInput) -> EvidenceResult:
@@ -190,6 +202,7 @@ def stand_ins(script: Script) -> list:
         apply_rollback,
         apply_hotfix,
         verify_fix,
+        verify_on_shadow,
         lift_action,
         open_review,
         notify,

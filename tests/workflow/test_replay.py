@@ -61,6 +61,8 @@ BRANCHES = {
     "failed_verification_aborted",
     "serious_report_filed",
     "report_deadline_brought_forward",
+    "contained_at_once_reversible",
+    "shadow_failed_retried",
 }
 # Branches that never reach evidence or review (closed at confirm), and those with no decision in them.
 CLOSED_AT_CONFIRM = {"false_positive", "triaged_false_positive"}
