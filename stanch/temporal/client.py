@@ -147,6 +147,10 @@ INCIDENT_CLOCKS = (
     "stanch_incident_time_to_contain",
     "stanch_incident_time_to_restore",
     "stanch_incident_time_to_close",
+    # A drill's clocks (`stanch drill`), apart from production's: the same human-paced range.
+    "stanch_drill_time_to_acknowledge",
+    "stanch_drill_time_to_contain",
+    "stanch_drill_time_to_restore",
 )
 
 
