@@ -25,6 +25,7 @@ from stanch.gateway.enforcement import (
     EndpointRateLimiter,
     OutputGuard,
     Refusal,
+    candidate_guardrails,
     check_endpoint,
     check_features,
     check_prompt,
@@ -240,6 +241,12 @@ def create_app(
                 return refusal_response(
                     Refusal(404, "version_not_found", f"Model {model!r} has no version {version!r}; known versions: {known}.")
                 )
+        # A candidate guardrail config (the regression gate's): admin only, on a version asked for bare.
+        bare_version = version is not None and replayed is None and headers.get(BARE_HEADER) is not None
+        candidate = candidate_guardrails(headers, admin=is_admin(headers.get(ADMIN_TOKEN_HEADER, "")), bare=bare_version)
+        if isinstance(candidate, Refusal):
+            request.state.not_live_traffic = True
+            return refusal_response(candidate)
         # Only Stanch's own probes (with the admin token) spend no client's budget, and only users'
         # requests are counted.
         probe = headers.get(PROBE_HEADER) is not None and is_admin(headers.get(ADMIN_TOKEN_HEADER, ""))
@@ -282,6 +289,8 @@ def create_app(
             guard = OutputGuard.unguarded(store, model) if bare else OutputGuard.hotfixes_only(store, model)
         if replayed is not None:
             guard.guardrails = list(replayed.guardrails)
+        elif candidate is not None:  # judged as users would get it under this config, and only it
+            guard.guardrails = candidate
         elif not bare:  # the guardrails the platform deployed hold beside any hotfix's
             guard.guardrails += [p for name in models if (deployed := deployments.latest(store, name)) for p in deployed.guardrails]
         prompt = user_text(body)  # what the user typed: a model repeating it is no leak
