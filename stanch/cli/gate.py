@@ -5,6 +5,9 @@
         0 pass, 1 fail (each regressing case named with the incident that recorded it),
         2 inconclusive or cannot run (the variable to fix named: STANCH_GATEWAY_URL,
         STANCH_DATABASE_URL).
+    stanch gate --model support-bot --candidate 3 --guardrails-file guardrails.yaml
+        the same, judged on the answers users would get under that guardrail config (the
+        gateway redacts what its patterns match); --system-prompt-file adds a candidate prompt.
     stanch gate cases --model support-bot [--json]
         lists the suite: each case's key, incident, detectors, and its retirement if retired.
     stanch gate retire CASE_KEY --reason "..." --by alice
@@ -21,6 +24,7 @@ import json
 from pathlib import Path
 
 import typer
+import yaml
 from pydantic import ValidationError
 from rich.markup import escape
 from rich.table import Table
@@ -73,6 +77,12 @@ def gate(
     model: str = typer.Option(None, "--model", "-m", help="the model whose regression suite is replayed"),
     candidate: str = typer.Option(None, "--candidate", "-c", help="the model version to check"),
     system_prompt_file: Path = typer.Option(None, "--system-prompt-file", help="a candidate system prompt, sent first in every case"),
+    guardrails_file: Path = typer.Option(
+        None,
+        "--guardrails-file",
+        help="a candidate guardrail config: a YAML (or JSON) list of regex patterns the gateway redacts from answers, "
+        "e.g. `- 'sk-live-\\w+'` (single quotes keep backslashes as they are)",
+    ),
     target: str = typer.Option("gateway", help="the configured target serving the model (targets.yaml)"),
     detector: list[str] = typer.Option([], "--detector", help="judge every case by this detector (repeat); default: each case's own"),
     samples: int = typer.Option(5, help="answers asked per case"),
@@ -85,11 +95,13 @@ def gate(
         return
     if not model or not candidate:
         raise cannot_run("say which model and which candidate: stanch gate --model MODEL --candidate VERSION")
+    guardrails = guardrails_from(guardrails_file) if guardrails_file else None
     try:
         request = GateRequest(
             model=model,
             candidate=candidate,
             system_prompt=system_prompt_file.read_text() if system_prompt_file else None,
+            guardrails=guardrails,
             target=target,
             detectors=detector,
             samples=samples,
@@ -97,7 +109,7 @@ def gate(
             harmful_at_least=harmful_at_least,
         )
     except ValidationError as invalid:
-        problems = "; ".join(f"{'.'.join(str(part) for part in e['loc']) or 'request'}: {e['msg']}" for e in invalid.errors())
+        problems = "; ".join(f"{asked_as(e['loc'], guardrails_file)}: {e['msg']}" for e in invalid.errors())
         raise cannot_run(f"the gate cannot run as asked: {problems}") from None
     except OSError as unreadable:
         raise cannot_run(f"--system-prompt-file {system_prompt_file}: {unreadable.strerror}") from None
@@ -119,6 +131,31 @@ def gate(
     else:
         print_verdict(verdict)
     raise typer.Exit(verdict.exit_code)
+
+
+def guardrails_from(path: Path) -> list[str]:
+    """The patterns of a --guardrails-file: a YAML (or JSON) list of strings. Exits 2 naming
+    the file and what is wrong with it; whether each pattern compiles GateRequest checks."""
+    try:
+        patterns = yaml.safe_load(path.read_text())
+    except OSError as unreadable:
+        raise cannot_run(f"--guardrails-file {path}: {unreadable.strerror}") from None
+    except yaml.YAMLError as broken:
+        where = getattr(broken, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise cannot_run(f"--guardrails-file {path} is not YAML{line}: write a list of regex patterns, e.g. - 'sk-live-\\w+'") from None
+    if not isinstance(patterns, list) or not all(isinstance(pattern, str) for pattern in patterns):
+        raise cannot_run(f"--guardrails-file {path} must hold a YAML (or JSON) list of regex patterns, each a string")
+    if not patterns:
+        raise cannot_run(f"--guardrails-file {path} holds no pattern: a guardrail config redacts something")
+    return patterns
+
+
+def asked_as(location: tuple[int | str, ...], guardrails_file: Path | None) -> str:
+    """Where a problem is, as the user wrote it: the guardrails are their file."""
+    if location and location[0] == "guardrails" and guardrails_file is not None:
+        return f"--guardrails-file {guardrails_file}"
+    return ".".join(str(part) for part in location) or "request"
 
 
 def print_verdict(verdict: GateVerdict) -> None:

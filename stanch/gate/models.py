@@ -2,12 +2,15 @@
 
 The verdict names cases by key and by the incident that recorded them, and the detectors that
 hit by name: never a prompt, an answer or evidence. A CI log, an Argo analysis run and an
-MLflow tag may all keep it.
+MLflow tag may all keep it. A candidate system prompt and a candidate guardrail config are
+named by sha256 (and the config by its count of patterns), not quoted.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from datetime import datetime
 from typing import Literal
 
@@ -15,6 +18,17 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 Verdict = Literal["pass", "fail", "inconclusive"]
 CaseOutcome = Literal["passed", "regressed", "undecided"]
+
+# The gateway takes a candidate guardrail config in one request header: the same bounds as its
+# own (stanch/gateway/enforcement.py), so a config the gate accepts is one the gateway applies.
+MAX_CANDIDATE_GUARDRAILS = 50
+MAX_GUARDRAIL_CHARS = 500
+MAX_GUARDRAILS_JSON_CHARS = 8000
+
+
+def guardrails_json(patterns: list[str]) -> str:
+    """The patterns as the gateway receives them (x-stanch-guardrails), and as their sha256 is taken."""
+    return json.dumps(patterns, separators=(",", ":"))
 
 
 class GateRequest(BaseModel):
@@ -24,13 +38,21 @@ class GateRequest(BaseModel):
     on its own: none of the model's standing hotfixes (system prompt, guardrails) and no
     incident's containment, so a guardrail cannot hide that the candidate itself regresses.
     `system_prompt` adds a candidate system prompt ahead of each case's conversation, as the
-    gateway sends a system-prompt hotfix. A guardrail configuration is not a candidate the gate
-    can check yet.
+    gateway sends a system-prompt hotfix. `guardrails` is a candidate guardrail config: the
+    regex patterns the gateway would redact from answers (as `add_guardrail` and
+    `POST /admin/deploy {guardrails}` take them). The gateway applies them to the candidate's
+    bare answers, and only them, so each case is judged on what users would get under that
+    config. Only the gateway target applies guardrails.
     """
 
     model: str = Field(min_length=1, max_length=200, description="the model whose suite is replayed, as the gateway names it")
     candidate: str = Field(min_length=1, max_length=200, description="the model version to check")
     system_prompt: str | None = Field(None, max_length=20_000, description="a candidate system prompt, sent first in every case")
+    guardrails: list[str] | None = Field(
+        None,
+        max_length=MAX_CANDIDATE_GUARDRAILS,
+        description="a candidate guardrail config: regex patterns the gateway redacts from every answer (none: the candidate bare)",
+    )
     target: str = Field("gateway", min_length=1, description="the configured target that serves the model (targets.yaml)")
     detectors: list[str] = Field(
         default_factory=list, description="judge every case with these detectors; empty: each case by those its incident recorded"
@@ -46,6 +68,22 @@ class GateRequest(BaseModel):
             raise ValueError("must be a plain name: no spaces or control characters")
         return value
 
+    @field_validator("guardrails")
+    @classmethod
+    def _usable_patterns(cls, patterns: list[str] | None) -> list[str] | None:
+        if patterns is None:
+            return None
+        for number, pattern in enumerate(patterns, start=1):
+            if not pattern or len(pattern) > MAX_GUARDRAIL_CHARS:
+                raise ValueError(f"pattern {number} must be 1 to {MAX_GUARDRAIL_CHARS} characters (an empty one redacts everything)")
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise ValueError(f"pattern {number} {pattern!r} does not compile: {error}") from None
+        if len(guardrails_json(patterns)) > MAX_GUARDRAILS_JSON_CHARS:
+            raise ValueError(f"the patterns together take more than {MAX_GUARDRAILS_JSON_CHARS} characters as JSON")
+        return patterns
+
     @model_validator(mode="after")
     def _threshold_reachable(self) -> GateRequest:
         if self.harmful_at_least > self.samples:
@@ -57,6 +95,10 @@ class GateRequest(BaseModel):
     @property
     def system_prompt_sha256(self) -> str | None:
         return hashlib.sha256(self.system_prompt.encode()).hexdigest() if self.system_prompt is not None else None
+
+    @property
+    def guardrails_sha256(self) -> str | None:
+        return hashlib.sha256(guardrails_json(self.guardrails).encode()).hexdigest() if self.guardrails is not None else None
 
 
 class CaseVerdict(BaseModel):
@@ -79,6 +121,12 @@ class GateVerdict(BaseModel):
     model: str
     candidate: str
     system_prompt_sha256: str | None = Field(None, description="the candidate system prompt's sha256, when one was checked")
+    guardrails_sha256: str | None = Field(
+        None,
+        description="the candidate guardrail config's sha256, when one was checked: of its patterns as a compact JSON list, "
+        "json.dumps(patterns, separators=(',', ':'))",
+    )
+    guardrails_count: int | None = Field(None, description="how many patterns the candidate guardrail config holds, when one was checked")
     checked: int = Field(description="active cases replayed")
     regressions: int = Field(description="cases that regressed")
     undecided: int = 0

@@ -3,7 +3,8 @@
 For each active case (retired ones are left out, and counted):
 1. ask the candidate the case's conversation `samples` times at `temperature`, offering the
    case's tools, through the target (the gateway asks the version bare: no containment, no
-   standing hotfix, so a guardrail cannot hide a regression);
+   standing hotfix, so a guardrail cannot hide a regression; with a candidate guardrail config
+   the gateway applies that config, and only it, to the bare answers);
 2. judge every answer with the detectors the request names, else those the case's incident
    recorded;
 3. `regressed` when at least `harmful_at_least` answers are harmful; `undecided` when a
@@ -21,11 +22,12 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from stanch.detectors.registry import Detectors
 from stanch.detectors.specs import DetectorSpec
-from stanch.gate.models import CaseVerdict, GateRequest, GateVerdict, SuiteCase
+from stanch.gate.models import CaseVerdict, GateRequest, GateVerdict, SuiteCase, guardrails_json
 from stanch.models.actions import TargetRef
 from stanch.probe.client import ProbeFailed
 from stanch.probe.endpoint import ChatEndpoint
@@ -38,6 +40,9 @@ from stanch.targets.gateway import GatewayTarget
 from stanch.targets.registry import DEFAULT_TARGET, TargetRegistry
 
 GATEWAY_VARIABLE = "STANCH_GATEWAY_URL"
+# Carries a candidate guardrail config to the gateway, with x-stanch-bare and the admin token
+# (the gateway's own name for it is in stanch/gateway/routing.py: a separate service).
+GUARDRAILS_HEADER = "x-stanch-guardrails"
 TARGETS_VARIABLE = "STANCH_TARGETS"
 # What the gateway and upstream logs see in x-stanch-incident: the gate's probes, not an incident's.
 GATE_PROBE_LABEL = "regression-gate"
@@ -101,6 +106,8 @@ async def run_gate(
         model=request.model,
         candidate=request.candidate,
         system_prompt_sha256=request.system_prompt_sha256,
+        guardrails_sha256=request.guardrails_sha256,
+        guardrails_count=len(request.guardrails) if request.guardrails is not None else None,
         checked=len(active),
         regressions=0,
         retired=len(cases) - len(active),
@@ -142,15 +149,27 @@ async def run_gate(
 
 
 def candidate_endpoint(targets: TargetRegistry, request: GateRequest) -> ChatEndpoint:
-    """Where the candidate answers: the gateway asks the version bare; another target (a model's
-    own serving URL) has no hotfixes of Stanch's to leave out."""
+    """Where the candidate answers: the gateway asks the version bare, under the candidate
+    guardrail config if one is checked; another target (a model's own serving URL) has no
+    hotfixes of Stanch's to leave out, and no guardrails to apply."""
     try:
         target = targets.get(TargetRef(adapter=request.target, model=request.model, version=request.candidate))
         if isinstance(target, GatewayTarget):
-            return target.bare_chat_endpoint(request.model, request.candidate)
-        return target.chat_endpoint(request.model, request.candidate)
+            endpoint = target.bare_chat_endpoint(request.model, request.candidate)
+            if request.guardrails is None:
+                return endpoint
+            return replace(endpoint, headers={**endpoint.headers, GUARDRAILS_HEADER: guardrails_json(request.guardrails)})
+        endpoint = target.chat_endpoint(request.model, request.candidate)
     except TargetError as error:
         raise GateCannotRun(f"the candidate cannot be asked: {error}", variable=TARGETS_VARIABLE, retryable=False) from None
+    if request.guardrails is not None:
+        raise GateCannotRun(
+            f"target {request.target!r} is not the gateway: a candidate guardrail config is applied by the gateway "
+            "(check the target, or leave the guardrails out)",
+            variable=TARGETS_VARIABLE,
+            retryable=False,
+        )
+    return endpoint
 
 
 async def judge_case(case: RegressionCase, request: GateRequest, endpoint: ChatEndpoint, detectors: Detectors) -> CaseVerdict:

@@ -17,8 +17,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from starlette.datastructures import Headers
+
 from stanch.gateway.detection import block_detectors
-from stanch.gateway.routing import Client
+from stanch.gateway.routing import ADMIN_TOKEN_HEADER, BARE_HEADER, GUARDRAILS_HEADER, VERSION_HEADER, Client
 from stanch.gateway.store import GatewayStore
 
 REDACTED = "[redacted]"
@@ -235,6 +237,57 @@ def with_system_prompt(body: dict[str, Any], system_prompt: str | None) -> dict[
     if isinstance(prompt, list) and all(isinstance(item, str) for item in prompt):
         return {**body, "prompt": [f"{system_prompt}\n\n{item}" for item in prompt]}
     return body
+
+
+# -- a candidate guardrail config, for the regression gate -----------------------------------
+
+# A header is a few KB at most (the HTTP server refuses more): the gate keeps to the same
+# bounds (stanch/gate/models.py), so a config it accepts is one the gateway takes.
+MAX_CANDIDATE_GUARDRAILS = 50
+MAX_GUARDRAIL_CHARS = 500
+MAX_GUARDRAILS_HEADER_CHARS = 8000
+
+
+def candidate_guardrails(headers: Headers, *, admin: bool, bare: bool) -> list[str] | Refusal | None:
+    """The candidate guardrails a request carries in x-stanch-guardrails: None when it carries
+    none; a refusal when it may not (no admin token: 401; not a bare version: 400) or a
+    pattern is unusable (400 naming it). They replace every guardrail on a bare answer: the
+    gate judges the candidate config, not the model's standing one."""
+    value = headers.get(GUARDRAILS_HEADER)
+    if value is None:
+        return None
+    if not admin:
+        message = f"{GUARDRAILS_HEADER} needs the gateway's admin token in {ADMIN_TOKEN_HEADER}."
+        return Refusal(401, "admin_token_required", message, None, "authentication_error")
+    if not bare:
+        message = f"{GUARDRAILS_HEADER} applies only to a version asked for bare: send it with {VERSION_HEADER} and {BARE_HEADER}."
+        return Refusal(400, "invalid_request", message)
+    try:
+        return parse_guardrails(value)
+    except ValueError as problem:
+        return Refusal(400, "invalid_guardrails", f"{GUARDRAILS_HEADER}: {problem}")
+
+
+def parse_guardrails(value: str) -> list[str]:
+    """A JSON list of regex patterns, bounded, each compiled; ValueError names what is wrong."""
+    if len(value) > MAX_GUARDRAILS_HEADER_CHARS:
+        raise ValueError(f"is {len(value)} characters; at most {MAX_GUARDRAILS_HEADER_CHARS}")
+    try:
+        patterns = json.loads(value)
+    except ValueError:
+        raise ValueError("is not JSON: send a JSON list of regex patterns") from None
+    if not isinstance(patterns, list) or not all(isinstance(pattern, str) for pattern in patterns):
+        raise ValueError("must be a JSON list of regex patterns (strings)")
+    if len(patterns) > MAX_CANDIDATE_GUARDRAILS:
+        raise ValueError(f"holds {len(patterns)} patterns; at most {MAX_CANDIDATE_GUARDRAILS}")
+    for number, pattern in enumerate(patterns, start=1):
+        if not pattern or len(pattern) > MAX_GUARDRAIL_CHARS:
+            raise ValueError(f"pattern {number} must be 1 to {MAX_GUARDRAIL_CHARS} characters (an empty one redacts everything)")
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise ValueError(f"pattern {number} {pattern!r} does not compile: {error}") from None
+    return patterns
 
 
 # -- after the model -----------------------------------------------------------------------

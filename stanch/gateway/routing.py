@@ -19,9 +19,12 @@ from stanch.gateway.store import GatewayStore, resolve_served_version
 # with its hotfixes but no incident protection, for verification. `x-stanch-probe` marks a
 # probe: it sees what users see but spends no rate-limit budget. `x-stanch-bare` with a version:
 # the version as its upstream answers, without the model's hotfixes (system prompt, guardrails)
-# either, for the regression gate, which judges a candidate on its own.
+# either, for the regression gate, which judges a candidate on its own. `x-stanch-guardrails`
+# beside `x-stanch-bare`: a candidate guardrail config (a JSON list of patterns) the gateway
+# applies to that bare answer, so the gate judges the answers users would get under it.
 VERSION_HEADER = "x-stanch-version"
 BARE_HEADER = "x-stanch-bare"
+GUARDRAILS_HEADER = "x-stanch-guardrails"
 PROBE_HEADER = "x-stanch-probe"
 ADMIN_TOKEN_HEADER = "x-stanch-admin-token"
 
