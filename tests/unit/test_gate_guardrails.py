@@ -11,9 +11,11 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
+from stanch.api.app import create_app as create_api
 from stanch.cli.main import app as cli
 from stanch.config.settings import Settings
 from stanch.gate.models import GateRequest
@@ -22,6 +24,7 @@ from stanch.probe.endpoint import ChatEndpoint
 from stanch.stores.regression import RegressionSuite
 from stanch.targets.registry import TargetRegistry
 from tests.openai_stub import Stub
+from tests.unit.test_api_alerts import NoCatalog
 from tests.unit.test_gate import gateway, settings, stub, suite  # noqa: F401 - fixtures
 from tests.unit.test_gateway import ASK, MODEL, SECRET, content, running_gateway, streamed, upstreams
 
@@ -148,3 +151,16 @@ def test_a_bad_guardrails_file_exits_2_naming_the_file_and_the_problem(
     # A good file, in YAML or JSON, gets as far as asking the gateway (out of reach here: 2, named).
     code, output, _ = gate_with(json.dumps([KEY_GUARDRAIL]))
     assert code == 2 and "STANCH_GATEWAY_URL" in output and "guardrails-file" not in output
+
+
+def test_the_api_takes_a_guardrail_config_and_refuses_one_that_does_not_compile(
+    settings: Settings,  # noqa: F811 - fixture
+    suite: RegressionSuite,  # noqa: F811 - fixture: cases to replay
+) -> None:
+    api = create_api(settings, catalog=NoCatalog(), insecure_dev=True)  # type: ignore[arg-type]
+    with TestClient(api) as http:
+        bad = http.post("/v1/gate", json={"model": MODEL, "candidate": "2", "guardrails": ["sk-("]})
+        assert bad.status_code == 422 and "pattern 1 'sk-(' does not compile" in bad.text
+        # Well formed: it gets as far as the gateway (out of reach here: 503, ask again later).
+        down = http.post("/v1/gate", json={"model": MODEL, "candidate": "2", "guardrails": [KEY_GUARDRAIL]})
+        assert down.status_code == 503 and "STANCH_GATEWAY_URL" in down.json()["detail"]
