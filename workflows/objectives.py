@@ -4,10 +4,11 @@ and the lifecycle metrics Prometheus scrapes from the worker.
 
 Everything here is bookkeeping: state fields, timeline notes and metrics, never a command (the
 SDK's metric meter records nothing on replay). Each metric is emitted once per occurrence: the
-memory says which were (`metrics_emitted`), so a continued run does not emit them again. A
-rehearsal (`dry_run`) or a drill (`stanch drill`) records its objectives in the state (the drill
-report reads them) and emits nothing: production's times, objectives and ack SLA breaches (and
-the alerts read from them) count real incidents only.
+memory says which were (`metrics_emitted`), so a continued run does not emit them again.
+Production's times, objectives and ack SLA breaches (and the alerts read from them) count real
+incidents only. A drill (`stanch drill`) records its objectives in the state (the drill report
+reads them) and emits its times and objectives under drill metrics of their own; a rehearsal
+(`dry_run`) records them and emits nothing.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ with workflow.unsafe.imports_passed_through():
 TIME_TO = {milestone: f"stanch_incident_time_to_{milestone}" for milestone in ("acknowledge", "contain", "restore", "close")}
 CONTAINMENT_OBJECTIVE = "stanch_incident_containment_objective"
 ACK_SLA_BREACHES = "stanch_incident_ack_sla_breaches"
+# A drill's own: how fast the people and the machinery would have been, apart from production's
+# numbers (the same buckets, `stanch.temporal.client.INCIDENT_CLOCKS`).
+DRILL_TIME_TO = {milestone: f"stanch_drill_time_to_{milestone}" for milestone in ("acknowledge", "contain", "restore")}
+DRILL_OBJECTIVE = "stanch_drill_objective"
 
 # What the machine does in each stage, in the words the breakdown uses.
 MACHINE_WORK = {
@@ -69,11 +74,19 @@ class Milestones:
         state.objectives.append(outcome)
         self.record.note("objective", outcome.summary, milestone=milestone, met=outcome.met)
         log(state, outcome.summary)
-        self.emit_once(f"time_to_{milestone}", lambda: self.observe_time(milestone, timedelta(seconds=outcome.elapsed_seconds)))
-        if milestone == "contain" and outcome.met is not None:
-            result = "met" if outcome.met else "missed"
+        elapsed = timedelta(seconds=outcome.elapsed_seconds)
+        result = None if outcome.met is None else "met" if outcome.met else "missed"
+        self.emit_once(f"time_to_{milestone}", lambda: self.observe_time(TIME_TO, milestone, elapsed))
+        if milestone == "contain" and result is not None:
             self.emit_once(
                 "containment_objective", lambda: self.count(CONTAINMENT_OBJECTIVE, "contained within the objective or not", result=result)
+            )
+        self.emit_once(f"drill_time_to_{milestone}", lambda: self.observe_time(DRILL_TIME_TO, milestone, elapsed), drill=True)
+        if result is not None:
+            self.emit_once(
+                f"drill_objective_{milestone}",
+                lambda: self.count(DRILL_OBJECTIVE, "a drill's milestone within its objective or not", milestone=milestone, result=result),
+                drill=True,
             )
 
     def fell_short(self, milestone: str, why: str) -> None:
@@ -117,7 +130,7 @@ class Milestones:
         closed_at = state.closed_at or workflow.now()
         if state.acknowledged_at is None:
             self.acknowledgement_clock()  # closed unacknowledged: past the SLA is a breach
-        self.emit_once("time_to_close", lambda: self.observe_time("close", closed_at - state.opened_at, outcome=status.value))
+        self.emit_once("time_to_close", lambda: self.observe_time(TIME_TO, "close", closed_at - state.opened_at, outcome=status.value))
 
     # --- where the time went ----------------------------------------------------------------
 
@@ -186,9 +199,12 @@ class Milestones:
 
     # --- metrics ----------------------------------------------------------------------------
 
-    def emit_once(self, key: str, emit: Callable[[], None]) -> None:
-        if self.record.input.dry_run or self.record.input.drill:
-            return  # a rehearsal or a drill: nothing happened to users, so nothing counts toward the objectives
+    def emit_once(self, key: str, emit: Callable[[], None], *, drill: bool = False) -> None:
+        """Emit a metric once per occurrence, and only for the runs it counts: production's metrics
+        (`drill=False`) for real incidents, the drill metrics (`drill=True`) for drills. A rehearsal
+        emits nothing: it acted on nothing."""
+        if self.record.input.dry_run or self.record.input.drill != drill:
+            return  # nothing happened to users in a drill: it never counts toward production's objectives
         emitted = self.record.memory.metrics_emitted
         if key not in emitted:
             emitted.append(key)
@@ -197,8 +213,9 @@ class Milestones:
     def labels(self, **more: str) -> dict[str, str | int | float | bool]:
         return {"runbook": self.record.state.runbook, "severity": self.record.state.severity.value, **more}
 
-    def observe_time(self, milestone: str, elapsed: timedelta, **more: str) -> None:
-        histogram = workflow.metric_meter().create_histogram_timedelta(TIME_TO[milestone], f"time from opening to {milestone}")
+    def observe_time(self, clocks: dict[str, str], milestone: str, elapsed: timedelta, **more: str) -> None:
+        """Observe on `clocks[milestone]`: production's clocks (TIME_TO) or a drill's (DRILL_TIME_TO)."""
+        histogram = workflow.metric_meter().create_histogram_timedelta(clocks[milestone], f"time from opening to {milestone}")
         histogram.record(max(elapsed, timedelta(0)), self.labels(**more))
 
     def count(self, name: str, description: str, **more: str) -> None:

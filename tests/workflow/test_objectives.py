@@ -18,6 +18,7 @@ from temporalio.runtime import MetricBuffer, MetricBufferDurationFormat, Runtime
 from temporalio.testing import WorkflowEnvironment
 
 from stanch.config.settings import Settings
+from stanch.models.actions import TargetRef
 from stanch.models.decisions import Acknowledgement, FailureDecision
 from stanch.models.incident import IncidentInput, IncidentStatus
 from stanch.models.signals import Severity
@@ -51,7 +52,7 @@ class Metered:
         ]
 
 
-STANCH_LABELS = ("runbook", "severity", "result", "outcome")
+STANCH_LABELS = ("runbook", "severity", "result", "outcome", "milestone")
 
 
 @pytest_asyncio.fixture
@@ -268,3 +269,39 @@ async def test_a_restore_that_leaves_a_protection_in_place_is_not_counted_as_res
     assert len(metered.recorded("stanch_incident_time_to_close")) == 1
     document = postmortem(script.reviews[0], review_tasks(script.reviews[0]), added=0, mapping=[])
     assert "- not restored: the restore stage ended after" in document.split("## Time to contain", 1)[1]
+
+
+DRILL_ROUTE = "drill-0a1b2c3d.support-bot"
+
+
+async def test_a_drill_emits_its_times_and_objectives_as_a_drills_once_across_a_hand_over_and_replay(metered: Metered) -> None:
+    """A drill (`stanch drill`: its target a drill route) shows in metrics as a drill, never in
+    production's lifecycle metrics, each once though every task replays and the run hands over."""
+    input = with_objectives(Severity.high, acknowledge="10m", contain="15m", restore="1h")
+    drill = input.model_copy(
+        update={"drill": True, "target": TargetRef(model=DRILL_ROUTE, version="2"), "events_before_handing_over": BOUND}
+    )
+    client = metered.environment.client
+    async with running_incident(client, Script(), drill, max_cached_workflows=0) as first_run:
+        incident = client.get_workflow_handle(first_run.id)  # the latest run, across hand-overs
+        await until(incident, waiting_on("contain"))
+        await approve(incident, "contain", "alice", ["oncall"])
+        await metered.environment.sleep(timedelta(minutes=20))  # the safety approver comes late: contain missed
+        await approve(incident, "contain", "sam", ["safety"])
+        await until(incident, lambda s: any(o.milestone == "contain" for o in s.objectives))
+        await hand_over(incident)
+        await approve_four_eyes(incident, "rollback")
+        await until(incident, waiting_on("restore"))
+        await approve(incident, "restore", "alice", ["oncall"])
+        final = await client.get_workflow_handle_for(IncidentWorkflow.run, first_run.id).result()
+
+    assert final.status == IncidentStatus.closed and final.runs >= 2
+    assert [(o.milestone, o.met) for o in final.objectives] == [("acknowledge", True), ("contain", False), ("restore", True)]
+    assert {name: metered.recorded(name) for name in LIFECYCLE} == {name: [] for name in LIFECYCLE}, "production's numbers"
+    labels = {"runbook": "harmful-output", "severity": "high"}
+    for milestone in ("acknowledge", "contain", "restore"):
+        [(seconds, attributes)] = metered.recorded(f"stanch_drill_time_to_{milestone}")
+        reached = next(o for o in final.objectives if o.milestone == milestone)
+        assert attributes == labels and seconds == pytest.approx(reached.elapsed_seconds, abs=0.001)
+    objectives = [(attributes["milestone"], attributes["result"]) for _, attributes in metered.recorded("stanch_drill_objective")]
+    assert objectives == [("acknowledge", "met"), ("contain", "missed"), ("restore", "met")]
