@@ -10,7 +10,12 @@ queue and activity type as labels); without that address the meter counts nothin
         result: applied (a step applied), undone (an action undone on restore), failed (an
         attempt to apply or undo that raised: each failed attempt counts, so a step that fails
         twice and then applies counts failed 2 and applied 1). A rehearsal (dry run) changes
-        nothing and is not counted.
+        nothing and is not counted. Production's actions only: a drill's are counted below.
+    stanch_drill_actions_total{adapter,action,result}
+        The same count for the actions of drills (`stanch drill`: the target model is a drill
+        route), kept out of stanch_actions_total so that a drill's failed step never pages as
+        StanchActionsFailing, a drill's success never hides a production failure from it, and the
+        dashboard's actions panels show what was done to production.
     stanch_notifications_total{channel,result}
         channel: the channel's name in the notify config; result: delivered (the notification
         went out on that channel: once per notification and channel, since the delivery ledger
@@ -30,9 +35,11 @@ from typing import Literal
 from temporalio import activity
 from temporalio.common import MetricMeter
 
+from stanch.models.incident import is_drill_route
 from stanch.targets.registry import TargetRegistry
 
 ACTIONS = "stanch_actions"
+DRILL_ACTIONS = "stanch_drill_actions"
 NOTIFICATIONS = "stanch_notifications"
 UNKNOWN_ADAPTER = "unknown"
 
@@ -47,8 +54,13 @@ def count_notification(channel: str, result: Literal["delivered", "failed"]) -> 
     counter.add(1, {"channel": channel, "result": result})
 
 
-def count_action(adapter: str, action: str, result: Literal["applied", "failed", "undone"]) -> None:
-    counter = _meter().create_counter(ACTIONS, "Runbook actions on targets by adapter kind and action: applied, undone, failed attempts.")
+def count_action(adapter: str, action: str, result: Literal["applied", "failed", "undone"], *, drill: bool = False) -> None:
+    if drill:
+        counter = _meter().create_counter(DRILL_ACTIONS, "Drills' runbook actions on their drill routes: applied, undone, failed attempts.")
+    else:
+        counter = _meter().create_counter(
+            ACTIONS, "Runbook actions on targets by adapter kind and action: applied, undone, failed attempts."
+        )
     counter.add(1, {"adapter": adapter, "action": action, "result": result})
 
 
@@ -59,16 +71,24 @@ def adapter_kind(targets: TargetRegistry, name: str) -> str:
 
 @contextmanager
 def counted_action(
-    targets: TargetRegistry, target_name: str, action: str, *, done: Literal["applied", "undone"], dry_run: bool = False
+    targets: TargetRegistry,
+    target_name: str,
+    action: str,
+    *,
+    done: Literal["applied", "undone"],
+    dry_run: bool = False,
+    model: str | None = None,
 ) -> Iterator[None]:
     """Count the action `done` when the block finishes, `failed` when it raises. A cancelled
-    attempt (the workflow aborted, the worker stops) is no failure of the target: not counted."""
+    attempt (the workflow aborted, the worker stops) is no failure of the target: not counted.
+    `model`: the model acted on; on a drill route the action is a drill's, counted apart."""
     adapter = adapter_kind(targets, target_name)
+    drill = is_drill_route(model)
     try:
         yield
     except Exception:  # (a cancellation is a BaseException: it passes uncounted)
         if not dry_run:
-            count_action(adapter, action, "failed")
+            count_action(adapter, action, "failed", drill=drill)
         raise
     if not dry_run:
-        count_action(adapter, action, done)
+        count_action(adapter, action, done, drill=drill)

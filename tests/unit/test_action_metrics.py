@@ -1,0 +1,76 @@
+"""Actions on targets are counted by adapter, action and result where they run; a drill's actions
+(on a drill route) are counted as a drill's, never in production's `stanch_actions` (which the
+StanchActionsFailing alert and the dashboard's actions panels read)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from temporalio.runtime import MetricBuffer, Runtime, TelemetryConfig
+from temporalio.testing import ActivityEnvironment
+
+from activities.metrics import counted_action
+from stanch.config.settings import Settings
+from stanch.targets.registry import TargetRegistry
+
+ROUTE = "drill-0a1b2c3d.support-bot"
+STANCH_LABELS = ("adapter", "action", "result")
+
+
+class Counted:
+    """An activity environment whose metric meter writes to a buffer the test reads."""
+
+    def __init__(self) -> None:
+        self.buffer = MetricBuffer(1_000)
+        self.environment = ActivityEnvironment()
+        self.environment.metric_meter = Runtime(telemetry=TelemetryConfig(metrics=self.buffer)).metric_meter
+        self.updates: list = []
+
+    def counts(self, name: str) -> list[tuple[int, dict]]:
+        self.updates += self.buffer.retrieve_updates()
+        # The runtime adds its own labels (namespace, task queue, activity type): Stanch's are these.
+        return [
+            (update.value, {key: value for key, value in update.attributes.items() if key in STANCH_LABELS})
+            for update in self.updates
+            if update.metric.name == name
+        ]
+
+    async def act(self, targets: TargetRegistry, model: str | None, *, fails: bool = False, dry_run: bool = False) -> None:
+        async def step() -> None:
+            with counted_action(targets, "gateway", "block_output", done="applied", dry_run=dry_run, model=model):
+                if fails:
+                    raise RuntimeError("the gateway refused")
+
+        if fails:
+            with pytest.raises(RuntimeError):
+                await self.environment.run(step)
+        else:
+            await self.environment.run(step)
+
+
+@pytest.fixture
+def targets(tmp_path: Path) -> TargetRegistry:
+    return TargetRegistry(Settings(home=tmp_path, gateway_url="http://127.0.0.1:9"))
+
+
+async def test_a_drills_actions_are_counted_as_a_drills_and_never_as_productions(targets: TargetRegistry) -> None:
+    counted = Counted()
+    await counted.act(targets, ROUTE, fails=True)
+    await counted.act(targets, f"gateway:{ROUTE}")
+    assert counted.counts("stanch_actions") == []
+    applied, failed = {"adapter": "gateway", "action": "block_output", "result": "applied"}, {"result": "failed"}
+    assert counted.counts("stanch_drill_actions") == [(1, {**applied, **failed}), (1, applied)]
+
+
+async def test_productions_actions_are_counted_as_before_and_a_rehearsal_not_at_all(targets: TargetRegistry) -> None:
+    counted = Counted()
+    await counted.act(targets, "support-bot", fails=True)
+    await counted.act(targets, "support-bot")
+    await counted.act(targets, None)  # a caller that does not say which model: production's, as it always was
+    await counted.act(targets, ROUTE, dry_run=True)
+    await counted.act(targets, "support-bot", dry_run=True)
+    results = [(value, attributes["result"]) for value, attributes in counted.counts("stanch_actions")]
+    assert results == [(1, "failed"), (1, "applied"), (1, "applied")]
+    assert {attributes["adapter"] for _, attributes in counted.counts("stanch_actions")} == {"gateway"}
+    assert counted.counts("stanch_drill_actions") == []
