@@ -24,7 +24,7 @@ from stanch.models.incident import IncidentInput, IncidentStatus
 from stanch.models.signals import Severity
 from stanch.review.postmortem import postmortem, review_tasks
 from stanch.runbooks.schema import Objectives
-from stanch.temporal.client import metrics_runtime
+from stanch.temporal.client import INCIDENT_CLOCKS, metrics_runtime
 from tests.conftest import installed_binary
 from tests.postgres import free_port
 from tests.workflow.conftest import incident_input, running_incident
@@ -32,6 +32,7 @@ from tests.workflow.helpers import AsTheApi, approve, approve_four_eyes, failed,
 from tests.workflow.standins import Script
 from tests.workflow.test_hand_over import BOUND, hand_over
 from workflows.incident import IncidentWorkflow
+from workflows.objectives import DRILL_TIME_TO
 
 
 class Metered:
@@ -305,3 +306,4 @@ async def test_a_drill_emits_its_times_and_objectives_as_a_drills_once_across_a_
         assert attributes == labels and seconds == pytest.approx(reached.elapsed_seconds, abs=0.001)
     objectives = [(attributes["milestone"], attributes["result"]) for _, attributes in metered.recorded("stanch_drill_objective")]
     assert objectives == [("acknowledge", "met"), ("contain", "missed"), ("restore", "met")]
+    assert set(DRILL_TIME_TO.values()) <= set(INCIDENT_CLOCKS), "the worker gives a drill's clocks the incident clocks' buckets"
