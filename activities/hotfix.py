@@ -99,7 +99,14 @@ class HotfixActivities:
     async def apply_hotfix(self, input: ApplyInput) -> AppliedAction:
         refuse_outside_drill_route(self.deps.targets, step_target(input), input.action.kind)
         try:
-            with counted_action(self.deps.targets, step_target(input).adapter, input.action.kind, done="applied", dry_run=input.dry_run):
+            with counted_action(
+                self.deps.targets,
+                step_target(input).adapter,
+                input.action.kind,
+                done="applied",
+                dry_run=input.dry_run,
+                model=step_target(input).model,
+            ):
                 if input.action.kind != "deploy_finetune" or input.dry_run:  # a dry run plans the job, never starts it
                     return await apply_step(self.deps.targets, input)
                 trained = await self.fine_tune(input)

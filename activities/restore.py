@@ -32,7 +32,7 @@ class RestoreActivities:
             result = {**applied.result, "undo_would_call": would_undo}
             return applied.model_copy(update={"undone_at": datetime.now(UTC), "undo_key": undo_key, "result": result})
         try:
-            with counted_action(self.deps.targets, applied.target.adapter, applied.kind, done="undone"):
+            with counted_action(self.deps.targets, applied.target.adapter, applied.kind, done="undone", model=applied.target.model):
                 await self.deps.targets.get(applied.target).undo(applied, undo_key)
         except TargetError as error:
             raise as_application_error(error, f"undo of {applied.kind} on {applied.target}") from error

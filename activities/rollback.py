@@ -22,7 +22,14 @@ class RollbackActivities:
         activity.logger.info("rolling back %s: %s", input.target, input.action.kind)
         refuse_outside_drill_route(self.deps.targets, step_target(input), input.action.kind)
         try:
-            with counted_action(self.deps.targets, step_target(input).adapter, input.action.kind, done="applied", dry_run=input.dry_run):
+            with counted_action(
+                self.deps.targets,
+                step_target(input).adapter,
+                input.action.kind,
+                done="applied",
+                dry_run=input.dry_run,
+                model=step_target(input).model,
+            ):
                 return await apply_step(self.deps.targets, input)
         except TargetError as error:
             raise as_application_error(error) from error

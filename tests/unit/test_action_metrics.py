@@ -7,12 +7,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from temporalio.exceptions import ApplicationError
 from temporalio.runtime import MetricBuffer, Runtime, TelemetryConfig
 from temporalio.testing import ActivityEnvironment
 
+from activities.contain import ContainActivities
 from activities.metrics import counted_action
+from activities.restore import RestoreActivities
 from stanch.config.settings import Settings
+from stanch.models.actions import ActionSpec, AppliedAction, TargetRef
+from stanch.models.activity_io import ApplyInput, UndoInput
 from stanch.targets.registry import TargetRegistry
+from stanch.temporal.activity_deps import ActivityDeps
 
 ROUTE = "drill-0a1b2c3d.support-bot"
 STANCH_LABELS = ("adapter", "action", "result")
@@ -50,8 +56,13 @@ class Counted:
 
 
 @pytest.fixture
-def targets(tmp_path: Path) -> TargetRegistry:
-    return TargetRegistry(Settings(home=tmp_path, gateway_url="http://127.0.0.1:9"))
+def settings(tmp_path: Path) -> Settings:
+    return Settings(home=tmp_path, gateway_url="http://127.0.0.1:9")  # no gateway there: every action fails
+
+
+@pytest.fixture
+def targets(settings: Settings) -> TargetRegistry:
+    return TargetRegistry(settings)
 
 
 async def test_a_drills_actions_are_counted_as_a_drills_and_never_as_productions(targets: TargetRegistry) -> None:
@@ -74,3 +85,21 @@ async def test_productions_actions_are_counted_as_before_and_a_rehearsal_not_at_
     assert results == [(1, "failed"), (1, "applied"), (1, "applied")]
     assert {attributes["adapter"] for _, attributes in counted.counts("stanch_actions")} == {"gateway"}
     assert counted.counts("stanch_drill_actions") == []
+
+
+async def test_the_contain_and_restore_activities_count_a_drill_routes_actions_as_a_drills(
+    settings: Settings, targets: TargetRegistry
+) -> None:
+    counted = Counted()
+    deps = ActivityDeps(settings=settings, targets=targets)
+    for model in (ROUTE, "support-bot"):
+        action = ActionSpec(kind="block_output", target="gateway", params={"pattern": "secret"})
+        step = ApplyInput(incident_id="INC-1", stage="contain", index=0, target=TargetRef(model=model), action=action)
+        with pytest.raises(ApplicationError):
+            await counted.environment.run(ContainActivities(deps).apply_containment, step)
+        applied = AppliedAction(kind="block_output", stage="contain", index=0, target=step.target, idempotency_key="INC-1/contain/0")
+        with pytest.raises(ApplicationError):
+            await counted.environment.run(RestoreActivities(deps).undo_action, UndoInput(incident_id="INC-1", applied=applied))
+    failed = {"adapter": "gateway", "action": "block_output", "result": "failed"}
+    assert counted.counts("stanch_drill_actions") == [(1, failed), (1, failed)]
+    assert counted.counts("stanch_actions") == [(1, failed), (1, failed)]
