@@ -28,8 +28,9 @@ aborted, failed undo skipped during restore, failed verification retried, failed
 aborted), a serious incident whose report is filed, one whose report deadline a later
 signal (a death) brings forward, containment whose reversible step goes ahead at once while the
 rest waits for four eyes, and a restore whose fix first leaks on mirrored live traffic
-(`restore.shadow`) and passes when retried. Since issue 15 every branch also bisects the
-changes and measures the blast radius after confirmation (the stand-ins name nothing).
+(`restore.shadow`) and passes when retried. Histories recorded since issue 15 also bisect
+the changes and measure the blast radius after confirmation (the stand-ins name nothing); the
+older ones replay through the unpatched path (audit tests read their run ids: keep them).
 Decisions are vouched for with the tests' decision key
 (tests/workflow/conftest.py), which the replay test trusts too.
 """
