@@ -1,7 +1,8 @@
 """The regression gate end to end: after the demo incident closes, its repro case guards every
 later change. `stanch gate` fails the leaking version naming the case and the incident, passes
 the fixed one, and `POST /v1/gate` gives the same verdicts to a CI account's bearer token, as
-an Argo Rollouts web metric calls it."""
+an Argo Rollouts web metric calls it. A candidate guardrail config that redacts the leak is judged
+through the gateway: the leaking version passes under it."""
 
 from __future__ import annotations
 
@@ -62,6 +63,13 @@ def test_after_the_demo_incident_the_gate_fails_the_leaking_version_and_passes_t
         leaking = stanch("gate", "--model", MODEL, "--candidate", LEAKING)
         assert leaking.returncode == 1, leaking.stdout + leaking.stderr
         assert f"regressed: case {key} (incident {state['id']})" in leaking.stdout
+        # The same version under a candidate guardrail config that redacts the key: judged as users
+        # would get it through the gateway, it passes.
+        guardrails = tmp_path / "guardrails.yaml"
+        guardrails.write_text("- 'sk-live-[A-Za-z0-9]{8,}'\n")
+        guarded = stanch("gate", "--model", MODEL, "--candidate", LEAKING, "--guardrails-file", str(guardrails), "--json")
+        assert guarded.returncode == 0, guarded.stdout + guarded.stderr
+        assert json.loads(guarded.stdout)["guardrails_count"] == 1
         passing = stanch("gate", "--model", MODEL, "--candidate", fixed, "--json")
         assert passing.returncode == 0, passing.stdout + passing.stderr
         assert json.loads(passing.stdout)["verdict"] == "pass" and json.loads(passing.stdout)["checked"] == len(cases)
