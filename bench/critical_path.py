@@ -11,24 +11,25 @@ reference gateway (`stanch gateway --dev`) in front of the demo upstream, and th
    because the approvals must go through the API anyway (the workflow accepts a decision only
    with the API's signed assertion), so the whole path is the one a user runs;
 2. Stanch confirms (replays the prompt through the gateway), snapshots evidence, grades it
-   high (a secret) and waits for four eyes on containment: the bench polls
-   `GET /v1/incidents/{id}` and, as soon as the gate is pending, approves as an on-call
-   responder and a safety lead (`POST .../approvals`);
+   high (a secret) and blocks the leak at once (the block is reversible: the runbook's
+   `reversible: auto`; bisection and the blast radius run beside it);
 3. containment counts as applied when the gateway's `/admin/state` lists the incident's
    output block — "alert → containment" ends there;
-4. the rollback gate is approved the same way; "approval → rollback" runs from the first
-   rollback approval sent until the gateway shows support-bot v2 disabled.
+4. the rollback waits for four eyes: the bench polls `GET /v1/incidents/{id}` and, as soon as
+   the gate is pending, approves as an on-call responder and a safety lead
+   (`POST .../approvals`); "approval → rollback" runs from the first rollback approval sent
+   until the gateway shows support-bot v2 disabled.
 
 The incident is then terminated (hotfix and restore are not on the critical path) and the
 gateway reset for the next one. Incidents run one after another.
 
 The baseline is a bare workflow (bench/bare_workflows.py, in the SDK's default sandbox like the
 incident) on the same dev server in the same run, with the same number of activities (each
-does nothing but return) and of updates: five activities, two updates, the "contain" activity,
-one more activity, two updates, the "rollback" activity — the shape of the incident up to its
-rollback. Its worker is a process of its own too (this file run with `--serve-baseline`);
-the bench notices its gates and its steps by polling its queries at the same interval as it
-polls Stanch's API and gateway. What the ratio shows is what Stanch adds over Temporal's
+does nothing but return) and of updates: five activities, the "contain" activity, one more
+activity, two updates, the "rollback" activity — the shape of the incident up to its rollback.
+Its worker is a process of its own too (this file run with `--serve-baseline`); the bench
+notices its gates and its steps by polling its queries at the same interval as it polls
+Stanch's API and gateway. What the ratio shows is what Stanch adds over Temporal's
 floor: its HTTP edge, its activities' real work (probe, evidence, gateway calls), its
 handlers and its events.
 
@@ -95,9 +96,6 @@ async def bare_incident(client: Client, task_queue: str, approvals: list[float])
     workflow_id = f"bare-{uuid.uuid4().hex[:10]}"
     started = time.perf_counter()
     handle = await client.start_workflow(BareCriticalPath.run, id=workflow_id, task_queue=task_queue)
-    await poll(lambda: handle.query(BareCriticalPath.gate_pending), lambda gate: gate == "contain", "the baseline's contain gate")
-    for _ in RESPONDERS:
-        await timed(handle.execute_update(BareCriticalPath.approve, "contain"), approvals)
     await poll(lambda: handle.query(BareCriticalPath.steps_done), lambda done: "contain" in done, "the baseline's contain step")
     contained = time.perf_counter() - started
     await poll(lambda: handle.query(BareCriticalPath.gate_pending), lambda gate: gate == "rollback", "the baseline's rollback gate")
@@ -168,7 +166,6 @@ class StanchPath:
             raise RuntimeError(f"the alert was not accepted ({accepted.status_code}): {accepted.text}")
         incident_id = accepted.json()["incidents"][0]["incident_id"]
         self.incident_ids.append(incident_id)
-        await self.approve_when_pending(incident_id, "contain")
         await poll(
             lambda: self.gateway_state(), lambda s: any(b["incident_id"] == incident_id for b in s["blocked_outputs"]), "containment"
         )

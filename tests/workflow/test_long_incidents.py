@@ -38,11 +38,16 @@ async def run_lengths(client: Client, first_run: WorkflowHandle) -> list[int]:
     one run of 439 events on a loaded CI machine although the incident had handed over.)"""
     lengths: list[int] = []
     workflow_id, run_id = first_run.id, first_run.first_execution_run_id or first_run.result_run_id
+    latest = (await client.get_workflow_handle(workflow_id).describe()).run_id
     while run_id:
         history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
-        lengths.append(len(history.events))
         last = history.events[-1]
-        run_id = last.workflow_execution_continued_as_new_event_attributes.new_execution_run_id or None
+        following = last.workflow_execution_continued_as_new_event_attributes.new_execution_run_id or None
+        if following is None and run_id != latest:  # handed over, but its last event is not written yet
+            await asyncio.sleep(0.1)
+            continue
+        lengths.append(len(history.events))
+        run_id = following
     return lengths
 
 
