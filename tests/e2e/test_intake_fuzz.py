@@ -19,7 +19,8 @@ from schemathesis import GenerationMode
 from stanch.temporal.devserver import wait_for_port
 from tests.e2e.processes import Process, free_port, wait_for, wait_http
 
-pytestmark = pytest.mark.e2e
+# The second test reads what the first accepted: both run on one pytest worker, in file order.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("intake-fuzz")]
 
 INTAKE_PATHS = r"^/v1/(alerts|reports|findings)"
 incidents_named_in_202s: set[str] = set()

@@ -54,6 +54,11 @@ class AsTheApi:
 
 
 async def occurrence_of(handle: WorkflowHandle) -> str:
+    for _ in range(5):
+        try:
+            return (await state(handle)).occurrence
+        except RPCError:  # a query that reaches a run as it continues as new may time out: ask again
+            continue
     return (await state(handle)).occurrence
 
 
