@@ -34,6 +34,7 @@ from temporalio.runtime import Runtime, TelemetryConfig
 from temporalio.worker import Replayer
 
 from stanch.audit.history import event_name
+from stanch.temporal import client as temporal_client
 from stanch.temporal.codec import KEY_ID_METADATA, EncryptionCodec, is_encrypted
 from stanch.trust import assertions
 
@@ -89,6 +90,9 @@ def replayer(workflows: list[type], converter: DataConverter) -> Replayer:
     global _quiet_runtime
     # The SDK core logs every failed replay task as a WARN line on stderr; the report says it better.
     _quiet_runtime = _quiet_runtime or Runtime(telemetry=TelemetryConfig(logging=None))
+    # Its threads can crash CPython's finalization as a client's do (a replay of files crashed at
+    # exit with "PyGILState_Release", once in about 20 runs on a loaded machine).
+    temporal_client.note_sdk_runtime_started()
     return Replayer(workflows=workflows, data_converter=converter, runtime=_quiet_runtime)
 
 

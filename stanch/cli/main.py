@@ -62,8 +62,8 @@ app.add_typer(temporal_app, name="temporal", help="Prepare a Temporal cluster or
 
 
 def run() -> None:
-    """The `stanch` entry point. A command that opened a Temporal client leaves without the
-    interpreter's teardown: the SDK's Rust threads can crash CPython's finalization of a
+    """The `stanch` entry point. A command that opened a Temporal client or replayed histories
+    leaves without the interpreter's teardown: the SDK's Rust threads can crash CPython's finalization of a
     short-lived client process (temporalio/sdk-python#300), turning a finished command's exit
     code into a segfault."""
     try:

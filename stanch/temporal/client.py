@@ -41,8 +41,15 @@ def data_converter(settings: Settings | None = None) -> DataConverter:
 
 DEFAULT_ADDRESS = "127.0.0.1:7233"
 
-# Whether this process opened a Temporal client: see `stanch.cli.main.run`.
+# Whether this process started the SDK's Rust runtime (a client, or a replayer of histories):
+# see `stanch.cli.main.run`.
 clients_opened = 0
+
+
+def note_sdk_runtime_started() -> None:
+    """A replayer runs on the SDK's Rust runtime as a client does: the CLI leaves without teardown."""
+    global clients_opened
+    clients_opened += 1
 
 
 class TemporalConfigError(RuntimeError):
