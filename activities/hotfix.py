@@ -33,7 +33,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.drill_guard import refuse_outside_drill_route
-from activities.metrics import counted_action
+from activities.metrics import counted_step
 from stanch.models.actions import ActionSpec, AppliedAction, TargetRef, idempotency_key
 from stanch.models.activity_io import ApplyInput
 from stanch.models.decisions import AnswerCorrection
@@ -99,14 +99,7 @@ class HotfixActivities:
     async def apply_hotfix(self, input: ApplyInput) -> AppliedAction:
         refuse_outside_drill_route(self.deps.targets, step_target(input), input.action.kind)
         try:
-            with counted_action(
-                self.deps.targets,
-                step_target(input).adapter,
-                input.action.kind,
-                done="applied",
-                dry_run=input.dry_run,
-                model=step_target(input).model,
-            ):
+            with counted_step(self.deps.targets, input):
                 if input.action.kind != "deploy_finetune" or input.dry_run:  # a dry run plans the job, never starts it
                     return await apply_step(self.deps.targets, input)
                 trained = await self.fine_tune(input)

@@ -29,14 +29,16 @@ alert: the number of series stays bounded.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Literal
 
 from temporalio import activity
 from temporalio.common import MetricMeter
 
+from stanch.models.activity_io import ApplyInput
 from stanch.models.incident import is_drill_route
 from stanch.targets.registry import TargetRegistry
+from stanch.targets.steps import step_target
 
 ACTIONS = "stanch_actions"
 DRILL_ACTIONS = "stanch_drill_actions"
@@ -92,3 +94,9 @@ def counted_action(
         raise
     if not dry_run:
         count_action(adapter, action, done, drill=drill)
+
+
+def counted_step(targets: TargetRegistry, input: ApplyInput) -> AbstractContextManager[None]:
+    """`counted_action` for a runbook step being applied: its target, kind, dry run and model."""
+    target = step_target(input)
+    return counted_action(targets, target.adapter, input.action.kind, done="applied", dry_run=input.dry_run, model=target.model)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from temporalio import activity
 
 from activities.drill_guard import refuse_outside_drill_route
-from activities.metrics import counted_action
+from activities.metrics import counted_step
 from stanch.models.actions import AppliedAction
 from stanch.models.activity_io import ApplyInput
 from stanch.targets.base import TargetError
@@ -22,14 +22,7 @@ class RollbackActivities:
         activity.logger.info("rolling back %s: %s", input.target, input.action.kind)
         refuse_outside_drill_route(self.deps.targets, step_target(input), input.action.kind)
         try:
-            with counted_action(
-                self.deps.targets,
-                step_target(input).adapter,
-                input.action.kind,
-                done="applied",
-                dry_run=input.dry_run,
-                model=step_target(input).model,
-            ):
+            with counted_step(self.deps.targets, input):
                 return await apply_step(self.deps.targets, input)
         except TargetError as error:
             raise as_application_error(error) from error
