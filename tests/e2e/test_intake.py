@@ -23,7 +23,7 @@ class Stack:
 
     def __init__(self, tmp_path) -> None:
         self.tmp = tmp_path
-        self.ports = {name: free_port() for name in ("temporal", "ui", "api")}
+        self.ports = {name: free_port() for name in ("temporal", "ui", "api", "worker_health")}
         self.api = f"http://127.0.0.1:{self.ports['api']}"
         self.env = {
             "STANCH_HOME": str(tmp_path / "home"),
@@ -48,9 +48,12 @@ class Stack:
 
     def __enter__(self) -> Stack:
         self.temporal = self.start_temporal()
-        self.start("worker", "worker")
+        worker = self.start("worker", "worker", "--health-port", str(self.ports["worker_health"]))
         api = self.start("api", "api", "--port", str(self.ports["api"]), "--insecure-dev")
         wait_http(f"{self.api}/readyz", api)
+        # Polling before a test stops Temporal: a worker still starting up when Temporal goes away
+        # fails the SDK's namespace check and stops (it does not retry its start-up yet).
+        wait_http(f"http://127.0.0.1:{self.ports['worker_health']}/readyz", worker)
         return self
 
     def __exit__(self, *exc) -> None:
